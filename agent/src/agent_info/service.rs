@@ -1,0 +1,161 @@
+//! gRPC translation for `service Agent`: requests in, [`super::tools`], [`super::disk`] and
+//! [`super::inventory`] do the work, responses out.
+
+use std::sync::Arc;
+
+use hostshift_proto::v1::agent_server::Agent;
+use hostshift_proto::v1::{
+    DatabaseStatus, InfoRequest, InfoResponse, InventoryRequest, InventoryResponse, RootStatus,
+};
+use tonic::{Request, Response, Status};
+
+use super::{disk, inventory, tools};
+use crate::Ctx;
+use crate::db;
+
+/// Serves `hostshift.v1.Agent`.
+pub struct AgentInfoService {
+    ctx: Arc<Ctx>,
+}
+
+impl AgentInfoService {
+    /// A service over the agent's shared context.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+}
+
+async fn database_status(db: &crate::config::DatabaseConfig) -> DatabaseStatus {
+    let mut st = DatabaseStatus {
+        name: db.name.clone(),
+        ..Default::default()
+    };
+    match db::connect(db).await {
+        Err(e) => st.problem = e.to_string(),
+        Ok(client) => {
+            st.reachable = true;
+            if let Ok(row) = client.query_one("SHOW server_version", &[]).await {
+                st.server_version = row.get(0);
+            }
+            // Readable by superusers and pg_read_all_settings only; unknown is fine (remote/RDS).
+            if let Ok(row) = client.query_one("SHOW data_directory", &[]).await {
+                let dir: String = row.get(0);
+                if let Ok((free, _)) = disk::fs_usage(std::path::Path::new(&dir)) {
+                    st.data_dir_free_bytes = free;
+                    st.data_dir_known = true;
+                }
+            }
+        }
+    }
+    st
+}
+
+fn root_status(kind: &str, name: &str, path: &std::path::Path) -> RootStatus {
+    let mut st = RootStatus {
+        kind: kind.into(),
+        name: name.into(),
+        path: path.display().to_string(),
+        exists: path.exists(),
+        ..Default::default()
+    };
+    match disk::fs_usage(path) {
+        Ok((free, total)) => {
+            st.free_bytes = free;
+            st.total_bytes = total;
+        }
+        Err(e) => st.problem = e,
+    }
+    st
+}
+
+#[tonic::async_trait]
+impl Agent for AgentInfoService {
+    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let c = &self.ctx.config;
+        let (tools, databases) = tokio::join!(
+            tools::detect(c),
+            futures::future::join_all(c.databases.iter().map(database_status))
+        );
+        let mut roots: Vec<RootStatus> = c
+            .storage
+            .iter()
+            .map(|s| root_status("storage", &s.name, &s.path))
+            .collect();
+        roots.extend(
+            c.files
+                .iter()
+                .map(|f| root_status("file", &f.name, &f.path)),
+        );
+        let mut permits: Vec<String> = Vec::new();
+        permits.extend(
+            c.allow
+                .restore_databases
+                .iter()
+                .map(|n| format!("restore-database:{n}")),
+        );
+        permits.extend(
+            c.allow
+                .write_storage
+                .iter()
+                .map(|n| format!("write-storage:{n}")),
+        );
+        permits.extend(
+            c.allow
+                .write_files
+                .iter()
+                .map(|n| format!("write-file:{n}")),
+        );
+        if c.allow.control_services {
+            permits.push("control-services".into());
+        }
+        Ok(Response::new(InfoResponse {
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            role: c.role.clone(),
+            agent_version: hostshift_shared::VERSION.into(),
+            protocol_version: hostshift_proto::PROTOCOL_VERSION,
+            identity: self.ctx.identity.to_string(),
+            tools,
+            databases,
+            roots,
+            permits,
+        }))
+    }
+
+    async fn inventory(
+        &self,
+        req: Request<InventoryRequest>,
+    ) -> Result<Response<InventoryResponse>, Status> {
+        let req = req.into_inner();
+        let c = &self.ctx.config;
+        for n in &req.databases {
+            self.ctx.database(n)?;
+        }
+        for n in &req.storage {
+            self.ctx.storage(n)?;
+        }
+        let dbs = c
+            .databases
+            .iter()
+            .filter(|d| req.databases.is_empty() || req.databases.contains(&d.name));
+        let sts = c
+            .storage
+            .iter()
+            .filter(|s| req.storage.is_empty() || req.storage.contains(&s.name));
+        let (databases, storage) = tokio::join!(
+            futures::future::join_all(dbs.map(|d| inventory::database(d, req.row_counts))),
+            futures::future::join_all(sts.map(inventory::storage)),
+        );
+        let files = c
+            .files
+            .iter()
+            .map(|f| inventory::file(&f.name, &f.path))
+            .collect();
+        Ok(Response::new(InventoryResponse {
+            databases,
+            storage,
+            files,
+        }))
+    }
+}

@@ -1,0 +1,499 @@
+//! The agent's config file (`/etc/hostshift/agent.toml`): *what* this host has and *what* the
+//! agent may do with it. Flags and environment only say *how* to run (which file, log format).
+//!
+//! Everything an agent touches is named here: databases, storage roots, config files, PM2 apps,
+//! the nginx site, hooks. Requests refer to these by **name**, never by path or command, so a
+//! caller can only reach what the host's owner declared. Destructive operations need an entry in
+//! `[allow]`; the default allows nothing. `docs/agent-config.md` is the reference, and
+//! `systemd/agent.example.toml` is parsed by a unit test so the example cannot rot.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hostshift_shared::identity::valid_name;
+use hostshift_shared::tls::TlsFiles;
+use hostshift_shared::tomlpos::{Located, Problem, Problems};
+use serde::Deserialize;
+
+/// Default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/hostshift/agent.toml";
+
+/// The whole agent config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address to serve gRPC on, e.g. `"0.0.0.0:7443"`. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// A label for people and reports, e.g. `"old"` or `"new"`. Not a permission.
+    pub role: String,
+    /// Mutual-TLS files. TLS cannot be turned off.
+    pub tls: TlsConfig,
+    /// PostgreSQL databases this agent may read (and, with `[allow]`, restore into).
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+    /// Storage trees (folders of user artifacts).
+    #[serde(default)]
+    pub storage: Vec<StorageConfig>,
+    /// Single config files (`.env`, `ecosystem.config.cjs`, an nginx site file).
+    #[serde(default)]
+    pub files: Vec<FileConfig>,
+    /// PM2, when this host runs its apps under PM2.
+    pub pm2: Option<Pm2Config>,
+    /// nginx, when this host serves through nginx.
+    pub nginx: Option<NginxConfig>,
+    /// Named hooks: commands the host's owner allows hostshift to run, by name only.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, HookConfig>,
+    /// Destructive operations this agent allows. Default: none.
+    #[serde(default)]
+    pub allow: AllowConfig,
+    /// Where external tools live.
+    #[serde(default)]
+    pub tools: ToolsConfig,
+    /// Runtime limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[tls]`: PEM files from `hostshift certs init`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This agent's certificate (`agent-<name>.crt`).
+    pub cert: PathBuf,
+    /// This agent's private key (`agent-<name>.key`, mode 0600).
+    pub key: PathBuf,
+    /// The migration CA certificate (`ca.crt`): callers must present a certificate it signed.
+    pub ca: PathBuf,
+}
+
+impl TlsConfig {
+    /// As the shared loader's type.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+/// `[[databases]]`: one PostgreSQL database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The name plans use for this database (same name on both hosts).
+    pub name: String,
+    /// libpq connection string, key=value (`host=/var/run/postgresql port=5432 user=postgres
+    /// dbname=app`) or URL (`postgresql://app@db.example.rds.amazonaws.com:5432/app`).
+    pub conninfo: String,
+    /// File holding the password, when the server asks for one (never put it in `conninfo`).
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[[storage]]`: one storage tree.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The name plans use for this tree.
+    pub name: String,
+    /// Absolute path of the tree's root folder.
+    pub path: PathBuf,
+}
+
+/// `[[files]]`: one config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The name plans use for this file.
+    pub name: String,
+    /// Absolute path of the file.
+    pub path: PathBuf,
+}
+
+/// `[pm2]`: how to reach this host's PM2.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pm2Config {
+    /// The `pm2` program.
+    #[serde(default = "default_pm2_bin")]
+    pub bin: PathBuf,
+    /// System user that owns the PM2 daemon. Required when the agent runs as root, so that it
+    /// never starts a root PM2 daemon by accident.
+    pub user: Option<String>,
+    /// `PM2_HOME` of that daemon (e.g. `/home/app/.pm2`).
+    pub home: PathBuf,
+    /// Apps (PM2 names) this agent may control.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// The ecosystem file apps are started from.
+    pub ecosystem: Option<PathBuf>,
+}
+
+/// `[nginx]`: the nginx instance in front of the apps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxConfig {
+    /// The `nginx` program.
+    #[serde(default = "default_nginx_bin")]
+    pub bin: PathBuf,
+    /// Main config file (`-c`).
+    #[serde(default = "default_nginx_conf")]
+    pub config: PathBuf,
+    /// Prefix (`-p`), for instances that are not the system one.
+    pub prefix: Option<PathBuf>,
+    /// The app's site file (`/etc/nginx/sites-available/<site>`).
+    pub site: PathBuf,
+}
+
+/// `[hooks.<name>]`: a command the host's owner allows hostshift to run by name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Shell command, run with `/bin/sh -c` (e.g. `"npm ci && npm run build"`).
+    pub command: String,
+    /// One line for people (`hostshift hook list`).
+    #[serde(default)]
+    pub description: String,
+    /// Working directory (absolute).
+    pub cwd: Option<PathBuf>,
+    /// System user to run as (default: the agent's user).
+    pub user: Option<String>,
+    /// Environment variables; nothing else from the agent's environment is passed but `PATH`,
+    /// `HOME`, `USER` and `LANG`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds before the hook is terminated (SIGTERM, then SIGKILL after 5 s).
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// `[allow]`: destructive operations this agent allows. Everything not listed is refused.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Databases (by name) that may be restored into or overwritten.
+    #[serde(default)]
+    pub restore_databases: Vec<String>,
+    /// Storage trees (by name) that may be written, and files in them deleted.
+    #[serde(default)]
+    pub write_storage: Vec<String>,
+    /// Config files (by name) that may be overwritten or edited.
+    #[serde(default)]
+    pub write_files: Vec<String>,
+    /// PM2 and nginx control (start/stop/reload, maintenance page). Default false.
+    #[serde(default)]
+    pub control_services: bool,
+}
+
+/// `[tools]`: where external programs live.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Folder with `pg_dump`, `pg_restore`, `psql`. Default: the newest
+    /// `/usr/lib/postgresql/<v>/bin`, else `PATH`.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// On SIGTERM, seconds in-flight work gets before it is cancelled and the agent exits.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_pm2_bin() -> PathBuf {
+    PathBuf::from("pm2")
+}
+fn default_nginx_bin() -> PathBuf {
+    PathBuf::from("/usr/sbin/nginx")
+}
+fn default_nginx_conf() -> PathBuf {
+    PathBuf::from("/etc/nginx/nginx.conf")
+}
+fn default_hook_timeout() -> u64 {
+    600
+}
+fn default_grace() -> u64 {
+    10
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    ///
+    /// # Errors
+    /// Every problem found, each naming the file, line and key.
+    pub fn load(path: &Path) -> Result<Self, Problems> {
+        let located = Located::read(path)?;
+        let config: AgentConfig = located.parse()?;
+        let problems = config.validate(&located);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Checks what serde cannot: names, uniqueness, absolute paths, references, users, TLS files.
+    fn validate(&self, src: &Located) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if !valid_name(&self.role) {
+            out.push(src.problem("role", "a short label such as \"old\" or \"new\""));
+        }
+        for (key, path) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.ca", &self.tls.ca),
+        ] {
+            if let Err(e) = std::fs::metadata(path) {
+                out.push(src.problem(
+                    key,
+                    format!(
+                        "cannot read {}: {e} (create certificates with `hostshift certs init`)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        if out.iter().all(|p| !p.key.starts_with("tls.")) {
+            match self.tls.files().own_identity() {
+                Ok(id) if id.role == hostshift_shared::identity::Role::Agent => {}
+                Ok(id) => out.push(src.problem(
+                    "tls.cert",
+                    format!("this is the certificate of {id}; an agent needs an agent certificate (agent-<name>.crt)"),
+                )),
+                Err(e) => out.push(src.problem("tls.cert", e)),
+            }
+        }
+        let db_names = names(
+            src,
+            "databases",
+            self.databases.iter().map(|d| &d.name),
+            &mut out,
+        );
+        for (i, d) in self.databases.iter().enumerate() {
+            if d.conninfo.trim().is_empty() {
+                out.push(src.problem(&format!("databases.{i}.conninfo"), "must not be empty"));
+            }
+            if d.conninfo.contains("password=") || conninfo_url_has_password(&d.conninfo) {
+                out.push(src.problem(
+                    &format!("databases.{i}.conninfo"),
+                    "holds a password: move it to a file and name it in `password_file`",
+                ));
+            }
+            if let Some(p) = &d.password_file {
+                absolute(src, &format!("databases.{i}.password_file"), p, &mut out);
+            }
+        }
+        let st_names = names(
+            src,
+            "storage",
+            self.storage.iter().map(|s| &s.name),
+            &mut out,
+        );
+        for (i, s) in self.storage.iter().enumerate() {
+            absolute(src, &format!("storage.{i}.path"), &s.path, &mut out);
+            if s.path == Path::new("/") {
+                out.push(src.problem(
+                    &format!("storage.{i}.path"),
+                    "the filesystem root cannot be a storage tree",
+                ));
+            }
+        }
+        let file_names = names(src, "files", self.files.iter().map(|f| &f.name), &mut out);
+        for (i, f) in self.files.iter().enumerate() {
+            absolute(src, &format!("files.{i}.path"), &f.path, &mut out);
+        }
+        if let Some(pm2) = &self.pm2 {
+            absolute(src, "pm2.home", &pm2.home, &mut out);
+            match &pm2.user {
+                Some(u) => user_exists(src, "pm2.user", u, &mut out),
+                None if nix::unistd::geteuid().is_root() => out.push(src.problem(
+                    "pm2",
+                    "the agent runs as root: set `user` to the account that owns the PM2 daemon, so hostshift never starts a root PM2 by accident",
+                )),
+                None => {}
+            }
+            for (i, a) in pm2.apps.iter().enumerate() {
+                if a.trim().is_empty() {
+                    out.push(src.problem(&format!("pm2.apps.{i}"), "empty app name"));
+                }
+            }
+        }
+        if let Some(n) = &self.nginx {
+            absolute(src, "nginx.site", &n.site, &mut out);
+            absolute(src, "nginx.config", &n.config, &mut out);
+        }
+        for (name, h) in &self.hooks {
+            let key = format!("hooks.{name}");
+            if !valid_name(name) {
+                out.push(src.problem(&key, "hook names are 1-63 letters, digits, '-', '_' or '.'"));
+            }
+            if h.command.trim().is_empty() {
+                out.push(src.problem(&format!("{key}.command"), "must not be empty"));
+            }
+            if h.timeout_secs == 0 {
+                out.push(src.problem(&format!("{key}.timeout_secs"), "must be at least 1"));
+            }
+            if let Some(c) = &h.cwd {
+                absolute(src, &format!("{key}.cwd"), c, &mut out);
+            }
+            if let Some(u) = &h.user {
+                user_exists(src, &format!("{key}.user"), u, &mut out);
+            }
+        }
+        for (list, known, what) in [
+            (&self.allow.restore_databases, &db_names, "databases"),
+            (&self.allow.write_storage, &st_names, "storage"),
+            (&self.allow.write_files, &file_names, "files"),
+        ] {
+            let key = match what {
+                "databases" => "allow.restore_databases",
+                "storage" => "allow.write_storage",
+                _ => "allow.write_files",
+            };
+            for (i, n) in list.iter().enumerate() {
+                if !known.contains(n.as_str()) {
+                    out.push(src.problem(
+                        &format!("{key}.{i}"),
+                        format!("{n:?} is not declared in [[{what}]]"),
+                    ));
+                }
+            }
+        }
+        if self.limits.shutdown_grace_secs == 0 {
+            out.push(src.problem("limits.shutdown_grace_secs", "must be at least 1"));
+        }
+        out
+    }
+}
+
+fn names<'a>(
+    src: &Located,
+    table: &str,
+    it: impl Iterator<Item = &'a String>,
+    out: &mut Vec<Problem>,
+) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, n) in it.enumerate() {
+        let key = format!("{table}.{i}.name");
+        if !valid_name(n) {
+            out.push(src.problem(&key, "names are 1-63 letters, digits, '-', '_' or '.'"));
+        } else if !seen.insert(n.as_str()) {
+            out.push(src.problem(&key, format!("{n:?} is declared twice in [[{table}]]")));
+        }
+    }
+    seen
+}
+
+fn absolute(src: &Located, key: &str, path: &Path, out: &mut Vec<Problem>) {
+    if !path.is_absolute() {
+        out.push(src.problem(key, format!("{} must be an absolute path", path.display())));
+    }
+}
+
+fn user_exists(src: &Located, key: &str, user: &str, out: &mut Vec<Problem>) {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(_)) => {}
+        Ok(None) => out.push(src.problem(key, format!("no system user {user:?} on this host"))),
+        Err(e) => out.push(src.problem(key, format!("cannot look up user {user:?}: {e}"))),
+    }
+}
+
+fn conninfo_url_has_password(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("postgresql://")
+        .or_else(|| s.strip_prefix("postgres://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .split_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certs(dir: &Path) -> hostshift_shared::pki::PkiFiles {
+        hostshift_shared::pki::init(&hostshift_shared::pki::PkiRequest {
+            dir: dir.to_path_buf(),
+            agents: vec![hostshift_shared::pki::AgentSpec::parse("old=127.0.0.2").expect("spec")],
+            coordinator_name: "coordinator".into(),
+            days: 1,
+            force: false,
+        })
+        .expect("certs")
+    }
+
+    /// The shipped example must parse and validate (with its TLS paths pointed at real files).
+    #[test]
+    fn example_config_parses_and_validates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = certs(tmp.path());
+        let example = include_str!("../../systemd/agent.example.toml")
+            .replace(
+                "/etc/hostshift/tls/agent.crt",
+                &pki.agents[0].1.display().to_string(),
+            )
+            .replace(
+                "/etc/hostshift/tls/agent.key",
+                &pki.agents[0].2.display().to_string(),
+            )
+            .replace(
+                "/etc/hostshift/tls/ca.crt",
+                &pki.ca_cert.display().to_string(),
+            )
+            // The example names the `app` user; it need not exist on the machine running tests.
+            .replace("user = \"app\"", "user = \"root\"");
+        let path = tmp.path().join("agent.toml");
+        std::fs::write(&path, example).expect("write");
+        let c = AgentConfig::load(&path).unwrap_or_else(|e| panic!("example is invalid:\n{e}"));
+        assert_eq!(c.role, "old");
+        assert!(
+            c.allow.restore_databases.is_empty(),
+            "example must allow nothing destructive"
+        );
+        assert!(!c.hooks.is_empty() && !c.databases.is_empty() && !c.storage.is_empty());
+    }
+
+    #[test]
+    fn validation_names_file_line_and_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = certs(tmp.path());
+        let src = format!(
+            "listen = \"127.0.0.1:0\"\nrole = \"old\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n\n[[storage]]\nname = \"s\"\npath = \"relative/path\"\n\n[allow]\nrestore_databases = [\"nope\"]\n",
+            pki.agents[0].1, pki.agents[0].2, pki.ca_cert
+        );
+        let path = tmp.path().join("agent.toml");
+        std::fs::write(&path, src).expect("write");
+        let err = AgentConfig::load(&path).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("agent.toml:10: key `storage.0.path`"),
+            "{text}"
+        );
+        assert!(text.contains("key `allow.restore_databases.0`"), "{text}");
+        assert!(text.contains("\"nope\" is not declared"), "{text}");
+    }
+
+    #[test]
+    fn password_in_conninfo_is_refused() {
+        assert!(conninfo_url_has_password("postgresql://u:secret@h/db"));
+        assert!(!conninfo_url_has_password("postgresql://u@h/db"));
+        assert!(!conninfo_url_has_password("host=/tmp user=u"));
+    }
+}

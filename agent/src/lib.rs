@@ -1,0 +1,163 @@
+//! The hostshift agent: a daemon on each host that answers the coordinator over gRPC with mutual
+//! TLS, and acts only on what its own config declares.
+//!
+//! # Architecture
+//! - [`config`] — the agent's TOML config: what this host has and what may be done with it.
+//! - [`auth`] — the caller's identity from its verified certificate; control services accept the
+//!   coordinator only.
+//! - One folder per gRPC service, named after it: [`agent_info`] (`service Agent`), [`hooks`]
+//!   (`service Hooks`). Each folder's `service.rs` only translates proto ↔ domain; the work sits in
+//!   files that know nothing of tonic.
+//! - [`process`] — the only place that starts external programs.
+//! - [`error`] — [`error::AgentError`] and its single mapping to gRPC status codes.
+//! - [`serve`] — binds the services to a listener; `main.rs` only parses flags and calls it, and
+//!   tests call it the same way.
+//!
+//! Shutdown: a [`CancellationToken`] (SIGTERM/SIGINT in `main.rs`) stops accepting connections,
+//! cancels in-flight work (children are terminated, then killed), and waits for tracked tasks up
+//! to `limits.shutdown_grace_secs`.
+
+pub mod agent_info;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod hooks;
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostshift_proto::v1::agent_server::AgentServer;
+use hostshift_proto::v1::hooks_server::HooksServer;
+use hostshift_shared::identity::Identity;
+use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+
+use crate::config::{AgentConfig, DatabaseConfig, StorageConfig};
+use crate::error::AgentError;
+
+/// What every service shares: the config, who we are, shutdown, and the tasks we started.
+pub struct Ctx {
+    /// The validated config.
+    pub config: AgentConfig,
+    /// Where it was read from (for messages: "declare it in ...").
+    pub config_path: PathBuf,
+    /// Our own certificate identity (`agent:<name>`).
+    pub identity: Identity,
+    /// Fires on SIGTERM: in-flight work stops and cleans up.
+    pub shutdown: CancellationToken,
+    /// Background tasks (streams, hooks) that shutdown waits for.
+    pub tasks: TaskTracker,
+}
+
+impl Ctx {
+    /// A configured database by name.
+    ///
+    /// # Errors
+    /// [`AgentError::NotDeclared`] when the config has no such database.
+    pub fn database(&self, name: &str) -> Result<&DatabaseConfig, AgentError> {
+        self.config
+            .databases
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| self.not_declared("database", name))
+    }
+
+    /// A configured storage tree by name.
+    ///
+    /// # Errors
+    /// [`AgentError::NotDeclared`] when the config has no such tree.
+    pub fn storage(&self, name: &str) -> Result<&StorageConfig, AgentError> {
+        self.config
+            .storage
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| self.not_declared("storage tree", name))
+    }
+
+    fn not_declared(&self, what: &'static str, name: &str) -> AgentError {
+        AgentError::NotDeclared {
+            what,
+            name: name.to_string(),
+            config: self.config_path.display().to_string(),
+        }
+    }
+}
+
+/// Serves all agent services on `listener` until `shutdown` fires, then drains in-flight work
+/// for at most the configured grace period.
+///
+/// # Errors
+/// TLS files that cannot be loaded, or a transport failure.
+pub async fn serve(
+    config: AgentConfig,
+    config_path: PathBuf,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let tls_files = config.tls.files();
+    let tls = tls_files
+        .server_config()
+        .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+    let identity = tls_files
+        .own_identity()
+        .map_err(AgentError::FailedPrecondition)?;
+    let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+    let ctx = Arc::new(Ctx {
+        config,
+        config_path,
+        identity,
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+    });
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AgentError::Internal(format!("listener address: {e}")))?;
+    tracing::info!(%addr, identity = %ctx.identity, role = %ctx.config.role, "agent serving");
+
+    let agent = AgentServer::with_interceptor(
+        agent_info::AgentInfoService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+    let hooks = HooksServer::with_interceptor(
+        hooks::HooksService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| AgentError::FailedPrecondition(format!("TLS set-up: {e}")))?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(agent)
+        .add_service(hooks)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+
+    // Run until shutdown; then give in-flight requests the grace period to finish.
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| AgentError::Internal(format!("server: {e}"))),
+        () = shutdown.cancelled() => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: in-flight work is being cancelled"
+    );
+    ctx.tasks.close();
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut server).await;
+        ctx.tasks.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; dropping what is left (its child processes are killed)");
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The command line: global flags, the command tree, and dispatch. Each command lives in its
+//! own file under `commands/`; help text comes from the doc comments below.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hostshift_shared::telemetry::{self, LogFormat};
+
+use crate::commands;
+use crate::error::{CliError, CliResult};
+
+/// Move a live app host (PostgreSQL, PM2 apps, nginx, storage, config files) to a new machine,
+/// with checksums, a write-freeze of seconds, and rollback.
+#[derive(Parser)]
+#[command(name = "hostshift", version, about, long_about, propagate_version = true, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Flags every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+A typical move:
+  hostshift certs init --agent old=10.0.0.5 --agent new=10.0.0.6
+  hostshift plan init            # then edit plan.toml
+  hostshift plan check
+  hostshift check
+
+Exit codes: 0 ok; 1 the operation failed and the old host is untouched;
+2 usage or plan error; 3 operator action needed (the message says what to do).
+Logs: HOSTSHIFT_LOG=debug (stderr). Docs: docs/README.md";
+
+/// Flags every command takes.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// Machine-readable result on stdout (one JSON document); logs stay on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less logging on stderr (errors only).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Answer yes to every confirmation (for scripts).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+}
+
+/// The `--plan` flag shared by commands that read a plan.
+#[derive(Args, Clone, Debug)]
+pub struct PlanArg {
+    /// The plan file.
+    #[arg(
+        long,
+        short,
+        env = "HOSTSHIFT_PLAN",
+        default_value = "plan.toml",
+        global = true
+    )]
+    pub plan: PathBuf,
+}
+
+/// Commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the migration CA and the certificates for agents and the coordinator.
+    Certs(commands::certs::CertsCmd),
+    /// Write a commented plan template, or validate a plan.
+    Plan(commands::plan::PlanCmd),
+    /// Preflight both hosts: reachability over mutual TLS, versions, tools, databases, storage,
+    /// permissions, free disk, baseline row counts. Changes nothing.
+    Check(commands::check::CheckCmd),
+    /// List or run the hooks an agent's config declares.
+    Hook(commands::hook::HookCmd),
+}
+
+/// Parses flags, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.global.quiet {
+        "error"
+    } else {
+        match cli.global.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    telemetry::init(level, LogFormat::Text);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hostshift: cannot start the runtime: {e}");
+            return ExitCode::from(hostshift_shared::exit::FAILED);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+fn report(e: &CliError) {
+    let kind = match e {
+        CliError::Usage(_) => "error",
+        CliError::Failed(_) => "failed",
+        CliError::OperatorAction(_) => "ACTION NEEDED",
+    };
+    eprintln!("hostshift: {kind}: {:#}", e.error());
+}
+
+/// Runs one parsed command.
+///
+/// # Errors
+/// The command's [`CliError`].
+pub async fn run(cli: Cli) -> CliResult {
+    let g = cli.global;
+    match cli.command {
+        Command::Certs(c) => commands::certs::run(&g, c),
+        Command::Plan(c) => commands::plan::run(&g, c),
+        Command::Check(c) => commands::check::run(&g, c).await,
+        Command::Hook(c) => commands::hook::run(&g, c).await,
+    }
+}

@@ -1,0 +1,204 @@
+//! Connections from the coordinator to the agents, and errors people can act on.
+//!
+//! TLS problems surface late and cryptically (with TLS 1.3 a rejected client certificate shows
+//! up at the first RPC, as an alert); [`explain`] turns the error chain into a sentence that says
+//! which side refused whom and what to do.
+
+use std::time::Duration;
+
+use hostshift_proto::v1::agent_client::AgentClient;
+use hostshift_proto::v1::hooks_client::HooksClient;
+use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::plan::{Plan, Side};
+
+/// Connection attempt deadline.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline of a unary RPC.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connected agent of the plan.
+#[derive(Clone)]
+pub struct Agent {
+    /// Which side.
+    pub side: Side,
+    /// Its address.
+    pub address: String,
+    /// The channel (cheap to clone).
+    pub channel: Channel,
+}
+
+impl Agent {
+    /// `service Agent` client.
+    pub fn info(&self) -> AgentClient<Channel> {
+        AgentClient::new(self.channel.clone())
+    }
+
+    /// `service Hooks` client.
+    pub fn hooks(&self) -> HooksClient<Channel> {
+        HooksClient::new(self.channel.clone())
+    }
+}
+
+/// Why an agent could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("{side} agent at {address}: {message}")]
+pub struct ConnectError {
+    /// Which side.
+    pub side: Side,
+    /// The address tried.
+    pub address: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// Connects to one side's agent with the plan's certificates. The connection is lazy-checked:
+/// the TLS handshake happens here, but a refused *client* certificate only shows at the first
+/// RPC (TLS 1.3), so callers make one (`Info`) before trusting the connection.
+///
+/// # Errors
+/// [`ConnectError`] with an explanation.
+pub async fn connect(plan: &Plan, side: Side) -> Result<Agent, ConnectError> {
+    let host = plan.host(side);
+    let err = |message: String| ConnectError {
+        side,
+        address: host.address.clone(),
+        message,
+    };
+    let tls = plan
+        .tls_files()
+        .client_config(&host.server_name())
+        .map_err(|e| err(e.to_string()))?;
+    let endpoint = Endpoint::from_shared(host.address.clone())
+        .map_err(|e| err(format!("invalid address: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| err(format!("TLS set-up: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await.map_err(|e| err(explain(&e)))?;
+    Ok(Agent {
+        side,
+        address: host.address.clone(),
+        channel,
+    })
+}
+
+/// A human explanation of a transport error, from its whole source chain.
+pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    with_hint(parts)
+}
+
+fn with_hint(parts: Vec<String>) -> String {
+    let mut chain = String::new();
+    for p in parts {
+        if !chain.contains(&p) {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&p);
+        }
+    }
+    let lower = chain.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    let hint = if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
+        "the agent's certificate was not issued by the CA in the plan's [tls] ca: both sides must use certificates from the same `hostshift certs init`"
+    } else if has(&["notvalidforname", "not valid for name"]) {
+        "the agent's certificate does not name this address: re-issue it with the address in --agent NAME=HOST,... or set tls_name in the plan"
+    } else if has(&[
+        "unknownca",
+        "unknown ca",
+        "badcertificate",
+        "bad certificate",
+        "certificaterequired",
+        "certificate required",
+        "decrypterror",
+        "broken pipe",
+    ]) {
+        "the agent refused our client certificate (it was not issued by the agent's CA): use coordinator.crt/.key from the same `hostshift certs init` as the agent's certificate"
+    } else if has(&["expired"]) {
+        "a certificate has expired: issue new ones with `hostshift certs init --force`"
+    } else if has(&["connection refused"]) {
+        "nothing listens there: is hostshift-agent running (systemctl status hostshift-agent) and is the port right?"
+    } else if has(&["timed out", "deadline"]) {
+        "no answer in time: check the address, firewalls and security groups (the agent's port must be open to the coordinator)"
+    } else {
+        ""
+    };
+    if hint.is_empty() {
+        chain
+    } else {
+        format!("{hint} [{chain}]")
+    }
+}
+
+/// Explains a failed RPC: transport failures get the TLS/network explanation, statuses the
+/// agent sent keep the agent's own message.
+pub fn explain_status(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(src)
+            if matches!(
+                s.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal
+            ) =>
+        {
+            let mut parts = vec![s.message().to_string()];
+            let mut next = Some(src);
+            while let Some(e) = next {
+                parts.push(e.to_string());
+                next = e.source();
+            }
+            with_hint(parts)
+        }
+        _ if s.code() == tonic::Code::Unavailable => with_hint(vec![s.message().to_string()]),
+        _ => format!("{}: {}", code_word(s.code()), s.message()),
+    }
+}
+
+/// The first RPC on a new connection doubles as the check that the agent accepted our client
+/// certificate (with TLS 1.3 it says so only after the handshake). When that RPC dies as
+/// "cancelled" or with a reset, the agent closed the connection right after TLS set-up — which
+/// in practice means it refused our certificate; say so instead of "operation was canceled".
+pub fn explain_first_rpc(s: &tonic::Status) -> String {
+    let text = explain_status(s);
+    let lower = text.to_lowercase();
+    if s.code() == tonic::Code::Cancelled
+        || lower.contains("connection reset")
+        || (lower.contains("connection error") && !lower.contains("client certificate"))
+    {
+        format!(
+            "the agent closed the connection right after TLS set-up; most likely it refused our client certificate (not issued by its CA): use coordinator.crt/.key from the same `hostshift certs init` as the agent's certificate [{text}]"
+        )
+    } else {
+        text
+    }
+}
+
+fn code_word(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::PermissionDenied => "refused",
+        tonic::Code::Unauthenticated => "not authenticated",
+        tonic::Code::InvalidArgument => "invalid request",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::DataLoss => "integrity check failed",
+        tonic::Code::DeadlineExceeded => "timed out",
+        tonic::Code::Cancelled => "cancelled",
+        _ => "failed",
+    }
+}
+
+/// Wraps a request with the default deadline.
+pub fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(RPC_TIMEOUT);
+    r
+}

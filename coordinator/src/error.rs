@@ -1,0 +1,46 @@
+//! How a command fails, and which documented exit code that becomes (docs/exit-codes.md).
+
+use hostshift_shared::exit;
+
+/// A failed command. The variant decides the exit code; the error says what happened and what
+/// to do.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad flags, plan or input: nothing was done (exit 2).
+    Usage(anyhow::Error),
+    /// The operation failed; the old host is untouched (exit 1).
+    Failed(anyhow::Error),
+    /// hostshift could not finish or undo by itself; the message says what to do (exit 3).
+    OperatorAction(anyhow::Error),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => exit::USAGE,
+            CliError::Failed(_) => exit::FAILED,
+            CliError::OperatorAction(_) => exit::OPERATOR_ACTION,
+        }
+    }
+
+    /// The error inside.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            CliError::Usage(e) | CliError::Failed(e) | CliError::OperatorAction(e) => e,
+        }
+    }
+}
+
+/// Result of a command.
+pub type CliResult = Result<(), CliError>;
+
+/// Shorthand: a usage error from anything printable.
+pub fn usage(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Usage(e.into())
+}
+
+/// Shorthand: a failure from anything printable.
+pub fn failed(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Failed(e.into())
+}

@@ -1,0 +1,21 @@
+//! The hostshift coordinator: the `hostshift` CLI and the library behind it.
+//!
+//! # Architecture
+//! - [`cli`] parses flags and dispatches to [`commands`] (one file per command).
+//! - [`plan`] is the plan file: types, template, validation with file/line/key errors.
+//! - [`client`] connects to agents over mutual TLS and explains transport errors.
+//! - [`preflight`] checks both hosts (`hostshift check`); later phases reuse it as a gate.
+//! - [`lab`] builds throwaway hosts on loopback (PostgreSQL clusters, seeded app data) for the
+//!   rehearsal and the test suite.
+//! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
+//!
+//! The coordinator holds no data of its own beyond its journal: data flows agent to agent.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod lab;
+pub mod output;
+pub mod plan;
+pub mod preflight;

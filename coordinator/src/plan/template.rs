@@ -1,0 +1,60 @@
+//! The plan template `hostshift plan init` writes: every key, commented. A unit test parses it
+//! so it always matches the plan types.
+
+/// The template text.
+pub const TEMPLATE: &str = include_str!("template.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Plan, SwitchMethod};
+    use hostshift_shared::tomlpos::Located;
+
+    #[test]
+    fn template_parses_and_validates_once_certificates_exist() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(tmp.path().join("certs")).expect("mkdir");
+        for f in ["ca.crt", "coordinator.crt", "coordinator.key"] {
+            std::fs::write(tmp.path().join("certs").join(f), "x").expect("write");
+        }
+        let path = tmp.path().join("plan.toml");
+        let plan = Plan::from_located(&Located::from_source(&path, TEMPLATE.into()))
+            .unwrap_or_else(|e| panic!("template invalid:\n{e}"));
+        assert_eq!(plan.switch.method, SwitchMethod::None);
+        assert_eq!(plan.databases[0].name, "app");
+        assert_eq!(
+            plan.files[0].overrides["CORS_ORIGIN"],
+            "https://app.example.com"
+        );
+    }
+
+    #[test]
+    fn template_without_certificates_names_the_missing_files() {
+        let path = std::path::Path::new("/nonexistent-dir/plan.toml");
+        let err = Plan::from_located(&Located::from_source(path, TEMPLATE.into()))
+            .expect_err("certs missing");
+        let text = err.to_string();
+        assert!(
+            text.contains("key `tls.ca`") && text.contains("hostshift certs init"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn broken_plan_names_line_and_key() {
+        let src = TEMPLATE.replace("method = \"none\"", "method = \"carrier-pigeon\"");
+        let path = std::path::Path::new("/x/plan.toml");
+        let err =
+            Plan::from_located(&Located::from_source(path, src.clone())).expect_err("bad method");
+        let line = src
+            .lines()
+            .position(|l| l.contains("carrier-pigeon"))
+            .expect("line")
+            + 1;
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("/x/plan.toml:{line}: key `method`")),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! The preflight of both hosts (`hostshift check`), as a library function the cutover gates and
+//! the rehearsal reuse. It only reads: nothing on either host changes.
+//!
+//! Checks: each agent reachable over mutual TLS and carrying the certificate identity the plan
+//! expects; protocol versions compatible; tools present (pg_dump/pg_restore/psql when the plan
+//! moves databases, pm2 when it has apps, nginx when it uses it); every database of the plan
+//! declared and reachable on both sides; storage roots and files present on the old host; the new
+//! host's config allowing the writes a sync needs, and the old host's *not* allowing them; free
+//! disk on the new host ≥ 1.2 × what will be copied; and the baseline row count of every table.
+
+use std::collections::BTreeMap;
+
+use hostshift_proto::v1::{InfoRequest, InfoResponse, InventoryRequest, InventoryResponse};
+use serde::Serialize;
+
+use crate::client::{self, Agent};
+use crate::plan::{Plan, Side};
+
+/// Required free space on the new host, as a multiple of what will be copied.
+pub const DISK_FACTOR: f64 = 1.2;
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Worth knowing, not blocking.
+    Warn,
+    /// Blocks the move.
+    Fail,
+}
+
+/// One line of the preflight.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// `old`, `new` or `both`.
+    pub host: String,
+    /// What was checked.
+    pub check: String,
+    /// The verdict.
+    pub result: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do, for warnings and failures.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hint: String,
+}
+
+/// A tool as one agent reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolRow {
+    /// `old` / `new`.
+    pub host: String,
+    /// Tool name.
+    pub tool: String,
+    /// Found.
+    pub present: bool,
+    /// Version line.
+    pub version: String,
+    /// Program path.
+    pub path: String,
+}
+
+/// What one agent said about itself.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostFacts {
+    /// Address from the plan.
+    pub address: String,
+    /// Reached and answered `Info`.
+    pub reachable: bool,
+    /// Its hostname.
+    pub hostname: String,
+    /// Certificate identity.
+    pub identity: String,
+    /// Role label from its config.
+    pub role: String,
+    /// hostshift version.
+    pub agent_version: String,
+    /// Protocol version.
+    pub protocol_version: u32,
+    /// Destructive operations its config allows.
+    pub permits: Vec<String>,
+    /// Database name → PostgreSQL server version (reachable ones).
+    pub databases: BTreeMap<String, String>,
+}
+
+/// Baseline row count of one table on the old host.
+#[derive(Clone, Debug, Serialize)]
+pub struct Baseline {
+    /// Plan database name.
+    pub database: String,
+    /// `schema.table`.
+    pub table: String,
+    /// Exact rows.
+    pub rows: i64,
+    /// Bytes including indexes and TOAST.
+    pub size_bytes: u64,
+}
+
+/// The whole preflight.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// No check failed.
+    pub ok: bool,
+    /// The plan file.
+    pub plan: String,
+    /// Per side.
+    pub hosts: BTreeMap<String, HostFacts>,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Tools of both hosts.
+    pub tools: Vec<ToolRow>,
+    /// Row counts on the old host.
+    pub baseline: Vec<Baseline>,
+}
+
+struct Collector(Vec<Check>);
+
+impl Collector {
+    fn push(
+        &mut self,
+        host: &str,
+        check: impl Into<String>,
+        result: Verdict,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push(Check {
+            host: host.into(),
+            check: check.into(),
+            result,
+            detail: detail.into(),
+            hint: hint.into(),
+        });
+    }
+    fn ok(&mut self, host: &str, check: impl Into<String>, detail: impl Into<String>) {
+        self.push(host, check, Verdict::Ok, detail, "");
+    }
+    fn fail(
+        &mut self,
+        host: &str,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(host, check, Verdict::Fail, detail, hint);
+    }
+    fn warn(
+        &mut self,
+        host: &str,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(host, check, Verdict::Warn, detail, hint);
+    }
+}
+
+async fn reach(plan: &Plan, side: Side) -> Result<(Agent, InfoResponse), String> {
+    let agent = client::connect(plan, side).await.map_err(|e| e.message)?;
+    let info = agent
+        .info()
+        .info(client::request(InfoRequest {}))
+        .await
+        .map_err(|s| client::explain_first_rpc(&s))?
+        .into_inner();
+    Ok((agent, info))
+}
+
+async fn inventory(agent: &Agent, row_counts: bool) -> Result<InventoryResponse, String> {
+    agent
+        .info()
+        .inventory(client::request(InventoryRequest {
+            databases: vec![],
+            storage: vec![],
+            row_counts,
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| client::explain_status(&s))
+}
+
+/// Runs the preflight. Never fails as a whole: unreachable hosts become failed checks.
+pub async fn run(plan: &Plan) -> Report {
+    let mut c = Collector(Vec::new());
+    let mut hosts = BTreeMap::new();
+    let mut tools = Vec::new();
+    let (old, new) = tokio::join!(reach(plan, Side::Old), reach(plan, Side::New));
+    let mut reached: BTreeMap<Side, (Agent, InfoResponse)> = BTreeMap::new();
+    for (side, r) in [(Side::Old, old), (Side::New, new)] {
+        let h = side.as_str();
+        let address = plan.host(side).address.clone();
+        match r {
+            Err(e) => {
+                c.fail(h, "reachable over mutual TLS", e, format!("start the agent on the {h} host and check [{h}] address and [tls] in the plan"));
+                hosts.insert(
+                    h.to_string(),
+                    HostFacts {
+                        address,
+                        ..Default::default()
+                    },
+                );
+            }
+            Ok((agent, info)) => {
+                c.ok(
+                    h,
+                    "reachable over mutual TLS",
+                    format!(
+                        "{} at {} — host {}, hostshift {}",
+                        info.identity, address, info.hostname, info.agent_version
+                    ),
+                );
+                host_checks(plan, side, &info, &mut c);
+                tools.extend(info.tools.iter().map(|t| ToolRow {
+                    host: h.into(),
+                    tool: t.name.clone(),
+                    present: t.present,
+                    version: if t.present {
+                        t.version.clone()
+                    } else {
+                        t.problem.clone()
+                    },
+                    path: t.path.clone(),
+                }));
+                hosts.insert(
+                    h.to_string(),
+                    HostFacts {
+                        address,
+                        reachable: true,
+                        hostname: info.hostname.clone(),
+                        identity: info.identity.clone(),
+                        role: info.role.clone(),
+                        agent_version: info.agent_version.clone(),
+                        protocol_version: info.protocol_version,
+                        permits: info.permits.clone(),
+                        databases: info
+                            .databases
+                            .iter()
+                            .filter(|d| d.reachable)
+                            .map(|d| (d.name.clone(), d.server_version.clone()))
+                            .collect(),
+                    },
+                );
+                reached.insert(side, (agent, info));
+            }
+        }
+    }
+    let mut baseline = Vec::new();
+    if let (Some((old_agent, _)), Some((new_agent, new_info))) =
+        (reached.get(&Side::Old), reached.get(&Side::New))
+    {
+        let (old_inv, new_inv) =
+            tokio::join!(inventory(old_agent, true), inventory(new_agent, false));
+        match old_inv {
+            Err(e) => c.fail(
+                "old",
+                "inventory (sizes, row counts)",
+                e,
+                "see the old agent's log (journalctl -u hostshift-agent)",
+            ),
+            Ok(inv) => {
+                disk_checks(plan, &inv, new_info, &mut c);
+                for d in inv
+                    .databases
+                    .iter()
+                    .filter(|d| plan.databases.iter().any(|p| p.name == d.name))
+                {
+                    if !d.problem.is_empty() {
+                        c.fail(
+                            "old",
+                            format!("row counts of database {}", d.name),
+                            d.problem.clone(),
+                            "",
+                        );
+                    }
+                    for t in &d.tables {
+                        baseline.push(Baseline {
+                            database: d.name.clone(),
+                            table: format!("{}.{}", t.schema, t.table),
+                            rows: t.rows,
+                            size_bytes: t.size_bytes,
+                        });
+                    }
+                }
+            }
+        }
+        if let Err(e) = new_inv {
+            c.fail(
+                "new",
+                "inventory (sizes)",
+                e,
+                "see the new agent's log (journalctl -u hostshift-agent)",
+            );
+        }
+    }
+    let ok = c.0.iter().all(|x| x.result != Verdict::Fail);
+    Report {
+        ok,
+        plan: plan.path.display().to_string(),
+        hosts,
+        checks: c.0,
+        tools,
+        baseline,
+    }
+}
+
+fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) {
+    let h = side.as_str();
+    let want = format!("agent:{}", plan.host(side).agent);
+    if info.identity == want {
+        c.ok(h, "certificate identity", want);
+    } else {
+        c.fail(
+            h,
+            "certificate identity",
+            format!(
+                "the agent at this address is {}, the plan expects {want}",
+                info.identity
+            ),
+            format!("fix [{h}] agent or address in the plan"),
+        );
+    }
+    if info.protocol_version == hostshift_proto::PROTOCOL_VERSION {
+        c.ok(
+            h,
+            "protocol version",
+            format!(
+                "{} (agent {}, coordinator {})",
+                info.protocol_version,
+                info.agent_version,
+                hostshift_shared::VERSION
+            ),
+        );
+    } else {
+        c.fail(
+            h,
+            "protocol version",
+            format!(
+                "agent speaks {}, this coordinator {}",
+                info.protocol_version,
+                hostshift_proto::PROTOCOL_VERSION
+            ),
+            "install the same hostshift release on both hosts and the jump box",
+        );
+    }
+    let mut needed: Vec<&str> = Vec::new();
+    if !plan.databases.is_empty() {
+        needed.extend(["pg_dump", "pg_restore", "psql"]);
+    }
+    if !plan.pm2.apps.is_empty() {
+        needed.push("pm2");
+    }
+    if plan.nginx.enabled {
+        needed.push("nginx");
+    }
+    for name in needed {
+        match info.tools.iter().find(|t| t.name == name) {
+            Some(t) if t.present => c.ok(h, format!("tool {name}"), t.version.clone()),
+            Some(t) => c.fail(h, format!("tool {name}"), "missing", t.problem.clone()),
+            None => c.fail(
+                h,
+                format!("tool {name}"),
+                "not reported by the agent",
+                "upgrade the agent",
+            ),
+        }
+    }
+    for d in &plan.databases {
+        let check = format!("database {}", d.name);
+        match info.databases.iter().find(|x| x.name == d.name) {
+            None => c.fail(
+                h,
+                check,
+                "not declared in the agent's config",
+                format!(
+                    "add [[databases]] name = \"{}\" to the {h} agent's config",
+                    d.name
+                ),
+            ),
+            Some(x) if !x.reachable => c.fail(
+                h,
+                check,
+                x.problem.clone(),
+                "check the conninfo in the agent's config and that PostgreSQL runs",
+            ),
+            Some(x) => c.ok(
+                h,
+                check,
+                format!("reachable, PostgreSQL {}", x.server_version),
+            ),
+        }
+    }
+    for s in &plan.storage {
+        let check = format!("storage {}", s.name);
+        match info
+            .roots
+            .iter()
+            .find(|r| r.kind == "storage" && r.name == s.name)
+        {
+            None => c.fail(
+                h,
+                check,
+                "not declared in the agent's config",
+                format!(
+                    "add [[storage]] name = \"{}\" to the {h} agent's config",
+                    s.name
+                ),
+            ),
+            Some(r) if r.exists => c.ok(h, check, r.path.clone()),
+            Some(r) if side == Side::Old => c.fail(
+                h,
+                check,
+                format!("{} does not exist", r.path),
+                "fix its path in the old agent's config",
+            ),
+            Some(r) => c.warn(
+                h,
+                check,
+                format!("{} does not exist yet", r.path),
+                "sync will create it",
+            ),
+        }
+    }
+    for f in &plan.files {
+        let check = format!("file {}", f.name);
+        match info
+            .roots
+            .iter()
+            .find(|r| r.kind == "file" && r.name == f.name)
+        {
+            None => c.fail(
+                h,
+                check,
+                "not declared in the agent's config",
+                format!(
+                    "add [[files]] name = \"{}\" to the {h} agent's config",
+                    f.name
+                ),
+            ),
+            Some(r) if r.exists => c.ok(h, check, r.path.clone()),
+            Some(r) if side == Side::Old => c.fail(
+                h,
+                check,
+                format!("{} does not exist", r.path),
+                "fix its path in the old agent's config",
+            ),
+            Some(r) => c.ok(h, check, format!("{} (will be created)", r.path)),
+        }
+    }
+    let wanted: Vec<String> = plan
+        .databases
+        .iter()
+        .map(|d| format!("restore-database:{}", d.name))
+        .chain(
+            plan.storage
+                .iter()
+                .map(|s| format!("write-storage:{}", s.name)),
+        )
+        .chain(plan.files.iter().map(|f| format!("write-file:{}", f.name)))
+        .collect();
+    match side {
+        Side::New => {
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|w| !info.permits.contains(w))
+                .collect();
+            if missing.is_empty() {
+                c.ok(
+                    h,
+                    "allows the writes a sync needs",
+                    format!("{} permits", wanted.len()),
+                );
+            } else {
+                c.fail(h, "allows the writes a sync needs", format!("missing: {}", join(&missing)), "list them in [allow] of the new agent's config (restore_databases, write_storage, write_files)");
+            }
+        }
+        Side::Old => {
+            let risky: Vec<&String> = wanted.iter().filter(|w| info.permits.contains(w)).collect();
+            if risky.is_empty() {
+                c.ok(
+                    h,
+                    "refuses writes to the source",
+                    "no destructive permits for plan resources",
+                );
+            } else {
+                c.warn(
+                    h,
+                    "refuses writes to the source",
+                    format!("the old host allows: {}", join(&risky)),
+                    "remove them from [allow] in the old agent's config: it is the source of truth",
+                );
+            }
+        }
+    }
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn disk_checks(plan: &Plan, old: &InventoryResponse, new_info: &InfoResponse, c: &mut Collector) {
+    for s in &plan.storage {
+        let Some(inv) = old.storage.iter().find(|x| x.name == s.name) else {
+            continue;
+        };
+        let Some(root) = new_info
+            .roots
+            .iter()
+            .find(|r| r.kind == "storage" && r.name == s.name)
+        else {
+            continue;
+        };
+        space(
+            c,
+            &format!("disk for storage {}", s.name),
+            inv.bytes,
+            root.free_bytes,
+            &root.path,
+        );
+    }
+    for d in &plan.databases {
+        let Some(inv) = old.databases.iter().find(|x| x.name == d.name) else {
+            continue;
+        };
+        match new_info.databases.iter().find(|x| x.name == d.name) {
+            Some(x) if x.data_dir_known => space(c, &format!("disk for database {}", d.name), inv.size_bytes, x.data_dir_free_bytes, "the PostgreSQL data directory"),
+            Some(_) => c.warn("new", format!("disk for database {}", d.name), format!("needs ~{}; free space of the target cluster is not visible to the agent (managed database or no pg_read_all_settings)", crate::output::bytes(inv.size_bytes)), "check the target's free storage yourself (e.g. RDS FreeStorageSpace)"),
+            None => {}
+        }
+    }
+}
+
+fn space(c: &mut Collector, check: &str, need: u64, free: u64, where_: &str) {
+    let want = (need as f64 * DISK_FACTOR) as u64;
+    let detail = format!(
+        "{} free at {where_}, {} needed (1.2 × {})",
+        crate::output::bytes(free),
+        crate::output::bytes(want),
+        crate::output::bytes(need)
+    );
+    if free >= want {
+        c.ok("new", check, detail);
+    } else {
+        c.fail(
+            "new",
+            check,
+            detail,
+            "free space on the new host or grow its volume before syncing",
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! Code that both hostshift binaries need.
+//!
+//! # Architecture
+//! `hostshift-proto` (the gRPC contract) → **`hostshift-shared`** → `hostshift-agent` (daemon) and
+//! `hostshift` (coordinator CLI) → `hostshift-tests` (the cross-host suite). Nothing here knows
+//! about a particular service; it holds the vocabulary both sides must agree on:
+//!
+//! - [`exit`] — the documented process exit codes.
+//! - [`digest`] — the [`digest::Sha256Digest`] newtype every checksum travels in.
+//! - [`identity`] — who a certificate belongs to (coordinator or agent), read from its URI SAN.
+//! - [`tls`] — loading PEM files into tonic's mutual-TLS configs, and HTTP/2 window sizes.
+//! - [`pki`] — creating the migration CA and the certificates (`hostshift certs init`).
+//! - [`tomlpos`] — errors for TOML files that name the file, line and key.
+//! - [`telemetry`] — `tracing` set-up shared by both binaries (`HOSTSHIFT_LOG`).
+
+pub mod digest;
+pub mod exit;
+pub mod identity;
+pub mod pki;
+pub mod telemetry;
+pub mod tls;
+pub mod tomlpos;
+
+/// Version of this build (the workspace version), reported by agents and checked by the CLI.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,29 @@
+//! Logging set-up shared by both binaries: `tracing` only, filter from `HOSTSHIFT_LOG`
+//! (e.g. `HOSTSHIFT_LOG=hostshift=debug`), human text on a terminal, JSON lines on request.
+//! Logs always go to stderr: stdout belongs to command results.
+
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber. `default_level` applies when `HOSTSHIFT_LOG` is unset.
+/// Calling it twice is harmless (the second call does nothing).
+pub fn init(default_level: &str, format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("HOSTSHIFT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
