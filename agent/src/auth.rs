@@ -41,3 +41,15 @@ pub fn coordinator_only(mut req: Request<()>) -> Result<Request<()>, Status> {
     req.extensions_mut().insert(id);
     Ok(req)
 }
+
+/// Interceptor for data services: the coordinator, or a peer agent (whose reads each handler
+/// checks against the grants the coordinator issued).
+///
+/// # Errors
+/// `Unauthenticated` as in [`caller`].
+#[allow(clippy::result_large_err)] // tonic's interceptor signature returns Status by value.
+pub fn coordinator_or_agent(mut req: Request<()>) -> Result<Request<()>, Status> {
+    let id = caller(&req)?;
+    req.extensions_mut().insert(id);
+    Ok(req)
+}

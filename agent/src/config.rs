@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use hostshift_shared::identity::valid_name;
 use hostshift_shared::tls::TlsFiles;
 use hostshift_shared::tomlpos::{Located, Problem, Problems};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/hostshift/agent.toml";
 
 /// The whole agent config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Address to serve gRPC on, e.g. `"0.0.0.0:7443"`. Port 0 picks a free port (tests).
@@ -54,10 +54,14 @@ pub struct AgentConfig {
     /// Runtime limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Folder for the agent's own state: manifest caches, maintenance-mode originals. Created on
+    /// demand. Default `/var/lib/hostshift` (the systemd unit's `StateDirectory`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 /// `[tls]`: PEM files from `hostshift certs init`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// This agent's certificate (`agent-<name>.crt`).
@@ -80,7 +84,7 @@ impl TlsConfig {
 }
 
 /// `[[databases]]`: one PostgreSQL database.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// The name plans use for this database (same name on both hosts).
@@ -93,7 +97,7 @@ pub struct DatabaseConfig {
 }
 
 /// `[[storage]]`: one storage tree.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// The name plans use for this tree.
@@ -103,7 +107,7 @@ pub struct StorageConfig {
 }
 
 /// `[[files]]`: one config file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// The name plans use for this file.
@@ -113,7 +117,7 @@ pub struct FileConfig {
 }
 
 /// `[pm2]`: how to reach this host's PM2.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pm2Config {
     /// The `pm2` program.
@@ -132,7 +136,7 @@ pub struct Pm2Config {
 }
 
 /// `[nginx]`: the nginx instance in front of the apps.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NginxConfig {
     /// The `nginx` program.
@@ -145,10 +149,15 @@ pub struct NginxConfig {
     pub prefix: Option<PathBuf>,
     /// The app's site file (`/etc/nginx/sites-available/<site>`).
     pub site: PathBuf,
+    /// Folder where the agent keeps the original site file while maintenance mode is on (kept
+    /// out of nginx's include globs on purpose). Default `/var/lib/hostshift/nginx`, inside the
+    /// systemd unit's `StateDirectory`.
+    #[serde(default = "default_nginx_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 /// `[hooks.<name>]`: a command the host's owner allows hostshift to run by name.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookConfig {
     /// Shell command, run with `/bin/sh -c` (e.g. `"npm ci && npm run build"`).
@@ -170,7 +179,7 @@ pub struct HookConfig {
 }
 
 /// `[allow]`: destructive operations this agent allows. Everything not listed is refused.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowConfig {
     /// Databases (by name) that may be restored into or overwritten.
@@ -188,7 +197,7 @@ pub struct AllowConfig {
 }
 
 /// `[tools]`: where external programs live.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsConfig {
     /// Folder with `pg_dump`, `pg_restore`, `psql`. Default: the newest
@@ -197,7 +206,7 @@ pub struct ToolsConfig {
 }
 
 /// `[limits]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// On SIGTERM, seconds in-flight work gets before it is cancelled and the agent exits.
@@ -213,6 +222,9 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hostshift")
+}
 fn default_pm2_bin() -> PathBuf {
     PathBuf::from("pm2")
 }
@@ -221,6 +233,9 @@ fn default_nginx_bin() -> PathBuf {
 }
 fn default_nginx_conf() -> PathBuf {
     PathBuf::from("/etc/nginx/nginx.conf")
+}
+fn default_nginx_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hostshift/nginx")
 }
 fn default_hook_timeout() -> u64 {
     600
@@ -334,6 +349,7 @@ impl AgentConfig {
         if let Some(n) = &self.nginx {
             absolute(src, "nginx.site", &n.site, &mut out);
             absolute(src, "nginx.config", &n.config, &mut out);
+            absolute(src, "nginx.state_dir", &n.state_dir, &mut out);
         }
         for (name, h) in &self.hooks {
             let key = format!("hooks.{name}");
@@ -372,6 +388,7 @@ impl AgentConfig {
                 }
             }
         }
+        absolute(src, "state_dir", &self.state_dir, &mut out);
         if self.limits.shutdown_grace_secs == 0 {
             out.push(src.problem("limits.shutdown_grace_secs", "must be at least 1"));
         }
@@ -488,6 +505,14 @@ mod tests {
         );
         assert!(text.contains("key `allow.restore_databases.0`"), "{text}");
         assert!(text.contains("\"nope\" is not declared"), "{text}");
+    }
+
+    /// docs/agent-config.md sets every key; the real types must read and write exactly those.
+    #[test]
+    fn docs_reference_covers_every_key() {
+        let md = include_str!("../../docs/agent-config.md");
+        hostshift_shared::tomlpos::check_reference_block::<AgentConfig>(md)
+            .unwrap_or_else(|e| panic!("docs/agent-config.md is out of date: {e}"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - [`auth`] — the caller's identity from its verified certificate; control services accept the
 //!   coordinator only.
 //! - One folder per gRPC service, named after it: [`agent_info`] (`service Agent`), [`hooks`]
-//!   (`service Hooks`). Each folder's `service.rs` only translates proto ↔ domain; the work sits in
-//!   files that know nothing of tonic.
+//!   (`service Hooks`), [`pm2`] (`service Pm2`), [`envfile`] (`service EnvFiles`), [`nginx`]
+//!   (`service Nginx`), [`health`] (`service Health`), [`db_stats`] (`service DbStats`). Each
+//!   folder's `service.rs` only translates proto ↔ domain; the work sits in files that know
+//!   nothing of tonic.
 //! - [`process`] — the only place that starts external programs.
 //! - [`error`] — [`error::AgentError`] and its single mapping to gRPC status codes.
 //! - [`serve`] — binds the services to a listener; `main.rs` only parses flags and calls it, and
@@ -21,16 +23,32 @@ pub mod agent_info;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod db_stats;
+pub mod envfile;
 pub mod error;
+pub mod health;
 pub mod hooks;
+pub mod pm2;
+pub mod postgres;
+pub mod nginx;
 pub mod process;
+pub mod storage;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hostshift_proto::v1::agent_server::AgentServer;
+use hostshift_proto::v1::env_files_server::EnvFilesServer;
+use hostshift_proto::v1::db_stats_server::DbStatsServer;
+use hostshift_proto::v1::health_server::HealthServer;
 use hostshift_proto::v1::hooks_server::HooksServer;
+use hostshift_proto::v1::nginx_server::NginxServer;
+use hostshift_proto::v1::pm2_server::Pm2Server;
+use hostshift_proto::v1::grants_server::GrantsServer;
+use hostshift_proto::v1::source_server::SourceServer;
+use hostshift_proto::v1::target_server::TargetServer;
 use hostshift_shared::identity::Identity;
 use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tokio::net::TcpListener;
@@ -53,6 +71,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Background tasks (streams, hooks) that shutdown waits for.
     pub tasks: TaskTracker,
+    /// Grants this agent issued to peer agents (in memory only).
+    pub grants: transfer::GrantStore,
 }
 
 impl Ctx {
@@ -114,6 +134,7 @@ pub async fn serve(
         identity,
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
+        grants: transfer::GrantStore::default(),
     });
     let addr = listener
         .local_addr()
@@ -128,6 +149,44 @@ pub async fn serve(
         hooks::HooksService::new(ctx.clone()),
         auth::coordinator_only,
     );
+    // One PM2 control for both services that act on PM2 (one action at a time).
+    let pm2_control = Arc::new(pm2::Pm2Control::new(ctx.clone()));
+    let pm2 = Pm2Server::with_interceptor(
+        pm2::Pm2Service::new(pm2_control.clone(), shutdown.clone()),
+        auth::coordinator_only,
+    );
+    let env_files = EnvFilesServer::with_interceptor(
+        envfile::EnvFilesService::new(ctx.clone(), pm2_control),
+        auth::coordinator_only,
+    );
+
+    let nginx = NginxServer::with_interceptor(
+        nginx::NginxService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+    let health = HealthServer::with_interceptor(
+        health::HealthService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+    let db_stats = DbStatsServer::with_interceptor(
+        db_stats::DbStatsService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+
+    // Data services. Source accepts a peer agent too (each read checks its grant).
+    let max = transfer::MAX_INLINE + 1024 * 1024;
+    let grants = GrantsServer::with_interceptor(
+        transfer::GrantsService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+    let source = SourceServer::with_interceptor(
+        transfer::SourceService::new(ctx.clone()),
+        auth::coordinator_or_agent,
+    );
+    let target = tonic::service::interceptor::InterceptedService::new(
+        TargetServer::new(transfer::TargetService::new(ctx.clone())).max_decoding_message_size(max),
+        auth::coordinator_only,
+    );
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = Server::builder()
@@ -138,6 +197,14 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(agent)
         .add_service(hooks)
+        .add_service(nginx)
+        .add_service(health)
+        .add_service(db_stats)
+        .add_service(pm2)
+        .add_service(env_files)
+        .add_service(grants)
+        .add_service(source)
+        .add_service(target)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);
 

@@ -77,6 +77,31 @@ pub enum Command {
     Check(commands::check::CheckCmd),
     /// List or run the hooks an agent's config declares.
     Hook(commands::hook::HookCmd),
+    /// Test or reload a host's nginx, or switch its site into maintenance (503 + Retry-After,
+    /// health paths still pass) and back to the original, byte for byte.
+    Nginx(commands::nginx::NginxCmd),
+    /// Run the plan's [[health]] HTTP checks where each says: on the old or new host (through
+    /// its agent) or from here. Exit 1 when any fails.
+    Health(commands::health::HealthCmd),
+    /// Database statistics of a host: sizes per table, row estimates, sessions, cache hit ratio.
+    Db(commands::db::DbCmd),
+    /// List, start, stop, restart, reload or save the PM2 apps an agent's config declares,
+    /// waiting until they really are online or stopped (crash loops fail, by app name).
+    Pm2(commands::pm2::Pm2Cmd),
+    /// Get, set or unset keys of a `.env` file an agent's config declares (atomic, secrets
+    /// redacted in the diff), optionally restarting a PM2 app so it runs with the new values.
+    Env(commands::env::EnvCmd),
+    /// Rehearse the whole move on two throwaway hosts on this machine (PostgreSQL clusters,
+    /// agents, certificates, data), then tear them down. Needs root (PostgreSQL's initdb runs as
+    /// the postgres user) and the PostgreSQL server binaries; uses loopback addresses only.
+    Rehearse(commands::rehearse::RehearseCmd),
+    /// Copy the plan's config files and storage trees (databases: coming) from the old host to
+    /// the new one while the old keeps serving. Only what differs travels; every stream is
+    /// SHA-256 checked before anything is committed; safe to run again.
+    Sync(commands::sync::SyncCmd),
+    /// Prove the new host holds what the old one holds: every file re-hashed on both sides,
+    /// config files compared after the plan's overrides. Read-only; exit 1 naming what differs.
+    Verify(commands::verify::VerifyCmd),
 }
 
 /// Parses flags, runs the command, and maps the outcome to an exit code.
@@ -129,5 +154,13 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Plan(c) => commands::plan::run(&g, c),
         Command::Check(c) => commands::check::run(&g, c).await,
         Command::Hook(c) => commands::hook::run(&g, c).await,
+        Command::Nginx(c) => commands::nginx::run(&g, c).await,
+        Command::Health(c) => commands::health::run(&g, c).await,
+        Command::Db(c) => commands::db::run(&g, c).await,
+        Command::Pm2(c) => commands::pm2::run(&g, c).await,
+        Command::Env(c) => commands::env::run(&g, c).await,
+        Command::Rehearse(c) => commands::rehearse::run(&g, c).await,
+        Command::Sync(c) => commands::sync::run(&g, c).await,
+        Command::Verify(c) => commands::verify::run(&g, c).await,
     }
 }

@@ -7,7 +7,15 @@
 use std::time::Duration;
 
 use hostshift_proto::v1::agent_client::AgentClient;
+use hostshift_proto::v1::db_stats_client::DbStatsClient;
+use hostshift_proto::v1::env_files_client::EnvFilesClient;
+use hostshift_proto::v1::health_client::HealthClient;
+use hostshift_proto::v1::grants_client::GrantsClient;
 use hostshift_proto::v1::hooks_client::HooksClient;
+use hostshift_proto::v1::source_client::SourceClient;
+use hostshift_proto::v1::target_client::TargetClient;
+use hostshift_proto::v1::nginx_client::NginxClient;
+use hostshift_proto::v1::pm2_client::Pm2Client;
 use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
@@ -15,6 +23,8 @@ use crate::plan::{Plan, Side};
 
 /// Connection attempt deadline.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message the coordinator sends or accepts (encoded manifests, batch plans).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Default deadline of a unary RPC.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,6 +48,48 @@ impl Agent {
     /// `service Hooks` client.
     pub fn hooks(&self) -> HooksClient<Channel> {
         HooksClient::new(self.channel.clone())
+    }
+
+    /// `service Grants` client.
+    pub fn grants(&self) -> GrantsClient<Channel> {
+        GrantsClient::new(self.channel.clone())
+    }
+
+    /// `service Source` client (large messages allowed: manifests).
+    pub fn source(&self) -> SourceClient<Channel> {
+        SourceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// `service Target` client (large messages allowed: manifests and batch plans).
+    pub fn target(&self) -> TargetClient<Channel> {
+        TargetClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// `service Nginx` client.
+    pub fn nginx(&self) -> NginxClient<Channel> {
+        NginxClient::new(self.channel.clone())
+    }
+
+    /// `service Health` client.
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// `service DbStats` client.
+    pub fn db_stats(&self) -> DbStatsClient<Channel> {
+        DbStatsClient::new(self.channel.clone())
+    }
+
+    /// `service Pm2` client.
+    pub fn pm2(&self) -> Pm2Client<Channel> {
+        Pm2Client::new(self.channel.clone())
+    }
+
+    /// `service EnvFiles` client.
+    pub fn env_files(&self) -> EnvFilesClient<Channel> {
+        EnvFilesClient::new(self.channel.clone())
     }
 }
 

@@ -7,6 +7,9 @@
 //! - [`preflight`] checks both hosts (`hostshift check`); later phases reuse it as a gate.
 //! - [`lab`] builds throwaway hosts on loopback (PostgreSQL clusters, seeded app data) for the
 //!   rehearsal and the test suite.
+//! - [`sync`] copies files, storage and databases (`sync`), proves equality (`verify`), and
+//!   keeps the journal.
+//! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
 //!
 //! The coordinator holds no data of its own beyond its journal: data flows agent to agent.
@@ -19,3 +22,5 @@ pub mod lab;
 pub mod output;
 pub mod plan;
 pub mod preflight;
+pub mod rehearse;
+pub mod sync;

@@ -6,15 +6,22 @@
 //! about a particular service; it holds the vocabulary both sides must agree on:
 //!
 //! - [`exit`] — the documented process exit codes.
+//! - [`framing`] — chunk + trailer framing that makes every stream's integrity checkable.
+//! - [`dotenv`] — the `.env` parser/editor that keeps every untouched byte (overrides, edits).
 //! - [`digest`] — the [`digest::Sha256Digest`] newtype every checksum travels in.
 //! - [`identity`] — who a certificate belongs to (coordinator or agent), read from its URI SAN.
 //! - [`tls`] — loading PEM files into tonic's mutual-TLS configs, and HTTP/2 window sizes.
 //! - [`pki`] — creating the migration CA and the certificates (`hostshift certs init`).
 //! - [`tomlpos`] — errors for TOML files that name the file, line and key.
 //! - [`telemetry`] — `tracing` set-up shared by both binaries (`HOSTSHIFT_LOG`).
+//! - [`health`] — HTTP health checks (one definition → one result, retries with backoff), run
+//!   by agents on their hosts and by the coordinator alike.
 
 pub mod digest;
+pub mod dotenv;
 pub mod exit;
+pub mod framing;
+pub mod health;
 pub mod identity;
 pub mod pki;
 pub mod telemetry;

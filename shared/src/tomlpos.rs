@@ -186,6 +186,63 @@ impl Located {
     }
 }
 
+/// Every dotted key path that a TOML value sets (`databases[].name`, `tls.cert`, ...). Used by
+/// the tests that keep the reference docs and the real config types from drifting apart.
+pub fn key_paths(v: &toml::Value) -> std::collections::BTreeSet<String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&p, v, out);
+                }
+            }
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                for item in a {
+                    walk(&format!("{prefix}[]"), item, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk("", v, &mut out);
+    out
+}
+
+/// The first ```` ```toml ```` block of a Markdown document.
+pub fn first_toml_block(markdown: &str) -> Option<&str> {
+    let start = markdown.find("```toml\n")? + "```toml\n".len();
+    let len = markdown[start..].find("\n```")?;
+    Some(&markdown[start..start + len + 1])
+}
+
+/// Asserts, for tests, that `T` parsed from the doc's reference block and serialized back sets
+/// exactly the keys the block sets: a field added, renamed or removed in `T` without the doc
+/// changing fails.
+///
+/// # Errors
+/// A message naming the keys that differ.
+pub fn check_reference_block<T>(markdown: &str) -> Result<(), String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let block = first_toml_block(markdown).ok_or("no ```toml block in the document")?;
+    let parsed: T = toml::from_str(block).map_err(|e| format!("the reference block does not parse: {e}"))?;
+    let doc: toml::Value = toml::from_str(block).map_err(|e| e.to_string())?;
+    let back = toml::Value::try_from(&parsed).map_err(|e| e.to_string())?;
+    let (doc_keys, type_keys) = (key_paths(&doc), key_paths(&back));
+    let missing: Vec<_> = type_keys.difference(&doc_keys).collect();
+    let extra: Vec<_> = doc_keys.difference(&type_keys).collect();
+    if missing.is_empty() && extra.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("keys the types have but the doc lacks: {missing:?}; keys the doc has but the types drop: {extra:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,16 @@
 
 pub mod certs;
 pub mod check;
+pub mod db;
+pub mod env;
+pub mod health;
 pub mod hook;
+pub mod nginx;
 pub mod plan;
+pub mod pm2;
+pub mod rehearse;
+pub mod sync;
+pub mod verify;
 
 use crate::error::{CliError, usage};
 use crate::plan::Plan;

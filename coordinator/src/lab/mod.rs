@@ -8,7 +8,9 @@
 //!
 //! - [`pg`] starts, connects to and stops throwaway clusters.
 //! - [`seed`] fills a database with the schema and data the product's users have.
+//! - [`agent`] starts real `hostshift-agent` processes with generated configs.
 
+pub mod agent;
 pub mod pg;
 pub mod seed;
 

@@ -231,9 +231,10 @@ impl PgCluster {
                 pid,
                 child: Some(child),
             };
-            match cluster.wait_ready(started + START_TIMEOUT).await {
+            match cluster.wait_ready(Instant::now() + START_TIMEOUT).await {
                 Ok(()) => {
-                    tracing::info!(cluster = name, %listen, port, pid, elapsed = ?started.elapsed(), "lab cluster ready");
+                    let elapsed = started.elapsed();
+                    tracing::info!(cluster = name, %listen, port, pid, ?elapsed, "lab cluster ready");
                     return Ok(cluster);
                 }
                 // Another process took the port between our probe and the postmaster's bind.
@@ -356,7 +357,8 @@ impl PgCluster {
     }
 
     /// Fast shutdown: SIGINT to the postmaster, up to 15 s for it to exit, then SIGKILL to it, its
-    /// process group and its children. Returns once the postmaster is reaped. Calling it again is a no-op.
+    /// process group and its children. Returns once the postmaster is reaped (a fast shutdown
+    /// waits for every backend). Calling it again is a no-op.
     ///
     /// # Errors
     ///
@@ -407,13 +409,14 @@ impl PgCluster {
             }
         };
         self.child = None;
-        tracing::info!(cluster = self.name, %status, elapsed = ?started.elapsed(), "lab cluster stopped");
+        let elapsed = started.elapsed();
+        tracing::info!(cluster = self.name, %status, ?elapsed, "lab cluster stopped");
         Ok(())
     }
 
     /// Kills the postmaster, its process group and its children with SIGKILL, reaps the
-    /// postmaster and waits (up to 5 s) until none of its children runs, without an async runtime (for [`Drop`] and at-exit
-    /// cleanup). A no-op once the cluster is stopped.
+    /// postmaster and waits (up to 5 s) until none of its children runs. Needs no async runtime:
+    /// for [`Drop`] and at-exit cleanup. A no-op once the cluster is stopped.
     pub fn kill_now(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -440,7 +443,8 @@ impl PgCluster {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(cluster = self.name, pid = self.pid, %error, "could not reap the lab postmaster");
+                    let pid = self.pid;
+                    tracing::warn!(cluster = self.name, pid, %error, "could not reap the lab postmaster");
                     return;
                 }
             }

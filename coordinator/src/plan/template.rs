@@ -28,6 +28,14 @@ mod tests {
         );
     }
 
+    /// docs/plan.md sets every key; the real types must read and write exactly those.
+    #[test]
+    fn docs_reference_covers_every_key() {
+        let md = include_str!("../../../docs/plan.md");
+        hostshift_shared::tomlpos::check_reference_block::<Plan>(md)
+            .unwrap_or_else(|e| panic!("docs/plan.md is out of date: {e}"));
+    }
+
     #[test]
     fn template_without_certificates_names_the_missing_files() {
         let path = std::path::Path::new("/nonexistent-dir/plan.toml");

@@ -1,0 +1,278 @@
+//! Table data: [`copy_out`] on the source streams a table (or one key range of it) as `COPY`
+//! bytes; [`TableSink`] on the target loads those bytes and commits only when told. The bytes
+//! pass through untouched — nothing is decoded — so the copy costs what `COPY` costs.
+//!
+//! # Source
+//! One connection per copy, in a `REPEATABLE READ READ ONLY` transaction on the sync's exported
+//! snapshot (see [`super::conn`]), with `COPY (SELECT cols FROM [ONLY] t WHERE key range) TO
+//! STDOUT` (or `COPY t (cols) TO STDOUT` for a whole ordinary table, which is a little faster).
+//! The server sends one message per row; they are gathered into chunks of [`CHUNK_BYTES`].
+//!
+//! # Target
+//! [`TableSink::begin`] runs `BEGIN; SET LOCAL session_replication_role = replica`, then, by
+//! [`LoadMode`], `TRUNCATE` or `DELETE` of the range, then `COPY t (cols) FROM STDIN`.
+//! `session_replication_role = replica` keeps foreign-key checks and user triggers from firing
+//! during the load: the rows were consistent on the source (one snapshot), checking them row by
+//! row again is slow, and a trigger such as "touch `updated_at`" would change them. It matters
+//! when loading into tables whose post-data section is already in place (a second sync); on a
+//! fresh target those triggers and constraints do not exist yet. Setting it needs a superuser
+//! (on RDS: the `rds_superuser` master user) — a plain owner gets a clear permission error.
+//! [`TableSink::commit`] finishes the `COPY` and commits; the caller calls it only after the
+//! stream's trailer was verified. [`TableSink::rollback`], or dropping the sink (which closes its
+//! connection), leaves the table as it was.
+
+use std::borrow::Borrow;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, Stream, StreamExt};
+use tokio_postgres::{CopyInSink, CopyOutStream};
+
+use super::conn::{Conn, PINNED_SETTINGS, SnapshotId};
+use super::error::PgSyncError;
+use super::ranges::KeyRange;
+use super::tables::{TableInfo, TableKind};
+
+/// Size of the chunks [`copy_out`] yields (the last one may be smaller). Worst-case memory of a
+/// copy is one chunk being filled plus one row message, plus whatever the caller queues.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A target transaction left idle this long (a sink the caller forgot) is ended by the server.
+pub const SINK_IDLE_TIMEOUT_SECS: u32 = 15 * 60;
+
+/// The source's `COPY … TO STDOUT` for a table or one key range of it.
+pub fn copy_out_sql(table: &TableInfo, range: Option<&KeyRange>) -> String {
+    let format = table.format.sql();
+    match (table.kind, range) {
+        (TableKind::Ordinary, None) => format!(
+            "COPY {}{} TO STDOUT (FORMAT {format})",
+            table.table.qualified(),
+            table.column_list()
+        ),
+        _ => format!(
+            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT (FORMAT {format})",
+            table.select_list(),
+            table.relation_sql(),
+            range.map_or_else(|| "TRUE".to_string(), KeyRange::predicate)
+        ),
+    }
+}
+
+enum OutState<C> {
+    Start(C),
+    Copying(C, Pin<Box<CopyOutStream>>),
+    Done,
+}
+
+/// Streams `table` (or `range` of it) from the source as `COPY` bytes in `table.format`, in
+/// chunks of [`CHUNK_BYTES`], inside a read-only transaction on `snapshot`.
+///
+/// `conn` is any owner of a [`Conn`] (`&Conn`, `Arc<Conn>`, `Conn`): use one connection per
+/// concurrent copy. After an error the stream ends; drop the connection, its transaction may
+/// still be open.
+///
+/// # Errors
+/// Each item: [`PgSyncError::Query`] naming the table when the transaction cannot start (e.g. the
+/// snapshot's exporting transaction ended) or the `COPY` fails.
+pub fn copy_out<C>(
+    conn: C,
+    table: &TableInfo,
+    range: Option<KeyRange>,
+    snapshot: Option<SnapshotId>,
+) -> impl Stream<Item = Result<Bytes, PgSyncError>> + Send + use<C>
+where
+    C: Borrow<Conn> + Send,
+{
+    let sql = copy_out_sql(table, range.as_ref());
+    let name = table.table.clone();
+    futures::stream::try_unfold(OutState::Start(conn), move |state| {
+        let sql = sql.clone();
+        let name = name.clone();
+        let snapshot = snapshot.clone();
+        async move {
+            let (conn, mut rows) = match state {
+                OutState::Done => return Ok(None),
+                OutState::Copying(conn, rows) => (conn, rows),
+                OutState::Start(conn) => {
+                    let c: &Conn = conn.borrow();
+                    c.begin_read_only(snapshot.as_ref()).await?;
+                    let rows = c
+                        .client()
+                        .copy_out(sql.as_str())
+                        .await
+                        .map_err(|e| c.err(Some(&name), "start COPY TO STDOUT", &e))?;
+                    (conn, Box::pin(rows))
+                }
+            };
+            // One row more than the chunk size at most: no reallocation for typical rows.
+            let mut chunk = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
+            while chunk.len() < CHUNK_BYTES {
+                match rows.next().await {
+                    Some(Ok(row)) => chunk.extend_from_slice(&row),
+                    Some(Err(e)) => {
+                        return Err(conn.borrow().err(Some(&name), "COPY TO STDOUT", &e));
+                    }
+                    None => {
+                        conn.borrow().end_read_only().await?;
+                        return Ok((!chunk.is_empty()).then(|| (chunk.freeze(), OutState::Done)));
+                    }
+                }
+            }
+            Ok(Some((chunk.freeze(), OutState::Copying(conn, rows))))
+        }
+    })
+}
+
+/// What the target does to the table before loading.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LoadMode {
+    /// `TRUNCATE` it first (in the same transaction: a rollback restores the old rows). Fails
+    /// when other tables reference it by foreign key — on a target whose post-data is in place,
+    /// load by [`LoadMode::DeleteRange`] instead.
+    Truncate,
+    /// Add the rows to what is there (a fresh table).
+    Append,
+    /// Delete the rows of this key range first (re-copying one range of a split table).
+    DeleteRange(KeyRange),
+}
+
+/// A table load on the target, committed only by [`TableSink::commit`].
+pub struct TableSink {
+    conn: Conn,
+    table: TableInfo,
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    bytes: u64,
+}
+
+/// A committed load.
+pub struct Loaded {
+    /// The connection, free for the next load.
+    pub conn: Conn,
+    /// Rows the `COPY` inserted.
+    pub rows: u64,
+    /// Bytes of `COPY` data received.
+    pub bytes: u64,
+}
+
+impl TableSink {
+    /// Opens the load transaction on `conn` (a connection of its own: the sink owns it until it
+    /// ends), applies `mode`, and starts `COPY FROM STDIN` in `table.format`.
+    ///
+    /// The caller must have checked that this database may be written (`[allow]
+    /// restore_databases` in the agent's config): this function does not.
+    ///
+    /// # Errors
+    /// [`PgSyncError::Query`] naming the table: the session may not set
+    /// `session_replication_role` (not a superuser), the table is missing, `TRUNCATE` is refused.
+    /// The connection is closed, so nothing stays half-done.
+    pub async fn begin(conn: Conn, table: &TableInfo, mode: LoadMode) -> Result<Self, PgSyncError> {
+        let name = &table.table;
+        conn.exec(
+            &format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{SINK_IDLE_TIMEOUT_SECS}s'; \
+                 {PINNED_SETTINGS}"
+            ),
+            Some(name),
+            "begin the load transaction",
+        )
+        .await?;
+        conn.exec(
+            "SET LOCAL session_replication_role = replica",
+            Some(name),
+            "set session_replication_role = replica (loading needs a superuser; on RDS the \
+             master user)",
+        )
+        .await?;
+        let prepare = match &mode {
+            LoadMode::Append => None,
+            LoadMode::Truncate => Some(format!("TRUNCATE {}", table.relation_sql())),
+            LoadMode::DeleteRange(r) => Some(format!(
+                "DELETE FROM {} WHERE {}",
+                table.relation_sql(),
+                r.predicate()
+            )),
+        };
+        if let Some(sql) = prepare {
+            conn.exec(
+                &sql,
+                Some(name),
+                "empty the table (or range) before the load",
+            )
+            .await?;
+        }
+        let copy = format!(
+            "COPY {}{} FROM STDIN (FORMAT {})",
+            name.qualified(),
+            table.column_list(),
+            table.format.sql()
+        );
+        let sink = conn
+            .client()
+            .copy_in::<_, Bytes>(copy.as_str())
+            .await
+            .map_err(|e| conn.err(Some(name), "start COPY FROM STDIN", &e))?;
+        Ok(Self {
+            conn,
+            table: table.clone(),
+            sink: Box::pin(sink),
+            bytes: 0,
+        })
+    }
+
+    /// Sends one chunk to the server, waiting until it is accepted (backpressure).
+    ///
+    /// # Errors
+    /// [`PgSyncError::Query`] when the server rejected the data or the connection broke; the
+    /// load is then lost — drop the sink.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), PgSyncError> {
+        self.bytes += chunk.len() as u64;
+        self.sink.send(chunk).await.map_err(|e| {
+            self.conn
+                .err(Some(&self.table.table), "COPY FROM STDIN", &e)
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Ends the `COPY` and commits: call only after the stream was verified.
+    ///
+    /// # Errors
+    /// [`PgSyncError::Query`] when the data was incomplete or invalid, or the commit failed; the
+    /// table is then unchanged.
+    pub async fn commit(mut self) -> Result<Loaded, PgSyncError> {
+        let name = &self.table.table;
+        let rows = self
+            .sink
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| self.conn.err(Some(name), "finish COPY FROM STDIN", &e))?;
+        self.conn
+            .exec("COMMIT", Some(name), "commit the load")
+            .await?;
+        tracing::debug!(table = %name, rows, bytes = self.bytes, "table load committed");
+        Ok(Loaded {
+            conn: self.conn,
+            rows,
+            bytes: self.bytes,
+        })
+    }
+
+    /// Abandons the load: the table is left as it was before [`TableSink::begin`].
+    ///
+    /// # Errors
+    /// When the connection broke (the server then rolls back by itself).
+    pub async fn rollback(self) -> Result<Conn, PgSyncError> {
+        let Self {
+            conn, table, sink, ..
+        } = self;
+        // Dropping the sink sends CopyFail: the COPY ends in an error, the transaction aborts.
+        drop(sink);
+        conn.exec("ROLLBACK", Some(&table.table), "roll back the load")
+            .await?;
+        Ok(conn)
+    }
+}

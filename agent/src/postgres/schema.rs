@@ -1,0 +1,399 @@
+//! Schema: the pre-data and post-data sections of `pg_dump --schema-only` streamed from the
+//! source, and applied on the target in one transaction each.
+//!
+//! # Source
+//! [`dump_section`] runs the agent's `pg_dump` (through [`crate::process`], from
+//! `agent_info::pg_bin_dir`) with `--schema-only --section=pre-data|post-data`, ownership and
+//! privileges kept, `--snapshot` of the sync when given (the schema then matches the data to the
+//! row), and the selection as explicit `-T` arguments ([`super::select::dump_args`]). The
+//! password is read from the config's `password_file` and passed as `PGPASSWORD` in the child's
+//! environment — never on the command line, which error messages show. Output is streamed from
+//! `pg_dump`'s stdout in chunks of [`DUMP_CHUNK_BYTES`]; no file is written.
+//!
+//! What the sections hold (PostgreSQL 15): pre-data = extensions, schemas, types, functions,
+//! tables (columns, defaults, `CHECK`s), partition attachments, sequences, views, ownership,
+//! grants, comments; post-data = primary keys, unique and foreign-key constraints, indexes,
+//! triggers, rules, policies, default privileges. Large objects are in neither: `--schema-only`
+//! leaves them out even with `-b` ([`super::large_objects`] copies them, metadata included).
+//!
+//! # Target
+//! [`SchemaBuffer`] collects the section (schema text is small: a large app's is a few MB; the
+//! buffer refuses more than [`MAX_SCHEMA_BYTES`]) and [`SchemaBuffer::apply`] runs it in one
+//! transaction after the caller verified the stream: a failure leaves nothing behind. `pg_dump`
+//! 15.14+ wraps its output in `\restrict KEY` … `\unrestrict KEY` (psql meta-commands against
+//! malicious servers); those two lines are removed when their keys pair up, nothing else is
+//! rewritten.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStdout;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{Conn, SnapshotId};
+use super::error::PgSyncError;
+use super::select::{self, Selection};
+use crate::config::DatabaseConfig;
+use crate::process::{Cmd, Running};
+
+/// Chunk size of [`dump_section`]'s stream.
+pub const DUMP_CHUNK_BYTES: usize = 64 * 1024;
+/// Most schema text [`SchemaBuffer`] accepts (the target's memory bound for a schema apply).
+pub const MAX_SCHEMA_BYTES: usize = 256 * 1024 * 1024;
+/// Deadline of one `pg_dump` run (it waits for locks only up to [`LOCK_WAIT_TIMEOUT`]).
+pub const DUMP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// `pg_dump --lock-wait-timeout`: how long it waits for a table's `ACCESS SHARE` lock.
+pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A section of the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Section {
+    /// Everything tables need before their data arrives.
+    PreData,
+    /// Indexes, constraints, triggers: built after the data, which is much faster.
+    PostData,
+}
+
+impl Section {
+    /// The `pg_dump --section` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PreData => "pre-data",
+            Self::PostData => "post-data",
+        }
+    }
+}
+
+/// The `pg_dump` command for a section (without the password, which goes in the environment).
+fn command(
+    db: &DatabaseConfig,
+    bin_dir: &Path,
+    section: Section,
+    selection_args: &[String],
+    snapshot: Option<&SnapshotId>,
+) -> Result<Cmd, PgSyncError> {
+    let mut cmd = Cmd::new(bin_dir.join("pg_dump"))
+        .arg("--schema-only")
+        .arg(format!("--section={}", section.as_str()))
+        .arg("--no-password")
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            LOCK_WAIT_TIMEOUT.as_millis()
+        ))
+        .timeout(DUMP_TIMEOUT)
+        .env("PGCLIENTENCODING", "UTF8")
+        .env("PGAPPNAME", "hostshift-agent")
+        .env("PGCONNECT_TIMEOUT", "10");
+    if let Some(s) = snapshot {
+        cmd = cmd.arg(format!("--snapshot={}", s.as_str()));
+    }
+    cmd = cmd
+        .args(selection_args)
+        .arg(format!("--dbname={}", db.conninfo));
+    if let Some(pf) = &db.password_file {
+        let pw = std::fs::read_to_string(pf).map_err(|source| PgSyncError::Io {
+            op: "read the password file",
+            path: pf.clone(),
+            source,
+        })?;
+        cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
+    }
+    Ok(cmd)
+}
+
+struct Dump {
+    running: Running,
+    stdout: ChildStdout,
+    stderr: JoinHandle<String>,
+    cancel: CancellationToken,
+    deadline: tokio::time::Instant,
+    database: String,
+}
+
+impl Dump {
+    fn failure(&self, status: String, stderr_tail: String) -> PgSyncError {
+        PgSyncError::Command {
+            database: self.database.clone(),
+            command: self.running.cmdline.clone(),
+            status,
+            stderr_tail,
+        }
+    }
+
+    /// The next chunk, or `None` after `pg_dump` exited 0.
+    async fn next(&mut self) -> Result<Option<Bytes>, PgSyncError> {
+        let mut chunk = BytesMut::with_capacity(DUMP_CHUNK_BYTES);
+        while chunk.len() < DUMP_CHUNK_BYTES {
+            let read = tokio::select! {
+                r = self.stdout.read_buf(&mut chunk) => r,
+                () = self.cancel.cancelled() => {
+                    self.running.terminate().await;
+                    return Err(PgSyncError::Cancelled { database: self.database.clone() });
+                }
+                () = tokio::time::sleep_until(self.deadline) => {
+                    self.running.terminate().await;
+                    let tail = (&mut self.stderr).await.unwrap_or_default();
+                    return Err(self.failure(format!("timed out after {} s", DUMP_TIMEOUT.as_secs()), tail));
+                }
+            };
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.running.terminate().await;
+                    return Err(self.failure(format!("stdout unreadable: {e}"), String::new()));
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            return Ok(Some(chunk.freeze()));
+        }
+        let exit = self.running.wait(&self.cancel).await.map_err(|e| match e {
+            crate::error::AgentError::Cancelled => PgSyncError::Cancelled {
+                database: self.database.clone(),
+            },
+            other => self.failure(other.to_string(), String::new()),
+        })?;
+        let tail = (&mut self.stderr).await.unwrap_or_default();
+        if exit.success() {
+            Ok(None)
+        } else {
+            Err(self.failure(exit.describe(), tail))
+        }
+    }
+}
+
+/// Streams one schema section of the source database from `pg_dump`'s stdout.
+///
+/// The stream ends with `Ok` only after `pg_dump` exited 0; dropping it kills `pg_dump`.
+/// `cancel` terminates it (then kills it after [`crate::process::TERMINATE_GRACE`]).
+///
+/// # Errors
+/// Up front: [`PgSyncError::Connect`]/[`PgSyncError::Query`] while resolving a selection that is
+/// not [`Selection::all`]; [`PgSyncError::InvalidSelection`] when includes select nothing;
+/// [`PgSyncError::Io`] for an unreadable password file; [`PgSyncError::Command`] when `pg_dump`
+/// cannot start. In the stream: [`PgSyncError::Command`] with `pg_dump`'s stderr tail when it
+/// fails or times out, [`PgSyncError::Cancelled`].
+pub async fn dump_section(
+    db: &DatabaseConfig,
+    bin_dir: &Path,
+    section: Section,
+    selection: &Selection,
+    snapshot: Option<&SnapshotId>,
+    cancel: CancellationToken,
+) -> Result<impl Stream<Item = Result<Bytes, PgSyncError>> + Send + 'static, PgSyncError> {
+    let selection_args = if selection.is_all() {
+        Vec::new()
+    } else {
+        let conn = Conn::connect(db).await?;
+        select::dump_args(&conn, selection).await?
+    };
+    let cmd = command(db, bin_dir, section, &selection_args, snapshot)?;
+    let cmdline = cmd.display();
+    let mut running = cmd.spawn().map_err(|e| PgSyncError::Command {
+        database: db.name.clone(),
+        command: cmdline.clone(),
+        status: "could not start".into(),
+        stderr_tail: e.to_string(),
+    })?;
+    let (Some(stdout), Some(stderr)) = (running.take_stdout(), running.take_stderr()) else {
+        return Err(PgSyncError::Command {
+            database: db.name.clone(),
+            command: cmdline,
+            status: "started without stdout/stderr pipes".into(),
+            stderr_tail: String::new(),
+        });
+    };
+    tracing::debug!(database = %db.name, section = section.as_str(), command = %cmdline, "pg_dump started");
+    let dump = Dump {
+        running,
+        stdout,
+        stderr: tokio::spawn(crate::process::tail(stderr)),
+        cancel,
+        deadline: tokio::time::Instant::now() + DUMP_TIMEOUT,
+        database: db.name.clone(),
+    };
+    Ok(futures::stream::try_unfold(dump, |mut dump| async move {
+        Ok(dump.next().await?.map(|chunk| (chunk, dump)))
+    }))
+}
+
+/// A schema section received on the target, applied by [`SchemaBuffer::apply`].
+#[derive(Debug)]
+pub struct SchemaBuffer {
+    database: String,
+    what: String,
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl SchemaBuffer {
+    /// An empty buffer for `section`, limited to [`MAX_SCHEMA_BYTES`]; `database` is the
+    /// configured name (for messages).
+    pub fn new(database: &str, section: Section) -> Self {
+        Self::with_limit(database, section, MAX_SCHEMA_BYTES)
+    }
+
+    /// An empty buffer with another limit.
+    pub fn with_limit(database: &str, section: Section, limit: usize) -> Self {
+        Self {
+            database: database.to_string(),
+            what: format!("{} schema", section.as_str()),
+            text: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends a chunk.
+    ///
+    /// # Errors
+    /// [`PgSyncError::TooLarge`] beyond the limit (the buffer is then useless: drop it).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), PgSyncError> {
+        if self.text.len() + chunk.len() > self.limit {
+            return Err(PgSyncError::TooLarge {
+                database: self.database.clone(),
+                what: self.what.clone(),
+                limit: self.limit,
+            });
+        }
+        self.text.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Bytes buffered.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// True when nothing was buffered.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Runs the section in one transaction on `conn`, then resets the session settings the dump
+    /// changed. Call only after the stream was verified. The caller must have checked that this
+    /// database may be written (`[allow] restore_databases`); this function does not.
+    ///
+    /// # Errors
+    /// [`PgSyncError::InvalidInput`] when the text is not UTF-8 or its `\restrict`/`\unrestrict`
+    /// lines do not pair up; [`PgSyncError::Query`] with the server's message when a
+    /// statement fails (e.g. an object already exists) — the transaction is rolled back and
+    /// nothing of the section remains.
+    pub async fn apply(self, conn: &Conn) -> Result<(), PgSyncError> {
+        let text = String::from_utf8(self.text).map_err(|e| PgSyncError::InvalidInput {
+            database: self.database.clone(),
+            what: self.what.clone(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let sql = strip_restrict(&text).map_err(|reason| PgSyncError::InvalidInput {
+            database: self.database.clone(),
+            what: self.what.clone(),
+            reason,
+        })?;
+        conn.exec(
+            "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
+            None,
+            "begin the schema transaction",
+        )
+        .await?;
+        if let Err(e) = conn
+            .exec(&sql, None, &format!("apply the {}", self.what))
+            .await
+        {
+            // The statement's error matters more than a failed rollback.
+            let _ = conn.client().batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+        conn.exec("COMMIT; RESET ALL", None, "commit the schema")
+            .await?;
+        tracing::debug!(database = %self.database, what = %self.what, bytes = sql.len(), "schema applied");
+        Ok(())
+    }
+}
+
+/// Removes `pg_dump`'s `\restrict KEY` / `\unrestrict KEY` lines (psql meta-commands the server
+/// cannot run); refuses them when they do not pair up.
+fn strip_restrict(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut key: Option<&str> = None;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if let Some(k) = bare.strip_prefix("\\restrict ") {
+            if key.is_some() {
+                return Err("a second \\restrict line".into());
+            }
+            key = Some(k);
+            continue;
+        }
+        if let Some(k) = bare.strip_prefix("\\unrestrict ") {
+            if key == Some(k) {
+                continue;
+            }
+            return Err("an \\unrestrict line whose key does not match".into());
+        }
+        out.push_str(line);
+    }
+    // Other lines starting with '\' are left alone: pg_dump emits no other meta-command in
+    // schema-only output, and such a line inside a function body is part of the body.
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restrict_lines_are_removed_and_the_rest_kept() {
+        let dump = "\\restrict abc123\nSET x = 1;\nCREATE TABLE t (a int);\n\\unrestrict abc123\n";
+        assert_eq!(
+            strip_restrict(dump).expect("valid"),
+            "SET x = 1;\nCREATE TABLE t (a int);\n"
+        );
+        assert_eq!(strip_restrict("SELECT 1;\n").expect("plain"), "SELECT 1;\n");
+        assert!(strip_restrict("\\restrict a\n\\unrestrict b\n").is_err());
+        assert!(strip_restrict("\\restrict a\n\\restrict a\n").is_err());
+    }
+
+    #[test]
+    fn the_buffer_refuses_more_than_its_limit() {
+        let mut b = SchemaBuffer::with_limit("app", Section::PreData, 10);
+        b.push(b"0123456789").expect("at the limit");
+        let e = b.push(b"x").expect_err("over the limit");
+        assert!(matches!(e, PgSyncError::TooLarge { limit: 10, .. }), "{e}");
+        assert!(e.to_string().contains("pre-data schema"));
+    }
+
+    #[test]
+    fn the_password_goes_to_the_environment_not_the_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pf = dir.path().join("pw");
+        std::fs::write(&pf, "s3cret\n").expect("write");
+        let db = DatabaseConfig {
+            name: "app".into(),
+            conninfo: "host=/run/postgresql dbname=app user=app".into(),
+            password_file: Some(pf),
+        };
+        let snap = SnapshotId::parse("00000003-0000001B-1").expect("id");
+        let cmd = command(
+            &db,
+            Path::new("/usr/lib/postgresql/15/bin"),
+            Section::PostData,
+            &["-t\"public\".\"users\"".to_string()],
+            Some(&snap),
+        )
+        .expect("command");
+        let line = cmd.display();
+        assert!(!line.contains("s3cret"), "{line}");
+        assert!(line.contains("--section=post-data"), "{line}");
+        assert!(line.contains("--snapshot=00000003-0000001B-1"), "{line}");
+        assert!(line.contains("-t\"public\".\"users\""), "{line}");
+        assert!(
+            line.ends_with("--dbname=host=/run/postgresql dbname=app user=app"),
+            "{line}"
+        );
+    }
+}

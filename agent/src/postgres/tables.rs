@@ -1,0 +1,193 @@
+//! The tables a sync copies and what copying each needs to know ([`TableInfo`]): its kind
+//! (ordinary or partitioned), the columns to copy (all but dropped and generated ones), the
+//! `COPY` format, the integer primary key that allows splitting it into ranges, and size
+//! estimates for scheduling.
+//!
+//! # Copy format
+//! Binary `COPY` is the default: it is faster to produce and to parse. But the binary form of an
+//! array carries its element type's OID, and that of a composite value its fields' type OIDs, and
+//! OIDs of user-defined types differ between clusters, so the target would refuse them ("wrong
+//! element type"). Tables with such a column (an array of an enum, a domain or an extension type;
+//! any composite type), or with a type that has no binary I/O, are copied in text format, with the
+//! settings that affect text output pinned on both sides.
+
+use super::conn::Conn;
+use super::error::PgSyncError;
+use super::select::{Selection, TableRef, relations};
+use super::sql;
+
+/// Ordinary table or partitioned parent: decides `ONLY` in the copy and fingerprint queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TableKind {
+    /// `relkind = 'r'`: its own rows only (`ONLY`, so inheritance children are not counted twice).
+    Ordinary,
+    /// `relkind = 'p'`: the rows of all its partitions, read and written through the parent.
+    Partitioned,
+}
+
+/// The `COPY` format of a table, decided on the source and used on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CopyFormat {
+    /// The fast default.
+    Binary,
+    /// For tables with a column whose binary form embeds type OIDs, which differ between
+    /// clusters (arrays of enums, domains or extension types; composite types), or whose type has
+    /// no binary I/O. Both sides pin the settings that affect text output ([`super::conn::PINNED_SETTINGS`]).
+    Text,
+}
+
+impl CopyFormat {
+    /// The `FORMAT` option value.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Self::Binary => "binary",
+            Self::Text => "text",
+        }
+    }
+}
+
+/// What copying one table needs: decided on the source, sent to the target with the data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableInfo {
+    /// The table.
+    pub table: TableRef,
+    /// Ordinary or partitioned.
+    pub kind: TableKind,
+    /// Columns copied, in order: all but dropped and generated ones (the target computes those).
+    pub columns: Vec<String>,
+    /// Binary unless a column's type forbids it.
+    pub format: CopyFormat,
+    /// The primary key column when the key is a single `smallint`/`integer`/`bigint` column:
+    /// the table can then be split into key ranges.
+    pub int_key: Option<String>,
+    /// `reltuples` (summed over partitions); `None` when the table was never analyzed.
+    pub estimated_rows: Option<i64>,
+    /// `pg_table_size` (summed over partitions): for scheduling the biggest tables first.
+    pub estimated_bytes: i64,
+}
+
+impl TableInfo {
+    /// `ONLY "s"."t"` or `"s"."t"` (partitioned).
+    pub(crate) fn relation_sql(&self) -> String {
+        match self.kind {
+            TableKind::Ordinary => format!("ONLY {}", self.table.qualified()),
+            TableKind::Partitioned => self.table.qualified(),
+        }
+    }
+
+    /// `("a", "b")`, or nothing for a table without columns.
+    pub(crate) fn column_list(&self) -> String {
+        if self.columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sql::ident_list(&self.columns))
+        }
+    }
+
+    /// The columns for a `SELECT` list (empty for a table without columns).
+    pub(crate) fn select_list(&self) -> String {
+        sql::ident_list(&self.columns)
+    }
+}
+
+const TABLES_SQL: &str = "
+WITH RECURSIVE dom(typ, cur) AS (
+    SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+  UNION ALL
+    SELECT dom.typ, t.typbasetype FROM dom JOIN pg_catalog.pg_type t ON t.oid = dom.cur
+    WHERE t.typtype = 'd'
+),
+base(typ, base) AS (
+    SELECT dom.typ, dom.cur FROM dom JOIN pg_catalog.pg_type t ON t.oid = dom.cur
+    WHERE t.typtype <> 'd'
+),
+no_binary(typ) AS (
+    SELECT t.oid FROM pg_catalog.pg_type t
+    LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+    WHERE t.typtype = 'c' OR t.typsend::oid = 0 OR t.typreceive::oid = 0
+       OR (e.oid IS NOT NULL AND (e.oid >= 16384 OR e.typtype = 'c'
+                                  OR e.typsend::oid = 0 OR e.typreceive::oid = 0))
+)
+SELECT n.nspname::text, c.relname::text, c.relkind::text,
+    array(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            AND a.attgenerated = '' ORDER BY a.attnum),
+    (SELECT a.attname::text FROM pg_catalog.pg_index i
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnkeyatts = 1
+       AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)),
+    EXISTS (SELECT FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.attgenerated = ''
+              AND coalesce((SELECT b.base FROM base b WHERE b.typ = a.atttypid), a.atttypid)
+                  IN (SELECT typ FROM no_binary)),
+    CASE WHEN c.relkind = 'p' THEN
+        (SELECT sum(pc.reltuples)::float8 FROM pg_catalog.pg_partition_tree(c.oid) pt
+         JOIN pg_catalog.pg_class pc ON pc.oid = pt.relid WHERE pt.isleaf)
+    ELSE c.reltuples::float8 END,
+    CASE WHEN c.relkind = 'p' THEN
+        (SELECT coalesce(sum(pg_catalog.pg_table_size(pt.relid)), 0)::int8
+         FROM pg_catalog.pg_partition_tree(c.oid) pt WHERE pt.isleaf)
+    ELSE pg_catalog.pg_table_size(c.oid) END
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN unnest($1::text[], $2::text[]) AS s(nsp, rel) ON s.nsp = n.nspname AND s.rel = c.relname
+ORDER BY 1, 2";
+
+/// The selected tables, inside the caller's transaction.
+pub(crate) async fn tables_in_tx(
+    conn: &Conn,
+    selection: &Selection,
+) -> Result<Vec<TableInfo>, PgSyncError> {
+    let (schemas, names): (Vec<String>, Vec<String>) = relations(conn)
+        .await?
+        .into_iter()
+        .filter(|r| matches!(r.kind.as_str(), "r" | "p") && !r.is_partition)
+        .filter(|r| selection.selects(&r.key))
+        .map(|r| (r.rel.schema, r.rel.table))
+        .unzip();
+    let rows = conn
+        .client()
+        .query(TABLES_SQL, &[&schemas, &names])
+        .await
+        .map_err(|e| conn.err(None, "describe the selected tables", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let reltuples: Option<f64> = r.get(6);
+            TableInfo {
+                table: TableRef::new(r.get(0), r.get(1)),
+                kind: if r.get::<_, &str>(2) == "p" {
+                    TableKind::Partitioned
+                } else {
+                    TableKind::Ordinary
+                },
+                columns: r.get(3),
+                int_key: r.get(4),
+                format: if r.get::<_, bool>(5) {
+                    CopyFormat::Text
+                } else {
+                    CopyFormat::Binary
+                },
+                // -1 = never analyzed; the float is a row count well within i64.
+                estimated_rows: reltuples.filter(|n| *n >= 0.0).map(|n| n.round() as i64),
+                estimated_bytes: r.get(7),
+            }
+        })
+        .collect())
+}
+
+/// The user tables of the database that `selection` selects (ordinary tables and partitioned
+/// parents, not partitions), by name, in a read-only transaction.
+///
+/// # Errors
+/// [`PgSyncError::Query`] when the catalog cannot be read.
+pub async fn list_tables(
+    conn: &Conn,
+    selection: &Selection,
+) -> Result<Vec<TableInfo>, PgSyncError> {
+    conn.begin_read_only(None).await?;
+    let tables = tables_in_tx(conn, selection).await;
+    conn.end_read_only().await?;
+    tables
+}

@@ -1,0 +1,167 @@
+//! The two ends between the blocking tar code and the async network: [`ChannelWriter`] (a
+//! [`Write`] that sends fixed-size chunks) and [`ChannelReader`] (a [`Read`] over them), both on a
+//! bounded `tokio::sync::mpsc` channel, so memory is a number and a slow network slows the
+//! producer instead of filling the heap.
+//!
+//! Both call `blocking_send` / `blocking_recv`: use them from `spawn_blocking` threads (where
+//! `pack` and `unpack` run), never inside an async task — those calls panic there.
+
+use std::io::{self, Read, Write};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+/// Size of one chunk on the channel (the last one of a stream may be shorter).
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Suggested capacity of the chunk channel between a [`ChannelWriter`] and the network (or a
+/// `ChannelReader` and the network). Worst-case memory of one stream on one side:
+/// `(QUEUE_DEPTH + 2) × CHUNK_SIZE` = 6 MiB — the queued chunks, the one being filled and the one
+/// being consumed — plus [`READ_BUFFER`](super::walk::READ_BUFFER) inside `pack` or `unpack`.
+pub const QUEUE_DEPTH: usize = 4;
+
+/// A [`Write`] that cuts what it is given into [`CHUNK_SIZE`] chunks and sends each on a bounded
+/// channel with `blocking_send`: when the network is slow the channel fills and the writer
+/// blocks (backpressure). Call `flush` at the end to send the last, shorter chunk
+/// ([`pack`](super::pack::pack) does).
+///
+/// Must be used from a blocking thread (`spawn_blocking`), never inside an async task:
+/// `blocking_send` panics there.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    /// A writer sending into `tx` (a channel of capacity [`QUEUE_DEPTH`] is a good default).
+    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            tx,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        // A fresh buffer for the next chunk, so a sent chunk never shares its allocation.
+        let chunk = std::mem::take(&mut self.buf).freeze();
+        self.tx.blocking_send(chunk).map_err(|_| gone())
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the receiver of the storage stream is gone",
+    )
+}
+
+impl Write for ChannelWriter {
+    /// # Errors
+    /// `BrokenPipe` once the receiver is dropped, so the producer stops.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(gone());
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CHUNK_SIZE);
+        }
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_SIZE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    /// # Errors
+    /// `BrokenPipe` once the receiver is dropped.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+/// A [`Read`] over chunks arriving on a bounded channel, one chunk held at a time. The stream ends
+/// when the sender is dropped. Must be used from a blocking thread (`spawn_blocking`):
+/// `blocking_recv` panics inside an async task.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl ChannelReader {
+    /// A reader over `rx`.
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            cur: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.cur = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_writer_sends_full_chunks_then_the_rest_on_flush() {
+        let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
+        let producer = std::thread::spawn(move || {
+            let mut w = ChannelWriter::new(tx);
+            w.write_all(&vec![1u8; CHUNK_SIZE * 2 + 10]).unwrap();
+            w.flush().unwrap();
+        });
+        let mut sizes = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            sizes.push(chunk.len());
+        }
+        producer.join().unwrap();
+        assert_eq!(sizes, [CHUNK_SIZE, CHUNK_SIZE, 10]);
+    }
+
+    #[test]
+    fn channel_writer_fails_with_broken_pipe_once_the_receiver_is_gone() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut w = ChannelWriter::new(tx);
+        w.write_all(b"queued").unwrap();
+        drop(rx);
+        let err = w.write_all(&vec![0u8; CHUNK_SIZE]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        let (tx, rx) = mpsc::channel(1);
+        let mut w = ChannelWriter::new(tx);
+        w.write_all(b"pending").unwrap();
+        drop(rx);
+        assert_eq!(w.flush().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn channel_reader_reads_across_chunks_and_ends_when_the_sender_is_dropped() {
+        let (tx, rx) = mpsc::channel(4);
+        for part in [&b"hel"[..], b"", b"lo ", b"world"] {
+            tx.try_send(Bytes::copy_from_slice(part)).unwrap();
+        }
+        drop(tx);
+        let mut s = String::new();
+        ChannelReader::new(rx).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello world");
+    }
+}

@@ -1,0 +1,240 @@
+//! Manifests: what a storage tree holds, entry by entry (path, kind, size, mode, mtime and, for
+//! files, the SHA-256 of the content), and the rules a manifest must follow whoever made it —
+//! including [`link_target_problem`], which decides whether a symlink stays inside the tree.
+//! [`build`] (in [`walk`](super::walk), re-exported here) makes one from a directory.
+
+use std::path::{Path, PathBuf};
+
+use hostshift_shared::digest::Sha256Digest;
+
+use super::error::StorageError;
+use super::relpath::RelPath;
+
+pub use super::walk::{build, build_full};
+
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link, with its (relative, in-tree) target exactly as stored.
+    Symlink {
+        /// The link's target.
+        target: PathBuf,
+    },
+}
+
+/// One path of a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Where, relative to the tree's root.
+    pub path: RelPath,
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Length of a file's content; 0 for directories and symlinks.
+    pub size: u64,
+    /// Permission bits (`0o7777`; files never carry set-id bits; symlinks are `0o777`).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// SHA-256 of a file's content; `None` for directories and symlinks.
+    pub sha256: Option<Sha256Digest>,
+}
+
+impl Entry {
+    /// True for a regular file.
+    pub fn is_file(&self) -> bool {
+        self.kind == Kind::File
+    }
+
+    /// Checks the invariants a manifest from elsewhere (the network, a cache file) must hold.
+    fn problem(&self) -> Option<String> {
+        match &self.kind {
+            Kind::File if self.sha256.is_none() => Some("a file without a digest".into()),
+            Kind::File if self.mode & !0o1777 != 0 => Some(format!("file mode {:o}", self.mode)),
+            Kind::File => None,
+            _ if self.sha256.is_some() || self.size != 0 => {
+                Some("a directory or symlink with a size or digest".into())
+            }
+            Kind::Dir if self.mode & !0o7777 != 0 => Some(format!("mode {:o}", self.mode)),
+            Kind::Dir => None,
+            Kind::Symlink { target } => link_target_problem(&self.path, target).map(String::from),
+        }
+    }
+}
+
+/// A tree's entries, sorted by path, each directory before its contents. Two manifests are
+/// equal when their entries are (when they were made does not matter).
+#[derive(Clone, Debug, Default)]
+pub struct Manifest {
+    entries: Vec<Entry>,
+    /// Wall-clock time the walk that made it started (ns since the epoch; 0 when unknown). A
+    /// cached digest is trusted only for files last modified well before it (see `walk`).
+    walked_at_ns: i64,
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Manifest {}
+
+impl Manifest {
+    /// A manifest from entries in any order (as decoded from a message). It may be a whole tree
+    /// or just a list of entries (a batch of a delta's `send`), so parents need not be listed —
+    /// but a listed parent must be a directory.
+    ///
+    /// # Errors
+    /// [`StorageError::BadManifest`] for a duplicate path, an entry whose listed parent is not a
+    /// directory, a file without a digest, or a symlink that leaves the tree.
+    pub fn new(mut entries: Vec<Entry>) -> Result<Self, StorageError> {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let bad = |path: &RelPath, reason: String| StorageError::BadManifest {
+            path: path.as_path().to_path_buf(),
+            reason,
+        };
+        for pair in entries.windows(2) {
+            if pair[0].path == pair[1].path {
+                return Err(bad(&pair[0].path, "listed twice".into()));
+            }
+        }
+        let m = Self {
+            entries,
+            walked_at_ns: 0,
+        };
+        for e in &m.entries {
+            if let Some(reason) = e.problem() {
+                return Err(bad(&e.path, reason));
+            }
+            if let Some(parent) = e.path.parent()
+                && m.get(&parent).is_some_and(|p| p.kind != Kind::Dir)
+            {
+                return Err(bad(
+                    &e.path,
+                    format!("its parent {parent} is not a directory"),
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    /// A manifest from a walk of a real tree (whose entries meet the rules by construction).
+    pub(super) fn from_walk(mut entries: Vec<Entry>, walked_at_ns: i64) -> Self {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Self {
+            entries,
+            walked_at_ns,
+        }
+    }
+
+    /// When the walk that made this manifest started (ns since the epoch; 0 when unknown, e.g.
+    /// for a manifest built with [`Manifest::new`]).
+    pub fn walked_at_ns(&self) -> i64 {
+        self.walked_at_ns
+    }
+
+    /// Sets [`Manifest::walked_at_ns`] (as read back from a cache file).
+    pub(super) fn set_walked_at_ns(&mut self, ns: i64) {
+        self.walked_at_ns = ns;
+    }
+
+    /// The entries, sorted by path.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry for `path`, if the tree has one.
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Total length of all files.
+    pub fn file_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// Why a symlink target is refused, if it is: it must be relative, non-empty and stay inside the
+/// tree. Only `..` components at the start are accepted (`../../x/y`): a `..` after a name could
+/// climb out through another link (`d/..` where `d` is itself a link), which no check of the
+/// text alone can rule out.
+pub fn link_target_problem(link: &RelPath, target: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = target.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Some("the symlink's target is empty");
+    }
+    if bytes.contains(&0) {
+        return Some("the symlink's target contains a NUL byte");
+    }
+    if bytes.starts_with(b"/") {
+        return Some("the symlink's target is absolute");
+    }
+    let mut ups = 0;
+    let mut named = false;
+    for part in bytes.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." if named => return Some("the symlink's target has '..' after a name"),
+            b".." => ups += 1,
+            _ => named = true,
+        }
+    }
+    (ups >= link.depth()).then_some("the symlink's target points outside the tree")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_targets_may_climb_only_as_far_as_the_root_and_only_at_the_start() {
+        let deep = RelPath::new("a/b/link").unwrap();
+        assert_eq!(link_target_problem(&deep, Path::new("../../x")), None);
+        assert_eq!(link_target_problem(&deep, Path::new("./../c/./d")), None);
+        assert!(link_target_problem(&deep, Path::new("../../../x")).is_some());
+        assert!(link_target_problem(&deep, Path::new("c/../d")).is_some());
+        assert!(link_target_problem(&deep, Path::new("/a")).is_some());
+        assert!(link_target_problem(&deep, Path::new("")).is_some());
+    }
+
+    #[test]
+    fn new_refuses_duplicates_non_directory_parents_and_files_without_digest() {
+        let e = |p: &str, kind: Kind, sha: Option<Sha256Digest>| Entry {
+            path: RelPath::new(p).unwrap(),
+            kind,
+            size: 0,
+            mode: 0o644,
+            mtime_ns: 0,
+            sha256: sha,
+        };
+        let d = Some(Sha256Digest::of(b""));
+        assert!(Manifest::new(vec![e("a", Kind::Dir, None), e("a/f", Kind::File, d)]).is_ok());
+        // A batch of entries to send lists no directories.
+        assert!(Manifest::new(vec![e("a/f", Kind::File, d)]).is_ok());
+        for bad in [
+            vec![e("f", Kind::File, d), e("f", Kind::File, d)],
+            vec![e("a", Kind::File, d), e("a/f", Kind::File, d)],
+            vec![e("f", Kind::File, None)],
+            vec![e(
+                "l",
+                Kind::Symlink {
+                    target: "../x".into(),
+                },
+                None,
+            )],
+        ] {
+            assert!(matches!(
+                Manifest::new(bad),
+                Err(StorageError::BadManifest { .. })
+            ));
+        }
+    }
+}

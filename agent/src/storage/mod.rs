@@ -1,0 +1,71 @@
+//! Storage trees: copying a folder of user artifacts from the old host to the new one, sending
+//! only what differs, verifying every byte, and never touching anything outside the tree. This
+//! folder is the library; it knows nothing of gRPC (the service wires it to the network, adding
+//! chunk framing: a SHA-256 per chunk and a stream trailer).
+//!
+//! # How a tree is synced
+//! 1. **Manifests** on both hosts: [`walk::build`] walks the tree (with the previous manifest
+//!    as a cache, so unchanged files are not read again) and lists every file, directory and
+//!    symlink with size, mode, mtime and, for files, a SHA-256. [`Manifest::encode`] /
+//!    [`Manifest::decode`] carry it over the network; `save`/`load` keep the cache.
+//! 2. **Delta**: [`delta::diff`] of the source's manifest against the target's says what to send,
+//!    which directories to create, which attributes to fix, what to delete.
+//! 3. **Stream**: on the source, [`pack::pack`] writes exactly `delta.send` as a tar stream into
+//!    a [`channel::ChannelWriter`] (1 MiB chunks on a bounded channel), refusing to send a file
+//!    that changed since its manifest entry.
+//! 4. **Stage**: on the target, [`unpack::unpack`] reads it through a [`channel::ChannelReader`]
+//!    into `root/.hostshift-staging-<id>/`, accepting only the entries it asked for and checking
+//!    each file's SHA-256 against the manifest while writing it.
+//! 5. **Verify** (the caller): the stream's trailer (length + digest) must match.
+//! 6. **Commit**: [`commit::commit`] deletes, creates directories, renames each staged file onto
+//!    its final path (atomic per file), fixes attributes, and removes the staging directory — or
+//!    [`staging::abort`] removes the staging directory and nothing else. A delta sent in several
+//!    batches runs [`commit::prepare`] first, commits each batch, and ends with
+//!    [`commit::finalize`].
+//!
+//! Afterwards a [`walk::build_full`] of the target equals the source's manifest; `verify`
+//! compares the two.
+//!
+//! # Safety rules
+//! - A path inside a tree is a [`RelPath`]: relative, no `..`, `.`, empty or NUL components,
+//!   never inside the staging directory. It becomes a host path only through
+//!   [`relpath::join_under`], which refuses when a directory on the way is a symlink.
+//! - Symlinks are never followed: the walk uses `lstat`, files are opened with `O_NOFOLLOW`,
+//!   renames and unlinks act on the link itself. A symlink whose target is absolute or climbs out
+//!   of the tree is refused on both sides (the operator fixes it on the old host).
+//! - Device files, FIFOs, sockets and hard-link entries are refused; set-id bits of files are not
+//!   copied. Ownership is not copied either: files belong to the agent's user.
+//! - Nothing unverified is put into place: content is checked against the manifest's digest as
+//!   it is staged, and the caller commits only after the trailer is verified.
+//! - Memory is bounded per stream (see [`channel::QUEUE_DEPTH`]); a manifest holds one entry per
+//!   path, so it grows with the number of files, not their size.
+//! - The checks are path-based: they stop links that exist in the tree, not a local process
+//!   racing the agent to swap a directory for a link between a check and its use.
+
+pub mod channel;
+pub mod codec;
+pub mod commit;
+pub mod delta;
+pub mod error;
+pub mod manifest;
+pub mod pack;
+pub mod relpath;
+pub mod staging;
+pub mod unpack;
+pub mod walk;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+
+pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, QUEUE_DEPTH};
+pub use commit::{CommitStats, commit, finalize, prepare};
+pub use delta::{Delta, MetaFix, diff};
+pub use error::StorageError;
+pub use manifest::{Entry, Kind, Manifest};
+pub use pack::{PackStats, pack};
+pub use relpath::{RelPath, STAGING_PREFIX, join_under};
+pub use staging::{Staged, abort, remove_stale_staging, staging_name};
+pub use unpack::unpack;
+pub use walk::{build, build_full};

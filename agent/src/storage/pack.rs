@@ -1,0 +1,360 @@
+//! The sending side: [`pack`] writes the entries a delta asks for as a tar stream (typically into
+//! a [`ChannelWriter`](super::channel::ChannelWriter), which cuts it into chunks on a bounded
+//! channel).
+//!
+//! The tar is GNU-format (long names and link targets as GNU extension entries, sizes beyond
+//! 8 GiB in base-256), one entry per file or symlink, with mode and mtime (whole seconds: the
+//! receiver takes the exact nanoseconds from its manifest). A file is sent only as it was when the
+//! manifest was made: its size and mtime are checked when it is opened, it must end exactly at
+//! that size, its size and mtime are checked again after the last byte, and the digest of what
+//! was read must be the manifest's. Otherwise [`StorageError::ChangedWhileReading`] names it and
+//! the stream stops there, torn — the caller sends no trailer, so the receiver commits nothing,
+//! and retries with a fresh manifest.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use hostshift_shared::digest::StreamHasher;
+use tokio_util::sync::CancellationToken;
+
+use super::error::StorageError;
+use super::manifest::{Entry, Kind};
+use super::relpath::join_under;
+use super::walk::{READ_BUFFER, mtime_ns, open_regular};
+
+/// What a [`pack`] sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackStats {
+    /// Regular files.
+    pub files: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Bytes of file content.
+    pub content_bytes: u64,
+    /// Bytes of tar stream written (headers and padding included).
+    pub stream_bytes: u64,
+}
+
+/// Writes `entries` (files and symlinks of `root`, from the source's manifest) to `out` as a tar
+/// stream, then flushes `out`. Blocking: run it in `spawn_blocking`.
+///
+/// # Errors
+/// [`StorageError::ChangedWhileReading`] naming a file that differs from its entry or changed
+/// while it was read; [`StorageError::SymlinkInPath`] when a directory on the way became a
+/// symlink; [`StorageError::BadPath`] for a directory entry (directories travel in the delta);
+/// [`StorageError::Cancelled`]; [`StorageError::Io`] for reading a file or writing to `out`
+/// (a [`ChannelWriter`](super::channel::ChannelWriter) whose receiver is gone fails with
+/// `BrokenPipe`).
+pub fn pack<W: Write>(
+    root: &Path,
+    entries: &[Entry],
+    out: W,
+    cancel: &CancellationToken,
+) -> Result<PackStats, StorageError> {
+    let mut sink = Sink {
+        inner: out,
+        written: 0,
+        poisoned: false,
+    };
+    let mut stats = PackStats::default();
+    let mut builder = tar::Builder::new(&mut sink);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let result = (|| {
+        for e in entries {
+            if cancel.is_cancelled() {
+                return Err(StorageError::Cancelled {
+                    path: root.join(e.path.as_path()),
+                });
+            }
+            append(&mut builder, root, e, &mut buf, cancel, &mut stats)?;
+        }
+        builder
+            .finish()
+            .map_err(|err| StorageError::io("write tar stream", root, err))
+    })();
+    if result.is_err() {
+        // The builder's drop would write the end-of-archive marker: keep a torn stream torn.
+        builder.get_mut().poisoned = true;
+    }
+    drop(builder);
+    result?;
+    sink.inner
+        .flush()
+        .map_err(|err| StorageError::io("write tar stream", root, err))?;
+    stats.stream_bytes = sink.written;
+    Ok(stats)
+}
+
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    e: &Entry,
+    buf: &mut [u8],
+    cancel: &CancellationToken,
+    stats: &mut PackStats,
+) -> Result<(), StorageError> {
+    let full = join_under(root, &e.path)?;
+    let changed = |detail: String| StorageError::ChangedWhileReading {
+        path: full.clone(),
+        detail,
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(e.mode);
+    header.set_mtime(u64::try_from(e.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
+    header.set_uid(0);
+    header.set_gid(0);
+    let sent = |err: io::Error| StorageError::io("write tar stream", &full, err);
+    match &e.kind {
+        Kind::File => {
+            let (file, meta) = match open_regular(&full) {
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    return Err(changed(
+                        "it was removed since the manifest was built".into(),
+                    ));
+                }
+                other => other?,
+            };
+            if (meta.len(), mtime_ns(&meta)) != (e.size, e.mtime_ns) {
+                return Err(changed(format!(
+                    "size {} mtime {} ns now, {} and {} ns in the manifest",
+                    meta.len(),
+                    mtime_ns(&meta),
+                    e.size,
+                    e.mtime_ns
+                )));
+            }
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(e.size);
+            let mut src = CheckedFile {
+                file,
+                entry: e,
+                full: &full,
+                left: e.size,
+                hasher: StreamHasher::new(),
+                buf,
+                start: 0,
+                end: 0,
+                cancel,
+                failure: None,
+            };
+            let r = if e.size == 0 {
+                // Nothing to read: check now (an empty file that grew or moved is caught here).
+                src.finish()
+                    .and_then(|()| builder.append_data(&mut header, e.path.as_path(), io::empty()))
+            } else {
+                builder.append_data(&mut header, e.path.as_path(), &mut src)
+            };
+            if let Some(failure) = src.failure {
+                return Err(failure);
+            }
+            r.map_err(sent)?;
+            stats.files += 1;
+            stats.content_bytes += e.size;
+        }
+        Kind::Symlink { target } => {
+            let meta = std::fs::symlink_metadata(&full)
+                .map_err(|err| StorageError::io("inspect", &full, err))?;
+            let now = std::fs::read_link(&full).ok();
+            if !meta.file_type().is_symlink()
+                || now.as_ref() != Some(target)
+                || mtime_ns(&meta) != e.mtime_ns
+            {
+                return Err(changed("the symlink differs from the manifest".into()));
+            }
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            builder
+                .append_link(&mut header, e.path.as_path(), target)
+                .map_err(sent)?;
+            stats.symlinks += 1;
+        }
+        Kind::Dir => {
+            return Err(StorageError::BadPath {
+                path: e.path.as_path().to_path_buf(),
+                reason: "directories are not packed; they travel in the delta's `dirs`".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A file read exactly to the size its entry promises, hashed on the way; at the end it checks
+/// that nothing changed. A problem is kept in `failure` (the tar crate only sees an `io::Error`).
+struct CheckedFile<'a> {
+    file: std::fs::File,
+    entry: &'a Entry,
+    full: &'a Path,
+    left: u64,
+    hasher: StreamHasher,
+    buf: &'a mut [u8],
+    start: usize,
+    end: usize,
+    cancel: &'a CancellationToken,
+    failure: Option<StorageError>,
+}
+
+impl CheckedFile<'_> {
+    fn fail(&mut self, e: StorageError) -> io::Error {
+        let msg = e.to_string();
+        self.failure = Some(e);
+        io::Error::other(msg)
+    }
+
+    fn changed(&mut self, detail: String) -> io::Error {
+        let path = self.full.to_path_buf();
+        self.fail(StorageError::ChangedWhileReading { path, detail })
+    }
+
+    /// After the promised size: nothing more to read, same size and mtime, same digest.
+    fn finish(&mut self) -> io::Result<()> {
+        let mut probe = [0u8; 1];
+        match self.file.read(&mut probe) {
+            Ok(0) => {}
+            Ok(_) => return Err(self.changed("it grew while being read".into())),
+            Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),
+        }
+        let meta = match self.file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Err(self.fail(StorageError::io("inspect", self.full, e))),
+        };
+        if (meta.len(), mtime_ns(&meta)) != (self.entry.size, self.entry.mtime_ns) {
+            return Err(self.changed("its size or mtime moved while it was read".into()));
+        }
+        let (_, digest) = std::mem::take(&mut self.hasher).finish();
+        if Some(digest) != self.entry.sha256 {
+            return Err(self.changed("its content no longer has the manifest's digest".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Read for CheckedFile<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            if self.cancel.is_cancelled() {
+                let path = self.full.to_path_buf();
+                return Err(self.fail(StorageError::Cancelled { path }));
+            }
+            let want = usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = match self.file.read(&mut self.buf[..want]) {
+                Ok(0) => return Err(self.changed("it shrank while being read".into())),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),
+            };
+            self.hasher.update(&self.buf[..n]);
+            self.left -= n as u64;
+            if self.left == 0 {
+                // Checked before the last bytes are handed on: the receiver never gets a
+                // complete entry whose content is not the manifest's, only a cut-off stream.
+                self.finish()?;
+            }
+            (self.start, self.end) = (0, n);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+/// Counts what goes out, and refuses everything once poisoned.
+struct Sink<W> {
+    inner: W,
+    written: u64,
+    poisoned: bool,
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::other("the tar stream was abandoned"));
+        }
+        let n = self.inner.write(data)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::storage::channel::{CHUNK_SIZE, ChannelWriter};
+    use crate::storage::relpath::RelPath;
+    use crate::storage::testutil::{manifest, put};
+
+    #[test]
+    fn pack_stops_when_the_receiver_is_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        put(t.path(), "big", &vec![3u8; 3 * CHUNK_SIZE], 0o644, 0, 0);
+        let m = manifest(t.path());
+        let (tx, mut rx) = mpsc::channel(1);
+        let root = t.path().to_path_buf();
+        let producer = std::thread::spawn(move || {
+            pack(
+                &root,
+                m.entries(),
+                ChannelWriter::new(tx),
+                &CancellationToken::new(),
+            )
+        });
+        assert!(rx.blocking_recv().is_some());
+        drop(rx);
+        let err = producer.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Io { source, path, .. }
+                if source.kind() == io::ErrorKind::BrokenPipe && path.ends_with("big")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_changed_since_its_manifest_is_not_sent() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        put(root, "grown", b"12345", 0o644, 1_000, 0);
+        put(root, "rewritten", b"abcde", 0o644, 1_000, 0);
+        let m = manifest(root);
+        let entry = |p: &str| m.get(&RelPath::new(p).unwrap()).unwrap().clone();
+
+        put(root, "grown", b"123456", 0o644, 1_000, 0);
+        // Same size and mtime: only the digest check while reading can tell.
+        put(root, "rewritten", b"ABCDE", 0o644, 1_000, 0);
+        for name in ["grown", "rewritten"] {
+            let mut out = Vec::new();
+            let err = pack(root, &[entry(name)], &mut out, &CancellationToken::new()).unwrap_err();
+            assert!(
+                matches!(&err, StorageError::ChangedWhileReading { path, .. }
+                    if path.ends_with(name)),
+                "{name}: {err}"
+            );
+            // The abandoned stream has no end-of-archive marker.
+            assert!(
+                !out.ends_with(&[0u8; 1024]) || out.len() < 1024,
+                "{name}: stream was finished"
+            );
+        }
+    }
+
+    #[test]
+    fn directories_are_not_packed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        let m = manifest(t.path());
+        let err = pack(t.path(), m.entries(), Vec::new(), &CancellationToken::new()).unwrap_err();
+        assert!(matches!(err, StorageError::BadPath { .. }), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! The target side: verify a framed stream and apply it, committing only after the trailer
+//! checked out. Writes happen only where `[allow]` of this agent's config permits.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hostshift_proto::v1::{ApplyHeader, ApplyResult, FileApply, Frame, StorageFilesApply, apply_header::What};
+use hostshift_shared::framing::{Accepted, FrameDecoder, IntegrityError};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::{FRAME_QUEUE, MAX_INLINE, files};
+use crate::Ctx;
+use crate::error::AgentError;
+use crate::storage::{self, ChannelReader, Manifest};
+
+static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
+
+/// Refuses unless `[allow] <key>` lists `name`.
+///
+/// # Errors
+/// `PermissionDenied` naming the key to add.
+pub fn require(ctx: &Ctx, list: &[String], key: &str, what: &str, name: &str) -> Result<(), AgentError> {
+    if list.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(AgentError::PermissionDenied(format!(
+            "this agent's config does not allow writing {what} {name:?}: add it to [allow] {key} in {} (on the new host only)",
+            ctx.config_path.display()
+        )))
+    }
+}
+
+fn integrity(e: IntegrityError) -> AgentError {
+    AgentError::DataLoss(e.to_string())
+}
+
+fn upstream(s: Status) -> AgentError {
+    match s.code() {
+        tonic::Code::DataLoss => AgentError::DataLoss(s.message().to_string()),
+        tonic::Code::PermissionDenied => AgentError::PermissionDenied(format!("the source refused: {}", s.message())),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            AgentError::InvalidArgument(format!("the source refused: {}", s.message()))
+        }
+        _ => AgentError::Unavailable(format!("the source stream failed: {}", s.message())),
+    }
+}
+
+/// Verifies and applies `frames` as `header` says. `progress` is told the bytes received so far.
+///
+/// # Errors
+/// `PermissionDenied` when `[allow]` does not permit it; `DataLoss` when a chunk or the trailer
+/// does not match (nothing is committed); errors of the source stream; I/O errors.
+pub async fn apply<S>(
+    ctx: &Arc<Ctx>,
+    header: ApplyHeader,
+    frames: S,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    match header.what {
+        Some(What::StorageFiles(h)) => storage_files(ctx, h, frames, progress).await,
+        Some(What::File(h)) => file(ctx, h, frames).await,
+        None => Err(AgentError::InvalidArgument("apply header names nothing to apply".into())),
+    }
+}
+
+async fn storage_files<S>(
+    ctx: &Arc<Ctx>,
+    h: StorageFilesApply,
+    mut frames: S,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    require(ctx, &ctx.config.allow.write_storage, "write_storage", "storage tree", &h.tree)?;
+    let root = ctx.storage(&h.tree)?.path.clone();
+    std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
+    let expected = Manifest::decode(&h.expected, Path::new("<expected entries>"))?;
+    let files = expected.entries().len() as u64;
+    let staging = storage::staging_name(&format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT_STAGING.fetch_add(1, Ordering::Relaxed)
+    ))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(FRAME_QUEUE);
+    let cancel = ctx.shutdown.child_token();
+    let unpack_root = root.clone();
+    let entries = expected.entries().to_vec();
+    let unpack_cancel = cancel.clone();
+    let unpacker = tokio::task::spawn_blocking(move || {
+        storage::unpack(&unpack_root, &staging, ChannelReader::new(rx), &entries, &unpack_cancel)
+    });
+
+    let mut dec = FrameDecoder::new();
+    let mut failure: Option<AgentError> = None;
+    let mut digest = String::new();
+    loop {
+        let next = tokio::select! {
+            f = frames.next() => f,
+            () = cancel.cancelled() => { failure = Some(AgentError::Cancelled); break; }
+        };
+        match next {
+            None => {
+                failure = Some(integrity(IntegrityError::Truncated { got_len: dec.len() }));
+                break;
+            }
+            Some(Err(s)) => {
+                failure = Some(upstream(s));
+                break;
+            }
+            Some(Ok(frame)) => match dec.accept(frame) {
+                Err(e) => {
+                    failure = Some(integrity(e));
+                    break;
+                }
+                Ok(Accepted::Data(b)) => {
+                    progress(dec.len());
+                    if tx.send(b).await.is_err() {
+                        // The unpacker stopped early; its error says why.
+                        break;
+                    }
+                }
+                Ok(Accepted::End { digest: d, .. }) => {
+                    digest = d.to_string();
+                    break;
+                }
+            },
+        }
+    }
+    drop(tx);
+    let unpacked = unpacker
+        .await
+        .map_err(|e| AgentError::Internal(format!("unpack task: {e}")))?;
+    let staged = match (unpacked, failure) {
+        (Ok(staged), None) if dec.finished() => staged,
+        (Ok(staged), failure) => {
+            let root2 = root.clone();
+            let _ = tokio::task::spawn_blocking(move || storage::abort(&root2, staged)).await;
+            return Err(failure.unwrap_or_else(|| integrity(IntegrityError::Truncated { got_len: dec.len() })));
+        }
+        // An integrity or stream failure explains an unpack failure better than the reverse.
+        (Err(e), Some(failure)) => {
+            tracing::debug!(error = %e, "unpack stopped after the stream failed");
+            return Err(failure);
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
+    let bytes = staged.bytes();
+    let stats = tokio::task::spawn_blocking(move || storage::commit(&root, staged, &[], &[], &[]))
+        .await
+        .map_err(|e| AgentError::Internal(format!("commit task: {e}")))??;
+    tracing::info!(tree = %h.tree, files = stats.installed, bytes, "storage batch committed");
+    Ok(ApplyResult {
+        bytes: dec.len(),
+        files,
+        sha256: digest,
+        changes: vec![],
+    })
+}
+
+async fn file<S>(ctx: &Arc<Ctx>, h: FileApply, mut frames: S) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    require(ctx, &ctx.config.allow.write_files, "write_files", "file", &h.name)?;
+    let path = super::source::file_path(ctx, &h.name)?;
+    let mut dec = FrameDecoder::new();
+    let mut data: Vec<u8> = Vec::new();
+    let digest = loop {
+        match frames.next().await {
+            None => return Err(integrity(IntegrityError::Truncated { got_len: dec.len() })),
+            Some(Err(s)) => return Err(upstream(s)),
+            Some(Ok(frame)) => match dec.accept(frame).map_err(integrity)? {
+                Accepted::Data(b) => {
+                    if data.len() + b.len() > MAX_INLINE {
+                        return Err(AgentError::FailedPrecondition(format!("file {} is too large to copy whole", h.name)));
+                    }
+                    data.extend_from_slice(&b);
+                }
+                Accepted::End { digest, .. } => break digest,
+            },
+        }
+    };
+    let (bytes, changes) = files::apply_overrides(&data, &h.overrides)?;
+    let mode = if h.mode == 0 { 0o640 } else { h.mode };
+    files::write_atomic(&path, &bytes, mode, Some((h.uid, h.gid)))?;
+    tracing::info!(file = %h.name, bytes = bytes.len(), overrides = changes.len(), "config file written");
+    Ok(ApplyResult {
+        bytes: data.len() as u64,
+        files: 1,
+        sha256: digest.to_string(),
+        changes,
+    })
+}

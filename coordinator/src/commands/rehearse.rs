@@ -1,0 +1,155 @@
+//! `hostshift rehearse`: the whole move, on two throwaway hosts on this machine.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::Global;
+use crate::error::{CliResult, failed};
+use crate::lab::seed::Scale;
+use crate::output::{bytes, print_json, table};
+use crate::plan::Plan;
+use crate::preflight::{self, Verdict};
+use crate::rehearse::LocalLab;
+
+/// Rehearsal flags.
+#[derive(Args)]
+pub struct RehearseCmd {
+    /// How much data the old host gets: tiny, small, medium or large.
+    #[arg(long, default_value = "small", value_parser = parse_scale)]
+    size: Scale,
+    /// Leave the lab running afterwards (agents, clusters, plan) and print how to stop it.
+    #[arg(long)]
+    keep: bool,
+    /// Build the lab in this folder (default: a new folder under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn parse_scale(s: &str) -> Result<Scale, String> {
+    s.parse::<Scale>().map_err(|e| e.to_string())
+}
+
+#[derive(Serialize)]
+struct Phase {
+    phase: &'static str,
+    status: &'static str,
+    ms: u128,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct Rehearsal {
+    ok: bool,
+    dir: PathBuf,
+    plan: PathBuf,
+    kept: bool,
+    phases: Vec<Phase>,
+    checks: preflight::Report,
+}
+
+/// Builds two local hosts, runs the phases, prints the result, tears down (unless `--keep`).
+///
+/// # Errors
+/// Failure (exit 1) when the lab cannot be built or a phase fails; the lab is torn down first.
+pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
+    let dir = c.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("hostshift-rehearsal-{}", std::process::id()))
+    });
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(crate::error::usage(anyhow::anyhow!(
+            "{} exists and is not empty: give --dir a new folder",
+            dir.display()
+        )));
+    }
+    let quiet = g.quiet;
+    let say = move |s: &str| {
+        if !quiet {
+            eprintln!("rehearse: {s}");
+        }
+    };
+    let mut phases = Vec::new();
+    let t = Instant::now();
+    let lab = match LocalLab::build(&dir, c.size, &say).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(failed(anyhow::anyhow!("could not build the rehearsal lab: {e}")));
+        }
+    };
+    phases.push(Phase {
+        phase: "lab",
+        status: "ok",
+        ms: t.elapsed().as_millis(),
+        detail: format!(
+            "{} users, {} submissions; {} files ({}) in storage",
+            lab.seed.rows.get("users").copied().unwrap_or(0),
+            lab.seed.rows.get("project_submissions").copied().unwrap_or(0),
+            lab.storage.files,
+            bytes(lab.storage.bytes)
+        ),
+    });
+
+    say("phase check: preflight of both hosts");
+    let t = Instant::now();
+    let report = match Plan::load(&lab.plan) {
+        Ok(plan) => preflight::run(&plan).await,
+        Err(p) => {
+            lab.teardown().await;
+            return Err(failed(anyhow::anyhow!("the generated plan is invalid (a bug):\n{p}")));
+        }
+    };
+    let failed_checks = report.checks.iter().filter(|x| x.result == Verdict::Fail).count();
+    phases.push(Phase {
+        phase: "check",
+        status: if report.ok { "ok" } else { "failed" },
+        ms: t.elapsed().as_millis(),
+        detail: format!("{} checks, {failed_checks} failed", report.checks.len()),
+    });
+    for later in ["backup", "sync", "verify", "cutover"] {
+        phases.push(Phase {
+            phase: later,
+            status: "skipped",
+            ms: 0,
+            detail: "not available in this version yet".into(),
+        });
+    }
+
+    let ok = report.ok;
+    let plan = lab.plan.clone();
+    let kept = c.keep;
+    let stop = if kept {
+        Some(lab.keep().map_err(failed)?)
+    } else {
+        lab.teardown().await;
+        None
+    };
+    if g.json {
+        print_json(&Rehearsal { ok, dir: dir.clone(), plan: plan.clone(), kept, phases, checks: report });
+    } else {
+        let rows: Vec<Vec<String>> = phases
+            .iter()
+            .map(|p| vec![p.phase.into(), p.status.into(), format!("{} ms", p.ms), p.detail.clone()])
+            .collect();
+        println!("hostshift rehearsal ({:?} data) in {}\n", c.size, dir.display());
+        print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
+        for x in report.checks.iter().filter(|x| x.result != Verdict::Ok) {
+            println!("  {:?} {} {}: {} {}", x.result, x.host, x.check, x.detail, x.hint);
+        }
+        match stop {
+            Some(script) => println!(
+                "\nThe lab keeps running. Try:\n  hostshift check --plan {}\nStop it with:\n  {}",
+                plan.display(),
+                script.display()
+            ),
+            None => println!("\nThe lab was torn down; nothing is left running."),
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(failed(anyhow::anyhow!("{failed_checks} preflight check(s) failed in the rehearsal")))
+    }
+}

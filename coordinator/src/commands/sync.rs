@@ -1,0 +1,98 @@
+//! `hostshift sync`: copy the plan's data from the old host to the new one.
+
+use clap::Args;
+
+use crate::cli::{Global, PlanArg};
+use crate::error::{CliResult, failed};
+use crate::output::{bytes, print_json, table};
+use crate::sync::{self, Only, SyncOptions, progress};
+
+/// Sync flags.
+#[derive(Args)]
+pub struct SyncCmd {
+    #[command(flatten)]
+    plan: PlanArg,
+    /// Only this kind of resource: db, storage or files.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Stream through this machine instead of agent to agent (when the new host cannot reach
+    /// the old host's agent).
+    #[arg(long)]
+    relay: bool,
+    /// Storage batches close at this many files (each batch is one stream and one journal entry).
+    #[arg(long, default_value_t = 5_000)]
+    batch_files: u64,
+    /// ...or at this many MiB.
+    #[arg(long, default_value_t = 256)]
+    batch_mib: u64,
+}
+
+/// Runs a sync and prints the per-unit result.
+///
+/// # Errors
+/// Usage error for a bad plan; failure (exit 1) when an agent is unreachable or any unit failed.
+pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
+    let plan = super::load_plan(&c.plan.plan)?;
+    let opts = SyncOptions {
+        only: c.only,
+        relay: c.relay,
+        progress: if g.quiet {
+            progress::Mode::Quiet
+        } else if g.json {
+            progress::Mode::Json
+        } else {
+            progress::Mode::Human
+        },
+        batch_files: c.batch_files.max(1),
+        batch_bytes: c.batch_mib.max(1) * 1024 * 1024,
+        ..SyncOptions::default()
+    };
+    let report = sync::run(&plan, &opts).await.map_err(failed)?;
+    if g.json {
+        print_json(&report);
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .units
+            .iter()
+            .map(|u| {
+                vec![
+                    format!("{} {}", u.kind, u.name),
+                    u.status.clone(),
+                    format!("{} files, {}", u.files, bytes(u.bytes)),
+                    if u.skipped_files > 0 { format!("{} files, {}", u.skipped_files, bytes(u.skipped_bytes)) } else { "-".into() },
+                    (u.attempts.saturating_sub(1)).to_string(),
+                    format!("{:.1} s", u.ms as f64 / 1000.0),
+                ]
+            })
+            .collect();
+        println!("hostshift sync — plan {} ({} mode)\n", plan.migration.name, report.mode);
+        print!("{}", table(&["UNIT", "RESULT", "SENT", "SKIPPED (ALREADY EQUAL)", "RETRIES", "TIME"], &rows));
+        for u in &report.units {
+            for ch in &u.changes {
+                println!("  {} {}: {ch}", u.kind, u.name);
+            }
+            if u.status == "failed" {
+                println!("FAIL {} {}: {}", u.kind, u.name, u.detail);
+            }
+        }
+        println!(
+            "\n{} files ({}) sent, {} skipped as already equal, in {:.1} s. Journal: {}",
+            report.files,
+            bytes(report.bytes),
+            report.skipped_files,
+            report.ms as f64 / 1000.0,
+            report.journal
+        );
+        if report.ok {
+            println!("Next: hostshift verify --plan {}", plan.path.display());
+        }
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        let n = report.units.iter().filter(|u| u.status == "failed").count();
+        Err(failed(anyhow::anyhow!(
+            "{n} unit(s) failed; the old host is untouched; run `hostshift sync` again to continue (finished work is not redone)"
+        )))
+    }
+}

@@ -1,0 +1,318 @@
+//! `hostshift sync`: copy the plan's config files, storage trees (and databases) from the old
+//! host to the new one while the old host keeps serving; safe to run again.
+//!
+//! - Each **unit** (a file, a storage batch, a table) is journaled before and after it acts
+//!   ([`journal`]), moved as one framed stream ([`stream`]) — pulled by the new agent from the
+//!   old one by default, or relayed through this process — and retried when the stream failed
+//!   its integrity check or the connection broke. A refusal (permissions, bad names) is not
+//!   retried.
+//! - **Storage** is planned by the new agent from the old agent's manifest: only files missing or
+//!   different on the new host travel, in batches; a rerun after an interruption sends only what
+//!   is still missing and says how much it skipped.
+//! - The old host is only read. Grants given to the new agent for this run are revoked at the end.
+
+pub mod journal;
+pub mod progress;
+pub mod stream;
+mod units;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostshift_proto::v1::{CreateGrantRequest, Frame, RevokeGrantRequest};
+use hostshift_shared::framing::IntegrityError;
+use serde::Serialize;
+
+use crate::client::{self, Agent};
+use crate::plan::{Plan, Side};
+use journal::Journal;
+use progress::Progress;
+use stream::PullSource;
+
+/// What to sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Only {
+    /// Databases.
+    Db,
+    /// Storage trees.
+    Storage,
+    /// Config files.
+    Files,
+}
+
+/// A hook that may alter frames of relayed streams: `(unit, attempt, frame index, frame)`.
+/// For tests that prove corruption is caught; the CLI never sets it.
+pub type Tap = Arc<dyn Fn(u64, &mut Frame) + Send + Sync>;
+
+/// A tap factory per unit and attempt (so a test can corrupt only the first attempt).
+pub type TapFactory = Arc<dyn Fn(&str, u32) -> Option<Tap> + Send + Sync>;
+
+/// How to sync.
+pub struct SyncOptions {
+    /// Restrict to one kind of resource.
+    pub only: Option<Only>,
+    /// Stream through this process instead of agent to agent.
+    pub relay: bool,
+    /// Progress output.
+    pub progress: progress::Mode,
+    /// Storage batches close at this many bytes...
+    pub batch_bytes: u64,
+    /// ...or this many files.
+    pub batch_files: u64,
+    /// Attempts per unit for retryable failures (integrity, connection).
+    pub attempts: u32,
+    /// Tests only: alter relayed frames.
+    pub tap: Option<TapFactory>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            only: None,
+            relay: false,
+            progress: progress::Mode::Human,
+            batch_bytes: 256 * 1024 * 1024,
+            batch_files: 5_000,
+            attempts: 3,
+            tap: None,
+        }
+    }
+}
+
+/// Why a unit failed, classified for retry decisions and exit codes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// A checksum did not match: nothing was committed; the stream is sent again.
+    DataLoss,
+    /// A connection or agent was unavailable; retrying may help.
+    Unavailable,
+    /// An agent refused (permissions, undeclared names): fix the config, not the network.
+    Refused,
+    /// Anything else.
+    Other,
+}
+
+/// A failed unit.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitError {
+    /// Classification.
+    pub kind: ErrorKind,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl UnitError {
+    /// From a gRPC status.
+    pub fn from_status(s: tonic::Status) -> Self {
+        let kind = match s.code() {
+            tonic::Code::DataLoss => ErrorKind::DataLoss,
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                ErrorKind::Unavailable
+            }
+            tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated => {
+                ErrorKind::Refused
+            }
+            _ => ErrorKind::Other,
+        };
+        Self { kind, message: client::explain_status(&s) }
+    }
+
+    /// From a failed integrity check on this side.
+    pub fn integrity(e: IntegrityError) -> Self {
+        Self { kind: ErrorKind::DataLoss, message: format!("integrity check failed: {e}") }
+    }
+
+    /// Anything else.
+    pub fn other(message: String) -> Self {
+        Self { kind: ErrorKind::Other, message }
+    }
+
+    /// Worth another attempt.
+    pub fn retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::DataLoss | ErrorKind::Unavailable)
+    }
+}
+
+impl std::fmt::Display for UnitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of one unit.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitReport {
+    /// `file`, `storage`, `table`...
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// `copied`, `unchanged`, `failed`.
+    pub status: String,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Files moved.
+    pub files: u64,
+    /// Already equal, not sent again.
+    pub skipped_files: u64,
+    /// Bytes of those.
+    pub skipped_bytes: u64,
+    /// Wall time.
+    pub ms: u64,
+    /// Attempts it took (retries = attempts - 1).
+    pub attempts: u32,
+    /// Failures that were retried, in order.
+    pub retried: Vec<UnitError>,
+    /// Changes made by overrides (secrets redacted).
+    pub changes: Vec<String>,
+    /// Free text.
+    pub detail: String,
+}
+
+/// The whole sync.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// Every unit succeeded.
+    pub ok: bool,
+    /// `pull` or `relay`.
+    pub mode: String,
+    /// Per unit.
+    pub units: Vec<UnitReport>,
+    /// Total bytes moved.
+    pub bytes: u64,
+    /// Total files moved.
+    pub files: u64,
+    /// Files skipped as already equal.
+    pub skipped_files: u64,
+    /// Wall time.
+    pub ms: u64,
+    /// The journal file.
+    pub journal: String,
+}
+
+/// A sync that could not run at all (as opposed to a unit that failed).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// An agent could not be reached or refused the coordinator.
+    #[error("{0}")]
+    Connect(String),
+    /// The journal could not be written: nothing is done without one.
+    #[error("cannot write the journal in {path}: {source}")]
+    Journal {
+        /// Its folder.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of one sync run.
+pub(crate) struct Run<'a> {
+    pub old: Agent,
+    pub new: Agent,
+    pub pull_source: Option<PullSource>,
+    pub opts: &'a SyncOptions,
+    pub journal: Journal,
+    pub progress: Arc<Progress>,
+}
+
+impl Run<'_> {
+    pub fn record(&self, unit: &str, status: &str, bytes: u64, files: u64, detail: &str) -> Result<(), UnitError> {
+        self.journal
+            .record("sync", unit, status, bytes, files, detail)
+            .map_err(|e| UnitError::other(format!("cannot write the journal {}: {e}", self.journal.path().display())))
+    }
+}
+
+fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
+    let mut v = Vec::new();
+    if only.is_none_or(|o| o == Only::Files) {
+        v.extend(plan.files.iter().map(|f| format!("file:{}", f.name)));
+    }
+    if only.is_none_or(|o| o == Only::Storage) {
+        v.extend(plan.storage.iter().map(|s| format!("storage:{}", s.name)));
+    }
+    if only.is_none_or(|o| o == Only::Db) {
+        v.extend(plan.databases.iter().map(|d| format!("database:{}", d.name)));
+    }
+    v
+}
+
+/// Runs a sync.
+///
+/// # Errors
+/// [`SyncError`] when it cannot start (agents unreachable, journal unwritable). Failed units are
+/// reported in [`SyncReport`] with `ok: false`.
+pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let dir = plan.state_dir();
+    let journal = Journal::open(&dir).map_err(|source| SyncError::Journal { path: dir.display().to_string(), source })?;
+    let progress = Arc::new(Progress::new(opts.progress));
+    let (old, new) = tokio::join!(client::connect(plan, Side::Old), client::connect(plan, Side::New));
+    let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
+    let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
+    let mut grant_token = None;
+    let pull_source = if opts.relay {
+        None
+    } else {
+        let grant = old
+            .grants()
+            .create(client::request(CreateGrantRequest {
+                peer: plan.new.agent.clone(),
+                scopes: scopes(plan, opts.only),
+                ttl_secs: 6 * 3600,
+            }))
+            .await
+            .map_err(|s| SyncError::Connect(format!("old agent at {}: {}", old.address, client::explain_first_rpc(&s))))?
+            .into_inner();
+        grant_token = Some(grant.token.clone());
+        Some(PullSource {
+            address: plan.old.address.clone(),
+            tls_name: plan.old.server_name(),
+            grant: grant.token,
+        })
+    };
+    let run = Run { old, new, pull_source, opts, journal, progress };
+    let _ = run.record("sync", "started", 0, 0, if opts.relay { "relay" } else { "pull" });
+
+    let mut units = Vec::new();
+    if opts.only.is_none_or(|o| o == Only::Files) {
+        for f in &plan.files {
+            units.push(units::file(&run, f).await);
+        }
+    }
+    if opts.only.is_none_or(|o| o == Only::Storage) {
+        for s in &plan.storage {
+            units.push(units::storage(&run, s).await);
+        }
+    }
+    if opts.only.is_none_or(|o| o == Only::Db) {
+        for d in &plan.databases {
+            units.push(units::database(&run, d).await);
+        }
+    }
+
+    if let Some(token) = grant_token {
+        let _ = run.old.grants().revoke(client::request(RevokeGrantRequest { token })).await;
+    }
+    let ok = units.iter().all(|u| u.status != "failed");
+    let report = SyncReport {
+        ok,
+        mode: if opts.relay { "relay".into() } else { "pull".into() },
+        bytes: units.iter().map(|u| u.bytes).sum(),
+        files: units.iter().map(|u| u.files).sum(),
+        skipped_files: units.iter().map(|u| u.skipped_files).sum(),
+        ms: started.elapsed().as_millis() as u64,
+        journal: run.journal.path().display().to_string(),
+        units,
+    };
+    let _ = run.record("sync", if ok { "done" } else { "failed" }, report.bytes, report.files, "");
+    Ok(report)
+}
+
+/// Backoff before attempt `n` (1-based) of a unit.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * u64::from(attempt.saturating_sub(1).min(5)))
+}

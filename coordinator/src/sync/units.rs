@@ -1,0 +1,241 @@
+//! The units of a sync: one config file, one storage tree (in batches), one database.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hostshift_proto::v1::{
+    ApplyHeader, ApplyResult, FileApply, FileRead, FinalizeStorageRequest, ManifestRead,
+    PlanStorageRequest, ReadRequest, StorageFilesApply, StorageFilesRead, apply_header, read_request,
+};
+
+use super::{Run, UnitError, UnitReport, backoff, stream};
+use crate::client;
+use crate::plan::{PlanDatabase, PlanFile, PlanStorage};
+
+fn report(kind: &str, name: &str) -> UnitReport {
+    UnitReport {
+        kind: kind.into(),
+        name: name.into(),
+        status: "copied".into(),
+        bytes: 0,
+        files: 0,
+        skipped_files: 0,
+        skipped_bytes: 0,
+        ms: 0,
+        attempts: 0,
+        retried: vec![],
+        changes: vec![],
+        detail: String::new(),
+    }
+}
+
+/// Moves one stream with retries: pull or relay as the run says.
+async fn transfer(
+    run: &Run<'_>,
+    unit: &str,
+    read: ReadRequest,
+    header: ApplyHeader,
+    total: u64,
+    retried: &mut Vec<UnitError>,
+) -> Result<(ApplyResult, u32), UnitError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        run.record(unit, "started", 0, 0, &format!("attempt {attempt}"))?;
+        run.progress.start(unit, total);
+        let progress = run.progress.clone();
+        let name = unit.to_string();
+        let result = match &run.pull_source {
+            Some(src) => {
+                let p = move |b: u64| progress.update(&name, b);
+                stream::pull(&run.new, src, read.clone(), header.clone(), &p).await
+            }
+            None => {
+                let tap = run.opts.tap.as_ref().and_then(|f| f(unit, attempt));
+                let p: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |b: u64| progress.update(&name, b));
+                stream::relay(&run.old, &run.new, read.clone(), header.clone(), tap, p).await
+            }
+        };
+        match result {
+            Ok(r) => {
+                run.record(unit, "done", r.bytes, r.files, &format!("sha256 {}", r.sha256))?;
+                return Ok((r, attempt));
+            }
+            Err(e) => {
+                run.record(unit, "failed", 0, 0, &e.message)?;
+                if e.retryable() && attempt < run.opts.attempts {
+                    run.progress.say(&format!("retry {unit} (attempt {} of {}): {e}", attempt + 1, run.opts.attempts));
+                    retried.push(e);
+                    tokio::time::sleep(backoff(attempt + 1)).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn fail(mut r: UnitReport, started: Instant, e: &UnitError, run: &Run<'_>) -> UnitReport {
+    r.status = "failed".into();
+    r.detail = e.message.clone();
+    r.ms = started.elapsed().as_millis() as u64;
+    run.progress.done(&format!("{} {}", r.kind, r.name), r.bytes, false, &e.message);
+    r
+}
+
+/// One config file: its mode and owner from the old host, its bytes streamed, the plan's
+/// overrides applied on the new host.
+pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
+    let started = Instant::now();
+    let unit = format!("file {}", f.name);
+    let mut r = report("file", &f.name);
+    let meta = match run.old.source().file_meta(client::request(FileRead { name: f.name.clone() })).await {
+        Ok(m) => m.into_inner(),
+        Err(s) => return fail(r, started, &UnitError::from_status(s), run),
+    };
+    if !meta.exists {
+        let e = UnitError { kind: super::ErrorKind::Refused, message: format!("file {} does not exist on the old host", f.name) };
+        return fail(r, started, &e, run);
+    }
+    let read = ReadRequest {
+        grant: String::new(),
+        what: Some(read_request::What::File(FileRead { name: f.name.clone() })),
+    };
+    let header = ApplyHeader {
+        what: Some(apply_header::What::File(FileApply {
+            name: f.name.clone(),
+            overrides: f.overrides.clone().into_iter().collect(),
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+        })),
+    };
+    match transfer(run, &unit, read, header, meta.size, &mut r.retried).await {
+        Ok((res, attempts)) => {
+            r.bytes = res.bytes;
+            r.files = 1;
+            r.attempts = attempts;
+            r.changes = res.changes;
+            r.ms = started.elapsed().as_millis() as u64;
+            let summary = if r.changes.is_empty() {
+                format!("{} bytes", r.bytes)
+            } else {
+                format!("{} bytes, overrides: {}", r.bytes, r.changes.join("; "))
+            };
+            run.progress.done(&unit, r.bytes, true, &summary);
+            r
+        }
+        Err(e) => fail(r, started, &e, run),
+    }
+}
+
+/// Most bytes of an encoded manifest the coordinator accepts.
+const MANIFEST_LIMIT: usize = client::MAX_MESSAGE;
+
+/// One storage tree: the old agent's manifest, the new agent's plan of what differs, the
+/// batches, then directories/metadata/deletions. A batch whose files changed on the old host
+/// since the manifest was taken fails its digest check; the tree is then planned again.
+pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
+    let started = Instant::now();
+    let unit = format!("storage {}", s.name);
+    let mut r = report("storage", &s.name);
+    let mut round = 0;
+    loop {
+        round += 1;
+        match storage_round(run, s, &mut r).await {
+            Ok(()) => {
+                r.ms = started.elapsed().as_millis() as u64;
+                if r.files == 0 && r.status != "failed" {
+                    r.status = "unchanged".into();
+                }
+                let summary = format!(
+                    "{} files ({}) sent, {} unchanged files ({}) skipped",
+                    r.files,
+                    crate::output::bytes(r.bytes),
+                    r.skipped_files,
+                    crate::output::bytes(r.skipped_bytes)
+                );
+                run.progress.done(&unit, r.bytes, true, &summary);
+                return r;
+            }
+            Err(e) if e.retryable() && round < run.opts.attempts => {
+                run.progress.say(&format!("{unit}: planning again after: {e}"));
+                r.retried.push(e);
+            }
+            Err(e) => return fail(r, started, &e, run),
+        }
+    }
+}
+
+async fn storage_round(run: &Run<'_>, s: &PlanStorage, r: &mut UnitReport) -> Result<(), UnitError> {
+    let unit = format!("storage {}", s.name);
+    run.progress.say(&format!("{unit}: reading the old host's manifest"));
+    let manifest = stream::read_all(
+        &run.old,
+        ReadRequest {
+            grant: String::new(),
+            what: Some(read_request::What::Manifest(ManifestRead { tree: s.name.clone(), full: false })),
+        },
+        MANIFEST_LIMIT,
+    )
+    .await?;
+    let plan = run
+        .new
+        .target()
+        .plan_storage(PlanStorageRequest {
+            tree: s.name.clone(),
+            source_manifest: manifest.clone(),
+            delete_extraneous: s.delete,
+            batch_bytes: run.opts.batch_bytes,
+            batch_files: run.opts.batch_files,
+        })
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
+    r.skipped_files = plan.unchanged_files;
+    r.skipped_bytes = plan.unchanged_bytes;
+    run.progress.say(&format!(
+        "{unit}: {} to send in {} batch(es); {} unchanged files ({}) skipped; {} to delete",
+        crate::output::bytes(plan.bytes_to_send),
+        plan.batches.len(),
+        plan.unchanged_files,
+        crate::output::bytes(plan.unchanged_bytes),
+        plan.delete
+    ));
+    let finalize = |prepare_only: bool| FinalizeStorageRequest {
+        tree: s.name.clone(),
+        source_manifest: manifest.clone(),
+        delete_extraneous: s.delete,
+        prepare_only,
+    };
+    run.new.target().finalize_storage(finalize(true)).await.map_err(UnitError::from_status)?;
+    let n = plan.batches.len();
+    for (i, batch) in plan.batches.into_iter().enumerate() {
+        let bunit = format!("{unit} batch {}/{n}", i + 1);
+        let read = ReadRequest {
+            grant: String::new(),
+            what: Some(read_request::What::StorageFiles(StorageFilesRead { tree: s.name.clone(), entries: batch.expected.clone() })),
+        };
+        let header = ApplyHeader {
+            what: Some(apply_header::What::StorageFiles(StorageFilesApply { tree: s.name.clone(), expected: batch.expected })),
+        };
+        let (res, attempts) = transfer(run, &bunit, read, header, batch.bytes, &mut r.retried).await?;
+        r.bytes += res.bytes;
+        r.files += res.files;
+        r.attempts = r.attempts.max(attempts);
+    }
+    let fin = run.new.target().finalize_storage(finalize(false)).await.map_err(UnitError::from_status)?.into_inner();
+    r.detail = format!("{} dirs created, {} metadata fixes, {} deleted", fin.dirs, fin.meta, fin.deleted);
+    run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
+    Ok(())
+}
+
+/// One database.
+pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
+    let started = Instant::now();
+    let e = UnitError {
+        kind: super::ErrorKind::Other,
+        message: "database sync is not available in this build yet: use --only files or --only storage".into(),
+    };
+    fail(report("database", &d.name), started, &e, run)
+}

@@ -1,0 +1,45 @@
+//! The rig: shared world (clusters, certificates) and per-test sandboxes (agents, databases).
+
+mod agent;
+mod bins;
+pub mod fs;
+mod nginx;
+mod pm2;
+mod sandbox;
+mod world;
+
+pub use agent::{AgentProc, AgentSetup};
+pub use bins::{agent_bin, cli, cli_in, hostshift_bin, CliOutput};
+pub use nginx::{children, http_get, nginx_bin, process_group, HttpReply, NginxProc, UpstreamApp};
+pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
+pub use sandbox::Sandbox;
+pub use world::{world, World, OLD_IP, NEW_IP, TEMPLATE_DB};
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`. No fixed sleeps.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True when `pid` is gone or a zombie (PID 1 reaps orphans late here; see TOOLCHAIN.md).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+    }
+}
