@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// demand. Default `/var/lib/hostshift` (the systemd unit's `StateDirectory`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// `[backup]`: where backups are written, how long they are kept, optional S3 upload.
+    #[serde(default)]
+    pub backup: BackupConfig,
 }
 
 /// `[tls]`: PEM files from `hostshift certs init`.
@@ -222,6 +225,62 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[backup]`: backups made on this host (`hostshift backup`, `hostshift-agent backup`). Making a
+/// backup only writes under `dir`, so it needs no `[allow]`; restoring one does.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Folder holding one sub-folder per backup (absolute; created mode 0700 on first use). It
+    /// must not lie inside a storage tree. Default `/var/backups/hostshift`.
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+    /// Keep every backup younger than this many days. Unset: no age rule.
+    pub keep_days: Option<u32>,
+    /// Keep the newest this many backups (at least 1). Unset: no count rule. With neither rule
+    /// set, nothing is ever pruned; the newest backup that verifies is always kept.
+    pub keep_last: Option<u32>,
+    /// `[backup.s3]`: upload finished backups to an S3 bucket.
+    pub s3: Option<BackupS3Config>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_backup_dir(),
+            keep_days: None,
+            keep_last: None,
+            s3: None,
+        }
+    }
+}
+
+/// `[backup.s3]`: where finished backups are uploaded (objects `<prefix>/<id>/<artifact>`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupS3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix, e.g. `"hostshift/old-host"` (no leading or trailing `/`). Default: none.
+    #[serde(default)]
+    pub prefix: String,
+    /// AWS region of the bucket.
+    pub region: String,
+    /// Send every call here instead of AWS (an S3-compatible store or a local stand-in).
+    pub endpoint_url: Option<String>,
+    /// Named profile to take credentials from. Default: the usual AWS credential chain
+    /// (environment, profile `default`, instance role).
+    pub profile: Option<String>,
+    /// A shared-credentials file (AWS format) to read `profile` from, for agents whose `HOME` is
+    /// not where the credentials are (e.g. `/etc/hostshift/aws-credentials`, mode 0600).
+    pub credentials_file: Option<PathBuf>,
+    /// Upload every backup automatically once it is complete. Default false.
+    #[serde(default)]
+    pub upload: bool,
+}
+
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("/var/backups/hostshift")
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/hostshift")
 }
@@ -389,10 +448,56 @@ impl AgentConfig {
             }
         }
         absolute(src, "state_dir", &self.state_dir, &mut out);
+        self.validate_backup(src, &mut out);
         if self.limits.shutdown_grace_secs == 0 {
             out.push(src.problem("limits.shutdown_grace_secs", "must be at least 1"));
         }
         out
+    }
+}
+
+impl AgentConfig {
+    /// `[backup]`: an absolute folder outside every storage tree, sane retention, a usable S3 target.
+    fn validate_backup(&self, src: &Located, out: &mut Vec<Problem>) {
+        let b = &self.backup;
+        absolute(src, "backup.dir", &b.dir, out);
+        if b.dir == Path::new("/") {
+            out.push(src.problem("backup.dir", "the filesystem root cannot be the backup folder"));
+        }
+        for s in &self.storage {
+            if b.dir.starts_with(&s.path) || s.path.starts_with(&b.dir) {
+                out.push(src.problem(
+                    "backup.dir",
+                    format!(
+                        "overlaps storage tree {:?} ({}): backups would contain themselves, or a restore could delete them",
+                        s.name,
+                        s.path.display()
+                    ),
+                ));
+            }
+        }
+        if b.keep_last == Some(0) {
+            out.push(src.problem("backup.keep_last", "must be at least 1 (leave it out for no count rule)"));
+        }
+        if let Some(s3) = &b.s3 {
+            if s3.bucket.trim().is_empty() {
+                out.push(src.problem("backup.s3.bucket", "must not be empty"));
+            }
+            if s3.region.trim().is_empty() {
+                out.push(src.problem("backup.s3.region", "must not be empty, e.g. \"eu-west-1\""));
+            }
+            if s3.prefix.starts_with('/') || s3.prefix.ends_with('/') || s3.prefix.contains("//") {
+                out.push(src.problem("backup.s3.prefix", "no leading, trailing or doubled '/'"));
+            }
+            if let Some(u) = &s3.endpoint_url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                out.push(src.problem("backup.s3.endpoint_url", "an http:// or https:// URL"));
+            }
+            if let Some(f) = &s3.credentials_file {
+                absolute(src, "backup.s3.credentials_file", f, out);
+            }
+        }
     }
 }
 

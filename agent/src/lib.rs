@@ -5,7 +5,8 @@
 //! - [`config`] — the agent's TOML config: what this host has and what may be done with it.
 //! - [`auth`] — the caller's identity from its verified certificate; control services accept the
 //!   coordinator only.
-//! - One folder per gRPC service, named after it: [`agent_info`] (`service Agent`), [`hooks`]
+//! - One folder per gRPC service, named after it: [`agent_info`] (`service Agent`), [`backup`]
+//!   (`service Backup`, also `hostshift-agent backup`), [`hooks`]
 //!   (`service Hooks`), [`pm2`] (`service Pm2`), [`envfile`] (`service EnvFiles`), [`nginx`]
 //!   (`service Nginx`), [`health`] (`service Health`), [`db_stats`] (`service DbStats`). Each
 //!   folder's `service.rs` only translates proto ↔ domain; the work sits in files that know
@@ -21,7 +22,9 @@
 
 pub mod agent_info;
 pub mod auth;
+pub mod backup;
 pub mod config;
+pub mod database;
 pub mod db;
 pub mod db_stats;
 pub mod envfile;
@@ -40,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostshift_proto::v1::agent_server::AgentServer;
+use hostshift_proto::v1::backup_server::BackupServer;
 use hostshift_proto::v1::env_files_server::EnvFilesServer;
 use hostshift_proto::v1::db_stats_server::DbStatsServer;
 use hostshift_proto::v1::health_server::HealthServer;
@@ -47,6 +51,7 @@ use hostshift_proto::v1::hooks_server::HooksServer;
 use hostshift_proto::v1::nginx_server::NginxServer;
 use hostshift_proto::v1::pm2_server::Pm2Server;
 use hostshift_proto::v1::grants_server::GrantsServer;
+use hostshift_proto::v1::database_server::DatabaseServer;
 use hostshift_proto::v1::source_server::SourceServer;
 use hostshift_proto::v1::target_server::TargetServer;
 use hostshift_shared::identity::Identity;
@@ -73,6 +78,8 @@ pub struct Ctx {
     pub tasks: TaskTracker,
     /// Grants this agent issued to peer agents (in memory only).
     pub grants: transfer::GrantStore,
+    /// Database snapshots held open for a sync.
+    pub snapshots: database::Snapshots,
 }
 
 impl Ctx {
@@ -135,6 +142,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
         grants: transfer::GrantStore::default(),
+        snapshots: database::Snapshots::default(),
     });
     let addr = listener
         .local_addr()
@@ -143,6 +151,11 @@ pub async fn serve(
 
     let agent = AgentServer::with_interceptor(
         agent_info::AgentInfoService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+    // Backups: made on this host, written only under [backup] dir; restore needs [allow].
+    let backup = BackupServer::with_interceptor(
+        backup::BackupService::new(ctx.clone()),
         auth::coordinator_only,
     );
     let hooks = HooksServer::with_interceptor(
@@ -188,6 +201,11 @@ pub async fn serve(
         auth::coordinator_only,
     );
 
+    let database = DatabaseServer::with_interceptor(
+        database::DatabaseService::new(ctx.clone()),
+        auth::coordinator_only,
+    );
+
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = Server::builder()
         .tls_config(tls)
@@ -197,12 +215,14 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(agent)
         .add_service(hooks)
+        .add_service(backup)
         .add_service(nginx)
         .add_service(health)
         .add_service(db_stats)
         .add_service(pm2)
         .add_service(env_files)
         .add_service(grants)
+        .add_service(database)
         .add_service(source)
         .add_service(target)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

@@ -44,6 +44,10 @@ enum Command {
     },
     /// Validate the config and exit: 0 when valid, 78 naming the file, line and key otherwise.
     CheckConfig,
+    /// Back up everything the config declares into `[backup] dir`, on this host, then upload
+    /// (`[backup.s3] upload = true`) and prune. For hostshift-backup.timer (docs/backups.md).
+    /// Exit 0 when all of it worked, 1 otherwise.
+    Backup,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,13 @@ fn main() -> ExitCode {
             println!("{}: ok", cli.config.display());
             ExitCode::from(exit::OK)
         }
+        Command::Backup => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(backup(config)),
+            Err(e) => {
+                eprintln!("hostshift-agent: cannot start the runtime: {e}");
+                ExitCode::from(exit::FAILED)
+            }
+        },
         Command::Serve { ready_file } => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -118,6 +129,24 @@ async fn run(config: AgentConfig, path: PathBuf, ready_file: Option<PathBuf>) ->
         }
         Err(e) => {
             eprintln!("hostshift-agent: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// `hostshift-agent backup`: the report on stdout, failures on stderr.
+async fn backup(config: AgentConfig) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    match hostshift_agent::backup::run_local(&config, &shutdown).await {
+        Ok(report) => {
+            for line in &report.lines {
+                println!("{line}");
+            }
+            ExitCode::from(if report.ok { exit::OK } else { exit::FAILED })
+        }
+        Err(e) => {
+            eprintln!("hostshift-agent backup: {e}");
             ExitCode::from(exit::FAILED)
         }
     }

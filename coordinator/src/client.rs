@@ -50,6 +50,13 @@ impl Agent {
         HooksClient::new(self.channel.clone())
     }
 
+    /// `service Database` client (large messages allowed: table lists, sequence values).
+    pub fn database(&self) -> hostshift_proto::v1::database_client::DatabaseClient<Channel> {
+        hostshift_proto::v1::database_client::DatabaseClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
     /// `service Grants` client.
     pub fn grants(&self) -> GrantsClient<Channel> {
         GrantsClient::new(self.channel.clone())

@@ -23,4 +23,5 @@ pub mod output;
 pub mod plan;
 pub mod preflight;
 pub mod rehearse;
+pub mod report;
 pub mod sync;

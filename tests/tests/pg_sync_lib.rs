@@ -776,21 +776,34 @@ async fn a_schema_section_that_fails_half_way_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_generated_columns_enum_arrays_and_exclusions_round_trip() {
+async fn partitions_generated_columns_user_types_and_exclusions_round_trip() {
     let sb = Sandbox::new("pg_extras").await;
     let h = hosts(&sb);
     let old = sb.world.old_pg.connect(&sb.old_db).await;
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    // Types created on the target first move its OID counter: the source's user-defined types
+    // then surely get other OIDs there, which binary COPY of arrays and composites carries.
+    new.batch_execute(
+        "CREATE SCHEMA filler; CREATE TYPE filler.a AS ENUM ('x'); CREATE TYPE filler.b AS (x int)",
+    )
+    .await
+    .expect("move the target's OID counter");
     old.batch_execute(
         r#"
         CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TYPE reading AS (value numeric, feeling mood);
         CREATE TABLE events (id bigint NOT NULL, at date NOT NULL, moods mood[] NOT NULL, note text,
+                             last reading, history reading[],
                              PRIMARY KEY (id)) PARTITION BY RANGE (id);
         CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (MINVALUE) TO (300);
         CREATE TABLE events_high PARTITION OF events FOR VALUES FROM (300) TO (MAXVALUE);
         INSERT INTO events
         SELECT i, date '2026-01-01' + i, ARRAY['ok', 'happy']::mood[],
-               CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN '' ELSE 'note ' || i END
+               CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN '' ELSE 'note ' || i END,
+               ROW(i / 7.0, 'sad')::reading, ARRAY[ROW(i, 'ok')::reading, NULL]
         FROM generate_series(1, 1000) AS i;
+        CREATE TABLE grants_log (id int PRIMARY KEY, acl aclitem[] NOT NULL);
+        INSERT INTO grants_log SELECT i, ARRAY['app=r/postgres'::aclitem] FROM generate_series(1, 20) AS i;
         CREATE TABLE measurements (
             id serial PRIMARY KEY, celsius numeric NOT NULL,
             fahrenheit numeric GENERATED ALWAYS AS (celsius * 9 / 5 + 32) STORED,
@@ -829,10 +842,11 @@ async fn partitions_generated_columns_enum_arrays_and_exclusions_round_trip() {
     );
     let events = listed["public.events"];
     assert_eq!(events.kind, TableKind::Partitioned);
+    assert_eq!(events.format, pg::CopyFormat::Binary);
     assert_eq!(
-        events.format,
+        listed["public.grants_log"].format,
         pg::CopyFormat::Text,
-        "mood[] carries type OIDs in binary"
+        "aclitem has no binary I/O"
     );
     assert!(
         synced.ranges["public.events"].len() >= 2,
@@ -851,7 +865,7 @@ async fn partitions_generated_columns_enum_arrays_and_exclusions_round_trip() {
     let fp_old = pg::database_fingerprint(&src, &sel)
         .await
         .expect("fingerprint old");
-    assert_eq!(fp_old.len(), seed::TABLES.len() + 4);
+    assert_eq!(fp_old.len(), seed::TABLES.len() + 5);
     assert_eq!(
         fp_old,
         pg::database_fingerprint(&dst, &sel)
@@ -862,12 +876,19 @@ async fn partitions_generated_columns_enum_arrays_and_exclusions_round_trip() {
         pg::sequence_fingerprint(&src, &sel).await.expect("old"),
         pg::sequence_fingerprint(&dst, &sel).await.expect("new")
     );
-    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let oids = "SELECT 'public.mood'::regtype::oid, 'public.reading'::regtype::oid";
+    let (a, b) = (rows(&old, oids).await, rows(&new, oids).await);
+    assert_ne!(
+        a[0][0], b[0][0],
+        "the enum's OIDs must differ for the binary copy to prove anything"
+    );
+    assert_ne!(a[0][1], b[0][1]);
     for sql in [
         "SELECT count(*) FROM ONLY events_low",
         "SELECT count(*) FROM ONLY events_high",
         "SELECT sum(fahrenheit)::text, count(*) FILTER (WHERE note IS NULL), count(*) FILTER (WHERE note = '') FROM measurements, events WHERE measurements.id = events.id",
         "SELECT to_regclass('public.excluded_log') IS NULL",
+        "SELECT (last).feeling, history[1], moods FROM events WHERE id = 7",
     ] {
         assert_eq!(rows(&old, sql).await.len(), 1);
         let (a, b) = (rows(&old, sql).await, rows(&new, sql).await);

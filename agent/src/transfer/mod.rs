@@ -26,6 +26,7 @@
 //! - [`files`] — atomic writes of config files with `.env` overrides.
 //! - [`service`] — the gRPC translation of the three services.
 
+pub mod db;
 pub mod files;
 pub mod grants;
 pub mod pull;

@@ -98,6 +98,23 @@ impl Source for SourceService {
                 let manifest = source::manifest(&self.ctx, &m.tree, m.full).await?;
                 source::framed_bytes(manifest.encode())
             }
+            Some(What::DbGlobals(d)) => {
+                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                super::db::read_globals(&self.ctx, &d).await?
+            }
+            Some(What::DbSchema(d)) => {
+                let name = d.selection.as_ref().map(|s| s.database.clone()).unwrap_or_default();
+                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{name}"))?;
+                super::db::read_schema(&self.ctx, &d).await?
+            }
+            Some(What::DbTable(d)) => {
+                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                super::db::read_table(&self.ctx, &d).await?
+            }
+            Some(What::DbLargeObject(d)) => {
+                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                super::db::read_large_object(&self.ctx, &d).await?
+            }
             None => return Err(AgentError::InvalidArgument("read request names nothing".into()).into()),
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -38,7 +38,8 @@ fn integrity(e: IntegrityError) -> AgentError {
     AgentError::DataLoss(e.to_string())
 }
 
-fn upstream(s: Status) -> AgentError {
+/// A failure of the source stream, as this agent reports it.
+pub fn upstream(s: Status) -> AgentError {
     match s.code() {
         tonic::Code::DataLoss => AgentError::DataLoss(s.message().to_string()),
         tonic::Code::PermissionDenied => AgentError::PermissionDenied(format!("the source refused: {}", s.message())),
@@ -66,6 +67,10 @@ where
     match header.what {
         Some(What::StorageFiles(h)) => storage_files(ctx, h, frames, progress).await,
         Some(What::File(h)) => file(ctx, h, frames).await,
+        Some(What::DbGlobals(h)) => super::db::apply_globals(ctx, &h, frames).await,
+        Some(What::DbSchema(h)) => super::db::apply_schema(ctx, &h, frames).await,
+        Some(What::DbTable(h)) => super::db::apply_table(ctx, &h, frames).await,
+        Some(What::DbLargeObject(h)) => super::db::apply_large_object(ctx, &h, frames).await,
         None => Err(AgentError::InvalidArgument("apply header names nothing to apply".into())),
     }
 }

@@ -108,7 +108,51 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         ms: t.elapsed().as_millis(),
         detail: format!("{} checks, {failed_checks} failed", report.checks.len()),
     });
-    for later in ["backup", "sync", "verify", "cutover"] {
+    let mut ok = report.ok;
+    if ok {
+        say("phase sync: copy files, storage and the database from old to new");
+        let t = Instant::now();
+        let opts = crate::sync::SyncOptions {
+            progress: if g.quiet { crate::sync::progress::Mode::Quiet } else { crate::sync::progress::Mode::Human },
+            ..crate::sync::SyncOptions::default()
+        };
+        let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
+        let (status, detail) = match crate::sync::run(&plan, &opts).await {
+            Ok(r) => {
+                ok = r.ok;
+                let failed_units: Vec<String> = r.units.iter().filter(|u| u.status == "failed").map(|u| format!("{} {}: {}", u.kind, u.name, u.detail)).collect();
+                (
+                    if r.ok { "ok" } else { "failed" },
+                    if r.ok { format!("{} items, {} sent", r.files, bytes(r.bytes)) } else { failed_units.join("; ") },
+                )
+            }
+            Err(e) => {
+                ok = false;
+                ("failed", e.to_string())
+            }
+        };
+        phases.push(Phase { phase: "sync", status, ms: t.elapsed().as_millis(), detail });
+        if ok {
+            say("phase verify: compare both hosts");
+            let t = Instant::now();
+            let (status, detail) = match crate::sync::verify::run(&plan).await {
+                Ok(v) => {
+                    ok = v.ok;
+                    let differ: Vec<String> = v.rows.iter().filter(|r| !r.equal).map(|r| format!("{} {}", r.kind, r.name)).collect();
+                    (
+                        if v.ok { "ok" } else { "failed" },
+                        if v.ok { format!("{} items equal", v.rows.len()) } else { format!("differ: {}", differ.join(", ")) },
+                    )
+                }
+                Err(e) => {
+                    ok = false;
+                    ("failed", e.to_string())
+                }
+            };
+            phases.push(Phase { phase: "verify", status, ms: t.elapsed().as_millis(), detail });
+        }
+    }
+    for later in ["backup", "cutover"] {
         phases.push(Phase {
             phase: later,
             status: "skipped",
@@ -117,7 +161,6 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         });
     }
 
-    let ok = report.ok;
     let plan = lab.plan.clone();
     let kept = c.keep;
     let stop = if kept {
@@ -126,6 +169,10 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         lab.teardown().await;
         None
     };
+    let first_failure = phases
+        .iter()
+        .find(|p| p.status == "failed")
+        .map_or_else(String::new, |p| format!("{}: {}", p.phase, p.detail));
     if g.json {
         print_json(&Rehearsal { ok, dir: dir.clone(), plan: plan.clone(), kept, phases, checks: report });
     } else {
@@ -150,6 +197,6 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     if ok {
         Ok(())
     } else {
-        Err(failed(anyhow::anyhow!("{failed_checks} preflight check(s) failed in the rehearsal")))
+        Err(failed(anyhow::anyhow!("the rehearsal failed at {first_failure}")))
     }
 }

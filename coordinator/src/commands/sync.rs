@@ -47,6 +47,7 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         batch_bytes: c.batch_mib.max(1) * 1024 * 1024,
         ..SyncOptions::default()
     };
+    let started = crate::report::now_ms();
     let report = sync::run(&plan, &opts).await.map_err(failed)?;
     if g.json {
         print_json(&report);
@@ -58,8 +59,12 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                 vec![
                     format!("{} {}", u.kind, u.name),
                     u.status.clone(),
-                    format!("{} files, {}", u.files, bytes(u.bytes)),
-                    if u.skipped_files > 0 { format!("{} files, {}", u.skipped_files, bytes(u.skipped_bytes)) } else { "-".into() },
+                    format!("{} {}, {}", u.files, if u.kind == "database" { "tables" } else { "files" }, bytes(u.bytes)),
+                    match (u.kind.as_str(), u.skipped_files) {
+                        (_, 0) => "-".into(),
+                        ("database", n) => format!("{n} tables"),
+                        (_, n) => format!("{n} files, {}", bytes(u.skipped_bytes)),
+                    },
                     (u.attempts.saturating_sub(1)).to_string(),
                     format!("{:.1} s", u.ms as f64 / 1000.0),
                 ]
@@ -87,6 +92,8 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
             println!("Next: hostshift verify --plan {}", plan.path.display());
         }
     }
+    // The report goes to the plan's state dir; its path to stderr (stdout is the result).
+    crate::report::publish(&plan, &crate::report::Report::from_sync(&report, &plan, started), g.quiet);
     if report.ok {
         Ok(())
     } else {

@@ -43,6 +43,8 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
             println!("DIFFERS {} {}: {}", r.kind, r.name, r.detail);
         }
     }
+    // The report goes to the plan's state dir; its path to stderr (stdout is the result).
+    crate::report::publish(&plan, &crate::report::Report::from_verify(&report, &plan), g.quiet);
     if report.ok {
         Ok(())
     } else {

@@ -9,8 +9,12 @@
 //! - **Storage** is planned by the new agent from the old agent's manifest: only files missing or
 //!   different on the new host travel, in batches; a rerun after an interruption sends only what
 //!   is still missing and says how much it skipped.
+//! - **Databases** are copied from one snapshot of the old database: roles and schema, table data
+//!   in parallel pieces, indexes and constraints after the data, sequences, large objects; a
+//!   rerun copies only tables whose fingerprints differ ([`database`]).
 //! - The old host is only read. Grants given to the new agent for this run are revoked at the end.
 
+mod database;
 pub mod journal;
 pub mod progress;
 pub mod stream;
@@ -290,7 +294,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     }
     if opts.only.is_none_or(|o| o == Only::Db) {
         for d in &plan.databases {
-            units.push(units::database(&run, d).await);
+            units.push(database::database(&run, d).await);
         }
     }
 

@@ -10,9 +10,9 @@ use hostshift_proto::v1::{
 
 use super::{Run, UnitError, UnitReport, backoff, stream};
 use crate::client;
-use crate::plan::{PlanDatabase, PlanFile, PlanStorage};
+use crate::plan::{PlanFile, PlanStorage};
 
-fn report(kind: &str, name: &str) -> UnitReport {
+pub(super) fn report(kind: &str, name: &str) -> UnitReport {
     UnitReport {
         kind: kind.into(),
         name: name.into(),
@@ -30,7 +30,7 @@ fn report(kind: &str, name: &str) -> UnitReport {
 }
 
 /// Moves one stream with retries: pull or relay as the run says.
-async fn transfer(
+pub(super) async fn transfer(
     run: &Run<'_>,
     unit: &str,
     read: ReadRequest,
@@ -75,7 +75,7 @@ async fn transfer(
     }
 }
 
-fn fail(mut r: UnitReport, started: Instant, e: &UnitError, run: &Run<'_>) -> UnitReport {
+pub(super) fn fail(mut r: UnitReport, started: Instant, e: &UnitError, run: &Run<'_>) -> UnitReport {
     r.status = "failed".into();
     r.detail = e.message.clone();
     r.ms = started.elapsed().as_millis() as u64;
@@ -139,6 +139,7 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
     let started = Instant::now();
     let unit = format!("storage {}", s.name);
     let mut r = report("storage", &s.name);
+    run.progress.start(&unit, 0);
     let mut round = 0;
     loop {
         round += 1;
@@ -228,14 +229,4 @@ async fn storage_round(run: &Run<'_>, s: &PlanStorage, r: &mut UnitReport) -> Re
     r.detail = format!("{} dirs created, {} metadata fixes, {} deleted", fin.dirs, fin.meta, fin.deleted);
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
-}
-
-/// One database.
-pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
-    let started = Instant::now();
-    let e = UnitError {
-        kind: super::ErrorKind::Other,
-        message: "database sync is not available in this build yet: use --only files or --only storage".into(),
-    };
-    fail(report("database", &d.name), started, &e, run)
 }

@@ -1,7 +1,8 @@
 //! `hostshift verify`: prove the new host holds what the old one holds — per storage tree the
 //! full manifest (every file re-hashed on both sides: a single flipped byte shows), per config
-//! file the SHA-256 after the plan's overrides (and, as databases land, per table row count and
-//! content fingerprint). Read-only on both hosts.
+//! file the SHA-256 after the plan's overrides, per table the row count and an order-independent
+//! content fingerprint (a single changed row shows), per database the sequence positions and
+//! large objects. Read-only on both hosts.
 
 use std::time::Instant;
 
@@ -151,14 +152,62 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         rows.push(row);
     }
     for d in &plan.databases {
-        rows.push(Row {
-            kind: "database".into(),
-            name: d.name.clone(),
-            equal: false,
-            old: String::new(),
-            new: String::new(),
-            detail: "database verification is not available in this build yet".into(),
-        });
+        let sel = hostshift_proto::v1::DbSelection { database: d.name.clone(), include: d.include.clone(), exclude: d.exclude.clone() };
+        match super::database::fingerprints(&old, &new, &sel).await {
+            Err(e) => rows.push(Row {
+                kind: "database".into(),
+                name: d.name.clone(),
+                equal: false,
+                old: String::new(),
+                new: String::new(),
+                detail: format!("cannot fingerprint: {e}"),
+            }),
+            Ok((fo, fnew)) => {
+                let names: std::collections::BTreeSet<&String> = fo.tables.keys().chain(fnew.tables.keys()).collect();
+                for t in names {
+                    let (a, b) = (fo.tables.get(t), fnew.tables.get(t));
+                    let rows_of = |f: &hostshift_proto::v1::FingerprintResponse| {
+                        f.rows.get(t).map_or_else(|| "missing".to_string(), |r| format!("{r} rows"))
+                    };
+                    let detail = match (a, b) {
+                        (Some(_), None) => "missing on the new host".to_string(),
+                        (None, Some(_)) => "only on the new host".to_string(),
+                        (Some(x), Some(y)) if x != y => {
+                            if fo.rows.get(t) == fnew.rows.get(t) { "same row count, content differs".to_string() } else { "row counts differ".to_string() }
+                        }
+                        _ => String::new(),
+                    };
+                    rows.push(Row {
+                        kind: "table".into(),
+                        name: format!("{} {t}", d.name),
+                        equal: detail.is_empty(),
+                        old: rows_of(&fo),
+                        new: rows_of(&fnew),
+                        detail,
+                    });
+                }
+                let seq_diff: Vec<&String> = fo.sequences.iter().filter(|(k, v)| fnew.sequences.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+                rows.push(Row {
+                    kind: "sequences".into(),
+                    name: d.name.clone(),
+                    equal: seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len(),
+                    old: format!("{} sequences", fo.sequences.len()),
+                    new: format!("{} sequences", fnew.sequences.len()),
+                    detail: if seq_diff.is_empty() { String::new() } else { format!("positions differ: {seq_diff:?}") },
+                });
+                if !fo.large_objects.is_empty() || !fnew.large_objects.is_empty() {
+                    let lo_diff: Vec<&u32> = fo.large_objects.iter().filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+                    rows.push(Row {
+                        kind: "large objects".into(),
+                        name: d.name.clone(),
+                        equal: lo_diff.is_empty() && fo.large_objects.len() == fnew.large_objects.len(),
+                        old: format!("{} objects", fo.large_objects.len()),
+                        new: format!("{} objects", fnew.large_objects.len()),
+                        detail: if lo_diff.is_empty() { String::new() } else { format!("differ: OIDs {lo_diff:?}") },
+                    });
+                }
+            }
+        }
     }
     Ok(Report { ok: rows.iter().all(|r| r.equal), rows, ms: started.elapsed().as_millis() as u64 })
 }

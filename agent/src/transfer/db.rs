@@ -1,0 +1,283 @@
+//! PostgreSQL streams: the source side reads (roles, schema sections, table data, large
+//! objects) through [`crate::postgres`] and frames them; the target side verifies and applies,
+//! committing a table load, a schema section or a large object only after the trailer matched.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hostshift_proto::v1::{ApplyResult, DbGlobals, DbLargeObject, DbSchema, DbSelection, DbTable, Frame};
+use hostshift_shared::framing::{Accepted, FrameDecoder, FrameEncoder, IntegrityError};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::FRAME_QUEUE;
+use super::source::{FrameRx, framed_bytes};
+use crate::Ctx;
+use crate::agent_info::pg_bin_dir;
+use crate::error::AgentError;
+use crate::postgres::{
+    self, Conn, KeyRange, LargeObjectMeta, LargeObjectSink, LoadMode, Section, Selection, SnapshotId,
+    TableInfo, TableSink,
+};
+
+fn json_err(what: &str, e: serde_json::Error) -> AgentError {
+    AgentError::InvalidArgument(format!("malformed {what}: {e}"))
+}
+
+/// The selection of a request.
+///
+/// # Errors
+/// `InvalidArgument` for a malformed pattern.
+pub fn selection(s: &DbSelection) -> Result<Selection, AgentError> {
+    if s.include.is_empty() && s.exclude.is_empty() {
+        return Ok(Selection::all());
+    }
+    Ok(Selection::new(&s.include, &s.exclude)?)
+}
+
+fn snapshot(id: &str) -> Result<Option<SnapshotId>, AgentError> {
+    if id.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(SnapshotId::parse(id)?))
+    }
+}
+
+/// Frames a stream of byte chunks; an error in the stream becomes the stream's error status.
+pub fn framed_stream<S, E>(ctx: &Ctx, stream: S) -> FrameRx
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<AgentError> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+    let cancel = ctx.shutdown.child_token();
+    ctx.tasks.spawn(async move {
+        let mut enc = FrameEncoder::new();
+        let mut stream = Box::pin(stream);
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                () = cancel.cancelled() => {
+                    let _ = tx.send(Err(AgentError::Cancelled.into())).await;
+                    return;
+                }
+            };
+            match next {
+                Some(Ok(b)) => {
+                    if tx.send(Ok(enc.chunk(b))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(Status::from(e.into()))).await;
+                    return;
+                }
+                None => {
+                    let _ = tx.send(Ok(enc.trailer().0)).await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Source: the roles the database uses, as JSON.
+///
+/// # Errors
+/// Undeclared database, connection or catalog errors.
+pub async fn read_globals(ctx: &Arc<Ctx>, r: &DbGlobals) -> Result<FrameRx, AgentError> {
+    let conn = Conn::connect(ctx.database(&r.database)?).await?;
+    let g = postgres::read_globals(&conn).await?;
+    let json = serde_json::to_vec(&g).map_err(|e| AgentError::Internal(format!("encode roles: {e}")))?;
+    Ok(framed_bytes(json))
+}
+
+fn section(s: &str) -> Result<Section, AgentError> {
+    match s {
+        "pre-data" => Ok(Section::PreData),
+        "post-data" => Ok(Section::PostData),
+        other => Err(AgentError::InvalidArgument(format!("schema section {other:?}: use pre-data or post-data"))),
+    }
+}
+
+/// Source: a schema section, straight from `pg_dump`.
+///
+/// # Errors
+/// Undeclared database, bad selection, `pg_dump` missing.
+pub async fn read_schema(ctx: &Arc<Ctx>, r: &DbSchema) -> Result<FrameRx, AgentError> {
+    let sel = r.selection.clone().unwrap_or_default();
+    let db = ctx.database(&sel.database)?;
+    let bin = pg_bin_dir(&ctx.config)
+        .ok_or_else(|| AgentError::FailedPrecondition("pg_dump not found: install postgresql-client".into()))?;
+    let snap = snapshot(&r.snapshot)?;
+    let stream = postgres::dump_section(db, &bin, section(&r.section)?, &selection(&sel)?, snap.as_ref(), ctx.shutdown.child_token()).await?;
+    Ok(framed_stream(ctx, stream))
+}
+
+fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
+    let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| json_err("table description", e))?;
+    let range = if r.range.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&r.range).map_err(|e| json_err("key range", e))?)
+    };
+    Ok((table, range))
+}
+
+/// Source: a table (or one key range of it) as `COPY` bytes.
+///
+/// # Errors
+/// Undeclared database, malformed request, connection errors.
+pub async fn read_table(ctx: &Arc<Ctx>, r: &DbTable) -> Result<FrameRx, AgentError> {
+    let (table, range) = table_of(r)?;
+    let conn = Conn::connect(ctx.database(&r.database)?).await?;
+    Ok(framed_stream(ctx, postgres::copy_out(conn, &table, range, snapshot(&r.snapshot)?)))
+}
+
+/// Source: one large object's bytes.
+///
+/// # Errors
+/// Undeclared database, connection errors.
+pub async fn read_large_object(ctx: &Arc<Ctx>, r: &DbLargeObject) -> Result<FrameRx, AgentError> {
+    let conn = Conn::connect(ctx.database(&r.database)?).await?;
+    Ok(framed_stream(ctx, postgres::read_large_object(conn, r.oid, snapshot(&r.snapshot)?)))
+}
+
+/// The next verified chunk, `None` at a verified end.
+async fn next_chunk<S>(frames: &mut S, dec: &mut FrameDecoder) -> Result<Option<Bytes>, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    match frames.next().await {
+        None => Err(AgentError::DataLoss(IntegrityError::Truncated { got_len: dec.len() }.to_string())),
+        Some(Err(s)) => Err(super::sink::upstream(s)),
+        Some(Ok(f)) => match dec.accept(f).map_err(|e| AgentError::DataLoss(e.to_string()))? {
+            Accepted::Data(b) => Ok(Some(b)),
+            Accepted::End { .. } => Ok(None),
+        },
+    }
+}
+
+/// Collects a small verified stream (roles JSON, a schema section) into memory.
+async fn collect<S>(frames: &mut S, limit: usize, what: &str) -> Result<(Vec<u8>, FrameDecoder), AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let mut dec = FrameDecoder::new();
+    let mut out = Vec::new();
+    while let Some(b) = next_chunk(frames, &mut dec).await? {
+        if out.len() + b.len() > limit {
+            return Err(AgentError::FailedPrecondition(format!("{what} is larger than {limit} bytes")));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok((out, dec))
+}
+
+fn result(dec: &FrameDecoder, files: u64) -> ApplyResult {
+    ApplyResult { bytes: dec.len(), files, sha256: String::new(), changes: vec![] }
+}
+
+/// Target: create or update the roles.
+///
+/// # Errors
+/// Permission, integrity, SQL errors (nothing half-applied: roles go in one transaction).
+pub async fn apply_globals<S>(ctx: &Arc<Ctx>, r: &DbGlobals, mut frames: S) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let db = writable(ctx, &r.database)?;
+    let (json, dec) = collect(&mut frames, super::MAX_INLINE, "the roles description").await?;
+    let globals: postgres::Globals = serde_json::from_slice(&json).map_err(|e| json_err("roles", e))?;
+    let conn = Conn::connect(db).await?;
+    let report = postgres::apply_globals(&conn, &globals).await?;
+    let mut res = result(&dec, 0);
+    res.changes = report
+        .created
+        .iter()
+        .map(|r| format!("role {r} created"))
+        .chain(report.altered.iter().map(|r| format!("role {r} updated")))
+        .chain(report.skipped.iter().map(|(r, why)| format!("role {r} left alone: {why}")))
+        .collect();
+    Ok(res)
+}
+
+/// Target: apply a schema section in one transaction.
+///
+/// # Errors
+/// Permission, integrity, SQL errors (nothing applied then).
+pub async fn apply_schema<S>(ctx: &Arc<Ctx>, r: &DbSchema, mut frames: S) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let sel = r.selection.clone().unwrap_or_default();
+    let db = writable(ctx, &sel.database)?;
+    let mut buf = postgres::SchemaBuffer::new(&sel.database, section(&r.section)?);
+    let mut dec = FrameDecoder::new();
+    while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
+        buf.push(&b)?;
+    }
+    let conn = Conn::connect(db).await?;
+    buf.apply(&conn).await?;
+    Ok(result(&dec, 0))
+}
+
+/// Target: load a table (or range), committed only after the trailer matched.
+///
+/// # Errors
+/// Permission, integrity, SQL errors (the load is rolled back then).
+pub async fn apply_table<S>(ctx: &Arc<Ctx>, r: &DbTable, mut frames: S) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let db = writable(ctx, &r.database)?;
+    let (table, range) = table_of(r)?;
+    let mode = match (r.mode.as_str(), range) {
+        ("truncate", _) => LoadMode::Truncate,
+        ("append", _) => LoadMode::Append,
+        ("delete-range", Some(range)) => LoadMode::DeleteRange(range),
+        // Every row: an unbounded range deletes them all, and works where TRUNCATE is refused
+        // (tables other tables reference).
+        ("delete-range", None) => LoadMode::DeleteRange(KeyRange { column: String::new(), lo: None, hi: None }),
+        (other, _) => return Err(AgentError::InvalidArgument(format!("load mode {other:?}"))),
+    };
+    let mut sink = TableSink::begin(Conn::connect(db).await?, &table, mode).await?;
+    let mut dec = FrameDecoder::new();
+    // Any error returns early and drops the sink: its connection closes and the load rolls back.
+    while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
+        sink.write(b).await?;
+    }
+    let loaded = sink.commit().await?;
+    tracing::info!(table = %table.table, rows = loaded.rows, bytes = dec.len(), "table loaded");
+    Ok(result(&dec, loaded.rows))
+}
+
+/// Target: recreate one large object with its owner and ACL.
+///
+/// # Errors
+/// Permission, integrity, SQL errors (rolled back then).
+pub async fn apply_large_object<S>(ctx: &Arc<Ctx>, r: &DbLargeObject, mut frames: S) -> Result<ApplyResult, AgentError>
+where
+    S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
+{
+    let db = writable(ctx, &r.database)?;
+    let meta: LargeObjectMeta = serde_json::from_slice(&r.meta).map_err(|e| json_err("large object metadata", e))?;
+    let mut sink = LargeObjectSink::begin(Conn::connect(db).await?, &meta).await?;
+    let mut dec = FrameDecoder::new();
+    while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
+        sink.write(&b).await?;
+    }
+    sink.commit().await?;
+    Ok(result(&dec, 1))
+}
+
+/// A database this agent may write.
+///
+/// # Errors
+/// `PermissionDenied` naming the key; `NotDeclared`.
+pub fn writable<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
+    super::sink::require(ctx, &ctx.config.allow.restore_databases, "restore_databases", "database", name)?;
+    ctx.database(name)
+}

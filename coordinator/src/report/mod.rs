@@ -1,0 +1,244 @@
+//! The migration report: what a `sync`, `verify`, `cutover` or `rehearse` did, written as a
+//! folder `<plan state_dir>/reports/<UTC timestamp>-<kind>/` holding `report.json` (the full
+//! data), `report.md` and `report.html` (one self-contained page: a timeline of the phases, bytes
+//! and rates per stream, the write-freeze window, the verification table and what to do next).
+//!
+//! # The model
+//! [`Report`] does not depend on any one command: phases on a timeline (offsets in ms from
+//! `started`), streams, an optional freeze [`Window`], verification rows, notes and next steps.
+//! [`Report::from_sync`] and [`Report::from_verify`] build one from those commands' results;
+//! [`Builder`] is for commands made of several phases (rehearse, cutover).
+//!
+//! # Secrets
+//! The commands only hand over data that is already redacted; still, [`write`] passes every
+//! string through [`scrub::scrub`] (masks the values of secret-looking `KEY=value` pairs and URL
+//! passwords) before anything touches the disk, so a redaction missed upstream stays on this
+//! machine's terminal at worst.
+//!
+//! # Wiring a command (one line each)
+//! ```ignore
+//! use crate::report::{self, Builder, Kind, Status};
+//! let mut b = Builder::for_plan(Kind::Cutover, &plan);    // the clock starts here
+//! let t = std::time::Instant::now();
+//! /* … freeze … */
+//! b.phase_since("freeze", t, Status::Ok, "maintenance page, apps stopped");
+//! b.freeze_begins();                                      // at the moment writes stop
+//! /* … delta sync … */ b.add_sync(&sync_report);       // streams and notes
+//! /* … verify … */     b.add_verify(&verify_report);    // verification rows
+//! b.freeze_ends();                                        // writes allowed again (new host)
+//! let dir = report::publish(&plan, &b.finish(ok), g.quiet); // writes, prints `Report: …` on stderr
+//! ```
+//! For `rehearse`, build the same way with the lab's plan (`Plan::load(&lab.plan)`): its state
+//! dir is inside the lab folder, so `--keep` keeps the report and a teardown removes it with the
+//! lab — copy it out first if it should outlive the lab. [`publish`] never fails the command: a
+//! report that cannot be written is a warning on stderr.
+//!
+//! # Checking the page by eye
+//! `chromium --headless --no-sandbox --disable-gpu --screenshot=/tmp/r.png --window-size=1200,900
+//! file:///…/report.html`, then look at `/tmp/r.png`; `tests/tests/report.rs` does this when
+//! `/usr/bin/chromium` exists.
+
+mod build;
+mod fmt;
+mod html;
+mod markdown;
+pub mod scrub;
+mod svg;
+mod store;
+
+use serde::{Deserialize, Serialize};
+
+pub use build::{Builder, default_next_steps};
+pub use fmt::{dir_timestamp, now_ms, utc};
+pub use store::{ReportError, publish, reports_dir, write};
+
+/// Which command wrote the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `hostshift sync`.
+    Sync,
+    /// `hostshift verify`.
+    Verify,
+    /// `hostshift cutover`.
+    Cutover,
+    /// `hostshift rehearse`.
+    Rehearse,
+}
+
+impl Kind {
+    /// `"sync"`, `"verify"`, `"cutover"`, `"rehearse"` (also the suffix of the report folder).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sync => "sync",
+            Kind::Verify => "verify",
+            Kind::Cutover => "cutover",
+            Kind::Rehearse => "rehearse",
+        }
+    }
+}
+
+/// How a phase ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It did what it should.
+    Ok,
+    /// It failed; its detail says why.
+    Failed,
+    /// It did not run.
+    Skipped,
+}
+
+impl Status {
+    /// `"ok"`, `"failed"`, `"skipped"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// One step on the timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// What it was (`check`, `freeze`, `storage evaluations`).
+    pub name: String,
+    /// Start, ms after [`Report::started`].
+    pub start_ms: u64,
+    /// End, ms after [`Report::started`] (equal to the start for a skipped phase).
+    pub end_ms: u64,
+    /// How it ended.
+    pub status: Status,
+    /// Counts, causes, what changed.
+    pub detail: String,
+}
+
+/// One data stream (a unit of a sync: a file, a storage tree, a database).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    /// `file backend-env`, `storage evaluations`.
+    pub name: String,
+    /// Bytes that crossed the network.
+    pub bytes: u64,
+    /// Wall time.
+    pub ms: u64,
+    /// Files moved.
+    pub files: u64,
+    /// Attempts beyond the first.
+    pub retries: u32,
+}
+
+/// A span of the timeline, ms after [`Report::started`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Start.
+    pub start_ms: u64,
+    /// End.
+    pub end_ms: u64,
+}
+
+impl Window {
+    /// Its length in ms.
+    pub fn ms(&self) -> u64 {
+        self.end_ms.saturating_sub(self.start_ms)
+    }
+}
+
+/// One compared item (a file, a storage tree, a table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRow {
+    /// `file`, `storage`, `table`, `database`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Equal on both hosts.
+    pub equal: bool,
+    /// What the old host has (digest, counts).
+    pub old: String,
+    /// What the new host has.
+    pub new: String,
+    /// The differences, named.
+    pub detail: String,
+}
+
+/// Everything one command run did, for people (`report.html`, `report.md`) and machines
+/// (`report.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Which command.
+    pub kind: Kind,
+    /// `[migration] name` of the plan.
+    pub plan_name: String,
+    /// The plan file.
+    pub plan_path: String,
+    /// Start, ms since the Unix epoch.
+    pub started: u64,
+    /// End, ms since the Unix epoch.
+    pub finished: u64,
+    /// The command succeeded.
+    pub ok: bool,
+    /// The steps, in order.
+    pub phases: Vec<Phase>,
+    /// Data streams.
+    pub streams: Vec<Stream>,
+    /// When writes were frozen on the old host (cutover only).
+    pub freeze: Option<Window>,
+    /// What was compared, and whether it was equal.
+    pub verification: Vec<VerifyRow>,
+    /// Anything else worth reading (mode, journal, overrides applied, retried failures).
+    pub notes: Vec<String>,
+    /// What the operator should do now, commands included.
+    pub next_steps: Vec<String>,
+}
+
+impl Report {
+    /// Wall time in ms.
+    pub fn duration_ms(&self) -> u64 {
+        self.finished.saturating_sub(self.started)
+    }
+
+    /// The end of the timeline: the latest of the duration, phase ends and the freeze end.
+    pub fn span_ms(&self) -> u64 {
+        let phases = self.phases.iter().map(|p| p.end_ms.max(p.start_ms)).max().unwrap_or(0);
+        let freeze = self.freeze.map(|w| w.end_ms.max(w.start_ms)).unwrap_or(0);
+        self.duration_ms().max(phases).max(freeze)
+    }
+
+    /// The same report with every string passed through [`scrub::scrub`]. The writers only
+    /// ever render this.
+    pub fn scrubbed(&self) -> Report {
+        let s = |x: &String| scrub::scrub(x);
+        Report {
+            kind: self.kind,
+            plan_name: s(&self.plan_name),
+            plan_path: s(&self.plan_path),
+            started: self.started,
+            finished: self.finished,
+            ok: self.ok,
+            phases: self
+                .phases
+                .iter()
+                .map(|p| Phase { name: s(&p.name), detail: s(&p.detail), ..p.clone() })
+                .collect(),
+            streams: self.streams.iter().map(|x| Stream { name: s(&x.name), ..x.clone() }).collect(),
+            freeze: self.freeze,
+            verification: self
+                .verification
+                .iter()
+                .map(|r| VerifyRow {
+                    kind: s(&r.kind),
+                    name: s(&r.name),
+                    equal: r.equal,
+                    old: s(&r.old),
+                    new: s(&r.new),
+                    detail: s(&r.detail),
+                })
+                .collect(),
+            notes: self.notes.iter().map(s).collect(),
+            next_steps: self.next_steps.iter().map(s).collect(),
+        }
+    }
+}

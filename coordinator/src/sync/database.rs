@@ -1,0 +1,265 @@
+//! One database: roles and the pre-data schema on a fresh target, the table data in pieces
+//! (big tables split by key range) two at a time, the post-data schema (indexes, constraints,
+//! triggers), sequences, large objects — every read from one snapshot of the old database — and
+//! finally the fingerprints of both sides.
+//!
+//! A rerun (after an interruption or to catch up) compares per-table fingerprints and copies only
+//! the tables that differ (deleting their rows first, in the load's transaction), so finished
+//! tables are not sent again. Tables that changed on the old host after the snapshot show up in
+//! the final comparison as "changed since the snapshot": the next sync, or the cutover's delta,
+//! moves them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use futures::StreamExt;
+use hostshift_proto::v1::{
+    ApplyHeader, CloseSnapshotRequest, DbGlobals, FingerprintResponse, DbLargeObject, DbReadRequest, DbSchema, DbSelection,
+    DbTable, OpenSnapshotRequest, ReadRequest, SetSequencesRequest, SplitRangesRequest, apply_header,
+    read_request,
+};
+
+use super::units::{fail, report, transfer};
+use super::{Run, UnitError, UnitReport};
+use crate::plan::PlanDatabase;
+
+/// Tables above this many (estimated) rows are copied in key ranges of about this size.
+const ROWS_PER_RANGE: u64 = 250_000;
+/// Table pieces copied at once.
+const PARALLEL_PIECES: usize = 2;
+
+/// Bytes, rows and retried failures of one finished table piece.
+type PieceDone = (u64, u64, Vec<UnitError>);
+
+/// A table as the agents describe it (kept as their JSON to send back).
+#[derive(Clone)]
+struct Table {
+    name: String,
+    json: Vec<u8>,
+    rows: i64,
+    bytes: i64,
+}
+
+fn tables(raw: Vec<Vec<u8>>) -> Result<Vec<Table>, UnitError> {
+    raw.into_iter()
+        .map(|json| {
+            let v: serde_json::Value = serde_json::from_slice(&json)
+                .map_err(|e| UnitError::other(format!("the agent sent a malformed table description: {e}")))?;
+            let name = format!(
+                "{}.{}",
+                v["table"]["schema"].as_str().unwrap_or("?"),
+                v["table"]["table"].as_str().unwrap_or("?")
+            );
+            Ok(Table { name, rows: v["estimated_rows"].as_i64().unwrap_or(0), bytes: v["estimated_bytes"].as_i64().unwrap_or(0), json })
+        })
+        .collect()
+}
+
+/// The fingerprints of both sides, taken at the same time.
+///
+/// # Errors
+/// Either agent failing.
+pub(crate) async fn fingerprints(
+    old: &crate::client::Agent,
+    new: &crate::client::Agent,
+    sel: &DbSelection,
+) -> Result<(FingerprintResponse, FingerprintResponse), UnitError> {
+    let (mut a, mut b) = (old.database(), new.database());
+    let (fo, fn_) = tokio::join!(a.fingerprint(sel.clone()), b.fingerprint(sel.clone()));
+    Ok((
+        fo.map_err(UnitError::from_status)?.into_inner(),
+        fn_.map_err(UnitError::from_status)?.into_inner(),
+    ))
+}
+
+fn read(what: read_request::What) -> ReadRequest {
+    ReadRequest { grant: String::new(), what: Some(what) }
+}
+
+fn apply(what: apply_header::What) -> ApplyHeader {
+    ApplyHeader { what: Some(what) }
+}
+
+/// Syncs one database.
+pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
+    let started = Instant::now();
+    let mut r = report("database", &d.name);
+    run.progress.start(&format!("database {}", d.name), 0);
+    let sel = DbSelection { database: d.name.clone(), include: d.include.clone(), exclude: d.exclude.clone() };
+    let snapshot = match run
+        .old
+        .database()
+        .open_snapshot(OpenSnapshotRequest { database: d.name.clone(), ttl_secs: 6 * 3600 })
+        .await
+    {
+        Ok(s) => s.into_inner().snapshot,
+        Err(s) => return fail(r, started, &UnitError::from_status(s), run),
+    };
+    let outcome = copy(run, d, &sel, &snapshot, &mut r).await;
+    let _ = run.old.database().close_snapshot(CloseSnapshotRequest { snapshot }).await;
+    match outcome {
+        Ok(()) => {
+            r.ms = started.elapsed().as_millis() as u64;
+            if r.files == 0 {
+                r.status = "unchanged".into();
+            }
+            run.progress.done(&format!("database {}", d.name), r.bytes, true, &r.detail);
+            r
+        }
+        Err(e) => fail(r, started, &e, run),
+    }
+}
+
+async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str, r: &mut UnitReport) -> Result<(), UnitError> {
+    let unit = format!("database {}", d.name);
+    let (mut a, mut b) = (run.old.database(), run.new.database());
+    let (old_t, new_t) = tokio::join!(a.tables(sel.clone()), b.tables(sel.clone()));
+    let old_t = tables(old_t.map_err(UnitError::from_status)?.into_inner().tables)?;
+    let new_t = tables(new_t.map_err(UnitError::from_status)?.into_inner().tables)?;
+    let fresh = new_t.is_empty();
+    let mut to_copy: Vec<Table> = old_t.clone();
+    if fresh {
+        run.progress.say(&format!("{unit}: new database: roles and schema first ({} tables)", old_t.len()));
+        let (res, _) = transfer(run, &format!("{unit} roles"), read(read_request::What::DbGlobals(DbGlobals { database: d.name.clone() })), apply(apply_header::What::DbGlobals(DbGlobals { database: d.name.clone() })), 0, &mut r.retried).await?;
+        r.changes.extend(res.changes);
+        let pre = DbSchema { selection: Some(sel.clone()), section: "pre-data".into(), snapshot: snapshot.into() };
+        transfer(run, &format!("{unit} schema (pre-data)"), read(read_request::What::DbSchema(pre.clone())), apply(apply_header::What::DbSchema(pre)), 0, &mut r.retried).await?;
+    } else {
+        let a: BTreeSet<&str> = old_t.iter().map(|t| t.name.as_str()).collect();
+        let b: BTreeSet<&str> = new_t.iter().map(|t| t.name.as_str()).collect();
+        if a != b {
+            let only_old: Vec<&&str> = a.difference(&b).collect();
+            let only_new: Vec<&&str> = b.difference(&a).collect();
+            return Err(UnitError {
+                kind: super::ErrorKind::Refused,
+                message: format!(
+                    "the schema of {} differs between the hosts (tables only on old: {only_old:?}; only on new: {only_new:?}): drop and recreate the new database to sync it from scratch",
+                    d.name
+                ),
+            });
+        }
+        let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
+        to_copy.retain(|t| fo.tables.get(&t.name) != fn_.tables.get(&t.name));
+        r.skipped_files = (old_t.len() - to_copy.len()) as u64;
+        run.progress.say(&format!("{unit}: {} of {} tables differ; {} already equal are skipped", to_copy.len(), old_t.len(), r.skipped_files));
+    }
+
+    // Table data: biggest first, big ones in key ranges, two pieces at a time.
+    to_copy.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+    let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
+    for t in &to_copy {
+        let mut ranges = Vec::new();
+        if t.rows as u64 > ROWS_PER_RANGE {
+            ranges = run
+                .old
+                .database()
+                .split_ranges(SplitRangesRequest { database: d.name.clone(), table: t.json.clone(), rows_per_range: ROWS_PER_RANGE })
+                .await
+                .map_err(UnitError::from_status)?
+                .into_inner()
+                .ranges;
+        }
+        // Fresh tables are empty after pre-data: append. Otherwise delete what is there first,
+        // in the load's own transaction (TRUNCATE would be refused once foreign keys exist).
+        let mode = if fresh { "append" } else { "delete-range" };
+        if ranges.is_empty() {
+            let piece = DbTable { database: d.name.clone(), table: t.json.clone(), range: vec![], snapshot: snapshot.into(), mode: mode.into() };
+            pieces.push((format!("table {}", t.name), piece, t.bytes.max(0) as u64));
+        } else {
+            let n = ranges.len();
+            for (i, range) in ranges.into_iter().enumerate() {
+                let piece = DbTable { database: d.name.clone(), table: t.json.clone(), range, snapshot: snapshot.into(), mode: mode.into() };
+                pieces.push((format!("table {} range {}/{n}", t.name, i + 1), piece, (t.bytes.max(0) as u64) / n as u64));
+            }
+        }
+    }
+    let results: Vec<Result<PieceDone, UnitError>> = futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
+        let mut retried = Vec::new();
+        let (res, _) = transfer(run, &name, read(read_request::What::DbTable(piece.clone())), apply(apply_header::What::DbTable(piece)), total, &mut retried).await?;
+        Ok((res.bytes, res.files, retried))
+    }))
+    .buffer_unordered(PARALLEL_PIECES)
+    .collect()
+    .await;
+    let mut rows = 0u64;
+    for res in results {
+        let (bytes, n, retried) = res?;
+        r.bytes += bytes;
+        rows += n;
+        r.retried.extend(retried);
+    }
+    r.files = to_copy.len() as u64;
+
+    // Post-data: on a fresh target always; on a rerun it may already be in place. It is applied
+    // in one transaction, so an "already exists" kind of error means all of it is. (A schema
+    // change on the old host since the first sync is not detected here: the cutover checks it.)
+    let post = DbSchema { selection: Some(sel.clone()), section: "post-data".into(), snapshot: snapshot.into() };
+    let mut post_retried = Vec::new();
+    match transfer(run, &format!("{unit} schema (post-data)"), read(read_request::What::DbSchema(post.clone())), apply(apply_header::What::DbSchema(post)), 0, &mut post_retried).await {
+        Ok(_) => {}
+        // 42P07 duplicate table/index, 42710 duplicate object, 42P16 a second primary key.
+        Err(e) if !fresh && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"].iter().any(|c| e.message.contains(c)) => {
+            run.progress.say(&format!("{unit}: indexes and constraints already in place"));
+        }
+        Err(e) => return Err(e),
+    }
+
+    // Sequences and large objects.
+    let seqs = run
+        .old
+        .database()
+        .sequences(DbReadRequest { selection: Some(sel.clone()), snapshot: snapshot.into() })
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner()
+        .json;
+    run.new
+        .database()
+        .set_sequences(SetSequencesRequest { database: d.name.clone(), values: seqs })
+        .await
+        .map_err(UnitError::from_status)?;
+    if d.include.is_empty() {
+        large_objects(run, d, sel, snapshot, fresh, r).await?;
+    }
+
+    // Where do the two sides stand now?
+    let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
+    let changed: Vec<&String> = fo.tables.iter().filter(|(k, v)| fn_.tables.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+    r.detail = format!("{} tables ({rows} rows) copied, {} already equal", to_copy.len(), r.skipped_files);
+    if !changed.is_empty() {
+        r.detail.push_str(&format!("; changed on the old host since the snapshot (next sync or cutover moves them): {changed:?}"));
+    }
+    run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
+    Ok(())
+}
+
+async fn large_objects(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str, fresh: bool, r: &mut UnitReport) -> Result<(), UnitError> {
+    let metas: Vec<serde_json::Value> = serde_json::from_slice(
+        &run.old
+            .database()
+            .large_objects(DbReadRequest { selection: Some(sel.clone()), snapshot: snapshot.into() })
+            .await
+            .map_err(UnitError::from_status)?
+            .into_inner()
+            .json,
+    )
+    .map_err(|e| UnitError::other(format!("malformed large-object list: {e}")))?;
+    let differs: BTreeMap<u32, bool> = if fresh {
+        metas.iter().filter_map(|m| m["oid"].as_u64()).map(|o| (o as u32, true)).collect()
+    } else {
+        let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
+        let (fo, fn_) = (fo.large_objects, fn_.large_objects);
+        fo.iter().map(|(k, v)| (*k, fn_.get(k) != Some(v))).collect()
+    };
+    for m in metas {
+        let Some(oid) = m["oid"].as_u64().map(|o| o as u32) else { continue };
+        if !differs.get(&oid).copied().unwrap_or(true) {
+            continue;
+        }
+        let meta = serde_json::to_vec(&m).map_err(|e| UnitError::other(e.to_string()))?;
+        let lo = DbLargeObject { database: d.name.clone(), oid, snapshot: snapshot.into(), meta };
+        let (res, _) = transfer(run, &format!("database {} large object {oid}", d.name), read(read_request::What::DbLargeObject(lo.clone())), apply(apply_header::What::DbLargeObject(lo)), 0, &mut r.retried).await?;
+        r.bytes += res.bytes;
+    }
+    Ok(())
+}
