@@ -221,3 +221,26 @@ async fn sigterm_stops_the_agent_within_the_grace_period_and_leaves_no_child_beh
     assert!(rig::process_gone(agent_pid));
     assert!(agent.log_text().contains("SIGTERM received"), "{}", agent.log_text());
 }
+
+#[tokio::test]
+async fn hooks_run_only_by_name_and_their_output_streams_through_the_cli() {
+    let mut sb = Sandbox::new("hook_cli").await;
+    let mut new = sb.new_setup();
+    new.hooks.push(("build".into(), "echo building; echo careful >&2; echo done; exit 3".into()));
+    sb.start(sb.old_setup(), new).await;
+
+    let out = sb.cli(&["hook", "run", "build", "--host", "new"]).await;
+    assert_eq!(out.code, 1, "a failing hook fails the command:\n{}", out.both());
+    assert_eq!(out.stdout, "building\ndone\n", "{}", out.both());
+    assert!(out.stderr.contains("careful"), "{}", out.both());
+    assert!(out.stderr.contains("hook build on the new host exited with 3"), "{}", out.both());
+
+    let list = sb.cli(&["hook", "list", "--host", "new", "--json"]).await;
+    assert_eq!(list.code, 0, "{}", list.both());
+    assert_eq!(list.json()[0]["name"], "build");
+
+    // Only names the agent's config declares can run; a command string is just an unknown name.
+    let out = sb.cli(&["hook", "run", "rm -rf /", "--host", "new"]).await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    assert!(out.stderr.contains("is not declared in this agent's config"), "{}", out.both());
+}
