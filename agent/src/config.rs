@@ -97,6 +97,10 @@ pub struct DatabaseConfig {
     pub conninfo: String,
     /// File holding the password, when the server asks for one (never put it in `conninfo`).
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the server's certificate (e.g. the RDS CA bundle). With it,
+    /// or with `sslmode=require` in `conninfo`, connections use TLS and the server's certificate
+    /// is verified (against this file, else the system's roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[[storage]]`: one storage tree.
@@ -368,6 +372,9 @@ impl AgentConfig {
             }
             if let Some(p) = &d.password_file {
                 absolute(src, &format!("databases.{i}.password_file"), p, &mut out);
+            }
+            if let Some(p) = &d.ca_file {
+                absolute(src, &format!("databases.{i}.ca_file"), p, &mut out);
             }
         }
         let st_names = names(

@@ -1,6 +1,15 @@
 //! Connections to the databases the agent's config declares, by name.
+//!
+//! Local databases are reached over the unix socket or loopback without TLS. A remote one (a
+//! managed PostgreSQL such as RDS) uses TLS when its config names a `ca_file` or its conninfo
+//! says `sslmode=require`; the server's certificate is then always verified — against the
+//! `ca_file`, else the system's trusted roots — because a copy of production data must not go to
+//! whoever answers on that address.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_postgres::config::SslMode;
 
 use crate::config::DatabaseConfig;
 use crate::error::AgentError;
@@ -8,41 +17,109 @@ use crate::error::AgentError;
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+fn unavailable(db: &DatabaseConfig, msg: String) -> AgentError {
+    AgentError::Unavailable(format!("database {}: {msg}", db.name))
+}
+
+/// The TLS set-up for a database that asks for it.
+///
+/// # Errors
+/// `FailedPrecondition` when the CA file cannot be read or holds no certificate.
+pub fn tls(db: &DatabaseConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, AgentError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &db.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| AgentError::io("read", path, e))?;
+            let mut n = 0;
+            for der in x509_pems(&pem) {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(der))
+                    .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "{} (ca_file of database {}) holds no PEM certificate",
+                    path.display(),
+                    db.name
+                )));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The DER bodies of every `CERTIFICATE` block of a PEM buffer.
+fn x509_pems(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let block = &rest[start..];
+        let Some(end) = block.find("-----END CERTIFICATE-----") else { break };
+        let full = &block[..end + "-----END CERTIFICATE-----".len()];
+        if let Some(der) = hostshift_shared::tls::first_pem_der(full.as_bytes()) {
+            out.push(der);
+        }
+        rest = &block[end + 1..];
+    }
+    out
+}
+
 /// Opens a connection to a configured database; the connection task runs until the client drops.
 ///
 /// # Errors
 /// `Unavailable` naming the database when the connection string is invalid, the password file
-/// unreadable, or the server unreachable.
+/// unreadable, the server unreachable, or its certificate not trusted.
 pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, AgentError> {
-    let mut cfg: tokio_postgres::Config = db.conninfo.parse().map_err(|e| {
-        AgentError::Unavailable(format!(
-            "database {}: invalid conninfo in the agent config: {e}",
-            db.name
-        ))
-    })?;
+    let mut cfg: tokio_postgres::Config = db
+        .conninfo
+        .parse()
+        .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
     if let Some(pf) = &db.password_file {
         let pw = std::fs::read_to_string(pf).map_err(|e| AgentError::io("read", pf, e))?;
         cfg.password(pw.trim_end_matches(['\n', '\r']));
     }
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.application_name("hostshift-agent");
-    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
-        .await
-        .map_err(|_| {
-            AgentError::Unavailable(format!(
-                "database {}: no answer within {} s",
-                db.name,
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| {
-            AgentError::Unavailable(format!("database {}: {}", db.name, pg_message(&e)))
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection ended");
+    let use_tls = db.ca_file.is_some() || cfg.get_ssl_mode() == SslMode::Require;
+    let timeout = |_| unavailable(db, format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()));
+    let client = if use_tls {
+        if db.ca_file.is_some() {
+            cfg.ssl_mode(SslMode::Require);
         }
-    });
+        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tls(db)?))
+            .await
+            .map_err(timeout)?
+            .map_err(|e| unavailable(db, pg_message(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        client
+    } else {
+        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(timeout)?
+            .map_err(|e| unavailable(db, pg_message(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        client
+    };
     Ok(client)
 }
 

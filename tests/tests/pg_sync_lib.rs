@@ -38,11 +38,13 @@ fn hosts(sb: &Sandbox) -> Hosts {
                 sb.world.old_pg.conninfo(&sb.old_db)
             ),
             password_file: None,
+            ca_file: None,
         },
         dst: DatabaseConfig {
             name: "app".into(),
             conninfo: sb.world.new_pg.conninfo(&sb.new_db),
             password_file: None,
+            ca_file: None,
         },
         bin_dir: sb.world.old_pg.bin_dir.clone(),
     }
@@ -715,6 +717,7 @@ async fn loading_as_a_non_superuser_is_refused_naming_what_it_needs() {
             .conninfo(&sb.new_db)
             .replace("user=postgres", "user=app"),
         password_file: None,
+            ca_file: None,
     };
     let Err(e) = TableSink::begin(connect(&as_app).await, &questions, LoadMode::Append).await
     else {

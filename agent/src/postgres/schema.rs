@@ -102,6 +102,10 @@ fn command(
         })?;
         cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
     }
+    // libpq verifies the server the same way the agent's own connections do.
+    if let Some(ca) = &db.ca_file {
+        cmd = cmd.env("PGSSLROOTCERT", ca).env("PGSSLMODE", "verify-full");
+    }
     Ok(cmd)
 }
 

@@ -78,6 +78,8 @@ pub struct AgentSetup {
     pub control_services: bool,
     /// `[limits] shutdown_grace_secs`
     pub grace_secs: u64,
+    /// `ca_file` for every database (TLS to PostgreSQL).
+    pub db_ca_file: Option<PathBuf>,
     /// The agent's state folder; default `<lab dir>/state-<name>`.
     pub state_dir: Option<PathBuf>,
     /// Raw TOML appended as is (e.g. `[pm2]` or `[nginx]` sections).
@@ -99,6 +101,7 @@ impl AgentSetup {
             write_files: vec![],
             control_services: false,
             grace_secs: 5,
+            db_ca_file: None,
             state_dir: None,
             extra: String::new(),
         }
@@ -135,7 +138,11 @@ impl AgentSetup {
             q(&tls.ca)
         );
         for (n, c) in &self.databases {
-            let _ = writeln!(t, "[[databases]]\nname = {}\nconninfo = {}\n", s(n), s(c));
+            let _ = writeln!(t, "[[databases]]\nname = {}\nconninfo = {}", s(n), s(c));
+            if let Some(ca) = &self.db_ca_file {
+                let _ = writeln!(t, "ca_file = {}", q(ca));
+            }
+            t.push('\n');
         }
         for (n, p) in &self.storage {
             let _ = writeln!(t, "[[storage]]\nname = {}\npath = {}\n", s(n), q(p));
