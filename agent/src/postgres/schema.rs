@@ -380,6 +380,7 @@ mod tests {
             name: "app".into(),
             conninfo: "host=/run/postgresql dbname=app user=app".into(),
             password_file: Some(pf),
+            ca_file: None,
         };
         let snap = SnapshotId::parse("00000003-0000001B-1").expect("id");
         let cmd = command(
