@@ -102,25 +102,30 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
             .await
             .map_err(timeout)?
             .map_err(|e| unavailable(db, pg_message(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "database connection ended");
-            }
-        });
+        drive(conn);
         client
     } else {
         let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
             .await
             .map_err(timeout)?
             .map_err(|e| unavailable(db, pg_message(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "database connection ended");
-            }
-        });
+        drive(conn);
         client
     };
     Ok(client)
+}
+
+/// Runs a connection's I/O until its client is dropped.
+fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
 }
 
 /// The server's message when it sent one, else the client error (which includes the cause).

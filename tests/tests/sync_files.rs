@@ -81,6 +81,28 @@ async fn second_sync_sends_only_what_changed_and_deletes_what_was_removed() {
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
 }
 
+/// A tap that flips one byte of the first chunk of every relayed storage batch stream it is
+/// given for (`attempts` decides which attempts).
+fn corrupt_first_chunk(attempts: fn(u32) -> bool, seen: Option<Arc<AtomicU32>>) -> TapFactory {
+    Arc::new(move |unit: &str, attempt: u32| {
+        if !unit.contains("batch") {
+            return None;
+        }
+        if let Some(s) = &seen {
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+        attempts(attempt).then(|| {
+            Arc::new(|index: u64, f: &mut hostshift_proto::v1::Frame| {
+                if let (0, Some(Kind::Chunk(c))) = (index, &mut f.kind) {
+                    let mut d = c.data.to_vec();
+                    d[600] ^= 0x20;
+                    c.data = d.into();
+                }
+            }) as sync::Tap
+        })
+    })
+}
+
 #[tokio::test]
 async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
     let mut sb = sandbox("sync_corrupt", 10).await;
@@ -92,17 +114,7 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
     let target_before = files_only(&sb.new_storage);
 
     // Corrupt one byte of the first chunk of every attempt: the stream can never be accepted.
-    let always: TapFactory = Arc::new(|unit: &str, _attempt: u32| {
-        unit.contains("batch").then(|| {
-            Arc::new(|index: u64, f: &mut hostshift_proto::v1::Frame| {
-                if let (0, Some(Kind::Chunk(c))) = (index, &mut f.kind) {
-                    let mut d = c.data.to_vec();
-                    d[600] ^= 0x20;
-                    c.data = d.into();
-                }
-            }) as sync::Tap
-        })
-    });
+    let always = corrupt_first_chunk(|_| true, None);
     let report = sync::run(&plan, &SyncOptions { relay: true, only: Some(sync::Only::Storage), tap: Some(always), ..opts() })
         .await
         .expect("sync runs");
@@ -120,22 +132,7 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
 
     // Corrupt only the first attempt: the retry is sent again and accepted.
     let attempts = Arc::new(AtomicU32::new(0));
-    let seen = attempts.clone();
-    let once: TapFactory = Arc::new(move |unit: &str, attempt: u32| {
-        if !unit.contains("batch") {
-            return None;
-        }
-        seen.fetch_add(1, Ordering::SeqCst);
-        (attempt == 1).then(|| {
-            Arc::new(|index: u64, f: &mut hostshift_proto::v1::Frame| {
-                if let (0, Some(Kind::Chunk(c))) = (index, &mut f.kind) {
-                    let mut d = c.data.to_vec();
-                    d[600] ^= 0x20;
-                    c.data = d.into();
-                }
-            }) as sync::Tap
-        })
-    });
+    let once = corrupt_first_chunk(|attempt| attempt == 1, Some(attempts.clone()));
     let report = sync::run(&plan, &SyncOptions { relay: true, only: Some(sync::Only::Storage), tap: Some(once), ..opts() })
         .await
         .expect("sync runs");
