@@ -28,7 +28,11 @@ A typical move:
   hostshift certs init --agent old=10.0.0.5 --agent new=10.0.0.6
   hostshift plan init            # then edit plan.toml
   hostshift plan check
-  hostshift check
+  hostshift check                # preflight both hosts
+  hostshift backup --host old    # take a backup on the old host
+  hostshift sync                 # copy everything (again: only what changed)
+  hostshift verify               # prove equality
+Try it first on two throwaway local hosts: hostshift rehearse
 
 Exit codes: 0 ok; 1 the operation failed and the old host is untouched;
 2 usage or plan error; 3 operator action needed (the message says what to do).
@@ -91,16 +95,21 @@ pub enum Command {
     /// Get, set or unset keys of a `.env` file an agent's config declares (atomic, secrets
     /// redacted in the diff), optionally restarting a PM2 app so it runs with the new values.
     Env(commands::env::EnvCmd),
+    /// Backups made ON a host by its agent (data never crosses this machine): each database as
+    /// `pg_dump -Fc`, each storage tree as .tar.gz, each config file, with a manifest of SHA-256
+    /// digests. Also list, verify, restore (where the host's [allow] permits), prune, upload to S3.
+    Backup(commands::backup::BackupCmd),
     /// Rehearse the whole move on two throwaway hosts on this machine (PostgreSQL clusters,
     /// agents, certificates, data), then tear them down. Needs root (PostgreSQL's initdb runs as
     /// the postgres user) and the PostgreSQL server binaries; uses loopback addresses only.
     Rehearse(commands::rehearse::RehearseCmd),
-    /// Copy the plan's config files and storage trees (databases: coming) from the old host to
-    /// the new one while the old keeps serving. Only what differs travels; every stream is
-    /// SHA-256 checked before anything is committed; safe to run again.
+    /// Copy the plan's config files, storage trees and databases from the old host to the new
+    /// one while the old keeps serving. Only what differs travels; every stream is SHA-256
+    /// checked before anything is committed; safe to run again (it resumes).
     Sync(commands::sync::SyncCmd),
     /// Prove the new host holds what the old one holds: every file re-hashed on both sides,
-    /// config files compared after the plan's overrides. Read-only; exit 1 naming what differs.
+    /// config files compared after the plan's overrides, every table's rows and content
+    /// fingerprint. Read-only; exit 1 naming what differs.
     Verify(commands::verify::VerifyCmd),
 }
 
@@ -159,6 +168,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Db(c) => commands::db::run(&g, c).await,
         Command::Pm2(c) => commands::pm2::run(&g, c).await,
         Command::Env(c) => commands::env::run(&g, c).await,
+        Command::Backup(c) => commands::backup::run(&g, c).await,
         Command::Rehearse(c) => commands::rehearse::run(&g, c).await,
         Command::Sync(c) => commands::sync::run(&g, c).await,
         Command::Verify(c) => commands::verify::run(&g, c).await,
