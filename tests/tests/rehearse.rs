@@ -37,6 +37,11 @@ async fn rehearse_runs_check_sync_verify_and_leaves_nothing_behind() {
         assert_eq!(p["status"], "ok", "{}", out.stdout);
     }
     assert!(!lab.exists(), "the lab folder is removed");
+    // The report outlives the lab: one self-contained page with the phases.
+    let report = std::path::PathBuf::from(j["report"].as_str().expect("report folder"));
+    let html = std::fs::read_to_string(report.join("report.html")).expect("report.html");
+    assert!(html.contains("sync") && html.contains("verify") && !html.contains("<script"), "{}", report.display());
+    std::fs::remove_dir_all(&report).expect("clean up the report");
     assert!(processes_mentioning(&lab_s).is_empty(), "left behind: {:?}", processes_mentioning(&lab_s));
     // Nothing outside the lab: the temp dir holds nothing else.
     assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0);

@@ -43,6 +43,7 @@ struct Phase {
 #[derive(Serialize)]
 struct Rehearsal {
     ok: bool,
+    report: Option<PathBuf>,
     dir: PathBuf,
     plan: PathBuf,
     kept: bool,
@@ -71,6 +72,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         }
     };
     let mut phases = Vec::new();
+    let mut rep = crate::report::Builder::new(crate::report::Kind::Rehearse, "rehearsal", dir.join("plan.toml").display().to_string());
     let t = Instant::now();
     let lab = match LocalLab::build(&dir, c.size, &say).await {
         Ok(l) => l,
@@ -120,6 +122,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         let (status, detail) = match crate::sync::run(&plan, &opts).await {
             Ok(r) => {
                 ok = r.ok;
+                rep.add_sync(&r);
                 let failed_units: Vec<String> = r.units.iter().filter(|u| u.status == "failed").map(|u| format!("{} {}: {}", u.kind, u.name, u.detail)).collect();
                 (
                     if r.ok { "ok" } else { "failed" },
@@ -138,6 +141,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             let (status, detail) = match crate::sync::verify::run(&plan).await {
                 Ok(v) => {
                     ok = v.ok;
+                    rep.add_verify(&v);
                     let differ: Vec<String> = v.rows.iter().filter(|r| !r.equal).map(|r| format!("{} {}", r.kind, r.name)).collect();
                     (
                         if v.ok { "ok" } else { "failed" },
@@ -161,6 +165,22 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         });
     }
 
+    for p in &phases {
+        rep.then(p.phase, p.ms as u64, p.status.parse().unwrap_or(crate::report::Status::Failed), p.detail.clone());
+    }
+    // The lab (and its plan's state folder) goes away at teardown; the report must not.
+    let report_root = if c.keep {
+        dir.join(".hostshift/rehearsal/reports")
+    } else {
+        std::env::temp_dir().join("hostshift-rehearsal-reports")
+    };
+    let report_dir = match crate::report::write(&report_root, &rep.finish(ok)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("hostshift: warning: the rehearsal report could not be written: {e}");
+            None
+        }
+    };
     let plan = lab.plan.clone();
     let kept = c.keep;
     let stop = if kept {
@@ -174,7 +194,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         .find(|p| p.status == "failed")
         .map_or_else(String::new, |p| format!("{}: {}", p.phase, p.detail));
     if g.json {
-        print_json(&Rehearsal { ok, dir: dir.clone(), plan: plan.clone(), kept, phases, checks: report });
+        print_json(&Rehearsal { ok, report: report_dir.clone(), dir: dir.clone(), plan: plan.clone(), kept, phases, checks: report });
     } else {
         let rows: Vec<Vec<String>> = phases
             .iter()
@@ -184,6 +204,9 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
         for x in report.checks.iter().filter(|x| x.result != Verdict::Ok) {
             println!("  {:?} {} {}: {} {}", x.result, x.host, x.check, x.detail, x.hint);
+        }
+        if let Some(r) = &report_dir {
+            println!("\nReport: {}", r.join("report.html").display());
         }
         match stop {
             Some(script) => println!(

@@ -5,7 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, in ms since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `(year, month, day, hour, minute, second)` in UTC of `ms` since the epoch.
@@ -23,7 +26,14 @@ fn civil(ms: u64) -> (i64, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 /// `2026-03-14 10:15:02 UTC`.
@@ -78,8 +88,14 @@ pub fn esc(s: &str) -> String {
 
 /// `s` as one shell word: unchanged when it is plain, else single-quoted.
 pub fn shell_word(s: &str) -> String {
-    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c));
-    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// At most `max` characters of `s`, with `…` when cut.
@@ -117,9 +133,15 @@ mod tests {
 
     #[test]
     fn escaping_and_quoting() {
-        assert_eq!(esc(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(shell_word("/srv/plan.toml"), "/srv/plan.toml");
-        assert_eq!(shell_word("/my plans/it's.toml"), r"'/my plans/it'\''s.toml'");
+        assert_eq!(
+            shell_word("/my plans/it's.toml"),
+            r"'/my plans/it'\''s.toml'"
+        );
         assert_eq!(clip("abcdef", 4), "abc…");
     }
 }

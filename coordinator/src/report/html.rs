@@ -44,11 +44,18 @@ footer{margin-top:32px;font-size:13px}
 fn inline(s: &str) -> String {
     s.split('`')
         .enumerate()
-        .map(|(i, part)| if i % 2 == 1 { format!("<code>{}</code>", esc(part)) } else { esc(part) })
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{}</code>", esc(part))
+            } else {
+                esc(part)
+            }
+        })
         .collect()
 }
 
-fn verdict(r: &Report) -> (&'static str, &'static str) {
+/// The headline's CSS class and words (shared with `report.md`).
+pub(super) fn verdict(r: &Report) -> (&'static str, &'static str) {
     match (r.kind, r.ok) {
         (Kind::Verify, true) => ("ok", "all equal"),
         (Kind::Verify, false) => ("failed", "differences found"),
@@ -58,14 +65,27 @@ fn verdict(r: &Report) -> (&'static str, &'static str) {
 }
 
 fn card(out: &mut String, class: &str, term: &str, value: &str) {
-    let _ = write!(out, r#"<div class="{class}"><dt>{}</dt><dd>{}</dd></div>"#, esc(term), esc(value));
+    let _ = write!(
+        out,
+        r#"<div class="{class}"><dt>{}</dt><dd>{}</dd></div>"#,
+        esc(term),
+        esc(value)
+    );
 }
 
 fn summary(out: &mut String, r: &Report) {
     out.push_str(r#"<dl class="cards">"#);
     card(out, "", "Took", &duration(r.duration_ms()));
-    let failed = r.phases.iter().filter(|p| p.status == Status::Failed).count();
-    let phases = if failed > 0 { format!("{} ({failed} failed)", r.phases.len()) } else { r.phases.len().to_string() };
+    let failed = r
+        .phases
+        .iter()
+        .filter(|p| p.status == Status::Failed)
+        .count();
+    let phases = if failed > 0 {
+        format!("{} ({failed} failed)", r.phases.len())
+    } else {
+        r.phases.len().to_string()
+    };
     card(out, "", "Phases", &phases);
     if !r.streams.is_empty() {
         let bytes: u64 = r.streams.iter().map(|s| s.bytes).sum();
@@ -79,7 +99,12 @@ fn summary(out: &mut String, r: &Report) {
     if !r.verification.is_empty() {
         let differ = r.verification.iter().filter(|v| !v.equal).count();
         let equal = r.verification.len() - differ;
-        card(out, "", "Verification", &format!("{equal} equal, {differ} differ"));
+        card(
+            out,
+            "",
+            "Verification",
+            &format!("{equal} equal, {differ} differ"),
+        );
     }
     out.push_str("</dl>");
 }
@@ -97,7 +122,11 @@ fn phases_table(out: &mut String, r: &Report) {
             r#"<tr{class}><td>{}</td><td>{word}</td><td class="num">+{} ms</td><td class="num">{}</td><td class="detail">{}</td></tr>"#,
             esc(&p.name),
             p.start_ms,
-            esc(&duration(p.end_ms.saturating_sub(p.start_ms))),
+            if p.status == Status::Skipped {
+                "-".into()
+            } else {
+                esc(&duration(p.end_ms.saturating_sub(p.start_ms)))
+            },
             esc(&p.detail)
         );
     }
@@ -131,7 +160,7 @@ fn verification_table(out: &mut String, r: &Report) {
         };
         let _ = write!(
             out,
-            r#"<tr{class}><td>{}</td><td>{}</td><td>{word}</td><td><code>{}</code></td><td><code>{}</code></td><td class="detail">{}</td></tr>"#,
+            r#"<tr{class}><td>{}</td><td>{}</td><td>{word}</td><td class="detail">{}</td><td class="detail">{}</td><td class="detail">{}</td></tr>"#,
             esc(&v.kind),
             esc(&v.name),
             esc(&v.old),
@@ -150,16 +179,23 @@ pub fn render(r: &Report) -> String {
     o.push_str("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     o.push_str("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\n");
     o.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
-    let _ = writeln!(o, "<title>hostshift {kind}: {} — {word}</title>", esc(&r.plan_name));
-    let _ = writeln!(o, "<style>{STYLE}</style>\n</head>\n<body>");
-    let _ = writeln!(o, r#"<header><h1>hostshift {kind} <span class="verdict {class}">{}</span></h1>"#, esc(word));
     let _ = writeln!(
         o,
-        r#"<p class="meta">Plan <strong>{}</strong> (<code>{}</code>) · started {} · took {}</p>"#,
+        "<title>hostshift {kind}: {} — {word}</title>",
+        esc(&r.plan_name)
+    );
+    let _ = writeln!(o, "<style>{STYLE}</style>\n</head>\n<body>");
+    let _ = writeln!(
+        o,
+        r#"<header><h1>hostshift {kind} <span class="verdict {class}">{}</span></h1>"#,
+        esc(word)
+    );
+    let _ = writeln!(
+        o,
+        r#"<p class="meta">Plan <strong>{}</strong> (<code>{}</code>) · started {}</p>"#,
         esc(&r.plan_name),
         esc(&r.plan_path),
-        esc(&utc(r.started)),
-        esc(&duration(r.duration_ms()))
+        esc(&utc(r.started))
     );
     o.push_str(r##"<nav>Jump to: <a href="#next">What to do next</a> · <a href="#timeline">Timeline</a> · <a href="#streams">Streams</a> · <a href="#verification">Verification</a> · <a href="#notes">Notes</a></nav></header>"##);
     o.push('\n');

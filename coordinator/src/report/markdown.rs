@@ -1,38 +1,72 @@
 //! `report.md`: the same content as the page, as Markdown for a ticket, a chat or a terminal
-//! (`less report.md` reads fine). Table cells have `|` and line breaks escaped.
+//! (`less report.md` reads fine). Free text is escaped where Markdown would act on it (`|` in
+//! tables, `*` emphasis — masked values are `*****` —, `<` raw HTML, `` ` `` code) and kept on
+//! one line.
 
 use std::fmt::Write as _;
 
 use super::fmt::{duration, rate, utc};
 use super::{Report, Status};
 
+/// Free text as inert, one-line Markdown.
 fn cell(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace("\r\n", " ").replace(['\n', '\r'], " ")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '|' | '*' | '<' | '>' | '`' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The document.
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
-    let result = if r.ok { "succeeded" } else { "FAILED" };
+    let (_, result) = super::html::verdict(r);
     let _ = writeln!(o, "# hostshift {} — {result}\n", r.kind.as_str());
-    let _ = writeln!(o, "- Plan: **{}** (`{}`)", cell(&r.plan_name), r.plan_path.replace('`', "'"));
+    let _ = writeln!(
+        o,
+        "- Plan: **{}** (`{}`)",
+        cell(&r.plan_name),
+        r.plan_path.replace('`', "'")
+    );
     let _ = writeln!(o, "- Started: {}", utc(r.started));
     let _ = writeln!(o, "- Took: {}", duration(r.duration_ms()));
     if let Some(w) = r.freeze {
-        let _ = writeln!(o, "- Write freeze: **{} ms** (from +{} ms to +{} ms)", w.ms(), w.start_ms, w.end_ms);
+        let _ = writeln!(
+            o,
+            "- Write freeze: **{} ms** (from +{} ms to +{} ms)",
+            w.ms(),
+            w.start_ms,
+            w.end_ms
+        );
     }
     if !r.streams.is_empty() {
         let bytes: u64 = r.streams.iter().map(|s| s.bytes).sum();
         let files: u64 = r.streams.iter().map(|s| s.files).sum();
-        let _ = writeln!(o, "- Sent: {} in {files} files", crate::output::bytes(bytes));
+        let _ = writeln!(
+            o,
+            "- Sent: {} in {files} files",
+            crate::output::bytes(bytes)
+        );
     }
     if !r.verification.is_empty() {
         let differ = r.verification.iter().filter(|v| !v.equal).count();
-        let _ = writeln!(o, "- Verification: {} equal, {differ} differ", r.verification.len() - differ);
+        let _ = writeln!(
+            o,
+            "- Verification: {} equal, {differ} differ",
+            r.verification.len() - differ
+        );
     }
 
     o.push_str("\n## What to do next\n\n");
     for (i, s) in r.next_steps.iter().enumerate() {
+        // Our own text, with `code` spans meant as such.
         let _ = writeln!(o, "{}. {}", i + 1, s.replace('\n', " "));
     }
     if r.next_steps.is_empty() {
@@ -45,13 +79,21 @@ pub fn render(r: &Report) -> String {
     } else {
         o.push_str("| Phase | Result | Start | Duration | Detail |\n|---|---|--:|--:|---|\n");
         for p in &r.phases {
-            let status = if p.status == Status::Failed { "**FAILED**" } else { p.status.as_str() };
+            let status = if p.status == Status::Failed {
+                "**FAILED**"
+            } else {
+                p.status.as_str()
+            };
             let _ = writeln!(
                 o,
                 "| {} | {status} | +{} ms | {} | {} |",
                 cell(&p.name),
                 p.start_ms,
-                duration(p.end_ms.saturating_sub(p.start_ms)),
+                if p.status == Status::Skipped {
+                    "-".into()
+                } else {
+                    duration(p.end_ms.saturating_sub(p.start_ms))
+                },
                 cell(&p.detail)
             );
         }
@@ -92,7 +134,7 @@ pub fn render(r: &Report) -> String {
     if !r.notes.is_empty() {
         o.push_str("\n## Notes\n\n");
         for n in &r.notes {
-            let _ = writeln!(o, "- {}", n.replace('\n', " "));
+            let _ = writeln!(o, "- {}", cell(n));
         }
     }
     o

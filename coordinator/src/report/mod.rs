@@ -10,7 +10,7 @@
 //! [`Builder`] is for commands made of several phases (rehearse, cutover).
 //!
 //! # Secrets
-//! The commands only hand over data that is already redacted; still, [`write`] passes every
+//! The commands only hand over data that is already redacted; still, [`write()`] passes every
 //! string through [`scrub::scrub`] (masks the values of secret-looking `KEY=value` pairs and URL
 //! passwords) before anything touches the disk, so a redaction missed upstream stays on this
 //! machine's terminal at worst.
@@ -18,20 +18,26 @@
 //! # Wiring a command (one line each)
 //! ```ignore
 //! use crate::report::{self, Builder, Kind, Status};
-//! let mut b = Builder::for_plan(Kind::Cutover, &plan);    // the clock starts here
+//! let mut rep = Builder::for_plan(Kind::Cutover, &plan);     // first line: the clock starts
 //! let t = std::time::Instant::now();
-//! /* … freeze … */
-//! b.phase_since("freeze", t, Status::Ok, "maintenance page, apps stopped");
-//! b.freeze_begins();                                      // at the moment writes stop
-//! /* … delta sync … */ b.add_sync(&sync_report);       // streams and notes
-//! /* … verify … */     b.add_verify(&verify_report);    // verification rows
-//! b.freeze_ends();                                        // writes allowed again (new host)
-//! let dir = report::publish(&plan, &b.finish(ok), g.quiet); // writes, prints `Report: …` on stderr
+//! /* … stop writes … */
+//! rep.freeze_begins();                                       // the moment writes stop
+//! rep.phase_since("freeze", t, Status::Ok, "maintenance page, apps stopped");
+//! /* … delta sync … */ rep.add_sync(&sync_report);         // streams and notes
+//! /* … verify … */     rep.add_verify(&verify_report);      // verification rows
+//! rep.freeze_ends();                                         // writes possible again
+//! let dir = report::publish(&plan, &rep.finish(ok), g.quiet); // prints `Report: …` on stderr
 //! ```
-//! For `rehearse`, build the same way with the lab's plan (`Plan::load(&lab.plan)`): its state
-//! dir is inside the lab folder, so `--keep` keeps the report and a teardown removes it with the
-//! lab — copy it out first if it should outlive the lab. [`publish`] never fails the command: a
-//! report that cannot be written is a warning on stderr.
+//! `rehearse` measures durations only; with a builder made at the top of `rehearse::run`
+//! (`Builder::new(Kind::Rehearse, "rehearsal", dir.join("plan.toml").display().to_string())`),
+//! before the teardown:
+//! ```ignore
+//! for p in &phases { rep.then(p.phase, p.ms as u64, p.status.parse().unwrap_or(Status::Failed), p.detail.clone()); }
+//! let report_dir = report::publish(&Plan::load(&lab.plan)?, &rep.finish(ok), g.quiet);
+//! ```
+//! The lab plan's state dir is inside the lab folder, so `--keep` keeps the report and a
+//! teardown removes it with the lab — copy it out first if it should outlive the lab.
+//! [`publish`] never fails the command: a report that cannot be written is a warning on stderr.
 //!
 //! # Checking the page by eye
 //! `chromium --headless --no-sandbox --disable-gpu --screenshot=/tmp/r.png --window-size=1200,900
@@ -39,16 +45,18 @@
 //! `/usr/bin/chromium` exists.
 
 mod build;
+mod builder;
 mod fmt;
 mod html;
 mod markdown;
 pub mod scrub;
-mod svg;
 mod store;
+mod svg;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{Builder, default_next_steps};
+pub use build::default_next_steps;
+pub use builder::Builder;
 pub use fmt::{dir_timestamp, now_ms, utc};
 pub use store::{ReportError, publish, reports_dir, write};
 
@@ -97,6 +105,22 @@ impl Status {
             Status::Ok => "ok",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    /// `ok`, `failed` or `skipped`, as [`Status::as_str`] writes them.
+    fn from_str(s: &str) -> Result<Status, String> {
+        match s {
+            "ok" => Ok(Status::Ok),
+            "failed" => Ok(Status::Failed),
+            "skipped" => Ok(Status::Skipped),
+            other => Err(format!(
+                "{other:?} is not a phase status (ok, failed, skipped)"
+            )),
         }
     }
 }
@@ -202,7 +226,12 @@ impl Report {
 
     /// The end of the timeline: the latest of the duration, phase ends and the freeze end.
     pub fn span_ms(&self) -> u64 {
-        let phases = self.phases.iter().map(|p| p.end_ms.max(p.start_ms)).max().unwrap_or(0);
+        let phases = self
+            .phases
+            .iter()
+            .map(|p| p.end_ms.max(p.start_ms))
+            .max()
+            .unwrap_or(0);
         let freeze = self.freeze.map(|w| w.end_ms.max(w.start_ms)).unwrap_or(0);
         self.duration_ms().max(phases).max(freeze)
     }
@@ -221,9 +250,20 @@ impl Report {
             phases: self
                 .phases
                 .iter()
-                .map(|p| Phase { name: s(&p.name), detail: s(&p.detail), ..p.clone() })
+                .map(|p| Phase {
+                    name: s(&p.name),
+                    detail: s(&p.detail),
+                    ..p.clone()
+                })
                 .collect(),
-            streams: self.streams.iter().map(|x| Stream { name: s(&x.name), ..x.clone() }).collect(),
+            streams: self
+                .streams
+                .iter()
+                .map(|x| Stream {
+                    name: s(&x.name),
+                    ..x.clone()
+                })
+                .collect(),
             freeze: self.freeze,
             verification: self
                 .verification

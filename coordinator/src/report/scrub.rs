@@ -11,7 +11,7 @@
 //!
 //! It errs towards masking: a value is cut short only where another `KEY=` pair clearly begins.
 
-use hostshift_shared::dotenv::{REDACTED, is_secret};
+use hostshift_shared::dotenv::{ABSENT, REDACTED, is_secret};
 
 /// `s` with secret values and URL passwords replaced by [`REDACTED`].
 pub fn scrub(s: &str) -> String {
@@ -31,14 +31,27 @@ pub fn scrub(s: &str) -> String {
         }
         let end = value_end(&chars, a.value_start);
         let value: String = chars[a.value_start..end].iter().collect();
-        if value.trim().is_empty() {
-            out.push_str(&value);
-        } else {
-            out.push_str(REDACTED);
-        }
+        out.push_str(&mask(&value));
         i = end;
     }
     out
+}
+
+/// A secret value masked. A change line `old → new` (as the agent reports overrides) keeps its
+/// arrow and any side that is already `*****` or `(not set)`, so "added" and "changed" still
+/// read differently.
+fn mask(value: &str) -> String {
+    if value.trim().is_empty() {
+        return value.to_string();
+    }
+    value
+        .split(" → ")
+        .map(|part| match part.trim() {
+            REDACTED | ABSENT => part,
+            _ => REDACTED,
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 /// A `KEY=` (or `KEY: `, `"KEY":`) starting at one position.
@@ -74,15 +87,26 @@ fn assignment_at(c: &[char], i: usize) -> Option<Assignment> {
     };
     let k = skip_blank(j);
     if c.get(k) == Some(&'=') && c.get(k + 1) != Some(&'=') {
-        return Some(Assignment { key, value_start: skip_blank(k + 1) });
+        return Some(Assignment {
+            key,
+            value_start: skip_blank(k + 1),
+        });
     }
     let env_style = key.chars().any(|x| x.is_ascii_uppercase())
-        && key.chars().all(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || x == '_');
+        && key
+            .chars()
+            .all(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || x == '_');
     if env_style && c.get(j) == Some(&':') && c.get(j + 1) == Some(&' ') {
-        return Some(Assignment { key, value_start: skip_blank(j + 1) });
+        return Some(Assignment {
+            key,
+            value_start: skip_blank(j + 1),
+        });
     }
     if i > 0 && c[i - 1] == '"' && c.get(j) == Some(&'"') && c.get(j + 1) == Some(&':') {
-        return Some(Assignment { key, value_start: skip_blank(j + 2) });
+        return Some(Assignment {
+            key,
+            value_start: skip_blank(j + 2),
+        });
     }
     None
 }
@@ -123,10 +147,15 @@ fn url_passwords(s: &str) -> String {
         out.push_str(head);
         // The authority ends at the path, query, fragment, or anything that ends a URL in text.
         let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`') || c.is_whitespace())
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`') || c.is_whitespace()
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..end];
-        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+        match authority
+            .rfind('@')
+            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+        {
             Some((colon, at)) if at > colon + 1 => {
                 out.push_str(&authority[..=colon]);
                 out.push_str(REDACTED);
@@ -147,34 +176,92 @@ mod tests {
     #[test]
     fn masks_secret_env_values_and_keeps_the_rest() {
         assert_eq!(scrub("JWT_SECRET=hunter2"), "JWT_SECRET=*****");
-        assert_eq!(scrub("export DB_PASSWORD = 'hunter 2' # prod"), "export DB_PASSWORD = ***** # prod");
-        assert_eq!(scrub("JWT_SECRET=hunter2; PORT=3666"), "JWT_SECRET=*****; PORT=3666");
-        assert_eq!(scrub("overrides: API_TOKEN=a b c, CORS_ORIGIN=x"), "overrides: API_TOKEN=*****, CORS_ORIGIN=x");
-        assert_eq!(scrub("PASSWORD=my pass phrase\nPORT=1"), "PASSWORD=*****\nPORT=1");
-        assert_eq!(scrub("JWT_SECRET: hunter2 → hunter3"), "JWT_SECRET: *****");
-        assert_eq!(scrub("host=db password=hunter2 sslmode=require"), "host=db password=***** sslmode=require");
+        assert_eq!(
+            scrub("export DB_PASSWORD = 'hunter 2' # prod"),
+            "export DB_PASSWORD = ***** # prod"
+        );
+        assert_eq!(
+            scrub("JWT_SECRET=hunter2; PORT=3666"),
+            "JWT_SECRET=*****; PORT=3666"
+        );
+        assert_eq!(
+            scrub("overrides: API_TOKEN=a b c, CORS_ORIGIN=x"),
+            "overrides: API_TOKEN=*****, CORS_ORIGIN=x"
+        );
+        assert_eq!(
+            scrub("PASSWORD=my pass phrase\nPORT=1"),
+            "PASSWORD=*****\nPORT=1"
+        );
+        assert_eq!(
+            scrub("JWT_SECRET: hunter2 → hunter3"),
+            "JWT_SECRET: ***** → *****"
+        );
+        assert_eq!(
+            scrub("JWT_SECRET: (not set) → *****"),
+            "JWT_SECRET: (not set) → *****"
+        );
+        assert_eq!(scrub("API_KEY: ***** → hunter2"), "API_KEY: ***** → *****");
+        assert_eq!(
+            scrub("host=db password=hunter2 sslmode=require"),
+            "host=db password=***** sslmode=require"
+        );
         assert_eq!(scrub("--db-password=hunter2"), "--db-password=*****");
-        assert_eq!(scrub("?user=app&token=hunter2&x=1"), "?user=app&token=*****&x=1");
-        assert_eq!(scrub(r#"{"jwt_secret":"hunter2","port":1}"#), r#"{"jwt_secret":*****,"port":1}"#);
-        assert_eq!(scrub("PORT=3666, NODE_ENV=production"), "PORT=3666, NODE_ENV=production");
+        assert_eq!(
+            scrub("?user=app&token=hunter2&x=1"),
+            "?user=app&token=*****&x=1"
+        );
+        assert_eq!(
+            scrub(r#"{"jwt_secret":"hunter2","port":1}"#),
+            r#"{"jwt_secret":*****,"port":1}"#
+        );
+        assert_eq!(
+            scrub("PORT=3666, NODE_ENV=production"),
+            "PORT=3666, NODE_ENV=production"
+        );
         assert_eq!(scrub("JWT_SECRET="), "JWT_SECRET=");
-        assert_eq!(scrub("a == b; invalid token: expired"), "a == b; invalid token: expired");
+        assert_eq!(
+            scrub("a == b; invalid token: expired"),
+            "a == b; invalid token: expired"
+        );
     }
 
     #[test]
     fn masks_url_passwords_of_any_scheme() {
-        assert_eq!(scrub("postgresql://app:hunter2@db/app"), "postgresql://app:*****@db/app");
-        assert_eq!(scrub("see postgres://u:p%40ss@h:5432/x?sslmode=require now"), "see postgres://u:*****@h:5432/x?sslmode=require now");
-        assert_eq!(scrub("redis://:hunter2@cache:6379"), "redis://:*****@cache:6379");
-        assert_eq!(scrub("https://example.invalid/a:b@c"), "https://example.invalid/a:b@c");
-        assert_eq!(scrub("postgres://app@localhost/app"), "postgres://app@localhost/app");
+        assert_eq!(
+            scrub("postgresql://app:hunter2@db/app"),
+            "postgresql://app:*****@db/app"
+        );
+        assert_eq!(
+            scrub("see postgres://u:p%40ss@h:5432/x?sslmode=require now"),
+            "see postgres://u:*****@h:5432/x?sslmode=require now"
+        );
+        assert_eq!(
+            scrub("redis://:hunter2@cache:6379"),
+            "redis://:*****@cache:6379"
+        );
+        assert_eq!(
+            scrub("https://example.invalid/a:b@c"),
+            "https://example.invalid/a:b@c"
+        );
+        assert_eq!(
+            scrub("postgres://app@localhost/app"),
+            "postgres://app@localhost/app"
+        );
         // A secret key wins over the URL rule: the whole value goes.
-        assert_eq!(scrub("DATABASE_URL=postgres://app:hunter2@db/app"), "DATABASE_URL=*****");
+        assert_eq!(
+            scrub("DATABASE_URL=postgres://app:hunter2@db/app"),
+            "DATABASE_URL=*****"
+        );
     }
 
     #[test]
     fn text_without_secrets_is_unchanged() {
-        for s in ["copied 3 files (1.2 KiB)", "file backend-env: PORT: 3666 → 4666", "ключ=значение", ""] {
+        for s in [
+            "copied 3 files (1.2 KiB)",
+            "file backend-env: PORT: 3666 → 4666",
+            "ключ=значение",
+            "",
+        ] {
             assert_eq!(scrub(s), s);
         }
     }

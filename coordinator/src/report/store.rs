@@ -31,7 +31,10 @@ pub enum ReportError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-    move |source| ReportError::Io { path: path.to_path_buf(), source }
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where a plan's reports go: `<state_dir>/reports`.
@@ -58,21 +61,33 @@ pub fn write(dir: &Path, report: &Report) -> Result<PathBuf, ReportError> {
 
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let base = format!("{}-{}", dir_timestamp(clean.started), clean.kind.as_str());
-    let staging = tempfile::Builder::new().prefix(&format!(".{base}.")).tempdir_in(dir).map_err(io(dir))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{base}."))
+        .tempdir_in(dir)
+        .map_err(io(dir))?;
     put(&staging.path().join("report.json"), &json)?;
     put(&staging.path().join("report.md"), &md)?;
     put(&staging.path().join("report.html"), &page)?;
 
     let mut n = 1u32;
     let target = loop {
-        let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        let name = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
         let target = dir.join(name);
         // rename(2) would replace an empty folder of that name: never reuse one.
         if !target.exists() {
             match std::fs::rename(staging.path(), &target) {
                 Ok(()) => break target,
                 // Another report took the name between the check and the rename.
-                Err(e) if n < 1000 && matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty) => {}
+                Err(e)
+                    if n < 1000
+                        && matches!(
+                            e.kind(),
+                            ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty
+                        ) => {}
                 Err(e) => return Err(io(&target)(e)),
             }
         }

@@ -36,7 +36,11 @@ fn tick_step(span: u64) -> u64 {
     while mag.saturating_mul(10) <= raw {
         mag *= 10;
     }
-    [1, 2, 5, 10].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(mag * 10)
+    [1, 2, 5, 10]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(mag * 10)
 }
 
 fn tick_label(t: u64, step: u64) -> String {
@@ -66,10 +70,19 @@ pub fn timeline(r: &Report) -> String {
         s,
         r##"<svg class="chart" width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-labelledby="timeline-title" font-family="sans-serif" font-size="12">"##
     );
-    let _ = write!(s, r#"<title id="timeline-title">Timeline of {} phases over {}</title>"#, r.phases.len(), esc(&duration(span)));
+    let _ = write!(
+        s,
+        r#"<title id="timeline-title">Timeline of {} phases over {}</title>"#,
+        r.phases.len(),
+        esc(&duration(span))
+    );
     // Row stripes, then grid, then the freeze band, then bars: later paints on top.
     for i in (0..rows).step_by(2) {
-        let _ = write!(s, r##"<rect x="0" y="{}" width="{W}" height="{ROW}" fill="#f7fafc"/>"##, top + i * ROW);
+        let _ = write!(
+            s,
+            r##"<rect x="0" y="{}" width="{W}" height="{ROW}" fill="#f7fafc"/>"##,
+            top + i * ROW
+        );
     }
     let step = tick_step(span);
     let mut t = 0;
@@ -84,8 +97,15 @@ pub fn timeline(r: &Report) -> String {
         );
         t += step;
     }
-    let _ = write!(s, r##"<line x1="{X0}" y1="{axis_y}" x2="{X1}" y2="{axis_y}" stroke="#4a5568"/>"##);
-    let _ = write!(s, r##"<text x="8" y="{}" fill="#4a5568">time since start</text>"##, axis_y + 19);
+    let _ = write!(
+        s,
+        r##"<line x1="{X0}" y1="{axis_y}" x2="{X1}" y2="{axis_y}" stroke="#4a5568"/>"##
+    );
+    let _ = write!(
+        s,
+        r##"<text x="8" y="{}" fill="#4a5568">time since start</text>"##,
+        axis_y + 19
+    );
     if let Some(w) = r.freeze {
         let (fx0, fx1) = (x(w.start_ms), x(w.end_ms));
         let fw = (fx1 - fx0).max(2.0);
@@ -108,9 +128,20 @@ pub fn timeline(r: &Report) -> String {
         let y = top + i as u64 * ROW;
         let ms = p.end_ms.saturating_sub(p.start_ms);
         let colour = status_colour(p.status);
-        let tip = format!("{} — {} — {} — {}", p.name, p.status.as_str(), duration(ms), p.detail);
+        let tip = format!(
+            "{} — {} — {} — {}",
+            p.name,
+            p.status.as_str(),
+            duration(ms),
+            p.detail
+        );
         let _ = write!(s, r#"<g class="phase"><title>{}</title>"#, esc(&tip));
-        let _ = write!(s, r##"<text x="8" y="{}" fill="#1a202c">{}</text>"##, y + 17, esc(&clip(&p.name, NAME_CHARS)));
+        let _ = write!(
+            s,
+            r##"<text x="8" y="{}" fill="#1a202c">{}</text>"##,
+            y + 17,
+            esc(&clip(&p.name, NAME_CHARS))
+        );
         let (bx, bw) = (x(p.start_ms), (x(p.end_ms) - x(p.start_ms)).max(2.0));
         if p.status == Status::Skipped {
             let _ = write!(
@@ -122,7 +153,11 @@ pub fn timeline(r: &Report) -> String {
                 y + 13
             );
         } else {
-            let _ = write!(s, r##"<rect x="{bx:.1}" y="{}" width="{bw:.1}" height="16" rx="2" fill="{colour}"/>"##, y + 5);
+            let _ = write!(
+                s,
+                r##"<rect x="{bx:.1}" y="{}" width="{bw:.1}" height="16" rx="2" fill="{colour}"/>"##,
+                y + 5
+            );
         }
         let right = match p.status {
             Status::Ok => duration(ms),
@@ -134,7 +169,11 @@ pub fn timeline(r: &Report) -> String {
             r##"<text x="{}" y="{}" text-anchor="end" fill="{}">{}</text></g>"##,
             W - 8,
             y + 17,
-            if p.status == Status::Failed { "#c53030" } else { "#2d3748" },
+            if p.status == Status::Failed {
+                "#c53030"
+            } else {
+                "#2d3748"
+            },
             esc(&right)
         );
     }
@@ -152,31 +191,57 @@ pub fn streams(r: &Report) -> String {
         s,
         r##"<svg class="chart" width="{W}" height="{h}" viewBox="0 0 {W} {h}" role="img" aria-labelledby="streams-title" font-family="sans-serif" font-size="12">"##
     );
-    let _ = write!(s, r#"<title id="streams-title">Bytes sent per stream ({} streams)</title>"#, r.streams.len());
+    let _ = write!(
+        s,
+        r#"<title id="streams-title">Bytes sent per stream ({} streams)</title>"#,
+        r.streams.len()
+    );
     for (i, st) in r.streams.iter().enumerate() {
         let y = 8 + i as u64 * ROW;
         if i % 2 == 0 {
-            let _ = write!(s, r##"<rect x="0" y="{y}" width="{W}" height="{ROW}" fill="#f7fafc"/>"##);
+            let _ = write!(
+                s,
+                r##"<rect x="0" y="{y}" width="{W}" height="{ROW}" fill="#f7fafc"/>"##
+            );
         }
         let bw = (st.bytes as f64 * (BX1 - X0) as f64 / max as f64).max(1.0);
         // A database unit counts tables where the others count files.
-        let unit = if st.name.starts_with("database ") { "tables" } else { "files" };
-        let mut text = format!("{} · {} · {} {unit}", crate::output::bytes(st.bytes), rate(st.bytes, st.ms), st.files);
+        let unit = if st.name.starts_with("database ") {
+            "tables"
+        } else {
+            "files"
+        };
+        let unit = if st.files == 1 {
+            &unit[..unit.len() - 1]
+        } else {
+            unit
+        };
+        let mut text = format!(
+            "{} in {} · {} · {} {unit}",
+            crate::output::bytes(st.bytes),
+            duration(st.ms),
+            rate(st.bytes, st.ms),
+            st.files
+        );
         if st.bytes == 0 {
             text = "0 B (nothing needed sending)".into();
         }
         if st.retries > 0 {
-            let _ = write!(text, " · {} retr{}", st.retries, if st.retries == 1 { "y" } else { "ies" });
+            let _ = write!(
+                text,
+                " · {} retr{}",
+                st.retries,
+                if st.retries == 1 { "y" } else { "ies" }
+            );
         }
-        let tip = format!("{}: {} in {}", st.name, text, duration(st.ms));
+        let tip = format!("{}: {text}", st.name);
         let _ = write!(
             s,
-            r##"<g class="stream"><title>{}</title><text x="8" y="{}" fill="#1a202c">{}</text><rect x="{X0}" y="{}" width="{bw:.1}" height="16" rx="2" fill="{}"/><text x="{}" y="{}" fill="#2d3748">{}</text></g>"##,
+            r##"<g class="stream"><title>{}</title><text x="8" y="{}" fill="#1a202c">{}</text><rect x="{X0}" y="{}" width="{bw:.1}" height="16" rx="2" fill="#3182ce"/><text x="{}" y="{}" fill="#2d3748">{}</text></g>"##,
             esc(&tip),
             y + 17,
             esc(&clip(&st.name, NAME_CHARS)),
             y + 5,
-            if st.retries > 0 { "#dd6b20" } else { "#3182ce" },
             BX1 + 10,
             y + 17,
             esc(&text)
