@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use hostshift_proto::v1::agent_client::AgentClient;
+use hostshift_proto::v1::backup_client::BackupClient;
 use hostshift_proto::v1::db_stats_client::DbStatsClient;
 use hostshift_proto::v1::env_files_client::EnvFilesClient;
 use hostshift_proto::v1::health_client::HealthClient;
@@ -43,6 +44,11 @@ impl Agent {
     /// `service Agent` client.
     pub fn info(&self) -> AgentClient<Channel> {
         AgentClient::new(self.channel.clone())
+    }
+
+    /// `service Backup` client.
+    pub fn backup(&self) -> BackupClient<Channel> {
+        BackupClient::new(self.channel.clone())
     }
 
     /// `service Hooks` client.

@@ -8,6 +8,11 @@
 //! - `Agent` — identity, tools, disk and database reachability (`Info`), sizes and row counts
 //!   (`Inventory`). Coordinator only.
 //! - `Hooks` — runs a hook *named in the agent's config* and streams its output. Coordinator only.
+//! - `Pm2`, `EnvFiles`, `Nginx`, `Health`, `DbStats` — host control. Coordinator only.
+//! - `Grants`, `Source`, `Target`, `Database` — the data path of `sync`/`verify`: framed streams
+//!   (chunk digests + trailer), grants for agent-to-agent pulls. `Source` also accepts a peer
+//!   agent presenting a grant.
+//! - `Backup` — backups made on the host, verified, restored where allowed, uploaded to S3.
 
 #![allow(missing_docs)] // generated code carries the .proto comments, not `///` on every item.
 

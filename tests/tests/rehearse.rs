@@ -22,7 +22,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn rehearse_runs_check_sync_verify_and_leaves_nothing_behind() {
+async fn rehearse_runs_check_backup_sync_verify_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let lab = tmp.path().join("lab");
@@ -32,7 +32,7 @@ async fn rehearse_runs_check_sync_verify_and_leaves_nothing_behind() {
     let j = out.json();
     assert_eq!(j["ok"], true);
     let phases = j["phases"].as_array().expect("phases");
-    for want in ["lab", "check", "sync", "verify"] {
+    for want in ["lab", "check", "backup", "sync", "verify"] {
         let p = phases.iter().find(|p| p["phase"] == want).unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
         assert_eq!(p["status"], "ok", "{}", out.stdout);
     }

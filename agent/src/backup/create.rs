@@ -1,7 +1,7 @@
 //! Making a backup: each database as `pg_dump -Fc`, each storage tree as `.tar.gz` plus its
 //! hostshift manifest, each config file copied — into a staging folder that is renamed into place
-//! only once everything, `manifest.json` included, is written and flushed ([`create`]); then the
-//! automatic upload and the retention run ([`run`]).
+//! only once everything, `manifest.json` included, is written and flushed ([`create`]). (The
+//! whole flow around it — lock, upload, retention — is [`super::flow`].)
 //!
 //! Only the backup folder is written: the databases are read by `pg_dump` (one consistent
 //! snapshot per database), trees and files are only read. A tree that changes while it is packed
@@ -20,13 +20,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::blocking;
+use super::flow::{Progress, Selection};
 use super::verify::HashingWriter;
 use super::{Artifact, ArtifactKind, BackupManifest, INCOMPLETE_PREFIX, MANIFEST};
 use crate::config::{AgentConfig, DatabaseConfig, FileConfig, StorageConfig};
@@ -45,80 +47,6 @@ pub const PACK_ATTEMPTS: usize = 3;
 /// Write buffer of an artifact (one per artifact being written).
 const WRITE_BUFFER: usize = 1024 * 1024;
 
-/// What to back up, resolved against the config (so every name is known before anything runs).
-#[derive(Clone, Debug, Default)]
-pub struct Selection {
-    /// Databases.
-    pub databases: Vec<DatabaseConfig>,
-    /// Storage trees.
-    pub storage: Vec<StorageConfig>,
-    /// Config files.
-    pub files: Vec<FileConfig>,
-}
-
-impl Selection {
-    /// Everything the config declares.
-    pub fn everything(c: &AgentConfig) -> Self {
-        Self {
-            databases: c.databases.clone(),
-            storage: c.storage.clone(),
-            files: c.files.clone(),
-        }
-    }
-
-    /// The named things.
-    ///
-    /// # Errors
-    /// `NotDeclared` for a name the config does not declare.
-    pub fn named(
-        c: &AgentConfig,
-        config_path: &Path,
-        databases: &[String],
-        storage: &[String],
-        files: &[String],
-    ) -> Result<Self, AgentError> {
-        fn pick<T: Clone>(
-            all: &[T],
-            names: &[String],
-            name_of: fn(&T) -> &str,
-            what: &'static str,
-            config: &Path,
-        ) -> Result<Vec<T>, AgentError> {
-            names
-                .iter()
-                .map(|n| {
-                    all.iter().find(|x| name_of(x) == n).cloned().ok_or_else(|| {
-                        AgentError::NotDeclared {
-                            what,
-                            name: n.clone(),
-                            config: config.display().to_string(),
-                        }
-                    })
-                })
-                .collect()
-        }
-        Ok(Self {
-            databases: pick(&c.databases, databases, |d| &d.name, "database", config_path)?,
-            storage: pick(&c.storage, storage, |s| &s.name, "storage tree", config_path)?,
-            files: pick(&c.files, files, |f| &f.name, "file", config_path)?,
-        })
-    }
-
-    /// Nothing selected.
-    pub fn is_empty(&self) -> bool {
-        self.databases.is_empty() && self.storage.is_empty() && self.files.is_empty()
-    }
-}
-
-/// Progress of a [`create`].
-#[derive(Clone, Debug)]
-pub enum Progress {
-    /// Work on an artifact started.
-    Started(ArtifactKind, String),
-    /// An artifact is written: its size.
-    Done(ArtifactKind, String, u64),
-}
-
 /// A finished backup.
 #[derive(Clone, Debug)]
 pub struct Created {
@@ -126,61 +54,6 @@ pub struct Created {
     pub path: PathBuf,
     /// Its manifest.
     pub manifest: BackupManifest,
-}
-
-/// What [`run`] did.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The backup.
-    pub created: Created,
-    /// Wall time of the backup itself.
-    pub duration: Duration,
-    /// The retention run after it (`None` without `keep_days`/`keep_last`).
-    pub pruned: Option<Result<super::retention::PruneReport, String>>,
-    /// The automatic upload (`None` unless `[backup.s3] upload = true`).
-    pub upload: Option<Result<super::s3::UploadReport, String>>,
-}
-
-/// The whole flow: lock, [`create`], automatic upload, retention. Upload and retention failures
-/// do not undo the backup; they are reported in the [`Outcome`].
-///
-/// # Errors
-/// As [`create`], and `FailedPrecondition` when another backup holds the folder's lock.
-pub async fn run(
-    config: &AgentConfig,
-    sel: &Selection,
-    progress: &mpsc::Sender<Progress>,
-    cancel: &CancellationToken,
-) -> Result<Outcome, AgentError> {
-    let dir = config.backup.dir.clone();
-    let _lock = super::lock(&dir, true)?;
-    let started = Instant::now();
-    let created = create(config, sel, progress, cancel).await?;
-    let duration = started.elapsed();
-    let upload = match &config.backup.s3 {
-        Some(s3) if s3.upload => Some(
-            super::s3::upload(s3, &created.path, cancel)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
-        _ => None,
-    };
-    let policy = super::retention::Policy::of(&config.backup);
-    let pruned = if policy.prunes() {
-        Some(
-            super::retention::prune_locked(&dir, policy, cancel)
-                .await
-                .map_err(|e| e.to_string()),
-        )
-    } else {
-        None
-    };
-    Ok(Outcome {
-        created,
-        duration,
-        pruned,
-        upload,
-    })
 }
 
 /// Writes a backup of `sel` into the backup folder. The caller holds the folder's exclusive lock.
@@ -257,33 +130,57 @@ async fn write_artifacts(
                 "pg_dump not found: install it (apt-get install -y postgresql-client-15) or set [tools] pg_bin_dir in the agent config".into(),
             )
         })?;
-        let v = Cmd::new(bin.join("pg_dump")).arg("--version").output(cancel).await?.success()?;
+        let v = Cmd::new(bin.join("pg_dump"))
+            .arg("--version")
+            .output(cancel)
+            .await?
+            .success()?;
         tools.insert("pg_dump".into(), v.stdout_text().trim().to_string());
         for db in &sel.databases {
-            let _ = progress.send(Progress::Started(ArtifactKind::Database, db.name.clone())).await;
+            let _ = progress
+                .send(Progress::Started(ArtifactKind::Database, db.name.clone()))
+                .await;
             let a = dump_database(db, &bin, staging, cancel).await?;
-            let _ = progress.send(Progress::Done(ArtifactKind::Database, db.name.clone(), a.size)).await;
+            let _ = progress
+                .send(Progress::Done(
+                    ArtifactKind::Database,
+                    db.name.clone(),
+                    a.size,
+                ))
+                .await;
             artifacts.push(a);
         }
     }
     for tree in &sel.storage {
-        let _ = progress.send(Progress::Started(ArtifactKind::Storage, tree.name.clone())).await;
+        let _ = progress
+            .send(Progress::Started(ArtifactKind::Storage, tree.name.clone()))
+            .await;
         let (tar, index) = blocking(cancel, {
             let (tree, staging) = (tree.clone(), staging.to_path_buf());
             move |c| pack_tree(&tree, &staging, c)
         })
         .await?;
-        let _ = progress.send(Progress::Done(ArtifactKind::Storage, tree.name.clone(), tar.size)).await;
+        let _ = progress
+            .send(Progress::Done(
+                ArtifactKind::Storage,
+                tree.name.clone(),
+                tar.size,
+            ))
+            .await;
         artifacts.extend([tar, index]);
     }
     for f in &sel.files {
-        let _ = progress.send(Progress::Started(ArtifactKind::File, f.name.clone())).await;
+        let _ = progress
+            .send(Progress::Started(ArtifactKind::File, f.name.clone()))
+            .await;
         let a = blocking(cancel, {
             let (f, staging) = (f.clone(), staging.to_path_buf());
             move |_| copy_file(&f, &staging)
         })
         .await?;
-        let _ = progress.send(Progress::Done(ArtifactKind::File, f.name.clone(), a.size)).await;
+        let _ = progress
+            .send(Progress::Done(ArtifactKind::File, f.name.clone(), a.size))
+            .await;
         artifacts.push(a);
     }
     Ok(BackupManifest {
@@ -301,18 +198,6 @@ async fn write_artifacts(
     })
 }
 
-/// Runs blocking work (tar, hashing) off the async threads.
-pub(super) async fn blocking<T, F>(cancel: &CancellationToken, f: F) -> Result<T, AgentError>
-where
-    F: FnOnce(&CancellationToken) -> Result<T, AgentError> + Send + 'static,
-    T: Send + 'static,
-{
-    let c = cancel.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .map_err(|e| AgentError::Internal(format!("backup task: {e}")))?
-}
-
 async fn dump_database(
     db: &DatabaseConfig,
     bin: &Path,
@@ -324,7 +209,10 @@ async fn dump_database(
     let mut cmd = Cmd::new(bin.join("pg_dump"))
         .arg("--format=custom")
         .arg("--no-password")
-        .arg(format!("--lock-wait-timeout={}", LOCK_WAIT_TIMEOUT.as_millis()))
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            LOCK_WAIT_TIMEOUT.as_millis()
+        ))
         .arg(format!("--file={}", path.display()))
         .arg(format!("--dbname={}", db.conninfo))
         .timeout(DUMP_TIMEOUT)
@@ -376,7 +264,11 @@ fn pack_tree(
             Err(e) => return Err(e.into()),
         }
     };
-    let entries = manifest.entries().iter().filter(|e| e.kind != Kind::Dir).count() as u64;
+    let entries = manifest
+        .entries()
+        .iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .count() as u64;
     let index_file = format!("storage/{}.manifest", tree.name);
     let index = manifest.encode();
     let index_path = staging.join(&index_file);
@@ -434,7 +326,9 @@ fn copy_file(f: &FileConfig, staging: &Path) -> Result<Artifact, AgentError> {
     let file = format!("files/{}", f.name);
     storage::RelPath::new(&file).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
     let mut src = File::open(&f.path).map_err(|e| AgentError::io("open", &f.path, e))?;
-    let meta = src.metadata().map_err(|e| AgentError::io("inspect", &f.path, e))?;
+    let meta = src
+        .metadata()
+        .map_err(|e| AgentError::io("inspect", &f.path, e))?;
     if !meta.is_file() {
         return Err(AgentError::FailedPrecondition(format!(
             "{} (file {:?}) is not a regular file",
@@ -443,10 +337,12 @@ fn copy_file(f: &FileConfig, staging: &Path) -> Result<Artifact, AgentError> {
         )));
     }
     let path = staging.join(&file);
-    let mut out = HashingWriter::new(new_file(&path).map_err(|e| AgentError::io("create", &path, e))?);
+    let mut out =
+        HashingWriter::new(new_file(&path).map_err(|e| AgentError::io("create", &path, e))?);
     std::io::copy(&mut src, &mut out).map_err(|e| AgentError::io("copy", &f.path, e))?;
     let (dst, size, digest) = out.finish();
-    dst.sync_all().map_err(|e| AgentError::io("fsync", &path, e))?;
+    dst.sync_all()
+        .map_err(|e| AgentError::io("fsync", &path, e))?;
     Ok(Artifact {
         kind: ArtifactKind::File,
         name: f.name.clone(),
@@ -462,22 +358,29 @@ fn copy_file(f: &FileConfig, staging: &Path) -> Result<Artifact, AgentError> {
 
 /// A new file, owner-only.
 fn new_file(path: &Path) -> std::io::Result<File> {
-    File::options().write(true).create_new(true).mode(0o600).open(path)
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     let mut f = new_file(path).map_err(|e| AgentError::io("create", path, e))?;
-    f.write_all(bytes).map_err(|e| AgentError::io("write", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| AgentError::io("write", path, e))?;
     f.sync_all().map_err(|e| AgentError::io("fsync", path, e))
 }
 
 /// Writes `manifest.json`, flushes the staging folder, and renames it to its final name.
 fn commit(staging: &Path, final_path: &Path, m: &BackupManifest) -> Result<(), AgentError> {
-    let json = serde_json::to_vec_pretty(m).map_err(|e| AgentError::Internal(format!("manifest: {e}")))?;
+    let json =
+        serde_json::to_vec_pretty(m).map_err(|e| AgentError::Internal(format!("manifest: {e}")))?;
     write_new(&staging.join(MANIFEST), &json)?;
     let fd = File::open(staging).map_err(|e| AgentError::io("open", staging, e))?;
     nix::unistd::syncfs(&fd).map_err(|e| AgentError::io("flush to disk", staging, e.into()))?;
-    std::fs::rename(staging, final_path).map_err(|e| AgentError::io("rename into place", final_path, e))?;
+    std::fs::rename(staging, final_path)
+        .map_err(|e| AgentError::io("rename into place", final_path, e))?;
     if let Some(parent) = final_path.parent()
         && let Ok(d) = File::open(parent)
     {

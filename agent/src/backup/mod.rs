@@ -18,7 +18,9 @@
 //! first, for the same reason.
 //!
 //! # Files
-//! - [`create`] — makes a backup (pg_dump, tar + gzip, copies), then the caller prunes/uploads.
+//! - [`flow`] — what to back up, and the whole run: lock, create, upload, prune (also the
+//!   `hostshift-agent backup` command).
+//! - [`create`] — writes one backup (pg_dump, tar + gzip, copies) and renames it into place.
 //! - [`verify`] — re-reads every artifact against the manifest.
 //! - [`restore`] — puts a backup back, by name, where `[allow]` permits.
 //! - [`retention`] — `keep_days` / `keep_last`; never the newest backup that verifies.
@@ -31,6 +33,7 @@
 //! uploading share it. A second exclusive user is refused at once, with a message saying so.
 
 pub mod create;
+pub mod flow;
 pub mod restore;
 pub mod retention;
 pub mod s3;
@@ -44,7 +47,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
+pub use flow::{LocalReport, run_local};
 pub use service::BackupService;
 
 use crate::error::AgentError;
@@ -173,7 +178,10 @@ pub fn parse_id(s: &str) -> Option<i64> {
             .all(u8::is_ascii_digit)
             .then(|| s[r].parse().ok())?
     };
-    let hex_ok = b.len() == 23 && b[17..].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let hex_ok = b.len() == 23
+        && b[17..]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     if !hex_ok || b[8] != b'T' || b[15] != b'Z' || b[16] != b'-' {
         return None;
     }
@@ -190,7 +198,11 @@ pub fn parse_id(s: &str) -> Option<i64> {
         u8::try_from(digits(13..15)?).ok()?,
     )
     .ok()?;
-    Some(time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp())
+    Some(
+        time::PrimitiveDateTime::new(date, t)
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 /// RFC 3339 in UTC, e.g. `2026-11-05T03:15:00.123Z`.
@@ -334,72 +346,16 @@ pub fn list(dir: &Path) -> Result<(Vec<Listed>, Vec<String>), AgentError> {
     Ok((done, staging))
 }
 
-/// What `hostshift-agent backup` reports: lines for stdout, and whether everything succeeded.
-#[derive(Debug)]
-pub struct LocalReport {
-    /// One line per fact (the backup, its artifacts, the upload, the retention run).
-    pub lines: Vec<String>,
-    /// False when the upload or the retention run failed (the backup itself is complete).
-    pub ok: bool,
-}
-
-/// `hostshift-agent backup`: a backup of everything the config declares, on this host, without
-/// the coordinator; then the automatic upload (`[backup.s3] upload = true`) and retention.
-///
-/// # Errors
-/// As [`create::run`].
-pub async fn run_local(
-    config: &crate::config::AgentConfig,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<LocalReport, AgentError> {
-    let sel = create::Selection::everything(config);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let log = async move {
-        while let Some(p) = rx.recv().await {
-            match p {
-                create::Progress::Started(k, n) => tracing::info!(kind = k.as_str(), name = %n, "backing up"),
-                create::Progress::Done(k, n, b) => tracing::info!(kind = k.as_str(), name = %n, bytes = b, "written"),
-            }
-        }
-    };
-    let work = async move {
-        let r = create::run(config, &sel, &tx, shutdown).await;
-        drop(tx);
-        r
-    };
-    let (outcome, ()) = tokio::join!(work, log);
-    let o = outcome?;
-    let m = &o.created.manifest;
-    let mut lines = vec![format!(
-        "backup {} complete: {} artifacts, {} bytes in {:.1} s at {}",
-        m.id,
-        m.artifacts.len(),
-        m.total_bytes(),
-        o.duration.as_secs_f64(),
-        o.created.path.display()
-    )];
-    for a in &m.artifacts {
-        lines.push(format!("  {:<13} {:<20} {:>12}  {}  {}", a.kind.as_str(), a.name, a.size, a.sha256, a.file));
-    }
-    let mut ok = true;
-    match &o.upload {
-        Some(Ok(u)) => lines.push(format!("uploaded {} objects ({} bytes) to s3://{}/{}", u.objects.len(), u.bytes, u.bucket, u.key_prefix)),
-        Some(Err(e)) => {
-            ok = false;
-            lines.push(format!("upload FAILED (the backup itself is complete): {e}"));
-        }
-        None => {}
-    }
-    match &o.pruned {
-        Some(Ok(p)) if p.deleted.is_empty() => lines.push("retention: nothing to delete".into()),
-        Some(Ok(p)) => lines.push(format!("retention: deleted {}", p.deleted.join(", "))),
-        Some(Err(e)) => {
-            ok = false;
-            lines.push(format!("retention FAILED: {e}"));
-        }
-        None => lines.push("retention: no keep_days/keep_last configured; nothing pruned".into()),
-    }
-    Ok(LocalReport { lines, ok })
+/// Runs blocking work (tar, hashing) off the async threads.
+pub(crate) async fn blocking<T, F>(cancel: &CancellationToken, f: F) -> Result<T, AgentError>
+where
+    F: FnOnce(&CancellationToken) -> Result<T, AgentError> + Send + 'static,
+    T: Send + 'static,
+{
+    let c = cancel.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| AgentError::Internal(format!("backup task: {e}")))?
 }
 
 #[cfg(test)]

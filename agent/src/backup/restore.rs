@@ -23,7 +23,7 @@ use std::time::Duration;
 use flate2::read::GzDecoder;
 use tokio_util::sync::CancellationToken;
 
-use super::create::blocking;
+use super::blocking;
 use super::verify::{artifact_path, verify_artifacts};
 use super::{Artifact, ArtifactKind, BackupManifest};
 use crate::config::AgentConfig;
@@ -87,7 +87,11 @@ pub async fn restore(
         let (backup, m2) = (backup.clone(), m.clone());
         let files: Vec<String> = to_check.iter().map(|a| a.file.clone()).collect();
         blocking(cancel, move |c| {
-            let arts: Vec<&Artifact> = m2.artifacts.iter().filter(|a| files.contains(&a.file)).collect();
+            let arts: Vec<&Artifact> = m2
+                .artifacts
+                .iter()
+                .filter(|a| files.contains(&a.file))
+                .collect();
             verify_artifacts(&backup, &m2, &arts, c)
         })
         .await?
@@ -100,7 +104,10 @@ pub async fn restore(
             ArtifactKind::Database => restore_database(config, &backup, a, cancel).await?,
             ArtifactKind::Storage => {
                 let index = index_of(&m, a).ok_or_else(|| {
-                    AgentError::DataLoss(format!("backup {id} has no index for storage {:?}", a.name))
+                    AgentError::DataLoss(format!(
+                        "backup {id} has no index for storage {:?}",
+                        a.name
+                    ))
                 })?;
                 let (root, tar, idx) = (
                     tree_root(config, &a.name)?,
@@ -108,7 +115,10 @@ pub async fn restore(
                     artifact_path(&backup, index)?,
                 );
                 let staging = format!("restore-{id}");
-                blocking(cancel, move |c| restore_tree(&root, &tar, &idx, &staging, c)).await?
+                blocking(cancel, move |c| {
+                    restore_tree(&root, &tar, &idx, &staging, c)
+                })
+                .await?
             }
             ArtifactKind::File => restore_file(config, &backup, a)?,
             ArtifactKind::StorageIndex => continue,
@@ -138,7 +148,11 @@ fn choose<'a>(m: &'a BackupManifest, w: &Wanted) -> Result<Vec<&'a Artifact>, Ag
         }
         for n in names {
             let a = of_kind.clone().find(|a| &a.name == n).ok_or_else(|| {
-                AgentError::InvalidArgument(format!("backup {} has no {} {n:?}", m.id, kind.as_str()))
+                AgentError::InvalidArgument(format!(
+                    "backup {} has no {} {n:?}",
+                    m.id,
+                    kind.as_str()
+                ))
             })?;
             out.push(a);
         }
@@ -148,7 +162,11 @@ fn choose<'a>(m: &'a BackupManifest, w: &Wanted) -> Result<Vec<&'a Artifact>, Ag
 
 fn index_of<'a>(m: &'a BackupManifest, tar: &Artifact) -> Option<&'a Artifact> {
     (tar.kind == ArtifactKind::Storage)
-        .then(|| m.artifacts.iter().find(|a| a.kind == ArtifactKind::StorageIndex && a.name == tar.name))
+        .then(|| {
+            m.artifacts
+                .iter()
+                .find(|a| a.kind == ArtifactKind::StorageIndex && a.name == tar.name)
+        })
         .flatten()
 }
 
@@ -209,14 +227,22 @@ async fn restore_database(
         .databases
         .iter()
         .find(|d| d.name == a.name)
-        .ok_or_else(|| AgentError::Internal(format!("database {} vanished from the config", a.name)))?;
+        .ok_or_else(|| {
+            AgentError::Internal(format!("database {} vanished from the config", a.name))
+        })?;
     let bin = crate::agent_info::pg_bin_dir(c).ok_or_else(|| {
         AgentError::FailedPrecondition(
             "pg_restore not found: install it (apt-get install -y postgresql-client-15) or set [tools] pg_bin_dir".into(),
         )
     })?;
     let mut cmd = Cmd::new(bin.join("pg_restore"))
-        .args(["--no-password", "--clean", "--if-exists", "--single-transaction", "--exit-on-error"])
+        .args([
+            "--no-password",
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--exit-on-error",
+        ])
         .arg(format!("--dbname={}", db.conninfo))
         .arg(artifact_path(backup, a)?)
         .timeout(RESTORE_TIMEOUT)
@@ -227,7 +253,10 @@ async fn restore_database(
         cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
     }
     cmd.output(cancel).await?.success()?;
-    Ok(format!("pg_restore into database {} ({} bytes of dump)", db.name, a.size))
+    Ok(format!(
+        "pg_restore into database {} ({} bytes of dump)",
+        db.name, a.size
+    ))
 }
 
 fn tree_root(c: &AgentConfig, name: &str) -> Result<std::path::PathBuf, AgentError> {
@@ -235,7 +264,9 @@ fn tree_root(c: &AgentConfig, name: &str) -> Result<std::path::PathBuf, AgentErr
         .iter()
         .find(|s| s.name == name)
         .map(|s| s.path.clone())
-        .ok_or_else(|| AgentError::Internal(format!("storage tree {name} vanished from the config")))
+        .ok_or_else(|| {
+            AgentError::Internal(format!("storage tree {name} vanished from the config"))
+        })
 }
 
 /// Extracts the tree's tar into staging (each file checked against the backup's manifest), commits
@@ -255,9 +286,20 @@ fn restore_tree(
     let _ = std::fs::remove_dir_all(root.join(&staging));
     let current = storage::build_full(root, cancel)?;
     let delta = storage::diff(&wanted, &current, true);
-    let expected: Vec<storage::Entry> = wanted.entries().iter().filter(|e| e.kind != Kind::Dir).cloned().collect();
+    let expected: Vec<storage::Entry> = wanted
+        .entries()
+        .iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .cloned()
+        .collect();
     let file = std::fs::File::open(tar).map_err(|e| AgentError::io("open", tar, e))?;
-    let staged = storage::unpack(root, &staging, GzDecoder::new(BufReader::new(file)), &expected, cancel)?;
+    let staged = storage::unpack(
+        root,
+        &staging,
+        GzDecoder::new(BufReader::new(file)),
+        &expected,
+        cancel,
+    )?;
     let dirs: Vec<MetaFix> = wanted
         .entries()
         .iter()
@@ -299,9 +341,16 @@ fn restore_file(c: &AgentConfig, backup: &Path, a: &Artifact) -> Result<String, 
     let bytes = std::fs::read(&src).map_err(|e| AgentError::io("read", &src, e))?;
     // Checked again on the bytes actually written: the artifact could change after the verify.
     if hostshift_shared::digest::Sha256Digest::of(&bytes).to_string() != a.sha256 {
-        return Err(AgentError::DataLoss(format!("{}: content changed since it was verified", a.file)));
+        return Err(AgentError::DataLoss(format!(
+            "{}: content changed since it was verified",
+            a.file
+        )));
     }
     let owner = std::fs::metadata(&target).ok().map(|m| (m.uid(), m.gid()));
     crate::transfer::files::write_atomic(&target, &bytes, a.mode.unwrap_or(0o600), owner)?;
-    Ok(format!("{} bytes written to {}", bytes.len(), target.display()))
+    Ok(format!(
+        "{} bytes written to {}",
+        bytes.len(),
+        target.display()
+    ))
 }

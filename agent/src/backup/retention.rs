@@ -14,7 +14,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::create::blocking;
+use super::blocking;
 use super::{DELETING_PREFIX, list};
 use crate::config::BackupConfig;
 use crate::error::AgentError;
@@ -100,7 +100,10 @@ pub fn decide(
 ///
 /// # Errors
 /// As [`prune_locked`]; `FailedPrecondition` when a backup is in progress.
-pub async fn prune(c: &BackupConfig, cancel: &CancellationToken) -> Result<PruneReport, AgentError> {
+pub async fn prune(
+    c: &BackupConfig,
+    cancel: &CancellationToken,
+) -> Result<PruneReport, AgentError> {
     let _lock = super::lock(&c.dir, true)?;
     prune_locked(&c.dir, Policy::of(c), cancel).await
 }
@@ -118,7 +121,11 @@ pub async fn prune_locked(
     blocking(cancel, move |c| prune_sync(&dir, policy, c)).await
 }
 
-fn prune_sync(dir: &Path, policy: Policy, cancel: &CancellationToken) -> Result<PruneReport, AgentError> {
+fn prune_sync(
+    dir: &Path,
+    policy: Policy,
+    cancel: &CancellationToken,
+) -> Result<PruneReport, AgentError> {
     let (listed, staging) = list(dir)?;
     let mut report = PruneReport::default();
     for name in staging {
@@ -127,7 +134,10 @@ fn prune_sync(dir: &Path, policy: Policy, cancel: &CancellationToken) -> Result<
         tracing::info!(path = %p.display(), "removed the staging folder of an interrupted run");
         report.stale_removed.push(name);
     }
-    let items: Vec<(String, i64)> = listed.iter().map(|l| (l.id.clone(), l.created_unix)).collect();
+    let items: Vec<(String, i64)> = listed
+        .iter()
+        .map(|l| (l.id.clone(), l.created_unix))
+        .collect();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut decision = decide(&items, now, policy, None);
     if decision.iter().any(|(_, why)| why.is_empty()) {
@@ -175,16 +185,25 @@ mod tests {
     }
 
     fn deleted(d: &[(String, Vec<&'static str>)]) -> Vec<String> {
-        d.iter().filter(|(_, w)| w.is_empty()).map(|(id, _)| id.clone()).collect()
+        d.iter()
+            .filter(|(_, w)| w.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     #[test]
     fn a_backup_is_kept_when_any_rule_keeps_it() {
         let now = 100 * DAY;
         let b = backups(&[0, 1, 2, 10, 20], now);
-        let p = Policy { keep_days: Some(3), keep_last: Some(2) };
+        let p = Policy {
+            keep_days: Some(3),
+            keep_last: Some(2),
+        };
         assert_eq!(deleted(&decide(&b, now, p, Some("b0"))), ["b3", "b4"]);
-        let p = Policy { keep_days: Some(15), keep_last: Some(1) };
+        let p = Policy {
+            keep_days: Some(15),
+            keep_last: Some(1),
+        };
         assert_eq!(deleted(&decide(&b, now, p, Some("b0"))), ["b4"]);
     }
 
@@ -192,7 +211,10 @@ mod tests {
     fn the_newest_backup_that_verifies_survives_every_rule() {
         let now = 100 * DAY;
         let b = backups(&[0, 1, 2, 3], now);
-        let p = Policy { keep_days: Some(0), keep_last: Some(2) };
+        let p = Policy {
+            keep_days: Some(0),
+            keep_last: Some(2),
+        };
         // b0 and b1 are damaged: b2 is the newest good one.
         let d = decide(&b, now, p, Some("b2"));
         assert_eq!(deleted(&d), ["b3"]);
@@ -213,13 +235,22 @@ mod tests {
             std::fs::create_dir(t.path().join(id)).expect("dir");
         }
         std::fs::create_dir(t.path().join(".incomplete-20260103T000000Z-cccccc")).expect("dir");
-        let p = Policy { keep_days: None, keep_last: Some(1) };
-        let r = prune_locked(t.path(), p, &CancellationToken::new()).await.expect("prune");
+        let p = Policy {
+            keep_days: None,
+            keep_last: Some(1),
+        };
+        let r = prune_locked(t.path(), p, &CancellationToken::new())
+            .await
+            .expect("prune");
         // Neither verifies (no manifest): only the count rule keeps one.
         assert_eq!(r.deleted, ["20260101T000000Z-aaaaaa"]);
         assert_eq!(r.stale_removed, [".incomplete-20260103T000000Z-cccccc"]);
         assert!(t.path().join("20260102T000000Z-bbbbbb").is_dir());
-        let left: Vec<_> = std::fs::read_dir(t.path()).expect("ls").flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(left.len(), 1, "{left:?}");
     }
 }

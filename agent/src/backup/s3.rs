@@ -10,7 +10,8 @@
 //!
 //! TLS: the SDK with `default-features = false`, the `rustls` + `ring` HTTP client passed
 //! explicitly (one crypto provider in the whole binary; see TOOLCHAIN.md), as the traffic switch
-//! does. Credentials: `credentials_file` + `profile` when set, else the default AWS chain.
+//! does. Credentials: the default AWS chain (environment, then `profile` — read from
+//! `credentials_file` when set instead of `~/.aws/credentials` — then the instance role).
 
 use std::path::Path;
 
@@ -27,7 +28,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use tokio_util::sync::CancellationToken;
 
-use super::create::blocking;
+use super::blocking;
 use super::verify::artifact_path;
 use super::{Artifact, MANIFEST, read_manifest};
 use crate::config::{AgentConfig, BackupS3Config};
@@ -90,7 +91,11 @@ pub async fn upload_backup(
 /// # Errors
 /// `DataLoss` when the backup does not verify (nothing is sent); `Unavailable` naming the bucket,
 /// key and the SDK's reason when a call fails; `Cancelled`.
-pub async fn upload(s3: &BackupS3Config, backup: &Path, cancel: &CancellationToken) -> Result<UploadReport, AgentError> {
+pub async fn upload(
+    s3: &BackupS3Config,
+    backup: &Path,
+    cancel: &CancellationToken,
+) -> Result<UploadReport, AgentError> {
     let m = read_manifest(backup)?;
     let verdict = {
         let b = backup.to_path_buf();
@@ -140,7 +145,12 @@ pub async fn upload(s3: &BackupS3Config, backup: &Path, cancel: &CancellationTok
         }
         tracing::info!(bucket = %s3.bucket, %key, size, multipart, "uploaded");
         report.bytes += size;
-        report.objects.push(Uploaded { key, size, sha256, multipart });
+        report.objects.push(Uploaded {
+            key,
+            size,
+            sha256,
+            multipart,
+        });
     }
     Ok(report)
 }
@@ -158,15 +168,14 @@ pub async fn client(s3: &BackupS3Config) -> Client {
         loader = loader.endpoint_url(url.clone());
     }
     if let Some(file) = &s3.credentials_file {
+        // Through the loader, not a ProfileFileCredentialsProvider of our own: that one builds
+        // an internal client without our explicit HTTP client and panics at its first call.
         let files = ProfileFiles::builder()
             .with_file(ProfileFileKind::Credentials, file)
             .build();
-        let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-            .profile_files(files.clone())
-            .profile_name(s3.profile.clone().unwrap_or_else(|| "default".into()))
-            .build();
-        loader = loader.profile_files(files).credentials_provider(provider);
-    } else if let Some(profile) = &s3.profile {
+        loader = loader.profile_files(files);
+    }
+    if let Some(profile) = &s3.profile {
         loader = loader.profile_name(profile.clone());
     }
     let shared = loader.load().await;
@@ -178,10 +187,20 @@ pub async fn client(s3: &BackupS3Config) -> Client {
 }
 
 fn failed(op: &str, bucket: &str, key: &str, e: impl std::error::Error) -> AgentError {
-    AgentError::Unavailable(format!("S3 {op} s3://{bucket}/{key}: {}", DisplayErrorContext(e)))
+    AgentError::Unavailable(format!(
+        "S3 {op} s3://{bucket}/{key}: {}",
+        DisplayErrorContext(e)
+    ))
 }
 
-async fn put_whole(c: &Client, bucket: &str, key: &str, path: &Path, size: u64, sha256: &str) -> Result<(), AgentError> {
+async fn put_whole(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    size: u64,
+    sha256: &str,
+) -> Result<(), AgentError> {
     let body = ByteStream::from_path(path)
         .await
         .map_err(|e| AgentError::io("open", path, std::io::Error::other(e)))?;
@@ -216,7 +235,11 @@ async fn put_multipart(
         .map_err(|e| failed("CreateMultipartUpload", bucket, key, e))?;
     let upload_id = created
         .upload_id()
-        .ok_or_else(|| AgentError::Unavailable(format!("S3 CreateMultipartUpload s3://{bucket}/{key}: no upload id")))?
+        .ok_or_else(|| {
+            AgentError::Unavailable(format!(
+                "S3 CreateMultipartUpload s3://{bucket}/{key}: no upload id"
+            ))
+        })?
         .to_string();
     let parts = async {
         let mut parts = Vec::new();
@@ -254,7 +277,11 @@ async fn put_multipart(
             .bucket(bucket)
             .key(key)
             .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| failed("CompleteMultipartUpload", bucket, key, e))?;
@@ -265,7 +292,13 @@ async fn put_multipart(
         () = cancel.cancelled() => Err(AgentError::Cancelled),
     };
     if result.is_err() {
-        let abort = c.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+        let abort = c
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
         if let Err(e) = abort {
             tracing::warn!(%key, error = %DisplayErrorContext(e), "could not abort the multipart upload");
         }

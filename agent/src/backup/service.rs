@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::create::{self, Progress, Selection};
+use super::flow::{self, Progress, Selection};
 use super::retention::PruneReport;
 use super::s3::UploadReport;
 use super::{BackupManifest, restore, retention, s3};
@@ -136,7 +136,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<BackupEvent, Status>> + Send
 impl Backup for BackupService {
     type CreateStream = EventStream;
 
-    async fn create(&self, req: Request<CreateBackupRequest>) -> Result<Response<Self::CreateStream>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateBackupRequest>,
+    ) -> Result<Response<Self::CreateStream>, Status> {
         let r = req.into_inner();
         let c = &self.ctx.config;
         let sel = if r.everything {
@@ -151,7 +154,7 @@ impl Backup for BackupService {
             let (ptx, mut prx) = mpsc::channel(EVENT_QUEUE);
             let done = CancellationToken::new();
             let work = async {
-                let r = create::run(&ctx.config, &sel, &ptx, &cancel).await;
+                let r = flow::run(&ctx.config, &sel, &ptx, &cancel).await;
                 drop(ptx);
                 done.cancel();
                 r
@@ -198,10 +201,15 @@ impl Backup for BackupService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list(&self, _req: Request<ListBackupsRequest>) -> Result<Response<ListBackupsResponse>, Status> {
+    async fn list(
+        &self,
+        _req: Request<ListBackupsRequest>,
+    ) -> Result<Response<ListBackupsResponse>, Status> {
         let dir = self.ctx.config.backup.dir.clone();
         let (listed, incomplete) = self
-            .tracked(move |_, c| async move { create::blocking(&c, move |_| super::list(&dir)).await })
+            .tracked(
+                move |_, c| async move { super::blocking(&c, move |_| super::list(&dir)).await },
+            )
             .await?;
         let backups = listed
             .into_iter()
@@ -226,14 +234,17 @@ impl Backup for BackupService {
         }))
     }
 
-    async fn verify(&self, req: Request<VerifyBackupRequest>) -> Result<Response<VerifyBackupResponse>, Status> {
+    async fn verify(
+        &self,
+        req: Request<VerifyBackupRequest>,
+    ) -> Result<Response<VerifyBackupResponse>, Status> {
         let id = req.into_inner().id;
         let dir = self.ctx.config.backup.dir.clone();
         let verdicts = self
             .tracked(move |_, cancel| async move {
                 let ids = if id.is_empty() {
                     let d = dir.clone();
-                    create::blocking(&cancel, move |_| super::list(&d))
+                    super::blocking(&cancel, move |_| super::list(&d))
                         .await?
                         .0
                         .into_iter()
@@ -246,7 +257,9 @@ impl Backup for BackupService {
                 let mut out = Vec::new();
                 for id in ids {
                     let path = dir.join(&id);
-                    out.push(create::blocking(&cancel, move |c| super::verify::verify(&path, c)).await?);
+                    out.push(
+                        super::blocking(&cancel, move |c| super::verify::verify(&path, c)).await?,
+                    );
                 }
                 Ok(out)
             })
@@ -267,7 +280,10 @@ impl Backup for BackupService {
         Ok(Response::new(VerifyBackupResponse { verdicts }))
     }
 
-    async fn restore(&self, req: Request<RestoreBackupRequest>) -> Result<Response<RestoreBackupResponse>, Status> {
+    async fn restore(
+        &self,
+        req: Request<RestoreBackupRequest>,
+    ) -> Result<Response<RestoreBackupResponse>, Status> {
         let r = req.into_inner();
         let started = Instant::now();
         let id = r.id.clone();
@@ -295,14 +311,22 @@ impl Backup for BackupService {
         }))
     }
 
-    async fn prune(&self, _req: Request<PruneBackupsRequest>) -> Result<Response<PruneBackupsResponse>, Status> {
+    async fn prune(
+        &self,
+        _req: Request<PruneBackupsRequest>,
+    ) -> Result<Response<PruneBackupsResponse>, Status> {
         let report = self
-            .tracked(|ctx, cancel| async move { retention::prune(&ctx.config.backup, &cancel).await })
+            .tracked(
+                |ctx, cancel| async move { retention::prune(&ctx.config.backup, &cancel).await },
+            )
             .await?;
         Ok(Response::new(prune_response(report)))
     }
 
-    async fn upload(&self, req: Request<UploadBackupRequest>) -> Result<Response<UploadBackupResponse>, Status> {
+    async fn upload(
+        &self,
+        req: Request<UploadBackupRequest>,
+    ) -> Result<Response<UploadBackupResponse>, Status> {
         let id = req.into_inner().id;
         let report = self
             .tracked(move |ctx, cancel| async move {

@@ -62,7 +62,10 @@ impl Verdict {
 ///
 /// # Errors
 /// `Io`; `Cancelled`.
-pub fn hash_file(path: &Path, cancel: &CancellationToken) -> Result<(u64, Sha256Digest), AgentError> {
+pub fn hash_file(
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<(u64, Sha256Digest), AgentError> {
     let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -98,13 +101,18 @@ pub fn artifact_path(backup: &Path, a: &Artifact) -> Result<PathBuf, AgentError>
 /// Checks one artifact: its size, then its SHA-256.
 fn check(backup: &Path, a: &Artifact, cancel: &CancellationToken) -> Result<u64, String> {
     let path = artifact_path(backup, a).map_err(|e| e.to_string())?;
-    let expected = Sha256Digest::parse_hex(&a.sha256).map_err(|e| format!("manifest digest: {}", e.0))?;
+    let expected =
+        Sha256Digest::parse_hex(&a.sha256).map_err(|e| format!("manifest digest: {}", e.0))?;
     let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("cannot read it: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
     if meta.len() != a.size {
-        return Err(format!("{} bytes, the manifest says {}", meta.len(), a.size));
+        return Err(format!(
+            "{} bytes, the manifest says {}",
+            meta.len(),
+            a.size
+        ));
     }
     let (len, digest) = hash_file(&path, cancel).map_err(|e| e.to_string())?;
     if len != a.size {
@@ -248,7 +256,10 @@ mod tests {
         assert!(v.problems[0].1.contains("SHA-256"), "{:?}", v.problems);
         assert_eq!(v.bytes_checked, 5);
         let err = v.into_result().expect_err("damaged");
-        assert!(matches!(err, AgentError::DataLoss(ref m) if m.contains("a: SHA-256")), "{err}");
+        assert!(
+            matches!(err, AgentError::DataLoss(ref m) if m.contains("a: SHA-256")),
+            "{err}"
+        );
     }
 
     #[test]

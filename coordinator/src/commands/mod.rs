@@ -2,6 +2,7 @@
 //! library (plan, preflight, client...), and prints its result: a table for people, JSON with
 //! `--json`.
 
+pub mod backup;
 pub mod certs;
 pub mod check;
 pub mod db;

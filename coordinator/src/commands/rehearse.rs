@@ -112,6 +112,26 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     });
     let mut ok = report.ok;
     if ok {
+        say("phase backup: a backup of the old host, on the old host");
+        let t = Instant::now();
+        let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
+        let taken = match crate::client::connect(&plan, crate::plan::Side::Old).await {
+            Ok(agent) => super::backup::take(&agent, &plan, false, &|_| {}).await.map_err(|e| format!("{:#}", e.error())),
+            Err(e) => Err(e.to_string()),
+        };
+        let (status, detail) = match taken {
+            Ok(d) => {
+                let b = d.backup.unwrap_or_default();
+                ("ok", format!("backup {} ({} artifacts, {})", b.id, b.artifacts.len(), bytes(b.total_bytes)))
+            }
+            Err(e) => {
+                ok = false;
+                ("failed", e)
+            }
+        };
+        phases.push(Phase { phase: "backup", status, ms: t.elapsed().as_millis(), detail });
+    }
+    if ok {
         say("phase sync: copy files, storage and the database from old to new");
         let t = Instant::now();
         let opts = crate::sync::SyncOptions {
@@ -156,7 +176,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             phases.push(Phase { phase: "verify", status, ms: t.elapsed().as_millis(), detail });
         }
     }
-    for later in ["backup", "cutover"] {
+    for later in ["cutover"] {
         phases.push(Phase {
             phase: later,
             status: "skipped",

@@ -132,6 +132,13 @@ impl LocalLab {
             new.files.push((name.to_string(), new_root.join(rel)));
             new.write_files.push(name.to_string());
         }
+        // Backups stay inside the lab folder (the default /var/backups/hostshift is the host's).
+        for (setup, name) in [(&mut old, "old"), (&mut new, "new")] {
+            setup.extra.push_str(&format!(
+                "[backup]\ndir = {}\nkeep_last = 3\n",
+                toml::Value::String(dir.join("backups").join(name).display().to_string())
+            ));
+        }
         new.restore_databases.push("app".into());
         new.write_storage.push("evaluations".into());
         new.control_services = true;

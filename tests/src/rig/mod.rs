@@ -13,7 +13,7 @@ pub use bins::{agent_bin, cli, cli_in, hostshift_bin, CliOutput};
 pub use nginx::{children, http_get, nginx_bin, process_group, HttpReply, NginxProc, UpstreamApp};
 pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
 pub use sandbox::Sandbox;
-pub use world::{world, World, OLD_IP, NEW_IP, TEMPLATE_DB};
+pub use world::{world, PgInfo, World, OLD_IP, NEW_IP, TEMPLATE_DB};
 
 use std::time::{Duration, Instant};
 
