@@ -333,7 +333,8 @@ async fn retention_never_deletes_the_newest_backup_that_verifies_nor_one_in_prog
     let newest = j["id"].as_str().expect("id").to_string();
     let mut pruned: Vec<String> = serde_json::from_value(j["pruned"].clone()).expect("pruned");
     let mut expected = vec![made[1].clone(), made[2].clone()];
-    (pruned.sort(), expected.sort());
+    pruned.sort();
+    expected.sort();
     assert_eq!(pruned, expected, "{j}");
     let list = sb.cli(&["backup", "list", "--json"]).await;
     assert_eq!(ids(&list.json()), [newest, made[3].clone()]);

@@ -176,14 +176,12 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             phases.push(Phase { phase: "verify", status, ms: t.elapsed().as_millis(), detail });
         }
     }
-    for later in ["cutover"] {
-        phases.push(Phase {
-            phase: later,
-            status: "skipped",
-            ms: 0,
-            detail: "not available in this version yet".into(),
-        });
-    }
+    phases.push(Phase {
+        phase: "cutover",
+        status: "skipped",
+        ms: 0,
+        detail: "not available in this version yet".into(),
+    });
 
     for p in &phases {
         rep.then(p.phase, p.ms as u64, p.status.parse().unwrap_or(crate::report::Status::Failed), p.detail.clone());
