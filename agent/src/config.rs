@@ -469,7 +469,10 @@ impl AgentConfig {
         let b = &self.backup;
         absolute(src, "backup.dir", &b.dir, out);
         if b.dir == Path::new("/") {
-            out.push(src.problem("backup.dir", "the filesystem root cannot be the backup folder"));
+            out.push(src.problem(
+                "backup.dir",
+                "the filesystem root cannot be the backup folder",
+            ));
         }
         for s in &self.storage {
             if b.dir.starts_with(&s.path) || s.path.starts_with(&b.dir) {
@@ -484,7 +487,10 @@ impl AgentConfig {
             }
         }
         if b.keep_last == Some(0) {
-            out.push(src.problem("backup.keep_last", "must be at least 1 (leave it out for no count rule)"));
+            out.push(src.problem(
+                "backup.keep_last",
+                "must be at least 1 (leave it out for no count rule)",
+            ));
         }
         if let Some(s3) = &b.s3 {
             if s3.bucket.trim().is_empty() {

@@ -34,7 +34,9 @@ pub fn tls(db: &DatabaseConfig) -> Result<tokio_postgres_rustls::MakeRustlsConne
             for der in x509_pems(&pem) {
                 roots
                     .add(rustls::pki_types::CertificateDer::from(der))
-                    .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| {
+                        AgentError::FailedPrecondition(format!("{}: {e}", path.display()))
+                    })?;
                 n += 1;
             }
             if n == 0 {
@@ -51,11 +53,13 @@ pub fn tls(db: &DatabaseConfig) -> Result<tokio_postgres_rustls::MakeRustlsConne
             }
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -66,7 +70,9 @@ fn x509_pems(pem: &[u8]) -> Vec<Vec<u8>> {
     let mut rest = text.as_ref();
     while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
         let block = &rest[start..];
-        let Some(end) = block.find("-----END CERTIFICATE-----") else { break };
+        let Some(end) = block.find("-----END CERTIFICATE-----") else {
+            break;
+        };
         let full = &block[..end + "-----END CERTIFICATE-----".len()];
         if let Some(der) = hostshift_shared::tls::first_pem_der(full.as_bytes()) {
             out.push(der);
@@ -93,7 +99,12 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.application_name("hostshift-agent");
     let use_tls = db.ca_file.is_some() || cfg.get_ssl_mode() == SslMode::Require;
-    let timeout = |_| unavailable(db, format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()));
+    let timeout = |_| {
+        unavailable(
+            db,
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        )
+    };
     let client = if use_tls {
         if db.ca_file.is_some() {
             cfg.ssl_mode(SslMode::Require);
@@ -105,10 +116,11 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
         drive(conn);
         client
     } else {
-        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(timeout)?
-            .map_err(|e| unavailable(db, pg_message(&e)))?;
+        let (client, conn) =
+            tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(timeout)?
+                .map_err(|e| unavailable(db, pg_message(&e)))?;
         drive(conn);
         client
     };

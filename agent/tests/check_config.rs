@@ -39,9 +39,18 @@ fn valid_config_passes_check_config() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = certs(tmp.path());
     let path = tmp.path().join("agent.toml");
-    std::fs::write(&path, config(&pki, "[[storage]]\nname = \"s\"\npath = \"/srv/s\"\n")).expect("write");
+    std::fs::write(
+        &path,
+        config(&pki, "[[storage]]\nname = \"s\"\npath = \"/srv/s\"\n"),
+    )
+    .expect("write");
     let out = agent(&["--config", path.to_str().expect("utf8"), "check-config"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
@@ -56,7 +65,10 @@ fn unknown_key_exits_78_naming_file_line_and_key() {
         let out = agent(&["--config", path.to_str().expect("utf8"), cmd]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{cmd}: {err}");
-        assert!(err.contains(&format!("{}:8: key `nmae`", path.display())), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!("{}:8: key `nmae`", path.display())),
+            "{cmd}: {err}"
+        );
     }
 }
 
@@ -65,13 +77,20 @@ fn semantic_errors_exit_78_and_list_every_problem() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = certs(tmp.path());
     let path = tmp.path().join("agent.toml");
-    let body = "[[storage]]\nname = \"s\"\npath = \"relative\"\n\n[allow]\nwrite_storage = [\"nope\"]\n";
+    let body =
+        "[[storage]]\nname = \"s\"\npath = \"relative\"\n\n[allow]\nwrite_storage = [\"nope\"]\n";
     std::fs::write(&path, config(&pki, body)).expect("write");
     let out = agent(&["--config", path.to_str().expect("utf8"), "check-config"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(err.contains(":9: key `storage.0.path`: relative must be an absolute path"), "{err}");
-    assert!(err.contains("key `allow.write_storage.0`: \"nope\" is not declared in [[storage]]"), "{err}");
+    assert!(
+        err.contains(":9: key `storage.0.path`: relative must be an absolute path"),
+        "{err}"
+    );
+    assert!(
+        err.contains("key `allow.write_storage.0`: \"nope\" is not declared in [[storage]]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +98,10 @@ fn missing_config_file_exits_78_with_the_path() {
     let out = agent(&["--config", "/nonexistent/agent.toml", "check-config"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(err.contains("/nonexistent/agent.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/agent.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -88,19 +110,31 @@ fn coordinator_certificate_is_not_accepted_as_the_agent_certificate() {
     let pki = certs(tmp.path());
     let path = tmp.path().join("agent.toml");
     let text = config(&pki, "")
-        .replace(&pki.agents[0].1.display().to_string(), &pki.coordinator_cert.display().to_string())
-        .replace(&pki.agents[0].2.display().to_string(), &pki.coordinator_key.display().to_string());
+        .replace(
+            &pki.agents[0].1.display().to_string(),
+            &pki.coordinator_cert.display().to_string(),
+        )
+        .replace(
+            &pki.agents[0].2.display().to_string(),
+            &pki.coordinator_key.display().to_string(),
+        );
     std::fs::write(&path, text).expect("write");
     let out = agent(&["--config", path.to_str().expect("utf8"), "check-config"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(err.contains("key `tls.cert`") && err.contains("coordinator:coordinator"), "{err}");
+    assert!(
+        err.contains("key `tls.cert`") && err.contains("coordinator:coordinator"),
+        "{err}"
+    );
 }
 
 #[test]
 fn systemd_unit_checks_the_config_first_and_does_not_restart_on_a_bad_one() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/hostshift-agent.service"))
-        .expect("unit file");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/hostshift-agent.service"
+    ))
+    .expect("unit file");
     let line = |key: &str| {
         unit.lines()
             .find(|l| l.starts_with(&format!("{key}=")))
@@ -109,7 +143,10 @@ fn systemd_unit_checks_the_config_first_and_does_not_restart_on_a_bad_one() {
     };
     assert!(line("ExecStartPre").ends_with("hostshift-agent check-config"));
     assert!(line("ExecStart").contains("hostshift-agent serve"));
-    assert_eq!(line("RestartPreventExitStatus"), "RestartPreventExitStatus=78");
+    assert_eq!(
+        line("RestartPreventExitStatus"),
+        "RestartPreventExitStatus=78"
+    );
     assert_eq!(line("KillSignal"), "KillSignal=SIGTERM");
     assert_eq!(line("NoNewPrivileges"), "NoNewPrivileges=true");
     assert_eq!(line("ProtectSystem"), "ProtectSystem=strict");

@@ -10,13 +10,13 @@ use hostshift_proto::v1::agent_client::AgentClient;
 use hostshift_proto::v1::backup_client::BackupClient;
 use hostshift_proto::v1::db_stats_client::DbStatsClient;
 use hostshift_proto::v1::env_files_client::EnvFilesClient;
-use hostshift_proto::v1::health_client::HealthClient;
 use hostshift_proto::v1::grants_client::GrantsClient;
+use hostshift_proto::v1::health_client::HealthClient;
 use hostshift_proto::v1::hooks_client::HooksClient;
-use hostshift_proto::v1::source_client::SourceClient;
-use hostshift_proto::v1::target_client::TargetClient;
 use hostshift_proto::v1::nginx_client::NginxClient;
 use hostshift_proto::v1::pm2_client::Pm2Client;
+use hostshift_proto::v1::source_client::SourceClient;
+use hostshift_proto::v1::target_client::TargetClient;
 use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 

@@ -21,24 +21,50 @@ fn hostshift(dir: &Path, args: &[&str]) -> (i32, String, String) {
 #[test]
 fn certs_init_writes_keys_0600_and_never_overwrites_without_force() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let args = ["certs", "init", "--dir", "c", "--agent", "old=10.0.0.5,old.internal", "--agent", "new=10.0.0.6"];
+    let args = [
+        "certs",
+        "init",
+        "--dir",
+        "c",
+        "--agent",
+        "old=10.0.0.5,old.internal",
+        "--agent",
+        "new=10.0.0.6",
+    ];
     let (code, out, err) = hostshift(tmp.path(), &args);
     assert_eq!(code, 0, "{out}{err}");
-    for key in ["ca.key", "coordinator.key", "agent-old.key", "agent-new.key"] {
-        let mode = std::fs::metadata(tmp.path().join("c").join(key)).expect(key).permissions().mode();
+    for key in [
+        "ca.key",
+        "coordinator.key",
+        "agent-old.key",
+        "agent-new.key",
+    ] {
+        let mode = std::fs::metadata(tmp.path().join("c").join(key))
+            .expect(key)
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let before = std::fs::read(tmp.path().join("c/ca.key")).expect("read");
     let (code, _, err) = hostshift(tmp.path(), &args);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("refusing to overwrite") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(tmp.path().join("c/ca.key")).expect("read"), before);
+    assert!(
+        err.contains("refusing to overwrite") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("c/ca.key")).expect("read"),
+        before
+    );
 
     let mut forced = args.to_vec();
     forced.push("--force");
     let (code, _, err) = hostshift(tmp.path(), &forced);
     assert_eq!(code, 0, "{err}");
-    assert_ne!(std::fs::read(tmp.path().join("c/ca.key")).expect("read"), before);
+    assert_ne!(
+        std::fs::read(tmp.path().join("c/ca.key")).expect("read"),
+        before
+    );
 }
 
 #[test]
@@ -57,8 +83,23 @@ fn plan_init_then_check_passes_once_certificates_exist() {
     // Without certificates, plan check names the missing files and exits 2.
     let (code, _, err) = hostshift(tmp.path(), &["plan", "check"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("key `tls.ca`") && err.contains("certs init"), "{err}");
-    let (code, _, err) = hostshift(tmp.path(), &["certs", "init", "--dir", "certs", "--agent", "old=10.0.0.5", "--agent", "new=10.0.0.6"]);
+    assert!(
+        err.contains("key `tls.ca`") && err.contains("certs init"),
+        "{err}"
+    );
+    let (code, _, err) = hostshift(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "certs",
+            "--agent",
+            "old=10.0.0.5",
+            "--agent",
+            "new=10.0.0.6",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = hostshift(tmp.path(), &["plan", "check"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -73,19 +114,46 @@ fn plan_init_then_check_passes_once_certificates_exist() {
 fn plan_check_on_a_broken_plan_exits_2_naming_each_line_and_key() {
     let tmp = tempfile::tempdir().expect("tempdir");
     hostshift(tmp.path(), &["plan", "init"]);
-    hostshift(tmp.path(), &["certs", "init", "--dir", "certs", "--agent", "old=10.0.0.5", "--agent", "new=10.0.0.6"]);
+    hostshift(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "certs",
+            "--agent",
+            "old=10.0.0.5",
+            "--agent",
+            "new=10.0.0.6",
+        ],
+    );
     let plan = tmp.path().join("plan.toml");
     let text = std::fs::read_to_string(&plan)
         .expect("read")
-        .replace("address = \"https://10.0.0.6:7443\"", "address = \"http://10.0.0.6:7443\"")
+        .replace(
+            "address = \"https://10.0.0.6:7443\"",
+            "address = \"http://10.0.0.6:7443\"",
+        )
         .replace("budget_secs = 30", "budget_secs = 0");
     std::fs::write(&plan, &text).expect("write");
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).expect("line") + 1;
     let (code, _, err) = hostshift(tmp.path(), &["plan", "check", "--plan", "plan.toml"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains(&format!("plan.toml:{}: key `new.address`", line_of("http://10.0.0.6"))), "{err}");
+    assert!(
+        err.contains(&format!(
+            "plan.toml:{}: key `new.address`",
+            line_of("http://10.0.0.6")
+        )),
+        "{err}"
+    );
     assert!(err.contains("use https://HOST:PORT"), "{err}");
-    assert!(err.contains(&format!("plan.toml:{}: key `freeze.budget_secs`", line_of("budget_secs = 0"))), "{err}");
+    assert!(
+        err.contains(&format!(
+            "plan.toml:{}: key `freeze.budget_secs`",
+            line_of("budget_secs = 0")
+        )),
+        "{err}"
+    );
 
     // A syntax error names its line too, and --json reports it as data.
     std::fs::write(&plan, "[migration]\nname = \"x\"\n[old\n").expect("write");
@@ -101,7 +169,12 @@ fn help_teaches_the_workflow_and_exit_codes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (code, out, _) = hostshift(tmp.path(), &["--help"]);
     assert_eq!(code, 0);
-    for needle in ["certs init", "plan check", "Exit codes", "3 operator action needed"] {
+    for needle in [
+        "certs init",
+        "plan check",
+        "Exit codes",
+        "3 operator action needed",
+    ] {
         assert!(out.contains(needle), "--help lacks {needle:?}:\n{out}");
     }
     let (code, _, err) = hostshift(tmp.path(), &["no-such-command"]);

@@ -26,8 +26,10 @@ pub fn apply(
         return Ok(bytes.to_vec());
     }
     let text = std::str::from_utf8(bytes).map_err(|_| EditError::NotText)?;
-    let ops: Vec<(String, Option<String>)> =
-        overrides.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    let ops: Vec<(String, Option<String>)> = overrides
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
     edit(text, &ops).map(|(t, _)| t.into_bytes())
 }
 

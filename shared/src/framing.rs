@@ -50,7 +50,9 @@ pub enum IntegrityError {
         digest_mismatch: bool,
     },
     /// The stream ended without a trailer (the sender died or the connection broke).
-    #[error("stream ended without its trailer after {got_len} bytes: the sender stopped or the connection broke")]
+    #[error(
+        "stream ended without its trailer after {got_len} bytes: the sender stopped or the connection broke"
+    )]
     Truncated {
         /// Bytes received.
         got_len: u64,
@@ -178,7 +180,10 @@ impl FrameDecoder {
                         digest_mismatch,
                     });
                 }
-                Ok(Accepted::End { length: self.len, digest })
+                Ok(Accepted::End {
+                    length: self.len,
+                    digest,
+                })
             }
             None => Err(IntegrityError::Malformed("empty frame")),
         }
@@ -218,7 +223,10 @@ mod tests {
 
     fn frames(parts: &[&[u8]]) -> (Vec<Frame>, Sha256Digest) {
         let mut e = FrameEncoder::new();
-        let mut v: Vec<Frame> = parts.iter().map(|p| e.chunk(Bytes::copy_from_slice(p))).collect();
+        let mut v: Vec<Frame> = parts
+            .iter()
+            .map(|p| e.chunk(Bytes::copy_from_slice(p)))
+            .collect();
         let (t, d) = e.trailer();
         v.push(t);
         (v, d)
@@ -253,7 +261,10 @@ mod tests {
             data[0] ^= 1;
             c.data = data.into();
         }
-        assert!(matches!(decode(v), Err(IntegrityError::Chunk { index: 1, .. })));
+        assert!(matches!(
+            decode(v),
+            Err(IntegrityError::Chunk { index: 1, .. })
+        ));
     }
 
     #[test]
@@ -263,13 +274,22 @@ mod tests {
         assert!(matches!(decode(v), Err(IntegrityError::Trailer { .. })));
         let (mut v, _) = frames(&[b"aaaa", b"bbbb"]);
         v.swap(0, 1);
-        assert!(matches!(decode(v), Err(IntegrityError::Trailer { digest_mismatch: true, .. })));
+        assert!(matches!(
+            decode(v),
+            Err(IntegrityError::Trailer {
+                digest_mismatch: true,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn a_stream_without_trailer_is_truncated_not_accepted() {
         let (mut v, _) = frames(&[b"aaaa"]);
         v.pop();
-        assert!(matches!(decode(v), Err(IntegrityError::Truncated { got_len: 4 })));
+        assert!(matches!(
+            decode(v),
+            Err(IntegrityError::Truncated { got_len: 4 })
+        ));
     }
 }

@@ -193,7 +193,11 @@ pub fn key_paths(v: &toml::Value) -> std::collections::BTreeSet<String> {
         match v {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&p, v, out);
                 }
             }
@@ -230,7 +234,8 @@ where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
     let block = first_toml_block(markdown).ok_or("no ```toml block in the document")?;
-    let parsed: T = toml::from_str(block).map_err(|e| format!("the reference block does not parse: {e}"))?;
+    let parsed: T =
+        toml::from_str(block).map_err(|e| format!("the reference block does not parse: {e}"))?;
     let doc: toml::Value = toml::from_str(block).map_err(|e| e.to_string())?;
     let back = toml::Value::try_from(&parsed).map_err(|e| e.to_string())?;
     let (doc_keys, type_keys) = (key_paths(&doc), key_paths(&back));
@@ -239,7 +244,9 @@ where
     if missing.is_empty() && extra.is_empty() {
         Ok(())
     } else {
-        Err(format!("keys the types have but the doc lacks: {missing:?}; keys the doc has but the types drop: {extra:?}"))
+        Err(format!(
+            "keys the types have but the doc lacks: {missing:?}; keys the doc has but the types drop: {extra:?}"
+        ))
     }
 }
 

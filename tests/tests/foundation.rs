@@ -30,9 +30,17 @@ async fn check_against_two_real_agents_passes_and_lists_both_hosts_tools() {
             .find(|t| t["host"] == host && t["tool"] == "pg_dump")
             .unwrap_or_else(|| panic!("no pg_dump for {host}: {}", out.stdout));
         assert_eq!(pg_dump["present"], true);
-        assert!(pg_dump["version"].as_str().expect("version").contains("PostgreSQL"));
         assert!(
-            j["hosts"][host]["databases"]["app"].as_str().expect("server version").starts_with("15"),
+            pg_dump["version"]
+                .as_str()
+                .expect("version")
+                .contains("PostgreSQL")
+        );
+        assert!(
+            j["hosts"][host]["databases"]["app"]
+                .as_str()
+                .expect("server version")
+                .starts_with("15"),
             "{}",
             out.stdout
         );
@@ -47,8 +55,16 @@ async fn check_against_two_real_agents_passes_and_lists_both_hosts_tools() {
 
     let human = sb.cli(&["check"]).await;
     assert_eq!(human.code, 0, "{}", human.both());
-    assert!(human.stdout.contains("Tools") && human.stdout.contains("Baseline row counts"), "{}", human.stdout);
-    assert!(human.stdout.contains("All ") && human.stdout.contains("checks passed"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("Tools") && human.stdout.contains("Baseline row counts"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("All ") && human.stdout.contains("checks passed"),
+        "{}",
+        human.stdout
+    );
 
     let after = seed::content_digest(&sb.world.old_pg.connect(&sb.old_db).await)
         .await
@@ -73,8 +89,18 @@ async fn check_fails_naming_the_fix_when_the_new_host_does_not_allow_restore() {
         .collect();
     assert_eq!(failing.len(), 1, "{}", out.stdout);
     assert_eq!(failing[0]["host"], "new");
-    assert!(failing[0]["detail"].as_str().expect("detail").contains("restore-database:app"));
-    assert!(failing[0]["hint"].as_str().expect("hint").contains("[allow]"));
+    assert!(
+        failing[0]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("restore-database:app")
+    );
+    assert!(
+        failing[0]["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("[allow]")
+    );
 }
 
 #[tokio::test]
@@ -85,8 +111,16 @@ async fn check_says_nothing_listens_when_an_agent_is_down() {
     drop(sb.new.take());
     let out = sb.cli(&["check"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
-    assert!(out.stdout.contains("nothing listens there"), "{}", out.both());
-    assert!(out.stdout.contains("FAIL new reachable over mutual TLS"), "{}", out.both());
+    assert!(
+        out.stdout.contains("nothing listens there"),
+        "{}",
+        out.both()
+    );
+    assert!(
+        out.stdout.contains("FAIL new reachable over mutual TLS"),
+        "{}",
+        out.both()
+    );
 }
 
 #[tokio::test]
@@ -117,11 +151,18 @@ async fn coordinator_certificate_from_another_ca_is_refused_with_a_clear_message
     // The whole foreign set: now the coordinator refuses the agents' certificates first.
     let plan = std::fs::read_to_string(sb.plan_path())
         .expect("plan")
-        .replace(&sb.world.certs.ca_cert.display().to_string(), &foreign.ca_cert.display().to_string());
+        .replace(
+            &sb.world.certs.ca_cert.display().to_string(),
+            &foreign.ca_cert.display().to_string(),
+        );
     std::fs::write(sb.plan_path(), plan).expect("plan");
     let out = sb.cli(&["check"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
-    assert!(out.stdout.contains("not issued by the CA in the plan"), "{}", out.both());
+    assert!(
+        out.stdout.contains("not issued by the CA in the plan"),
+        "{}",
+        out.both()
+    );
 }
 
 #[tokio::test]
@@ -145,7 +186,8 @@ async fn peer_agent_certificate_cannot_call_control_rpcs() {
     let mut sb = Sandbox::new("peer_cert").await;
     let marker = sb.dir.join("hook-ran");
     let mut old = sb.old_setup();
-    old.hooks.push(("touch".into(), format!("touch {}", marker.display())));
+    old.hooks
+        .push(("touch".into(), format!("touch {}", marker.display())));
     sb.start(old, sb.new_setup()).await;
 
     let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
@@ -154,10 +196,17 @@ async fn peer_agent_certificate_cannot_call_control_rpcs() {
         .await
         .expect_err("Info is a control RPC");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("agent:new may not call control RPCs"), "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("agent:new may not call control RPCs"),
+        "{status:?}"
+    );
 
     let status = HooksClient::new(ch)
-        .run(RunHookRequest { name: "touch".into() })
+        .run(RunHookRequest {
+            name: "touch".into(),
+        })
         .await
         .expect_err("running hooks is a control RPC");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -166,7 +215,9 @@ async fn peer_agent_certificate_cannot_call_control_rpcs() {
     // The coordinator's certificate may run it.
     let ch = sb.old().channel(&sb.world.certs_coordinator()).await;
     let mut stream = HooksClient::new(ch)
-        .run(RunHookRequest { name: "touch".into() })
+        .run(RunHookRequest {
+            name: "touch".into(),
+        })
         .await
         .expect("coordinator may run hooks")
         .into_inner();
@@ -188,7 +239,9 @@ async fn sigterm_stops_the_agent_within_the_grace_period_and_leaves_no_child_beh
     sb.start(old, sb.new_setup()).await;
     let ch = sb.old().channel(&sb.world.certs_coordinator()).await;
     let mut stream = HooksClient::new(ch)
-        .run(RunHookRequest { name: "long".into() })
+        .run(RunHookRequest {
+            name: "long".into(),
+        })
         .await
         .expect("run hook")
         .into_inner();
@@ -196,7 +249,10 @@ async fn sigterm_stops_the_agent_within_the_grace_period_and_leaves_no_child_beh
         let p = pids.clone();
         async move {
             let s = std::fs::read_to_string(p).ok()?;
-            let v: Vec<u32> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u32> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             (v.len() == 2).then_some(v)
         }
     })
@@ -207,33 +263,58 @@ async fn sigterm_stops_the_agent_within_the_grace_period_and_leaves_no_child_beh
     let (status, took) = agent
         .sigterm_and_wait(Duration::from_secs(10))
         .expect("the agent must exit within its 5 s grace period (+ margin)");
-    assert!(status.success(), "exit status {status}:\n{}", agent.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        agent.log_text()
+    );
     assert!(took < Duration::from_secs(7), "took {took:?}");
     // The stream ends with an error (cancelled), not with a fake success.
     let end = stream.message().await;
-    assert!(!matches!(end, Ok(Some(ref ev)) if matches!(ev.event, Some(hostshift_proto::v1::hook_event::Event::Exit(ref x)) if x.code == 0)));
+    assert!(
+        !matches!(end, Ok(Some(ref ev)) if matches!(ev.event, Some(hostshift_proto::v1::hook_event::Event::Exit(ref x)) if x.code == 0))
+    );
     for pid in hook_pids {
-        rig::eventually(Duration::from_secs(5), "hook processes to be gone", || async move {
-            rig::process_gone(pid).then_some(())
-        })
+        rig::eventually(
+            Duration::from_secs(5),
+            "hook processes to be gone",
+            || async move { rig::process_gone(pid).then_some(()) },
+        )
         .await;
     }
     assert!(rig::process_gone(agent_pid));
-    assert!(agent.log_text().contains("SIGTERM received"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("SIGTERM received"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[tokio::test]
 async fn hooks_run_only_by_name_and_their_output_streams_through_the_cli() {
     let mut sb = Sandbox::new("hook_cli").await;
     let mut new = sb.new_setup();
-    new.hooks.push(("build".into(), "echo building; echo careful >&2; echo done; exit 3".into()));
+    new.hooks.push((
+        "build".into(),
+        "echo building; echo careful >&2; echo done; exit 3".into(),
+    ));
     sb.start(sb.old_setup(), new).await;
 
     let out = sb.cli(&["hook", "run", "build", "--host", "new"]).await;
-    assert_eq!(out.code, 1, "a failing hook fails the command:\n{}", out.both());
+    assert_eq!(
+        out.code,
+        1,
+        "a failing hook fails the command:\n{}",
+        out.both()
+    );
     assert_eq!(out.stdout, "building\ndone\n", "{}", out.both());
     assert!(out.stderr.contains("careful"), "{}", out.both());
-    assert!(out.stderr.contains("hook build on the new host exited with 3"), "{}", out.both());
+    assert!(
+        out.stderr
+            .contains("hook build on the new host exited with 3"),
+        "{}",
+        out.both()
+    );
 
     let list = sb.cli(&["hook", "list", "--host", "new", "--json"]).await;
     assert_eq!(list.code, 0, "{}", list.both());
@@ -242,5 +323,10 @@ async fn hooks_run_only_by_name_and_their_output_streams_through_the_cli() {
     // Only names the agent's config declares can run; a command string is just an unknown name.
     let out = sb.cli(&["hook", "run", "rm -rf /", "--host", "new"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
-    assert!(out.stderr.contains("is not declared in this agent's config"), "{}", out.both());
+    assert!(
+        out.stderr
+            .contains("is not declared in this agent's config"),
+        "{}",
+        out.both()
+    );
 }

@@ -333,7 +333,13 @@ async fn round_trip_makes_the_target_equal_and_leaves_the_source_untouched() {
     let order: Vec<&str> = synced.phases.iter().map(|(name, _)| *name).collect();
     assert_eq!(
         order,
-        ["snapshot and roles", "pre-data", "table data", "post-data", "sequences and large objects"]
+        [
+            "snapshot and roles",
+            "pre-data",
+            "table data",
+            "post-data",
+            "sequences and large objects"
+        ]
     );
 
     // The source did not change; and the guard is real: a write through the source's
@@ -723,7 +729,7 @@ async fn loading_as_a_non_superuser_is_refused_naming_what_it_needs() {
             .conninfo(&sb.new_db)
             .replace("user=postgres", "user=app"),
         password_file: None,
-            ca_file: None,
+        ca_file: None,
     };
     let Err(e) = TableSink::begin(connect(&as_app).await, &questions, LoadMode::Append).await
     else {

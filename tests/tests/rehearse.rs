@@ -7,7 +7,9 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(pid) = name.parse::<u32>() else { continue };
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
         if rig::process_gone(pid) {
             continue;
         }
@@ -24,25 +26,47 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 #[tokio::test]
 async fn rehearse_runs_check_backup_sync_verify_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let lab = tmp.path().join("lab");
     let lab_s = lab.display().to_string();
-    let out = rig::cli_in(tmp.path(), &["rehearse", "--size", "tiny", "--dir", &lab_s, "--json", "-q"], &[]).await;
+    let out = rig::cli_in(
+        tmp.path(),
+        &[
+            "rehearse", "--size", "tiny", "--dir", &lab_s, "--json", "-q",
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.both());
     let j = out.json();
     assert_eq!(j["ok"], true);
     let phases = j["phases"].as_array().expect("phases");
     for want in ["lab", "check", "backup", "sync", "verify"] {
-        let p = phases.iter().find(|p| p["phase"] == want).unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
+        let p = phases
+            .iter()
+            .find(|p| p["phase"] == want)
+            .unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
         assert_eq!(p["status"], "ok", "{}", out.stdout);
     }
     assert!(!lab.exists(), "the lab folder is removed");
     // The report outlives the lab: one self-contained page with the phases.
     let report = std::path::PathBuf::from(j["report"].as_str().expect("report folder"));
     let html = std::fs::read_to_string(report.join("report.html")).expect("report.html");
-    assert!(html.contains("sync") && html.contains("verify") && !html.contains("<script"), "{}", report.display());
+    assert!(
+        html.contains("sync") && html.contains("verify") && !html.contains("<script"),
+        "{}",
+        report.display()
+    );
     std::fs::remove_dir_all(&report).expect("clean up the report");
-    assert!(processes_mentioning(&lab_s).is_empty(), "left behind: {:?}", processes_mentioning(&lab_s));
+    assert!(
+        processes_mentioning(&lab_s).is_empty(),
+        "left behind: {:?}",
+        processes_mentioning(&lab_s)
+    );
     // Nothing outside the lab: the temp dir holds nothing else.
     assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0);
 }
@@ -55,5 +79,8 @@ async fn rehearse_refuses_a_non_empty_folder_without_touching_it() {
     let out = rig::cli_in(tmp.path(), &["rehearse", "--dir", &dir], &[]).await;
     assert_eq!(out.code, 2, "{}", out.both());
     assert!(out.stderr.contains("not empty"), "{}", out.stderr);
-    assert_eq!(std::fs::read(tmp.path().join("keep.txt")).expect("read"), b"mine");
+    assert_eq!(
+        std::fs::read(tmp.path().join("keep.txt")).expect("read"),
+        b"mine"
+    );
 }

@@ -17,19 +17,27 @@ async fn sandbox(test: &str, extra_files: usize) -> Sandbox {
     for i in 0..extra_files {
         let d = sb.old_storage.join(format!("bulk/{:02}", i % 10));
         std::fs::create_dir_all(&d).expect("dir");
-        std::fs::write(d.join(format!("f{i}.bin")), vec![(i % 251) as u8; 1000 + i * 37]).expect("file");
+        std::fs::write(
+            d.join(format!("f{i}.bin")),
+            vec![(i % 251) as u8; 1000 + i * 37],
+        )
+        .expect("file");
     }
     sb
 }
 
 fn opts() -> SyncOptions {
-    SyncOptions { progress: progress::Mode::Quiet, ..SyncOptions::default() }
+    SyncOptions {
+        progress: progress::Mode::Quiet,
+        ..SyncOptions::default()
+    }
 }
 
 #[tokio::test]
 async fn sync_copies_files_and_storage_then_verify_is_equal_and_the_old_host_is_unchanged() {
     let mut sb = sandbox("sync_equal", 40).await;
-    std::os::unix::fs::symlink("2026/01/eval-0.json", sb.old_storage.join("latest.json")).expect("symlink");
+    std::os::unix::fs::symlink("2026/01/eval-0.json", sb.old_storage.join("latest.json"))
+        .expect("symlink");
     sb.start(sb.old_setup(), sb.new_setup()).await;
     let old_before = fs::snapshot(&sb.old_storage);
     let env_before = std::fs::read(&sb.old_env).expect("env");
@@ -39,7 +47,12 @@ async fn sync_copies_files_and_storage_then_verify_is_equal_and_the_old_host_is_
     let j = out.json();
     assert_eq!(j["ok"], true);
     assert_eq!(j["mode"], "pull");
-    let storage = j["units"].as_array().expect("units").iter().find(|u| u["kind"] == "storage").expect("storage unit");
+    let storage = j["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["kind"] == "storage")
+        .expect("storage unit");
     assert_eq!(storage["files"].as_u64(), Some(44), "{}", out.stdout);
 
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
@@ -48,7 +61,11 @@ async fn sync_copies_files_and_storage_then_verify_is_equal_and_the_old_host_is_
     assert_eq!(verify.code, 0, "{}", verify.both());
     assert!(verify.stdout.contains("equal"), "{}", verify.stdout);
 
-    assert_eq!(fs::snapshot(&sb.old_storage), old_before, "the old host's tree must be untouched");
+    assert_eq!(
+        fs::snapshot(&sb.old_storage),
+        old_before,
+        "the old host's tree must be untouched"
+    );
     assert_eq!(std::fs::read(&sb.old_env).expect("env"), env_before);
 }
 
@@ -62,7 +79,12 @@ async fn second_sync_sends_only_what_changed_and_deletes_what_was_removed() {
     let again = sb.cli(&["sync", "--json", "--only", "storage"]).await;
     assert_eq!(again.code, 0, "{}", again.both());
     let u = &again.json()["units"][0];
-    assert_eq!((u["files"].as_u64(), u["bytes"].as_u64()), (Some(0), Some(0)), "{}", again.stdout);
+    assert_eq!(
+        (u["files"].as_u64(), u["bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{}",
+        again.stdout
+    );
     assert_eq!(u["skipped_files"].as_u64(), Some(63));
 
     // Change one file (1 KiB more), delete another, add a new one.
@@ -76,8 +98,15 @@ async fn second_sync_sends_only_what_changed_and_deletes_what_was_removed() {
     assert_eq!(u["files"].as_u64(), Some(2), "{}", delta.stdout);
     // Only the changed and the new file travel: their bytes plus tar headers, far below the tree.
     let sent = u["bytes"].as_u64().expect("bytes");
-    assert!((2048 + 2..8 * 1024).contains(&sent), "sent {sent} bytes:\n{}", delta.stdout);
-    assert!(!sb.new_storage.join("bulk/04/f4.bin").exists(), "deleted on old → deleted on new");
+    assert!(
+        (2048 + 2..8 * 1024).contains(&sent),
+        "sent {sent} bytes:\n{}",
+        delta.stdout
+    );
+    assert!(
+        !sb.new_storage.join("bulk/04/f4.bin").exists(),
+        "deleted on old → deleted on new"
+    );
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
 }
 
@@ -109,33 +138,70 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
     sb.start(sb.old_setup(), sb.new_setup()).await;
     let plan = Plan::load(&sb.plan_path()).expect("plan");
     let files_only = |root: &std::path::Path| {
-        fs::content(root).into_iter().filter(|(_, v)| v.0 != "dir").collect::<Vec<_>>()
+        fs::content(root)
+            .into_iter()
+            .filter(|(_, v)| v.0 != "dir")
+            .collect::<Vec<_>>()
     };
     let target_before = files_only(&sb.new_storage);
 
     // Corrupt one byte of the first chunk of every attempt: the stream can never be accepted.
     let always = corrupt_first_chunk(|_| true, None);
-    let report = sync::run(&plan, &SyncOptions { relay: true, only: Some(sync::Only::Storage), tap: Some(always), ..opts() })
-        .await
-        .expect("sync runs");
+    let report = sync::run(
+        &plan,
+        &SyncOptions {
+            relay: true,
+            only: Some(sync::Only::Storage),
+            tap: Some(always),
+            ..opts()
+        },
+    )
+    .await
+    .expect("sync runs");
     assert!(!report.ok);
     let u = &report.units[0];
     assert_eq!(u.status, "failed");
-    assert!(u.detail.contains("integrity check failed") || u.detail.contains("corrupt"), "{}", u.detail);
-    assert!(u.retried.iter().all(|e| e.kind == ErrorKind::DataLoss) && u.retried.len() >= 2, "{:?}", u.retried);
-    // Directories may have been prepared; no file may have been committed.
-    assert_eq!(files_only(&sb.new_storage), target_before, "nothing unverified may be committed");
     assert!(
-        !std::fs::read_dir(&sb.new_storage).expect("ls").flatten().any(|e| e.file_name().to_string_lossy().starts_with(".hostshift-staging")),
+        u.detail.contains("integrity check failed") || u.detail.contains("corrupt"),
+        "{}",
+        u.detail
+    );
+    assert!(
+        u.retried.iter().all(|e| e.kind == ErrorKind::DataLoss) && u.retried.len() >= 2,
+        "{:?}",
+        u.retried
+    );
+    // Directories may have been prepared; no file may have been committed.
+    assert_eq!(
+        files_only(&sb.new_storage),
+        target_before,
+        "nothing unverified may be committed"
+    );
+    assert!(
+        !std::fs::read_dir(&sb.new_storage)
+            .expect("ls")
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".hostshift-staging")),
         "no staging folder may be left"
     );
 
     // Corrupt only the first attempt: the retry is sent again and accepted.
     let attempts = Arc::new(AtomicU32::new(0));
     let once = corrupt_first_chunk(|attempt| attempt == 1, Some(attempts.clone()));
-    let report = sync::run(&plan, &SyncOptions { relay: true, only: Some(sync::Only::Storage), tap: Some(once), ..opts() })
-        .await
-        .expect("sync runs");
+    let report = sync::run(
+        &plan,
+        &SyncOptions {
+            relay: true,
+            only: Some(sync::Only::Storage),
+            tap: Some(once),
+            ..opts()
+        },
+    )
+    .await
+    .expect("sync runs");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.units[0].retried.len(), 1);
     assert_eq!(report.units[0].retried[0].kind, ErrorKind::DataLoss);
@@ -157,14 +223,29 @@ async fn verify_catches_a_single_flipped_byte_even_with_size_and_mtime_kept() {
     set_mtime(&victim, mtime);
     let out = sb.cli(&["verify"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
-    assert!(out.stdout.contains("content differs: bulk/02/f2.bin"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("content differs: bulk/02/f2.bin"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("storage evaluations"), "{}", out.stderr);
 
     // The config file: a changed byte there is named too.
-    std::fs::write(&sb.new_env, std::fs::read_to_string(&sb.new_env).expect("env").replace("3666", "3667")).expect("env");
+    std::fs::write(
+        &sb.new_env,
+        std::fs::read_to_string(&sb.new_env)
+            .expect("env")
+            .replace("3666", "3667"),
+    )
+    .expect("env");
     let out = sb.cli(&["verify", "--json"]).await;
     let rows = out.json()["rows"].as_array().expect("rows").clone();
-    assert!(rows.iter().any(|r| r["name"] == "backend-env" && r["equal"] == false), "{}", out.stdout);
+    assert!(
+        rows.iter()
+            .any(|r| r["name"] == "backend-env" && r["equal"] == false),
+        "{}",
+        out.stdout
+    );
 }
 
 fn filetime_of(meta: &std::fs::Metadata) -> (i64, i64) {
@@ -193,8 +274,16 @@ async fn sync_is_refused_where_the_new_agent_does_not_allow_writes() {
     let before = fs::snapshot(&sb.new_storage);
     let out = sb.cli(&["sync"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
-    assert!(out.stdout.contains("add it to [allow] write_storage"), "{}", out.stdout);
-    assert!(out.stdout.contains("add it to [allow] write_files"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("add it to [allow] write_storage"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("add it to [allow] write_files"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(fs::snapshot(&sb.new_storage), before);
     assert!(!sb.new_env.exists());
 }
@@ -217,29 +306,61 @@ async fn a_sync_killed_midway_resumes_without_resending_finished_batches() {
     let plan = sb.plan_path().display().to_string();
     // Small batches, so the kill lands between batches; stop the coordinator hard.
     let mut child = tokio::process::Command::new(rig::hostshift_bin())
-        .args(["sync", "--only", "storage", "--relay", "--batch-files", "10", "--plan", &plan, "-q"])
+        .args([
+            "sync",
+            "--only",
+            "storage",
+            "--relay",
+            "--batch-files",
+            "10",
+            "--plan",
+            &plan,
+            "-q",
+        ])
         .kill_on_drop(true)
         .spawn()
         .expect("spawn sync");
     let journal = sb.dir.join(".hostshift/test/journal.jsonl");
-    rig::eventually(Duration::from_secs(60), "three finished batches in the journal", || {
-        let j = journal.clone();
-        async move {
-            let text = std::fs::read_to_string(j).ok()?;
-            (text.matches("\"status\":\"done\"").count() >= 3).then_some(())
-        }
-    })
+    rig::eventually(
+        Duration::from_secs(60),
+        "three finished batches in the journal",
+        || {
+            let j = journal.clone();
+            async move {
+                let text = std::fs::read_to_string(j).ok()?;
+                (text.matches("\"status\":\"done\"").count() >= 3).then_some(())
+            }
+        },
+    )
     .await;
     child.kill().await.expect("kill the coordinator");
-    let copied_before: usize = fs::content(&sb.new_storage).values().filter(|v| v.0 == "file").count();
-    assert!((30..303).contains(&copied_before), "{copied_before} files copied before the kill");
+    let copied_before: usize = fs::content(&sb.new_storage)
+        .values()
+        .filter(|v| v.0 == "file")
+        .count();
+    assert!(
+        (30..303).contains(&copied_before),
+        "{copied_before} files copied before the kill"
+    );
 
     let out = sb.cli(&["sync", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
     let j = out.json();
-    let u = j["units"].as_array().expect("units").iter().find(|u| u["kind"] == "storage").expect("storage");
-    assert!(u["skipped_files"].as_u64().expect("skipped") >= copied_before as u64 - 10, "{}", out.stdout);
-    assert_eq!(u["files"].as_u64().expect("files") + u["skipped_files"].as_u64().expect("skipped"), 303);
+    let u = j["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["kind"] == "storage")
+        .expect("storage");
+    assert!(
+        u["skipped_files"].as_u64().expect("skipped") >= copied_before as u64 - 10,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        u["files"].as_u64().expect("files") + u["skipped_files"].as_u64().expect("skipped"),
+        303
+    );
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
     let verify = sb.cli(&["verify"]).await;
     assert_eq!(verify.code, 0, "{}", verify.both());

@@ -6,8 +6,8 @@ use std::time::Duration;
 use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, CloseSnapshotResponse, DbReadRequest, DbSelection, DbTablesResponse,
-    FingerprintResponse, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse, SetSequencesRequest,
-    SetSequencesResponse, SplitRangesRequest, SplitRangesResponse,
+    FingerprintResponse, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse,
+    SetSequencesRequest, SetSequencesResponse, SplitRangesRequest, SplitRangesResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -37,86 +37,145 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
 }
 
 fn snap(id: &str) -> Result<Option<SnapshotId>, AgentError> {
-    if id.is_empty() { Ok(None) } else { Ok(Some(SnapshotId::parse(id)?)) }
+    if id.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(SnapshotId::parse(id)?))
+    }
 }
 
 #[tonic::async_trait]
 impl Database for DatabaseService {
-    async fn tables(&self, req: Request<DbSelection>) -> Result<Response<DbTablesResponse>, Status> {
+    async fn tables(
+        &self,
+        req: Request<DbSelection>,
+    ) -> Result<Response<DbTablesResponse>, Status> {
         let r = req.into_inner();
         let conn = self.conn(&r.database).await?;
-        let tables = postgres::list_tables(&conn, &selection(&r)?).await.map_err(AgentError::from)?;
+        let tables = postgres::list_tables(&conn, &selection(&r)?)
+            .await
+            .map_err(AgentError::from)?;
         let tables = tables.iter().map(json).collect::<Result<_, _>>()?;
         Ok(Response::new(DbTablesResponse { tables }))
     }
 
-    async fn open_snapshot(&self, req: Request<OpenSnapshotRequest>) -> Result<Response<OpenSnapshotResponse>, Status> {
+    async fn open_snapshot(
+        &self,
+        req: Request<OpenSnapshotRequest>,
+    ) -> Result<Response<OpenSnapshotResponse>, Status> {
         let r = req.into_inner();
         let conn = self.conn(&r.database).await?;
-        let exported = ExportedSnapshot::export(conn).await.map_err(AgentError::from)?;
-        let ttl = if r.ttl_secs == 0 { Duration::from_secs(3600) } else { Duration::from_secs(r.ttl_secs) };
+        let exported = ExportedSnapshot::export(conn)
+            .await
+            .map_err(AgentError::from)?;
+        let ttl = if r.ttl_secs == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(r.ttl_secs)
+        };
         let snapshot = self.ctx.snapshots.hold(exported, ttl)?;
         tracing::info!(database = %r.database, %snapshot, "snapshot exported");
         Ok(Response::new(OpenSnapshotResponse { snapshot }))
     }
 
-    async fn close_snapshot(&self, req: Request<CloseSnapshotRequest>) -> Result<Response<CloseSnapshotResponse>, Status> {
+    async fn close_snapshot(
+        &self,
+        req: Request<CloseSnapshotRequest>,
+    ) -> Result<Response<CloseSnapshotResponse>, Status> {
         self.ctx.snapshots.close(&req.into_inner().snapshot).await;
         Ok(Response::new(CloseSnapshotResponse {}))
     }
 
-    async fn split_ranges(&self, req: Request<SplitRangesRequest>) -> Result<Response<SplitRangesResponse>, Status> {
+    async fn split_ranges(
+        &self,
+        req: Request<SplitRangesRequest>,
+    ) -> Result<Response<SplitRangesResponse>, Status> {
         let r = req.into_inner();
-        let table: TableInfo = serde_json::from_slice(&r.table)
-            .map_err(|e| AgentError::InvalidArgument(format!("malformed table description: {e}")))?;
+        let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| {
+            AgentError::InvalidArgument(format!("malformed table description: {e}"))
+        })?;
         let conn = self.conn(&r.database).await?;
-        let ranges = postgres::split_ranges(&conn, &table, r.rows_per_range.max(1)).await.map_err(AgentError::from)?;
+        let ranges = postgres::split_ranges(&conn, &table, r.rows_per_range.max(1))
+            .await
+            .map_err(AgentError::from)?;
         let ranges = ranges.iter().map(json).collect::<Result<_, _>>()?;
         Ok(Response::new(SplitRangesResponse { ranges }))
     }
 
-    async fn sequences(&self, req: Request<DbReadRequest>) -> Result<Response<JsonResponse>, Status> {
+    async fn sequences(
+        &self,
+        req: Request<DbReadRequest>,
+    ) -> Result<Response<JsonResponse>, Status> {
         let r = req.into_inner();
         let sel = r.selection.unwrap_or_default();
         let conn = self.conn(&sel.database).await?;
-        let values = postgres::read_sequences(&conn, &selection(&sel)?, snap(&r.snapshot)?.as_ref())
-            .await
-            .map_err(AgentError::from)?;
-        Ok(Response::new(JsonResponse { json: json(&values)? }))
+        let values =
+            postgres::read_sequences(&conn, &selection(&sel)?, snap(&r.snapshot)?.as_ref())
+                .await
+                .map_err(AgentError::from)?;
+        Ok(Response::new(JsonResponse {
+            json: json(&values)?,
+        }))
     }
 
-    async fn set_sequences(&self, req: Request<SetSequencesRequest>) -> Result<Response<SetSequencesResponse>, Status> {
+    async fn set_sequences(
+        &self,
+        req: Request<SetSequencesRequest>,
+    ) -> Result<Response<SetSequencesResponse>, Status> {
         let r = req.into_inner();
         let db = writable(&self.ctx, &r.database)?;
         let values: Vec<postgres::SequenceValue> = serde_json::from_slice(&r.values)
             .map_err(|e| AgentError::InvalidArgument(format!("malformed sequence values: {e}")))?;
         let conn = Conn::connect(db).await.map_err(AgentError::from)?;
-        postgres::apply_sequences(&conn, &values).await.map_err(AgentError::from)?;
-        Ok(Response::new(SetSequencesResponse { set: values.len() as u64 }))
+        postgres::apply_sequences(&conn, &values)
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Response::new(SetSequencesResponse {
+            set: values.len() as u64,
+        }))
     }
 
-    async fn large_objects(&self, req: Request<DbReadRequest>) -> Result<Response<JsonResponse>, Status> {
+    async fn large_objects(
+        &self,
+        req: Request<DbReadRequest>,
+    ) -> Result<Response<JsonResponse>, Status> {
         let r = req.into_inner();
         let sel = r.selection.unwrap_or_default();
         let conn = self.conn(&sel.database).await?;
-        let metas = postgres::list_large_objects(&conn, snap(&r.snapshot)?.as_ref()).await.map_err(AgentError::from)?;
-        Ok(Response::new(JsonResponse { json: json(&metas)? }))
+        let metas = postgres::list_large_objects(&conn, snap(&r.snapshot)?.as_ref())
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Response::new(JsonResponse {
+            json: json(&metas)?,
+        }))
     }
 
-    async fn fingerprint(&self, req: Request<DbSelection>) -> Result<Response<FingerprintResponse>, Status> {
+    async fn fingerprint(
+        &self,
+        req: Request<DbSelection>,
+    ) -> Result<Response<FingerprintResponse>, Status> {
         let r = req.into_inner();
         let sel = selection(&r)?;
         let conn = self.conn(&r.database).await?;
-        let tables = postgres::database_fingerprint(&conn, &sel).await.map_err(AgentError::from)?;
-        let sequences = postgres::sequence_fingerprint(&conn, &sel).await.map_err(AgentError::from)?;
+        let tables = postgres::database_fingerprint(&conn, &sel)
+            .await
+            .map_err(AgentError::from)?;
+        let sequences = postgres::sequence_fingerprint(&conn, &sel)
+            .await
+            .map_err(AgentError::from)?;
         let large_objects = if sel.includes_large_objects() {
-            postgres::large_object_fingerprint(&conn).await.map_err(AgentError::from)?
+            postgres::large_object_fingerprint(&conn)
+                .await
+                .map_err(AgentError::from)?
         } else {
             Default::default()
         };
         Ok(Response::new(FingerprintResponse {
             rows: tables.iter().map(|(k, v)| (k.clone(), v.rows)).collect(),
-            tables: tables.into_iter().map(|(k, v)| (k, format!("{}/{}", v.rows, v.digest))).collect(),
+            tables: tables
+                .into_iter()
+                .map(|(k, v)| (k, format!("{}/{}", v.rows, v.digest)))
+                .collect(),
             sequences: sequences.into_iter().collect(),
             large_objects: large_objects.into_iter().collect(),
         }))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use hostshift_proto::v1::{ApplyResult, DbGlobals, DbLargeObject, DbSchema, DbSelection, DbTable, Frame};
+use hostshift_proto::v1::{
+    ApplyResult, DbGlobals, DbLargeObject, DbSchema, DbSelection, DbTable, Frame,
+};
 use hostshift_shared::framing::{Accepted, FrameDecoder, FrameEncoder, IntegrityError};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -17,8 +19,8 @@ use crate::Ctx;
 use crate::agent_info::pg_bin_dir;
 use crate::error::AgentError;
 use crate::postgres::{
-    self, Conn, KeyRange, LargeObjectMeta, LargeObjectSink, LoadMode, Section, Selection, SnapshotId,
-    TableInfo, TableSink,
+    self, Conn, KeyRange, LargeObjectMeta, LargeObjectSink, LoadMode, Section, Selection,
+    SnapshotId, TableInfo, TableSink,
 };
 
 fn json_err(what: &str, e: serde_json::Error) -> AgentError {
@@ -90,7 +92,8 @@ where
 pub async fn read_globals(ctx: &Arc<Ctx>, r: &DbGlobals) -> Result<FrameRx, AgentError> {
     let conn = Conn::connect(ctx.database(&r.database)?).await?;
     let g = postgres::read_globals(&conn).await?;
-    let json = serde_json::to_vec(&g).map_err(|e| AgentError::Internal(format!("encode roles: {e}")))?;
+    let json =
+        serde_json::to_vec(&g).map_err(|e| AgentError::Internal(format!("encode roles: {e}")))?;
     Ok(framed_bytes(json))
 }
 
@@ -98,7 +101,9 @@ fn section(s: &str) -> Result<Section, AgentError> {
     match s {
         "pre-data" => Ok(Section::PreData),
         "post-data" => Ok(Section::PostData),
-        other => Err(AgentError::InvalidArgument(format!("schema section {other:?}: use pre-data or post-data"))),
+        other => Err(AgentError::InvalidArgument(format!(
+            "schema section {other:?}: use pre-data or post-data"
+        ))),
     }
 }
 
@@ -109,15 +114,25 @@ fn section(s: &str) -> Result<Section, AgentError> {
 pub async fn read_schema(ctx: &Arc<Ctx>, r: &DbSchema) -> Result<FrameRx, AgentError> {
     let sel = r.selection.clone().unwrap_or_default();
     let db = ctx.database(&sel.database)?;
-    let bin = pg_bin_dir(&ctx.config)
-        .ok_or_else(|| AgentError::FailedPrecondition("pg_dump not found: install postgresql-client".into()))?;
+    let bin = pg_bin_dir(&ctx.config).ok_or_else(|| {
+        AgentError::FailedPrecondition("pg_dump not found: install postgresql-client".into())
+    })?;
     let snap = snapshot(&r.snapshot)?;
-    let stream = postgres::dump_section(db, &bin, section(&r.section)?, &selection(&sel)?, snap.as_ref(), ctx.shutdown.child_token()).await?;
+    let stream = postgres::dump_section(
+        db,
+        &bin,
+        section(&r.section)?,
+        &selection(&sel)?,
+        snap.as_ref(),
+        ctx.shutdown.child_token(),
+    )
+    .await?;
     Ok(framed_stream(ctx, stream))
 }
 
 fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
-    let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| json_err("table description", e))?;
+    let table: TableInfo =
+        serde_json::from_slice(&r.table).map_err(|e| json_err("table description", e))?;
     let range = if r.range.is_empty() {
         None
     } else {
@@ -133,7 +148,10 @@ fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
 pub async fn read_table(ctx: &Arc<Ctx>, r: &DbTable) -> Result<FrameRx, AgentError> {
     let (table, range) = table_of(r)?;
     let conn = Conn::connect(ctx.database(&r.database)?).await?;
-    Ok(framed_stream(ctx, postgres::copy_out(conn, &table, range, snapshot(&r.snapshot)?)))
+    Ok(framed_stream(
+        ctx,
+        postgres::copy_out(conn, &table, range, snapshot(&r.snapshot)?),
+    ))
 }
 
 /// Source: one large object's bytes.
@@ -142,7 +160,10 @@ pub async fn read_table(ctx: &Arc<Ctx>, r: &DbTable) -> Result<FrameRx, AgentErr
 /// Undeclared database, connection errors.
 pub async fn read_large_object(ctx: &Arc<Ctx>, r: &DbLargeObject) -> Result<FrameRx, AgentError> {
     let conn = Conn::connect(ctx.database(&r.database)?).await?;
-    Ok(framed_stream(ctx, postgres::read_large_object(conn, r.oid, snapshot(&r.snapshot)?)))
+    Ok(framed_stream(
+        ctx,
+        postgres::read_large_object(conn, r.oid, snapshot(&r.snapshot)?),
+    ))
 }
 
 /// The next verified chunk, `None` at a verified end.
@@ -151,9 +172,14 @@ where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
     match frames.next().await {
-        None => Err(AgentError::DataLoss(IntegrityError::Truncated { got_len: dec.len() }.to_string())),
+        None => Err(AgentError::DataLoss(
+            IntegrityError::Truncated { got_len: dec.len() }.to_string(),
+        )),
         Some(Err(s)) => Err(super::sink::upstream(s)),
-        Some(Ok(f)) => match dec.accept(f).map_err(|e| AgentError::DataLoss(e.to_string()))? {
+        Some(Ok(f)) => match dec
+            .accept(f)
+            .map_err(|e| AgentError::DataLoss(e.to_string()))?
+        {
             Accepted::Data(b) => Ok(Some(b)),
             Accepted::End { .. } => Ok(None),
         },
@@ -161,7 +187,11 @@ where
 }
 
 /// Collects a small verified stream (roles JSON, a schema section) into memory.
-async fn collect<S>(frames: &mut S, limit: usize, what: &str) -> Result<(Vec<u8>, FrameDecoder), AgentError>
+async fn collect<S>(
+    frames: &mut S,
+    limit: usize,
+    what: &str,
+) -> Result<(Vec<u8>, FrameDecoder), AgentError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
@@ -169,7 +199,9 @@ where
     let mut out = Vec::new();
     while let Some(b) = next_chunk(frames, &mut dec).await? {
         if out.len() + b.len() > limit {
-            return Err(AgentError::FailedPrecondition(format!("{what} is larger than {limit} bytes")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "{what} is larger than {limit} bytes"
+            )));
         }
         out.extend_from_slice(&b);
     }
@@ -177,20 +209,30 @@ where
 }
 
 fn result(dec: &FrameDecoder, files: u64) -> ApplyResult {
-    ApplyResult { bytes: dec.len(), files, sha256: String::new(), changes: vec![] }
+    ApplyResult {
+        bytes: dec.len(),
+        files,
+        sha256: String::new(),
+        changes: vec![],
+    }
 }
 
 /// Target: create or update the roles.
 ///
 /// # Errors
 /// Permission, integrity, SQL errors (nothing half-applied: roles go in one transaction).
-pub async fn apply_globals<S>(ctx: &Arc<Ctx>, r: &DbGlobals, mut frames: S) -> Result<ApplyResult, AgentError>
+pub async fn apply_globals<S>(
+    ctx: &Arc<Ctx>,
+    r: &DbGlobals,
+    mut frames: S,
+) -> Result<ApplyResult, AgentError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
     let db = writable(ctx, &r.database)?;
     let (json, dec) = collect(&mut frames, super::MAX_INLINE, "the roles description").await?;
-    let globals: postgres::Globals = serde_json::from_slice(&json).map_err(|e| json_err("roles", e))?;
+    let globals: postgres::Globals =
+        serde_json::from_slice(&json).map_err(|e| json_err("roles", e))?;
     let conn = Conn::connect(db).await?;
     let report = postgres::apply_globals(&conn, &globals).await?;
     let mut res = result(&dec, 0);
@@ -199,7 +241,12 @@ where
         .iter()
         .map(|r| format!("role {r} created"))
         .chain(report.altered.iter().map(|r| format!("role {r} updated")))
-        .chain(report.skipped.iter().map(|(r, why)| format!("role {r} left alone: {why}")))
+        .chain(
+            report
+                .skipped
+                .iter()
+                .map(|(r, why)| format!("role {r} left alone: {why}")),
+        )
         .collect();
     Ok(res)
 }
@@ -208,7 +255,11 @@ where
 ///
 /// # Errors
 /// Permission, integrity, SQL errors (nothing applied then).
-pub async fn apply_schema<S>(ctx: &Arc<Ctx>, r: &DbSchema, mut frames: S) -> Result<ApplyResult, AgentError>
+pub async fn apply_schema<S>(
+    ctx: &Arc<Ctx>,
+    r: &DbSchema,
+    mut frames: S,
+) -> Result<ApplyResult, AgentError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
@@ -228,7 +279,11 @@ where
 ///
 /// # Errors
 /// Permission, integrity, SQL errors (the load is rolled back then).
-pub async fn apply_table<S>(ctx: &Arc<Ctx>, r: &DbTable, mut frames: S) -> Result<ApplyResult, AgentError>
+pub async fn apply_table<S>(
+    ctx: &Arc<Ctx>,
+    r: &DbTable,
+    mut frames: S,
+) -> Result<ApplyResult, AgentError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
@@ -240,7 +295,11 @@ where
         ("delete-range", Some(range)) => LoadMode::DeleteRange(range),
         // Every row: an unbounded range deletes them all, and works where TRUNCATE is refused
         // (tables other tables reference).
-        ("delete-range", None) => LoadMode::DeleteRange(KeyRange { column: String::new(), lo: None, hi: None }),
+        ("delete-range", None) => LoadMode::DeleteRange(KeyRange {
+            column: String::new(),
+            lo: None,
+            hi: None,
+        }),
         (other, _) => return Err(AgentError::InvalidArgument(format!("load mode {other:?}"))),
     };
     let mut sink = TableSink::begin(Conn::connect(db).await?, &table, mode).await?;
@@ -258,12 +317,17 @@ where
 ///
 /// # Errors
 /// Permission, integrity, SQL errors (rolled back then).
-pub async fn apply_large_object<S>(ctx: &Arc<Ctx>, r: &DbLargeObject, mut frames: S) -> Result<ApplyResult, AgentError>
+pub async fn apply_large_object<S>(
+    ctx: &Arc<Ctx>,
+    r: &DbLargeObject,
+    mut frames: S,
+) -> Result<ApplyResult, AgentError>
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
     let db = writable(ctx, &r.database)?;
-    let meta: LargeObjectMeta = serde_json::from_slice(&r.meta).map_err(|e| json_err("large object metadata", e))?;
+    let meta: LargeObjectMeta =
+        serde_json::from_slice(&r.meta).map_err(|e| json_err("large object metadata", e))?;
     let mut sink = LargeObjectSink::begin(Conn::connect(db).await?, &meta).await?;
     let mut dec = FrameDecoder::new();
     while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
@@ -277,7 +341,16 @@ where
 ///
 /// # Errors
 /// `PermissionDenied` naming the key; `NotDeclared`.
-pub fn writable<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
-    super::sink::require(ctx, &ctx.config.allow.restore_databases, "restore_databases", "database", name)?;
+pub fn writable<'a>(
+    ctx: &'a Ctx,
+    name: &str,
+) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
+    super::sink::require(
+        ctx,
+        &ctx.config.allow.restore_databases,
+        "restore_databases",
+        "database",
+        name,
+    )?;
     ctx.database(name)
 }

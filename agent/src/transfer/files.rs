@@ -22,12 +22,17 @@ pub fn apply_overrides(
         return Ok((bytes.to_vec(), Vec::new()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| {
-        AgentError::InvalidArgument("overrides apply to .env text files; this file is not UTF-8".into())
+        AgentError::InvalidArgument(
+            "overrides apply to .env text files; this file is not UTF-8".into(),
+        )
     })?;
-    let mut ops: Vec<(String, Option<String>)> =
-        overrides.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    let mut ops: Vec<(String, Option<String>)> = overrides
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
     ops.sort();
-    let (new, changes) = edit::edit(text, &ops).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+    let (new, changes) =
+        edit::edit(text, &ops).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
     let lines = changes
         .iter()
         .map(|c| {
@@ -49,12 +54,20 @@ pub fn apply_overrides(
 ///
 /// # Errors
 /// `Io` with the path; the original file is untouched then.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), AgentError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| AgentError::InvalidArgument(format!("{} has no parent folder", path.display())))?;
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), AgentError> {
+    let dir = path.parent().ok_or_else(|| {
+        AgentError::InvalidArgument(format!("{} has no parent folder", path.display()))
+    })?;
     std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.hostshift-{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -64,11 +77,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u3
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| AgentError::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| AgentError::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| AgentError::io("write", &tmp, e))?;
         if let Some((uid, gid)) = owner
             && nix::unistd::geteuid().is_root()
         {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| AgentError::io("chown", &tmp, e))?;
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| AgentError::io("chown", &tmp, e))?;
         }
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
             .map_err(|e| AgentError::io("chmod", &tmp, e))?;
@@ -93,14 +108,26 @@ mod tests {
     #[test]
     fn overrides_change_only_named_keys_and_redact_secrets() {
         let text = b"# c\nA=1\nJWT_SECRET=old\n";
-        let o = [("A".to_string(), "2".to_string()), ("JWT_SECRET".to_string(), "new".to_string())]
-            .into_iter()
-            .collect();
+        let o = [
+            ("A".to_string(), "2".to_string()),
+            ("JWT_SECRET".to_string(), "new".to_string()),
+        ]
+        .into_iter()
+        .collect();
         let (new, changes) = apply_overrides(text, &o).expect("apply");
-        assert_eq!(String::from_utf8(new).expect("utf8"), "# c\nA=2\nJWT_SECRET=new\n");
+        assert_eq!(
+            String::from_utf8(new).expect("utf8"),
+            "# c\nA=2\nJWT_SECRET=new\n"
+        );
         assert!(changes.contains(&"A: 1 → 2".to_string()), "{changes:?}");
-        let secret = changes.iter().find(|c| c.starts_with("JWT_SECRET:")).expect("secret change listed");
-        assert!(!secret.contains("old") && !secret.ends_with("new"), "{secret}");
+        let secret = changes
+            .iter()
+            .find(|c| c.starts_with("JWT_SECRET:"))
+            .expect("secret change listed");
+        assert!(
+            !secret.contains("old") && !secret.ends_with("new"),
+            "{secret}"
+        );
     }
 
     #[test]
@@ -110,7 +137,16 @@ mod tests {
         write_atomic(&p, b"one", 0o640, None).expect("write");
         write_atomic(&p, b"two", 0o600, None).expect("write");
         assert_eq!(std::fs::read(&p).expect("read"), b"two");
-        assert_eq!(std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_dir(p.parent().expect("dir")).expect("ls").count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_dir(p.parent().expect("dir"))
+                .expect("ls")
+                .count(),
+            1,
+            "no temp file left"
+        );
     }
 }

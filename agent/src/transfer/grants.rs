@@ -43,14 +43,21 @@ impl GrantStore {
     ///
     /// # Errors
     /// `InvalidArgument` for an empty peer or a malformed scope.
-    pub fn create(&self, peer: &str, scopes: Vec<String>, ttl: Duration) -> Result<(String, u64), AgentError> {
+    pub fn create(
+        &self,
+        peer: &str,
+        scopes: Vec<String>,
+        ttl: Duration,
+    ) -> Result<(String, u64), AgentError> {
         if !hostshift_shared::identity::valid_name(peer) {
-            return Err(AgentError::InvalidArgument(format!("grant peer {peer:?} is not an agent name")));
+            return Err(AgentError::InvalidArgument(format!(
+                "grant peer {peer:?} is not an agent name"
+            )));
         }
         for s in &scopes {
-            let ok = s
-                .split_once(':')
-                .is_some_and(|(k, n)| matches!(k, "storage" | "file" | "database") && !n.is_empty());
+            let ok = s.split_once(':').is_some_and(|(k, n)| {
+                matches!(k, "storage" | "file" | "database") && !n.is_empty()
+            });
             if !ok {
                 return Err(AgentError::InvalidArgument(format!(
                     "grant scope {s:?}: use storage:<name>, file:<name> or database:<name>"
@@ -60,10 +67,23 @@ impl GrantStore {
         let ttl = ttl.clamp(Duration::from_secs(1), MAX_TTL);
         let expires = SystemTime::now() + ttl;
         let t = token()?;
-        let mut g = self.grants.lock().map_err(|_| AgentError::Internal("grant store poisoned".into()))?;
+        let mut g = self
+            .grants
+            .lock()
+            .map_err(|_| AgentError::Internal("grant store poisoned".into()))?;
         g.retain(|_, v| v.expires > SystemTime::now());
-        g.insert(t.clone(), Grant { peer: peer.to_string(), scopes, expires });
-        let unix = expires.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        g.insert(
+            t.clone(),
+            Grant {
+                peer: peer.to_string(),
+                scopes,
+                expires,
+            },
+        );
+        let unix = expires
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Ok((t, unix))
     }
 
@@ -83,14 +103,19 @@ impl GrantStore {
         if caller.role == Role::Coordinator {
             return Ok(());
         }
-        let g = self.grants.lock().map_err(|_| AgentError::Internal("grant store poisoned".into()))?;
+        let g = self
+            .grants
+            .lock()
+            .map_err(|_| AgentError::Internal("grant store poisoned".into()))?;
         let Some(grant) = g.get(token) else {
             return Err(AgentError::PermissionDenied(format!(
                 "{caller} presented no valid grant for {scope}: the coordinator must grant it (grants expire and do not survive an agent restart)"
             )));
         };
         if grant.expires <= SystemTime::now() {
-            return Err(AgentError::PermissionDenied(format!("the grant for {scope} has expired")));
+            return Err(AgentError::PermissionDenied(format!(
+                "the grant for {scope} has expired"
+            )));
         }
         if grant.peer != caller.name {
             return Err(AgentError::PermissionDenied(format!(
@@ -99,7 +124,9 @@ impl GrantStore {
             )));
         }
         if !grant.scopes.iter().any(|s| s == scope) {
-            return Err(AgentError::PermissionDenied(format!("{caller}'s grant does not cover {scope}")));
+            return Err(AgentError::PermissionDenied(format!(
+                "{caller}'s grant does not cover {scope}"
+            )));
         }
         Ok(())
     }
@@ -113,18 +140,30 @@ mod tests {
     fn grants_bind_peer_scope_and_time() {
         let store = GrantStore::default();
         let (t, _) = store
-            .create("new", vec!["storage:evaluations".into()], Duration::from_secs(60))
+            .create(
+                "new",
+                vec!["storage:evaluations".into()],
+                Duration::from_secs(60),
+            )
             .expect("grant");
         let new = Identity::new(Role::Agent, "new");
         let other = Identity::new(Role::Agent, "intruder");
         assert!(store.authorize(&new, &t, "storage:evaluations").is_ok());
         assert!(store.authorize(&new, &t, "database:app").is_err());
         assert!(store.authorize(&other, &t, "storage:evaluations").is_err());
-        assert!(store.authorize(&new, "forged", "storage:evaluations").is_err());
+        assert!(
+            store
+                .authorize(&new, "forged", "storage:evaluations")
+                .is_err()
+        );
         store.revoke(&t);
         assert!(store.authorize(&new, &t, "storage:evaluations").is_err());
         let coord = Identity::new(Role::Coordinator, "c");
         assert!(store.authorize(&coord, "", "storage:evaluations").is_ok());
-        assert!(store.create("new", vec!["root:/".into()], Duration::from_secs(1)).is_err());
+        assert!(
+            store
+                .create("new", vec!["root:/".into()], Duration::from_secs(1))
+                .is_err()
+        );
     }
 }

@@ -63,9 +63,9 @@ pub async fn pull(
     let mut read = req
         .read
         .ok_or_else(|| AgentError::InvalidArgument("pull request without a read request".into()))?;
-    let header = req
-        .apply
-        .ok_or_else(|| AgentError::InvalidArgument("pull request without an apply header".into()))?;
+    let header = req.apply.ok_or_else(|| {
+        AgentError::InvalidArgument("pull request without an apply header".into())
+    })?;
     read.grant = source.grant.clone();
     let channel = connect_peer(ctx, &source.address, &source.tls_name).await?;
     let stream = SourceClient::new(channel)
@@ -73,8 +73,12 @@ pub async fn pull(
         .read(read)
         .await
         .map_err(|s| match s.code() {
-            tonic::Code::PermissionDenied => AgentError::PermissionDenied(format!("the source agent refused: {}", s.message())),
-            tonic::Code::InvalidArgument => AgentError::InvalidArgument(format!("the source agent refused: {}", s.message())),
+            tonic::Code::PermissionDenied => {
+                AgentError::PermissionDenied(format!("the source agent refused: {}", s.message()))
+            }
+            tonic::Code::InvalidArgument => {
+                AgentError::InvalidArgument(format!("the source agent refused: {}", s.message()))
+            }
             _ => AgentError::Unavailable(format!("the source agent failed: {}", s.message())),
         })?
         .into_inner();

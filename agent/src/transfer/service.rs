@@ -9,11 +9,11 @@ use hostshift_proto::v1::grants_server::Grants;
 use hostshift_proto::v1::source_server::Source;
 use hostshift_proto::v1::target_server::Target;
 use hostshift_proto::v1::{
-    ApplyEvent, ApplyMessage, ApplyResult, CreateGrantRequest, CreateGrantResponse, FileMetaResponse,
-    FileRead, FinalizeStorageRequest, FinalizeStorageResponse, Frame, PlanStorageRequest,
-    PlanStorageResponse, PullRequest, ReadRequest, StorageBatch, CompareStorageRequest,
-    CompareStorageResponse,
-    RevokeGrantRequest, RevokeGrantResponse, apply_event, apply_message, read_request::What,
+    ApplyEvent, ApplyMessage, ApplyResult, CompareStorageRequest, CompareStorageResponse,
+    CreateGrantRequest, CreateGrantResponse, FileMetaResponse, FileRead, FinalizeStorageRequest,
+    FinalizeStorageResponse, Frame, PlanStorageRequest, PlanStorageResponse, PullRequest,
+    ReadRequest, RevokeGrantRequest, RevokeGrantResponse, StorageBatch, apply_event, apply_message,
+    read_request::What,
 };
 use hostshift_shared::identity::Identity;
 use tokio::sync::mpsc;
@@ -49,17 +49,26 @@ impl GrantsService {
 
 #[tonic::async_trait]
 impl Grants for GrantsService {
-    async fn create(&self, req: Request<CreateGrantRequest>) -> Result<Response<CreateGrantResponse>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateGrantRequest>,
+    ) -> Result<Response<CreateGrantResponse>, Status> {
         let r = req.into_inner();
-        let (token, expires_unix) = self
-            .ctx
-            .grants
-            .create(&r.peer, r.scopes.clone(), Duration::from_secs(r.ttl_secs))?;
+        let (token, expires_unix) =
+            self.ctx
+                .grants
+                .create(&r.peer, r.scopes.clone(), Duration::from_secs(r.ttl_secs))?;
         tracing::info!(peer = %r.peer, scopes = ?r.scopes, "grant issued");
-        Ok(Response::new(CreateGrantResponse { token, expires_unix }))
+        Ok(Response::new(CreateGrantResponse {
+            token,
+            expires_unix,
+        }))
     }
 
-    async fn revoke(&self, req: Request<RevokeGrantRequest>) -> Result<Response<RevokeGrantResponse>, Status> {
+    async fn revoke(
+        &self,
+        req: Request<RevokeGrantRequest>,
+    ) -> Result<Response<RevokeGrantResponse>, Status> {
         self.ctx.grants.revoke(&req.into_inner().token);
         Ok(Response::new(RevokeGrantResponse {}))
     }
@@ -86,44 +95,69 @@ impl Source for SourceService {
         let r = req.into_inner();
         let rx = match r.what {
             Some(What::StorageFiles(s)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("storage:{}", s.tree))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("storage:{}", s.tree))?;
                 source::storage_files(&self.ctx, &s.tree, &s.entries)?
             }
             Some(What::File(f)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("file:{}", f.name))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("file:{}", f.name))?;
                 source::file(&self.ctx, &f.name).await?
             }
             Some(What::Manifest(m)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("storage:{}", m.tree))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("storage:{}", m.tree))?;
                 let manifest = source::manifest(&self.ctx, &m.tree, m.full).await?;
                 source::framed_bytes(manifest.encode())
             }
             Some(What::DbGlobals(d)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("database:{}", d.database))?;
                 super::db::read_globals(&self.ctx, &d).await?
             }
             Some(What::DbSchema(d)) => {
-                let name = d.selection.as_ref().map(|s| s.database.clone()).unwrap_or_default();
-                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{name}"))?;
+                let name = d
+                    .selection
+                    .as_ref()
+                    .map(|s| s.database.clone())
+                    .unwrap_or_default();
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("database:{name}"))?;
                 super::db::read_schema(&self.ctx, &d).await?
             }
             Some(What::DbTable(d)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("database:{}", d.database))?;
                 super::db::read_table(&self.ctx, &d).await?
             }
             Some(What::DbLargeObject(d)) => {
-                self.ctx.grants.authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                self.ctx
+                    .grants
+                    .authorize(&who, &r.grant, &format!("database:{}", d.database))?;
                 super::db::read_large_object(&self.ctx, &d).await?
             }
-            None => return Err(AgentError::InvalidArgument("read request names nothing".into()).into()),
+            None => {
+                return Err(AgentError::InvalidArgument("read request names nothing".into()).into());
+            }
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn file_meta(&self, req: Request<FileRead>) -> Result<Response<FileMetaResponse>, Status> {
+    async fn file_meta(
+        &self,
+        req: Request<FileRead>,
+    ) -> Result<Response<FileMetaResponse>, Status> {
         let who = caller(&req)?;
         let name = req.into_inner().name;
-        self.ctx.grants.authorize(&who, "", &format!("file:{name}"))?;
+        self.ctx
+            .grants
+            .authorize(&who, "", &format!("file:{name}"))?;
         Ok(Response::new(source::file_meta(&self.ctx, &name)?))
     }
 }
@@ -159,27 +193,44 @@ impl Target for TargetService {
                     && l.elapsed() >= PROGRESS_EVERY
                 {
                     *l = Instant::now();
-                    let _ = ptx.try_send(Ok(ApplyEvent { kind: Some(apply_event::Kind::Progress(bytes)) }));
+                    let _ = ptx.try_send(Ok(ApplyEvent {
+                        kind: Some(apply_event::Kind::Progress(bytes)),
+                    }));
                 }
             };
             let result = pull::pull(&ctx, r, &progress).await;
             let ev = result
-                .map(|res| ApplyEvent { kind: Some(apply_event::Kind::Result(res)) })
+                .map(|res| ApplyEvent {
+                    kind: Some(apply_event::Kind::Result(res)),
+                })
                 .map_err(Status::from);
             let _ = tx.send(ev).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn apply(&self, req: Request<Streaming<ApplyMessage>>) -> Result<Response<ApplyResult>, Status> {
+    async fn apply(
+        &self,
+        req: Request<Streaming<ApplyMessage>>,
+    ) -> Result<Response<ApplyResult>, Status> {
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
-            Some(ApplyMessage { kind: Some(apply_message::Kind::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first apply message must be the header")),
+            Some(ApplyMessage {
+                kind: Some(apply_message::Kind::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first apply message must be the header",
+                ));
+            }
         };
         let frames = stream.map(|m| match m {
-            Ok(ApplyMessage { kind: Some(apply_message::Kind::Frame(f)) }) => Ok(f),
-            Ok(_) => Err(Status::invalid_argument("only frames may follow the apply header")),
+            Ok(ApplyMessage {
+                kind: Some(apply_message::Kind::Frame(f)),
+            }) => Ok(f),
+            Ok(_) => Err(Status::invalid_argument(
+                "only frames may follow the apply header",
+            )),
             Err(s) => Err(s),
         });
         // Applied in a tracked task, not in this handler: if the coordinator goes away, tonic
@@ -201,8 +252,11 @@ impl Target for TargetService {
         req: Request<CompareStorageRequest>,
     ) -> Result<Response<CompareStorageResponse>, Status> {
         let r = req.into_inner();
-        let source_manifest = Manifest::decode(&r.source_manifest, std::path::Path::new("<source manifest>"))
-            .map_err(AgentError::from)?;
+        let source_manifest = Manifest::decode(
+            &r.source_manifest,
+            std::path::Path::new("<source manifest>"),
+        )
+        .map_err(AgentError::from)?;
         let target = source::manifest(&self.ctx, &r.tree, r.full).await?;
         Ok(Response::new(compare(&source_manifest, &target)))
     }
@@ -213,8 +267,11 @@ impl Target for TargetService {
     ) -> Result<Response<PlanStorageResponse>, Status> {
         let r = req.into_inner();
         let ctx = &self.ctx;
-        let source_manifest = Manifest::decode(&r.source_manifest, std::path::Path::new("<source manifest>"))
-            .map_err(AgentError::from)?;
+        let source_manifest = Manifest::decode(
+            &r.source_manifest,
+            std::path::Path::new("<source manifest>"),
+        )
+        .map_err(AgentError::from)?;
         let target = source::manifest(ctx, &r.tree, false).await?;
         let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
         let batch_bytes = r.batch_bytes.max(1);
@@ -222,14 +279,21 @@ impl Target for TargetService {
         let mut batches = Vec::new();
         let mut cur: Vec<storage::Entry> = Vec::new();
         let mut cur_bytes = 0u64;
-        let close = |cur: &mut Vec<storage::Entry>, cur_bytes: &mut u64, out: &mut Vec<StorageBatch>| -> Result<(), AgentError> {
+        let close = |cur: &mut Vec<storage::Entry>,
+                     cur_bytes: &mut u64,
+                     out: &mut Vec<StorageBatch>|
+         -> Result<(), AgentError> {
             if cur.is_empty() {
                 return Ok(());
             }
             let entries = std::mem::take(cur);
             let paths = entries.iter().map(|e| e.path.as_bytes().to_vec()).collect();
             let expected = Manifest::new(entries)?.encode();
-            out.push(StorageBatch { paths, expected, bytes: *cur_bytes });
+            out.push(StorageBatch {
+                paths,
+                expected,
+                bytes: *cur_bytes,
+            });
             *cur_bytes = 0;
             Ok(())
         };
@@ -241,7 +305,8 @@ impl Target for TargetService {
             }
         }
         close(&mut cur, &mut cur_bytes, &mut batches)?;
-        let sent: std::collections::HashSet<&storage::RelPath> = delta.send.iter().map(|e| &e.path).collect();
+        let sent: std::collections::HashSet<&storage::RelPath> =
+            delta.send.iter().map(|e| &e.path).collect();
         let unchanged: Vec<&storage::Entry> = source_manifest
             .entries()
             .iter()
@@ -264,27 +329,39 @@ impl Target for TargetService {
     ) -> Result<Response<FinalizeStorageResponse>, Status> {
         let r = req.into_inner();
         let ctx = &self.ctx;
-        sink::require(ctx, &ctx.config.allow.write_storage, "write_storage", "storage tree", &r.tree)?;
+        sink::require(
+            ctx,
+            &ctx.config.allow.write_storage,
+            "write_storage",
+            "storage tree",
+            &r.tree,
+        )?;
         let root = ctx.storage(&r.tree)?.path.clone();
         std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
-        let source_manifest = Manifest::decode(&r.source_manifest, std::path::Path::new("<source manifest>"))
-            .map_err(AgentError::from)?;
+        let source_manifest = Manifest::decode(
+            &r.source_manifest,
+            std::path::Path::new("<source manifest>"),
+        )
+        .map_err(AgentError::from)?;
         let target = source::manifest(ctx, &r.tree, false).await?;
         let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
         if r.prepare_only {
             // Staging folders left by a sync that was killed: nothing in them was committed.
             let stale_root = root.clone();
-            let stale = tokio::task::spawn_blocking(move || storage::remove_stale_staging(&stale_root))
-                .await
-                .map_err(|e| Status::internal(format!("cleanup task: {e}")))?
-                .map_err(AgentError::from)?;
+            let stale =
+                tokio::task::spawn_blocking(move || storage::remove_stale_staging(&stale_root))
+                    .await
+                    .map_err(|e| Status::internal(format!("cleanup task: {e}")))?
+                    .map_err(AgentError::from)?;
             if !stale.is_empty() {
                 tracing::info!(tree = %r.tree, removed = stale.len(), "removed staging folders of an interrupted sync");
             }
-            let stats = tokio::task::spawn_blocking(move || storage::prepare(&root, &delta.dirs, &delta.delete))
-                .await
-                .map_err(|e| Status::internal(format!("prepare task: {e}")))?
-                .map_err(AgentError::from)?;
+            let stats = tokio::task::spawn_blocking(move || {
+                storage::prepare(&root, &delta.dirs, &delta.delete)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("prepare task: {e}")))?
+            .map_err(AgentError::from)?;
             return Ok(Response::new(FinalizeStorageResponse {
                 dirs: stats.dirs_created,
                 meta: 0,
@@ -299,10 +376,12 @@ impl Target for TargetService {
             ))
             .into());
         }
-        let stats = tokio::task::spawn_blocking(move || storage::finalize(&root, &delta.dirs, &delta.meta, &delta.delete))
-            .await
-            .map_err(|e| Status::internal(format!("finalize task: {e}")))?
-            .map_err(AgentError::from)?;
+        let stats = tokio::task::spawn_blocking(move || {
+            storage::finalize(&root, &delta.dirs, &delta.meta, &delta.delete)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("finalize task: {e}")))?
+        .map_err(AgentError::from)?;
         // The tree changed: refresh the cached manifest.
         let _ = source::manifest(ctx, &r.tree, false).await;
         Ok(Response::new(FinalizeStorageResponse {
@@ -318,7 +397,8 @@ impl Target for TargetService {
 pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
     let show = |p: &storage::RelPath| String::from_utf8_lossy(p.as_bytes()).into_owned();
     let delta = storage::diff(source, target, true);
-    let in_target: std::collections::HashSet<&storage::RelPath> = target.entries().iter().map(|e| &e.path).collect();
+    let in_target: std::collections::HashSet<&storage::RelPath> =
+        target.entries().iter().map(|e| &e.path).collect();
     let (mut missing, mut changed) = (Vec::new(), Vec::new());
     for e in &delta.send {
         if in_target.contains(&e.path) {
@@ -334,7 +414,13 @@ pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
     }
     let extra = delta.delete.iter().map(|e| show(&e.path)).collect();
     let mut metadata: Vec<String> = delta.meta.iter().map(|m| show(&m.path)).collect();
-    metadata.extend(delta.dirs.iter().filter(|d| in_target.contains(&d.path)).map(|d| show(&d.path)));
+    metadata.extend(
+        delta
+            .dirs
+            .iter()
+            .filter(|d| in_target.contains(&d.path))
+            .map(|d| show(&d.path)),
+    );
     CompareStorageResponse {
         missing,
         changed,

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use hostshift_proto::v1::{ApplyHeader, ApplyResult, FileApply, Frame, StorageFilesApply, apply_header::What};
+use hostshift_proto::v1::{
+    ApplyHeader, ApplyResult, FileApply, Frame, StorageFilesApply, apply_header::What,
+};
 use hostshift_shared::framing::{Accepted, FrameDecoder, IntegrityError};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -23,7 +25,13 @@ static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 ///
 /// # Errors
 /// `PermissionDenied` naming the key to add.
-pub fn require(ctx: &Ctx, list: &[String], key: &str, what: &str, name: &str) -> Result<(), AgentError> {
+pub fn require(
+    ctx: &Ctx,
+    list: &[String],
+    key: &str,
+    what: &str,
+    name: &str,
+) -> Result<(), AgentError> {
     if list.iter().any(|n| n == name) {
         Ok(())
     } else {
@@ -42,7 +50,9 @@ fn integrity(e: IntegrityError) -> AgentError {
 pub fn upstream(s: Status) -> AgentError {
     match s.code() {
         tonic::Code::DataLoss => AgentError::DataLoss(s.message().to_string()),
-        tonic::Code::PermissionDenied => AgentError::PermissionDenied(format!("the source refused: {}", s.message())),
+        tonic::Code::PermissionDenied => {
+            AgentError::PermissionDenied(format!("the source refused: {}", s.message()))
+        }
         tonic::Code::InvalidArgument | tonic::Code::NotFound => {
             AgentError::InvalidArgument(format!("the source refused: {}", s.message()))
         }
@@ -71,7 +81,9 @@ where
         Some(What::DbSchema(h)) => super::db::apply_schema(ctx, &h, frames).await,
         Some(What::DbTable(h)) => super::db::apply_table(ctx, &h, frames).await,
         Some(What::DbLargeObject(h)) => super::db::apply_large_object(ctx, &h, frames).await,
-        None => Err(AgentError::InvalidArgument("apply header names nothing to apply".into())),
+        None => Err(AgentError::InvalidArgument(
+            "apply header names nothing to apply".into(),
+        )),
     }
 }
 
@@ -84,7 +96,13 @@ async fn storage_files<S>(
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
-    require(ctx, &ctx.config.allow.write_storage, "write_storage", "storage tree", &h.tree)?;
+    require(
+        ctx,
+        &ctx.config.allow.write_storage,
+        "write_storage",
+        "storage tree",
+        &h.tree,
+    )?;
     let root = ctx.storage(&h.tree)?.path.clone();
     std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
     let expected = Manifest::decode(&h.expected, Path::new("<expected entries>"))?;
@@ -100,7 +118,13 @@ where
     let entries = expected.entries().to_vec();
     let unpack_cancel = cancel.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
-        storage::unpack(&unpack_root, &staging, ChannelReader::new(rx), &entries, &unpack_cancel)
+        storage::unpack(
+            &unpack_root,
+            &staging,
+            ChannelReader::new(rx),
+            &entries,
+            &unpack_cancel,
+        )
     });
 
     let mut dec = FrameDecoder::new();
@@ -148,7 +172,8 @@ where
         (Ok(staged), failure) => {
             let root2 = root.clone();
             let _ = tokio::task::spawn_blocking(move || storage::abort(&root2, staged)).await;
-            return Err(failure.unwrap_or_else(|| integrity(IntegrityError::Truncated { got_len: dec.len() })));
+            return Err(failure
+                .unwrap_or_else(|| integrity(IntegrityError::Truncated { got_len: dec.len() })));
         }
         // An integrity or stream failure explains an unpack failure better than the reverse.
         (Err(e), Some(failure)) => {
@@ -174,7 +199,13 @@ async fn file<S>(ctx: &Arc<Ctx>, h: FileApply, mut frames: S) -> Result<ApplyRes
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
-    require(ctx, &ctx.config.allow.write_files, "write_files", "file", &h.name)?;
+    require(
+        ctx,
+        &ctx.config.allow.write_files,
+        "write_files",
+        "file",
+        &h.name,
+    )?;
     let path = super::source::file_path(ctx, &h.name)?;
     let mut dec = FrameDecoder::new();
     let mut data: Vec<u8> = Vec::new();
@@ -185,7 +216,10 @@ where
             Some(Ok(frame)) => match dec.accept(frame).map_err(integrity)? {
                 Accepted::Data(b) => {
                     if data.len() + b.len() > MAX_INLINE {
-                        return Err(AgentError::FailedPrecondition(format!("file {} is too large to copy whole", h.name)));
+                        return Err(AgentError::FailedPrecondition(format!(
+                            "file {} is too large to copy whole",
+                            h.name
+                        )));
                     }
                     data.extend_from_slice(&b);
                 }

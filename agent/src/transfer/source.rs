@@ -87,7 +87,10 @@ pub fn framed_bytes(data: Vec<u8>) -> FrameRx {
 /// Where the agent caches the manifest of a tree (digests reused when size, mtime and mode are
 /// unchanged).
 pub fn manifest_cache(ctx: &Ctx, tree: &str) -> PathBuf {
-    ctx.config.state_dir.join("manifests").join(format!("{tree}.manifest"))
+    ctx.config
+        .state_dir
+        .join("manifests")
+        .join(format!("{tree}.manifest"))
 }
 
 /// Builds the manifest of a configured tree (`full`: re-hash everything), refreshing the cache.
@@ -103,7 +106,11 @@ pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Manifest
             // A target tree that sync has not created yet is empty.
             return Manifest::new(Vec::new()).map_err(AgentError::from);
         }
-        let cached = if full { None } else { Manifest::load(&cache_path).ok() };
+        let cached = if full {
+            None
+        } else {
+            Manifest::load(&cache_path).ok()
+        };
         let m = if full {
             storage::build_full(&root, &cancel)?
         } else {
@@ -161,7 +168,9 @@ pub fn file_path(ctx: &Ctx, name: &str) -> Result<PathBuf, AgentError> {
 /// Undeclared, missing, or larger than [`super::MAX_INLINE`].
 pub async fn file(ctx: &Ctx, name: &str) -> Result<FrameRx, AgentError> {
     let path = file_path(ctx, name)?;
-    let mut f = tokio::fs::File::open(&path).await.map_err(|e| AgentError::io("open", &path, e))?;
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| AgentError::io("open", &path, e))?;
     let mut data = Vec::new();
     (&mut f)
         .take(super::MAX_INLINE as u64 + 1)

@@ -200,7 +200,12 @@ async fn create(g: &Global, agent: &Agent, plan: &crate::plan::Plan, all: bool) 
             if p.phase == "started" {
                 eprintln!("backup on {side}: {} {}…", p.kind, p.name);
             } else {
-                eprintln!("backup on {side}: {} {} written ({})", p.kind, p.name, bytes(p.bytes));
+                eprintln!(
+                    "backup on {side}: {} {} written ({})",
+                    p.kind,
+                    p.name,
+                    bytes(p.bytes)
+                );
             }
         }
     })

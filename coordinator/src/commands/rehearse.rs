@@ -59,7 +59,11 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     let dir = c.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("hostshift-rehearsal-{}", std::process::id()))
     });
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(crate::error::usage(anyhow::anyhow!(
             "{} exists and is not empty: give --dir a new folder",
             dir.display()
@@ -72,13 +76,19 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         }
     };
     let mut phases = Vec::new();
-    let mut rep = crate::report::Builder::new(crate::report::Kind::Rehearse, "rehearsal", dir.join("plan.toml").display().to_string());
+    let mut rep = crate::report::Builder::new(
+        crate::report::Kind::Rehearse,
+        "rehearsal",
+        dir.join("plan.toml").display().to_string(),
+    );
     let t = Instant::now();
     let lab = match LocalLab::build(&dir, c.size, &say).await {
         Ok(l) => l,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(failed(anyhow::anyhow!("could not build the rehearsal lab: {e}")));
+            return Err(failed(anyhow::anyhow!(
+                "could not build the rehearsal lab: {e}"
+            )));
         }
     };
     phases.push(Phase {
@@ -88,7 +98,11 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         detail: format!(
             "{} users, {} submissions; {} files ({}) in storage",
             lab.seed.rows.get("users").copied().unwrap_or(0),
-            lab.seed.rows.get("project_submissions").copied().unwrap_or(0),
+            lab.seed
+                .rows
+                .get("project_submissions")
+                .copied()
+                .unwrap_or(0),
             lab.storage.files,
             bytes(lab.storage.bytes)
         ),
@@ -100,10 +114,16 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         Ok(plan) => preflight::run(&plan).await,
         Err(p) => {
             lab.teardown().await;
-            return Err(failed(anyhow::anyhow!("the generated plan is invalid (a bug):\n{p}")));
+            return Err(failed(anyhow::anyhow!(
+                "the generated plan is invalid (a bug):\n{p}"
+            )));
         }
     };
-    let failed_checks = report.checks.iter().filter(|x| x.result == Verdict::Fail).count();
+    let failed_checks = report
+        .checks
+        .iter()
+        .filter(|x| x.result == Verdict::Fail)
+        .count();
     phases.push(Phase {
         phase: "check",
         status: if report.ok { "ok" } else { "failed" },
@@ -116,26 +136,45 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         let t = Instant::now();
         let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
         let taken = match crate::client::connect(&plan, crate::plan::Side::Old).await {
-            Ok(agent) => super::backup::take(&agent, &plan, false, &|_| {}).await.map_err(|e| format!("{:#}", e.error())),
+            Ok(agent) => super::backup::take(&agent, &plan, false, &|_| {})
+                .await
+                .map_err(|e| format!("{:#}", e.error())),
             Err(e) => Err(e.to_string()),
         };
         let (status, detail) = match taken {
             Ok(d) => {
                 let b = d.backup.unwrap_or_default();
-                ("ok", format!("backup {} ({} artifacts, {})", b.id, b.artifacts.len(), bytes(b.total_bytes)))
+                (
+                    "ok",
+                    format!(
+                        "backup {} ({} artifacts, {})",
+                        b.id,
+                        b.artifacts.len(),
+                        bytes(b.total_bytes)
+                    ),
+                )
             }
             Err(e) => {
                 ok = false;
                 ("failed", e)
             }
         };
-        phases.push(Phase { phase: "backup", status, ms: t.elapsed().as_millis(), detail });
+        phases.push(Phase {
+            phase: "backup",
+            status,
+            ms: t.elapsed().as_millis(),
+            detail,
+        });
     }
     if ok {
         say("phase sync: copy files, storage and the database from old to new");
         let t = Instant::now();
         let opts = crate::sync::SyncOptions {
-            progress: if g.quiet { crate::sync::progress::Mode::Quiet } else { crate::sync::progress::Mode::Human },
+            progress: if g.quiet {
+                crate::sync::progress::Mode::Quiet
+            } else {
+                crate::sync::progress::Mode::Human
+            },
             ..crate::sync::SyncOptions::default()
         };
         let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
@@ -143,10 +182,19 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             Ok(r) => {
                 ok = r.ok;
                 rep.add_sync(&r);
-                let failed_units: Vec<String> = r.units.iter().filter(|u| u.status == "failed").map(|u| format!("{} {}: {}", u.kind, u.name, u.detail)).collect();
+                let failed_units: Vec<String> = r
+                    .units
+                    .iter()
+                    .filter(|u| u.status == "failed")
+                    .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
+                    .collect();
                 (
                     if r.ok { "ok" } else { "failed" },
-                    if r.ok { format!("{} items, {} sent", r.files, bytes(r.bytes)) } else { failed_units.join("; ") },
+                    if r.ok {
+                        format!("{} items, {} sent", r.files, bytes(r.bytes))
+                    } else {
+                        failed_units.join("; ")
+                    },
                 )
             }
             Err(e) => {
@@ -154,7 +202,12 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
                 ("failed", e.to_string())
             }
         };
-        phases.push(Phase { phase: "sync", status, ms: t.elapsed().as_millis(), detail });
+        phases.push(Phase {
+            phase: "sync",
+            status,
+            ms: t.elapsed().as_millis(),
+            detail,
+        });
         if ok {
             say("phase verify: compare both hosts");
             let t = Instant::now();
@@ -162,10 +215,19 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
                 Ok(v) => {
                     ok = v.ok;
                     rep.add_verify(&v);
-                    let differ: Vec<String> = v.rows.iter().filter(|r| !r.equal).map(|r| format!("{} {}", r.kind, r.name)).collect();
+                    let differ: Vec<String> = v
+                        .rows
+                        .iter()
+                        .filter(|r| !r.equal)
+                        .map(|r| format!("{} {}", r.kind, r.name))
+                        .collect();
                     (
                         if v.ok { "ok" } else { "failed" },
-                        if v.ok { format!("{} items equal", v.rows.len()) } else { format!("differ: {}", differ.join(", ")) },
+                        if v.ok {
+                            format!("{} items equal", v.rows.len())
+                        } else {
+                            format!("differ: {}", differ.join(", "))
+                        },
                     )
                 }
                 Err(e) => {
@@ -173,7 +235,12 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
                     ("failed", e.to_string())
                 }
             };
-            phases.push(Phase { phase: "verify", status, ms: t.elapsed().as_millis(), detail });
+            phases.push(Phase {
+                phase: "verify",
+                status,
+                ms: t.elapsed().as_millis(),
+                detail,
+            });
         }
     }
     phases.push(Phase {
@@ -184,7 +251,12 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     });
 
     for p in &phases {
-        rep.then(p.phase, p.ms as u64, p.status.parse().unwrap_or(crate::report::Status::Failed), p.detail.clone());
+        rep.then(
+            p.phase,
+            p.ms as u64,
+            p.status.parse().unwrap_or(crate::report::Status::Failed),
+            p.detail.clone(),
+        );
     }
     // The lab (and its plan's state folder) goes away at teardown; the report must not.
     let report_root = if c.keep {
@@ -212,16 +284,38 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         .find(|p| p.status == "failed")
         .map_or_else(String::new, |p| format!("{}: {}", p.phase, p.detail));
     if g.json {
-        print_json(&Rehearsal { ok, report: report_dir.clone(), dir: dir.clone(), plan: plan.clone(), kept, phases, checks: report });
+        print_json(&Rehearsal {
+            ok,
+            report: report_dir.clone(),
+            dir: dir.clone(),
+            plan: plan.clone(),
+            kept,
+            phases,
+            checks: report,
+        });
     } else {
         let rows: Vec<Vec<String>> = phases
             .iter()
-            .map(|p| vec![p.phase.into(), p.status.into(), format!("{} ms", p.ms), p.detail.clone()])
+            .map(|p| {
+                vec![
+                    p.phase.into(),
+                    p.status.into(),
+                    format!("{} ms", p.ms),
+                    p.detail.clone(),
+                ]
+            })
             .collect();
-        println!("hostshift rehearsal ({:?} data) in {}\n", c.size, dir.display());
+        println!(
+            "hostshift rehearsal ({:?} data) in {}\n",
+            c.size,
+            dir.display()
+        );
         print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
         for x in report.checks.iter().filter(|x| x.result != Verdict::Ok) {
-            println!("  {:?} {} {}: {} {}", x.result, x.host, x.check, x.detail, x.hint);
+            println!(
+                "  {:?} {} {}: {} {}",
+                x.result, x.host, x.check, x.detail, x.hint
+            );
         }
         if let Some(r) = &report_dir {
             println!("\nReport: {}", r.join("report.html").display());
@@ -238,6 +332,8 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     if ok {
         Ok(())
     } else {
-        Err(failed(anyhow::anyhow!("the rehearsal failed at {first_failure}")))
+        Err(failed(anyhow::anyhow!(
+            "the rehearsal failed at {first_failure}"
+        )))
     }
 }

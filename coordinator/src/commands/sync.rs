@@ -59,7 +59,16 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                 vec![
                     format!("{} {}", u.kind, u.name),
                     u.status.clone(),
-                    format!("{} {}, {}", u.files, if u.kind == "database" { "tables" } else { "files" }, bytes(u.bytes)),
+                    format!(
+                        "{} {}, {}",
+                        u.files,
+                        if u.kind == "database" {
+                            "tables"
+                        } else {
+                            "files"
+                        },
+                        bytes(u.bytes)
+                    ),
                     match (u.kind.as_str(), u.skipped_files) {
                         (_, 0) => "-".into(),
                         ("database", n) => format!("{n} tables"),
@@ -70,8 +79,24 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                 ]
             })
             .collect();
-        println!("hostshift sync — plan {} ({} mode)\n", plan.migration.name, report.mode);
-        print!("{}", table(&["UNIT", "RESULT", "SENT", "SKIPPED (ALREADY EQUAL)", "RETRIES", "TIME"], &rows));
+        println!(
+            "hostshift sync — plan {} ({} mode)\n",
+            plan.migration.name, report.mode
+        );
+        print!(
+            "{}",
+            table(
+                &[
+                    "UNIT",
+                    "RESULT",
+                    "SENT",
+                    "SKIPPED (ALREADY EQUAL)",
+                    "RETRIES",
+                    "TIME"
+                ],
+                &rows
+            )
+        );
         for u in &report.units {
             for ch in &u.changes {
                 println!("  {} {}: {ch}", u.kind, u.name);
@@ -93,7 +118,11 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         }
     }
     // The report goes to the plan's state dir; its path to stderr (stdout is the result).
-    crate::report::publish(&plan, &crate::report::Report::from_sync(&report, &plan, started), g.quiet);
+    crate::report::publish(
+        &plan,
+        &crate::report::Report::from_sync(&report, &plan, started),
+        g.quiet,
+    );
     if report.ok {
         Ok(())
     } else {

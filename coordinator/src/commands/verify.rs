@@ -31,24 +31,40 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
                 vec![
                     r.kind.clone(),
                     r.name.clone(),
-                    if r.equal { "equal".into() } else { "DIFFERS".into() },
+                    if r.equal {
+                        "equal".into()
+                    } else {
+                        "DIFFERS".into()
+                    },
                     r.old.clone(),
                     r.new.clone(),
                 ]
             })
             .collect();
         println!("hostshift verify — plan {}\n", plan.migration.name);
-        print!("{}", table(&["KIND", "NAME", "RESULT", "OLD", "NEW"], &rows));
+        print!(
+            "{}",
+            table(&["KIND", "NAME", "RESULT", "OLD", "NEW"], &rows)
+        );
         for r in report.rows.iter().filter(|r| !r.equal) {
             println!("DIFFERS {} {}: {}", r.kind, r.name, r.detail);
         }
     }
     // The report goes to the plan's state dir; its path to stderr (stdout is the result).
-    crate::report::publish(&plan, &crate::report::Report::from_verify(&report, &plan), g.quiet);
+    crate::report::publish(
+        &plan,
+        &crate::report::Report::from_verify(&report, &plan),
+        g.quiet,
+    );
     if report.ok {
         Ok(())
     } else {
-        let names: Vec<String> = report.rows.iter().filter(|r| !r.equal).map(|r| format!("{} {}", r.kind, r.name)).collect();
+        let names: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|r| !r.equal)
+            .map(|r| format!("{} {}", r.kind, r.name))
+            .collect();
         Err(failed(anyhow::anyhow!("not equal: {}", names.join(", "))))
     }
 }

@@ -252,6 +252,83 @@ impl PgCluster {
         }
     }
 
+    /// Starts a postmaster on a cluster that an earlier [`PgCluster::start`] created in
+    /// `root/<name>` and [`PgCluster::stop`] left on disk, with the same settings, on `listen`
+    /// and a free port; returns once it accepts connections. For data worth keeping between
+    /// runs (the benchmark's reference database takes minutes to build).
+    ///
+    /// # Errors
+    ///
+    /// As [`PgCluster::start`], and [`LabError::Io`] when `root/<name>/data` holds no cluster.
+    pub async fn start_existing(
+        root: &Path,
+        name: &str,
+        listen: Ipv4Addr,
+    ) -> Result<PgCluster, LabError> {
+        if !listen.is_loopback() {
+            return Err(LabError::NotLoopback { addr: listen });
+        }
+        let bin_dir = pg_bin_dir()?;
+        let run_as = RunAs::detect()?;
+        let dir = root.join(name);
+        let data_dir = dir.join("data");
+        let socket_dir = dir.join("sock");
+        let log_path = dir.join("postgres.log");
+        let version = data_dir.join("PG_VERSION");
+        fs::metadata(&version).map_err(LabError::io("find a lab cluster at", &version))?;
+        if let RunAs::Postgres { uid, gid } = run_as {
+            check_reachable(root, uid, gid)?;
+        }
+        fs::create_dir_all(&socket_dir).map_err(LabError::io("create directory", &socket_dir))?;
+        run_as.own(&socket_dir)?;
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let port = free_port(listen)?;
+            let child = spawn_postmaster(
+                &bin_dir,
+                &dir,
+                &data_dir,
+                &socket_dir,
+                &log_path,
+                listen,
+                port,
+                run_as,
+            )?;
+            let pid = child
+                .id()
+                .expect("a child that was just spawned has not been reaped");
+            let mut cluster = PgCluster {
+                name: name.to_owned(),
+                bin_dir: bin_dir.clone(),
+                dir: dir.clone(),
+                data_dir: data_dir.clone(),
+                socket_dir: socket_dir.clone(),
+                log_path: log_path.clone(),
+                listen,
+                port,
+                pid,
+                child: Some(child),
+            };
+            match cluster.wait_ready(Instant::now() + START_TIMEOUT).await {
+                Ok(()) => {
+                    let elapsed = started.elapsed();
+                    tracing::info!(cluster = name, %listen, port, pid, ?elapsed, "existing lab cluster ready");
+                    return Ok(cluster);
+                }
+                Err(LabError::Exited { ref log_tail, .. })
+                    if attempt < PORT_ATTEMPTS && log_tail.contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(error) => {
+                    cluster.kill_now();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
     /// The cluster's name (its directory under the lab root).
     pub fn name(&self) -> &str {
         &self.name

@@ -73,9 +73,21 @@ pub fn write_old_host(host: &Path, scale: Scale) -> std::io::Result<StorageSumma
         sum.files += 1;
         sum.bytes += body.len() as u64;
     }
-    write(host, FILES[0].1, "# backend\nPORT=3666\nDATABASE_URL=postgres://app@localhost:5432/app\nJWT_SECRET=rehearsal-secret\nCORS_ORIGIN=https://old.app.example\nUSE_POSTGRES=true\n")?;
-    write(host, FILES[1].1, "# frontend\nVITE_API_URL=https://old.app.example\n")?;
-    write(host, FILES[2].1, "module.exports = {\n  apps: [\n    { name: 'backend', script: 'backend/server.js', env: { PORT: 3666 } },\n    { name: 'frontend', script: 'frontend/server.js', env: { PORT: 4666 } },\n  ],\n};\n")?;
+    write(
+        host,
+        FILES[0].1,
+        "# backend\nPORT=3666\nDATABASE_URL=postgres://app@localhost:5432/app\nJWT_SECRET=rehearsal-secret\nCORS_ORIGIN=https://old.app.example\nUSE_POSTGRES=true\n",
+    )?;
+    write(
+        host,
+        FILES[1].1,
+        "# frontend\nVITE_API_URL=https://old.app.example\n",
+    )?;
+    write(
+        host,
+        FILES[2].1,
+        "module.exports = {\n  apps: [\n    { name: 'backend', script: 'backend/server.js', env: { PORT: 3666 } },\n    { name: 'frontend', script: 'frontend/server.js', env: { PORT: 4666 } },\n  ],\n};\n",
+    )?;
     Ok(sum)
 }
 

@@ -81,7 +81,11 @@ impl LocalLab {
     ///
     /// # Errors
     /// Any step that fails, with what to do (e.g. install PostgreSQL, run as root).
-    pub async fn build(dir: &Path, scale: Scale, say: &dyn Fn(&str)) -> Result<LocalLab, RehearseError> {
+    pub async fn build(
+        dir: &Path,
+        scale: Scale,
+        say: &dyn Fn(&str),
+    ) -> Result<LocalLab, RehearseError> {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
         // The postgres user must be able to enter it.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -90,8 +94,14 @@ impl LocalLab {
         let certs = pki::init(&PkiRequest {
             dir: dir.join("certs"),
             agents: vec![
-                AgentSpec { name: "old".into(), sans: vec![OLD_IP.to_string()] },
-                AgentSpec { name: "new".into(), sans: vec![NEW_IP.to_string()] },
+                AgentSpec {
+                    name: "old".into(),
+                    sans: vec![OLD_IP.to_string()],
+                },
+                AgentSpec {
+                    name: "new".into(),
+                    sans: vec![NEW_IP.to_string()],
+                },
             ],
             coordinator_name: "coordinator".into(),
             days: 1,
@@ -104,7 +114,9 @@ impl LocalLab {
             PgCluster::start(&pg_root, "new", NEW_IP)
         );
         let (old_pg, new_pg) = (old_pg?, new_pg?);
-        say(&format!("seeding the app database on the old host ({scale} scale)"));
+        say(&format!(
+            "seeding the app database on the old host ({scale} scale)"
+        ));
         old_pg.create_database("app", None).await?;
         let seed = seed::seed(&old_pg.connect("app").await?, scale).await?;
         let admin = new_pg.connect("postgres").await?;
@@ -115,19 +127,22 @@ impl LocalLab {
         say("storage tree and config files of the old host");
         let old_root = dir.join("old");
         let new_root = dir.join("new");
-        let storage = content::write_old_host(&old_root, scale).map_err(io("write the old host's files"))?;
+        let storage =
+            content::write_old_host(&old_root, scale).map_err(io("write the old host's files"))?;
         content::prepare_new_host(&new_root).map_err(io("prepare the new host's folders"))?;
 
         say("agents: old (read-only) and new (allowed to be written)");
         let mut old = AgentSetup::new("old", OLD_IP);
         old.databases.push(("app".into(), old_pg.conninfo("app")));
-        old.storage.push(("evaluations".into(), content::storage_dir(&old_root)));
+        old.storage
+            .push(("evaluations".into(), content::storage_dir(&old_root)));
         for (name, rel) in content::FILES {
             old.files.push((name.to_string(), old_root.join(rel)));
         }
         let mut new = AgentSetup::new("new", NEW_IP);
         new.databases.push(("app".into(), new_pg.conninfo("app")));
-        new.storage.push(("evaluations".into(), content::storage_dir(&new_root)));
+        new.storage
+            .push(("evaluations".into(), content::storage_dir(&new_root)));
         for (name, rel) in content::FILES {
             new.files.push((name.to_string(), new_root.join(rel)));
             new.write_files.push(name.to_string());
@@ -161,9 +176,20 @@ impl LocalLab {
         let (old, new) = (old?, new?);
 
         let plan = dir.join("plan.toml");
-        std::fs::write(&plan, plan_text(&certs, &old, &new)).map_err(io(format!("write {}", plan.display())))?;
+        std::fs::write(&plan, plan_text(&certs, &old, &new))
+            .map_err(io(format!("write {}", plan.display())))?;
         say(&format!("plan: {}", plan.display()));
-        Ok(LocalLab { dir: dir.to_path_buf(), certs, old_pg, new_pg, old, new, plan, seed, storage })
+        Ok(LocalLab {
+            dir: dir.to_path_buf(),
+            certs,
+            old_pg,
+            new_pg,
+            old,
+            new,
+            plan,
+            seed,
+            storage,
+        })
     }
 
     /// Stops everything and removes the folder.

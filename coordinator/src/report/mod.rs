@@ -16,7 +16,7 @@
 //! machine's terminal at worst.
 //!
 //! # Wiring a command (one line each)
-//! ```ignore
+//! ```text
 //! use crate::report::{self, Builder, Kind, Status};
 //! let mut rep = Builder::for_plan(Kind::Cutover, &plan);     // first line: the clock starts
 //! let t = std::time::Instant::now();
@@ -31,7 +31,7 @@
 //! `rehearse` measures durations only; with a builder made at the top of `rehearse::run`
 //! (`Builder::new(Kind::Rehearse, "rehearsal", dir.join("plan.toml").display().to_string())`),
 //! before the teardown:
-//! ```ignore
+//! ```text
 //! for p in &phases { rep.then(p.phase, p.ms as u64, p.status.parse().unwrap_or(Status::Failed), p.detail.clone()); }
 //! let report_dir = report::publish(&Plan::load(&lab.plan)?, &rep.finish(ok), g.quiet);
 //! ```

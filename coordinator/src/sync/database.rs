@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use hostshift_proto::v1::{
-    ApplyHeader, CloseSnapshotRequest, DbGlobals, FingerprintResponse, DbLargeObject, DbReadRequest, DbSchema, DbSelection,
-    DbTable, OpenSnapshotRequest, ReadRequest, SetSequencesRequest, SplitRangesRequest, apply_header,
-    read_request,
+    ApplyHeader, CloseSnapshotRequest, DbGlobals, DbLargeObject, DbReadRequest, DbSchema,
+    DbSelection, DbTable, FingerprintResponse, OpenSnapshotRequest, ReadRequest,
+    SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
 };
 
 use super::units::{fail, report, transfer};
@@ -43,14 +43,20 @@ struct Table {
 fn tables(raw: Vec<Vec<u8>>) -> Result<Vec<Table>, UnitError> {
     raw.into_iter()
         .map(|json| {
-            let v: serde_json::Value = serde_json::from_slice(&json)
-                .map_err(|e| UnitError::other(format!("the agent sent a malformed table description: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
+                UnitError::other(format!("the agent sent a malformed table description: {e}"))
+            })?;
             let name = format!(
                 "{}.{}",
                 v["table"]["schema"].as_str().unwrap_or("?"),
                 v["table"]["table"].as_str().unwrap_or("?")
             );
-            Ok(Table { name, rows: v["estimated_rows"].as_i64().unwrap_or(0), bytes: v["estimated_bytes"].as_i64().unwrap_or(0), json })
+            Ok(Table {
+                name,
+                rows: v["estimated_rows"].as_i64().unwrap_or(0),
+                bytes: v["estimated_bytes"].as_i64().unwrap_or(0),
+                json,
+            })
         })
         .collect()
 }
@@ -73,7 +79,10 @@ pub(crate) async fn fingerprints(
 }
 
 fn read(what: read_request::What) -> ReadRequest {
-    ReadRequest { grant: String::new(), what: Some(what) }
+    ReadRequest {
+        grant: String::new(),
+        what: Some(what),
+    }
 }
 
 fn apply(what: apply_header::What) -> ApplyHeader {
@@ -85,32 +94,50 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     let started = Instant::now();
     let mut r = report("database", &d.name);
     run.progress.start(&format!("database {}", d.name), 0);
-    let sel = DbSelection { database: d.name.clone(), include: d.include.clone(), exclude: d.exclude.clone() };
+    let sel = DbSelection {
+        database: d.name.clone(),
+        include: d.include.clone(),
+        exclude: d.exclude.clone(),
+    };
     let snapshot = match run
         .old
         .database()
-        .open_snapshot(OpenSnapshotRequest { database: d.name.clone(), ttl_secs: 6 * 3600 })
+        .open_snapshot(OpenSnapshotRequest {
+            database: d.name.clone(),
+            ttl_secs: 6 * 3600,
+        })
         .await
     {
         Ok(s) => s.into_inner().snapshot,
         Err(s) => return fail(r, started, &UnitError::from_status(s), run),
     };
     let outcome = copy(run, d, &sel, &snapshot, &mut r).await;
-    let _ = run.old.database().close_snapshot(CloseSnapshotRequest { snapshot }).await;
+    let _ = run
+        .old
+        .database()
+        .close_snapshot(CloseSnapshotRequest { snapshot })
+        .await;
     match outcome {
         Ok(()) => {
             r.ms = started.elapsed().as_millis() as u64;
             if r.files == 0 {
                 r.status = "unchanged".into();
             }
-            run.progress.done(&format!("database {}", d.name), r.bytes, true, &r.detail);
+            run.progress
+                .done(&format!("database {}", d.name), r.bytes, true, &r.detail);
             r
         }
         Err(e) => fail(r, started, &e, run),
     }
 }
 
-async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str, r: &mut UnitReport) -> Result<(), UnitError> {
+async fn copy(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &DbSelection,
+    snapshot: &str,
+    r: &mut UnitReport,
+) -> Result<(), UnitError> {
     let unit = format!("database {}", d.name);
     let (mut a, mut b) = (run.old.database(), run.new.database());
     let (old_t, new_t) = tokio::join!(a.tables(sel.clone()), b.tables(sel.clone()));
@@ -119,11 +146,38 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
     let fresh = new_t.is_empty();
     let mut to_copy: Vec<Table> = old_t.clone();
     if fresh {
-        run.progress.say(&format!("{unit}: new database: roles and schema first ({} tables)", old_t.len()));
-        let (res, _) = transfer(run, &format!("{unit} roles"), read(read_request::What::DbGlobals(DbGlobals { database: d.name.clone() })), apply(apply_header::What::DbGlobals(DbGlobals { database: d.name.clone() })), 0, &mut r.retried).await?;
+        run.progress.say(&format!(
+            "{unit}: new database: roles and schema first ({} tables)",
+            old_t.len()
+        ));
+        let (res, _) = transfer(
+            run,
+            &format!("{unit} roles"),
+            read(read_request::What::DbGlobals(DbGlobals {
+                database: d.name.clone(),
+            })),
+            apply(apply_header::What::DbGlobals(DbGlobals {
+                database: d.name.clone(),
+            })),
+            0,
+            &mut r.retried,
+        )
+        .await?;
         r.changes.extend(res.changes);
-        let pre = DbSchema { selection: Some(sel.clone()), section: "pre-data".into(), snapshot: snapshot.into() };
-        transfer(run, &format!("{unit} schema (pre-data)"), read(read_request::What::DbSchema(pre.clone())), apply(apply_header::What::DbSchema(pre)), 0, &mut r.retried).await?;
+        let pre = DbSchema {
+            selection: Some(sel.clone()),
+            section: "pre-data".into(),
+            snapshot: snapshot.into(),
+        };
+        transfer(
+            run,
+            &format!("{unit} schema (pre-data)"),
+            read(read_request::What::DbSchema(pre.clone())),
+            apply(apply_header::What::DbSchema(pre)),
+            0,
+            &mut r.retried,
+        )
+        .await?;
     } else {
         let a: BTreeSet<&str> = old_t.iter().map(|t| t.name.as_str()).collect();
         let b: BTreeSet<&str> = new_t.iter().map(|t| t.name.as_str()).collect();
@@ -141,7 +195,12 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
         let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
         to_copy.retain(|t| fo.tables.get(&t.name) != fn_.tables.get(&t.name));
         r.skipped_files = (old_t.len() - to_copy.len()) as u64;
-        run.progress.say(&format!("{unit}: {} of {} tables differ; {} already equal are skipped", to_copy.len(), old_t.len(), r.skipped_files));
+        run.progress.say(&format!(
+            "{unit}: {} of {} tables differ; {} already equal are skipped",
+            to_copy.len(),
+            old_t.len(),
+            r.skipped_files
+        ));
     }
 
     // Table data: biggest first, big ones in key ranges, two pieces at a time.
@@ -153,7 +212,11 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
             ranges = run
                 .old
                 .database()
-                .split_ranges(SplitRangesRequest { database: d.name.clone(), table: t.json.clone(), rows_per_range: ROWS_PER_RANGE })
+                .split_ranges(SplitRangesRequest {
+                    database: d.name.clone(),
+                    table: t.json.clone(),
+                    rows_per_range: ROWS_PER_RANGE,
+                })
                 .await
                 .map_err(UnitError::from_status)?
                 .into_inner()
@@ -163,24 +226,49 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
         // in the load's own transaction (TRUNCATE would be refused once foreign keys exist).
         let mode = if fresh { "append" } else { "delete-range" };
         if ranges.is_empty() {
-            let piece = DbTable { database: d.name.clone(), table: t.json.clone(), range: vec![], snapshot: snapshot.into(), mode: mode.into() };
+            let piece = DbTable {
+                database: d.name.clone(),
+                table: t.json.clone(),
+                range: vec![],
+                snapshot: snapshot.into(),
+                mode: mode.into(),
+            };
             pieces.push((format!("table {}", t.name), piece, t.bytes.max(0) as u64));
         } else {
             let n = ranges.len();
             for (i, range) in ranges.into_iter().enumerate() {
-                let piece = DbTable { database: d.name.clone(), table: t.json.clone(), range, snapshot: snapshot.into(), mode: mode.into() };
-                pieces.push((format!("table {} range {}/{n}", t.name, i + 1), piece, (t.bytes.max(0) as u64) / n as u64));
+                let piece = DbTable {
+                    database: d.name.clone(),
+                    table: t.json.clone(),
+                    range,
+                    snapshot: snapshot.into(),
+                    mode: mode.into(),
+                };
+                pieces.push((
+                    format!("table {} range {}/{n}", t.name, i + 1),
+                    piece,
+                    (t.bytes.max(0) as u64) / n as u64,
+                ));
             }
         }
     }
-    let results: Vec<Result<PieceDone, UnitError>> = futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
-        let mut retried = Vec::new();
-        let (res, _) = transfer(run, &name, read(read_request::What::DbTable(piece.clone())), apply(apply_header::What::DbTable(piece)), total, &mut retried).await?;
-        Ok((res.bytes, res.files, retried))
-    }))
-    .buffer_unordered(PARALLEL_PIECES)
-    .collect()
-    .await;
+    let results: Vec<Result<PieceDone, UnitError>> =
+        futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
+            let mut retried = Vec::new();
+            let (res, _) = transfer(
+                run,
+                &name,
+                read(read_request::What::DbTable(piece.clone())),
+                apply(apply_header::What::DbTable(piece)),
+                total,
+                &mut retried,
+            )
+            .await?;
+            Ok((res.bytes, res.files, retried))
+        }))
+        .buffer_unordered(PARALLEL_PIECES)
+        .collect()
+        .await;
     let mut rows = 0u64;
     for res in results {
         let (bytes, n, retried) = res?;
@@ -193,13 +281,32 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
     // Post-data: on a fresh target always; on a rerun it may already be in place. It is applied
     // in one transaction, so an "already exists" kind of error means all of it is. (A schema
     // change on the old host since the first sync is not detected here: the cutover checks it.)
-    let post = DbSchema { selection: Some(sel.clone()), section: "post-data".into(), snapshot: snapshot.into() };
+    let post = DbSchema {
+        selection: Some(sel.clone()),
+        section: "post-data".into(),
+        snapshot: snapshot.into(),
+    };
     let mut post_retried = Vec::new();
-    match transfer(run, &format!("{unit} schema (post-data)"), read(read_request::What::DbSchema(post.clone())), apply(apply_header::What::DbSchema(post)), 0, &mut post_retried).await {
+    match transfer(
+        run,
+        &format!("{unit} schema (post-data)"),
+        read(read_request::What::DbSchema(post.clone())),
+        apply(apply_header::What::DbSchema(post)),
+        0,
+        &mut post_retried,
+    )
+    .await
+    {
         Ok(_) => {}
         // 42P07 duplicate table/index, 42710 duplicate object, 42P16 a second primary key.
-        Err(e) if !fresh && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"].iter().any(|c| e.message.contains(c)) => {
-            run.progress.say(&format!("{unit}: indexes and constraints already in place"));
+        Err(e)
+            if !fresh
+                && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"]
+                    .iter()
+                    .any(|c| e.message.contains(c)) =>
+        {
+            run.progress
+                .say(&format!("{unit}: indexes and constraints already in place"));
         }
         Err(e) => return Err(e),
     }
@@ -208,14 +315,20 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
     let seqs = run
         .old
         .database()
-        .sequences(DbReadRequest { selection: Some(sel.clone()), snapshot: snapshot.into() })
+        .sequences(DbReadRequest {
+            selection: Some(sel.clone()),
+            snapshot: snapshot.into(),
+        })
         .await
         .map_err(UnitError::from_status)?
         .into_inner()
         .json;
     run.new
         .database()
-        .set_sequences(SetSequencesRequest { database: d.name.clone(), values: seqs })
+        .set_sequences(SetSequencesRequest {
+            database: d.name.clone(),
+            values: seqs,
+        })
         .await
         .map_err(UnitError::from_status)?;
     if d.include.is_empty() {
@@ -224,8 +337,17 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
 
     // Where do the two sides stand now?
     let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
-    let changed: Vec<&String> = fo.tables.iter().filter(|(k, v)| fn_.tables.get(*k) != Some(*v)).map(|(k, _)| k).collect();
-    r.detail = format!("{} tables ({rows} rows) copied, {} already equal", to_copy.len(), r.skipped_files);
+    let changed: Vec<&String> = fo
+        .tables
+        .iter()
+        .filter(|(k, v)| fn_.tables.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    r.detail = format!(
+        "{} tables ({rows} rows) copied, {} already equal",
+        to_copy.len(),
+        r.skipped_files
+    );
     if !changed.is_empty() {
         r.detail.push_str(&format!("; changed on the old host since the snapshot (next sync or cutover moves them): {changed:?}"));
     }
@@ -233,11 +355,21 @@ async fn copy(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str
     Ok(())
 }
 
-async fn large_objects(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snapshot: &str, fresh: bool, r: &mut UnitReport) -> Result<(), UnitError> {
+async fn large_objects(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &DbSelection,
+    snapshot: &str,
+    fresh: bool,
+    r: &mut UnitReport,
+) -> Result<(), UnitError> {
     let metas: Vec<serde_json::Value> = serde_json::from_slice(
         &run.old
             .database()
-            .large_objects(DbReadRequest { selection: Some(sel.clone()), snapshot: snapshot.into() })
+            .large_objects(DbReadRequest {
+                selection: Some(sel.clone()),
+                snapshot: snapshot.into(),
+            })
             .await
             .map_err(UnitError::from_status)?
             .into_inner()
@@ -245,20 +377,41 @@ async fn large_objects(run: &Run<'_>, d: &PlanDatabase, sel: &DbSelection, snaps
     )
     .map_err(|e| UnitError::other(format!("malformed large-object list: {e}")))?;
     let differs: BTreeMap<u32, bool> = if fresh {
-        metas.iter().filter_map(|m| m["oid"].as_u64()).map(|o| (o as u32, true)).collect()
+        metas
+            .iter()
+            .filter_map(|m| m["oid"].as_u64())
+            .map(|o| (o as u32, true))
+            .collect()
     } else {
         let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
         let (fo, fn_) = (fo.large_objects, fn_.large_objects);
-        fo.iter().map(|(k, v)| (*k, fn_.get(k) != Some(v))).collect()
+        fo.iter()
+            .map(|(k, v)| (*k, fn_.get(k) != Some(v)))
+            .collect()
     };
     for m in metas {
-        let Some(oid) = m["oid"].as_u64().map(|o| o as u32) else { continue };
+        let Some(oid) = m["oid"].as_u64().map(|o| o as u32) else {
+            continue;
+        };
         if !differs.get(&oid).copied().unwrap_or(true) {
             continue;
         }
         let meta = serde_json::to_vec(&m).map_err(|e| UnitError::other(e.to_string()))?;
-        let lo = DbLargeObject { database: d.name.clone(), oid, snapshot: snapshot.into(), meta };
-        let (res, _) = transfer(run, &format!("database {} large object {oid}", d.name), read(read_request::What::DbLargeObject(lo.clone())), apply(apply_header::What::DbLargeObject(lo)), 0, &mut r.retried).await?;
+        let lo = DbLargeObject {
+            database: d.name.clone(),
+            oid,
+            snapshot: snapshot.into(),
+            meta,
+        };
+        let (res, _) = transfer(
+            run,
+            &format!("database {} large object {oid}", d.name),
+            read(read_request::What::DbLargeObject(lo.clone())),
+            apply(apply_header::What::DbLargeObject(lo)),
+            0,
+            &mut r.retried,
+        )
+        .await?;
         r.bytes += res.bytes;
     }
     Ok(())

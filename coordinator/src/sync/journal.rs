@@ -79,7 +79,15 @@ impl Journal {
     ///
     /// # Errors
     /// When the write or fsync fails (the caller stops: acting without a journal is not allowed).
-    pub fn record(&self, phase: &str, unit: &str, status: &str, bytes: u64, files: u64, detail: &str) -> std::io::Result<()> {
+    pub fn record(
+        &self,
+        phase: &str,
+        unit: &str,
+        status: &str,
+        bytes: u64,
+        files: u64,
+        detail: &str,
+    ) -> std::io::Result<()> {
         let ev = Event {
             time_ms: now_ms(),
             run: self.run.clone(),
@@ -92,7 +100,10 @@ impl Journal {
         };
         let mut line = serde_json::to_string(&ev).map_err(std::io::Error::other)?;
         line.push('\n');
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        let mut f = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
         f.write_all(line.as_bytes())?;
         f.sync_data()
     }
@@ -124,8 +135,10 @@ mod tests {
     fn events_round_trip_and_a_torn_line_is_ignored() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(tmp.path()).expect("open");
-        j.record("sync", "file a", "started", 0, 0, "").expect("record");
-        j.record("sync", "file a", "done", 10, 1, "sha").expect("record");
+        j.record("sync", "file a", "started", 0, 0, "")
+            .expect("record");
+        j.record("sync", "file a", "done", 10, 1, "sha")
+            .expect("record");
         std::fs::OpenOptions::new()
             .append(true)
             .open(j.path())

@@ -113,25 +113,35 @@ impl UnitError {
     pub fn from_status(s: tonic::Status) -> Self {
         let kind = match s.code() {
             tonic::Code::DataLoss => ErrorKind::DataLoss,
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-                ErrorKind::Unavailable
-            }
-            tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated => {
-                ErrorKind::Refused
-            }
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded => ErrorKind::Unavailable,
+            tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::Unauthenticated => ErrorKind::Refused,
             _ => ErrorKind::Other,
         };
-        Self { kind, message: client::explain_status(&s) }
+        Self {
+            kind,
+            message: client::explain_status(&s),
+        }
     }
 
     /// From a failed integrity check on this side.
     pub fn integrity(e: IntegrityError) -> Self {
-        Self { kind: ErrorKind::DataLoss, message: format!("integrity check failed: {e}") }
+        Self {
+            kind: ErrorKind::DataLoss,
+            message: format!("integrity check failed: {e}"),
+        }
     }
 
     /// Anything else.
     pub fn other(message: String) -> Self {
-        Self { kind: ErrorKind::Other, message }
+        Self {
+            kind: ErrorKind::Other,
+            message,
+        }
     }
 
     /// Worth another attempt.
@@ -223,10 +233,22 @@ pub(crate) struct Run<'a> {
 }
 
 impl Run<'_> {
-    pub fn record(&self, unit: &str, status: &str, bytes: u64, files: u64, detail: &str) -> Result<(), UnitError> {
+    pub fn record(
+        &self,
+        unit: &str,
+        status: &str,
+        bytes: u64,
+        files: u64,
+        detail: &str,
+    ) -> Result<(), UnitError> {
         self.journal
             .record("sync", unit, status, bytes, files, detail)
-            .map_err(|e| UnitError::other(format!("cannot write the journal {}: {e}", self.journal.path().display())))
+            .map_err(|e| {
+                UnitError::other(format!(
+                    "cannot write the journal {}: {e}",
+                    self.journal.path().display()
+                ))
+            })
     }
 }
 
@@ -239,7 +261,11 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
         v.extend(plan.storage.iter().map(|s| format!("storage:{}", s.name)));
     }
     if only.is_none_or(|o| o == Only::Db) {
-        v.extend(plan.databases.iter().map(|d| format!("database:{}", d.name)));
+        v.extend(
+            plan.databases
+                .iter()
+                .map(|d| format!("database:{}", d.name)),
+        );
     }
     v
 }
@@ -252,9 +278,15 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
 pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let dir = plan.state_dir();
-    let journal = Journal::open(&dir).map_err(|source| SyncError::Journal { path: dir.display().to_string(), source })?;
+    let journal = Journal::open(&dir).map_err(|source| SyncError::Journal {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let progress = Arc::new(Progress::new(opts.progress));
-    let (old, new) = tokio::join!(client::connect(plan, Side::Old), client::connect(plan, Side::New));
+    let (old, new) = tokio::join!(
+        client::connect(plan, Side::Old),
+        client::connect(plan, Side::New)
+    );
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
     let mut grant_token = None;
@@ -269,7 +301,13 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
                 ttl_secs: 6 * 3600,
             }))
             .await
-            .map_err(|s| SyncError::Connect(format!("old agent at {}: {}", old.address, client::explain_first_rpc(&s))))?
+            .map_err(|s| {
+                SyncError::Connect(format!(
+                    "old agent at {}: {}",
+                    old.address,
+                    client::explain_first_rpc(&s)
+                ))
+            })?
             .into_inner();
         grant_token = Some(grant.token.clone());
         Some(PullSource {
@@ -278,8 +316,21 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
             grant: grant.token,
         })
     };
-    let run = Run { old, new, pull_source, opts, journal, progress };
-    let _ = run.record("sync", "started", 0, 0, if opts.relay { "relay" } else { "pull" });
+    let run = Run {
+        old,
+        new,
+        pull_source,
+        opts,
+        journal,
+        progress,
+    };
+    let _ = run.record(
+        "sync",
+        "started",
+        0,
+        0,
+        if opts.relay { "relay" } else { "pull" },
+    );
 
     let mut units = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
@@ -299,12 +350,20 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     }
 
     if let Some(token) = grant_token {
-        let _ = run.old.grants().revoke(client::request(RevokeGrantRequest { token })).await;
+        let _ = run
+            .old
+            .grants()
+            .revoke(client::request(RevokeGrantRequest { token }))
+            .await;
     }
     let ok = units.iter().all(|u| u.status != "failed");
     let report = SyncReport {
         ok,
-        mode: if opts.relay { "relay".into() } else { "pull".into() },
+        mode: if opts.relay {
+            "relay".into()
+        } else {
+            "pull".into()
+        },
         bytes: units.iter().map(|u| u.bytes).sum(),
         files: units.iter().map(|u| u.files).sum(),
         skipped_files: units.iter().map(|u| u.skipped_files).sum(),
@@ -312,7 +371,13 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         journal: run.journal.path().display().to_string(),
         units,
     };
-    let _ = run.record("sync", if ok { "done" } else { "failed" }, report.bytes, report.files, "");
+    let _ = run.record(
+        "sync",
+        if ok { "done" } else { "failed" },
+        report.bytes,
+        report.files,
+        "",
+    );
     Ok(report)
 }
 

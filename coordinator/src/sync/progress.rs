@@ -57,10 +57,20 @@ impl Progress {
     pub fn start(&self, unit: &str, total: u64) {
         let now = Instant::now();
         if let Ok(mut u) = self.units.lock() {
-            u.insert(unit.to_string(), Unit { started: now, last: now, total });
+            u.insert(
+                unit.to_string(),
+                Unit {
+                    started: now,
+                    last: now,
+                    total,
+                },
+            );
         }
         if self.mode == Mode::Json {
-            eprintln!("{}", json!({"event": "start", "unit": unit, "total_bytes": total}));
+            eprintln!(
+                "{}",
+                json!({"event": "start", "unit": unit, "total_bytes": total})
+            );
         }
     }
 
@@ -77,9 +87,17 @@ impl Progress {
         let eta = (x.total > done && rate > 0.0).then(|| (x.total - done) as f64 / rate);
         match self.mode {
             Mode::Human => {
-                let total = if x.total > 0 { format!(" / {}", bytes(x.total)) } else { String::new() };
+                let total = if x.total > 0 {
+                    format!(" / {}", bytes(x.total))
+                } else {
+                    String::new()
+                };
                 let eta = eta.map(|e| format!("  ETA {e:.0} s")).unwrap_or_default();
-                eprintln!("  {unit}: {}{total}  {}/s{eta}", bytes(done), bytes(rate as u64));
+                eprintln!(
+                    "  {unit}: {}{total}  {}/s{eta}",
+                    bytes(done),
+                    bytes(rate as u64)
+                );
             }
             Mode::Json => eprintln!(
                 "{}",
@@ -101,11 +119,17 @@ impl Progress {
             Mode::Human => {
                 let mark = if ok { "ok  " } else { "FAIL" };
                 let rate = if elapsed.as_secs_f64() > 0.0 && moved > 0 {
-                    format!(", {}/s", bytes((moved as f64 / elapsed.as_secs_f64()) as u64))
+                    format!(
+                        ", {}/s",
+                        bytes((moved as f64 / elapsed.as_secs_f64()) as u64)
+                    )
                 } else {
                     String::new()
                 };
-                eprintln!("{mark} {unit}: {summary} ({:.1} s{rate})", elapsed.as_secs_f64());
+                eprintln!(
+                    "{mark} {unit}: {summary} ({:.1} s{rate})",
+                    elapsed.as_secs_f64()
+                );
             }
             Mode::Json => eprintln!(
                 "{}",

@@ -18,8 +18,17 @@ use crate::client::Agent;
 ///
 /// # Errors
 /// [`UnitError`] from the source or from the integrity check.
-pub async fn read_all(agent: &Agent, read: ReadRequest, limit: usize) -> Result<Vec<u8>, UnitError> {
-    let mut stream = agent.source().read(read).await.map_err(UnitError::from_status)?.into_inner();
+pub async fn read_all(
+    agent: &Agent,
+    read: ReadRequest,
+    limit: usize,
+) -> Result<Vec<u8>, UnitError> {
+    let mut stream = agent
+        .source()
+        .read(read)
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
     let mut dec = FrameDecoder::new();
     let mut out = Vec::new();
     loop {
@@ -31,7 +40,9 @@ pub async fn read_all(agent: &Agent, read: ReadRequest, limit: usize) -> Result<
         match dec.accept(frame).map_err(UnitError::integrity)? {
             Accepted::Data(b) => {
                 if out.len() + b.len() > limit {
-                    return Err(UnitError::other(format!("stream larger than {limit} bytes")));
+                    return Err(UnitError::other(format!(
+                        "stream larger than {limit} bytes"
+                    )));
                 }
                 out.extend_from_slice(&b);
             }
@@ -72,7 +83,12 @@ pub async fn pull(
         read: Some(read),
         apply: Some(header),
     };
-    let mut events = target.target().pull(req).await.map_err(UnitError::from_status)?.into_inner();
+    let mut events = target
+        .target()
+        .pull(req)
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
     while let Some(ev) = events.message().await.map_err(UnitError::from_status)? {
         match ev.kind {
             Some(apply_event::Kind::Progress(b)) => progress(b),
@@ -80,7 +96,9 @@ pub async fn pull(
             None => {}
         }
     }
-    Err(UnitError::other("the target agent ended the pull without a result".into()))
+    Err(UnitError::other(
+        "the target agent ended the pull without a result".into(),
+    ))
 }
 
 /// Relays `read` from `source` to `target` through this process. `tap` (tests only) may alter
@@ -96,7 +114,12 @@ pub async fn relay(
     tap: Option<Tap>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<ApplyResult, UnitError> {
-    let frames = source.source().read(read).await.map_err(UnitError::from_status)?.into_inner();
+    let frames = source
+        .source()
+        .read(read)
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
     let source_error: Arc<Mutex<Option<tonic::Status>>> = Arc::new(Mutex::new(None));
     let err_slot = source_error.clone();
     let mut index = 0u64;
@@ -124,7 +147,9 @@ pub async fn relay(
                 moved += c.data.len() as u64;
                 progress(moved);
             }
-            ApplyMessage { kind: Some(apply_message::Kind::Frame(f)) }
+            ApplyMessage {
+                kind: Some(apply_message::Kind::Frame(f)),
+            }
         });
     let head = futures::stream::once(futures::future::ready(ApplyMessage {
         kind: Some(apply_message::Kind::Header(header)),

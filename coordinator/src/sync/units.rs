@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use hostshift_proto::v1::{
     ApplyHeader, ApplyResult, FileApply, FileRead, FinalizeStorageRequest, ManifestRead,
-    PlanStorageRequest, ReadRequest, StorageFilesApply, StorageFilesRead, apply_header, read_request,
+    PlanStorageRequest, ReadRequest, StorageFilesApply, StorageFilesRead, apply_header,
+    read_request,
 };
 
 use super::{Run, UnitError, UnitReport, backoff, stream};
@@ -52,19 +53,30 @@ pub(super) async fn transfer(
             }
             None => {
                 let tap = run.opts.tap.as_ref().and_then(|f| f(unit, attempt));
-                let p: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |b: u64| progress.update(&name, b));
+                let p: Arc<dyn Fn(u64) + Send + Sync> =
+                    Arc::new(move |b: u64| progress.update(&name, b));
                 stream::relay(&run.old, &run.new, read.clone(), header.clone(), tap, p).await
             }
         };
         match result {
             Ok(r) => {
-                run.record(unit, "done", r.bytes, r.files, &format!("sha256 {}", r.sha256))?;
+                run.record(
+                    unit,
+                    "done",
+                    r.bytes,
+                    r.files,
+                    &format!("sha256 {}", r.sha256),
+                )?;
                 return Ok((r, attempt));
             }
             Err(e) => {
                 run.record(unit, "failed", 0, 0, &e.message)?;
                 if e.retryable() && attempt < run.opts.attempts {
-                    run.progress.say(&format!("retry {unit} (attempt {} of {}): {e}", attempt + 1, run.opts.attempts));
+                    run.progress.say(&format!(
+                        "retry {unit} (attempt {} of {}): {e}",
+                        attempt + 1,
+                        run.opts.attempts
+                    ));
                     retried.push(e);
                     tokio::time::sleep(backoff(attempt + 1)).await;
                     continue;
@@ -75,11 +87,21 @@ pub(super) async fn transfer(
     }
 }
 
-pub(super) fn fail(mut r: UnitReport, started: Instant, e: &UnitError, run: &Run<'_>) -> UnitReport {
+pub(super) fn fail(
+    mut r: UnitReport,
+    started: Instant,
+    e: &UnitError,
+    run: &Run<'_>,
+) -> UnitReport {
     r.status = "failed".into();
     r.detail = e.message.clone();
     r.ms = started.elapsed().as_millis() as u64;
-    run.progress.done(&format!("{} {}", r.kind, r.name), r.bytes, false, &e.message);
+    run.progress.done(
+        &format!("{} {}", r.kind, r.name),
+        r.bytes,
+        false,
+        &e.message,
+    );
     r
 }
 
@@ -89,17 +111,29 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
     let started = Instant::now();
     let unit = format!("file {}", f.name);
     let mut r = report("file", &f.name);
-    let meta = match run.old.source().file_meta(client::request(FileRead { name: f.name.clone() })).await {
+    let meta = match run
+        .old
+        .source()
+        .file_meta(client::request(FileRead {
+            name: f.name.clone(),
+        }))
+        .await
+    {
         Ok(m) => m.into_inner(),
         Err(s) => return fail(r, started, &UnitError::from_status(s), run),
     };
     if !meta.exists {
-        let e = UnitError { kind: super::ErrorKind::Refused, message: format!("file {} does not exist on the old host", f.name) };
+        let e = UnitError {
+            kind: super::ErrorKind::Refused,
+            message: format!("file {} does not exist on the old host", f.name),
+        };
         return fail(r, started, &e, run);
     }
     let read = ReadRequest {
         grant: String::new(),
-        what: Some(read_request::What::File(FileRead { name: f.name.clone() })),
+        what: Some(read_request::What::File(FileRead {
+            name: f.name.clone(),
+        })),
     };
     let header = ApplyHeader {
         what: Some(apply_header::What::File(FileApply {
@@ -160,7 +194,8 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
                 return r;
             }
             Err(e) if e.retryable() && round < run.opts.attempts => {
-                run.progress.say(&format!("{unit}: planning again after: {e}"));
+                run.progress
+                    .say(&format!("{unit}: planning again after: {e}"));
                 r.retried.push(e);
             }
             Err(e) => return fail(r, started, &e, run),
@@ -168,14 +203,22 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
     }
 }
 
-async fn storage_round(run: &Run<'_>, s: &PlanStorage, r: &mut UnitReport) -> Result<(), UnitError> {
+async fn storage_round(
+    run: &Run<'_>,
+    s: &PlanStorage,
+    r: &mut UnitReport,
+) -> Result<(), UnitError> {
     let unit = format!("storage {}", s.name);
-    run.progress.say(&format!("{unit}: reading the old host's manifest"));
+    run.progress
+        .say(&format!("{unit}: reading the old host's manifest"));
     let manifest = stream::read_all(
         &run.old,
         ReadRequest {
             grant: String::new(),
-            what: Some(read_request::What::Manifest(ManifestRead { tree: s.name.clone(), full: false })),
+            what: Some(read_request::What::Manifest(ManifestRead {
+                tree: s.name.clone(),
+                full: false,
+            })),
         },
         MANIFEST_LIMIT,
     )
@@ -209,24 +252,44 @@ async fn storage_round(run: &Run<'_>, s: &PlanStorage, r: &mut UnitReport) -> Re
         delete_extraneous: s.delete,
         prepare_only,
     };
-    run.new.target().finalize_storage(finalize(true)).await.map_err(UnitError::from_status)?;
+    run.new
+        .target()
+        .finalize_storage(finalize(true))
+        .await
+        .map_err(UnitError::from_status)?;
     let n = plan.batches.len();
     for (i, batch) in plan.batches.into_iter().enumerate() {
         let bunit = format!("{unit} batch {}/{n}", i + 1);
         let read = ReadRequest {
             grant: String::new(),
-            what: Some(read_request::What::StorageFiles(StorageFilesRead { tree: s.name.clone(), entries: batch.expected.clone() })),
+            what: Some(read_request::What::StorageFiles(StorageFilesRead {
+                tree: s.name.clone(),
+                entries: batch.expected.clone(),
+            })),
         };
         let header = ApplyHeader {
-            what: Some(apply_header::What::StorageFiles(StorageFilesApply { tree: s.name.clone(), expected: batch.expected })),
+            what: Some(apply_header::What::StorageFiles(StorageFilesApply {
+                tree: s.name.clone(),
+                expected: batch.expected,
+            })),
         };
-        let (res, attempts) = transfer(run, &bunit, read, header, batch.bytes, &mut r.retried).await?;
+        let (res, attempts) =
+            transfer(run, &bunit, read, header, batch.bytes, &mut r.retried).await?;
         r.bytes += res.bytes;
         r.files += res.files;
         r.attempts = r.attempts.max(attempts);
     }
-    let fin = run.new.target().finalize_storage(finalize(false)).await.map_err(UnitError::from_status)?.into_inner();
-    r.detail = format!("{} dirs created, {} metadata fixes, {} deleted", fin.dirs, fin.meta, fin.deleted);
+    let fin = run
+        .new
+        .target()
+        .finalize_storage(finalize(false))
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
+    r.detail = format!(
+        "{} dirs created, {} metadata fixes, {} deleted",
+        fin.dirs, fin.meta, fin.deleted
+    );
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
 }

@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use hostshift_proto::v1::{CompareStorageRequest, FileRead, ManifestRead, ReadRequest, read_request};
+use hostshift_proto::v1::{
+    CompareStorageRequest, FileRead, ManifestRead, ReadRequest, read_request,
+};
 use hostshift_shared::digest::Sha256Digest;
 use serde::Serialize;
 
@@ -49,7 +51,10 @@ fn short(d: &str) -> String {
 async fn file_bytes(agent: &Agent, name: &str) -> Result<Vec<u8>, UnitError> {
     stream::read_all(
         agent,
-        ReadRequest { grant: String::new(), what: Some(read_request::What::File(FileRead { name: name.into() })) },
+        ReadRequest {
+            grant: String::new(),
+            what: Some(read_request::What::File(FileRead { name: name.into() })),
+        },
         client::MAX_MESSAGE,
     )
     .await
@@ -60,7 +65,11 @@ fn list(v: &[String], what: &str) -> Option<String> {
         return None;
     }
     let shown: Vec<&str> = v.iter().take(10).map(String::as_str).collect();
-    let more = if v.len() > 10 { format!(" and {} more", v.len() - 10) } else { String::new() };
+    let more = if v.len() > 10 {
+        format!(" and {} more", v.len() - 10)
+    } else {
+        String::new()
+    };
     Some(format!("{what}: {}{more}", shown.join(", ")))
 }
 
@@ -70,7 +79,10 @@ fn list(v: &[String], what: &str) -> Option<String> {
 /// [`SyncError::Connect`] when an agent cannot be reached.
 pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
     let started = Instant::now();
-    let (old, new) = tokio::join!(client::connect(plan, Side::Old), client::connect(plan, Side::New));
+    let (old, new) = tokio::join!(
+        client::connect(plan, Side::Old),
+        client::connect(plan, Side::New)
+    );
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
     let mut rows = Vec::new();
@@ -80,25 +92,46 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
             (Ok(a), Ok(b)) => {
                 let expected = match hostshift_shared::dotenv::apply(&a, &f.overrides) {
                     Ok(x) => x,
-                    Err(e) => a.clone().into_iter().chain(format!("\n# {e}").into_bytes()).collect(),
+                    Err(e) => a
+                        .clone()
+                        .into_iter()
+                        .chain(format!("\n# {e}").into_bytes())
+                        .collect(),
                 };
-                let (de, dn) = (Sha256Digest::of(&expected).to_string(), Sha256Digest::of(&b).to_string());
-                let note = if f.overrides.is_empty() { String::new() } else { format!(" (after {} override(s))", f.overrides.len()) };
+                let (de, dn) = (
+                    Sha256Digest::of(&expected).to_string(),
+                    Sha256Digest::of(&b).to_string(),
+                );
+                let note = if f.overrides.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (after {} override(s))", f.overrides.len())
+                };
                 Row {
                     kind: "file".into(),
                     name: f.name.clone(),
                     equal: de == dn,
                     old: format!("{}{note}", short(&de)),
                     new: short(&dn),
-                    detail: if de == dn { String::new() } else { "content differs".into() },
+                    detail: if de == dn {
+                        String::new()
+                    } else {
+                        "content differs".into()
+                    },
                 }
             }
             (a, b) => Row {
                 kind: "file".into(),
                 name: f.name.clone(),
                 equal: false,
-                old: a.as_ref().map(|x| format!("{} bytes", x.len())).unwrap_or_else(|e| e.message.clone()),
-                new: b.as_ref().map(|x| format!("{} bytes", x.len())).unwrap_or_else(|e| e.message.clone()),
+                old: a
+                    .as_ref()
+                    .map(|x| format!("{} bytes", x.len()))
+                    .unwrap_or_else(|e| e.message.clone()),
+                new: b
+                    .as_ref()
+                    .map(|x| format!("{} bytes", x.len()))
+                    .unwrap_or_else(|e| e.message.clone()),
                 detail: "cannot read it on both sides".into(),
             },
         };
@@ -109,25 +142,50 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
             &old,
             ReadRequest {
                 grant: String::new(),
-                what: Some(read_request::What::Manifest(ManifestRead { tree: s.name.clone(), full: true })),
+                what: Some(read_request::What::Manifest(ManifestRead {
+                    tree: s.name.clone(),
+                    full: true,
+                })),
             },
             client::MAX_MESSAGE,
         )
         .await;
         let row = match manifest {
-            Err(e) => Row { kind: "storage".into(), name: s.name.clone(), equal: false, old: e.message, new: String::new(), detail: "cannot read the old manifest".into() },
+            Err(e) => Row {
+                kind: "storage".into(),
+                name: s.name.clone(),
+                equal: false,
+                old: e.message,
+                new: String::new(),
+                detail: "cannot read the old manifest".into(),
+            },
             Ok(m) => {
                 let digest = Sha256Digest::of(&m).to_string();
                 match new
                     .target()
-                    .compare_storage(CompareStorageRequest { tree: s.name.clone(), source_manifest: m, full: true })
+                    .compare_storage(CompareStorageRequest {
+                        tree: s.name.clone(),
+                        source_manifest: m,
+                        full: true,
+                    })
                     .await
                 {
-                    Err(st) => Row { kind: "storage".into(), name: s.name.clone(), equal: false, old: short(&digest), new: client::explain_status(&st), detail: "cannot compare".into() },
+                    Err(st) => Row {
+                        kind: "storage".into(),
+                        name: s.name.clone(),
+                        equal: false,
+                        old: short(&digest),
+                        new: client::explain_status(&st),
+                        detail: "cannot compare".into(),
+                    },
                     Ok(c) => {
                         let c = c.into_inner();
                         // Files the new host has that the old one lacks only matter when the plan deletes them.
-                        let extra = if s.delete { c.extra.clone() } else { Vec::new() };
+                        let extra = if s.delete {
+                            c.extra.clone()
+                        } else {
+                            Vec::new()
+                        };
                         let parts: Vec<String> = [
                             list(&c.missing, "missing"),
                             list(&c.changed, "content differs"),
@@ -141,7 +199,11 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
                             kind: "storage".into(),
                             name: s.name.clone(),
                             equal: parts.is_empty(),
-                            old: format!("{} files, {}", c.source_files, crate::output::bytes(c.source_bytes)),
+                            old: format!(
+                                "{} files, {}",
+                                c.source_files,
+                                crate::output::bytes(c.source_bytes)
+                            ),
                             new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
                             detail: parts.join("; "),
                         }
@@ -152,7 +214,11 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         rows.push(row);
     }
     for d in &plan.databases {
-        let sel = hostshift_proto::v1::DbSelection { database: d.name.clone(), include: d.include.clone(), exclude: d.exclude.clone() };
+        let sel = hostshift_proto::v1::DbSelection {
+            database: d.name.clone(),
+            include: d.include.clone(),
+            exclude: d.exclude.clone(),
+        };
         match super::database::fingerprints(&old, &new, &sel).await {
             Err(e) => rows.push(Row {
                 kind: "database".into(),
@@ -163,17 +229,24 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
                 detail: format!("cannot fingerprint: {e}"),
             }),
             Ok((fo, fnew)) => {
-                let names: std::collections::BTreeSet<&String> = fo.tables.keys().chain(fnew.tables.keys()).collect();
+                let names: std::collections::BTreeSet<&String> =
+                    fo.tables.keys().chain(fnew.tables.keys()).collect();
                 for t in names {
                     let (a, b) = (fo.tables.get(t), fnew.tables.get(t));
                     let rows_of = |f: &hostshift_proto::v1::FingerprintResponse| {
-                        f.rows.get(t).map_or_else(|| "missing".to_string(), |r| format!("{r} rows"))
+                        f.rows
+                            .get(t)
+                            .map_or_else(|| "missing".to_string(), |r| format!("{r} rows"))
                     };
                     let detail = match (a, b) {
                         (Some(_), None) => "missing on the new host".to_string(),
                         (None, Some(_)) => "only on the new host".to_string(),
                         (Some(x), Some(y)) if x != y => {
-                            if fo.rows.get(t) == fnew.rows.get(t) { "same row count, content differs".to_string() } else { "row counts differ".to_string() }
+                            if fo.rows.get(t) == fnew.rows.get(t) {
+                                "same row count, content differs".to_string()
+                            } else {
+                                "row counts differ".to_string()
+                            }
                         }
                         _ => String::new(),
                     };
@@ -186,28 +259,51 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
                         detail,
                     });
                 }
-                let seq_diff: Vec<&String> = fo.sequences.iter().filter(|(k, v)| fnew.sequences.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+                let seq_diff: Vec<&String> = fo
+                    .sequences
+                    .iter()
+                    .filter(|(k, v)| fnew.sequences.get(*k) != Some(*v))
+                    .map(|(k, _)| k)
+                    .collect();
                 rows.push(Row {
                     kind: "sequences".into(),
                     name: d.name.clone(),
                     equal: seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len(),
                     old: format!("{} sequences", fo.sequences.len()),
                     new: format!("{} sequences", fnew.sequences.len()),
-                    detail: if seq_diff.is_empty() { String::new() } else { format!("positions differ: {seq_diff:?}") },
+                    detail: if seq_diff.is_empty() {
+                        String::new()
+                    } else {
+                        format!("positions differ: {seq_diff:?}")
+                    },
                 });
                 if !fo.large_objects.is_empty() || !fnew.large_objects.is_empty() {
-                    let lo_diff: Vec<&u32> = fo.large_objects.iter().filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+                    let lo_diff: Vec<&u32> = fo
+                        .large_objects
+                        .iter()
+                        .filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v))
+                        .map(|(k, _)| k)
+                        .collect();
                     rows.push(Row {
                         kind: "large objects".into(),
                         name: d.name.clone(),
-                        equal: lo_diff.is_empty() && fo.large_objects.len() == fnew.large_objects.len(),
+                        equal: lo_diff.is_empty()
+                            && fo.large_objects.len() == fnew.large_objects.len(),
                         old: format!("{} objects", fo.large_objects.len()),
                         new: format!("{} objects", fnew.large_objects.len()),
-                        detail: if lo_diff.is_empty() { String::new() } else { format!("differ: OIDs {lo_diff:?}") },
+                        detail: if lo_diff.is_empty() {
+                            String::new()
+                        } else {
+                            format!("differ: OIDs {lo_diff:?}")
+                        },
                     });
                 }
             }
         }
     }
-    Ok(Report { ok: rows.iter().all(|r| r.equal), rows, ms: started.elapsed().as_millis() as u64 })
+    Ok(Report {
+        ok: rows.iter().all(|r| r.equal),
+        rows,
+        ms: started.elapsed().as_millis() as u64,
+    })
 }

@@ -4,8 +4,8 @@
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-use hostshift::lab::agent::LabAgent;
 pub use hostshift::lab::agent::AgentSetup;
+use hostshift::lab::agent::LabAgent;
 use hostshift_shared::tls::TlsFiles;
 use tonic::transport::{Channel, ClientTlsConfig};
 

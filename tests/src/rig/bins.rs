@@ -45,7 +45,10 @@ pub struct CliOutput {
 impl CliOutput {
     /// Both streams, for assertion messages.
     pub fn both(&self) -> String {
-        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 
     /// stdout parsed as one JSON document.

@@ -21,21 +21,44 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Snap> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            let rel = p.strip_prefix(root).expect("below root").display().to_string();
+            let rel = p
+                .strip_prefix(root)
+                .expect("below root")
+                .display()
+                .to_string();
             let m = std::fs::symlink_metadata(&p).expect("lstat");
             let (kind, content) = if m.file_type().is_symlink() {
-                ("symlink", std::fs::read_link(&p).expect("readlink").display().to_string())
+                (
+                    "symlink",
+                    std::fs::read_link(&p)
+                        .expect("readlink")
+                        .display()
+                        .to_string(),
+                )
             } else if m.is_dir() {
                 stack.push(p.clone());
                 ("dir", String::new())
             } else {
-                ("file", Sha256Digest::of(&std::fs::read(&p).expect("read")).to_string())
+                (
+                    "file",
+                    Sha256Digest::of(&std::fs::read(&p).expect("read")).to_string(),
+                )
             };
             let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-            out.insert(rel, Snap { kind, content, mode: m.mode() & 0o7777, mtime_ns });
+            out.insert(
+                rel,
+                Snap {
+                    kind,
+                    content,
+                    mode: m.mode() & 0o7777,
+                    mtime_ns,
+                },
+            );
         }
     }
     out
@@ -65,5 +88,15 @@ pub fn assert_same_content(old: &Path, new: &Path) {
     for k in b.keys().filter(|k| !a.contains_key(*k)) {
         diffs.push(format!("only on new: {k}"));
     }
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

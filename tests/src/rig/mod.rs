@@ -9,11 +9,11 @@ mod sandbox;
 mod world;
 
 pub use agent::{AgentProc, AgentSetup};
-pub use bins::{agent_bin, cli, cli_in, hostshift_bin, CliOutput};
-pub use nginx::{children, http_get, nginx_bin, process_group, HttpReply, NginxProc, UpstreamApp};
+pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin};
+pub use nginx::{HttpReply, NginxProc, UpstreamApp, children, http_get, nginx_bin, process_group};
 pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
 pub use sandbox::Sandbox;
-pub use world::{world, PgInfo, World, OLD_IP, NEW_IP, TEMPLATE_DB};
+pub use world::{NEW_IP, OLD_IP, PgInfo, TEMPLATE_DB, World, world};
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

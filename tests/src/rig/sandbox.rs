@@ -45,7 +45,13 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).expect("sandbox dir");
         let slug: String = test
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(40)
             .collect();
         let old_db = format!("t{n}_{slug}_old");
@@ -62,16 +68,22 @@ impl Sandbox {
         for (i, sub) in ["2026/01", "2026/02", "2026/03"].iter().enumerate() {
             let d = old_storage.join(sub);
             std::fs::create_dir_all(&d).expect("storage dir");
-            std::fs::write(d.join(format!("eval-{i}.json")), format!("{{\"run\":{i},\"score\":0.{i}}}"))
-                .expect("storage file");
+            std::fs::write(
+                d.join(format!("eval-{i}.json")),
+                format!("{{\"run\":{i},\"score\":0.{i}}}"),
+            )
+            .expect("storage file");
         }
         std::fs::create_dir_all(&new_storage).expect("new storage dir");
         let old_env = dir.join("old/backend/.env");
         let new_env = dir.join("new/backend/.env");
         std::fs::create_dir_all(old_env.parent().expect("parent")).expect("backend dir");
         std::fs::create_dir_all(new_env.parent().expect("parent")).expect("backend dir");
-        std::fs::write(&old_env, "# backend\nPORT=3666\nDATABASE_URL=postgres://app@localhost/app\nJWT_SECRET=s3cr3t\n")
-            .expect("env file");
+        std::fs::write(
+            &old_env,
+            "# backend\nPORT=3666\nDATABASE_URL=postgres://app@localhost/app\nJWT_SECRET=s3cr3t\n",
+        )
+        .expect("env file");
         Sandbox {
             world,
             dir,
@@ -92,8 +104,10 @@ impl Sandbox {
     /// nothing destructive allowed.
     pub fn old_setup(&self) -> AgentSetup {
         let mut s = AgentSetup::new("old", OLD_IP);
-        s.databases.push(("app".into(), self.world.old_pg.conninfo(&self.old_db)));
-        s.storage.push(("evaluations".into(), self.old_storage.clone()));
+        s.databases
+            .push(("app".into(), self.world.old_pg.conninfo(&self.old_db)));
+        s.storage
+            .push(("evaluations".into(), self.old_storage.clone()));
         s.files.push(("backend-env".into(), self.old_env.clone()));
         s
     }
@@ -101,8 +115,10 @@ impl Sandbox {
     /// The new agent's usual config: the same names, and every write a sync needs allowed.
     pub fn new_setup(&self) -> AgentSetup {
         let mut s = AgentSetup::new("new", NEW_IP);
-        s.databases.push(("app".into(), self.world.new_pg.conninfo(&self.new_db)));
-        s.storage.push(("evaluations".into(), self.new_storage.clone()));
+        s.databases
+            .push(("app".into(), self.world.new_pg.conninfo(&self.new_db)));
+        s.storage
+            .push(("evaluations".into(), self.new_storage.clone()));
         s.files.push(("backend-env".into(), self.new_env.clone()));
         s.restore_databases.push("app".into());
         s.write_storage.push("evaluations".into());
@@ -143,8 +159,16 @@ impl Sandbox {
         let c = &self.world.certs;
         let mut t = String::new();
         let _ = writeln!(t, "[migration]\nname = \"test\"\n");
-        let _ = writeln!(t, "[old]\naddress = \"{}\"\nagent = \"old\"\n", self.addresses.0);
-        let _ = writeln!(t, "[new]\naddress = \"{}\"\nagent = \"new\"\n", self.addresses.1);
+        let _ = writeln!(
+            t,
+            "[old]\naddress = \"{}\"\nagent = \"old\"\n",
+            self.addresses.0
+        );
+        let _ = writeln!(
+            t,
+            "[new]\naddress = \"{}\"\nagent = \"new\"\n",
+            self.addresses.1
+        );
         let _ = writeln!(
             t,
             "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -155,9 +179,19 @@ impl Sandbox {
         if self.plan_databases {
             let _ = writeln!(t, "[[databases]]\nname = \"app\"\n");
         }
-        let _ = writeln!(t, "[[storage]]\nname = \"evaluations\"\n\n[[files]]\nname = \"backend-env\"\n");
-        let freeze = if self.plan_databases { "[\"read-only\"]" } else { "[]" };
-        let _ = writeln!(t, "[freeze]\nmethods = {freeze}\n\n[switch]\nmethod = \"none\"\n");
+        let _ = writeln!(
+            t,
+            "[[storage]]\nname = \"evaluations\"\n\n[[files]]\nname = \"backend-env\"\n"
+        );
+        let freeze = if self.plan_databases {
+            "[\"read-only\"]"
+        } else {
+            "[]"
+        };
+        let _ = writeln!(
+            t,
+            "[freeze]\nmethods = {freeze}\n\n[switch]\nmethod = \"none\"\n"
+        );
         t.push_str(extra);
         std::fs::write(self.plan_path(), t).expect("write plan");
     }

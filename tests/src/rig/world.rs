@@ -31,7 +31,11 @@ pub struct PgInfo {
 impl PgInfo {
     /// libpq key=value string over the unix socket, as superuser `postgres`.
     pub fn conninfo(&self, db: &str) -> String {
-        format!("host={} port={} user=postgres dbname={db}", self.socket_dir.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     /// A connection (its task runs on the caller's runtime).
@@ -121,14 +125,22 @@ fn start() -> World {
         old.create_database(TEMPLATE_DB, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let client = old.connect(TEMPLATE_DB).await.unwrap_or_else(|e| panic!("{e}"));
+        let client = old
+            .connect(TEMPLATE_DB)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let summary = seed::seed(&client, Scale::Tiny)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(client);
         // Roles are cluster-wide: the new cluster needs them for ownership to carry over.
-        let client = new.connect("postgres").await.unwrap_or_else(|e| panic!("{e}"));
-        seed::ensure_roles(&client).await.unwrap_or_else(|e| panic!("{e}"));
+        let client = new
+            .connect("postgres")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        seed::ensure_roles(&client)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         (old, new, summary)
     });
     let info = |c: &PgCluster| PgInfo {
