@@ -127,6 +127,26 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
     Ok(client)
 }
 
+/// The environment `pg_dump`/`pg_restore`/`psql` need for a configured database: the password
+/// from its `password_file` (in the child's environment, never its command line) and, with a
+/// `ca_file`, the same verified TLS the agent's own connections use (`verify-full`).
+///
+/// # Errors
+/// The password file cannot be read (the error's path is `db.password_file`).
+pub fn libpq_env(
+    mut cmd: crate::process::Cmd,
+    db: &DatabaseConfig,
+) -> std::io::Result<crate::process::Cmd> {
+    if let Some(pf) = &db.password_file {
+        let pw = std::fs::read_to_string(pf)?;
+        cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
+    }
+    if let Some(ca) = &db.ca_file {
+        cmd = cmd.env("PGSSLROOTCERT", ca).env("PGSSLMODE", "verify-full");
+    }
+    Ok(cmd)
+}
+
 /// Runs a connection's I/O until its client is dropped.
 fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
 where

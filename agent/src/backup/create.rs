@@ -206,7 +206,7 @@ async fn dump_database(
 ) -> Result<Artifact, AgentError> {
     let file = format!("databases/{}.dump", db.name);
     let path = staging.join(&file);
-    let mut cmd = Cmd::new(bin.join("pg_dump"))
+    let cmd = Cmd::new(bin.join("pg_dump"))
         .arg("--format=custom")
         .arg("--no-password")
         .arg(format!(
@@ -218,10 +218,8 @@ async fn dump_database(
         .timeout(DUMP_TIMEOUT)
         .env("PGAPPNAME", "hostshift-backup")
         .env("PGCONNECT_TIMEOUT", "10");
-    if let Some(pf) = &db.password_file {
-        let pw = std::fs::read_to_string(pf).map_err(|e| AgentError::io("read", pf, e))?;
-        cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
-    }
+    let cmd = crate::db::libpq_env(cmd, db)
+        .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
     cmd.output(cancel).await?.success()?;
     let client = crate::db::connect(db).await?;
     let server_version: String = client

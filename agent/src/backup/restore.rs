@@ -235,7 +235,7 @@ async fn restore_database(
             "pg_restore not found: install it (apt-get install -y postgresql-client-15) or set [tools] pg_bin_dir".into(),
         )
     })?;
-    let mut cmd = Cmd::new(bin.join("pg_restore"))
+    let cmd = Cmd::new(bin.join("pg_restore"))
         .args([
             "--no-password",
             "--clean",
@@ -248,10 +248,8 @@ async fn restore_database(
         .timeout(RESTORE_TIMEOUT)
         .env("PGAPPNAME", "hostshift-restore")
         .env("PGCONNECT_TIMEOUT", "10");
-    if let Some(pf) = &db.password_file {
-        let pw = std::fs::read_to_string(pf).map_err(|e| AgentError::io("read", pf, e))?;
-        cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
-    }
+    let cmd = crate::db::libpq_env(cmd, db)
+        .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
     cmd.output(cancel).await?.success()?;
     Ok(format!(
         "pg_restore into database {} ({} bytes of dump)",

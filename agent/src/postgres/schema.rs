@@ -94,18 +94,11 @@ fn command(
     cmd = cmd
         .args(selection_args)
         .arg(format!("--dbname={}", db.conninfo));
-    if let Some(pf) = &db.password_file {
-        let pw = std::fs::read_to_string(pf).map_err(|source| PgSyncError::Io {
-            op: "read the password file",
-            path: pf.clone(),
-            source,
-        })?;
-        cmd = cmd.env("PGPASSWORD", pw.trim_end_matches(['\n', '\r']));
-    }
-    // libpq verifies the server the same way the agent's own connections do.
-    if let Some(ca) = &db.ca_file {
-        cmd = cmd.env("PGSSLROOTCERT", ca).env("PGSSLMODE", "verify-full");
-    }
+    let cmd = crate::db::libpq_env(cmd, db).map_err(|source| PgSyncError::Io {
+        op: "read the password file",
+        path: db.password_file.clone().unwrap_or_default(),
+        source,
+    })?;
     Ok(cmd)
 }
 

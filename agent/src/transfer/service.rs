@@ -143,7 +143,9 @@ impl Source for SourceService {
                 super::db::read_large_object(&self.ctx, &d).await?
             }
             None => {
-                return Err(AgentError::InvalidArgument("read request names nothing".into()).into());
+                return Err(
+                    AgentError::InvalidArgument("read request names nothing".into()).into(),
+                );
             }
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
