@@ -181,7 +181,6 @@ impl PgCluster {
         let dir = root.join(name);
         let data_dir = dir.join("data");
         let socket_dir = dir.join("sock");
-        let log_path = dir.join("postgres.log");
         if fs::read_dir(&data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
             return Err(LabError::DataDirNotEmpty { path: data_dir });
         }
@@ -203,53 +202,16 @@ impl PgCluster {
         allow_loopback_tcp(&data_dir)?;
         tracing::debug!(cluster = name, elapsed = ?started.elapsed(), "initdb done");
 
-        let mut attempt = 1;
-        loop {
-            let port = free_port(listen)?;
-            let child = spawn_postmaster(
-                &bin_dir,
-                &dir,
-                &data_dir,
-                &socket_dir,
-                &log_path,
-                listen,
-                port,
-                run_as,
-            )?;
-            let pid = child
-                .id()
-                .expect("a child that was just spawned has not been reaped");
-            let mut cluster = PgCluster {
-                name: name.to_owned(),
-                bin_dir: bin_dir.clone(),
-                dir: dir.clone(),
-                data_dir: data_dir.clone(),
-                socket_dir: socket_dir.clone(),
-                log_path: log_path.clone(),
-                listen,
-                port,
-                pid,
-                child: Some(child),
-            };
-            match cluster.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Ok(()) => {
-                    let elapsed = started.elapsed();
-                    tracing::info!(cluster = name, %listen, port, pid, ?elapsed, "lab cluster ready");
-                    return Ok(cluster);
-                }
-                // Another process took the port between our probe and the postmaster's bind.
-                Err(LabError::Exited { ref log_tail, .. })
-                    if attempt < PORT_ATTEMPTS && log_tail.contains("Address already in use") =>
-                {
-                    tracing::debug!(cluster = name, port, "port taken meanwhile, trying another");
-                    attempt += 1;
-                }
-                Err(error) => {
-                    cluster.kill_now();
-                    return Err(error);
-                }
-            }
-        }
+        launch(
+            name,
+            bin_dir,
+            dir,
+            listen,
+            run_as,
+            started,
+            "lab cluster ready",
+        )
+        .await
     }
 
     /// Starts a postmaster on a cluster that an earlier [`PgCluster::start`] created in
@@ -273,7 +235,6 @@ impl PgCluster {
         let dir = root.join(name);
         let data_dir = dir.join("data");
         let socket_dir = dir.join("sock");
-        let log_path = dir.join("postgres.log");
         let version = data_dir.join("PG_VERSION");
         fs::metadata(&version).map_err(LabError::io("find a lab cluster at", &version))?;
         if let RunAs::Postgres { uid, gid } = run_as {
@@ -282,51 +243,16 @@ impl PgCluster {
         fs::create_dir_all(&socket_dir).map_err(LabError::io("create directory", &socket_dir))?;
         run_as.own(&socket_dir)?;
         let started = Instant::now();
-        let mut attempt = 1;
-        loop {
-            let port = free_port(listen)?;
-            let child = spawn_postmaster(
-                &bin_dir,
-                &dir,
-                &data_dir,
-                &socket_dir,
-                &log_path,
-                listen,
-                port,
-                run_as,
-            )?;
-            let pid = child
-                .id()
-                .expect("a child that was just spawned has not been reaped");
-            let mut cluster = PgCluster {
-                name: name.to_owned(),
-                bin_dir: bin_dir.clone(),
-                dir: dir.clone(),
-                data_dir: data_dir.clone(),
-                socket_dir: socket_dir.clone(),
-                log_path: log_path.clone(),
-                listen,
-                port,
-                pid,
-                child: Some(child),
-            };
-            match cluster.wait_ready(Instant::now() + START_TIMEOUT).await {
-                Ok(()) => {
-                    let elapsed = started.elapsed();
-                    tracing::info!(cluster = name, %listen, port, pid, ?elapsed, "existing lab cluster ready");
-                    return Ok(cluster);
-                }
-                Err(LabError::Exited { ref log_tail, .. })
-                    if attempt < PORT_ATTEMPTS && log_tail.contains("Address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(error) => {
-                    cluster.kill_now();
-                    return Err(error);
-                }
-            }
-        }
+        launch(
+            name,
+            bin_dir,
+            dir,
+            listen,
+            run_as,
+            started,
+            "existing lab cluster ready",
+        )
+        .await
     }
 
     /// The cluster's name (its directory under the lab root).
@@ -635,6 +561,70 @@ fn allow_loopback_tcp(data_dir: &Path) -> Result<(), LabError> {
         .map_err(LabError::io("open", &hba))?;
     file.write_all(b"\n# hostshift lab: every loopback address\nhost all all 127.0.0.0/8 trust\n")
         .map_err(LabError::io("append to", &hba))
+}
+
+/// Starts the postmaster of the cluster in `dir` (`data/`, `sock/`, `postgres.log`) on `listen`
+/// and a free port, retrying with another port when a racing process took the chosen one, and
+/// returns once it accepts connections (killing it if it never does).
+async fn launch(
+    name: &str,
+    bin_dir: PathBuf,
+    dir: PathBuf,
+    listen: Ipv4Addr,
+    run_as: RunAs,
+    started: Instant,
+    ready: &'static str,
+) -> Result<PgCluster, LabError> {
+    let data_dir = dir.join("data");
+    let socket_dir = dir.join("sock");
+    let log_path = dir.join("postgres.log");
+    let mut attempt = 1;
+    loop {
+        let port = free_port(listen)?;
+        let child = spawn_postmaster(
+            &bin_dir,
+            &dir,
+            &data_dir,
+            &socket_dir,
+            &log_path,
+            listen,
+            port,
+            run_as,
+        )?;
+        let pid = child
+            .id()
+            .expect("a child that was just spawned has not been reaped");
+        let mut cluster = PgCluster {
+            name: name.to_owned(),
+            bin_dir: bin_dir.clone(),
+            dir: dir.clone(),
+            data_dir: data_dir.clone(),
+            socket_dir: socket_dir.clone(),
+            log_path: log_path.clone(),
+            listen,
+            port,
+            pid,
+            child: Some(child),
+        };
+        match cluster.wait_ready(Instant::now() + START_TIMEOUT).await {
+            Ok(()) => {
+                let elapsed = started.elapsed();
+                tracing::info!(cluster = name, %listen, port, pid, ?elapsed, "{ready}");
+                return Ok(cluster);
+            }
+            // Another process took the port between our probe and the postmaster's bind.
+            Err(LabError::Exited { ref log_tail, .. })
+                if attempt < PORT_ATTEMPTS && log_tail.contains("Address already in use") =>
+            {
+                tracing::debug!(cluster = name, port, "port taken meanwhile, trying another");
+                attempt += 1;
+            }
+            Err(error) => {
+                cluster.kill_now();
+                return Err(error);
+            }
+        }
+    }
 }
 
 /// Reserves a port the kernel considers free on `listen`, then releases it for the postmaster.
