@@ -337,7 +337,11 @@ async fn copy(
     // No fingerprints here: comparing both whole databases costs as much as the copy (the
     // benchmark measured 22 of 39 s); `hostshift verify` does it when asked, and the cutover's
     // delta does it per key range.
-    r.detail = format!("{} tables ({rows} rows) copied, {} already equal; compare with `hostshift verify`", to_copy.len(), r.skipped_files);
+    r.detail = format!(
+        "{} tables ({rows} rows) copied, {} already equal; compare with `hostshift verify`",
+        to_copy.len(),
+        r.skipped_files
+    );
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
 }
