@@ -334,10 +334,21 @@ async fn a_sync_killed_midway_resumes_without_resending_finished_batches() {
     )
     .await;
     child.kill().await.expect("kill the coordinator");
-    let copied_before: usize = fs::content(&sb.new_storage)
-        .values()
-        .filter(|v| v.0 == "file")
-        .count();
+    // The new agent notices the broken stream a moment later; count once its tree is still.
+    let copied_before = rig::eventually(
+        Duration::from_secs(30),
+        "the new tree to settle after the kill",
+        || {
+            let root = sb.new_storage.clone();
+            async move {
+                let a = fs::content(&root);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let b = fs::content(&root);
+                (a == b).then(|| b.values().filter(|v| v.0 == "file").count())
+            }
+        },
+    )
+    .await;
     assert!(
         (30..303).contains(&copied_before),
         "{copied_before} files copied before the kill"

@@ -31,7 +31,13 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Snap> {
                 .expect("below root")
                 .display()
                 .to_string();
-            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            // A live tree (an agent still finishing after its client was killed) may drop an
+            // entry between the listing and the lstat; it is simply not part of the snapshot.
+            let m = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("lstat {}: {e}", p.display()),
+            };
             let (kind, content) = if m.file_type().is_symlink() {
                 (
                     "symlink",
@@ -44,10 +50,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Snap> {
                 stack.push(p.clone());
                 ("dir", String::new())
             } else {
-                (
-                    "file",
-                    Sha256Digest::of(&std::fs::read(&p).expect("read")).to_string(),
-                )
+                match std::fs::read(&p) {
+                    Ok(bytes) => ("file", Sha256Digest::of(&bytes).to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("read {}: {e}", p.display()),
+                }
             };
             let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
             out.insert(
