@@ -180,4 +180,26 @@ impl Database for DatabaseService {
             large_objects: large_objects.into_iter().collect(),
         }))
     }
+
+    // Placeholders until the implementation lands (same session).
+    async fn range_fingerprints(
+        &self,
+        _req: Request<hostshift_proto::v1::RangeFingerprintsRequest>,
+    ) -> Result<Response<hostshift_proto::v1::RangeFingerprintsResponse>, Status> {
+        Err(Status::unimplemented("RangeFingerprints"))
+    }
+
+    async fn schema_digest(
+        &self,
+        _req: Request<DbSelection>,
+    ) -> Result<Response<hostshift_proto::v1::SchemaDigestResponse>, Status> {
+        Err(Status::unimplemented("SchemaDigest"))
+    }
+
+    async fn set_read_only(
+        &self,
+        _req: Request<hostshift_proto::v1::SetReadOnlyRequest>,
+    ) -> Result<Response<hostshift_proto::v1::SetReadOnlyResponse>, Status> {
+        Err(Status::unimplemented("SetReadOnly"))
+    }
 }
