@@ -154,7 +154,8 @@ impl Sandbox {
         self.dir.join("plan.toml")
     }
 
-    /// Writes the plan for the agents started by [`Sandbox::start`]; `extra` is appended as raw TOML.
+    /// Writes the plan for the agents started by [`Sandbox::start`]; `extra` is appended as raw TOML
+/// (with its own `[freeze]` or `[switch]` table, that default is left out).
     pub fn write_plan(&self, extra: &str) {
         let c = &self.world.certs;
         let mut t = String::new();
@@ -188,10 +189,13 @@ impl Sandbox {
         } else {
             "[]"
         };
-        let _ = writeln!(
-            t,
-            "[freeze]\nmethods = {freeze}\n\n[switch]\nmethod = \"none\"\n"
-        );
+        // `extra` may bring its own [freeze] / [switch] (a table cannot be defined twice).
+        if !extra.contains("[freeze]") {
+            let _ = writeln!(t, "[freeze]\nmethods = {freeze}\n");
+        }
+        if !extra.contains("[switch]") {
+            let _ = writeln!(t, "[switch]\nmethod = \"none\"\n");
+        }
         t.push_str(extra);
         std::fs::write(self.plan_path(), t).expect("write plan");
     }
