@@ -32,6 +32,9 @@ A typical move:
   hostshift backup --host old    # take a backup on the old host
   hostshift sync                 # copy everything (again: only what changed)
   hostshift verify               # prove equality
+  hostshift cutover --dry-run    # the gates only
+  hostshift cutover --yes        # freeze, delta, prove, switch, verify (undone on failure)
+  hostshift rollback --yes       # back to the old host
 Try it first on two throwaway local hosts: hostshift rehearse
 
 Exit codes: 0 ok; 1 the operation failed and the old host is untouched;
@@ -107,6 +110,14 @@ pub enum Command {
     /// one while the old keeps serving. Only what differs travels; every stream is SHA-256
     /// checked before anything is committed; safe to run again (it resumes).
     Sync(commands::sync::SyncCmd),
+    /// Move traffic to the new host: gates, write freeze on the old host, final delta sync, proof
+    /// of equality, traffic switch, verification — journaled, undone on any failure.
+    Cutover(commands::cutover::CutoverCmd),
+    /// Undo a cutover: traffic back to the old host and its write freeze lifted.
+    Rollback(commands::cutover::RollbackCmd),
+    /// Where the migration stands, from the journal: last sync and verify, the cutover's steps,
+    /// whether the old host is frozen.
+    Status(commands::cutover::StatusCmd),
     /// Prove the new host holds what the old one holds: every file re-hashed on both sides,
     /// config files compared after the plan's overrides, every table's rows and content
     /// fingerprint. Read-only; exit 1 naming what differs.
@@ -172,5 +183,9 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Rehearse(c) => commands::rehearse::run(&g, c).await,
         Command::Sync(c) => commands::sync::run(&g, c).await,
         Command::Verify(c) => commands::verify::run(&g, c).await,
+        // Boxed: the cutover's future nests the sync's and the AWS SDK's deeply.
+        Command::Cutover(c) => Box::pin(commands::cutover::run(&g, c)).await,
+        Command::Rollback(c) => Box::pin(commands::cutover::rollback(&g, c)).await,
+        Command::Status(c) => commands::cutover::status(&g, c).await,
     }
 }

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod cutover;
 pub mod error;
 pub mod lab;
 pub mod output;

@@ -7,7 +7,6 @@
 //! upload or retention run that failed after a complete backup; 2 usage (e.g. `restore` without
 //! `--host`, or without `--yes` when there is no terminal to confirm on).
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -18,6 +17,7 @@ use hostshift_proto::v1::{
 };
 use serde_json::{Value, json};
 
+use super::confirm;
 use crate::cli::{Global, PlanArg};
 use crate::client::{self, Agent};
 use crate::error::{CliError, CliResult, failed, usage};
@@ -425,26 +425,6 @@ async fn prune(g: &Global, agent: &Agent) -> CliResult {
 }
 
 /// Asks before a restore, unless `--yes`; without a terminal to ask on, refuses.
-fn confirm(g: &Global, question: &str) -> CliResult {
-    if g.yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(usage(anyhow::anyhow!(
-            "{question} — no terminal to confirm on: add --yes"
-        )));
-    }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(usage(anyhow::anyhow!("not confirmed; nothing was changed")))
-    }
-}
-
 fn summary_json(b: &BackupSummary) -> Value {
     let artifacts: Vec<Value> = b
         .artifacts

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod certs;
 pub mod check;
+pub mod cutover;
 pub mod db;
 pub mod env;
 pub mod health;
@@ -16,7 +17,10 @@ pub mod rehearse;
 pub mod sync;
 pub mod verify;
 
-use crate::error::{CliError, usage};
+use std::io::{BufRead, IsTerminal, Write};
+
+use crate::cli::Global;
+use crate::error::{CliError, CliResult, usage};
 use crate::plan::Plan;
 
 /// Loads a plan, turning its problems into a usage error (exit 2) that lists each one.
@@ -25,4 +29,29 @@ use crate::plan::Plan;
 /// A [`CliError::Usage`] listing every problem with file, line and key.
 pub fn load_plan(path: &std::path::Path) -> Result<Plan, CliError> {
     Plan::load(path).map_err(|p| usage(anyhow::anyhow!("the plan is invalid:\n{p}")))
+}
+
+/// Asks `question` on the terminal unless `--yes` was given; without a terminal (a script, a
+/// pipe) refuses with a usage error telling to add `--yes`, so nothing happens unconfirmed.
+///
+/// # Errors
+/// [`CliError::Usage`] when not confirmed.
+pub fn confirm(g: &Global, question: &str) -> CliResult {
+    if g.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(anyhow::anyhow!(
+            "{question} — no terminal to confirm on: add --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(usage(anyhow::anyhow!("not confirmed; nothing was changed")))
+    }
 }

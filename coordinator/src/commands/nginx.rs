@@ -1,8 +1,6 @@
 //! `hostshift nginx test|reload|maintenance on|off|status --host old|new`: the nginx in front of
 //! a host's apps, through that host's agent (which acts only on the `[nginx]` of its own config).
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use clap::{Args, Subcommand};
 use hostshift_proto::v1::{
     MaintenanceOffRequest, MaintenanceOnRequest, MaintenanceResponse, MaintenanceStatusRequest,
@@ -10,6 +8,7 @@ use hostshift_proto::v1::{
 };
 use serde_json::json;
 
+use super::confirm;
 use crate::cli::{Global, PlanArg};
 use crate::client;
 use crate::error::{CliError, CliResult, failed, usage};
@@ -84,26 +83,6 @@ fn rpc_error(what: &str, side: Side, s: &tonic::Status) -> CliError {
 }
 
 /// Asks before taking a site down, unless `--yes`; without a terminal to ask on, refuses.
-fn confirm(g: &Global, question: &str) -> CliResult {
-    if g.yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(usage(anyhow::anyhow!(
-            "{question} — no terminal to confirm on: add --yes"
-        )));
-    }
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(usage(anyhow::anyhow!("not confirmed; nothing was changed")))
-    }
-}
-
 fn maintenance_json(side: Side, r: &MaintenanceResponse) -> serde_json::Value {
     json!({
         "host": side,

@@ -76,6 +76,8 @@ pub struct AgentSetup {
     pub write_files: Vec<String>,
     /// `[allow] control_services`
     pub control_services: bool,
+    /// `[allow] freeze_databases` (the old host: the cutover makes these read-only)
+    pub freeze_databases: Vec<String>,
     /// `[limits] shutdown_grace_secs`
     pub grace_secs: u64,
     /// `ca_file` for every database (TLS to PostgreSQL).
@@ -100,6 +102,7 @@ impl AgentSetup {
             write_storage: vec![],
             write_files: vec![],
             control_services: false,
+            freeze_databases: vec![],
             grace_secs: 5,
             db_ca_file: None,
             state_dir: None,
@@ -155,11 +158,12 @@ impl AgentSetup {
         }
         let _ = writeln!(
             t,
-            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\n",
+            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\n",
             list(&self.restore_databases),
             list(&self.write_storage),
             list(&self.write_files),
-            self.control_services
+            self.control_services,
+            list(&self.freeze_databases)
         );
         let _ = writeln!(t, "[limits]\nshutdown_grace_secs = {}\n", self.grace_secs);
         t.push_str(&self.extra);

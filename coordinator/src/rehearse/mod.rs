@@ -134,6 +134,8 @@ impl LocalLab {
         say("agents: old (read-only) and new (allowed to be written)");
         let mut old = AgentSetup::new("old", OLD_IP);
         old.databases.push(("app".into(), old_pg.conninfo("app")));
+        // The cutover's write freeze (read-only + end sessions) is the old host's one permit.
+        old.freeze_databases.push("app".into());
         old.storage
             .push(("evaluations".into(), content::storage_dir(&old_root)));
         for (name, rel) in content::FILES {

@@ -19,7 +19,7 @@ use hostshift_proto::v1::{
 };
 
 use super::units::{fail, report, transfer};
-use super::{Run, UnitError, UnitReport};
+use super::{Run, UnitError, UnitReport, delta};
 use crate::plan::PlanDatabase;
 
 /// Tables above this many (estimated) rows are copied in key ranges of about this size.
@@ -144,6 +144,8 @@ async fn copy(
     let new_t = tables(new_t.map_err(UnitError::from_status)?.into_inner().tables)?;
     let fresh = new_t.is_empty();
     let mut to_copy: Vec<Table> = old_t.clone();
+    // A rerun: per differing table, its differing key ranges (`None`: the whole table).
+    let mut deltas: Vec<(Table, Option<Vec<delta::Range>>)> = Vec::new();
     if fresh {
         run.progress.say(&format!(
             "{unit}: new database: roles and schema first ({} tables)",
@@ -191,8 +193,31 @@ async fn copy(
                 ),
             });
         }
-        let (fo, fn_) = fingerprints(&run.old, &run.new, sel).await?;
-        to_copy.retain(|t| fo.tables.get(&t.name) != fn_.tables.get(&t.name));
+        schema_unchanged(&run.old, &run.new, sel).await?;
+        run.progress.say(&format!(
+            "{unit}: comparing {} tables by key-range fingerprints",
+            old_t.len()
+        ));
+        let found: Vec<Result<(Table, delta::Found), UnitError>> =
+            futures::stream::iter(old_t.iter().cloned().map(|t| async move {
+                let f = delta::find(&run.old, &run.new, &d.name, &t.json, snapshot).await?;
+                Ok((t, f))
+            }))
+            .buffer_unordered(PARALLEL_PIECES)
+            .collect()
+            .await;
+        to_copy.clear();
+        for f in found {
+            let (t, f) = f?;
+            r.old_fingerprints.insert(t.name.clone(), f.old_fingerprint);
+            let ranges = match f.delta {
+                delta::TableDelta::Equal => continue,
+                delta::TableDelta::Whole => None,
+                delta::TableDelta::Ranges(ranges) => Some(ranges),
+            };
+            to_copy.push(t.clone());
+            deltas.push((t, ranges));
+        }
         r.skipped_files = (old_t.len() - to_copy.len()) as u64;
         run.progress.say(&format!(
             "{unit}: {} of {} tables differ; {} already equal are skipped",
@@ -203,54 +228,12 @@ async fn copy(
     }
 
     // Table data: biggest first, big ones in key ranges, two pieces at a time.
-    to_copy.sort_by_key(|t| std::cmp::Reverse(t.bytes));
-    let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
-    for t in &to_copy {
-        let mut ranges = Vec::new();
-        if t.rows as u64 > ROWS_PER_RANGE {
-            ranges = run
-                .old
-                .database()
-                .split_ranges(SplitRangesRequest {
-                    database: d.name.clone(),
-                    table: t.json.clone(),
-                    rows_per_range: ROWS_PER_RANGE,
-                })
-                .await
-                .map_err(UnitError::from_status)?
-                .into_inner()
-                .ranges;
-        }
-        // Fresh tables are empty after pre-data: append. Otherwise delete what is there first,
-        // in the load's own transaction (TRUNCATE would be refused once foreign keys exist).
-        let mode = if fresh { "append" } else { "delete-range" };
-        if ranges.is_empty() {
-            let piece = DbTable {
-                database: d.name.clone(),
-                table: t.json.clone(),
-                range: vec![],
-                snapshot: snapshot.into(),
-                mode: mode.into(),
-            };
-            pieces.push((format!("table {}", t.name), piece, t.bytes.max(0) as u64));
-        } else {
-            let n = ranges.len();
-            for (i, range) in ranges.into_iter().enumerate() {
-                let piece = DbTable {
-                    database: d.name.clone(),
-                    table: t.json.clone(),
-                    range,
-                    snapshot: snapshot.into(),
-                    mode: mode.into(),
-                };
-                pieces.push((
-                    format!("table {} range {}/{n}", t.name, i + 1),
-                    piece,
-                    (t.bytes.max(0) as u64) / n as u64,
-                ));
-            }
-        }
-    }
+    let pieces = if fresh {
+        fresh_pieces(run, d, &to_copy, snapshot).await?
+    } else {
+        delta_pieces(d, &deltas, snapshot)
+    };
+    r.ranges = pieces.len() as u64;
     let results: Vec<Result<PieceDone, UnitError>> =
         futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
             let mut retried = Vec::new();
@@ -337,13 +320,158 @@ async fn copy(
     // No fingerprints here: comparing both whole databases costs as much as the copy (the
     // benchmark measured 22 of 39 s); `hostshift verify` does it when asked, and the cutover's
     // delta does it per key range.
-    r.detail = format!(
-        "{} tables ({rows} rows) copied, {} already equal; compare with `hostshift verify`",
-        to_copy.len(),
-        r.skipped_files
-    );
+    r.detail = if fresh {
+        format!(
+            "{} tables ({rows} rows) copied; compare with `hostshift verify`",
+            to_copy.len()
+        )
+    } else {
+        format!(
+            "{} tables differed: {} key ranges ({rows} rows) re-copied; {} tables already equal",
+            to_copy.len(),
+            r.ranges,
+            r.skipped_files
+        )
+    };
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
+}
+
+/// The pieces of a first copy: every table, big ones split into key ranges by the old agent.
+async fn fresh_pieces(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    to_copy: &[Table],
+    snapshot: &str,
+) -> Result<Vec<(String, DbTable, u64)>, UnitError> {
+    let mut sorted = to_copy.to_vec();
+    sorted.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+    let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
+    for t in &sorted {
+        let mut ranges = Vec::new();
+        if t.rows as u64 > ROWS_PER_RANGE {
+            ranges = run
+                .old
+                .database()
+                .split_ranges(SplitRangesRequest {
+                    database: d.name.clone(),
+                    table: t.json.clone(),
+                    rows_per_range: ROWS_PER_RANGE,
+                })
+                .await
+                .map_err(UnitError::from_status)?
+                .into_inner()
+                .ranges;
+        }
+        let piece = |range: Vec<u8>| DbTable {
+            database: d.name.clone(),
+            table: t.json.clone(),
+            range,
+            snapshot: snapshot.into(),
+            // Tables are empty after pre-data.
+            mode: "append".into(),
+        };
+        let bytes = t.bytes.max(0) as u64;
+        if ranges.is_empty() {
+            pieces.push((format!("table {}", t.name), piece(vec![]), bytes));
+        } else {
+            let n = ranges.len();
+            for (i, range) in ranges.into_iter().enumerate() {
+                pieces.push((
+                    format!("table {} range {}/{n}", t.name, i + 1),
+                    piece(range),
+                    bytes / n as u64,
+                ));
+            }
+        }
+    }
+    Ok(pieces)
+}
+
+/// The pieces of a rerun: the differing ranges (or whole tables), each loaded by deleting the
+/// range on the new host first, in the load's own transaction (TRUNCATE would be refused once
+/// foreign keys exist).
+fn delta_pieces(
+    d: &PlanDatabase,
+    deltas: &[(Table, Option<Vec<delta::Range>>)],
+    snapshot: &str,
+) -> Vec<(String, DbTable, u64)> {
+    let mut pieces = Vec::new();
+    for (t, ranges) in deltas {
+        let piece = |range: Vec<u8>| DbTable {
+            database: d.name.clone(),
+            table: t.json.clone(),
+            range,
+            snapshot: snapshot.into(),
+            mode: "delete-range".into(),
+        };
+        match ranges {
+            None => pieces.push((format!("table {}", t.name), piece(vec![]), 0)),
+            Some(ranges) => {
+                for r in ranges {
+                    pieces.push((
+                        format!("table {} keys {}", t.name, r.describe()),
+                        piece(delta::range_json(&t.json, r)),
+                        0,
+                    ));
+                }
+            }
+        }
+    }
+    pieces
+}
+
+/// Refuses a rerun when the schema changed on either host since the first sync: the delta copies
+/// rows, not definitions, and a changed table would load wrongly or not at all.
+///
+/// # Errors
+/// [`super::ErrorKind::Refused`] naming each object that differs, or an agent failing.
+pub(crate) async fn schema_unchanged(
+    old: &crate::client::Agent,
+    new: &crate::client::Agent,
+    sel: &DbSelection,
+) -> Result<(), UnitError> {
+    let differ = schema_differences(old, new, sel).await?;
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(UnitError {
+        kind: super::ErrorKind::Refused,
+        message: format!(
+            "the schema of {} differs between the hosts ({}): apply the same change on the new host (or drop the new database and sync again from scratch)",
+            sel.database,
+            differ.join("; ")
+        ),
+    })
+}
+
+/// The objects whose definitions differ (`"table public.users changed"`, `"… only on old"`).
+///
+/// # Errors
+/// An agent failing.
+pub(crate) async fn schema_differences(
+    old: &crate::client::Agent,
+    new: &crate::client::Agent,
+    sel: &DbSelection,
+) -> Result<Vec<String>, UnitError> {
+    let (mut a, mut b) = (old.database(), new.database());
+    let (so, sn) = tokio::join!(a.schema_digest(sel.clone()), b.schema_digest(sel.clone()));
+    let so = so.map_err(UnitError::from_status)?.into_inner().objects;
+    let sn = sn.map_err(UnitError::from_status)?.into_inner().objects;
+    let mut differ = Vec::new();
+    for (k, v) in &so {
+        match sn.get(k) {
+            None => differ.push(format!("{k} only on old")),
+            Some(w) if w != v => differ.push(format!("{k} changed")),
+            _ => {}
+        }
+    }
+    differ.extend(
+        sn.keys()
+            .filter(|k| !so.contains_key(*k))
+            .map(|k| format!("{k} only on new")),
+    );
+    Ok(differ)
 }
 
 async fn large_objects(

@@ -11,10 +11,11 @@
 //!   is still missing and says how much it skipped.
 //! - **Databases** are copied from one snapshot of the old database: roles and schema, table data
 //!   in parallel pieces, indexes and constraints after the data, sequences, large objects; a
-//!   rerun copies only tables whose fingerprints differ ([`database`]).
+//!   rerun compares key-range fingerprints and copies only the ranges that differ ([`delta`]).
 //! - The old host is only read. Grants given to the new agent for this run are revoked at the end.
 
-mod database;
+pub(crate) mod database;
+pub mod delta;
 pub mod journal;
 pub mod progress;
 pub mod stream;
@@ -183,6 +184,14 @@ pub struct UnitReport {
     pub changes: Vec<String>,
     /// Free text.
     pub detail: String,
+    /// Databases: table pieces (whole tables or key ranges) copied.
+    #[serde(default)]
+    pub ranges: u64,
+    /// Databases, on a rerun: the old host's fingerprint (`rows/digest`) of every table when the
+    /// comparison began, on the sync's snapshot (the cutover checks the old host did not change
+    /// during the freeze against these).
+    #[serde(skip)]
+    pub old_fingerprints: std::collections::BTreeMap<String, String>,
 }
 
 /// The whole sync.

@@ -44,6 +44,11 @@ impl Progress {
         }
     }
 
+    /// How progress is shown.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// A line of narrative ("planning storage evaluations").
     pub fn say(&self, msg: &str) {
         match self.mode {

@@ -27,6 +27,8 @@ pub(super) fn report(kind: &str, name: &str) -> UnitReport {
         retried: vec![],
         changes: vec![],
         detail: String::new(),
+        ranges: 0,
+        old_fingerprints: Default::default(),
     }
 }
 

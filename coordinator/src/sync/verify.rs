@@ -42,6 +42,10 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Wall time.
     pub ms: u64,
+    /// Per database, the old host's table fingerprints (`rows/digest`) as compared: the cutover
+    /// checks them against those at the start of its delta.
+    #[serde(skip)]
+    pub old_tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 fn short(d: &str) -> String {
@@ -78,6 +82,32 @@ fn list(v: &[String], what: &str) -> Option<String> {
 /// # Errors
 /// [`SyncError::Connect`] when an agent cannot be reached.
 pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
+    // Journaled (best effort: verify only reads) so the cutover's gate can see a recent clean one.
+    let journal = super::journal::Journal::open(&plan.state_dir())
+        .inspect_err(|e| tracing::warn!(error = %e, "verify is not journaled"))
+        .ok();
+    let note = |status: &str, detail: &str| {
+        if let Some(j) = &journal {
+            let _ = j.record("verify", "verify", status, 0, 0, detail);
+        }
+    };
+    note("started", "");
+    let report = compare(plan).await;
+    match &report {
+        Ok(r) => note(
+            if r.ok { "done" } else { "failed" },
+            &format!(
+                "{} item(s), {} differ",
+                r.rows.len(),
+                r.rows.iter().filter(|x| !x.equal).count()
+            ),
+        ),
+        Err(e) => note("failed", &e.to_string()),
+    }
+    report
+}
+
+async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     let started = Instant::now();
     let (old, new) = tokio::join!(
         client::connect(plan, Side::Old),
@@ -86,6 +116,7 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
     let mut rows = Vec::new();
+    let mut old_tables = std::collections::BTreeMap::new();
     for f in &plan.files {
         let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, &f.name));
         let row = match (a, b) {
@@ -229,6 +260,7 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
                 detail: format!("cannot fingerprint: {e}"),
             }),
             Ok((fo, fnew)) => {
+                old_tables.insert(d.name.clone(), fo.tables.clone().into_iter().collect());
                 let names: std::collections::BTreeSet<&String> =
                     fo.tables.keys().chain(fnew.tables.keys()).collect();
                 for t in names {
@@ -305,5 +337,6 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         ok: rows.iter().all(|r| r.equal),
         rows,
         ms: started.elapsed().as_millis() as u64,
+        old_tables,
     })
 }

@@ -1,0 +1,346 @@
+//! `hostshift cutover`, `hostshift rollback` and `hostshift status`: the switch to the new host,
+//! its undo, and where a migration stands (from the journal). The work is in
+//! [`crate::cutover`]; this file parses flags, decides from the journal whether a cutover may
+//! start or resume, and prints.
+
+use clap::Args;
+
+use super::confirm;
+use crate::cli::{Global, PlanArg};
+use crate::cutover::state::{self, Stage};
+use crate::cutover::{self, CutoverReport, Options, Outcome};
+use crate::error::{CliError, CliResult, failed, usage};
+use crate::output::{print_json, table};
+use crate::sync::journal;
+use crate::sync::progress::Mode;
+
+/// Cutover flags.
+#[derive(Args)]
+#[command(after_help = "\
+Steps (each journaled before and after it acts):
+  1. gates      both agents answer; [pm2] apps online on the new host; [[health]] checks pass;
+                a sync and then a clean verify within [cutover] verify_freshness_mins; a backup
+                of the old host younger than backup_max_age_hours; same schema on both hosts;
+                the traffic switch possible (EC2 DryRun, read access); predicted freeze within
+                [freeze] budget_secs. Nothing is touched unless all pass.
+  2. freeze     on the old host, in the plan's [freeze] methods order: maintenance-page,
+                stop-apps, read-only.
+  3. delta      files, storage and databases again: only what changed (key-range fingerprints).
+  4. prove      everything equal on both hosts, and the old databases unchanged since the delta
+                began.
+  5. switch     [switch] method: elastic-ip, dns, load-balancer, or none (you switch).
+  6. verify     [switch] verify_urls from here and the new host's health checks.
+On a failure before the switch the freeze is undone; after it, traffic is switched back first.
+After success the old host STAYS frozen (writes there would be lost): `hostshift rollback` undoes
+the whole cutover.
+
+Typical run:
+  hostshift sync && hostshift verify       # right before: the delta stays small
+  hostshift cutover --dry-run              # gates only
+  hostshift cutover --yes
+
+Exit codes: 0 switched (or --dry-run gates pass); 1 failed and undone, the old host serving (or a
+gate failed); 2 usage or plan error, or not confirmed; 3 operator action needed: the undo failed
+(the output says exactly what to run) or an unfinished cutover exists (--resume or rollback).")]
+pub struct CutoverCmd {
+    #[command(flatten)]
+    plan: PlanArg,
+    /// Check the gates and stop: nothing is touched.
+    #[arg(long)]
+    dry_run: bool,
+    /// Continue an unfinished cutover (killed coordinator, lost connection) from the freeze.
+    #[arg(long, conflicts_with = "dry_run")]
+    resume: bool,
+    /// Go on without a recent backup of the old host; the reason is journaled.
+    #[arg(long, value_name = "REASON")]
+    skip_backup_check: Option<String>,
+}
+
+/// Rollback flags.
+#[derive(Args)]
+#[command(after_help = "\
+Switches traffic back to the old host (when the plan has a [switch] method) and undoes every
+[freeze] method there: the original nginx site, the PM2 apps started, the databases writable.
+Each undo is safe to repeat, so run it again after fixing whatever made it fail.
+Writes accepted by the new host after the switch are NOT copied back.
+
+Exit codes: 0 the old host serves again; 2 usage or plan error, or not confirmed; 3 part of the
+undo failed (the output says what to run by hand).")]
+pub struct RollbackCmd {
+    #[command(flatten)]
+    plan: PlanArg,
+}
+
+/// Status flags.
+#[derive(Args)]
+pub struct StatusCmd {
+    #[command(flatten)]
+    plan: PlanArg,
+}
+
+fn mode(g: &Global) -> Mode {
+    if g.quiet {
+        Mode::Quiet
+    } else if g.json {
+        Mode::Json
+    } else {
+        Mode::Human
+    }
+}
+
+fn events(plan: &crate::plan::Plan) -> Result<Vec<journal::Event>, CliError> {
+    journal::read(&plan.state_dir()).map_err(|e| {
+        failed(anyhow::anyhow!(
+            "cannot read the journal in {}: {e}",
+            plan.state_dir().display()
+        ))
+    })
+}
+
+/// Runs `hostshift cutover`.
+///
+/// # Errors
+/// See the exit codes in the help.
+pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
+    let plan = super::load_plan(&c.plan.plan)?;
+    let st = state::of(&events(&plan)?);
+    let plan_arg = plan.path.display().to_string();
+    match (st.state.clone(), c.resume) {
+        (Stage::InProgress, false) if !c.dry_run => {
+            return Err(CliError::OperatorAction(anyhow::anyhow!(
+                "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --plan {plan_arg}` to finish it, or `hostshift rollback --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
+                st.run.as_deref().unwrap_or("?"),
+                if st.frozen {
+                    ", the old host is frozen"
+                } else {
+                    ""
+                },
+                if st.switched {
+                    ", traffic may be on the new host"
+                } else {
+                    ""
+                },
+            )));
+        }
+        (Stage::Switched, _) if !c.dry_run => {
+            if g.json {
+                print_json(
+                    &serde_json::json!({"ok": true, "outcome": "already-switched", "run": st.run}),
+                );
+            } else {
+                println!(
+                    "The cutover already finished (run {}): traffic is on the new host. `hostshift rollback` undoes it.",
+                    st.run.as_deref().unwrap_or("?")
+                );
+            }
+            return Ok(());
+        }
+        (Stage::InProgress, true) => {}
+        (_, true) => {
+            return Err(usage(anyhow::anyhow!(
+                "no unfinished cutover to resume (the journal says: {:?}); start one with `hostshift cutover`",
+                st.state
+            )));
+        }
+        _ => {}
+    }
+    if !c.dry_run {
+        confirm(
+            g,
+            &format!(
+                "Freeze writes on the old host, sync the delta and switch traffic (plan {})?",
+                plan.migration.name
+            ),
+        )?;
+    }
+    let opts = Options {
+        dry_run: c.dry_run,
+        resume: c.resume,
+        skip_backup_check: c.skip_backup_check,
+        progress: mode(g),
+    };
+    let report = cutover::run(&plan, &opts, &st).await.map_err(failed)?;
+    print(g, &report, &plan_arg);
+    exit(&report)
+}
+
+/// Runs `hostshift rollback`.
+///
+/// # Errors
+/// See the exit codes in the help.
+pub async fn rollback(g: &Global, c: RollbackCmd) -> CliResult {
+    let plan = super::load_plan(&c.plan.plan)?;
+    confirm(
+        g,
+        &format!(
+            "Switch traffic back to the old host and unfreeze it (plan {})?",
+            plan.migration.name
+        ),
+    )?;
+    let report = cutover::rollback(&plan, mode(g)).await.map_err(failed)?;
+    let plan_arg = plan.path.display().to_string();
+    print(g, &report, &plan_arg);
+    exit(&report)
+}
+
+/// Runs `hostshift status`.
+///
+/// # Errors
+/// The journal cannot be read.
+pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
+    let plan = super::load_plan(&c.plan.plan)?;
+    let events = events(&plan)?;
+    let st = state::of(&events);
+    if g.json {
+        let last = |phase: &str, unit: &str| {
+            state::last_finished(&events, phase, unit).map(|(_, done, _)| done)
+        };
+        let mut v = serde_json::to_value(&st).unwrap_or_default();
+        v["last_sync_ms"] = serde_json::json!(last("sync", "sync"));
+        v["last_verify_ms"] = serde_json::json!(last("verify", "verify"));
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "hostshift status — plan {} (journal {})\n",
+        plan.migration.name,
+        plan.state_dir().join("journal.jsonl").display()
+    );
+    for (what, phase, unit) in [
+        ("last sync", "sync", "sync"),
+        ("last verify", "verify", "verify"),
+    ] {
+        match state::last_finished(&events, phase, unit) {
+            Some((s, e, d)) => println!(
+                "{what}: {} ({:.1} s){}",
+                crate::report::utc(e),
+                (e - s) as f64 / 1000.0,
+                if d.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {d}")
+                }
+            ),
+            None => println!("{what}: none"),
+        }
+    }
+    let word = match st.state {
+        Stage::None => "no cutover yet",
+        Stage::InProgress => "UNFINISHED — `hostshift cutover --resume` or `hostshift rollback`",
+        Stage::Switched => "switched: traffic on the new host; the old host stays frozen",
+        Stage::RolledBack => "rolled back: the old host serves",
+        Stage::Failed => "stopped at the gates: nothing was touched",
+    };
+    println!("cutover: {word}");
+    if st.frozen {
+        println!("old host frozen by: {}", st.frozen_methods.join(", "));
+    }
+    if !st.steps.is_empty() {
+        let rows: Vec<Vec<String>> = st
+            .steps
+            .iter()
+            .map(|e| {
+                vec![
+                    crate::report::utc(e.time_ms),
+                    e.phase.clone(),
+                    e.unit.clone(),
+                    e.status.clone(),
+                    e.detail.chars().take(80).collect(),
+                ]
+            })
+            .collect();
+        println!();
+        print!(
+            "{}",
+            table(&["TIME", "PHASE", "STEP", "STATUS", "DETAIL"], &rows)
+        );
+    }
+    Ok(())
+}
+
+fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
+    if g.json {
+        print_json(r);
+        return;
+    }
+    if !r.gates.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .gates
+            .iter()
+            .map(|x| {
+                vec![
+                    x.name.clone(),
+                    if x.ok { "pass" } else { "FAIL" }.into(),
+                    x.detail.clone(),
+                ]
+            })
+            .collect();
+        println!("Gates:");
+        print!("{}", table(&["GATE", "RESULT", "DETAIL"], &rows));
+    }
+    if !r.steps.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.status.clone(),
+                    format!("{:.1} s", s.ms as f64 / 1000.0),
+                    s.detail.chars().take(100).collect(),
+                ]
+            })
+            .collect();
+        println!("\nSteps:");
+        print!("{}", table(&["STEP", "RESULT", "TIME", "DETAIL"], &rows));
+    }
+    println!();
+    if let Some(ms) = r.freeze_ms {
+        println!(
+            "Write freeze: {:.2} s (predicted {})",
+            ms as f64 / 1000.0,
+            r.predicted_freeze_ms
+                .map_or_else(|| "-".into(), |p| format!("{:.1} s", p as f64 / 1000.0))
+        );
+    }
+    match r.outcome {
+        Outcome::Switched => println!(
+            "Cutover done: traffic is on the new host. The old host stays frozen. To undo: hostshift rollback --plan {plan_arg}"
+        ),
+        Outcome::DryRun => println!("Dry run: every gate passes; nothing was touched."),
+        Outcome::GatesFailed => println!("Gates failed: nothing was touched."),
+        Outcome::RolledBack
+            if r.steps.iter().any(|s| s.name == "rollback") || r.error.is_none() =>
+        {
+            println!("Rolled back: the old host serves again.");
+        }
+        Outcome::RolledBack => println!(
+            "Cutover failed and was undone: the old host serves again.\nCause: {}",
+            r.error.as_deref().unwrap_or("?")
+        ),
+        Outcome::UndoFailed => {
+            println!(
+                "ACTION NEEDED: the undo failed.\nCause: {}",
+                r.error.as_deref().unwrap_or("?")
+            );
+            for i in &r.undo_instructions {
+                println!("  {i}");
+            }
+        }
+    }
+}
+
+fn exit(r: &CutoverReport) -> CliResult {
+    match r.outcome {
+        Outcome::Switched | Outcome::DryRun if r.ok => Ok(()),
+        Outcome::RolledBack if r.ok => Ok(()),
+        Outcome::UndoFailed => Err(CliError::OperatorAction(anyhow::anyhow!(
+            "the undo failed: {}",
+            r.undo_instructions.join(" ")
+        ))),
+        _ => Err(failed(anyhow::anyhow!(
+            "{}; the old host serves as before",
+            r.error.as_deref().unwrap_or("the cutover did not finish")
+        ))),
+    }
+}

@@ -1,0 +1,192 @@
+//! The write freeze on the old host, one method at a time, each reversible and idempotent:
+//!
+//! | method | freeze | undo |
+//! |---|---|---|
+//! | `maintenance-page` | nginx answers 503 + `Retry-After` (the plan's `maintenance_pass` paths still reach the app) | the original site file back, byte for byte |
+//! | `stop-apps` | the plan's `[pm2] apps` stopped (and waited for) | started again, waited until online |
+//! | `read-only` | each plan database `default_transaction_read_only = on`, other sessions ended | the database's own earlier setting back |
+//!
+//! The agents keep what they changed on their own disk (the saved site file, the recorded
+//! database setting), so an undo works after an agent restart and repeating either direction is
+//! harmless — which is what lets `rollback` simply undo every method the plan names.
+
+use hostshift_proto::v1::{
+    MaintenanceOffRequest, MaintenanceOnRequest, Pm2ActionRequest, SetReadOnlyRequest,
+};
+
+use crate::client::{self, Agent};
+use crate::plan::{FreezeMethod, Plan};
+
+/// Seconds the agent waits for PM2 apps to stop or come online.
+const PM2_WAIT_SECS: u32 = 60;
+
+/// The method's name as the plan and the journal spell it.
+pub fn name(m: FreezeMethod) -> &'static str {
+    match m {
+        FreezeMethod::MaintenancePage => "maintenance-page",
+        FreezeMethod::StopApps => "stop-apps",
+        FreezeMethod::ReadOnly => "read-only",
+    }
+}
+
+/// Applies one method on the old host; returns what was done.
+///
+/// # Errors
+/// The agent's refusal or failure, explained.
+pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, String> {
+    match m {
+        FreezeMethod::MaintenancePage => {
+            let r = old
+                .nginx()
+                .maintenance_on(client::request(MaintenanceOnRequest {
+                    pass_paths: plan.nginx.maintenance_pass.clone(),
+                    retry_after_secs: 0,
+                    dry_run: false,
+                }))
+                .await
+                .map_err(|s| client::explain_status(&s))?
+                .into_inner();
+            Ok(format!(
+                "maintenance page on ({}{})",
+                r.site,
+                if r.changed { "" } else { ", already on" }
+            ))
+        }
+        FreezeMethod::StopApps => {
+            if plan.pm2.apps.is_empty() {
+                return Ok("no [pm2] apps in the plan: nothing to stop".into());
+            }
+            pm2(old, &plan.pm2.apps, false).await
+        }
+        FreezeMethod::ReadOnly => {
+            let mut done = Vec::new();
+            for d in &plan.databases {
+                let r = old
+                    .database()
+                    .set_read_only(client::request(SetReadOnlyRequest {
+                        database: d.name.clone(),
+                        read_only: true,
+                        end_sessions: true,
+                    }))
+                    .await
+                    .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
+                    .into_inner();
+                done.push(format!(
+                    "{} read-only ({} session(s) ended{})",
+                    d.name,
+                    r.sessions_ended,
+                    if r.changed { "" } else { ", already read-only" }
+                ));
+            }
+            Ok(done.join("; "))
+        }
+    }
+}
+
+/// Undoes one method on the old host; returns what was done.
+///
+/// # Errors
+/// The agent's refusal or failure, explained.
+pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, String> {
+    match m {
+        FreezeMethod::MaintenancePage => {
+            let r = old
+                .nginx()
+                .maintenance_off(client::request(MaintenanceOffRequest {}))
+                .await
+                .map_err(|s| client::explain_status(&s))?
+                .into_inner();
+            Ok(format!(
+                "original site restored ({}{})",
+                r.site,
+                if r.changed {
+                    ""
+                } else {
+                    ", was not in maintenance"
+                }
+            ))
+        }
+        FreezeMethod::StopApps => {
+            if plan.pm2.apps.is_empty() {
+                return Ok("no [pm2] apps in the plan".into());
+            }
+            pm2(old, &plan.pm2.apps, true).await
+        }
+        FreezeMethod::ReadOnly => {
+            let mut done = Vec::new();
+            for d in &plan.databases {
+                let r = old
+                    .database()
+                    .set_read_only(client::request(SetReadOnlyRequest {
+                        database: d.name.clone(),
+                        read_only: false,
+                        end_sessions: false,
+                    }))
+                    .await
+                    .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
+                    .into_inner();
+                done.push(format!(
+                    "{} writable{}",
+                    d.name,
+                    if r.changed { "" } else { " (was not frozen)" }
+                ));
+            }
+            Ok(done.join("; "))
+        }
+    }
+}
+
+async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, String> {
+    let req = client::request(Pm2ActionRequest {
+        apps: apps.to_vec(),
+        update_env: false,
+        wait_secs: PM2_WAIT_SECS,
+    });
+    let mut c = old.pm2();
+    let r = if start {
+        c.start(req).await
+    } else {
+        c.stop(req).await
+    }
+    .map_err(|s| client::explain_status(&s))?
+    .into_inner();
+    let states: Vec<String> = r
+        .apps
+        .iter()
+        .map(|a| format!("{} {}", a.name, a.status))
+        .collect();
+    if r.ok {
+        Ok(states.join(", "))
+    } else {
+        Err(format!(
+            "pm2 {} did not reach the wanted state: {}",
+            r.action,
+            states.join(", ")
+        ))
+    }
+}
+
+/// What an operator runs by hand to undo `m` when hostshift cannot.
+pub fn manual_undo(plan: &Plan, m: FreezeMethod) -> String {
+    let p = plan.path.display();
+    match m {
+        FreezeMethod::MaintenancePage => {
+            format!("hostshift nginx maintenance off --host old --plan {p} --yes")
+        }
+        FreezeMethod::StopApps => format!(
+            "hostshift pm2 start --host old --plan {p} {}",
+            plan.pm2.apps.join(" ")
+        ),
+        FreezeMethod::ReadOnly => plan
+            .databases
+            .iter()
+            .map(|d| {
+                format!(
+                    "psql -d {} -c 'ALTER DATABASE \"{}\" RESET default_transaction_read_only' (on the old host, as its owner)",
+                    d.name, d.name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}

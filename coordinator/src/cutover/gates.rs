@@ -1,0 +1,319 @@
+//! The gates: what must hold before the cutover touches anything. Each gate is checked and
+//! reported (all of them, so one run shows every problem); the cutover goes on only when all pass.
+//!
+//! | gate | passes when |
+//! |---|---|
+//! | `agents` | both agents answer `Info` |
+//! | `new apps` | every `[pm2] apps` entry is online on the new host |
+//! | `health` | every `[[health]]` check passes where its `from` says |
+//! | `verify fresh` | a `sync` finished, and after it a clean `verify`, within `verify_freshness_mins` |
+//! | `backup` | the old host has a complete backup younger than `backup_max_age_hours` (or `--skip-backup-check REASON`, journaled) |
+//! | `schema` | every plan database has the same schema on both hosts |
+//! | `switch` | the traffic switch is possible and points at the old host (EC2 `DryRun`, read access) |
+//! | `freeze budget` | the predicted freeze fits `[freeze] budget_secs` |
+//!
+//! # The predicted freeze
+//! Inside the freeze the cutover runs a delta sync, then compares everything (as `verify` does).
+//! The journal has the duration of the last `sync` (run again right before the cutover, it is the
+//! delta at today's write rate) and of the last `verify`; the prediction is their sum plus one
+//! second per freeze method (stopping apps, reloading nginx). A first full copy as the last sync
+//! makes the prediction large on purpose: run `hostshift sync` once more before the cutover.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hostshift_proto::v1::{DbSelection, InfoRequest, ListBackupsRequest, Pm2ListRequest};
+use serde::Serialize;
+
+use super::state;
+use crate::client::{self, Agent};
+use crate::commands::health::run_checks;
+use crate::plan::Plan;
+use crate::sync::journal::Event;
+
+/// One gate's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gate {
+    /// Its name (see the module table).
+    pub name: String,
+    /// Passed.
+    pub ok: bool,
+    /// What was found, and what to do when it failed.
+    pub detail: String,
+}
+
+fn gate(name: &str, r: Result<String, String>) -> Gate {
+    match r {
+        Ok(detail) => Gate {
+            name: name.into(),
+            ok: true,
+            detail,
+        },
+        Err(detail) => Gate {
+            name: name.into(),
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// Everything the gates need from the caller.
+pub struct Inputs<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// Connected agents (`None` when a connection failed: the error is in `connect_errors`).
+    pub old: Option<&'a Agent>,
+    /// The new host's agent.
+    pub new: Option<&'a Agent>,
+    /// Why connecting failed.
+    pub connect_errors: Vec<String>,
+    /// The journal so far.
+    pub events: &'a [Event],
+    /// `--skip-backup-check REASON`.
+    pub skip_backup: Option<&'a str>,
+}
+
+/// Checks every gate; returns the verdicts and the predicted freeze in ms (when known).
+pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
+    let mut gates = Vec::new();
+    gates.push(gate("agents", agents(i).await));
+    let (Some(old), Some(new)) = (i.old, i.new) else {
+        return (gates, None);
+    };
+    gates.push(gate("new apps", new_apps(i.plan, new).await));
+    gates.push(gate("health", health(i.plan).await));
+    gates.push(gate("verify fresh", verify_fresh(i)));
+    gates.push(gate("backup", backup(i, old).await));
+    gates.push(gate("schema", schema(i.plan, old, new).await));
+    gates.push(gate("switch", switch(i.plan).await));
+    let predicted = predicted_ms(i);
+    gates.push(gate("freeze budget", budget(i.plan, predicted)));
+    (gates, predicted)
+}
+
+async fn agents(i: &Inputs<'_>) -> Result<String, String> {
+    if !i.connect_errors.is_empty() {
+        return Err(i.connect_errors.join("; "));
+    }
+    let mut seen = Vec::new();
+    for (side, a) in [("old", i.old), ("new", i.new)] {
+        let Some(a) = a else { continue };
+        let info = a
+            .info()
+            .info(client::request(InfoRequest {}))
+            .await
+            .map_err(|s| format!("{side} agent: {}", client::explain_first_rpc(&s)))?
+            .into_inner();
+        seen.push(format!(
+            "{side} = {} (agent {})",
+            info.hostname, info.agent_version
+        ));
+    }
+    Ok(seen.join(", "))
+}
+
+async fn new_apps(plan: &Plan, new: &Agent) -> Result<String, String> {
+    if plan.pm2.apps.is_empty() {
+        return Ok("no [pm2] apps in the plan".into());
+    }
+    let list = new
+        .pm2()
+        .list(client::request(Pm2ListRequest {}))
+        .await
+        .map_err(|s| client::explain_status(&s))?
+        .into_inner();
+    let not_online: Vec<String> = plan
+        .pm2
+        .apps
+        .iter()
+        .filter(|app| {
+            !list
+                .processes
+                .iter()
+                .any(|p| &p.name == *app && p.status == "online")
+        })
+        .cloned()
+        .collect();
+    if not_online.is_empty() {
+        Ok(format!("online: {}", plan.pm2.apps.join(", ")))
+    } else {
+        Err(format!(
+            "not online on the new host: {} — start them first (hostshift pm2 start --host new)",
+            not_online.join(", ")
+        ))
+    }
+}
+
+async fn health(plan: &Plan) -> Result<String, String> {
+    if plan.health.is_empty() {
+        return Ok("no [[health]] checks in the plan".into());
+    }
+    let results = run_checks(plan, None, &[]).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.result.ok)
+        .map(|r| format!("{} (from {:?}): {}", r.result.name, r.from, r.result.detail))
+        .collect();
+    if failed.is_empty() {
+        Ok(format!("{} check(s) pass", results.len()))
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ago(ms: u64) -> String {
+    let secs = now_ms().saturating_sub(ms) / 1000;
+    if secs < 120 {
+        format!("{secs} s ago")
+    } else {
+        format!("{} min ago", secs / 60)
+    }
+}
+
+fn verify_fresh(i: &Inputs<'_>) -> Result<String, String> {
+    let Some((_, sync_done, _)) = state::last_finished(i.events, "sync", "sync") else {
+        return Err("no finished `hostshift sync` in the journal: run sync, then verify".into());
+    };
+    let last_verify = i
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.phase == "verify" && e.unit == "verify" && e.status != "started");
+    let Some(v) = last_verify else {
+        return Err("no `hostshift verify` in the journal: run it after the last sync".into());
+    };
+    if v.status != "done" {
+        return Err(format!(
+            "the last verify ({}) found differences: sync again, then verify",
+            ago(v.time_ms)
+        ));
+    }
+    if v.time_ms < sync_done {
+        return Err("the last verify is older than the last sync: run verify again".into());
+    }
+    let limit = i.plan.cutover.verify_freshness_mins * 60_000;
+    if now_ms().saturating_sub(v.time_ms) > limit {
+        return Err(format!(
+            "the last clean verify was {}, more than [cutover] verify_freshness_mins = {}: sync and verify again",
+            ago(v.time_ms),
+            i.plan.cutover.verify_freshness_mins
+        ));
+    }
+    Ok(format!("clean verify {}", ago(v.time_ms)))
+}
+
+async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, String> {
+    if let Some(reason) = i.skip_backup {
+        return Ok(format!("skipped with --skip-backup-check: {reason}"));
+    }
+    let list = old
+        .backup()
+        .list(client::request(ListBackupsRequest {}))
+        .await
+        .map_err(|s| {
+            format!(
+                "cannot list the old host's backups: {} (or pass --skip-backup-check REASON)",
+                client::explain_status(&s)
+            )
+        })?
+        .into_inner();
+    let newest = list.backups.iter().find(|b| b.state == "complete");
+    let Some(b) = newest else {
+        return Err("the old host has no complete backup: run `hostshift backup --host old` (or pass --skip-backup-check REASON)".into());
+    };
+    let created = time::OffsetDateTime::parse(
+        &b.created_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| format!("backup {}: unreadable time {:?}: {e}", b.id, b.created_at))?;
+    let age = time::OffsetDateTime::now_utc() - created;
+    let max = Duration::from_secs(i.plan.cutover.backup_max_age_hours * 3600);
+    if age.whole_seconds() > max.as_secs() as i64 {
+        return Err(format!(
+            "the newest backup ({}) is {} h old, more than [cutover] backup_max_age_hours = {}: run `hostshift backup --host old`",
+            b.id,
+            age.whole_hours(),
+            i.plan.cutover.backup_max_age_hours
+        ));
+    }
+    Ok(format!(
+        "backup {} from {} min ago",
+        b.id,
+        age.whole_minutes()
+    ))
+}
+
+async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, String> {
+    let mut problems = Vec::new();
+    for d in &plan.databases {
+        let sel = DbSelection {
+            database: d.name.clone(),
+            include: d.include.clone(),
+            exclude: d.exclude.clone(),
+        };
+        match crate::sync::database::schema_differences(old, new, &sel).await {
+            Ok(diff) if diff.is_empty() => {}
+            Ok(diff) => problems.push(format!(
+                "{}: {} — apply the same change on the new host, then sync and verify",
+                d.name,
+                diff.join(", ")
+            )),
+            Err(e) => problems.push(format!("{}: {e}", d.name)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{} database(s) with the same schema",
+            plan.databases.len()
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+async fn switch(plan: &Plan) -> Result<String, String> {
+    let Some(s) = super::traffic::switcher(plan).await? else {
+        return Ok("method none: you move traffic when the cutover says so".into());
+    };
+    let p = s.preflight().await.map_err(|e| e.to_string())?;
+    if p.pointing != hostshift_switch::Pointing::Old {
+        return Err(format!(
+            "traffic points at the {} now, not at the old host: {}",
+            p.pointing, p.detail
+        ));
+    }
+    Ok(p.detail)
+}
+
+/// The predicted freeze in ms (see the module docs), when the journal has a sync and a verify.
+fn predicted_ms(i: &Inputs<'_>) -> Option<u64> {
+    let (s0, s1, _) = state::last_finished(i.events, "sync", "sync")?;
+    let (v0, v1, _) = state::last_finished(i.events, "verify", "verify")?;
+    Some((s1 - s0) + (v1 - v0) + 1000 * i.plan.freeze.methods.len() as u64)
+}
+
+fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, String> {
+    let budget = plan.freeze.budget_secs * 1000;
+    let Some(p) = predicted else {
+        return Err(
+            "no sync and verify durations in the journal to predict the freeze from".into(),
+        );
+    };
+    if p > budget {
+        return Err(format!(
+            "predicted freeze {:.1} s (last sync + last verify + 1 s per freeze method) is over [freeze] budget_secs = {}: run `hostshift sync` again right before the cutover (its time is the delta), or raise the budget",
+            p as f64 / 1000.0,
+            plan.freeze.budget_secs
+        ));
+    }
+    Ok(format!(
+        "predicted {:.1} s of {} s",
+        p as f64 / 1000.0,
+        plan.freeze.budget_secs
+    ))
+}

@@ -1,0 +1,226 @@
+//! Where a migration stands, read back from the journal alone (no agent is asked): whether a
+//! cutover is in progress, which freeze methods are still in force on the old host, whether
+//! traffic was switched, and when the last sync and verify finished. `cutover`, `cutover --resume`,
+//! `rollback` and `status` all decide from this, so a killed coordinator leaves enough behind.
+//!
+//! The journal is append-only; each step writes `started` before it acts and `done`/`failed`
+//! after. A step that only has `started` may have acted (the process died in between), so it is
+//! counted as having acted: a freeze method `started` is treated as in force until an `unfreeze`
+//! of it is `done`.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::sync::journal::Event;
+
+/// Journal phase of the cutover's steps.
+pub const PHASE: &str = "cutover";
+/// Journal phase of `hostshift rollback`.
+pub const ROLLBACK: &str = "rollback";
+/// The unit that opens and closes a cutover run (its `done` detail is the outcome).
+pub const RUN_UNIT: &str = "cutover";
+
+/// The state of the last cutover.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// No cutover was ever started.
+    None,
+    /// Started, not finished: frozen and/or switched, or killed before it could say.
+    InProgress,
+    /// Finished with traffic on the new host.
+    Switched,
+    /// Undone (by the cutover itself or by `rollback`): the old host serves.
+    RolledBack,
+    /// Stopped before it changed anything (gates) or a dry run.
+    Failed,
+}
+
+/// What the journal says about the last cutover.
+#[derive(Clone, Debug, Serialize)]
+pub struct State {
+    /// The stage.
+    pub state: Stage,
+    /// Whether any freeze method may still be in force on the old host.
+    pub frozen: bool,
+    /// Freeze methods in force (`maintenance-page`, `stop-apps`, `read-only`).
+    pub frozen_methods: Vec<String>,
+    /// Whether traffic was (or may have been) switched and not switched back.
+    pub switched: bool,
+    /// The cutover's run id.
+    pub run: Option<String>,
+    /// When the first freeze method started (ms since the epoch).
+    pub freeze_started_ms: Option<u64>,
+    /// The last cutover's events (and the rollbacks after it), in order.
+    pub steps: Vec<Event>,
+}
+
+/// Finds the last cutover run in `events` and what it left behind.
+pub fn of(events: &[Event]) -> State {
+    let start = events
+        .iter()
+        .rposition(|e| e.phase == PHASE && e.unit == RUN_UNIT && e.status == "started");
+    let Some(start) = start else {
+        return State {
+            state: Stage::None,
+            frozen: false,
+            frozen_methods: vec![],
+            switched: false,
+            run: None,
+            freeze_started_ms: None,
+            steps: vec![],
+        };
+    };
+    let run = events[start].run.clone();
+    // This run's events and every rollback (or resumed run) after it.
+    let steps: Vec<Event> = events[start..]
+        .iter()
+        .filter(|e| e.phase == PHASE || e.phase == ROLLBACK)
+        .cloned()
+        .collect();
+    let mut frozen: BTreeSet<String> = BTreeSet::new();
+    let mut switched = false;
+    let mut freeze_started_ms = None;
+    let mut end: Option<String> = None;
+    for e in &steps {
+        if let Some(m) = e.unit.strip_prefix("freeze ") {
+            if e.status == "started" || e.status == "done" {
+                frozen.insert(m.to_string());
+                freeze_started_ms.get_or_insert(e.time_ms);
+            }
+        } else if let Some(m) = e.unit.strip_prefix("unfreeze ") {
+            if e.status == "done" {
+                frozen.remove(m);
+            }
+        } else if e.unit == "switch" && (e.status == "started" || e.status == "done") {
+            switched = true;
+        } else if e.unit == "switch back" && e.status == "done" {
+            switched = false;
+        } else if e.unit == RUN_UNIT && e.status != "started" {
+            // `done` carries the outcome in its detail; a later resume/rollback may follow.
+            end = Some(if e.status == "done" {
+                e.detail.clone()
+            } else {
+                e.status.clone()
+            });
+        } else if e.phase == ROLLBACK && e.unit == "rollback" && e.status == "done" {
+            end = Some("rolled-back".into());
+        } else if e.phase == ROLLBACK && e.unit == "rollback" && e.status == "started" {
+            end = None;
+        }
+    }
+    let touched = !frozen.is_empty() || switched;
+    let state = match end.as_deref() {
+        Some("switched") => Stage::Switched,
+        Some("rolled-back") if !touched => Stage::RolledBack,
+        Some("gates-failed" | "dry-run") if !touched => Stage::Failed,
+        Some(_) | None => {
+            if touched || end.is_none() {
+                Stage::InProgress
+            } else {
+                Stage::Failed
+            }
+        }
+    };
+    State {
+        state,
+        frozen: !frozen.is_empty(),
+        frozen_methods: frozen.into_iter().collect(),
+        switched,
+        run: Some(run),
+        freeze_started_ms,
+        steps,
+    }
+}
+
+/// `(started_ms, done_ms)` of the last finished `unit` of `phase` (its `started` and `done`
+/// events of one run), e.g. the last `sync` or `verify`.
+pub fn last_finished(events: &[Event], phase: &str, unit: &str) -> Option<(u64, u64, String)> {
+    let done = events
+        .iter()
+        .rev()
+        .find(|e| e.phase == phase && e.unit == unit && e.status == "done")?;
+    let started = events
+        .iter()
+        .find(|e| e.phase == phase && e.unit == unit && e.status == "started" && e.run == done.run)
+        .map_or(done.time_ms, |e| e.time_ms);
+    Some((started, done.time_ms, done.detail.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(run: &str, phase: &str, unit: &str, status: &str, t: u64) -> Event {
+        Event {
+            time_ms: t,
+            run: run.into(),
+            phase: phase.into(),
+            unit: unit.into(),
+            status: status.into(),
+            bytes: 0,
+            files: 0,
+            detail: if unit == RUN_UNIT && status == "done" {
+                "switched".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    #[test]
+    fn no_cutover_is_none() {
+        assert_eq!(of(&[ev("1", "sync", "sync", "done", 1)]).state, Stage::None);
+    }
+
+    #[test]
+    fn a_killed_cutover_after_the_freeze_is_in_progress_and_frozen() {
+        let s = of(&[
+            ev("1", PHASE, RUN_UNIT, "started", 1),
+            ev("1", PHASE, "gates", "done", 2),
+            ev("1", PHASE, "freeze read-only", "started", 3),
+        ]);
+        assert_eq!(s.state, Stage::InProgress);
+        assert!(s.frozen);
+        assert_eq!(s.frozen_methods, vec!["read-only".to_string()]);
+        assert_eq!(s.freeze_started_ms, Some(3));
+        assert!(!s.switched);
+    }
+
+    #[test]
+    fn a_rollback_after_a_switch_leaves_nothing_in_force() {
+        let mut events = vec![
+            ev("1", PHASE, RUN_UNIT, "started", 1),
+            ev("1", PHASE, "freeze stop-apps", "done", 2),
+            ev("1", PHASE, "switch", "done", 3),
+            ev("1", PHASE, RUN_UNIT, "done", 4),
+        ];
+        let s = of(&events);
+        assert_eq!(s.state, Stage::Switched);
+        assert!(s.frozen && s.switched);
+        events.extend([
+            ev("2", ROLLBACK, "rollback", "started", 5),
+            ev("2", ROLLBACK, "switch back", "done", 6),
+            ev("2", ROLLBACK, "unfreeze stop-apps", "done", 7),
+            ev("2", ROLLBACK, "rollback", "done", 8),
+        ]);
+        let s = of(&events);
+        assert_eq!(s.state, Stage::RolledBack);
+        assert!(!s.frozen && !s.switched);
+    }
+
+    #[test]
+    fn last_finished_pairs_start_and_end_of_one_run() {
+        let events = vec![
+            ev("a", "verify", "verify", "started", 10),
+            ev("a", "verify", "verify", "done", 30),
+            ev("b", "verify", "verify", "started", 40),
+            ev("b", "verify", "verify", "failed", 45),
+        ];
+        assert_eq!(
+            last_finished(&events, "verify", "verify").map(|x| (x.0, x.1)),
+            Some((10, 30))
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! The database delta: which key ranges of a table differ between the old and the new host,
+//! found by comparing order-independent fingerprints of ranges (the agents' `RangeFingerprints`)
+//! and narrowing down, so that a rerun of `sync` — and the cutover's final delta inside the write
+//! freeze — copies only the rows that changed instead of whole tables.
+//!
+//! # The search
+//! 1. The whole table on both sides, in one call each (old: on the sync's snapshot). Equal →
+//!    done: most tables of a quiet database stop here.
+//! 2. A table without a single-integer primary key cannot be split: it is copied whole.
+//! 3. Otherwise the key span seen on *either* side (`min`/`max` of both) is cut into ranges of
+//!    about [`LEAF_ROWS`] rows (at most [`MAX_RANGES`] per call), the first open below and the last
+//!    open above so that no key on either side escapes. One call per side fingerprints all of them
+//!    (one scan). Differing ranges that still hold more than [`LEAF_ROWS`] rows are cut again the
+//!    same way, within their own bounds, up to [`MAX_DEPTH`] levels; the rest are the delta.
+//! 4. Adjacent differing ranges are merged, so a burst of new rows at the end of a table travels
+//!    as one stream.
+//!
+//! A range that differs is re-copied by deleting its rows on the new host and loading the old
+//! host's rows of that range, in one transaction (`delete-range`). Rows that only exist on the new
+//! host fall into some range too (the outer ranges are open), so they are deleted.
+//!
+//! Cost: one scan of each table on each host for step 1, and one more of each *changed* table per
+//! level — both hosts work in parallel. Changes spread thinly over a whole table (1 % of rows,
+//! uniformly) defeat any range delta: nearly every range then differs, and the delta costs about
+//! a full copy of that table plus the scans.
+
+use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest};
+use serde_json::{Value, json};
+
+use super::UnitError;
+use crate::client::Agent;
+
+/// A differing range is cut further while it holds more rows than this.
+pub const LEAF_ROWS: i64 = 2_000;
+/// Most ranges asked for in one call.
+pub const MAX_RANGES: i64 = 1_024;
+/// Levels of narrowing below the whole table.
+pub const MAX_DEPTH: usize = 3;
+
+/// A half-open key range `[lo, hi)`; `None` is unbounded (the agents' `KeyRange`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    /// Inclusive lower bound.
+    pub lo: Option<i64>,
+    /// Exclusive upper bound.
+    pub hi: Option<i64>,
+}
+
+/// What differs in one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableDelta {
+    /// Equal on both hosts.
+    Equal,
+    /// Copy it whole (no integer key to split by).
+    Whole,
+    /// Copy these ranges (merged, in key order).
+    Ranges(Vec<Range>),
+}
+
+/// The outcome for one table: the delta and the old host's whole-table fingerprint at the start
+/// (`rows/digest`, the same form as the agents' `Fingerprint`), which the cutover compares with
+/// the old host's fingerprint at the end of the freeze.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// What to copy.
+    pub delta: TableDelta,
+    /// The old host's fingerprint when the delta began.
+    pub old_fingerprint: String,
+    /// Fingerprint calls made per side (for the report).
+    pub calls: usize,
+}
+
+impl Range {
+    fn json(&self, column: &str) -> Vec<u8> {
+        json!({"column": column, "lo": self.lo, "hi": self.hi})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// `[10, 20)`, `[.., 10)`.
+    pub fn describe(&self) -> String {
+        let b = |v: Option<i64>| v.map_or_else(|| "..".to_string(), |v| v.to_string());
+        format!("[{}, {})", b(self.lo), b(self.hi))
+    }
+}
+
+/// `n` ranges cutting `[min, max]` in equal key spans, the first starting at `lo` and the last
+/// ending at `hi` (the enclosing range's own bounds), so together they cover exactly it.
+pub fn cut(lo: Option<i64>, hi: Option<i64>, min: i64, max: i64, n: i64) -> Vec<Range> {
+    let whole = vec![Range { lo, hi }];
+    if n < 2 || max <= min {
+        return whole;
+    }
+    let span = i128::from(max) - i128::from(min) + 1;
+    let step = (span + i128::from(n) - 1) / i128::from(n);
+    let mut bounds: Vec<i64> = (1..i128::from(n))
+        .map(|i| i128::from(min) + i * step)
+        .filter(|b| *b <= i128::from(max))
+        .filter_map(|b| i64::try_from(b).ok())
+        // Inside the enclosing range only.
+        .filter(|b| lo.is_none_or(|l| *b > l) && hi.is_none_or(|h| *b < h))
+        .collect();
+    bounds.dedup();
+    if bounds.is_empty() {
+        return whole;
+    }
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    let mut at = lo;
+    for b in bounds {
+        out.push(Range {
+            lo: at,
+            hi: Some(b),
+        });
+        at = Some(b);
+    }
+    out.push(Range { lo: at, hi });
+    out
+}
+
+/// Merges ranges that touch (`a.hi == b.lo`); expects key order.
+pub fn merge(ranges: Vec<Range>) -> Vec<Range> {
+    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if last.hi.is_some() && last.hi == r.lo => last.hi = r.hi,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+fn fp(f: &RangeFingerprint) -> String {
+    format!("{}/{}", f.rows, f.digest)
+}
+
+async fn both(
+    old: &Agent,
+    new: &Agent,
+    database: &str,
+    table: &[u8],
+    ranges: Vec<Vec<u8>>,
+    snapshot: &str,
+) -> Result<(Vec<RangeFingerprint>, Vec<RangeFingerprint>), UnitError> {
+    let n = ranges.len().max(1);
+    let req = |snapshot: &str| RangeFingerprintsRequest {
+        database: database.into(),
+        table: table.to_vec(),
+        ranges: ranges.clone(),
+        snapshot: snapshot.into(),
+    };
+    let (mut a, mut b) = (old.database(), new.database());
+    let (fa, fb) = tokio::join!(
+        a.range_fingerprints(req(snapshot)),
+        b.range_fingerprints(req(""))
+    );
+    let fa = fa.map_err(UnitError::from_status)?.into_inner().ranges;
+    let fb = fb.map_err(UnitError::from_status)?.into_inner().ranges;
+    if fa.len() != n || fb.len() != n {
+        return Err(UnitError::other(format!(
+            "an agent answered {} / {} range fingerprints for {n} ranges: are both agents the same version?",
+            fa.len(),
+            fb.len()
+        )));
+    }
+    Ok((fa, fb))
+}
+
+fn span(a: &RangeFingerprint, b: &RangeFingerprint) -> Option<(i64, i64)> {
+    let min = [a.min_key, b.min_key].into_iter().flatten().min()?;
+    let max = [a.max_key, b.max_key].into_iter().flatten().max()?;
+    Some((min, max))
+}
+
+fn pieces(rows: i64) -> i64 {
+    (rows + LEAF_ROWS - 1) / LEAF_ROWS
+}
+
+/// Finds what differs in one table (`table` is the agents' JSON description of it).
+///
+/// # Errors
+/// An agent failing or answering out of shape.
+pub async fn find(
+    old: &Agent,
+    new: &Agent,
+    database: &str,
+    table: &[u8],
+    snapshot: &str,
+) -> Result<Found, UnitError> {
+    let info: Value = serde_json::from_slice(table)
+        .map_err(|e| UnitError::other(format!("malformed table description: {e}")))?;
+    let key = info["int_key"].as_str().map(str::to_owned);
+    let (a, b) = both(old, new, database, table, Vec::new(), snapshot).await?;
+    let (a, b) = (&a[0], &b[0]);
+    let old_fingerprint = fp(a);
+    let mut calls = 1;
+    if fp(a) == fp(b) {
+        return Ok(Found {
+            delta: TableDelta::Equal,
+            old_fingerprint,
+            calls,
+        });
+    }
+    let (Some(column), Some((min, max))) = (key, span(a, b)) else {
+        return Ok(Found {
+            delta: TableDelta::Whole,
+            old_fingerprint,
+            calls,
+        });
+    };
+    let rows = a.rows.max(b.rows);
+    if rows <= LEAF_ROWS {
+        return Ok(Found {
+            delta: TableDelta::Ranges(vec![Range { lo: None, hi: None }]),
+            old_fingerprint,
+            calls,
+        });
+    }
+    // Ranges still to narrow down, with the key span seen inside each.
+    let mut open: Vec<(Range, i64, i64, i64)> =
+        vec![(Range { lo: None, hi: None }, min, max, rows)];
+    let mut differ: Vec<Range> = Vec::new();
+    for depth in 0..MAX_DEPTH {
+        if open.is_empty() {
+            break;
+        }
+        let budget = (MAX_RANGES / open.len() as i64).max(2);
+        let cuts: Vec<Range> = open
+            .iter()
+            .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
+            .collect();
+        let json = cuts.iter().map(|r| r.json(&column)).collect();
+        let (fa, fb) = both(old, new, database, table, json, snapshot).await?;
+        calls += 1;
+        let last = depth + 1 == MAX_DEPTH;
+        open = Vec::new();
+        for ((r, x), y) in cuts.into_iter().zip(&fa).zip(&fb) {
+            if fp(x) == fp(y) {
+                continue;
+            }
+            let rows = x.rows.max(y.rows);
+            match span(x, y) {
+                Some((min, max)) if !last && rows > LEAF_ROWS && max > min => {
+                    open.push((r, min, max, rows));
+                }
+                _ => differ.push(r),
+            }
+        }
+    }
+    differ.extend(open.into_iter().map(|(r, ..)| r));
+    differ.sort_by_key(|r| r.lo.unwrap_or(i64::MIN));
+    Ok(Found {
+        delta: TableDelta::Ranges(merge(differ)),
+        old_fingerprint,
+        calls,
+    })
+}
+
+/// The range as the JSON a `DbTable` carries (`column` = the table's integer key).
+pub fn range_json(table: &[u8], r: &Range) -> Vec<u8> {
+    if r.lo.is_none() && r.hi.is_none() {
+        return Vec::new();
+    }
+    let column = serde_json::from_slice::<Value>(table)
+        .ok()
+        .and_then(|v| v["int_key"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    r.json(&column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(lo: Option<i64>, hi: Option<i64>) -> Range {
+        Range { lo, hi }
+    }
+
+    #[test]
+    fn cut_covers_the_enclosing_range_exactly() {
+        let c = cut(None, None, 1, 100, 4);
+        assert_eq!(c.first().unwrap().lo, None);
+        assert_eq!(c.last().unwrap().hi, None);
+        assert_eq!(c.len(), 4);
+        for w in c.windows(2) {
+            assert_eq!(w[0].hi, w[1].lo);
+        }
+        let inner = cut(Some(26), Some(51), 26, 50, 5);
+        assert_eq!(inner.first().unwrap().lo, Some(26));
+        assert_eq!(inner.last().unwrap().hi, Some(51));
+        assert!(inner.len() >= 4, "{inner:?}");
+        for w in inner.windows(2) {
+            assert_eq!(w[0].hi, w[1].lo);
+        }
+    }
+
+    #[test]
+    fn cut_of_one_key_or_one_piece_is_the_range_itself() {
+        assert_eq!(cut(Some(5), Some(6), 5, 5, 8), vec![r(Some(5), Some(6))]);
+        assert_eq!(cut(None, None, 1, 1000, 1), vec![r(None, None)]);
+    }
+
+    #[test]
+    fn cut_never_leaves_the_enclosing_bounds() {
+        // Keys seen on either side may reach past a bound only for open ranges; bounded ones
+        // keep their bounds whatever min/max say.
+        let c = cut(Some(10), Some(20), 0, 100, 10);
+        assert_eq!(c.first().unwrap().lo, Some(10));
+        assert_eq!(c.last().unwrap().hi, Some(20));
+        assert!(c.iter().all(|x| x.lo.unwrap() >= 10 && x.hi.unwrap() <= 20));
+    }
+
+    #[test]
+    fn merge_joins_touching_ranges_only() {
+        let m = merge(vec![
+            r(None, Some(10)),
+            r(Some(10), Some(20)),
+            r(Some(30), Some(40)),
+            r(Some(40), None),
+        ]);
+        assert_eq!(m, vec![r(None, Some(20)), r(Some(30), None)]);
+    }
+
+    #[test]
+    fn range_json_is_empty_for_the_whole_table() {
+        let t = br#"{"int_key":"id"}"#;
+        assert!(range_json(t, &r(None, None)).is_empty());
+        let j: Value = serde_json::from_slice(&range_json(t, &r(Some(3), None))).unwrap();
+        assert_eq!(j, json!({"column": "id", "lo": 3, "hi": null}));
+    }
+}
