@@ -24,7 +24,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn rehearse_runs_check_backup_sync_verify_and_leaves_nothing_behind() {
+async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(
         tmp.path(),
@@ -45,19 +45,46 @@ async fn rehearse_runs_check_backup_sync_verify_and_leaves_nothing_behind() {
     let j = out.json();
     assert_eq!(j["ok"], true);
     let phases = j["phases"].as_array().expect("phases");
-    for want in ["lab", "check", "backup", "sync", "verify"] {
+    for want in [
+        "lab",
+        "check",
+        "backup",
+        "sync",
+        "verify",
+        "writes",
+        "catch-up",
+        "cutover",
+        "verify-after",
+    ] {
         let p = phases
             .iter()
             .find(|p| p["phase"] == want)
             .unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
         assert_eq!(p["status"], "ok", "{}", out.stdout);
     }
+    // The cutover froze writes for a measured, non-zero time within the plan's 30 s budget, and
+    // the catch-up moved the app's late writes as key ranges, not whole tables.
+    let freeze = j["freeze_ms"].as_u64().expect("freeze_ms");
+    assert!(freeze > 0 && freeze < 30_000, "{freeze} ms");
+    let catch_up = phases
+        .iter()
+        .find(|p| p["phase"] == "catch-up")
+        .expect("catch-up");
+    assert!(
+        catch_up["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("table range(s)") && !d.contains(" 0 table range")),
+        "{catch_up}"
+    );
     assert!(!lab.exists(), "the lab folder is removed");
     // The report outlives the lab: one self-contained page with the phases.
     let report = std::path::PathBuf::from(j["report"].as_str().expect("report folder"));
     let html = std::fs::read_to_string(report.join("report.html")).expect("report.html");
     assert!(
-        html.contains("sync") && html.contains("verify") && !html.contains("<script"),
+        html.contains("sync")
+            && html.contains("cutover")
+            && html.contains("freeze")
+            && !html.contains("<script"),
         "{}",
         report.display()
     );

@@ -107,6 +107,15 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
     let plan_arg = plan.path.display().to_string();
     match (st.state.clone(), c.resume) {
         (Stage::InProgress, false) if !c.dry_run => {
+            if g.json {
+                print_json(&serde_json::json!({
+                    "ok": false,
+                    "outcome": "in-progress",
+                    "run": st.run,
+                    "frozen": st.frozen,
+                    "switched": st.switched,
+                }));
+            }
             return Err(CliError::OperatorAction(anyhow::anyhow!(
                 "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --plan {plan_arg}` to finish it, or `hostshift rollback --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
                 st.run.as_deref().unwrap_or("?"),

@@ -47,6 +47,8 @@ struct Rehearsal {
     dir: PathBuf,
     plan: PathBuf,
     kept: bool,
+    /// The cutover's measured write freeze.
+    freeze_ms: Option<u64>,
     phases: Vec<Phase>,
     checks: preflight::Report,
 }
@@ -243,12 +245,27 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             });
         }
     }
-    phases.push(Phase {
-        phase: "cutover",
-        status: "skipped",
-        ms: 0,
-        detail: "not available in this version yet".into(),
-    });
+    let mut freeze_ms = None;
+    if ok {
+        let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
+        ok = after_first_copy(
+            &lab,
+            &plan,
+            g.quiet,
+            &say,
+            &mut phases,
+            &mut rep,
+            &mut freeze_ms,
+        )
+        .await;
+    } else {
+        phases.push(Phase {
+            phase: "cutover",
+            status: "skipped",
+            ms: 0,
+            detail: "an earlier phase failed".into(),
+        });
+    }
 
     for p in &phases {
         rep.then(
@@ -290,6 +307,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             dir: dir.clone(),
             plan: plan.clone(),
             kept,
+            freeze_ms,
             phases,
             checks: report,
         });
@@ -317,6 +335,9 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
                 x.result, x.host, x.check, x.detail, x.hint
             );
         }
+        if let Some(ms) = freeze_ms {
+            println!("\nWrite freeze during the cutover: {ms} ms");
+        }
         if let Some(r) = &report_dir {
             println!("\nReport: {}", r.join("report.html").display());
         }
@@ -336,4 +357,164 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             "the rehearsal failed at {first_failure}"
         )))
     }
+}
+
+/// Records a phase that began at `t`; returns whether it passed.
+fn push(
+    phases: &mut Vec<Phase>,
+    phase: &'static str,
+    t: Instant,
+    r: Result<String, String>,
+) -> bool {
+    let ok = r.is_ok();
+    phases.push(Phase {
+        phase,
+        status: if ok { "ok" } else { "failed" },
+        ms: t.elapsed().as_millis(),
+        detail: r.unwrap_or_else(|e| e),
+    });
+    ok
+}
+
+/// Rows the simulated app writes on the old host after the first copy.
+const LATE_USERS: i32 = 25;
+
+/// The runbook after the first copy: the app keeps writing on the old host; a catch-up sync
+/// (only the changes travel) and a verify right before the cutover; the cutover itself (write
+/// freeze, final delta, proof, switch `none`); a last verify. Returns whether all passed.
+async fn after_first_copy(
+    lab: &LocalLab,
+    plan: &Plan,
+    quiet: bool,
+    say: &dyn Fn(&str),
+    phases: &mut Vec<Phase>,
+    rep: &mut crate::report::Builder,
+    freeze_ms: &mut Option<u64>,
+) -> bool {
+    let mode = if quiet {
+        crate::sync::progress::Mode::Quiet
+    } else {
+        crate::sync::progress::Mode::Human
+    };
+
+    say("phase writes: the app keeps writing on the old host");
+    let t = Instant::now();
+    if !push(phases, "writes", t, app_writes(lab).await) {
+        return false;
+    }
+
+    say("phase catch-up: sync again (only what changed travels), then verify");
+    let t = Instant::now();
+    let opts = crate::sync::SyncOptions {
+        progress: mode,
+        ..crate::sync::SyncOptions::default()
+    };
+    let caught_up = async {
+        let s = crate::sync::run(plan, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !s.ok {
+            return Err("the catch-up sync failed: run it by hand with --keep to see why".into());
+        }
+        let v = crate::sync::verify::run(plan)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !v.ok {
+            return Err("verify after the catch-up found differences".to_string());
+        }
+        let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
+        Ok(format!(
+            "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
+            bytes(s.bytes),
+            s.files,
+            v.rows.len()
+        ))
+    }
+    .await;
+    if !push(phases, "catch-up", t, caught_up) {
+        return false;
+    }
+
+    say("phase cutover: freeze the old host, final delta, prove, switch (none), verify");
+    let t = Instant::now();
+    let before: u64 = phases.iter().map(|p| p.ms as u64).sum::<u64>();
+    let opts = crate::cutover::Options {
+        dry_run: false,
+        resume: false,
+        skip_backup_check: None,
+        progress: mode,
+    };
+    let cut = match crate::cutover::run(plan, &opts, &crate::cutover::state::of(&[])).await {
+        Err(e) => Err(e.to_string()),
+        Ok(r) => {
+            *freeze_ms = r.freeze_ms;
+            if let Some(ms) = r.freeze_ms {
+                let gates: u64 = r
+                    .steps
+                    .iter()
+                    .filter(|s| s.name == "gates")
+                    .map(|s| s.ms)
+                    .sum();
+                let start_ms = before + gates;
+                rep.freeze(crate::report::Window {
+                    start_ms,
+                    end_ms: start_ms + ms,
+                });
+            }
+            if r.ok {
+                Ok(format!(
+                    "write freeze {} ms (predicted {} ms); final delta {} in {} table range(s); the old host stays frozen",
+                    r.freeze_ms.unwrap_or(0),
+                    r.predicted_freeze_ms.unwrap_or(0),
+                    bytes(r.delta.bytes),
+                    r.delta.ranges
+                ))
+            } else {
+                Err(format!(
+                    "{}: {}",
+                    r.outcome.as_str(),
+                    r.error.unwrap_or_else(|| "see the cutover report".into())
+                ))
+            }
+        }
+    };
+    if !push(phases, "cutover", t, cut) {
+        return false;
+    }
+
+    say("phase verify-after: compare both hosts once more");
+    let t = Instant::now();
+    let after = match crate::sync::verify::run(plan).await {
+        Ok(v) if v.ok => Ok(format!("{} items equal", v.rows.len())),
+        Ok(_) => Err("the hosts differ after the cutover".into()),
+        Err(e) => Err(e.to_string()),
+    };
+    push(phases, "verify-after", t, after)
+}
+
+/// What the app does while the copy runs: new sign-ups and edited profiles on the old host.
+async fn app_writes(lab: &LocalLab) -> Result<String, String> {
+    let db = lab
+        .old_pg
+        .connect("app")
+        .await
+        .map_err(|e| format!("connect to the old database: {e}"))?;
+    let inserted = db
+        .execute(
+            "INSERT INTO users (email, display_name)
+             SELECT 'late' || g || '@example.com', 'Late user ' || g FROM generate_series(1, $1) g",
+            &[&LATE_USERS],
+        )
+        .await
+        .map_err(|e| format!("insert users: {e}"))?;
+    let updated = db
+        .execute(
+            "UPDATE users SET display_name = display_name || ' (edited)' WHERE id % 97 = 1",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("update users: {e}"))?;
+    Ok(format!(
+        "{inserted} users signed up, {updated} profiles edited"
+    ))
 }
