@@ -14,7 +14,7 @@ use hostshift_proto::v1::{InfoRequest, InfoResponse, InventoryRequest, Inventory
 use serde::Serialize;
 
 use crate::client::{self, Agent};
-use crate::plan::{Plan, Side};
+use crate::plan::{OnNew, Plan, Side};
 
 /// Required free space on the new host, as a multiple of what will be copied.
 pub const DISK_FACTOR: f64 = 1.2;
@@ -366,17 +366,19 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
             ),
         }
     }
+    // The name each resource has on this host (the plan's `target` on the new one).
+    let here = |plan_name: &str, target: &str| -> String {
+        if side == Side::New { target } else { plan_name }.to_string()
+    };
     for d in &plan.databases {
-        let check = format!("database {}", d.name);
-        match info.databases.iter().find(|x| x.name == d.name) {
+        let name = here(&d.name, d.on_new());
+        let check = format!("database {name}");
+        match info.databases.iter().find(|x| x.name == name) {
             None => c.fail(
                 h,
                 check,
                 "not declared in the agent's config",
-                format!(
-                    "add [[databases]] name = \"{}\" to the {h} agent's config",
-                    d.name
-                ),
+                format!("add [[databases]] name = \"{name}\" to the {h} agent's config"),
             ),
             Some(x) if !x.reachable => c.fail(
                 h,
@@ -392,20 +394,18 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
         }
     }
     for s in &plan.storage {
-        let check = format!("storage {}", s.name);
+        let name = here(&s.name, s.on_new());
+        let check = format!("storage {name}");
         match info
             .roots
             .iter()
-            .find(|r| r.kind == "storage" && r.name == s.name)
+            .find(|r| r.kind == "storage" && r.name == name)
         {
             None => c.fail(
                 h,
                 check,
                 "not declared in the agent's config",
-                format!(
-                    "add [[storage]] name = \"{}\" to the {h} agent's config",
-                    s.name
-                ),
+                format!("add [[storage]] name = \"{name}\" to the {h} agent's config"),
             ),
             Some(r) if r.exists => c.ok(h, check, r.path.clone()),
             Some(r) if side == Side::Old => c.fail(
@@ -423,20 +423,18 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
         }
     }
     for f in &plan.files {
-        let check = format!("file {}", f.name);
+        let name = here(&f.name, f.on_new());
+        let check = format!("file {name}");
         match info
             .roots
             .iter()
-            .find(|r| r.kind == "file" && r.name == f.name)
+            .find(|r| r.kind == "file" && r.name == name)
         {
             None => c.fail(
                 h,
                 check,
                 "not declared in the agent's config",
-                format!(
-                    "add [[files]] name = \"{}\" to the {h} agent's config",
-                    f.name
-                ),
+                format!("add [[files]] name = \"{name}\" to the {h} agent's config"),
             ),
             Some(r) if r.exists => c.ok(h, check, r.path.clone()),
             Some(r) if side == Side::Old => c.fail(
@@ -451,13 +449,17 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
     let wanted: Vec<String> = plan
         .databases
         .iter()
-        .map(|d| format!("restore-database:{}", d.name))
+        .map(|d| format!("restore-database:{}", d.on_new()))
         .chain(
             plan.storage
                 .iter()
-                .map(|s| format!("write-storage:{}", s.name)),
+                .map(|s| format!("write-storage:{}", s.on_new())),
         )
-        .chain(plan.files.iter().map(|f| format!("write-file:{}", f.name)))
+        .chain(
+            plan.files
+                .iter()
+                .map(|f| format!("write-file:{}", f.on_new())),
+        )
         .collect();
     match side {
         Side::New => {
@@ -507,7 +509,7 @@ fn disk_checks(plan: &Plan, old: &InventoryResponse, new_info: &InfoResponse, c:
         let Some(root) = new_info
             .roots
             .iter()
-            .find(|r| r.kind == "storage" && r.name == s.name)
+            .find(|r| r.kind == "storage" && r.name == s.on_new())
         else {
             continue;
         };
@@ -523,7 +525,7 @@ fn disk_checks(plan: &Plan, old: &InventoryResponse, new_info: &InfoResponse, c:
         let Some(inv) = old.databases.iter().find(|x| x.name == d.name) else {
             continue;
         };
-        match new_info.databases.iter().find(|x| x.name == d.name) {
+        match new_info.databases.iter().find(|x| x.name == d.on_new()) {
             Some(x) if x.data_dir_known => space(c, &format!("disk for database {}", d.name), inv.size_bytes, x.data_dir_free_bytes, "the PostgreSQL data directory"),
             Some(_) => c.warn("new", format!("disk for database {}", d.name), format!("needs ~{}; free space of the target cluster is not visible to the agent (managed database or no pg_read_all_settings)", crate::output::bytes(inv.size_bytes)), "check the target's free storage yourself (e.g. RDS FreeStorageSpace)"),
             None => {}

@@ -111,3 +111,129 @@ async fn rehearse_refuses_a_non_empty_folder_without_touching_it() {
         b"mine"
     );
 }
+
+/// `rehearse --plan`: the whole flow against real agents, into the scratch resources the plan's
+/// [rehearsal] names — the real targets on the new host stay empty, and the old host is only
+/// read (never frozen).
+#[tokio::test]
+async fn rehearse_against_a_plan_copies_into_scratch_targets_and_never_freezes_the_old_host() {
+    use hostshift_tests::rig::{Sandbox, fs};
+    let mut sb = Sandbox::new("rehearse_plan").await;
+    let scratch_db = format!("{}_scratch", sb.new_db);
+    sb.world
+        .new_pg
+        .connect("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{scratch_db}\""))
+        .await
+        .expect("create the scratch database");
+    let scratch_storage = sb.dir.join("new/scratch/evaluations");
+    let scratch_env = sb.dir.join("new/scratch/backend.env");
+    std::fs::create_dir_all(&scratch_storage).expect("scratch dir");
+    let mut new = sb.new_setup();
+    new.databases.push((
+        "app_rehearsal".into(),
+        sb.world.new_pg.conninfo(&scratch_db),
+    ));
+    new.storage
+        .push(("evaluations-rehearsal".into(), scratch_storage.clone()));
+    new.files
+        .push(("backend-env-rehearsal".into(), scratch_env.clone()));
+    new.restore_databases.push("app_rehearsal".into());
+    new.write_storage.push("evaluations-rehearsal".into());
+    new.write_files.push("backend-env-rehearsal".into());
+    sb.start(sb.old_setup(), new).await;
+    sb.write_plan(
+        "[rehearsal]\n\
+         databases = { app = \"app_rehearsal\" }\n\
+         storage = { evaluations = \"evaluations-rehearsal\" }\n\
+         files = { backend-env = \"backend-env-rehearsal\" }\n",
+    );
+    let old_tree = fs::snapshot(&sb.old_storage);
+
+    let out = sb.cli(&["rehearse", "--json", "-q"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let j = out.json();
+    for want in ["check", "sync", "catch-up", "cutover"] {
+        let p = j["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .find(|p| p["phase"] == want)
+            .unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
+        assert_eq!(p["status"], "ok", "{}", out.stdout);
+    }
+    assert!(j["rehearsed_freeze_ms"].as_u64().expect("timed") > 0);
+
+    // The scratch targets hold the copy...
+    let count = |client: tokio_postgres::Client| async move {
+        client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .expect("count users")
+            .get::<_, i64>(0)
+    };
+    let old_users = count(sb.world.old_pg.connect(&sb.old_db).await).await;
+    assert!(old_users > 0);
+    assert_eq!(
+        count(sb.world.new_pg.connect(&scratch_db).await).await,
+        old_users
+    );
+    fs::assert_same_content(&sb.old_storage, &scratch_storage);
+    assert!(scratch_env.is_file());
+    // ...the real targets were never touched...
+    let real = sb.world.new_pg.connect(&sb.new_db).await;
+    let tables: i64 = real
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .expect("count tables")
+        .get(0);
+    assert_eq!(tables, 0, "the real new database stays empty");
+    assert_eq!(
+        std::fs::read_dir(&sb.new_storage).expect("ls").count(),
+        0,
+        "the real new storage stays empty"
+    );
+    assert!(!sb.new_env.exists());
+    // ...and the old host was only read: same files, still writable, no freeze setting.
+    assert_eq!(fs::snapshot(&sb.old_storage), old_tree);
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute("CREATE TEMP TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("the old database still takes writes");
+    let settings: i64 = old
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("settings")
+        .get(0);
+    assert_eq!(settings, 0, "the old database was never made read-only");
+}
+
+#[tokio::test]
+async fn rehearse_against_a_plan_without_scratch_names_refuses_and_names_them() {
+    use hostshift_tests::rig::Sandbox;
+    let mut sb = Sandbox::new("rehearse_plan_missing").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let out = sb.cli(&["rehearse"]).await;
+    assert_eq!(out.code, 2, "{}", out.both());
+    for want in [
+        "[rehearsal]",
+        "databases.app",
+        "storage.evaluations",
+        "files.backend-env",
+    ] {
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+    assert_eq!(
+        std::fs::read_dir(&sb.new_storage).expect("ls").count(),
+        0,
+        "nothing was copied"
+    );
+}

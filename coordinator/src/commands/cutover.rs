@@ -167,6 +167,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
         resume: c.resume,
         skip_backup_check: c.skip_backup_check,
         progress: mode(g),
+        rehearsal: false,
     };
     let report = cutover::run(&plan, &opts, &st).await.map_err(failed)?;
     print(g, &report, &plan_arg);

@@ -16,7 +16,25 @@ use crate::rehearse::LocalLab;
 
 /// Rehearsal flags.
 #[derive(Args)]
+#[command(after_help = "\
+Without --plan: two throwaway hosts on loopback (PostgreSQL clusters, agents, certificates, a
+sample app's data), then check, backup, sync, verify, the app writing on, a catch-up sync, the
+cutover (write freeze, final delta, proof, switch none) and a last verify; a report; teardown.
+
+With --plan P: the same flow against the real agents of P, copying into the scratch resources
+its [rehearsal] section names (declared and allowed in the NEW agent's config) instead of the
+real ones. The old host is only read: it is never frozen, traffic is never switched, no backup is
+taken. The cutover step times the final delta and the proof, which is what the real freeze will
+take. Journal and report: under P's state_dir, as <name>-rehearsal.
+
+Examples:
+  hostshift rehearse                       # the README's main job
+  hostshift rehearse --size medium --keep  # keep the lab to try commands against it
+  hostshift rehearse --plan plan.toml      # practise against the real hosts, safely")]
 pub struct RehearseCmd {
+    /// Rehearse against the real agents of this plan, into its [rehearsal] scratch targets.
+    #[arg(long, conflicts_with_all = ["keep", "dir"])]
+    plan: Option<PathBuf>,
     /// How much data the old host gets: tiny, small, medium or large.
     #[arg(long, default_value = "small", value_parser = parse_scale)]
     size: Scale,
@@ -58,6 +76,9 @@ struct Rehearsal {
 /// # Errors
 /// Failure (exit 1) when the lab cannot be built or a phase fails; the lab is torn down first.
 pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
+    if let Some(p) = &c.plan {
+        return on_plan(g, p).await;
+    }
     let dir = c.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("hostshift-rehearsal-{}", std::process::id()))
     });
@@ -405,32 +426,7 @@ async fn after_first_copy(
 
     say("phase catch-up: sync again (only what changed travels), then verify");
     let t = Instant::now();
-    let opts = crate::sync::SyncOptions {
-        progress: mode,
-        ..crate::sync::SyncOptions::default()
-    };
-    let caught_up = async {
-        let s = crate::sync::run(plan, &opts)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !s.ok {
-            return Err("the catch-up sync failed: run it by hand with --keep to see why".into());
-        }
-        let v = crate::sync::verify::run(plan)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !v.ok {
-            return Err("verify after the catch-up found differences".to_string());
-        }
-        let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
-        Ok(format!(
-            "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
-            bytes(s.bytes),
-            s.files,
-            v.rows.len()
-        ))
-    }
-    .await;
+    let caught_up = catch_up(plan, mode).await;
     if !push(phases, "catch-up", t, caught_up) {
         return false;
     }
@@ -443,6 +439,7 @@ async fn after_first_copy(
         resume: false,
         skip_backup_check: None,
         progress: mode,
+        rehearsal: false,
     };
     let cut = match crate::cutover::run(plan, &opts, &crate::cutover::state::of(&[])).await {
         Err(e) => Err(e.to_string()),
@@ -516,5 +513,250 @@ async fn app_writes(lab: &LocalLab) -> Result<String, String> {
         .map_err(|e| format!("update users: {e}"))?;
     Ok(format!(
         "{inserted} users signed up, {updated} profiles edited"
+    ))
+}
+
+/// The plan with every resource pointed at its `[rehearsal]` scratch name on the new host, its
+/// own journal (`<name>-rehearsal`), no freeze methods and no switch.
+///
+/// # Errors
+/// A usage error naming every resource without a scratch name.
+pub fn rehearsal_plan(plan: &Plan) -> Result<Plan, crate::error::CliError> {
+    let r = &plan.rehearsal;
+    let mut missing = Vec::new();
+    let mut p = plan.clone();
+    for d in &mut p.databases {
+        match r.databases.get(&d.name) {
+            Some(t) => d.target = Some(t.clone()),
+            None => missing.push(format!("databases.{} = \"{}_rehearsal\"", d.name, d.name)),
+        }
+    }
+    for s in &mut p.storage {
+        match r.storage.get(&s.name) {
+            Some(t) => s.target = Some(t.clone()),
+            None => missing.push(format!("storage.{} = \"{}-rehearsal\"", s.name, s.name)),
+        }
+    }
+    for f in &mut p.files {
+        match r.files.get(&f.name) {
+            Some(t) => f.target = Some(t.clone()),
+            None => missing.push(format!("files.{} = \"{}-rehearsal\"", f.name, f.name)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(crate::error::usage(anyhow::anyhow!(
+            "a rehearsal against real hosts copies only into scratch resources; add to {}:\n[rehearsal]\n{}\n(each declared in the NEW agent's config and allowed in its [allow])",
+            plan.path.display(),
+            missing.join("\n")
+        )));
+    }
+    p.migration.name = format!("{}-rehearsal", plan.migration.name);
+    p.freeze.methods.clear();
+    p.switch.method = crate::plan::SwitchMethod::None;
+    Ok(p)
+}
+
+/// `rehearse --plan P`: check, sync, verify, catch-up, cutover (rehearsal mode) against the real
+/// agents, into scratch targets.
+async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
+    let real = super::load_plan(path)?;
+    let plan = rehearsal_plan(&real)?;
+    let quiet = g.quiet;
+    let say = move |s: &str| {
+        if !quiet {
+            eprintln!("rehearse: {s}");
+        }
+    };
+    let mode = if quiet {
+        crate::sync::progress::Mode::Quiet
+    } else {
+        crate::sync::progress::Mode::Human
+    };
+    let mut rep = crate::report::Builder::for_plan(crate::report::Kind::Rehearse, &plan);
+    let mut phases = Vec::new();
+
+    say("phase check: preflight of both hosts (scratch targets on the new one)");
+    let t = Instant::now();
+    let checks = preflight::run(&plan).await;
+    let failed_checks = checks
+        .checks
+        .iter()
+        .filter(|x| x.result == Verdict::Fail)
+        .count();
+    let mut ok = push(
+        &mut phases,
+        "check",
+        t,
+        if checks.ok {
+            Ok(format!("{} checks pass", checks.checks.len()))
+        } else {
+            Err(format!(
+                "{} of {} checks failed",
+                failed_checks,
+                checks.checks.len()
+            ))
+        },
+    );
+    phases.push(Phase {
+        phase: "backup",
+        status: "skipped",
+        ms: 0,
+        detail: "a rehearsal only reads the old host; take the real backup with `hostshift backup --host old`".into(),
+    });
+    if ok {
+        say("phase sync: copy into the scratch targets");
+        let t = Instant::now();
+        let opts = crate::sync::SyncOptions {
+            progress: mode,
+            ..crate::sync::SyncOptions::default()
+        };
+        let r = match crate::sync::run(&plan, &opts).await {
+            Ok(s) if s.ok => {
+                rep.add_sync(&s);
+                Ok(format!("{} items, {} sent", s.files, bytes(s.bytes)))
+            }
+            Ok(s) => Err(s
+                .units
+                .iter()
+                .filter(|u| u.status == "failed")
+                .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
+                .collect::<Vec<_>>()
+                .join("; ")),
+            Err(e) => Err(e.to_string()),
+        };
+        ok = push(&mut phases, "sync", t, r);
+    }
+    let mut rehearsed = None;
+    if ok {
+        say("phase catch-up: sync again (only what changed travels), then verify");
+        let t = Instant::now();
+        ok = push(&mut phases, "catch-up", t, catch_up(&plan, mode).await);
+    }
+    if ok {
+        say(
+            "phase cutover (rehearsal): gates, final delta and proof, timed; nothing frozen or switched",
+        );
+        let t = Instant::now();
+        let opts = crate::cutover::Options {
+            dry_run: false,
+            resume: false,
+            skip_backup_check: None,
+            progress: mode,
+            rehearsal: true,
+        };
+        let r = match crate::cutover::run(&plan, &opts, &crate::cutover::state::of(&[])).await {
+            Err(e) => Err(e.to_string()),
+            Ok(r) if r.ok => {
+                rehearsed = r.rehearsed_freeze_ms;
+                Ok(format!(
+                    "the freeze would last about {} ms (predicted {} ms): final delta {} in {} table range(s)",
+                    r.rehearsed_freeze_ms.unwrap_or(0),
+                    r.predicted_freeze_ms.unwrap_or(0),
+                    bytes(r.delta.bytes),
+                    r.delta.ranges
+                ))
+            }
+            Ok(r) => Err(format!(
+                "{}: {}",
+                r.outcome.as_str(),
+                r.error.unwrap_or_else(|| "see the cutover report".into())
+            )),
+        };
+        ok = push(&mut phases, "cutover", t, r);
+    }
+    for p in &phases {
+        rep.then(
+            p.phase,
+            p.ms as u64,
+            p.status.parse().unwrap_or(crate::report::Status::Failed),
+            p.detail.clone(),
+        );
+    }
+    if let Some(ms) = rehearsed {
+        rep.note(format!(
+            "rehearsed freeze: {ms} ms for the final delta and the proof (nothing was frozen)"
+        ));
+    }
+    let report_dir = crate::report::publish(&plan, &rep.finish(ok), true);
+    if g.json {
+        print_json(&serde_json::json!({
+            "ok": ok,
+            "plan": real.path,
+            "rehearsal": plan.migration.name,
+            "rehearsed_freeze_ms": rehearsed,
+            "report": report_dir,
+            "phases": phases,
+            "checks": checks,
+        }));
+    } else {
+        let rows: Vec<Vec<String>> = phases
+            .iter()
+            .map(|p| {
+                vec![
+                    p.phase.into(),
+                    p.status.into(),
+                    format!("{} ms", p.ms),
+                    p.detail.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "hostshift rehearsal against {} (scratch targets on the new host; the old host only read)\n",
+            real.path.display()
+        );
+        print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
+        for x in checks.checks.iter().filter(|x| x.result != Verdict::Ok) {
+            println!(
+                "  {:?} {} {}: {} {}",
+                x.result, x.host, x.check, x.detail, x.hint
+            );
+        }
+        if let Some(r) = &report_dir {
+            println!("\nReport: {}", r.join("report.html").display());
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        let first = phases
+            .iter()
+            .find(|p| p.status == "failed")
+            .map_or_else(String::new, |p| format!("{}: {}", p.phase, p.detail));
+        Err(failed(anyhow::anyhow!("the rehearsal failed at {first}")))
+    }
+}
+
+/// A catch-up sync (only what changed travels) and a verify, as right before a cutover.
+async fn catch_up(plan: &Plan, mode: crate::sync::progress::Mode) -> Result<String, String> {
+    let opts = crate::sync::SyncOptions {
+        progress: mode,
+        ..crate::sync::SyncOptions::default()
+    };
+    let s = crate::sync::run(plan, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !s.ok {
+        return Err(format!(
+            "the catch-up sync failed: {}",
+            s.units
+                .iter()
+                .filter(|u| u.status == "failed")
+                .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let v = crate::sync::verify::run(plan)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !v.ok {
+        return Err("verify after the catch-up found differences".to_string());
+    }
+    let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
+    Ok(format!(
+        "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
+        bytes(s.bytes),
+        s.files,
+        v.rows.len()
     ))
 }

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hostshift_proto::v1::{DbSelection, InfoRequest, ListBackupsRequest, Pm2ListRequest};
+use hostshift_proto::v1::{InfoRequest, ListBackupsRequest, Pm2ListRequest};
 use serde::Serialize;
 
 use super::state;
@@ -70,6 +70,8 @@ pub struct Inputs<'a> {
     pub events: &'a [Event],
     /// `--skip-backup-check REASON`.
     pub skip_backup: Option<&'a str>,
+    /// `rehearse --plan`: the gates about the freeze, the apps and the switch do not apply.
+    pub rehearsal: bool,
 }
 
 /// Checks every gate; returns the verdicts and the predicted freeze in ms (when known).
@@ -79,6 +81,17 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
     let (Some(old), Some(new)) = (i.old, i.new) else {
         return (gates, None);
     };
+    if i.rehearsal {
+        gates.push(gate("verify fresh", verify_fresh(i)));
+        gates.push(gate("schema", schema(i.plan, old, new).await));
+        let skipped = "rehearsal: not needed (nothing is frozen or switched)";
+        for name in ["new apps", "health", "backup", "switch"] {
+            gates.push(gate(name, Ok(skipped.into())));
+        }
+        let predicted = predicted_ms(i);
+        gates.push(gate("freeze budget", budget(i.plan, predicted)));
+        return (gates, predicted);
+    }
     gates.push(gate("new apps", new_apps(i.plan, new).await));
     gates.push(gate("health", health(i.plan).await));
     gates.push(gate("verify fresh", verify_fresh(i)));
@@ -251,11 +264,7 @@ async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, String> {
 async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, String> {
     let mut problems = Vec::new();
     for d in &plan.databases {
-        let sel = DbSelection {
-            database: d.name.clone(),
-            include: d.include.clone(),
-            exclude: d.exclude.clone(),
-        };
+        let sel = crate::sync::database::Selections::of(d);
         match crate::sync::database::schema_differences(old, new, &sel).await {
             Ok(diff) if diff.is_empty() => {}
             Ok(diff) => problems.push(format!(

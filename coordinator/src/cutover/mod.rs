@@ -61,6 +61,11 @@ pub struct Options {
     pub skip_backup_check: Option<String>,
     /// Progress on stderr.
     pub progress: Mode,
+    /// `hostshift rehearse --plan`: the same run against scratch targets, except that the old
+    /// host is never frozen and traffic never switched (the gates that concern them, the
+    /// freeze, the switch and the public checks are skipped). The time of delta + proof is
+    /// reported as `rehearsed_freeze_ms`: what the freeze would have lasted.
+    pub rehearsal: bool,
 }
 
 /// How a cutover (or rollback) ended.
@@ -131,6 +136,8 @@ pub struct CutoverReport {
     pub freeze_ms: Option<u64>,
     /// The gates' prediction.
     pub predicted_freeze_ms: Option<u64>,
+    /// A rehearsal: the delta and proof, timed without freezing anything.
+    pub rehearsed_freeze_ms: Option<u64>,
     /// The gates' verdicts (empty on resume and rollback).
     pub gates: Vec<Gate>,
     /// The steps, in order.
@@ -196,6 +203,8 @@ struct Cut<'a> {
     /// Wall-clock start of the freeze (ms since the epoch).
     freeze_started_ms: Option<u64>,
     phase: &'static str,
+    /// A rehearsal (see [`Options::rehearsal`]).
+    rehearsal: bool,
 }
 
 impl<'a> Cut<'a> {
@@ -211,6 +220,7 @@ impl<'a> Cut<'a> {
             run: journal.run().to_string(),
             freeze_ms: None,
             predicted_freeze_ms: None,
+            rehearsed_freeze_ms: None,
             gates: vec![],
             steps: vec![],
             delta: DeltaSummary::default(),
@@ -232,6 +242,7 @@ impl<'a> Cut<'a> {
             switched: false,
             freeze_started_ms: None,
             phase: kind_phase,
+            rehearsal: false,
         })
     }
 
@@ -423,6 +434,13 @@ impl<'a> Cut<'a> {
                 return Err(format!(
                     "the hosts differ after the delta: {}",
                     bad.join("; ")
+                ));
+            }
+            if self.rehearsal {
+                injected("prove")?;
+                return Ok(format!(
+                    "{} item(s) equal (a rehearsal does not freeze the old host, so it may change meanwhile)",
+                    v.rows.len()
                 ));
             }
             // The old host must not have changed since the delta began.
@@ -678,6 +696,7 @@ pub async fn run(
     st: &state::State,
 ) -> Result<CutoverReport, StartError> {
     let mut c = Cut::new(plan, opts.progress, PHASE)?;
+    c.rehearsal = opts.rehearsal;
     let quiet = opts.progress == Mode::Quiet;
     let errors = c.connect().await;
     if opts.resume {
@@ -700,6 +719,7 @@ pub async fn run(
             connect_errors: errors,
             events: &events,
             skip_backup: opts.skip_backup_check.as_deref(),
+            rehearsal: opts.rehearsal,
         };
         let (g, predicted) = gates::check(&inputs).await;
         c.out.gates = g;
@@ -740,6 +760,15 @@ pub async fn run(
     let result: Result<(), String> = async {
         if c.old.is_none() || c.new.is_none() {
             return Err("an agent cannot be reached: fix it and run `hostshift cutover --resume` again (or `hostshift rollback`)".to_string());
+        }
+        if c.rehearsal {
+            let t = Instant::now();
+            c.skipped("freeze", "rehearsal: the old host keeps serving")?;
+            let delta = c.delta().await?;
+            c.prove(&delta).await?;
+            c.out.rehearsed_freeze_ms = Some(t.elapsed().as_millis() as u64);
+            c.skipped("switch", "rehearsal: traffic stays where it is")?;
+            return Ok(());
         }
         c.freeze().await?;
         let delta = c.delta().await?;

@@ -55,6 +55,9 @@ pub struct Plan {
     /// `[cutover]`: gates and limits for the cutover.
     #[serde(default)]
     pub cutover: CutoverSettings,
+    /// `[rehearsal]`: scratch names on the new host for `hostshift rehearse --plan`.
+    #[serde(default)]
+    pub rehearsal: Rehearsal,
     /// Directory holding this plan; relative paths in it are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -106,8 +109,12 @@ pub struct PlanTls {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanDatabase {
-    /// The database's name in both agents' configs.
+    /// The database's name in the old agent's config (and the new one's, unless `target`).
     pub name: String,
+    /// Its name in the new agent's config, when different (e.g. a differently named RDS
+    /// database); `hostshift rehearse --plan` sets it to the `[rehearsal]` scratch name.
+    #[serde(default)]
+    pub target: Option<String>,
     /// Tables to copy, as `schema.table` or `schema.*` (like `pg_dump -t`); empty = all.
     #[serde(default)]
     pub include: Vec<String>,
@@ -120,8 +127,11 @@ pub struct PlanDatabase {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanStorage {
-    /// The tree's name in both agents' configs.
+    /// The tree's name in the old agent's config (and the new one's, unless `target`).
     pub name: String,
+    /// Its name in the new agent's config, when different.
+    #[serde(default)]
+    pub target: Option<String>,
     /// Delete files on the new host that no longer exist on the old one.
     #[serde(default = "yes")]
     pub delete: bool,
@@ -131,8 +141,11 @@ pub struct PlanStorage {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
-    /// The file's name in both agents' configs.
+    /// The file's name in the old agent's config (and the new one's, unless `target`).
     pub name: String,
+    /// Its name in the new agent's config, when different.
+    #[serde(default)]
+    pub target: Option<String>,
     /// `.env` keys to set on the new host after copying (e.g. `CORS_ORIGIN`).
     #[serde(default)]
     pub overrides: BTreeMap<String, String>,
@@ -309,6 +322,48 @@ pub struct LoadBalancer {
     /// Target port.
     #[serde(default = "default_lb_port")]
     pub port: u16,
+}
+
+/// `[rehearsal]`: for each database, storage tree and config file of the plan, the name of a
+/// scratch resource the new agent's config declares (and allows writing). `hostshift rehearse
+/// --plan` copies into those only, so a rehearsal against the real hosts never touches the real
+/// targets, never freezes the old host and never switches traffic.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rehearsal {
+    /// Plan database name → scratch database name on the new host.
+    #[serde(default)]
+    pub databases: BTreeMap<String, String>,
+    /// Plan storage name → scratch storage name on the new host.
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
+    /// Plan file name → scratch file name on the new host.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// The name a resource has on the new host.
+pub trait OnNew {
+    /// `target`, or the plan name.
+    fn on_new(&self) -> &str;
+}
+
+impl OnNew for PlanDatabase {
+    fn on_new(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl OnNew for PlanStorage {
+    fn on_new(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl OnNew for PlanFile {
+    fn on_new(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// `[cutover]`.

@@ -9,6 +9,7 @@ use super::{FreezeMethod, Host, Plan, SwitchMethod};
 
 pub(super) fn validate(plan: &Plan, src: &Located) -> Vec<Problem> {
     let mut out = Vec::new();
+    rehearsal(plan, src, &mut out);
     if !valid_name(&plan.migration.name) {
         out.push(src.problem(
             "migration.name",
@@ -180,6 +181,41 @@ fn valid_table_pattern(p: &str) -> bool {
     };
     let ident = |s: &str| !s.is_empty() && !s.contains(['.', '"', ' ']);
     ident(schema) && (table == "*" || ident(table))
+}
+
+/// `[rehearsal]` may name only what the plan moves, and scratch names must be valid names.
+fn rehearsal(plan: &Plan, src: &Located, out: &mut Vec<Problem>) {
+    let r = &plan.rehearsal;
+    let kinds: [(&str, &std::collections::BTreeMap<String, String>, Vec<&str>); 3] = [
+        (
+            "databases",
+            &r.databases,
+            plan.databases.iter().map(|d| d.name.as_str()).collect(),
+        ),
+        (
+            "storage",
+            &r.storage,
+            plan.storage.iter().map(|s| s.name.as_str()).collect(),
+        ),
+        (
+            "files",
+            &r.files,
+            plan.files.iter().map(|f| f.name.as_str()).collect(),
+        ),
+    ];
+    for (kind, map, names) in kinds {
+        for (from, to) in map {
+            let key = format!("rehearsal.{kind}.{from}");
+            if !names.contains(&from.as_str()) {
+                out.push(src.problem(&key, format!("{from:?} is not in the plan's [[{kind}]]")));
+            } else if !valid_name(to) || to == from {
+                out.push(src.problem(
+                    &key,
+                    "a scratch name the new agent's config declares, not the real one: 1-63 letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+    }
 }
 
 fn freeze(plan: &Plan, src: &Located, out: &mut Vec<Problem>) {

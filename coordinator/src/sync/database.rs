@@ -20,7 +20,7 @@ use hostshift_proto::v1::{
 
 use super::units::{fail, report, transfer};
 use super::{Run, UnitError, UnitReport, delta};
-use crate::plan::PlanDatabase;
+use crate::plan::{OnNew, PlanDatabase};
 
 /// Tables above this many (estimated) rows are copied in key ranges of about this size.
 const ROWS_PER_RANGE: u64 = 250_000;
@@ -60,6 +60,32 @@ fn tables(raw: Vec<Vec<u8>>) -> Result<Vec<Table>, UnitError> {
         .collect()
 }
 
+/// A database's table selection as each agent names the database (the new host's name may differ:
+/// the plan's `target`).
+#[derive(Clone, Debug)]
+pub struct Selections {
+    /// For the old agent.
+    pub old: DbSelection,
+    /// For the new agent.
+    pub new: DbSelection,
+}
+
+impl Selections {
+    /// From the plan.
+    pub fn of(d: &PlanDatabase) -> Self {
+        let old = DbSelection {
+            database: d.name.clone(),
+            include: d.include.clone(),
+            exclude: d.exclude.clone(),
+        };
+        let new = DbSelection {
+            database: d.on_new().to_string(),
+            ..old.clone()
+        };
+        Self { old, new }
+    }
+}
+
 /// The fingerprints of both sides, taken at the same time.
 ///
 /// # Errors
@@ -67,10 +93,13 @@ fn tables(raw: Vec<Vec<u8>>) -> Result<Vec<Table>, UnitError> {
 pub(crate) async fn fingerprints(
     old: &crate::client::Agent,
     new: &crate::client::Agent,
-    sel: &DbSelection,
+    sel: &Selections,
 ) -> Result<(FingerprintResponse, FingerprintResponse), UnitError> {
     let (mut a, mut b) = (old.database(), new.database());
-    let (fo, fn_) = tokio::join!(a.fingerprint(sel.clone()), b.fingerprint(sel.clone()));
+    let (fo, fn_) = tokio::join!(
+        a.fingerprint(sel.old.clone()),
+        b.fingerprint(sel.new.clone())
+    );
     Ok((
         fo.map_err(UnitError::from_status)?.into_inner(),
         fn_.map_err(UnitError::from_status)?.into_inner(),
@@ -93,11 +122,7 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     let started = Instant::now();
     let mut r = report("database", &d.name);
     run.progress.start(&format!("database {}", d.name), 0);
-    let sel = DbSelection {
-        database: d.name.clone(),
-        include: d.include.clone(),
-        exclude: d.exclude.clone(),
-    };
+    let sel = Selections::of(d);
     let snapshot = match run
         .old
         .database()
@@ -133,13 +158,14 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
 async fn copy(
     run: &Run<'_>,
     d: &PlanDatabase,
-    sel: &DbSelection,
+    sel: &Selections,
     snapshot: &str,
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
     let unit = format!("database {}", d.name);
+    let new_db = d.on_new().to_string();
     let (mut a, mut b) = (run.old.database(), run.new.database());
-    let (old_t, new_t) = tokio::join!(a.tables(sel.clone()), b.tables(sel.clone()));
+    let (old_t, new_t) = tokio::join!(a.tables(sel.old.clone()), b.tables(sel.new.clone()));
     let old_t = tables(old_t.map_err(UnitError::from_status)?.into_inner().tables)?;
     let new_t = tables(new_t.map_err(UnitError::from_status)?.into_inner().tables)?;
     let fresh = new_t.is_empty();
@@ -158,7 +184,7 @@ async fn copy(
                 database: d.name.clone(),
             })),
             apply(apply_header::What::DbGlobals(DbGlobals {
-                database: d.name.clone(),
+                database: new_db.clone(),
             })),
             0,
             &mut r.retried,
@@ -166,7 +192,7 @@ async fn copy(
         .await?;
         r.changes.extend(res.changes);
         let pre = DbSchema {
-            selection: Some(sel.clone()),
+            selection: Some(sel.old.clone()),
             section: "pre-data".into(),
             snapshot: snapshot.into(),
         };
@@ -174,7 +200,10 @@ async fn copy(
             run,
             &format!("{unit} schema (pre-data)"),
             read(read_request::What::DbSchema(pre.clone())),
-            apply(apply_header::What::DbSchema(pre)),
+            apply(apply_header::What::DbSchema(DbSchema {
+                selection: Some(sel.new.clone()),
+                ..pre
+            })),
             0,
             &mut r.retried,
         )
@@ -200,7 +229,7 @@ async fn copy(
         ));
         let found: Vec<Result<(Table, delta::Found), UnitError>> =
             futures::stream::iter(old_t.iter().cloned().map(|t| async move {
-                let f = delta::find(&run.old, &run.new, &d.name, &t.json, snapshot).await?;
+                let f = delta::find(&run.old, &run.new, sel, &t.json, snapshot).await?;
                 Ok((t, f))
             }))
             .buffer_unordered(PARALLEL_PIECES)
@@ -234,6 +263,7 @@ async fn copy(
         delta_pieces(d, &deltas, snapshot)
     };
     r.ranges = pieces.len() as u64;
+    let new_db = &new_db;
     let results: Vec<Result<PieceDone, UnitError>> =
         futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
             let mut retried = Vec::new();
@@ -241,7 +271,10 @@ async fn copy(
                 run,
                 &name,
                 read(read_request::What::DbTable(piece.clone())),
-                apply(apply_header::What::DbTable(piece)),
+                apply(apply_header::What::DbTable(DbTable {
+                    database: new_db.clone(),
+                    ..piece
+                })),
                 total,
                 &mut retried,
             )
@@ -264,16 +297,20 @@ async fn copy(
     // in one transaction, so an "already exists" kind of error means all of it is. (A schema
     // change on the old host since the first sync is not detected here: the cutover checks it.)
     let post = DbSchema {
-        selection: Some(sel.clone()),
+        selection: Some(sel.old.clone()),
         section: "post-data".into(),
         snapshot: snapshot.into(),
+    };
+    let post_apply = DbSchema {
+        selection: Some(sel.new.clone()),
+        ..post.clone()
     };
     let mut post_retried = Vec::new();
     match transfer(
         run,
         &format!("{unit} schema (post-data)"),
-        read(read_request::What::DbSchema(post.clone())),
-        apply(apply_header::What::DbSchema(post)),
+        read(read_request::What::DbSchema(post)),
+        apply(apply_header::What::DbSchema(post_apply)),
         0,
         &mut post_retried,
     )
@@ -298,7 +335,7 @@ async fn copy(
         .old
         .database()
         .sequences(DbReadRequest {
-            selection: Some(sel.clone()),
+            selection: Some(sel.old.clone()),
             snapshot: snapshot.into(),
         })
         .await
@@ -308,7 +345,7 @@ async fn copy(
     run.new
         .database()
         .set_sequences(SetSequencesRequest {
-            database: d.name.clone(),
+            database: new_db.clone(),
             values: seqs,
         })
         .await
@@ -429,7 +466,7 @@ fn delta_pieces(
 pub(crate) async fn schema_unchanged(
     old: &crate::client::Agent,
     new: &crate::client::Agent,
-    sel: &DbSelection,
+    sel: &Selections,
 ) -> Result<(), UnitError> {
     let differ = schema_differences(old, new, sel).await?;
     if differ.is_empty() {
@@ -439,7 +476,7 @@ pub(crate) async fn schema_unchanged(
         kind: super::ErrorKind::Refused,
         message: format!(
             "the schema of {} differs between the hosts ({}): apply the same change on the new host (or drop the new database and sync again from scratch)",
-            sel.database,
+            sel.old.database,
             differ.join("; ")
         ),
     })
@@ -452,10 +489,13 @@ pub(crate) async fn schema_unchanged(
 pub(crate) async fn schema_differences(
     old: &crate::client::Agent,
     new: &crate::client::Agent,
-    sel: &DbSelection,
+    sel: &Selections,
 ) -> Result<Vec<String>, UnitError> {
     let (mut a, mut b) = (old.database(), new.database());
-    let (so, sn) = tokio::join!(a.schema_digest(sel.clone()), b.schema_digest(sel.clone()));
+    let (so, sn) = tokio::join!(
+        a.schema_digest(sel.old.clone()),
+        b.schema_digest(sel.new.clone())
+    );
     let so = so.map_err(UnitError::from_status)?.into_inner().objects;
     let sn = sn.map_err(UnitError::from_status)?.into_inner().objects;
     let mut differ = Vec::new();
@@ -477,7 +517,7 @@ pub(crate) async fn schema_differences(
 async fn large_objects(
     run: &Run<'_>,
     d: &PlanDatabase,
-    sel: &DbSelection,
+    sel: &Selections,
     snapshot: &str,
     fresh: bool,
     r: &mut UnitReport,
@@ -486,7 +526,7 @@ async fn large_objects(
         &run.old
             .database()
             .large_objects(DbReadRequest {
-                selection: Some(sel.clone()),
+                selection: Some(sel.old.clone()),
                 snapshot: snapshot.into(),
             })
             .await
@@ -526,7 +566,10 @@ async fn large_objects(
             run,
             &format!("database {} large object {oid}", d.name),
             read(read_request::What::DbLargeObject(lo.clone())),
-            apply(apply_header::What::DbLargeObject(lo)),
+            apply(apply_header::What::DbLargeObject(DbLargeObject {
+                database: d.on_new().to_string(),
+                ..lo
+            })),
             0,
             &mut r.retried,
         )

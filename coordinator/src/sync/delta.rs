@@ -28,6 +28,7 @@ use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest};
 use serde_json::{Value, json};
 
 use super::UnitError;
+use super::database::Selections;
 use crate::client::Agent;
 
 /// A differing range is cut further while it holds more rows than this.
@@ -136,13 +137,13 @@ fn fp(f: &RangeFingerprint) -> String {
 async fn both(
     old: &Agent,
     new: &Agent,
-    database: &str,
+    sel: &Selections,
     table: &[u8],
     ranges: Vec<Vec<u8>>,
     snapshot: &str,
 ) -> Result<(Vec<RangeFingerprint>, Vec<RangeFingerprint>), UnitError> {
     let n = ranges.len().max(1);
-    let req = |snapshot: &str| RangeFingerprintsRequest {
+    let req = |database: &str, snapshot: &str| RangeFingerprintsRequest {
         database: database.into(),
         table: table.to_vec(),
         ranges: ranges.clone(),
@@ -150,8 +151,8 @@ async fn both(
     };
     let (mut a, mut b) = (old.database(), new.database());
     let (fa, fb) = tokio::join!(
-        a.range_fingerprints(req(snapshot)),
-        b.range_fingerprints(req(""))
+        a.range_fingerprints(req(&sel.old.database, snapshot)),
+        b.range_fingerprints(req(&sel.new.database, ""))
     );
     let fa = fa.map_err(UnitError::from_status)?.into_inner().ranges;
     let fb = fb.map_err(UnitError::from_status)?.into_inner().ranges;
@@ -182,14 +183,14 @@ fn pieces(rows: i64) -> i64 {
 pub async fn find(
     old: &Agent,
     new: &Agent,
-    database: &str,
+    sel: &Selections,
     table: &[u8],
     snapshot: &str,
 ) -> Result<Found, UnitError> {
     let info: Value = serde_json::from_slice(table)
         .map_err(|e| UnitError::other(format!("malformed table description: {e}")))?;
     let key = info["int_key"].as_str().map(str::to_owned);
-    let (a, b) = both(old, new, database, table, Vec::new(), snapshot).await?;
+    let (a, b) = both(old, new, sel, table, Vec::new(), snapshot).await?;
     let (a, b) = (&a[0], &b[0]);
     let old_fingerprint = fp(a);
     let mut calls = 1;
@@ -229,7 +230,7 @@ pub async fn find(
             .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
             .collect();
         let json = cuts.iter().map(|r| r.json(&column)).collect();
-        let (fa, fb) = both(old, new, database, table, json, snapshot).await?;
+        let (fa, fb) = both(old, new, sel, table, json, snapshot).await?;
         calls += 1;
         let last = depth + 1 == MAX_DEPTH;
         open = Vec::new();

@@ -11,7 +11,7 @@ use hostshift_proto::v1::{
 
 use super::{Run, UnitError, UnitReport, backoff, stream};
 use crate::client;
-use crate::plan::{PlanFile, PlanStorage};
+use crate::plan::{OnNew, PlanFile, PlanStorage};
 
 pub(super) fn report(kind: &str, name: &str) -> UnitReport {
     UnitReport {
@@ -139,7 +139,7 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
     };
     let header = ApplyHeader {
         what: Some(apply_header::What::File(FileApply {
-            name: f.name.clone(),
+            name: f.on_new().to_string(),
             overrides: f.overrides.clone().into_iter().collect(),
             mode: meta.mode,
             uid: meta.uid,
@@ -229,7 +229,7 @@ async fn storage_round(
         .new
         .target()
         .plan_storage(PlanStorageRequest {
-            tree: s.name.clone(),
+            tree: s.on_new().to_string(),
             source_manifest: manifest.clone(),
             delete_extraneous: s.delete,
             batch_bytes: run.opts.batch_bytes,
@@ -249,7 +249,7 @@ async fn storage_round(
         plan.delete
     ));
     let finalize = |prepare_only: bool| FinalizeStorageRequest {
-        tree: s.name.clone(),
+        tree: s.on_new().to_string(),
         source_manifest: manifest.clone(),
         delete_extraneous: s.delete,
         prepare_only,
@@ -271,7 +271,7 @@ async fn storage_round(
         };
         let header = ApplyHeader {
             what: Some(apply_header::What::StorageFiles(StorageFilesApply {
-                tree: s.name.clone(),
+                tree: s.on_new().to_string(),
                 expected: batch.expected,
             })),
         };

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{SyncError, UnitError, stream};
 use crate::client::{self, Agent};
-use crate::plan::{Plan, Side};
+use crate::plan::{OnNew, Plan, Side};
 
 /// One compared item.
 #[derive(Clone, Debug, Serialize)]
@@ -118,7 +118,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     let mut rows = Vec::new();
     let mut old_tables = std::collections::BTreeMap::new();
     for f in &plan.files {
-        let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, &f.name));
+        let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, f.on_new()));
         let row = match (a, b) {
             (Ok(a), Ok(b)) => {
                 let expected = match hostshift_shared::dotenv::apply(&a, &f.overrides) {
@@ -195,7 +195,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 match new
                     .target()
                     .compare_storage(CompareStorageRequest {
-                        tree: s.name.clone(),
+                        tree: s.on_new().to_string(),
                         source_manifest: m,
                         full: true,
                     })
@@ -245,11 +245,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         rows.push(row);
     }
     for d in &plan.databases {
-        let sel = hostshift_proto::v1::DbSelection {
-            database: d.name.clone(),
-            include: d.include.clone(),
-            exclude: d.exclude.clone(),
-        };
+        let sel = super::database::Selections::of(d);
         match super::database::fingerprints(&old, &new, &sel).await {
             Err(e) => rows.push(Row {
                 kind: "database".into(),
