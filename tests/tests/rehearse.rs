@@ -65,6 +65,13 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
     // The cutover froze writes for a measured, non-zero time within the plan's 30 s budget, and
     // the catch-up moved the app's late writes as key ranges, not whole tables.
     let freeze = j["freeze_ms"].as_u64().expect("freeze_ms");
+    // moto is part of the test environment (scripts/install-test-deps): the rehearsal moved a
+    // real (stand-in) Elastic IP through the AWS SDK.
+    assert_eq!(
+        j["switch"], "elastic-ip (local moto server)",
+        "{}",
+        out.stdout
+    );
     assert!(freeze > 0 && freeze < 30_000, "{freeze} ms");
     let catch_up = phases
         .iter()

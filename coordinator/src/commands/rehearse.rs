@@ -65,6 +65,8 @@ struct Rehearsal {
     dir: PathBuf,
     plan: PathBuf,
     kept: bool,
+    /// How the cutover switched traffic.
+    switch: String,
     /// The cutover's measured write freeze.
     freeze_ms: Option<u64>,
     phases: Vec<Phase>,
@@ -130,6 +132,18 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             bytes(lab.storage.bytes)
         ),
     });
+
+    // The traffic switch: a local moto server's Elastic IP when moto is installed (not with
+    // --keep: the server would not outlive this process), otherwise `none`.
+    let (_moto, switch) = if c.keep {
+        (None, "none (--keep)".to_string())
+    } else {
+        match switch_through_moto(&lab.plan).await {
+            Ok(m) => (Some(m), "elastic-ip (local moto server)".to_string()),
+            Err(why) => (None, format!("none: {why}")),
+        }
+    };
+    say(&format!("traffic switch: {switch}"));
 
     say("phase check: preflight of both hosts");
     let t = Instant::now();
@@ -328,6 +342,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             dir: dir.clone(),
             plan: plan.clone(),
             kept,
+            switch,
             freeze_ms,
             phases,
             checks: report,
@@ -356,8 +371,9 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
                 x.result, x.host, x.check, x.detail, x.hint
             );
         }
+        println!("\nTraffic switch: {switch}");
         if let Some(ms) = freeze_ms {
-            println!("\nWrite freeze during the cutover: {ms} ms");
+            println!("Write freeze during the cutover: {ms} ms");
         }
         if let Some(r) = &report_dir {
             println!("\nReport: {}", r.join("report.html").display());
@@ -759,4 +775,44 @@ async fn catch_up(plan: &Plan, mode: crate::sync::progress::Mode) -> Result<Stri
         s.files,
         v.rows.len()
     ))
+}
+
+/// Starts a moto server, creates the old and new instances and an Elastic IP on the old one, and
+/// points the lab plan's `[switch]` at it. The server lives as long as the returned value.
+async fn switch_through_moto(
+    plan: &std::path::Path,
+) -> Result<hostshift_switch::moto::MotoServer, String> {
+    let moto = hostshift_switch::moto::MotoServer::start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let eip = moto.seed_elastic_ip().await.map_err(|e| e.to_string())?;
+    let text =
+        std::fs::read_to_string(plan).map_err(|e| format!("read {}: {e}", plan.display()))?;
+    let edits = [
+        (
+            "[old]\n".to_string(),
+            format!("[old]\ninstance_id = \"{}\"\n", eip.old_instance),
+        ),
+        (
+            "[new]\n".to_string(),
+            format!("[new]\ninstance_id = \"{}\"\n", eip.new_instance),
+        ),
+        (
+            "[switch]\nmethod = \"none\"\n".to_string(),
+            format!(
+                "[switch]\nmethod = \"elastic-ip\"\n\n[switch.aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n[switch.elastic_ip]\nallocation_id = \"{}\"\n",
+                moto.endpoint_url(),
+                eip.allocation_id
+            ),
+        ),
+    ];
+    let mut text = text;
+    for (from, to) in edits {
+        if !text.contains(&from) {
+            return Err(format!("the lab plan has no {from:?} (a bug)"));
+        }
+        text = text.replacen(&from, &to, 1);
+    }
+    std::fs::write(plan, text).map_err(|e| format!("write {}: {e}", plan.display()))?;
+    Ok(moto)
 }

@@ -48,7 +48,7 @@ pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
         region: aws.region.clone(),
         endpoint_url: aws.endpoint_url.clone(),
         profile: aws.profile.clone(),
-        static_credentials: None,
+        static_credentials: local_stand_in_credentials(aws.endpoint_url.as_deref()),
     };
     let host = |h: &crate::plan::Host| -> Result<Host, String> {
         Ok(Host {
@@ -67,6 +67,26 @@ pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
         .await
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+/// A local AWS stand-in (an `endpoint_url` on 127.0.0.0/8 or `localhost`, such as the moto
+/// server of `hostshift rehearse`) accepts any credentials; when the environment names none,
+/// fixed dummy ones are used so a rehearsal needs no AWS setup. Real AWS endpoints always use
+/// the normal credential chain.
+fn local_stand_in_credentials(endpoint_url: Option<&str>) -> Option<(String, String)> {
+    let url = endpoint_url?;
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (loopback && std::env::var_os("AWS_ACCESS_KEY_ID").is_none())
+        .then(|| ("hostshift-local".to_string(), "hostshift-local".to_string()))
 }
 
 /// What an operator runs to put traffic back on the old host by hand, for the undo instructions.
@@ -97,5 +117,20 @@ pub fn manual_switch_back(plan: &Plan) -> String {
                 .as_ref()
                 .map_or("<target group>", |l| l.target_group_arn.as_str())
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_stand_in_credentials as creds;
+
+    #[test]
+    fn only_loopback_stand_ins_get_dummy_credentials() {
+        let env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+        assert_eq!(creds(Some("http://127.0.0.1:5000")).is_some(), !env);
+        assert_eq!(creds(Some("http://localhost:5000/")).is_some(), !env);
+        assert!(creds(Some("https://ec2.eu-west-1.amazonaws.com")).is_none());
+        assert!(creds(Some("http://10.0.0.5:5000")).is_none());
+        assert!(creds(None).is_none());
     }
 }

@@ -86,6 +86,17 @@ pub enum MotoError {
     },
 }
 
+/// Two instances and an Elastic IP on the first (see [`MotoServer::seed_elastic_ip`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElasticIpSetup {
+    /// The old host's instance; the address starts here.
+    pub old_instance: String,
+    /// The new host's instance.
+    pub new_instance: String,
+    /// The Elastic IP's allocation id.
+    pub allocation_id: String,
+}
+
 /// A running moto server on 127.0.0.1; killed (with its whole process group) on drop.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -207,6 +218,69 @@ impl MotoServer {
     #[must_use]
     pub fn endpoint_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where and who to be for this server: its endpoint, region `us-east-1`, and the static
+    /// credentials moto accepts.
+    #[must_use]
+    pub fn target(&self) -> crate::AwsTarget {
+        crate::AwsTarget {
+            region: "us-east-1".into(),
+            endpoint_url: Some(self.endpoint_url()),
+            profile: None,
+            static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+
+    /// Creates two running instances and an Elastic IP associated with the first: the old and
+    /// the new host as the rehearsal and the tests switch them.
+    ///
+    /// # Errors
+    /// [`MotoError::Request`] naming the EC2 call that failed.
+    pub async fn seed_elastic_ip(&self) -> Result<ElasticIpSetup, MotoError> {
+        let ec2 = aws_sdk_ec2::Client::new(&crate::sdk_config(&self.target()).await);
+        let failed = |call: &str, e: &dyn std::fmt::Debug| MotoError::Request {
+            request: call.into(),
+            message: format!("{e:?}"),
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let run = ec2
+                .run_instances()
+                .image_id("ami-12c6146b")
+                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .send()
+                .await
+                .map_err(|e| failed("RunInstances", &e))?;
+            let id = run
+                .instances()
+                .first()
+                .and_then(|i| i.instance_id())
+                .ok_or_else(|| failed("RunInstances", &"no instance id in the answer"))?;
+            ids.push(id.to_owned());
+        }
+        let alloc = ec2
+            .allocate_address()
+            .send()
+            .await
+            .map_err(|e| failed("AllocateAddress", &e))?;
+        let allocation_id = alloc
+            .allocation_id()
+            .ok_or_else(|| failed("AllocateAddress", &"no allocation id in the answer"))?
+            .to_owned();
+        ec2.associate_address()
+            .allocation_id(&allocation_id)
+            .instance_id(&ids[0])
+            .send()
+            .await
+            .map_err(|e| failed("AssociateAddress", &e))?;
+        Ok(ElasticIpSetup {
+            old_instance: ids[0].clone(),
+            new_instance: ids[1].clone(),
+            allocation_id,
+        })
     }
 
     /// The server's combined stdout and stderr.
