@@ -168,6 +168,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
         skip_backup_check: c.skip_backup_check,
         progress: mode(g),
         rehearsal: false,
+        write_report: true,
     };
     let report = cutover::run(&plan, &opts, &st).await.map_err(failed)?;
     print(g, &report, &plan_arg);

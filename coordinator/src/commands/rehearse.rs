@@ -456,6 +456,8 @@ async fn after_first_copy(
         skip_backup_check: None,
         progress: mode,
         rehearsal: false,
+        // The lab's state folder goes away with the lab: the rehearsal's report covers it.
+        write_report: false,
     };
     let cut = match crate::cutover::run(plan, &opts, &crate::cutover::state::of(&[])).await {
         Err(e) => Err(e.to_string()),
@@ -659,6 +661,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
             skip_backup_check: None,
             progress: mode,
             rehearsal: true,
+            write_report: true,
         };
         let r = match crate::cutover::run(&plan, &opts, &crate::cutover::state::of(&[])).await {
             Err(e) => Err(e.to_string()),

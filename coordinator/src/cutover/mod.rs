@@ -66,6 +66,8 @@ pub struct Options {
     /// freeze, the switch and the public checks are skipped). The time of delta + proof is
     /// reported as `rehearsed_freeze_ms`: what the freeze would have lasted.
     pub rehearsal: bool,
+    /// Write the cutover's own report folder (the local rehearsal folds it into its own).
+    pub write_report: bool,
 }
 
 /// How a cutover (or rollback) ended.
@@ -543,6 +545,9 @@ impl<'a> Cut<'a> {
                 return Err(format!("after the switch: {}", failed.join("; ")));
             }
             injected("verify")?;
+            if passed == 0 {
+                return Ok("no [switch] verify_urls or from = \"new\" health checks in the plan: nothing to check".to_string());
+            }
             Ok(if method_none {
                 format!("{passed} new-host check(s) pass; [switch] verify_urls are yours to check once you moved traffic")
             } else {
@@ -646,7 +651,7 @@ impl<'a> Cut<'a> {
         self.out.ok = false;
     }
 
-    fn finish(mut self, quiet: bool) -> CutoverReport {
+    fn finish(mut self, quiet: bool, write_report: bool) -> CutoverReport {
         if let Some(ms) = self.out.freeze_ms {
             self.rep.note(format!("write freeze: {ms} ms"));
         }
@@ -677,7 +682,7 @@ impl<'a> Cut<'a> {
             _ => {}
         }
         let ok = self.out.ok;
-        if !matches!(self.out.outcome, Outcome::DryRun) {
+        if write_report && !matches!(self.out.outcome, Outcome::DryRun) {
             self.out.report_dir = report::publish(self.plan, &self.rep.finish(ok), quiet)
                 .map(|d| d.display().to_string());
         }
@@ -745,17 +750,17 @@ pub async fn run(
             if !opts.dry_run {
                 let _ = c.record(RUN_UNIT, "done", Outcome::GatesFailed.as_str());
             }
-            return Ok(c.finish(quiet));
+            return Ok(c.finish(quiet, opts.write_report));
         }
         if opts.dry_run {
             c.out.ok = true;
             c.out.outcome = Outcome::DryRun;
-            return Ok(c.finish(quiet));
+            return Ok(c.finish(quiet, opts.write_report));
         }
     }
     if !opts.resume && c.old.is_none() {
         c.out.error = Some("the old agent is not connected".into());
-        return Ok(c.finish(quiet));
+        return Ok(c.finish(quiet, opts.write_report));
     }
     let result: Result<(), String> = async {
         if c.old.is_none() || c.new.is_none() {
@@ -799,7 +804,7 @@ pub async fn run(
             c.fail(cause).await;
         }
     }
-    Ok(c.finish(quiet))
+    Ok(c.finish(quiet, opts.write_report))
 }
 
 /// `hostshift rollback`: traffic back to the old host (when the plan has a switch) and every
@@ -829,5 +834,5 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
         c.out.undo_instructions = manual;
         let _ = c.record("rollback", "failed", "");
     }
-    Ok(c.finish(quiet))
+    Ok(c.finish(quiet, true))
 }
