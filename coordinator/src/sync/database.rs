@@ -1,12 +1,13 @@
 //! One database: roles and the pre-data schema on a fresh target, the table data in pieces
 //! (big tables split by key range) two at a time, the post-data schema (indexes, constraints,
-//! triggers), sequences, large objects — every read from one snapshot of the old database — and
-//! finally the fingerprints of both sides.
+//! triggers), sequences, large objects — every read from one snapshot of the old database.
 //!
-//! A rerun (after an interruption or to catch up) compares per-table fingerprints and copies only
-//! the tables that differ (deleting their rows first, in the load's transaction), so finished
-//! tables are not sent again. The sync does not compare the databases at the end: that is
-//! `hostshift verify`, and costs as much as the copy.
+//! A rerun (after an interruption, to catch up, or as the cutover's final delta) first compares
+//! the schemas of both sides (refusing a schema change), then finds the differing key ranges of
+//! each table ([`super::delta`]) and re-copies only those (deleting the range first, in the
+//! load's transaction); equal schemas mean the post-data is in place and it is not sent again.
+//! The sync does not compare the databases at the end: that is `hostshift verify`, and costs as
+//! much as the copy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -170,6 +171,10 @@ async fn copy(
     let new_t = tables(new_t.map_err(UnitError::from_status)?.into_inner().tables)?;
     let fresh = new_t.is_empty();
     let mut to_copy: Vec<Table> = old_t.clone();
+    // A rerun whose schemas are already equal skips the post-data; one that finishes an
+    // interrupted first sync compares the schemas once its post-data is in.
+    let mut post_data_in_place = false;
+    let mut recheck_schema = false;
     // A rerun: per differing table, its differing key ranges (`None`: the whole table).
     let mut deltas: Vec<(Table, Option<Vec<delta::Range>>)> = Vec::new();
     if fresh {
@@ -222,7 +227,20 @@ async fn copy(
                 ),
             });
         }
-        schema_unchanged(&run.old, &run.new, sel).await?;
+        // Equal schemas mean the post-data (indexes, constraints, triggers) is in place: it is
+        // not sent again. A difference is a real schema change — unless the first sync never
+        // finished its post-data (killed before), which this rerun then completes and checks.
+        let differ = schema_differences(&run.old, &run.new, sel).await?;
+        if differ.is_empty() {
+            post_data_in_place = true;
+        } else if post_data_done_before(run, &unit) {
+            schema_unchanged(&run.old, &run.new, sel).await?;
+        } else {
+            run.progress.say(&format!(
+                "{unit}: the first sync did not finish its indexes and constraints: completing them after the data"
+            ));
+            recheck_schema = true;
+        }
         run.progress.say(&format!(
             "{unit}: comparing {} tables by key-range fingerprints",
             old_t.len()
@@ -293,41 +311,12 @@ async fn copy(
     }
     r.files = to_copy.len() as u64;
 
-    // Post-data: on a fresh target always; on a rerun it may already be in place. It is applied
-    // in one transaction, so an "already exists" kind of error means all of it is. (A schema
-    // change on the old host since the first sync is not detected here: the cutover checks it.)
-    let post = DbSchema {
-        selection: Some(sel.old.clone()),
-        section: "post-data".into(),
-        snapshot: snapshot.into(),
-    };
-    let post_apply = DbSchema {
-        selection: Some(sel.new.clone()),
-        ..post.clone()
-    };
-    let mut post_retried = Vec::new();
-    match transfer(
-        run,
-        &format!("{unit} schema (post-data)"),
-        read(read_request::What::DbSchema(post)),
-        apply(apply_header::What::DbSchema(post_apply)),
-        0,
-        &mut post_retried,
-    )
-    .await
-    {
-        Ok(_) => {}
-        // 42P07 duplicate table/index, 42710 duplicate object, 42P16 a second primary key.
-        Err(e)
-            if !fresh
-                && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"]
-                    .iter()
-                    .any(|c| e.message.contains(c)) =>
-        {
-            run.progress
-                .say(&format!("{unit}: indexes and constraints already in place"));
-        }
-        Err(e) => return Err(e),
+    // Post-data: on a fresh target, and on a rerun that completes an interrupted first sync.
+    if !post_data_in_place {
+        post_data(run, &unit, sel, snapshot, fresh).await?;
+    }
+    if recheck_schema {
+        schema_unchanged(&run.old, &run.new, sel).await?;
     }
 
     // Sequences and large objects.
@@ -373,6 +362,66 @@ async fn copy(
     };
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
+}
+
+/// The post-data section (indexes, constraints, triggers) from the old host's snapshot. Applying
+/// it where it is already complete is refused by PostgreSQL with "already exists", which is taken
+/// as "in place" on a rerun.
+async fn post_data(
+    run: &Run<'_>,
+    unit: &str,
+    sel: &Selections,
+    snapshot: &str,
+    fresh: bool,
+) -> Result<(), UnitError> {
+    let post = DbSchema {
+        selection: Some(sel.old.clone()),
+        section: "post-data".into(),
+        snapshot: snapshot.into(),
+    };
+    let post_apply = DbSchema {
+        selection: Some(sel.new.clone()),
+        ..post.clone()
+    };
+    let mut post_retried = Vec::new();
+    match transfer(
+        run,
+        &format!("{unit} schema (post-data)"),
+        read(read_request::What::DbSchema(post)),
+        apply(apply_header::What::DbSchema(post_apply)),
+        0,
+        &mut post_retried,
+    )
+    .await
+    {
+        Ok(_) => {}
+        // 42P07 duplicate table/index, 42710 duplicate object, 42P16 a second primary key.
+        Err(e)
+            if !fresh
+                && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"]
+                    .iter()
+                    .any(|c| e.message.contains(c)) =>
+        {
+            run.progress
+                .say(&format!("{unit}: indexes and constraints already in place"));
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Whether an earlier sync finished this database's post-data (its journal unit is `done`).
+fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
+    let name = format!("{unit} schema (post-data)");
+    run.journal
+        .path()
+        .parent()
+        .and_then(|dir| super::journal::read(dir).ok())
+        .is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e.phase == "sync" && e.unit == name && e.status == "done")
+        })
 }
 
 /// The pieces of a first copy: every table, big ones split into key ranges by the old agent.
