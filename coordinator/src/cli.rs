@@ -180,7 +180,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Pm2(c) => commands::pm2::run(&g, c).await,
         Command::Env(c) => commands::env::run(&g, c).await,
         Command::Backup(c) => commands::backup::run(&g, c).await,
-        Command::Rehearse(c) => commands::rehearse::run(&g, c).await,
+        Command::Rehearse(c) => Box::pin(commands::rehearse::run(&g, c)).await,
         Command::Sync(c) => commands::sync::run(&g, c).await,
         Command::Verify(c) => commands::verify::run(&g, c).await,
         // Boxed: the cutover's future nests the sync's and the AWS SDK's deeply.

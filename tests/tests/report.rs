@@ -60,6 +60,8 @@ fn unit(kind: &str, name: &str, bytes: u64, files: u64, ms: u64) -> UnitReport {
         retried: vec![],
         changes: vec![],
         detail: String::new(),
+        ranges: 0,
+        old_fingerprints: Default::default(),
     }
 }
 
@@ -123,6 +125,7 @@ fn verify_report() -> verify::Report {
             row("table", "app public.users", true, ""),
         ],
         ms: 1_830,
+        old_tables: Default::default(),
     }
 }
 

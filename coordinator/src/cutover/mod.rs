@@ -426,42 +426,49 @@ impl<'a> Cut<'a> {
             let v = verify::run(self.plan).await.map_err(|e| e.to_string())?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
-            if !v.ok {
-                let bad: Vec<String> = v
-                    .rows
-                    .iter()
-                    .filter(|r| !r.equal)
-                    .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
-                    .collect();
+            let differ: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| !r.equal)
+                .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
+                .collect();
+            // First: did the old host change since the delta began? Then the freeze did not hold,
+            // and that — not the delta — is what the operator must look at.
+            if !self.rehearsal {
+                let mut changed = Vec::new();
+                for u in delta.units.iter().filter(|u| u.kind == "database") {
+                    let end = v.old_tables.get(&u.name).cloned().unwrap_or_default();
+                    for (table, fp_end) in &end {
+                        if u.old_fingerprints.get(table) != Some(fp_end) {
+                            changed.push(format!("{} {table}", u.name));
+                        }
+                    }
+                }
+                if !changed.is_empty() {
+                    return Err(format!(
+                        "the old database changed during the freeze ({}): something still writes to it — a superuser session, or an app the freeze methods do not cover{}",
+                        changed.join(", "),
+                        if differ.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; the hosts now differ in: {}", differ.join("; "))
+                        }
+                    ));
+                }
+            }
+            if !differ.is_empty() {
                 return Err(format!(
                     "the hosts differ after the delta: {}",
-                    bad.join("; ")
+                    differ.join("; ")
                 ));
             }
+            injected("prove")?;
             if self.rehearsal {
-                injected("prove")?;
                 return Ok(format!(
                     "{} item(s) equal (a rehearsal does not freeze the old host, so it may change meanwhile)",
                     v.rows.len()
                 ));
             }
-            // The old host must not have changed since the delta began.
-            let mut changed = Vec::new();
-            for u in delta.units.iter().filter(|u| u.kind == "database") {
-                let end = v.old_tables.get(&u.name).cloned().unwrap_or_default();
-                for (table, fp_end) in &end {
-                    if u.old_fingerprints.get(table) != Some(fp_end) {
-                        changed.push(format!("{} {table}", u.name));
-                    }
-                }
-            }
-            if !changed.is_empty() {
-                return Err(format!(
-                    "the old database changed during the freeze ({}): something still writes to it — a superuser session, or an app the freeze methods do not cover",
-                    changed.join(", ")
-                ));
-            }
-            injected("prove")?;
             Ok(format!(
                 "{} item(s) equal; the old databases did not change during the freeze",
                 v.rows.len()

@@ -2,11 +2,14 @@
 
 mod agent;
 mod bins;
+pub mod cutover;
 pub mod fs;
 mod nginx;
 mod pm2;
 mod sandbox;
 mod world;
+pub mod moto;
+pub mod writer;
 
 pub use agent::{AgentProc, AgentSetup};
 pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin};
