@@ -201,6 +201,12 @@ pub struct AllowConfig {
     /// PM2 and nginx control (start/stop/reload, maintenance page). Default false.
     #[serde(default)]
     pub control_services: bool,
+    /// Databases (by name) the cutover may make read-only on this (old) host: `ALTER DATABASE …
+    /// SET default_transaction_read_only = on`, ending the other sessions on it, and undoing
+    /// that. Needs the database's owner or a superuser in its `conninfo` (and, to end other
+    /// roles' sessions, `pg_signal_backend` or a superuser). Default: none.
+    #[serde(default)]
+    pub freeze_databases: Vec<String>,
 }
 
 /// `[tools]`: where external programs live.
@@ -435,16 +441,32 @@ impl AgentConfig {
                 user_exists(src, &format!("{key}.user"), u, &mut out);
             }
         }
-        for (list, known, what) in [
-            (&self.allow.restore_databases, &db_names, "databases"),
-            (&self.allow.write_storage, &st_names, "storage"),
-            (&self.allow.write_files, &file_names, "files"),
+        for (list, known, what, key) in [
+            (
+                &self.allow.restore_databases,
+                &db_names,
+                "databases",
+                "allow.restore_databases",
+            ),
+            (
+                &self.allow.freeze_databases,
+                &db_names,
+                "databases",
+                "allow.freeze_databases",
+            ),
+            (
+                &self.allow.write_storage,
+                &st_names,
+                "storage",
+                "allow.write_storage",
+            ),
+            (
+                &self.allow.write_files,
+                &file_names,
+                "files",
+                "allow.write_files",
+            ),
         ] {
-            let key = match what {
-                "databases" => "allow.restore_databases",
-                "storage" => "allow.write_storage",
-                _ => "allow.write_files",
-            };
             for (i, n) in list.iter().enumerate() {
                 if !known.contains(n.as_str()) {
                     out.push(src.problem(
@@ -599,7 +621,7 @@ mod tests {
         let c = AgentConfig::load(&path).unwrap_or_else(|e| panic!("example is invalid:\n{e}"));
         assert_eq!(c.role, "old");
         assert!(
-            c.allow.restore_databases.is_empty(),
+            c.allow.restore_databases.is_empty() && c.allow.freeze_databases.is_empty(),
             "example must allow nothing destructive"
         );
         assert!(!c.hooks.is_empty() && !c.databases.is_empty() && !c.storage.is_empty());
@@ -610,7 +632,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let pki = certs(tmp.path());
         let src = format!(
-            "listen = \"127.0.0.1:0\"\nrole = \"old\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n\n[[storage]]\nname = \"s\"\npath = \"relative/path\"\n\n[allow]\nrestore_databases = [\"nope\"]\n",
+            "listen = \"127.0.0.1:0\"\nrole = \"old\"\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n\n[[storage]]\nname = \"s\"\npath = \"relative/path\"\n\n[allow]\nrestore_databases = [\"nope\"]\nfreeze_databases = [\"gone\"]\n",
             pki.agents[0].1, pki.agents[0].2, pki.ca_cert
         );
         let path = tmp.path().join("agent.toml");
@@ -623,6 +645,12 @@ mod tests {
         );
         assert!(text.contains("key `allow.restore_databases.0`"), "{text}");
         assert!(text.contains("\"nope\" is not declared"), "{text}");
+        assert!(
+            text.contains(
+                "key `allow.freeze_databases.0`: \"gone\" is not declared in [[databases]]"
+            ),
+            "{text}"
+        );
     }
 
     /// docs/agent-config.md sets every key; the real types must read and write exactly those.

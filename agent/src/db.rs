@@ -17,6 +17,12 @@ use crate::error::AgentError;
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The `application_name` of every connection the agent opens (its own and those of the
+/// `pg_dump`/`pg_restore`/`psql` it runs): how the write freeze tells the agent's sessions, which
+/// it spares, from the application's, which it ends. The agent's own connections use it even
+/// when the `conninfo` names another; for the programs, a name in the `conninfo` wins.
+pub const APPLICATION_NAME: &str = "hostshift-agent";
+
 fn unavailable(db: &DatabaseConfig, msg: String) -> AgentError {
     AgentError::Unavailable(format!("database {}: {msg}", db.name))
 }
@@ -97,7 +103,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
         cfg.password(pw.trim_end_matches(['\n', '\r']));
     }
     cfg.connect_timeout(CONNECT_TIMEOUT);
-    cfg.application_name("hostshift-agent");
+    cfg.application_name(APPLICATION_NAME);
     let use_tls = db.ca_file.is_some() || cfg.get_ssl_mode() == SslMode::Require;
     let timeout = |_| {
         unavailable(
@@ -128,8 +134,9 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
 }
 
 /// The environment `pg_dump`/`pg_restore`/`psql` need for a configured database: the password
-/// from its `password_file` (in the child's environment, never its command line) and, with a
-/// `ca_file`, the same verified TLS the agent's own connections use (`verify-full`).
+/// from its `password_file` (in the child's environment, never its command line), with a
+/// `ca_file` the same verified TLS the agent's own connections use (`verify-full`), and the
+/// agent's [`APPLICATION_NAME`] (unless the `conninfo` names another).
 ///
 /// # Errors
 /// The password file cannot be read (the error's path is `db.password_file`).
@@ -144,7 +151,7 @@ pub fn libpq_env(
     if let Some(ca) = &db.ca_file {
         cmd = cmd.env("PGSSLROOTCERT", ca).env("PGSSLMODE", "verify-full");
     }
-    Ok(cmd)
+    Ok(cmd.env("PGAPPNAME", APPLICATION_NAME))
 }
 
 /// Runs a connection's I/O until its client is dropped.

@@ -9,10 +9,16 @@
 //!   rehearsal and the test suite.
 //! - [`sync`] copies files, storage and databases (`sync`), proves equality (`verify`), and
 //!   keeps the journal.
+//! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
+//!   (`cutover`, `rollback`, `status`).
 //! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
 //!
 //! The coordinator holds no data of its own beyond its journal: data flows agent to agent.
+
+// The cutover's and rehearsal's futures nest the sync's and the AWS SDK's deeply; a clean build
+// computing their layout can pass the default query depth (128).
+#![recursion_limit = "256"]
 
 pub mod cli;
 pub mod client;

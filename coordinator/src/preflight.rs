@@ -14,7 +14,7 @@ use hostshift_proto::v1::{InfoRequest, InfoResponse, InventoryRequest, Inventory
 use serde::Serialize;
 
 use crate::client::{self, Agent};
-use crate::plan::{OnNew, Plan, Side};
+use crate::plan::{FreezeMethod, OnNew, Plan, Side};
 
 /// Required free space on the new host, as a multiple of what will be copied.
 pub const DISK_FACTOR: f64 = 1.2;
@@ -449,16 +449,16 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
     let wanted: Vec<String> = plan
         .databases
         .iter()
-        .map(|d| format!("restore-database:{}", d.on_new()))
+        .map(|d| format!("restore-database:{}", here(&d.name, d.on_new())))
         .chain(
             plan.storage
                 .iter()
-                .map(|s| format!("write-storage:{}", s.on_new())),
+                .map(|s| format!("write-storage:{}", here(&s.name, s.on_new()))),
         )
         .chain(
             plan.files
                 .iter()
-                .map(|f| format!("write-file:{}", f.on_new())),
+                .map(|f| format!("write-file:{}", here(&f.name, f.on_new()))),
         )
         .collect();
     match side {
@@ -478,6 +478,24 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
             }
         }
         Side::Old => {
+            if plan.freeze.methods.contains(&FreezeMethod::ReadOnly) {
+                let missing: Vec<String> = plan
+                    .databases
+                    .iter()
+                    .map(|d| format!("freeze-database:{}", d.name))
+                    .filter(|p| !info.permits.contains(p))
+                    .collect();
+                if missing.is_empty() {
+                    c.ok(h, "allows the cutover's read-only freeze", format!("{} database(s)", plan.databases.len()));
+                } else {
+                    c.fail(
+                        h,
+                        "allows the cutover's read-only freeze",
+                        format!("missing: {}", missing.join(", ")),
+                        "add the databases to `freeze_databases` in [allow] of the old agent's config (or drop \"read-only\" from the plan's [freeze] methods)",
+                    );
+                }
+            }
             let risky: Vec<&String> = wanted.iter().filter(|w| info.permits.contains(w)).collect();
             if risky.is_empty() {
                 c.ok(

@@ -105,6 +105,12 @@ impl Agent for AgentInfoService {
                 .iter()
                 .map(|n| format!("write-file:{n}")),
         );
+        permits.extend(
+            c.allow
+                .freeze_databases
+                .iter()
+                .map(|n| format!("freeze-database:{n}")),
+        );
         if c.allow.control_services {
             permits.push("control-services".into());
         }

@@ -1,8 +1,11 @@
 //! `service Database`: the PostgreSQL questions a sync asks besides the data streams — which
 //! tables, one consistent snapshot, key ranges for big tables, sequence positions, large
-//! objects, fingerprints. The work is in [`crate::postgres`]; the streams themselves go through
+//! objects, fingerprints — and what the cutover needs: fingerprints of key ranges, a digest of
+//! the schema, and the write freeze on the old host ([`freeze`], which keeps its record under the
+//! agent's `state_dir`). The work is in [`crate::postgres`]; the streams themselves go through
 //! [`crate::transfer`].
 
+pub mod freeze;
 mod service;
 mod snapshots;
 

@@ -6,25 +6,33 @@ use std::time::Duration;
 use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, CloseSnapshotResponse, DbReadRequest, DbSelection, DbTablesResponse,
-    FingerprintResponse, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse,
-    SetSequencesRequest, SetSequencesResponse, SplitRangesRequest, SplitRangesResponse,
+    FingerprintResponse, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse, RangeFingerprint,
+    RangeFingerprintsRequest, RangeFingerprintsResponse, SchemaDigestResponse, SetReadOnlyRequest,
+    SetReadOnlyResponse, SetSequencesRequest, SetSequencesResponse, SplitRangesRequest,
+    SplitRangesResponse,
 };
 use tonic::{Request, Response, Status};
 
+use super::freeze;
 use crate::Ctx;
 use crate::error::AgentError;
-use crate::postgres::{self, Conn, ExportedSnapshot, SnapshotId, TableInfo};
+use crate::postgres::{self, Conn, ExportedSnapshot, KeyRange, SnapshotId, TableInfo};
 use crate::transfer::db::{selection, writable};
 
 /// Serves `hostshift.v1.Database` (coordinator only).
 pub struct DatabaseService {
     ctx: Arc<Ctx>,
+    /// Serializes `SetReadOnly` calls (their record is read, then the database changed).
+    freeze_lock: tokio::sync::Mutex<()>,
 }
 
 impl DatabaseService {
     /// A service over the agent's shared context.
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            freeze_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     async fn conn(&self, name: &str) -> Result<Conn, AgentError> {
@@ -181,25 +189,69 @@ impl Database for DatabaseService {
         }))
     }
 
-    // Placeholders until the implementation lands (same session).
     async fn range_fingerprints(
         &self,
-        _req: Request<hostshift_proto::v1::RangeFingerprintsRequest>,
-    ) -> Result<Response<hostshift_proto::v1::RangeFingerprintsResponse>, Status> {
-        Err(Status::unimplemented("RangeFingerprints"))
+        req: Request<RangeFingerprintsRequest>,
+    ) -> Result<Response<RangeFingerprintsResponse>, Status> {
+        let r = req.into_inner();
+        let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| {
+            AgentError::InvalidArgument(format!("malformed table description: {e}"))
+        })?;
+        let ranges = r
+            .ranges
+            .iter()
+            .map(|b| serde_json::from_slice::<KeyRange>(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AgentError::InvalidArgument(format!("malformed key range: {e}")))?;
+        let conn = self.conn(&r.database).await?;
+        let fps = postgres::range_fingerprints(&conn, &table, &ranges, snap(&r.snapshot)?.as_ref())
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Response::new(RangeFingerprintsResponse {
+            ranges: fps
+                .into_iter()
+                .map(|f| RangeFingerprint {
+                    rows: f.rows,
+                    digest: f.digest,
+                    min_key: f.min_key,
+                    max_key: f.max_key,
+                })
+                .collect(),
+        }))
     }
 
     async fn schema_digest(
         &self,
-        _req: Request<DbSelection>,
-    ) -> Result<Response<hostshift_proto::v1::SchemaDigestResponse>, Status> {
-        Err(Status::unimplemented("SchemaDigest"))
+        req: Request<DbSelection>,
+    ) -> Result<Response<SchemaDigestResponse>, Status> {
+        let r = req.into_inner();
+        let sel = selection(&r)?;
+        let conn = self.conn(&r.database).await?;
+        let objects = postgres::schema_digest::schema_digest(&conn, &sel)
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Response::new(SchemaDigestResponse {
+            objects: objects.into_iter().collect(),
+        }))
     }
 
     async fn set_read_only(
         &self,
-        _req: Request<hostshift_proto::v1::SetReadOnlyRequest>,
-    ) -> Result<Response<hostshift_proto::v1::SetReadOnlyResponse>, Status> {
-        Err(Status::unimplemented("SetReadOnly"))
+        req: Request<SetReadOnlyRequest>,
+    ) -> Result<Response<SetReadOnlyResponse>, Status> {
+        let r = req.into_inner();
+        // One freeze or undo at a time: each reads the record, then changes the database.
+        let _one_at_a_time = self.freeze_lock.lock().await;
+        let done = if r.read_only {
+            freeze::freeze(&self.ctx, &r.database, r.end_sessions).await?
+        } else {
+            freeze::unfreeze(&self.ctx, &r.database).await?
+        };
+        Ok(Response::new(SetReadOnlyResponse {
+            changed: done.changed,
+            sessions_ended: done.sessions_ended,
+            read_only: done.read_only,
+            detail: done.detail,
+        }))
     }
 }

@@ -30,9 +30,18 @@
 //!
 //! The snapshot can be released after step 6.
 //!
+//! # The cutover
+//! - [`range_fingerprints`]: fingerprints of many key ranges of one table in one scan, so a
+//!   delta can bisect a differing table down to the ranges to copy again.
+//! - [`schema_digest`](schema_digest::schema_digest): a cluster-independent digest per object
+//!   definition; equal maps on both hosts = same schema.
+//! - [`freeze`]: the old database's write freeze (`default_transaction_read_only`, ending the
+//!   other sessions) and its undo — the one change this library makes on a source, only with
+//!   the agent's `[allow] freeze_databases`.
+//!
 //! # Safety
 //! - The source is only read: every source transaction is `READ ONLY` (no temporary tables),
-//!   `pg_dump` only reads.
+//!   `pg_dump` only reads. The exception is [`freeze`], which the cutover calls on purpose.
 //! - The target side never checks permits: its caller must have checked that the database is in
 //!   the agent's `[allow] restore_databases` before calling any target function.
 //! - Nothing is committed before the caller says so: schema sections are buffered and applied in
@@ -47,10 +56,12 @@ pub mod conn;
 pub mod copy;
 pub mod error;
 pub mod fingerprint;
+pub mod freeze;
 pub mod globals;
 pub mod large_objects;
 pub mod ranges;
 pub mod schema;
+pub mod schema_digest;
 pub mod select;
 pub mod sequences;
 pub mod sql;
@@ -60,8 +71,8 @@ pub use conn::{Conn, ExportedSnapshot, PINNED_SETTINGS, SnapshotId};
 pub use copy::{CHUNK_BYTES, LoadMode, Loaded, TableSink, copy_out, copy_out_sql};
 pub use error::PgSyncError;
 pub use fingerprint::{
-    TableFingerprint, database_fingerprint, large_object_fingerprint, sequence_fingerprint,
-    table_fingerprint,
+    RangeFingerprint, TableFingerprint, database_fingerprint, large_object_fingerprint,
+    range_fingerprints, sequence_fingerprint, table_fingerprint,
 };
 pub use globals::{Globals, GlobalsReport, Membership, RoleDef, apply_globals, read_globals};
 pub use large_objects::{

@@ -101,11 +101,12 @@ impl Sandbox {
     }
 
     /// The old agent's usual config: database `app`, storage `evaluations`, file `backend-env`;
-    /// nothing destructive allowed.
+    /// nothing destructive allowed but the cutover's write freeze of `app`.
     pub fn old_setup(&self) -> AgentSetup {
         let mut s = AgentSetup::new("old", OLD_IP);
         s.databases
             .push(("app".into(), self.world.old_pg.conninfo(&self.old_db)));
+        s.freeze_databases.push("app".into());
         s.storage
             .push(("evaluations".into(), self.old_storage.clone()));
         s.files.push(("backend-env".into(), self.old_env.clone()));

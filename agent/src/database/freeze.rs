@@ -1,0 +1,253 @@
+//! The cutover's database write freeze, as the agent runs it: the permit, the record of what was
+//! there before, and the order of the steps. The SQL is in [`crate::postgres::freeze`].
+//!
+//! # The record
+//! `<state_dir>/freeze/<database>.json` (mode 0600) holds the database's own
+//! `default_transaction_read_only` from before the first freeze (or that it had none). It is
+//! written — atomically, synced — **before** the database is changed, and removed only after the
+//! undo succeeded, so an undo works after an agent restart or crash, and freezing twice keeps the
+//! first original (the second freeze finds the record and does not read back its own `on`).
+//! A failed freeze removes a record it has just written: nothing was changed then.
+//!
+//! # Semantics
+//! - Freeze: record (unless recorded), set `on` (unless it is `on` already), end the other
+//!   sessions when asked. `changed` = the setting was changed by this call. A database that was
+//!   read-only by its own setting before stays so after the undo.
+//! - Undo: with a record, restore exactly the recorded value (`RESET` when there was none), then
+//!   remove the record; `changed` = true. Without a record: nothing happens, `changed` = false.
+//!
+//! Calls are serialized by the caller ([`super::DatabaseService`] holds one lock for all).
+
+use std::path::{Path, PathBuf};
+
+use crate::Ctx;
+use crate::config::DatabaseConfig;
+use crate::error::AgentError;
+use crate::postgres::{Conn, freeze as sql};
+
+/// What a freeze or undo did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreezeOutcome {
+    /// Whether this call changed the database (false: already in the requested state).
+    pub changed: bool,
+    /// Sessions ended.
+    pub sessions_ended: u32,
+    /// Whether new transactions on the database are read-only now (by its own setting).
+    pub read_only: bool,
+    /// What was done, for the journal.
+    pub detail: String,
+}
+
+/// The record of one frozen database.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// The configured name.
+    database: String,
+    /// The database's own `default_transaction_read_only` before the freeze; `None`: not set.
+    original: Option<String>,
+    /// When the freeze was recorded (Unix seconds).
+    frozen_at: u64,
+}
+
+/// `<state_dir>/freeze/<database>.json`.
+pub fn record_path(state_dir: &Path, database: &str) -> PathBuf {
+    state_dir.join("freeze").join(format!("{database}.json"))
+}
+
+/// The database, if `[allow] freeze_databases` lists it.
+///
+/// # Errors
+/// `PermissionDenied` naming the key; `NotDeclared`.
+fn permitted<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a DatabaseConfig, AgentError> {
+    let db = ctx.database(name)?;
+    if ctx.config.allow.freeze_databases.iter().any(|n| n == name) {
+        Ok(db)
+    } else {
+        Err(AgentError::PermissionDenied(format!(
+            "this agent's config does not allow making database {name:?} read-only: add it to \
+             [allow] freeze_databases in {} (on the old host)",
+            ctx.config_path.display()
+        )))
+    }
+}
+
+fn read_record(path: &Path) -> Result<Option<Record>, AgentError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            AgentError::FailedPrecondition(format!(
+                "{} is not a freeze record ({e}); check the database's default_transaction_read_only \
+                 (pg_db_role_setting) and remove the file by hand",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::io("read", path, e)),
+    }
+}
+
+fn remove_record(path: &Path) -> Result<(), AgentError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AgentError::io("remove", path, e)),
+    }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn shown(value: Option<&str>) -> String {
+    value.map_or_else(|| "not set".to_string(), |v| format!("{v:?}"))
+}
+
+/// Makes database `name` read-only for new transactions and, with `end_sessions`, ends the other
+/// sessions on it (the agent's own, named [`crate::db::APPLICATION_NAME`], are spared).
+///
+/// # Errors
+/// `PermissionDenied` without the permit; `FailedPrecondition` when the server refuses (with the
+/// privilege needed) or the record is unreadable; `Io` when the record cannot be written (the
+/// database is then unchanged).
+pub async fn freeze(
+    ctx: &Ctx,
+    name: &str,
+    end_sessions: bool,
+) -> Result<FreezeOutcome, AgentError> {
+    let db = permitted(ctx, name)?;
+    let conn = Conn::connect(db).await?;
+    let path = record_path(&ctx.config.state_dir, name);
+    let current = sql::database_setting(&conn).await?;
+    let (original, wrote) = match read_record(&path)? {
+        Some(r) => (r.original, false),
+        None => {
+            let record = Record {
+                database: name.to_string(),
+                original: current.clone(),
+                frozen_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let bytes = serde_json::to_vec_pretty(&record)
+                .map_err(|e| AgentError::Internal(format!("encode the freeze record: {e}")))?;
+            crate::transfer::files::write_atomic(&path, &bytes, 0o600, None)?;
+            (current.clone(), true)
+        }
+    };
+    let changed = !current.as_deref().is_some_and(sql::is_on);
+    if changed && let Err(e) = sql::set_database_setting(&conn, Some("on")).await {
+        if wrote {
+            remove_record(&path)?;
+        }
+        return Err(e.into());
+    }
+    let mut detail = format!(
+        "database {name}: {} = on (its own setting before the freeze: {})",
+        sql::SETTING,
+        shown(original.as_deref())
+    );
+    if !changed {
+        detail.push_str("; it was on already");
+    }
+    let sessions_ended = if end_sessions {
+        let n = sql::end_other_sessions(&conn, crate::db::APPLICATION_NAME).await?;
+        detail.push_str(&format!("; {n} other session(s) ended"));
+        n
+    } else {
+        0
+    };
+    let overriding = sql::overriding_roles(&conn).await?;
+    if !overriding.is_empty() {
+        detail.push_str(&format!(
+            "; warning: role(s) {} set {} themselves, which wins over the database's setting: \
+             their new sessions can still write",
+            overriding.join(", "),
+            sql::SETTING
+        ));
+    }
+    tracing::info!(database = name, changed, sessions_ended, original = %shown(original.as_deref()), "database frozen (read-only)");
+    Ok(FreezeOutcome {
+        changed,
+        sessions_ended,
+        read_only: true,
+        detail,
+    })
+}
+
+/// Undoes [`freeze`]: the database's recorded earlier setting comes back and the record goes.
+/// Without a record nothing is done.
+///
+/// # Errors
+/// As [`freeze`].
+pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError> {
+    let db = permitted(ctx, name)?;
+    let path = record_path(&ctx.config.state_dir, name);
+    let conn = Conn::connect(db).await?;
+    let Some(record) = read_record(&path)? else {
+        let current = sql::database_setting(&conn).await?;
+        return Ok(FreezeOutcome {
+            changed: false,
+            sessions_ended: 0,
+            read_only: current.as_deref().is_some_and(sql::is_on),
+            detail: format!(
+                "database {name}: no freeze recorded ({} not present); nothing changed ({} is {})",
+                path.display(),
+                sql::SETTING,
+                shown(current.as_deref())
+            ),
+        });
+    };
+    sql::set_database_setting(&conn, record.original.as_deref()).await?;
+    remove_record(&path)?;
+    tracing::info!(database = name, restored = %shown(record.original.as_deref()), "database unfrozen");
+    Ok(FreezeOutcome {
+        changed: true,
+        sessions_ended: 0,
+        read_only: record.original.as_deref().is_some_and(sql::is_on),
+        detail: format!(
+            "database {name}: {} restored to its own earlier setting ({})",
+            sql::SETTING,
+            shown(record.original.as_deref())
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_live_under_the_state_dir_and_survive_a_round_trip() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = record_path(tmp.path(), "app");
+        assert_eq!(path, tmp.path().join("freeze/app.json"));
+        assert_eq!(read_record(&path).expect("absent is fine"), None);
+        let r = Record {
+            database: "app".into(),
+            original: Some("off".into()),
+            frozen_at: 1,
+        };
+        crate::transfer::files::write_atomic(
+            &path,
+            &serde_json::to_vec(&r).expect("json"),
+            0o600,
+            None,
+        )
+        .expect("write");
+        assert_eq!(read_record(&path).expect("read"), Some(r));
+        remove_record(&path).expect("remove");
+        remove_record(&path).expect("removing twice is fine");
+        assert_eq!(read_record(&path).expect("gone"), None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused_with_what_to_check() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = record_path(tmp.path(), "app");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, b"{not json").expect("write");
+        let e = read_record(&path).expect_err("damaged");
+        assert!(e.to_string().contains("pg_db_role_setting"), "{e}");
+    }
+}

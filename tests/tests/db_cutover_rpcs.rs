@@ -1,0 +1,601 @@
+//! The agent RPCs the cutover builds on, through real agents and the generated gRPC client, on the
+//! rig's two real clusters: `RangeFingerprints` (a split table's ranges add up to the table, equal
+//! on both hosts after a sync, and a one-row change shows in exactly its range), `SchemaDigest`
+//! (equal after a sync across two clusters, and a change names exactly its table) and
+//! `SetReadOnly` (the write freeze: new sessions cannot write, open ones are ended, the agent can
+//! still read, the undo brings back exactly the earlier setting — also after an agent restart —
+//! and only with the permit).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hostshift_agent::postgres::{KeyRange, TableInfo};
+use hostshift_proto::v1::database_client::DatabaseClient;
+use hostshift_proto::v1::{
+    CloseSnapshotRequest, DbSelection, OpenSnapshotRequest, RangeFingerprint,
+    RangeFingerprintsRequest, SetReadOnlyRequest, SetReadOnlyResponse, SplitRangesRequest,
+};
+use hostshift_tests::rig::{AgentProc, AgentSetup, Sandbox};
+use tokio_postgres::error::SqlState;
+use tonic::transport::Channel;
+
+/// No test may run longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+/// Nor any single call.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// The seeded table the range tests split (the biggest: 1200 rows at the tiny scale).
+const RUNS: &str = "project_evaluation_runs";
+
+/// Runs a test body with a deadline.
+async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"));
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(CALL_LIMIT);
+    r
+}
+
+async fn client(sb: &Sandbox, agent: &AgentProc) -> DatabaseClient<Channel> {
+    DatabaseClient::new(agent.channel(&sb.world.certs_coordinator()).await)
+}
+
+fn app(include: &[&str]) -> DbSelection {
+    DbSelection {
+        database: "app".into(),
+        include: include.iter().map(|s| s.to_string()).collect(),
+        exclude: vec![],
+    }
+}
+
+/// The table description, as the coordinator gets it from `Tables`.
+async fn table(c: &mut DatabaseClient<Channel>, name: &str) -> (TableInfo, Vec<u8>) {
+    let r = c
+        .tables(request(app(&[&format!("public.{name}")])))
+        .await
+        .unwrap_or_else(|s| panic!("Tables: {s}"))
+        .into_inner();
+    assert_eq!(r.tables.len(), 1, "exactly public.{name}");
+    let info = serde_json::from_slice(&r.tables[0]).expect("table JSON");
+    (info, r.tables[0].clone())
+}
+
+async fn range_fps(
+    c: &mut DatabaseClient<Channel>,
+    table: &[u8],
+    ranges: &[KeyRange],
+) -> Result<Vec<RangeFingerprint>, tonic::Status> {
+    c.range_fingerprints(request(RangeFingerprintsRequest {
+        database: "app".into(),
+        table: table.to_vec(),
+        ranges: ranges
+            .iter()
+            .map(|r| serde_json::to_vec(r).expect("range JSON"))
+            .collect(),
+        snapshot: String::new(),
+    }))
+    .await
+    .map(|r| r.into_inner().ranges)
+}
+
+async fn schema(c: &mut DatabaseClient<Channel>, include: &[&str]) -> BTreeMap<String, String> {
+    c.schema_digest(request(app(include)))
+        .await
+        .unwrap_or_else(|s| panic!("SchemaDigest: {s}"))
+        .into_inner()
+        .objects
+        .into_iter()
+        .collect()
+}
+
+/// Keys whose values differ, or that only one side has.
+fn differing(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RangeFingerprints
+
+#[tokio::test]
+async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_range() {
+    bounded(async {
+        let mut sb = Sandbox::new("range_fps").await;
+        sb.start(sb.old_setup(), sb.new_setup()).await;
+        let mut old = client(&sb, sb.old()).await;
+        let (info, table_json) = table(&mut old, RUNS).await;
+        assert_eq!(info.int_key.as_deref(), Some("id"));
+        let db = sb.world.old_pg.connect(&sb.old_db).await;
+        let count: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {RUNS}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+
+        let ranges: Vec<KeyRange> = old
+            .split_ranges(request(SplitRangesRequest {
+                database: "app".into(),
+                table: table_json.clone(),
+                rows_per_range: (count / 5) as u64,
+            }))
+            .await
+            .expect("SplitRanges")
+            .into_inner()
+            .ranges
+            .iter()
+            .map(|b| serde_json::from_slice(b).expect("range"))
+            .collect();
+        assert!(ranges.len() >= 4, "a split into several ranges: {ranges:?}");
+
+        let fps = range_fps(&mut old, &table_json, &ranges)
+            .await
+            .expect("RangeFingerprints");
+        assert_eq!(fps.len(), ranges.len(), "one entry per range");
+        assert_eq!(fps.iter().map(|f| f.rows).sum::<i64>(), count);
+        for (r, f) in ranges.iter().zip(&fps) {
+            let row = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*), min(id)::int8, max(id)::int8 FROM {RUNS} WHERE {}",
+                        r.predicate()
+                    ),
+                    &[],
+                )
+                .await
+                .expect("range truth");
+            assert_eq!(
+                (f.rows, f.min_key, f.max_key),
+                (row.get(0), row.get(1), row.get(2)),
+                "{r}"
+            );
+            assert_eq!(f.digest.len(), 32, "{r}");
+        }
+
+        // No ranges = the whole table, with the digest the Fingerprint RPC gives for it.
+        let whole = range_fps(&mut old, &table_json, &[]).await.expect("whole");
+        let fp = old
+            .fingerprint(request(app(&[])))
+            .await
+            .expect("Fingerprint")
+            .into_inner();
+        let listed = &fp.tables[&format!("public.{RUNS}")];
+        assert_eq!(whole.len(), 1);
+        assert_eq!(format!("{}/{}", whole[0].rows, whole[0].digest), *listed);
+        let (min, max): (i64, i64) = {
+            let r = db
+                .query_one(&format!("SELECT min(id), max(id) FROM {RUNS}"), &[])
+                .await
+                .expect("bounds");
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((whole[0].min_key, whole[0].max_key), (Some(min), Some(max)));
+
+        // Sub-ranges as a bisection asks for them: out of order, with gaps, one a single key.
+        let one_key = fps[1].min_key.expect("range 1 has rows");
+        let narrow = KeyRange {
+            column: "id".into(),
+            lo: Some(one_key),
+            hi: Some(one_key + 1),
+        };
+        let asked = [ranges[3].clone(), narrow.clone(), ranges[0].clone()];
+        let some = range_fps(&mut old, &table_json, &asked)
+            .await
+            .expect("gaps");
+        assert_eq!(some[0], fps[3]);
+        assert_eq!(some[2], fps[0]);
+        assert_eq!(
+            (some[1].rows, some[1].min_key, some[1].max_key),
+            (1, Some(one_key), Some(one_key))
+        );
+        // Overlapping ranges are answered too (range 0 and the whole table).
+        let unbounded = KeyRange {
+            column: "id".into(),
+            lo: None,
+            hi: None,
+        };
+        let overlap = range_fps(&mut old, &table_json, &[ranges[0].clone(), unbounded])
+            .await
+            .expect("overlap");
+        assert_eq!(overlap[0], fps[0]);
+        assert_eq!(
+            (overlap[1].rows, &overlap[1].digest),
+            (whole[0].rows, &whole[0].digest)
+        );
+
+        // After a sync the new host gives the same list.
+        let out = sb.cli(&["sync", "--only", "db"]).await;
+        assert_eq!(out.code, 0, "{}", out.both());
+        let mut new = client(&sb, sb.new_agent()).await;
+        let on_new = range_fps(&mut new, &table_json, &ranges)
+            .await
+            .expect("new side");
+        assert_eq!(on_new, fps, "equal ranges on both hosts after a sync");
+
+        // One changed row on the old host: exactly its range differs.
+        db.execute(
+            &format!("UPDATE {RUNS} SET duration_ms = duration_ms + 1 WHERE id = $1"),
+            &[&one_key],
+        )
+        .await
+        .expect("update");
+        let after = range_fps(&mut old, &table_json, &ranges)
+            .await
+            .expect("after");
+        let changed: Vec<usize> = (0..ranges.len())
+            .filter(|&i| after[i] != on_new[i])
+            .collect();
+        assert_eq!(changed, vec![1], "only the range holding id {one_key}");
+        assert_eq!(after[1].rows, on_new[1].rows, "same count, other content");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn range_fingerprints_refuse_ranges_on_a_table_without_an_integer_key() {
+    bounded(async {
+        let mut sb = Sandbox::new("range_fps_nokey").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let (mut info, _) = table(&mut old, "users").await;
+        info.int_key = None;
+        let json = serde_json::to_vec(&info).expect("json");
+        let r = KeyRange {
+            column: "id".into(),
+            lo: Some(1),
+            hi: Some(10),
+        };
+        let e = range_fps(&mut old, &json, &[r])
+            .await
+            .expect_err("no key, no ranges");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("no single-column integer primary key"),
+            "{}",
+            e.message()
+        );
+        // Whole, it is fine.
+        let whole = range_fps(&mut old, &json, &[]).await.expect("whole");
+        assert_eq!(whole[0].rows, sb.world.seed.rows["users"]);
+        assert_eq!((whole[0].min_key, whole[0].max_key), (None, None));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SchemaDigest
+
+#[tokio::test]
+async fn schema_digests_are_equal_after_a_sync_and_a_change_names_exactly_its_table() {
+    bounded(async {
+        let mut sb = Sandbox::new("schema_digest").await;
+        sb.start(sb.old_setup(), sb.new_setup()).await;
+        let out = sb.cli(&["sync", "--only", "db"]).await;
+        assert_eq!(out.code, 0, "{}", out.both());
+        let mut old = client(&sb, sb.old()).await;
+        let mut new = client(&sb, sb.new_agent()).await;
+
+        let a = schema(&mut old, &[]).await;
+        for key in [
+            "table public.users",
+            "table public.project_evaluation_runs",
+            "view public.assessment_scores",
+            "sequence public.users_id_seq",
+            "function public.touch_updated_at()",
+        ] {
+            assert!(a.contains_key(key), "{key} in {:?}", a.keys());
+        }
+        assert!(
+            !a.keys().any(|k| k.contains("pgp_sym_encrypt") || k.contains("gen_random")),
+            "extension functions are not listed: {:?}",
+            a.keys()
+        );
+        let b = schema(&mut new, &[]).await;
+        assert_eq!(differing(&a, &b), Vec::<String>::new(), "same schema");
+
+        let old_db = sb.world.old_pg.connect(&sb.old_db).await;
+        old_db
+            .batch_execute("ALTER TABLE questions ADD COLUMN difficulty integer")
+            .await
+            .expect("add column");
+        let a = schema(&mut old, &[]).await;
+        assert_eq!(differing(&a, &b), vec!["table public.questions".to_string()]);
+
+        old_db
+            .batch_execute("CREATE INDEX users_display_name_idx ON users (display_name)")
+            .await
+            .expect("index");
+        let a = schema(&mut old, &[]).await;
+        assert_eq!(
+            differing(&a, &b),
+            vec![
+                "table public.questions".to_string(),
+                "table public.users".to_string()
+            ]
+        );
+
+        // A changed default, a changed type and a new constraint on the new side.
+        let new_db = sb.world.new_pg.connect(&sb.new_db).await;
+        new_db
+            .batch_execute("ALTER TABLE assessments ALTER COLUMN score SET DEFAULT 1")
+            .await
+            .expect("default");
+        new_db
+            .batch_execute("ALTER TABLE project_submissions ALTER COLUMN repo_url TYPE varchar(500)")
+            .await
+            .expect("type");
+        new_db
+            .batch_execute(
+                "ALTER TABLE project_assessments ADD CONSTRAINT title_not_empty CHECK (title <> '')",
+            )
+            .await
+            .expect("constraint");
+        let b = schema(&mut new, &[]).await;
+        assert_eq!(
+            differing(&a, &b),
+            [
+                "table public.assessments",
+                "table public.project_assessments",
+                "table public.project_submissions",
+                "table public.questions",
+                "table public.users",
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+
+        // The selection is respected: only the included table among the relations.
+        let only = schema(&mut old, &["public.users"]).await;
+        assert!(only.contains_key("table public.users"));
+        assert!(!only.contains_key("table public.questions"), "{only:?}");
+        assert!(only.contains_key("function public.touch_updated_at()"));
+        assert_eq!(only["table public.users"], a["table public.users"]);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SetReadOnly
+
+async fn set_read_only(
+    c: &mut DatabaseClient<Channel>,
+    read_only: bool,
+    end_sessions: bool,
+) -> Result<SetReadOnlyResponse, tonic::Status> {
+    c.set_read_only(request(SetReadOnlyRequest {
+        database: "app".into(),
+        read_only,
+        end_sessions,
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// A fresh session's write on the old database: `Ok`, or the SQLSTATE it failed with.
+async fn try_write(sb: &Sandbox) -> Result<(), Option<SqlState>> {
+    let db = sb.world.old_pg.connect(&sb.old_db).await;
+    db.execute(
+        "INSERT INTO users (email, display_name) VALUES ('freeze-' || gen_random_uuid() || '@x.test', 'F')",
+        &[],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.code().cloned())
+}
+
+/// The old database's own settings (`pg_db_role_setting`, all roles).
+async fn db_settings(sb: &Sandbox) -> Vec<String> {
+    let admin = sb.world.old_pg.connect("postgres").await;
+    admin
+        .query(
+            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d
+             ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0",
+            &[&sb.old_db],
+        )
+        .await
+        .expect("settings")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Starts only the old agent.
+async fn start_old(sb: &mut Sandbox, setup: &AgentSetup) {
+    sb.old = Some(AgentProc::start(setup, &sb.dir, sb.world).await);
+}
+
+fn record(sb: &Sandbox) -> std::path::PathBuf {
+    sb.dir.join("state-old/freeze/app.json")
+}
+
+#[tokio::test]
+async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writes() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let held = sb.world.old_pg.connect(&sb.old_db).await;
+        held.query_one("SELECT 1", &[])
+            .await
+            .expect("open session works");
+        assert_eq!(try_write(&sb).await, Ok(()), "writable before");
+        // The agent's own sessions (here: the one holding an exported snapshot) are spared.
+        let snapshot = old
+            .open_snapshot(request(OpenSnapshotRequest {
+                database: "app".into(),
+                ttl_secs: 120,
+            }))
+            .await
+            .expect("OpenSnapshot")
+            .into_inner()
+            .snapshot;
+
+        let r = set_read_only(&mut old, true, true).await.expect("freeze");
+        assert!(r.changed && r.read_only, "{r:?}");
+        assert!(r.sessions_ended >= 1, "the held session at least: {r:?}");
+        assert!(record(&sb).is_file(), "the original is recorded");
+        assert_eq!(
+            db_settings(&sb).await,
+            vec!["default_transaction_read_only=on"]
+        );
+
+        let e = held.query_one("SELECT 1", &[]).await;
+        assert!(e.is_err(), "the session opened before the freeze was ended");
+        assert_eq!(
+            try_write(&sb).await,
+            Err(Some(SqlState::READ_ONLY_SQL_TRANSACTION)),
+            "a new session cannot write"
+        );
+        // The agent still reads (its own sessions are spared; reads need no writes).
+        let fp = old
+            .fingerprint(request(app(&[])))
+            .await
+            .expect("Fingerprint while frozen")
+            .into_inner();
+        assert_eq!(fp.rows["public.users"], sb.world.seed.rows["users"] + 1);
+        let (_, users) = table(&mut old, "users").await;
+        let on_snapshot = old
+            .range_fingerprints(request(RangeFingerprintsRequest {
+                database: "app".into(),
+                table: users,
+                ranges: vec![],
+                snapshot: snapshot.clone(),
+            }))
+            .await
+            .expect("the agent's snapshot session survived the freeze")
+            .into_inner();
+        assert_eq!(on_snapshot.ranges[0].rows, sb.world.seed.rows["users"] + 1);
+        old.close_snapshot(request(CloseSnapshotRequest { snapshot }))
+            .await
+            .expect("CloseSnapshot");
+
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed && !r.read_only, "{r:?}");
+        assert_eq!(try_write(&sb).await, Ok(()), "writable again");
+        assert_eq!(db_settings(&sb).await, Vec::<String>::new(), "RESET");
+        assert!(!record(&sb).exists(), "the record is gone");
+
+        let r = set_read_only(&mut old, false, false)
+            .await
+            .expect("undo again");
+        assert!(!r.changed && !r.read_only, "nothing to undo: {r:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_explicit_earlier_setting_comes_back_after_freeze_and_undo() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_explicit_off").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let admin = sb.world.old_pg.connect("postgres").await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET default_transaction_read_only = off",
+                sb.old_db
+            ))
+            .await
+            .expect("explicit off");
+        let mut old = client(&sb, sb.old()).await;
+        set_read_only(&mut old, true, false).await.expect("freeze");
+        assert_eq!(
+            try_write(&sb).await,
+            Err(Some(SqlState::READ_ONLY_SQL_TRANSACTION))
+        );
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed, "{r:?}");
+        assert_eq!(
+            db_settings(&sb).await,
+            vec!["default_transaction_read_only=off"],
+            "the database's own setting, not a RESET"
+        );
+        assert_eq!(try_write(&sb).await, Ok(()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn freezing_twice_keeps_the_first_original_so_one_undo_restores_writes() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_twice").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let first = set_read_only(&mut old, true, true).await.expect("freeze");
+        let second = set_read_only(&mut old, true, true).await.expect("again");
+        assert!(first.changed && !second.changed, "{first:?} {second:?}");
+        assert!(second.read_only);
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed && !r.read_only, "{r:?}");
+        assert_eq!(
+            try_write(&sb).await,
+            Ok(()),
+            "not restored to the frozen 'on'"
+        );
+        assert_eq!(db_settings(&sb).await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_without_the_permit_refuses_to_freeze_and_the_database_stays_writable() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_refused").await;
+        let mut setup = sb.old_setup();
+        setup.freeze_databases.clear();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let held = sb.world.old_pg.connect(&sb.old_db).await;
+        let e = set_read_only(&mut old, true, true)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("[allow] freeze_databases"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(try_write(&sb).await, Ok(()));
+        assert_eq!(db_settings(&sb).await, Vec::<String>::new());
+        held.query_one("SELECT 1", &[])
+            .await
+            .expect("no session was ended");
+        assert!(!record(&sb).exists());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_freeze_is_undone_after_the_agent_restarts() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_restart").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        set_read_only(&mut old, true, false).await.expect("freeze");
+        assert_eq!(
+            try_write(&sb).await,
+            Err(Some(SqlState::READ_ONLY_SQL_TRANSACTION))
+        );
+        drop(old);
+        // Stop (SIGTERM, waited for) and start the agent again on the same config and state.
+        drop(sb.old.take());
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed && !r.read_only, "{r:?}");
+        assert_eq!(
+            try_write(&sb).await,
+            Ok(()),
+            "writable after the restart's undo"
+        );
+    })
+    .await;
+}
