@@ -102,9 +102,10 @@ pub enum Command {
     /// `pg_dump -Fc`, each storage tree as .tar.gz, each config file, with a manifest of SHA-256
     /// digests. Also list, verify, restore (where the host's [allow] permits), prune, upload to S3.
     Backup(commands::backup::BackupCmd),
-    /// Rehearse the whole move on two throwaway hosts on this machine (PostgreSQL clusters,
-    /// agents, certificates, data), then tear them down. Needs root (PostgreSQL's initdb runs as
-    /// the postgres user) and the PostgreSQL server binaries; uses loopback addresses only.
+    /// Rehearse the whole move — check, backup, sync, verify, cutover — on two throwaway hosts on
+    /// this machine, then tear them down (needs root and the PostgreSQL server binaries; loopback
+    /// only). With --plan: against the real hosts, into scratch targets, never freezing or
+    /// switching anything.
     Rehearse(commands::rehearse::RehearseCmd),
     /// Copy the plan's config files, storage trees and databases from the old host to the new
     /// one while the old keeps serving. Only what differs travels; every stream is SHA-256
