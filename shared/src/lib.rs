@@ -23,6 +23,7 @@ pub mod exit;
 pub mod framing;
 pub mod health;
 pub mod identity;
+pub mod keyspan;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;

@@ -98,19 +98,7 @@ pub async fn split_ranges(
 /// `n` contiguous ranges over `[min, max]` with equal key spans, the first unbounded below and the
 /// last unbounded above; empty when `n < 2` or the span is one key.
 pub fn ranges_between(column: &str, min: i64, max: i64, n: u64) -> Vec<KeyRange> {
-    if n < 2 || max <= min {
-        return Vec::new();
-    }
-    let span = i128::from(max) - i128::from(min) + 1;
-    // span ≥ 2 and n ≥ 2 here: a ceiling division of positive numbers.
-    let step = (span + i128::from(n) - 1) / i128::from(n);
-    let mut bounds: Vec<i64> = (1..i128::from(n))
-        .map(|i| i128::from(min) + i * step)
-        .filter(|b| *b <= i128::from(max))
-        // Every b is in (min, max], so it fits in i64.
-        .filter_map(|b| i64::try_from(b).ok())
-        .collect();
-    bounds.dedup();
+    let bounds = hostshift_shared::keyspan::cut_points(min, max, n);
     if bounds.is_empty() {
         return Vec::new();
     }

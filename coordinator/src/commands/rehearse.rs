@@ -219,18 +219,13 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             Ok(r) => {
                 ok = r.ok;
                 rep.add_sync(&r);
-                let failed_units: Vec<String> = r
-                    .units
-                    .iter()
-                    .filter(|u| u.status == "failed")
-                    .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
-                    .collect();
+                let failed_units = r.failures();
                 (
                     if r.ok { "ok" } else { "failed" },
                     if r.ok {
                         format!("{} items, {} sent", r.files, bytes(r.bytes))
                     } else {
-                        failed_units.join("; ")
+                        failed_units
                     },
                 )
             }
@@ -348,29 +343,12 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             checks: report,
         });
     } else {
-        let rows: Vec<Vec<String>> = phases
-            .iter()
-            .map(|p| {
-                vec![
-                    p.phase.into(),
-                    p.status.into(),
-                    format!("{} ms", p.ms),
-                    p.detail.clone(),
-                ]
-            })
-            .collect();
         println!(
             "hostshift rehearsal ({:?} data) in {}\n",
             c.size,
             dir.display()
         );
-        print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
-        for x in report.checks.iter().filter(|x| x.result != Verdict::Ok) {
-            println!(
-                "  {:?} {} {}: {} {}",
-                x.result, x.host, x.check, x.detail, x.hint
-            );
-        }
+        print_phases(&phases, &report);
         println!("\nTraffic switch: {switch}");
         if let Some(ms) = freeze_ms {
             println!("Write freeze during the cutover: {ms} ms");
@@ -393,6 +371,28 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         Err(failed(anyhow::anyhow!(
             "the rehearsal failed at {first_failure}"
         )))
+    }
+}
+
+/// The phases as a table, then every check that did not pass.
+fn print_phases(phases: &[Phase], checks: &preflight::Report) {
+    let rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|p| {
+            vec![
+                p.phase.into(),
+                p.status.into(),
+                format!("{} ms", p.ms),
+                p.detail.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
+    for x in checks.checks.iter().filter(|x| x.result != Verdict::Ok) {
+        println!(
+            "  {:?} {} {}: {} {}",
+            x.result, x.host, x.check, x.detail, x.hint
+        );
     }
 }
 
@@ -633,13 +633,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
                 rep.add_sync(&s);
                 Ok(format!("{} items, {} sent", s.files, bytes(s.bytes)))
             }
-            Ok(s) => Err(s
-                .units
-                .iter()
-                .filter(|u| u.status == "failed")
-                .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
-                .collect::<Vec<_>>()
-                .join("; ")),
+            Ok(s) => Err(s.failures()),
             Err(e) => Err(e.to_string()),
         };
         ok = push(&mut phases, "sync", t, r);
@@ -708,28 +702,11 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
             "checks": checks,
         }));
     } else {
-        let rows: Vec<Vec<String>> = phases
-            .iter()
-            .map(|p| {
-                vec![
-                    p.phase.into(),
-                    p.status.into(),
-                    format!("{} ms", p.ms),
-                    p.detail.clone(),
-                ]
-            })
-            .collect();
         println!(
             "hostshift rehearsal against {} (scratch targets on the new host; the old host only read)\n",
             real.path.display()
         );
-        print!("{}", table(&["PHASE", "RESULT", "TIME", "DETAIL"], &rows));
-        for x in checks.checks.iter().filter(|x| x.result != Verdict::Ok) {
-            println!(
-                "  {:?} {} {}: {} {}",
-                x.result, x.host, x.check, x.detail, x.hint
-            );
-        }
+        print_phases(&phases, &checks);
         if let Some(r) = &report_dir {
             println!("\nReport: {}", r.join("report.html").display());
         }
@@ -755,15 +732,7 @@ async fn catch_up(plan: &Plan, mode: crate::sync::progress::Mode) -> Result<Stri
         .await
         .map_err(|e| e.to_string())?;
     if !s.ok {
-        return Err(format!(
-            "the catch-up sync failed: {}",
-            s.units
-                .iter()
-                .filter(|u| u.status == "failed")
-                .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+        return Err(format!("the catch-up sync failed: {}", s.failures()));
     }
     let v = crate::sync::verify::run(plan)
         .await

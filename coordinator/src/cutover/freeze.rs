@@ -58,28 +58,7 @@ pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, 
             }
             pm2(old, &plan.pm2.apps, false).await
         }
-        FreezeMethod::ReadOnly => {
-            let mut done = Vec::new();
-            for d in &plan.databases {
-                let r = old
-                    .database()
-                    .set_read_only(client::request(SetReadOnlyRequest {
-                        database: d.name.clone(),
-                        read_only: true,
-                        end_sessions: true,
-                    }))
-                    .await
-                    .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
-                    .into_inner();
-                done.push(format!(
-                    "{} read-only ({} session(s) ended{})",
-                    d.name,
-                    r.sessions_ended,
-                    if r.changed { "" } else { ", already read-only" }
-                ));
-            }
-            Ok(done.join("; "))
-        }
+        FreezeMethod::ReadOnly => read_only(plan, old, true).await,
     }
 }
 
@@ -112,28 +91,39 @@ pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, S
             }
             pm2(old, &plan.pm2.apps, true).await
         }
-        FreezeMethod::ReadOnly => {
-            let mut done = Vec::new();
-            for d in &plan.databases {
-                let r = old
-                    .database()
-                    .set_read_only(client::request(SetReadOnlyRequest {
-                        database: d.name.clone(),
-                        read_only: false,
-                        end_sessions: false,
-                    }))
-                    .await
-                    .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
-                    .into_inner();
-                done.push(format!(
-                    "{} writable{}",
-                    d.name,
-                    if r.changed { "" } else { " (was not frozen)" }
-                ));
-            }
-            Ok(done.join("; "))
-        }
+        FreezeMethod::ReadOnly => read_only(plan, old, false).await,
     }
+}
+
+/// Every plan database read-only (ending its other sessions) or writable again.
+async fn read_only(plan: &Plan, old: &Agent, on: bool) -> Result<String, String> {
+    let mut done = Vec::new();
+    for d in &plan.databases {
+        let r = old
+            .database()
+            .set_read_only(client::request(SetReadOnlyRequest {
+                database: d.name.clone(),
+                read_only: on,
+                end_sessions: on,
+            }))
+            .await
+            .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
+            .into_inner();
+        let again = if r.changed { "" } else { ", already" };
+        done.push(if on {
+            format!(
+                "{} read-only ({} session(s) ended{again})",
+                d.name, r.sessions_ended
+            )
+        } else {
+            format!(
+                "{} writable{}",
+                d.name,
+                if r.changed { "" } else { " (was not frozen)" }
+            )
+        });
+    }
+    Ok(done.join("; "))
 }
 
 async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, String> {

@@ -375,13 +375,7 @@ impl<'a> Cut<'a> {
         };
         let r = match crate::sync::run(self.plan, &opts).await {
             Err(e) => Err(e.to_string()),
-            Ok(s) if !s.ok => Err(s
-                .units
-                .iter()
-                .filter(|u| u.status == "failed")
-                .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
-                .collect::<Vec<_>>()
-                .join("; ")),
+            Ok(s) if !s.ok => Err(s.failures()),
             Ok(s) => Ok(s),
         };
         let r = r.and_then(|s| injected("delta").map(|()| s));

@@ -92,16 +92,11 @@ pub fn cut(lo: Option<i64>, hi: Option<i64>, min: i64, max: i64, n: i64) -> Vec<
     if n < 2 || max <= min {
         return whole;
     }
-    let span = i128::from(max) - i128::from(min) + 1;
-    let step = (span + i128::from(n) - 1) / i128::from(n);
-    let mut bounds: Vec<i64> = (1..i128::from(n))
-        .map(|i| i128::from(min) + i * step)
-        .filter(|b| *b <= i128::from(max))
-        .filter_map(|b| i64::try_from(b).ok())
+    let bounds: Vec<i64> = hostshift_shared::keyspan::cut_points(min, max, n as u64)
+        .into_iter()
         // Inside the enclosing range only.
         .filter(|b| lo.is_none_or(|l| *b > l) && hi.is_none_or(|h| *b < h))
         .collect();
-    bounds.dedup();
     if bounds.is_empty() {
         return whole;
     }

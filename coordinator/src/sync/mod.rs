@@ -215,6 +215,18 @@ pub struct SyncReport {
     pub journal: String,
 }
 
+impl SyncReport {
+    /// The failed units, as `kind name: why`, joined by `; ` (empty when none failed).
+    pub fn failures(&self) -> String {
+        self.units
+            .iter()
+            .filter(|u| u.status == "failed")
+            .map(|u| format!("{} {}: {}", u.kind, u.name, u.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// A sync that could not run at all (as opposed to a unit that failed).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

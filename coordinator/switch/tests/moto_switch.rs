@@ -61,43 +61,12 @@ struct Eip {
 
 async fn eip_fixture(moto: &MotoServer) -> Eip {
     let ec2 = aws_sdk_ec2::Client::new(&sdk_config(&admin(moto)).await);
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let run = ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
-            .send()
-            .await
-            .expect("RunInstances");
-        ids.push(
-            run.instances()[0]
-                .instance_id()
-                .expect("instance id")
-                .to_owned(),
-        );
-    }
-    let alloc = ec2
-        .allocate_address()
-        .send()
-        .await
-        .expect("AllocateAddress");
-    let allocation_id = alloc.allocation_id().expect("allocation id").to_owned();
-    ec2.associate_address()
-        .allocation_id(&allocation_id)
-        .instance_id(&ids[0])
-        .send()
-        .await
-        .expect("AssociateAddress to old");
-    let new = ids.pop().expect("two instances");
-    let old = ids.pop().expect("two instances");
+    let seeded = moto.seed_elastic_ip().await.expect("seed the Elastic IP");
     Eip {
         ec2,
-        old,
-        new,
-        allocation_id,
+        old: seeded.old_instance,
+        new: seeded.new_instance,
+        allocation_id: seeded.allocation_id,
     }
 }
 
