@@ -2,9 +2,21 @@
 //! schema (foreign keys, sequences, jsonb, a view, a function and trigger, pgcrypto, large
 //! objects, a non-superuser owner) arrives whole; reruns copy only what differs; verify catches a
 //! single changed row; the old database is never changed; writes happen only where allowed.
+//! The post-data section (indexes, constraints, triggers) is applied entry by entry on two
+//! connections: an apply cut off halfway is completed by the next one, each object once.
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use hostshift::lab::seed;
+use hostshift_agent::config::DatabaseConfig;
+use hostshift_agent::postgres::schema::{POST_DATA_PARALLELISM, SchemaApplied};
+use hostshift_agent::postgres::{self as pg, Conn, PgSyncError, SchemaBuffer, Section, Selection};
 use hostshift_tests::rig::Sandbox;
+use tokio_util::sync::CancellationToken;
+
+/// Longest a schema dump or apply of the seeded database may take in a test.
+const SCHEMA_DEADLINE: Duration = Duration::from_secs(120);
 
 async fn digest(sb: &Sandbox, old: bool) -> std::collections::BTreeMap<String, String> {
     let (pg, db) = if old {
@@ -247,5 +259,228 @@ async fn the_old_agent_refuses_to_restore_into_its_own_database() {
         digest(&sb, true).await,
         before,
         "the old host's database is untouched"
+    );
+}
+
+/// The sandbox's two databases as the agents' configs declare them.
+fn databases(sb: &Sandbox) -> (DatabaseConfig, DatabaseConfig) {
+    let config = |conninfo: String| DatabaseConfig {
+        name: "app".into(),
+        conninfo,
+        password_file: None,
+        ca_file: None,
+    };
+    (
+        config(sb.world.old_pg.conninfo(&sb.old_db)),
+        config(sb.world.new_pg.conninfo(&sb.new_db)),
+    )
+}
+
+/// One schema section of the old database, as `pg_dump` writes it.
+async fn dump(sb: &Sandbox, src: &DatabaseConfig, section: Section) -> Vec<u8> {
+    let collect = async {
+        let stream = pg::dump_section(
+            src,
+            &sb.world.old_pg.bin_dir,
+            section,
+            &Selection::all(),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("pg_dump {section:?}: {e}"));
+        let mut stream = std::pin::pin!(stream);
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            text.extend_from_slice(&chunk.unwrap_or_else(|e| panic!("pg_dump {section:?}: {e}")));
+        }
+        text
+    };
+    tokio::time::timeout(SCHEMA_DEADLINE, collect)
+        .await
+        .expect("pg_dump finished in time")
+}
+
+/// Applies `text` as `section` on [`POST_DATA_PARALLELISM`] connections to `dst`.
+async fn apply(
+    dst: &DatabaseConfig,
+    section: Section,
+    text: &[u8],
+) -> Result<SchemaApplied, PgSyncError> {
+    let mut conns = Vec::new();
+    for _ in 0..POST_DATA_PARALLELISM {
+        conns.push(
+            Conn::connect(dst)
+                .await
+                .expect("connect to the new database"),
+        );
+    }
+    let mut buffer = SchemaBuffer::new("app", section);
+    buffer.push(text).expect("within the limit");
+    tokio::time::timeout(SCHEMA_DEADLINE, buffer.apply_on(&conns))
+        .await
+        .expect("the apply finished in time")
+}
+
+/// Every index and constraint of the public schema, with its definition, sorted: equal lists on
+/// both hosts mean each object is there exactly once.
+async fn post_data_objects(client: &tokio_postgres::Client) -> Vec<String> {
+    let rows = client
+        .query(
+            "SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes \
+               WHERE schemaname = 'public' \
+             UNION ALL \
+             SELECT 'constraint ' || conrelid::regclass || '.' || conname || ': ' \
+                    || pg_get_constraintdef(oid) FROM pg_constraint \
+               WHERE connamespace = 'public'::regnamespace AND contype IN ('p', 'u', 'f', 'x') \
+             UNION ALL \
+             SELECT 'trigger ' || tgrelid::regclass || '.' || tgname || ' ' || tgenabled::text \
+               FROM pg_trigger WHERE NOT tgisinternal \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list indexes and constraints");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Entries of a `pg_dump` text that succeed however often they run (they create nothing that
+/// could be found already there).
+fn idempotent(text: &str) -> usize {
+    ["COMMENT", "ACL", "DEFAULT ACL", "INDEX ATTACH"]
+        .iter()
+        .map(|t| text.matches(&format!("; Type: {t}; ")).count())
+        .sum()
+}
+
+/// Where the `n`th TOC entry header of a `pg_dump` text starts.
+fn nth_entry(text: &str, n: usize) -> usize {
+    text.match_indices("\n--\n-- Name: ")
+        .nth(n)
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("the dump has fewer than {} entries", n + 1))
+}
+
+#[tokio::test]
+async fn a_post_data_apply_cut_off_halfway_is_completed_by_the_next_with_each_object_once() {
+    let sb = Sandbox::new("db_post_data_resume").await;
+    let (src, dst) = databases(&sb);
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    // Beyond the seeded schema: a partitioned table (its index is attached per partition, and a
+    // foreign key references it), an exclusion constraint, a disabled trigger (two statements in
+    // one entry) and a comment on an index.
+    old.batch_execute(
+        r#"
+        CREATE EXTENSION IF NOT EXISTS btree_gist;
+        CREATE TABLE shards (id int NOT NULL, region text NOT NULL, PRIMARY KEY (id, region))
+            PARTITION BY LIST (region);
+        CREATE TABLE shards_eu PARTITION OF shards FOR VALUES IN ('eu');
+        CREATE TABLE shards_us PARTITION OF shards FOR VALUES IN ('us');
+        CREATE INDEX shards_region_idx ON shards (region);
+        CREATE TABLE placements (id int PRIMARY KEY, shard int, region text,
+            FOREIGN KEY (shard, region) REFERENCES shards);
+        CREATE TABLE bookings (room int, during tsrange,
+            EXCLUDE USING gist (room WITH =, during WITH &&));
+        CREATE TRIGGER bookings_quiet BEFORE INSERT ON bookings
+            FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+        ALTER TABLE bookings DISABLE TRIGGER bookings_quiet;
+        COMMENT ON INDEX shards_region_idx IS 'one per partition';
+        "#,
+    )
+    .await
+    .expect("extra schema on the old host");
+    let pre = dump(&sb, &src, Section::PreData).await;
+    apply(&dst, Section::PreData, &pre)
+        .await
+        .expect("pre-data applies");
+    let post = String::from_utf8(dump(&sb, &src, Section::PostData).await).expect("UTF-8");
+    let entries = post.matches("\n--\n-- Name: ").count();
+    assert!(entries >= 20, "{entries} entries:\n{post}");
+
+    // The first half only, as if the sync had been killed while applying it.
+    let half = &post[..nth_entry(&post, entries / 2)];
+    let first = apply(&dst, Section::PostData, half.as_bytes())
+        .await
+        .expect("the first half applies");
+    assert_eq!(first.entries, entries / 2);
+    assert!(first.already_present.is_empty(), "{first:?}");
+
+    let second = apply(&dst, Section::PostData, post.as_bytes())
+        .await
+        .expect("the whole section applies over the half-applied one");
+    assert_eq!(second.entries, entries);
+    assert_eq!(second.connections, POST_DATA_PARALLELISM);
+    // The first half's objects are found in place and skipped; only entries that cannot find
+    // their object in place (comments, grants, index attachments) run again.
+    assert_eq!(
+        second.already_present.len(),
+        entries / 2 - idempotent(half),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.applied + second.already_present.len(),
+        entries,
+        "{second:?}"
+    );
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let (want, got) = (post_data_objects(&old).await, post_data_objects(&new).await);
+    assert!(
+        want.iter()
+            .any(|o| o.contains("placements_shard_region_fkey")),
+        "{want:#?}"
+    );
+    assert!(
+        want.iter().any(|o| o.contains("bookings_quiet D")),
+        "{want:#?}"
+    );
+    assert_eq!(got, want, "every index, constraint and trigger, each once");
+
+    // Once more: everything is in place, nothing fails, nothing is created twice.
+    let third = apply(&dst, Section::PostData, post.as_bytes())
+        .await
+        .expect("a third apply");
+    assert_eq!(
+        third.already_present.len(),
+        entries - idempotent(&post),
+        "{third:?}"
+    );
+    assert_eq!(post_data_objects(&new).await, want);
+}
+
+#[tokio::test]
+async fn a_post_data_entry_failing_for_another_reason_stops_the_apply_naming_it() {
+    let sb = Sandbox::new("db_post_data_error").await;
+    let (src, dst) = databases(&sb);
+    let pre = dump(&sb, &src, Section::PreData).await;
+    apply(&dst, Section::PreData, &pre)
+        .await
+        .expect("pre-data applies");
+    let mut post = dump(&sb, &src, Section::PostData).await;
+    post.extend_from_slice(
+        b"\n--\n-- Name: users users_shadow_trg; Type: TRIGGER; Schema: public; Owner: app\n--\n\n\
+          CREATE TRIGGER users_shadow_trg BEFORE UPDATE ON public.no_such_table \
+          FOR EACH ROW EXECUTE FUNCTION public.touch_updated_at();\n",
+    );
+    let e = apply(&dst, Section::PostData, &post)
+        .await
+        .expect_err("a trigger on a table that does not exist");
+    assert!(
+        matches!(&e, PgSyncError::Query { code: Some(c), .. } if c == "42P01"),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("post-data entry TRIGGER users users_shadow_trg (schema public)"),
+        "{msg}"
+    );
+    assert!(msg.contains("no_such_table"), "{msg}");
+    // The entries before it stay: applying again (once the cause is fixed) completes the rest.
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let objects = post_data_objects(&new).await;
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.starts_with("constraint users.users_pkey")),
+        "{objects:#?}"
     );
 }

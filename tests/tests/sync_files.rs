@@ -376,3 +376,123 @@ async fn a_sync_killed_midway_resumes_without_resending_finished_batches() {
     let verify = sb.cli(&["verify"]).await;
     assert_eq!(verify.code, 0, "{}", verify.both());
 }
+
+#[tokio::test]
+async fn a_file_changed_between_manifest_and_pack_is_refused_and_the_rerun_copies_the_new_content()
+{
+    let mut sb = sandbox("sync_changed_midway", 20).await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = Plan::load(&sb.plan_path()).expect("plan");
+    let victim = sb.old_storage.join("bulk/05/f5.bin");
+    let original = std::fs::read(&victim).expect("read");
+    let mut changed = original.clone();
+    changed[0] ^= 0xff;
+    // Rewritten after the manifest was read and before the batch is packed: same size, mtime
+    // put back, so only the file's ctime and content tell.
+    let rewrite: TapFactory = {
+        let (victim, changed) = (victim.clone(), changed.clone());
+        let done = Arc::new(AtomicU32::new(0));
+        Arc::new(move |unit: &str, _attempt: u32| {
+            if unit.contains("batch") && done.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mtime = filetime_of(&std::fs::metadata(&victim).expect("meta"));
+                std::fs::write(&victim, &changed).expect("rewrite");
+                set_mtime(&victim, mtime);
+            }
+            None
+        })
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        sync::run(
+            &plan,
+            &SyncOptions {
+                relay: true,
+                only: Some(sync::Only::Storage),
+                tap: Some(rewrite),
+                ..opts()
+            },
+        ),
+    )
+    .await
+    .expect("the sync ends")
+    .expect("sync runs");
+    assert!(!report.ok, "{report:?}");
+    let u = &report.units[0];
+    assert!(u.detail.contains("bulk/05/f5.bin"), "{u:?}");
+    let copied = sb.new_storage.join("bulk/05/f5.bin");
+    assert!(
+        std::fs::read(&copied).ok().as_deref() != Some(&changed[..]),
+        "content the manifest did not describe was committed"
+    );
+    assert!(
+        !std::fs::read_dir(&sb.new_storage)
+            .expect("ls")
+            .flatten()
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".hostshift-staging")),
+        "no staging folder may be left"
+    );
+
+    let out = sb.cli(&["sync", "--json", "--only", "storage"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert_eq!(std::fs::read(&copied).expect("copied"), changed);
+    fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+}
+
+/// The new agent's `tree finalized` log lines (colour codes removed), oldest first.
+fn finalized(sb: &Sandbox) -> Vec<String> {
+    sb.new_agent()
+        .log_text()
+        .lines()
+        .map(|l| {
+            let mut out = String::new();
+            let mut skipping = false;
+            for c in l.chars() {
+                match c {
+                    '\u{1b}' => skipping = true,
+                    c if skipping && c.is_ascii_alphabetic() => skipping = false,
+                    _ if skipping => {}
+                    c => out.push(c),
+                }
+            }
+            out
+        })
+        .filter(|l| l.contains("tree finalized"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_sync_with_nothing_changed_flushes_nothing_and_one_that_deletes_flushes() {
+    let mut sb = sandbox("sync_no_flush", 30).await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let first = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(first.code, 0, "{}", first.both());
+    let after_first = finalized(&sb);
+    assert_eq!(after_first.len(), 1, "{after_first:#?}");
+    assert!(after_first[0].contains("flushed=true"), "{after_first:#?}");
+
+    let again = sb.cli(&["sync", "--json", "--only", "storage"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert_eq!(again.json()["units"][0]["status"], "unchanged");
+    let lines = finalized(&sb);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[1].contains("deleted=0") && lines[1].contains("flushed=false"),
+        "nothing changed, so no syncfs: {lines:#?}"
+    );
+
+    std::fs::remove_file(sb.old_storage.join("bulk/07/f7.bin")).expect("delete");
+    let delta = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(delta.code, 0, "{}", delta.both());
+    let lines = finalized(&sb);
+    // `prepare` deleted the file before the batches; finalize set its folder's mtime back and
+    // flushed both to disk.
+    assert!(
+        lines[2].contains("dirs_fixed=1") && lines[2].contains("flushed=true"),
+        "a deletion is flushed to disk: {lines:#?}"
+    );
+    assert!(!sb.new_storage.join("bulk/07/f7.bin").exists());
+    fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+}

@@ -1,5 +1,6 @@
 //! Schema: the pre-data and post-data sections of `pg_dump --schema-only` streamed from the
-//! source, and applied on the target in one transaction each.
+//! source, and applied on the target — pre-data in one transaction, post-data entry by entry on
+//! several connections.
 //!
 //! # Source
 //! [`dump_section`] runs the agent's `pg_dump` (through [`crate::process`], from
@@ -18,11 +19,24 @@
 //!
 //! # Target
 //! [`SchemaBuffer`] collects the section (schema text is small: a large app's is a few MB; the
-//! buffer refuses more than [`MAX_SCHEMA_BYTES`]) and [`SchemaBuffer::apply`] runs it in one
-//! transaction after the caller verified the stream: a failure leaves nothing behind. `pg_dump`
-//! 15.14+ wraps its output in `\restrict KEY` … `\unrestrict KEY` (psql meta-commands against
-//! malicious servers); those two lines are removed when their keys pair up, nothing else is
-//! rewritten.
+//! buffer refuses more than [`MAX_SCHEMA_BYTES`]); the caller verifies the stream, then:
+//! - **pre-data**: [`SchemaBuffer::apply`] runs it in one transaction: a failure leaves nothing
+//!   behind.
+//! - **post-data**: [`SchemaBuffer::apply_on`] splits it into its TOC entries (module `toc`) and
+//!   applies them in phases on up to [`POST_DATA_PARALLELISM`] connections, indexes and unique
+//!   constraints first, biggest table first, then foreign keys, then the rest (module `post_data`).
+//!   Building indexes is most of a database sync's post-data time, and one connection uses one
+//!   core of the target. Each entry is its own transaction and an entry whose object already
+//!   exists is skipped, so applying the section again after an interruption completes it.
+//!
+//! `pg_dump` 15.14+ wraps its output in `\restrict KEY` … `\unrestrict KEY` (psql meta-commands
+//! against malicious servers); those two lines are removed when their keys pair up, nothing else
+//! is rewritten.
+
+mod post_data;
+mod toc;
+
+pub use post_data::{MAINTENANCE_WORK_MEM, POST_DATA_PARALLELISM, SchemaApplied};
 
 use std::path::Path;
 use std::time::Duration;
@@ -219,10 +233,12 @@ pub async fn dump_section(
     }))
 }
 
-/// A schema section received on the target, applied by [`SchemaBuffer::apply`].
+/// A schema section received on the target, applied by [`SchemaBuffer::apply`] or
+/// [`SchemaBuffer::apply_on`].
 #[derive(Debug)]
 pub struct SchemaBuffer {
     database: String,
+    section: Section,
     what: String,
     text: Vec<u8>,
     limit: usize,
@@ -239,6 +255,7 @@ impl SchemaBuffer {
     pub fn with_limit(database: &str, section: Section, limit: usize) -> Self {
         Self {
             database: database.to_string(),
+            section,
             what: format!("{} schema", section.as_str()),
             text: Vec::new(),
             limit,
@@ -271,16 +288,30 @@ impl SchemaBuffer {
         self.text.is_empty()
     }
 
-    /// Runs the section in one transaction on `conn`, then resets the session settings the dump
-    /// changed. Call only after the stream was verified. The caller must have checked that this
-    /// database may be written (`[allow] restore_databases`); this function does not.
+    /// Applies the section on `conn` alone: [`SchemaBuffer::apply_on`] with one connection.
     ///
     /// # Errors
-    /// [`PgSyncError::InvalidInput`] when the text is not UTF-8 or its `\restrict`/`\unrestrict`
-    /// lines do not pair up; [`PgSyncError::Query`] with the server's message when a
-    /// statement fails (e.g. an object already exists) — the transaction is rolled back and
-    /// nothing of the section remains.
-    pub async fn apply(self, conn: &Conn) -> Result<(), PgSyncError> {
+    /// As [`SchemaBuffer::apply_on`].
+    pub async fn apply(self, conn: &Conn) -> Result<SchemaApplied, PgSyncError> {
+        self.apply_on(std::slice::from_ref(conn)).await
+    }
+
+    /// Applies the section, then resets the session settings the dump changed. Call only after
+    /// the stream was verified. The caller must have checked that this database may be written
+    /// (`[allow] restore_databases`); this function does not.
+    ///
+    /// Pre-data runs in one transaction on the first connection. Post-data runs entry by entry
+    /// on all of `conns` (give it [`POST_DATA_PARALLELISM`] connections to the same database),
+    /// skipping entries whose object already exists (see the module doc).
+    ///
+    /// # Errors
+    /// [`PgSyncError::InvalidInput`] when the text is not UTF-8, its `\restrict`/`\unrestrict`
+    /// lines do not pair up, a literal is not closed, or `conns` is empty;
+    /// [`PgSyncError::Query`] with the server's message when a statement fails — for pre-data
+    /// (e.g. an object that already exists) the transaction is rolled back and nothing of the
+    /// section remains; for post-data the error names the entry, and the entries applied before
+    /// it stay (applying the section again completes it).
+    pub async fn apply_on(self, conns: &[Conn]) -> Result<SchemaApplied, PgSyncError> {
         let text = String::from_utf8(self.text).map_err(|e| PgSyncError::InvalidInput {
             database: self.database.clone(),
             what: self.what.clone(),
@@ -291,8 +322,18 @@ impl SchemaBuffer {
             what: self.what.clone(),
             reason,
         })?;
+        if self.section == Section::PostData {
+            return post_data::apply(&self.database, &sql, conns).await;
+        }
+        let Some(conn) = conns.first() else {
+            return Err(PgSyncError::InvalidInput {
+                database: self.database.clone(),
+                what: self.what.clone(),
+                reason: "no connection to apply it on".into(),
+            });
+        };
         conn.exec(
-            "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
+            &format!("BEGIN; SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"),
             None,
             "begin the schema transaction",
         )
@@ -308,7 +349,10 @@ impl SchemaBuffer {
         conn.exec("COMMIT; RESET ALL", None, "commit the schema")
             .await?;
         tracing::debug!(database = %self.database, what = %self.what, bytes = sql.len(), "schema applied");
-        Ok(())
+        Ok(SchemaApplied {
+            connections: 1,
+            ..SchemaApplied::default()
+        })
     }
 }
 

@@ -9,6 +9,10 @@
 //! About 70 bytes plus the path per entry. Chosen over JSON because paths need not be UTF-8 and
 //! digests are raw bytes; decoding checks every path and invariant again ([`Manifest::new`]), as
 //! the bytes may come from another host.
+//!
+//! The cache file ([`Manifest::save`]) is `HSMANIF2`: the same, plus after each file's digest its
+//! [`Stamp`] (u8 1 + device, inode, ctime and checked-at as 64-bit integers, or u8 0). Stamps are
+//! local knowledge: [`Manifest::decode`], which reads what the network brings, refuses this form.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -17,23 +21,31 @@ use std::path::{Path, PathBuf};
 use hostshift_shared::digest::Sha256Digest;
 
 use super::error::StorageError;
-use super::manifest::{Entry, Kind, Manifest};
+use super::manifest::{Entry, Kind, Manifest, Stamp};
 use super::relpath::RelPath;
 
 const MAGIC: &[u8; 8] = b"HSMANIF1";
+/// The cache file's form: with stamps.
+const MAGIC_CACHE: &[u8; 8] = b"HSMANIF2";
 /// Longest path or link target accepted when decoding (Linux's `PATH_MAX` is 4096).
 const MAX_PATH: usize = 64 * 1024;
 /// Smallest encoded entry, to bound the up-front allocation of a hostile count.
 const MIN_ENTRY: usize = 4 + 1 + 1 + 8 + 4 + 8;
 
 impl Manifest {
-    /// The binary form (see the module doc).
+    /// The binary form (see the module doc), without stamps: what goes over the network.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries().len() * 96);
-        out.extend_from_slice(MAGIC);
+        self.encode_as(false)
+    }
+
+    fn encode_as(&self, with_stamps: bool) -> Vec<u8> {
+        let per_entry = if with_stamps { 130 } else { 96 };
+        let mut out = Vec::with_capacity(16 + self.entries().len() * per_entry);
+        out.extend_from_slice(if with_stamps { MAGIC_CACHE } else { MAGIC });
         out.extend_from_slice(&self.walked_at_ns().to_le_bytes());
         out.extend_from_slice(&(self.entries().len() as u64).to_le_bytes());
-        for e in self.entries() {
+        let stamps = self.stamps();
+        for (i, e) in self.entries().iter().enumerate() {
             put_bytes(&mut out, e.path.as_bytes());
             out.push(match e.kind {
                 Kind::File => 0,
@@ -44,7 +56,23 @@ impl Manifest {
             out.extend_from_slice(&e.mode.to_le_bytes());
             out.extend_from_slice(&e.mtime_ns.to_le_bytes());
             match (&e.kind, &e.sha256) {
-                (Kind::File, Some(d)) => out.extend_from_slice(d.as_bytes()),
+                (Kind::File, Some(d)) => {
+                    out.extend_from_slice(d.as_bytes());
+                    if with_stamps {
+                        match stamps.get(i).copied().flatten() {
+                            Some(s) => {
+                                out.push(1);
+                                for v in [s.dev, s.ino] {
+                                    out.extend_from_slice(&v.to_le_bytes());
+                                }
+                                for v in [s.ctime_ns, s.checked_at_ns] {
+                                    out.extend_from_slice(&v.to_le_bytes());
+                                }
+                            }
+                            None => out.push(0),
+                        }
+                    }
+                }
                 (Kind::Symlink { target }, _) => put_bytes(&mut out, target.as_os_str().as_bytes()),
                 _ => {}
             }
@@ -57,9 +85,14 @@ impl Manifest {
     /// Decodes [`Manifest::encode`]'s output. `origin` names the source in errors.
     ///
     /// # Errors
-    /// [`StorageError::BadManifest`] for damaged bytes or an entry that breaks the manifest's
-    /// rules (bad path, escaping symlink, missing parent...).
+    /// [`StorageError::BadManifest`] for damaged bytes, a cache file's form (with stamps, which
+    /// only this host may vouch for), or an entry that breaks the manifest's rules (bad path,
+    /// escaping symlink, missing parent...).
     pub fn decode(bytes: &[u8], origin: &Path) -> Result<Self, StorageError> {
+        Self::decode_as(bytes, origin, false)
+    }
+
+    fn decode_as(bytes: &[u8], origin: &Path, stamps_allowed: bool) -> Result<Self, StorageError> {
         let bad = |reason: &str| StorageError::BadManifest {
             path: origin.to_path_buf(),
             reason: reason.to_string(),
@@ -73,26 +106,58 @@ impl Manifest {
             return Err(bad("checksum mismatch (damaged or truncated)"));
         }
         let mut r = Reader(body);
-        if r.take(8).ok_or_else(|| bad("too short"))? != MAGIC {
+        let magic = r.take(8).ok_or_else(|| bad("too short"))?;
+        let with_stamps = if magic == MAGIC {
+            false
+        } else if magic == MAGIC_CACHE && stamps_allowed {
+            true
+        } else if magic == MAGIC_CACHE {
+            return Err(bad(
+                "a cache file's form, with stamps: not accepted from elsewhere",
+            ));
+        } else {
             return Err(bad("not a hostshift manifest (wrong magic)"));
-        }
+        };
         let walked_at_ns = r.u64().ok_or_else(|| bad("too short"))?.cast_signed();
         let count = r.u64().ok_or_else(|| bad("too short"))?;
         let count = usize::try_from(count).map_err(|_| bad("entry count too large"))?;
         let mut entries = Vec::with_capacity(count.min(body.len() / MIN_ENTRY));
+        let mut stamps = Vec::with_capacity(if with_stamps { entries.capacity() } else { 0 });
         for _ in 0..count {
-            entries.push(r.entry(origin).ok_or_else(|| bad("truncated entry"))??);
+            let e = r.entry(origin).ok_or_else(|| bad("truncated entry"))??;
+            if with_stamps {
+                stamps.push(if e.kind == Kind::File {
+                    r.stamp().ok_or_else(|| bad("truncated stamp"))?
+                } else {
+                    None
+                });
+            }
+            entries.push(e);
         }
         if !r.0.is_empty() {
             return Err(bad("trailing bytes after the last entry"));
+        }
+        if with_stamps {
+            // `new` sorts: pair the stamps with their entries first.
+            let mut paired: Vec<(Entry, Option<Stamp>)> = entries.into_iter().zip(stamps).collect();
+            paired.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+            let (entries, stamps): (Vec<Entry>, Vec<Option<Stamp>>) = paired.into_iter().unzip();
+            let mut m = Manifest::new(entries)?;
+            m.set_walked_at_ns(walked_at_ns);
+            m.set_stamps(stamps);
+            return Ok(m);
         }
         let mut m = Manifest::new(entries)?;
         m.set_walked_at_ns(walked_at_ns);
         Ok(m)
     }
 
-    /// Writes the binary form to `path` atomically (temporary file, fsync, rename), e.g. as the
-    /// cache for the next [`build`](super::manifest::build). Keep it outside the tree itself.
+    /// Writes the cache form (with stamps) to `path` atomically (temporary file, rename), e.g. as
+    /// the cache for the next [`build`](super::manifest::build). Keep it outside the tree itself.
+    ///
+    /// Not fsynced: a cache lost in a crash only costs the next walk its speed, and one torn by
+    /// a crash fails its checksum on [`Manifest::load`] and is ignored. (An fsync per save cost a
+    /// second sync of an unchanged tree several disk flushes.)
     ///
     /// # Errors
     /// [`StorageError::Io`].
@@ -102,21 +167,20 @@ impl Manifest {
         let tmp = PathBuf::from(tmp);
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&self.encode())?;
-            f.sync_all()
+            f.write_all(&self.encode_as(true))
         };
         write().map_err(|e| StorageError::io("write", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename into place", path, e))
     }
 
-    /// Reads a manifest written by [`Manifest::save`].
+    /// Reads a manifest written by [`Manifest::save`] (or an older cache without stamps).
     ///
     /// # Errors
     /// [`StorageError::Io`] (`NotFound` when there is no cache yet);
     /// [`StorageError::BadManifest`] when it is damaged — build without a cache then.
     pub fn load(path: &Path) -> Result<Self, StorageError> {
         let bytes = std::fs::read(path).map_err(|e| StorageError::io("read", path, e))?;
-        Self::decode(&bytes, path)
+        Self::decode_as(&bytes, path, true)
     }
 }
 
@@ -149,6 +213,20 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.take(len)
+    }
+
+    /// A file's stamp in the cache form (`None` inside when it has none).
+    fn stamp(&mut self) -> Option<Option<Stamp>> {
+        match self.array::<1>()?[0] {
+            0 => Some(None),
+            1 => Some(Some(Stamp {
+                dev: self.u64()?,
+                ino: self.u64()?,
+                ctime_ns: self.u64()?.cast_signed(),
+                checked_at_ns: self.u64()?.cast_signed(),
+            })),
+            _ => None,
+        }
     }
 
     /// `None` when the bytes run out; inner `Err` for a bad path.
@@ -220,6 +298,21 @@ mod tests {
         let loaded = Manifest::load(&cache).unwrap();
         assert_eq!(loaded, m);
         assert_eq!(loaded.walked_at_ns(), m.walked_at_ns());
+        // The cache keeps each file's stamp; the network form has none, and the network side
+        // refuses the cache form.
+        assert_eq!(loaded.stamps(), m.stamps());
+        assert_eq!(
+            m.stamps().iter().filter(|s| s.is_some()).count(),
+            2,
+            "{m:?}"
+        );
+        let sent = Manifest::decode(&m.encode(), Path::new("<test>")).unwrap();
+        assert!(sent.stamps().is_empty());
+        let err = Manifest::decode(&std::fs::read(&cache).unwrap(), Path::new("<peer>"));
+        assert!(
+            matches!(&err, Err(StorageError::BadManifest { reason, .. }) if reason.contains("cache")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,14 @@
 //!    first, because everything before moves their mtimes;
 //! 5. remove the staging directory.
 //!
+//! [`finalize`] ends with one `syncfs(2)` when it changed anything (a deletion, a directory, an
+//! attribute), so that what a sync reports as done survives a crash; when the tree already
+//! matched, it writes nothing and flushes nothing ([`CommitStats::flushed`]).
+//!
+//! Each installed file's [`Stamp`] is returned ([`CommitStats::installed`]): the caller may
+//! give them to the next walk as a cache, so that copies verified while they were staged are
+//! not read again to make the target's manifest.
+//!
 //! Deleting first lets a path change kind (a file where a directory was). Every path goes
 //! through [`join_under`], so nothing outside the root is written, deleted or followed.
 //!
@@ -27,7 +35,7 @@ use filetime::FileTime;
 
 use super::delta::MetaFix;
 use super::error::StorageError;
-use super::manifest::{Entry, Kind};
+use super::manifest::{Entry, Kind, Stamp};
 use super::relpath::{RelPath, join_under};
 use super::staging::{Staged, mtime};
 
@@ -36,6 +44,13 @@ use super::staging::{Staged, mtime};
 pub struct CommitStats {
     /// Files and symlinks renamed into place.
     pub installed: u64,
+    /// The stamp of each installed file that is still the verified copy `unpack` staged (when
+    /// the digest check passed and the copy was installed).
+    pub stamps: Vec<(RelPath, Stamp)>,
+    /// Directories whose mode/mtime were set.
+    pub dirs_fixed: u64,
+    /// Whether `syncfs(2)` flushed the tree's file system at the end of a [`finalize`].
+    pub flushed: bool,
     /// Directories created.
     pub dirs_created: u64,
     /// Files and symlinks whose mode/mtime were set.
@@ -109,6 +124,23 @@ pub fn finalize(
 ) -> Result<CommitStats, StorageError> {
     let mut stats = prepare(root, dirs, delete)?;
     set_attributes(root, dirs, meta, &mut stats)?;
+    let changed = stats.deleted + stats.dirs_created + stats.meta_fixed + stats.dirs_fixed > 0;
+    if changed {
+        let root_fd =
+            std::fs::File::open(root).map_err(|e| StorageError::io("open tree root", root, e))?;
+        nix::unistd::syncfs(&root_fd)
+            .map_err(|errno| StorageError::io("flush the tree to disk", root, errno.into()))?;
+        stats.flushed = true;
+    }
+    tracing::info!(
+        root = %root.display(),
+        deleted = stats.deleted,
+        dirs_created = stats.dirs_created,
+        meta_fixed = stats.meta_fixed,
+        dirs_fixed = stats.dirs_fixed,
+        flushed = stats.flushed,
+        "tree finalized"
+    );
     Ok(stats)
 }
 
@@ -174,17 +206,29 @@ fn install(root: &Path, staged: &Staged, stats: &mut CommitStats) -> Result<(), 
     }
     let root_fd =
         std::fs::File::open(root).map_err(|e| StorageError::io("open tree root", root, e))?;
-    for (rel, from) in &staged.entries {
-        let full = join_under(root, rel)?;
+    let installed_at = crate::storage::walk::now_ns();
+    for e in &staged.entries {
+        let full = join_under(root, &e.path)?;
         let parent = full.parent().unwrap_or(root).to_path_buf();
         if lstat(&parent)?.is_none() {
             // Not created by `prepare` (a batch): join_under vouched for what exists.
             std::fs::create_dir_all(&parent)
                 .map_err(|e| StorageError::io("create directory", &parent, e))?;
         }
-        std::fs::rename(from, &full)
+        std::fs::rename(&e.staged, &full)
             .map_err(|e| StorageError::io("rename into place", &full, e))?;
         stats.installed += 1;
+        // The rename moved the copy's ctime: stamp it as installed, if it is still our copy.
+        if let Some(inode) = e.inode
+            && let Some(m) = lstat(&full)?
+        {
+            use std::os::unix::fs::MetadataExt;
+            if m.is_file() && (m.dev(), m.ino()) == inode {
+                stats
+                    .stamps
+                    .push((e.path.clone(), Stamp::of(&m, installed_at)));
+            }
+        }
     }
     // One syncfs rather than an fsync of every directory renamed into (see `unpack`).
     nix::unistd::syncfs(&root_fd)
@@ -219,6 +263,7 @@ fn set_attributes(
         };
         set_mode(&full, d.mode)?;
         set_mtime(&full, &st, d.mtime_ns)?;
+        stats.dirs_fixed += 1;
     }
     Ok(())
 }

@@ -2,6 +2,11 @@
 //! files, the SHA-256 of the content), and the rules a manifest must follow whoever made it —
 //! including [`link_target_problem`], which decides whether a symlink stays inside the tree.
 //! [`build`] (in [`walk`](super::walk), re-exported here) makes one from a directory.
+//!
+//! A manifest made on this host also keeps, per file, a [`Stamp`]: the device, inode and
+//! status-change time of the file the digest was computed from, and when. Stamps never leave the
+//! host (the network form has none): they let the next walk reuse a digest, and `pack` skip
+//! re-reading a file to check it, only while the file is provably the same one.
 
 use std::path::{Path, PathBuf};
 
@@ -65,14 +70,56 @@ impl Entry {
     }
 }
 
+/// What this host knows about the file a digest was computed from. `ctime` moves on every write,
+/// `chmod`, `utime` or rename and cannot be set by a program, so a file whose device, inode and
+/// ctime are unchanged has not been touched since — except by a second write within the same
+/// clock tick, which is why a stamp is trusted only for files last changed well before
+/// `checked_at_ns` (see `walk` and `pack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Device of the file.
+    pub dev: u64,
+    /// Its inode.
+    pub ino: u64,
+    /// Its status-change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// When the digest was known to match the content: the start of the walk that read the file,
+    /// or the moment a verified copy was installed.
+    pub checked_at_ns: i64,
+}
+
+impl Stamp {
+    /// The stamp of `meta` (from `lstat` or `fstat`), checked at `checked_at_ns`.
+    pub fn of(meta: &std::fs::Metadata, checked_at_ns: i64) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
+            checked_at_ns,
+        }
+    }
+
+    /// True when `meta` is still the file this stamp describes, untouched.
+    pub fn same_file(&self, meta: &std::fs::Metadata) -> bool {
+        let now = Self::of(meta, self.checked_at_ns);
+        (now.dev, now.ino, now.ctime_ns) == (self.dev, self.ino, self.ctime_ns)
+    }
+}
+
 /// A tree's entries, sorted by path, each directory before its contents. Two manifests are
-/// equal when their entries are (when they were made does not matter).
+/// equal when their entries are (when they were made, and the local [`Stamp`]s, do not matter).
 #[derive(Clone, Debug, Default)]
 pub struct Manifest {
     entries: Vec<Entry>,
     /// Wall-clock time the walk that made it started (ns since the epoch; 0 when unknown). A
     /// cached digest is trusted only for files last modified well before it (see `walk`).
     walked_at_ns: i64,
+    /// Empty, or one per entry (`None` for directories, symlinks and files without one).
+    stamps: Vec<Option<Stamp>>,
 }
 
 impl PartialEq for Manifest {
@@ -105,6 +152,7 @@ impl Manifest {
         let m = Self {
             entries,
             walked_at_ns: 0,
+            stamps: Vec::new(),
         };
         for e in &m.entries {
             if let Some(reason) = e.problem() {
@@ -122,13 +170,60 @@ impl Manifest {
         Ok(m)
     }
 
-    /// A manifest from a walk of a real tree (whose entries meet the rules by construction).
-    pub(super) fn from_walk(mut entries: Vec<Entry>, walked_at_ns: i64) -> Self {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+    /// A manifest from a walk of a real tree (whose entries meet the rules by construction),
+    /// with the stamps of its files.
+    pub(super) fn from_walk(mut walked: Vec<(Entry, Option<Stamp>)>, walked_at_ns: i64) -> Self {
+        walked.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        let (entries, stamps) = walked.into_iter().unzip();
         Self {
             entries,
             walked_at_ns,
+            stamps,
         }
+    }
+
+    /// This manifest with `extra` files added or replacing the entries of the same path (with
+    /// their stamps): what a cache becomes once verified copies were installed since it was
+    /// made. Use it only as a walk's cache.
+    pub fn with_files(&self, extra: &[(Entry, Stamp)]) -> Self {
+        let mut merged: std::collections::BTreeMap<&RelPath, (Entry, Option<Stamp>)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.path, (e.clone(), self.stamp_at(i))))
+            .collect();
+        for (e, stamp) in extra {
+            merged.insert(&e.path, (e.clone(), Some(*stamp)));
+        }
+        let walked: Vec<(Entry, Option<Stamp>)> = merged.into_values().collect();
+        Self::from_walk(walked, self.walked_at_ns)
+    }
+
+    /// Sets the stamps (as read back from a cache file; one per entry).
+    pub(super) fn set_stamps(&mut self, stamps: Vec<Option<Stamp>>) {
+        debug_assert!(stamps.is_empty() || stamps.len() == self.entries.len());
+        if stamps.len() == self.entries.len() {
+            self.stamps = stamps;
+        }
+    }
+
+    fn stamp_at(&self, i: usize) -> Option<Stamp> {
+        self.stamps.get(i).copied().flatten()
+    }
+
+    /// The entry for `path` and its stamp, when this host recorded one.
+    pub fn get_stamped(&self, path: &RelPath) -> Option<(&Entry, Stamp)> {
+        let i = self.index(path)?;
+        Some((&self.entries[i], self.stamp_at(i)?))
+    }
+
+    /// The stamps, one per entry (empty for a manifest from the network).
+    pub(super) fn stamps(&self) -> &[Option<Stamp>] {
+        &self.stamps
+    }
+
+    fn index(&self, path: &RelPath) -> Option<usize> {
+        self.entries.binary_search_by(|e| e.path.cmp(path)).ok()
     }
 
     /// When the walk that made this manifest started (ns since the epoch; 0 when unknown, e.g.
@@ -149,10 +244,7 @@ impl Manifest {
 
     /// The entry for `path`, if the tree has one.
     pub fn get(&self, path: &RelPath) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.path.cmp(path))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.index(path).map(|i| &self.entries[i])
     }
 
     /// Total length of all files.

@@ -4,24 +4,29 @@
 //! chunk framing: a SHA-256 per chunk and a stream trailer).
 //!
 //! # How a tree is synced
-//! 1. **Manifests** on both hosts: [`walk::build`] walks the tree (with the previous manifest
-//!    as a cache, so unchanged files are not read again) and lists every file, directory and
-//!    symlink with size, mode, mtime and, for files, a SHA-256. [`Manifest::encode`] /
-//!    [`Manifest::decode`] carry it over the network; `save`/`load` keep the cache.
+//! 1. **Manifests** on both hosts: [`walk::build`] walks the tree on [`walk::WALK_THREADS`]
+//!    threads (with the previous manifest as a cache, so files whose size, mode, mtime and
+//!    [`Stamp`] — device, inode, ctime — are unchanged are not read again) and lists every file,
+//!    directory and symlink with size, mode, mtime and, for files, a SHA-256.
+//!    [`Manifest::encode`] / [`Manifest::decode`] carry it over the network (without stamps);
+//!    `save`/`load` keep the cache, and [`cache::ManifestCache`] keeps it decoded between walks
+//!    along with the files installed since.
 //! 2. **Delta**: [`delta::diff`] of the source's manifest against the target's says what to send,
 //!    which directories to create, which attributes to fix, what to delete.
-//! 3. **Stream**: on the source, [`pack::pack`] writes exactly `delta.send` as a tar stream into
-//!    a [`channel::ChannelWriter`] (1 MiB chunks on a bounded channel), refusing to send a file
-//!    that changed since its manifest entry.
+//! 3. **Stream**: on the source, [`pack::pack_with`] writes exactly `delta.send` as a tar stream
+//!    (into a bounded channel of 1 MiB chunks), refusing to send a file that changed since its
+//!    manifest entry; a file its own walk digested and that provably did not change since is
+//!    sent without being hashed again.
 //! 4. **Stage**: on the target, [`unpack::unpack`] reads it through a [`channel::ChannelReader`]
 //!    into `root/.hostshift-staging-<id>/`, accepting only the entries it asked for and checking
-//!    each file's SHA-256 against the manifest while writing it.
+//!    each file's SHA-256 against the manifest while writing it — always, whatever the source
+//!    checked.
 //! 5. **Verify** (the caller): the stream's trailer (length + digest) must match.
 //! 6. **Commit**: [`commit::commit`] deletes, creates directories, renames each staged file onto
 //!    its final path (atomic per file), fixes attributes, and removes the staging directory — or
 //!    [`staging::abort`] removes the staging directory and nothing else. A delta sent in several
 //!    batches runs [`commit::prepare`] first, commits each batch, and ends with
-//!    [`commit::finalize`].
+//!    [`commit::finalize`], which flushes the file system only when it changed something.
 //!
 //! Afterwards a [`walk::build_full`] of the target equals the source's manifest; `verify`
 //! compares the two.
@@ -42,6 +47,7 @@
 //! - The checks are path-based: they stop links that exist in the tree, not a local process
 //!   racing the agent to swap a directory for a link between a check and its use.
 
+pub mod cache;
 pub mod channel;
 pub mod codec;
 pub mod commit;
@@ -59,12 +65,13 @@ mod tests;
 #[cfg(test)]
 mod testutil;
 
+pub use cache::{ManifestCache, WalkCache};
 pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, QUEUE_DEPTH};
 pub use commit::{CommitStats, commit, finalize, prepare};
 pub use delta::{Delta, MetaFix, diff};
 pub use error::StorageError;
-pub use manifest::{Entry, Kind, Manifest};
-pub use pack::{PackStats, pack};
+pub use manifest::{Entry, Kind, Manifest, Stamp};
+pub use pack::{PackStats, pack, pack_with};
 pub use relpath::{RelPath, STAGING_PREFIX, join_under};
 pub use staging::{Staged, abort, remove_stale_staging, staging_name};
 pub use unpack::unpack;

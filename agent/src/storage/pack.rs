@@ -6,10 +6,24 @@
 //! 8 GiB in base-256), one entry per file or symlink, with mode and mtime (whole seconds: the
 //! receiver takes the exact nanoseconds from its manifest). A file is sent only as it was when the
 //! manifest was made: its size and mtime are checked when it is opened, it must end exactly at
-//! that size, its size and mtime are checked again after the last byte, and the digest of what
-//! was read must be the manifest's. Otherwise [`StorageError::ChangedWhileReading`] names it and
-//! the stream stops there, torn — the caller sends no trailer, so the receiver commits nothing,
-//! and retries with a fresh manifest.
+//! that size, and its size and mtime are checked again after the last byte. Otherwise
+//! [`StorageError::ChangedWhileReading`] names it and the stream stops there, torn — the caller
+//! sends no trailer, so the receiver commits nothing, and retries with a fresh manifest.
+//!
+//! # Reading each file once
+//! The digest of what was read is also checked against the manifest's — unless [`pack_with`]
+//! is given this host's own manifest (the cache of the walk that made the manifest, with its
+//! [`Stamp`]s) and it shows the file is the very one that walk digested: same entry, same device,
+//! inode and ctime, and last changed more than [`RACY_MARGIN_NS`] before that walk. Then
+//! hashing it again would only repeat the walk's work (on a first sync, the source read every
+//! byte twice), and the check is left to the receiver.
+//!
+//! What remains guaranteed either way: the receiver ([`unpack`](super::unpack::unpack)) hashes
+//! every file it stages and refuses, naming it, one whose SHA-256 is not the manifest's, before
+//! anything is committed. A file changed in a way its stamp cannot show (a write within the
+//! same clock tick as its previous change, or through a writable `mmap`, whose ctime update may
+//! lag) is therefore refused as a digest mismatch on the receiver instead of
+//! `ChangedWhileReading` here — never accepted.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -18,9 +32,9 @@ use hostshift_shared::digest::StreamHasher;
 use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
-use super::manifest::{Entry, Kind};
+use super::manifest::{Entry, Kind, Manifest, Stamp};
 use super::relpath::join_under;
-use super::walk::{READ_BUFFER, mtime_ns, open_regular};
+use super::walk::{RACY_MARGIN_NS, READ_BUFFER, mtime_ns, open_regular};
 
 /// What a [`pack`] sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +47,9 @@ pub struct PackStats {
     pub content_bytes: u64,
     /// Bytes of tar stream written (headers and padding included).
     pub stream_bytes: u64,
+    /// Files sent without hashing them again, their walk's digest being provably theirs (see
+    /// the module doc); the receiver checks them.
+    pub digests_reused: u64,
 }
 
 /// Writes `entries` (files and symlinks of `root`, from the source's manifest) to `out` as a tar
@@ -51,6 +68,22 @@ pub fn pack<W: Write>(
     out: W,
     cancel: &CancellationToken,
 ) -> Result<PackStats, StorageError> {
+    pack_with(root, entries, out, cancel, None)
+}
+
+/// [`pack`], reusing the digests of `walked` — this host's own manifest of `root`, with stamps
+/// (the walk's cache) — for files that provably did not change since that walk (see the module
+/// doc).
+///
+/// # Errors
+/// As [`pack`].
+pub fn pack_with<W: Write>(
+    root: &Path,
+    entries: &[Entry],
+    out: W,
+    cancel: &CancellationToken,
+    walked: Option<&Manifest>,
+) -> Result<PackStats, StorageError> {
     let mut sink = Sink {
         inner: out,
         written: 0,
@@ -66,7 +99,7 @@ pub fn pack<W: Write>(
                     path: root.join(e.path.as_path()),
                 });
             }
-            append(&mut builder, root, e, &mut buf, cancel, &mut stats)?;
+            append(&mut builder, root, e, walked, &mut buf, cancel, &mut stats)?;
         }
         builder
             .finish()
@@ -85,10 +118,24 @@ pub fn pack<W: Write>(
     Ok(stats)
 }
 
+/// True when `walked` shows that `e` is exactly what its walk digested from the file `meta`
+/// describes, long enough after its last change for the stamp to tell.
+fn digested_by_walk(walked: Option<&Manifest>, e: &Entry, meta: &std::fs::Metadata) -> bool {
+    walked
+        .and_then(|m| m.get_stamped(&e.path))
+        .is_some_and(|(known, stamp): (&Entry, Stamp)| {
+            known == e
+                && stamp.same_file(meta)
+                && e.mtime_ns.max(stamp.ctime_ns)
+                    < stamp.checked_at_ns.saturating_sub(RACY_MARGIN_NS)
+        })
+}
+
 fn append<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     e: &Entry,
+    walked: Option<&Manifest>,
     buf: &mut [u8],
     cancel: &CancellationToken,
     stats: &mut PackStats,
@@ -127,12 +174,13 @@ fn append<W: Write>(
             }
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(e.size);
+            let reuse = digested_by_walk(walked, e, &meta);
             let mut src = CheckedFile {
                 file,
                 entry: e,
                 full: &full,
                 left: e.size,
-                hasher: StreamHasher::new(),
+                hasher: (!reuse).then(StreamHasher::new),
                 buf,
                 start: 0,
                 end: 0,
@@ -152,6 +200,7 @@ fn append<W: Write>(
             r.map_err(sent)?;
             stats.files += 1;
             stats.content_bytes += e.size;
+            stats.digests_reused += u64::from(reuse);
         }
         Kind::Symlink { target } => {
             let meta = std::fs::symlink_metadata(&full)
@@ -180,14 +229,15 @@ fn append<W: Write>(
     Ok(())
 }
 
-/// A file read exactly to the size its entry promises, hashed on the way; at the end it checks
-/// that nothing changed. A problem is kept in `failure` (the tar crate only sees an `io::Error`).
+/// A file read exactly to the size its entry promises, hashed on the way unless its walk's digest
+/// is reused; at the end it checks that nothing changed. A problem is kept in `failure` (the tar
+/// crate only sees an `io::Error`).
 struct CheckedFile<'a> {
     file: std::fs::File,
     entry: &'a Entry,
     full: &'a Path,
     left: u64,
-    hasher: StreamHasher,
+    hasher: Option<StreamHasher>,
     buf: &'a mut [u8],
     start: usize,
     end: usize,
@@ -207,7 +257,8 @@ impl CheckedFile<'_> {
         self.fail(StorageError::ChangedWhileReading { path, detail })
     }
 
-    /// After the promised size: nothing more to read, same size and mtime, same digest.
+    /// After the promised size: nothing more to read, same size and mtime, same digest (when it
+    /// was hashed).
     fn finish(&mut self) -> io::Result<()> {
         let mut probe = [0u8; 1];
         match self.file.read(&mut probe) {
@@ -222,9 +273,11 @@ impl CheckedFile<'_> {
         if (meta.len(), mtime_ns(&meta)) != (self.entry.size, self.entry.mtime_ns) {
             return Err(self.changed("its size or mtime moved while it was read".into()));
         }
-        let (_, digest) = std::mem::take(&mut self.hasher).finish();
-        if Some(digest) != self.entry.sha256 {
-            return Err(self.changed("its content no longer has the manifest's digest".into()));
+        if let Some(hasher) = self.hasher.take() {
+            let (_, digest) = hasher.finish();
+            if Some(digest) != self.entry.sha256 {
+                return Err(self.changed("its content no longer has the manifest's digest".into()));
+            }
         }
         Ok(())
     }
@@ -249,7 +302,9 @@ impl Read for CheckedFile<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
                 Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),
             };
-            self.hasher.update(&self.buf[..n]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&self.buf[..n]);
+            }
             self.left -= n as u64;
             if self.left == 0 {
                 // Checked before the last bytes are handed on: the receiver never gets a
@@ -347,6 +402,118 @@ mod tests {
                 "{name}: stream was finished"
             );
         }
+    }
+
+    /// `m` with every file stamped as digested long after it last changed (a walk made when the
+    /// files were old), so that `pack_with` may trust it.
+    fn stamped_long_ago(root: &Path, m: &Manifest) -> Manifest {
+        let files: Vec<(Entry, Stamp)> = m
+            .entries()
+            .iter()
+            .filter(|e| e.is_file())
+            .map(|e| {
+                let meta = std::fs::symlink_metadata(root.join(e.path.as_path())).unwrap();
+                (e.clone(), Stamp::of(&meta, i64::MAX / 2))
+            })
+            .collect();
+        m.with_files(&files)
+    }
+
+    #[test]
+    fn a_file_its_walk_digested_is_sent_without_hashing_it_again() {
+        let t = tempfile::tempdir().unwrap();
+        put(t.path(), "a", b"alpha", 0o644, 1_000, 0);
+        put(t.path(), "b", b"bravo", 0o644, 1_000, 0);
+        let m = manifest(t.path());
+        let walked = stamped_long_ago(t.path(), &m);
+        let mut out = Vec::new();
+        let stats = pack_with(
+            t.path(),
+            m.entries(),
+            &mut out,
+            &CancellationToken::new(),
+            Some(&walked),
+        )
+        .unwrap();
+        assert_eq!((stats.files, stats.digests_reused), (2, 2));
+        // A fresh walk (files changed less than RACY_MARGIN_NS before it) is not trusted.
+        let stats = pack_with(
+            t.path(),
+            m.entries(),
+            Vec::new(),
+            &CancellationToken::new(),
+            Some(&m),
+        )
+        .unwrap();
+        assert_eq!((stats.files, stats.digests_reused), (2, 0));
+    }
+
+    #[test]
+    fn a_file_rewritten_since_its_walk_is_hashed_and_refused_even_with_its_mtime_put_back() {
+        let t = tempfile::tempdir().unwrap();
+        put(t.path(), "a", b"alpha", 0o644, 1_000, 0);
+        let m = manifest(t.path());
+        let walked = stamped_long_ago(t.path(), &m);
+        put(t.path(), "a", b"ALPHA", 0o644, 1_000, 0);
+        let err = pack_with(
+            t.path(),
+            m.entries(),
+            Vec::new(),
+            &CancellationToken::new(),
+            Some(&walked),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, StorageError::ChangedWhileReading { detail, .. }
+                if detail.contains("digest")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrongly_trusted_digest_is_still_refused_by_the_receiver() {
+        // The guarantee that remains when the source trusts its walk: even if the walk's digest
+        // were not the file's (a change no stamp can show), the receiver checks every file.
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&dst).unwrap();
+        put(&src, "a", b"actual content", 0o644, 1_000, 0);
+        let m = manifest(&src);
+        let claimed = Entry {
+            sha256: Some(hostshift_shared::digest::Sha256Digest::of(
+                b"what the walk saw",
+            )),
+            ..m.entries()[0].clone()
+        };
+        let meta = std::fs::symlink_metadata(src.join("a")).unwrap();
+        let walked = m.with_files(&[(claimed.clone(), Stamp::of(&meta, i64::MAX / 2))]);
+        let mut tar = Vec::new();
+        let stats = pack_with(
+            &src,
+            std::slice::from_ref(&claimed),
+            &mut tar,
+            &CancellationToken::new(),
+            Some(&walked),
+        )
+        .unwrap();
+        assert_eq!(stats.digests_reused, 1);
+        let err = crate::storage::unpack(
+            &dst,
+            ".hostshift-staging-t",
+            &tar[..],
+            &[claimed],
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, StorageError::DigestMismatch { path, .. } if path.ends_with("a")),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dst).unwrap().count(),
+            0,
+            "nothing staged"
+        );
     }
 
     #[test]

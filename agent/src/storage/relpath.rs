@@ -20,8 +20,49 @@ use super::error::StorageError;
 pub const STAGING_PREFIX: &str = ".hostshift-staging-";
 
 /// A validated relative path inside a storage tree.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Equality, hashing and order work on the bytes: a checked path has no `.` or empty
+/// components, so two paths name the same entry exactly when their bytes are equal, and
+/// comparing bytes with `/` ranked below every other byte is the component-by-component order
+/// (`a` < `a/b` < `a.b`) — without splitting into components, which dominated the cost of
+/// comparing manifests.
+#[derive(Clone)]
 pub struct RelPath(PathBuf);
+
+impl PartialEq for RelPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RelPath {}
+
+impl std::hash::Hash for RelPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for RelPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RelPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, b) = (self.as_bytes(), other.as_bytes());
+        let common = a.iter().zip(b).position(|(x, y)| x != y);
+        match common {
+            // `/` ends a component: it sorts before any byte a longer name could continue with.
+            Some(i) => {
+                let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+                rank(a[i]).cmp(&rank(b[i]))
+            }
+            None => a.len().cmp(&b.len()),
+        }
+    }
+}
 
 impl RelPath {
     /// Checks and wraps a path.
@@ -222,6 +263,40 @@ mod tests {
         assert_eq!(names, ["a", "a/b", "a.txt", "b"]);
         assert!(v[1].is_within(&v[0]));
         assert!(!v[2].is_within(&v[0]));
+    }
+
+    #[test]
+    fn byte_order_is_the_component_order() {
+        let names: Vec<&[u8]> = vec![
+            b"a",
+            b"a/b",
+            b"a.b",
+            b"a-b",
+            b"a b",
+            b"a!",
+            b"ab",
+            b"a/b/c",
+            b"a/b.c",
+            b"a/b-c",
+            b"a/\xff",
+            b"a\xff",
+            b"a0/x",
+            b"a/0",
+            b"b",
+            b"\xe9t\xe9",
+            b"a/b/c/d",
+            b"a.",
+        ];
+        let paths: Vec<RelPath> = names
+            .iter()
+            .map(|n| RelPath::from_bytes(n).unwrap())
+            .collect();
+        for x in &paths {
+            for y in &paths {
+                assert_eq!(x.cmp(y), x.as_path().cmp(y.as_path()), "{x} vs {y}");
+                assert_eq!(x == y, x.as_path() == y.as_path(), "{x} vs {y}");
+            }
+        }
     }
 
     #[test]

@@ -16,9 +16,21 @@ use super::relpath::{RelPath, STAGING_PREFIX, is_staging_name};
 #[derive(Debug)]
 pub struct Staged {
     pub(super) dir: PathBuf,
-    /// (final path, staged copy), in stream order.
-    pub(super) entries: Vec<(RelPath, PathBuf)>,
+    /// In stream order.
+    pub(super) entries: Vec<StagedEntry>,
     pub(super) bytes: u64,
+}
+
+/// One verified copy waiting to be installed.
+#[derive(Debug)]
+pub(super) struct StagedEntry {
+    /// Its final path.
+    pub path: RelPath,
+    /// The copy.
+    pub staged: PathBuf,
+    /// A file copy's device and inode (`None` for a symlink): the installed file is known to be
+    /// this verified copy only while it is still this inode.
+    pub inode: Option<(u64, u64)>,
 }
 
 impl Staged {

@@ -401,3 +401,31 @@ fn a_delta_sent_in_batches_lands_with_prepare_commits_and_finalize() {
     assert_eq!(done.kept, [RelPath::new("a").unwrap()]);
     assert_eq!(manifest(&dst), source);
 }
+
+#[test]
+fn finalize_flushes_only_when_it_changed_the_tree_and_commits_report_installed_stamps() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    put(&src, "d/a", b"alpha", 0o644, 1_000, 0);
+    dir_mtime(&src, "d", 2_000);
+    std::fs::create_dir_all(&dst).unwrap();
+    let first = sync(&src, &dst, None, true);
+    let (path, stamp) = &first.committed.stamps[0];
+    assert_eq!(path, &RelPath::new("d/a").unwrap());
+    let meta = std::fs::symlink_metadata(dst.join("d/a")).unwrap();
+    assert!(stamp.same_file(&meta), "the stamp is the installed copy's");
+
+    // The trees match: finalize has nothing to do, and flushes nothing.
+    let delta = diff(&manifest(&src), &manifest(&dst), true);
+    assert!(delta.is_empty(), "{delta:?}");
+    let idle = finalize(&dst, &delta.dirs, &delta.meta, &delta.delete).unwrap();
+    assert!(!idle.flushed, "{idle:?}");
+
+    // A deletion (and the mtime of its directory) must survive a crash: flushed.
+    std::fs::remove_file(src.join("d/a")).unwrap();
+    dir_mtime(&src, "d", 2_000);
+    let delta = diff(&manifest(&src), &manifest(&dst), true);
+    let done = finalize(&dst, &delta.dirs, &delta.meta, &delta.delete).unwrap();
+    assert_eq!((done.deleted, done.dirs_fixed, done.flushed), (1, 1, true));
+    assert_eq!(manifest(&dst), manifest(&src));
+}

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, link_target_problem};
 use super::relpath::{RelPath, STAGING_PREFIX};
-use super::staging::{Staged, mtime};
+use super::staging::{Staged, StagedEntry, mtime};
 use super::walk::READ_BUFFER;
 
 /// How the stream as a whole is named in errors about it.
@@ -159,6 +159,7 @@ fn extract<R: Read>(
             return Err(refuse("sent twice".into()));
         }
         let staged_path = staged.dir.join(index.to_string());
+        let mut inode = None;
         match (&want.kind, is_file) {
             (Kind::File, true) => {
                 if entry.size() != want.size {
@@ -167,7 +168,13 @@ fn extract<R: Read>(
                         detail: format!("sent with {} bytes, expected {}", entry.size(), want.size),
                     });
                 }
-                write_file(&mut entry, want, &staged_path, &mut buf, cancel)?;
+                inode = Some(write_file(
+                    &mut entry,
+                    want,
+                    &staged_path,
+                    &mut buf,
+                    cancel,
+                )?);
                 staged.bytes += want.size;
             }
             (Kind::Symlink { target }, false) => {
@@ -190,7 +197,11 @@ fn extract<R: Read>(
             }
             _ => return Err(refuse("its kind is not the one this host asked for".into())),
         }
-        staged.entries.push((rel, staged_path));
+        staged.entries.push(StagedEntry {
+            path: rel,
+            staged: staged_path,
+            inode,
+        });
     }
     drain(archive.into_inner(), &mut buf)?;
     if let Some(i) = arrived.iter().position(|a| !a) {
@@ -228,14 +239,14 @@ fn stage_symlink(target: &Path, staged_path: &Path, mtime_ns: i64) -> Result<(),
 }
 
 /// Copies one file entry to `dest`, hashing on the way; checks size and digest; sets mode and
-/// mtime.
+/// mtime. Returns the copy's device and inode (to know it again once installed).
 fn write_file<R: Read>(
     src: &mut R,
     want: &Entry,
     dest: &Path,
     buf: &mut [u8],
     cancel: &CancellationToken,
-) -> Result<(), StorageError> {
+) -> Result<(u64, u64), StorageError> {
     let rel = want.path.as_path();
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -287,7 +298,12 @@ fn write_file<R: Read>(
     out.set_permissions(std::fs::Permissions::from_mode(want.mode))
         .map_err(|e| StorageError::io("set mode", dest, e))?;
     filetime::set_file_handle_times(&out, None, Some(mtime(want.mtime_ns)))
-        .map_err(|e| StorageError::io("set mtime", dest, e))
+        .map_err(|e| StorageError::io("set mtime", dest, e))?;
+    let meta = out
+        .metadata()
+        .map_err(|e| StorageError::io("inspect", dest, e))?;
+    use std::os::unix::fs::MetadataExt;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn read_long_name<R: Read>(entry: &mut R, again: bool) -> Result<Vec<u8>, StorageError> {

@@ -18,6 +18,7 @@ use super::source::{FrameRx, framed_bytes};
 use crate::Ctx;
 use crate::agent_info::pg_bin_dir;
 use crate::error::AgentError;
+use crate::postgres::schema::POST_DATA_PARALLELISM;
 use crate::postgres::{
     self, Conn, KeyRange, LargeObjectMeta, LargeObjectSink, LoadMode, Section, Selection,
     SnapshotId, TableInfo, TableSink,
@@ -251,10 +252,13 @@ where
     Ok(res)
 }
 
-/// Target: apply a schema section in one transaction.
+/// Target: apply a schema section — pre-data in one transaction; post-data entry by entry on
+/// [`POST_DATA_PARALLELISM`] connections, skipping entries already in place (see
+/// [`postgres::schema`]). `changes` says how many entries ran and which were already there.
 ///
 /// # Errors
-/// Permission, integrity, SQL errors (nothing applied then).
+/// Permission, integrity, SQL errors (nothing applied for pre-data; for post-data the entries
+/// applied before the failing one stay, and applying again completes the section).
 pub async fn apply_schema<S>(
     ctx: &Arc<Ctx>,
     r: &DbSchema,
@@ -265,14 +269,59 @@ where
 {
     let sel = r.selection.clone().unwrap_or_default();
     let db = writable(ctx, &sel.database)?;
-    let mut buf = postgres::SchemaBuffer::new(&sel.database, section(&r.section)?);
+    let section = section(&r.section)?;
+    let mut buf = postgres::SchemaBuffer::new(&sel.database, section);
     let mut dec = FrameDecoder::new();
     while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
         buf.push(&b)?;
     }
-    let conn = Conn::connect(db).await?;
-    buf.apply(&conn).await?;
-    Ok(result(&dec, 0))
+    let conns = if section == Section::PostData {
+        connections(db, POST_DATA_PARALLELISM).await?
+    } else {
+        vec![Conn::connect(db).await?]
+    };
+    let applied = buf.apply_on(&conns).await?;
+    let mut res = result(&dec, applied.applied as u64);
+    if section == Section::PostData {
+        res.changes.push(format!(
+            "{} of {} post-data entries applied on {} connections, {} already in place",
+            applied.applied,
+            applied.entries,
+            applied.connections,
+            applied.already_present.len()
+        ));
+        res.changes.extend(
+            applied
+                .already_present
+                .iter()
+                .take(MAX_LISTED)
+                .map(|e| format!("already in place: {e}")),
+        );
+    }
+    Ok(res)
+}
+
+/// Entries named one by one in an apply's `changes` (the rest are only counted).
+const MAX_LISTED: usize = 20;
+
+/// Up to `n` connections to `db`: the first must succeed; fewer extra ones only cost speed (a
+/// server near `max_connections`), so their failures are logged, not returned.
+async fn connections(
+    db: &crate::config::DatabaseConfig,
+    n: usize,
+) -> Result<Vec<Conn>, AgentError> {
+    let mut all = futures::future::join_all((0..n.max(1)).map(|_| Conn::connect(db))).await;
+    let first = all.remove(0)?;
+    let mut conns = vec![first];
+    for c in all {
+        match c {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                tracing::warn!(database = %db.name, error = %e, "one connection fewer for post-data")
+            }
+        }
+    }
+    Ok(conns)
 }
 
 /// Target: load a table (or range), committed only after the trailer matched.

@@ -186,6 +186,19 @@ where
     let stats = tokio::task::spawn_blocking(move || storage::commit(&root, staged, &[], &[], &[]))
         .await
         .map_err(|e| AgentError::Internal(format!("commit task: {e}")))??;
+    // Each file was checked against its SHA-256 while staged: the next walk of this tree may
+    // take the digest instead of reading the file again, while its stamp is unchanged.
+    let verified: Vec<(storage::Entry, storage::Stamp)> = stats
+        .stamps
+        .iter()
+        .filter_map(|(path, stamp)| {
+            expected
+                .get(path)
+                .filter(|e| e.is_file())
+                .map(|e| (e.clone(), *stamp))
+        })
+        .collect();
+    super::source::remember_installed(ctx, &h.tree, verified);
     tracing::info!(tree = %h.tree, files = stats.installed, bytes, "storage batch committed");
     Ok(ApplyResult {
         bytes: dec.len(),

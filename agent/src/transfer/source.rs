@@ -1,15 +1,20 @@
 //! The source side: framed streams of storage files, config files and manifests. It only reads.
 //!
 //! Producers that block (tar, hashing a tree) run in `spawn_blocking` and write into a
-//! [`ChannelWriter`]; an async task frames each chunk and sends it on a bounded channel to the
-//! network. A slow receiver therefore slows the producer (backpressure), and a receiver that goes
-//! away stops it (the writer's next send fails).
+//! [`FrameWriter`], which cuts their output into chunks, computes each chunk's SHA-256 on that
+//! same blocking thread (not on the async runtime that drives TLS and HTTP/2) and sends the
+//! frames on a bounded channel to the network. A slow receiver therefore slows the producer
+//! (backpressure), and a receiver that goes away stops it (the writer's next send fails).
+//!
+//! This module also owns the agent's [`ManifestCache`] (one per process): the manifests of its
+//! trees between walks, and the files the target side installed since.
 
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hostshift_proto::v1::{FileMetaResponse, Frame};
 use hostshift_shared::framing::{CHUNK_SIZE, FrameEncoder};
 use tokio::io::AsyncReadExt;
@@ -20,47 +25,120 @@ use tonic::Status;
 use super::FRAME_QUEUE;
 use crate::Ctx;
 use crate::error::AgentError;
-use crate::storage::{self, ChannelWriter, Manifest};
+use crate::storage::{self, Entry, Manifest, ManifestCache, Stamp};
 
 /// Frames for the network.
 pub type FrameRx = mpsc::Receiver<Result<Frame, Status>>;
 
-/// Runs a blocking `produce` that writes the stream's bytes, and frames its output.
+/// The agent's manifests and recently installed files, per tree (see [`ManifestCache`]).
+static MANIFESTS: LazyLock<ManifestCache> = LazyLock::new(ManifestCache::new);
+
+/// A [`Write`] for a blocking producer: cuts what it is given into [`CHUNK_SIZE`] chunks, frames
+/// each (its SHA-256 computed here, on the producer's thread) and sends it with `blocking_send`
+/// on a bounded channel. Worst-case memory: the chunk being filled plus [`FRAME_QUEUE`] frames.
+/// Use it only from a blocking thread (`spawn_blocking`): `blocking_send` panics in async code.
+pub struct FrameWriter {
+    tx: mpsc::Sender<Result<Frame, Status>>,
+    enc: FrameEncoder,
+    buf: BytesMut,
+}
+
+fn receiver_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the receiver of the stream is gone",
+    )
+}
+
+impl FrameWriter {
+    fn new(tx: mpsc::Sender<Result<Frame, Status>>) -> Self {
+        Self {
+            tx,
+            enc: FrameEncoder::new(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        // A fresh buffer for the next chunk, so a sent chunk never shares its allocation.
+        let chunk: Bytes = std::mem::take(&mut self.buf).freeze();
+        let frame = self.enc.chunk(chunk);
+        self.tx
+            .blocking_send(Ok(frame))
+            .map_err(|_| receiver_gone())
+    }
+
+    /// Sends what is buffered and the trailer: the stream is complete.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        let (trailer, _) = self.enc.trailer();
+        self.tx
+            .blocking_send(Ok(trailer))
+            .map_err(|_| receiver_gone())
+    }
+}
+
+impl Write for FrameWriter {
+    /// # Errors
+    /// `BrokenPipe` once the receiver is gone, so the producer stops.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.tx.is_closed() {
+            return Err(receiver_gone());
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(CHUNK_SIZE);
+        }
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_SIZE {
+            self.send_chunk()?;
+        }
+        Ok(n)
+    }
+
+    /// Sends the chunk being filled, if any (shorter than [`CHUNK_SIZE`]).
+    ///
+    /// # Errors
+    /// `BrokenPipe` once the receiver is gone.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send_chunk()
+    }
+}
+
+/// Runs a blocking `produce` that writes the stream's bytes into a [`FrameWriter`]; the trailer
+/// follows only when it succeeded, otherwise its error ends the stream (a torn stream: the
+/// receiver commits nothing).
 pub fn framed_blocking<P>(ctx: &Ctx, produce: P) -> FrameRx
 where
-    P: FnOnce(&mut ChannelWriter, &CancellationToken) -> Result<(), AgentError> + Send + 'static,
+    P: FnOnce(&mut FrameWriter, &CancellationToken) -> Result<(), AgentError> + Send + 'static,
 {
-    let (btx, mut brx) = mpsc::channel::<Bytes>(FRAME_QUEUE);
     let (ftx, frx) = mpsc::channel(FRAME_QUEUE);
     let cancel = ctx.shutdown.child_token();
-    let producer_cancel = cancel.clone();
+    let on_panic = ftx.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter::new(btx);
-        produce(&mut w, &producer_cancel)?;
-        std::io::Write::flush(&mut w).map_err(|e| AgentError::Internal(format!("stream: {e}")))
+        let mut w = FrameWriter::new(ftx);
+        let outcome = produce(&mut w, &cancel);
+        let tx = w.tx.clone();
+        let outcome = outcome.and_then(|()| {
+            w.finish()
+                .map_err(|e| AgentError::Internal(format!("stream: {e}")))
+        });
+        if let Err(e) = outcome {
+            // Fails only when the receiver is gone, which is then also why we stopped.
+            let _ = tx.blocking_send(Err(Status::from(e)));
+        }
     });
     ctx.tasks.spawn(async move {
-        let mut enc = FrameEncoder::new();
-        let mut receiver_gone = false;
-        while let Some(b) = brx.recv().await {
-            if ftx.send(Ok(enc.chunk(b))).await.is_err() {
-                // The reader went away: stop the producer.
-                receiver_gone = true;
-                cancel.cancel();
-                break;
-            }
+        if let Err(e) = producer.await {
+            let _ = on_panic
+                .send(Err(Status::internal(format!(
+                    "stream producer failed: {e}"
+                ))))
+                .await;
         }
-        drop(brx);
-        let outcome = producer.await;
-        if receiver_gone {
-            return;
-        }
-        let last = match outcome {
-            Ok(Ok(())) => Ok(enc.trailer().0),
-            Ok(Err(e)) => Err(Status::from(e)),
-            Err(e) => Err(Status::internal(format!("stream producer failed: {e}"))),
-        };
-        let _ = ftx.send(last).await;
     });
     frx
 }
@@ -84,8 +162,8 @@ pub fn framed_bytes(data: Vec<u8>) -> FrameRx {
     frx
 }
 
-/// Where the agent caches the manifest of a tree (digests reused when size, mtime and mode are
-/// unchanged).
+/// Where the agent caches the manifest of a tree (digests reused while size, mtime, mode and
+/// stamp are unchanged).
 pub fn manifest_cache(ctx: &Ctx, tree: &str) -> PathBuf {
     ctx.config
         .state_dir
@@ -97,30 +175,35 @@ pub fn manifest_cache(ctx: &Ctx, tree: &str) -> PathBuf {
 ///
 /// # Errors
 /// Undeclared tree, or the tree cannot be read (the error names the path).
-pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Manifest, AgentError> {
+pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Arc<Manifest>, AgentError> {
     let root = ctx.storage(tree)?.path.clone();
     let cache_path = manifest_cache(ctx, tree);
     let cancel = ctx.shutdown.child_token();
     tokio::task::spawn_blocking(move || {
         if !root.exists() {
             // A target tree that sync has not created yet is empty.
-            return Manifest::new(Vec::new()).map_err(AgentError::from);
+            return Ok(Arc::new(Manifest::new(Vec::new())?));
         }
-        let cached = if full {
-            None
-        } else {
-            Manifest::load(&cache_path).ok()
-        };
+        let started = std::time::Instant::now();
+        let used = MANIFESTS.for_walk(&cache_path);
         let m = if full {
             storage::build_full(&root, &cancel)?
         } else {
-            storage::build(&root, cached.as_ref(), &cancel)?
+            storage::build(&root, used.manifest.as_deref(), &cancel)?
         };
+        let m = Arc::new(m);
+        tracing::debug!(
+            root = %root.display(),
+            entries = m.entries().len(),
+            cached = used.manifest.is_some(),
+            ms = started.elapsed().as_millis() as u64,
+            "manifest built"
+        );
         if let Some(dir) = cache_path.parent()
             && std::fs::create_dir_all(dir).is_ok()
         {
             // A cache that cannot be written only costs speed next time.
-            if let Err(e) = m.save(&cache_path) {
+            if let Err(e) = MANIFESTS.saved(&cache_path, &m, used) {
                 tracing::debug!(error = %e, "manifest cache not saved");
             }
         }
@@ -130,7 +213,15 @@ pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Manifest
     .map_err(|e| AgentError::Internal(format!("manifest task: {e}")))?
 }
 
-/// A tar stream of the `entries` (an encoded manifest subset) of a tree.
+/// Remembers files the target side installed in `tree` after verifying their content, so that
+/// the next walk of the tree does not read them again (see [`ManifestCache`]).
+pub fn remember_installed(ctx: &Ctx, tree: &str, files: Vec<(Entry, Stamp)>) {
+    MANIFESTS.installed(&manifest_cache(ctx, tree), files);
+}
+
+/// A tar stream of the `entries` (an encoded manifest subset) of a tree. Files its last walk
+/// digested and that provably did not change since are not hashed again (the receiver checks
+/// every file; see [`storage::pack_with`]).
 ///
 /// # Errors
 /// Undeclared tree or malformed entries (before anything is sent).
@@ -139,8 +230,18 @@ pub fn storage_files(ctx: &Arc<Ctx>, tree: &str, entries: &[u8]) -> Result<Frame
     let entries = Manifest::decode(entries, Path::new("<requested entries>"))?
         .entries()
         .to_vec();
+    let cache_path = manifest_cache(ctx, tree);
+    let tree = tree.to_string();
     Ok(framed_blocking(ctx, move |w, cancel| {
-        storage::pack(&root, &entries, w, cancel)?;
+        let walked = MANIFESTS.walked(&cache_path);
+        let stats = storage::pack_with(&root, &entries, w, cancel, walked.as_deref())?;
+        tracing::info!(
+            tree = %tree,
+            files = stats.files,
+            bytes = stats.content_bytes,
+            digests_reused = stats.digests_reused,
+            "storage batch packed"
+        );
         Ok(())
     }))
 }
