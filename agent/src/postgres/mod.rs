@@ -18,9 +18,11 @@
 //!    [`TableSink`] → [`TableSink::commit`]. Run several pieces at once (the pieces of one table
 //!    too: loading ranges with [`LoadMode::DeleteRange`] or [`LoadMode::Append`] does not lock
 //!    the others out); biggest first ([`TableInfo::estimated_bytes`]).
-//! 4. **Post-data schema**: [`dump_section`]`(PostData)` → apply. Primary keys, indexes, unique
-//!    and foreign-key constraints, triggers — after the data, because building an index once is
-//!    much faster than maintaining it row by row, and foreign keys are validated once.
+//! 4. **Post-data schema**: [`dump_section`]`(PostData)` → apply entry by entry on two
+//!    connections (like `pg_restore -j 2`; an entry whose object exists is skipped, so a rerun
+//!    completes an interrupted one). Primary keys, indexes, unique and foreign-key constraints,
+//!    triggers — after the data, because building an index once is much faster than maintaining
+//!    it row by row, and foreign keys are validated once.
 //! 5. **Sequences**: [`read_sequences`] → [`apply_sequences`].
 //! 6. **Large objects**: [`list_large_objects`], then per object [`read_large_object`] →
 //!    [`LargeObjectSink`] → commit.
@@ -44,8 +46,8 @@
 //!   `pg_dump` only reads. The exception is [`freeze`], which the cutover calls on purpose.
 //! - The target side never checks permits: its caller must have checked that the database is in
 //!   the agent's `[allow] restore_databases` before calling any target function.
-//! - Nothing is committed before the caller says so: schema sections are buffered and applied in
-//!   one transaction, table loads and large objects commit on `commit()`, and dropping a sink
+//! - Nothing is committed before the caller says so: schema sections are buffered and verified
+//!   first (pre-data applies in one transaction, post-data entry by entry), table loads and large objects commit on `commit()`, and dropping a sink
 //!   closes its connection, which rolls back.
 //! - Every external program runs through [`crate::process`]; passwords go through the child's
 //!   environment, never its command line.

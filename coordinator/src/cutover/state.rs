@@ -115,13 +115,10 @@ pub fn of(events: &[Event]) -> State {
         Some("switched") => Stage::Switched,
         Some("rolled-back") if !touched => Stage::RolledBack,
         Some("gates-failed" | "dry-run") if !touched => Stage::Failed,
-        Some(_) | None => {
-            if touched || end.is_none() {
-                Stage::InProgress
-            } else {
-                Stage::Failed
-            }
-        }
+        // Killed before the first freeze method started (during the gates): nothing was touched,
+        // so there is nothing to resume — a new cutover checks the gates again.
+        Some(_) | None if !touched => Stage::Failed,
+        Some(_) | None => Stage::InProgress,
     };
     State {
         state,
@@ -186,6 +183,16 @@ mod tests {
         assert_eq!(s.frozen_methods, vec!["read-only".to_string()]);
         assert_eq!(s.freeze_started_ms, Some(3));
         assert!(!s.switched);
+    }
+
+    #[test]
+    fn a_cutover_killed_during_the_gates_touched_nothing_and_is_not_resumable() {
+        let s = of(&[
+            ev("1", PHASE, RUN_UNIT, "started", 1),
+            ev("1", PHASE, "gates", "started", 2),
+        ]);
+        assert_eq!(s.state, Stage::Failed);
+        assert!(!s.frozen && !s.switched);
     }
 
     #[test]

@@ -313,7 +313,7 @@ async fn copy(
 
     // Post-data: on a fresh target, and on a rerun that completes an interrupted first sync.
     if !post_data_in_place {
-        post_data(run, &unit, sel, snapshot, fresh).await?;
+        post_data(run, &unit, sel, snapshot, &mut r.retried).await?;
     }
     if recheck_schema {
         schema_unchanged(&run.old, &run.new, sel).await?;
@@ -364,15 +364,15 @@ async fn copy(
     Ok(())
 }
 
-/// The post-data section (indexes, constraints, triggers) from the old host's snapshot. Applying
-/// it where it is already complete is refused by PostgreSQL with "already exists", which is taken
-/// as "in place" on a rerun.
+/// The post-data section (indexes, constraints, triggers) from the old host's snapshot. The new
+/// agent applies it entry by entry, two at a time, and skips an entry whose object already
+/// exists, so completing an interrupted one is safe and nothing is built twice.
 async fn post_data(
     run: &Run<'_>,
     unit: &str,
     sel: &Selections,
     snapshot: &str,
-    fresh: bool,
+    retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
     let post = DbSchema {
         selection: Some(sel.old.clone()),
@@ -383,31 +383,16 @@ async fn post_data(
         selection: Some(sel.new.clone()),
         ..post.clone()
     };
-    let mut post_retried = Vec::new();
-    match transfer(
+    transfer(
         run,
         &format!("{unit} schema (post-data)"),
         read(read_request::What::DbSchema(post)),
         apply(apply_header::What::DbSchema(post_apply)),
         0,
-        &mut post_retried,
+        retried,
     )
     .await
-    {
-        Ok(_) => {}
-        // 42P07 duplicate table/index, 42710 duplicate object, 42P16 a second primary key.
-        Err(e)
-            if !fresh
-                && ["SQLSTATE 42P07", "SQLSTATE 42710", "SQLSTATE 42P16"]
-                    .iter()
-                    .any(|c| e.message.contains(c)) =>
-        {
-            run.progress
-                .say(&format!("{unit}: indexes and constraints already in place"));
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(())
+    .map(|_| ())
 }
 
 /// Whether an earlier sync finished this database's post-data (its journal unit is `done`).
