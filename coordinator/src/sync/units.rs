@@ -248,6 +248,13 @@ async fn storage_round(
         crate::output::bytes(plan.unchanged_bytes),
         plan.delete
     ));
+    if plan.batches.is_empty() && plan.dirs == 0 && plan.meta == 0 && plan.delete == 0 {
+        // Nothing to send, fix or delete: the trees are equal; no prepare/finalize round trips
+        // (each walks the new tree again).
+        r.detail = "already equal".into();
+        run.record(&unit, "done", 0, 0, &r.detail)?;
+        return Ok(());
+    }
     let finalize = |prepare_only: bool| FinalizeStorageRequest {
         tree: s.on_new().to_string(),
         source_manifest: manifest.clone(),
