@@ -12,8 +12,13 @@
 //!    open above so that no key on either side escapes. One call per side fingerprints all of them
 //!    (one scan). Differing ranges that still hold more than [`LEAF_ROWS`] rows are cut again the
 //!    same way, within their own bounds, up to [`MAX_DEPTH`] levels; the rest are the delta.
-//! 4. Adjacent differing ranges are merged, so a burst of new rows at the end of a table travels
-//!    as one stream.
+//! 4. Adjacent differing ranges are merged into pieces of up to [`PIECE_ROWS`] rows, so a burst
+//!    of new rows at the end of a table travels as one stream, and a big change as a few that
+//!    copy in parallel.
+//!
+//! Narrowing stops early at a level where more than half of the ranges differ: changes spread
+//! over a whole table would otherwise cost a scan per level only to find that nearly
+//! everything differs.
 //!
 //! A range that differs is re-copied by deleting its rows on the new host and loading the old
 //! host's rows of that range, in one transaction (`delete-range`). Rows that only exist on the new
@@ -22,7 +27,7 @@
 //! Cost: one scan of each table on each host for step 1, and one more of each *changed* table per
 //! level — both hosts work in parallel. Changes spread thinly over a whole table (1 % of rows,
 //! uniformly) defeat any range delta: nearly every range then differs, and the delta costs about
-//! a full copy of that table plus the scans.
+//! a full copy of that table plus two scans.
 
 use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest};
 use serde_json::{Value, json};
@@ -37,6 +42,13 @@ pub const LEAF_ROWS: i64 = 2_000;
 pub const MAX_RANGES: i64 = 1_024;
 /// Levels of narrowing below the whole table.
 pub const MAX_DEPTH: usize = 3;
+/// Narrowing stops at a level where more than this fraction of the compared ranges differ
+/// (numerator / denominator): changes spread that thinly are cheaper to copy than to chase.
+const SPREAD_NUMERATOR: usize = 1;
+const SPREAD_DENOMINATOR: usize = 2;
+/// Adjacent differing ranges merge into pieces of at most this many rows (the first copy's
+/// piece size), so they still travel two at a time.
+pub const PIECE_ROWS: i64 = 250_000;
 
 /// A half-open key range `[lo, hi)`; `None` is unbounded (the agents' `KeyRange`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,16 +125,21 @@ pub fn cut(lo: Option<i64>, hi: Option<i64>, min: i64, max: i64, n: i64) -> Vec<
     out
 }
 
-/// Merges ranges that touch (`a.hi == b.lo`); expects key order.
-pub fn merge(ranges: Vec<Range>) -> Vec<Range> {
-    let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
-    for r in ranges {
+/// Merges ranges that touch (`a.hi == b.lo`) into pieces of at most `cap` rows (by the old
+/// host's counts), so a burst of changes travels as a few streams that still copy in parallel.
+/// Expects key order.
+pub fn merge(ranges: Vec<(Range, i64)>, cap: i64) -> Vec<Range> {
+    let mut out: Vec<(Range, i64)> = Vec::with_capacity(ranges.len());
+    for (r, rows) in ranges {
         match out.last_mut() {
-            Some(last) if last.hi.is_some() && last.hi == r.lo => last.hi = r.hi,
-            _ => out.push(r),
+            Some((last, n)) if last.hi.is_some() && last.hi == r.lo && *n + rows <= cap => {
+                last.hi = r.hi;
+                *n += rows;
+            }
+            _ => out.push((r, rows)),
         }
     }
-    out
+    out.into_iter().map(|(r, _)| r).collect()
 }
 
 fn fp(f: &RangeFingerprint) -> String {
@@ -214,7 +231,8 @@ pub async fn find(
     // Ranges still to narrow down, with the key span seen inside each.
     let mut open: Vec<(Range, i64, i64, i64)> =
         vec![(Range { lo: None, hi: None }, min, max, rows)];
-    let mut differ: Vec<Range> = Vec::new();
+    // Differing ranges with the old host's row count in each.
+    let mut differ: Vec<(Range, i64)> = Vec::new();
     for depth in 0..MAX_DEPTH {
         if open.is_empty() {
             break;
@@ -224,28 +242,34 @@ pub async fn find(
             .iter()
             .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
             .collect();
+        let compared = cuts.len();
         let json = cuts.iter().map(|r| r.json(&column)).collect();
         let (fa, fb) = both(old, new, sel, table, json, snapshot).await?;
         calls += 1;
-        let last = depth + 1 == MAX_DEPTH;
-        open = Vec::new();
+        let mut level: Vec<(Range, i64, i64, i64, i64)> = Vec::new();
         for ((r, x), y) in cuts.into_iter().zip(&fa).zip(&fb) {
             if fp(x) == fp(y) {
                 continue;
             }
-            let rows = x.rows.max(y.rows);
-            match span(x, y) {
-                Some((min, max)) if !last && rows > LEAF_ROWS && max > min => {
-                    open.push((r, min, max, rows));
-                }
-                _ => differ.push(r),
+            let (min, max) = span(x, y).unwrap_or((0, 0));
+            level.push((r, min, max, x.rows.max(y.rows), x.rows));
+        }
+        // Changes spread over most of the ranges: narrowing further would scan again only to
+        // find that nearly everything differs — copy these ranges now.
+        let spread = level.len() * SPREAD_DENOMINATOR > compared * SPREAD_NUMERATOR;
+        let last = depth + 1 == MAX_DEPTH || spread;
+        open = Vec::new();
+        for (r, min, max, rows, old_rows) in level {
+            if !last && rows > LEAF_ROWS && max > min {
+                open.push((r, min, max, rows));
+            } else {
+                differ.push((r, old_rows));
             }
         }
     }
-    differ.extend(open.into_iter().map(|(r, ..)| r));
-    differ.sort_by_key(|r| r.lo.unwrap_or(i64::MIN));
+    differ.sort_by_key(|(r, _)| r.lo.unwrap_or(i64::MIN));
     Ok(Found {
-        delta: TableDelta::Ranges(merge(differ)),
+        delta: TableDelta::Ranges(merge(differ, PIECE_ROWS)),
         old_fingerprint,
         calls,
     })
@@ -307,13 +331,30 @@ mod tests {
 
     #[test]
     fn merge_joins_touching_ranges_only() {
-        let m = merge(vec![
-            r(None, Some(10)),
-            r(Some(10), Some(20)),
-            r(Some(30), Some(40)),
-            r(Some(40), None),
-        ]);
+        let m = merge(
+            vec![
+                (r(None, Some(10)), 5),
+                (r(Some(10), Some(20)), 5),
+                (r(Some(30), Some(40)), 5),
+                (r(Some(40), None), 5),
+            ],
+            100,
+        );
         assert_eq!(m, vec![r(None, Some(20)), r(Some(30), None)]);
+    }
+
+    #[test]
+    fn merged_pieces_stay_under_the_row_cap() {
+        let ranges: Vec<(Range, i64)> = (0..10)
+            .map(|i| (r(Some(i * 10), Some(i * 10 + 10)), 40))
+            .collect();
+        let m = merge(ranges, 100);
+        // Two ranges of 40 rows fit under 100, a third does not.
+        assert_eq!(m.len(), 5, "{m:?}");
+        assert_eq!(m[0], r(Some(0), Some(20)));
+        for w in m.windows(2) {
+            assert_eq!(w[0].hi, w[1].lo);
+        }
     }
 
     #[test]
