@@ -371,6 +371,7 @@ impl<'a> Cut<'a> {
             } else {
                 Mode::Human
             },
+            baseline: true,
             ..SyncOptions::default()
         };
         let r = match crate::sync::run(self.plan, &opts).await {

@@ -247,7 +247,15 @@ async fn copy(
         ));
         let found: Vec<Result<(Table, delta::Found), UnitError>> =
             futures::stream::iter(old_t.iter().cloned().map(|t| async move {
-                let f = delta::find(&run.old, &run.new, sel, &t.json, snapshot).await?;
+                let f = delta::find(
+                    &run.old,
+                    &run.new,
+                    sel,
+                    &t.json,
+                    snapshot,
+                    run.opts.baseline,
+                )
+                .await?;
                 Ok((t, f))
             }))
             .buffer_unordered(PARALLEL_PIECES)
@@ -256,7 +264,9 @@ async fn copy(
         to_copy.clear();
         for f in found {
             let (t, f) = f?;
-            r.old_fingerprints.insert(t.name.clone(), f.old_fingerprint);
+            if !f.old_fingerprint.is_empty() {
+                r.old_fingerprints.insert(t.name.clone(), f.old_fingerprint);
+            }
             let ranges = match f.delta {
                 delta::TableDelta::Equal => continue,
                 delta::TableDelta::Whole => None,

@@ -5,7 +5,9 @@
 //!
 //! # The search
 //! 1. The whole table on both sides, in one call each (old: on the sync's snapshot). Equal →
-//!    done: most tables of a quiet database stop here.
+//!    done: most tables of a quiet database stop here. (A big table skips this step when no
+//!    baseline is needed — a plain sync rerun, not the cutover: its first ranges come from the
+//!    old agent's key bounds, saving a scan per side when the table did change.)
 //! 2. A table without a single-integer primary key cannot be split: it is copied whole.
 //! 3. Otherwise the key span seen on *either* side (`min`/`max` of both) is cut into ranges of
 //!    about [`LEAF_ROWS`] rows (at most [`MAX_RANGES`] per call), the first open below and the last
@@ -29,7 +31,7 @@
 //! uniformly) defeat any range delta: nearly every range then differs, and the delta costs about
 //! a full copy of that table plus two scans.
 
-use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest};
+use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest, SplitRangesRequest};
 use serde_json::{Value, json};
 
 use super::UnitError;
@@ -70,14 +72,15 @@ pub enum TableDelta {
     Ranges(Vec<Range>),
 }
 
-/// The outcome for one table: the delta and the old host's whole-table fingerprint at the start
-/// (`rows/digest`, the same form as the agents' `Fingerprint`), which the cutover compares with
-/// the old host's fingerprint at the end of the freeze.
+/// The outcome for one table: the delta and, when asked for (`baseline`), the old host's
+/// whole-table fingerprint at the start (`rows/digest`, the same form as the agents'
+/// `Fingerprint`), which the cutover compares with the old host's fingerprint at the end of the
+/// freeze.
 #[derive(Clone, Debug)]
 pub struct Found {
     /// What to copy.
     pub delta: TableDelta,
-    /// The old host's fingerprint when the delta began.
+    /// The old host's fingerprint when the delta began (empty without `baseline`).
     pub old_fingerprint: String,
     /// Fingerprint calls made per side (for the report).
     pub calls: usize,
@@ -198,26 +201,63 @@ pub async fn find(
     sel: &Selections,
     table: &[u8],
     snapshot: &str,
+    baseline: bool,
 ) -> Result<Found, UnitError> {
     let info: Value = serde_json::from_slice(table)
         .map_err(|e| UnitError::other(format!("malformed table description: {e}")))?;
     let key = info["int_key"].as_str().map(str::to_owned);
+    let estimated = info["estimated_rows"].as_i64().unwrap_or(0);
+    // Without a baseline to record, a big table skips the whole-table comparison: its first
+    // level of ranges comes from the old agent's key bounds (two index lookups, no scan), so a
+    // change spread over the table costs one scan per side instead of two.
+    if let Some(column) = key
+        .as_deref()
+        .filter(|_| !baseline && estimated > PIECE_ROWS)
+    {
+        let first = old
+            .database()
+            .split_ranges(SplitRangesRequest {
+                database: sel.old.database.clone(),
+                table: table.to_vec(),
+                rows_per_range: (estimated / MAX_RANGES).max(LEAF_ROWS) as u64,
+            })
+            .await
+            .map_err(UnitError::from_status)?
+            .into_inner()
+            .ranges
+            .iter()
+            .map(|j| {
+                let v: Value = serde_json::from_slice(j).unwrap_or_default();
+                Range {
+                    lo: v["lo"].as_i64(),
+                    hi: v["hi"].as_i64(),
+                }
+            })
+            .collect::<Vec<_>>();
+        if !first.is_empty() {
+            let (delta, calls) = narrow(old, new, sel, table, snapshot, column, first).await?;
+            return Ok(Found {
+                delta,
+                old_fingerprint: String::new(),
+                calls,
+            });
+        }
+    }
     let (a, b) = both(old, new, sel, table, Vec::new(), snapshot).await?;
     let (a, b) = (&a[0], &b[0]);
     let old_fingerprint = fp(a);
-    let mut calls = 1;
     if fp(a) == fp(b) {
         return Ok(Found {
             delta: TableDelta::Equal,
             old_fingerprint,
-            calls,
+            calls: 1,
         });
     }
     let (Some(column), Some((min, max))) = (key, span(a, b)) else {
         return Ok(Found {
             delta: TableDelta::Whole,
             old_fingerprint,
-            calls,
+            calls: 1,
         });
     };
     let rows = a.rows.max(b.rows);
@@ -225,29 +265,43 @@ pub async fn find(
         return Ok(Found {
             delta: TableDelta::Ranges(vec![Range { lo: None, hi: None }]),
             old_fingerprint,
-            calls,
+            calls: 1,
         });
     }
-    // Ranges still to narrow down, with the key span seen inside each.
-    let mut open: Vec<(Range, i64, i64, i64)> =
-        vec![(Range { lo: None, hi: None }, min, max, rows)];
+    let first = cut(None, None, min, max, pieces(rows).min(MAX_RANGES));
+    let (delta, calls) = narrow(old, new, sel, table, snapshot, &column, first).await?;
+    Ok(Found {
+        delta,
+        old_fingerprint,
+        calls: calls + 1,
+    })
+}
+
+/// Compares `first` on both hosts, then cuts the differing ranges further, level by level (see
+/// the module docs). Returns the delta and the number of fingerprint calls per side.
+async fn narrow(
+    old: &Agent,
+    new: &Agent,
+    sel: &Selections,
+    table: &[u8],
+    snapshot: &str,
+    column: &str,
+    first: Vec<Range>,
+) -> Result<(TableDelta, usize), UnitError> {
+    let mut calls = 0;
+    let mut cuts = first;
     // Differing ranges with the old host's row count in each.
     let mut differ: Vec<(Range, i64)> = Vec::new();
     for depth in 0..MAX_DEPTH {
-        if open.is_empty() {
+        if cuts.is_empty() {
             break;
         }
-        let budget = (MAX_RANGES / open.len() as i64).max(2);
-        let cuts: Vec<Range> = open
-            .iter()
-            .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
-            .collect();
         let compared = cuts.len();
-        let json = cuts.iter().map(|r| r.json(&column)).collect();
+        let json = cuts.iter().map(|r| r.json(column)).collect();
         let (fa, fb) = both(old, new, sel, table, json, snapshot).await?;
         calls += 1;
         let mut level: Vec<(Range, i64, i64, i64, i64)> = Vec::new();
-        for ((r, x), y) in cuts.into_iter().zip(&fa).zip(&fb) {
+        for ((r, x), y) in std::mem::take(&mut cuts).into_iter().zip(&fa).zip(&fb) {
             if fp(x) == fp(y) {
                 continue;
             }
@@ -258,7 +312,7 @@ pub async fn find(
         // find that nearly everything differs — copy these ranges now.
         let spread = level.len() * SPREAD_DENOMINATOR > compared * SPREAD_NUMERATOR;
         let last = depth + 1 == MAX_DEPTH || spread;
-        open = Vec::new();
+        let mut open = Vec::new();
         for (r, min, max, rows, old_rows) in level {
             if !last && rows > LEAF_ROWS && max > min {
                 open.push((r, min, max, rows));
@@ -266,13 +320,17 @@ pub async fn find(
                 differ.push((r, old_rows));
             }
         }
+        let budget = (MAX_RANGES / open.len().max(1) as i64).max(2);
+        cuts = open
+            .iter()
+            .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
+            .collect();
+    }
+    if differ.is_empty() {
+        return Ok((TableDelta::Equal, calls));
     }
     differ.sort_by_key(|(r, _)| r.lo.unwrap_or(i64::MIN));
-    Ok(Found {
-        delta: TableDelta::Ranges(merge(differ, PIECE_ROWS)),
-        old_fingerprint,
-        calls,
-    })
+    Ok((TableDelta::Ranges(merge(differ, PIECE_ROWS)), calls))
 }
 
 /// The range as the JSON a `DbTable` carries (`column` = the table's integer key).

@@ -70,6 +70,10 @@ pub struct SyncOptions {
     pub attempts: u32,
     /// Tests only: alter relayed frames.
     pub tap: Option<TapFactory>,
+    /// Record every table's whole fingerprint on the old host at the start of a rerun (the
+    /// cutover proves with it that the old host did not change during the freeze). Costs a scan
+    /// of each big changed table that a plain rerun skips.
+    pub baseline: bool,
 }
 
 impl Default for SyncOptions {
@@ -82,6 +86,7 @@ impl Default for SyncOptions {
             batch_files: 5_000,
             attempts: 3,
             tap: None,
+            baseline: false,
         }
     }
 }
