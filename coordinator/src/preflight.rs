@@ -486,7 +486,11 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     .filter(|p| !info.permits.contains(p))
                     .collect();
                 if missing.is_empty() {
-                    c.ok(h, "allows the cutover's read-only freeze", format!("{} database(s)", plan.databases.len()));
+                    c.ok(
+                        h,
+                        "allows the cutover's read-only freeze",
+                        format!("{} database(s)", plan.databases.len()),
+                    );
                 } else {
                     c.fail(
                         h,

@@ -4,11 +4,11 @@ mod agent;
 mod bins;
 pub mod cutover;
 pub mod fs;
+pub mod moto;
 mod nginx;
 mod pm2;
 mod sandbox;
 mod world;
-pub mod moto;
 pub mod writer;
 
 pub use agent::{AgentProc, AgentSetup};

@@ -156,7 +156,7 @@ impl Sandbox {
     }
 
     /// Writes the plan for the agents started by [`Sandbox::start`]; `extra` is appended as raw TOML
-/// (with its own `[freeze]` or `[switch]` table, that default is left out).
+    /// (with its own `[freeze]` or `[switch]` table, that default is left out).
     pub fn write_plan(&self, extra: &str) {
         let c = &self.world.certs;
         let mut t = String::new();
