@@ -205,74 +205,23 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
     }
     if ok {
         say("phase sync: copy files, storage and the database from old to new");
-        let t = Instant::now();
-        let opts = crate::sync::SyncOptions {
-            progress: if g.quiet {
-                crate::sync::progress::Mode::Quiet
-            } else {
-                crate::sync::progress::Mode::Human
-            },
-            ..crate::sync::SyncOptions::default()
-        };
         let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
-        let (status, detail) = match crate::sync::run(&plan, &opts).await {
-            Ok(r) => {
-                ok = r.ok;
-                rep.add_sync(&r);
-                let failed_units = r.failures();
-                (
-                    if r.ok { "ok" } else { "failed" },
-                    if r.ok {
-                        format!("{} items, {} sent", r.files, bytes(r.bytes))
-                    } else {
-                        failed_units
-                    },
-                )
-            }
-            Err(e) => {
-                ok = false;
-                ("failed", e.to_string())
-            }
-        };
-        phases.push(Phase {
-            phase: "sync",
-            status,
-            ms: t.elapsed().as_millis(),
-            detail,
-        });
+        let t = Instant::now();
+        ok = push(
+            &mut phases,
+            "sync",
+            t,
+            sync_phase(&plan, mode(g.quiet), &mut rep).await,
+        );
         if ok {
             say("phase verify: compare both hosts");
             let t = Instant::now();
-            let (status, detail) = match crate::sync::verify::run(&plan).await {
-                Ok(v) => {
-                    ok = v.ok;
-                    rep.add_verify(&v);
-                    let differ: Vec<String> = v
-                        .rows
-                        .iter()
-                        .filter(|r| !r.equal)
-                        .map(|r| format!("{} {}", r.kind, r.name))
-                        .collect();
-                    (
-                        if v.ok { "ok" } else { "failed" },
-                        if v.ok {
-                            format!("{} items equal", v.rows.len())
-                        } else {
-                            format!("differ: {}", differ.join(", "))
-                        },
-                    )
-                }
-                Err(e) => {
-                    ok = false;
-                    ("failed", e.to_string())
-                }
-            };
-            phases.push(Phase {
-                phase: "verify",
-                status,
-                ms: t.elapsed().as_millis(),
-                detail,
-            });
+            ok = push(
+                &mut phases,
+                "verify",
+                t,
+                verify_phase(&plan, &mut rep).await,
+            );
         }
     }
     let mut freeze_ms = None;
@@ -396,6 +345,55 @@ fn print_phases(phases: &[Phase], checks: &preflight::Report) {
     }
 }
 
+/// Progress lines for people, or none with `-q`.
+fn mode(quiet: bool) -> crate::sync::progress::Mode {
+    if quiet {
+        crate::sync::progress::Mode::Quiet
+    } else {
+        crate::sync::progress::Mode::Human
+    }
+}
+
+/// A full sync, its streams added to the report.
+async fn sync_phase(
+    plan: &Plan,
+    mode: crate::sync::progress::Mode,
+    rep: &mut crate::report::Builder,
+) -> Result<String, String> {
+    let opts = crate::sync::SyncOptions {
+        progress: mode,
+        ..crate::sync::SyncOptions::default()
+    };
+    let r = crate::sync::run(plan, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    rep.add_sync(&r);
+    if r.ok {
+        Ok(format!("{} items, {} sent", r.files, bytes(r.bytes)))
+    } else {
+        Err(r.failures())
+    }
+}
+
+/// A verify, its rows added to the report.
+async fn verify_phase(plan: &Plan, rep: &mut crate::report::Builder) -> Result<String, String> {
+    let v = crate::sync::verify::run(plan)
+        .await
+        .map_err(|e| e.to_string())?;
+    rep.add_verify(&v);
+    if v.ok {
+        Ok(format!("{} items equal", v.rows.len()))
+    } else {
+        let differ: Vec<String> = v
+            .rows
+            .iter()
+            .filter(|r| !r.equal)
+            .map(|r| format!("{} {}", r.kind, r.name))
+            .collect();
+        Err(format!("differ: {}", differ.join(", ")))
+    }
+}
+
 /// Records a phase that began at `t`; returns whether it passed.
 fn push(
     phases: &mut Vec<Phase>,
@@ -428,11 +426,7 @@ async fn after_first_copy(
     rep: &mut crate::report::Builder,
     freeze_ms: &mut Option<u64>,
 ) -> bool {
-    let mode = if quiet {
-        crate::sync::progress::Mode::Quiet
-    } else {
-        crate::sync::progress::Mode::Human
-    };
+    let mode = mode(quiet);
 
     say("phase writes: the app keeps writing on the old host");
     let t = Instant::now();
@@ -585,11 +579,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
             eprintln!("rehearse: {s}");
         }
     };
-    let mode = if quiet {
-        crate::sync::progress::Mode::Quiet
-    } else {
-        crate::sync::progress::Mode::Human
-    };
+    let mode = mode(quiet);
     let mut rep = crate::report::Builder::for_plan(crate::report::Kind::Rehearse, &plan);
     let mut phases = Vec::new();
 
@@ -624,19 +614,12 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
     if ok {
         say("phase sync: copy into the scratch targets");
         let t = Instant::now();
-        let opts = crate::sync::SyncOptions {
-            progress: mode,
-            ..crate::sync::SyncOptions::default()
-        };
-        let r = match crate::sync::run(&plan, &opts).await {
-            Ok(s) if s.ok => {
-                rep.add_sync(&s);
-                Ok(format!("{} items, {} sent", s.files, bytes(s.bytes)))
-            }
-            Ok(s) => Err(s.failures()),
-            Err(e) => Err(e.to_string()),
-        };
-        ok = push(&mut phases, "sync", t, r);
+        ok = push(
+            &mut phases,
+            "sync",
+            t,
+            sync_phase(&plan, mode, &mut rep).await,
+        );
     }
     let mut rehearsed = None;
     if ok {
