@@ -108,6 +108,36 @@ async fn second_sync_sends_only_what_changed_and_deletes_what_was_removed() {
         "deleted on old → deleted on new"
     );
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+    // The deletion is counted everywhere it is reported (it happens in the prepare step, before
+    // the batches): the sync's own table, the journal, the report and the new agent's log.
+    assert!(
+        u["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("1 deleted")),
+        "the unit's detail counts the deletion: {}",
+        delta.stdout
+    );
+    let journal =
+        std::fs::read_to_string(sb.dir.join(".hostshift/test/journal.jsonl")).expect("journal");
+    let last_done = journal
+        .lines()
+        .rfind(|l| l.contains("storage") && l.contains("\"status\":\"done\""))
+        .expect("a done line for the storage unit");
+    assert!(last_done.contains("1 deleted"), "journal: {last_done}");
+    let reports = sb.dir.join(".hostshift/test/reports");
+    let newest = std::fs::read_dir(&reports)
+        .expect("reports folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .max()
+        .expect("a report");
+    let md = std::fs::read_to_string(newest.join("report.md")).expect("report.md");
+    assert!(md.contains("1 deleted"), "report.md: {md}");
+    let prepared = new_agent_lines(&sb, "tree prepared");
+    assert!(
+        prepared.iter().any(|l| l.contains("deleted=1")),
+        "the new agent logs what prepare deleted: {prepared:#?}"
+    );
 }
 
 /// A tap that flips one byte of the first chunk of every relayed storage batch stream it is
@@ -228,6 +258,12 @@ async fn verify_catches_a_single_flipped_byte_even_with_size_and_mtime_kept() {
         "{}",
         out.stdout
     );
+    // Only the file is blamed: its folders are identical to the nanosecond.
+    assert!(
+        !out.stdout.contains("mode/mtime differ"),
+        "a folder whose file changed is not itself different: {}",
+        out.stdout
+    );
     assert!(out.stderr.contains("storage evaluations"), "{}", out.stderr);
 
     // The config file: a changed byte there is named too.
@@ -243,6 +279,51 @@ async fn verify_catches_a_single_flipped_byte_even_with_size_and_mtime_kept() {
     assert!(
         rows.iter()
             .any(|r| r["name"] == "backend-env" && r["equal"] == false),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn verify_ignores_a_file_only_on_the_new_host_when_the_plan_keeps_extra_files() {
+    let mut sb = sandbox("verify_keep_extra", 5).await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = std::fs::read_to_string(sb.plan_path()).expect("plan");
+    let keep = plan.replacen(
+        "name = \"evaluations\"\n",
+        "name = \"evaluations\"\ndelete = false\n",
+        1,
+    );
+    assert_ne!(plan, keep, "the plan names the tree");
+    std::fs::write(sb.plan_path(), keep).expect("plan with delete = false");
+    assert_eq!(sb.cli(&["sync"]).await.code, 0);
+    // The app on the new host writes a file: its folder's mtime moves with it.
+    std::fs::write(sb.new_storage.join("bulk/03/uploaded-on-new.bin"), b"x").expect("extra");
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(
+        out.code,
+        0,
+        "an extra file only counts when the plan deletes: {}",
+        out.both()
+    );
+    assert!(!out.stdout.contains("mode/mtime differ"), "{}", out.stdout);
+    // A sync keeps it and verify stays clean.
+    assert_eq!(sb.cli(&["sync"]).await.code, 0);
+    assert!(sb.new_storage.join("bulk/03/uploaded-on-new.bin").is_file());
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+
+    // A folder whose mode differs is still reported.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        sb.new_storage.join("bulk/04"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .expect("chmod");
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    assert!(
+        out.stdout.contains("mode/mtime differ: bulk/04"),
         "{}",
         out.stdout
     );
@@ -443,6 +524,11 @@ async fn a_file_changed_between_manifest_and_pack_is_refused_and_the_rerun_copie
 
 /// The new agent's `tree finalized` log lines (colour codes removed), oldest first.
 fn finalized(sb: &Sandbox) -> Vec<String> {
+    new_agent_lines(sb, "tree finalized")
+}
+
+/// The new agent's log lines containing `needle` (colour codes removed), oldest first.
+fn new_agent_lines(sb: &Sandbox, needle: &str) -> Vec<String> {
     sb.new_agent()
         .log_text()
         .lines()
@@ -459,7 +545,7 @@ fn finalized(sb: &Sandbox) -> Vec<String> {
             }
             out
         })
-        .filter(|l| l.contains("tree finalized"))
+        .filter(|l| l.contains(needle))
         .collect()
 }
 

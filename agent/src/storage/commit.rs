@@ -108,6 +108,14 @@ pub fn prepare(
     let mut stats = CommitStats::default();
     remove(root, delete, &mut stats)?;
     make_dirs(root, dirs, &mut stats)?;
+    if stats.deleted + stats.dirs_created > 0 {
+        tracing::info!(
+            root = %root.display(),
+            deleted = stats.deleted,
+            dirs_created = stats.dirs_created,
+            "tree prepared"
+        );
+    }
     Ok(stats)
 }
 

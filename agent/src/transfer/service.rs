@@ -416,13 +416,25 @@ pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
     }
     let extra = delta.delete.iter().map(|e| show(&e.path)).collect();
     let mut metadata: Vec<String> = delta.meta.iter().map(|m| show(&m.path)).collect();
+    // A directory's mtime moves whenever an entry is added or removed in it (an extra file the
+    // plan keeps, a changed file being replaced), and its listing is compared entry by entry
+    // anyway: for directories only the mode counts. `delta.dirs` also lists directories whose
+    // attributes match but whose listing the sync would change, so look at the entries.
+    let target_dirs: std::collections::HashMap<&storage::RelPath, u32> = target
+        .entries()
+        .iter()
+        .filter(|e| e.kind == storage::Kind::Dir)
+        .map(|e| (&e.path, e.mode))
+        .collect();
     metadata.extend(
-        delta
-            .dirs
+        source
+            .entries()
             .iter()
-            .filter(|d| in_target.contains(&d.path))
-            .map(|d| show(&d.path)),
+            .filter(|e| e.kind == storage::Kind::Dir)
+            .filter(|e| target_dirs.get(&e.path).is_some_and(|m| *m != e.mode))
+            .map(|e| show(&e.path)),
     );
+    metadata.sort();
     CompareStorageResponse {
         missing,
         changed,

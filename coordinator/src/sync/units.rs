@@ -261,11 +261,15 @@ async fn storage_round(
         delete_extraneous: s.delete,
         prepare_only,
     };
-    run.new
+    // Deletions happen here, before the batches (a file may turn into a directory): count them
+    // with finalize's, which finds nothing left to delete.
+    let prepared = run
+        .new
         .target()
         .finalize_storage(finalize(true))
         .await
-        .map_err(UnitError::from_status)?;
+        .map_err(UnitError::from_status)?
+        .into_inner();
     let n = plan.batches.len();
     for (i, batch) in plan.batches.into_iter().enumerate() {
         let bunit = format!("{unit} batch {}/{n}", i + 1);
@@ -297,7 +301,9 @@ async fn storage_round(
         .into_inner();
     r.detail = format!(
         "{} dirs created, {} metadata fixes, {} deleted",
-        fin.dirs, fin.meta, fin.deleted
+        prepared.dirs + fin.dirs,
+        fin.meta,
+        prepared.deleted + fin.deleted
     );
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
