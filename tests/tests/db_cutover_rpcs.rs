@@ -489,6 +489,163 @@ async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writ
     .await;
 }
 
+/// A session on the old database as `role` over the unix socket (`trust` in the rig).
+async fn connect_as(
+    sb: &Sandbox,
+    role: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let pg = &sb.world.old_pg;
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={role} dbname={} application_name=plain-client",
+            pg.socket_dir.display(),
+            pg.port,
+            sb.old_db
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// `role` turns read-only off for itself and writes: `Ok`, or the SQLSTATE of the first refusal
+/// (at connect, at the SET or at the INSERT).
+async fn write_despite_the_freeze(sb: &Sandbox, role: &str) -> Result<(), Option<SqlState>> {
+    let db = connect_as(sb, role).await.map_err(|e| e.code().cloned())?;
+    // One statement per message: several in one run as one transaction, begun read-only.
+    for sql in [
+        "SET default_transaction_read_only = off",
+        "INSERT INTO users (email, display_name) VALUES ('rogue-' || gen_random_uuid() || '@x.test', 'R')",
+    ] {
+        db.batch_execute(sql).await.map_err(|e| e.code().cloned())?;
+    }
+    Ok(())
+}
+
+/// Everything about the old database and the roles a freeze could touch: the database's row
+/// (owner, connection limit, allow-connections, template), its privileges as sorted
+/// `grantor/grantee/privilege/grantable` (a default ACL shown explicitly), its own settings, and
+/// every role's attributes and settings.
+async fn access_state(sb: &Sandbox, plain: &str) -> Vec<String> {
+    let admin = sb.world.old_pg.connect("postgres").await;
+    let mut out = Vec::new();
+    for q in [
+        "SELECT format('db %s owner=%s connlimit=%s allowconn=%s template=%s', d.datname,
+                pg_get_userbyid(d.datdba), d.datconnlimit, d.datallowconn, d.datistemplate)
+         FROM pg_database d WHERE d.datname = $1",
+        "SELECT format('acl %s/%s/%s/%s', pg_get_userbyid(a.grantor),
+                CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+                a.privilege_type, a.is_grantable)
+         FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+         WHERE d.datname = $1 ORDER BY 1",
+        "SELECT format('setting %s %s', coalesce(r.rolname, '*'), s.setconfig)
+         FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+         LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = $1 ORDER BY 1",
+    ] {
+        for r in admin.query(q, &[&sb.old_db]).await.expect("catalog") {
+            out.push(r.get::<_, String>(0));
+        }
+    }
+    // Roles are shared by the cluster's concurrent tests: only the ones this test involves.
+    for r in admin
+        .query(
+            "SELECT format('role %s login=%s super=%s createdb=%s connlimit=%s config=%s', rolname,
+                    rolcanlogin, rolsuper, rolcreatedb, rolconnlimit, rolconfig)
+             FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1",
+            &[&vec![
+                "app".to_string(),
+                "postgres".to_string(),
+                plain.to_string(),
+            ]],
+        )
+        .await
+        .expect("roles")
+    {
+        out.push(r.get::<_, String>(0));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_freeze_holds_against_a_plain_role_that_turns_read_only_off_and_the_undo_restores_every_privilege()
+ {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_plain_role").await;
+        let plain = format!(
+            "plain_{}",
+            sb.old_db.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
+        let admin = sb.world.old_pg.connect(&sb.old_db).await;
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS \"{plain}\"; CREATE ROLE \"{plain}\" LOGIN;
+                 GRANT CONNECT ON DATABASE \"{db}\" TO \"{plain}\";
+                 GRANT USAGE ON SCHEMA public TO \"{plain}\";
+                 GRANT INSERT ON public.users TO \"{plain}\";
+                 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO \"{plain}\";",
+                db = sb.old_db
+            ))
+            .await
+            .expect("a plain role (not the owner, not a superuser) that may write");
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        assert_eq!(
+            write_despite_the_freeze(&sb, &plain).await,
+            Ok(()),
+            "writable before"
+        );
+        let before = access_state(&sb, &plain).await;
+        let held = connect_as(&sb, &plain)
+            .await
+            .expect("a session opened before the freeze");
+
+        let r = set_read_only(&mut old, true, true).await.expect("freeze");
+        assert!(r.changed && r.read_only, "{r:?}");
+        for role in [plain.as_str(), "app"] {
+            let refused = write_despite_the_freeze(&sb, role).await;
+            assert!(
+                refused.is_err(),
+                "{role} wrote to the frozen database by turning read-only off"
+            );
+        }
+        assert!(
+            held.batch_execute("SELECT 1").await.is_err(),
+            "the session opened before the freeze was ended"
+        );
+        // The agent still reads everything the cutover's delta and proof need.
+        let fp = old
+            .fingerprint(request(app(&[])))
+            .await
+            .expect("Fingerprint while frozen")
+            .into_inner();
+        assert_eq!(fp.rows["public.users"], sb.world.seed.rows["users"] + 1);
+        // Freezing again changes nothing and keeps the first record.
+        let again = set_read_only(&mut old, true, true)
+            .await
+            .expect("freeze again");
+        assert!(!again.changed, "{again:?}");
+
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed && !r.read_only, "{r:?}");
+        assert_eq!(
+            access_state(&sb, &plain).await,
+            before,
+            "the undo restores the database's privileges, settings and the roles exactly"
+        );
+        assert_eq!(
+            write_despite_the_freeze(&sb, &plain).await,
+            Ok(()),
+            "writable again"
+        );
+        assert!(!record(&sb).exists(), "the record is gone");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_explicit_earlier_setting_comes_back_after_freeze_and_undo() {
     bounded(async {

@@ -3,18 +3,23 @@
 //!
 //! # The record
 //! `<state_dir>/freeze/<database>.json` (mode 0600) holds the database's own
-//! `default_transaction_read_only` from before the first freeze (or that it had none). It is
+//! `default_transaction_read_only` from before the first freeze (or that it had none) and the
+//! `CONNECT` privileges the freeze took away (`connect_revoked`: `PUBLIC` and the roles, see
+//! [`crate::postgres::freeze`]). It is
 //! written — atomically, synced — **before** the database is changed, and removed only after the
 //! undo succeeded, so an undo works after an agent restart or crash, and freezing twice keeps the
 //! first original (the second freeze finds the record and does not read back its own `on`).
 //! A failed freeze removes a record it has just written: nothing was changed then.
 //!
 //! # Semantics
-//! - Freeze: record (unless recorded), set `on` (unless it is `on` already), end the other
-//!   sessions when asked. `changed` = the setting was changed by this call. A database that was
-//!   read-only by its own setting before stays so after the undo.
-//! - Undo: with a record, restore exactly the recorded value (`RESET` when there was none), then
-//!   remove the record; `changed` = true. Without a record: nothing happens, `changed` = false.
+//! - Freeze: record (unless recorded; `CONNECT` privileges found on a repeated freeze are added
+//!   to the record first), take `CONNECT` away from every other non-superuser role and set `on`
+//!   (unless it is `on` already) in one transaction, end the other sessions when asked.
+//!   `changed` = this call changed the setting or a privilege. A database that was read-only by
+//!   its own setting before stays so after the undo.
+//! - Undo: with a record, give back exactly the recorded privileges and restore the recorded
+//!   value (`RESET` when there was none) in one transaction, then remove the record; `changed` =
+//!   true. Without a record: nothing happens, `changed` = false.
 //!
 //! Calls are serialized by the caller ([`super::DatabaseService`] holds one lock for all).
 
@@ -45,6 +50,9 @@ struct Record {
     database: String,
     /// The database's own `default_transaction_read_only` before the freeze; `None`: not set.
     original: Option<String>,
+    /// The `CONNECT` privileges the freeze took away (absent in records of older agents).
+    #[serde(default)]
+    connect_revoked: Vec<sql::ConnectGrant>,
     /// When the freeze was recorded (Unix seconds).
     frozen_at: u64,
 }
@@ -119,24 +127,41 @@ pub async fn freeze(
     let conn = Conn::connect(db).await?;
     let path = record_path(&ctx.config.state_dir, name);
     let current = sql::database_setting(&conn).await?;
+    let grants = sql::connect_grants(&conn).await?;
+    let write = |record: &Record| -> Result<(), AgentError> {
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| AgentError::Internal(format!("encode the freeze record: {e}")))?;
+        crate::transfer::files::write_atomic(&path, &bytes, 0o600, None)
+    };
     let (original, wrote) = match read_record(&path)? {
-        Some(r) => (r.original, false),
+        Some(mut r) => {
+            // Privileges granted since the first freeze are taken too, and given back by the undo.
+            let new: Vec<_> = grants
+                .iter()
+                .filter(|g| !r.connect_revoked.contains(g))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                r.connect_revoked.extend(new);
+                write(&r)?;
+            }
+            (r.original, false)
+        }
         None => {
-            let record = Record {
+            write(&Record {
                 database: name.to_string(),
                 original: current.clone(),
+                connect_revoked: grants.clone(),
                 frozen_at: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-            };
-            let bytes = serde_json::to_vec_pretty(&record)
-                .map_err(|e| AgentError::Internal(format!("encode the freeze record: {e}")))?;
-            crate::transfer::files::write_atomic(&path, &bytes, 0o600, None)?;
+            })?;
             (current.clone(), true)
         }
     };
-    let changed = !current.as_deref().is_some_and(sql::is_on);
-    if changed && let Err(e) = sql::set_database_setting(&conn, Some("on")).await {
+    let set_on = !current.as_deref().is_some_and(sql::is_on);
+    let changed = set_on || !grants.is_empty();
+    if changed && let Err(e) = sql::lock_out(&conn, set_on, &grants).await {
         if wrote {
             remove_record(&path)?;
         }
@@ -147,8 +172,12 @@ pub async fn freeze(
         sql::SETTING,
         shown(original.as_deref())
     );
-    if !changed {
+    if !set_on {
         detail.push_str("; it was on already");
+    }
+    if !grants.is_empty() {
+        let from: Vec<&str> = grants.iter().map(sql::ConnectGrant::shown).collect();
+        detail.push_str(&format!("; CONNECT taken from {}", from.join(", ")));
     }
     let sessions_ended = if end_sessions {
         let n = sql::end_other_sessions(&conn, crate::db::APPLICATION_NAME).await?;
@@ -157,6 +186,15 @@ pub async fn freeze(
     } else {
         0
     };
+    let still = sql::roles_still_connecting(&conn).await?;
+    if !still.is_empty() {
+        detail.push_str(&format!(
+            "; warning: login role(s) {} can still connect (CONNECT granted by another role, or \
+             they inherit the agent's role {}) and may turn read-only off",
+            still.join(", "),
+            sql::session_role(&conn).await?
+        ));
+    }
     let overriding = sql::overriding_roles(&conn).await?;
     if !overriding.is_empty() {
         detail.push_str(&format!(
@@ -198,7 +236,8 @@ pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError
             ),
         });
     };
-    sql::set_database_setting(&conn, record.original.as_deref()).await?;
+    let gone =
+        sql::restore_access(&conn, record.original.as_deref(), &record.connect_revoked).await?;
     remove_record(&path)?;
     tracing::info!(database = name, restored = %shown(record.original.as_deref()), "database unfrozen");
     Ok(FreezeOutcome {
@@ -206,9 +245,27 @@ pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError
         sessions_ended: 0,
         read_only: record.original.as_deref().is_some_and(sql::is_on),
         detail: format!(
-            "database {name}: {} restored to its own earlier setting ({})",
+            "database {name}: {} restored to its own earlier setting ({}){}{}",
             sql::SETTING,
-            shown(record.original.as_deref())
+            shown(record.original.as_deref()),
+            if record.connect_revoked.is_empty() {
+                String::new()
+            } else {
+                let to: Vec<&str> = record
+                    .connect_revoked
+                    .iter()
+                    .map(sql::ConnectGrant::shown)
+                    .collect();
+                format!("; CONNECT given back to {}", to.join(", "))
+            },
+            if gone.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; role(s) {} no longer exist (not granted)",
+                    gone.join(", ")
+                )
+            }
         ),
     })
 }
@@ -226,6 +283,10 @@ mod tests {
         let r = Record {
             database: "app".into(),
             original: Some("off".into()),
+            connect_revoked: vec![sql::ConnectGrant {
+                grantee: None,
+                grantable: false,
+            }],
             frozen_at: 1,
         };
         crate::transfer::files::write_atomic(
@@ -239,6 +300,13 @@ mod tests {
         remove_record(&path).expect("remove");
         remove_record(&path).expect("removing twice is fine");
         assert_eq!(read_record(&path).expect("gone"), None);
+    }
+
+    #[test]
+    fn a_record_of_an_older_agent_without_privileges_still_reads() {
+        let r: Record = serde_json::from_str(r#"{"database":"app","original":null,"frozen_at":1}"#)
+            .expect("old record");
+        assert!(r.connect_revoked.is_empty() && r.original.is_none());
     }
 
     #[test]

@@ -5,14 +5,23 @@
 //!
 //! # What the freeze does and does not stop
 //! `default_transaction_read_only = on` on the database makes every transaction of every **new**
-//! session read-only (a write fails with SQLSTATE 25006), so once the open sessions are ended the
-//! application's pool reconnects read-only. It is a default, not a lock: a session may still
-//! `SET default_transaction_read_only = off` or `BEGIN READ WRITE`, and a role-specific setting
-//! (`ALTER ROLE … [IN DATABASE …] SET`) wins over the database's — [`overriding_roles`] lists
-//! those so the caller can warn. Applications do not do either by accident.
+//! session read-only (a write fails with SQLSTATE 25006). It is a default, not a lock: a session
+//! may still `SET default_transaction_read_only = off` or `BEGIN READ WRITE`, and a role-specific
+//! setting (`ALTER ROLE … [IN DATABASE …] SET`) wins over the database's — [`overriding_roles`]
+//! lists those so the caller can warn.
+//!
+//! So the freeze also takes the `CONNECT` privilege on the database away ([`lock_out`]) from
+//! `PUBLIC` and from every role the owner granted it to — the owner included — except the
+//! agent's own role (the one it connects as) and the roles whose privileges that role inherits
+//! (it would lose `CONNECT` with them). Once the open sessions are ended, no other
+//! non-superuser can open a session on the database at all, whatever it `SET`s; superusers are
+//! not bound by privileges. What was taken is returned ([`ConnectGrant`]) for the caller to
+//! record, and [`restore_access`] gives exactly that back. `CONNECT` granted by another grantor
+//! (one holding the grant option) is not revoked; [`roles_still_connecting`] lists every login
+//! role that can still connect, so the caller can warn.
 //!
 //! # Privileges
-//! `ALTER DATABASE … SET` needs the database's owner or a superuser; ending another role's
+//! `ALTER DATABASE … SET`, `REVOKE` and `GRANT` on it need the database's owner or a superuser; ending another role's
 //! session needs that role's membership, `pg_signal_backend`, or a superuser (and only a superuser
 //! may end a superuser's session). A refusal is reported with what is needed.
 
@@ -127,7 +136,8 @@ pub async fn overriding_roles(conn: &Conn) -> Result<Vec<String>, PgSyncError> {
 }
 
 /// Ends every other client session on this connection's database, except this one and those
-/// whose `application_name` is `spare` (the agent's own connections), waiting up to 5 s for each
+/// of this session's role whose `application_name` is `spare` (the agent's own connections: any
+/// other role naming itself so is ended too), waiting up to 5 s for each
 /// to be gone. Returns how many ended.
 ///
 /// # Errors
@@ -141,7 +151,8 @@ pub async fn end_other_sessions(conn: &Conn, spare: &str) -> Result<u32, PgSyncE
              WHERE a.datname = pg_catalog.current_database()
                AND a.backend_type = 'client backend'
                AND a.pid <> pg_catalog.pg_backend_pid()
-               AND a.application_name IS DISTINCT FROM $1",
+               AND NOT (a.application_name IS NOT DISTINCT FROM $1
+                        AND a.usename = CURRENT_USER)",
             &[&spare, &TERMINATE_WAIT_MS],
         )
         .await
@@ -157,6 +168,230 @@ pub async fn end_other_sessions(conn: &Conn, spare: &str) -> Result<u32, PgSyncE
     let n: i64 = row.get(0);
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
+
+/// One `CONNECT` privilege on the database that [`lock_out`] took away (granted by the owner).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectGrant {
+    /// The role it was granted to; `None`: `PUBLIC`.
+    pub grantee: Option<String>,
+    /// It was granted `WITH GRANT OPTION`.
+    pub grantable: bool,
+}
+
+impl ConnectGrant {
+    fn target(&self) -> String {
+        self.grantee
+            .as_deref()
+            .map_or_else(|| "PUBLIC".to_string(), sql::ident)
+    }
+
+    /// `PUBLIC` or the role's name, for people.
+    pub fn shown(&self) -> &str {
+        self.grantee.as_deref().unwrap_or("PUBLIC")
+    }
+}
+
+/// The `CONNECT` privileges on this database that [`lock_out`] takes away: those the owner
+/// granted (a default ACL counts as the owner's grants to itself and `PUBLIC`) to `PUBLIC` and to
+/// every role except superusers (privileges do not bind them), this session's role, and — when
+/// that role is not a superuser — the roles whose privileges it inherits (it would lose
+/// `CONNECT` with them).
+///
+/// # Errors
+/// [`PgSyncError::Query`] when the catalog cannot be read.
+pub async fn connect_grants(conn: &Conn) -> Result<Vec<ConnectGrant>, PgSyncError> {
+    let rows = conn
+        .client()
+        .query(
+            "WITH me AS (SELECT oid, rolsuper FROM pg_catalog.pg_roles WHERE rolname = CURRENT_USER)
+             SELECT CASE WHEN a.grantee = 0 THEN NULL
+                         ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END,
+                    a.is_grantable
+             FROM pg_catalog.pg_database d, me,
+                  pg_catalog.aclexplode(coalesce(d.datacl,
+                                                 pg_catalog.acldefault('d', d.datdba))) a
+             WHERE d.datname = pg_catalog.current_database()
+               AND a.privilege_type = 'CONNECT'
+               AND a.grantor = d.datdba
+               AND a.grantee <> me.oid
+               AND (a.grantee = 0 OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r
+                                                 WHERE r.oid = a.grantee AND r.rolsuper))
+               AND (a.grantee = 0 OR me.rolsuper
+                    OR NOT pg_catalog.pg_has_role(me.oid, a.grantee, 'USAGE'))
+             ORDER BY 1 NULLS FIRST",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(None, "read who may connect to the database", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| ConnectGrant {
+            grantee: r.get(0),
+            grantable: r.get(1),
+        })
+        .collect())
+}
+
+/// In one transaction: revokes `grants` (from [`connect_grants`]) and, with `set_on`, sets the
+/// database's own [`SETTING`] to `on`. Refused — nothing changed — when this session's role would
+/// then be unable to connect itself.
+///
+/// # Errors
+/// [`PgSyncError::Query`]; a missing privilege says that the database's owner or a superuser is
+/// needed.
+pub async fn lock_out(
+    conn: &Conn,
+    set_on: bool,
+    grants: &[ConnectGrant],
+) -> Result<(), PgSyncError> {
+    let name = current_database(conn).await?;
+    let db = sql::ident(&name);
+    let mut statement = String::from("BEGIN READ WRITE;");
+    for g in grants {
+        statement.push_str(&format!(
+            " REVOKE CONNECT ON DATABASE {db} FROM {};",
+            g.target()
+        ));
+    }
+    if set_on {
+        statement.push_str(&format!(" ALTER DATABASE {db} SET {SETTING} = on;"));
+    }
+    let what = "take CONNECT away and make the database read-only";
+    if let Err(e) = conn.client().batch_execute(&statement).await {
+        let _ = conn.client().batch_execute("ROLLBACK").await;
+        return Err(failed(conn, what, OWNER_NEEDED, &e));
+    }
+    let kept: Result<bool, _> = conn
+        .client()
+        .query_one(
+            "SELECT pg_catalog.has_database_privilege(CURRENT_USER, pg_catalog.current_database(), 'CONNECT')",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0));
+    match kept {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = conn.client().batch_execute("ROLLBACK").await;
+            return Err(PgSyncError::Query {
+                database: conn.database().to_string(),
+                table: None,
+                what: what.into(),
+                code: Some("42501".into()),
+                message: "the agent's own role would lose CONNECT on the database (it has it only \
+                          through PUBLIC); nothing was changed: GRANT CONNECT ON DATABASE to the \
+                          role in this database's conninfo, or connect as the owner or a superuser"
+                    .into(),
+            });
+        }
+        Err(e) => {
+            let _ = conn.client().batch_execute("ROLLBACK").await;
+            return Err(conn.err(None, what, &e));
+        }
+    }
+    conn.client()
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| failed(conn, what, OWNER_NEEDED, &e))
+}
+
+/// Undoes [`lock_out`] in one transaction: grants `grants` back (as the owner, `WITH GRANT OPTION`
+/// where they had it) and sets the database's own [`SETTING`] to `setting` (`None`: `RESET`).
+/// A role dropped since is skipped; its name is returned.
+///
+/// # Errors
+/// As [`lock_out`].
+pub async fn restore_access(
+    conn: &Conn,
+    setting: Option<&str>,
+    grants: &[ConnectGrant],
+) -> Result<Vec<String>, PgSyncError> {
+    let name = current_database(conn).await?;
+    let db = sql::ident(&name);
+    let what = "give CONNECT back and restore the database's default_transaction_read_only";
+    let mut statement = String::from("BEGIN READ WRITE;");
+    let mut gone = Vec::new();
+    for g in grants {
+        if let Some(role) = &g.grantee {
+            let exists = conn
+                .client()
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    &[role],
+                )
+                .await
+                .map_err(|e| conn.err(None, what, &e))?
+                .is_some();
+            if !exists {
+                gone.push(role.clone());
+                continue;
+            }
+        }
+        statement.push_str(&format!(
+            " GRANT CONNECT ON DATABASE {db} TO {}{};",
+            g.target(),
+            if g.grantable {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            }
+        ));
+    }
+    statement.push_str(&match setting {
+        Some(v) => format!(" ALTER DATABASE {db} SET {SETTING} = {};", sql::literal(v)),
+        None => format!(" ALTER DATABASE {db} RESET {SETTING};"),
+    });
+    statement.push_str(" COMMIT");
+    if let Err(e) = conn.client().batch_execute(&statement).await {
+        let _ = conn.client().batch_execute("ROLLBACK").await;
+        return Err(failed(conn, what, OWNER_NEEDED, &e));
+    }
+    Ok(gone)
+}
+
+/// Login roles other than this session's, not superusers, that can still connect to the
+/// database (through a grant [`lock_out`] does not revoke, or by inheriting this session's role).
+///
+/// # Errors
+/// [`PgSyncError::Query`] when the catalog cannot be read.
+pub async fn roles_still_connecting(conn: &Conn) -> Result<Vec<String>, PgSyncError> {
+    let rows = conn
+        .client()
+        .query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles
+             WHERE rolcanlogin AND NOT rolsuper AND rolname <> CURRENT_USER
+               AND pg_catalog.has_database_privilege(oid, pg_catalog.current_database(), 'CONNECT')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(None, "read which roles may still connect", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// This session's role, for messages.
+///
+/// # Errors
+/// [`PgSyncError::Query`].
+pub async fn session_role(conn: &Conn) -> Result<String, PgSyncError> {
+    conn.client()
+        .query_one("SELECT CURRENT_USER::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| conn.err(None, "read the session's role", &e))
+}
+
+async fn current_database(conn: &Conn) -> Result<String, PgSyncError> {
+    conn.client()
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| conn.err(None, "read the database's name", &e))
+}
+
+/// What a refused `ALTER DATABASE`, `GRANT` or `REVOKE` needs.
+const OWNER_NEEDED: &str = "ALTER DATABASE, GRANT and REVOKE on it need the database's owner or a \
+                            superuser: connect as one of them in this database's conninfo";
 
 /// Whether a stored boolean setting value means on (PostgreSQL's spellings: `on`, `true`, `yes`,
 /// `1`, and unique prefixes of `true` and `yes`).

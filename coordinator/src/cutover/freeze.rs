@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `maintenance-page` | nginx answers 503 + `Retry-After` (the plan's `maintenance_pass` paths still reach the app) | the original site file back, byte for byte |
 //! | `stop-apps` | the plan's `[pm2] apps` stopped (and waited for) | started again, waited until online |
-//! | `read-only` | each plan database `default_transaction_read_only = on`, other sessions ended | the database's own earlier setting back |
+//! | `read-only` | each plan database `default_transaction_read_only = on`, `CONNECT` taken from every other non-superuser role, other sessions ended | the database's own earlier setting and the recorded privileges back |
 //!
 //! The agents keep what they changed on their own disk (the saved site file, the recorded
 //! database setting), so an undo works after an agent restart and repeating either direction is
@@ -172,8 +172,9 @@ pub fn manual_undo(plan: &Plan, m: FreezeMethod) -> String {
             .iter()
             .map(|d| {
                 format!(
-                    "psql -d {} -c 'ALTER DATABASE \"{}\" RESET default_transaction_read_only' (on the old host, as its owner)",
-                    d.name, d.name
+                    "psql -d {} -c 'ALTER DATABASE \"{}\" RESET default_transaction_read_only' (on the old host, as its owner), \
+                     then GRANT CONNECT ON DATABASE back to each role listed under connect_revoked in the old agent's <state_dir>/freeze/{}.json",
+                    d.name, d.name, d.name
                 )
             })
             .collect::<Vec<_>>()

@@ -347,16 +347,18 @@ impl CutoverRig {
         );
     }
 
-    /// The old host is frozen: INSERT refused as read-only (25006), `/` a 503 maintenance page
+    /// The old host is frozen: the app's role refused (its connection for want of `CONNECT`,
+    /// 42501, or its INSERT as read-only, 25006), `/` a 503 maintenance page
     /// with `Retry-After`, `/health` passed through to the (stopped) app rather than answered by
     /// the maintenance page, the app stopped in PM2.
     pub async fn assert_old_frozen(&self, why: &str) {
         match self.old_write_probe_as_app().await {
             Ok(()) => panic!("{why}: the old database took a write; it must be read-only"),
-            Err(e) => assert_eq!(
-                e.code(),
-                Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-                "{why}: INSERT on the old database must fail as read-only (25006): {e:?}"
+            Err(e) => assert!(
+                e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+                    || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{why}: the app's write on the old database must be refused by the freeze \
+                 (connection refused, 42501, or read-only, 25006): {e:?}"
             ),
         }
         let root = self.old_nginx.get("/").await;

@@ -5,9 +5,10 @@
 //! inserts a row into `public.assessments` (its `answer` names the writer and the round) and
 //! updates one seeded `public.users` row, so a delta sees both appended and changed key ranges.
 //! The id of the insert is recorded only once `COMMIT` has been acknowledged. A refused write
-//! (the freeze's read-only database: SQLSTATE 25006), an ended session (the freeze ends the
-//! database's sessions) or a failed connect is counted, never fatal: the writer reconnects and
-//! goes on, as a pooled app would.
+//! (the freeze's read-only database: SQLSTATE 25006, or a connection refused because the freeze
+//! took `CONNECT` away: 42501), an ended session (the freeze ends the database's sessions) or a
+//! failed connect is counted, never fatal: the writer reconnects and goes on, as a pooled app
+//! would.
 //!
 //! The no-data-loss proof of a cutover: every id in [`WriterReport::acked`] is present in the
 //! NEW database afterwards. A write that committed but whose acknowledgement was lost is not in
@@ -71,7 +72,8 @@ impl WriterOptions {
 pub struct WriterReport {
     /// Ids of the `assessments` rows whose transaction's COMMIT was acknowledged, in order.
     pub acked: Vec<i64>,
-    /// Rounds refused because the database was read-only (SQLSTATE 25006).
+    /// Rounds refused by the freeze: the database was read-only (SQLSTATE 25006) or the
+    /// connection was refused for want of `CONNECT` (42501).
     pub refused_read_only: u64,
     /// Sessions that ended under the writer (terminated, closed) or failed to connect.
     pub sessions_lost: u64,
@@ -212,14 +214,32 @@ impl Drop for Session {
     }
 }
 
-async fn connect(o: &WriterOptions) -> Result<Session, String> {
+/// Why a connect failed, and whether the freeze refused it (42501: no `CONNECT`).
+struct ConnectError {
+    message: String,
+    refused_by_freeze: bool,
+}
+
+impl From<String> for ConnectError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            refused_by_freeze: false,
+        }
+    }
+}
+
+async fn connect(o: &WriterOptions) -> Result<Session, ConnectError> {
     let (client, connection) = tokio::time::timeout(
         OP_TIMEOUT,
         tokio_postgres::connect(&o.conninfo, tokio_postgres::NoTls),
     )
     .await
     .map_err(|_| format!("connect: no answer within {OP_TIMEOUT:?}"))?
-    .map_err(|e| format!("connect: {e}"))?;
+    .map_err(|e| ConnectError {
+        message: format!("connect: {e}"),
+        refused_by_freeze: e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+    })?;
     let conn = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -269,8 +289,12 @@ async fn run(o: WriterOptions, shared: Arc<Shared>, cancel: CancellationToken) {
                     session = Some(s);
                     Duration::ZERO
                 }
+                Err(e) if e.refused_by_freeze => {
+                    shared.note(&shared.refused_read_only, e.message);
+                    BACKOFF
+                }
                 Err(e) => {
-                    shared.note(&shared.sessions_lost, e);
+                    shared.note(&shared.sessions_lost, e.message);
                     BACKOFF
                 }
             },
