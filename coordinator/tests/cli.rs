@@ -165,6 +165,38 @@ fn plan_check_on_a_broken_plan_exits_2_naming_each_line_and_key() {
 }
 
 #[test]
+fn plan_check_refuses_an_override_value_that_sync_would_refuse() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    hostshift(tmp.path(), &["plan", "init"]);
+    hostshift(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "certs",
+            "--agent",
+            "old=10.0.0.5",
+            "--agent",
+            "new=10.0.0.6",
+        ],
+    );
+    let (code, _, err) = hostshift(tmp.path(), &["plan", "check"]);
+    assert_eq!(code, 0, "the template passes: {err}");
+    let plan = tmp.path().join("plan.toml");
+    let text = std::fs::read_to_string(&plan).expect("read").replace(
+        "overrides = { CORS_ORIGIN = \"https://app.example.com\" }",
+        "overrides = { CORS_ORIGIN = \"https://a.example.com\\nEVIL=1\" }",
+    );
+    assert!(text.contains("EVIL=1"), "the template has the override");
+    std::fs::write(&plan, &text).expect("write");
+    let (code, _, err) = hostshift(tmp.path(), &["plan", "check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("key `files.0.overrides`"), "{err}");
+    assert!(err.contains("line break"), "{err}");
+}
+
+#[test]
 fn help_teaches_the_workflow_and_exit_codes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (code, out, _) = hostshift(tmp.path(), &["--help"]);

@@ -71,12 +71,18 @@ pub(super) fn validate(plan: &Plan, src: &Located) -> Vec<Problem> {
         &mut out,
     );
     for (i, f) in plan.files.iter().enumerate() {
-        for k in f.overrides.keys() {
+        for (k, v) in &f.overrides {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 out.push(src.problem(
                     &format!("files.{i}.overrides"),
                     format!("{k:?} is not a .env key (letters, digits, '_')"),
                 ));
+            } else if let Err(e) =
+                hostshift_shared::dotenv::edit("", &[(k.clone(), Some(v.clone()))])
+            {
+                // The same check the new agent makes when it applies the override (a line break
+                // would add a line of its own to the .env).
+                out.push(src.problem(&format!("files.{i}.overrides"), e.to_string()));
             }
         }
     }
