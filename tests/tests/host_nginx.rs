@@ -260,6 +260,57 @@ async fn maintenance_on_serves_503_with_retry_after_while_health_reaches_the_app
 }
 
 #[tokio::test]
+async fn maintenance_off_says_that_edits_made_during_maintenance_are_not_restored_and_keeps_them() {
+    let f = front("maintenance_edited", true).await;
+    let original = f.nginx.original_site.clone();
+    let out =
+        f.sb.cli(&["nginx", "maintenance", "on", "--host", "old", "--yes"])
+            .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    // Someone edits the live site file while maintenance is on.
+    let mut edited = f.nginx.site_bytes();
+    edited.extend_from_slice(b"\n# added during maintenance\n");
+    std::fs::write(&f.nginx.site, &edited).expect("edit the site");
+
+    let out =
+        f.sb.cli(&["nginx", "maintenance", "off", "--host", "old"])
+            .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert_eq!(f.nginx.site_bytes(), original, "the original is back");
+    assert!(
+        out.stdout.contains("edited during maintenance"),
+        "off says the edits are not in the restored site: {}",
+        out.both()
+    );
+    let kept: Vec<_> = std::fs::read_dir(&f.nginx.state_dir)
+        .expect("state dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("site.edited-"))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).expect("kept"), edited);
+    assert!(
+        out.stdout.contains(&kept[0].display().to_string()),
+        "{}",
+        out.stdout
+    );
+
+    // Without edits, off says nothing of the kind.
+    f.sb.cli(&["nginx", "maintenance", "on", "--host", "old", "--yes"])
+        .await;
+    let out =
+        f.sb.cli(&["nginx", "maintenance", "off", "--host", "old"])
+            .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(
+        !out.stdout.contains("edited during maintenance"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
 async fn maintenance_survives_an_agent_restart_between_on_and_off() {
     let mut f = front("maintenance_restart", true).await;
     let original = f.nginx.original_site.clone();

@@ -21,6 +21,9 @@
 //! Off: verify the saved original against its SHA-256 (`DataLoss` otherwise: never restore a
 //! damaged copy) → write it back with its mode and owner → test → reload → remove the state.
 //! The state goes last, so a failed reload can simply be retried with another `off`.
+//! A site file edited while maintenance was on (neither the original nor the generated page) is
+//! kept as `site.edited-<unix time>` in the state folder first, and the outcome says so: the
+//! restored original does not have those edits.
 //! Off while not on changes nothing — unless the site file carries the maintenance marker
 //! without any saved state, which is reported instead of guessed at.
 //!
@@ -92,6 +95,9 @@ pub struct Outcome {
     pub generated: String,
     /// Unix seconds since maintenance is on.
     pub since_unix: i64,
+    /// Off: where the site file, edited while maintenance was on, was kept (its edits are not in
+    /// the restored original); `None` when it was not edited.
+    pub edited_copy: Option<PathBuf>,
 }
 
 struct Paths {
@@ -416,6 +422,24 @@ pub async fn off(cfg: &NginxConfig, cancel: &CancellationToken) -> Result<Outcom
     };
     let original = saved_original(&p, &st)?;
     let changed = current != original;
+    // Edited while on: neither the original nor the maintenance page generated from it. The
+    // restore discards those edits, so keep the file and say so.
+    let edited = changed
+        && site::generate(
+            text(&original, &p.site)?,
+            &st.pass_paths,
+            st.retry_after_secs,
+            &p.original,
+        )
+        .is_ok_and(|g| g.as_bytes() != current.as_slice());
+    let edited_copy = if edited {
+        let copy = cfg.state_dir.join(format!("site.edited-{}", now_unix()));
+        write_atomic(&copy, &current, 0o600, None)?;
+        tracing::warn!(site = %p.site.display(), kept = %copy.display(), "the site was edited during maintenance; the edits are not in the restored original");
+        Some(copy)
+    } else {
+        None
+    };
     if changed {
         write_atomic(&p.site, &original, st.mode, Some((st.uid, st.gid)))?;
     }
@@ -432,5 +456,6 @@ pub async fn off(cfg: &NginxConfig, cancel: &CancellationToken) -> Result<Outcom
     o.changed = changed;
     o.original_sha256 = st.original_sha256;
     o.test_message = t.message;
+    o.edited_copy = edited_copy;
     Ok(o)
 }

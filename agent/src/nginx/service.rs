@@ -49,6 +49,10 @@ fn response(o: Outcome) -> MaintenanceResponse {
         test_message: o.test_message,
         generated: o.generated,
         since_unix: o.since_unix,
+        edited_copy: o
+            .edited_copy
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -128,6 +128,14 @@ fn print_maintenance(side: Side, r: &MaintenanceResponse, status_only: bool) {
             "Maintenance OFF on the {side} host: {} is the original again, byte for byte (sha256 {})",
             r.site, r.site_sha256
         );
+        if !r.edited_copy.is_empty() {
+            println!(
+                "  WARNING: the site file was edited during maintenance; those edits are NOT in \
+                 the restored original. The edited file is kept in {} on the {side} host: apply \
+                 the edits again, then `hostshift nginx test --host {side}` and `reload`",
+                r.edited_copy
+            );
+        }
     } else {
         println!("Maintenance is off on the {side} host ({})", r.site);
     }

@@ -76,12 +76,21 @@ pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, S
                 .map_err(|s| client::explain_status(&s))?
                 .into_inner();
             Ok(format!(
-                "original site restored ({}{})",
+                "original site restored ({}{}){}",
                 r.site,
                 if r.changed {
                     ""
                 } else {
                     ", was not in maintenance"
+                },
+                if r.edited_copy.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; warning: the site was edited during maintenance, those edits are not \
+                         in the restored original (kept in {} on the old host)",
+                        r.edited_copy
+                    )
                 }
             ))
         }
