@@ -329,6 +329,42 @@ async fn verify_ignores_a_file_only_on_the_new_host_when_the_plan_keeps_extra_fi
     );
 }
 
+#[tokio::test]
+async fn a_user_folder_named_like_the_staging_folder_is_never_skipped_silently() {
+    let mut sb = sandbox("staging_named", 3).await;
+    let theirs = sb.old_storage.join(".hostshift-staging-photos");
+    std::fs::create_dir_all(&theirs).expect("dir");
+    std::fs::write(theirs.join("a.jpg"), b"user data").expect("file");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let out = sb.cli(&["sync"]).await;
+    assert_ne!(
+        out.code,
+        0,
+        "the sync must not report success: {}",
+        out.both()
+    );
+    assert!(
+        out.both().contains(".hostshift-staging-photos") && out.both().contains("rename"),
+        "names the folder and what to do: {}",
+        out.both()
+    );
+    let out = sb.cli(&["verify"]).await;
+    assert_ne!(out.code, 0, "verify must not call it equal: {}", out.both());
+    assert!(
+        out.both().contains(".hostshift-staging-photos"),
+        "{}",
+        out.both()
+    );
+    // Renamed, it is copied like any folder.
+    std::fs::rename(&theirs, sb.old_storage.join("hostshift-staging-photos")).expect("rename");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert_eq!(
+        std::fs::read(sb.new_storage.join("hostshift-staging-photos/a.jpg")).expect("copied"),
+        b"user data"
+    );
+}
+
 fn filetime_of(meta: &std::fs::Metadata) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime(), meta.mtime_nsec())

@@ -110,6 +110,7 @@ impl Source for SourceService {
                 self.ctx
                     .grants
                     .authorize(&who, &r.grant, &format!("storage:{}", m.tree))?;
+                source::refuse_staging_names(&self.ctx, &m.tree)?;
                 let manifest = source::manifest(&self.ctx, &m.tree, m.full).await?;
                 source::framed_bytes(manifest.encode())
             }

@@ -171,6 +171,44 @@ pub fn manifest_cache(ctx: &Ctx, tree: &str) -> PathBuf {
         .join(format!("{tree}.manifest"))
 }
 
+/// On the source: refuses a tree whose top level holds an entry named like the agent's staging
+/// folders (`.hostshift-staging-*`). The walk skips those names (a target's staging folders are
+/// not user data), so such a folder would be neither copied nor verified: say so instead. A
+/// tree this agent may write (`[allow] write_storage`) is exempt, as its staging folders of an
+/// interrupted sync are its own.
+///
+/// # Errors
+/// `FailedPrecondition` naming the entries and what to do; `Io` when the root cannot be listed.
+pub fn refuse_staging_names(ctx: &Ctx, tree: &str) -> Result<(), AgentError> {
+    use std::os::unix::ffi::OsStrExt;
+    if ctx.config.allow.write_storage.iter().any(|t| t == tree) {
+        return Ok(());
+    }
+    let root = &ctx.storage(tree)?.path;
+    let listing = match std::fs::read_dir(root) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AgentError::io("list", root, e)),
+    };
+    let mut reserved: Vec<String> = listing
+        .filter_map(Result::ok)
+        .map(|de| de.file_name())
+        .filter(|n| crate::storage::relpath::is_staging_name(n.as_bytes()))
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    if reserved.is_empty() {
+        return Ok(());
+    }
+    reserved.sort();
+    Err(AgentError::FailedPrecondition(format!(
+        "tree {tree} ({}) holds {} at its top level, a name hostshift reserves for its staging \
+         folders: sync and verify would skip it; rename it on the old host (e.g. without the \
+         leading '.hostshift-staging'), then sync again",
+        root.display(),
+        reserved.join(", ")
+    )))
+}
+
 /// Builds the manifest of a configured tree (`full`: re-hash everything), refreshing the cache.
 ///
 /// # Errors
