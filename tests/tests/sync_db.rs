@@ -195,6 +195,53 @@ async fn a_rerun_copies_only_the_table_that_changed_and_verify_catches_a_single_
 }
 
 #[tokio::test]
+async fn verify_compares_the_schema_and_a_rerun_completes_a_post_data_that_never_finished() {
+    let mut sb = Sandbox::new("db_half_post_data").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    assert_eq!(sb.cli(&["sync"]).await.code, 0);
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    // What a first sync killed in the middle of its post-data leaves: the data is all there,
+    // some indexes are not, and the journal never recorded the post-data as done.
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    new.batch_execute("DROP INDEX users_email_lower_idx; DROP INDEX questions_author_id_idx")
+        .await
+        .expect("drop two indexes");
+    let journal = sb.dir.join(".hostshift/test/journal.jsonl");
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let unfinished: String = text
+        .lines()
+        .filter(|l| !(l.contains("schema (post-data)") && l.contains("\"status\":\"done\"")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(text, unfinished, "the journal had the post-data done");
+    std::fs::write(&journal, unfinished).expect("journal without the post-data done");
+
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(
+        out.code,
+        1,
+        "a half-applied post-data is not equal: {}",
+        out.both()
+    );
+    assert!(
+        out.stdout.contains("schema app") && out.stdout.contains("table public.users"),
+        "verify names the schema difference: {}",
+        out.stdout
+    );
+
+    let out = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(
+        out.code,
+        0,
+        "the rerun completes the post-data: {}",
+        out.both()
+    );
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+}
+
+#[tokio::test]
 async fn restore_is_refused_where_the_new_agent_does_not_allow_it() {
     let mut sb = Sandbox::new("db_refused").await;
     let mut new = sb.new_setup();

@@ -405,7 +405,9 @@ async fn post_data(
     .map(|_| ())
 }
 
-/// Whether an earlier sync finished this database's post-data (its journal unit is `done`).
+/// Whether the latest sync that ran this database's post-data finished it (its journal unit's
+/// last event is `done`): a later first sync (the new database recreated) killed in its
+/// post-data is unfinished even though an older one finished.
 fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
     let name = format!("{unit} schema (post-data)");
     run.journal
@@ -415,7 +417,8 @@ fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
         .is_some_and(|events| {
             events
                 .iter()
-                .any(|e| e.phase == "sync" && e.unit == name && e.status == "done")
+                .rfind(|e| e.phase == "sync" && e.unit == name)
+                .is_some_and(|e| e.status == "done")
         })
 }
 

@@ -246,6 +246,9 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     }
     for d in &plan.databases {
         let sel = super::database::Selections::of(d);
+        // The definitions too (tables, indexes, constraints, triggers, functions, types): equal
+        // rows under a half-applied post-data (a first sync killed in the middle) are not equal.
+        rows.push(schema_row(&old, &new, d, &sel).await);
         match super::database::fingerprints(&old, &new, &sel).await {
             Err(e) => rows.push(Row {
                 kind: "database".into(),
@@ -335,4 +338,41 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         ms: started.elapsed().as_millis() as u64,
         old_tables,
     })
+}
+
+/// The `schema` row of one database: the objects whose definitions differ
+/// ([`super::database::schema_differences`]), at most 10 named.
+async fn schema_row(
+    old: &client::Agent,
+    new: &client::Agent,
+    d: &crate::plan::PlanDatabase,
+    sel: &super::database::Selections,
+) -> Row {
+    let (equal, detail) = match super::database::schema_differences(old, new, sel).await {
+        Err(e) => (false, format!("cannot compare the schemas: {e}")),
+        Ok(differ) if differ.is_empty() => (true, String::new()),
+        Ok(differ) => {
+            let n = differ.len();
+            let mut shown: Vec<String> = differ.into_iter().take(10).collect();
+            if n > 10 {
+                shown.push(format!("and {} more", n - 10));
+            }
+            (
+                false,
+                format!(
+                    "definitions differ: {} (a sync rerun completes an unfinished first sync; \
+                     otherwise apply the same change on the new host)",
+                    shown.join("; ")
+                ),
+            )
+        }
+    };
+    Row {
+        kind: "schema".into(),
+        name: d.name.clone(),
+        equal,
+        old: String::new(),
+        new: String::new(),
+        detail,
+    }
 }
