@@ -365,6 +365,60 @@ async fn a_user_folder_named_like_the_staging_folder_is_never_skipped_silently()
     );
 }
 
+/// A 1 MiB tmpfs mounted on a folder for the test's life (the rig runs as root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount (util-linux)");
+        assert!(
+            ok.success(),
+            "mount a tmpfs on {} (needs root)",
+            at.display()
+        );
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_sync_that_cannot_fit_on_the_new_disk_is_refused_before_writing_anything() {
+    let mut sb = sandbox("sync_small_disk", 0).await;
+    let big = sb.old_storage.join("big");
+    std::fs::create_dir_all(&big).expect("dir");
+    for i in 0..3 {
+        std::fs::write(big.join(format!("b{i}.bin")), vec![i as u8; 1 << 20]).expect("file");
+    }
+    let _disk = SmallDisk::mount(&sb.new_storage);
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let out = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.both().contains("free") && out.both().contains("evaluations"),
+        "the refusal says how much is needed and free: {}",
+        out.both()
+    );
+    let left: Vec<_> = std::fs::read_dir(&sb.new_storage)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing written on the new host: {left:?}");
+}
+
 fn filetime_of(meta: &std::fs::Metadata) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime(), meta.mtime_nsec())

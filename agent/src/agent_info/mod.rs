@@ -2,7 +2,7 @@
 //! whether they answer, free disk under each configured root (`Info`), and the sizes and row
 //! counts the coordinator's preflight needs (`Inventory`).
 
-mod disk;
+pub(crate) mod disk;
 mod inventory;
 mod service;
 mod tools;

@@ -277,6 +277,7 @@ impl Target for TargetService {
         .map_err(AgentError::from)?;
         let target = source::manifest(ctx, &r.tree, false).await?;
         let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
+        enough_space(ctx, &r.tree, &delta)?;
         let batch_bytes = r.batch_bytes.max(1);
         let batch_files = r.batch_files.max(1);
         let mut batches = Vec::new();
@@ -393,6 +394,41 @@ impl Target for TargetService {
             deleted: stats.deleted,
         }))
     }
+}
+
+/// Bytes a staged file may take beyond its size (its last block, its inode).
+const PER_FILE_OVERHEAD: u64 = 4096;
+
+/// Refuses a plan whose files cannot fit on the tree's file system, before anything is written
+/// (a sync that ran into ENOSPC midway left folders behind). A replaced file's old copy is freed
+/// only after the new one is staged and renamed, so every byte to send counts in full.
+///
+/// # Errors
+/// `FailedPrecondition` with the sizes and what to do.
+fn enough_space(ctx: &Ctx, tree: &str, delta: &storage::Delta) -> Result<(), AgentError> {
+    if delta.send.is_empty() {
+        return Ok(());
+    }
+    let root = &ctx.storage(tree)?.path;
+    let needed = delta.bytes_to_send + PER_FILE_OVERHEAD * delta.send.len() as u64;
+    let Ok((free, _)) = crate::agent_info::disk::fs_usage(root) else {
+        return Ok(());
+    };
+    if free >= needed {
+        return Ok(());
+    }
+    Err(AgentError::FailedPrecondition(format!(
+        "tree {tree}: {} files need about {} on {}, but only {} is free there; nothing was \
+         written: free space or grow the volume on the new host, then sync again",
+        delta.send.len(),
+        mib(needed),
+        root.display(),
+        mib(free)
+    )))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// The differences between two manifests, for people: what is missing on this side, what
