@@ -235,6 +235,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Longest `[backup] keep_days` (ten years): more is a typo, not a retention policy.
+pub const MAX_KEEP_DAYS: u32 = 3650;
+
 /// `[backup]`: backups made on this host (`hostshift backup`, `hostshift-agent backup`). Making a
 /// backup only writes under `dir`, so it needs no `[allow]`; restoring one does.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -244,7 +247,7 @@ pub struct BackupConfig {
     /// must not lie inside a storage tree. Default `/var/backups/hostshift`.
     #[serde(default = "default_backup_dir")]
     pub dir: PathBuf,
-    /// Keep every backup younger than this many days. Unset: no age rule.
+    /// Keep every backup younger than this many days (1 to 3650). Unset: no age rule.
     pub keep_days: Option<u32>,
     /// Keep the newest this many backups (at least 1). Unset: no count rule. With neither rule
     /// set, nothing is ever pruned; the newest backup that verifies is always kept.
@@ -510,6 +513,16 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        if let Some(d) = b.keep_days
+            && !(1..=MAX_KEEP_DAYS).contains(&d)
+        {
+            out.push(src.problem(
+                "backup.keep_days",
+                format!(
+                    "{d} is outside 1..={MAX_KEEP_DAYS} days (0 would keep nothing by age; leave keep_days out for no age rule)"
+                ),
+            ));
         }
         if b.keep_last == Some(0) {
             out.push(src.problem(
