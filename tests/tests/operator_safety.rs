@@ -194,10 +194,11 @@ fn files_under(root: &Path, skip: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
             };
             if m.is_dir() {
                 stack.push(p);
-            } else if m.is_file() && p != skip {
-                if let Ok(b) = std::fs::read(&p) {
-                    out.push((p, b));
-                }
+            } else if m.is_file()
+                && p != skip
+                && let Ok(b) = std::fs::read(&p)
+            {
+                out.push((p, b));
             }
         }
     }

@@ -167,7 +167,7 @@ impl Snapshots {
                     .collect()
             })
             .unwrap_or_default();
-        v.sort_by(|a, b| b.age.cmp(&a.age));
+        v.sort_by_key(|b| std::cmp::Reverse(b.age));
         v
     }
 
