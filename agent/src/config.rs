@@ -235,6 +235,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Longest `[backup] keep_days` (ten years): more is a typo, not a retention policy.
+pub const MAX_KEEP_DAYS: u32 = 3650;
+
 /// `[backup]`: backups made on this host (`hostshift backup`, `hostshift-agent backup`). Making a
 /// backup only writes under `dir`, so it needs no `[allow]`; restoring one does.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -244,7 +247,7 @@ pub struct BackupConfig {
     /// must not lie inside a storage tree. Default `/var/backups/hostshift`.
     #[serde(default = "default_backup_dir")]
     pub dir: PathBuf,
-    /// Keep every backup younger than this many days. Unset: no age rule.
+    /// Keep every backup younger than this many days (1 to 3650). Unset: no age rule.
     pub keep_days: Option<u32>,
     /// Keep the newest this many backups (at least 1). Unset: no count rule. With neither rule
     /// set, nothing is ever pruned; the newest backup that verifies is always kept.
@@ -350,6 +353,11 @@ impl AgentConfig {
                 ));
             }
         }
+        if out.iter().all(|p| p.key != "tls.key")
+            && let Err(e) = hostshift_shared::tls::check_key_mode(&self.tls.key)
+        {
+            out.push(src.problem("tls.key", e));
+        }
         if out.iter().all(|p| !p.key.starts_with("tls.")) {
             match self.tls.files().own_identity() {
                 Ok(id) if id.role == hostshift_shared::identity::Role::Agent => {}
@@ -370,14 +378,12 @@ impl AgentConfig {
             if d.conninfo.trim().is_empty() {
                 out.push(src.problem(&format!("databases.{i}.conninfo"), "must not be empty"));
             }
-            if d.conninfo.contains("password=") || conninfo_url_has_password(&d.conninfo) {
-                out.push(src.problem(
-                    &format!("databases.{i}.conninfo"),
-                    "holds a password: move it to a file and name it in `password_file`",
-                ));
-            }
+            conninfo_problems(src, i, d, &mut out);
             if let Some(p) = &d.password_file {
                 absolute(src, &format!("databases.{i}.password_file"), p, &mut out);
+                if let Err(e) = private_file_mode(p) {
+                    out.push(src.problem(&format!("databases.{i}.password_file"), e));
+                }
             }
             if let Some(p) = &d.ca_file {
                 absolute(src, &format!("databases.{i}.ca_file"), p, &mut out);
@@ -508,6 +514,16 @@ impl AgentConfig {
                 ));
             }
         }
+        if let Some(d) = b.keep_days
+            && !(1..=MAX_KEEP_DAYS).contains(&d)
+        {
+            out.push(src.problem(
+                "backup.keep_days",
+                format!(
+                    "{d} is outside 1..={MAX_KEEP_DAYS} days (0 would keep nothing by age; leave keep_days out for no age rule)"
+                ),
+            ));
+        }
         if b.keep_last == Some(0) {
             out.push(src.problem(
                 "backup.keep_last",
@@ -568,17 +584,77 @@ fn user_exists(src: &Located, key: &str, user: &str, out: &mut Vec<Problem>) {
     }
 }
 
-fn conninfo_url_has_password(s: &str) -> bool {
-    let Some(rest) = s
-        .strip_prefix("postgresql://")
-        .or_else(|| s.strip_prefix("postgres://"))
-    else {
-        return false;
+/// What the one conninfo parser ([`hostshift_shared::conninfo`]) finds wrong with a database's
+/// connection settings: a password in it (it would reach `pg_dump`'s command line, visible in
+/// `ps`), or an unverified connection to a host that is not this machine.
+fn conninfo_problems(src: &Located, i: usize, d: &DatabaseConfig, out: &mut Vec<Problem>) {
+    let key = format!("databases.{i}.conninfo");
+    let info = match hostshift_shared::conninfo::parse(&d.conninfo) {
+        Ok(info) => info,
+        Err(e) => {
+            out.push(src.problem(&key, e.to_string()));
+            return;
+        }
     };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority
-        .split_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    if let Some(at) = info.password_locations().first() {
+        out.push(src.problem(
+            &key,
+            format!(
+                "holds a password ({at}): move it to a file (mode 0600) and name it in `password_file`"
+            ),
+        ));
+    }
+    let weak = info
+        .sslmode()
+        .filter(|m| matches!(*m, "disable" | "allow" | "prefer"));
+    let remote = info.remote_hosts();
+    match (weak, &d.ca_file) {
+        (Some(m), Some(_)) => out.push(src.problem(
+            &key,
+            format!(
+                "sslmode={m} contradicts ca_file (which asks for TLS with the server's certificate verified): remove sslmode from conninfo, or remove ca_file for a local server"
+            ),
+        )),
+        (Some(m), None) if !remote.is_empty() => out.push(src.problem(
+            &key,
+            format!(
+                "sslmode={m} to {} (not this machine) would send the database unencrypted or unverified: remove sslmode and set ca_file to the PEM of the CA that signed the server's certificate",
+                remote.join(", ")
+            ),
+        )),
+        (None, None)
+            if !remote.is_empty()
+                && !matches!(info.sslmode(), Some("require" | "verify-ca" | "verify-full")) =>
+        {
+            out.push(src.problem(
+                &key,
+                format!(
+                    "{} is not this machine: set ca_file to the PEM of the CA that signed the server's certificate (e.g. the RDS bundle), so the connection uses TLS and verifies it",
+                    remote.join(", ")
+                ),
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// A secret file (password file) that group or others can read or write is refused, the way
+/// libpq refuses such a `.pgpass` and ssh such a key. A missing file is not checked here (it
+/// is read at connect time, which names it).
+///
+/// # Errors
+/// The message for the operator, with the `chmod` to run.
+pub fn private_file_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(format!(
+            "{} is readable by group or others (mode {:04o}): run `chmod 600 {}`",
+            path.display(),
+            m.permissions().mode() & 0o7777,
+            path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -659,12 +735,5 @@ mod tests {
         let md = include_str!("../../docs/agent-config.md");
         hostshift_shared::tomlpos::check_reference_block::<AgentConfig>(md)
             .unwrap_or_else(|e| panic!("docs/agent-config.md is out of date: {e}"));
-    }
-
-    #[test]
-    fn password_in_conninfo_is_refused() {
-        assert!(conninfo_url_has_password("postgresql://u:secret@h/db"));
-        assert!(!conninfo_url_has_password("postgresql://u@h/db"));
-        assert!(!conninfo_url_has_password("host=/tmp user=u"));
     }
 }

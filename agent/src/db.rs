@@ -88,14 +88,34 @@ fn x509_pems(pem: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The database's `conninfo` as the one parser ([`hostshift_shared::conninfo`]) read it, in
+/// the keyword form and without any password (config validation refuses one; this keeps a
+/// password from ever reaching a command line even so). Every connection and every
+/// `pg_dump --dbname=…` uses this string.
+///
+/// # Errors
+/// `Unavailable` naming the database when the conninfo cannot be parsed.
+pub fn conninfo(db: &DatabaseConfig) -> Result<String, AgentError> {
+    hostshift_shared::conninfo::parse(&db.conninfo)
+        .map(|c| c.to_keywords(&[]))
+        .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))
+}
+
+/// `--dbname=<conninfo>` for `pg_dump`/`pg_restore`/`psql`, from [`conninfo`].
+///
+/// # Errors
+/// As [`conninfo`].
+pub fn dbname_arg(db: &DatabaseConfig) -> Result<String, AgentError> {
+    Ok(format!("--dbname={}", conninfo(db)?))
+}
+
 /// Opens a connection to a configured database; the connection task runs until the client drops.
 ///
 /// # Errors
 /// `Unavailable` naming the database when the connection string is invalid, the password file
 /// unreadable, the server unreachable, or its certificate not trusted.
 pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, AgentError> {
-    let mut cfg: tokio_postgres::Config = db
-        .conninfo
+    let mut cfg: tokio_postgres::Config = conninfo(db)?
         .parse()
         .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
     if let Some(pf) = &db.password_file {

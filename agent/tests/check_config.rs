@@ -153,3 +153,134 @@ fn systemd_unit_checks_the_config_first_and_does_not_restart_on_a_bad_one() {
     // The exit code the unit relies on is the one the binary uses.
     assert_eq!(hostshift_shared::exit::CONFIG, 78);
 }
+
+/// The exit code and stderr of `check-config` for a config with `body` appended.
+fn check(tmp: &Path, pki: &PkiFiles, body: &str) -> (Option<i32>, String) {
+    let path = tmp.join("agent.toml");
+    std::fs::write(&path, config(pki, body)).expect("write");
+    let out = agent(&["--config", path.to_str().expect("utf8"), "check-config"]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 9.5 / 14.4: every spelling of a password in `conninfo` is refused by one real parser
+/// (spaces around `=`, quotes, a URI's user:password@, a percent-encoded query key), naming the
+/// key and never echoing the secret.
+#[test]
+fn every_spelling_of_a_password_in_conninfo_exits_78() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = certs(tmp.path());
+    for conninfo in [
+        "host=/run/postgresql dbname=app password = hunter2",
+        "host=/run/postgresql dbname=app password='hunter2'",
+        "postgresql://app:hunter2@localhost/app",
+        "postgresql://app@localhost/app?pass%77ord=hunter2",
+    ] {
+        let body = format!("[[databases]]\nname = \"app\"\nconninfo = {conninfo:?}\n");
+        let (code, err) = check(tmp.path(), &pki, &body);
+        assert_eq!(code, Some(78), "{conninfo}: {err}");
+        assert!(
+            err.contains("key `databases.0.conninfo`") && err.contains("password_file"),
+            "{conninfo}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "the secret is echoed: {err}");
+    }
+}
+
+/// Issue 14.4: `sslmode=disable` (or allow/prefer) to a host that is not this machine, and any
+/// of them next to a `ca_file`, are refused: the server's certificate is always verified.
+#[test]
+fn unverified_tls_to_a_remote_database_exits_78() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = certs(tmp.path());
+    let ca = pki.ca_cert.display().to_string();
+    for (conninfo, ca_file, expect) in [
+        (
+            "host=db.example.com dbname=app sslmode=disable",
+            None,
+            "sslmode=disable",
+        ),
+        (
+            "postgresql://app@10.0.0.5/app?sslmode=prefer",
+            None,
+            "sslmode=prefer",
+        ),
+        ("host=db.example.com dbname=app", None, "ca_file"),
+        (
+            "host=127.0.0.1 dbname=app sslmode=disable",
+            Some(&ca),
+            "ca_file",
+        ),
+    ] {
+        let mut body = format!("[[databases]]\nname = \"app\"\nconninfo = {conninfo:?}\n");
+        if let Some(ca) = ca_file {
+            body.push_str(&format!("ca_file = {ca:?}\n"));
+        }
+        let (code, err) = check(tmp.path(), &pki, &body);
+        assert_eq!(code, Some(78), "{conninfo}: {err}");
+        assert!(
+            err.contains("key `databases.0.conninfo`") && err.contains(expect),
+            "{conninfo}: {err}"
+        );
+    }
+    // A local socket without TLS, and a remote host with a CA, stay fine.
+    for body in [
+        "[[databases]]\nname = \"app\"\nconninfo = \"host=/run/postgresql sslmode=disable\"\n"
+            .to_string(),
+        format!(
+            "[[databases]]\nname = \"app\"\nconninfo = \"host=db.example.com dbname=app\"\nca_file = {ca:?}\n"
+        ),
+    ] {
+        let (code, err) = check(tmp.path(), &pki, &body);
+        assert_eq!(code, Some(0), "{body}: {err}");
+    }
+}
+
+/// Issue 14.4: a `password_file` readable by group or others is refused with the chmod to run.
+#[test]
+fn password_file_readable_by_others_exits_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = certs(tmp.path());
+    let pw = tmp.path().join("db.password");
+    std::fs::write(&pw, "hunter2\n").expect("write");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let body = format!(
+        "[[databases]]\nname = \"app\"\nconninfo = \"host=/run/postgresql\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    let (code, err) = check(tmp.path(), &pki, &body);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("key `databases.0.password_file`")
+            && err.contains(&format!("chmod 600 {}", pw.display())),
+        "{err}"
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, err) = check(tmp.path(), &pki, &body);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Issue 9.5: like ssh, the agent refuses a private key that group or others can read, in
+/// check-config and serve alike, with the chmod to run.
+#[test]
+fn private_key_readable_by_others_exits_78() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = certs(tmp.path());
+    let key = &pki.agents[0].2;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config(&pki, "")).expect("write");
+    for cmd in ["check-config", "serve"] {
+        let out = agent(&["--config", path.to_str().expect("utf8"), cmd]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cmd}: {err}");
+        assert!(
+            err.contains("key `tls.key`") && err.contains(&format!("chmod 600 {}", key.display())),
+            "{cmd}: {err}"
+        );
+    }
+}

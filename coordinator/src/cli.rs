@@ -145,11 +145,21 @@ pub fn main() -> ExitCode {
             return ExitCode::from(hostshift_shared::exit::FAILED);
         }
     };
+    let json = cli.global.json;
     let result = rt.block_on(run(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e);
+            // `--json` promises one document on stdout, also when the command failed before
+            // it had one (an agent unreachable, a bad plan): scripts read `ok` and `error`.
+            if json && !crate::output::json_printed() {
+                crate::output::print_json(&serde_json::json!({
+                    "ok": false,
+                    "error": format!("{:#}", e.error()),
+                    "exit_code": e.code(),
+                }));
+            }
             ExitCode::from(e.code())
         }
     }
@@ -161,7 +171,10 @@ fn report(e: &CliError) {
         CliError::Failed(_) => "failed",
         CliError::OperatorAction(_) => "ACTION NEEDED",
     };
-    eprintln!("hostshift: {kind}: {:#}", e.error());
+    eprintln!(
+        "hostshift: {kind}: {}",
+        crate::output::printable(&format!("{:#}", e.error()))
+    );
 }
 
 /// Runs one parsed command.

@@ -225,7 +225,16 @@ pub fn explain_status(s: &tonic::Status) -> String {
             with_hint(parts)
         }
         _ if s.code() == tonic::Code::Unavailable => with_hint(vec![s.message().to_string()]),
-        _ => format!("{}: {}", code_word(s.code()), s.message()),
+        _ => {
+            // The agent's message may already start with the word ("integrity check failed:
+            // …" from a DataLoss): say it once.
+            let word = code_word(s.code());
+            if s.message().starts_with(word) {
+                s.message().to_string()
+            } else {
+                format!("{word}: {}", s.message())
+            }
+        }
     }
 }
 
@@ -266,4 +275,23 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(RPC_TIMEOUT);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_message_that_starts_with_the_code_word_says_it_once() {
+        let s = tonic::Status::data_loss("integrity check failed: chunk 3 is corrupt");
+        assert_eq!(
+            explain_status(&s),
+            "integrity check failed: chunk 3 is corrupt"
+        );
+        let s = tonic::Status::data_loss("chunk 3 is corrupt");
+        assert_eq!(
+            explain_status(&s),
+            "integrity check failed: chunk 3 is corrupt"
+        );
+    }
 }

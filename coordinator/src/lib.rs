@@ -11,6 +11,7 @@
 //!   keeps the journal.
 //! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
 //!   (`cutover`, `rollback`, `status`).
+//! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
 //! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
 //!
@@ -31,4 +32,5 @@ pub mod plan;
 pub mod preflight;
 pub mod rehearse;
 pub mod report;
+pub mod snapshots;
 pub mod sync;

@@ -246,6 +246,22 @@ pub async fn run(plan: &Plan) -> Report {
             }
         }
     }
+    if let Some((old_agent, _)) = reached.get(&Side::Old) {
+        match crate::snapshots::of(old_agent).await {
+            Ok(list) if list.is_empty() => c.ok("old", "open snapshots", "none"),
+            Ok(list) => {
+                for s in list {
+                    c.warn(
+                        "old",
+                        "open snapshot",
+                        s.to_string(),
+                        "a sync holds it (it holds back VACUUM); if no sync runs, the agent closes it when its lease runs out",
+                    );
+                }
+            }
+            Err(e) => c.warn("old", "open snapshots", e, "see the old agent's log"),
+        }
+    }
     let mut baseline = Vec::new();
     if let (Some((old_agent, _)), Some((new_agent, new_info))) =
         (reached.get(&Side::Old), reached.get(&Side::New))

@@ -212,3 +212,91 @@ fn help_teaches_the_workflow_and_exit_codes() {
     let (code, _, err) = hostshift(tmp.path(), &["no-such-command"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Issue 9.5: `certs init --force` never writes through a symlink planted in the output folder
+/// (the key would land wherever it points), and creates the folder 0700 whatever the umask.
+#[test]
+fn certs_init_force_replaces_planted_symlinks_and_makes_the_folder_0700() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("c");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec {} certs init --dir c --agent old=10.0.0.5",
+            env!("CARGO_BIN_EXE_hostshift")
+        ))
+        .current_dir(tmp.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the certificate folder under umask 000");
+
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "someone else's file\n").expect("victim");
+    for name in ["agent-old.key", "ca.key", "coordinator.crt"] {
+        std::fs::remove_file(dir.join(name)).expect("rm");
+        std::os::unix::fs::symlink(&victim, dir.join(name)).expect("plant symlink");
+    }
+    let (code, _, err) = hostshift(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "c",
+            "--agent",
+            "old=10.0.0.5",
+            "--force",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "someone else's file\n",
+        "a key was written through a planted symlink"
+    );
+    for name in ["agent-old.key", "ca.key", "coordinator.crt"] {
+        let m = std::fs::symlink_metadata(dir.join(name)).expect(name);
+        assert!(m.file_type().is_file(), "{name} is a regular file again");
+    }
+    let key_mode = std::fs::metadata(dir.join("agent-old.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+}
+
+/// Issue 9.5: the CLI refuses a private key that group or others can read, with the chmod.
+#[test]
+fn plan_check_refuses_a_private_key_readable_by_others() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (code, _, err) = hostshift(tmp.path(), &["plan", "init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = hostshift(
+        tmp.path(),
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "certs",
+            "--agent",
+            "old=10.0.0.5",
+            "--agent",
+            "new=10.0.0.6",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = tmp.path().join("certs/coordinator.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (code, _, err) = hostshift(tmp.path(), &["plan", "check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("key `tls.key`") && err.contains("chmod 600"),
+        "{err}"
+    );
+}

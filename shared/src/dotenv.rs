@@ -67,6 +67,20 @@ pub fn shown(key: &str, value: Option<&str>) -> String {
     }
 }
 
+/// A value as sync output, `--json` and reports show an override: a digest, never the value,
+/// whatever the key's name (`SMTP_PASS`, `STRIPE_SK` look harmless to a name list): the first
+/// 12 hex digits of its SHA-256, or `(not set)`. Equal digests mean equal values, which is what
+/// an operator checks.
+pub fn fingerprint(value: Option<&str>) -> String {
+    match value {
+        None => ABSENT.into(),
+        Some(v) => {
+            let d = crate::digest::Sha256Digest::of(v.as_bytes()).to_string();
+            format!("sha256:{}", &d[..12.min(d.len())])
+        }
+    }
+}
+
 /// Keys hostshift sets: a letter or `_`, then letters, digits, `_`, `.` or `-`.
 pub fn valid_key(key: &str) -> bool {
     let mut chars = key.chars();

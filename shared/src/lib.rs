@@ -5,6 +5,8 @@
 //! `hostshift` (coordinator CLI) → `hostshift-tests` (the cross-host suite). Nothing here knows
 //! about a particular service; it holds the vocabulary both sides must agree on:
 //!
+//! - [`conninfo`] — libpq connection strings (keyword and URI forms), one parser for every
+//!   check (passwords, remote hosts, sslmode).
 //! - [`exit`] — the documented process exit codes.
 //! - [`framing`] — chunk + trailer framing that makes every stream's integrity checkable.
 //! - [`dotenv`] — the `.env` parser/editor that keeps every untouched byte (overrides, edits).
@@ -17,6 +19,7 @@
 //! - [`health`] — HTTP health checks (one definition → one result, retries with backoff), run
 //!   by agents on their hosts and by the coordinator alike.
 
+pub mod conninfo;
 pub mod digest;
 pub mod dotenv;
 pub mod exit;

@@ -7,7 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -203,22 +203,36 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Writes one output file. With `force`, an existing entry is removed first (a symlink itself,
+/// never what it points to) and the file is created anew with `O_EXCL | O_NOFOLLOW`: a symlink
+/// planted in the folder can never redirect a private key elsewhere.
 fn write(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(), PkiError> {
     let err = |source| PkiError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let mut opts = OpenOptions::new();
-    opts.write(true).mode(mode);
     if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(err(std::io::Error::other(
+                    "a folder is in the way of this file: remove it",
+                )));
+            }
+            Ok(_) => std::fs::remove_file(path).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
     }
-    let mut f = opts.open(path).map_err(err)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)?;
-    // An existing file keeps its old mode on open(); make the mode what we promise.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    // The umask may have narrowed (or, for 0644 certificates, not) the mode: make it exact.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(err)?;
     f.sync_all().map_err(err)
 }
@@ -257,10 +271,24 @@ pub fn init(req: &PkiRequest) -> Result<PkiFiles, PkiError> {
             return Err(PkiError::Exists(existing));
         }
     }
-    std::fs::create_dir_all(&req.dir).map_err(|source| PkiError::Write {
-        path: req.dir.clone(),
-        source,
-    })?;
+    // A folder we create holds private keys: 0700 whatever the umask (an existing folder is
+    // the operator's and keeps its mode).
+    if !req.dir.exists() {
+        let werr = |source| PkiError::Write {
+            path: req.dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&req.dir)
+            .map_err(werr)?;
+        std::fs::set_permissions(
+            &req.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(werr)?;
+    }
 
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

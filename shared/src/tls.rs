@@ -40,6 +40,9 @@ pub enum TlsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The private key's mode lets group or others read it.
+    #[error("{0}")]
+    KeyMode(String),
     /// The file was read but is not PEM of the expected kind.
     #[error("{what} {path} is not a PEM {expected}")]
     NotPem {
@@ -50,6 +53,27 @@ pub enum TlsError {
         /// What its first line should say.
         expected: &'static str,
     },
+}
+
+/// Refuses a private key that group or others can read or write, like ssh does: on a shared
+/// host another account could take the migration's identity with it. Returns the message with
+/// the `chmod` to run.
+///
+/// # Errors
+/// The file cannot be inspected, or its mode lets others in.
+pub fn check_key_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read private key {}: {e}", path.display()))?;
+    let mode = m.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "private key {} is readable by group or others (mode {mode:04o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn read_pem(what: &'static str, path: &Path, expected: &'static str) -> Result<Vec<u8>, TlsError> {
@@ -73,6 +97,7 @@ impl TlsFiles {
     fn load(&self) -> Result<(TlsIdentity, Certificate), TlsError> {
         let cert = read_pem("certificate", &self.cert, "CERTIFICATE")?;
         let key = read_pem("private key", &self.key, "PRIVATE KEY")?;
+        check_key_mode(&self.key).map_err(TlsError::KeyMode)?;
         let ca = read_pem("CA certificate", &self.ca, "CERTIFICATE")?;
         Ok((TlsIdentity::from_pem(cert, key), Certificate::from_pem(ca)))
     }

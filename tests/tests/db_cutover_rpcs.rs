@@ -430,6 +430,7 @@ async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writ
             .open_snapshot(request(OpenSnapshotRequest {
                 database: "app".into(),
                 ttl_secs: 120,
+                lease_secs: 120,
             }))
             .await
             .expect("OpenSnapshot")

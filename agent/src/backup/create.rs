@@ -206,6 +206,10 @@ async fn dump_database(
 ) -> Result<Artifact, AgentError> {
     let file = format!("databases/{}.dump", db.name);
     let path = staging.join(&file);
+    // pg_dump creates its --file with the umask's mode (0644 under the usual 022); a dump holds
+    // every row of the database, so it exists as an empty owner-only file first and pg_dump
+    // truncates that (docs/backups.md: files 0600).
+    new_file(&path).map_err(|e| AgentError::io("create", &path, e))?;
     let cmd = Cmd::new(bin.join("pg_dump"))
         .arg("--format=custom")
         .arg("--no-password")
@@ -214,13 +218,15 @@ async fn dump_database(
             LOCK_WAIT_TIMEOUT.as_millis()
         ))
         .arg(format!("--file={}", path.display()))
-        .arg(format!("--dbname={}", db.conninfo))
+        .arg(crate::db::dbname_arg(db)?)
         .timeout(DUMP_TIMEOUT)
         .env("PGAPPNAME", "hostshift-backup")
         .env("PGCONNECT_TIMEOUT", "10");
     let cmd = crate::db::libpq_env(cmd, db)
         .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
     cmd.output(cancel).await?.success()?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| AgentError::io("chmod", &path, e))?;
     let client = crate::db::connect(db).await?;
     let server_version: String = client
         .query_one("SHOW server_version", &[])

@@ -42,7 +42,7 @@ pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -239,6 +239,7 @@ pub fn lock(dir: &Path, exclusive: bool) -> Result<DirLock, AgentError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| AgentError::io("open", &path, e))?;
     let arg = if exclusive {

@@ -243,7 +243,7 @@ async fn restore_database(
             "--single-transaction",
             "--exit-on-error",
         ])
-        .arg(format!("--dbname={}", db.conninfo))
+        .arg(crate::db::dbname_arg(db)?)
         .arg(artifact_path(backup, a)?)
         .timeout(RESTORE_TIMEOUT)
         .env("PGAPPNAME", "hostshift-restore")

@@ -6,10 +6,11 @@ use std::time::Duration;
 use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, CloseSnapshotResponse, DbReadRequest, DbSelection, DbTablesResponse,
-    FingerprintResponse, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse, RangeFingerprint,
-    RangeFingerprintsRequest, RangeFingerprintsResponse, SchemaDigestResponse, SetReadOnlyRequest,
-    SetReadOnlyResponse, SetSequencesRequest, SetSequencesResponse, SplitRangesRequest,
-    SplitRangesResponse,
+    FingerprintResponse, HeldSnapshot, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse,
+    OpenSnapshotsRequest, OpenSnapshotsResponse, RangeFingerprint, RangeFingerprintsRequest,
+    RangeFingerprintsResponse, RenewSnapshotRequest, RenewSnapshotResponse, SchemaDigestResponse,
+    SetReadOnlyRequest, SetReadOnlyResponse, SetSequencesRequest, SetSequencesResponse,
+    SplitRangesRequest, SplitRangesResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -81,8 +82,11 @@ impl Database for DatabaseService {
         } else {
             Duration::from_secs(r.ttl_secs)
         };
-        let snapshot = self.ctx.snapshots.hold(exported, ttl)?;
-        tracing::info!(database = %r.database, %snapshot, "snapshot exported");
+        let snapshot = self
+            .ctx
+            .snapshots
+            .hold(exported, &r.database, ttl, r.lease_secs)?;
+        tracing::info!(database = %r.database, %snapshot, lease_secs = r.lease_secs, "snapshot exported");
         Ok(Response::new(OpenSnapshotResponse { snapshot }))
     }
 
@@ -92,6 +96,34 @@ impl Database for DatabaseService {
     ) -> Result<Response<CloseSnapshotResponse>, Status> {
         self.ctx.snapshots.close(&req.into_inner().snapshot).await;
         Ok(Response::new(CloseSnapshotResponse {}))
+    }
+
+    async fn renew_snapshot(
+        &self,
+        req: Request<RenewSnapshotRequest>,
+    ) -> Result<Response<RenewSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let held = self.ctx.snapshots.renew(&r.snapshot, r.lease_secs);
+        Ok(Response::new(RenewSnapshotResponse { held }))
+    }
+
+    async fn open_snapshots(
+        &self,
+        _req: Request<OpenSnapshotsRequest>,
+    ) -> Result<Response<OpenSnapshotsResponse>, Status> {
+        let snapshots = self
+            .ctx
+            .snapshots
+            .list()
+            .into_iter()
+            .map(|h| HeldSnapshot {
+                snapshot: h.id,
+                database: h.database,
+                age_secs: h.age.as_secs(),
+                lease_left_secs: h.lease_left.as_secs(),
+            })
+            .collect();
+        Ok(Response::new(OpenSnapshotsResponse { snapshots }))
     }
 
     async fn split_ranges(

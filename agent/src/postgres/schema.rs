@@ -105,9 +105,11 @@ fn command(
     if let Some(s) = snapshot {
         cmd = cmd.arg(format!("--snapshot={}", s.as_str()));
     }
-    cmd = cmd
-        .args(selection_args)
-        .arg(format!("--dbname={}", db.conninfo));
+    let dbname = crate::db::dbname_arg(db).map_err(|e| PgSyncError::Connect {
+        database: db.name.clone(),
+        message: e.to_string(),
+    })?;
+    cmd = cmd.args(selection_args).arg(dbname);
     let cmd = crate::db::libpq_env(cmd, db).map_err(|source| PgSyncError::Io {
         op: "read the password file",
         path: db.password_file.clone().unwrap_or_default(),
@@ -437,5 +439,24 @@ mod tests {
             line.ends_with("--dbname=host=/run/postgresql dbname=app user=app"),
             "{line}"
         );
+        // Even a conninfo that slipped a password past validation never reaches the line.
+        for conninfo in [
+            "host=/run/postgresql dbname=app password = hunter2",
+            "postgresql://app:hunter2@localhost/app?pass%77ord=hunter2",
+        ] {
+            let db = DatabaseConfig {
+                conninfo: conninfo.into(),
+                ..db.clone()
+            };
+            let cmd = command(
+                &db,
+                Path::new("/usr/lib/postgresql/15/bin"),
+                Section::PreData,
+                &[],
+                None,
+            )
+            .expect("command");
+            assert!(!cmd.display().contains("hunter2"), "{}", cmd.display());
+        }
     }
 }

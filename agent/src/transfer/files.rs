@@ -6,11 +6,14 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use hostshift_shared::dotenv::fingerprint;
+
 use crate::envfile::edit;
 use crate::error::AgentError;
 
 /// Applies `overrides` (key → value) to `.env` text; returns the new text and the changes as
-/// `KEY: old → new` lines with secret values redacted.
+/// `KEY: old → new` lines where both values are digests ([`fingerprint`]): every `.env` value
+/// is treated as a secret in what leaves the agent, whatever its key is called.
 ///
 /// # Errors
 /// `InvalidArgument` when the file is not UTF-8 text or a key is not a `.env` key.
@@ -39,8 +42,8 @@ pub fn apply_overrides(
             format!(
                 "{}: {} → {}",
                 c.key,
-                edit::shown(&c.key, c.old.as_deref()),
-                edit::shown(&c.key, c.new.as_deref())
+                fingerprint(c.old.as_deref()),
+                fingerprint(c.new.as_deref())
             )
         })
         .collect();
@@ -119,7 +122,14 @@ mod tests {
             String::from_utf8(new).expect("utf8"),
             "# c\nA=2\nJWT_SECRET=new\n"
         );
-        assert!(changes.contains(&"A: 1 → 2".to_string()), "{changes:?}");
+        assert!(
+            changes.contains(&format!(
+                "A: {} → {}",
+                fingerprint(Some("1")),
+                fingerprint(Some("2"))
+            )),
+            "{changes:?}"
+        );
         let secret = changes
             .iter()
             .find(|c| c.starts_with("JWT_SECRET:"))

@@ -202,6 +202,9 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
     let events = events(&plan)?;
     let st = state::of(&events);
+    // Snapshots left open on the old host (a sync's, until its lease runs out): the journal
+    // cannot know them, the old agent does.
+    let snapshots = crate::snapshots::on(&plan, crate::plan::Side::Old).await;
     if g.json {
         let last = |phase: &str, unit: &str| {
             state::last_finished(&events, phase, unit).map(|(_, done, _)| done)
@@ -209,6 +212,10 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         v["last_sync_ms"] = serde_json::json!(last("sync", "sync"));
         v["last_verify_ms"] = serde_json::json!(last("verify", "verify"));
+        match &snapshots {
+            Ok(list) => v["open_snapshots"] = serde_json::json!(list),
+            Err(e) => v["open_snapshots_unknown"] = serde_json::json!(e),
+        }
         print_json(&v);
         return Ok(());
     }
@@ -243,6 +250,16 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         Stage::Failed => "stopped at the gates: nothing was touched",
     };
     println!("cutover: {word}");
+    match &snapshots {
+        Ok(list) if list.is_empty() => println!("open snapshots on the old host: none"),
+        Ok(list) => {
+            println!("open snapshots on the old host (each holds back VACUUM there):");
+            for s in list {
+                println!("  {s}");
+            }
+        }
+        Err(e) => println!("open snapshots on the old host: unknown ({e})"),
+    }
     if st.frozen {
         println!("old host frozen by: {}", st.frozen_methods.join(", "));
     }

@@ -4,7 +4,7 @@ use clap::Args;
 
 use crate::cli::{Global, PlanArg};
 use crate::error::{CliResult, failed};
-use crate::output::{print_json, table};
+use crate::output::{print_json, printable, printable_line, table};
 use crate::sync::verify;
 
 /// Verify flags.
@@ -47,7 +47,12 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
             table(&["KIND", "NAME", "RESULT", "OLD", "NEW"], &rows)
         );
         for r in report.rows.iter().filter(|r| !r.equal) {
-            println!("DIFFERS {} {}: {}", r.kind, r.name, r.detail);
+            println!(
+                "DIFFERS {} {}: {}",
+                r.kind,
+                printable_line(&r.name),
+                printable(&r.detail)
+            );
         }
     }
     // The report goes to the plan's state dir; its path to stderr (stdout is the result).

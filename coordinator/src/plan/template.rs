@@ -15,7 +15,11 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(tmp.path().join("certs")).expect("mkdir");
         for f in ["ca.crt", "coordinator.crt", "coordinator.key"] {
-            std::fs::write(tmp.path().join("certs").join(f), "x").expect("write");
+            let p = tmp.path().join("certs").join(f);
+            std::fs::write(&p, "x").expect("write");
+            // As `certs init` writes them: a key readable by others is refused.
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
         }
         let path = tmp.path().join("plan.toml");
         let plan = Plan::from_located(&Located::from_source(&path, TEMPLATE.into()))

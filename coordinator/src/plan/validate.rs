@@ -38,6 +38,10 @@ pub(super) fn validate(plan: &Plan, src: &Located) -> Vec<Problem> {
                     resolved.display()
                 ),
             ));
+        } else if key == "tls.key"
+            && let Err(e) = hostshift_shared::tls::check_key_mode(&resolved)
+        {
+            out.push(src.problem(key, e));
         }
     }
     unique(

@@ -10,13 +10,13 @@
 //! much as the copy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostshift_proto::v1::{
     ApplyHeader, CloseSnapshotRequest, DbGlobals, DbLargeObject, DbReadRequest, DbSchema,
     DbSelection, DbTable, FingerprintResponse, OpenSnapshotRequest, ReadRequest,
-    SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
+    RenewSnapshotRequest, SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
 };
 
 use super::units::{fail, report, transfer};
@@ -118,25 +118,82 @@ fn apply(what: apply_header::What) -> ApplyHeader {
     ApplyHeader { what: Some(what) }
 }
 
+/// The lease of the snapshot a database sync holds on the old host: the old agent closes it
+/// when no renewal came for this long, so a killed coordinator leaves no open transaction
+/// (holding back VACUUM) on the production database for longer than this.
+pub const SNAPSHOT_LEASE: Duration = Duration::from_secs(90);
+
+/// [`SNAPSHOT_LEASE`], or `HOSTSHIFT_SNAPSHOT_LEASE_SECS` when set (meant for tests, which kill a
+/// coordinator and wait for its snapshot to go; docs/sync.md). Renewed every third of it.
+pub fn snapshot_lease() -> Duration {
+    std::env::var("HOSTSHIFT_SNAPSHOT_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(SNAPSHOT_LEASE, Duration::from_secs)
+}
+
+/// Renews `snapshot`'s lease on the old agent every third of `lease` until dropped.
+fn keep_alive(old: &crate::client::Agent, snapshot: &str, lease: Duration) -> AbortOnDrop {
+    let mut client = old.database();
+    let snapshot = snapshot.to_string();
+    let every = (lease / 3).max(Duration::from_millis(500));
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = tokio::time::timeout(
+                every,
+                client.renew_snapshot(RenewSnapshotRequest {
+                    snapshot: snapshot.clone(),
+                    lease_secs: lease.as_secs(),
+                }),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(r)) if r.get_ref().held => {}
+                Ok(Ok(_)) => {
+                    tracing::warn!(%snapshot, "the old agent no longer holds the snapshot");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(%snapshot, error = %e, "snapshot lease not renewed"),
+                Err(_) => tracing::warn!(%snapshot, "snapshot lease renewal timed out"),
+            }
+        }
+    }))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Syncs one database.
 pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     let started = Instant::now();
     let mut r = report("database", &d.name);
     run.progress.start(&format!("database {}", d.name), 0);
     let sel = Selections::of(d);
+    let lease = snapshot_lease();
     let snapshot = match run
         .old
         .database()
         .open_snapshot(OpenSnapshotRequest {
             database: d.name.clone(),
             ttl_secs: 6 * 3600,
+            lease_secs: lease.as_secs(),
         })
         .await
     {
         Ok(s) => s.into_inner().snapshot,
         Err(s) => return fail(r, started, &UnitError::from_status(s), run),
     };
+    let renewer = keep_alive(&run.old, &snapshot, lease);
     let outcome = copy(run, d, &sel, &snapshot, &mut r).await;
+    drop(renewer);
     let _ = run
         .old
         .database()

@@ -109,7 +109,9 @@ impl Journal {
     }
 }
 
-/// Reads every event of a journal (a torn last line, from a crash mid-write, is ignored).
+/// Reads every event of a journal. A line that is not an event (a torn last line from a crash
+/// mid-write, or damage) is skipped with a warning naming the file and line: what the journal
+/// knew there is lost, and the operator should know.
 ///
 /// # Errors
 /// When the file exists but cannot be read.
@@ -120,11 +122,22 @@ pub fn read(dir: &Path) -> std::io::Result<Vec<Event>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    Ok(BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect())
+    let mut events = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(ev) => events.push(ev),
+            Err(e) => tracing::warn!(
+                "{}:{}: damaged journal line ignored ({e}); what it recorded is not taken into account",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ impl Progress {
     /// A line of narrative ("planning storage evaluations").
     pub fn say(&self, msg: &str) {
         match self.mode {
-            Mode::Human => eprintln!("{msg}"),
+            Mode::Human => eprintln!("{}", crate::output::printable(msg)),
             Mode::Json => eprintln!("{}", json!({"event": "note", "message": msg})),
             Mode::Quiet => {}
         }
@@ -98,6 +98,7 @@ impl Progress {
                     String::new()
                 };
                 let eta = eta.map(|e| format!("  ETA {e:.0} s")).unwrap_or_default();
+                let unit = crate::output::printable_line(unit);
                 eprintln!(
                     "  {unit}: {}{total}  {}/s{eta}",
                     bytes(done),
@@ -131,6 +132,10 @@ impl Progress {
                 } else {
                     String::new()
                 };
+                let (unit, summary) = (
+                    crate::output::printable_line(unit),
+                    crate::output::printable(summary),
+                );
                 eprintln!(
                     "{mark} {unit}: {summary} ({:.1} s{rate})",
                     elapsed.as_secs_f64()
