@@ -20,6 +20,7 @@
 pub mod digest;
 pub mod dotenv;
 pub mod exit;
+pub mod expect_identity;
 pub mod framing;
 pub mod health;
 pub mod identity;
