@@ -27,6 +27,13 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// A label for people and reports, e.g. `"old"` or `"new"`. Not a permission.
     pub role: String,
+    /// Whether a sync may write into this host: `"source"` (the old host, only ever read: every
+    /// sync write is refused, even for resources `[allow]` lists) or `"target"` (the new host:
+    /// it may receive syncs within `[allow]`, and can still be read, e.g. by `verify`). Default
+    /// `"source"`, so a host whose config does not say it is a target can never be overwritten
+    /// by a sync — not even through a plan with swapped addresses.
+    #[serde(default)]
+    pub sync_role: SyncRole,
     /// Mutual-TLS files. TLS cannot be turned off.
     pub tls: TlsConfig,
     /// PostgreSQL databases this agent may read (and, with `[allow]`, restore into).
@@ -61,6 +68,27 @@ pub struct AgentConfig {
     /// `[backup]`: where backups are written, how long they are kept, optional S3 upload.
     #[serde(default)]
     pub backup: BackupConfig,
+}
+
+/// What a sync may do with this host (`sync_role`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncRole {
+    /// Only read: the host a migration moves away from.
+    #[default]
+    Source,
+    /// May be written by a sync (within `[allow]`) and read: the host a migration moves to.
+    Target,
+}
+
+impl SyncRole {
+    /// The word in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncRole::Source => "source",
+            SyncRole::Target => "target",
+        }
+    }
 }
 
 /// `[tls]`: PEM files from `hostshift certs init`.
@@ -324,7 +352,8 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, Problems> {
         let located = Located::read(path)?;
         let config: AgentConfig = located.parse()?;
-        let problems = config.validate(&located);
+        let mut problems = config.validate(&located);
+        problems.extend(config.validate_overlaps(&located, path));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -397,12 +426,6 @@ impl AgentConfig {
         );
         for (i, s) in self.storage.iter().enumerate() {
             absolute(src, &format!("storage.{i}.path"), &s.path, &mut out);
-            if s.path == Path::new("/") {
-                out.push(src.problem(
-                    &format!("storage.{i}.path"),
-                    "the filesystem root cannot be a storage tree",
-                ));
-            }
         }
         let file_names = names(src, "files", self.files.iter().map(|f| &f.name), &mut out);
         for (i, f) in self.files.iter().enumerate() {
@@ -492,6 +515,86 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// Storage trees against the system's folders, each other, `backup.dir`, `state_dir` and the
+    /// agent's own files, all resolved as the filesystem would (`..`, symlinks): see
+    /// [`crate::overlap`] for what each refusal protects.
+    fn validate_overlaps(&self, src: &Located, config_file: &Path) -> Vec<Problem> {
+        use crate::overlap::{is_system_root, overlaps, resolve};
+        let mut out = Vec::new();
+        let trees: Vec<(usize, &StorageConfig, PathBuf)> = self
+            .storage
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.path.is_absolute())
+            .map(|(i, s)| (i, s, resolve(&s.path)))
+            .collect();
+        for (i, s, real) in &trees {
+            let key = format!("storage.{i}.path");
+            if is_system_root(real) {
+                out.push(src.problem(
+                    &key,
+                    format!(
+                        "{} is {} — the filesystem root or a system folder cannot be a storage tree (a sync deletes what the source lacks): name the app's own folder, e.g. /srv/app/storage",
+                        s.path.display(),
+                        real.display()
+                    ),
+                ));
+            }
+            for (j, other, other_real) in &trees {
+                if j < i && overlaps(real, other_real) {
+                    out.push(src.problem(
+                        &key,
+                        format!(
+                            "{} ({}) overlaps storage tree {:?} ({}): a sync of one would delete the other's files; give each tree its own folder, neither inside the other",
+                            s.path.display(),
+                            real.display(),
+                            other.name,
+                            other_real.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut own: Vec<(&str, PathBuf)> = vec![
+            ("backup.dir", self.backup.dir.clone()),
+            ("state_dir", self.state_dir.clone()),
+            ("tls.cert", self.tls.cert.clone()),
+            ("tls.key", self.tls.key.clone()),
+            ("tls.ca", self.tls.ca.clone()),
+        ];
+        if let Ok(abs) = std::path::absolute(config_file) {
+            own.push(("the config file", abs));
+        }
+        if let Some(n) = &self.nginx {
+            own.push(("nginx.state_dir", n.state_dir.clone()));
+        }
+        for d in &self.databases {
+            own.extend(
+                d.password_file
+                    .iter()
+                    .map(|p| ("a password_file", p.clone())),
+            );
+            own.extend(d.ca_file.iter().map(|p| ("a ca_file", p.clone())));
+        }
+        for (what, path) in own.iter().filter(|(_, p)| p.is_absolute()) {
+            let real = resolve(path);
+            for (i, s, tree) in &trees {
+                if overlaps(&real, tree) {
+                    out.push(src.problem(
+                        &format!("storage.{i}.path"),
+                        format!(
+                            "storage tree {:?} ({}) overlaps {what} ({}): a sync or restore of the tree would delete or overwrite it; keep the agent's own files and folders outside every storage tree",
+                            s.name,
+                            tree.display(),
+                            real.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// `[backup]`: an absolute folder outside every storage tree, sane retention, a usable S3 target.
     fn validate_backup(&self, src: &Located, out: &mut Vec<Problem>) {
         let b = &self.backup;
@@ -501,18 +604,6 @@ impl AgentConfig {
                 "backup.dir",
                 "the filesystem root cannot be the backup folder",
             ));
-        }
-        for s in &self.storage {
-            if b.dir.starts_with(&s.path) || s.path.starts_with(&b.dir) {
-                out.push(src.problem(
-                    "backup.dir",
-                    format!(
-                        "overlaps storage tree {:?} ({}): backups would contain themselves, or a restore could delete them",
-                        s.name,
-                        s.path.display()
-                    ),
-                ));
-            }
         }
         if let Some(d) = b.keep_days
             && !(1..=MAX_KEEP_DAYS).contains(&d)
@@ -696,6 +787,7 @@ mod tests {
         std::fs::write(&path, example).expect("write");
         let c = AgentConfig::load(&path).unwrap_or_else(|e| panic!("example is invalid:\n{e}"));
         assert_eq!(c.role, "old");
+        assert_eq!(c.sync_role, SyncRole::Source, "the example is an old host");
         assert!(
             c.allow.restore_databases.is_empty() && c.allow.freeze_databases.is_empty(),
             "example must allow nothing destructive"

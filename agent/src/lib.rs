@@ -32,6 +32,7 @@ pub mod error;
 pub mod health;
 pub mod hooks;
 pub mod nginx;
+pub mod overlap;
 pub mod pm2;
 pub mod postgres;
 pub mod process;

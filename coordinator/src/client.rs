@@ -17,6 +17,8 @@ use hostshift_proto::v1::nginx_client::NginxClient;
 use hostshift_proto::v1::pm2_client::Pm2Client;
 use hostshift_proto::v1::source_client::SourceClient;
 use hostshift_proto::v1::target_client::TargetClient;
+use hostshift_shared::expect_identity;
+use hostshift_shared::identity::{Identity, Role};
 use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
@@ -118,13 +120,45 @@ pub struct ConnectError {
     pub message: String,
 }
 
-/// Connects to one side's agent with the plan's certificates. The connection is lazy-checked:
-/// the TLS handshake happens here, but a refused *client* certificate only shows at the first
-/// RPC (TLS 1.3), so callers make one (`Info`) before trusting the connection.
+/// Connects to one side's agent with the plan's certificates, and accepts it only when its
+/// certificate carries the identity the plan names for that side (`agent:<[old|new] agent>`):
+/// a plan with swapped addresses fails here, before any request — so before any write. The
+/// TLS handshake happens here, but a refused *client* certificate only shows at the first RPC
+/// (TLS 1.3), so callers make one (`Info`) before trusting the connection.
 ///
 /// # Errors
 /// [`ConnectError`] with an explanation.
 pub async fn connect(plan: &Plan, side: Side) -> Result<Agent, ConnectError> {
+    let host = plan.host(side);
+    let err = |message: String| ConnectError {
+        side,
+        address: host.address.clone(),
+        message,
+    };
+    let expected = Identity::new(Role::Agent, host.agent.clone());
+    let channel = expect_identity::connect_expecting(
+        &plan.tls_files(),
+        &host.server_name(),
+        expected,
+        tune,
+        &host.address,
+    )
+    .await
+    .map_err(|e| err(e.to_string()))?
+    .map_err(|e| err(explain(&e)))?;
+    Ok(Agent {
+        side,
+        address: host.address.clone(),
+        channel,
+    })
+}
+
+/// Like [`connect`], but accepts any agent certificate of the migration CA: for `check`, which
+/// reports who answers at each address instead of refusing.
+///
+/// # Errors
+/// [`ConnectError`] with an explanation.
+pub async fn connect_any(plan: &Plan, side: Side) -> Result<Agent, ConnectError> {
     let host = plan.host(side);
     let err = |message: String| ConnectError {
         side,
@@ -138,18 +172,26 @@ pub async fn connect(plan: &Plan, side: Side) -> Result<Agent, ConnectError> {
     let endpoint = Endpoint::from_shared(host.address.clone())
         .map_err(|e| err(format!("invalid address: {e}")))?
         .tls_config(tls)
-        .map_err(|e| err(format!("TLS set-up: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| err(explain(&e)))?;
+        .map_err(|e| err(format!("TLS set-up: {e}")))?;
+    let channel = tune(endpoint)
+        .connect()
+        .await
+        .map_err(|e| err(explain(&e)))?;
     Ok(Agent {
         side,
         address: host.address.clone(),
         channel,
     })
+}
+
+/// Timeouts, flow-control windows and keep-alive of every agent connection.
+fn tune(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
 }
 
 /// A human explanation of a transport error, from its whole source chain.

@@ -27,6 +27,7 @@ pub mod commands;
 pub mod cutover;
 pub mod error;
 pub mod lab;
+pub mod lock;
 pub mod output;
 pub mod plan;
 pub mod preflight;

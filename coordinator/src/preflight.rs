@@ -158,7 +158,10 @@ impl Collector {
 }
 
 async fn reach(plan: &Plan, side: Side) -> Result<(Agent, InfoResponse), String> {
-    let agent = client::connect(plan, side).await.map_err(|e| e.message)?;
+    // Any agent of the CA: the identity is reported as a check of its own below.
+    let agent = client::connect_any(plan, side)
+        .await
+        .map_err(|e| e.message)?;
     let info = agent
         .info()
         .info(client::request(InfoRequest {}))
@@ -483,6 +486,18 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 .iter()
                 .filter(|w| !info.permits.contains(w))
                 .collect();
+            if !wanted.is_empty() {
+                if info.permits.iter().any(|p| p == "sync-target") {
+                    c.ok(h, "is a sync target", "sync_role = \"target\"");
+                } else {
+                    c.fail(
+                        h,
+                        "is a sync target",
+                        "its config says it is a sync source (sync_role missing or \"source\")",
+                        "set sync_role = \"target\" in the new agent's config (only there)",
+                    );
+                }
+            }
             if missing.is_empty() {
                 c.ok(
                     h,
@@ -515,6 +530,16 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                         "add the databases to `freeze_databases` in [allow] of the old agent's config (or drop \"read-only\" from the plan's [freeze] methods)",
                     );
                 }
+            }
+            if info.permits.iter().any(|p| p == "sync-target") {
+                c.warn(
+                    h,
+                    "is a sync source",
+                    "its config says sync_role = \"target\": a sync with a wrong plan could write here",
+                    "remove sync_role (default \"source\") from the old agent's config",
+                );
+            } else {
+                c.ok(h, "is a sync source", "a sync can never write here");
             }
             let risky: Vec<&String> = wanted.iter().filter(|w| info.permits.contains(w)).collect();
             if risky.is_empty() {

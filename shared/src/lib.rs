@@ -23,6 +23,7 @@ pub mod conninfo;
 pub mod digest;
 pub mod dotenv;
 pub mod exit;
+pub mod expect_identity;
 pub mod framing;
 pub mod health;
 pub mod identity;

@@ -114,6 +114,9 @@ impl Agent for AgentInfoService {
         if c.allow.control_services {
             permits.push("control-services".into());
         }
+        if c.sync_role == crate::config::SyncRole::Target {
+            permits.push("sync-target".into());
+        }
         Ok(Response::new(InfoResponse {
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())

@@ -16,12 +16,15 @@ use tonic::Status;
 
 use super::{FRAME_QUEUE, MAX_INLINE, files};
 use crate::Ctx;
+use crate::config::SyncRole;
 use crate::error::AgentError;
 use crate::storage::{self, ChannelReader, Manifest};
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 
-/// Refuses unless `[allow] <key>` lists `name`.
+/// Refuses unless `[allow] <key>` lists `name` and the agent is a sync target
+/// (`sync_role = "target"`): a source host is never written by a sync, whatever `[allow]` says
+/// (a config copied from the new host must not make the old one writable).
 ///
 /// # Errors
 /// `PermissionDenied` naming the key to add.
@@ -32,14 +35,25 @@ pub fn require(
     what: &str,
     name: &str,
 ) -> Result<(), AgentError> {
-    if list.iter().any(|n| n == name) {
-        Ok(())
-    } else {
-        Err(AgentError::PermissionDenied(format!(
+    if !list.iter().any(|n| n == name) {
+        return Err(AgentError::PermissionDenied(format!(
             "this agent's config does not allow writing {what} {name:?}: add it to [allow] {key} in {} (on the new host only)",
             ctx.config_path.display()
-        )))
+        )));
     }
+    if ctx.config.sync_role != SyncRole::Target {
+        tracing::warn!(
+            what,
+            name,
+            "refused a sync write: this agent is a sync source"
+        );
+        return Err(AgentError::PermissionDenied(format!(
+            "this agent is a sync source (sync_role = \"{}\" in {}): it never receives a sync, so {what} {name:?} was not written. If this really is the new host, set sync_role = \"target\" there; otherwise check the plan's [old]/[new] addresses",
+            ctx.config.sync_role.as_str(),
+            ctx.config_path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn integrity(e: IntegrityError) -> AgentError {

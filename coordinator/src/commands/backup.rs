@@ -114,6 +114,10 @@ pub async fn run(g: &Global, c: BackupCmd) -> CliResult {
         }
         (_, None) => Side::Old,
     };
+    let _lock = match c.cmd {
+        Some(BackupSub::Restore { .. }) => Some(crate::lock::acquire(&plan, "backup restore")?),
+        _ => None,
+    };
     let agent = client::connect(&plan, side).await.map_err(failed)?;
     match c.cmd {
         None => create(g, &agent, &plan, c.all).await,

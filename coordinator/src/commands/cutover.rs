@@ -103,6 +103,12 @@ fn events(plan: &crate::plan::Plan) -> Result<Vec<journal::Event>, CliError> {
 /// See the exit codes in the help.
 pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
+    // A dry run changes nothing and may look while another command runs.
+    let _lock = if c.dry_run {
+        None
+    } else {
+        Some(crate::lock::acquire(&plan, "cutover")?)
+    };
     let st = state::of(&events(&plan)?);
     let plan_arg = plan.path.display().to_string();
     match (st.state.clone(), c.resume) {
@@ -181,6 +187,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
 /// See the exit codes in the help.
 pub async fn rollback(g: &Global, c: RollbackCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
+    let _lock = crate::lock::acquire(&plan, "rollback")?;
     confirm(
         g,
         &format!(

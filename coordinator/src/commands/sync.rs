@@ -33,6 +33,7 @@ pub struct SyncCmd {
 /// Usage error for a bad plan; failure (exit 1) when an agent is unreachable or any unit failed.
 pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
+    let _lock = crate::lock::acquire(&plan, "sync")?;
     let opts = SyncOptions {
         only: c.only,
         relay: c.relay,

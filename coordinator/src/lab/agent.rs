@@ -78,6 +78,8 @@ pub struct AgentSetup {
     pub control_services: bool,
     /// `[allow] freeze_databases` (the old host: the cutover makes these read-only)
     pub freeze_databases: Vec<String>,
+    /// `sync_role`: `"target"` for the agent named `new`, `"source"` for every other one.
+    pub sync_role: String,
     /// `[limits] shutdown_grace_secs`
     pub grace_secs: u64,
     /// `ca_file` for every database (TLS to PostgreSQL).
@@ -103,6 +105,7 @@ impl AgentSetup {
             write_files: vec![],
             control_services: false,
             freeze_databases: vec![],
+            sync_role: if name == "new" { "target" } else { "source" }.into(),
             grace_secs: 5,
             db_ca_file: None,
             state_dir: None,
@@ -128,9 +131,10 @@ impl AgentSetup {
             .unwrap_or_else(|| dir.join(format!("state-{}", self.name)));
         let _ = writeln!(
             t,
-            "listen = \"{}:0\"\nrole = {}\nstate_dir = {}\n",
+            "listen = \"{}:0\"\nrole = {}\nsync_role = {}\nstate_dir = {}\n",
             self.ip,
             s(&self.name),
+            s(&self.sync_role),
             q(&state)
         );
         let _ = writeln!(

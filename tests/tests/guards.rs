@@ -1,0 +1,224 @@
+//! Guards against the wrong peer, the wrong caller and the wrong folder (issue 9): a plan whose
+//! addresses point at the wrong agents, an agent asked to be the target while it is a source, a
+//! peer grant used to read the catalog, overlapping storage trees, two mutating commands at once,
+//! the peer's certificate used as the coordinator's, and names no agent declares.
+
+use hostshift_tests::rig::{self, Sandbox, fs};
+
+/// `plan.toml` with the `[old]` and `[new]` addresses exchanged; `names_too` also exchanges the
+/// agent names (a consistent plan that simply runs the sync backwards).
+fn swap_plan(sb: &Sandbox, names_too: bool) {
+    let plan = std::fs::read_to_string(sb.plan_path()).expect("plan");
+    let (a, b) = (&sb.addresses.0, &sb.addresses.1);
+    let (old_name, new_name) = if names_too {
+        ("new", "old")
+    } else {
+        ("old", "new")
+    };
+    let swapped = plan
+        .replace(&format!("address = \"{a}\"\nagent = \"old\""), "@@OLD@@")
+        .replace(
+            &format!("address = \"{b}\"\nagent = \"new\""),
+            &format!("address = \"{a}\"\nagent = \"{new_name}\""),
+        )
+        .replace(
+            "@@OLD@@",
+            &format!("address = \"{b}\"\nagent = \"{old_name}\""),
+        );
+    assert_ne!(swapped, plan, "the plan changed");
+    std::fs::write(sb.plan_path(), swapped).expect("plan");
+}
+
+/// The old agent's config as if copied from the new host: it allows writing the tree.
+fn old_allowing_writes(sb: &Sandbox) -> rig::AgentSetup {
+    let mut old = sb.old_setup();
+    old.write_storage.push("evaluations".into());
+    old.write_files.push("backend-env".into());
+    old
+}
+
+#[tokio::test]
+async fn sync_with_swapped_addresses_fails_before_writing_in_pull_and_relay_mode() {
+    let mut sb = Sandbox::new("guard_swapped").await;
+    sb.plan_databases = false;
+    // Something only the new host has, so a backwards sync would have something to send.
+    std::fs::create_dir_all(&sb.new_storage).expect("new storage");
+    std::fs::write(sb.new_storage.join("only-on-new.txt"), b"new").expect("file");
+    sb.start(old_allowing_writes(&sb), sb.new_setup()).await;
+    swap_plan(&sb, false);
+    let before = fs::snapshot(&sb.old_storage);
+    let env_before = std::fs::read(&sb.old_env).expect("env");
+    for mode in [&[][..], &["--relay"][..]] {
+        let mut args = vec!["sync", "--only", "storage"];
+        args.extend_from_slice(mode);
+        let out = sb.cli(&args).await;
+        assert_ne!(out.code, 0, "{mode:?}: {}", out.both());
+        assert!(
+            out.both().contains("is agent:new, not agent:old")
+                || out.both().contains("is agent:old, not agent:new"),
+            "{mode:?}: names who answered and who was expected: {}",
+            out.both()
+        );
+        assert_eq!(
+            fs::snapshot(&sb.old_storage),
+            before,
+            "{mode:?}: the old tree is unchanged"
+        );
+        let files = sb.cli(&["sync", "--only", "files"]).await;
+        assert_ne!(files.code, 0, "{mode:?}: {}", files.both());
+        assert_eq!(std::fs::read(&sb.old_env).expect("env"), env_before);
+    }
+    assert!(
+        !sb.old().log_text().contains("deleted"),
+        "the old agent never got as far as deleting"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_declared_as_sync_source_refuses_to_be_the_target() {
+    // A consistent plan run backwards (names and addresses swapped), against an old host whose
+    // config allows writing the tree: only its sync role stops the sync.
+    let mut sb = Sandbox::new("guard_source_role").await;
+    sb.plan_databases = false;
+    sb.start(old_allowing_writes(&sb), sb.new_setup()).await;
+    swap_plan(&sb, true);
+    let before = fs::snapshot(&sb.old_storage);
+    assert!(!before.is_empty(), "the old tree has files to lose");
+    for mode in [&[][..], &["--relay"][..]] {
+        let mut args = vec!["sync", "--only", "storage"];
+        args.extend_from_slice(mode);
+        let out = sb.cli(&args).await;
+        assert_eq!(out.code, 1, "{mode:?}: {}", out.both());
+        assert!(
+            out.stdout.contains("this agent is a sync source"),
+            "{mode:?}: {}",
+            out.both()
+        );
+        assert_eq!(
+            fs::snapshot(&sb.old_storage),
+            before,
+            "{mode:?}: the old tree is unchanged"
+        );
+    }
+    // `check` says so before any sync.
+    let check = sb.cli(&["check"]).await;
+    assert_ne!(check.code, 0, "{}", check.both());
+    assert!(
+        check.stdout.contains("is a sync target"),
+        "{}",
+        check.stdout
+    );
+}
+
+#[tokio::test]
+async fn check_still_reports_who_answers_at_swapped_addresses() {
+    let mut sb = Sandbox::new("guard_check_swapped").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    swap_plan(&sb, false);
+    let out = sb.cli(&["check"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stdout
+            .contains("the agent at this address is agent:new, the plan expects agent:old"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn overlapping_trees_on_the_new_host_cannot_delete_each_others_files() {
+    // The new host declares a second tree inside the first. Before the guard, syncing the outer
+    // tree deleted the inner tree's files (they are not on the old host); now the agent refuses
+    // to start with such a config, naming the key.
+    let mut sb = Sandbox::new("guard_overlap").await;
+    sb.plan_databases = false;
+    let inner = sb.new_storage.join("uploads");
+    std::fs::create_dir_all(&inner).expect("inner tree");
+    std::fs::write(inner.join("user-upload.bin"), b"precious").expect("file");
+    let mut new = sb.new_setup();
+    new.storage.push(("uploads".into(), inner.clone()));
+    new.write_storage.push("uploads".into());
+    let world = sb.world;
+    let started = hostshift::lab::agent::LabAgent::start(
+        &new,
+        &world.certs_agent("new"),
+        &world.certs_coordinator(),
+        &sb.dir,
+    )
+    .await;
+    match started {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("key `storage.1.path`")
+                    && text.contains("overlaps storage tree \"evaluations\""),
+                "{text}"
+            );
+        }
+        Ok(agent) => {
+            // The old behaviour: run the sync the config allows and see what it does.
+            drop(agent);
+            sb.start(sb.old_setup(), new).await;
+            let out = sb.cli(&["sync", "--only", "storage"]).await;
+            assert!(
+                inner.join("user-upload.bin").exists(),
+                "the sync of `evaluations` deleted the `uploads` tree's file: {}",
+                out.both()
+            );
+            panic!("an agent with overlapping trees started: {}", out.both());
+        }
+    }
+    assert_eq!(
+        std::fs::read(inner.join("user-upload.bin")).expect("still there"),
+        b"precious"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sync_of_the_same_plan_fails_at_once_naming_the_first() {
+    use nix::sys::signal::{Signal, kill};
+    let mut sb = Sandbox::new("guard_lock").await;
+    sb.plan_databases = false;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let lock = hostshift::plan::Plan::load(&sb.plan_path())
+        .expect("plan")
+        .state_dir()
+        .join("lock");
+    // A stopped new agent keeps the first sync waiting in its TLS handshake, holding the lock,
+    // for as long as the test needs (no timing guesswork).
+    let new_pid = nix::unistd::Pid::from_raw(sb.new_agent().pid() as i32);
+    kill(new_pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let first = sb.cli(&["sync", "--only", "storage"]);
+    let second = async {
+        let holder = rig::eventually(
+            std::time::Duration::from_secs(30),
+            "the first sync to hold the plan's lock",
+            || async {
+                std::fs::read_to_string(&lock)
+                    .ok()
+                    .filter(|t| t.contains("hostshift sync (pid"))
+            },
+        )
+        .await;
+        let out = sb.cli(&["sync", "--only", "storage"]).await;
+        kill(new_pid, Signal::SIGCONT).expect("SIGCONT");
+        (holder, out)
+    };
+    let (first, (holder, second)) = tokio::join!(first, second);
+    assert_eq!(second.code, 2, "{}", second.both());
+    assert!(
+        second.stderr.contains("the plan is busy"),
+        "{}",
+        second.both()
+    );
+    assert!(
+        second.stderr.contains(holder.trim()),
+        "names the holder {holder:?}: {}",
+        second.both()
+    );
+    assert_eq!(first.code, 0, "the first sync finishes: {}", first.both());
+    fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+    // Released at exit: the next sync runs.
+    let again = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+}
