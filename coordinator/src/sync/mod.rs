@@ -17,6 +17,7 @@
 pub(crate) mod database;
 pub mod delta;
 pub mod journal;
+mod matviews;
 pub mod progress;
 pub mod stream;
 mod units;

@@ -305,6 +305,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         format!("positions differ: {seq_diff:?}")
                     },
                 });
+                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name).await);
                 if !fo.large_objects.is_empty() || !fnew.large_objects.is_empty() {
                     let lo_diff: Vec<&u32> = fo
                         .large_objects
