@@ -15,6 +15,13 @@ fn rows_of_kind<'a>(v: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json:
         .collect()
 }
 
+async fn count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
 async fn populated(c: &tokio_postgres::Client, name: &str) -> bool {
     c.query_one(
         "SELECT ispopulated FROM pg_matviews WHERE matviewname = $1",
@@ -112,4 +119,59 @@ async fn sync_populates_materialized_views_and_verify_compares_them() {
         stats["detail"].as_str().unwrap_or("").contains("predates"),
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn rollback_names_new_host_writes_and_sync_refuses_to_overwrite_them_without_the_flag() {
+    let mut sb = Sandbox::new("rollback_writes").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for args in [&["sync"][..], &["verify"][..]] {
+        let out = sb.cli(args).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.both());
+    }
+    let out = sb
+        .cli(&["cutover", "--yes", "--skip-backup-check", "test"])
+        .await;
+    assert_eq!(out.code, 0, "cutover: {}", out.both());
+
+    // The app, now on the new host, writes two rows.
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    new.batch_execute(
+        "INSERT INTO users (email, display_name) VALUES ('n1@example.com', 'N1'), ('n2@example.com', 'N2')",
+    )
+    .await
+    .expect("write on the new host");
+    let on_new = count(&new).await;
+
+    let out = sb.cli(&["rollback", "--yes"]).await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    let both = out.both();
+    assert!(
+        both.contains("app public.users: 2 row(s) more than at the switch"),
+        "the rollback names the table and the rows: {both}"
+    );
+    assert!(
+        both.contains("move traffic back to the old host by hand now"),
+        "with switch method none the operator is told to move traffic back: {both}"
+    );
+
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 3, "sync after the rollback: {}", out.both());
+    assert!(
+        out.stderr.contains("--discard-new-host-writes") && out.stderr.contains("public.users"),
+        "{}",
+        out.both()
+    );
+    assert_eq!(
+        count(&new).await,
+        on_new,
+        "the new host's rows are untouched"
+    );
+
+    let out = sb.cli(&["sync", "--discard-new-host-writes"]).await;
+    assert_eq!(out.code, 0, "sync with the flag: {}", out.both());
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    assert_eq!(count(&new).await, count(&old).await, "overwritten as asked");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "nothing left to protect: {}", out.both());
 }

@@ -62,7 +62,9 @@ pub struct CutoverCmd {
 Switches traffic back to the old host (when the plan has a [switch] method) and undoes every
 [freeze] method there: the original nginx site, the PM2 apps started, the databases writable.
 Each undo is safe to repeat, so run it again after fixing whatever made it fail.
-Writes accepted by the new host after the switch are NOT copied back.
+Writes accepted by the new host after the switch are NOT copied back: the rollback names every
+table written there since the switch (and how its row count moved), and `hostshift sync` then
+refuses to overwrite them until run with --discard-new-host-writes.
 
 Exit codes: 0 the old host serves again; 2 usage or plan error, or not confirmed; 3 part of the
 undo failed (the output says what to run by hand).")]
@@ -338,6 +340,18 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                 println!("  {i}");
             }
         }
+    }
+    if !r.new_host_writes.is_empty() {
+        println!(
+            "\nWRITES ON THE NEW HOST SINCE THE SWITCH, NOT COPIED BACK ({} table(s)):",
+            r.new_host_writes.len()
+        );
+        for w in &r.new_host_writes {
+            println!("  {w}");
+        }
+        println!(
+            "Copy what you need from the new host to the old one now. `hostshift sync` refuses to overwrite these until you run it with --discard-new-host-writes."
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use crate::cli::{Global, PlanArg};
-use crate::error::{CliResult, failed};
+use crate::error::{CliError, CliResult, failed};
 use crate::output::{bytes, print_json, table};
 use crate::sync::{self, Only, SyncOptions, progress};
 
@@ -25,6 +25,10 @@ pub struct SyncCmd {
     /// ...or at this many MiB.
     #[arg(long, default_value_t = 256)]
     batch_mib: u64,
+    /// After a rollback: overwrite the rows written on the new host since the switch (the
+    /// rollback listed them). Without it the databases are not synced while there are any.
+    #[arg(long)]
+    discard_new_host_writes: bool,
 }
 
 /// Runs a sync and prints the per-unit result.
@@ -45,10 +49,14 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         },
         batch_files: c.batch_files.max(1),
         batch_bytes: c.batch_mib.max(1) * 1024 * 1024,
+        discard_new_host_writes: c.discard_new_host_writes,
         ..SyncOptions::default()
     };
     let started = crate::report::now_ms();
-    let report = sync::run(&plan, &opts).await.map_err(failed)?;
+    let report = sync::run(&plan, &opts).await.map_err(|e| match e {
+        e @ sync::SyncError::NewHostWrites(_) => CliError::OperatorAction(e.into()),
+        e => failed(e),
+    })?;
     if g.json {
         print_json(&report);
     } else {

@@ -46,6 +46,9 @@ pub struct Report {
     /// checks them against those at the start of its delta.
     #[serde(skip)]
     pub old_tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The same for the new host (the cutover records them as the state at the switch).
+    #[serde(skip)]
+    pub new_tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 fn short(d: &str) -> String {
@@ -117,6 +120,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
     let mut rows = Vec::new();
     let mut old_tables = std::collections::BTreeMap::new();
+    let mut new_tables = std::collections::BTreeMap::new();
     for f in &plan.files {
         let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, f.on_new()));
         let row = match (a, b) {
@@ -257,6 +261,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
             }),
             Ok((fo, fnew)) => {
                 old_tables.insert(d.name.clone(), fo.tables.clone().into_iter().collect());
+                new_tables.insert(d.name.clone(), fnew.tables.clone().into_iter().collect());
                 let names: std::collections::BTreeSet<&String> =
                     fo.tables.keys().chain(fnew.tables.keys()).collect();
                 for t in names {
@@ -335,5 +340,6 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         rows,
         ms: started.elapsed().as_millis() as u64,
         old_tables,
+        new_tables,
     })
 }
