@@ -175,3 +175,69 @@ async fn rollback_names_new_host_writes_and_sync_refuses_to_overwrite_them_witho
     let out = sb.cli(&["sync"]).await;
     assert_eq!(out.code, 0, "nothing left to protect: {}", out.both());
 }
+
+#[tokio::test]
+async fn storage_keeps_owner_and_group_by_name_and_verify_compares_them() {
+    use std::os::unix::fs::MetadataExt;
+    let mut sb = Sandbox::new("owners").await;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("the system user nobody exists");
+    // The tree belongs to a non-root user, as an app's uploads do.
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .expect("chown the old tree");
+    }
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let out = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let paths = walk(&sb.new_storage);
+    assert!(paths.len() >= 6, "{paths:?}");
+    for p in &paths {
+        let m = std::fs::symlink_metadata(p).expect("stat");
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (nobody.uid.as_raw(), nobody.gid.as_raw()),
+            "{} keeps the old owner",
+            p.display()
+        );
+    }
+    let out = sb.cli(&["sync", "--only", "files"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let verify = sb.cli(&["verify", "--json"]).await;
+    let vj = verify.json();
+    let storage = rows_of_kind(&vj, "storage");
+    assert_eq!(storage[0]["equal"], true, "{}", verify.stdout);
+
+    // Given to root on the new host: verify names the owner difference; sync repairs it.
+    let file = sb.new_storage.join("2026/01/eval-0.json");
+    std::os::unix::fs::lchown(&file, Some(0), Some(0)).expect("chown");
+    let verify = sb.cli(&["verify", "--json"]).await;
+    let vj = verify.json();
+    let detail = rows_of_kind(&vj, "storage")[0]["detail"].to_string();
+    assert!(
+        detail.contains("owner differs: 2026/01/eval-0.json (old nobody:"),
+        "{}",
+        verify.stdout
+    );
+    let out = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let m = std::fs::symlink_metadata(&file).expect("stat");
+    assert_eq!(m.uid(), nobody.uid.as_raw(), "the sync gave it back");
+}
+
+/// Every path below `root` (not `root` itself).
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}

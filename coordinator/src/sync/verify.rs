@@ -225,7 +225,8 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                             list(&c.missing, "missing"),
                             list(&c.changed, "content differs"),
                             list(&extra, "only on new"),
-                            list(&c.metadata, "mode/mtime differ"),
+                            list(&c.metadata, "mode/mtime/owner differ"),
+                            list(&c.owner, "owner differs"),
                         ]
                         .into_iter()
                         .flatten()
