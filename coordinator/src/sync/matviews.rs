@@ -63,11 +63,8 @@ pub(crate) async fn refresh(
             // Missing on the new host: the schema comparison reports it.
             None => {}
             Some(s) if s == state => {}
-            Some(s) if state == NOT_POPULATED => {
-                if s != NOT_POPULATED {
-                    unpopulate.push(name.clone());
-                }
-            }
+            // Differs from the old host's "not populated" (equal states were handled above).
+            Some(_) if state == NOT_POPULATED => unpopulate.push(name.clone()),
             Some(_) => populate.push(name.clone()),
         }
     }
