@@ -128,6 +128,13 @@ async fn rollback_names_new_host_writes_and_sync_refuses_to_overwrite_them_witho
     for args in [&["sync"][..], &["verify"][..]] {
         let out = sb.cli(args).await;
         assert_eq!(out.code, 0, "{args:?}: {}", out.both());
+        if args == ["sync"] {
+            assert!(
+                out.stdout.contains("4 files and 6 tables ("),
+                "the summary counts tables apart from files: {}",
+                out.stdout
+            );
+        }
     }
     let out = sb
         .cli(&["cutover", "--yes", "--skip-backup-check", "test"])

@@ -119,7 +119,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
                 }));
             }
             return Err(CliError::OperatorAction(anyhow::anyhow!(
-                "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --plan {plan_arg}` to finish it, or `hostshift rollback --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
+                "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --yes --plan {plan_arg}` to finish it, or `hostshift rollback --yes --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
                 st.run.as_deref().unwrap_or("?"),
                 if st.frozen {
                     ", the old host is frozen"
@@ -239,7 +239,9 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
     }
     let word = match st.state {
         Stage::None => "no cutover yet",
-        Stage::InProgress => "UNFINISHED — `hostshift cutover --resume` or `hostshift rollback`",
+        Stage::InProgress => {
+            "UNFINISHED — `hostshift cutover --resume --yes` or `hostshift rollback --yes`"
+        }
         Stage::Switched => "switched: traffic on the new host; the old host stays frozen",
         Stage::RolledBack => "rolled back: the old host serves",
         Stage::Failed => "stopped at the gates: nothing was touched",

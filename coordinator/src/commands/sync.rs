@@ -82,7 +82,11 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                         ("database", n) => format!("{n} tables"),
                         (_, n) => format!("{n} files, {}", bytes(u.skipped_bytes)),
                     },
-                    (u.attempts.saturating_sub(1)).to_string(),
+                    // Retried failures count even when the unit's last attempt was its first
+                    // (a database's pieces retry on their own).
+                    (u.attempts.saturating_sub(1) as usize)
+                        .max(u.retried.len())
+                        .to_string(),
                     format!("{:.1} s", u.ms as f64 / 1000.0),
                 ]
             })
@@ -113,11 +117,19 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                 println!("FAIL {} {}: {}", u.kind, u.name, u.detail);
             }
         }
+        // A database unit counts tables in `files`: say so rather than add them to the files.
+        let (tables, files): (Vec<&sync::UnitReport>, Vec<&sync::UnitReport>) =
+            report.units.iter().partition(|u| u.kind == "database");
+        let count = |v: &[&sync::UnitReport], f: fn(&sync::UnitReport) -> u64| -> u64 {
+            v.iter().map(|u| f(u)).sum()
+        };
         println!(
-            "\n{} files ({}) sent, {} skipped as already equal, in {:.1} s. Journal: {}",
-            report.files,
+            "\n{} files and {} tables ({}) sent, {} files and {} tables skipped as already equal, in {:.1} s. Journal: {}",
+            count(&files, |u| u.files),
+            count(&tables, |u| u.files),
             bytes(report.bytes),
-            report.skipped_files,
+            count(&files, |u| u.skipped_files),
+            count(&tables, |u| u.skipped_files),
             report.ms as f64 / 1000.0,
             report.journal
         );
