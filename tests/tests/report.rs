@@ -126,6 +126,7 @@ fn verify_report() -> verify::Report {
         ],
         ms: 1_830,
         old_tables: Default::default(),
+        new_tables: Default::default(),
     }
 }
 

@@ -277,7 +277,9 @@ fn restore_tree(
     cancel: &CancellationToken,
 ) -> Result<String, AgentError> {
     let bytes = std::fs::read(index).map_err(|e| AgentError::io("read", index, e))?;
-    let wanted = Manifest::decode(&bytes, index)?;
+    let mut wanted = Manifest::decode(&bytes, index)?;
+    let carry = storage::carries_owners();
+    wanted.localize_owners(carry);
     std::fs::create_dir_all(root).map_err(|e| AgentError::io("create", root, e))?;
     let staging = storage::staging_name(staging_id)?;
     // A staging folder of an interrupted restore of the same backup holds nothing we need.
@@ -306,10 +308,14 @@ fn restore_tree(
             path: e.path.clone(),
             mode: e.mode,
             mtime_ns: e.mtime_ns,
+            owner: e.owner,
         })
         .collect();
     let stats = storage::commit(root, staged, &dirs, &[], &delta.delete)?;
-    let after = storage::build_full(root, cancel)?;
+    let mut after = storage::build_full(root, cancel)?;
+    if !carry {
+        after.localize_owners(false);
+    }
     if after != wanted {
         return Err(AgentError::FailedPrecondition(format!(
             "{} does not equal the backup after the restore (was it written to meanwhile?); restore again",

@@ -6,9 +6,10 @@ use std::time::Duration;
 use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, CloseSnapshotResponse, DbReadRequest, DbSelection, DbTablesResponse,
-    FingerprintResponse, HeldSnapshot, JsonResponse, OpenSnapshotRequest, OpenSnapshotResponse,
-    OpenSnapshotsRequest, OpenSnapshotsResponse, RangeFingerprint, RangeFingerprintsRequest,
-    RangeFingerprintsResponse, RenewSnapshotRequest, RenewSnapshotResponse, SchemaDigestResponse,
+    FingerprintResponse, HeldSnapshot, JsonResponse, MatviewsRequest, MatviewsResponse,
+    OpenSnapshotRequest, OpenSnapshotResponse, OpenSnapshotsRequest, OpenSnapshotsResponse,
+    RangeFingerprint, RangeFingerprintsRequest, RangeFingerprintsResponse, RefreshMatviewsRequest,
+    RefreshMatviewsResponse, RenewSnapshotRequest, RenewSnapshotResponse, SchemaDigestResponse,
     SetReadOnlyRequest, SetReadOnlyResponse, SetSequencesRequest, SetSequencesResponse,
     SplitRangesRequest, SplitRangesResponse,
 };
@@ -249,6 +250,41 @@ impl Database for DatabaseService {
                     max_key: f.max_key,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn matviews(
+        &self,
+        req: Request<MatviewsRequest>,
+    ) -> Result<Response<MatviewsResponse>, Status> {
+        let r = req.into_inner();
+        let sel = r.selection.unwrap_or_default();
+        let conn = self.conn(&sel.database).await?;
+        let matviews = postgres::matview_fingerprints(
+            &conn,
+            &selection(&sel)?,
+            snap(&r.snapshot)?.as_ref(),
+            r.fresh,
+        )
+        .await
+        .map_err(AgentError::from)?;
+        Ok(Response::new(MatviewsResponse {
+            matviews: matviews.into_iter().collect(),
+        }))
+    }
+
+    async fn refresh_matviews(
+        &self,
+        req: Request<RefreshMatviewsRequest>,
+    ) -> Result<Response<RefreshMatviewsResponse>, Status> {
+        let r = req.into_inner();
+        let db = writable(&self.ctx, &r.database)?;
+        let conn = Conn::connect(db).await.map_err(AgentError::from)?;
+        let n = postgres::refresh_matviews(&conn, &r.populate, &r.unpopulate)
+            .await
+            .map_err(AgentError::from)?;
+        Ok(Response::new(RefreshMatviewsResponse {
+            refreshed: n as u64,
         }))
     }
 

@@ -73,6 +73,16 @@ fn table_sql(table: &TableInfo, range: Option<&KeyRange>) -> String {
     )
 }
 
+/// The `count(*), digest` query over the rows of `from` (a quoted relation or a parenthesized
+/// query), computed as a table's fingerprint: materialized views use it.
+pub(crate) fn rows_fingerprint_sql(from: &str) -> String {
+    format!(
+        "SELECT count(*), {}
+         FROM (SELECT md5(ROW(t.*)::text) AS h FROM {from} AS t) AS rows",
+        digest_expr(&format!("sum({HALF_1})"), &format!("sum({HALF_2})")),
+    )
+}
+
 async fn table_in_tx(
     conn: &Conn,
     table: &TableInfo,

@@ -61,6 +61,7 @@ pub mod fingerprint;
 pub mod freeze;
 pub mod globals;
 pub mod large_objects;
+pub mod matviews;
 pub mod ranges;
 pub mod schema;
 pub mod schema_digest;
@@ -81,6 +82,7 @@ pub use large_objects::{
     LO_CHUNK_BYTES, LargeObjectMeta, LargeObjectSink, LoGrant, list_large_objects,
     read_large_object,
 };
+pub use matviews::{NOT_POPULATED, matview_fingerprints, refresh_matviews};
 pub use ranges::{KeyRange, split_ranges};
 pub use schema::{DUMP_CHUNK_BYTES, MAX_SCHEMA_BYTES, SchemaBuffer, Section, dump_section};
 pub use select::{Selection, TableRef, dump_args};

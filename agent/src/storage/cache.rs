@@ -176,6 +176,7 @@ mod tests {
             mode: 0o644,
             mtime_ns: 1_600_000_000_000_000_000,
             sha256: Some(hostshift_shared::digest::Sha256Digest::of(b"claimed")),
+            owner: Some(crate::storage::walk::owner(&meta)),
         };
         cache.installed(
             &cache_file,

@@ -4,13 +4,16 @@
 //! Layout (integers little-endian): the magic `HSMANIF1`, when the walk started (i64 ns), the
 //! entry count (u64), then per entry
 //! the path (u32 length + bytes), the kind (u8: 0 file, 1 directory, 2 symlink), size (u64), mode
-//! (u32), mtime in ns (i64), then a file's 32-byte SHA-256 or a symlink's target (u32 length +
-//! bytes); last, the SHA-256 of everything before it, so a torn or damaged cache file is noticed.
+//! (u32), mtime in ns (i64), the owner (u8 0 = not tracked, or 1 + uid and gid as u32), then a
+//! file's 32-byte SHA-256 or a symlink's target (u32 length + bytes); after the entries the names
+//! of the ids used (users, then groups: a u64 count, then per name the id as u32 and the name as
+//! u32 length + bytes); last, the SHA-256 of everything before it, so a torn or damaged cache
+//! file is noticed.
 //! About 70 bytes plus the path per entry. Chosen over JSON because paths need not be UTF-8 and
 //! digests are raw bytes; decoding checks every path and invariant again ([`Manifest::new`]), as
 //! the bytes may come from another host.
 //!
-//! The cache file ([`Manifest::save`]) is `HSMANIF2`: the same, plus after each file's digest its
+//! The network form is `HSMANIF3`; the cache file ([`Manifest::save`]) is `HSMANIF4`: the same, plus after each file's digest its
 //! [`Stamp`] (u8 1 + device, inode, ctime and checked-at as 64-bit integers, or u8 0). Stamps are
 //! local knowledge: [`Manifest::decode`], which reads what the network brings, refuses this form.
 
@@ -24,13 +27,13 @@ use super::error::StorageError;
 use super::manifest::{Entry, Kind, Manifest, Stamp};
 use super::relpath::RelPath;
 
-const MAGIC: &[u8; 8] = b"HSMANIF1";
+const MAGIC: &[u8; 8] = b"HSMANIF3";
 /// The cache file's form: with stamps.
-const MAGIC_CACHE: &[u8; 8] = b"HSMANIF2";
+const MAGIC_CACHE: &[u8; 8] = b"HSMANIF4";
 /// Longest path or link target accepted when decoding (Linux's `PATH_MAX` is 4096).
 const MAX_PATH: usize = 64 * 1024;
 /// Smallest encoded entry, to bound the up-front allocation of a hostile count.
-const MIN_ENTRY: usize = 4 + 1 + 1 + 8 + 4 + 8;
+const MIN_ENTRY: usize = 4 + 1 + 1 + 8 + 4 + 8 + 1;
 
 impl Manifest {
     /// The binary form (see the module doc), without stamps: what goes over the network.
@@ -55,6 +58,14 @@ impl Manifest {
             out.extend_from_slice(&e.size.to_le_bytes());
             out.extend_from_slice(&e.mode.to_le_bytes());
             out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+            match e.owner {
+                None => out.push(0),
+                Some(o) => {
+                    out.push(1);
+                    out.extend_from_slice(&o.uid.to_le_bytes());
+                    out.extend_from_slice(&o.gid.to_le_bytes());
+                }
+            }
             match (&e.kind, &e.sha256) {
                 (Kind::File, Some(d)) => {
                     out.extend_from_slice(d.as_bytes());
@@ -75,6 +86,13 @@ impl Manifest {
                 }
                 (Kind::Symlink { target }, _) => put_bytes(&mut out, target.as_os_str().as_bytes()),
                 _ => {}
+            }
+        }
+        for map in [&self.owner_names().users, &self.owner_names().groups] {
+            out.extend_from_slice(&(map.len() as u64).to_le_bytes());
+            for (id, name) in map {
+                out.extend_from_slice(&id.to_le_bytes());
+                put_bytes(&mut out, name.as_bytes());
             }
         }
         let sum = Sha256Digest::of(&out);
@@ -134,8 +152,19 @@ impl Manifest {
             }
             entries.push(e);
         }
+        let mut names = super::manifest::OwnerNames::default();
+        for map in [&mut names.users, &mut names.groups] {
+            let n = r.u64().ok_or_else(|| bad("truncated owner names"))?;
+            for _ in 0..n {
+                let id = u32::from_le_bytes(r.array().ok_or_else(|| bad("truncated owner names"))?);
+                let name = r.bytes().ok_or_else(|| bad("truncated owner names"))?;
+                let name = String::from_utf8(name.to_vec())
+                    .map_err(|_| bad("an owner name that is not UTF-8"))?;
+                map.insert(id, name);
+            }
+        }
         if !r.0.is_empty() {
-            return Err(bad("trailing bytes after the last entry"));
+            return Err(bad("trailing bytes after the owner names"));
         }
         if with_stamps {
             // `new` sorts: pair the stamps with their entries first.
@@ -145,10 +174,12 @@ impl Manifest {
             let mut m = Manifest::new(entries)?;
             m.set_walked_at_ns(walked_at_ns);
             m.set_stamps(stamps);
+            m.set_owner_names(names);
             return Ok(m);
         }
         let mut m = Manifest::new(entries)?;
         m.set_walked_at_ns(walked_at_ns);
+        m.set_owner_names(names);
         Ok(m)
     }
 
@@ -236,6 +267,19 @@ impl<'a> Reader<'a> {
         let size = self.u64()?;
         let mode = u32::from_le_bytes(self.array()?);
         let mtime_ns = i64::from_le_bytes(self.array()?);
+        let owner = match self.array::<1>()?[0] {
+            0 => None,
+            1 => Some(super::manifest::Owner {
+                uid: u32::from_le_bytes(self.array()?),
+                gid: u32::from_le_bytes(self.array()?),
+            }),
+            other => {
+                return Some(Err(StorageError::BadManifest {
+                    path: origin.to_path_buf(),
+                    reason: format!("unknown owner marker {other}"),
+                }));
+            }
+        };
         let (kind, sha256) = match kind {
             0 => (
                 Kind::File,
@@ -260,6 +304,7 @@ impl<'a> Reader<'a> {
             mode,
             mtime_ns,
             sha256,
+            owner,
         }))
     }
 }
@@ -349,6 +394,7 @@ mod tests {
             mode: 0o755,
             mtime_ns: 1,
             sha256: None,
+            owner: None,
         }];
         entries.extend((0..10_000).map(|i| Entry {
             path: RelPath::new(format!("d/project-evaluation-{i:05}.json")).unwrap(),
@@ -357,6 +403,7 @@ mod tests {
             mode: 0o644,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
             sha256: d,
+            owner: None,
         }));
         let m = Manifest::new(entries).unwrap();
         let bytes = m.encode();

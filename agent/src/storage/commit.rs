@@ -256,6 +256,7 @@ fn set_attributes(
         let Some(st) = lstat(&full)? else {
             return Err(changed(full, "it is gone"));
         };
+        set_owner(&full, m.owner)?;
         if !st.file_type().is_symlink() {
             set_mode(&full, m.mode)?;
         }
@@ -269,6 +270,7 @@ fn set_attributes(
         let Some(st) = lstat(&full)?.filter(std::fs::Metadata::is_dir) else {
             return Err(changed(full, "a directory was expected here"));
         };
+        set_owner(&full, d.owner)?;
         set_mode(&full, d.mode)?;
         set_mtime(&full, &st, d.mtime_ns)?;
         stats.dirs_fixed += 1;
@@ -290,6 +292,16 @@ fn lstat(path: &Path) -> Result<Option<std::fs::Metadata>, StorageError> {
         }
         Err(e) => Err(StorageError::io("inspect", path, e)),
     }
+}
+
+/// Sets owner and group of `path` itself (a symlink is not followed); `None` leaves them.
+pub(super) fn set_owner(
+    path: &Path,
+    owner: Option<super::manifest::Owner>,
+) -> Result<(), StorageError> {
+    let Some(o) = owner else { return Ok(()) };
+    std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid))
+        .map_err(|e| StorageError::io("set owner", path, e))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), StorageError> {

@@ -30,6 +30,8 @@ pub struct MetaFix {
     pub mode: u32,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Owner and group to set (`None`: leave them).
+    pub owner: Option<super::manifest::Owner>,
 }
 
 impl MetaFix {
@@ -38,6 +40,7 @@ impl MetaFix {
             path: e.path.clone(),
             mode: e.mode,
             mtime_ns: e.mtime_ns,
+            owner: e.owner,
         }
     }
 }
@@ -148,12 +151,16 @@ impl Walk {
     }
 
     fn compare(&mut self, s: &Entry, t: &Entry) {
-        let attrs_differ = (s.mode, s.mtime_ns) != (t.mode, t.mtime_ns);
+        // The source's owner counts only when it is tracked (see `Manifest::localize_owners`).
+        let owner_differs = s.owner.is_some() && s.owner != t.owner;
+        let attrs_differ = (s.mode, s.mtime_ns) != (t.mode, t.mtime_ns) || owner_differs;
         match (&s.kind, &t.kind) {
             (Kind::File, Kind::File) if (s.size, s.sha256) != (t.size, t.sha256) => self.add(s),
             (Kind::Symlink { target: a }, Kind::Symlink { target: b }) if a != b => self.add(s),
             (Kind::File, Kind::File) if attrs_differ => self.meta.push(MetaFix::of(s)),
-            (Kind::Symlink { .. }, Kind::Symlink { .. }) if s.mtime_ns != t.mtime_ns => {
+            (Kind::Symlink { .. }, Kind::Symlink { .. })
+                if s.mtime_ns != t.mtime_ns || owner_differs =>
+            {
                 self.meta.push(MetaFix::of(s));
             }
             (Kind::Dir, Kind::Dir) if attrs_differ => {
@@ -210,6 +217,7 @@ mod tests {
             mode: 0o755,
             mtime_ns,
             sha256: None,
+            owner: None,
         }
     }
     fn file(path: &str, content: &str, mode: u32, mtime_ns: i64) -> Entry {
@@ -220,6 +228,7 @@ mod tests {
             mode,
             mtime_ns,
             sha256: Some(Sha256Digest::of(content.as_bytes())),
+            owner: None,
         }
     }
     fn link(path: &str, target: &str, mtime_ns: i64) -> Entry {
@@ -232,6 +241,7 @@ mod tests {
             mode: 0o777,
             mtime_ns,
             sha256: None,
+            owner: None,
         }
     }
     fn m(entries: Vec<Entry>) -> Manifest {

@@ -31,6 +31,26 @@ pub enum Kind {
     },
 }
 
+/// Numeric owner and group of an entry, as this host numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The names of the user and group ids a manifest's entries use, as the host that walked the
+/// tree resolves them (ids without a name there are not listed). Ids differ between hosts;
+/// names are what [`Manifest::localize_owners`] carries across, like `tar` and `rsync -o -g`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnerNames {
+    /// uid → user name.
+    pub users: std::collections::BTreeMap<u32, String>,
+    /// gid → group name.
+    pub groups: std::collections::BTreeMap<u32, String>,
+}
+
 /// One path of a tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -46,6 +66,9 @@ pub struct Entry {
     pub mtime_ns: i64,
     /// SHA-256 of a file's content; `None` for directories and symlinks.
     pub sha256: Option<Sha256Digest>,
+    /// Owner and group; `None` when not tracked (a manifest given to a target that does not
+    /// carry ownership: see [`Manifest::localize_owners`]).
+    pub owner: Option<Owner>,
 }
 
 impl Entry {
@@ -120,6 +143,8 @@ pub struct Manifest {
     walked_at_ns: i64,
     /// Empty, or one per entry (`None` for directories, symlinks and files without one).
     stamps: Vec<Option<Stamp>>,
+    /// Names of the ids the entries use.
+    names: OwnerNames,
 }
 
 impl PartialEq for Manifest {
@@ -153,6 +178,7 @@ impl Manifest {
             entries,
             walked_at_ns: 0,
             stamps: Vec::new(),
+            names: OwnerNames::default(),
         };
         for e in &m.entries {
             if let Some(reason) = e.problem() {
@@ -175,11 +201,91 @@ impl Manifest {
     pub(super) fn from_walk(mut walked: Vec<(Entry, Option<Stamp>)>, walked_at_ns: i64) -> Self {
         walked.sort_by(|a, b| a.0.path.cmp(&b.0.path));
         let (entries, stamps) = walked.into_iter().unzip();
-        Self {
+        let mut m = Self {
             entries,
             walked_at_ns,
             stamps,
+            names: OwnerNames::default(),
+        };
+        m.names = m.resolve_names();
+        m
+    }
+
+    /// The local names of every id the entries use (one lookup per distinct id).
+    fn resolve_names(&self) -> OwnerNames {
+        use nix::unistd::{Gid, Group, Uid, User};
+        let mut names = OwnerNames::default();
+        for o in self.entries.iter().filter_map(|e| e.owner) {
+            if let std::collections::btree_map::Entry::Vacant(v) = names.users.entry(o.uid)
+                && let Ok(Some(u)) = User::from_uid(Uid::from_raw(o.uid))
+            {
+                v.insert(u.name);
+            }
+            if let std::collections::btree_map::Entry::Vacant(v) = names.groups.entry(o.gid)
+                && let Ok(Some(g)) = Group::from_gid(Gid::from_raw(o.gid))
+            {
+                v.insert(g.name);
+            }
         }
+        names
+    }
+
+    /// The names of the ids the entries use (as the walking host resolved them).
+    pub fn owner_names(&self) -> &OwnerNames {
+        &self.names
+    }
+
+    /// Sets the names (as decoded).
+    pub(super) fn set_owner_names(&mut self, names: OwnerNames) {
+        self.names = names;
+    }
+
+    /// Turns a source host's owners into this host's ids, by name, the numeric id where the
+    /// source has no name for it or this host has no such name (as `tar` and `rsync -o -g` do as
+    /// root). Without `carry` (the agent is not root and cannot give files away) every owner is
+    /// dropped: files then belong to the agent's user and ownership is not compared. Returns
+    /// the source's user and group names that do not exist here, as `user NAME` / `group NAME`.
+    pub fn localize_owners(&mut self, carry: bool) -> Vec<String> {
+        use nix::unistd::{Group, User};
+        if !carry {
+            for e in &mut self.entries {
+                e.owner = None;
+            }
+            return Vec::new();
+        }
+        let mut unknown = std::collections::BTreeSet::new();
+        let mut uids: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        let mut gids: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for e in &mut self.entries {
+            let Some(o) = e.owner else { continue };
+            let uid = *uids
+                .entry(o.uid)
+                .or_insert_with(|| match self.names.users.get(&o.uid) {
+                    None => o.uid,
+                    Some(name) => match User::from_name(name) {
+                        Ok(Some(u)) => u.uid.as_raw(),
+                        _ => {
+                            unknown.insert(format!("user {name}"));
+                            o.uid
+                        }
+                    },
+                });
+            let gid = *gids
+                .entry(o.gid)
+                .or_insert_with(|| match self.names.groups.get(&o.gid) {
+                    None => o.gid,
+                    Some(name) => match Group::from_name(name) {
+                        Ok(Some(g)) => g.gid.as_raw(),
+                        _ => {
+                            unknown.insert(format!("group {name}"));
+                            o.gid
+                        }
+                    },
+                });
+            e.owner = Some(Owner { uid, gid });
+        }
+        self.names = self.resolve_names();
+        unknown.into_iter().collect()
     }
 
     /// This manifest with `extra` files added or replacing the entries of the same path (with
@@ -306,6 +412,7 @@ mod tests {
             mode: 0o644,
             mtime_ns: 0,
             sha256: sha,
+            owner: None,
         };
         let d = Some(Sha256Digest::of(b""));
         assert!(Manifest::new(vec![e("a", Kind::Dir, None), e("a/f", Kind::File, d)]).is_ok());

@@ -39,7 +39,13 @@
 //!   renames and unlinks act on the link itself. A symlink whose target is absolute or climbs out
 //!   of the tree is refused on both sides (the operator fixes it on the old host).
 //! - Device files, FIFOs, sockets and hard-link entries are refused; set-id bits of files are not
-//!   copied. Ownership is not copied either: files belong to the agent's user.
+//!   copied.
+//! - Ownership is carried by name when the target agent runs as root (like `tar` and
+//!   `rsync -o -g`): each manifest lists the names of the user and group ids it uses, and the
+//!   target turns them into its own ids ([`Manifest::localize_owners`]), keeping the numeric id
+//!   where a name is unknown on either side (`hostshift check` refuses that case, naming the
+//!   user or group). An agent that is not root cannot give files away: its files belong to its
+//!   own user and ownership is neither set nor compared.
 //! - Nothing unverified is put into place: content is checked against the manifest's digest as
 //!   it is staged, and the caller commits only after the trailer is verified.
 //! - Memory is bounded per stream (see [`channel::QUEUE_DEPTH`]); a manifest holds one entry per
@@ -70,7 +76,12 @@ pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, QUEUE_DEPTH};
 pub use commit::{CommitStats, commit, finalize, prepare};
 pub use delta::{Delta, MetaFix, diff};
 pub use error::StorageError;
-pub use manifest::{Entry, Kind, Manifest, Stamp};
+pub use manifest::{Entry, Kind, Manifest, Owner, OwnerNames, Stamp};
+
+/// Whether this agent carries owners and groups (it can only when it runs as root).
+pub fn carries_owners() -> bool {
+    nix::unistd::geteuid().is_root()
+}
 pub use pack::{PackStats, pack, pack_with};
 pub use relpath::{RelPath, STAGING_PREFIX, join_under};
 pub use staging::{Staged, abort, remove_stale_staging, staging_name};

@@ -194,6 +194,7 @@ fn extract<R: Read>(
                     });
                 }
                 stage_symlink(&got, &staged_path, want.mtime_ns)?;
+                super::commit::set_owner(&staged_path, want.owner)?;
             }
             _ => return Err(refuse("its kind is not the one this host asked for".into())),
         }
@@ -294,6 +295,11 @@ fn write_file<R: Read>(
             actual,
         });
     }
+    // Owner first: a chown may clear mode bits, the chmod after it sets them.
+    if let Some(o) = want.owner {
+        std::os::unix::fs::fchown(&out, Some(o.uid), Some(o.gid))
+            .map_err(|e| StorageError::io("set owner", dest, e))?;
+    }
     use std::os::unix::fs::PermissionsExt;
     out.set_permissions(std::fs::Permissions::from_mode(want.mode))
         .map_err(|e| StorageError::io("set mode", dest, e))?;
@@ -379,6 +385,7 @@ mod tests {
                 mode: 0o644,
                 mtime_ns: 0,
                 sha256: Some(Sha256Digest::of(b"x")),
+                owner: None,
             },
             Entry {
                 path: RelPath::new("link").unwrap(),
@@ -389,6 +396,7 @@ mod tests {
                 mode: 0o777,
                 mtime_ns: 0,
                 sha256: None,
+                owner: None,
             },
         ]
     }

@@ -294,6 +294,15 @@ fn plain(path: RelPath, kind: Kind, meta: &Metadata) -> Entry {
         mode,
         mtime_ns: mtime_ns(meta),
         sha256: None,
+        owner: Some(owner(meta)),
+    }
+}
+
+/// The owner and group of what `meta` describes.
+pub fn owner(meta: &Metadata) -> super::manifest::Owner {
+    super::manifest::Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
     }
 }
 
@@ -311,6 +320,7 @@ fn file_entry(
         && let Some((cached, stamp)) = cache.get_stamped(&path)
         && cached.is_file()
         && (cached.size, cached.mode, cached.mtime_ns) == (size, mode, mtime)
+        && cached.owner == Some(owner(meta))
         && stamp.same_file(meta)
         && mtime < stamp.checked_at_ns.saturating_sub(RACY_MARGIN_NS)
     {
@@ -331,6 +341,7 @@ fn file_entry(
                     mode: file_mode(&meta),
                     mtime_ns: mtime_ns(&meta),
                     sha256: Some(digest),
+                    owner: Some(owner(&meta)),
                 };
                 // Checked at the walk's start: earlier than the read, so the racy margin errs
                 // on the safe side.

@@ -255,13 +255,16 @@ impl Target for TargetService {
         req: Request<CompareStorageRequest>,
     ) -> Result<Response<CompareStorageResponse>, Status> {
         let r = req.into_inner();
-        let source_manifest = Manifest::decode(
+        let mut source_manifest = Manifest::decode(
             &r.source_manifest,
             std::path::Path::new("<source manifest>"),
         )
         .map_err(AgentError::from)?;
+        let unknown_owners = source_manifest.localize_owners(storage::carries_owners());
         let target = source::manifest(&self.ctx, &r.tree, r.full).await?;
-        Ok(Response::new(compare(&source_manifest, &target)))
+        let mut c = compare(&source_manifest, &target);
+        c.unknown_owners = unknown_owners;
+        Ok(Response::new(c))
     }
 
     async fn plan_storage(
@@ -270,12 +273,16 @@ impl Target for TargetService {
     ) -> Result<Response<PlanStorageResponse>, Status> {
         let r = req.into_inner();
         let ctx = &self.ctx;
-        let source_manifest = Manifest::decode(
+        let mut source_manifest = Manifest::decode(
             &r.source_manifest,
             std::path::Path::new("<source manifest>"),
         )
         .map_err(AgentError::from)?;
+        let unknown_owners = source_manifest.localize_owners(storage::carries_owners());
         let target = source::manifest(ctx, &r.tree, false).await?;
+        if !unknown_owners.is_empty() {
+            tracing::warn!(tree = %r.tree, unknown = ?unknown_owners, "owners unknown on this host: their files keep the old host's numeric ids");
+        }
         let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
         enough_space(ctx, &r.tree, &delta)?;
         let batch_bytes = r.batch_bytes.max(1);
@@ -342,11 +349,12 @@ impl Target for TargetService {
         )?;
         let root = ctx.storage(&r.tree)?.path.clone();
         std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
-        let source_manifest = Manifest::decode(
+        let mut source_manifest = Manifest::decode(
             &r.source_manifest,
             std::path::Path::new("<source manifest>"),
         )
         .map_err(AgentError::from)?;
+        source_manifest.localize_owners(storage::carries_owners());
         let target = source::manifest(ctx, &r.tree, false).await?;
         let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
         if r.prepare_only {
@@ -472,6 +480,7 @@ pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
             .map(|e| show(&e.path)),
     );
     metadata.sort();
+    let owner = owner_differences(source, target);
     CompareStorageResponse {
         missing,
         changed,
@@ -482,5 +491,41 @@ pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
         manifest_sha256: hostshift_shared::digest::Sha256Digest::of(&target.encode()).to_string(),
         source_files: source.entries().iter().filter(|e| e.is_file()).count() as u64,
         source_bytes: source.file_bytes(),
+        owner,
+        unknown_owners: Vec::new(),
     }
+}
+
+/// Paths present on both sides whose tracked owner or group differs, shown with names.
+fn owner_differences(source: &Manifest, target: &Manifest) -> Vec<String> {
+    let name = |m: &Manifest, o: storage::Owner| {
+        let n = m.owner_names();
+        format!(
+            "{}:{}",
+            n.users
+                .get(&o.uid)
+                .cloned()
+                .unwrap_or_else(|| o.uid.to_string()),
+            n.groups
+                .get(&o.gid)
+                .cloned()
+                .unwrap_or_else(|| o.gid.to_string())
+        )
+    };
+    source
+        .entries()
+        .iter()
+        .filter_map(|s| {
+            let want = s.owner?;
+            let have = target.get(&s.path)?.owner?;
+            (want != have).then(|| {
+                format!(
+                    "{} (old {}, new {})",
+                    String::from_utf8_lossy(s.path.as_bytes()),
+                    name(source, want),
+                    name(target, have)
+                )
+            })
+        })
+        .collect()
 }

@@ -62,7 +62,9 @@ pub struct CutoverCmd {
 Switches traffic back to the old host (when the plan has a [switch] method) and undoes every
 [freeze] method there: the original nginx site, the PM2 apps started, the databases writable.
 Each undo is safe to repeat, so run it again after fixing whatever made it fail.
-Writes accepted by the new host after the switch are NOT copied back.
+Writes accepted by the new host after the switch are NOT copied back: the rollback names every
+table written there since the switch (and how its row count moved), and `hostshift sync` then
+refuses to overwrite them until run with --discard-new-host-writes.
 
 Exit codes: 0 the old host serves again; 2 usage or plan error, or not confirmed; 3 part of the
 undo failed (the output says what to run by hand).")]
@@ -123,7 +125,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
                 }));
             }
             return Err(CliError::OperatorAction(anyhow::anyhow!(
-                "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --plan {plan_arg}` to finish it, or `hostshift rollback --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
+                "a cutover is unfinished (run {}{}{}): run `hostshift cutover --resume --yes --plan {plan_arg}` to finish it, or `hostshift rollback --yes --plan {plan_arg}` to undo it; `hostshift status` shows its steps",
                 st.run.as_deref().unwrap_or("?"),
                 if st.frozen {
                     ", the old host is frozen"
@@ -251,7 +253,9 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
     }
     let word = match st.state {
         Stage::None => "no cutover yet",
-        Stage::InProgress => "UNFINISHED — `hostshift cutover --resume` or `hostshift rollback`",
+        Stage::InProgress => {
+            "UNFINISHED — `hostshift cutover --resume --yes` or `hostshift rollback --yes`"
+        }
         Stage::Switched => "switched: traffic on the new host; the old host stays frozen",
         Stage::RolledBack => "rolled back: the old host serves",
         Stage::Failed => "stopped at the gates: nothing was touched",
@@ -362,6 +366,18 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                 println!("  {i}");
             }
         }
+    }
+    if !r.new_host_writes.is_empty() {
+        println!(
+            "\nWRITES ON THE NEW HOST SINCE THE SWITCH, NOT COPIED BACK ({} table(s)):",
+            r.new_host_writes.len()
+        );
+        for w in &r.new_host_writes {
+            println!("  {w}");
+        }
+        println!(
+            "Copy what you need from the new host to the old one now. `hostshift sync` refuses to overwrite these until you run it with --discard-new-host-writes."
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use crate::cli::{Global, PlanArg};
-use crate::error::{CliResult, failed};
+use crate::error::{CliError, CliResult, failed};
 use crate::output::{bytes, print_json, table};
 use crate::sync::{self, Only, SyncOptions, progress};
 
@@ -25,6 +25,10 @@ pub struct SyncCmd {
     /// ...or at this many MiB.
     #[arg(long, default_value_t = 256)]
     batch_mib: u64,
+    /// After a rollback: overwrite the rows written on the new host since the switch (the
+    /// rollback listed them). Without it the databases are not synced while there are any.
+    #[arg(long)]
+    discard_new_host_writes: bool,
 }
 
 /// Runs a sync and prints the per-unit result.
@@ -46,10 +50,14 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         },
         batch_files: c.batch_files.max(1),
         batch_bytes: c.batch_mib.max(1) * 1024 * 1024,
+        discard_new_host_writes: c.discard_new_host_writes,
         ..SyncOptions::default()
     };
     let started = crate::report::now_ms();
-    let report = sync::run(&plan, &opts).await.map_err(failed)?;
+    let report = sync::run(&plan, &opts).await.map_err(|e| match e {
+        e @ sync::SyncError::NewHostWrites(_) => CliError::OperatorAction(e.into()),
+        e => failed(e),
+    })?;
     if g.json {
         print_json(&report);
     } else {
@@ -75,7 +83,11 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                         ("database", n) => format!("{n} tables"),
                         (_, n) => format!("{n} files, {}", bytes(u.skipped_bytes)),
                     },
-                    (u.attempts.saturating_sub(1)).to_string(),
+                    // Retried failures count even when the unit's last attempt was its first
+                    // (a database's pieces retry on their own).
+                    (u.attempts.saturating_sub(1) as usize)
+                        .max(u.retried.len())
+                        .to_string(),
                     format!("{:.1} s", u.ms as f64 / 1000.0),
                 ]
             })
@@ -106,11 +118,19 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                 println!("FAIL {} {}: {}", u.kind, u.name, u.detail);
             }
         }
+        // A database unit counts tables in `files`: say so rather than add them to the files.
+        let (tables, files): (Vec<&sync::UnitReport>, Vec<&sync::UnitReport>) =
+            report.units.iter().partition(|u| u.kind == "database");
+        let count = |v: &[&sync::UnitReport], f: fn(&sync::UnitReport) -> u64| -> u64 {
+            v.iter().map(|u| f(u)).sum()
+        };
         println!(
-            "\n{} files ({}) sent, {} skipped as already equal, in {:.1} s. Journal: {}",
-            report.files,
+            "\n{} files and {} tables ({}) sent, {} files and {} tables skipped as already equal, in {:.1} s. Journal: {}",
+            count(&files, |u| u.files),
+            count(&tables, |u| u.files),
             bytes(report.bytes),
-            report.skipped_files,
+            count(&files, |u| u.skipped_files),
+            count(&tables, |u| u.skipped_files),
             report.ms as f64 / 1000.0,
             report.journal
         );

@@ -29,6 +29,7 @@
 
 pub mod freeze;
 pub mod gates;
+pub mod new_writes;
 pub mod state;
 pub mod traffic;
 
@@ -152,6 +153,9 @@ pub struct CutoverReport {
     pub error: Option<String>,
     /// When the undo failed: what to do, in order.
     pub undo_instructions: Vec<String>,
+    /// Rollback: tables written on the new host since the switch (not copied back), as
+    /// `database schema.table: how the rows moved`.
+    pub new_host_writes: Vec<String>,
     /// The report folder.
     pub report_dir: Option<String>,
     /// The journal file.
@@ -207,6 +211,8 @@ struct Cut<'a> {
     phase: &'static str,
     /// A rehearsal (see [`Options::rehearsal`]).
     rehearsal: bool,
+    /// The new host's table fingerprints as the proof found them.
+    new_at_proof: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 impl<'a> Cut<'a> {
@@ -229,6 +235,7 @@ impl<'a> Cut<'a> {
             verification: vec![],
             error: None,
             undo_instructions: vec![],
+            new_host_writes: vec![],
             report_dir: None,
             journal: journal.path().display().to_string(),
         };
@@ -245,6 +252,7 @@ impl<'a> Cut<'a> {
             freeze_started_ms: None,
             phase: kind_phase,
             rehearsal: false,
+            new_at_proof: Default::default(),
         })
     }
 
@@ -421,6 +429,7 @@ impl<'a> Cut<'a> {
             let v = verify::run(self.plan).await.map_err(|e| e.to_string())?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
+            self.new_at_proof = v.new_tables.clone();
             let differ: Vec<String> = v
                 .rows
                 .iter()
@@ -579,7 +588,12 @@ impl<'a> Cut<'a> {
                             return Err("injected failure at undo (HOSTSHIFT_TEST_FAIL_AT, debug builds only)".to_string());
                         }
                         match traffic::switcher(self.plan).await? {
-                            None => Ok("method none: nothing to switch back".to_string()),
+                            None => {
+                                self.progress.say(
+                                    ">>> Move traffic back to the old host NOW, by hand (plan [switch] method = \"none\": hostshift cannot).",
+                                );
+                                Ok("method none: move traffic back to the old host by hand now (DNS, load balancer or address): hostshift does not switch it".to_string())
+                            }
                             Some(s) => s
                                 .switch_to(hostshift_switch::Side::Old, SWITCH_DEADLINE)
                                 .await
@@ -651,6 +665,50 @@ impl<'a> Cut<'a> {
             let _ = self.record(RUN_UNIT, "undo-failed", "");
         }
         self.out.ok = false;
+    }
+
+    /// Rollback: names the tables written on the new host since the switch (they are not copied
+    /// back) and keeps the list so that `sync` refuses to overwrite them.
+    async fn new_host_writes(&mut self) {
+        let name = "new-host writes";
+        let Ok(t) = self.begin(name) else { return };
+        let found = match &self.new {
+            Some(new) => new_writes::find(self.plan, new).await,
+            None => Err("the new agent is not connected".to_string()),
+        };
+        let (found, r) = match found {
+            Ok(w) if w.is_empty() => (w, Ok("none since the switch".to_string())),
+            Ok(w) => {
+                let r = Ok(format!(
+                    "{} table(s) written on the new host since the switch, NOT copied back: {}",
+                    w.len(),
+                    w.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                (w, r)
+            }
+            Err(e) => (
+                vec![new_writes::TableWrites {
+                    database: "?".into(),
+                    table: format!("(not checked: {e})"),
+                    rows_at_switch: None,
+                    rows_now: None,
+                }],
+                Err(format!(
+                    "cannot check the new host for writes since the switch: {e}"
+                )),
+            ),
+        };
+        self.out.new_host_writes = found.iter().map(ToString::to_string).collect();
+        let kept = new_writes::record_pending(self.plan, &found);
+        let r = match (r, kept) {
+            (r, Ok(())) => r,
+            (Ok(d), Err(e)) | (Err(d), Err(e)) => Err(format!("{d}; {e}")),
+        };
+        // Reported, not a failure of the rollback: traffic is back either way.
+        let _ = self.end(name, t, r);
     }
 
     fn finish(mut self, quiet: bool, write_report: bool) -> CutoverReport {
@@ -780,6 +838,15 @@ pub async fn run(
         c.freeze().await?;
         let delta = c.delta().await?;
         c.prove(&delta).await?;
+        // Nothing writes to the new host before traffic moves: what the proof saw is the state
+        // at the switch, against which a rollback finds the writes it would leave behind.
+        new_writes::record_baseline(
+            plan,
+            &new_writes::Baseline {
+                run: c.out.run.clone(),
+                databases: c.new_at_proof.clone(),
+            },
+        )?;
         c.switch().await?;
         c.verify_public().await?;
         Ok(())
@@ -826,6 +893,7 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     let methods = plan.freeze.methods.clone();
     let manual = c.undo(methods, true).await;
     c.rep.skipped("freeze", "rollback");
+    c.new_host_writes().await;
     if manual.is_empty() {
         c.out.ok = true;
         c.out.outcome = Outcome::RolledBack;

@@ -17,6 +17,7 @@
 pub(crate) mod database;
 pub mod delta;
 pub mod journal;
+mod matviews;
 pub mod progress;
 pub mod stream;
 mod units;
@@ -74,6 +75,9 @@ pub struct SyncOptions {
     /// cutover proves with it that the old host did not change during the freeze). Costs a scan
     /// of each big changed table that a plain rerun skips.
     pub baseline: bool,
+    /// Overwrite the rows a rollback found written on the new host since the switch
+    /// (`--discard-new-host-writes`); without it a database sync refuses while there are any.
+    pub discard_new_host_writes: bool,
 }
 
 impl Default for SyncOptions {
@@ -87,6 +91,7 @@ impl Default for SyncOptions {
             attempts: 3,
             tap: None,
             baseline: false,
+            discard_new_host_writes: false,
         }
     }
 }
@@ -238,6 +243,12 @@ pub enum SyncError {
     /// An agent could not be reached or refused the coordinator.
     #[error("{0}")]
     Connect(String),
+    /// A rollback found rows written on the new host since the switch; syncing the databases
+    /// would overwrite them.
+    #[error(
+        "refusing to sync the databases: the last rollback found writes on the new host since the switch that were not copied back ({0}); a sync would overwrite them. Copy what you need to the old host first, then run `hostshift sync --discard-new-host-writes` to overwrite them"
+    )]
+    NewHostWrites(String),
     /// The journal could not be written: nothing is done without one.
     #[error("cannot write the journal in {path}: {source}")]
     Journal {
@@ -304,6 +315,18 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
 pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let dir = plan.state_dir();
+    if opts.only.is_none_or(|o| o == Only::Db) && !plan.databases.is_empty() {
+        let pending = crate::cutover::new_writes::pending(plan);
+        if !pending.is_empty() && !opts.discard_new_host_writes {
+            return Err(SyncError::NewHostWrites(
+                pending
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+    }
     let journal = Journal::open(&dir).map_err(|source| SyncError::Journal {
         path: dir.display().to_string(),
         source,
@@ -397,6 +420,10 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         journal: run.journal.path().display().to_string(),
         units,
     };
+    if ok && opts.discard_new_host_writes && opts.only.is_none_or(|o| o == Only::Db) {
+        // Overwritten now: nothing left to protect.
+        let _ = crate::cutover::new_writes::record_pending(plan, &[]);
+    }
     let _ = run.record(
         "sync",
         if ok { "done" } else { "failed" },

@@ -46,6 +46,9 @@ pub struct Report {
     /// checks them against those at the start of its delta.
     #[serde(skip)]
     pub old_tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The same for the new host (the cutover records them as the state at the switch).
+    #[serde(skip)]
+    pub new_tables: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 fn short(d: &str) -> String {
@@ -117,6 +120,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
     let mut rows = Vec::new();
     let mut old_tables = std::collections::BTreeMap::new();
+    let mut new_tables = std::collections::BTreeMap::new();
     for f in &plan.files {
         let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, f.on_new()));
         let row = match (a, b) {
@@ -221,7 +225,8 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                             list(&c.missing, "missing"),
                             list(&c.changed, "content differs"),
                             list(&extra, "only on new"),
-                            list(&c.metadata, "mode/mtime differ"),
+                            list(&c.metadata, "mode/mtime/owner differ"),
+                            list(&c.owner, "owner differs"),
                         ]
                         .into_iter()
                         .flatten()
@@ -260,6 +265,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
             }),
             Ok((fo, fnew)) => {
                 old_tables.insert(d.name.clone(), fo.tables.clone().into_iter().collect());
+                new_tables.insert(d.name.clone(), fnew.tables.clone().into_iter().collect());
                 let names: std::collections::BTreeSet<&String> =
                     fo.tables.keys().chain(fnew.tables.keys()).collect();
                 for t in names {
@@ -308,6 +314,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         format!("positions differ: {seq_diff:?}")
                     },
                 });
+                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name).await);
                 if !fo.large_objects.is_empty() || !fnew.large_objects.is_empty() {
                     let lo_diff: Vec<&u32> = fo
                         .large_objects
@@ -337,6 +344,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         rows,
         ms: started.elapsed().as_millis() as u64,
         old_tables,
+        new_tables,
     })
 }
 

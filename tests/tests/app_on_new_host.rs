@@ -1,0 +1,250 @@
+//! The app must work on the new host, not only hold equal bytes (issue 10): materialized views
+//! arrive populated and `verify` compares them; storage keeps its owner and group; a missing
+//! target database is created with the old one's owner and settings; a rollback names the rows
+//! written on the new host and a later sync refuses to overwrite them unless told to.
+//! Real clusters, real agents, real CLI, real files.
+
+use hostshift_tests::rig::Sandbox;
+
+fn rows_of_kind<'a>(v: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+async fn count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn populated(c: &tokio_postgres::Client, name: &str) -> bool {
+    c.query_one(
+        "SELECT ispopulated FROM pg_matviews WHERE matviewname = $1",
+        &[&name],
+    )
+    .await
+    .expect("pg_matviews")
+    .get(0)
+}
+
+#[tokio::test]
+async fn sync_populates_materialized_views_and_verify_compares_them() {
+    let mut sb = Sandbox::new("matviews").await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE MATERIALIZED VIEW user_stats AS SELECT count(*) AS users, max(id) AS last FROM users;
+         CREATE MATERIALIZED VIEW user_stats_2 AS SELECT users * 2 AS twice FROM user_stats;
+         CREATE MATERIALIZED VIEW never_filled AS SELECT id FROM users WITH NO DATA;
+         ALTER MATERIALIZED VIEW user_stats OWNER TO app;",
+    )
+    .await
+    .expect("create the views");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let out = sb.cli(&["sync", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    assert!(populated(&new, "user_stats").await, "{}", out.stdout);
+    assert!(
+        populated(&new, "user_stats_2").await,
+        "a view on a view is refreshed after it"
+    );
+    assert!(
+        !populated(&new, "never_filled").await,
+        "an empty view stays empty"
+    );
+    let twice: i64 = new
+        .query_one("SELECT twice FROM user_stats_2", &[])
+        .await
+        .expect("the app's query of the view works")
+        .get(0);
+    let users: i64 = old
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(twice, users * 2);
+
+    let verify = sb.cli(&["verify", "--json"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
+    let vj = verify.json();
+    let mv = rows_of_kind(&vj, "materialized view");
+    assert_eq!(mv.len(), 3, "{}", verify.stdout);
+    assert!(mv.iter().all(|r| r["equal"] == true), "{}", verify.stdout);
+
+    // Emptied on the new host: verify says so, and the next sync refreshes it.
+    new.batch_execute("REFRESH MATERIALIZED VIEW user_stats_2 WITH NO DATA")
+        .await
+        .expect("empty it");
+    let verify = sb.cli(&["verify"]).await;
+    assert_eq!(verify.code, 1, "{}", verify.both());
+    assert!(
+        verify
+            .stdout
+            .contains("materialized view app public.user_stats_2: not populated on the new host"),
+        "{}",
+        verify.stdout
+    );
+    let again = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert!(populated(&new, "user_stats_2").await, "{}", again.both());
+
+    // The old host's view is stale (its table changed after its last refresh) while the new
+    // host's was refreshed since: the new one holds what a refresh stores now, and verify
+    // accepts that, saying so.
+    old.batch_execute(
+        "INSERT INTO users (email, display_name) VALUES ('late@example.com', 'Late')",
+    )
+    .await
+    .expect("a new user on the old host");
+    let again = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    new.batch_execute("REFRESH MATERIALIZED VIEW user_stats")
+        .await
+        .expect("refresh on the new host");
+    let verify = sb.cli(&["verify", "--json"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
+    let j = verify.json();
+    let stats = rows_of_kind(&j, "materialized view")
+        .into_iter()
+        .find(|r| r["name"] == "app public.user_stats")
+        .expect("user_stats row")
+        .clone();
+    assert!(
+        stats["detail"].as_str().unwrap_or("").contains("predates"),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_names_new_host_writes_and_sync_refuses_to_overwrite_them_without_the_flag() {
+    let mut sb = Sandbox::new("rollback_writes").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for args in [&["sync"][..], &["verify"][..]] {
+        let out = sb.cli(args).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.both());
+        if args == ["sync"] {
+            assert!(
+                out.stdout.contains("4 files and 6 tables ("),
+                "the summary counts tables apart from files: {}",
+                out.stdout
+            );
+        }
+    }
+    let out = sb
+        .cli(&["cutover", "--yes", "--skip-backup-check", "test"])
+        .await;
+    assert_eq!(out.code, 0, "cutover: {}", out.both());
+
+    // The app, now on the new host, writes two rows.
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    new.batch_execute(
+        "INSERT INTO users (email, display_name) VALUES ('n1@example.com', 'N1'), ('n2@example.com', 'N2')",
+    )
+    .await
+    .expect("write on the new host");
+    let on_new = count(&new).await;
+
+    let out = sb.cli(&["rollback", "--yes"]).await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    let both = out.both();
+    assert!(
+        both.contains("app public.users: 2 row(s) more than at the switch"),
+        "the rollback names the table and the rows: {both}"
+    );
+    assert!(
+        both.contains("move traffic back to the old host by hand now"),
+        "with switch method none the operator is told to move traffic back: {both}"
+    );
+
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 3, "sync after the rollback: {}", out.both());
+    assert!(
+        out.stderr.contains("--discard-new-host-writes") && out.stderr.contains("public.users"),
+        "{}",
+        out.both()
+    );
+    assert_eq!(
+        count(&new).await,
+        on_new,
+        "the new host's rows are untouched"
+    );
+
+    let out = sb.cli(&["sync", "--discard-new-host-writes"]).await;
+    assert_eq!(out.code, 0, "sync with the flag: {}", out.both());
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    assert_eq!(count(&new).await, count(&old).await, "overwritten as asked");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "nothing left to protect: {}", out.both());
+}
+
+#[tokio::test]
+async fn storage_keeps_owner_and_group_by_name_and_verify_compares_them() {
+    use std::os::unix::fs::MetadataExt;
+    let mut sb = Sandbox::new("owners").await;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("the system user nobody exists");
+    // The tree belongs to a non-root user, as an app's uploads do.
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .expect("chown the old tree");
+    }
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let out = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let paths = walk(&sb.new_storage);
+    assert!(paths.len() >= 6, "{paths:?}");
+    for p in &paths {
+        let m = std::fs::symlink_metadata(p).expect("stat");
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (nobody.uid.as_raw(), nobody.gid.as_raw()),
+            "{} keeps the old owner",
+            p.display()
+        );
+    }
+    let out = sb.cli(&["sync", "--only", "files"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let verify = sb.cli(&["verify", "--json"]).await;
+    let vj = verify.json();
+    let storage = rows_of_kind(&vj, "storage");
+    assert_eq!(storage[0]["equal"], true, "{}", verify.stdout);
+
+    // Given to root on the new host: verify names the owner difference; sync repairs it.
+    let file = sb.new_storage.join("2026/01/eval-0.json");
+    std::os::unix::fs::lchown(&file, Some(0), Some(0)).expect("chown");
+    let verify = sb.cli(&["verify", "--json"]).await;
+    let vj = verify.json();
+    let detail = rows_of_kind(&vj, "storage")[0]["detail"].to_string();
+    assert!(
+        detail.contains("owner differs: 2026/01/eval-0.json (old nobody:"),
+        "{}",
+        verify.stdout
+    );
+    let out = sb.cli(&["sync", "--only", "storage"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let m = std::fs::symlink_metadata(&file).expect("stat");
+    assert_eq!(m.uid(), nobody.uid.as_raw(), "the sync gave it back");
+}
+
+/// Every path below `root` (not `root` itself).
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
