@@ -63,3 +63,99 @@ async fn check_names_what_a_role_without_createrole_or_replica_mode_lacks() {
     );
     assert!(text.contains("docs/rds.md"), "{}", check.both());
 }
+
+#[tokio::test]
+async fn backup_restore_into_the_managed_target_needs_and_works_with_no_owner() {
+    let m = managed();
+    let _roles = m.roles_lock.lock().await;
+    // The app's roles exist on the managed cluster (an earlier sync made them), but the master
+    // is not necessarily a member and they have no rights in this fresh database.
+    let admin = m.admin("postgres").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN; END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_ro') THEN CREATE ROLE app_ro LOGIN; END IF;
+             END $$",
+        )
+        .await
+        .expect("roles");
+    let mut sb = Sandbox::new("managed_restore").await;
+    let (old_dir, new_dir) = (sb.dir.join("old-backups"), sb.dir.join("new-backups"));
+    let mut old = sb.old_setup();
+    old.extra.push_str(&format!(
+        "\n[backup]\ndir = {:?}\n",
+        old_dir.display().to_string()
+    ));
+    let mut new = managed_target(&sb, MASTER).await;
+    new.extra.push_str(&format!(
+        "\n[backup]\ndir = {:?}\n",
+        new_dir.display().to_string()
+    ));
+    sb.start(old, new).await;
+    let out = sb.cli(&["backup", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let id = out.json()["id"].as_str().expect("id").to_string();
+    std::fs::create_dir_all(&new_dir).expect("new backup dir");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(old_dir.join(&id))
+        .arg(&new_dir)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+
+    let plain = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--database",
+            "app",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(plain.code, 1, "{}", plain.both());
+    assert!(plain.stderr.contains("--no-owner"), "{}", plain.both());
+
+    let out = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--database",
+            "app",
+            "--no-owner",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let count = |c: tokio_postgres::Client| async move {
+        c.query_one("SELECT count(*) FROM public.users", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let old_rows = count(sb.world.old_pg.connect(&sb.old_db).await).await;
+    let new_rows = count(m.admin(&sb.new_db).await).await;
+    assert_eq!(old_rows, new_rows);
+    assert!(new_rows > 0);
+    // The tables belong to the master now.
+    let owner: String = m
+        .admin(&sb.new_db)
+        .await
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'users'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, MASTER);
+}
