@@ -300,6 +300,19 @@ async fn cutover_with_the_app_writing_moves_every_acknowledged_write_switches_th
     assert_eq!(s["state"], "switched", "{s:#}");
     assert_eq!(s["run"], run.as_str(), "{s:#}");
 
+    // A second cutover, and its dry run, have nothing to do: exit 4, never 0, nothing touched.
+    for more in [&["--dry-run"][..], &[][..]] {
+        let again = cutover(&rig, "test: again", more, &[]).await;
+        assert_eq!(again.code, 4, "{more:?}: {}", again.both());
+        assert!(
+            again.stderr.contains("already finished"),
+            "{}",
+            again.both()
+        );
+    }
+    rig.assert_old_frozen("after a cutover with nothing to do")
+        .await;
+
     let report = assert_report(&j);
     let window = (
         report["freeze"]["start_ms"].as_u64(),
