@@ -298,7 +298,12 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                     s.name.clone(),
                     s.status.clone(),
                     format!("{:.1} s", s.ms as f64 / 1000.0),
-                    s.detail.chars().take(100).collect(),
+                    // A failure's message is what the operator acts on: never cut it.
+                    if s.status == "done" || s.status == "skipped" {
+                        s.detail.chars().take(100).collect()
+                    } else {
+                        s.detail.clone()
+                    },
                 ]
             })
             .collect();
