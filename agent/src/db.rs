@@ -138,7 +138,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, Agen
         let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tls(db)?))
             .await
             .map_err(timeout)?
-            .map_err(|e| unavailable(db, pg_message(&e)))?;
+            .map_err(|e| unavailable(db, tls_message(db, &e)))?;
         drive(conn);
         client
     } else {
@@ -172,6 +172,34 @@ pub fn libpq_env(
         cmd = cmd.env("PGSSLROOTCERT", ca).env("PGSSLMODE", "verify-full");
     }
     Ok(cmd.env("PGAPPNAME", APPLICATION_NAME))
+}
+
+/// [`pg_message`], and for a refused server certificate which file to fix: the database's
+/// `ca_file` (not the migration CA of the agents' mutual TLS, which this has nothing to do with).
+fn tls_message(db: &DatabaseConfig, e: &tokio_postgres::Error) -> String {
+    let msg = pg_message(e);
+    let lower = msg.to_lowercase();
+    let cert = [
+        "unknownissuer",
+        "unknown issuer",
+        "badsignature",
+        "notvalidforname",
+        "certificate",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    if !cert {
+        return msg;
+    }
+    let ca = db.ca_file.as_ref().map_or_else(
+        || "the system's trusted roots (no ca_file set)".to_string(),
+        |p| format!("ca_file {}", p.display()),
+    );
+    format!(
+        "the PostgreSQL server's certificate was not accepted with {ca} of this database's \
+         [[databases]] entry: put the CA that signs the server's certificate there (for RDS the \
+         region's bundle) [{msg}]"
+    )
 }
 
 /// Runs a connection's I/O until its client is dropped.

@@ -170,6 +170,7 @@ fn report(e: &CliError) {
         CliError::Usage(_) => "error",
         CliError::Failed(_) => "failed",
         CliError::OperatorAction(_) => "ACTION NEEDED",
+        CliError::NothingToDo(_) => "nothing to do",
     };
     eprintln!(
         "hostshift: {kind}: {}",

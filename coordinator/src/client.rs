@@ -217,7 +217,11 @@ fn with_hint(parts: Vec<String>) -> String {
     }
     let lower = chain.to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
-    let hint = if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
+    // An agent's own message about its database's TLS (`ca_file`) already says what to fix; the
+    // hints below are about the agents' mutual TLS and would point at the wrong CA.
+    let hint = if has(&["ca_file"]) {
+        ""
+    } else if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
         "the agent's certificate was not issued by the CA in the plan's [tls] ca: both sides must use certificates from the same `hostshift certs init`"
     } else if has(&["notvalidforname", "not valid for name"]) {
         "the agent's certificate does not name this address: re-issue it with the address in --agent NAME=HOST,... or set tls_name in the plan"

@@ -12,6 +12,8 @@ pub enum CliError {
     Failed(anyhow::Error),
     /// hostshift could not finish or undo by itself; the message says what to do (exit 3).
     OperatorAction(anyhow::Error),
+    /// The work was already done; nothing was touched (exit 4).
+    NothingToDo(anyhow::Error),
 }
 
 impl CliError {
@@ -21,13 +23,17 @@ impl CliError {
             CliError::Usage(_) => exit::USAGE,
             CliError::Failed(_) => exit::FAILED,
             CliError::OperatorAction(_) => exit::OPERATOR_ACTION,
+            CliError::NothingToDo(_) => exit::NOTHING_TO_DO,
         }
     }
 
     /// The error inside.
     pub fn error(&self) -> &anyhow::Error {
         match self {
-            CliError::Usage(e) | CliError::Failed(e) | CliError::OperatorAction(e) => e,
+            CliError::Usage(e)
+            | CliError::Failed(e)
+            | CliError::OperatorAction(e)
+            | CliError::NothingToDo(e) => e,
         }
     }
 }

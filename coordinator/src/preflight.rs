@@ -405,11 +405,21 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 x.problem.clone(),
                 "check the conninfo in the agent's config and that PostgreSQL runs",
             ),
-            Some(x) => c.ok(
-                h,
-                check,
-                format!("reachable, PostgreSQL {}", x.server_version),
-            ),
+            Some(x) => {
+                c.ok(
+                    h,
+                    check.clone(),
+                    format!("reachable, PostgreSQL {}", x.server_version),
+                );
+                if side == Side::New && !x.load_missing.is_empty() {
+                    c.fail(
+                        h,
+                        format!("{check}: rights to load a sync"),
+                        format!("the connecting role lacks: {}", x.load_missing.join("; ")),
+                        "grant them (docs/rds.md lists what a managed database's master needs), or connect as a superuser",
+                    );
+                }
+            }
         }
     }
     for s in &plan.storage {

@@ -13,5 +13,8 @@ pub const USAGE: u8 = 2;
 /// Operator action needed: hostshift could not finish *and* could not undo by itself; the message
 /// says exactly what to do.
 pub const OPERATOR_ACTION: u8 = 3;
+/// Nothing to do: the command found its work already done (e.g. `cutover` after a finished
+/// cutover). Not a success, so that a script cannot take it for one.
+pub const NOTHING_TO_DO: u8 = 4;
 /// The agent's config file is invalid (`EX_CONFIG`).
 pub const CONFIG: u8 = 78;

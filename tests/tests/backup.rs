@@ -593,3 +593,34 @@ async fn the_agent_backup_command_backs_up_everything_declared_and_prunes() {
     let verify = sb.cli(&["backup", "verify"]).await;
     assert_eq!(verify.code, 0, "{}", verify.both());
 }
+
+#[tokio::test]
+async fn restoring_only_a_file_from_a_backup_with_a_damaged_dump_is_refused_changing_nothing() {
+    let mut sb = Sandbox::new("backup_partial_damaged").await;
+    let dir = sb.dir.join("backups");
+    // One backup folder for both agents' configs: the new host restores what the old one made.
+    sb.start(
+        with_backups(sb.old_setup(), &dir, ""),
+        with_backups(sb.new_setup(), &dir, ""),
+    )
+    .await;
+    let id = backup(&sb).await["id"].as_str().expect("id").to_string();
+    flip_a_byte(&dir.join(&id).join("databases/app.dump"));
+    std::fs::write(&sb.new_env, b"PORT=1\n").expect("an older env");
+    let out = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--file",
+            "backend-env",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    assert!(out.stderr.contains("databases/app.dump"), "{}", out.both());
+    assert_eq!(std::fs::read(&sb.new_env).expect("env"), b"PORT=1\n");
+}

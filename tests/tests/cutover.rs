@@ -300,6 +300,19 @@ async fn cutover_with_the_app_writing_moves_every_acknowledged_write_switches_th
     assert_eq!(s["state"], "switched", "{s:#}");
     assert_eq!(s["run"], run.as_str(), "{s:#}");
 
+    // A second cutover, and its dry run, have nothing to do: exit 4, never 0, nothing touched.
+    for more in [&["--dry-run"][..], &[][..]] {
+        let again = cutover(&rig, "test: again", more, &[]).await;
+        assert_eq!(again.code, 4, "{more:?}: {}", again.both());
+        assert!(
+            again.stderr.contains("already finished"),
+            "{}",
+            again.both()
+        );
+    }
+    rig.assert_old_frozen("after a cutover with nothing to do")
+        .await;
+
     let report = assert_report(&j);
     let window = (
         report["freeze"]["start_ms"].as_u64(),
@@ -554,6 +567,28 @@ async fn a_failed_undo_exits_3_with_instructions_and_rollback_then_restores_the_
     assert!(
         s["state"] == "failed" || s["state"] == "in-progress",
         "an unfinished undo needs attention: {s:#}"
+    );
+    // The by-hand database undo works while the database is frozen (run here for the plan's
+    // database `app`, which is this sandbox's old database).
+    let psql = instructions
+        .iter()
+        .find(|i| i.contains("psql"))
+        .unwrap_or_else(|| panic!("no psql instruction: {instructions:?}"));
+    let (cmd, _) = psql.split_once(" (").expect("a command, then its note");
+    let cmd = cmd.replace("\"app\"", &format!("\"{}\"", rig.sb.old_db));
+    let pg = &rig.sb.world.old_pg;
+    let ran = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{}/{cmd}", pg.bin_dir.display()))
+        .env("PGHOST", &pg.socket_dir)
+        .env("PGPORT", pg.port.to_string())
+        .env("PGUSER", "postgres")
+        .output()
+        .expect("run psql");
+    assert!(
+        ran.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&ran.stderr)
     );
 
     // Following the instructions restores the old host; doing it again changes nothing.

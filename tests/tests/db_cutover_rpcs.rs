@@ -757,3 +757,32 @@ async fn a_freeze_is_undone_after_the_agent_restarts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_freeze_this_agent_made_is_undone_after_its_config_dropped_the_permit() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze_permit_gone").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        set_read_only(&mut old, true, false).await.expect("freeze");
+        drop(old);
+        // A blue/green swap: this host becomes a target and no longer allows freezing; the undo
+        // of its recorded freeze (rollback) must still work.
+        drop(sb.old.take());
+        let mut target = setup.clone();
+        target.freeze_databases.clear();
+        start_old(&mut sb, &target).await;
+        let mut old = client(&sb, sb.old()).await;
+        let r = set_read_only(&mut old, false, false).await.expect("undo");
+        assert!(r.changed && !r.read_only, "{r:?}");
+        assert_eq!(try_write(&sb).await, Ok(()));
+        assert!(!record(&sb).exists(), "the freeze record is gone");
+        // Without a record, freezing stays refused.
+        let e = set_read_only(&mut old, true, false)
+            .await
+            .expect_err("no permit, no freeze");
+        assert!(e.message().contains("[allow] freeze_databases"), "{e:?}");
+    })
+    .await;
+}

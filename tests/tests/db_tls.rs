@@ -104,6 +104,14 @@ async fn sync_into_a_tls_only_database_verifies_the_server_and_refuses_a_wrong_c
     sb.addresses.1 = agent.address();
     sb.new = Some(agent);
     sb.write_plan("");
+    // verify names the database connection and its ca_file, not the agents' mutual-TLS CA.
+    let v = sb.cli(&["verify"]).await;
+    assert_ne!(v.code, 0, "{}", v.both());
+    assert!(
+        v.both().contains("ca_file") && !v.both().contains("[tls] ca"),
+        "{}",
+        v.both()
+    );
     let out = sb.cli(&["check"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
     let text = out.stdout.to_lowercase();

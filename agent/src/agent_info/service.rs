@@ -25,7 +25,63 @@ impl AgentInfoService {
     }
 }
 
-async fn database_status(db: &crate::config::DatabaseConfig) -> DatabaseStatus {
+/// What the connecting role lacks to load a sync into its database (see docs/rds.md): nothing
+/// for a superuser; else `CREATEROLE` (roles are created and the role is made a member of
+/// them), the right to set `session_replication_role` (tried in a transaction that is rolled
+/// back), and `CREATE` on the database (schemas, trusted extensions).
+async fn load_missing(client: &tokio_postgres::Client) -> Vec<String> {
+    let row = match client
+        .query_one(
+            "SELECT r.rolsuper, r.rolcreaterole, current_user::text,
+                    pg_catalog.has_database_privilege(current_database(), 'CREATE')
+             FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            return vec![format!(
+                "cannot read the connecting role: {}",
+                db::pg_message(&e)
+            )];
+        }
+    };
+    let (superuser, create_role, me, create): (bool, bool, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if superuser {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !create_role {
+        missing.push(format!(
+            "CREATEROLE (to create the database's roles and join them): ALTER ROLE \"{me}\" CREATEROLE"
+        ));
+    }
+    let replica = client
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica; ROLLBACK")
+        .await;
+    if replica.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+        missing.push(format!(
+            "the right to set session_replication_role (the data load needs it): as a superuser, \
+             GRANT SET ON PARAMETER session_replication_role TO \"{me}\" (on RDS the master \
+             user has it through rds_superuser)"
+        ));
+    }
+    if !create {
+        missing.push(format!(
+            "CREATE on the database (schemas, extensions): GRANT CREATE ON DATABASE ... TO \"{me}\", \
+             or create the database as this role"
+        ));
+    }
+    missing
+}
+
+async fn database_status(
+    db: &crate::config::DatabaseConfig,
+    restore_target: bool,
+) -> DatabaseStatus {
     let mut st = DatabaseStatus {
         name: db.name.clone(),
         ..Default::default()
@@ -34,6 +90,9 @@ async fn database_status(db: &crate::config::DatabaseConfig) -> DatabaseStatus {
         Err(e) => st.problem = e.to_string(),
         Ok(client) => {
             st.reachable = true;
+            if restore_target {
+                st.load_missing = load_missing(&client).await;
+            }
             if let Ok(row) = client.query_one("SHOW server_version", &[]).await {
                 st.server_version = row.get(0);
             }
@@ -74,7 +133,11 @@ impl Agent for AgentInfoService {
         let c = &self.ctx.config;
         let (tools, databases) = tokio::join!(
             tools::detect(c),
-            futures::future::join_all(c.databases.iter().map(database_status))
+            futures::future::join_all(
+                c.databases
+                    .iter()
+                    .map(|d| database_status(d, c.allow.restore_databases.contains(&d.name)))
+            )
         );
         let mut roots: Vec<RootStatus> = c
             .storage

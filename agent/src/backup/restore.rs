@@ -45,6 +45,8 @@ pub struct Wanted {
     pub storage: Vec<String>,
     /// File names.
     pub files: Vec<String>,
+    /// Databases: `pg_restore --no-owner` (objects belong to the connecting role).
+    pub no_owner: bool,
 }
 
 /// One restored item.
@@ -78,11 +80,9 @@ pub async fn restore(
     let m = super::read_manifest(&backup)?;
     let chosen = choose(&m, wanted)?;
     permits(config, config_path, &chosen)?;
-    let to_check: Vec<&Artifact> = chosen
-        .iter()
-        .flat_map(|a| [Some(*a), index_of(&m, a)])
-        .flatten()
-        .collect();
+    // Every artifact of the backup, not only the chosen ones: a backup with a damaged part is
+    // not restored from at all (docs/backups.md promises every digest is re-verified).
+    let to_check: Vec<&Artifact> = m.artifacts.iter().collect();
     let verdict = {
         let (backup, m2) = (backup.clone(), m.clone());
         let files: Vec<String> = to_check.iter().map(|a| a.file.clone()).collect();
@@ -101,7 +101,9 @@ pub async fn restore(
     for a in chosen {
         tracing::info!(backup = %id, kind = a.kind.as_str(), name = %a.name, "restoring");
         let detail = match a.kind {
-            ArtifactKind::Database => restore_database(config, &backup, a, cancel).await?,
+            ArtifactKind::Database => {
+                restore_database(config, &backup, a, wanted.no_owner, cancel).await?
+            }
             ArtifactKind::Storage => {
                 let index = index_of(&m, a).ok_or_else(|| {
                     AgentError::DataLoss(format!(
@@ -221,6 +223,7 @@ async fn restore_database(
     c: &AgentConfig,
     backup: &Path,
     a: &Artifact,
+    no_owner: bool,
     cancel: &CancellationToken,
 ) -> Result<String, AgentError> {
     let db = c
@@ -235,7 +238,16 @@ async fn restore_database(
             "pg_restore not found: install it (apt-get install -y postgresql-client-15) or set [tools] pg_bin_dir".into(),
         )
     })?;
+    let dump = artifact_path(backup, a)?;
+    // With --no-owner, `ALTER DEFAULT PRIVILEGES FOR ROLE <owner>` would still need membership in
+    // that owner: leave those entries out (the objects belong to the connecting role now).
+    let list = if no_owner {
+        Some(without_default_acls(c, bin.as_path(), &dump, &a.name, cancel).await?)
+    } else {
+        None
+    };
     let cmd = Cmd::new(bin.join("pg_restore"))
+        .args(list.as_ref().map(|l| format!("--use-list={}", l.display())))
         .args([
             "--no-password",
             "--clean",
@@ -243,18 +255,74 @@ async fn restore_database(
             "--single-transaction",
             "--exit-on-error",
         ])
+        .args(no_owner.then_some("--no-owner"))
         .arg(crate::db::dbname_arg(db)?)
-        .arg(artifact_path(backup, a)?)
+        .arg(&dump)
         .timeout(RESTORE_TIMEOUT)
         .env("PGAPPNAME", "hostshift-restore")
         .env("PGCONNECT_TIMEOUT", "10");
     let cmd = crate::db::libpq_env(cmd, db)
         .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
-    cmd.output(cancel).await?.success()?;
+    let out = cmd.output(cancel).await;
+    if let Some(l) = &list {
+        let _ = std::fs::remove_file(l);
+    }
+    let out = out?;
+    if !out.exit.success() && !no_owner && ownership_refused(&out.stderr_tail) {
+        return Err(AgentError::FailedPrecondition(format!(
+            "pg_restore into database {} was refused giving objects to their owners (the \
+             connecting role is not a superuser, e.g. a managed database's master); nothing was \
+             changed. Restore with --no-owner (objects then belong to the connecting role; see \
+             docs/backups.md), or run `hostshift sync` first (it creates the roles and their \
+             rights). pg_restore said: {}",
+            db.name,
+            out.stderr_tail.trim()
+        )));
+    }
+    out.success()?;
     Ok(format!(
-        "pg_restore into database {} ({} bytes of dump)",
-        db.name, a.size
+        "pg_restore{} into database {} ({} bytes of dump)",
+        if no_owner { " --no-owner" } else { "" },
+        db.name,
+        a.size
     ))
+}
+
+/// Writes the dump's table of contents without its `DEFAULT ACL` entries to a file in the
+/// agent's state folder, for `pg_restore --use-list`; the caller removes it.
+async fn without_default_acls(
+    c: &AgentConfig,
+    bin: &Path,
+    dump: &Path,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<std::path::PathBuf, AgentError> {
+    let out = Cmd::new(bin.join("pg_restore"))
+        .arg("--list")
+        .arg(dump)
+        .timeout(RESTORE_TIMEOUT)
+        .output(cancel)
+        .await?
+        .success()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains(" DEFAULT ACL "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::create_dir_all(&c.state_dir).map_err(|e| AgentError::io("create", &c.state_dir, e))?;
+    let path = c
+        .state_dir
+        .join(format!("restore-{name}-{}.list", std::process::id()));
+    std::fs::write(&path, kept).map_err(|e| AgentError::io("write", &path, e))?;
+    Ok(path)
+}
+
+/// Whether `pg_restore`'s stderr says an `OWNER TO` (or what it needs) was refused.
+fn ownership_refused(stderr: &str) -> bool {
+    stderr.contains("OWNER TO")
+        || stderr.contains("must be member of role")
+        || stderr.contains("must be able to SET ROLE")
 }
 
 fn tree_root(c: &AgentConfig, name: &str) -> Result<std::path::PathBuf, AgentError> {

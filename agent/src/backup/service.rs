@@ -291,6 +291,7 @@ impl Backup for BackupService {
             databases: r.databases,
             storage: r.storage,
             files: r.files,
+            no_owner: r.no_owner,
         };
         let done = self
             .tracked(move |ctx, cancel| async move {

@@ -214,13 +214,24 @@ pub async fn freeze(
 }
 
 /// Undoes [`freeze`]: the database's recorded earlier setting comes back and the record goes.
-/// Without a record nothing is done.
+/// Without a record nothing is done. With a record, the permit is not needed (the undo only
+/// restores the recorded earlier state).
 ///
 /// # Errors
 /// As [`freeze`].
 pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError> {
-    let db = permitted(ctx, name)?;
     let path = record_path(&ctx.config.state_dir, name);
+    // Undoing a freeze this agent recorded only restores what was there before: allowed even
+    // when the config no longer lists the database in `freeze_databases` (after a blue/green
+    // swap this host is a target, and a rollback must still be able to unfreeze it).
+    let db = match permitted(ctx, name) {
+        Ok(db) => db,
+        Err(e) if path.exists() => {
+            tracing::debug!(database = name, error = %e, "undoing a recorded freeze without the permit");
+            ctx.database(name)?
+        }
+        Err(e) => return Err(e),
+    };
     let conn = Conn::connect(db).await?;
     let Some(record) = read_record(&path)? else {
         let current = sql::database_setting(&conn).await?;

@@ -179,8 +179,8 @@ impl TableSink {
         conn.exec(
             "SET LOCAL session_replication_role = replica",
             Some(name),
-            "set session_replication_role = replica (loading needs a superuser; on RDS the \
-             master user)",
+            "set session_replication_role = replica (loading needs a superuser, or SET on that \
+             parameter: on RDS the master user has it; see docs/rds.md)",
         )
         .await?;
         let prepare = match &mode {

@@ -21,8 +21,18 @@
 //!
 //! # Applying
 //! One transaction: a role that is missing is created with the source's attributes; one that
-//! exists is altered to match (its password only when the source's is known). The target
-//! session's own role and the target's bootstrap superuser are left alone and reported.
+//! exists is altered where its attributes differ (its password only when the source's is known).
+//! The target session's own role and the target's bootstrap superuser are left alone and reported.
+//!
+//! # As a non-superuser (a managed database's master, e.g. RDS)
+//! PostgreSQL 15 lets a `CREATEROLE` role create and alter roles and grant memberships, but not
+//! touch `SUPERUSER`, `REPLICATION` or `BYPASSRLS` — not even to say `NOSUPERUSER` in an
+//! `ALTER ROLE` — nor alter a superuser role. So when the target session is not a superuser,
+//! only the attributes that differ are altered, those three are left as they are (reported in
+//! [`GlobalsReport::notes`]), superuser roles on the target are left alone, and the session's own
+//! role is granted membership in every role it will make own objects (`OWNER TO`, default
+//! privileges) and whose tables it will load: PostgreSQL requires membership for both. Those
+//! grants stay (docs/rds.md says so): later syncs need them again.
 
 use super::conn::Conn;
 use super::error::PgSyncError;
@@ -90,6 +100,25 @@ pub struct GlobalsReport {
     pub skipped: Vec<(String, String)>,
     /// Memberships granted (or given their admin option).
     pub memberships_granted: usize,
+    /// Roles the (non-superuser) target session was made a member of, to own and load their
+    /// objects.
+    pub session_memberships: Vec<String>,
+    /// What could not be copied as the source has it (e.g. `SUPERUSER` as a non-superuser).
+    pub notes: Vec<String>,
+}
+
+/// A role's attributes as the target has them, for [`alter_options`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TargetRole {
+    superuser: bool,
+    inherit: bool,
+    create_role: bool,
+    create_db: bool,
+    login: bool,
+    replication: bool,
+    bypass_rls: bool,
+    connection_limit: i32,
+    valid_until: Option<String>,
 }
 
 const ROLES_SQL: &str = "
@@ -202,7 +231,62 @@ async fn read_in_tx(conn: &Conn) -> Result<Globals, PgSyncError> {
     })
 }
 
-/// `WITH …` options of `CREATE ROLE`/`ALTER ROLE` for `r`.
+/// The attributes only a superuser may set, which `r` has: a non-superuser session creates the
+/// role without them.
+fn superuser_only(r: &RoleDef) -> Vec<&'static str> {
+    [
+        (r.superuser, "SUPERUSER"),
+        (r.replication, "REPLICATION"),
+        (r.bypass_rls, "BYPASSRLS"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect()
+}
+
+/// `WITH …` options of `ALTER ROLE` that make `t` (the target's role) like `r`: only what
+/// differs; as a non-superuser (`may_super` false) never `SUPERUSER`, `REPLICATION` or
+/// `BYPASSRLS` — PostgreSQL refuses even their `NO…` form — which are returned as left alone.
+/// `None` when nothing differs.
+fn alter_options(
+    r: &RoleDef,
+    t: &TargetRole,
+    may_super: bool,
+) -> (Option<String>, Vec<&'static str>) {
+    let mut s = String::new();
+    let mut left = Vec::new();
+    let mut flag = |want: bool, have: bool, name: &'static str, super_only: bool| {
+        if want == have {
+            return;
+        }
+        if super_only && !may_super {
+            left.push(name);
+            return;
+        }
+        s.push_str(if want { " " } else { " NO" });
+        s.push_str(name);
+    };
+    flag(r.superuser, t.superuser, "SUPERUSER", true);
+    flag(r.inherit, t.inherit, "INHERIT", false);
+    flag(r.create_role, t.create_role, "CREATEROLE", false);
+    flag(r.create_db, t.create_db, "CREATEDB", false);
+    flag(r.login, t.login, "LOGIN", false);
+    flag(r.replication, t.replication, "REPLICATION", true);
+    flag(r.bypass_rls, t.bypass_rls, "BYPASSRLS", true);
+    if r.connection_limit != t.connection_limit {
+        s.push_str(&format!(" CONNECTION LIMIT {}", r.connection_limit));
+    }
+    if r.valid_until != t.valid_until {
+        let v = r.valid_until.as_deref().unwrap_or("infinity");
+        s.push_str(&format!(" VALID UNTIL {}", sql::literal(v)));
+    }
+    if let Some(p) = &r.password_hash {
+        s.push_str(&format!(" PASSWORD {}", sql::literal(p)));
+    }
+    ((!s.is_empty()).then(|| format!(" WITH{s}")), left)
+}
+
+/// `WITH …` options of `CREATE ROLE` for `r`.
 fn options(r: &RoleDef) -> String {
     let flag = |on: bool, name: &str| {
         if on {
@@ -256,30 +340,90 @@ pub async fn apply_globals(conn: &Conn, globals: &Globals) -> Result<GlobalsRepo
 async fn apply_in_tx(conn: &Conn, globals: &Globals) -> Result<GlobalsReport, PgSyncError> {
     let c = conn.client();
     let mut report = GlobalsReport::default();
+    let session_super: bool = c
+        .query_one(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| conn.err(None, "read the session's role", &e))?
+        .get(0);
+    // Roles the session must be a member of (non-superuser only): every role it creates or
+    // finds, except superusers (it cannot) and itself.
+    let mut to_join: Vec<String> = Vec::new();
     for role in &globals.roles {
         let label = format!("role {}", role.name);
         let existing = c
             .query_opt(
-                "SELECT r.oid = 10 OR r.rolname IN (session_user, current_user)
+                "SELECT r.oid = 10 OR r.rolname IN (session_user, current_user),
+                        r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+                        r.rolreplication, r.rolbypassrls, r.rolconnlimit, r.rolvaliduntil::text
                  FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
                 &[&role.name],
             )
             .await
             .map_err(|e| conn.err(Some(&label), "look the role up", &e))?;
-        match existing.map(|r| r.get::<_, bool>(0)) {
+        match existing {
             None => {
-                let sql = format!("CREATE ROLE {}{}", sql::ident(&role.name), options(role));
+                let mut def = role.clone();
+                if !session_super {
+                    let left = superuser_only(role);
+                    if !left.is_empty() {
+                        report.notes.push(format!(
+                            "role {} created without {}: only a superuser may grant that (the \
+                             target session is not one)",
+                            role.name,
+                            left.join(", ")
+                        ));
+                    }
+                    def.superuser = false;
+                    def.replication = false;
+                    def.bypass_rls = false;
+                    to_join.push(role.name.clone());
+                }
+                let sql = format!("CREATE ROLE {}{}", sql::ident(&def.name), options(&def));
                 conn.exec(&sql, Some(&label), "create the role").await?;
                 report.created.push(role.name.clone());
             }
-            Some(true) => report.skipped.push((
+            Some(r) if r.get::<_, bool>(0) => report.skipped.push((
                 role.name.clone(),
                 "the target's own login role or bootstrap superuser".into(),
             )),
-            Some(false) => {
-                let sql = format!("ALTER ROLE {}{}", sql::ident(&role.name), options(role));
-                conn.exec(&sql, Some(&label), "alter the role").await?;
-                report.altered.push(role.name.clone());
+            Some(r) => {
+                let target = TargetRole {
+                    superuser: r.get(1),
+                    inherit: r.get(2),
+                    create_role: r.get(3),
+                    create_db: r.get(4),
+                    login: r.get(5),
+                    replication: r.get(6),
+                    bypass_rls: r.get(7),
+                    connection_limit: r.get(8),
+                    valid_until: r.get(9),
+                };
+                if target.superuser && !session_super {
+                    report.skipped.push((
+                        role.name.clone(),
+                        "a superuser on the target, which only a superuser may alter".into(),
+                    ));
+                    continue;
+                }
+                if !session_super {
+                    to_join.push(role.name.clone());
+                }
+                let (opts, left) = alter_options(role, &target, session_super);
+                if !left.is_empty() {
+                    report.notes.push(format!(
+                        "role {}: {} left as the target has it: only a superuser may change it",
+                        role.name,
+                        left.join(", ")
+                    ));
+                }
+                if let Some(opts) = opts {
+                    let sql = format!("ALTER ROLE {}{opts}", sql::ident(&role.name));
+                    conn.exec(&sql, Some(&label), "alter the role").await?;
+                    report.altered.push(role.name.clone());
+                }
             }
         }
     }
@@ -310,6 +454,28 @@ async fn apply_in_tx(conn: &Conn, globals: &Globals) -> Result<GlobalsReport, Pg
             report.memberships_granted += 1;
         }
     }
+    for role in to_join {
+        let label = format!("role {role}");
+        let member: bool = c
+            .query_one(
+                "SELECT pg_catalog.pg_has_role(current_user, $1::text::regrole, 'USAGE')",
+                &[&sql::ident(&role)],
+            )
+            .await
+            .map_err(|e| conn.err(Some(&label), "look the session's membership up", &e))?
+            .get(0);
+        if !member {
+            let sql = format!("GRANT {} TO CURRENT_USER", sql::ident(&role));
+            conn.exec(
+                &sql,
+                Some(&label),
+                "make the session's role a member (needed to give it objects and load its \
+                 tables; the role needs CREATEROLE, see docs/rds.md)",
+            )
+            .await?;
+            report.session_memberships.push(role);
+        }
+    }
     Ok(report)
 }
 
@@ -338,5 +504,47 @@ mod tests {
              CONNECTION LIMIT 5 VALID UNTIL '2030-01-01 00:00:00+00' \
              PASSWORD 'SCRAM-SHA-256$4096:x''y'"
         );
+    }
+
+    #[test]
+    fn a_non_superuser_alters_only_what_differs_and_never_superuser_flags() {
+        let r = RoleDef {
+            name: "app".into(),
+            superuser: true,
+            inherit: true,
+            create_role: false,
+            create_db: true,
+            login: true,
+            replication: false,
+            bypass_rls: false,
+            connection_limit: -1,
+            valid_until: None,
+            password_hash: None,
+        };
+        let t = TargetRole {
+            superuser: false,
+            inherit: true,
+            create_role: false,
+            create_db: false,
+            login: true,
+            replication: false,
+            bypass_rls: false,
+            connection_limit: -1,
+            valid_until: None,
+        };
+        assert_eq!(
+            alter_options(&r, &t, false),
+            (Some(" WITH CREATEDB".to_string()), vec!["SUPERUSER"])
+        );
+        assert_eq!(
+            alter_options(&r, &t, true),
+            (Some(" WITH SUPERUSER CREATEDB".to_string()), vec![])
+        );
+        let same = RoleDef {
+            superuser: false,
+            create_db: false,
+            ..r
+        };
+        assert_eq!(alter_options(&same, &t, false), (None, vec![]));
     }
 }

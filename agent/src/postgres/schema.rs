@@ -340,10 +340,20 @@ impl SchemaBuffer {
             "begin the schema transaction",
         )
         .await?;
-        if let Err(e) = conn
-            .exec(&sql, None, &format!("apply the {}", self.what))
-            .await
-        {
+        let early = early_schema_grants(&sql);
+        let applied = async {
+            if !early.is_empty() {
+                conn.exec(
+                    &early,
+                    None,
+                    "grant the privileges on existing schemas first",
+                )
+                .await?;
+            }
+            conn.exec(&sql, None, &format!("apply the {}", self.what))
+                .await
+        };
+        if let Err(e) = applied.await {
             // The statement's error matters more than a failed rollback.
             let _ = conn.client().batch_execute("ROLLBACK").await;
             return Err(e);
@@ -356,6 +366,34 @@ impl SchemaBuffer {
             ..SchemaApplied::default()
         })
     }
+}
+
+/// The privilege statements (`GRANT`/`REVOKE … ON SCHEMA`) of the schemas a pre-data section
+/// does not create (`public`), to run before the section: `pg_dump` puts privileges after the
+/// objects, and `ALTER TABLE … OWNER TO app` needs `app` to hold `CREATE` on the table's schema
+/// unless a superuser runs it — a managed database's master is not one. Empty when there is
+/// nothing to move forward or the text cannot be split (the section then runs as it is).
+fn early_schema_grants(sql: &str) -> String {
+    let Ok(toc) = toc::split(sql) else {
+        return String::new();
+    };
+    let created: std::collections::BTreeSet<&str> = toc
+        .entries
+        .iter()
+        .filter(|e| e.desc == "SCHEMA")
+        .map(|e| e.name.as_str())
+        .collect();
+    toc.entries
+        .iter()
+        .filter(|e| e.desc == "ACL")
+        .filter(|e| {
+            e.name
+                .strip_prefix("SCHEMA ")
+                .is_some_and(|n| !created.contains(n))
+        })
+        .flat_map(|e| e.statements.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Removes `pg_dump`'s `\restrict KEY` / `\unrestrict KEY` lines (psql meta-commands the server
@@ -388,6 +426,22 @@ fn strip_restrict(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_on_schemas_the_dump_does_not_create_move_first() {
+        let dump = "SET x = 1;\n\n--\n-- Name: extra; Type: SCHEMA; Schema: -; Owner: app\n--\n\n\
+            CREATE SCHEMA extra;\n\n\n--\n-- Name: users; Type: TABLE; Schema: public; Owner: app\n--\n\n\
+            CREATE TABLE public.users (id int);\nALTER TABLE public.users OWNER TO app;\n\n\n\
+            --\n-- Name: SCHEMA public; Type: ACL; Schema: -; Owner: pg_database_owner\n--\n\n\
+            GRANT USAGE,CREATE ON SCHEMA public TO app;\n\n\n\
+            --\n-- Name: SCHEMA extra; Type: ACL; Schema: -; Owner: app\n--\n\n\
+            GRANT USAGE ON SCHEMA extra TO app_ro;\n";
+        assert_eq!(
+            early_schema_grants(dump),
+            "GRANT USAGE,CREATE ON SCHEMA public TO app;"
+        );
+        assert_eq!(early_schema_grants("CREATE TABLE t (a int);\n"), "");
+    }
 
     #[test]
     fn restrict_lines_are_removed_and_the_rest_kept() {

@@ -248,6 +248,10 @@ where
                 .iter()
                 .map(|(r, why)| format!("role {r} left alone: {why}")),
         )
+        .chain(report.session_memberships.iter().map(|r| {
+            format!("role {r} granted to the connecting role (to own and load its objects)")
+        }))
+        .chain(report.notes.iter().cloned())
         .collect();
     Ok(res)
 }

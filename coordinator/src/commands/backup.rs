@@ -75,6 +75,10 @@ enum BackupSub {
         /// Only this config file (repeatable).
         #[arg(long = "file")]
         files: Vec<String>,
+        /// Databases: leave ownership out (`pg_restore --no-owner`): objects belong to the role
+        /// the agent connects as. For a managed database (RDS) whose master is not a superuser.
+        #[arg(long)]
+        no_owner: bool,
     },
     /// Apply [backup] keep_days / keep_last now (never deletes the newest backup that verifies).
     Prune,
@@ -129,12 +133,14 @@ pub async fn run(g: &Global, c: BackupCmd) -> CliResult {
             databases,
             storage,
             files,
+            no_owner,
         }) => {
             let req = RestoreBackupRequest {
                 id,
                 databases,
                 storage,
                 files,
+                no_owner,
             };
             restore(g, &agent, req).await
         }

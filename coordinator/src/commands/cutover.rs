@@ -41,7 +41,8 @@ Typical run:
 
 Exit codes: 0 switched (or --dry-run gates pass); 1 failed and undone, the old host serving (or a
 gate failed); 2 usage or plan error, or not confirmed; 3 operator action needed: the undo failed
-(the output says exactly what to run) or an unfinished cutover exists (--resume or rollback).")]
+(the output says exactly what to run) or an unfinished cutover exists (--resume or rollback);
+4 nothing to do: the journal's cutover already finished (with --dry-run too).")]
 pub struct CutoverCmd {
     #[command(flatten)]
     plan: PlanArg,
@@ -139,18 +140,17 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
                 },
             )));
         }
-        (Stage::Switched, _) if !c.dry_run => {
+        // Also for --dry-run: its gates must say what the run would do, which is nothing.
+        (Stage::Switched, _) => {
             if g.json {
                 print_json(
-                    &serde_json::json!({"ok": true, "outcome": "already-switched", "run": st.run}),
-                );
-            } else {
-                println!(
-                    "The cutover already finished (run {}): traffic is on the new host. `hostshift rollback` undoes it.",
-                    st.run.as_deref().unwrap_or("?")
+                    &serde_json::json!({"ok": false, "outcome": "already-switched", "run": st.run}),
                 );
             }
-            return Ok(());
+            return Err(CliError::NothingToDo(anyhow::anyhow!(
+                "the cutover already finished (run {}): traffic is on the new host; nothing was done. `hostshift rollback --plan {plan_arg}` undoes it; for a move back, see docs/cutover.md",
+                st.run.as_deref().unwrap_or("?")
+            )));
         }
         (Stage::InProgress, true) => {}
         (_, true) => {
@@ -326,7 +326,12 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                     s.name.clone(),
                     s.status.clone(),
                     format!("{:.1} s", s.ms as f64 / 1000.0),
-                    s.detail.chars().take(100).collect(),
+                    // A failure's message is what the operator acts on: never cut it.
+                    if s.status == "done" || s.status == "skipped" {
+                        s.detail.chars().take(100).collect()
+                    } else {
+                        s.detail.clone()
+                    },
                 ]
             })
             .collect();

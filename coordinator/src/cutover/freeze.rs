@@ -180,10 +180,12 @@ pub fn manual_undo(plan: &Plan, m: FreezeMethod) -> String {
             .databases
             .iter()
             .map(|d| {
+                // Connected to `postgres`: a session on the frozen database itself is read-only
+                // and cannot run ALTER DATABASE.
                 format!(
-                    "psql -d {} -c 'ALTER DATABASE \"{}\" RESET default_transaction_read_only' (on the old host, as its owner), \
+                    "psql -d postgres -c 'ALTER DATABASE \"{}\" RESET default_transaction_read_only' (on the old host, as the database's owner or a superuser; \"{}\" is the database the old agent's [[databases]] {} conninfo names), \
                      then GRANT CONNECT ON DATABASE back to each role listed under connect_revoked in the old agent's <state_dir>/freeze/{}.json",
-                    d.name, d.name, d.name
+                    d.name, d.name, d.name, d.name
                 )
             })
             .collect::<Vec<_>>()

@@ -4,6 +4,7 @@ mod agent;
 mod bins;
 pub mod cutover;
 pub mod fs;
+pub mod managed;
 pub mod moto;
 mod nginx;
 mod pm2;

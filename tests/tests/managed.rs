@@ -1,0 +1,161 @@
+//! A managed PostgreSQL (RDS) as the target: TLS only, SCRAM, and a master role that is not a
+//! superuser (`LOGIN CREATEROLE CREATEDB`). `check` says beforehand what such a role lacks; sync,
+//! its reruns, verify and a backup restore work as that role. (The cluster: `rig::managed`.)
+
+use hostshift_tests::rig::managed::{LESSER, MASTER, managed};
+use hostshift_tests::rig::{AgentSetup, NEW_IP, Sandbox};
+
+/// The sandbox's new agent with its database `app` on the managed cluster as `user`.
+async fn managed_target(sb: &Sandbox, user: &str) -> AgentSetup {
+    let m = managed();
+    m.create_database_as_master(&sb.new_db).await;
+    let mut new = sb.new_setup();
+    new.databases.clear();
+    new.extra
+        .push_str(&m.agent_database("app", user, &sb.new_db));
+    let _ = NEW_IP;
+    new
+}
+
+#[tokio::test]
+async fn first_sync_and_reruns_into_a_non_superuser_master_work_and_verify_equal() {
+    let m = managed();
+    let _roles = m.roles_lock.lock().await;
+    let mut sb = Sandbox::new("managed_sync").await;
+    let new = managed_target(&sb, MASTER).await;
+    sb.start(sb.old_setup(), new).await;
+
+    let check = sb.cli(&["check"]).await;
+    assert_eq!(check.code, 0, "{}", check.both());
+
+    for round in ["first", "second", "third"] {
+        let out = sb.cli(&["sync"]).await;
+        assert_eq!(out.code, 0, "{round} sync: {}", out.both());
+        let verify = sb.cli(&["verify"]).await;
+        assert_eq!(verify.code, 0, "{round} verify: {}", verify.both());
+    }
+    // The master was never made a superuser, and the app's roles own the app's tables.
+    let admin = m.admin(&sb.new_db).await;
+    let row = admin
+        .query_one(
+            "SELECT r.rolsuper, (SELECT tableowner::text FROM pg_tables WHERE tablename = 'users')
+             FROM pg_roles r WHERE rolname = $1",
+            &[&MASTER],
+        )
+        .await
+        .expect("query");
+    assert!(!row.get::<_, bool>(0), "the master became a superuser");
+    assert_eq!(row.get::<_, String>(1), "app");
+}
+
+#[tokio::test]
+async fn check_names_what_a_role_without_createrole_or_replica_mode_lacks() {
+    let mut sb = Sandbox::new("managed_check").await;
+    let new = managed_target(&sb, LESSER).await;
+    sb.start(sb.old_setup(), new).await;
+    let check = sb.cli(&["check"]).await;
+    assert_eq!(check.code, 1, "{}", check.both());
+    let text = check.stdout.clone();
+    assert!(
+        text.contains("CREATEROLE") && text.contains("session_replication_role"),
+        "{}",
+        check.both()
+    );
+    assert!(text.contains("docs/rds.md"), "{}", check.both());
+}
+
+#[tokio::test]
+async fn backup_restore_into_the_managed_target_needs_and_works_with_no_owner() {
+    let m = managed();
+    let _roles = m.roles_lock.lock().await;
+    // The app's roles exist on the managed cluster (an earlier sync made them), but the master
+    // is not necessarily a member and they have no rights in this fresh database.
+    let admin = m.admin("postgres").await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN; END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_ro') THEN CREATE ROLE app_ro LOGIN; END IF;
+             END $$",
+        )
+        .await
+        .expect("roles");
+    let mut sb = Sandbox::new("managed_restore").await;
+    let (old_dir, new_dir) = (sb.dir.join("old-backups"), sb.dir.join("new-backups"));
+    let mut old = sb.old_setup();
+    old.extra.push_str(&format!(
+        "\n[backup]\ndir = {:?}\n",
+        old_dir.display().to_string()
+    ));
+    let mut new = managed_target(&sb, MASTER).await;
+    new.extra.push_str(&format!(
+        "\n[backup]\ndir = {:?}\n",
+        new_dir.display().to_string()
+    ));
+    sb.start(old, new).await;
+    let out = sb.cli(&["backup", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let id = out.json()["id"].as_str().expect("id").to_string();
+    std::fs::create_dir_all(&new_dir).expect("new backup dir");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(old_dir.join(&id))
+        .arg(&new_dir)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+
+    let plain = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--database",
+            "app",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(plain.code, 1, "{}", plain.both());
+    assert!(plain.stderr.contains("--no-owner"), "{}", plain.both());
+
+    let out = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--database",
+            "app",
+            "--no-owner",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let count = |c: tokio_postgres::Client| async move {
+        c.query_one("SELECT count(*) FROM public.users", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let old_rows = count(sb.world.old_pg.connect(&sb.old_db).await).await;
+    let new_rows = count(m.admin(&sb.new_db).await).await;
+    assert_eq!(old_rows, new_rows);
+    assert!(new_rows > 0);
+    // The tables belong to the master now.
+    let owner: String = m
+        .admin(&sb.new_db)
+        .await
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'users'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, MASTER);
+}
