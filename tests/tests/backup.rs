@@ -278,7 +278,7 @@ async fn retention_never_deletes_the_newest_backup_that_verifies_nor_one_in_prog
     }
     // Same agent, now with retention.
     sb.old = None;
-    let setup = with_backups(sb.old_setup(), &dir, "keep_last = 2\nkeep_days = 0");
+    let setup = with_backups(sb.old_setup(), &dir, "keep_last = 2");
     let agent = AgentProc::start(&setup, &sb.dir, sb.world).await;
     sb.addresses.0 = agent.address();
     sb.old = Some(agent);

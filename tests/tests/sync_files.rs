@@ -260,7 +260,7 @@ async fn verify_catches_a_single_flipped_byte_even_with_size_and_mtime_kept() {
     );
     // Only the file is blamed: its folders are identical to the nanosecond.
     assert!(
-        !out.stdout.contains("mode/mtime differ"),
+        !out.stdout.contains("mode/mtime/owner differ"),
         "a folder whose file changed is not itself different: {}",
         out.stdout
     );
@@ -306,7 +306,7 @@ async fn verify_ignores_a_file_only_on_the_new_host_when_the_plan_keeps_extra_fi
         "an extra file only counts when the plan deletes: {}",
         out.both()
     );
-    assert!(!out.stdout.contains("mode/mtime differ"), "{}", out.stdout);
+    assert!(!out.stdout.contains("differ:"), "{}", out.stdout);
     // A sync keeps it and verify stays clean.
     assert_eq!(sb.cli(&["sync"]).await.code, 0);
     assert!(sb.new_storage.join("bulk/03/uploaded-on-new.bin").is_file());
@@ -323,7 +323,7 @@ async fn verify_ignores_a_file_only_on_the_new_host_when_the_plan_keeps_extra_fi
     let out = sb.cli(&["verify"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
     assert!(
-        out.stdout.contains("mode/mtime differ: bulk/04"),
+        out.stdout.contains("mode/mtime/owner differ: bulk/04"),
         "{}",
         out.stdout
     );
