@@ -214,6 +214,13 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // One span per RPC, so `HOSTSHIFT_LOG=debug` (and every event a handler logs) names
+        // the call it belongs to. Tasks a handler spawns log outside it.
+        .trace_fn(|req| {
+            let span = tracing::info_span!("rpc", method = %req.uri().path());
+            span.in_scope(|| tracing::debug!("request"));
+            span
+        })
         .add_service(agent)
         .add_service(hooks)
         .add_service(backup)

@@ -316,6 +316,15 @@ async fn hooks_run_only_by_name_and_their_output_streams_through_the_cli() {
         out.both()
     );
 
+    // Each RPC runs in a span naming it, so the agent's log says which call an event belongs to.
+    assert!(
+        sb.new_agent()
+            .log_text()
+            .contains("rpc{method=/hostshift.v1.Hooks/Run}: hook started"),
+        "{}",
+        sb.new_agent().log_text()
+    );
+
     let list = sb.cli(&["hook", "list", "--host", "new", "--json"]).await;
     assert_eq!(list.code, 0, "{}", list.both());
     assert_eq!(list.json()[0]["name"], "build");

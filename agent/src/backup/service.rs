@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use futures::Stream;
 use hostshift_proto::v1::backup_server::Backup;
@@ -51,7 +52,10 @@ impl BackupService {
     {
         let cancel = self.ctx.shutdown.child_token();
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let task = self.ctx.tasks.spawn(work(self.ctx.clone(), cancel));
+        let task = self
+            .ctx
+            .tasks
+            .spawn(work(self.ctx.clone(), cancel).in_current_span());
         task.await
             .map_err(|e| Status::internal(format!("backup task failed: {e}")))?
             .map_err(Status::from)

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use futures::Stream;
 use hostshift_proto::v1::hooks_server::Hooks;
@@ -67,7 +68,9 @@ impl Hooks for HooksService {
         let cmd = run::command(hook)?;
         let (tx, rx) = mpsc::channel(run::EVENT_QUEUE);
         let cancel = self.ctx.shutdown.child_token();
-        self.ctx.tasks.spawn(run::run(name, cmd, tx, cancel));
+        self.ctx
+            .tasks
+            .spawn(run::run(name, cmd, tx, cancel).in_current_span());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
