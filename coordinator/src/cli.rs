@@ -127,7 +127,13 @@ pub enum Command {
 
 /// Parses flags, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // The subcommand names the span every log event of this run belongs to.
+    let command = matches.subcommand_name().unwrap_or("hostshift").to_owned();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let level = if cli.global.quiet {
         "error"
     } else {
@@ -146,7 +152,8 @@ pub fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
-    let result = rt.block_on(run(cli));
+    let span = tracing::info_span!("command", name = %command);
+    let result = rt.block_on(tracing::Instrument::instrument(run(cli), span));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
