@@ -345,3 +345,46 @@ async fn a_peer_grant_reads_only_existing_columns_of_the_plans_selected_user_tab
         .get(0);
     assert_eq!(users, sb.world.seed.rows["users"]);
 }
+
+#[tokio::test]
+async fn verify_with_an_agents_certificate_fails_as_unauthorised_not_as_differs() {
+    let mut sb = Sandbox::new("guard_verify_peer_cert").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let sync = sb.cli(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{}", sync.both());
+    // The plan's client certificate is the new agent's, not the coordinator's.
+    let peer = sb.world.certs_agent("new");
+    let c = &sb.world.certs;
+    let plan = std::fs::read_to_string(sb.plan_path()).expect("plan");
+    let swapped = plan
+        .replace(
+            &format!("cert = {:?}", c.coordinator_cert.display().to_string()),
+            &format!("cert = {:?}", peer.cert.display().to_string()),
+        )
+        .replace(
+            &format!("key = {:?}", c.coordinator_key.display().to_string()),
+            &format!("key = {:?}", peer.key.display().to_string()),
+        );
+    assert_ne!(swapped, plan, "the plan changed");
+    std::fs::write(sb.plan_path(), swapped).expect("plan");
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["verify", "--json"]
+        } else {
+            &["verify"]
+        };
+        let out = sb.cli(args).await;
+        assert!(
+            !out.stdout.contains("DIFFERS") && !out.stdout.contains("differs"),
+            "{args:?}: {}",
+            out.both()
+        );
+        assert!(
+            out.both()
+                .contains("is agent:new's certificate, not a coordinator's"),
+            "{args:?}: says the certificate is not the coordinator's: {}",
+            out.both()
+        );
+        assert_eq!(out.code, 2, "{args:?}: a plan error: {}", out.both());
+    }
+}
