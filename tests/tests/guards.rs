@@ -388,3 +388,31 @@ async fn verify_with_an_agents_certificate_fails_as_unauthorised_not_as_differs(
         assert_eq!(out.code, 2, "{args:?}: a plan error: {}", out.both());
     }
 }
+
+#[tokio::test]
+async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
+    let mut sb = Sandbox::new("guard_undeclared").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for args in [
+        &["hook", "run", "no-such-hook"][..],
+        &["db", "stats", "--host", "old", "--database", "no_such_db"][..],
+        &["env", "get", "--host", "new", "--file", "no-such-file"][..],
+        &[
+            "backup",
+            "restore",
+            "--host",
+            "new",
+            "--id",
+            "no-such-backup",
+            "--yes",
+        ][..],
+    ] {
+        let out = sb.cli(args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.both());
+        assert!(
+            out.both().contains("not declared") || out.both().contains("no-such"),
+            "{args:?}: names what is unknown: {}",
+            out.both()
+        );
+    }
+}
