@@ -46,6 +46,17 @@ pub fn usage(e: impl Into<anyhow::Error>) -> CliError {
     CliError::Usage(e.into())
 }
 
+/// A call an agent answered with an error: a usage error (exit 2) when the agent refused the
+/// request itself (`InvalidArgument`: a name its config does not declare, a malformed value —
+/// nothing was done), otherwise a failure (exit 1).
+pub fn from_status(s: &tonic::Status, e: impl Into<anyhow::Error>) -> CliError {
+    if s.code() == tonic::Code::InvalidArgument {
+        CliError::Usage(e.into())
+    } else {
+        CliError::Failed(e.into())
+    }
+}
+
 /// Shorthand: a failure from anything printable.
 pub fn failed(e: impl Into<anyhow::Error>) -> CliError {
     CliError::Failed(e.into())

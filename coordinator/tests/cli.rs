@@ -300,3 +300,28 @@ fn plan_check_refuses_a_private_key_readable_by_others() {
         "{err}"
     );
 }
+
+#[test]
+fn certs_init_refuses_a_validity_outside_one_day_to_ten_years_with_usage_exit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for days in ["0", "1000000", "3651"] {
+        let (code, _, err) = hostshift(
+            tmp.path(),
+            &["certs", "init", "--agent", "old=127.0.0.2", "--days", days],
+        );
+        assert_eq!(code, 2, "--days {days}: {err}");
+        assert!(
+            err.contains("--days") && err.contains("1..=3650"),
+            "--days {days}: {err}"
+        );
+        assert!(
+            !tmp.path().join("certs").exists(),
+            "--days {days}: nothing written"
+        );
+    }
+    let (code, _, err) = hostshift(
+        tmp.path(),
+        &["certs", "init", "--agent", "old=127.0.0.2", "--days", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+}

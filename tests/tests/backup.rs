@@ -278,6 +278,7 @@ async fn retention_never_deletes_the_newest_backup_that_verifies_nor_one_in_prog
     }
     // Same agent, now with retention.
     sb.old = None;
+    // No age rule (keep_days = 0 is refused now: 1..=3650): only keep_last decides.
     let setup = with_backups(sb.old_setup(), &dir, "keep_last = 2");
     let agent = AgentProc::start(&setup, &sb.dir, sb.world).await;
     sb.addresses.0 = agent.address();

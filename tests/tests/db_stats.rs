@@ -92,7 +92,7 @@ async fn db_stats_of_an_undeclared_database_names_the_agent_config() {
     let out = sb
         .cli(&["db", "stats", "--host", "new", "--database", "nope"])
         .await;
-    assert_eq!(out.code, 1, "{}", out.both());
+    assert_eq!(out.code, 2, "{}", out.both());
     assert!(
         out.stderr
             .contains("database \"nope\" is not declared in this agent's config"),

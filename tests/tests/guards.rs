@@ -222,3 +222,197 @@ async fn a_second_sync_of_the_same_plan_fails_at_once_naming_the_first() {
     let again = sb.cli(&["sync", "--only", "storage"]).await;
     assert_eq!(again.code, 0, "{}", again.both());
 }
+
+/// A raw `Source.Read` of one table with the peer agent's certificate and `grant`: the rows'
+/// bytes, or the refusal.
+async fn peer_reads_table(
+    sb: &Sandbox,
+    grant: &str,
+    schema: &str,
+    table: &str,
+    columns: &[&str],
+) -> Result<usize, tonic::Status> {
+    use hostshift_agent::postgres::{CopyFormat, TableInfo, TableKind, TableRef};
+    use hostshift_proto::v1::source_client::SourceClient;
+    use hostshift_proto::v1::{DbTable, ReadRequest, read_request::What};
+    let info = TableInfo {
+        table: TableRef::new(schema, table),
+        kind: TableKind::Ordinary,
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        format: CopyFormat::Text,
+        int_key: None,
+        estimated_rows: None,
+        estimated_bytes: 0,
+    };
+    let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
+    let mut stream = SourceClient::new(ch)
+        .read(ReadRequest {
+            grant: grant.to_string(),
+            what: Some(What::DbTable(DbTable {
+                database: "app".into(),
+                table: serde_json::to_vec(&info).expect("table JSON"),
+                range: vec![],
+                snapshot: String::new(),
+                mode: String::new(),
+            })),
+        })
+        .await?
+        .into_inner();
+    let mut bytes = 0;
+    while let Some(frame) = stream.message().await? {
+        if let Some(hostshift_proto::v1::frame::Kind::Chunk(c)) = frame.kind {
+            bytes += c.data.len();
+        }
+    }
+    Ok(bytes)
+}
+
+#[tokio::test]
+async fn a_peer_grant_reads_only_existing_columns_of_the_plans_selected_user_tables() {
+    use hostshift_proto::v1::grants_client::GrantsClient;
+    use hostshift_proto::v1::{CreateGrantRequest, DbSelection};
+    let mut sb = Sandbox::new("guard_peer_read").await;
+    sb.plan_databases = false;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    // The grant a sync of a plan excluding one table issues (coordinator → old agent).
+    let grant = GrantsClient::new(sb.old().channel(&sb.world.certs_coordinator()).await)
+        .create(CreateGrantRequest {
+            peer: "new".into(),
+            scopes: vec!["database:app".into()],
+            ttl_secs: 600,
+            selections: vec![DbSelection {
+                database: "app".into(),
+                include: vec![],
+                exclude: vec!["public.project_evaluation_runs".into()],
+            }],
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .token;
+
+    let refused = |r: Result<usize, tonic::Status>, what: &str| -> tonic::Status {
+        match r {
+            Ok(n) => panic!("{what}: the peer read {n} bytes"),
+            Err(s) => s,
+        }
+    };
+    let s = refused(
+        peer_reads_table(
+            &sb,
+            &grant,
+            "pg_catalog",
+            "pg_authid",
+            &["rolname", "rolpassword"],
+        )
+        .await,
+        "pg_authid",
+    );
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("pg_catalog.pg_authid"), "{s:?}");
+    let s = refused(
+        peer_reads_table(&sb, &grant, "public", "project_evaluation_runs", &["id"]).await,
+        "a table the plan excludes",
+    );
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().contains("public.project_evaluation_runs"),
+        "{s:?}"
+    );
+    let s = refused(
+        peer_reads_table(&sb, &grant, "public", "users", &["id", "(select 1)"]).await,
+        "a column that does not exist",
+    );
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("(select 1)"), "{s:?}");
+    // A selected table with its real columns is served.
+    let n = peer_reads_table(&sb, &grant, "public", "users", &["id"])
+        .await
+        .expect("a selected table");
+    assert!(n > 0, "rows of public.users");
+
+    // A sync of that plan still works, through the grant the coordinator issues.
+    sb.write_plan(
+        "[[databases]]\nname = \"app\"\nexclude = [\"public.project_evaluation_runs\"]\n",
+    );
+    let out = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let users: i64 = new
+        .query_one("SELECT count(*) FROM public.users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(users, sb.world.seed.rows["users"]);
+}
+
+#[tokio::test]
+async fn verify_with_an_agents_certificate_fails_as_unauthorised_not_as_differs() {
+    let mut sb = Sandbox::new("guard_verify_peer_cert").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let sync = sb.cli(&["sync"]).await;
+    assert_eq!(sync.code, 0, "{}", sync.both());
+    // The plan's client certificate is the new agent's, not the coordinator's.
+    let peer = sb.world.certs_agent("new");
+    let c = &sb.world.certs;
+    let plan = std::fs::read_to_string(sb.plan_path()).expect("plan");
+    let swapped = plan
+        .replace(
+            &format!("cert = {:?}", c.coordinator_cert.display().to_string()),
+            &format!("cert = {:?}", peer.cert.display().to_string()),
+        )
+        .replace(
+            &format!("key = {:?}", c.coordinator_key.display().to_string()),
+            &format!("key = {:?}", peer.key.display().to_string()),
+        );
+    assert_ne!(swapped, plan, "the plan changed");
+    std::fs::write(sb.plan_path(), swapped).expect("plan");
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["verify", "--json"]
+        } else {
+            &["verify"]
+        };
+        let out = sb.cli(args).await;
+        assert!(
+            !out.stdout.contains("DIFFERS") && !out.stdout.contains("differs"),
+            "{args:?}: {}",
+            out.both()
+        );
+        assert!(
+            out.both()
+                .contains("is agent:new's certificate, not a coordinator's"),
+            "{args:?}: says the certificate is not the coordinator's: {}",
+            out.both()
+        );
+        assert_eq!(out.code, 2, "{args:?}: a plan error: {}", out.both());
+    }
+}
+
+#[tokio::test]
+async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
+    let mut sb = Sandbox::new("guard_undeclared").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for args in [
+        &["hook", "run", "no-such-hook"][..],
+        &["db", "stats", "--host", "old", "--database", "no_such_db"][..],
+        &["env", "get", "--host", "new", "--file", "no-such-file"][..],
+        &[
+            "backup",
+            "restore",
+            "--host",
+            "new",
+            "--id",
+            "no-such-backup",
+            "--yes",
+        ][..],
+    ] {
+        let out = sb.cli(args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.both());
+        assert!(
+            out.both().contains("not declared") || out.both().contains("no-such"),
+            "{args:?}: names what is unknown: {}",
+            out.both()
+        );
+    }
+}

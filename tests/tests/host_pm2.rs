@@ -318,7 +318,7 @@ async fn an_env_edit_of_a_file_not_in_write_files_is_refused_and_the_file_is_unc
     let out = sb
         .cli(&["env", "get", "--host", "old", "--file", "etc-passwd"])
         .await;
-    assert_eq!(out.code, 1, "{}", out.both());
+    assert_eq!(out.code, 2, "{}", out.both());
     assert!(
         out.stderr.contains("\"etc-passwd\" is not declared"),
         "{}",
@@ -331,7 +331,7 @@ async fn an_app_not_declared_is_refused_and_nothing_runs() {
     let (sb, pm2) = setup("pm2_undecl", &["backend"], |_| {}).await;
     let before = std::fs::read(&pm2.env_file).expect("read");
     let out = sb.cli(&["pm2", "start", "--host", "new", "crashy"]).await;
-    assert_eq!(out.code, 1, "{}", out.both());
+    assert_eq!(out.code, 2, "{}", out.both());
     assert!(
         out.stderr.contains("\"crashy\" is not declared"),
         "{}",
@@ -351,7 +351,7 @@ async fn an_app_not_declared_is_refused_and_nothing_runs() {
             "crashy",
         ])
         .await;
-    assert_eq!(out.code, 1, "{}", out.both());
+    assert_eq!(out.code, 2, "{}", out.both());
     assert!(
         out.stderr.contains("\"crashy\" is not declared"),
         "{}",

@@ -595,3 +595,53 @@ async fn a_rerun_on_a_big_table_recopies_only_the_changed_key_ranges() {
     assert_eq!(on_old.0, 300_500);
     assert_eq!(on_old, on_new, "the big table is equal on both hosts");
 }
+
+#[tokio::test]
+async fn a_sync_adds_role_attributes_but_never_takes_one_from_an_existing_role() {
+    let mut sb = Sandbox::new("sync_keeps_createdb").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    // A role the database uses: on the old host a plain login; on the new host it already
+    // exists, not a login yet but with CREATEDB and CREATEROLE its admin gave it there.
+    let role = format!("reporter_{}", sb.old_db);
+    sb.world
+        .old_pg
+        .connect("postgres")
+        .await
+        .batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 7"))
+        .await
+        .expect("old role");
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(&format!("GRANT SELECT ON public.users TO \"{role}\""))
+        .await
+        .expect("grant");
+    let new_admin = sb.world.new_pg.connect("postgres").await;
+    new_admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" NOLOGIN CREATEDB CREATEROLE"
+        ))
+        .await
+        .expect("existing new role");
+
+    let out = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let row = new_admin
+        .query_one(
+            "SELECT rolcreatedb, rolcreaterole, rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("role on the new host");
+    let (createdb, createrole, login, limit): (bool, bool, bool, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(createdb, "CREATEDB kept: {}", out.both());
+    assert!(createrole, "CREATEROLE kept: {}", out.both());
+    assert!(login, "LOGIN added, as the old host's role has it");
+    assert_eq!(limit, 7, "the connection limit copied");
+    new_admin
+        .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+        .await
+        .ok();
+}

@@ -93,6 +93,19 @@ pub enum PgSyncError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A table (or column) a reader asked for that the source does not serve: not a user table
+    /// of the database, not covered by the selection, or a column the table does not have.
+    #[error(
+        "database {database}: table {table} may not be read: {reason}; the source agent serves only the user tables the plan selects, and only their columns"
+    )]
+    NotReadable {
+        /// The configured database name.
+        database: String,
+        /// The table as requested (`schema.table`).
+        table: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The caller cancelled (agent shutdown or the RPC went away); the child was terminated.
     #[error("database {database}: cancelled")]
     Cancelled {
@@ -175,6 +188,7 @@ impl From<PgSyncError> for AgentError {
                 AgentError::InvalidArgument(e.to_string())
             }
             PgSyncError::Connect { .. } => AgentError::Unavailable(e.to_string()),
+            PgSyncError::NotReadable { .. } => AgentError::PermissionDenied(e.to_string()),
             PgSyncError::Query { .. } | PgSyncError::TooLarge { .. } => {
                 AgentError::FailedPrecondition(e.to_string())
             }

@@ -21,7 +21,11 @@
 //!
 //! # Applying
 //! One transaction: a role that is missing is created with the source's attributes; one that
-//! exists is altered where its attributes differ (its password only when the source's is known).
+//! exists is altered where its attributes differ (its password only when the source's is known)
+//! — but a right is only ever added to an existing role, never taken: `SUPERUSER`, `CREATEDB`,
+//! `CREATEROLE`, `LOGIN`, `REPLICATION` and `BYPASSRLS` that the new host's role has and the old
+//! host's lacks stay (reported in [`GlobalsReport::notes`]): the new host's admin gave them
+//! there, and taking them away breaks whoever relies on them.
 //! The target session's own role and the target's bootstrap superuser are left alone and reported.
 //!
 //! # As a non-superuser (a managed database's master, e.g. RDS)
@@ -247,16 +251,18 @@ fn superuser_only(r: &RoleDef) -> Vec<&'static str> {
 /// `WITH …` options of `ALTER ROLE` that make `t` (the target's role) like `r`: only what
 /// differs; as a non-superuser (`may_super` false) never `SUPERUSER`, `REPLICATION` or
 /// `BYPASSRLS` — PostgreSQL refuses even their `NO…` form — which are returned as left alone.
+/// A right the target's role has and the source's lacks is never taken (returned as kept).
 /// `None` when nothing differs.
-fn alter_options(
-    r: &RoleDef,
-    t: &TargetRole,
-    may_super: bool,
-) -> (Option<String>, Vec<&'static str>) {
+fn alter_options(r: &RoleDef, t: &TargetRole, may_super: bool) -> AlterOptions {
     let mut s = String::new();
     let mut left = Vec::new();
-    let mut flag = |want: bool, have: bool, name: &'static str, super_only: bool| {
+    let mut kept = Vec::new();
+    let mut flag = |want: bool, have: bool, name: &'static str, super_only: bool, right: bool| {
         if want == have {
+            return;
+        }
+        if right && have {
+            kept.push(name);
             return;
         }
         if super_only && !may_super {
@@ -266,13 +272,13 @@ fn alter_options(
         s.push_str(if want { " " } else { " NO" });
         s.push_str(name);
     };
-    flag(r.superuser, t.superuser, "SUPERUSER", true);
-    flag(r.inherit, t.inherit, "INHERIT", false);
-    flag(r.create_role, t.create_role, "CREATEROLE", false);
-    flag(r.create_db, t.create_db, "CREATEDB", false);
-    flag(r.login, t.login, "LOGIN", false);
-    flag(r.replication, t.replication, "REPLICATION", true);
-    flag(r.bypass_rls, t.bypass_rls, "BYPASSRLS", true);
+    flag(r.superuser, t.superuser, "SUPERUSER", true, true);
+    flag(r.inherit, t.inherit, "INHERIT", false, false);
+    flag(r.create_role, t.create_role, "CREATEROLE", false, true);
+    flag(r.create_db, t.create_db, "CREATEDB", false, true);
+    flag(r.login, t.login, "LOGIN", false, true);
+    flag(r.replication, t.replication, "REPLICATION", true, true);
+    flag(r.bypass_rls, t.bypass_rls, "BYPASSRLS", true, true);
     if r.connection_limit != t.connection_limit {
         s.push_str(&format!(" CONNECTION LIMIT {}", r.connection_limit));
     }
@@ -283,7 +289,22 @@ fn alter_options(
     if let Some(p) = &r.password_hash {
         s.push_str(&format!(" PASSWORD {}", sql::literal(p)));
     }
-    ((!s.is_empty()).then(|| format!(" WITH{s}")), left)
+    AlterOptions {
+        with: (!s.is_empty()).then(|| format!(" WITH{s}")),
+        left,
+        kept,
+    }
+}
+
+/// What [`alter_options`] decided for an existing role.
+#[derive(Debug, PartialEq, Eq)]
+struct AlterOptions {
+    /// ` WITH …` to run, if anything differs.
+    with: Option<String>,
+    /// Attributes only a superuser may change, left as the target has them.
+    left: Vec<&'static str>,
+    /// Rights the target's role has and the source's lacks: kept (never taken away).
+    kept: Vec<&'static str>,
 }
 
 /// `WITH …` options of `CREATE ROLE` for `r`.
@@ -411,7 +432,18 @@ async fn apply_in_tx(conn: &Conn, globals: &Globals) -> Result<GlobalsReport, Pg
                 if !session_super {
                     to_join.push(role.name.clone());
                 }
-                let (opts, left) = alter_options(role, &target, session_super);
+                let AlterOptions {
+                    with: opts,
+                    left,
+                    kept,
+                } = alter_options(role, &target, session_super);
+                if !kept.is_empty() {
+                    report.notes.push(format!(
+                        "role {}: {} kept: the new host's role has it and the old host's lacks it; a sync adds rights to an existing role, never takes them",
+                        role.name,
+                        kept.join(", ")
+                    ));
+                }
                 if !left.is_empty() {
                     report.notes.push(format!(
                         "role {}: {} left as the target has it: only a superuser may change it",
@@ -532,19 +564,47 @@ mod tests {
             connection_limit: -1,
             valid_until: None,
         };
+        let opts =
+            |with: Option<&str>, left: Vec<&'static str>, kept: Vec<&'static str>| AlterOptions {
+                with: with.map(str::to_string),
+                left,
+                kept,
+            };
         assert_eq!(
             alter_options(&r, &t, false),
-            (Some(" WITH CREATEDB".to_string()), vec!["SUPERUSER"])
+            opts(Some(" WITH CREATEDB"), vec!["SUPERUSER"], vec![])
         );
         assert_eq!(
             alter_options(&r, &t, true),
-            (Some(" WITH SUPERUSER CREATEDB".to_string()), vec![])
+            opts(Some(" WITH SUPERUSER CREATEDB"), vec![], vec![])
         );
         let same = RoleDef {
             superuser: false,
             create_db: false,
+            ..r.clone()
+        };
+        assert_eq!(alter_options(&same, &t, false), opts(None, vec![], vec![]));
+        // The target's own rights stay; NOINHERIT is an attribute, not a right: it is copied.
+        let richer = TargetRole {
+            create_db: true,
+            create_role: true,
+            login: true,
+            ..t
+        };
+        let plain = RoleDef {
+            superuser: false,
+            create_db: false,
+            login: false,
+            inherit: false,
             ..r
         };
-        assert_eq!(alter_options(&same, &t, false), (None, vec![]));
+        assert_eq!(
+            alter_options(&plain, &richer, true),
+            opts(
+                Some(" WITH NOINHERIT"),
+                vec![],
+                vec!["CREATEROLE", "CREATEDB", "LOGIN"]
+            )
+        );
     }
 }

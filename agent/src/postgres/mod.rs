@@ -87,4 +87,4 @@ pub use ranges::{KeyRange, split_ranges};
 pub use schema::{DUMP_CHUNK_BYTES, MAX_SCHEMA_BYTES, SchemaBuffer, Section, dump_section};
 pub use select::{Selection, TableRef, dump_args};
 pub use sequences::{SequenceValue, apply_sequences, read_sequences};
-pub use tables::{CopyFormat, TableInfo, TableKind, list_tables};
+pub use tables::{CopyFormat, TableInfo, TableKind, list_tables, readable_table};

@@ -147,6 +147,15 @@ pub(crate) async fn tables_in_tx(
         .filter(|r| selection.selects(&r.key))
         .map(|r| (r.rel.schema, r.rel.table))
         .unzip();
+    describe(conn, &schemas, &names).await
+}
+
+/// The descriptions of the named tables (which the caller took from the catalog).
+async fn describe(
+    conn: &Conn,
+    schemas: &[String],
+    names: &[String],
+) -> Result<Vec<TableInfo>, PgSyncError> {
     let rows = conn
         .client()
         .query(TABLES_SQL, &[&schemas, &names])
@@ -176,6 +185,74 @@ pub(crate) async fn tables_in_tx(
             }
         })
         .collect())
+}
+
+/// What a reader may copy of the table it `asked` for (and of `range`), resolved on this side's
+/// catalog — never taken from the request: the asked table must be a user table of the database
+/// (not a partition, not in `pg_catalog`, `information_schema` or another system schema, not an
+/// extension's), `selection` must cover it, and every asked column (and the range's column) must
+/// be one it copies. Returns the catalog's description with the asked columns and format.
+///
+/// # Errors
+/// [`PgSyncError::NotReadable`] saying why; [`PgSyncError::Query`] when the catalog cannot be
+/// read.
+pub async fn readable_table(
+    conn: &Conn,
+    selection: &Selection,
+    asked: &TableInfo,
+    range: Option<&super::ranges::KeyRange>,
+) -> Result<TableInfo, PgSyncError> {
+    let refuse = |reason: String| PgSyncError::NotReadable {
+        database: conn.database().to_string(),
+        table: asked.table.to_string(),
+        reason,
+    };
+    conn.begin_read_only(None).await?;
+    let found = async {
+        let rel = relations(conn).await?.into_iter().find(|r| {
+            r.rel == asked.table && matches!(r.kind.as_str(), "r" | "p") && !r.is_partition
+        });
+        let Some(rel) = rel else {
+            return Ok(Err(
+                "it is not a user table of the database (system catalogs, partitions and \
+                 extension tables are never served)"
+                    .to_string(),
+            ));
+        };
+        if !selection.selects(&rel.key) {
+            return Ok(Err(format!(
+                "the plan's selection ({}) does not cover it",
+                selection.describe()
+            )));
+        }
+        let described = describe(
+            conn,
+            std::slice::from_ref(&rel.rel.schema),
+            std::slice::from_ref(&rel.rel.table),
+        )
+        .await?;
+        Ok(described
+            .into_iter()
+            .next()
+            .ok_or_else(|| "it is not in the catalog".to_string()))
+    }
+    .await;
+    conn.end_read_only().await?;
+    let table = found?.map_err(refuse)?;
+    let unknown = asked
+        .columns
+        .iter()
+        .map(String::as_str)
+        .chain(range.map(|r| r.column.as_str()).filter(|c| !c.is_empty()))
+        .find(|c| !table.columns.iter().any(|t| t == c));
+    if let Some(c) = unknown {
+        return Err(refuse(format!("{c:?} is not a column it copies")));
+    }
+    Ok(TableInfo {
+        columns: asked.columns.clone(),
+        format: asked.format,
+        ..table
+    })
 }
 
 /// The user tables of the database that `selection` selects (ordinary tables and partitioned

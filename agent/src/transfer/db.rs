@@ -108,22 +108,33 @@ fn section(s: &str) -> Result<Section, AgentError> {
     }
 }
 
-/// Source: a schema section, straight from `pg_dump`.
+/// Source: a schema section, straight from `pg_dump`. `allowed` is what the caller may read
+/// ([`super::GrantStore::selection`]): when it narrows the database, it replaces the request's
+/// selection (a peer cannot widen its grant).
 ///
 /// # Errors
 /// Undeclared database, bad selection, `pg_dump` missing.
-pub async fn read_schema(ctx: &Arc<Ctx>, r: &DbSchema) -> Result<FrameRx, AgentError> {
+pub async fn read_schema(
+    ctx: &Arc<Ctx>,
+    r: &DbSchema,
+    allowed: &Selection,
+) -> Result<FrameRx, AgentError> {
     let sel = r.selection.clone().unwrap_or_default();
     let db = ctx.database(&sel.database)?;
     let bin = pg_bin_dir(&ctx.config).ok_or_else(|| {
         AgentError::FailedPrecondition("pg_dump not found: install postgresql-client".into())
     })?;
     let snap = snapshot(&r.snapshot)?;
+    let used = if allowed.is_all() {
+        selection(&sel)?
+    } else {
+        allowed.clone()
+    };
     let stream = postgres::dump_section(
         db,
         &bin,
         section(&r.section)?,
-        &selection(&sel)?,
+        &used,
         snap.as_ref(),
         ctx.shutdown.child_token(),
     )
@@ -142,13 +153,22 @@ fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
     Ok((table, range))
 }
 
-/// Source: a table (or one key range of it) as `COPY` bytes.
+/// Source: a table (or one key range of it) as `COPY` bytes. The requested table is resolved
+/// against this agent's own catalog and `allowed` ([`postgres::readable_table`]): only a user
+/// table the selection covers, and only columns it has, are ever read — whatever the request's
+/// table description says.
 ///
 /// # Errors
-/// Undeclared database, malformed request, connection errors.
-pub async fn read_table(ctx: &Arc<Ctx>, r: &DbTable) -> Result<FrameRx, AgentError> {
-    let (table, range) = table_of(r)?;
+/// `PermissionDenied` naming the table or column; undeclared database, malformed request,
+/// connection errors.
+pub async fn read_table(
+    ctx: &Arc<Ctx>,
+    r: &DbTable,
+    allowed: &Selection,
+) -> Result<FrameRx, AgentError> {
+    let (asked, range) = table_of(r)?;
     let conn = Conn::connect(ctx.database(&r.database)?).await?;
+    let table = postgres::readable_table(&conn, allowed, &asked, range.as_ref()).await?;
     Ok(framed_stream(
         ctx,
         postgres::copy_out(conn, &table, range, snapshot(&r.snapshot)?),

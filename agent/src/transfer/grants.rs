@@ -2,7 +2,8 @@
 //!
 //! A grant is created by the coordinator (`Grants.Create`), names the peer (its certificate
 //! identity `agent:<peer>`), the scopes (`storage:<name>`, `file:<name>`, `database:<name>`) and
-//! a deadline, and is identified by a random 256-bit token. It lives in memory only: an agent
+//! a deadline, and is identified by a random 256-bit token. A database scope carries the plan's
+//! table selection: a peer reads only the user tables it selects ([`GrantStore::selection`]). It lives in memory only: an agent
 //! restart revokes every grant, and the coordinator simply asks again.
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hostshift_shared::identity::{Identity, Role};
 
 use crate::error::AgentError;
+use crate::postgres::Selection;
 
 /// Longest grant the agent issues.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -21,6 +23,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 struct Grant {
     peer: String,
     scopes: Vec<String>,
+    /// Database name → the tables the peer may read (absent: every user table).
+    selections: HashMap<String, Selection>,
     expires: SystemTime,
 }
 
@@ -47,6 +51,7 @@ impl GrantStore {
         &self,
         peer: &str,
         scopes: Vec<String>,
+        selections: HashMap<String, Selection>,
         ttl: Duration,
     ) -> Result<(String, u64), AgentError> {
         if !hostshift_shared::identity::valid_name(peer) {
@@ -77,6 +82,7 @@ impl GrantStore {
             Grant {
                 peer: peer.to_string(),
                 scopes,
+                selections,
                 expires,
             },
         );
@@ -130,6 +136,37 @@ impl GrantStore {
         }
         Ok(())
     }
+
+    /// The tables of `database` that `caller` may read: for the coordinator every user table;
+    /// for a peer agent the selection its grant carries (every user table when the coordinator
+    /// sent none). Call it after [`GrantStore::authorize`] accepted the grant for the database.
+    ///
+    /// # Errors
+    /// `PermissionDenied` when the grant is gone.
+    pub fn selection(
+        &self,
+        caller: &Identity,
+        token: &str,
+        database: &str,
+    ) -> Result<Selection, AgentError> {
+        if caller.role == Role::Coordinator {
+            return Ok(Selection::all());
+        }
+        let g = self
+            .grants
+            .lock()
+            .map_err(|_| AgentError::Internal("grant store poisoned".into()))?;
+        let grant = g.get(token).ok_or_else(|| {
+            AgentError::PermissionDenied(format!(
+                "{caller} presented no valid grant for database:{database}"
+            ))
+        })?;
+        Ok(grant
+            .selections
+            .get(database)
+            .cloned()
+            .unwrap_or_else(Selection::all))
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +180,7 @@ mod tests {
             .create(
                 "new",
                 vec!["storage:evaluations".into()],
+                HashMap::new(),
                 Duration::from_secs(60),
             )
             .expect("grant");
@@ -162,7 +200,12 @@ mod tests {
         assert!(store.authorize(&coord, "", "storage:evaluations").is_ok());
         assert!(
             store
-                .create("new", vec!["root:/".into()], Duration::from_secs(1))
+                .create(
+                    "new",
+                    vec!["root:/".into()],
+                    HashMap::new(),
+                    Duration::from_secs(1)
+                )
                 .is_err()
         );
     }

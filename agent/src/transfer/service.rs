@@ -54,10 +54,16 @@ impl Grants for GrantsService {
         req: Request<CreateGrantRequest>,
     ) -> Result<Response<CreateGrantResponse>, Status> {
         let r = req.into_inner();
-        let (token, expires_unix) =
-            self.ctx
-                .grants
-                .create(&r.peer, r.scopes.clone(), Duration::from_secs(r.ttl_secs))?;
+        let mut selections = std::collections::HashMap::new();
+        for s in &r.selections {
+            selections.insert(s.database.clone(), super::db::selection(s)?);
+        }
+        let (token, expires_unix) = self.ctx.grants.create(
+            &r.peer,
+            r.scopes.clone(),
+            selections,
+            Duration::from_secs(r.ttl_secs),
+        )?;
         tracing::info!(peer = %r.peer, scopes = ?r.scopes, "grant issued");
         Ok(Response::new(CreateGrantResponse {
             token,
@@ -129,18 +135,29 @@ impl Source for SourceService {
                 self.ctx
                     .grants
                     .authorize(&who, &r.grant, &format!("database:{name}"))?;
-                super::db::read_schema(&self.ctx, &d).await?
+                let allowed = self.ctx.grants.selection(&who, &r.grant, &name)?;
+                super::db::read_schema(&self.ctx, &d, &allowed).await?
             }
             Some(What::DbTable(d)) => {
                 self.ctx
                     .grants
                     .authorize(&who, &r.grant, &format!("database:{}", d.database))?;
-                super::db::read_table(&self.ctx, &d).await?
+                let allowed = self.ctx.grants.selection(&who, &r.grant, &d.database)?;
+                super::db::read_table(&self.ctx, &d, &allowed).await?
             }
             Some(What::DbLargeObject(d)) => {
                 self.ctx
                     .grants
                     .authorize(&who, &r.grant, &format!("database:{}", d.database))?;
+                let allowed = self.ctx.grants.selection(&who, &r.grant, &d.database)?;
+                if !allowed.includes_large_objects() {
+                    return Err(AgentError::PermissionDenied(format!(
+                        "{who}'s grant for database:{} selects some tables only ({}): large objects are not part of it",
+                        d.database,
+                        allowed.describe()
+                    ))
+                    .into());
+                }
                 super::db::read_large_object(&self.ctx, &d).await?
             }
             None => {

@@ -91,10 +91,10 @@ enum BackupSub {
 }
 
 fn rpc_failed(what: &str, side: Side, s: &tonic::Status) -> CliError {
-    failed(anyhow::anyhow!(
-        "{what} on the {side} host: {}",
-        client::explain_status(s)
-    ))
+    crate::error::from_status(
+        s,
+        anyhow::anyhow!("{what} on the {side} host: {}", client::explain_status(s)),
+    )
 }
 
 fn long<T>(msg: T, deadline: Duration) -> tonic::Request<T> {

@@ -35,13 +35,29 @@ enum CertsSub {
         /// Name in the coordinator's certificate identity.
         #[arg(long, default_value = "coordinator")]
         coordinator_name: String,
-        /// Validity in days. A migration is short: keep it short.
-        #[arg(long, default_value_t = 30)]
+        /// Validity in days (1..=3650). A migration is short: keep it short.
+        #[arg(long, default_value_t = 30, value_parser = parse_days)]
         days: u32,
         /// Overwrite existing certificates and keys.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Longest certificate validity `certs init` issues (ten years, like `[backup] keep_days`):
+/// more is a typo.
+pub const MAX_DAYS: u32 = 3650;
+
+/// `--days`: 1..=[`MAX_DAYS`]. 0 used to become one day (plus the hour of clock skew allowed
+/// before now) without a word.
+fn parse_days(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(d) if (1..=MAX_DAYS).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "{s} is outside 1..={MAX_DAYS} days: certificates must be valid for at least a day; \
+             a migration needs weeks, not years (default 30)"
+        )),
+    }
 }
 
 /// Runs `certs ...`.

@@ -169,10 +169,13 @@ pub async fn run(g: &Global, c: DbCmd) -> CliResult {
                     }))
                     .await
                     .map_err(|s| {
-                        failed(anyhow::anyhow!(
-                            "db stats of {name} on the {side} host: {}",
-                            client::explain_status(&s)
-                        ))
+                        crate::error::from_status(
+                            &s,
+                            anyhow::anyhow!(
+                                "db stats of {name} on the {side} host: {}",
+                                client::explain_status(&s)
+                            ),
+                        )
                     })?
                     .into_inner();
                 all.push(s);

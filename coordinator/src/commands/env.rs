@@ -152,11 +152,14 @@ pub async fn run(g: &Global, c: EnvCmd) -> CliResult {
                 }))
                 .await
                 .map_err(|s| {
-                    failed(anyhow::anyhow!(
-                        "env get {} on the {host} host: {}",
-                        file.file,
-                        client::explain_status(&s)
-                    ))
+                    crate::error::from_status(
+                        &s,
+                        anyhow::anyhow!(
+                            "env get {} on the {host} host: {}",
+                            file.file,
+                            client::explain_status(&s)
+                        ),
+                    )
                 })?
                 .into_inner();
             if g.json {
@@ -235,11 +238,14 @@ async fn edit(
         .edit(request)
         .await
         .map_err(|s| {
-            failed(anyhow::anyhow!(
-                "env {verb} {} on the {host} host: {}",
-                file.file,
-                client::explain_status(&s)
-            ))
+            crate::error::from_status(
+                &s,
+                anyhow::anyhow!(
+                    "env {verb} {} on the {host} host: {}",
+                    file.file,
+                    client::explain_status(&s)
+                ),
+            )
         })?
         .into_inner();
     if g.json {

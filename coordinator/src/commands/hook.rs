@@ -76,21 +76,27 @@ pub async fn run(g: &Global, c: HookCmd) -> CliResult {
                 .run(RunHookRequest { name: name.clone() })
                 .await
                 .map_err(|s| {
-                    failed(anyhow::anyhow!(
-                        "hook {name} on {}: {}",
-                        c.host,
-                        client::explain_status(&s)
-                    ))
+                    crate::error::from_status(
+                        &s,
+                        anyhow::anyhow!(
+                            "hook {name} on {}: {}",
+                            c.host,
+                            client::explain_status(&s)
+                        ),
+                    )
                 })?
                 .into_inner();
             let mut exit = None;
             loop {
                 let ev = stream.message().await.map_err(|s| {
-                    failed(anyhow::anyhow!(
-                        "hook {name} on {}: {}",
-                        c.host,
-                        client::explain_status(&s)
-                    ))
+                    crate::error::from_status(
+                        &s,
+                        anyhow::anyhow!(
+                            "hook {name} on {}: {}",
+                            c.host,
+                            client::explain_status(&s)
+                        ),
+                    )
                 })?;
                 let Some(ev) = ev else { break };
                 match ev.event {

@@ -28,7 +28,28 @@ use crate::plan::Plan;
 /// # Errors
 /// A [`CliError::Usage`] listing every problem with file, line and key.
 pub fn load_plan(path: &std::path::Path) -> Result<Plan, CliError> {
-    Plan::load(path).map_err(|p| usage(anyhow::anyhow!("the plan is invalid:\n{p}")))
+    let plan = Plan::load(path).map_err(|p| usage(anyhow::anyhow!("the plan is invalid:\n{p}")))?;
+    refuse_agent_certificate(&plan)?;
+    Ok(plan)
+}
+
+/// Refuses a plan whose client certificate is an agent's: the agents answer every control call
+/// from it with "may not call control RPCs", which `verify` used to report as differences.
+/// (A certificate that cannot be read is left to the first connection, which names the file.)
+fn refuse_agent_certificate(plan: &Plan) -> Result<(), CliError> {
+    let tls = plan.tls_files();
+    match tls.own_identity() {
+        Ok(id) if id.role != hostshift_shared::identity::Role::Coordinator => {
+            Err(usage(anyhow::anyhow!(
+                "the plan's [tls] cert {} is {id}'s certificate, not a coordinator's: agents \
+                 refuse control calls from it (\"may not call control RPCs\"); point [tls] cert \
+                 and key at the coordinator certificate `hostshift certs init` wrote \
+                 (coordinator.crt, coordinator.key)",
+                tls.cert.display()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Asks `question` on the terminal unless `--yes` was given; without a terminal (a script, a

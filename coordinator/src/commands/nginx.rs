@@ -76,10 +76,10 @@ enum MaintenanceSub {
 }
 
 fn rpc_error(what: &str, side: Side, s: &tonic::Status) -> CliError {
-    failed(anyhow::anyhow!(
-        "{what} on the {side} host: {}",
-        client::explain_status(s)
-    ))
+    crate::error::from_status(
+        s,
+        anyhow::anyhow!("{what} on the {side} host: {}", client::explain_status(s)),
+    )
 }
 
 /// Asks before taking a site down, unless `--yes`; without a terminal to ask on, refuses.

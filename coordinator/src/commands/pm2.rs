@@ -108,10 +108,13 @@ pub async fn run(g: &Global, c: Pm2Cmd) -> CliResult {
     };
     let agent = client::connect(&plan, host).await.map_err(failed)?;
     let refused = |s: tonic::Status| {
-        failed(anyhow::anyhow!(
-            "pm2 {action} on the {host} host: {}",
-            client::explain_status(&s)
-        ))
+        crate::error::from_status(
+            &s,
+            anyhow::anyhow!(
+                "pm2 {action} on the {host} host: {}",
+                client::explain_status(&s)
+            ),
+        )
     };
     match c.cmd {
         Pm2Sub::List(_) => {
@@ -176,10 +179,13 @@ async fn act(
         _ => pm2.reload(request).await,
     }
     .map_err(|s| {
-        failed(anyhow::anyhow!(
-            "pm2 {action} on the {host} host: {}",
-            client::explain_status(&s)
-        ))
+        crate::error::from_status(
+            &s,
+            anyhow::anyhow!(
+                "pm2 {action} on the {host} host: {}",
+                client::explain_status(&s)
+            ),
+        )
     })?
     .into_inner();
     if g.json {

@@ -348,6 +348,12 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
                 peer: plan.new.agent.clone(),
                 scopes: scopes(plan, opts.only),
                 ttl_secs: 6 * 3600,
+                // The old agent serves the new one only the tables the plan selects.
+                selections: plan
+                    .databases
+                    .iter()
+                    .map(|d| database::Selections::of(d).old)
+                    .collect(),
             }))
             .await
             .map_err(|s| {
