@@ -312,6 +312,7 @@ pub async fn run(plan: &Plan) -> Report {
                 "see the new agent's log (journalctl -u hostshift-agent)",
             );
         }
+        owner_checks(plan, old_agent, new_agent, &mut c).await;
     }
     let ok = c.0.iter().all(|x| x.result != Verdict::Fail);
     Report {
@@ -564,6 +565,80 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     "refuses writes to the source",
                     format!("the old host allows: {}", join(&risky)),
                     "remove them from [allow] in the old agent's config: it is the source of truth",
+                );
+            }
+        }
+    }
+}
+
+/// Per storage tree: the old host's owners (users and groups, by name) the new host lacks. The
+/// new agent, running as root, gives every file its owner by name; a name it does not know
+/// leaves the old numeric id, which there belongs to nobody or to someone else.
+async fn owner_checks(plan: &Plan, old: &Agent, new: &Agent, c: &mut Collector) {
+    use hostshift_proto::v1::{CompareStorageRequest, ManifestRead, ReadRequest, read_request};
+    for s in &plan.storage {
+        let check = format!("owners of storage {}", s.name);
+        let manifest = crate::sync::stream::read_all(
+            old,
+            ReadRequest {
+                grant: String::new(),
+                what: Some(read_request::What::Manifest(ManifestRead {
+                    tree: s.name.clone(),
+                    full: false,
+                })),
+            },
+            client::MAX_MESSAGE,
+        )
+        .await;
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                c.fail("old", check, e.message, "see the old agent's log");
+                continue;
+            }
+        };
+        let compared = new
+            .target()
+            .compare_storage(CompareStorageRequest {
+                tree: s.on_new().to_string(),
+                source_manifest: manifest,
+                full: false,
+            })
+            .await;
+        match compared {
+            Err(st) => c.fail(
+                "new",
+                check,
+                client::explain_status(&st),
+                "see the new agent's log",
+            ),
+            Ok(r) if r.get_ref().unknown_owners.is_empty() => {
+                c.ok("new", check, "every owner and group exists here (or the agent does not run as root: files belong to its user)");
+            }
+            Ok(r) => {
+                let unknown = &r.get_ref().unknown_owners;
+                let users: Vec<&str> = unknown
+                    .iter()
+                    .filter_map(|u| u.strip_prefix("user "))
+                    .collect();
+                let groups: Vec<&str> = unknown
+                    .iter()
+                    .filter_map(|g| g.strip_prefix("group "))
+                    .filter(|g| !users.contains(g))
+                    .collect();
+                let fix: Vec<String> = users
+                    .iter()
+                    .map(|u| format!("useradd --system {u}"))
+                    .chain(groups.iter().map(|g| format!("groupadd --system {g}")))
+                    .collect();
+                c.fail(
+                    "new",
+                    check,
+                    format!(
+                        "the old tree's files belong to {} that this host does not have: they would keep the old host's numeric ids",
+                        unknown.join(", ")
+                    ),
+                    format!("create them on the new host before the sync: {}", fix.join("; ")),
                 );
             }
         }

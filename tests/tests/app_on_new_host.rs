@@ -248,3 +248,83 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A system user and group created for one test, removed when dropped.
+struct TestUser(&'static str);
+
+impl TestUser {
+    fn create(name: &'static str) -> TestUser {
+        let _ = std::process::Command::new("userdel").arg(name).status();
+        let st = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home", name])
+            .status()
+            .expect("run useradd (apt-get install -y passwd)");
+        assert!(st.success(), "useradd {name}: {st}");
+        TestUser(name)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn check_refuses_a_tree_owned_by_a_user_the_new_host_lacks() {
+    let mut sb = Sandbox::new("unknown-owner").await;
+    let user = TestUser::create("hs-only-old");
+    let u = nix::unistd::User::from_name(user.0)
+        .expect("getpwnam")
+        .expect("just created");
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+            .expect("chown the old tree");
+    }
+    // The new host has neither that user nor that group: its agent sees copies of /etc/passwd and
+    // /etc/group without them (a mount namespace of its own).
+    let hide = |file: &str| {
+        let text = std::fs::read_to_string(format!("/etc/{file}")).expect("read");
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{}:", user.0)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let p = sb.dir.join(format!("new-{file}"));
+        std::fs::write(&p, kept).expect("write");
+        p
+    };
+    let (passwd, group) = (hide("passwd"), hide("group"));
+    let mut new = sb.new_setup();
+    new.wrapper = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount --bind {} /etc/passwd && mount --bind {} /etc/group && exec \"$0\" \"$@\"",
+            passwd.display(),
+            group.display()
+        ),
+    ];
+    sb.start(sb.old_setup(), new).await;
+    let out = sb.cli(&["check"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stdout.contains("user hs-only-old")
+            && out.stdout.contains("group hs-only-old")
+            && out.stdout.contains("useradd --system hs-only-old"),
+        "{}",
+        out.both()
+    );
+    // Owned by a user both hosts have, the same tree passes.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("nobody");
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .expect("chown");
+    }
+    let out = sb.cli(&["check"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+}
