@@ -314,6 +314,15 @@ pub async fn run(plan: &Plan) -> Report {
         }
         owner_checks(plan, old_agent, new_agent, &mut c).await;
     }
+    if let Some((_, new_info)) = reached.get(&Side::New) {
+        missing_databases(
+            plan,
+            reached.get(&Side::Old).map(|x| &x.0),
+            new_info,
+            &mut c,
+        )
+        .await;
+    }
     let ok = c.0.iter().all(|x| x.result != Verdict::Fail);
     Report {
         ok,
@@ -400,6 +409,8 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 "not declared in the agent's config",
                 format!("add [[databases]] name = \"{name}\" to the {h} agent's config"),
             ),
+            // Reported once both hosts answered (it needs the old database's definition).
+            Some(x) if side == Side::New && x.missing => {}
             Some(x) if !x.reachable => c.fail(
                 h,
                 check,
@@ -565,6 +576,91 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     "refuses writes to the source",
                     format!("the old host allows: {}", join(&risky)),
                     "remove them from [allow] in the old agent's config: it is the source of truth",
+                );
+            }
+        }
+    }
+}
+
+/// The plan's databases the new host's server does not have: sync creates them as the old
+/// host defines them (owner, encoding, locale, settings) when the new agent may restore them
+/// and its role may create databases; otherwise the statements to run by hand.
+async fn missing_databases(
+    plan: &Plan,
+    old: Option<&Agent>,
+    new_info: &InfoResponse,
+    c: &mut Collector,
+) {
+    use hostshift_proto::v1::DescribeDatabaseRequest;
+    use hostshift_shared::dbspec;
+    for d in &plan.databases {
+        let name = d.on_new();
+        let Some(x) = new_info
+            .databases
+            .iter()
+            .find(|x| x.name == name && x.missing)
+        else {
+            continue;
+        };
+        let check = format!("database {name}");
+        let spec = match old {
+            None => Err("the old host is not reachable".to_string()),
+            Some(a) => a
+                .database()
+                .describe_database(DescribeDatabaseRequest {
+                    database: d.name.clone(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| client::explain_status(&s)),
+        };
+        let permitted = new_info
+            .permits
+            .iter()
+            .any(|p| p == &format!("restore-database:{name}"));
+        match spec {
+            Err(e) => c.fail(
+                "new",
+                check,
+                format!("does not exist on the new host; the old one's definition is unknown: {e}"),
+                "fix the old host's check first; sync then creates it",
+            ),
+            Ok(spec) if permitted && x.can_create => c.ok(
+                "new",
+                check,
+                format!(
+                    "does not exist yet: will be created by sync ({})",
+                    dbspec::summary(&spec)
+                ),
+            ),
+            Ok(spec) => {
+                let target = if x.dbname.is_empty() {
+                    name
+                } else {
+                    x.dbname.as_str()
+                };
+                let mut sql = vec![dbspec::create_sql(target, &spec, true)];
+                sql.extend(
+                    spec.settings
+                        .iter()
+                        .filter_map(|s| dbspec::set_sql(target, s)),
+                );
+                let why = if permitted {
+                    x.create_problem.clone()
+                } else {
+                    format!(
+                        "the new agent's config does not allow restoring it ([allow] restore_databases lacks \"{name}\")"
+                    )
+                };
+                c.fail(
+                    "new",
+                    check,
+                    format!("does not exist on the new host and sync cannot create it: {why}"),
+                    format!(
+                        "as a superuser on the new host (after creating role {} if needed): {};",
+                        spec.owner,
+                        sql.join("; ")
+                    ),
                 );
             }
         }

@@ -328,3 +328,77 @@ async fn check_refuses_a_tree_owned_by_a_user_the_new_host_lacks() {
     let out = sb.cli(&["check"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
 }
+
+#[tokio::test]
+async fn sync_creates_a_missing_database_with_the_old_ones_owner_encoding_and_settings() {
+    let mut sb = Sandbox::new("missing-db").await;
+    let old_admin = sb.world.old_pg.connect(&sb.old_db).await;
+    old_admin
+        .batch_execute(&format!(
+            "DO $$BEGIN CREATE ROLE hs_db_owner; EXCEPTION WHEN duplicate_object THEN NULL; END$$;
+             ALTER DATABASE \"{db}\" OWNER TO hs_db_owner;
+             ALTER DATABASE \"{db}\" SET work_mem = '7MB';
+             ALTER DATABASE \"{db}\" SET search_path = \"$user\", public;",
+            db = sb.old_db
+        ))
+        .await
+        .expect("give the old database an owner and settings");
+    let new_admin = sb.world.new_pg.connect("postgres").await;
+    new_admin
+        .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+        .await
+        .expect("the new host has no such database yet");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let check = sb.cli(&["check"]).await;
+    assert_eq!(check.code, 0, "{}", check.both());
+    assert!(
+        check
+            .stdout
+            .contains("will be created by sync (owner hs_db_owner, encoding UTF8"),
+        "{}",
+        check.stdout
+    );
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let verify = sb.cli(&["verify"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
+
+    let describe = "SELECT pg_get_userbyid(d.datdba)::text, pg_encoding_to_char(d.encoding)::text,
+                           d.datcollate::text, d.datctype::text,
+                           (SELECT s.setconfig FROM pg_db_role_setting s
+                            WHERE s.setdatabase = d.oid AND s.setrole = 0)::text[]
+                    FROM pg_database d WHERE d.datname = $1";
+    let row = |r: tokio_postgres::Row| -> (String, String, String, String, Vec<String>) {
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    };
+    let old = row(old_admin
+        .query_one(describe, &[&sb.old_db])
+        .await
+        .expect("old"));
+    let new = row(new_admin
+        .query_one(describe, &[&sb.new_db])
+        .await
+        .expect("created on the new host"));
+    assert_eq!(new, old, "owner, encoding, locale and settings carried");
+    assert_eq!(new.0, "hs_db_owner");
+
+    // An existing database owned by someone else gets the owner too.
+    new_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" OWNER TO postgres",
+            sb.new_db
+        ))
+        .await
+        .expect("alter");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let again = row(new_admin
+        .query_one(describe, &[&sb.new_db])
+        .await
+        .expect("new"));
+    assert_eq!(
+        again.0, "hs_db_owner",
+        "the owner carried to an existing database"
+    );
+}
