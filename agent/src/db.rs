@@ -115,7 +115,53 @@ pub fn dbname_arg(db: &DatabaseConfig) -> Result<String, AgentError> {
 /// `Unavailable` naming the database when the connection string is invalid, the password file
 /// unreadable, the server unreachable, or its certificate not trusted.
 pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, AgentError> {
-    let mut cfg: tokio_postgres::Config = conninfo(db)?
+    connect_with(db, &conninfo(db)?).await
+}
+
+/// The name of the database the `conninfo` connects to (`dbname`, else libpq's default: the
+/// user name), when it says.
+///
+/// # Errors
+/// As [`conninfo`].
+pub fn database_name(db: &DatabaseConfig) -> Result<Option<String>, AgentError> {
+    let c = hostshift_shared::conninfo::parse(&db.conninfo)
+        .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
+    Ok(c.get("dbname")
+        .or_else(|| c.get("user"))
+        .map(str::to_string))
+}
+
+/// A connection with the database's `conninfo` to the cluster's maintenance database instead
+/// (`postgres`, else `template1`): where a database that does not exist yet is created.
+///
+/// # Errors
+/// As [`connect`], with the error of the `postgres` attempt.
+pub async fn connect_maintenance(
+    db: &DatabaseConfig,
+) -> Result<tokio_postgres::Client, AgentError> {
+    let c = hostshift_shared::conninfo::parse(&db.conninfo)
+        .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
+    let base = c.to_keywords(&["dbname"]);
+    let with = |name: &str| {
+        if base.is_empty() {
+            format!("dbname={name}")
+        } else {
+            format!("{base} dbname={name}")
+        }
+    };
+    match connect_with(db, &with("postgres")).await {
+        Ok(client) => Ok(client),
+        Err(first) => connect_with(db, &with("template1"))
+            .await
+            .map_err(|_| first),
+    }
+}
+
+async fn connect_with(
+    db: &DatabaseConfig,
+    conninfo: &str,
+) -> Result<tokio_postgres::Client, AgentError> {
+    let mut cfg: tokio_postgres::Config = conninfo
         .parse()
         .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
     if let Some(pf) = &db.password_file {

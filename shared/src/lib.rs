@@ -20,6 +20,7 @@
 //!   by agents on their hosts and by the coordinator alike.
 
 pub mod conninfo;
+pub mod dbspec;
 pub mod digest;
 pub mod dotenv;
 pub mod exit;

@@ -248,3 +248,157 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A system user and group created for one test, removed when dropped.
+struct TestUser(&'static str);
+
+impl TestUser {
+    fn create(name: &'static str) -> TestUser {
+        let _ = std::process::Command::new("userdel").arg(name).status();
+        let st = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home", name])
+            .status()
+            .expect("run useradd (apt-get install -y passwd)");
+        assert!(st.success(), "useradd {name}: {st}");
+        TestUser(name)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn check_refuses_a_tree_owned_by_a_user_the_new_host_lacks() {
+    let mut sb = Sandbox::new("unknown-owner").await;
+    let user = TestUser::create("hs-only-old");
+    let u = nix::unistd::User::from_name(user.0)
+        .expect("getpwnam")
+        .expect("just created");
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+            .expect("chown the old tree");
+    }
+    // The new host has neither that user nor that group: its agent sees copies of /etc/passwd and
+    // /etc/group without them (a mount namespace of its own).
+    let hide = |file: &str| {
+        let text = std::fs::read_to_string(format!("/etc/{file}")).expect("read");
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{}:", user.0)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let p = sb.dir.join(format!("new-{file}"));
+        std::fs::write(&p, kept).expect("write");
+        p
+    };
+    let (passwd, group) = (hide("passwd"), hide("group"));
+    let mut new = sb.new_setup();
+    new.wrapper = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount --bind {} /etc/passwd && mount --bind {} /etc/group && exec \"$0\" \"$@\"",
+            passwd.display(),
+            group.display()
+        ),
+    ];
+    sb.start(sb.old_setup(), new).await;
+    let out = sb.cli(&["check"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stdout.contains("user hs-only-old")
+            && out.stdout.contains("group hs-only-old")
+            && out.stdout.contains("useradd --system hs-only-old"),
+        "{}",
+        out.both()
+    );
+    // Owned by a user both hosts have, the same tree passes.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("nobody");
+    for e in walk(&sb.old_storage) {
+        std::os::unix::fs::lchown(&e, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .expect("chown");
+    }
+    let out = sb.cli(&["check"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+}
+
+#[tokio::test]
+async fn sync_creates_a_missing_database_with_the_old_ones_owner_encoding_and_settings() {
+    let mut sb = Sandbox::new("missing-db").await;
+    let old_admin = sb.world.old_pg.connect(&sb.old_db).await;
+    old_admin
+        .batch_execute(&format!(
+            "DO $$BEGIN CREATE ROLE hs_db_owner; EXCEPTION WHEN duplicate_object THEN NULL; END$$;
+             ALTER DATABASE \"{db}\" OWNER TO hs_db_owner;
+             ALTER DATABASE \"{db}\" SET work_mem = '7MB';
+             ALTER DATABASE \"{db}\" SET search_path = \"$user\", public;",
+            db = sb.old_db
+        ))
+        .await
+        .expect("give the old database an owner and settings");
+    let new_admin = sb.world.new_pg.connect("postgres").await;
+    new_admin
+        .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+        .await
+        .expect("the new host has no such database yet");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let check = sb.cli(&["check"]).await;
+    assert_eq!(check.code, 0, "{}", check.both());
+    assert!(
+        check
+            .stdout
+            .contains("will be created by sync (owner hs_db_owner, encoding UTF8"),
+        "{}",
+        check.stdout
+    );
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let verify = sb.cli(&["verify"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
+
+    let describe = "SELECT pg_get_userbyid(d.datdba)::text, pg_encoding_to_char(d.encoding)::text,
+                           d.datcollate::text, d.datctype::text,
+                           (SELECT s.setconfig FROM pg_db_role_setting s
+                            WHERE s.setdatabase = d.oid AND s.setrole = 0)::text[]
+                    FROM pg_database d WHERE d.datname = $1";
+    let row = |r: tokio_postgres::Row| -> (String, String, String, String, Vec<String>) {
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    };
+    let old = row(old_admin
+        .query_one(describe, &[&sb.old_db])
+        .await
+        .expect("old"));
+    let new = row(new_admin
+        .query_one(describe, &[&sb.new_db])
+        .await
+        .expect("created on the new host"));
+    assert_eq!(new, old, "owner, encoding, locale and settings carried");
+    assert_eq!(new.0, "hs_db_owner");
+
+    // An existing database owned by someone else gets the owner too.
+    new_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" OWNER TO postgres",
+            sb.new_db
+        ))
+        .await
+        .expect("alter");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let again = row(new_admin
+        .query_one(describe, &[&sb.new_db])
+        .await
+        .expect("new"));
+    assert_eq!(
+        again.0, "hs_db_owner",
+        "the owner carried to an existing database"
+    );
+}

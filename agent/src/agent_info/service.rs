@@ -87,7 +87,14 @@ async fn database_status(
         ..Default::default()
     };
     match db::connect(db).await {
-        Err(e) => st.problem = e.to_string(),
+        Err(e) => {
+            st.problem = e.to_string();
+            if st.problem.contains("(3D000)") {
+                st.missing = true;
+                st.dbname = db::database_name(db).ok().flatten().unwrap_or_default();
+                (st.can_create, st.create_problem) = crate::database::can_create(db).await;
+            }
+        }
         Ok(client) => {
             st.reachable = true;
             if restore_target {

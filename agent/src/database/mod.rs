@@ -5,9 +5,11 @@
 //! agent's `state_dir`). The work is in [`crate::postgres`]; the streams themselves go through
 //! [`crate::transfer`].
 
+mod create;
 pub mod freeze;
 mod service;
 mod snapshots;
 
+pub use create::can_create;
 pub use service::DatabaseService;
 pub use snapshots::Snapshots;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
-    CloseSnapshotRequest, CloseSnapshotResponse, DbReadRequest, DbSelection, DbTablesResponse,
+    CloseSnapshotRequest, CloseSnapshotResponse, DatabaseSpec, DbReadRequest, DbSelection,
+    DbTablesResponse, DescribeDatabaseRequest, EnsureDatabaseRequest, EnsureDatabaseResponse,
     FingerprintResponse, HeldSnapshot, JsonResponse, MatviewsRequest, MatviewsResponse,
     OpenSnapshotRequest, OpenSnapshotResponse, OpenSnapshotsRequest, OpenSnapshotsResponse,
     RangeFingerprint, RangeFingerprintsRequest, RangeFingerprintsResponse, RefreshMatviewsRequest,
@@ -286,6 +287,24 @@ impl Database for DatabaseService {
         Ok(Response::new(RefreshMatviewsResponse {
             refreshed: n as u64,
         }))
+    }
+
+    async fn describe_database(
+        &self,
+        req: Request<DescribeDatabaseRequest>,
+    ) -> Result<Response<DatabaseSpec>, Status> {
+        let db = self.ctx.database(&req.get_ref().database)?;
+        Ok(Response::new(super::create::describe(db).await?))
+    }
+
+    async fn ensure_database(
+        &self,
+        req: Request<EnsureDatabaseRequest>,
+    ) -> Result<Response<EnsureDatabaseResponse>, Status> {
+        let r = req.into_inner();
+        let db = writable(&self.ctx, &r.database)?;
+        let spec = r.spec.unwrap_or_default();
+        Ok(Response::new(super::create::ensure(db, &spec).await?))
     }
 
     async fn schema_digest(

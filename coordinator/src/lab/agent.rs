@@ -88,6 +88,9 @@ pub struct AgentSetup {
     pub state_dir: Option<PathBuf>,
     /// Raw TOML appended as is (e.g. `[pm2]` or `[nginx]` sections).
     pub extra: String,
+    /// A program and its arguments the agent is started through (its own command line follows
+    /// them), e.g. `unshare` giving a test's "new host" users of its own; empty: started directly.
+    pub wrapper: Vec<String>,
 }
 
 impl AgentSetup {
@@ -110,6 +113,7 @@ impl AgentSetup {
             db_ca_file: None,
             state_dir: None,
             extra: String::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -241,7 +245,16 @@ impl LabAgent {
         let logf2 = logf
             .try_clone()
             .map_err(io("duplicate the log handle".into()))?;
-        let child = Command::new(agent_binary()?)
+        let binary = agent_binary()?;
+        let mut command = match setup.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("serve")

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostshift_proto::v1::{
-    ApplyHeader, CloseSnapshotRequest, DbGlobals, DbLargeObject, DbReadRequest, DbSchema,
-    DbSelection, DbTable, FingerprintResponse, OpenSnapshotRequest, ReadRequest,
-    RenewSnapshotRequest, SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
+    ApplyHeader, CloseSnapshotRequest, DatabaseSpec, DbGlobals, DbLargeObject, DbReadRequest,
+    DbSchema, DbSelection, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest,
+    FingerprintResponse, OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest,
+    SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
 };
 
 use super::units::{fail, report, transfer};
@@ -171,12 +172,62 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The database itself on the new host as on the old one (`pg_dump --create`): created when
+/// missing, with the old one's owner (once that role exists there), encoding, locale and
+/// settings. `spec` is the old database's, read when `None`; returned for the next call.
+async fn ensure_database(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    spec: Option<&DatabaseSpec>,
+    r: &mut UnitReport,
+) -> Result<DatabaseSpec, UnitError> {
+    let spec = match spec {
+        Some(s) => s.clone(),
+        None => run
+            .old
+            .database()
+            .describe_database(DescribeDatabaseRequest {
+                database: d.name.clone(),
+            })
+            .await
+            .map_err(UnitError::from_status)?
+            .into_inner(),
+    };
+    let done = run
+        .new
+        .database()
+        .ensure_database(EnsureDatabaseRequest {
+            database: d.on_new().to_string(),
+            spec: Some(spec.clone()),
+        })
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner();
+    if done.created {
+        run.progress.say(&format!(
+            "database {}: created on the new host ({})",
+            d.name,
+            hostshift_shared::dbspec::summary(&spec)
+        ));
+    }
+    for w in &done.warnings {
+        run.progress
+            .say(&format!("database {}: not carried: {w}", d.name));
+    }
+    r.changes.extend(done.changes);
+    Ok(spec)
+}
+
 /// Syncs one database.
 pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     let started = Instant::now();
     let mut r = report("database", &d.name);
     run.progress.start(&format!("database {}", d.name), 0);
     let sel = Selections::of(d);
+    let spec = match ensure_database(run, d, None, &mut r).await {
+        Ok(spec) => spec,
+        Err(e) => return fail(r, started, &e, run),
+    };
     let lease = snapshot_lease();
     let snapshot = match run
         .old
@@ -192,7 +243,7 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
         Err(s) => return fail(r, started, &UnitError::from_status(s), run),
     };
     let renewer = keep_alive(&run.old, &snapshot, lease);
-    let outcome = copy(run, d, &sel, &snapshot, &mut r).await;
+    let outcome = copy(run, d, &sel, &snapshot, &spec, &mut r).await;
     drop(renewer);
     let _ = run
         .old
@@ -218,6 +269,7 @@ async fn copy(
     d: &PlanDatabase,
     sel: &Selections,
     snapshot: &str,
+    spec: &DatabaseSpec,
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
     let unit = format!("database {}", d.name);
@@ -253,6 +305,8 @@ async fn copy(
         )
         .await?;
         r.changes.extend(res.changes);
+        // The owner role exists now: the database gets it.
+        ensure_database(run, d, Some(spec), r).await?;
         let pre = DbSchema {
             selection: Some(sel.old.clone()),
             section: "pre-data".into(),
