@@ -498,7 +498,15 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 .collect();
             if !wanted.is_empty() {
                 if info.permits.iter().any(|p| p == "sync-target") {
-                    c.ok(h, "is a sync target", "sync_role = \"target\"");
+                    c.ok(
+                        h,
+                        "is a sync target",
+                        if info.permits.iter().any(|p| p == "sync-either") {
+                            "sync_role = \"either\""
+                        } else {
+                            "sync_role = \"target\""
+                        },
+                    );
                 } else {
                     c.fail(
                         h,
@@ -541,7 +549,13 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     );
                 }
             }
-            if info.permits.iter().any(|p| p == "sync-target") {
+            if info.permits.iter().any(|p| p == "sync-either") {
+                c.ok(
+                    h,
+                    "is a sync source",
+                    "sync_role = \"either\" (blue/green pair): the plan decides the direction; the certificate check keeps a plan with swapped addresses from writing here, and a sync refuses a frozen target",
+                );
+            } else if info.permits.iter().any(|p| p == "sync-target") {
                 c.warn(
                     h,
                     "is a sync source",

@@ -62,6 +62,26 @@ pub fn record_path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join("freeze").join(format!("{database}.json"))
 }
 
+/// The databases of this agent's config that have a freeze record: an earlier cutover left them
+/// read-only with `CONNECT` revoked. Sorted; a record for a database the config no longer
+/// declares is listed too (its file name), since the database it froze is still frozen.
+pub fn frozen(state_dir: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state_dir.join("freeze")) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// The database, if `[allow] freeze_databases` lists it.
 ///
 /// # Errors
