@@ -776,6 +776,15 @@ mod tests {
         .expect("certs")
     }
 
+    #[test]
+    fn sync_role_either_is_an_explicit_opt_in_that_receives() {
+        let parse = |v: &str| serde_json::from_str::<SyncRole>(&format!("\"{v}\""));
+        assert_eq!(parse("either").expect("either"), SyncRole::Either);
+        assert!(SyncRole::Either.receives() && SyncRole::Target.receives());
+        assert!(!SyncRole::Source.receives() && !SyncRole::default().receives());
+        assert!(parse("both").is_err(), "only the documented words");
+    }
+
     /// The shipped example must parse and validate (with its TLS paths pointed at real files).
     #[test]
     fn example_config_parses_and_validates() {

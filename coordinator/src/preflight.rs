@@ -516,6 +516,17 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     );
                 }
             }
+            if !info.frozen_databases.is_empty() {
+                c.fail(
+                    h,
+                    "is not frozen",
+                    format!(
+                        "an earlier cutover left it frozen: database(s) {} read-only with CONNECT revoked; a sync refuses to write here",
+                        info.frozen_databases.join(", ")
+                    ),
+                    "on the way back of a blue/green swap: hostshift unfreeze --host new --yes (docs/cutover.md, Blue/green)",
+                );
+            }
             if missing.is_empty() {
                 c.ok(
                     h,
@@ -566,7 +577,14 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 c.ok(h, "is a sync source", "a sync can never write here");
             }
             let risky: Vec<&String> = wanted.iter().filter(|w| info.permits.contains(w)).collect();
-            if risky.is_empty() {
+            if info.permits.iter().any(|p| p == "sync-either") {
+                // A blue/green pair needs both sides' write permits; the plan picks the side.
+                c.ok(
+                    h,
+                    "refuses writes to the source",
+                    "sync_role = \"either\": this plan reads here and writes only the new host",
+                );
+            } else if risky.is_empty() {
                 c.ok(
                     h,
                     "refuses writes to the source",

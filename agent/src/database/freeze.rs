@@ -306,6 +306,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn frozen_lists_the_recorded_databases_and_nothing_without_records() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(
+            frozen(tmp.path()).is_empty(),
+            "no freeze folder: nothing frozen"
+        );
+        std::fs::create_dir_all(tmp.path().join("freeze")).expect("mkdir");
+        assert!(
+            frozen(tmp.path()).is_empty(),
+            "empty folder: nothing frozen"
+        );
+        for db in ["reports", "app"] {
+            std::fs::write(record_path(tmp.path(), db), b"{}").expect("record");
+        }
+        std::fs::write(tmp.path().join("freeze/notes.txt"), b"x").expect("other file");
+        assert_eq!(
+            frozen(tmp.path()),
+            vec!["app".to_string(), "reports".into()]
+        );
+    }
+
+    #[test]
     fn records_live_under_the_state_dir_and_survive_a_round_trip() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = record_path(tmp.path(), "app");

@@ -45,3 +45,59 @@ pub fn check(plan: &Plan, st: &State) -> Result<(), String> {
 
 /// The start of [`check`]'s refusal (the docs match it).
 pub const REVERSED: &str = "this plan moves data the other way";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::journal::Event;
+
+    fn ev(unit: &str, status: &str, detail: &str) -> Event {
+        Event {
+            time_ms: 1,
+            run: "1".into(),
+            phase: super::super::state::PHASE.into(),
+            unit: unit.into(),
+            status: status.into(),
+            bytes: 0,
+            files: 0,
+            detail: detail.into(),
+        }
+    }
+
+    fn plan(old: &str, new: &str) -> Plan {
+        let text = format!(
+            "[migration]\nname = \"m\"\n[old]\naddress = \"https://127.0.0.2:7443\"\nagent = \"{old}\"\n\
+             [new]\naddress = \"https://127.0.0.3:7443\"\nagent = \"{new}\"\n\
+             [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n[switch]\nmethod = \"none\"\n"
+        );
+        toml::from_str(&text).expect("plan")
+    }
+
+    #[test]
+    fn a_switched_cutover_refuses_the_reverse_plan_and_names_what_to_do() {
+        let st = super::super::state::of(&[
+            ev("cutover", "started", "a -> b"),
+            ev("switch", "done", ""),
+            ev("cutover", "done", "switched"),
+        ]);
+        assert_eq!(st.direction.as_deref(), Some("a -> b"));
+        assert!(check(&plan("a", "b"), &st).is_ok());
+        let e = check(&plan("b", "a"), &st).expect_err("the way back under the same name");
+        assert!(e.starts_with(REVERSED) && e.contains("\"m-back\""), "{e}");
+    }
+
+    #[test]
+    fn a_rolled_back_or_unrecorded_cutover_does_not_bind_the_direction() {
+        let rolled = super::super::state::of(&[
+            ev("cutover", "started", "a -> b"),
+            ev("cutover", "done", "gates-failed"),
+        ]);
+        assert!(check(&plan("b", "a"), &rolled).is_ok());
+        let old_journal = super::super::state::of(&[
+            ev("cutover", "started", ""),
+            ev("switch", "done", ""),
+            ev("cutover", "done", "switched"),
+        ]);
+        assert!(check(&plan("b", "a"), &old_journal).is_ok());
+    }
+}
