@@ -31,7 +31,8 @@ pub struct AgentConfig {
     /// sync write is refused, even for resources `[allow]` lists) or `"target"` (the new host:
     /// it may receive syncs within `[allow]`, and can still be read, e.g. by `verify`). Default
     /// `"source"`, so a host whose config does not say it is a target can never be overwritten
-    /// by a sync — not even through a plan with swapped addresses.
+    /// by a sync — not even through a plan with swapped addresses. `"either"`: both, for blue/green
+    /// pairs moved back and forth (docs/agent-config.md says what that gives up).
     #[serde(default)]
     pub sync_role: SyncRole,
     /// Mutual-TLS files. TLS cannot be turned off.
@@ -79,6 +80,12 @@ pub enum SyncRole {
     Source,
     /// May be written by a sync (within `[allow]`) and read: the host a migration moves to.
     Target,
+    /// Both, for a blue/green pair whose hosts swap places: the plan (its `[old]` and `[new]`)
+    /// decides which way data goes. An explicit opt-in, because it gives up the config-level
+    /// guard that a source is never written; what still stops a plan with swapped addresses is
+    /// the coordinator's check of each agent's certificate identity against the plan's
+    /// `agent` names, and a sync refuses to write into a host an earlier cutover left frozen.
+    Either,
 }
 
 impl SyncRole {
@@ -87,7 +94,13 @@ impl SyncRole {
         match self {
             SyncRole::Source => "source",
             SyncRole::Target => "target",
+            SyncRole::Either => "either",
         }
+    }
+
+    /// Whether a sync may write here (within `[allow]`).
+    pub fn receives(self) -> bool {
+        matches!(self, SyncRole::Target | SyncRole::Either)
     }
 }
 
@@ -761,6 +774,15 @@ mod tests {
             force: false,
         })
         .expect("certs")
+    }
+
+    #[test]
+    fn sync_role_either_is_an_explicit_opt_in_that_receives() {
+        let parse = |v: &str| serde_json::from_str::<SyncRole>(&format!("\"{v}\""));
+        assert_eq!(parse("either").expect("either"), SyncRole::Either);
+        assert!(SyncRole::Either.receives() && SyncRole::Target.receives());
+        assert!(!SyncRole::Source.receives() && !SyncRole::default().receives());
+        assert!(parse("both").is_err(), "only the documented words");
     }
 
     /// The shipped example must parse and validate (with its TLS paths pointed at real files).

@@ -116,6 +116,10 @@ pub enum Command {
     Cutover(commands::cutover::CutoverCmd),
     /// Undo a cutover: traffic back to the old host and its write freeze lifted.
     Rollback(commands::cutover::RollbackCmd),
+    /// Lift the write freeze an earlier cutover left on one host (maintenance page, stopped
+    /// apps, read-only databases) without moving traffic: the step before syncing into it on
+    /// the way back of a blue/green swap.
+    Unfreeze(commands::unfreeze::UnfreezeCmd),
     /// Where the migration stands, from the journal: last sync and verify, the cutover's steps,
     /// whether the old host is frozen.
     Status(commands::cutover::StatusCmd),
@@ -209,5 +213,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Cutover(c) => Box::pin(commands::cutover::run(&g, c)).await,
         Command::Rollback(c) => Box::pin(commands::cutover::rollback(&g, c)).await,
         Command::Status(c) => commands::cutover::status(&g, c).await,
+        Command::Unfreeze(c) => commands::unfreeze::run(&g, c).await,
     }
 }

@@ -510,7 +510,15 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 .collect();
             if !wanted.is_empty() {
                 if info.permits.iter().any(|p| p == "sync-target") {
-                    c.ok(h, "is a sync target", "sync_role = \"target\"");
+                    c.ok(
+                        h,
+                        "is a sync target",
+                        if info.permits.iter().any(|p| p == "sync-either") {
+                            "sync_role = \"either\""
+                        } else {
+                            "sync_role = \"target\""
+                        },
+                    );
                 } else {
                     c.fail(
                         h,
@@ -519,6 +527,17 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                         "set sync_role = \"target\" in the new agent's config (only there)",
                     );
                 }
+            }
+            if !info.frozen_databases.is_empty() {
+                c.fail(
+                    h,
+                    "is not frozen",
+                    format!(
+                        "an earlier cutover left it frozen: database(s) {} read-only with CONNECT revoked; a sync refuses to write here",
+                        info.frozen_databases.join(", ")
+                    ),
+                    "on the way back of a blue/green swap: hostshift unfreeze --host new --yes (docs/cutover.md, Blue/green)",
+                );
             }
             if missing.is_empty() {
                 c.ok(
@@ -553,7 +572,13 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                     );
                 }
             }
-            if info.permits.iter().any(|p| p == "sync-target") {
+            if info.permits.iter().any(|p| p == "sync-either") {
+                c.ok(
+                    h,
+                    "is a sync source",
+                    "sync_role = \"either\" (blue/green pair): the plan decides the direction; the certificate check keeps a plan with swapped addresses from writing here, and a sync refuses a frozen target",
+                );
+            } else if info.permits.iter().any(|p| p == "sync-target") {
                 c.warn(
                     h,
                     "is a sync source",
@@ -564,7 +589,14 @@ fn host_checks(plan: &Plan, side: Side, info: &InfoResponse, c: &mut Collector) 
                 c.ok(h, "is a sync source", "a sync can never write here");
             }
             let risky: Vec<&String> = wanted.iter().filter(|w| info.permits.contains(w)).collect();
-            if risky.is_empty() {
+            if info.permits.iter().any(|p| p == "sync-either") {
+                // A blue/green pair needs both sides' write permits; the plan picks the side.
+                c.ok(
+                    h,
+                    "refuses writes to the source",
+                    "sync_role = \"either\": this plan reads here and writes only the new host",
+                );
+            } else if risky.is_empty() {
                 c.ok(
                     h,
                     "refuses writes to the source",

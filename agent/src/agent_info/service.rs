@@ -184,9 +184,13 @@ impl Agent for AgentInfoService {
         if c.allow.control_services {
             permits.push("control-services".into());
         }
-        if c.sync_role == crate::config::SyncRole::Target {
+        if c.sync_role.receives() {
             permits.push("sync-target".into());
         }
+        if c.sync_role == crate::config::SyncRole::Either {
+            permits.push("sync-either".into());
+        }
+        let frozen_databases = crate::database::freeze::frozen(&c.state_dir);
         Ok(Response::new(InfoResponse {
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -199,6 +203,7 @@ impl Agent for AgentInfoService {
             databases,
             roots,
             permits,
+            frozen_databases,
         }))
     }
 

@@ -62,6 +62,26 @@ pub fn record_path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join("freeze").join(format!("{database}.json"))
 }
 
+/// The databases of this agent's config that have a freeze record: an earlier cutover left them
+/// read-only with `CONNECT` revoked. Sorted; a record for a database the config no longer
+/// declares is listed too (its file name), since the database it froze is still frozen.
+pub fn frozen(state_dir: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state_dir.join("freeze")) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// The database, if `[allow] freeze_databases` lists it.
 ///
 /// # Errors
@@ -284,6 +304,28 @@ pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frozen_lists_the_recorded_databases_and_nothing_without_records() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert!(
+            frozen(tmp.path()).is_empty(),
+            "no freeze folder: nothing frozen"
+        );
+        std::fs::create_dir_all(tmp.path().join("freeze")).expect("mkdir");
+        assert!(
+            frozen(tmp.path()).is_empty(),
+            "empty folder: nothing frozen"
+        );
+        for db in ["reports", "app"] {
+            std::fs::write(record_path(tmp.path(), db), b"{}").expect("record");
+        }
+        std::fs::write(tmp.path().join("freeze/notes.txt"), b"x").expect("other file");
+        assert_eq!(
+            frozen(tmp.path()),
+            vec!["app".to_string(), "reports".into()]
+        );
+    }
 
     #[test]
     fn records_live_under_the_state_dir_and_survive_a_round_trip() {

@@ -16,7 +16,6 @@ use tonic::Status;
 
 use super::{FRAME_QUEUE, MAX_INLINE, files};
 use crate::Ctx;
-use crate::config::SyncRole;
 use crate::error::AgentError;
 use crate::storage::{self, ChannelReader, Manifest};
 
@@ -41,20 +40,46 @@ pub fn require(
             ctx.config_path.display()
         )));
     }
-    if ctx.config.sync_role != SyncRole::Target {
+    if !ctx.config.sync_role.receives() {
         tracing::warn!(
             what,
             name,
             "refused a sync write: this agent is a sync source"
         );
         return Err(AgentError::PermissionDenied(format!(
-            "this agent is a sync source (sync_role = \"{}\" in {}): it never receives a sync, so {what} {name:?} was not written. If this really is the new host, set sync_role = \"target\" there; otherwise check the plan's [old]/[new] addresses",
+            "this agent is a sync source (sync_role = \"{}\" in {}): it never receives a sync, so {what} {name:?} was not written. If this really is the new host, set sync_role = \"target\" there (or \"either\" for a blue/green pair, docs/agent-config.md); otherwise check the plan's [old]/[new] addresses",
             ctx.config.sync_role.as_str(),
             ctx.config_path.display()
         )));
     }
-    Ok(())
+    refuse_if_frozen(ctx)
 }
+
+/// Refuses every sync write while an earlier cutover's freeze is recorded on this host: its
+/// databases are read-only with `CONNECT` revoked (and nginx may show the maintenance page, the
+/// apps may be stopped). Checked before anything is written, so a sync into a frozen host fails
+/// whole instead of writing the files and storage and then failing in the database.
+///
+/// # Errors
+/// `FailedPrecondition` naming the frozen databases and the command that lifts the freeze.
+pub fn refuse_if_frozen(ctx: &Ctx) -> Result<(), AgentError> {
+    let frozen = crate::database::freeze::frozen(&ctx.config.state_dir);
+    if frozen.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        ?frozen,
+        "refused a sync write: this host is frozen by a cutover"
+    );
+    Err(AgentError::FailedPrecondition(format!(
+        "{FROZEN_TARGET}: database(s) {} read-only with CONNECT revoked (records in {}); nothing was written. Lift the freeze first with `hostshift unfreeze --host <this side> --yes` (docs/cutover.md, Blue/green)",
+        frozen.join(", "),
+        ctx.config.state_dir.join("freeze").display()
+    )))
+}
+
+/// The start of the refusal [`refuse_if_frozen`] returns (the coordinator and the docs match it).
+pub const FROZEN_TARGET: &str = "this host is frozen by an earlier cutover";
 
 fn integrity(e: IntegrityError) -> AgentError {
     AgentError::DataLoss(e.to_string())

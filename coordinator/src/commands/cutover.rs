@@ -113,6 +113,8 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
         Some(crate::lock::acquire(&plan, "cutover")?)
     };
     let st = state::of(&events(&plan)?);
+    crate::cutover::direction::check(&plan, &st)
+        .map_err(|m| CliError::OperatorAction(anyhow::anyhow!(m)))?;
     let plan_arg = plan.path.display().to_string();
     match (st.state.clone(), c.resume) {
         (Stage::InProgress, false) if !c.dry_run => {
@@ -190,6 +192,8 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
 pub async fn rollback(g: &Global, c: RollbackCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
     let _lock = crate::lock::acquire(&plan, "rollback")?;
+    crate::cutover::direction::check(&plan, &state::of(&events(&plan)?))
+        .map_err(|m| CliError::OperatorAction(anyhow::anyhow!(m)))?;
     confirm(
         g,
         &format!(
@@ -221,6 +225,13 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         let mut v = serde_json::to_value(&st).unwrap_or_default();
         v["last_sync_ms"] = serde_json::json!(last("sync", "sync"));
         v["last_verify_ms"] = serde_json::json!(last("verify", "verify"));
+        // Which host the freeze is on, by its agent name as the cutover recorded it.
+        v["frozen_agent"] = serde_json::json!(st.frozen.then(|| {
+            st.direction
+                .as_deref()
+                .and_then(|d| d.split_once(" -> ").map(|(o, _)| o.to_string()))
+                .unwrap_or_else(|| plan.old.agent.clone())
+        }));
         match &snapshots {
             Ok(list) => v["open_snapshots"] = serde_json::json!(list),
             Err(e) => v["open_snapshots_unknown"] = serde_json::json!(e),
@@ -261,6 +272,16 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         Stage::Failed => "stopped at the gates: nothing was touched",
     };
     println!("cutover: {word}");
+    let (old_host, new_host) = hosts(&plan, &st);
+    if let Some(d) = &st.direction {
+        println!("direction: {old_host} -> {new_host}");
+        if *d != crate::cutover::direction::of(&plan) {
+            println!(
+                "  (this plan moves {} — the journal's cutover went the other way; the lines here are about that move)",
+                crate::cutover::direction::of(&plan)
+            );
+        }
+    }
     match &snapshots {
         Ok(list) if list.is_empty() => println!("open snapshots on the old host: none"),
         Ok(list) => {
@@ -272,7 +293,10 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         Err(e) => println!("open snapshots on the old host: unknown ({e})"),
     }
     if st.frozen {
-        println!("old host frozen by: {}", st.frozen_methods.join(", "));
+        println!(
+            "frozen: {old_host} (this move's old host) by {}",
+            st.frozen_methods.join(", ")
+        );
     }
     if !st.steps.is_empty() {
         let rows: Vec<Vec<String>> = st
@@ -295,6 +319,23 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// How status names this journal's old and new host: the agent names its cutover recorded (the
+/// plan may list them the other way round), with the plan's address for each.
+fn hosts(plan: &crate::plan::Plan, st: &state::State) -> (String, String) {
+    let name = |agent: &str| {
+        let addr = [&plan.old, &plan.new]
+            .into_iter()
+            .find(|h| h.agent == agent)
+            .map(|h| format!(" at {}", h.address))
+            .unwrap_or_default();
+        format!("agent {agent:?}{addr}")
+    };
+    match st.direction.as_deref().and_then(|d| d.split_once(" -> ")) {
+        Some((o, n)) => (name(o), name(n)),
+        None => (name(&plan.old.agent), name(&plan.new.agent)),
+    }
 }
 
 fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod pm2;
 pub mod rehearse;
 pub mod sync;
+pub mod unfreeze;
 pub mod verify;
 
 use std::io::{BufRead, IsTerminal, Write};

@@ -55,7 +55,9 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
     };
     let started = crate::report::now_ms();
     let report = sync::run(&plan, &opts).await.map_err(|e| match e {
-        e @ sync::SyncError::NewHostWrites(_) => CliError::OperatorAction(e.into()),
+        e @ (sync::SyncError::NewHostWrites(_)
+        | sync::SyncError::TargetFrozen { .. }
+        | sync::SyncError::Reversed(_)) => CliError::OperatorAction(e.into()),
         e => failed(e),
     })?;
     if g.json {

@@ -27,6 +27,7 @@
 //! when the cutover is undone, until the old host is unfrozen): the time no write is accepted
 //! anywhere. With `method = "none"` it ends when the cutover tells the operator to switch.
 
+pub mod direction;
 pub mod freeze;
 pub mod gates;
 pub mod new_writes;
@@ -768,7 +769,7 @@ pub async fn run(
         c.freeze_started_ms = st.freeze_started_ms;
         let _ = c.record(RUN_UNIT, "resumed", st.run.as_deref().unwrap_or(""));
     } else {
-        if !opts.dry_run && c.record(RUN_UNIT, "started", "").is_err() {
+        if !opts.dry_run && c.record(RUN_UNIT, "started", &direction::of(plan)).is_err() {
             return Err(StartError::Journal {
                 path: plan.state_dir().display().to_string(),
                 source: std::io::Error::other("journal write failed"),

@@ -50,6 +50,9 @@ pub struct State {
     pub switched: bool,
     /// The cutover's run id.
     pub run: Option<String>,
+    /// Which way it moved (`<old agent> -> <new agent>`, see [`super::direction`]); `None` for
+    /// journals written before directions were recorded.
+    pub direction: Option<String>,
     /// When the first freeze method started (ms since the epoch).
     pub freeze_started_ms: Option<u64>,
     /// The last cutover's events (and the rollbacks after it), in order.
@@ -68,11 +71,13 @@ pub fn of(events: &[Event]) -> State {
             frozen_methods: vec![],
             switched: false,
             run: None,
+            direction: None,
             freeze_started_ms: None,
             steps: vec![],
         };
     };
     let run = events[start].run.clone();
+    let direction = Some(events[start].detail.clone()).filter(|d| !d.is_empty());
     // This run's events and every rollback (or resumed run) after it.
     let steps: Vec<Event> = events[start..]
         .iter()
@@ -126,6 +131,7 @@ pub fn of(events: &[Event]) -> State {
         frozen_methods: frozen.into_iter().collect(),
         switched,
         run: Some(run),
+        direction,
         freeze_started_ms,
         steps,
     }

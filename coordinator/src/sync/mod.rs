@@ -26,7 +26,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostshift_proto::v1::{CreateGrantRequest, Frame, RevokeGrantRequest};
+use hostshift_proto::v1::{CreateGrantRequest, Frame, InfoRequest, RevokeGrantRequest};
 use hostshift_shared::framing::IntegrityError;
 use serde::Serialize;
 
@@ -249,6 +249,22 @@ pub enum SyncError {
         "refusing to sync the databases: the last rollback found writes on the new host since the switch that were not copied back ({0}); a sync would overwrite them. Copy what you need to the old host first, then run `hostshift sync --discard-new-host-writes` to overwrite them"
     )]
     NewHostWrites(String),
+    /// The new host is still frozen by an earlier cutover (it was that cutover's old host).
+    #[error(
+        "refusing to sync: the new host ({address}) is frozen by an earlier cutover — database(s) {databases} read-only with CONNECT revoked, and its nginx may show the maintenance page and its apps be stopped; nothing was written. If it really is the way back of a blue/green swap, lift the freeze with `hostshift unfreeze --host new --yes --plan {plan}`, then sync again (docs/cutover.md, Blue/green)"
+    )]
+    TargetFrozen {
+        /// The new agent's address.
+        address: String,
+        /// The frozen databases.
+        databases: String,
+        /// The plan file.
+        plan: String,
+    },
+    /// The plan moves the other way than the journal's cutover (see
+    /// [`crate::cutover::direction`]).
+    #[error("{0}")]
+    Reversed(String),
     /// The journal could not be written: nothing is done without one.
     #[error("cannot write the journal in {path}: {source}")]
     Journal {
@@ -315,6 +331,9 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
 pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
     let dir = plan.state_dir();
+    let events = journal::read(&dir).unwrap_or_default();
+    crate::cutover::direction::check(plan, &crate::cutover::state::of(&events))
+        .map_err(SyncError::Reversed)?;
     if opts.only.is_none_or(|o| o == Only::Db) && !plan.databases.is_empty() {
         let pending = crate::cutover::new_writes::pending(plan);
         if !pending.is_empty() && !opts.discard_new_host_writes {
@@ -338,6 +357,27 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     );
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
+    // Before anything is written: a host an earlier cutover left frozen refuses every write,
+    // and a sync would otherwise fail only after some units went through.
+    let info = new
+        .info()
+        .info(client::request(InfoRequest {}))
+        .await
+        .map_err(|s| {
+            SyncError::Connect(format!(
+                "new agent at {}: {}",
+                new.address,
+                client::explain_first_rpc(&s)
+            ))
+        })?
+        .into_inner();
+    if !info.frozen_databases.is_empty() {
+        return Err(SyncError::TargetFrozen {
+            address: new.address.clone(),
+            databases: info.frozen_databases.join(", "),
+            plan: plan.path.display().to_string(),
+        });
+    }
     let mut grant_token = None;
     let pull_source = if opts.relay {
         None

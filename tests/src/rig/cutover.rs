@@ -67,6 +67,9 @@ pub struct CutoverSetup {
     pub elastic_ip: bool,
     /// `[switch] verify_urls`; default: `/health` through the new host's nginx.
     pub verify_urls: Option<Vec<String>>,
+    /// A blue/green pair: both agents `sync_role = "either"`, each allowing the writes a sync
+    /// needs and the read-only freeze (docs/agent-config.md, Blue/green).
+    pub blue_green: bool,
 }
 
 impl CutoverSetup {
@@ -76,6 +79,7 @@ impl CutoverSetup {
             name,
             elastic_ip: true,
             verify_urls: None,
+            blue_green: false,
         }
     }
 
@@ -142,6 +146,22 @@ impl CutoverRig {
         let mut new = sb.new_setup();
         new.extra.push_str(&new_pm2.agent_toml(&[APP]));
         new.extra.push_str(&new_nginx.agent_toml());
+        if setup.blue_green {
+            for s in [&mut old, &mut new] {
+                s.sync_role = "either".into();
+                s.control_services = true;
+                for (list, v) in [
+                    (&mut s.restore_databases, "app"),
+                    (&mut s.freeze_databases, "app"),
+                    (&mut s.write_storage, "evaluations"),
+                    (&mut s.write_files, "backend-env"),
+                ] {
+                    if !list.iter().any(|x| x == v) {
+                        list.push(v.into());
+                    }
+                }
+            }
+        }
         sb.start(old, new).await;
 
         let verify_urls = setup
