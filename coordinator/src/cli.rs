@@ -182,6 +182,7 @@ fn report(e: &CliError) {
         CliError::Failed(_) => "failed",
         CliError::OperatorAction(_) => "ACTION NEEDED",
         CliError::NothingToDo(_) => "nothing to do",
+        CliError::CouldNotCompare(_) => "could not compare",
     };
     eprintln!(
         "hostshift: {kind}: {}",

@@ -221,6 +221,9 @@ fn with_hint(parts: Vec<String>) -> String {
     // hints below are about the agents' mutual TLS and would point at the wrong CA.
     let hint = if has(&["ca_file"]) {
         ""
+    } else if has(&["cannot connect: database"]) && has(&["connection refused"]) {
+        // The agent reached, its database did not: the agents' hints below would mislead.
+        "the agent cannot reach this database: is PostgreSQL running there, and are the host and port of the conninfo in the agent's [[databases]] entry right?"
     } else if has(&["unknownissuer", "unknown issuer", "badsignature"]) {
         "the agent's certificate was not issued by the CA in the plan's [tls] ca: both sides must use certificates from the same `hostshift certs init`"
     } else if has(&["notvalidforname", "not valid for name"]) {

@@ -14,6 +14,8 @@ pub enum CliError {
     OperatorAction(anyhow::Error),
     /// The work was already done; nothing was touched (exit 4).
     NothingToDo(anyhow::Error),
+    /// A comparison could not run (an agent could not reach what it compares): no verdict (exit 5).
+    CouldNotCompare(anyhow::Error),
 }
 
 impl CliError {
@@ -24,6 +26,7 @@ impl CliError {
             CliError::Failed(_) => exit::FAILED,
             CliError::OperatorAction(_) => exit::OPERATOR_ACTION,
             CliError::NothingToDo(_) => exit::NOTHING_TO_DO,
+            CliError::CouldNotCompare(_) => exit::COULD_NOT_COMPARE,
         }
     }
 
@@ -33,7 +36,8 @@ impl CliError {
             CliError::Usage(e)
             | CliError::Failed(e)
             | CliError::OperatorAction(e)
-            | CliError::NothingToDo(e) => e,
+            | CliError::NothingToDo(e)
+            | CliError::CouldNotCompare(e) => e,
         }
     }
 }

@@ -159,3 +159,91 @@ async fn backup_restore_into_the_managed_target_needs_and_works_with_no_owner() 
         .get(0);
     assert_eq!(owner, MASTER);
 }
+
+/// `verify`'s exit code when a comparison could not run (`shared/src/exit.rs`).
+const COULD_NOT_COMPARE: i32 = 5;
+
+/// Runs `verify` and `verify --json` and asserts they say "could not run" — not "differs" — for
+/// the database, name its connection, and exit with [`COULD_NOT_COMPARE`].
+async fn verify_could_not_run(sb: &Sandbox, names: &[&str]) {
+    // Files and storage are equal: only the database cannot be compared.
+    for only in ["files", "storage"] {
+        let out = sb.cli(&["sync", "--only", only]).await;
+        assert_eq!(out.code, 0, "sync --only {only}: {}", out.both());
+    }
+    let v = sb.cli(&["verify"]).await;
+    assert_eq!(v.code, COULD_NOT_COMPARE, "{}", v.both());
+    let text = v.both();
+    assert!(
+        !text.contains("DIFFERS") && !text.contains("not equal"),
+        "{text}"
+    );
+    assert!(text.contains("COULD NOT RUN"), "{text}");
+    assert!(text.contains("database app"), "{text}");
+    for n in names {
+        assert!(text.contains(n), "{n} not named: {text}");
+    }
+    let j = sb.cli(&["verify", "--json"]).await;
+    assert_eq!(j.code, COULD_NOT_COMPARE, "{}", j.both());
+    let doc = j.json();
+    assert_eq!(doc["ok"], false, "{}", j.stdout);
+    let rows = doc["rows"].as_array().expect("rows");
+    let db_rows: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["name"] == "app" && (r["kind"] == "schema" || r["kind"] == "database"))
+        .collect();
+    assert!(!db_rows.is_empty(), "{}", j.stdout);
+    for r in db_rows {
+        assert_eq!(r["status"], "could not run", "{r}");
+    }
+    assert!(
+        rows.iter().all(|r| r["status"] != "differs"),
+        "{}",
+        j.stdout
+    );
+}
+
+#[tokio::test]
+async fn verify_with_a_wrong_database_ca_file_could_not_run_and_names_the_ca_file() {
+    let mut sb = Sandbox::new("managed_verify_ca").await;
+    let mut new = sb.new_setup();
+    new.databases.clear();
+    let m = managed();
+    m.create_database_as_master(&sb.new_db).await;
+    let good = m.ca_file.display().to_string();
+    let wrong = sb.world.foreign_certs.ca_cert.display().to_string();
+    new.extra.push_str(
+        &m.agent_database("app", MASTER, &sb.new_db)
+            .replace(&good, &wrong),
+    );
+    sb.start(sb.old_setup(), new).await;
+    verify_could_not_run(&sb, &["ca_file", &wrong]).await;
+    // The cutover's gate says the same: no verdict, not "found differences".
+    let gates = sb.cli(&["cutover", "--dry-run"]).await;
+    assert_ne!(gates.code, 0, "{}", gates.both());
+    assert!(
+        gates.both().contains("could not compare") && !gates.both().contains("found differences"),
+        "{}",
+        gates.both()
+    );
+}
+
+#[tokio::test]
+async fn verify_against_a_stopped_new_database_could_not_run() {
+    let mut sb = Sandbox::new("managed_verify_down").await;
+    let m = managed();
+    // Where a database was and nothing listens any more: a stopped cluster, as the agent sees it.
+    let port = std::net::TcpListener::bind((hostshift_tests::rig::managed::MANAGED_IP, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("port")
+        .port();
+    let mut new = sb.new_setup();
+    new.databases.clear();
+    new.extra.push_str(
+        &m.agent_database("app", MASTER, &sb.new_db)
+            .replace(&format!(":{}/", m.pg.port), &format!(":{port}/")),
+    );
+    sb.start(sb.old_setup(), new).await;
+    verify_could_not_run(&sb, &["PostgreSQL running"]).await;
+}

@@ -104,6 +104,7 @@ fn verify_report() -> verify::Report {
         kind: kind.into(),
         name: name.into(),
         equal,
+        status: verify::RowStatus::of(equal),
         old: "1204 files, 48.0 MiB".into(),
         new: if equal {
             "1204 files, 48.0 MiB".into()

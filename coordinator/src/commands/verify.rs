@@ -3,9 +3,9 @@
 use clap::Args;
 
 use crate::cli::{Global, PlanArg};
-use crate::error::{CliResult, failed};
+use crate::error::{CliError, CliResult, failed};
 use crate::output::{print_json, printable, printable_line, table};
-use crate::sync::verify;
+use crate::sync::verify::{self, RowStatus};
 
 /// Verify flags.
 #[derive(Args)]
@@ -31,11 +31,7 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
                 vec![
                     r.kind.clone(),
                     r.name.clone(),
-                    if r.equal {
-                        "equal".into()
-                    } else {
-                        "DIFFERS".into()
-                    },
+                    r.status.word().into(),
                     r.old.clone(),
                     r.new.clone(),
                 ]
@@ -48,7 +44,8 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
         );
         for r in report.rows.iter().filter(|r| !r.equal) {
             println!(
-                "DIFFERS {} {}: {}",
+                "{} {} {}: {}",
+                r.status.word(),
                 r.kind,
                 printable_line(&r.name),
                 printable(&r.detail)
@@ -62,14 +59,33 @@ pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
         g.quiet,
     );
     if report.ok {
-        Ok(())
-    } else {
-        let names: Vec<String> = report
+        return Ok(());
+    }
+    let named = |status: RowStatus| -> Vec<String> {
+        report
             .rows
             .iter()
-            .filter(|r| !r.equal)
+            .filter(|r| r.status == status)
             .map(|r| format!("{} {}", r.kind, r.name))
-            .collect();
-        Err(failed(anyhow::anyhow!("not equal: {}", names.join(", "))))
+            .collect()
+    };
+    let (differ, not_run) = (named(RowStatus::Differs), named(RowStatus::CouldNotRun));
+    let not_run_text = format!(
+        "could not compare {} (see the lines above: fix what they name, then verify again)",
+        not_run.join(", ")
+    );
+    if !differ.is_empty() {
+        // A difference is a verdict: it wins over the comparisons that could not run.
+        let also = if not_run.is_empty() {
+            String::new()
+        } else {
+            format!("; {not_run_text}")
+        };
+        Err(failed(anyhow::anyhow!(
+            "not equal: {}{also}",
+            differ.join(", ")
+        )))
+    } else {
+        Err(CliError::CouldNotCompare(anyhow::anyhow!("{not_run_text}")))
     }
 }

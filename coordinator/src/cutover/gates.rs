@@ -201,10 +201,20 @@ fn verify_fresh(i: &Inputs<'_>) -> Result<String, String> {
         return Err("no `hostshift verify` in the journal: run it after the last sync".into());
     };
     if v.status != "done" {
-        return Err(format!(
-            "the last verify ({}) found differences: sync again, then verify",
-            ago(v.time_ms)
-        ));
+        // A verify that could not compare (an unreachable database) is no verdict either way.
+        let could_not_run = v.detail.contains(" 0 differ,") || !v.detail.contains(" differ");
+        return Err(if could_not_run {
+            format!(
+                "the last verify ({}) could not compare everything ({}): fix what it named (run `hostshift verify` to see it), then verify again",
+                ago(v.time_ms),
+                v.detail
+            )
+        } else {
+            format!(
+                "the last verify ({}) found differences: sync again, then verify",
+                ago(v.time_ms)
+            )
+        });
     }
     if v.time_ms < sync_done {
         return Err("the last verify is older than the last sync: run verify again".into());

@@ -434,7 +434,15 @@ impl<'a> Cut<'a> {
             let differ: Vec<String> = v
                 .rows
                 .iter()
-                .filter(|r| !r.equal)
+                .filter(|r| r.status == verify::RowStatus::Differs)
+                .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
+                .collect();
+            // Comparisons that could not run are no proof either way: said as such, never as
+            // "the hosts differ".
+            let not_run: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::CouldNotRun)
                 .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
                 .collect();
             // First: did the old host change since the delta began? Then the freeze did not hold,
@@ -465,6 +473,12 @@ impl<'a> Cut<'a> {
                 return Err(format!(
                     "the hosts differ after the delta: {}",
                     differ.join("; ")
+                ));
+            }
+            if !not_run.is_empty() {
+                return Err(format!(
+                    "the proof could not compare (no verdict, not a difference): {}",
+                    not_run.join("; ")
                 ));
             }
             injected("prove")?;

@@ -66,6 +66,7 @@ pub(super) fn rows_of(v: &verify::Report) -> Vec<VerifyRow> {
             kind: r.kind.clone(),
             name: r.name.clone(),
             equal: r.equal,
+            could_not_run: r.status == verify::RowStatus::CouldNotRun,
             old: r.old.clone(),
             new: r.new.clone(),
             detail: r.detail.clone(),

@@ -155,6 +155,11 @@ fn verification_table(out: &mut String, r: &Report) {
     for v in &r.verification {
         let (class, word) = if v.equal {
             ("", r#"<span class="good">equal</span>"#)
+        } else if v.could_not_run {
+            (
+                r#" class="differs""#,
+                r#"<span class="bad">COULD NOT RUN</span>"#,
+            )
         } else {
             (r#" class="differs""#, r#"<span class="bad">DIFFERS</span>"#)
         };

@@ -123,7 +123,13 @@ pub fn render(r: &Report) -> String {
                 "| {} | {} | {} | {} | {} | {} |",
                 cell(&v.kind),
                 cell(&v.name),
-                if v.equal { "equal" } else { "**DIFFERS**" },
+                if v.equal {
+                    "equal"
+                } else if v.could_not_run {
+                    "**COULD NOT RUN**"
+                } else {
+                    "**DIFFERS**"
+                },
                 cell(&v.old),
                 cell(&v.new),
                 cell(&v.detail)

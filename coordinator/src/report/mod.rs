@@ -180,6 +180,9 @@ pub struct VerifyRow {
     pub name: String,
     /// Equal on both hosts.
     pub equal: bool,
+    /// The comparison could not run (e.g. the database was unreachable): no verdict.
+    #[serde(default)]
+    pub could_not_run: bool,
     /// What the old host has (digest, counts).
     pub old: String,
     /// What the new host has.
@@ -272,6 +275,7 @@ impl Report {
                     kind: s(&r.kind),
                     name: s(&r.name),
                     equal: r.equal,
+                    could_not_run: r.could_not_run,
                     old: s(&r.old),
                     new: s(&r.new),
                     detail: s(&r.detail),

@@ -16,6 +16,41 @@ use super::{SyncError, UnitError, stream};
 use crate::client::{self, Agent};
 use crate::plan::{OnNew, Plan, Side};
 
+/// The verdict on one compared item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum RowStatus {
+    /// Equal on both sides.
+    #[serde(rename = "equal")]
+    Equal,
+    /// Compared, and not equal.
+    #[serde(rename = "differs")]
+    Differs,
+    /// The comparison could not run (an agent could not read or reach it, e.g. its database):
+    /// no verdict. `detail` says why.
+    #[serde(rename = "could not run")]
+    CouldNotRun,
+}
+
+impl RowStatus {
+    /// The verdict of a comparison that ran.
+    pub fn of(equal: bool) -> RowStatus {
+        if equal {
+            RowStatus::Equal
+        } else {
+            RowStatus::Differs
+        }
+    }
+
+    /// The word the table shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            RowStatus::Equal => "equal",
+            RowStatus::Differs => "DIFFERS",
+            RowStatus::CouldNotRun => "COULD NOT RUN",
+        }
+    }
+}
+
 /// One compared item.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -25,6 +60,8 @@ pub struct Row {
     pub name: String,
     /// Equal on both sides.
     pub equal: bool,
+    /// Equal, differs, or could not run.
+    pub status: RowStatus,
     /// What the old side has (digest, counts).
     pub old: String,
     /// What the new side has.
@@ -100,9 +137,16 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         Ok(r) => note(
             if r.ok { "done" } else { "failed" },
             &format!(
-                "{} item(s), {} differ",
+                "{} item(s), {} differ, {} could not be compared",
                 r.rows.len(),
-                r.rows.iter().filter(|x| !x.equal).count()
+                r.rows
+                    .iter()
+                    .filter(|x| x.status == RowStatus::Differs)
+                    .count(),
+                r.rows
+                    .iter()
+                    .filter(|x| x.status == RowStatus::CouldNotRun)
+                    .count()
             ),
         ),
         Err(e) => note("failed", &e.to_string()),
@@ -146,6 +190,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                     kind: "file".into(),
                     name: f.name.clone(),
                     equal: de == dn,
+                    status: RowStatus::of(de == dn),
                     old: format!("{}{note}", short(&de)),
                     new: short(&dn),
                     detail: if de == dn {
@@ -159,6 +204,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 kind: "file".into(),
                 name: f.name.clone(),
                 equal: false,
+                status: RowStatus::Differs,
                 old: a
                     .as_ref()
                     .map(|x| format!("{} bytes", x.len()))
@@ -190,6 +236,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 kind: "storage".into(),
                 name: s.name.clone(),
                 equal: false,
+                status: RowStatus::CouldNotRun,
                 old: e.message,
                 new: String::new(),
                 detail: "cannot read the old manifest".into(),
@@ -209,6 +256,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         kind: "storage".into(),
                         name: s.name.clone(),
                         equal: false,
+                        status: RowStatus::CouldNotRun,
                         old: short(&digest),
                         new: client::explain_status(&st),
                         detail: "cannot compare".into(),
@@ -235,6 +283,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                             kind: "storage".into(),
                             name: s.name.clone(),
                             equal: parts.is_empty(),
+                            status: RowStatus::of(parts.is_empty()),
                             old: format!(
                                 "{} files, {}",
                                 c.source_files,
@@ -259,6 +308,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 kind: "database".into(),
                 name: d.name.clone(),
                 equal: false,
+                status: RowStatus::CouldNotRun,
                 old: String::new(),
                 new: String::new(),
                 detail: format!("cannot fingerprint: {e}"),
@@ -291,6 +341,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         kind: "table".into(),
                         name: format!("{} {t}", d.name),
                         equal: detail.is_empty(),
+                        status: RowStatus::of(detail.is_empty()),
                         old: rows_of(&fo),
                         new: rows_of(&fnew),
                         detail,
@@ -302,10 +353,12 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                     .filter(|(k, v)| fnew.sequences.get(*k) != Some(*v))
                     .map(|(k, _)| k)
                     .collect();
+                let equal = seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len();
                 rows.push(Row {
                     kind: "sequences".into(),
                     name: d.name.clone(),
-                    equal: seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len(),
+                    equal,
+                    status: RowStatus::of(equal),
                     old: format!("{} sequences", fo.sequences.len()),
                     new: format!("{} sequences", fnew.sequences.len()),
                     detail: if seq_diff.is_empty() {
@@ -322,11 +375,13 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         .filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v))
                         .map(|(k, _)| k)
                         .collect();
+                    let equal =
+                        lo_diff.is_empty() && fo.large_objects.len() == fnew.large_objects.len();
                     rows.push(Row {
                         kind: "large objects".into(),
                         name: d.name.clone(),
-                        equal: lo_diff.is_empty()
-                            && fo.large_objects.len() == fnew.large_objects.len(),
+                        equal,
+                        status: RowStatus::of(equal),
                         old: format!("{} objects", fo.large_objects.len()),
                         new: format!("{} objects", fnew.large_objects.len()),
                         detail: if lo_diff.is_empty() {
@@ -356,9 +411,12 @@ async fn schema_row(
     d: &crate::plan::PlanDatabase,
     sel: &super::database::Selections,
 ) -> Row {
-    let (equal, detail) = match super::database::schema_differences(old, new, sel).await {
-        Err(e) => (false, format!("cannot compare the schemas: {e}")),
-        Ok(differ) if differ.is_empty() => (true, String::new()),
+    let (status, detail) = match super::database::schema_differences(old, new, sel).await {
+        Err(e) => (
+            RowStatus::CouldNotRun,
+            format!("cannot compare the schemas: {e}"),
+        ),
+        Ok(differ) if differ.is_empty() => (RowStatus::Equal, String::new()),
         Ok(differ) => {
             let n = differ.len();
             let mut shown: Vec<String> = differ.into_iter().take(10).collect();
@@ -366,7 +424,7 @@ async fn schema_row(
                 shown.push(format!("and {} more", n - 10));
             }
             (
-                false,
+                RowStatus::Differs,
                 format!(
                     "definitions differ: {} (a sync rerun completes an unfinished first sync; \
                      otherwise apply the same change on the new host)",
@@ -378,7 +436,8 @@ async fn schema_row(
     Row {
         kind: "schema".into(),
         name: d.name.clone(),
-        equal,
+        equal: status == RowStatus::Equal,
+        status,
         old: String::new(),
         new: String::new(),
         detail,
