@@ -82,7 +82,7 @@ pub use manifest::{Entry, Kind, Manifest, Owner, OwnerNames, Stamp};
 pub fn carries_owners() -> bool {
     nix::unistd::geteuid().is_root()
 }
-pub use pack::{PackStats, pack, pack_with};
+pub use pack::{DEFERRED_MARKER, Deferred, PackStats, pack, pack_deferring, pack_with};
 pub use relpath::{RelPath, STAGING_PREFIX, join_under};
 pub use staging::{Staged, abort, remove_stale_staging, staging_name};
 pub use unpack::unpack;
