@@ -62,6 +62,8 @@ fn unit(kind: &str, name: &str, bytes: u64, files: u64, ms: u64) -> UnitReport {
         detail: String::new(),
         ranges: 0,
         old_fingerprints: Default::default(),
+        deferred: 0,
+        deferred_names: vec![],
     }
 }
 

@@ -16,11 +16,14 @@
 //! 3. **Stream**: on the source, [`pack::pack_with`] writes exactly `delta.send` as a tar stream
 //!    (into a bounded channel of 1 MiB chunks), refusing to send a file that changed since its
 //!    manifest entry; a file its own walk digested and that provably did not change since is
-//!    sent without being hashed again.
+//!    sent without being hashed again. A sync uses [`pack::pack_deferring`]: such a file is
+//!    *deferred* (a marker entry follows it) instead of ending the stream, so users uploading
+//!    during a sync never abort a batch.
 //! 4. **Stage**: on the target, [`unpack::unpack`] reads it through a [`channel::ChannelReader`]
 //!    into `root/.hostshift-staging-<id>/`, accepting only the entries it asked for and checking
 //!    each file's SHA-256 against the manifest while writing it — always, whatever the source
-//!    checked.
+//!    checked. A file the sender marked deferred is thrown away and listed in
+//!    [`Staged::deferred`]; a mismatch without that marker refuses the batch.
 //! 5. **Verify** (the caller): the stream's trailer (length + digest) must match.
 //! 6. **Commit**: [`commit::commit`] deletes, creates directories, renames each staged file onto
 //!    its final path (atomic per file), fixes attributes, and removes the staging directory — or
@@ -82,7 +85,7 @@ pub use manifest::{Entry, Kind, Manifest, Owner, OwnerNames, Stamp};
 pub fn carries_owners() -> bool {
     nix::unistd::geteuid().is_root()
 }
-pub use pack::{PackStats, pack, pack_with};
+pub use pack::{DEFERRED_MARKER, Deferred, PackStats, pack, pack_deferring, pack_with};
 pub use relpath::{RelPath, STAGING_PREFIX, join_under};
 pub use staging::{Staged, abort, remove_stale_staging, staging_name};
 pub use unpack::unpack;

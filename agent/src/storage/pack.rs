@@ -24,6 +24,19 @@
 //! same clock tick as its previous change, or through a writable `mmap`, whose ctime update may
 //! lag) is therefore refused as a digest mismatch on the receiver instead of
 //! `ChangedWhileReading` here — never accepted.
+//!
+//! # Files that change during a sync: deferred, not fatal
+//! A live host keeps writing while it is synced (users upload, overwrite and delete). For a sync,
+//! [`pack_deferring`] does not stop the stream at such a file: a file that vanished or differs
+//! from its entry when opened is not sent at all, and one that changes while it is read is
+//! finished to its promised size (zeros after a shrink) so that the tar stays well-formed. Either
+//! way a *marker* entry follows — a tar entry named [`DEFERRED_MARKER`]`<path>` whose content is
+//! the reason — and the file is listed in [`PackStats::deferred`]. The receiver throws away what
+//! it staged for a marked file and commits the rest of the batch; the next pass (another sync,
+//! or the cutover's storage delta, when writers are stopped) sends it again. The marker's name
+//! starts with the staging prefix, which no [`RelPath`](super::relpath::RelPath) may, so it can
+//! never be mistaken for a file of the tree. Plain [`pack`] / [`pack_with`] (backups) still stop
+//! at the first such file.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -33,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, Manifest, Stamp};
-use super::relpath::join_under;
+use super::relpath::{RelPath, join_under};
 use super::walk::{RACY_MARGIN_NS, READ_BUFFER, mtime_ns, open_regular};
 
 /// What a [`pack`] sent.
@@ -50,6 +63,22 @@ pub struct PackStats {
     /// Files sent without hashing them again, their walk's digest being provably theirs (see
     /// the module doc); the receiver checks them.
     pub digests_reused: u64,
+    /// Files left for the next pass because they changed or vanished ([`pack_deferring`] only).
+    pub deferred: Vec<Deferred>,
+}
+
+/// Tar name prefix of the marker that follows a deferred file (see the module doc).
+pub const DEFERRED_MARKER: &str = ".hostshift-staging-deferred/";
+/// Most bytes of a deferral's reason carried in its marker.
+pub const MAX_DEFER_REASON: usize = 512;
+
+/// A file [`pack_deferring`] did not send as its manifest entry describes, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// The file.
+    pub path: RelPath,
+    /// What changed (`removed since the manifest was built`, `it grew while being read`...).
+    pub reason: String,
 }
 
 /// Writes `entries` (files and symlinks of `root`, from the source's manifest) to `out` as a tar
@@ -68,7 +97,22 @@ pub fn pack<W: Write>(
     out: W,
     cancel: &CancellationToken,
 ) -> Result<PackStats, StorageError> {
-    pack_with(root, entries, out, cancel, None)
+    pack_inner(root, entries, out, cancel, None, false)
+}
+
+/// [`pack_with`] for a sync of a live tree: a file that changed or vanished since its entry, or
+/// while it is read, is deferred (see the module doc) instead of ending the stream.
+///
+/// # Errors
+/// As [`pack`], except [`StorageError::ChangedWhileReading`].
+pub fn pack_deferring<W: Write>(
+    root: &Path,
+    entries: &[Entry],
+    out: W,
+    cancel: &CancellationToken,
+    walked: Option<&Manifest>,
+) -> Result<PackStats, StorageError> {
+    pack_inner(root, entries, out, cancel, walked, true)
 }
 
 /// [`pack`], reusing the digests of `walked` — this host's own manifest of `root`, with stamps
@@ -83,6 +127,17 @@ pub fn pack_with<W: Write>(
     out: W,
     cancel: &CancellationToken,
     walked: Option<&Manifest>,
+) -> Result<PackStats, StorageError> {
+    pack_inner(root, entries, out, cancel, walked, false)
+}
+
+fn pack_inner<W: Write>(
+    root: &Path,
+    entries: &[Entry],
+    out: W,
+    cancel: &CancellationToken,
+    walked: Option<&Manifest>,
+    defer: bool,
 ) -> Result<PackStats, StorageError> {
     let mut sink = Sink {
         inner: out,
@@ -99,7 +154,22 @@ pub fn pack_with<W: Write>(
                     path: root.join(e.path.as_path()),
                 });
             }
-            append(&mut builder, root, e, walked, &mut buf, cancel, &mut stats)?;
+            match append(
+                &mut builder,
+                root,
+                e,
+                walked,
+                &mut buf,
+                cancel,
+                &mut stats,
+                defer,
+            ) {
+                Err(StorageError::ChangedWhileReading { detail, .. }) if defer => {
+                    // Nothing of it was written: only the marker goes out.
+                    defer_file(&mut builder, root, e, detail, &mut stats)?;
+                }
+                other => other?,
+            }
         }
         builder
             .finish()
@@ -131,6 +201,39 @@ fn digested_by_walk(walked: Option<&Manifest>, e: &Entry, meta: &std::fs::Metada
         })
 }
 
+/// Writes the marker of a deferred file and lists it.
+fn defer_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    e: &Entry,
+    mut reason: String,
+    stats: &mut PackStats,
+) -> Result<(), StorageError> {
+    if reason.len() > MAX_DEFER_REASON {
+        let mut cut = MAX_DEFER_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    tracing::info!(path = %e.path.as_path().display(), %reason, "changed while being synced: deferred to the next pass");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o600);
+    header.set_mtime(0);
+    header.set_size(reason.len() as u64);
+    let name = Path::new(DEFERRED_MARKER).join(e.path.as_path());
+    builder
+        .append_data(&mut header, &name, reason.as_bytes())
+        .map_err(|err| StorageError::io("write tar stream", root, err))?;
+    stats.deferred.push(Deferred {
+        path: e.path.clone(),
+        reason,
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn append<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
@@ -139,6 +242,7 @@ fn append<W: Write>(
     buf: &mut [u8],
     cancel: &CancellationToken,
     stats: &mut PackStats,
+    defer: bool,
 ) -> Result<(), StorageError> {
     let full = join_under(root, &e.path)?;
     let changed = |detail: String| StorageError::ChangedWhileReading {
@@ -160,6 +264,12 @@ fn append<W: Write>(
                     return Err(changed(
                         "it was removed since the manifest was built".into(),
                     ));
+                }
+                // O_NOFOLLOW on what is now a symlink.
+                Err(StorageError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    return Err(changed("it became a symlink".into()));
                 }
                 other => other?,
             };
@@ -186,6 +296,8 @@ fn append<W: Write>(
                 end: 0,
                 cancel,
                 failure: None,
+                defer,
+                torn: None,
             };
             let r = if e.size == 0 {
                 // Nothing to read: check now (an empty file that grew or moved is caught here).
@@ -198,13 +310,24 @@ fn append<W: Write>(
                 return Err(failure);
             }
             r.map_err(sent)?;
+            if let Some(detail) = src.torn {
+                // The entry went out whole but is not the manifest's content: the marker right
+                // after it tells the receiver to throw it away.
+                return defer_file(builder, root, e, detail, stats);
+            }
             stats.files += 1;
             stats.content_bytes += e.size;
             stats.digests_reused += u64::from(reuse);
         }
         Kind::Symlink { target } => {
-            let meta = std::fs::symlink_metadata(&full)
-                .map_err(|err| StorageError::io("inspect", &full, err))?;
+            let meta = match std::fs::symlink_metadata(&full) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Err(changed(
+                        "it was removed since the manifest was built".into(),
+                    ));
+                }
+                other => other.map_err(|err| StorageError::io("inspect", &full, err))?,
+            };
             let now = std::fs::read_link(&full).ok();
             if !meta.file_type().is_symlink()
                 || now.as_ref() != Some(target)
@@ -243,6 +366,10 @@ struct CheckedFile<'a> {
     end: usize,
     cancel: &'a CancellationToken,
     failure: Option<StorageError>,
+    /// Defer instead of failing when the file changes ([`pack_deferring`]).
+    defer: bool,
+    /// Deferring: what changed while it was read; the entry is completed, then marked.
+    torn: Option<String>,
 }
 
 impl CheckedFile<'_> {
@@ -252,9 +379,14 @@ impl CheckedFile<'_> {
         io::Error::other(msg)
     }
 
-    fn changed(&mut self, detail: String) -> io::Error {
+    /// A change seen while reading: an error, or (deferring) noted and reading goes on.
+    fn changed(&mut self, detail: String) -> io::Result<()> {
+        if self.defer {
+            self.torn.get_or_insert(detail);
+            return Ok(());
+        }
         let path = self.full.to_path_buf();
-        self.fail(StorageError::ChangedWhileReading { path, detail })
+        Err(self.fail(StorageError::ChangedWhileReading { path, detail }))
     }
 
     /// After the promised size: nothing more to read, same size and mtime, same digest (when it
@@ -263,7 +395,7 @@ impl CheckedFile<'_> {
         let mut probe = [0u8; 1];
         match self.file.read(&mut probe) {
             Ok(0) => {}
-            Ok(_) => return Err(self.changed("it grew while being read".into())),
+            Ok(_) => return self.changed("it grew while being read".into()),
             Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),
         }
         let meta = match self.file.metadata() {
@@ -271,12 +403,12 @@ impl CheckedFile<'_> {
             Err(e) => return Err(self.fail(StorageError::io("inspect", self.full, e))),
         };
         if (meta.len(), mtime_ns(&meta)) != (self.entry.size, self.entry.mtime_ns) {
-            return Err(self.changed("its size or mtime moved while it was read".into()));
+            return self.changed("its size or mtime moved while it was read".into());
         }
         if let Some(hasher) = self.hasher.take() {
             let (_, digest) = hasher.finish();
             if Some(digest) != self.entry.sha256 {
-                return Err(self.changed("its content no longer has the manifest's digest".into()));
+                return self.changed("its content no longer has the manifest's digest".into());
             }
         }
         Ok(())
@@ -297,7 +429,16 @@ impl Read for CheckedFile<'_> {
                 .unwrap_or(usize::MAX)
                 .min(self.buf.len());
             let n = match self.file.read(&mut self.buf[..want]) {
-                Ok(0) => return Err(self.changed("it shrank while being read".into())),
+                Ok(_) if self.torn.is_some() => {
+                    // Deferred already: the rest is filler to keep the tar well-formed.
+                    self.buf[..want].fill(0);
+                    want
+                }
+                Ok(0) => {
+                    self.changed("it shrank while being read".into())?;
+                    self.buf[..want].fill(0);
+                    want
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
                 Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),

@@ -19,6 +19,8 @@ pub struct Staged {
     /// In stream order.
     pub(super) entries: Vec<StagedEntry>,
     pub(super) bytes: u64,
+    /// Files the sender deferred (they changed while being read): nothing of them is staged.
+    pub(super) deferred: Vec<super::pack::Deferred>,
 }
 
 /// One verified copy waiting to be installed.
@@ -52,6 +54,11 @@ impl Staged {
     /// Bytes of file content staged.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Files the sender deferred: not staged, left for the next pass.
+    pub fn deferred(&self) -> &[super::pack::Deferred] {
+        &self.deferred
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::testutil::{dir_mtime, link, manifest, put, snapshot};
+use super::testutil::{dir_mtime, link, manifest, put, raw_end, raw_entry, snapshot};
 use super::*;
 
 struct Synced {
@@ -428,4 +428,91 @@ fn finalize_flushes_only_when_it_changed_the_tree_and_commits_report_installed_s
     let done = finalize(&dst, &delta.dirs, &delta.meta, &delta.delete).unwrap();
     assert_eq!((done.deleted, done.dirs_fixed, done.flushed), (1, 1, true));
     assert_eq!(manifest(&dst), manifest(&src));
+}
+
+#[test]
+fn files_that_change_or_vanish_are_deferred_and_the_rest_of_the_batch_commits() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for name in ["a", "b-rewritten", "c-removed", "d-grown", "e"] {
+        put(&src, name, name.as_bytes(), 0o644, 1_000, 0);
+    }
+    let m = manifest(&src);
+    // Same size and mtime: only the digest of what is read can tell (the entry goes out whole,
+    // then its marker); the others are seen before anything of them is sent.
+    put(&src, "b-rewritten", b"B-REWRITTEN", 0o644, 1_000, 0);
+    std::fs::remove_file(src.join("c-removed")).unwrap();
+    put(&src, "d-grown", b"d-grown and more", 0o644, 1_000, 0);
+    let cancel = CancellationToken::new();
+    let mut tar = Vec::new();
+    let packed = pack_deferring(&src, m.entries(), &mut tar, &cancel, None).unwrap();
+    let deferred: Vec<&str> = packed
+        .deferred
+        .iter()
+        .map(|d| d.path.as_path().to_str().unwrap())
+        .collect();
+    assert_eq!(deferred, ["b-rewritten", "c-removed", "d-grown"]);
+    assert_eq!(packed.files, 2);
+    let staged = unpack(&dst, ".hostshift-staging-d", &tar[..], m.entries(), &cancel).unwrap();
+    let named: Vec<(&str, &str)> = staged
+        .deferred()
+        .iter()
+        .map(|d| (d.path.as_path().to_str().unwrap(), d.reason.as_str()))
+        .collect();
+    assert_eq!(named.len(), 3, "{named:?}");
+    assert!(named[0].1.contains("digest"), "{named:?}");
+    assert!(named[1].1.contains("removed"), "{named:?}");
+    assert_eq!(staged.len(), 2);
+    commit(&dst, staged, &[], &[], &[]).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a", "e"], "only what was read whole and unchanged");
+    assert_eq!(std::fs::read(dst.join("a")).unwrap(), b"a");
+}
+
+#[test]
+fn a_digest_mismatch_is_forgiven_only_by_the_marker_of_that_very_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    put(&src, "a", b"alpha", 0o644, 1_000, 0);
+    put(&src, "b", b"bravo", 0o644, 1_000, 0);
+    let m = manifest(&src);
+    let cancel = CancellationToken::new();
+    // `a` with the wrong content, followed by a marker naming `b`: refused.
+    let mut tar = Vec::new();
+    raw_entry(&mut tar, b"a", tar::EntryType::Regular, b"ALPHA", b"");
+    raw_entry(
+        &mut tar,
+        b".hostshift-staging-deferred/b",
+        tar::EntryType::Regular,
+        b"why",
+        b"",
+    );
+    raw_end(&mut tar);
+    let err = unpack(&dst, ".hostshift-staging-x", &tar[..], m.entries(), &cancel).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::DigestMismatch { path, .. } if path.ends_with("a")),
+        "{err}"
+    );
+    // A marker for something not asked for, or for a file staged earlier: refused.
+    for (entries, marker) in [
+        (&b"a"[..], &b".hostshift-staging-deferred/zzz"[..]),
+        (&b"ab"[..], &b".hostshift-staging-deferred/a"[..]),
+    ] {
+        let mut tar = Vec::new();
+        for name in entries {
+            let content: &[u8] = if *name == b'a' { b"alpha" } else { b"bravo" };
+            raw_entry(&mut tar, &[*name], tar::EntryType::Regular, content, b"");
+        }
+        raw_entry(&mut tar, marker, tar::EntryType::Regular, b"", b"");
+        raw_end(&mut tar);
+        let err = unpack(&dst, ".hostshift-staging-y", &tar[..], m.entries(), &cancel).unwrap_err();
+        assert!(matches!(&err, StorageError::Refused { .. }), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "nothing left");
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, link_target_problem};
+use super::pack::{DEFERRED_MARKER, Deferred, MAX_DEFER_REASON};
 use super::relpath::{RelPath, STAGING_PREFIX};
 use super::staging::{Staged, StagedEntry, mtime};
 use super::walk::READ_BUFFER;
@@ -79,6 +80,7 @@ pub fn unpack<R: Read>(
         dir,
         entries: Vec::new(),
         bytes: 0,
+        deferred: Vec::new(),
     };
     let result = extract(&mut staged, input, expected, cancel).and_then(|()| {
         // One syncfs for the whole set instead of an fsync per file: measured here, per-file
@@ -121,6 +123,7 @@ fn extract<R: Read>(
     // Raw entries: GNU long names are read here, bounded, and PAX headers are refused.
     let entries = archive.entries().map_err(broken)?.raw(true);
     let (mut long_name, mut long_link) = (None, None);
+    let mut pending: Option<(usize, StorageError)> = None;
     for item in entries {
         if cancel.is_cancelled() {
             return Err(StorageError::Cancelled {
@@ -142,6 +145,22 @@ fn extract<R: Read>(
             .take()
             .unwrap_or_else(|| entry.header().path_bytes().into_owned());
         let raw_link = long_link.take();
+        if let Some(marked) = raw_path.strip_prefix(DEFERRED_MARKER.as_bytes()) {
+            defer(
+                staged,
+                &mut entry,
+                marked,
+                &wanted,
+                &mut arrived,
+                &mut pending,
+            )?;
+            continue;
+        }
+        // A file whose content was not the manifest's is only acceptable when the sender's
+        // marker for it comes next.
+        if let Some(err) = pending.take() {
+            return Err(err.1);
+        }
         let shown = PathBuf::from(OsStr::from_bytes(&raw_path));
         let refuse = |reason: String| StorageError::Refused {
             path: shown.clone(),
@@ -168,13 +187,18 @@ fn extract<R: Read>(
                         detail: format!("sent with {} bytes, expected {}", entry.size(), want.size),
                     });
                 }
-                inode = Some(write_file(
-                    &mut entry,
-                    want,
-                    &staged_path,
-                    &mut buf,
-                    cancel,
-                )?);
+                match write_file(&mut entry, want, &staged_path, &mut buf, cancel) {
+                    Ok(i) => inode = Some(i),
+                    Err(err @ StorageError::DigestMismatch { .. }) => {
+                        // Never kept: either the sender marks it deferred next, or this is
+                        // the error.
+                        std::fs::remove_file(&staged_path)
+                            .map_err(|e| StorageError::io("remove", &staged_path, e))?;
+                        pending = Some((index, err));
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
                 staged.bytes += want.size;
             }
             (Kind::Symlink { target }, false) => {
@@ -204,6 +228,9 @@ fn extract<R: Read>(
             inode,
         });
     }
+    if let Some((_, err)) = pending {
+        return Err(err);
+    }
     drain(archive.into_inner(), &mut buf)?;
     if let Some(i) = arrived.iter().position(|a| !a) {
         let missing = arrived.iter().filter(|a| !**a).count();
@@ -215,6 +242,64 @@ fn extract<R: Read>(
             ),
         });
     }
+    Ok(())
+}
+
+/// The sender's marker for a file it deferred (see [`pack_deferring`](super::pack::pack_deferring)):
+/// whatever was staged for it is thrown away and it is listed in [`Staged::deferred`]. The file
+/// must be one this host asked for, marked once, and either not sent or the entry just before.
+fn defer<R: Read>(
+    staged: &mut Staged,
+    entry: &mut R,
+    marked: &[u8],
+    wanted: &HashMap<&RelPath, (usize, &Entry)>,
+    arrived: &mut [bool],
+    pending: &mut Option<(usize, StorageError)>,
+) -> Result<(), StorageError> {
+    let shown = PathBuf::from(OsStr::from_bytes(marked));
+    let refuse = |reason: &str| StorageError::Refused {
+        path: shown.clone(),
+        reason: format!("deferral marker: {reason}"),
+    };
+    let rel = RelPath::from_bytes(marked).map_err(|_| refuse("not a clean relative path"))?;
+    let Some(&(index, want)) = wanted.get(&rel) else {
+        return Err(refuse("not one of the entries this host asked for"));
+    };
+    let mut reason = Vec::new();
+    entry
+        .take(MAX_DEFER_REASON as u64 + 1)
+        .read_to_end(&mut reason)
+        .map_err(|e| stream_error(&shown, e))?;
+    if reason.len() > MAX_DEFER_REASON {
+        return Err(refuse("its reason is too long"));
+    }
+    match pending.take() {
+        Some((i, _)) if i == index => {}
+        Some((_, err)) => return Err(err),
+        None if !arrived[index] => {}
+        None => {
+            // Sent whole just before (its content happened to match, or it was already
+            // finished when the change was seen): thrown away all the same.
+            let last = staged.entries.last().map(|e| &e.path);
+            if last != Some(&rel) {
+                return Err(refuse(
+                    "it was already sent or marked earlier in the stream",
+                ));
+            }
+            if let Some(e) = staged.entries.pop() {
+                std::fs::remove_file(&e.staged)
+                    .map_err(|err| StorageError::io("remove", &e.staged, err))?;
+                if e.inode.is_some() {
+                    staged.bytes -= want.size;
+                }
+            }
+        }
+    }
+    arrived[index] = true;
+    staged.deferred.push(Deferred {
+        path: rel,
+        reason: String::from_utf8_lossy(&reason).into_owned(),
+    });
     Ok(())
 }
 

@@ -235,6 +235,7 @@ fn result(dec: &FrameDecoder, files: u64) -> ApplyResult {
         files,
         sha256: String::new(),
         changes: vec![],
+        deferred: vec![],
     }
 }
 

@@ -397,14 +397,23 @@ impl Target for TargetService {
                 deleted: stats.deleted,
             }));
         }
-        if !delta.send.is_empty() {
+        // Files the batches deferred stay different until the next pass: not a reason to
+        // refuse (verify still reports them; the next sync or the cutover's delta sends them).
+        let deferred: std::collections::HashSet<&[u8]> =
+            r.deferred.iter().map(Vec::as_slice).collect();
+        let undeferred = delta
+            .send
+            .iter()
+            .filter(|e| !deferred.contains(&e.path.as_bytes()))
+            .count();
+        if undeferred > 0 {
             return Err(AgentError::FailedPrecondition(format!(
-                "{} files of tree {} still differ from the source: sync them before finalizing",
-                delta.send.len(),
+                "{undeferred} files of tree {} still differ from the source: sync them before finalizing",
                 r.tree
             ))
             .into());
         }
+
         let stats = tokio::task::spawn_blocking(move || {
             storage::finalize(&root, &delta.dirs, &delta.meta, &delta.delete)
         })

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use hostshift_proto::v1::{
-    ApplyHeader, ApplyResult, FileApply, Frame, StorageFilesApply, apply_header::What,
+    ApplyHeader, ApplyResult, DeferredFile, FileApply, Frame, StorageFilesApply, apply_header::What,
 };
 use hostshift_shared::framing::{Accepted, FrameDecoder, IntegrityError};
 use tokio::sync::mpsc;
@@ -222,6 +222,17 @@ where
         (Err(e), None) => return Err(e.into()),
     };
     let bytes = staged.bytes();
+    let deferred: Vec<DeferredFile> = staged
+        .deferred()
+        .iter()
+        .map(|d| DeferredFile {
+            path: d.path.as_bytes().to_vec(),
+            reason: d.reason.clone(),
+        })
+        .collect();
+    if !deferred.is_empty() {
+        tracing::info!(tree = %h.tree, deferred = deferred.len(), "files changed on the source while read: left for the next pass");
+    }
     let stats = tokio::task::spawn_blocking(move || storage::commit(&root, staged, &[], &[], &[]))
         .await
         .map_err(|e| AgentError::Internal(format!("commit task: {e}")))??;
@@ -241,9 +252,10 @@ where
     tracing::info!(tree = %h.tree, files = stats.installed, bytes, "storage batch committed");
     Ok(ApplyResult {
         bytes: dec.len(),
-        files,
+        files: files - deferred.len() as u64,
         sha256: digest,
         changes: vec![],
+        deferred,
     })
 }
 
@@ -288,5 +300,6 @@ where
         files: 1,
         sha256: digest.to_string(),
         changes,
+        deferred: vec![],
     })
 }

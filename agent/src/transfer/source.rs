@@ -259,7 +259,8 @@ pub fn remember_installed(ctx: &Ctx, tree: &str, files: Vec<(Entry, Stamp)>) {
 
 /// A tar stream of the `entries` (an encoded manifest subset) of a tree. Files its last walk
 /// digested and that provably did not change since are not hashed again (the receiver checks
-/// every file; see [`storage::pack_with`]).
+/// every file; see [`storage::pack_with`]). A file that changes or vanishes meanwhile is
+/// deferred, not fatal (see [`storage::pack_deferring`]).
 ///
 /// # Errors
 /// Undeclared tree or malformed entries (before anything is sent).
@@ -272,10 +273,11 @@ pub fn storage_files(ctx: &Arc<Ctx>, tree: &str, entries: &[u8]) -> Result<Frame
     let tree = tree.to_string();
     Ok(framed_blocking(ctx, move |w, cancel| {
         let walked = MANIFESTS.walked(&cache_path);
-        let stats = storage::pack_with(&root, &entries, w, cancel, walked.as_deref())?;
+        let stats = storage::pack_deferring(&root, &entries, w, cancel, walked.as_deref())?;
         tracing::info!(
             tree = %tree,
             files = stats.files,
+            deferred = stats.deferred.len(),
             bytes = stats.content_bytes,
             digests_reused = stats.digests_reused,
             "storage batch packed"

@@ -119,6 +119,9 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
             if u.status == "failed" {
                 println!("FAIL {} {}: {}", u.kind, u.name, u.detail);
             }
+            if u.deferred > 0 {
+                println!("  {} {}: {}", u.kind, u.name, sync::deferred_summary(u));
+            }
         }
         // A database unit counts tables in `files`: say so rather than add them to the files.
         let (tables, files): (Vec<&sync::UnitReport>, Vec<&sync::UnitReport>) =

@@ -386,7 +386,9 @@ impl<'a> Cut<'a> {
         let r = match crate::sync::run(self.plan, &opts).await {
             Err(e) => Err(e.to_string()),
             Ok(s) if !s.ok => Err(s.failures()),
-            Ok(s) => Ok(s),
+            // A rehearsal does not freeze: its old host may well still be writing.
+            Ok(s) if self.rehearsal => Ok(s),
+            Ok(s) => deferred_in_freeze(s),
         };
         let r = r.and_then(|s| injected("delta").map(|()| s));
         let summary = r.as_ref().map(|s| {
@@ -920,4 +922,72 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
         let _ = c.record("rollback", "failed", "");
     }
     Ok(c.finish(quiet, true))
+}
+
+/// The freeze's storage delta must leave nothing deferred: a file that still changed while it
+/// was read means something still writes to the old tree, and the hosts would differ.
+fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, String> {
+    let changing: Vec<String> = s
+        .units
+        .iter()
+        .filter(|u| u.deferred > 0)
+        .map(|u| format!("storage {}: {}", u.name, crate::sync::deferred_summary(u)))
+        .collect();
+    if changing.is_empty() {
+        return Ok(s);
+    }
+    Err(format!(
+        "files changed on the old host during the freeze ({}): something still writes to the tree — an app or job the freeze methods do not stop",
+        changing.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+    use crate::sync::UnitReport;
+
+    fn storage(deferred: u64) -> UnitReport {
+        UnitReport {
+            kind: "storage".into(),
+            name: "uploads".into(),
+            status: "copied".into(),
+            bytes: 0,
+            files: 0,
+            skipped_files: 0,
+            skipped_bytes: 0,
+            ms: 0,
+            attempts: 1,
+            retried: vec![],
+            changes: vec![],
+            detail: String::new(),
+            ranges: 0,
+            old_fingerprints: Default::default(),
+            deferred,
+            deferred_names: (0..deferred).map(|i| format!("up-{i}.bin")).collect(),
+        }
+    }
+
+    fn report(units: Vec<UnitReport>) -> SyncReport {
+        SyncReport {
+            ok: true,
+            mode: "pull".into(),
+            units,
+            bytes: 0,
+            files: 0,
+            skipped_files: 0,
+            ms: 0,
+            journal: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_deferred_inside_the_freeze_fails_the_delta_naming_it() {
+        assert!(deferred_in_freeze(report(vec![storage(0)])).is_ok());
+        let err = deferred_in_freeze(report(vec![storage(1)])).unwrap_err();
+        assert!(
+            err.contains("during the freeze") && err.contains("up-0.bin"),
+            "{err}"
+        );
+    }
 }

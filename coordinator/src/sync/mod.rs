@@ -35,6 +35,7 @@ use crate::plan::{Plan, Side};
 use journal::Journal;
 use progress::Progress;
 use stream::PullSource;
+pub use units::deferred_summary;
 
 /// What to sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -202,6 +203,13 @@ pub struct UnitReport {
     /// during the freeze against these).
     #[serde(skip)]
     pub old_fingerprints: std::collections::BTreeMap<String, String>,
+    /// Storage: files that changed or vanished on the old host while being read, left for the
+    /// next pass (not committed; `verify` still reports them).
+    #[serde(default)]
+    pub deferred: u64,
+    /// Storage: the names of the first ten of those.
+    #[serde(default)]
+    pub deferred_names: Vec<String>,
 }
 
 /// The whole sync.

@@ -29,6 +29,8 @@ pub(super) fn report(kind: &str, name: &str) -> UnitReport {
         detail: String::new(),
         ranges: 0,
         old_fingerprints: Default::default(),
+        deferred: 0,
+        deferred_names: vec![],
     }
 }
 
@@ -169,8 +171,10 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
 const MANIFEST_LIMIT: usize = client::MAX_MESSAGE;
 
 /// One storage tree: the old agent's manifest, the new agent's plan of what differs, the
-/// batches, then directories/metadata/deletions. A batch whose files changed on the old host
-/// since the manifest was taken fails its digest check; the tree is then planned again.
+/// batches, then directories/metadata/deletions. A file that changed or vanished on the old host
+/// since the manifest was taken (users upload while we sync) is deferred by the old agent: the
+/// rest of its batch commits, the file is named in the report and left for the next pass; a
+/// failed stream (integrity, connection) makes the tree be planned again.
 pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
     let started = Instant::now();
     let unit = format!("storage {}", s.name);
@@ -185,13 +189,16 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
                 if r.files == 0 && r.status != "failed" {
                     r.status = "unchanged".into();
                 }
-                let summary = format!(
+                let mut summary = format!(
                     "{} files ({}) sent, {} unchanged files ({}) skipped",
                     r.files,
                     crate::output::bytes(r.bytes),
                     r.skipped_files,
                     crate::output::bytes(r.skipped_bytes)
                 );
+                if r.deferred > 0 {
+                    summary.push_str(&format!("; {}", deferred_summary(&r)));
+                }
                 run.progress.done(&unit, r.bytes, true, &summary);
                 return r;
             }
@@ -203,6 +210,24 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
             Err(e) => return fail(r, started, &e, run),
         }
     }
+}
+
+/// Names of deferred files listed in reports (the count is always complete).
+pub const DEFERRED_NAMES: usize = 10;
+
+/// A storage unit's deferred files for people: `N deferred (why; what happens next): a, b, c`.
+pub fn deferred_summary(r: &UnitReport) -> String {
+    let more = r.deferred.saturating_sub(r.deferred_names.len() as u64);
+    format!(
+        "{} deferred (changed on the old host while being read; the next sync or the cutover sends them): {}{}",
+        r.deferred,
+        r.deferred_names.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 async fn storage_round(
@@ -255,22 +280,27 @@ async fn storage_round(
         run.record(&unit, "done", 0, 0, &r.detail)?;
         return Ok(());
     }
-    let finalize = |prepare_only: bool| FinalizeStorageRequest {
+    let finalize = |prepare_only: bool, deferred: Vec<Vec<u8>>| FinalizeStorageRequest {
         tree: s.on_new().to_string(),
         source_manifest: manifest.clone(),
         delete_extraneous: s.delete,
         prepare_only,
+        deferred,
     };
     // Deletions happen here, before the batches (a file may turn into a directory): count them
     // with finalize's, which finds nothing left to delete.
     let prepared = run
         .new
         .target()
-        .finalize_storage(finalize(true))
+        .finalize_storage(finalize(true, vec![]))
         .await
         .map_err(UnitError::from_status)?
         .into_inner();
     let n = plan.batches.len();
+    // Files that changed on the old host while their batch was read: left for the next pass.
+    let mut deferred: Vec<Vec<u8>> = Vec::new();
+    r.deferred = 0;
+    r.deferred_names.clear();
     for (i, batch) in plan.batches.into_iter().enumerate() {
         let bunit = format!("{unit} batch {}/{n}", i + 1);
         let read = ReadRequest {
@@ -291,11 +321,24 @@ async fn storage_round(
         r.bytes += res.bytes;
         r.files += res.files;
         r.attempts = r.attempts.max(attempts);
+        for d in res.deferred {
+            let name = String::from_utf8_lossy(&d.path).into_owned();
+            run.progress.say(&format!(
+                "{unit}: {name} deferred to the next pass: {}",
+                d.reason
+            ));
+            run.record(&unit, "deferred", 0, 0, &format!("{name}: {}", d.reason))?;
+            if deferred.len() < DEFERRED_NAMES {
+                r.deferred_names.push(name);
+            }
+            deferred.push(d.path);
+        }
     }
+    r.deferred = deferred.len() as u64;
     let fin = run
         .new
         .target()
-        .finalize_storage(finalize(false))
+        .finalize_storage(finalize(false, deferred))
         .await
         .map_err(UnitError::from_status)?
         .into_inner();
@@ -305,6 +348,9 @@ async fn storage_round(
         fin.meta,
         prepared.deleted + fin.deleted
     );
+    if r.deferred > 0 {
+        r.detail = format!("{}; {}", r.detail, deferred_summary(r));
+    }
     run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
 }

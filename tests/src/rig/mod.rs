@@ -9,6 +9,7 @@ pub mod moto;
 mod nginx;
 mod pm2;
 mod sandbox;
+pub mod uploader;
 mod world;
 pub mod writer;
 
