@@ -1,10 +1,14 @@
-//! Progress of long work, on stderr: throttled lines with bytes, rate and ETA for people, or one
-//! JSON object per event (`--json`) for scripts. Results stay on stdout.
+//! Progress of long work, on stderr: for people, live bars per unit (bytes, rate, ETA, drawn by
+//! `indicatif`) when stderr is a terminal, else throttled lines with the same figures (a log file
+//! or a CI console gets no cursor codes); one JSON object per event (`--json`) for scripts.
+//! Either way a unit that ends leaves one summary line. Results stay on stdout.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::output::bytes;
@@ -27,21 +31,73 @@ struct Unit {
     started: Instant,
     last: Instant,
     total: u64,
+    /// Its bar, when bars are drawn.
+    bar: Option<ProgressBar>,
 }
 
 /// Progress reporter shared by concurrent units.
 pub struct Progress {
     mode: Mode,
     units: Mutex<HashMap<String, Unit>>,
+    /// Live bars: `Human` mode on a terminal.
+    bars: Option<MultiProgress>,
 }
 
+/// The bar of a unit whose size is known, and of one whose size is not.
+const BAR: &str = "{prefix} [{bar:28}] {bytes}/{total_bytes}  {binary_bytes_per_sec}  ETA {eta}";
+const SPINNER: &str = "{prefix} {spinner} {msg} {elapsed}";
+
 impl Progress {
-    /// A reporter.
+    /// A reporter. `Human` draws bars when stderr is a terminal (and `TERM` is not `dumb`),
+    /// lines otherwise.
     pub fn new(mode: Mode) -> Self {
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        Self::with_bars(mode, mode == Mode::Human && terminal)
+    }
+
+    /// A reporter that draws bars (`Human` only) or not, whatever stderr is.
+    pub fn with_bars(mode: Mode, bars: bool) -> Self {
         Self {
             mode,
             units: Mutex::new(HashMap::new()),
+            bars: (bars && mode == Mode::Human)
+                .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
         }
+    }
+
+    /// Prints a line for people: above the bars when they are drawn.
+    fn line(&self, text: &str) {
+        match &self.bars {
+            // println fails only when the terminal is gone; then there is no one to tell.
+            Some(bars) => {
+                if bars.println(text).is_err() {
+                    eprintln!("{text}");
+                }
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// A new bar for `unit` (`total` 0: size unknown).
+    fn bar(bars: &MultiProgress, unit: &str, total: u64) -> ProgressBar {
+        let (bar, template) = if total > 0 {
+            (ProgressBar::new(total), BAR)
+        } else {
+            (ProgressBar::new_spinner(), SPINNER)
+        };
+        // The templates are constants; a template error would leave the default style.
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(format!("  {}", crate::output::printable_line(unit)));
+        let bar = bars.add(bar);
+        if total == 0 {
+            // Nothing moves the spinner but time.
+            bar.enable_steady_tick(Duration::from_millis(250));
+        }
+        bar.tick();
+        bar
     }
 
     /// How progress is shown.
@@ -52,7 +108,7 @@ impl Progress {
     /// A line of narrative ("planning storage evaluations").
     pub fn say(&self, msg: &str) {
         match self.mode {
-            Mode::Human => eprintln!("{}", crate::output::printable(msg)),
+            Mode::Human => self.line(&crate::output::printable(msg)),
             Mode::Json => eprintln!("{}", json!({"event": "note", "message": msg})),
             Mode::Quiet => {}
         }
@@ -61,15 +117,22 @@ impl Progress {
     /// A unit of work starts; `total` bytes expected (0 = unknown).
     pub fn start(&self, unit: &str, total: u64) {
         let now = Instant::now();
+        let bar = self.bars.as_ref().map(|b| Self::bar(b, unit, total));
         if let Ok(mut u) = self.units.lock() {
-            u.insert(
+            if let Some(old) = u.insert(
                 unit.to_string(),
                 Unit {
                     started: now,
                     last: now,
                     total,
+                    bar,
                 },
-            );
+            ) {
+                // A unit started again (a retry): its old bar goes.
+                if let Some(b) = old.bar {
+                    b.finish_and_clear();
+                }
+            }
         }
         if self.mode == Mode::Json {
             eprintln!(
@@ -83,6 +146,14 @@ impl Progress {
     pub fn update(&self, unit: &str, done: u64) {
         let Ok(mut u) = self.units.lock() else { return };
         let Some(x) = u.get_mut(unit) else { return };
+        if let Some(bar) = &x.bar {
+            // The bar redraws at its own pace.
+            bar.set_position(done);
+            if x.total == 0 {
+                bar.set_message(bytes(done));
+            }
+            return;
+        }
         if x.last.elapsed() < EVERY {
             return;
         }
@@ -115,12 +186,15 @@ impl Progress {
 
     /// A unit finished (`ok`) or failed, with a short summary.
     pub fn done(&self, unit: &str, moved: u64, ok: bool, summary: &str) {
-        let elapsed = self
+        let (elapsed, bar) = self
             .units
             .lock()
             .ok()
             .and_then(|mut u| u.remove(unit))
-            .map_or(Duration::ZERO, |x| x.started.elapsed());
+            .map_or((Duration::ZERO, None), |x| (x.started.elapsed(), x.bar));
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         match self.mode {
             Mode::Human => {
                 let mark = if ok { "ok  " } else { "FAIL" };
@@ -136,10 +210,10 @@ impl Progress {
                     crate::output::printable_line(unit),
                     crate::output::printable(summary),
                 );
-                eprintln!(
+                self.line(&format!(
                     "{mark} {unit}: {summary} ({:.1} s{rate})",
                     elapsed.as_secs_f64()
-                );
+                ));
             }
             Mode::Json => eprintln!(
                 "{}",
