@@ -118,8 +118,8 @@ impl Progress {
     pub fn start(&self, unit: &str, total: u64) {
         let now = Instant::now();
         let bar = self.bars.as_ref().map(|b| Self::bar(b, unit, total));
-        if let Ok(mut u) = self.units.lock() {
-            if let Some(old) = u.insert(
+        let replaced = self.units.lock().ok().and_then(|mut u| {
+            u.insert(
                 unit.to_string(),
                 Unit {
                     started: now,
@@ -127,12 +127,11 @@ impl Progress {
                     total,
                     bar,
                 },
-            ) {
-                // A unit started again (a retry): its old bar goes.
-                if let Some(b) = old.bar {
-                    b.finish_and_clear();
-                }
-            }
+            )
+        });
+        // A unit started again (a retry): its old bar goes.
+        if let Some(b) = replaced.and_then(|old| old.bar) {
+            b.finish_and_clear();
         }
         if self.mode == Mode::Json {
             eprintln!(
