@@ -24,6 +24,20 @@ fn with_backups(mut s: AgentSetup, dir: &Path, more: &str) -> AgentSetup {
 async fn backup(sb: &Sandbox) -> Value {
     let out = sb.cli(&["backup", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
+    // Progress: one JSON event per line on stderr, a `done` per artifact written.
+    let done: Vec<Value> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "done")
+        .collect();
+    assert!(
+        done.iter().any(|e| e["unit"] == "database app"
+            && e["ok"] == true
+            && e["bytes"].as_u64() > Some(0)),
+        "no progress event for the database artifact: {}",
+        out.stderr
+    );
     out.json()
 }
 

@@ -23,6 +23,7 @@ use crate::client::{self, Agent};
 use crate::error::{CliError, CliResult, failed, usage};
 use crate::output::{bytes, print_json, table};
 use crate::plan::Side;
+use crate::sync::progress::{Mode, Progress};
 
 /// Deadline of a backup (a large database dump) or a restore.
 const LONG_RPC: Duration = Duration::from_secs(12 * 3600);
@@ -204,19 +205,21 @@ pub async fn take(
 
 async fn create(g: &Global, agent: &Agent, plan: &crate::plan::Plan, all: bool) -> CliResult {
     let side = agent.side;
-    let quiet = g.quiet;
+    // One unit per artifact: a spinner on a terminal, a summary line when it is written.
+    let progress = Progress::new(if g.quiet {
+        Mode::Quiet
+    } else if g.json {
+        Mode::Json
+    } else {
+        Mode::Human
+    });
+    progress.say(&format!("backup on the {side} host"));
     let d = take(agent, plan, all, &|p| {
-        if !quiet {
-            if p.phase == "started" {
-                eprintln!("backup on {side}: {} {}…", p.kind, p.name);
-            } else {
-                eprintln!(
-                    "backup on {side}: {} {} written ({})",
-                    p.kind,
-                    p.name,
-                    bytes(p.bytes)
-                );
-            }
+        let unit = format!("{} {}", p.kind, p.name);
+        if p.phase == "started" {
+            progress.start(&unit, 0);
+        } else {
+            progress.done(&unit, p.bytes, true, &format!("{} written", bytes(p.bytes)));
         }
     })
     .await?;
