@@ -164,7 +164,7 @@ async fn health(plan: &Plan) -> Result<String, String> {
     let failed: Vec<String> = results
         .iter()
         .filter(|r| !r.result.ok)
-        .map(|r| format!("{} (from {:?}): {}", r.result.name, r.from, r.result.detail))
+        .map(|r| format!("{} (from {}): {}", r.result.name, r.from.as_str(), r.result.detail))
         .collect();
     if failed.is_empty() {
         Ok(format!("{} check(s) pass", results.len()))

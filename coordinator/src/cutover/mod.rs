@@ -244,7 +244,14 @@ impl<'a> Cut<'a> {
             plan,
             journal,
             progress: Progress::new(mode),
-            rep: Builder::for_plan(Kind::Cutover, plan),
+            rep: Builder::for_plan(
+                if kind_phase == ROLLBACK {
+                    Kind::Rollback
+                } else {
+                    Kind::Cutover
+                },
+                plan,
+            ),
             out,
             old: None,
             new: None,
@@ -332,11 +339,11 @@ impl<'a> Cut<'a> {
         let mut errors = Vec::new();
         match old {
             Ok(a) => self.old = Some(a),
-            Err(e) => errors.push(format!("old agent: {e}")),
+            Err(e) => errors.push(e.to_string()),
         }
         match new {
             Ok(a) => self.new = Some(a),
-            Err(e) => errors.push(format!("new agent: {e}")),
+            Err(e) => errors.push(e.to_string()),
         }
         errors
     }
@@ -470,6 +477,20 @@ impl<'a> Cut<'a> {
                         }
                     ));
                 }
+            }
+            // The delta has just copied the storage trees inside the freeze: a tree that differs
+            // again is one the old host wrote to since — say so, as for the database.
+            let storage: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::Differs && r.kind == "storage")
+                .map(|r| format!("storage {}: {}", r.name, r.detail))
+                .collect();
+            if !self.rehearsal && !storage.is_empty() {
+                return Err(format!(
+                    "{STORAGE_WRITER} ({}): an app or job the freeze methods do not stop",
+                    storage.join("; ")
+                ));
             }
             if !differ.is_empty() {
                 return Err(format!(
@@ -798,7 +819,7 @@ pub async fn run(
             plan,
             old: c.old.as_ref(),
             new: c.new.as_ref(),
-            connect_errors: errors,
+            connect_errors: errors.clone(),
             events: &events,
             skip_backup: opts.skip_backup_check.as_deref(),
             rehearsal: opts.rehearsal,
@@ -841,7 +862,10 @@ pub async fn run(
     }
     let result: Result<(), String> = async {
         if c.old.is_none() || c.new.is_none() {
-            return Err("an agent cannot be reached: fix it and run `hostshift cutover --resume` again (or `hostshift rollback`)".to_string());
+            return Err(format!(
+                "{}: fix it and run `hostshift cutover --resume --yes` again (or `hostshift rollback --yes`)",
+                errors.join("; ")
+            ));
         }
         if c.rehearsal {
             let t = Instant::now();
@@ -937,10 +961,13 @@ fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, String> {
         return Ok(s);
     }
     Err(format!(
-        "files changed on the old host during the freeze ({}): something still writes to the tree — an app or job the freeze methods do not stop",
+        "{STORAGE_WRITER}: files changed on the old host while the delta read them ({}): an app or job the freeze methods do not stop",
         changing.join("; ")
     ))
 }
+
+/// How the cutover names storage written on the old host during the freeze (the docs match it).
+pub const STORAGE_WRITER: &str = "something still writes to storage during the freeze";
 
 #[cfg(test)]
 mod deferred_tests {
