@@ -77,7 +77,7 @@ async fn a_cutover_that_cannot_write_its_journal_stops_and_says_what_state_the_h
     let out = cutover(&sb, &[("HOSTSHIFT_TEST_FAIL_AT", "journal")]).await;
     assert_eq!(out.code, 3, "{}", out.both());
     let j = out.json();
-    assert_eq!(j["outcome"], "undo-failed", "{j:#}");
+    assert_eq!(j["outcome"], "journal-failed", "{j:#}");
     let error = text(&j["error"]);
     assert!(
         error.contains("cannot write the journal") && error.contains("journal.jsonl"),
@@ -129,7 +129,11 @@ async fn resume_with_the_new_agent_down_names_it_and_why_and_an_older_journal_st
     let s = s.json();
     assert_eq!(s["state"], "in-progress", "{s:#}");
     assert_eq!(s["frozen"], true, "{s:#}");
-    assert_eq!(s["frozen_methods"], serde_json::json!(["read-only"]), "{s:#}");
+    assert_eq!(
+        s["frozen_methods"],
+        serde_json::json!(["read-only"]),
+        "{s:#}"
+    );
 
     let plain = sb.cli(&["cutover", "--yes"]).await;
     assert_eq!(plain.code, 3, "{}", plain.both());
@@ -227,7 +231,10 @@ async fn a_freeze_undone_by_hand_is_noticed_and_the_agents_record_removed() {
         "a half-done undo keeps the record: {}",
         out.both()
     );
-    for g in record["connect_revoked"].as_array().expect("connect_revoked") {
+    for g in record["connect_revoked"]
+        .as_array()
+        .expect("connect_revoked")
+    {
         let to = g["grantee"]
             .as_str()
             .map_or("PUBLIC".to_string(), |r| format!("\"{r}\""));

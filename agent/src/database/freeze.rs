@@ -341,7 +341,9 @@ pub async fn forget_undone(ctx: &Ctx) -> Vec<String> {
                     tracing::info!(database = %name, record = %path.display(), "the freeze was undone by hand: its record is removed");
                     forgotten.push(name);
                 }
-                Err(e) => tracing::warn!(database = %name, error = %e, "cannot remove the record of a freeze undone by hand"),
+                Err(e) => {
+                    tracing::warn!(database = %name, error = %e, "cannot remove the record of a freeze undone by hand")
+                }
             },
             Ok(false) => {}
             Err(e) => {

@@ -562,3 +562,14 @@ impl CheckFrom {
         }
     }
 }
+
+impl FreezeMethod {
+    /// The plan's and the journal's spelling (`maintenance-page`, `stop-apps`, `read-only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreezeMethod::MaintenancePage => "maintenance-page",
+            FreezeMethod::StopApps => "stop-apps",
+            FreezeMethod::ReadOnly => "read-only",
+        }
+    }
+}

@@ -341,7 +341,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     let dir = plan.state_dir();
     let events = journal::read(&dir).unwrap_or_default();
     crate::cutover::direction::check(plan, &crate::cutover::state::of(&events))
-        .map_err(SyncError::Reversed)?;
+        .map_err(|e| SyncError::Reversed(e.to_string()))?;
     if opts.only.is_none_or(|o| o == Only::Db) && !plan.databases.is_empty() {
         let pending = crate::cutover::new_writes::pending(plan);
         if !pending.is_empty() && !opts.discard_new_host_writes {
