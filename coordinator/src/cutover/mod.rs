@@ -349,7 +349,7 @@ impl<'a> Cut<'a> {
             detail: shown.clone(),
         });
         self.rep.phase_since(
-            &step.to_string(),
+            step.to_string(),
             t,
             if r.is_ok() {
                 Status::Ok
@@ -370,7 +370,7 @@ impl<'a> Cut<'a> {
             ms: 0,
             detail: why.into(),
         });
-        self.rep.skipped(&step.to_string(), why);
+        self.rep.skipped(step.to_string(), why);
         Ok(())
     }
 
