@@ -22,8 +22,6 @@
 //!   true. Without a record: nothing happens, `changed` = false. Undoing needs no permit.
 //! - A freeze undone by hand (the printed `psql` commands) is noticed at the next `Info`
 //!   ([`forget_undone`]): its record goes once the setting and every recorded privilege are back.
-//! - While frozen, the database's settings as a sync describes them carry the recorded earlier
-//!   value, never the freeze's `on` ([`without_freeze`]).
 //!
 //! Calls are serialized by the caller ([`super::DatabaseService`] holds one lock for all).
 
@@ -352,25 +350,6 @@ pub async fn forget_undone(ctx: &Ctx) -> Vec<String> {
         }
     }
     forgotten
-}
-
-/// `settings` (`key=value`, as `pg_db_role_setting` lists a database's own settings) as they
-/// are when no freeze is in force: while this agent's freeze holds, the database's
-/// `default_transaction_read_only = on` is the freeze, not the database's — a sync carrying it to
-/// the new host would make that one read-only too. The recorded earlier value replaces it.
-pub fn without_freeze(state_dir: &Path, name: &str, settings: Vec<String>) -> Vec<String> {
-    let Ok(Some(record)) = read_record(&record_path(state_dir, name)) else {
-        return settings;
-    };
-    let key = |s: &String| {
-        s.split_once('=')
-            .is_some_and(|(k, _)| k.eq_ignore_ascii_case(sql::SETTING))
-    };
-    let mut out: Vec<String> = settings.into_iter().filter(|s| !key(s)).collect();
-    if let Some(v) = record.original {
-        out.push(format!("{}={v}", sql::SETTING));
-    }
-    out
 }
 
 #[cfg(test)]

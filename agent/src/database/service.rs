@@ -294,10 +294,7 @@ impl Database for DatabaseService {
         req: Request<DescribeDatabaseRequest>,
     ) -> Result<Response<DatabaseSpec>, Status> {
         let db = self.ctx.database(&req.get_ref().database)?;
-        let mut spec = super::create::describe(db).await?;
-        // Never the freeze's own setting: the way the database is when not frozen.
-        spec.settings = freeze::without_freeze(&self.ctx.config.state_dir, &db.name, spec.settings);
-        Ok(Response::new(spec))
+        Ok(Response::new(super::create::describe(db).await?))
     }
 
     async fn ensure_database(
