@@ -190,6 +190,8 @@ impl Agent for AgentInfoService {
         if c.sync_role == crate::config::SyncRole::Either {
             permits.push("sync-either".into());
         }
+        // A freeze undone by hand is noticed here, at the next contact.
+        crate::database::freeze::forget_undone(&self.ctx).await;
         let frozen_databases = crate::database::freeze::frozen(&c.state_dir);
         Ok(Response::new(InfoResponse {
             hostname: nix::unistd::gethostname()

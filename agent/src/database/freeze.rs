@@ -19,7 +19,9 @@
 //!   its own setting before stays so after the undo.
 //! - Undo: with a record, give back exactly the recorded privileges and restore the recorded
 //!   value (`RESET` when there was none) in one transaction, then remove the record; `changed` =
-//!   true. Without a record: nothing happens, `changed` = false.
+//!   true. Without a record: nothing happens, `changed` = false. Undoing needs no permit.
+//! - A freeze undone by hand (the printed `psql` commands) is noticed at the next `Info`
+//!   ([`forget_undone`]): its record goes once the setting and every recorded privilege are back.
 //!
 //! Calls are serialized by the caller ([`super::DatabaseService`] holds one lock for all).
 
@@ -56,6 +58,11 @@ struct Record {
     /// When the freeze was recorded (Unix seconds).
     frozen_at: u64,
 }
+
+/// One freeze, undo or [`forget_undone`] at a time in this process (one agent process serves one
+/// `state_dir`): each reads the record, then acts on the database, and a check in between would
+/// see a record written before its freeze took effect as a freeze already undone.
+static RECORDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `<state_dir>/freeze/<database>.json`.
 pub fn record_path(state_dir: &Path, database: &str) -> PathBuf {
@@ -144,6 +151,7 @@ pub async fn freeze(
     end_sessions: bool,
 ) -> Result<FreezeOutcome, AgentError> {
     let db = permitted(ctx, name)?;
+    let _one_at_a_time = RECORDS.lock().await;
     let conn = Conn::connect(db).await?;
     let path = record_path(&ctx.config.state_dir, name);
     let current = sql::database_setting(&conn).await?;
@@ -234,24 +242,18 @@ pub async fn freeze(
 }
 
 /// Undoes [`freeze`]: the database's recorded earlier setting comes back and the record goes.
-/// Without a record nothing is done. With a record, the permit is not needed (the undo only
-/// restores the recorded earlier state).
+/// Without a record nothing is done. No permit is needed either way (the undo only restores the
+/// recorded earlier state).
 ///
 /// # Errors
 /// As [`freeze`].
 pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError> {
+    let _one_at_a_time = RECORDS.lock().await;
     let path = record_path(&ctx.config.state_dir, name);
-    // Undoing a freeze this agent recorded only restores what was there before: allowed even
-    // when the config no longer lists the database in `freeze_databases` (after a blue/green
-    // swap this host is a target, and a rollback must still be able to unfreeze it).
-    let db = match permitted(ctx, name) {
-        Ok(db) => db,
-        Err(e) if path.exists() => {
-            tracing::debug!(database = name, error = %e, "undoing a recorded freeze without the permit");
-            ctx.database(name)?
-        }
-        Err(e) => return Err(e),
-    };
+    // An undo only restores what this agent recorded (or, without a record, does nothing), so it
+    // needs no permit: after a blue/green swap this host is a target whose config no longer
+    // lists the database in `freeze_databases`, and a rollback must still work there.
+    let db = ctx.database(name)?;
     let conn = Conn::connect(db).await?;
     let Some(record) = read_record(&path)? else {
         let current = sql::database_setting(&conn).await?;
@@ -299,6 +301,55 @@ pub async fn unfreeze(ctx: &Ctx, name: &str) -> Result<FreezeOutcome, AgentError
             }
         ),
     })
+}
+
+/// Removes the record of every freeze that is gone although no undo ran here: the operator
+/// undid it by hand (the printed `psql` commands), so the database's own setting is no longer
+/// `on` (or was `on` before the freeze) and every `CONNECT` privilege the record lists is back.
+/// Called when the agent is next contacted (`Info`), so nothing keeps calling the host frozen.
+/// A half-done undo keeps its record (it lists what is still to give back); a database that
+/// cannot be reached keeps it too. Returns the databases whose records were removed.
+pub async fn forget_undone(ctx: &Ctx) -> Vec<String> {
+    let _one_at_a_time = RECORDS.lock().await;
+    let mut forgotten = Vec::new();
+    for name in frozen(&ctx.config.state_dir) {
+        let Ok(db) = ctx.database(&name) else {
+            continue;
+        };
+        let path = record_path(&ctx.config.state_dir, &name);
+        let gone = async {
+            let Some(record) = read_record(&path)? else {
+                return Ok::<bool, AgentError>(false);
+            };
+            let conn = Conn::connect(db).await?;
+            let setting = sql::database_setting(&conn).await?;
+            let grants = sql::connect_grants(&conn).await?;
+            let setting_back = !setting.as_deref().is_some_and(sql::is_on)
+                || record.original.as_deref().is_some_and(sql::is_on);
+            let grants_back = record
+                .connect_revoked
+                .iter()
+                .all(|r| grants.iter().any(|g| g.grantee == r.grantee));
+            Ok(setting_back && grants_back)
+        }
+        .await;
+        match gone {
+            Ok(true) => match remove_record(&path) {
+                Ok(()) => {
+                    tracing::info!(database = %name, record = %path.display(), "the freeze was undone by hand: its record is removed");
+                    forgotten.push(name);
+                }
+                Err(e) => {
+                    tracing::warn!(database = %name, error = %e, "cannot remove the record of a freeze undone by hand")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(database = %name, error = %e, "cannot tell whether the freeze is still in force; its record stays");
+            }
+        }
+    }
+    forgotten
 }
 
 #[cfg(test)]

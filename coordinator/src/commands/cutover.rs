@@ -295,7 +295,11 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
     if st.frozen {
         println!(
             "frozen: {old_host} (this move's old host) by {}",
-            st.frozen_methods.join(", ")
+            st.frozen_methods
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if !st.steps.is_empty() {
@@ -308,7 +312,12 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
                     e.phase.clone(),
                     e.unit.clone(),
                     e.status.clone(),
-                    e.detail.chars().take(80).collect(),
+                    // A failure's message is what the operator acts on: never cut it.
+                    if matches!(e.status.as_str(), "done" | "started" | "skipped") {
+                        e.detail.chars().take(80).collect()
+                    } else {
+                        e.detail.clone()
+                    },
                 ]
             })
             .collect();
@@ -412,6 +421,15 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                 println!("  {i}");
             }
         }
+        Outcome::JournalFailed => {
+            println!(
+                "ACTION NEEDED: the journal cannot be written, so hostshift stopped.\n{}",
+                r.error.as_deref().unwrap_or("?")
+            );
+            for i in &r.undo_instructions {
+                println!("  {i}");
+            }
+        }
     }
     if !r.new_host_writes.is_empty() {
         println!(
@@ -433,6 +451,13 @@ fn exit(r: &CutoverReport) -> CliResult {
         Outcome::RolledBack if r.ok => Ok(()),
         Outcome::UndoFailed => Err(CliError::OperatorAction(anyhow::anyhow!(
             "the undo failed: {}",
+            r.undo_instructions.join(" ")
+        ))),
+        Outcome::JournalFailed => Err(CliError::OperatorAction(anyhow::anyhow!(
+            "{} {}",
+            r.error
+                .as_deref()
+                .unwrap_or("the journal cannot be written"),
             r.undo_instructions.join(" ")
         ))),
         _ => Err(failed(anyhow::anyhow!(

@@ -80,12 +80,12 @@ pub fn run(g: &Global, c: PlanCmd) -> CliResult {
                     );
                 } else {
                     println!(
-                        "{}: ok ({} databases, {} storage trees, {} files, switch {:?})",
+                        "{}: ok ({} databases, {} storage trees, {} files, switch {})",
                         plan.plan.display(),
                         p.databases.len(),
                         p.storage.len(),
                         p.files.len(),
-                        p.switch.method
+                        p.switch.method.as_str()
                     );
                 }
                 Ok(())

@@ -17,7 +17,7 @@ use crate::cutover::{direction, freeze};
 use crate::error::{CliError, CliResult, failed};
 use crate::output::print_json;
 use crate::plan::Side;
-use crate::sync::journal::{self, Journal};
+use crate::sync::journal::{self, Journal, Mark, Step};
 
 /// Unfreeze flags.
 #[derive(Args)]
@@ -49,7 +49,13 @@ pub async fn run(g: &Global, c: UnfreezeCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
     let _lock = crate::lock::acquire(&plan, "unfreeze")?;
     let dir = plan.state_dir();
-    let st = state::of(&journal::read(&dir).unwrap_or_default());
+    let events = journal::read(&dir).map_err(|e| {
+        failed(anyhow::anyhow!(
+            "cannot read the journal in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let st = state::of(&events);
     direction::check(&plan, &st).map_err(|m| CliError::OperatorAction(anyhow::anyhow!(m)))?;
     if st.state == Stage::InProgress {
         return Err(CliError::OperatorAction(anyhow::anyhow!(
@@ -81,22 +87,31 @@ pub async fn run(g: &Global, c: UnfreezeCmd) -> CliResult {
     };
     let mut done = Vec::new();
     let mut errors = Vec::new();
+    // Nothing is undone unrecorded: a journal that cannot be written stops the command.
+    let record = |step: Step, mark: Mark, detail: &str| {
+        journal.record_step(phase, step, mark, detail).map_err(|e| {
+            failed(anyhow::anyhow!(
+                "cannot write the journal {}: {e}; nothing more was undone — fix what keeps the journal from being written, then run `hostshift unfreeze` again (each undo is safe to repeat)",
+                journal.path().display(),
+            ))
+        })
+    };
     for m in plan.freeze.methods.iter().rev().copied() {
-        let unit = format!("unfreeze {}", freeze::name(m));
-        let _ = journal.record(phase, &unit, "started", 0, 0, "");
+        let step = Step::Unfreeze(m);
+        record(step, Mark::Started, "")?;
         match freeze::undo(&plan, &agent, m).await {
             Ok(d) => {
-                let _ = journal.record(phase, &unit, "done", 0, 0, &d);
+                record(step, Mark::Done, &d)?;
                 if !g.json && !g.quiet {
-                    println!("{}: {d}", freeze::name(m));
+                    println!("{}: {d}", m.as_str());
                 }
-                done.push(serde_json::json!({"method": freeze::name(m), "detail": d}));
+                done.push(serde_json::json!({"method": m.as_str(), "detail": d}));
             }
             Err(e) => {
-                let _ = journal.record(phase, &unit, "failed", 0, 0, &e);
+                record(step, Mark::Failed, &e.to_string())?;
                 errors.push(format!(
                     "{}: {e} (by hand: {})",
-                    freeze::name(m),
+                    m.as_str(),
                     freeze::manual_undo(&plan, m)
                 ));
             }

@@ -11,6 +11,7 @@
 
 use crate::plan::Plan;
 
+use super::error::CutoverError;
 use super::state::{Stage, State};
 
 /// `<old agent> -> <new agent>` of `plan`.
@@ -22,7 +23,7 @@ pub fn of(plan: &Plan) -> String {
 ///
 /// # Errors
 /// The message saying which way the journal moved, and what to name the way back.
-pub fn check(plan: &Plan, st: &State) -> Result<(), String> {
+pub fn check(plan: &Plan, st: &State) -> Result<(), CutoverError> {
     let Some(journal) = st.direction.as_deref() else {
         return Ok(());
     };
@@ -30,7 +31,7 @@ pub fn check(plan: &Plan, st: &State) -> Result<(), String> {
     if journal == wanted || !matches!(st.state, Stage::Switched | Stage::InProgress) {
         return Ok(());
     }
-    Err(format!(
+    Err(CutoverError::Reversed(format!(
         "{REVERSED}: the journal of [migration] name = {:?} ({}) holds a cutover {journal} that {}, and this plan moves {wanted}. Give the way back its own [migration] name (e.g. {:?}): each leg of a blue/green swap has its own journal (docs/cutover.md, Blue/green)",
         plan.migration.name,
         plan.state_dir().display(),
@@ -40,7 +41,7 @@ pub fn check(plan: &Plan, st: &State) -> Result<(), String> {
             "is unfinished"
         },
         format!("{}-back", plan.migration.name),
-    ))
+    )))
 }
 
 /// The start of [`check`]'s refusal (the docs match it).
@@ -61,6 +62,7 @@ mod tests {
             bytes: 0,
             files: 0,
             detail: detail.into(),
+            step: None,
         }
     }
 
@@ -82,7 +84,9 @@ mod tests {
         ]);
         assert_eq!(st.direction.as_deref(), Some("a -> b"));
         assert!(check(&plan("a", "b"), &st).is_ok());
-        let e = check(&plan("b", "a"), &st).expect_err("the way back under the same name");
+        let e = check(&plan("b", "a"), &st)
+            .expect_err("the way back under the same name")
+            .to_string();
         assert!(e.starts_with(REVERSED) && e.contains("\"m-back\""), "{e}");
     }
 

@@ -14,26 +14,18 @@ use hostshift_proto::v1::{
     MaintenanceOffRequest, MaintenanceOnRequest, Pm2ActionRequest, SetReadOnlyRequest,
 };
 
+use super::error::{self, CutoverError};
 use crate::client::{self, Agent};
 use crate::plan::{FreezeMethod, Plan};
 
 /// Seconds the agent waits for PM2 apps to stop or come online.
 const PM2_WAIT_SECS: u32 = 60;
 
-/// The method's name as the plan and the journal spell it.
-pub fn name(m: FreezeMethod) -> &'static str {
-    match m {
-        FreezeMethod::MaintenancePage => "maintenance-page",
-        FreezeMethod::StopApps => "stop-apps",
-        FreezeMethod::ReadOnly => "read-only",
-    }
-}
-
 /// Applies one method on the old host; returns what was done.
 ///
 /// # Errors
 /// The agent's refusal or failure, explained.
-pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, String> {
+pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, CutoverError> {
     match m {
         FreezeMethod::MaintenancePage => {
             let r = old
@@ -44,7 +36,7 @@ pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, 
                     dry_run: false,
                 }))
                 .await
-                .map_err(|s| client::explain_status(&s))?
+                .map_err(|s| error::status(&s))?
                 .into_inner();
             Ok(format!(
                 "maintenance page on ({}{})",
@@ -66,14 +58,14 @@ pub async fn apply(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, 
 ///
 /// # Errors
 /// The agent's refusal or failure, explained.
-pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, String> {
+pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, CutoverError> {
     match m {
         FreezeMethod::MaintenancePage => {
             let r = old
                 .nginx()
                 .maintenance_off(client::request(MaintenanceOffRequest {}))
                 .await
-                .map_err(|s| client::explain_status(&s))?
+                .map_err(|s| error::status(&s))?
                 .into_inner();
             Ok(format!(
                 "original site restored ({}{}){}",
@@ -105,7 +97,7 @@ pub async fn undo(plan: &Plan, old: &Agent, m: FreezeMethod) -> Result<String, S
 }
 
 /// Every plan database read-only (ending its other sessions) or writable again.
-async fn read_only(plan: &Plan, old: &Agent, on: bool) -> Result<String, String> {
+async fn read_only(plan: &Plan, old: &Agent, on: bool) -> Result<String, CutoverError> {
     let mut done = Vec::new();
     for d in &plan.databases {
         let r = old
@@ -116,7 +108,7 @@ async fn read_only(plan: &Plan, old: &Agent, on: bool) -> Result<String, String>
                 end_sessions: on,
             }))
             .await
-            .map_err(|s| format!("database {}: {}", d.name, client::explain_status(&s)))?
+            .map_err(|s| error::agent(format!("database {}", d.name), &s))?
             .into_inner();
         let again = if r.changed { "" } else { ", already" };
         done.push(if on {
@@ -135,7 +127,7 @@ async fn read_only(plan: &Plan, old: &Agent, on: bool) -> Result<String, String>
     Ok(done.join("; "))
 }
 
-async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, String> {
+async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, CutoverError> {
     let req = client::request(Pm2ActionRequest {
         apps: apps.to_vec(),
         update_env: false,
@@ -147,7 +139,7 @@ async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, String
     } else {
         c.stop(req).await
     }
-    .map_err(|s| client::explain_status(&s))?
+    .map_err(|s| error::status(&s))?
     .into_inner();
     let states: Vec<String> = r
         .apps
@@ -157,11 +149,10 @@ async fn pm2(old: &Agent, apps: &[String], start: bool) -> Result<String, String
     if r.ok {
         Ok(states.join(", "))
     } else {
-        Err(format!(
-            "pm2 {} did not reach the wanted state: {}",
-            r.action,
-            states.join(", ")
-        ))
+        Err(CutoverError::Pm2 {
+            action: r.action,
+            states,
+        })
     }
 }
 

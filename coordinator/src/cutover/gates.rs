@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hostshift_proto::v1::{InfoRequest, ListBackupsRequest, Pm2ListRequest};
 use serde::Serialize;
 
+use super::error::{self, CutoverError};
 use super::state;
 use crate::client::{self, Agent};
 use crate::commands::health::run_checks;
@@ -41,17 +42,17 @@ pub struct Gate {
     pub detail: String,
 }
 
-fn gate(name: &str, r: Result<String, String>) -> Gate {
+fn gate(name: &str, r: Result<String, CutoverError>) -> Gate {
     match r {
         Ok(detail) => Gate {
             name: name.into(),
             ok: true,
             detail,
         },
-        Err(detail) => Gate {
+        Err(e) => Gate {
             name: name.into(),
             ok: false,
-            detail,
+            detail: e.to_string(),
         },
     }
 }
@@ -103,9 +104,9 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
     (gates, predicted)
 }
 
-async fn agents(i: &Inputs<'_>) -> Result<String, String> {
+async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
     if !i.connect_errors.is_empty() {
-        return Err(i.connect_errors.join("; "));
+        return Err(CutoverError::Gate(i.connect_errors.join("; ")));
     }
     let mut seen = Vec::new();
     for (side, a) in [("old", i.old), ("new", i.new)] {
@@ -114,7 +115,9 @@ async fn agents(i: &Inputs<'_>) -> Result<String, String> {
             .info()
             .info(client::request(InfoRequest {}))
             .await
-            .map_err(|s| format!("{side} agent: {}", client::explain_first_rpc(&s)))?
+            .map_err(|s| {
+                CutoverError::Agent(format!("{side} agent: {}", client::explain_first_rpc(&s)))
+            })?
             .into_inner();
         seen.push(format!(
             "{side} = {} (agent {})",
@@ -124,7 +127,7 @@ async fn agents(i: &Inputs<'_>) -> Result<String, String> {
     Ok(seen.join(", "))
 }
 
-async fn new_apps(plan: &Plan, new: &Agent) -> Result<String, String> {
+async fn new_apps(plan: &Plan, new: &Agent) -> Result<String, CutoverError> {
     if plan.pm2.apps.is_empty() {
         return Ok("no [pm2] apps in the plan".into());
     }
@@ -132,7 +135,7 @@ async fn new_apps(plan: &Plan, new: &Agent) -> Result<String, String> {
         .pm2()
         .list(client::request(Pm2ListRequest {}))
         .await
-        .map_err(|s| client::explain_status(&s))?
+        .map_err(|s| error::status(&s))?
         .into_inner();
     let not_online: Vec<String> = plan
         .pm2
@@ -149,14 +152,14 @@ async fn new_apps(plan: &Plan, new: &Agent) -> Result<String, String> {
     if not_online.is_empty() {
         Ok(format!("online: {}", plan.pm2.apps.join(", ")))
     } else {
-        Err(format!(
+        Err(CutoverError::Gate(format!(
             "not online on the new host: {} — start them first (hostshift pm2 start --host new)",
             not_online.join(", ")
-        ))
+        )))
     }
 }
 
-async fn health(plan: &Plan) -> Result<String, String> {
+async fn health(plan: &Plan) -> Result<String, CutoverError> {
     if plan.health.is_empty() {
         return Ok("no [[health]] checks in the plan".into());
     }
@@ -164,12 +167,19 @@ async fn health(plan: &Plan) -> Result<String, String> {
     let failed: Vec<String> = results
         .iter()
         .filter(|r| !r.result.ok)
-        .map(|r| format!("{} (from {:?}): {}", r.result.name, r.from, r.result.detail))
+        .map(|r| {
+            format!(
+                "{} (from {}): {}",
+                r.result.name,
+                r.from.as_str(),
+                r.result.detail
+            )
+        })
         .collect();
     if failed.is_empty() {
         Ok(format!("{} check(s) pass", results.len()))
     } else {
-        Err(failed.join("; "))
+        Err(CutoverError::Gate(failed.join("; ")))
     }
 }
 
@@ -188,9 +198,11 @@ fn ago(ms: u64) -> String {
     }
 }
 
-fn verify_fresh(i: &Inputs<'_>) -> Result<String, String> {
+fn verify_fresh(i: &Inputs<'_>) -> Result<String, CutoverError> {
     let Some((_, sync_done, _)) = state::last_finished(i.events, "sync", "sync") else {
-        return Err("no finished `hostshift sync` in the journal: run sync, then verify".into());
+        return Err(CutoverError::Gate(
+            "no finished `hostshift sync` in the journal: run sync, then verify".into(),
+        ));
     };
     let last_verify = i
         .events
@@ -198,12 +210,14 @@ fn verify_fresh(i: &Inputs<'_>) -> Result<String, String> {
         .rev()
         .find(|e| e.phase == "verify" && e.unit == "verify" && e.status != "started");
     let Some(v) = last_verify else {
-        return Err("no `hostshift verify` in the journal: run it after the last sync".into());
+        return Err(CutoverError::Gate(
+            "no `hostshift verify` in the journal: run it after the last sync".into(),
+        ));
     };
     if v.status != "done" {
         // A verify that could not compare (an unreachable database) is no verdict either way.
         let could_not_run = v.detail.contains(" 0 differ,") || !v.detail.contains(" differ");
-        return Err(if could_not_run {
+        return Err(CutoverError::Gate(if could_not_run {
             format!(
                 "the last verify ({}) could not compare everything ({}): fix what it named (run `hostshift verify` to see it), then verify again",
                 ago(v.time_ms),
@@ -214,23 +228,25 @@ fn verify_fresh(i: &Inputs<'_>) -> Result<String, String> {
                 "the last verify ({}) found differences: sync again, then verify",
                 ago(v.time_ms)
             )
-        });
+        }));
     }
     if v.time_ms < sync_done {
-        return Err("the last verify is older than the last sync: run verify again".into());
+        return Err(CutoverError::Gate(
+            "the last verify is older than the last sync: run verify again".into(),
+        ));
     }
     let limit = i.plan.cutover.verify_freshness_mins * 60_000;
     if now_ms().saturating_sub(v.time_ms) > limit {
-        return Err(format!(
+        return Err(CutoverError::Gate(format!(
             "the last clean verify was {}, more than [cutover] verify_freshness_mins = {}: sync and verify again",
             ago(v.time_ms),
             i.plan.cutover.verify_freshness_mins
-        ));
+        )));
     }
     Ok(format!("clean verify {}", ago(v.time_ms)))
 }
 
-async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, String> {
+async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, CutoverError> {
     if let Some(reason) = i.skip_backup {
         return Ok(format!("skipped with --skip-backup-check: {reason}"));
     }
@@ -239,30 +255,35 @@ async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, String> {
         .list(client::request(ListBackupsRequest {}))
         .await
         .map_err(|s| {
-            format!(
+            CutoverError::Gate(format!(
                 "cannot list the old host's backups: {} (or pass --skip-backup-check REASON)",
                 client::explain_status(&s)
-            )
+            ))
         })?
         .into_inner();
     let newest = list.backups.iter().find(|b| b.state == "complete");
     let Some(b) = newest else {
-        return Err("the old host has no complete backup: run `hostshift backup --host old` (or pass --skip-backup-check REASON)".into());
+        return Err(CutoverError::Gate("the old host has no complete backup: run `hostshift backup --host old` (or pass --skip-backup-check REASON)".into()));
     };
     let created = time::OffsetDateTime::parse(
         &b.created_at,
         &time::format_description::well_known::Rfc3339,
     )
-    .map_err(|e| format!("backup {}: unreadable time {:?}: {e}", b.id, b.created_at))?;
+    .map_err(|e| {
+        CutoverError::Gate(format!(
+            "backup {}: unreadable time {:?}: {e}",
+            b.id, b.created_at
+        ))
+    })?;
     let age = time::OffsetDateTime::now_utc() - created;
     let max = Duration::from_secs(i.plan.cutover.backup_max_age_hours * 3600);
     if age.whole_seconds() > max.as_secs() as i64 {
-        return Err(format!(
+        return Err(CutoverError::Gate(format!(
             "the newest backup ({}) is {} h old, more than [cutover] backup_max_age_hours = {}: run `hostshift backup --host old`",
             b.id,
             age.whole_hours(),
             i.plan.cutover.backup_max_age_hours
-        ));
+        )));
     }
     Ok(format!(
         "backup {} from {} min ago",
@@ -271,7 +292,7 @@ async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, String> {
     ))
 }
 
-async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, String> {
+async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, CutoverError> {
     let mut problems = Vec::new();
     for d in &plan.databases {
         let sel = crate::sync::database::Selections::of(d);
@@ -291,20 +312,23 @@ async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, String>
             plan.databases.len()
         ))
     } else {
-        Err(problems.join("; "))
+        Err(CutoverError::Gate(problems.join("; ")))
     }
 }
 
-async fn switch(plan: &Plan) -> Result<String, String> {
+async fn switch(plan: &Plan) -> Result<String, CutoverError> {
     let Some(s) = super::traffic::switcher(plan).await? else {
         return Ok("method none: you move traffic when the cutover says so".into());
     };
-    let p = s.preflight().await.map_err(|e| e.to_string())?;
+    let p = s
+        .preflight()
+        .await
+        .map_err(|e| CutoverError::Switch(e.to_string()))?;
     if p.pointing != hostshift_switch::Pointing::Old {
-        return Err(format!(
+        return Err(CutoverError::Gate(format!(
             "traffic points at the {} now, not at the old host: {}",
             p.pointing, p.detail
-        ));
+        )));
     }
     Ok(p.detail)
 }
@@ -316,19 +340,19 @@ fn predicted_ms(i: &Inputs<'_>) -> Option<u64> {
     Some((s1 - s0) + (v1 - v0) + 1000 * i.plan.freeze.methods.len() as u64)
 }
 
-fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, String> {
+fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, CutoverError> {
     let budget = plan.freeze.budget_secs * 1000;
     let Some(p) = predicted else {
-        return Err(
+        return Err(CutoverError::Gate(
             "no sync and verify durations in the journal to predict the freeze from".into(),
-        );
+        ));
     };
     if p > budget {
-        return Err(format!(
+        return Err(CutoverError::Gate(format!(
             "predicted freeze {:.1} s (last sync + last verify + 1 s per freeze method) is over [freeze] budget_secs = {}: run `hostshift sync` again right before the cutover (its time is the delta), or raise the budget",
             p as f64 / 1000.0,
             plan.freeze.budget_secs
-        ));
+        )));
     }
     Ok(format!(
         "predicted {:.1} s of {} s",

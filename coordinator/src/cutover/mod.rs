@@ -28,6 +28,7 @@
 //! anywhere. With `method = "none"` it ends when the cutover tells the operator to switch.
 
 pub mod direction;
+pub mod error;
 pub mod freeze;
 pub mod gates;
 pub mod new_writes;
@@ -36,17 +37,19 @@ pub mod traffic;
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{self, Agent};
 use crate::commands::health::run_checks;
 use crate::plan::{CheckFrom, FreezeMethod, Plan, Side};
 use crate::report::{self, Builder, Kind, Status};
-use crate::sync::journal::{self, Journal};
+use crate::sync::journal::{self, Journal, Mark, Step as JStep};
 use crate::sync::progress::{Mode, Progress};
 use crate::sync::{SyncOptions, SyncReport, verify};
 use gates::Gate;
-use state::{PHASE, ROLLBACK, RUN_UNIT};
+use state::{PHASE, ROLLBACK};
+
+pub use error::CutoverError;
 
 /// How long the traffic switch may take to be confirmed.
 const SWITCH_DEADLINE: Duration = Duration::from_secs(180);
@@ -73,7 +76,7 @@ pub struct Options {
 }
 
 /// How a cutover (or rollback) ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// Traffic is on the new host; the old host stays frozen.
@@ -86,6 +89,9 @@ pub enum Outcome {
     RolledBack,
     /// A step failed and the undo failed too: operator action needed.
     UndoFailed,
+    /// The journal could not be written: the run stopped where it was, undoing nothing
+    /// unrecorded; the report says where the hosts stand. Operator action needed.
+    JournalFailed,
 }
 
 impl Outcome {
@@ -97,13 +103,15 @@ impl Outcome {
             Outcome::GatesFailed => "gates-failed",
             Outcome::RolledBack => "rolled-back",
             Outcome::UndoFailed => "undo-failed",
+            Outcome::JournalFailed => "journal-failed",
         }
     }
 }
 
-/// One step as it ran.
+/// One step as it ran (the report's and `--json`'s view; the journal's is
+/// [`crate::sync::journal::Step`]).
 #[derive(Clone, Debug, Serialize)]
-pub struct Step {
+pub struct StepReport {
     /// `freeze read-only`, `delta`, `prove`, `switch`, `verify`, `unfreeze …`, `switch back`.
     pub name: String,
     /// `done`, `failed`, `skipped`.
@@ -145,7 +153,7 @@ pub struct CutoverReport {
     /// The gates' verdicts (empty on resume and rollback).
     pub gates: Vec<Gate>,
     /// The steps, in order.
-    pub steps: Vec<Step>,
+    pub steps: Vec<StepReport>,
     /// What the delta moved.
     pub delta: DeltaSummary,
     /// The proof: every compared item.
@@ -167,25 +175,40 @@ pub struct CutoverReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The journal cannot be written: nothing is done without one.
-    #[error("cannot write the journal in {path}: {source}")]
+    #[error("cannot write the journal in {path}: {source}; nothing was done")]
     Journal {
-        /// Its folder.
+        /// Its folder or file.
         path: String,
         /// The error.
         source: std::io::Error,
     },
 }
 
+impl StartError {
+    /// A journal failure before anything was done.
+    fn from_cutover(e: CutoverError, plan: &Plan) -> StartError {
+        match e {
+            CutoverError::Journal { path, source } => StartError::Journal {
+                path: path.display().to_string(),
+                source,
+            },
+            other => StartError::Journal {
+                path: plan.state_dir().display().to_string(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// A test-only failure injected at `step` (debug builds: `HOSTSHIFT_TEST_FAIL_AT=step[,step]`),
 /// so the tests can prove the undo from every step with real agents, PM2, nginx and AWS.
-fn injected(step: &str) -> Result<(), String> {
+/// `journal` makes every journal write fail once the freeze is complete.
+fn injected(step: &str) -> Result<(), CutoverError> {
     if cfg!(debug_assertions)
         && std::env::var("HOSTSHIFT_TEST_FAIL_AT")
             .is_ok_and(|v| v.split(',').any(|s| s.trim() == step))
     {
-        return Err(format!(
-            "injected failure at {step} (HOSTSHIFT_TEST_FAIL_AT, debug builds only)"
-        ));
+        return Err(CutoverError::Injected(step.to_string()));
     }
     Ok(())
 }
@@ -203,10 +226,14 @@ struct Cut<'a> {
     out: CutoverReport,
     old: Option<Agent>,
     new: Option<Agent>,
+    /// Why an agent could not be reached (agent, address and cause), kept for `--resume`.
+    connect_errors: Vec<String>,
     /// Freeze methods applied or started, in order.
     frozen: Vec<FreezeMethod>,
     /// The switch was attempted.
     switched: bool,
+    /// Every freeze method of the plan was applied (the injected journal failure starts here).
+    freeze_complete: bool,
     /// Wall-clock start of the freeze (ms since the epoch).
     freeze_started_ms: Option<u64>,
     phase: &'static str,
@@ -244,12 +271,21 @@ impl<'a> Cut<'a> {
             plan,
             journal,
             progress: Progress::new(mode),
-            rep: Builder::for_plan(Kind::Cutover, plan),
+            rep: Builder::for_plan(
+                if kind_phase == ROLLBACK {
+                    Kind::Rollback
+                } else {
+                    Kind::Cutover
+                },
+                plan,
+            ),
             out,
             old: None,
             new: None,
+            connect_errors: vec![],
             frozen: vec![],
             switched: false,
+            freeze_complete: false,
             freeze_started_ms: None,
             phase: kind_phase,
             rehearsal: false,
@@ -257,100 +293,112 @@ impl<'a> Cut<'a> {
         })
     }
 
-    fn record(&self, unit: &str, status: &str, detail: &str) -> Result<(), String> {
-        self.journal
-            .record(self.phase, unit, status, 0, 0, detail)
-            .map_err(|e| {
-                format!(
-                    "cannot write the journal {}: {e}",
-                    self.journal.path().display()
-                )
-            })
+    /// Journals `step` (fsynced).
+    ///
+    /// # Errors
+    /// [`CutoverError::Journal`]: the caller stops — acting on without a record is not allowed.
+    fn record(&self, step: JStep, mark: Mark, detail: &str) -> Result<(), CutoverError> {
+        let written = if self.freeze_complete && injected("journal").is_err() {
+            Err(std::io::Error::other(
+                "injected failure at journal (HOSTSHIFT_TEST_FAIL_AT, debug builds only)",
+            ))
+        } else {
+            self.journal.record_step(self.phase, step, mark, detail)
+        };
+        written.map_err(|source| CutoverError::Journal {
+            path: self.journal.path().to_path_buf(),
+            source,
+        })
     }
 
-    /// Journals `name` as started; returns its start time.
-    fn begin(&mut self, name: &str) -> Result<Instant, String> {
-        self.progress.say(&format!("{name} ..."));
-        self.record(name, "started", "")?;
+    /// Journals `step` as started; returns its start time.
+    fn begin(&mut self, step: JStep) -> Result<Instant, CutoverError> {
+        self.progress.say(&format!("{step} ..."));
+        self.record(step, Mark::Started, "")?;
         Ok(Instant::now())
     }
 
-    /// Journals and reports how `name` ended; passes the result on.
-    fn end(&mut self, name: &str, t: Instant, r: Result<String, String>) -> Result<String, String> {
-        let (status, detail) = match &r {
-            Ok(d) => ("done", d.clone()),
-            Err(e) => ("failed", e.clone()),
+    /// Journals and reports how `step` ended; passes the result on (a journal that cannot be
+    /// written turns it into that failure: acting on without a record is not allowed).
+    fn end(
+        &mut self,
+        step: JStep,
+        t: Instant,
+        r: Result<String, CutoverError>,
+    ) -> Result<String, CutoverError> {
+        let (mark, detail) = match &r {
+            Ok(d) => (Mark::Done, d.clone()),
+            Err(e) => (Mark::Failed, e.to_string()),
         };
-        // A journal that cannot be written turns success into failure: acting on without a
-        // record is not allowed.
-        let r = match (self.record(name, status, &detail), r) {
-            (Err(j), Ok(_)) => Err(j),
-            (_, r) => r,
+        let r = match self.record(step, mark, &detail) {
+            Err(j) => Err(j),
+            Ok(()) => r,
+        };
+        let shown = match &r {
+            Ok(d) => d.clone(),
+            Err(e) => e.to_string(),
         };
         self.progress.say(&format!(
-            "{name}: {} — {}",
+            "{step}: {} — {shown}",
             if r.is_ok() { "ok" } else { "FAILED" },
-            r.as_ref().unwrap_or_else(|e| e)
         ));
-        self.out.steps.push(Step {
-            name: name.into(),
+        self.out.steps.push(StepReport {
+            name: step.to_string(),
             status: if r.is_ok() { "done" } else { "failed" }.into(),
             ms: t.elapsed().as_millis() as u64,
-            detail: r.clone().unwrap_or_else(|e| e),
+            detail: shown.clone(),
         });
         self.rep.phase_since(
-            name,
+            step.to_string(),
             t,
             if r.is_ok() {
                 Status::Ok
             } else {
                 Status::Failed
             },
-            r.clone().unwrap_or_else(|e| e),
+            shown,
         );
         r
     }
 
-    fn skipped(&mut self, name: &str, why: &str) -> Result<(), String> {
-        self.record(name, "skipped", why)?;
-        self.progress.say(&format!("{name}: skipped — {why}"));
-        self.out.steps.push(Step {
-            name: name.into(),
+    fn skipped(&mut self, step: JStep, why: &str) -> Result<(), CutoverError> {
+        self.record(step, Mark::Skipped, why)?;
+        self.progress.say(&format!("{step}: skipped — {why}"));
+        self.out.steps.push(StepReport {
+            name: step.to_string(),
             status: "skipped".into(),
             ms: 0,
             detail: why.into(),
         });
-        self.rep.skipped(name, why);
+        self.rep.skipped(step.to_string(), why);
         Ok(())
     }
 
-    async fn connect(&mut self) -> Vec<String> {
+    async fn connect(&mut self) {
         let (old, new) = tokio::join!(
             client::connect(self.plan, Side::Old),
             client::connect(self.plan, Side::New)
         );
-        let mut errors = Vec::new();
         match old {
             Ok(a) => self.old = Some(a),
-            Err(e) => errors.push(format!("old agent: {e}")),
+            Err(e) => self.connect_errors.push(e.to_string()),
         }
         match new {
             Ok(a) => self.new = Some(a),
-            Err(e) => errors.push(format!("new agent: {e}")),
+            Err(e) => self.connect_errors.push(e.to_string()),
         }
-        errors
     }
 
-    fn old(&self) -> Result<&Agent, String> {
+    fn old(&self) -> Result<&Agent, CutoverError> {
         self.old
             .as_ref()
-            .ok_or_else(|| "the old agent is not connected".to_string())
+            .ok_or(CutoverError::NotConnected(Side::Old))
     }
 
-    async fn freeze(&mut self) -> Result<(), String> {
+    async fn freeze(&mut self) -> Result<(), CutoverError> {
         for m in self.plan.freeze.methods.clone() {
-            let name = format!("freeze {}", freeze::name(m));
-            let t = self.begin(&name)?;
+            let step = JStep::Freeze(m);
+            let t = self.begin(step)?;
             if self.freeze_started_ms.is_none() {
                 self.freeze_started_ms = Some(now_ms());
                 self.rep.freeze_begins();
@@ -363,17 +411,18 @@ impl<'a> Cut<'a> {
                 Ok(d) => injected("freeze").map(|()| d),
                 Err(e) => Err(e),
             };
-            self.end(&name, t, r)?;
+            self.end(step, t, r)?;
         }
         if self.plan.freeze.methods.is_empty() {
             self.freeze_started_ms.get_or_insert_with(now_ms);
             self.rep.freeze_begins();
         }
+        self.freeze_complete = true;
         Ok(())
     }
 
-    async fn delta(&mut self) -> Result<SyncReport, String> {
-        let t = self.begin("delta")?;
+    async fn delta(&mut self) -> Result<SyncReport, CutoverError> {
+        let t = self.begin(JStep::Delta)?;
         let opts = SyncOptions {
             progress: if self.progress_quiet() {
                 Mode::Quiet
@@ -384,52 +433,56 @@ impl<'a> Cut<'a> {
             ..SyncOptions::default()
         };
         let r = match crate::sync::run(self.plan, &opts).await {
-            Err(e) => Err(e.to_string()),
-            Ok(s) if !s.ok => Err(s.failures()),
+            Err(e) => Err(CutoverError::Delta(e.to_string())),
+            Ok(s) if !s.ok => Err(CutoverError::Delta(s.failures())),
             // A rehearsal does not freeze: its old host may well still be writing.
             Ok(s) if self.rehearsal => Ok(s),
             Ok(s) => deferred_in_freeze(s),
         };
         let r = r.and_then(|s| injected("delta").map(|()| s));
-        let summary = r.as_ref().map(|s| {
-            let db = |f: fn(&crate::sync::UnitReport) -> u64| {
-                s.units
-                    .iter()
-                    .filter(|u| u.kind == "database")
-                    .map(f)
-                    .sum::<u64>()
-            };
-            self.out.delta = DeltaSummary {
-                bytes: s.bytes,
-                tables: db(|u| u.files),
-                ranges: db(|u| u.ranges),
-                files: s
-                    .units
-                    .iter()
-                    .filter(|u| u.kind != "database")
-                    .map(|u| u.files)
-                    .sum(),
-            };
-            format!(
-                "{} bytes: {} table(s) in {} range(s), {} file(s)",
-                s.bytes, self.out.delta.tables, self.out.delta.ranges, self.out.delta.files
-            )
-        });
-        if let Ok(s) = &r {
-            self.rep.add_sync(s);
-        }
-        self.end("delta", t, summary.clone().map_err(Clone::clone))?;
-        r
+        let (r, summary) = match r {
+            Err(e) => (None, Err(e)),
+            Ok(s) => {
+                let db = |f: fn(&crate::sync::UnitReport) -> u64| {
+                    s.units
+                        .iter()
+                        .filter(|u| u.kind == "database")
+                        .map(f)
+                        .sum::<u64>()
+                };
+                self.out.delta = DeltaSummary {
+                    bytes: s.bytes,
+                    tables: db(|u| u.files),
+                    ranges: db(|u| u.ranges),
+                    files: s
+                        .units
+                        .iter()
+                        .filter(|u| u.kind != "database")
+                        .map(|u| u.files)
+                        .sum(),
+                };
+                let summary = format!(
+                    "{} bytes: {} table(s) in {} range(s), {} file(s)",
+                    s.bytes, self.out.delta.tables, self.out.delta.ranges, self.out.delta.files
+                );
+                self.rep.add_sync(&s);
+                (Some(s), Ok(summary))
+            }
+        };
+        self.end(JStep::Delta, t, summary)?;
+        r.ok_or_else(|| CutoverError::Delta("the delta left no report".into()))
     }
 
     fn progress_quiet(&self) -> bool {
         self.progress.mode() == Mode::Quiet
     }
 
-    async fn prove(&mut self, delta: &SyncReport) -> Result<(), String> {
-        let t = self.begin("prove")?;
+    async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
+        let t = self.begin(JStep::Prove)?;
         let r = async {
-            let v = verify::run(self.plan).await.map_err(|e| e.to_string())?;
+            let v = verify::run(self.plan)
+                .await
+                .map_err(|e| CutoverError::Agent(e.to_string()))?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
             self.new_at_proof = v.new_tables.clone();
@@ -460,28 +513,31 @@ impl<'a> Cut<'a> {
                     }
                 }
                 if !changed.is_empty() {
-                    return Err(format!(
-                        "the old database changed during the freeze ({}): something still writes to it — a superuser session, or an app the freeze methods do not cover{}",
-                        changed.join(", "),
-                        if differ.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; the hosts now differ in: {}", differ.join("; "))
-                        }
-                    ));
+                    return Err(CutoverError::OldDatabaseChanged {
+                        tables: changed,
+                        differ,
+                    });
                 }
             }
+            // The delta has just copied the storage trees inside the freeze: a tree that differs
+            // again is one the old host wrote to since — say so, as for the database.
+            let storage: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::Differs && r.kind == "storage")
+                .map(|r| format!("storage {}: {}", r.name, r.detail))
+                .collect();
+            if !self.rehearsal && !storage.is_empty() {
+                return Err(CutoverError::StorageWritten(format!(
+                    " (the trees differ again right after the delta: {})",
+                    storage.join("; ")
+                )));
+            }
             if !differ.is_empty() {
-                return Err(format!(
-                    "the hosts differ after the delta: {}",
-                    differ.join("; ")
-                ));
+                return Err(CutoverError::Differ(differ));
             }
             if !not_run.is_empty() {
-                return Err(format!(
-                    "the proof could not compare (no verdict, not a difference): {}",
-                    not_run.join("; ")
-                ));
+                return Err(CutoverError::CouldNotCompare(not_run));
             }
             injected("prove")?;
             if self.rehearsal {
@@ -496,20 +552,23 @@ impl<'a> Cut<'a> {
             ))
         }
         .await;
-        self.end("prove", t, r).map(|_| ())
+        self.end(JStep::Prove, t, r).map(|_| ())
     }
 
-    async fn switch(&mut self) -> Result<(), String> {
+    async fn switch(&mut self) -> Result<(), CutoverError> {
         let switcher = traffic::switcher(self.plan).await?;
         let Some(s) = switcher else {
-            self.skipped("switch", "method none: move traffic to the new host now")?;
+            self.skipped(
+                JStep::Switch,
+                "method none: move traffic to the new host now",
+            )?;
             self.progress
                 .say(">>> Switch traffic to the new host now (plan [switch] method = \"none\").");
             self.rep.freeze_ends();
             self.out.freeze_ms = self.freeze_ms();
             return Ok(());
         };
-        let t = self.begin("switch")?;
+        let t = self.begin(JStep::Switch)?;
         self.switched = true;
         let r = match s
             .switch_to(hostshift_switch::Side::New, SWITCH_DEADLINE)
@@ -527,17 +586,17 @@ impl<'a> Cut<'a> {
                     }
                 )
             }),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(CutoverError::Switch(e.to_string())),
         };
         if r.is_ok() {
             self.rep.freeze_ends();
             self.out.freeze_ms = self.freeze_ms();
         }
-        self.end("switch", t, r).map(|_| ())
+        self.end(JStep::Switch, t, r).map(|_| ())
     }
 
-    async fn verify_public(&mut self) -> Result<(), String> {
-        let t = self.begin("verify")?;
+    async fn verify_public(&mut self) -> Result<(), CutoverError> {
+        let t = self.begin(JStep::Verify)?;
         let method_none = self.plan.switch.method == crate::plan::SwitchMethod::None;
         let r = async {
             let mut failed = Vec::new();
@@ -570,7 +629,7 @@ impl<'a> Cut<'a> {
                 }
             }
             if !failed.is_empty() {
-                return Err(format!("after the switch: {}", failed.join("; ")));
+                return Err(CutoverError::AfterSwitch(failed));
             }
             injected("verify")?;
             if passed == 0 {
@@ -583,26 +642,70 @@ impl<'a> Cut<'a> {
             })
         }
         .await;
-        self.end("verify", t, r).map(|_| ())
+        self.end(JStep::Verify, t, r).map(|_| ())
     }
 
     fn freeze_ms(&self) -> Option<u64> {
         self.freeze_started_ms.map(|s| now_ms().saturating_sub(s))
     }
 
+    /// Where the hosts stand, from what this run did (and the run it resumed): for a message
+    /// that stops without undoing.
+    fn hosts_state(&self) -> String {
+        let frozen = if self.frozen.is_empty() {
+            "the old host is not frozen".to_string()
+        } else {
+            format!(
+                "the old host is frozen ({})",
+                self.frozen
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let traffic = if self.switched {
+            "traffic was (or may have been) switched to the new host"
+        } else {
+            "traffic is on the old host"
+        };
+        format!("{frozen}; {traffic}")
+    }
+
+    /// What to run once the journal can be written again (the commands are safe to repeat).
+    fn journal_instructions(&self, finished: bool) -> Vec<String> {
+        let p = self.plan.path.display();
+        let mut out = vec![format!(
+            "Make the journal writable again ({}: a full disk, a read-only mount, its permissions).",
+            self.journal.path().display()
+        )];
+        if finished {
+            out.push(format!(
+                "The cutover did finish but the journal does not say so: run `hostshift rollback --plan {p} --yes` to go back, or `hostshift cutover --resume --plan {p} --yes` to record it (it repeats the delta, proof and switch; each is safe to repeat)."
+            ));
+        } else {
+            out.push(format!(
+                "Then undo with `hostshift rollback --plan {p} --yes` (each undo is safe to repeat), or finish with `hostshift cutover --resume --plan {p} --yes`."
+            ));
+        }
+        out
+    }
+
     /// Undoes what was done, newest first: the switch (if attempted), then each freeze method.
-    /// Returns the instructions for what could not be undone (empty = all undone).
+    /// Returns the instructions for what could not be undone (empty = all undone). A journal
+    /// that cannot be written stops the undo there (nothing is undone unrecorded).
     async fn undo(&mut self, methods: Vec<FreezeMethod>, switch_back: bool) -> Vec<String> {
         let mut manual = Vec::new();
         let fail_undo = injected("undo").is_err();
+        let mut journal_error: Option<CutoverError> = None;
         if switch_back {
-            let name = "switch back";
-            let r = match self.begin(name) {
+            let step = JStep::SwitchBack;
+            let r = match self.begin(step) {
                 Err(e) => Err(e),
                 Ok(t) => {
                     let r = async {
                         if fail_undo {
-                            return Err("injected failure at undo (HOSTSHIFT_TEST_FAIL_AT, debug builds only)".to_string());
+                            return Err(CutoverError::Injected("undo".into()));
                         }
                         match traffic::switcher(self.plan).await? {
                             None => {
@@ -615,57 +718,84 @@ impl<'a> Cut<'a> {
                                 .switch_to(hostshift_switch::Side::Old, SWITCH_DEADLINE)
                                 .await
                                 .map(|o| o.detail)
-                                .map_err(|e| e.to_string()),
+                                .map_err(|e| CutoverError::Switch(e.to_string())),
                         }
                     }
                     .await;
-                    self.end(name, t, r)
+                    self.end(step, t, r)
                 }
             };
-            if r.is_err() {
+            if let Err(e) = r {
                 manual.push(traffic::manual_switch_back(self.plan));
+                if e.is_journal() {
+                    journal_error = Some(e);
+                }
             }
         }
         for m in methods.into_iter().rev() {
-            let name = format!("unfreeze {}", freeze::name(m));
-            let r = match self.begin(&name) {
+            if journal_error.is_some() {
+                manual.push(freeze::manual_undo(self.plan, m));
+                continue;
+            }
+            let step = JStep::Unfreeze(m);
+            let r = match self.begin(step) {
                 Err(e) => Err(e),
                 Ok(t) => {
                     let r = if fail_undo {
-                        Err(
-                            "injected failure at undo (HOSTSHIFT_TEST_FAIL_AT, debug builds only)"
-                                .to_string(),
-                        )
+                        Err(CutoverError::Injected("undo".into()))
                     } else {
                         match self.old() {
                             Ok(old) => freeze::undo(self.plan, old, m).await,
                             Err(e) => Err(e),
                         }
                     };
-                    self.end(&name, t, r)
+                    self.end(step, t, r)
                 }
             };
-            if r.is_err() {
+            if let Err(e) = r {
                 manual.push(freeze::manual_undo(self.plan, m));
+                if e.is_journal() {
+                    journal_error = Some(e);
+                }
             }
         }
         if !manual.is_empty() {
             manual.insert(
                 0,
-                format!(
-                    "When the cause is fixed, run `hostshift rollback --plan {} --yes`: it repeats every undo (each is safe to repeat). Or by hand:",
-                    self.plan.path.display()
-                ),
+                match &journal_error {
+                    Some(e) => format!(
+                        "The undo stopped: {e}. {} Or by hand:",
+                        self.journal_instructions(false).join(" ")
+                    ),
+                    None => format!(
+                        "When the cause is fixed, run `hostshift rollback --plan {} --yes`: it repeats every undo (each is safe to repeat). Or by hand:",
+                        self.plan.path.display()
+                    ),
+                },
             );
         }
         manual
     }
 
-    /// A step failed: undo everything and record how it ended.
-    async fn fail(&mut self, cause: String) {
+    /// A step failed: undo everything and record how it ended — unless the failure is the
+    /// journal itself: then nothing more is done (an unrecorded undo would leave a journal that
+    /// contradicts the hosts), and the report says where the hosts stand and what to run.
+    async fn fail(&mut self, cause: CutoverError) {
+        if cause.is_journal() {
+            self.progress
+                .say(&format!("cutover stopped: {cause}; {}", self.hosts_state()));
+            self.out.error = Some(format!(
+                "{cause}: the cutover stopped there, undoing nothing; {}",
+                self.hosts_state()
+            ));
+            self.out.outcome = Outcome::JournalFailed;
+            self.out.undo_instructions = self.journal_instructions(false);
+            self.out.ok = false;
+            return;
+        }
         self.progress
             .say(&format!("cutover failed: {cause}; undoing"));
-        self.out.error = Some(cause);
+        self.out.error = Some(cause.to_string());
         let methods = self.frozen.clone();
         let switch_back = self.switched;
         let manual = self.undo(methods, switch_back).await;
@@ -673,25 +803,50 @@ impl<'a> Cut<'a> {
         if self.out.freeze_ms.is_none() || switch_back {
             self.out.freeze_ms = self.freeze_ms();
         }
-        if manual.is_empty() {
+        let recorded = if manual.is_empty() {
             self.out.outcome = Outcome::RolledBack;
-            let _ = self.record(RUN_UNIT, "done", Outcome::RolledBack.as_str());
+            self.record(JStep::Cutover, Mark::Done, Outcome::RolledBack.as_str())
         } else {
             self.out.outcome = Outcome::UndoFailed;
             self.out.undo_instructions = manual;
-            let _ = self.record(RUN_UNIT, "undo-failed", "");
+            self.record(JStep::Cutover, Mark::UndoFailed, "")
+        };
+        if let Err(e) = recorded {
+            self.journal_failed_at_the_end(&e);
         }
         self.out.ok = false;
     }
 
+    /// The run's last journal line could not be written: said in the report, with what to run.
+    fn journal_failed_at_the_end(&mut self, e: &CutoverError) {
+        let finished = self.out.outcome == Outcome::Switched;
+        self.out.error = Some(format!(
+            "{}{e}: the journal does not know how this run ended; {}",
+            self.out
+                .error
+                .as_deref()
+                .map(|c| format!("{c}; then "))
+                .unwrap_or_default(),
+            self.hosts_state()
+        ));
+        self.out.outcome = Outcome::JournalFailed;
+        self.out.ok = false;
+        let mut i = self.journal_instructions(finished);
+        i.append(&mut self.out.undo_instructions);
+        self.out.undo_instructions = i;
+    }
+
     /// Rollback: names the tables written on the new host since the switch (they are not copied
     /// back) and keeps the list so that `sync` refuses to overwrite them.
-    async fn new_host_writes(&mut self) {
-        let name = "new-host writes";
-        let Ok(t) = self.begin(name) else { return };
+    ///
+    /// # Errors
+    /// Only [`CutoverError::Journal`]: what it finds is reported, not a failure of the rollback.
+    async fn new_host_writes(&mut self) -> Result<(), CutoverError> {
+        let step = JStep::NewHostWrites;
+        let t = self.begin(step)?;
         let found = match &self.new {
             Some(new) => new_writes::find(self.plan, new).await,
-            None => Err("the new agent is not connected".to_string()),
+            None => Err(CutoverError::NotConnected(Side::New)),
         };
         let (found, r) = match found {
             Ok(w) if w.is_empty() => (w, Ok("none since the switch".to_string())),
@@ -713,19 +868,23 @@ impl<'a> Cut<'a> {
                     rows_at_switch: None,
                     rows_now: None,
                 }],
-                Err(format!(
+                Err(CutoverError::Agent(format!(
                     "cannot check the new host for writes since the switch: {e}"
-                )),
+                ))),
             ),
         };
         self.out.new_host_writes = found.iter().map(ToString::to_string).collect();
         let kept = new_writes::record_pending(self.plan, &found);
         let r = match (r, kept) {
             (r, Ok(())) => r,
-            (Ok(d), Err(e)) | (Err(d), Err(e)) => Err(format!("{d}; {e}")),
+            (Ok(d), Err(e)) => Err(CutoverError::Agent(format!("{d}; {e}"))),
+            (Err(d), Err(e)) => Err(CutoverError::Agent(format!("{d}; {e}"))),
         };
         // Reported, not a failure of the rollback: traffic is back either way.
-        let _ = self.end(name, t, r);
+        match self.end(step, t, r) {
+            Err(e) if e.is_journal() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn finish(mut self, quiet: bool, write_report: bool) -> CutoverReport {
@@ -751,7 +910,7 @@ impl<'a> Cut<'a> {
                     "The old host stays frozen (read-only, maintenance page): decommission it once you trust the new one, keeping its last backup",
                 );
             }
-            Outcome::UndoFailed => {
+            Outcome::UndoFailed | Outcome::JournalFailed => {
                 for i in &self.out.undo_instructions {
                     self.rep.next_step(i.clone());
                 }
@@ -771,7 +930,8 @@ impl<'a> Cut<'a> {
 /// the journal's state).
 ///
 /// # Errors
-/// [`StartError`] when the journal cannot be opened; every later failure is in the report.
+/// [`StartError`] when the journal cannot be opened or written before anything was done; every
+/// later failure is in the report.
 pub async fn run(
     plan: &Plan,
     opts: &Options,
@@ -780,25 +940,41 @@ pub async fn run(
     let mut c = Cut::new(plan, opts.progress, PHASE)?;
     c.rehearsal = opts.rehearsal;
     let quiet = opts.progress == Mode::Quiet;
-    let errors = c.connect().await;
+    c.connect().await;
     if opts.resume {
         c.freeze_started_ms = st.freeze_started_ms;
-        let _ = c.record(RUN_UNIT, "resumed", st.run.as_deref().unwrap_or(""));
+        // The earlier run's freeze and switch count: a failure undoes them too.
+        for m in &st.frozen_methods {
+            if !c.frozen.contains(m) {
+                c.frozen.push(*m);
+            }
+        }
+        c.switched |= st.switched;
+        c.record(
+            JStep::Cutover,
+            Mark::Resumed,
+            st.run.as_deref().unwrap_or(""),
+        )
+        .map_err(|e| StartError::from_cutover(e, plan))?;
     } else {
-        if !opts.dry_run && c.record(RUN_UNIT, "started", &direction::of(plan)).is_err() {
-            return Err(StartError::Journal {
-                path: plan.state_dir().display().to_string(),
-                source: std::io::Error::other("journal write failed"),
-            });
+        if !opts.dry_run {
+            c.record(JStep::Cutover, Mark::Started, &direction::of(plan))
+                .map_err(|e| StartError::from_cutover(e, plan))?;
         }
         let t = Instant::now();
-        let _ = c.record("gates", "started", "");
-        let events = journal::read(&plan.state_dir()).unwrap_or_default();
+        if !opts.dry_run {
+            c.record(JStep::Gates, Mark::Started, "")
+                .map_err(|e| StartError::from_cutover(e, plan))?;
+        }
+        let events = journal::read(&plan.state_dir()).map_err(|source| StartError::Journal {
+            path: plan.state_dir().display().to_string(),
+            source,
+        })?;
         let inputs = gates::Inputs {
             plan,
             old: c.old.as_ref(),
             new: c.new.as_ref(),
-            connect_errors: errors,
+            connect_errors: c.connect_errors.clone(),
             events: &events,
             skip_backup: opts.skip_backup_check.as_deref(),
             rehearsal: opts.rehearsal,
@@ -816,16 +992,43 @@ pub async fn run(
         let verdict = if failed.is_empty() {
             Ok(format!("{} gates pass", c.out.gates.len()))
         } else {
-            Err(failed.join("; "))
+            Err(CutoverError::Gate(failed.join("; ")))
         };
-        if let Some(reason) = &opts.skip_backup_check {
-            let _ = c.record("backup check skipped", "done", reason);
+        if let Some(reason) = &opts.skip_backup_check
+            && !opts.dry_run
+        {
+            c.record(JStep::BackupCheckSkipped, Mark::Done, reason)
+                .map_err(|e| StartError::from_cutover(e, plan))?;
         }
-        if let Err(e) = c.end("gates", t, verdict) {
-            c.out.error = Some(e);
+        let verdict = if opts.dry_run {
+            // A dry run journals nothing.
+            c.out.steps.push(StepReport {
+                name: JStep::Gates.to_string(),
+                status: if verdict.is_ok() { "done" } else { "failed" }.into(),
+                ms: t.elapsed().as_millis() as u64,
+                detail: match &verdict {
+                    Ok(d) => d.clone(),
+                    Err(e) => e.to_string(),
+                },
+            });
+            verdict
+        } else {
+            c.end(JStep::Gates, t, verdict)
+        };
+        if let Err(e) = verdict {
+            c.out.error = Some(e.to_string());
             c.out.outcome = Outcome::GatesFailed;
-            if !opts.dry_run {
-                let _ = c.record(RUN_UNIT, "done", Outcome::GatesFailed.as_str());
+            if e.is_journal() {
+                // Nothing was touched: the journal's unfinished run counts as stopped at the
+                // gates (see `state::of`).
+                return Err(StartError::from_cutover(e, plan));
+            }
+            if !opts.dry_run
+                && let Err(j) = c.record(JStep::Cutover, Mark::Done, Outcome::GatesFailed.as_str())
+            {
+                c.out.error = Some(format!(
+                    "{e}; {j} (nothing was touched, so nothing is lost)"
+                ));
             }
             return Ok(c.finish(quiet, opts.write_report));
         }
@@ -835,21 +1038,17 @@ pub async fn run(
             return Ok(c.finish(quiet, opts.write_report));
         }
     }
-    if !opts.resume && c.old.is_none() {
-        c.out.error = Some("the old agent is not connected".into());
-        return Ok(c.finish(quiet, opts.write_report));
-    }
-    let result: Result<(), String> = async {
+    let result: Result<(), CutoverError> = async {
         if c.old.is_none() || c.new.is_none() {
-            return Err("an agent cannot be reached: fix it and run `hostshift cutover --resume` again (or `hostshift rollback`)".to_string());
+            return Err(CutoverError::Unreachable(c.connect_errors.clone()));
         }
         if c.rehearsal {
             let t = Instant::now();
-            c.skipped("freeze", "rehearsal: the old host keeps serving")?;
+            c.skipped(JStep::FreezeAll, "rehearsal: the old host keeps serving")?;
             let delta = c.delta().await?;
             c.prove(&delta).await?;
             c.out.rehearsed_freeze_ms = Some(t.elapsed().as_millis() as u64);
-            c.skipped("switch", "rehearsal: traffic stays where it is")?;
+            c.skipped(JStep::Switch, "rehearsal: traffic stays where it is")?;
             return Ok(());
         }
         c.freeze().await?;
@@ -873,22 +1072,11 @@ pub async fn run(
         Ok(()) => {
             c.out.ok = true;
             c.out.outcome = Outcome::Switched;
-            let _ = c.record(RUN_UNIT, "done", Outcome::Switched.as_str());
-        }
-        Err(cause) => {
-            // On resume the earlier run's freeze and switch count too.
-            if opts.resume {
-                for m in &st.frozen_methods {
-                    if let Some(fm) = plan.freeze.methods.iter().find(|x| freeze::name(**x) == m)
-                        && !c.frozen.contains(fm)
-                    {
-                        c.frozen.push(*fm);
-                    }
-                }
-                c.switched |= st.switched;
+            if let Err(e) = c.record(JStep::Cutover, Mark::Done, Outcome::Switched.as_str()) {
+                c.journal_failed_at_the_end(&e);
             }
-            c.fail(cause).await;
         }
+        Err(cause) => c.fail(cause).await,
     }
     Ok(c.finish(quiet, opts.write_report))
 }
@@ -898,35 +1086,50 @@ pub async fn run(
 /// idempotent.
 ///
 /// # Errors
-/// [`StartError`] when the journal cannot be opened.
+/// [`StartError`] when the journal cannot be opened or written before anything was done.
 pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartError> {
     let mut c = Cut::new(plan, mode, ROLLBACK)?;
     let quiet = mode == Mode::Quiet;
-    let errors = c.connect().await;
-    let _ = c.record("rollback", "started", "");
-    if !errors.is_empty() {
-        c.progress.say(&errors.join("; "));
+    c.connect().await;
+    c.record(JStep::Rollback, Mark::Started, "")
+        .map_err(|e| StartError::from_cutover(e, plan))?;
+    if !c.connect_errors.is_empty() {
+        c.progress.say(&c.connect_errors.join("; "));
     }
     let methods = plan.freeze.methods.clone();
+    // Everything is undone regardless of the journal (each undo is idempotent), so the state
+    // reported on a journal failure is "may still be frozen".
+    c.frozen = methods.clone();
+    c.switched = true;
     let manual = c.undo(methods, true).await;
     c.rep.skipped("freeze", "rollback");
-    c.new_host_writes().await;
-    if manual.is_empty() {
-        c.out.ok = true;
-        c.out.outcome = Outcome::RolledBack;
-        let _ = c.record("rollback", "done", "");
-    } else {
-        c.out.outcome = Outcome::UndoFailed;
-        c.out.error = Some("part of the rollback failed".into());
-        c.out.undo_instructions = manual;
-        let _ = c.record("rollback", "failed", "");
+    let writes = c.new_host_writes().await;
+    let recorded = match writes {
+        Err(e) => Err(e),
+        Ok(()) if manual.is_empty() => {
+            c.out.ok = true;
+            c.out.outcome = Outcome::RolledBack;
+            c.record(JStep::Rollback, Mark::Done, "")
+        }
+        Ok(()) => {
+            c.out.outcome = Outcome::UndoFailed;
+            c.out.error = Some(match &c.connect_errors[..] {
+                [] => "part of the rollback failed".to_string(),
+                e => format!("part of the rollback failed: {}", e.join("; ")),
+            });
+            c.out.undo_instructions = manual;
+            c.record(JStep::Rollback, Mark::Failed, "")
+        }
+    };
+    if let Err(e) = recorded {
+        c.journal_failed_at_the_end(&e);
     }
     Ok(c.finish(quiet, true))
 }
 
 /// The freeze's storage delta must leave nothing deferred: a file that still changed while it
 /// was read means something still writes to the old tree, and the hosts would differ.
-fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, String> {
+fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, CutoverError> {
     let changing: Vec<String> = s
         .units
         .iter()
@@ -936,11 +1139,14 @@ fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, String> {
     if changing.is_empty() {
         return Ok(s);
     }
-    Err(format!(
-        "files changed on the old host during the freeze ({}): something still writes to the tree — an app or job the freeze methods do not stop",
+    Err(CutoverError::StorageWritten(format!(
+        ": files changed on the old host while the delta read them ({})",
         changing.join("; ")
-    ))
+    )))
 }
+
+/// How the cutover names storage written on the old host during the freeze (the docs match it).
+pub const STORAGE_WRITER: &str = "something still writes to storage during the freeze";
 
 #[cfg(test)]
 mod deferred_tests {
@@ -984,9 +1190,11 @@ mod deferred_tests {
     #[test]
     fn a_file_deferred_inside_the_freeze_fails_the_delta_naming_it() {
         assert!(deferred_in_freeze(report(vec![storage(0)])).is_ok());
-        let err = deferred_in_freeze(report(vec![storage(1)])).unwrap_err();
+        let err = deferred_in_freeze(report(vec![storage(1)]))
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("during the freeze") && err.contains("up-0.bin"),
+            err.contains(STORAGE_WRITER) && err.contains("up-0.bin"),
             "{err}"
         );
     }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{self, CutoverError};
 use crate::client::Agent;
 use crate::plan::Plan;
 use crate::sync::database::Selections;
@@ -62,19 +63,24 @@ fn path(plan: &Plan, file: &str) -> PathBuf {
     plan.state_dir().join(file)
 }
 
-fn write_json<T: Serialize>(p: &std::path::Path, v: &T) -> Result<(), String> {
+fn write_json<T: Serialize>(p: &std::path::Path, v: &T) -> Result<(), CutoverError> {
+    let err = |reason: String| CutoverError::StateFile {
+        what: "cannot write",
+        path: p.to_path_buf(),
+        reason,
+    };
     let tmp = p.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| err(e.to_string()))?;
     std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, p))
-        .map_err(|e| format!("cannot write {}: {e}", p.display()))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Records the new host's tables as the proof found them (right before the switch).
 ///
 /// # Errors
 /// The file cannot be written (the cutover then stops: a rollback could not tell what it loses).
-pub fn record_baseline(plan: &Plan, b: &Baseline) -> Result<(), String> {
+pub fn record_baseline(plan: &Plan, b: &Baseline) -> Result<(), CutoverError> {
     write_json(&path(plan, BASELINE_FILE), b)
 }
 
@@ -83,12 +89,16 @@ pub fn record_baseline(plan: &Plan, b: &Baseline) -> Result<(), String> {
 ///
 /// # Errors
 /// The new agent cannot fingerprint a database.
-pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, String> {
-    let Ok(bytes) = std::fs::read(path(plan, BASELINE_FILE)) else {
+pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, CutoverError> {
+    let file = path(plan, BASELINE_FILE);
+    let Ok(bytes) = std::fs::read(&file) else {
         return Ok(Vec::new());
     };
-    let base: Baseline =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{} is damaged: {e}", BASELINE_FILE))?;
+    let base: Baseline = serde_json::from_slice(&bytes).map_err(|e| CutoverError::StateFile {
+        what: "damaged",
+        path: file.clone(),
+        reason: e.to_string(),
+    })?;
     let mut out = Vec::new();
     for d in &plan.databases {
         let Some(then) = base.databases.get(&d.name) else {
@@ -99,7 +109,7 @@ pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, String> 
             .database()
             .fingerprint(sel.new.clone())
             .await
-            .map_err(|s| format!("database {}: {}", d.name, crate::client::explain_status(&s)))?
+            .map_err(|s| error::agent(format!("database {}", d.name), &s))?
             .into_inner();
         let rows = |v: &String| v.split('/').next().and_then(|r| r.parse::<i64>().ok());
         let names: std::collections::BTreeSet<&String> =
@@ -123,13 +133,15 @@ pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, String> 
 ///
 /// # Errors
 /// The file cannot be written or removed.
-pub fn record_pending(plan: &Plan, writes: &[TableWrites]) -> Result<(), String> {
+pub fn record_pending(plan: &Plan, writes: &[TableWrites]) -> Result<(), CutoverError> {
     let p = path(plan, PENDING_FILE);
     if writes.is_empty() {
         return match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("cannot remove {}: {e}", p.display()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CutoverError::StateFile {
+                what: "cannot remove",
+                path: p.clone(),
+                reason: e.to_string(),
+            }),
             _ => Ok(()),
         };
     }

@@ -8,11 +8,11 @@
 //! counted as having acted: a freeze method `started` is treated as in force until an `unfreeze`
 //! of it is `done`.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
-use crate::sync::journal::Event;
+use super::Outcome;
+use crate::plan::FreezeMethod;
+use crate::sync::journal::{Event, Mark, Step};
 
 /// Journal phase of the cutover's steps.
 pub const PHASE: &str = "cutover";
@@ -44,8 +44,8 @@ pub struct State {
     pub state: Stage,
     /// Whether any freeze method may still be in force on the old host.
     pub frozen: bool,
-    /// Freeze methods in force (`maintenance-page`, `stop-apps`, `read-only`).
-    pub frozen_methods: Vec<String>,
+    /// Freeze methods in force, in the order they were applied.
+    pub frozen_methods: Vec<FreezeMethod>,
     /// Whether traffic was (or may have been) switched and not switched back.
     pub switched: bool,
     /// The cutover's run id.
@@ -59,11 +59,21 @@ pub struct State {
     pub steps: Vec<Event>,
 }
 
+/// How the last run ended, as far as the journal says.
+enum End {
+    /// The run's `done` with its outcome (`None`: a detail that names no outcome).
+    Outcome(Option<Outcome>),
+    /// Any other end of the run (`undo-failed`, `resumed`, `stopped`, `failed`).
+    Other,
+    /// A rollback finished.
+    RolledBack,
+}
+
 /// Finds the last cutover run in `events` and what it left behind.
 pub fn of(events: &[Event]) -> State {
-    let start = events
-        .iter()
-        .rposition(|e| e.phase == PHASE && e.unit == RUN_UNIT && e.status == "started");
+    let start = events.iter().rposition(|e| {
+        e.phase == PHASE && e.step() == Some(Step::Cutover) && e.mark() == Some(Mark::Started)
+    });
     let Some(start) = start else {
         return State {
             state: Stage::None,
@@ -84,51 +94,53 @@ pub fn of(events: &[Event]) -> State {
         .filter(|e| e.phase == PHASE || e.phase == ROLLBACK)
         .cloned()
         .collect();
-    let mut frozen: BTreeSet<String> = BTreeSet::new();
+    let mut frozen: Vec<FreezeMethod> = Vec::new();
     let mut switched = false;
     let mut freeze_started_ms = None;
-    let mut end: Option<String> = None;
+    let mut end: Option<End> = None;
     for e in &steps {
-        if let Some(m) = e.unit.strip_prefix("freeze ") {
-            if e.status == "started" || e.status == "done" {
-                frozen.insert(m.to_string());
+        let (Some(step), Some(mark)) = (e.step(), e.mark()) else {
+            continue;
+        };
+        match (step, mark) {
+            // Started counts: the method may have acted before the process died.
+            (Step::Freeze(m), Mark::Started | Mark::Done) => {
+                if !frozen.contains(&m) {
+                    frozen.push(m);
+                }
                 freeze_started_ms.get_or_insert(e.time_ms);
             }
-        } else if let Some(m) = e.unit.strip_prefix("unfreeze ") {
-            if e.status == "done" {
-                frozen.remove(m);
-            }
-        } else if e.unit == "switch" && (e.status == "started" || e.status == "done") {
-            switched = true;
-        } else if e.unit == "switch back" && e.status == "done" {
-            switched = false;
-        } else if e.unit == RUN_UNIT && e.status != "started" {
+            (Step::Unfreeze(m), Mark::Done) => frozen.retain(|x| *x != m),
+            (Step::Switch, Mark::Started | Mark::Done) => switched = true,
+            (Step::SwitchBack, Mark::Done) => switched = false,
+            (Step::Cutover, Mark::Started) => {}
             // `done` carries the outcome in its detail; a later resume/rollback may follow.
-            end = Some(if e.status == "done" {
-                e.detail.clone()
-            } else {
-                e.status.clone()
-            });
-        } else if e.phase == ROLLBACK && e.unit == "rollback" && e.status == "done" {
-            end = Some("rolled-back".into());
-        } else if e.phase == ROLLBACK && e.unit == "rollback" && e.status == "started" {
-            end = None;
+            (Step::Cutover, Mark::Done) => {
+                end = Some(End::Outcome(
+                    serde_json::from_value(serde_json::Value::String(e.detail.clone())).ok(),
+                ));
+            }
+            (Step::Cutover, _) => end = Some(End::Other),
+            (Step::Rollback, Mark::Done) if e.phase == ROLLBACK => end = Some(End::RolledBack),
+            (Step::Rollback, Mark::Started) if e.phase == ROLLBACK => end = None,
+            _ => {}
         }
     }
     let touched = !frozen.is_empty() || switched;
-    let state = match end.as_deref() {
-        Some("switched") => Stage::Switched,
-        Some("rolled-back") if !touched => Stage::RolledBack,
-        Some("gates-failed" | "dry-run") if !touched => Stage::Failed,
-        // Killed before the first freeze method started (during the gates): nothing was touched,
-        // so there is nothing to resume — a new cutover checks the gates again.
-        Some(_) | None if !touched => Stage::Failed,
-        Some(_) | None => Stage::InProgress,
+    let state = match end {
+        Some(End::Outcome(Some(Outcome::Switched))) => Stage::Switched,
+        Some(End::RolledBack) if !touched => Stage::RolledBack,
+        Some(End::Outcome(Some(Outcome::RolledBack))) if !touched => Stage::RolledBack,
+        // Stopped at the gates, a dry run, or killed before the first freeze method started
+        // (during the gates): nothing was touched, so there is nothing to resume — a new
+        // cutover checks the gates again.
+        _ if !touched => Stage::Failed,
+        _ => Stage::InProgress,
     };
     State {
         state,
         frozen: !frozen.is_empty(),
-        frozen_methods: frozen.into_iter().collect(),
+        frozen_methods: frozen,
         switched,
         run: Some(run),
         direction,
@@ -169,6 +181,7 @@ mod tests {
             } else {
                 String::new()
             },
+            step: None,
         }
     }
 
@@ -186,7 +199,7 @@ mod tests {
         ]);
         assert_eq!(s.state, Stage::InProgress);
         assert!(s.frozen);
-        assert_eq!(s.frozen_methods, vec!["read-only".to_string()]);
+        assert_eq!(s.frozen_methods, vec![FreezeMethod::ReadOnly]);
         assert_eq!(s.freeze_started_ms, Some(3));
         assert!(!s.switched);
     }

@@ -5,6 +5,7 @@
 
 use hostshift_switch::{AwsTarget, Host, Method, Switcher};
 
+use super::error::CutoverError;
 use crate::plan::{Plan, SwitchMethod};
 
 /// The switcher for the plan, or `None` for `method = "none"`.
@@ -12,7 +13,8 @@ use crate::plan::{Plan, SwitchMethod};
 /// # Errors
 /// A sentence naming the missing plan key (plan validation normally catches these first) or
 /// what the switch crate refused (same instance on both sides, address families that differ).
-pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
+pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, CutoverError> {
+    let missing = |what: &str| CutoverError::Switch(format!("{what} is missing"));
     let s = &plan.switch;
     let method = match s.method {
         SwitchMethod::None => return Ok(None),
@@ -20,12 +22,12 @@ pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
             allocation_id: s
                 .elastic_ip
                 .as_ref()
-                .ok_or("[switch.elastic_ip] allocation_id is missing")?
+                .ok_or_else(|| missing("[switch.elastic_ip] allocation_id"))?
                 .allocation_id
                 .clone(),
         },
         SwitchMethod::Dns => {
-            let d = s.dns.as_ref().ok_or("[switch.dns] is missing")?;
+            let d = s.dns.as_ref().ok_or_else(|| missing("[switch.dns]"))?;
             Method::Dns {
                 zone_id: d.zone_id.clone(),
                 record: d.record.clone(),
@@ -36,29 +38,33 @@ pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
             let l = s
                 .load_balancer
                 .as_ref()
-                .ok_or("[switch.load_balancer] is missing")?;
+                .ok_or_else(|| missing("[switch.load_balancer]"))?;
             Method::LoadBalancer {
                 target_group_arn: l.target_group_arn.clone(),
                 port: l.port,
             }
         }
     };
-    let aws = s.aws.as_ref().ok_or("[switch.aws] region is missing")?;
+    let aws = s
+        .aws
+        .as_ref()
+        .ok_or_else(|| missing("[switch.aws] region"))?;
     let target = AwsTarget {
         region: aws.region.clone(),
         endpoint_url: aws.endpoint_url.clone(),
         profile: aws.profile.clone(),
         static_credentials: local_stand_in_credentials(aws.endpoint_url.as_deref()),
     };
-    let host = |h: &crate::plan::Host| -> Result<Host, String> {
+    let host = |h: &crate::plan::Host| -> Result<Host, CutoverError> {
         Ok(Host {
             instance_id: h.instance_id.clone(),
             ip: h
                 .ip
                 .as_deref()
                 .map(|ip| {
-                    ip.parse()
-                        .map_err(|e| format!("{ip:?} is not an IP address: {e}"))
+                    ip.parse().map_err(|e| {
+                        CutoverError::Switch(format!("{ip:?} is not an IP address: {e}"))
+                    })
                 })
                 .transpose()?,
         })
@@ -66,7 +72,7 @@ pub async fn switcher(plan: &Plan) -> Result<Option<Switcher>, String> {
     Switcher::connect(&target, method, host(&plan.old)?, host(&plan.new)?)
         .await
         .map(Some)
-        .map_err(|e| e.to_string())
+        .map_err(|e| CutoverError::Switch(e.to_string()))
 }
 
 /// A local AWS stand-in (an `endpoint_url` on 127.0.0.0/8 or `localhost`, such as the moto

@@ -539,3 +539,37 @@ impl Host {
             .unwrap_or_default()
     }
 }
+
+impl SwitchMethod {
+    /// The plan's spelling (`elastic-ip`, `dns`, `load-balancer`, `none`), for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchMethod::ElasticIp => "elastic-ip",
+            SwitchMethod::Dns => "dns",
+            SwitchMethod::LoadBalancer => "load-balancer",
+            SwitchMethod::None => "none",
+        }
+    }
+}
+
+impl CheckFrom {
+    /// The plan's spelling (`old`, `new`, `coordinator`), for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckFrom::Old => "old",
+            CheckFrom::New => "new",
+            CheckFrom::Coordinator => "coordinator",
+        }
+    }
+}
+
+impl FreezeMethod {
+    /// The plan's and the journal's spelling (`maintenance-page`, `stop-apps`, `read-only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreezeMethod::MaintenancePage => "maintenance-page",
+            FreezeMethod::StopApps => "stop-apps",
+            FreezeMethod::ReadOnly => "read-only",
+        }
+    }
+}

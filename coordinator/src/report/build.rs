@@ -112,6 +112,14 @@ pub fn default_next_steps(kind: Kind, ok: bool, plan_path: &str) -> Vec<String> 
         (Kind::Rehearse, false) => vec![
             "Read the failed phase in the timeline table; run again with `--keep` to inspect the lab afterwards.".into(),
         ],
+        (Kind::Rollback, true) => vec![
+            "The old host serves again: check the app through its public address.".into(),
+            format!("Before moving again, sync and verify: `hostshift sync --plan {p}`, then `hostshift verify --plan {p}`."),
+        ],
+        (Kind::Rollback, false) => vec![
+            "Read the failed phase in the timeline table and the by-hand steps above it.".into(),
+            format!("When the cause is fixed, run `hostshift rollback --plan {p} --yes` again (each undo is safe to repeat)."),
+        ],
     }
 }
 

@@ -72,16 +72,20 @@ pub enum Kind {
     Cutover,
     /// `hostshift rehearse`.
     Rehearse,
+    /// `hostshift rollback`.
+    Rollback,
 }
 
 impl Kind {
-    /// `"sync"`, `"verify"`, `"cutover"`, `"rehearse"` (also the suffix of the report folder).
+    /// `"sync"`, `"verify"`, `"cutover"`, `"rehearse"`, `"rollback"` (also the suffix of the
+    /// report folder).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Sync => "sync",
             Kind::Verify => "verify",
             Kind::Cutover => "cutover",
             Kind::Rehearse => "rehearse",
+            Kind::Rollback => "rollback",
         }
     }
 }

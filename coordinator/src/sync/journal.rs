@@ -2,6 +2,13 @@
 //! appended and fsynced **before** and **after** each unit of work acts, so a killed coordinator
 //! leaves a record of exactly what it started and finished. `hostshift status` reads it; a rerun
 //! uses it to report what was already done.
+//!
+//! # Typed cutover steps
+//! The cutover's and rollback's lines carry their [`Step`] as data (`"step":{"kind":"freeze",
+//! "method":"read-only"}`) beside the readable `unit` (`freeze read-only`), and their status is a
+//! [`Mark`]; `cutover::state` decides from these by `match`, never by parsing `unit`. Lines written
+//! before steps were typed (no `step` field) are still read: [`Event::step`] recognises their
+//! `unit` once, here ([`Step::of_unit`]), so a cutover in progress across an upgrade resumes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -10,6 +17,151 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::plan::FreezeMethod;
+
+/// A step of a cutover or rollback (the unit of their journal lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "method", rename_all = "kebab-case")]
+pub enum Step {
+    /// The run itself: `started` opens a cutover, `done` carries its outcome in the detail.
+    Cutover,
+    /// The gates.
+    Gates,
+    /// `--skip-backup-check REASON` (the detail).
+    BackupCheckSkipped,
+    /// The whole freeze, skipped (a rehearsal freezes nothing).
+    FreezeAll,
+    /// One freeze method applied on the old host.
+    Freeze(FreezeMethod),
+    /// The final delta sync.
+    Delta,
+    /// The proof of equality.
+    Prove,
+    /// The traffic switch.
+    Switch,
+    /// The checks through the public endpoint after the switch.
+    Verify,
+    /// One freeze method undone.
+    Unfreeze(FreezeMethod),
+    /// Traffic back to the old host.
+    SwitchBack,
+    /// The rollback's check for writes on the new host since the switch.
+    NewHostWrites,
+    /// The rollback run itself.
+    Rollback,
+}
+
+impl std::fmt::Display for Step {
+    /// The readable unit (`freeze read-only`, `switch back`), as the journal's `unit`, the
+    /// report and `--json` name the step.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Cutover => f.write_str("cutover"),
+            Step::Gates => f.write_str("gates"),
+            Step::BackupCheckSkipped => f.write_str("backup check skipped"),
+            Step::FreezeAll => f.write_str("freeze"),
+            Step::Freeze(m) => write!(f, "freeze {}", m.as_str()),
+            Step::Delta => f.write_str("delta"),
+            Step::Prove => f.write_str("prove"),
+            Step::Switch => f.write_str("switch"),
+            Step::Verify => f.write_str("verify"),
+            Step::Unfreeze(m) => write!(f, "unfreeze {}", m.as_str()),
+            Step::SwitchBack => f.write_str("switch back"),
+            Step::NewHostWrites => f.write_str("new-host writes"),
+            Step::Rollback => f.write_str("rollback"),
+        }
+    }
+}
+
+impl Step {
+    /// The step a line written before steps were typed names in its `unit` (the only place a
+    /// unit string becomes a step); `None` for units that are not cutover steps.
+    pub fn of_unit(unit: &str) -> Option<Step> {
+        let method = |m: &str| {
+            [
+                FreezeMethod::MaintenancePage,
+                FreezeMethod::StopApps,
+                FreezeMethod::ReadOnly,
+            ]
+            .into_iter()
+            .find(|x| x.as_str() == m)
+        };
+        if let Some(m) = unit.strip_prefix("freeze ") {
+            return method(m).map(Step::Freeze);
+        }
+        if let Some(m) = unit.strip_prefix("unfreeze ") {
+            return method(m).map(Step::Unfreeze);
+        }
+        Some(match unit {
+            "cutover" => Step::Cutover,
+            "gates" => Step::Gates,
+            "backup check skipped" => Step::BackupCheckSkipped,
+            "freeze" => Step::FreezeAll,
+            "delta" => Step::Delta,
+            "prove" => Step::Prove,
+            "switch" => Step::Switch,
+            "verify" => Step::Verify,
+            "switch back" => Step::SwitchBack,
+            "new-host writes" => Step::NewHostWrites,
+            "rollback" => Step::Rollback,
+            _ => return None,
+        })
+    }
+}
+
+/// How a step stood when its line was written (the journal's `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mark {
+    /// About to act (it may have acted when nothing follows).
+    Started,
+    /// Finished.
+    Done,
+    /// Failed (the detail says why).
+    Failed,
+    /// Not run (the detail says why).
+    Skipped,
+    /// The run was continued by `cutover --resume` (the detail: the run continued).
+    Resumed,
+    /// The undo after a failure did not finish: operator action needed.
+    UndoFailed,
+    /// The journal could not be written: the run stopped (written when it can be, later).
+    Stopped,
+}
+
+impl Mark {
+    /// The journal's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Started => "started",
+            Mark::Done => "done",
+            Mark::Failed => "failed",
+            Mark::Skipped => "skipped",
+            Mark::Resumed => "resumed",
+            Mark::UndoFailed => "undo-failed",
+            Mark::Stopped => "stopped",
+        }
+    }
+
+    /// The mark of a line's `status` (`None`: not a cutover status, e.g. a sync's `deferred`).
+    pub fn of(status: &str) -> Option<Mark> {
+        [
+            Mark::Started,
+            Mark::Done,
+            Mark::Failed,
+            Mark::Skipped,
+            Mark::Resumed,
+            Mark::UndoFailed,
+            Mark::Stopped,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == status)
+    }
+}
+
+/// Phases whose lines are cutover steps (`cutover`, `rollback`, and `unfreeze` of a new host).
+const STEP_PHASES: [&str; 3] = ["cutover", "rollback", "unfreeze"];
 
 /// One journal line.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,6 +185,28 @@ pub struct Event {
     /// Free text: digest, error, counts.
     #[serde(default)]
     pub detail: String,
+    /// The cutover step (cutover and rollback lines; absent in lines written before steps were
+    /// typed, see [`Event::step`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+}
+
+impl Event {
+    /// The cutover step this line records: its typed `step`, or for an older line of a cutover
+    /// phase, the step its `unit` names.
+    pub fn step(&self) -> Option<Step> {
+        self.step.or_else(|| {
+            STEP_PHASES
+                .contains(&self.phase.as_str())
+                .then(|| Step::of_unit(&self.unit))
+                .flatten()
+        })
+    }
+
+    /// The line's status as a [`Mark`].
+    pub fn mark(&self) -> Option<Mark> {
+        Mark::of(&self.status)
+    }
 }
 
 /// An open journal.
@@ -88,7 +262,7 @@ impl Journal {
         files: u64,
         detail: &str,
     ) -> std::io::Result<()> {
-        let ev = Event {
+        self.append(Event {
             time_ms: now_ms(),
             run: self.run.clone(),
             phase: phase.into(),
@@ -97,7 +271,35 @@ impl Journal {
             bytes,
             files,
             detail: detail.into(),
-        };
+            step: None,
+        })
+    }
+
+    /// Appends one cutover step (typed, with its readable unit) and fsyncs it.
+    ///
+    /// # Errors
+    /// When the write or fsync fails (the caller stops: acting without a journal is not allowed).
+    pub fn record_step(
+        &self,
+        phase: &str,
+        step: Step,
+        mark: Mark,
+        detail: &str,
+    ) -> std::io::Result<()> {
+        self.append(Event {
+            time_ms: now_ms(),
+            run: self.run.clone(),
+            phase: phase.into(),
+            unit: step.to_string(),
+            status: mark.as_str().into(),
+            bytes: 0,
+            files: 0,
+            detail: detail.into(),
+            step: Some(step),
+        })
+    }
+
+    fn append(&self, ev: Event) -> std::io::Result<()> {
         let mut line = serde_json::to_string(&ev).map_err(std::io::Error::other)?;
         line.push('\n');
         let mut f = self
@@ -161,5 +363,63 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1].status, "done");
         assert_eq!(ev[1].bytes, 10);
+    }
+
+    #[test]
+    fn typed_steps_round_trip_with_a_readable_unit() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(tmp.path()).expect("open");
+        for step in [
+            Step::Cutover,
+            Step::Freeze(FreezeMethod::ReadOnly),
+            Step::Unfreeze(FreezeMethod::MaintenancePage),
+            Step::SwitchBack,
+        ] {
+            j.record_step("cutover", step, Mark::Done, "x")
+                .expect("record");
+        }
+        let ev = read(tmp.path()).expect("read");
+        let steps: Vec<Option<Step>> = ev.iter().map(Event::step).collect();
+        assert_eq!(
+            steps,
+            vec![
+                Some(Step::Cutover),
+                Some(Step::Freeze(FreezeMethod::ReadOnly)),
+                Some(Step::Unfreeze(FreezeMethod::MaintenancePage)),
+                Some(Step::SwitchBack)
+            ]
+        );
+        assert_eq!(ev[1].unit, "freeze read-only");
+        assert_eq!(ev[3].unit, "switch back");
+        assert!(ev.iter().all(|e| e.mark() == Some(Mark::Done)));
+    }
+
+    /// Lines exactly as the release before typed steps wrote them.
+    #[test]
+    fn lines_without_a_step_are_read_by_their_unit() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("journal.jsonl"),
+            concat!(
+                r#"{"time_ms":1,"run":"r","phase":"sync","unit":"file backend-env","status":"done","bytes":3,"files":1,"detail":""}"#,
+                "\n",
+                r#"{"time_ms":2,"run":"r","phase":"cutover","unit":"freeze stop-apps","status":"started","bytes":0,"files":0,"detail":""}"#,
+                "\n",
+                r#"{"time_ms":3,"run":"r","phase":"rollback","unit":"unfreeze read-only","status":"done","bytes":0,"files":0,"detail":""}"#,
+                "\n",
+                r#"{"time_ms":4,"run":"r","phase":"cutover","unit":"cutover","status":"undo-failed","bytes":0,"files":0,"detail":""}"#,
+                "\n",
+            ),
+        )
+        .expect("write");
+        let ev = read(tmp.path()).expect("read");
+        assert_eq!(ev[0].step(), None, "a sync unit is no cutover step");
+        assert_eq!(ev[1].step(), Some(Step::Freeze(FreezeMethod::StopApps)));
+        assert_eq!(ev[1].mark(), Some(Mark::Started));
+        assert_eq!(ev[2].step(), Some(Step::Unfreeze(FreezeMethod::ReadOnly)));
+        assert_eq!(ev[3].mark(), Some(Mark::UndoFailed));
+        // Written back the way it was read: no `step` appears in lines that had none.
+        let again = serde_json::to_string(&ev[1]).expect("json");
+        assert!(!again.contains("\"step\""), "{again}");
     }
 }

@@ -341,7 +341,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     let dir = plan.state_dir();
     let events = journal::read(&dir).unwrap_or_default();
     crate::cutover::direction::check(plan, &crate::cutover::state::of(&events))
-        .map_err(SyncError::Reversed)?;
+        .map_err(|e| SyncError::Reversed(e.to_string()))?;
     if opts.only.is_none_or(|o| o == Only::Db) && !plan.databases.is_empty() {
         let pending = crate::cutover::new_writes::pending(plan);
         if !pending.is_empty() && !opts.discard_new_host_writes {
@@ -386,6 +386,20 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
             plan: plan.path.display().to_string(),
         });
     }
+    // Nothing is done unrecorded: a journal that cannot be written stops the sync here.
+    journal
+        .record(
+            "sync",
+            "sync",
+            "started",
+            0,
+            0,
+            if opts.relay { "relay" } else { "pull" },
+        )
+        .map_err(|source| SyncError::Journal {
+            path: journal.path().display().to_string(),
+            source,
+        })?;
     let mut grant_token = None;
     let pull_source = if opts.relay {
         None
@@ -427,13 +441,6 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         journal,
         progress,
     };
-    let _ = run.record(
-        "sync",
-        "started",
-        0,
-        0,
-        if opts.relay { "relay" } else { "pull" },
-    );
 
     let mut units = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
@@ -478,13 +485,20 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         // Overwritten now: nothing left to protect.
         let _ = crate::cutover::new_writes::record_pending(plan, &[]);
     }
-    let _ = run.record(
-        "sync",
-        if ok { "done" } else { "failed" },
-        report.bytes,
-        report.files,
-        "",
-    );
+    // Unrecorded, the cutover's gates would not know this sync: said, not ignored.
+    run.journal
+        .record(
+            "sync",
+            "sync",
+            if ok { "done" } else { "failed" },
+            report.bytes,
+            report.files,
+            "",
+        )
+        .map_err(|source| SyncError::Journal {
+            path: run.journal.path().display().to_string(),
+            source,
+        })?;
     Ok(report)
 }
 

@@ -127,8 +127,12 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         .inspect_err(|e| tracing::warn!(error = %e, "verify is not journaled"))
         .ok();
     let note = |status: &str, detail: &str| {
-        if let Some(j) = &journal {
-            let _ = j.record("verify", "verify", status, 0, 0, detail);
+        // Not journaled, this verify is invisible to the cutover's `verify fresh` gate (which
+        // then refuses, saying there is no verify): said here so the cause is known.
+        if let Some(j) = &journal
+            && let Err(e) = j.record("verify", "verify", status, 0, 0, detail)
+        {
+            tracing::warn!(journal = %j.path().display(), error = %e, "verify could not be journaled: the cutover's gates will not see it");
         }
     };
     note("started", "");
