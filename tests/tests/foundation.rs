@@ -330,8 +330,9 @@ async fn hooks_run_only_by_name_and_their_output_streams_through_the_cli() {
     assert_eq!(list.json()[0]["name"], "build");
 
     // Only names the agent's config declares can run; a command string is just an unknown name.
+    // A usage error (exit 2), not a failed hook.
     let out = sb.cli(&["hook", "run", "rm -rf /", "--host", "new"]).await;
-    assert_eq!(out.code, 1, "{}", out.both());
+    assert_eq!(out.code, 2, "{}", out.both());
     assert!(
         out.stderr
             .contains("is not declared in this agent's config"),

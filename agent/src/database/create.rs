@@ -52,8 +52,23 @@ pub async fn describe(db: &DatabaseConfig) -> Result<DatabaseSpec, AgentError> {
         } else {
             s("datlocale")
         },
-        settings: row.get(3),
+        settings: carried_settings(row.get(3)),
     })
+}
+
+/// The `ALTER DATABASE … SET` settings that travel: all but `default_transaction_read_only`,
+/// which is the cutover's freeze (docs/cutover.md). A database frozen on the old host (a
+/// cutover's delta runs inside the freeze) must not pass its freeze on to the new one.
+fn carried_settings(settings: Vec<String>) -> Vec<String> {
+    settings
+        .into_iter()
+        .filter(|s| {
+            !s.split('=').next().is_some_and(|k| {
+                k.trim()
+                    .eq_ignore_ascii_case("default_transaction_read_only")
+            })
+        })
+        .collect()
 }
 
 /// For a database the server says does not exist: whether the connecting role may create it
@@ -189,4 +204,20 @@ pub async fn ensure(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carried_settings;
+
+    #[test]
+    fn the_freezes_read_only_setting_never_travels_the_others_do() {
+        let got = carried_settings(vec![
+            "search_path=app, public".into(),
+            "default_transaction_read_only=on".into(),
+            "DEFAULT_TRANSACTION_READ_ONLY = on".into(),
+            "work_mem=64MB".into(),
+        ]);
+        assert_eq!(got, vec!["search_path=app, public", "work_mem=64MB"]);
+    }
 }
