@@ -16,6 +16,8 @@
 //! - [`pki`] — creating the migration CA and the certificates (`hostshift certs init`).
 //! - [`tomlpos`] — errors for TOML files that name the file, line and key.
 //! - [`telemetry`] — `tracing` set-up shared by both binaries (`HOSTSHIFT_LOG`).
+//! - [`model`] — the database vocabulary of both binaries (table description, key range, table
+//!   pattern, fingerprint) and its checked conversions from the gRPC messages.
 //! - [`health`] — HTTP health checks (one definition → one result, retries with backoff), run
 //!   by agents on their hosts and by the coordinator alike.
 
@@ -29,6 +31,7 @@ pub mod framing;
 pub mod health;
 pub mod identity;
 pub mod keyspan;
+pub mod model;
 pub mod pki;
 pub mod telemetry;
 pub mod tls;

@@ -14,6 +14,7 @@ use hostshift_proto::v1::database_client::DatabaseClient;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, DbSelection, OpenSnapshotRequest, RangeFingerprint,
     RangeFingerprintsRequest, SetReadOnlyRequest, SetReadOnlyResponse, SplitRangesRequest,
+    TableDescription,
 };
 use hostshift_tests::rig::{AgentProc, AgentSetup, Sandbox};
 use tokio_postgres::error::SqlState;
@@ -51,30 +52,28 @@ fn app(include: &[&str]) -> DbSelection {
     }
 }
 
-/// The table description, as the coordinator gets it from `Tables`.
-async fn table(c: &mut DatabaseClient<Channel>, name: &str) -> (TableInfo, Vec<u8>) {
+/// The table description, as the coordinator gets it from `Tables` (checked the coordinator's
+/// way) and as the message itself.
+async fn table(c: &mut DatabaseClient<Channel>, name: &str) -> (TableInfo, TableDescription) {
     let r = c
         .tables(request(app(&[&format!("public.{name}")])))
         .await
         .unwrap_or_else(|s| panic!("Tables: {s}"))
         .into_inner();
     assert_eq!(r.tables.len(), 1, "exactly public.{name}");
-    let info = serde_json::from_slice(&r.tables[0]).expect("table JSON");
+    let info = TableInfo::from_proto(r.tables[0].clone()).expect("a well-formed description");
     (info, r.tables[0].clone())
 }
 
 async fn range_fps(
     c: &mut DatabaseClient<Channel>,
-    table: &[u8],
+    table: &TableDescription,
     ranges: &[KeyRange],
 ) -> Result<Vec<RangeFingerprint>, tonic::Status> {
     c.range_fingerprints(request(RangeFingerprintsRequest {
         database: "app".into(),
-        table: table.to_vec(),
-        ranges: ranges
-            .iter()
-            .map(|r| serde_json::to_vec(r).expect("range JSON"))
-            .collect(),
+        table: Some(table.clone()),
+        ranges: ranges.iter().cloned().map(Into::into).collect(),
         snapshot: String::new(),
     }))
     .await
@@ -108,7 +107,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
         let mut sb = Sandbox::new("range_fps").await;
         sb.start(sb.old_setup(), sb.new_setup()).await;
         let mut old = client(&sb, sb.old()).await;
-        let (info, table_json) = table(&mut old, RUNS).await;
+        let (info, table_msg) = table(&mut old, RUNS).await;
         assert_eq!(info.int_key.as_deref(), Some("id"));
         let db = sb.world.old_pg.connect(&sb.old_db).await;
         let count: i64 = db
@@ -120,19 +119,20 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
         let ranges: Vec<KeyRange> = old
             .split_ranges(request(SplitRangesRequest {
                 database: "app".into(),
-                table: table_json.clone(),
+                table: Some(table_msg.clone()),
                 rows_per_range: (count / 5) as u64,
             }))
             .await
             .expect("SplitRanges")
             .into_inner()
             .ranges
-            .iter()
-            .map(|b| serde_json::from_slice(b).expect("range"))
+            .into_iter()
+            .map(|m| KeyRange::from_proto(m).expect("a well-formed range"))
             .collect();
+        KeyRange::check_cover(&ranges, "id", "ranges").expect("the split covers every key");
         assert!(ranges.len() >= 4, "a split into several ranges: {ranges:?}");
 
-        let fps = range_fps(&mut old, &table_json, &ranges)
+        let fps = range_fps(&mut old, &table_msg, &ranges)
             .await
             .expect("RangeFingerprints");
         assert_eq!(fps.len(), ranges.len(), "one entry per range");
@@ -157,7 +157,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
         }
 
         // No ranges = the whole table, with the digest the Fingerprint RPC gives for it.
-        let whole = range_fps(&mut old, &table_json, &[]).await.expect("whole");
+        let whole = range_fps(&mut old, &table_msg, &[]).await.expect("whole");
         let fp = old
             .fingerprint(request(app(&[])))
             .await
@@ -183,9 +183,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
             hi: Some(one_key + 1),
         };
         let asked = [ranges[3].clone(), narrow.clone(), ranges[0].clone()];
-        let some = range_fps(&mut old, &table_json, &asked)
-            .await
-            .expect("gaps");
+        let some = range_fps(&mut old, &table_msg, &asked).await.expect("gaps");
         assert_eq!(some[0], fps[3]);
         assert_eq!(some[2], fps[0]);
         assert_eq!(
@@ -198,7 +196,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
             lo: None,
             hi: None,
         };
-        let overlap = range_fps(&mut old, &table_json, &[ranges[0].clone(), unbounded])
+        let overlap = range_fps(&mut old, &table_msg, &[ranges[0].clone(), unbounded])
             .await
             .expect("overlap");
         assert_eq!(overlap[0], fps[0]);
@@ -211,7 +209,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
         let out = sb.cli(&["sync", "--only", "db"]).await;
         assert_eq!(out.code, 0, "{}", out.both());
         let mut new = client(&sb, sb.new_agent()).await;
-        let on_new = range_fps(&mut new, &table_json, &ranges)
+        let on_new = range_fps(&mut new, &table_msg, &ranges)
             .await
             .expect("new side");
         assert_eq!(on_new, fps, "equal ranges on both hosts after a sync");
@@ -223,7 +221,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
         )
         .await
         .expect("update");
-        let after = range_fps(&mut old, &table_json, &ranges)
+        let after = range_fps(&mut old, &table_msg, &ranges)
             .await
             .expect("after");
         let changed: Vec<usize> = (0..ranges.len())
@@ -244,7 +242,7 @@ async fn range_fingerprints_refuse_ranges_on_a_table_without_an_integer_key() {
         let mut old = client(&sb, sb.old()).await;
         let (mut info, _) = table(&mut old, "users").await;
         info.int_key = None;
-        let json = serde_json::to_vec(&info).expect("json");
+        let json = TableDescription::from(info);
         let r = KeyRange {
             column: "id".into(),
             lo: Some(1),
@@ -263,6 +261,79 @@ async fn range_fingerprints_refuse_ranges_on_a_table_without_an_integer_key() {
         let whole = range_fps(&mut old, &json, &[]).await.expect("whole");
         assert_eq!(whole[0].rows, sb.world.seed.rows["users"]);
         assert_eq!((whole[0].min_key, whole[0].max_key), (None, None));
+    })
+    .await;
+}
+
+/// Asserts an `InvalidArgument` whose message names `field`.
+fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
+    let e = r.expect_err("malformed");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains(&format!("`{field}`")),
+        "names {field}: {}",
+        e.message()
+    );
+}
+
+/// A request the agent cannot read is refused naming the field — never read with a default: a
+/// range without its lower bound is not "unbounded below", a table of unknown kind is not
+/// "ordinary".
+#[tokio::test]
+async fn a_malformed_request_is_refused_naming_the_field() {
+    bounded(async {
+        let mut sb = Sandbox::new("range_fps_malformed").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let (_, users) = table(&mut old, "users").await;
+        let call = |table: Option<TableDescription>, ranges: Vec<hostshift_proto::v1::KeyRange>| {
+            RangeFingerprintsRequest {
+                database: "app".into(),
+                table,
+                ranges,
+                snapshot: String::new(),
+            }
+        };
+
+        let mut no_lo = hostshift_proto::v1::KeyRange::from(KeyRange {
+            column: "id".into(),
+            lo: Some(1),
+            hi: Some(10),
+        });
+        no_lo.lo = None;
+        refused(
+            old.range_fingerprints(request(call(Some(users.clone()), vec![no_lo])))
+                .await,
+            "ranges[0].lo",
+        );
+        refused(
+            old.range_fingerprints(request(call(
+                Some(TableDescription {
+                    kind: 9,
+                    ..users.clone()
+                }),
+                vec![],
+            )))
+            .await,
+            "table.kind",
+        );
+        refused(
+            old.range_fingerprints(request(call(None, vec![]))).await,
+            "table",
+        );
+        refused(
+            old.split_ranges(request(SplitRangesRequest {
+                database: "app".into(),
+                table: Some(TableDescription {
+                    table: None,
+                    ..users
+                }),
+                rows_per_range: 10,
+            }))
+            .await,
+            "table.table",
+        );
     })
     .await;
 }
@@ -464,7 +535,7 @@ async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writ
         let on_snapshot = old
             .range_fingerprints(request(RangeFingerprintsRequest {
                 database: "app".into(),
-                table: users,
+                table: Some(users),
                 ranges: vec![],
                 snapshot: snapshot.clone(),
             }))

@@ -250,8 +250,8 @@ async fn peer_reads_table(
             grant: grant.to_string(),
             what: Some(What::DbTable(DbTable {
                 database: "app".into(),
-                table: serde_json::to_vec(&info).expect("table JSON"),
-                range: vec![],
+                table: Some(info.into()),
+                range: None,
                 snapshot: String::new(),
                 mode: String::new(),
             })),

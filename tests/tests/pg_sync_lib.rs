@@ -632,6 +632,44 @@ async fn include_patterns_copy_only_those_tables_with_the_functions_they_use() {
     );
 }
 
+/// `plan check` and the agent parse table patterns with one parser, so they agree on every
+/// pattern: a plan that passes is never refused by an agent for its patterns, and a pattern the
+/// agent would refuse is caught by `plan check` with its line.
+#[test]
+fn plan_check_and_the_agent_accept_and_refuse_the_same_table_patterns() {
+    use hostshift::plan::{Plan, template::TEMPLATE};
+    use hostshift_shared::tomlpos::Located;
+    let path = std::path::Path::new("/nonexistent-dir/plan.toml");
+    for pattern in [
+        "public.users",
+        "public.*",
+        "audit_*.log_?",
+        "My Schema.my table",
+        "users",
+        ".users",
+        "public.",
+        "\"public\".users",
+        "public.a.b",
+        "public. users",
+        "public.users ",
+    ] {
+        let text = TEMPLATE.replace(
+            "# include = [\"public.*\"]",
+            &format!("include = [{}]", toml::Value::String(pattern.into())),
+        );
+        assert_ne!(text, TEMPLATE, "the template has the include line");
+        let plan_refuses = match Plan::from_located(&Located::from_source(path, text)) {
+            Ok(_) => false,
+            Err(problems) => problems.0.iter().any(|p| p.key == "databases.0.include.0"),
+        };
+        let agent_refuses = Selection::new(&[pattern], &[]).is_err();
+        assert_eq!(
+            plan_refuses, agent_refuses,
+            "{pattern:?}: plan check refuses: {plan_refuses}, the agent refuses: {agent_refuses}"
+        );
+    }
+}
+
 /// Applies the source's pre-data schema to the target and loads one table, committed.
 async fn target_with_questions(h: &Hosts) -> (Conn, TableInfo) {
     let dst = connect(&h.dst).await;

@@ -9,6 +9,7 @@ mod create;
 pub mod freeze;
 mod service;
 mod snapshots;
+pub mod wire;
 
 pub use create::can_create;
 pub use service::DatabaseService;

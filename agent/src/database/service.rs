@@ -7,19 +7,20 @@ use hostshift_proto::v1::database_server::Database;
 use hostshift_proto::v1::{
     CloseSnapshotRequest, CloseSnapshotResponse, DatabaseSpec, DbReadRequest, DbSelection,
     DbTablesResponse, DescribeDatabaseRequest, EnsureDatabaseRequest, EnsureDatabaseResponse,
-    FingerprintResponse, HeldSnapshot, JsonResponse, MatviewsRequest, MatviewsResponse,
+    FingerprintResponse, HeldSnapshot, LargeObjectsResponse, MatviewsRequest, MatviewsResponse,
     OpenSnapshotRequest, OpenSnapshotResponse, OpenSnapshotsRequest, OpenSnapshotsResponse,
     RangeFingerprint, RangeFingerprintsRequest, RangeFingerprintsResponse, RefreshMatviewsRequest,
     RefreshMatviewsResponse, RenewSnapshotRequest, RenewSnapshotResponse, SchemaDigestResponse,
-    SetReadOnlyRequest, SetReadOnlyResponse, SetSequencesRequest, SetSequencesResponse,
-    SplitRangesRequest, SplitRangesResponse,
+    SequencesResponse, SetReadOnlyRequest, SetReadOnlyResponse, SetSequencesRequest,
+    SetSequencesResponse, SplitRangesRequest, SplitRangesResponse,
 };
+use hostshift_shared::model::{Fingerprint, KeyRange};
 use tonic::{Request, Response, Status};
 
-use super::freeze;
+use super::{freeze, wire};
 use crate::Ctx;
 use crate::error::AgentError;
-use crate::postgres::{self, Conn, ExportedSnapshot, KeyRange, SnapshotId, TableInfo};
+use crate::postgres::{self, Conn, ExportedSnapshot, SnapshotId};
 use crate::transfer::db::{selection, writable};
 
 /// Serves `hostshift.v1.Database` (coordinator only).
@@ -43,10 +44,6 @@ impl DatabaseService {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
-    serde_json::to_vec(v).map_err(|e| Status::internal(format!("encode: {e}")))
-}
-
 fn snap(id: &str) -> Result<Option<SnapshotId>, AgentError> {
     if id.is_empty() {
         Ok(None)
@@ -66,8 +63,9 @@ impl Database for DatabaseService {
         let tables = postgres::list_tables(&conn, &selection(&r)?)
             .await
             .map_err(AgentError::from)?;
-        let tables = tables.iter().map(json).collect::<Result<_, _>>()?;
-        Ok(Response::new(DbTablesResponse { tables }))
+        Ok(Response::new(DbTablesResponse {
+            tables: tables.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn open_snapshot(
@@ -133,21 +131,20 @@ impl Database for DatabaseService {
         req: Request<SplitRangesRequest>,
     ) -> Result<Response<SplitRangesResponse>, Status> {
         let r = req.into_inner();
-        let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| {
-            AgentError::InvalidArgument(format!("malformed table description: {e}"))
-        })?;
+        let table = wire::table(r.table, "table")?;
         let conn = self.conn(&r.database).await?;
         let ranges = postgres::split_ranges(&conn, &table, r.rows_per_range.max(1))
             .await
             .map_err(AgentError::from)?;
-        let ranges = ranges.iter().map(json).collect::<Result<_, _>>()?;
-        Ok(Response::new(SplitRangesResponse { ranges }))
+        Ok(Response::new(SplitRangesResponse {
+            ranges: ranges.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn sequences(
         &self,
         req: Request<DbReadRequest>,
-    ) -> Result<Response<JsonResponse>, Status> {
+    ) -> Result<Response<SequencesResponse>, Status> {
         let r = req.into_inner();
         let sel = r.selection.unwrap_or_default();
         let conn = self.conn(&sel.database).await?;
@@ -155,8 +152,8 @@ impl Database for DatabaseService {
             postgres::read_sequences(&conn, &selection(&sel)?, snap(&r.snapshot)?.as_ref())
                 .await
                 .map_err(AgentError::from)?;
-        Ok(Response::new(JsonResponse {
-            json: json(&values)?,
+        Ok(Response::new(SequencesResponse {
+            sequences: wire::sequences_to_proto(values),
         }))
     }
 
@@ -166,8 +163,7 @@ impl Database for DatabaseService {
     ) -> Result<Response<SetSequencesResponse>, Status> {
         let r = req.into_inner();
         let db = writable(&self.ctx, &r.database)?;
-        let values: Vec<postgres::SequenceValue> = serde_json::from_slice(&r.values)
-            .map_err(|e| AgentError::InvalidArgument(format!("malformed sequence values: {e}")))?;
+        let values = wire::sequences_from_proto(r.values)?;
         let conn = Conn::connect(db).await.map_err(AgentError::from)?;
         postgres::apply_sequences(&conn, &values)
             .await
@@ -180,15 +176,15 @@ impl Database for DatabaseService {
     async fn large_objects(
         &self,
         req: Request<DbReadRequest>,
-    ) -> Result<Response<JsonResponse>, Status> {
+    ) -> Result<Response<LargeObjectsResponse>, Status> {
         let r = req.into_inner();
         let sel = r.selection.unwrap_or_default();
         let conn = self.conn(&sel.database).await?;
         let metas = postgres::list_large_objects(&conn, snap(&r.snapshot)?.as_ref())
             .await
             .map_err(AgentError::from)?;
-        Ok(Response::new(JsonResponse {
-            json: json(&metas)?,
+        Ok(Response::new(LargeObjectsResponse {
+            objects: metas.into_iter().map(wire::large_object_to_proto).collect(),
         }))
     }
 
@@ -216,7 +212,7 @@ impl Database for DatabaseService {
             rows: tables.iter().map(|(k, v)| (k.clone(), v.rows)).collect(),
             tables: tables
                 .into_iter()
-                .map(|(k, v)| (k, format!("{}/{}", v.rows, v.digest)))
+                .map(|(k, v)| (k, Fingerprint::new(v.rows, v.digest).to_string()))
                 .collect(),
             sequences: sequences.into_iter().collect(),
             large_objects: large_objects.into_iter().collect(),
@@ -228,15 +224,8 @@ impl Database for DatabaseService {
         req: Request<RangeFingerprintsRequest>,
     ) -> Result<Response<RangeFingerprintsResponse>, Status> {
         let r = req.into_inner();
-        let table: TableInfo = serde_json::from_slice(&r.table).map_err(|e| {
-            AgentError::InvalidArgument(format!("malformed table description: {e}"))
-        })?;
-        let ranges = r
-            .ranges
-            .iter()
-            .map(|b| serde_json::from_slice::<KeyRange>(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| AgentError::InvalidArgument(format!("malformed key range: {e}")))?;
+        let table = wire::table(r.table, "table")?;
+        let ranges = KeyRange::list_from_proto(r.ranges, "ranges").map_err(AgentError::from)?;
         let conn = self.conn(&r.database).await?;
         let fps = postgres::range_fingerprints(&conn, &table, &ranges, snap(&r.snapshot)?.as_ref())
             .await

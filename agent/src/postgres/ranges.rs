@@ -10,49 +10,12 @@
 
 use super::conn::Conn;
 use super::error::PgSyncError;
-use super::sql;
 use super::tables::TableInfo;
 
 /// Most ranges one table is split into.
 pub const MAX_RANGES: u64 = 1024;
 
-/// A half-open range `[lo, hi)` of an integer key column; `None` is unbounded.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct KeyRange {
-    /// The key column.
-    pub column: String,
-    /// Inclusive lower bound.
-    pub lo: Option<i64>,
-    /// Exclusive upper bound.
-    pub hi: Option<i64>,
-}
-
-impl KeyRange {
-    /// The `WHERE` condition selecting this range (`TRUE` when unbounded on both sides).
-    pub fn predicate(&self) -> String {
-        let col = sql::ident(&self.column);
-        match (self.lo, self.hi) {
-            (None, None) => "TRUE".to_string(),
-            (Some(lo), None) => format!("{col} >= {lo}"),
-            (None, Some(hi)) => format!("{col} < {hi}"),
-            (Some(lo), Some(hi)) => format!("{col} >= {lo} AND {col} < {hi}"),
-        }
-    }
-}
-
-/// `id in [10, 20)`, `id in [.., 10)`: for messages and map keys.
-impl std::fmt::Display for KeyRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bound = |b: Option<i64>| b.map(|v| v.to_string()).unwrap_or_else(|| "..".into());
-        write!(
-            f,
-            "{} in [{}, {})",
-            self.column,
-            bound(self.lo),
-            bound(self.hi)
-        )
-    }
-}
+pub use hostshift_shared::model::KeyRange;
 
 /// Splits `table` into ranges of about `target_rows_per_range` rows (by the planner's row
 /// estimate, or the key span when the table was never analyzed), reading `min`/`max` of the key
@@ -72,7 +35,7 @@ pub async fn split_ranges(
     let Some(column) = &table.int_key else {
         return Ok(Vec::new());
     };
-    let col = sql::ident(column);
+    let col = super::sql::ident(column);
     let query = format!(
         "SELECT min({col})::int8, max({col})::int8 FROM {}",
         table.relation_sql()

@@ -6,7 +6,9 @@
 //! # Patterns
 //! `schema.table`, where either part may use `*` (any run of characters) and `?` (one character);
 //! `schema.*` is every relation of a schema. Names are matched exactly as stored (case-sensitive,
-//! no quoting). An empty include list means everything; an exclude wins over an include.
+//! no quoting). The parser and its rule are [`hostshift_shared::model::TablePattern`], the same
+//! the coordinator's `plan check` applies. An empty include list means everything; an exclude
+//! wins over an include.
 //! Patterns select relations (tables, views, sequences, materialized views, foreign tables).
 //! Unlike `pg_dump -t`, which then drops every function, type and extension, the schema dump
 //! keeps everything that is not a relation and leaves out only the relations not selected
@@ -23,106 +25,24 @@
 //! is, so that the schema, the data and the sequences always cover the same tables. Relations
 //! that belong to an extension are never listed (`CREATE EXTENSION` recreates them).
 
-use std::fmt;
-
 use super::conn::Conn;
 use super::error::PgSyncError;
-use super::sql;
 
-/// A table (or other relation) by schema and name, as stored in the catalog.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct TableRef {
-    /// Schema name.
-    pub schema: String,
-    /// Relation name.
-    pub table: String,
-}
+use hostshift_shared::model::TablePattern;
+pub use hostshift_shared::model::TableRef;
 
-impl TableRef {
-    /// A reference from its two parts.
-    pub fn new(schema: &str, table: &str) -> Self {
-        Self {
-            schema: schema.to_string(),
-            table: table.to_string(),
-        }
-    }
-
-    /// `"schema"."table"`, quoted for SQL text.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", sql::ident(&self.schema), sql::ident(&self.table))
-    }
-}
-
-/// `schema.table`, unquoted: for messages and map keys.
-impl fmt::Display for TableRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
-}
-
-/// One `schema.table` glob.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Pattern {
-    text: String,
-    schema: String,
-    table: String,
-}
-
-impl Pattern {
-    fn parse(text: &str) -> Result<Self, PgSyncError> {
-        let bad = |reason: &str| PgSyncError::InvalidSelection {
-            pattern: text.to_string(),
-            reason: reason.to_string(),
-        };
-        let (schema, table) = text
-            .split_once('.')
-            .ok_or_else(|| bad("write it as schema.table or schema.* (e.g. public.users)"))?;
-        if schema.is_empty() || table.is_empty() {
-            return Err(bad("both the schema and the table part must be non-empty"));
-        }
-        Ok(Self {
-            text: text.to_string(),
-            schema: schema.to_string(),
-            table: table.to_string(),
-        })
-    }
-
-    fn matches(&self, t: &TableRef) -> bool {
-        glob(&self.schema, &t.schema) && glob(&self.table, &t.table)
-    }
-}
-
-/// `*` and `?` glob over characters.
-fn glob(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+fn parse(text: &str) -> Result<TablePattern, PgSyncError> {
+    TablePattern::parse(text).map_err(|e| PgSyncError::InvalidSelection {
+        pattern: e.pattern,
+        reason: e.reason,
+    })
 }
 
 /// Include and exclude patterns. [`Selection::all`] selects every user table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
-    include: Vec<Pattern>,
-    exclude: Vec<Pattern>,
+    include: Vec<TablePattern>,
+    exclude: Vec<TablePattern>,
 }
 
 impl Selection {
@@ -136,12 +56,12 @@ impl Selection {
     /// # Errors
     /// [`PgSyncError::InvalidSelection`] naming a pattern that is not `schema.table`.
     pub fn new<S: AsRef<str>>(include: &[S], exclude: &[S]) -> Result<Self, PgSyncError> {
-        let parse = |list: &[S]| -> Result<Vec<Pattern>, PgSyncError> {
-            list.iter().map(|p| Pattern::parse(p.as_ref())).collect()
+        let all = |list: &[S]| -> Result<Vec<TablePattern>, PgSyncError> {
+            list.iter().map(|p| parse(p.as_ref())).collect()
         };
         Ok(Self {
-            include: parse(include)?,
-            exclude: parse(exclude)?,
+            include: all(include)?,
+            exclude: all(exclude)?,
         })
     }
 
@@ -165,9 +85,9 @@ impl Selection {
 
     /// The patterns, for logs.
     pub fn describe(&self) -> String {
-        let list = |v: &[Pattern]| {
+        let list = |v: &[TablePattern]| {
             v.iter()
-                .map(|p| p.text.as_str())
+                .map(TablePattern::as_str)
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -269,20 +189,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs_match_like_pg_dump_patterns() {
-        assert!(glob("users", "users"));
-        assert!(!glob("users", "Users"));
-        assert!(glob("*", ""));
-        assert!(glob("audit_*", "audit_2024"));
-        assert!(!glob("audit_*", "xaudit_2024"));
-        assert!(glob("*_log", "app_log"));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxbyy"));
-        assert!(glob("t?", "t1"));
-        assert!(!glob("t?", "t12"));
-    }
-
-    #[test]
     fn exclude_wins_and_empty_include_means_everything() {
         let users = TableRef::new("public", "users");
         let audit = TableRef::new("audit", "events");
@@ -306,12 +212,5 @@ mod tests {
             let e = Selection::new(&[bad], &[]).expect_err(bad);
             assert!(e.to_string().contains("schema"), "{e}");
         }
-    }
-
-    #[test]
-    fn names_are_quoted_for_sql_and_plain_for_people() {
-        let t = TableRef::new("My Schema", "a\"b");
-        assert_eq!(t.to_string(), "My Schema.a\"b");
-        assert_eq!(t.qualified(), "\"My Schema\".\"a\"\"b\"");
     }
 }

@@ -17,80 +17,8 @@
 use super::conn::Conn;
 use super::error::PgSyncError;
 use super::select::{Selection, TableRef, relations};
-use super::sql;
 
-/// Ordinary table or partitioned parent: decides `ONLY` in the copy and fingerprint queries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TableKind {
-    /// `relkind = 'r'`: its own rows only (`ONLY`, so inheritance children are not counted twice).
-    Ordinary,
-    /// `relkind = 'p'`: the rows of all its partitions, read and written through the parent.
-    Partitioned,
-}
-
-/// The `COPY` format of a table, decided on the source and used on both sides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum CopyFormat {
-    /// The fast default.
-    Binary,
-    /// For tables with a column whose type (or array element type) has no binary I/O. Both
-    /// sides pin the settings that affect text output ([`super::conn::PINNED_SETTINGS`]).
-    Text,
-}
-
-impl CopyFormat {
-    /// The `FORMAT` option value.
-    pub fn sql(self) -> &'static str {
-        match self {
-            Self::Binary => "binary",
-            Self::Text => "text",
-        }
-    }
-}
-
-/// What copying one table needs: decided on the source, sent to the target with the data.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TableInfo {
-    /// The table.
-    pub table: TableRef,
-    /// Ordinary or partitioned.
-    pub kind: TableKind,
-    /// Columns copied, in order: all but dropped and generated ones (the target computes those).
-    pub columns: Vec<String>,
-    /// Binary unless a column's type has no binary I/O.
-    pub format: CopyFormat,
-    /// The primary key column when the key is a single `smallint`/`integer`/`bigint` column:
-    /// the table can then be split into key ranges.
-    pub int_key: Option<String>,
-    /// `reltuples` (summed over partitions); `None` when the table was never analyzed.
-    pub estimated_rows: Option<i64>,
-    /// `pg_table_size` (summed over partitions): for scheduling the biggest tables first.
-    pub estimated_bytes: i64,
-}
-
-impl TableInfo {
-    /// `ONLY "s"."t"` or `"s"."t"` (partitioned).
-    pub(crate) fn relation_sql(&self) -> String {
-        match self.kind {
-            TableKind::Ordinary => format!("ONLY {}", self.table.qualified()),
-            TableKind::Partitioned => self.table.qualified(),
-        }
-    }
-
-    /// `("a", "b")`, or nothing for a table without columns.
-    pub(crate) fn column_list(&self) -> String {
-        if self.columns.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", sql::ident_list(&self.columns))
-        }
-    }
-
-    /// The columns for a `SELECT` list (empty for a table without columns).
-    pub(crate) fn select_list(&self) -> String {
-        sql::ident_list(&self.columns)
-    }
-}
+pub use hostshift_shared::model::{CopyFormat, TableInfo, TableKind};
 
 const TABLES_SQL: &str = "
 WITH RECURSIVE dom(typ, cur) AS (

@@ -17,16 +17,13 @@ use super::FRAME_QUEUE;
 use super::source::{FrameRx, framed_bytes};
 use crate::Ctx;
 use crate::agent_info::pg_bin_dir;
+use crate::database::wire;
 use crate::error::AgentError;
 use crate::postgres::schema::POST_DATA_PARALLELISM;
 use crate::postgres::{
-    self, Conn, KeyRange, LargeObjectMeta, LargeObjectSink, LoadMode, Section, Selection,
-    SnapshotId, TableInfo, TableSink,
+    self, Conn, KeyRange, LargeObjectSink, LoadMode, Section, Selection, SnapshotId, TableInfo,
+    TableSink,
 };
-
-fn json_err(what: &str, e: serde_json::Error) -> AgentError {
-    AgentError::InvalidArgument(format!("malformed {what}: {e}"))
-}
 
 /// The selection of a request.
 ///
@@ -143,14 +140,10 @@ pub async fn read_schema(
 }
 
 fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
-    let table: TableInfo =
-        serde_json::from_slice(&r.table).map_err(|e| json_err("table description", e))?;
-    let range = if r.range.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice(&r.range).map_err(|e| json_err("key range", e))?)
-    };
-    Ok((table, range))
+    Ok((
+        wire::table(r.table.clone(), "table")?,
+        wire::range(r.range.clone(), "range")?,
+    ))
 }
 
 /// Source: a table (or one key range of it) as `COPY` bytes. The requested table is resolved
@@ -253,8 +246,8 @@ where
 {
     let db = writable(ctx, &r.database)?;
     let (json, dec) = collect(&mut frames, super::MAX_INLINE, "the roles description").await?;
-    let globals: postgres::Globals =
-        serde_json::from_slice(&json).map_err(|e| json_err("roles", e))?;
+    let globals: postgres::Globals = serde_json::from_slice(&json)
+        .map_err(|e| AgentError::InvalidArgument(format!("malformed roles: {e}")))?;
     let conn = Conn::connect(db).await?;
     let report = postgres::apply_globals(&conn, &globals).await?;
     let mut res = result(&dec, 0);
@@ -400,8 +393,7 @@ where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
     let db = writable(ctx, &r.database)?;
-    let meta: LargeObjectMeta =
-        serde_json::from_slice(&r.meta).map_err(|e| json_err("large object metadata", e))?;
+    let meta = wire::large_object_from_proto(r.meta.clone(), "meta")?;
     let mut sink = LargeObjectSink::begin(Conn::connect(db).await?, &meta).await?;
     let mut dec = FrameDecoder::new();
     while let Some(b) = next_chunk(&mut frames, &mut dec).await? {

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use hostshift_shared::identity::valid_name;
+use hostshift_shared::model::TablePattern;
 use hostshift_shared::tomlpos::{Located, Problem};
 
 use super::{FreezeMethod, Host, Plan, SwitchMethod};
@@ -53,11 +54,10 @@ pub(super) fn validate(plan: &Plan, src: &Located) -> Vec<Problem> {
     for (i, d) in plan.databases.iter().enumerate() {
         for (list, what) in [(&d.include, "include"), (&d.exclude, "exclude")] {
             for (j, pat) in list.iter().enumerate() {
-                if !valid_table_pattern(pat) {
-                    out.push(src.problem(
-                        &format!("databases.{i}.{what}.{j}"),
-                        format!("{pat:?}: use schema.table or schema.* (e.g. \"public.users\")"),
-                    ));
+                // The agents' rule, from the same parser: a plan that passes here is never
+                // refused by an agent for its patterns.
+                if let Err(e) = TablePattern::parse(pat) {
+                    out.push(src.problem(&format!("databases.{i}.{what}.{j}"), e.to_string()));
                 }
             }
         }
@@ -183,14 +183,6 @@ fn unique<'a>(
             out.push(src.problem(&key, format!("{n:?} is listed twice")));
         }
     }
-}
-
-fn valid_table_pattern(p: &str) -> bool {
-    let Some((schema, table)) = p.split_once('.') else {
-        return false;
-    };
-    let ident = |s: &str| !s.is_empty() && !s.contains(['.', '"', ' ']);
-    ident(schema) && (table == "*" || ident(table))
 }
 
 /// `[rehearsal]` may name only what the plan moves, and scratch names must be valid names.

@@ -2,7 +2,7 @@
 //! of each kind suggests by default (also used by [`super::Builder`]).
 
 use super::fmt::{now_ms, shell_word};
-use super::{Kind, Phase, Report, Status, Stream, VerifyRow};
+use super::{Kind, Phase, Report, Status, Stream};
 use crate::plan::Plan;
 use crate::sync::{SyncReport, UnitReport, verify};
 
@@ -59,19 +59,8 @@ pub(super) fn sync_notes(s: &SyncReport) -> Vec<String> {
     notes
 }
 
-pub(super) fn rows_of(v: &verify::Report) -> Vec<VerifyRow> {
-    v.rows
-        .iter()
-        .map(|r| VerifyRow {
-            kind: r.kind.clone(),
-            name: r.name.clone(),
-            equal: r.equal,
-            could_not_run: r.status == verify::RowStatus::CouldNotRun,
-            old: r.old.clone(),
-            new: r.new.clone(),
-            detail: r.detail.clone(),
-        })
-        .collect()
+pub(super) fn rows_of(v: &verify::Report) -> Vec<verify::Row> {
+    v.rows.clone()
 }
 
 /// What to do after a command of `kind` that ended `ok` (or not), with commands for the plan at

@@ -155,7 +155,7 @@ fn verification_table(out: &mut String, r: &Report) {
     for v in &r.verification {
         let (class, word) = if v.equal {
             ("", r#"<span class="good">equal</span>"#)
-        } else if v.could_not_run {
+        } else if v.status == crate::sync::verify::RowStatus::CouldNotRun {
             (
                 r#" class="differs""#,
                 r#"<span class="bad">COULD NOT RUN</span>"#,

@@ -125,7 +125,7 @@ pub fn render(r: &Report) -> String {
                 cell(&v.name),
                 if v.equal {
                     "equal"
-                } else if v.could_not_run {
+                } else if v.status == crate::sync::verify::RowStatus::CouldNotRun {
                     "**COULD NOT RUN**"
                 } else {
                     "**DIFFERS**"

@@ -175,26 +175,6 @@ impl Window {
     }
 }
 
-/// One compared item (a file, a storage tree, a table).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyRow {
-    /// `file`, `storage`, `table`, `database`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-    /// Equal on both hosts.
-    pub equal: bool,
-    /// The comparison could not run (e.g. the database was unreachable): no verdict.
-    #[serde(default)]
-    pub could_not_run: bool,
-    /// What the old host has (digest, counts).
-    pub old: String,
-    /// What the new host has.
-    pub new: String,
-    /// The differences, named.
-    pub detail: String,
-}
-
 /// Everything one command run did, for people (`report.html`, `report.md`) and machines
 /// (`report.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,8 +197,8 @@ pub struct Report {
     pub streams: Vec<Stream>,
     /// When writes were frozen on the old host (cutover only).
     pub freeze: Option<Window>,
-    /// What was compared, and whether it was equal.
-    pub verification: Vec<VerifyRow>,
+    /// What was compared, and whether it was equal: the verification's own rows.
+    pub verification: Vec<crate::sync::verify::Row>,
     /// Anything else worth reading (mode, journal, overrides applied, retried failures).
     pub notes: Vec<String>,
     /// What the operator should do now, commands included.
@@ -275,14 +255,13 @@ impl Report {
             verification: self
                 .verification
                 .iter()
-                .map(|r| VerifyRow {
+                .map(|r| crate::sync::verify::Row {
                     kind: s(&r.kind),
                     name: s(&r.name),
-                    equal: r.equal,
-                    could_not_run: r.could_not_run,
                     old: s(&r.old),
                     new: s(&r.new),
                     detail: s(&r.detail),
+                    ..r.clone()
                 })
                 .collect(),
             notes: self.notes.iter().map(s).collect(),

@@ -17,8 +17,9 @@ use hostshift_proto::v1::{
     ApplyHeader, CloseSnapshotRequest, DatabaseSpec, DbGlobals, DbLargeObject, DbReadRequest,
     DbSchema, DbSelection, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest,
     FingerprintResponse, OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest,
-    SetSequencesRequest, SplitRangesRequest, apply_header, read_request,
+    SetSequencesRequest, TableDescription, apply_header, read_request,
 };
+use hostshift_shared::model::{KeyRange, TableInfo, TablePattern, TableRef};
 
 use super::units::{fail, report, transfer};
 use super::{Run, UnitError, UnitReport, delta};
@@ -32,31 +33,39 @@ const PARALLEL_PIECES: usize = 2;
 /// Bytes, rows and retried failures of one finished table piece.
 type PieceDone = (u64, u64, Vec<UnitError>);
 
-/// A table as the agents describe it (kept as their JSON to send back).
+/// A table as the agents describe it.
 #[derive(Clone)]
 struct Table {
+    /// `schema.table`.
     name: String,
-    json: Vec<u8>,
-    rows: i64,
-    bytes: i64,
+    info: TableInfo,
 }
 
-fn tables(raw: Vec<Vec<u8>>) -> Result<Vec<Table>, UnitError> {
+impl Table {
+    /// The planner's row estimate (0 when the table was never analyzed).
+    fn rows(&self) -> i64 {
+        self.info.estimated_rows.unwrap_or(0)
+    }
+
+    fn description(&self) -> Option<TableDescription> {
+        Some(self.info.clone().into())
+    }
+}
+
+/// The tables of a `Tables` answer (`host` says whose, for the error).
+fn tables(raw: Vec<TableDescription>, host: &str) -> Result<Vec<Table>, UnitError> {
     raw.into_iter()
-        .map(|json| {
-            let v: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
-                UnitError::other(format!("the agent sent a malformed table description: {e}"))
+        .enumerate()
+        .map(|(i, m)| {
+            let info = TableInfo::from_proto(m).map_err(|e| {
+                UnitError::other(format!(
+                    "the {host} agent's table list: {}",
+                    e.within(&format!("tables[{i}]"))
+                ))
             })?;
-            let name = format!(
-                "{}.{}",
-                v["table"]["schema"].as_str().unwrap_or("?"),
-                v["table"]["table"].as_str().unwrap_or("?")
-            );
             Ok(Table {
-                name,
-                rows: v["estimated_rows"].as_i64().unwrap_or(0),
-                bytes: v["estimated_bytes"].as_i64().unwrap_or(0),
-                json,
+                name: info.table.to_string(),
+                info,
             })
         })
         .collect()
@@ -276,8 +285,14 @@ async fn copy(
     let new_db = d.on_new().to_string();
     let (mut a, mut b) = (run.old.database(), run.new.database());
     let (old_t, new_t) = tokio::join!(a.tables(sel.old.clone()), b.tables(sel.new.clone()));
-    let old_t = tables(old_t.map_err(UnitError::from_status)?.into_inner().tables)?;
-    let new_t = tables(new_t.map_err(UnitError::from_status)?.into_inner().tables)?;
+    let old_t = tables(
+        old_t.map_err(UnitError::from_status)?.into_inner().tables,
+        "old",
+    )?;
+    let new_t = tables(
+        new_t.map_err(UnitError::from_status)?.into_inner().tables,
+        "new",
+    )?;
     let fresh = new_t.is_empty();
     let mut to_copy: Vec<Table> = old_t.clone();
     // A rerun whose schemas are already equal skips the post-data; one that finishes an
@@ -285,7 +300,7 @@ async fn copy(
     let mut post_data_in_place = false;
     let mut recheck_schema = false;
     // A rerun: per differing table, its differing key ranges (`None`: the whole table).
-    let mut deltas: Vec<(Table, Option<Vec<delta::Range>>)> = Vec::new();
+    let mut deltas: Vec<(Table, Option<Vec<KeyRange>>)> = Vec::new();
     if fresh {
         run.progress.say(&format!(
             "{unit}: new database: roles and schema first ({} tables)",
@@ -362,7 +377,7 @@ async fn copy(
                     &run.old,
                     &run.new,
                     sel,
-                    &t.json,
+                    &t.info,
                     snapshot,
                     run.opts.baseline,
                 )
@@ -451,7 +466,7 @@ async fn copy(
         .await
         .map_err(UnitError::from_status)?
         .into_inner()
-        .json;
+        .sequences;
     run.new
         .database()
         .set_sequences(SetSequencesRequest {
@@ -461,7 +476,7 @@ async fn copy(
         .await
         .map_err(UnitError::from_status)?;
     if d.include.is_empty() {
-        let tables: Vec<String> = old_t.iter().map(|t| t.name.clone()).collect();
+        let tables: Vec<TableRef> = old_t.iter().map(|t| t.info.table.clone()).collect();
         large_objects(run, d, sel, &tables, snapshot, fresh, r).await?;
     }
     // Materialized views last, as pg_restore does: they read the tables just copied.
@@ -550,41 +565,32 @@ async fn fresh_pieces(
     snapshot: &str,
 ) -> Result<Vec<(String, DbTable, u64)>, UnitError> {
     let mut sorted = to_copy.to_vec();
-    sorted.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+    sorted.sort_by_key(|t| std::cmp::Reverse(t.info.estimated_bytes));
     let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
     for t in &sorted {
         let mut ranges = Vec::new();
-        if t.rows as u64 > ROWS_PER_RANGE {
-            ranges = run
-                .old
-                .database()
-                .split_ranges(SplitRangesRequest {
-                    database: d.name.clone(),
-                    table: t.json.clone(),
-                    rows_per_range: ROWS_PER_RANGE,
-                })
-                .await
-                .map_err(UnitError::from_status)?
-                .into_inner()
-                .ranges;
+        if let Some(column) = &t.info.int_key
+            && t.rows() as u64 > ROWS_PER_RANGE
+        {
+            ranges = delta::split(&run.old, &d.name, &t.info, column, ROWS_PER_RANGE).await?;
         }
-        let piece = |range: Vec<u8>| DbTable {
+        let piece = |range: Option<KeyRange>| DbTable {
             database: d.name.clone(),
-            table: t.json.clone(),
-            range,
+            table: t.description(),
+            range: range.map(Into::into),
             snapshot: snapshot.into(),
             // Tables are empty after pre-data.
             mode: "append".into(),
         };
-        let bytes = t.bytes.max(0) as u64;
+        let bytes = t.info.estimated_bytes.max(0) as u64;
         if ranges.is_empty() {
-            pieces.push((format!("table {}", t.name), piece(vec![]), bytes));
+            pieces.push((format!("table {}", t.name), piece(None), bytes));
         } else {
             let n = ranges.len();
             for (i, range) in ranges.into_iter().enumerate() {
                 pieces.push((
                     format!("table {} range {}/{n}", t.name, i + 1),
-                    piece(range),
+                    piece(Some(range)),
                     bytes / n as u64,
                 ));
             }
@@ -598,25 +604,26 @@ async fn fresh_pieces(
 /// foreign keys exist).
 fn delta_pieces(
     d: &PlanDatabase,
-    deltas: &[(Table, Option<Vec<delta::Range>>)],
+    deltas: &[(Table, Option<Vec<KeyRange>>)],
     snapshot: &str,
 ) -> Vec<(String, DbTable, u64)> {
     let mut pieces = Vec::new();
     for (t, ranges) in deltas {
-        let piece = |range: Vec<u8>| DbTable {
+        // No range: every row (deleted first, then loaded).
+        let piece = |range: Option<&KeyRange>| DbTable {
             database: d.name.clone(),
-            table: t.json.clone(),
-            range,
+            table: t.description(),
+            range: range.filter(|r| !r.is_whole()).cloned().map(Into::into),
             snapshot: snapshot.into(),
             mode: "delete-range".into(),
         };
         match ranges {
-            None => pieces.push((format!("table {}", t.name), piece(vec![]), 0)),
+            None => pieces.push((format!("table {}", t.name), piece(None), 0)),
             Some(ranges) => {
                 for r in ranges {
                     pieces.push((
                         format!("table {} keys {}", t.name, r.describe()),
-                        piece(delta::range_json(&t.json, r)),
+                        piece(Some(r)),
                         0,
                     ));
                 }
@@ -686,35 +693,30 @@ async fn large_objects(
     run: &Run<'_>,
     d: &PlanDatabase,
     sel: &Selections,
-    tables: &[String],
+    tables: &[TableRef],
     snapshot: &str,
     fresh: bool,
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
-    let metas: Vec<serde_json::Value> = serde_json::from_slice(
-        &run.old
-            .database()
-            .large_objects(DbReadRequest {
-                selection: Some(sel.old.clone()),
-                snapshot: snapshot.into(),
-            })
-            .await
-            .map_err(UnitError::from_status)?
-            .into_inner()
-            .json,
-    )
-    .map_err(|e| UnitError::other(format!("malformed large-object list: {e}")))?;
+    let metas = run
+        .old
+        .database()
+        .large_objects(DbReadRequest {
+            selection: Some(sel.old.clone()),
+            snapshot: snapshot.into(),
+        })
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner()
+        .objects;
     let differs: BTreeMap<u32, bool> = if fresh {
-        metas
-            .iter()
-            .filter_map(|m| m["oid"].as_u64())
-            .map(|o| (o as u32, true))
-            .collect()
+        metas.iter().map(|m| (m.oid, true)).collect()
     } else {
         // Only the large objects: every table excluded, so the agents scan no table data.
         let mut lo_only = sel.clone();
         for s in [&mut lo_only.old, &mut lo_only.new] {
-            s.exclude.extend(tables.iter().cloned());
+            s.exclude
+                .extend(tables.iter().map(|t| TablePattern::exact(t).to_string()));
         }
         let (fo, fn_) = fingerprints(&run.old, &run.new, &lo_only).await?;
         let (fo, fn_) = (fo.large_objects, fn_.large_objects);
@@ -723,18 +725,15 @@ async fn large_objects(
             .collect()
     };
     for m in metas {
-        let Some(oid) = m["oid"].as_u64().map(|o| o as u32) else {
-            continue;
-        };
+        let oid = m.oid;
         if !differs.get(&oid).copied().unwrap_or(true) {
             continue;
         }
-        let meta = serde_json::to_vec(&m).map_err(|e| UnitError::other(e.to_string()))?;
         let lo = DbLargeObject {
             database: d.name.clone(),
             oid,
             snapshot: snapshot.into(),
-            meta,
+            meta: Some(m),
         };
         let (res, _) = transfer(
             run,

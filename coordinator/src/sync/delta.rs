@@ -32,7 +32,7 @@
 //! a full copy of that table plus two scans.
 
 use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest, SplitRangesRequest};
-use serde_json::{Value, json};
+use hostshift_shared::model::{Fingerprint, KeyRange, Malformed, TableInfo};
 
 use super::UnitError;
 use super::database::Selections;
@@ -52,15 +52,6 @@ const SPREAD_DENOMINATOR: usize = 2;
 /// piece size), so they still travel two at a time.
 pub const PIECE_ROWS: i64 = 250_000;
 
-/// A half-open key range `[lo, hi)`; `None` is unbounded (the agents' `KeyRange`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Range {
-    /// Inclusive lower bound.
-    pub lo: Option<i64>,
-    /// Exclusive upper bound.
-    pub hi: Option<i64>,
-}
-
 /// What differs in one table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TableDelta {
@@ -69,7 +60,7 @@ pub enum TableDelta {
     /// Copy it whole (no integer key to split by).
     Whole,
     /// Copy these ranges (merged, in key order).
-    Ranges(Vec<Range>),
+    Ranges(Vec<KeyRange>),
 }
 
 /// The outcome for one table: the delta and, when asked for (`baseline`), the old host's
@@ -86,24 +77,13 @@ pub struct Found {
     pub calls: usize,
 }
 
-impl Range {
-    fn json(&self, column: &str) -> Vec<u8> {
-        json!({"column": column, "lo": self.lo, "hi": self.hi})
-            .to_string()
-            .into_bytes()
-    }
-
-    /// `[10, 20)`, `[.., 10)`.
-    pub fn describe(&self) -> String {
-        let b = |v: Option<i64>| v.map_or_else(|| "..".to_string(), |v| v.to_string());
-        format!("[{}, {})", b(self.lo), b(self.hi))
-    }
-}
-
-/// `n` ranges cutting `[min, max]` in equal key spans, the first starting at `lo` and the last
-/// ending at `hi` (the enclosing range's own bounds), so together they cover exactly it.
-pub fn cut(lo: Option<i64>, hi: Option<i64>, min: i64, max: i64, n: i64) -> Vec<Range> {
-    let whole = vec![Range { lo, hi }];
+/// `n` ranges cutting `[min, max]` in equal key spans, the first starting at `within.lo` and the
+/// last ending at `within.hi` (the enclosing range's own bounds), so together they cover exactly
+/// it.
+pub fn cut(within: &KeyRange, min: i64, max: i64, n: i64) -> Vec<KeyRange> {
+    let (lo, hi) = (within.lo, within.hi);
+    let range = |lo, hi| KeyRange::new(&within.column, lo, hi);
+    let whole = vec![within.clone()];
     if n < 2 || max <= min {
         return whole;
     }
@@ -118,21 +98,18 @@ pub fn cut(lo: Option<i64>, hi: Option<i64>, min: i64, max: i64, n: i64) -> Vec<
     let mut out = Vec::with_capacity(bounds.len() + 1);
     let mut at = lo;
     for b in bounds {
-        out.push(Range {
-            lo: at,
-            hi: Some(b),
-        });
+        out.push(range(at, Some(b)));
         at = Some(b);
     }
-    out.push(Range { lo: at, hi });
+    out.push(range(at, hi));
     out
 }
 
 /// Merges ranges that touch (`a.hi == b.lo`) into pieces of at most `cap` rows (by the old
 /// host's counts), so a burst of changes travels as a few streams that still copy in parallel.
 /// Expects key order.
-pub fn merge(ranges: Vec<(Range, i64)>, cap: i64) -> Vec<Range> {
-    let mut out: Vec<(Range, i64)> = Vec::with_capacity(ranges.len());
+pub fn merge(ranges: Vec<(KeyRange, i64)>, cap: i64) -> Vec<KeyRange> {
+    let mut out: Vec<(KeyRange, i64)> = Vec::with_capacity(ranges.len());
     for (r, rows) in ranges {
         match out.last_mut() {
             Some((last, n)) if last.hi.is_some() && last.hi == r.lo && *n + rows <= cap => {
@@ -145,23 +122,23 @@ pub fn merge(ranges: Vec<(Range, i64)>, cap: i64) -> Vec<Range> {
     out.into_iter().map(|(r, _)| r).collect()
 }
 
-fn fp(f: &RangeFingerprint) -> String {
-    format!("{}/{}", f.rows, f.digest)
+fn fp(f: &RangeFingerprint) -> Fingerprint {
+    Fingerprint::from(f)
 }
 
 async fn both(
     old: &Agent,
     new: &Agent,
     sel: &Selections,
-    table: &[u8],
-    ranges: Vec<Vec<u8>>,
+    table: &TableInfo,
+    ranges: &[KeyRange],
     snapshot: &str,
 ) -> Result<(Vec<RangeFingerprint>, Vec<RangeFingerprint>), UnitError> {
     let n = ranges.len().max(1);
     let req = |database: &str, snapshot: &str| RangeFingerprintsRequest {
         database: database.into(),
-        table: table.to_vec(),
-        ranges: ranges.clone(),
+        table: Some(table.clone().into()),
+        ranges: ranges.iter().cloned().map(Into::into).collect(),
         snapshot: snapshot.into(),
     };
     let (mut a, mut b) = (old.database(), new.database());
@@ -191,7 +168,52 @@ fn pieces(rows: i64) -> i64 {
     (rows + LEAF_ROWS - 1) / LEAF_ROWS
 }
 
-/// Finds what differs in one table (`table` is the agents' JSON description of it).
+/// The old agent's key ranges for a first level (its `SplitRanges`), checked: each range well
+/// formed, together covering every key of `column`.
+///
+/// # Errors
+/// The agent failing, or its answer malformed ([`Malformed`] naming the field, e.g.
+/// `ranges[3].lo`).
+pub async fn split(
+    old: &Agent,
+    database: &str,
+    table: &TableInfo,
+    column: &str,
+    rows_per_range: u64,
+) -> Result<Vec<KeyRange>, UnitError> {
+    let ranges = old
+        .database()
+        .split_ranges(SplitRangesRequest {
+            database: database.to_string(),
+            table: Some(table.clone().into()),
+            rows_per_range,
+        })
+        .await
+        .map_err(UnitError::from_status)?
+        .into_inner()
+        .ranges;
+    checked_split(ranges, column).map_err(|e| {
+        UnitError::other(format!(
+            "the old agent's key ranges of {}: {e}",
+            table.table
+        ))
+    })
+}
+
+/// A `SplitRanges` answer as ranges of `column` that cover every key.
+///
+/// # Errors
+/// [`Malformed`] naming the field.
+pub fn checked_split(
+    ranges: Vec<hostshift_proto::v1::KeyRange>,
+    column: &str,
+) -> Result<Vec<KeyRange>, Malformed> {
+    let ranges = KeyRange::list_from_proto(ranges, "ranges")?;
+    KeyRange::check_cover(&ranges, column, "ranges")?;
+    Ok(ranges)
+}
+
+/// Finds what differs in one table.
 ///
 /// # Errors
 /// An agent failing or answering out of shape.
@@ -199,14 +221,13 @@ pub async fn find(
     old: &Agent,
     new: &Agent,
     sel: &Selections,
-    table: &[u8],
+    table: &TableInfo,
     snapshot: &str,
     baseline: bool,
 ) -> Result<Found, UnitError> {
-    let info: Value = serde_json::from_slice(table)
-        .map_err(|e| UnitError::other(format!("malformed table description: {e}")))?;
-    let key = info["int_key"].as_str().map(str::to_owned);
-    let estimated = info["estimated_rows"].as_i64().unwrap_or(0);
+    let key = table.int_key.clone();
+    // Never analyzed: no estimate, so no shortcut.
+    let estimated = table.estimated_rows.unwrap_or(0);
     // Without a baseline to record, a big table skips the whole-table comparison: its first
     // level of ranges comes from the old agent's key bounds (two index lookups, no scan), so a
     // change spread over the table costs one scan per side instead of two.
@@ -214,28 +235,16 @@ pub async fn find(
         .as_deref()
         .filter(|_| !baseline && estimated > PIECE_ROWS)
     {
-        let first = old
-            .database()
-            .split_ranges(SplitRangesRequest {
-                database: sel.old.database.clone(),
-                table: table.to_vec(),
-                rows_per_range: (estimated / MAX_RANGES).max(LEAF_ROWS) as u64,
-            })
-            .await
-            .map_err(UnitError::from_status)?
-            .into_inner()
-            .ranges
-            .iter()
-            .map(|j| {
-                let v: Value = serde_json::from_slice(j).unwrap_or_default();
-                Range {
-                    lo: v["lo"].as_i64(),
-                    hi: v["hi"].as_i64(),
-                }
-            })
-            .collect::<Vec<_>>();
+        let first = split(
+            old,
+            &sel.old.database,
+            table,
+            column,
+            (estimated / MAX_RANGES).max(LEAF_ROWS) as u64,
+        )
+        .await?;
         if !first.is_empty() {
-            let (delta, calls) = narrow(old, new, sel, table, snapshot, column, first).await?;
+            let (delta, calls) = narrow(old, new, sel, table, snapshot, first).await?;
             return Ok(Found {
                 delta,
                 old_fingerprint: String::new(),
@@ -243,9 +252,9 @@ pub async fn find(
             });
         }
     }
-    let (a, b) = both(old, new, sel, table, Vec::new(), snapshot).await?;
+    let (a, b) = both(old, new, sel, table, &[], snapshot).await?;
     let (a, b) = (&a[0], &b[0]);
-    let old_fingerprint = fp(a);
+    let old_fingerprint = fp(a).to_string();
     if fp(a) == fp(b) {
         return Ok(Found {
             delta: TableDelta::Equal,
@@ -263,13 +272,14 @@ pub async fn find(
     let rows = a.rows.max(b.rows);
     if rows <= LEAF_ROWS {
         return Ok(Found {
-            delta: TableDelta::Ranges(vec![Range { lo: None, hi: None }]),
+            delta: TableDelta::Ranges(vec![KeyRange::new(&column, None, None)]),
             old_fingerprint,
             calls: 1,
         });
     }
-    let first = cut(None, None, min, max, pieces(rows).min(MAX_RANGES));
-    let (delta, calls) = narrow(old, new, sel, table, snapshot, &column, first).await?;
+    let whole = KeyRange::new(&column, None, None);
+    let first = cut(&whole, min, max, pieces(rows).min(MAX_RANGES));
+    let (delta, calls) = narrow(old, new, sel, table, snapshot, first).await?;
     Ok(Found {
         delta,
         old_fingerprint,
@@ -283,24 +293,22 @@ async fn narrow(
     old: &Agent,
     new: &Agent,
     sel: &Selections,
-    table: &[u8],
+    table: &TableInfo,
     snapshot: &str,
-    column: &str,
-    first: Vec<Range>,
+    first: Vec<KeyRange>,
 ) -> Result<(TableDelta, usize), UnitError> {
     let mut calls = 0;
     let mut cuts = first;
     // Differing ranges with the old host's row count in each.
-    let mut differ: Vec<(Range, i64)> = Vec::new();
+    let mut differ: Vec<(KeyRange, i64)> = Vec::new();
     for depth in 0..MAX_DEPTH {
         if cuts.is_empty() {
             break;
         }
         let compared = cuts.len();
-        let json = cuts.iter().map(|r| r.json(column)).collect();
-        let (fa, fb) = both(old, new, sel, table, json, snapshot).await?;
+        let (fa, fb) = both(old, new, sel, table, &cuts, snapshot).await?;
         calls += 1;
-        let mut level: Vec<(Range, i64, i64, i64, i64)> = Vec::new();
+        let mut level: Vec<(KeyRange, i64, i64, i64, i64)> = Vec::new();
         for ((r, x), y) in std::mem::take(&mut cuts).into_iter().zip(&fa).zip(&fb) {
             if fp(x) == fp(y) {
                 continue;
@@ -323,7 +331,7 @@ async fn narrow(
         let budget = (MAX_RANGES / open.len().max(1) as i64).max(2);
         cuts = open
             .iter()
-            .flat_map(|(r, min, max, rows)| cut(r.lo, r.hi, *min, *max, pieces(*rows).min(budget)))
+            .flat_map(|(r, min, max, rows)| cut(r, *min, *max, pieces(*rows).min(budget)))
             .collect();
     }
     if differ.is_empty() {
@@ -333,36 +341,24 @@ async fn narrow(
     Ok((TableDelta::Ranges(merge(differ, PIECE_ROWS)), calls))
 }
 
-/// The range as the JSON a `DbTable` carries (`column` = the table's integer key).
-pub fn range_json(table: &[u8], r: &Range) -> Vec<u8> {
-    if r.lo.is_none() && r.hi.is_none() {
-        return Vec::new();
-    }
-    let column = serde_json::from_slice::<Value>(table)
-        .ok()
-        .and_then(|v| v["int_key"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    r.json(&column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn r(lo: Option<i64>, hi: Option<i64>) -> Range {
-        Range { lo, hi }
+    fn r(lo: Option<i64>, hi: Option<i64>) -> KeyRange {
+        KeyRange::new("id", lo, hi)
     }
 
     #[test]
     fn cut_covers_the_enclosing_range_exactly() {
-        let c = cut(None, None, 1, 100, 4);
+        let c = cut(&r(None, None), 1, 100, 4);
         assert_eq!(c.first().unwrap().lo, None);
         assert_eq!(c.last().unwrap().hi, None);
         assert_eq!(c.len(), 4);
         for w in c.windows(2) {
             assert_eq!(w[0].hi, w[1].lo);
         }
-        let inner = cut(Some(26), Some(51), 26, 50, 5);
+        let inner = cut(&r(Some(26), Some(51)), 26, 50, 5);
         assert_eq!(inner.first().unwrap().lo, Some(26));
         assert_eq!(inner.last().unwrap().hi, Some(51));
         assert!(inner.len() >= 4, "{inner:?}");
@@ -373,15 +369,18 @@ mod tests {
 
     #[test]
     fn cut_of_one_key_or_one_piece_is_the_range_itself() {
-        assert_eq!(cut(Some(5), Some(6), 5, 5, 8), vec![r(Some(5), Some(6))]);
-        assert_eq!(cut(None, None, 1, 1000, 1), vec![r(None, None)]);
+        assert_eq!(
+            cut(&r(Some(5), Some(6)), 5, 5, 8),
+            vec![r(Some(5), Some(6))]
+        );
+        assert_eq!(cut(&r(None, None), 1, 1000, 1), vec![r(None, None)]);
     }
 
     #[test]
     fn cut_never_leaves_the_enclosing_bounds() {
         // Keys seen on either side may reach past a bound only for open ranges; bounded ones
         // keep their bounds whatever min/max say.
-        let c = cut(Some(10), Some(20), 0, 100, 10);
+        let c = cut(&r(Some(10), Some(20)), 0, 100, 10);
         assert_eq!(c.first().unwrap().lo, Some(10));
         assert_eq!(c.last().unwrap().hi, Some(20));
         assert!(c.iter().all(|x| x.lo.unwrap() >= 10 && x.hi.unwrap() <= 20));
@@ -403,7 +402,7 @@ mod tests {
 
     #[test]
     fn merged_pieces_stay_under_the_row_cap() {
-        let ranges: Vec<(Range, i64)> = (0..10)
+        let ranges: Vec<(KeyRange, i64)> = (0..10)
             .map(|i| (r(Some(i * 10), Some(i * 10 + 10)), 40))
             .collect();
         let m = merge(ranges, 100);
@@ -416,10 +415,38 @@ mod tests {
     }
 
     #[test]
-    fn range_json_is_empty_for_the_whole_table() {
-        let t = br#"{"int_key":"id"}"#;
-        assert!(range_json(t, &r(None, None)).is_empty());
-        let j: Value = serde_json::from_slice(&range_json(t, &r(Some(3), None))).unwrap();
-        assert_eq!(j, json!({"column": "id", "lo": 3, "hi": null}));
+    fn a_malformed_split_answer_names_the_field_never_an_open_range() {
+        use hostshift_proto::v1::{KeyBound, key_bound::Bound};
+        let at = |v| {
+            Some(KeyBound {
+                bound: Some(Bound::At(v)),
+            })
+        };
+        let open = || {
+            Some(KeyBound {
+                bound: Some(Bound::Unbounded(hostshift_proto::v1::Unbounded {})),
+            })
+        };
+        let range = |lo, hi| hostshift_proto::v1::KeyRange {
+            column: "id".into(),
+            lo,
+            hi,
+        };
+        let good = vec![range(open(), at(10)), range(at(10), open())];
+        assert_eq!(
+            checked_split(good.clone(), "id").expect("well formed"),
+            vec![r(None, Some(10)), r(Some(10), None)]
+        );
+        // The old code read a missing bound as "unbounded": a range that silently covered
+        // every key below 10 again.
+        let no_lo = vec![range(open(), at(10)), range(None, open())];
+        let e = checked_split(no_lo, "id").expect_err("missing bound");
+        assert_eq!(e.field, "ranges[1].lo");
+        assert!(e.to_string().contains("`ranges[1].lo` is missing"), "{e}");
+        let gap = vec![range(open(), at(10)), range(at(12), open())];
+        let e = checked_split(gap, "id").expect_err("gap");
+        assert_eq!(e.field, "ranges[1].lo");
+        let e = checked_split(good, "key").expect_err("other column");
+        assert_eq!(e.field, "ranges[0].column");
     }
 }

@@ -10,14 +10,14 @@ use hostshift_proto::v1::{
     CompareStorageRequest, FileRead, ManifestRead, ReadRequest, read_request,
 };
 use hostshift_shared::digest::Sha256Digest;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{SyncError, UnitError, stream};
 use crate::client::{self, Agent};
 use crate::plan::{OnNew, Plan, Side};
 
 /// The verdict on one compared item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RowStatus {
     /// Equal on both sides.
     #[serde(rename = "equal")]
@@ -51,8 +51,10 @@ impl RowStatus {
     }
 }
 
-/// One compared item.
-#[derive(Clone, Debug, Serialize)]
+/// One compared item: what `verify --json` prints, the cutover's proof keeps and the report
+/// (`report.json`, the HTML and Markdown tables) shows — one type for all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRow")]
 pub struct Row {
     /// `file`, `storage`, `table`.
     pub kind: String,
@@ -68,6 +70,41 @@ pub struct Row {
     pub new: String,
     /// The differences, named.
     pub detail: String,
+}
+
+/// A [`Row`] as read back from a `report.json`: reports written before rows carried `status`
+/// said `could_not_run` instead.
+#[derive(Deserialize)]
+struct StoredRow {
+    kind: String,
+    name: String,
+    equal: bool,
+    #[serde(default)]
+    status: Option<RowStatus>,
+    #[serde(default)]
+    could_not_run: bool,
+    old: String,
+    new: String,
+    detail: String,
+}
+
+impl From<StoredRow> for Row {
+    fn from(r: StoredRow) -> Self {
+        let status = r.status.unwrap_or(if r.could_not_run {
+            RowStatus::CouldNotRun
+        } else {
+            RowStatus::of(r.equal)
+        });
+        Row {
+            kind: r.kind,
+            name: r.name,
+            equal: r.equal,
+            status,
+            old: r.old,
+            new: r.new,
+            detail: r.detail,
+        }
+    }
 }
 
 /// The whole verification.
@@ -445,5 +482,38 @@ async fn schema_row(
         old: String::new(),
         new: String::new(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_reads_back_as_written_and_older_reports_still_read() {
+        let row = Row {
+            kind: "database".into(),
+            name: "app".into(),
+            equal: false,
+            status: RowStatus::CouldNotRun,
+            old: "?".into(),
+            new: "?".into(),
+            detail: "connection refused".into(),
+        };
+        let json = serde_json::to_value(&row).expect("json");
+        assert_eq!(json["status"], "could not run");
+        assert_eq!(serde_json::from_value::<Row>(json).expect("back"), row);
+        // A report.json written before rows carried `status`.
+        let old = serde_json::json!({
+            "kind": "database", "name": "app", "equal": false, "could_not_run": true,
+            "old": "?", "new": "?", "detail": "connection refused",
+        });
+        assert_eq!(serde_json::from_value::<Row>(old).expect("old form"), row);
+        let differs = serde_json::json!({
+            "kind": "table", "name": "public.users", "equal": false,
+            "old": "1/a", "new": "2/b", "detail": "rows",
+        });
+        let r: Row = serde_json::from_value(differs).expect("oldest form");
+        assert_eq!(r.status, RowStatus::Differs);
     }
 }
