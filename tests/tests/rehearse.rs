@@ -54,6 +54,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         "writes",
         "catch-up",
         "cutover",
+        "live-app",
         "verify-after",
     ] {
         let p = phases
@@ -82,6 +83,26 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
             .as_str()
             .is_some_and(|d| d.contains("table range(s)") && !d.contains(" 0 table range")),
         "{catch_up}"
+    );
+    // The live app wrote into the freeze: the old host acknowledged writes up to it, refused the
+    // ones during it, and every acknowledged one is on the new host (the rehearsal looked each up
+    // there); the cutover's final delta had rows to move.
+    let live = &j["live_writes"];
+    assert!(
+        live["acknowledged"].as_u64().expect("acknowledged") > 0,
+        "{live}"
+    );
+    assert!(live["refused"].as_u64().expect("refused") > 0, "{live}");
+    assert_eq!(live["lost"], 0, "{live}");
+    let cutover = phases
+        .iter()
+        .find(|p| p["phase"] == "cutover")
+        .expect("cutover");
+    assert!(
+        cutover["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("table range(s)") && !d.contains(" 0 table range")),
+        "{cutover}"
     );
     assert!(!lab.exists(), "the lab folder is removed");
     // The report outlives the lab: one self-contained page with the phases.

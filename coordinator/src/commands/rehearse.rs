@@ -13,13 +13,16 @@ use crate::output::{bytes, print_json, table};
 use crate::plan::Plan;
 use crate::preflight::{self, Verdict};
 use crate::rehearse::LocalLab;
+use crate::rehearse::writer::{LiveWriter, Outcome};
 
 /// Rehearsal flags.
 #[derive(Args)]
 #[command(after_help = "\
 Without --plan: two throwaway hosts on loopback (PostgreSQL clusters, agents, certificates, a
-sample app's data), then check, backup, sync, verify, the app writing on, a catch-up sync, the
-cutover (write freeze, final delta, proof, switch none) and a last verify; a report; teardown.
+sample app's data), then check, backup, sync, verify, the app writing on: a live writer signs
+users up on the old host through the catch-up sync and into the cutover (write freeze, final
+delta, proof, switch), every write the old host acknowledged is looked for on the new host and the
+writes the freeze refused are counted; a last verify; a report; teardown.
 
 With --plan P: the same flow against the real agents of P, copying into the scratch resources
 its [rehearsal] section names (declared and allowed in the NEW agent's config) instead of the
@@ -69,6 +72,8 @@ struct Rehearsal {
     switch: String,
     /// The cutover's measured write freeze.
     freeze_ms: Option<u64>,
+    /// What the live app's writes became: acknowledged, refused by the freeze, lost.
+    live_writes: Option<Outcome>,
     phases: Vec<Phase>,
     checks: preflight::Report,
 }
@@ -224,7 +229,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             );
         }
     }
-    let mut freeze_ms = None;
+    let mut measured = Measured::default();
     if ok {
         let plan = Plan::load(&lab.plan).map_err(|p| failed(anyhow::anyhow!("{p}")))?;
         ok = after_first_copy(
@@ -234,7 +239,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             &say,
             &mut phases,
             &mut rep,
-            &mut freeze_ms,
+            &mut measured,
         )
         .await;
     } else {
@@ -287,7 +292,8 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             plan: plan.clone(),
             kept,
             switch,
-            freeze_ms,
+            freeze_ms: measured.freeze_ms,
+            live_writes: measured.live_writes.clone(),
             phases,
             checks: report,
         });
@@ -299,7 +305,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         );
         print_phases(&phases, &report);
         println!("\nTraffic switch: {switch}");
-        if let Some(ms) = freeze_ms {
+        if let Some(ms) = measured.freeze_ms {
             println!("Write freeze during the cutover: {ms} ms");
         }
         if let Some(r) = &report_dir {
@@ -411,6 +417,15 @@ fn push(
     ok
 }
 
+/// What the cutover phase measured, for the summary.
+#[derive(Default)]
+struct Measured {
+    /// The cutover's write freeze.
+    freeze_ms: Option<u64>,
+    /// The live writer's writes, looked up on the new host.
+    live_writes: Option<Outcome>,
+}
+
 /// Rows the simulated app writes on the old host after the first copy.
 const LATE_USERS: i32 = 25;
 
@@ -424,7 +439,7 @@ async fn after_first_copy(
     say: &dyn Fn(&str),
     phases: &mut Vec<Phase>,
     rep: &mut crate::report::Builder,
-    freeze_ms: &mut Option<u64>,
+    measured: &mut Measured,
 ) -> bool {
     let mode = mode(quiet);
 
@@ -434,15 +449,25 @@ async fn after_first_copy(
         return false;
     }
 
+    say("phase live-app: a writer keeps signing users up on the old host, into the freeze");
+    let writer = match LiveWriter::start(&lab.old_pg.conninfo("app")).await {
+        Ok(w) => w,
+        Err(e) => {
+            push(phases, "live-app", Instant::now(), Err(e));
+            return false;
+        }
+    };
+
     say("phase catch-up: sync again (only what changed travels), then verify");
     let t = Instant::now();
-    let caught_up = catch_up(plan, mode).await;
+    let caught_up = catch_up(plan, mode, Some(&writer)).await;
     if !push(phases, "catch-up", t, caught_up) {
+        writer.stop().await;
         return false;
     }
 
     say("phase cutover: freeze the old host, final delta, prove, switch (none), verify");
-    let t = Instant::now();
+    let t_cut = Instant::now();
     let before: u64 = phases.iter().map(|p| p.ms as u64).sum::<u64>();
     let opts = crate::cutover::Options {
         dry_run: false,
@@ -456,7 +481,7 @@ async fn after_first_copy(
     let cut = match crate::cutover::run(plan, &opts, &crate::cutover::state::of(&[])).await {
         Err(e) => Err(e.to_string()),
         Ok(r) => {
-            *freeze_ms = r.freeze_ms;
+            measured.freeze_ms = r.freeze_ms;
             if let Some(ms) = r.freeze_ms {
                 let gates: u64 = r
                     .steps
@@ -487,7 +512,35 @@ async fn after_first_copy(
             }
         }
     };
-    if !push(phases, "cutover", t, cut) {
+    // The old host stays frozen after the cutover: let the writer meet the freeze at least once
+    // (it usually has, during the freeze itself), then stop it and look for every write it was
+    // told had committed on the new host.
+    let t = Instant::now();
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while writer.tally().refused == 0 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tally = writer.stop().await;
+    let cut_ok = cut.is_ok();
+    if !push(phases, "cutover", t_cut, cut) {
+        return false;
+    }
+    let outcome = crate::rehearse::writer::check(&tally, &lab.new_pg.conninfo("app")).await;
+    let live = match &outcome {
+        Ok(o) if o.lost == 0 => Ok(format!(
+            "{} writes acknowledged by the old host, all on the new host (0 lost); {} refused by the freeze; {} ended by the freeze before committing; {} of unknown outcome",
+            o.acknowledged, o.refused, o.failed, o.unknown
+        )),
+        Ok(o) => Err(format!(
+            "{} of {} acknowledged writes are not on the new host: {}",
+            o.lost,
+            o.acknowledged,
+            o.lost_examples.join("; ")
+        )),
+        Err(e) => Err(e.clone()),
+    };
+    measured.live_writes = outcome.ok();
+    if !push(phases, "live-app", t, live) || !cut_ok {
         return false;
     }
 
@@ -625,7 +678,12 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
     if ok {
         say("phase catch-up: sync again (only what changed travels), then verify");
         let t = Instant::now();
-        ok = push(&mut phases, "catch-up", t, catch_up(&plan, mode).await);
+        ok = push(
+            &mut phases,
+            "catch-up",
+            t,
+            catch_up(&plan, mode, None).await,
+        );
     }
     if ok {
         say(
@@ -705,30 +763,68 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
     }
 }
 
-/// A catch-up sync (only what changed travels) and a verify, as right before a cutover.
-async fn catch_up(plan: &Plan, mode: crate::sync::progress::Mode) -> Result<String, String> {
+/// A catch-up sync (only what changed travels) while the app writes, then the clean verify the
+/// cutover's gate asks for. Today's gate needs a verify that finds the hosts equal, which a
+/// writing app cannot give: the writer pauses for a last small sync and the verify, then writes
+/// on into the cutover (issue 12.3 replaces this gate with the follower's lag).
+async fn catch_up(
+    plan: &Plan,
+    mode: crate::sync::progress::Mode,
+    writer: Option<&LiveWriter>,
+) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {
         progress: mode,
         ..crate::sync::SyncOptions::default()
     };
-    let s = crate::sync::run(plan, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !s.ok {
-        return Err(format!("the catch-up sync failed: {}", s.failures()));
+    let sync = || async {
+        let s = crate::sync::run(plan, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        if s.ok {
+            Ok(s)
+        } else {
+            Err(format!("the catch-up sync failed: {}", s.failures()))
+        }
+    };
+    let s = sync().await?;
+    let Some(writer) = writer else {
+        // Against real hosts (`--plan`): no writer of ours; one sync, one verify.
+        let v = crate::sync::verify::run(plan)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !v.ok {
+            return Err("verify after the catch-up found differences".to_string());
+        }
+        let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
+        return Ok(format!(
+            "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
+            bytes(s.bytes),
+            s.files,
+            v.rows.len()
+        ));
+    };
+    writer.pause().await;
+    let settled = async {
+        let last = sync().await?;
+        let v = crate::sync::verify::run(plan)
+            .await
+            .map_err(|e| e.to_string())?;
+        if v.ok {
+            Ok((last, v))
+        } else {
+            Err("verify after the catch-up found differences".to_string())
+        }
     }
-    let v = crate::sync::verify::run(plan)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !v.ok {
-        return Err("verify after the catch-up found differences".to_string());
-    }
-    let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
+    .await;
+    writer.resume();
+    let (last, v) = settled?;
+    let ranges: u64 = s.units.iter().chain(&last.units).map(|u| u.ranges).sum();
     Ok(format!(
-        "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
+        "{} sent while the app wrote, {} with it paused for the gate's verify ({ranges} table range(s)); {} items equal; {} writes acknowledged so far",
         bytes(s.bytes),
-        s.files,
-        v.rows.len()
+        bytes(last.bytes),
+        v.rows.len(),
+        writer.tally().acknowledged()
     ))
 }
 

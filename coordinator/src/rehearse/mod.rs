@@ -8,6 +8,7 @@
 //! Nothing outside that folder and the loopback interface is touched.
 
 mod content;
+pub mod writer;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
