@@ -29,6 +29,7 @@ pub mod db;
 pub mod db_stats;
 pub mod envfile;
 pub mod error;
+pub mod fsutil;
 pub mod health;
 pub mod hooks;
 pub mod nginx;

@@ -346,18 +346,18 @@ fn print_phases(phases: &[Phase], checks: &preflight::Report) {
 }
 
 /// Progress lines for people, or none with `-q`.
-fn mode(quiet: bool) -> crate::sync::progress::Mode {
+fn mode(quiet: bool) -> crate::progress::Mode {
     if quiet {
-        crate::sync::progress::Mode::Quiet
+        crate::progress::Mode::Quiet
     } else {
-        crate::sync::progress::Mode::Human
+        crate::progress::Mode::Human
     }
 }
 
 /// A full sync, its streams added to the report.
 async fn sync_phase(
     plan: &Plan,
-    mode: crate::sync::progress::Mode,
+    mode: crate::progress::Mode,
     rep: &mut crate::report::Builder,
 ) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {
@@ -706,7 +706,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
 }
 
 /// A catch-up sync (only what changed travels) and a verify, as right before a cutover.
-async fn catch_up(plan: &Plan, mode: crate::sync::progress::Mode) -> Result<String, String> {
+async fn catch_up(plan: &Plan, mode: crate::progress::Mode) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {
         progress: mode,
         ..crate::sync::SyncOptions::default()

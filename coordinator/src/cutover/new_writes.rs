@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{self, CutoverError};
 use crate::client::Agent;
 use crate::plan::Plan;
-use crate::sync::database::Selections;
+use crate::sync::selection::Selections;
 
 /// `<state_dir>/new-host-at-switch.json`: the new host's tables when traffic moved.
 pub const BASELINE_FILE: &str = "new-host-at-switch.json";

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hostshift_proto::v1::{
     ApplyHeader, CloseSnapshotRequest, DatabaseSpec, DbGlobals, DbLargeObject, DbReadRequest,
-    DbSchema, DbSelection, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest,
-    FingerprintResponse, OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest,
-    SetSequencesRequest, TableDescription, apply_header, read_request,
+    DbSchema, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest, FingerprintResponse,
+    OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest, SetSequencesRequest, TableDescription,
+    apply_header, read_request,
 };
 use hostshift_shared::model::{KeyRange, TableInfo, TablePattern, TableRef};
 
+use super::selection::Selections;
 use super::units::{fail, report, transfer};
 use super::{Run, UnitError, UnitReport, delta};
 use crate::plan::{OnNew, PlanDatabase};
@@ -69,32 +70,6 @@ fn tables(raw: Vec<TableDescription>, host: &str) -> Result<Vec<Table>, UnitErro
             })
         })
         .collect()
-}
-
-/// A database's table selection as each agent names the database (the new host's name may differ:
-/// the plan's `target`).
-#[derive(Clone, Debug)]
-pub struct Selections {
-    /// For the old agent.
-    pub old: DbSelection,
-    /// For the new agent.
-    pub new: DbSelection,
-}
-
-impl Selections {
-    /// From the plan.
-    pub fn of(d: &PlanDatabase) -> Self {
-        let old = DbSelection {
-            database: d.name.clone(),
-            include: d.include.clone(),
-            exclude: d.exclude.clone(),
-        };
-        let new = DbSelection {
-            database: d.on_new().to_string(),
-            ..old.clone()
-        };
-        Self { old, new }
-    }
 }
 
 /// The fingerprints of both sides, taken at the same time.
@@ -548,7 +523,7 @@ fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
     run.journal
         .path()
         .parent()
-        .and_then(|dir| super::journal::read(dir).ok())
+        .and_then(|dir| crate::journal::read(dir).ok())
         .is_some_and(|events| {
             events
                 .iter()

@@ -2,7 +2,7 @@
 //! host to the new one while the old host keeps serving; safe to run again.
 //!
 //! - Each **unit** (a file, a storage batch, a table) is journaled before and after it acts
-//!   ([`journal`]), moved as one framed stream ([`stream`]) — pulled by the new agent from the
+//!   ([`crate::journal`]), moved as one framed stream ([`stream`]) — pulled by the new agent from the
 //!   old one by default, or relayed through this process — and retried when the stream failed
 //!   its integrity check or the connection broke. A refusal (permissions, bad names) is not
 //!   retried.
@@ -16,9 +16,8 @@
 
 pub(crate) mod database;
 pub mod delta;
-pub mod journal;
 mod matviews;
-pub mod progress;
+pub mod selection;
 pub mod stream;
 mod units;
 pub mod verify;
@@ -31,9 +30,9 @@ use hostshift_shared::framing::IntegrityError;
 use serde::Serialize;
 
 use crate::client::{self, Agent};
+use crate::journal::{self, Journal};
 use crate::plan::{Plan, Side};
-use journal::Journal;
-use progress::Progress;
+use crate::progress::{self, Progress};
 use stream::PullSource;
 pub use units::deferred_summary;
 
@@ -414,7 +413,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
                 selections: plan
                     .databases
                     .iter()
-                    .map(|d| database::Selections::of(d).old)
+                    .map(|d| selection::Selections::of(d).old)
                     .collect(),
             }))
             .await

@@ -160,7 +160,7 @@ fn list(v: &[String], what: &str) -> Option<String> {
 /// [`SyncError::Connect`] when an agent cannot be reached.
 pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
     // Journaled (best effort: verify only reads) so the cutover's gate can see a recent clean one.
-    let journal = super::journal::Journal::open(&plan.state_dir())
+    let journal = crate::journal::Journal::open(&plan.state_dir())
         .inspect_err(|e| tracing::warn!(error = %e, "verify is not journaled"))
         .ok();
     let note = |status: &str, detail: &str| {
@@ -340,7 +340,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         rows.push(row);
     }
     for d in &plan.databases {
-        let sel = super::database::Selections::of(d);
+        let sel = super::selection::Selections::of(d);
         // The definitions too (tables, indexes, constraints, triggers, functions, types): equal
         // rows under a half-applied post-data (a first sync killed in the middle) are not equal.
         rows.push(schema_row(&old, &new, d, &sel).await);
@@ -450,7 +450,7 @@ async fn schema_row(
     old: &client::Agent,
     new: &client::Agent,
     d: &crate::plan::PlanDatabase,
-    sel: &super::database::Selections,
+    sel: &super::selection::Selections,
 ) -> Row {
     let (status, detail) = match super::database::schema_differences(old, new, sel).await {
         Err(e) => (
