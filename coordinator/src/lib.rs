@@ -12,6 +12,10 @@
 //!   [`progress`] reports units on stderr (bars, lines or JSON). Both serve sync, cutover,
 //!   backup and rehearse, so they sit beside them, not inside one.
 //! - [`health`] runs the plan's `[[health]]` checks (`hostshift health`, the cutover's gates).
+//! - [`phase`] gives each phase (sync unit, verify, cutover step) its `tracing` span, so
+//!   `HOSTSHIFT_LOG=debug` tells the run in order.
+//!
+//! Imports point from [`commands`] into the library, never back.
 //! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
 //!   (`cutover`, `rollback`, `status`).
 //! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
@@ -34,6 +38,7 @@ pub mod journal;
 pub mod lab;
 pub mod lock;
 pub mod output;
+pub mod phase;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

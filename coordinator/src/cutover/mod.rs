@@ -51,6 +51,7 @@ mod undo;
 use std::time::{Duration, Instant};
 
 use crate::journal::{self, Mark, Step as JStep};
+use crate::phase::traced;
 use crate::plan::Plan;
 use crate::progress::Mode;
 use cut::Cut;
@@ -84,6 +85,11 @@ pub struct Options {
     pub write_report: bool,
 }
 
+/// The span of one cutover or rollback step (see [`crate::phase`]).
+fn step_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!("step", name = %step)
+}
+
 /// A test-only failure injected at `step` (debug builds: `HOSTSHIFT_TEST_FAIL_AT=step[,step]`),
 /// so the tests can prove the undo from every step with real agents, PM2, nginx and AWS.
 /// `journal` makes every journal write fail once the freeze is complete.
@@ -111,7 +117,7 @@ pub async fn run(
     let mut c = Cut::new(plan, opts.progress, PHASE)?;
     c.rehearsal = opts.rehearsal;
     let quiet = opts.progress == Mode::Quiet;
-    c.connect().await;
+    traced(step_span("connect"), c.connect()).await;
     if opts.resume {
         c.freeze_started_ms = st.freeze_started_ms;
         // The earlier run's freeze and switch count: a failure undoes them too.
@@ -150,7 +156,7 @@ pub async fn run(
             skip_backup: opts.skip_backup_check.as_deref(),
             rehearsal: opts.rehearsal,
         };
-        let (g, predicted) = gates::check(&inputs).await;
+        let (g, predicted) = traced(step_span("gates"), gates::check(&inputs)).await;
         c.out.gates = g;
         c.out.predicted_freeze_ms = predicted;
         let failed: Vec<String> = c
@@ -216,15 +222,15 @@ pub async fn run(
         if c.rehearsal {
             let t = Instant::now();
             c.skipped(JStep::FreezeAll, "rehearsal: the old host keeps serving")?;
-            let delta = c.delta().await?;
-            c.prove(&delta).await?;
+            let delta = traced(step_span("delta"), c.delta()).await?;
+            traced(step_span("prove"), c.prove(&delta)).await?;
             c.out.rehearsed_freeze_ms = Some(t.elapsed().as_millis() as u64);
             c.skipped(JStep::Switch, "rehearsal: traffic stays where it is")?;
             return Ok(());
         }
-        c.freeze().await?;
-        let delta = c.delta().await?;
-        c.prove(&delta).await?;
+        traced(step_span("freeze"), c.freeze()).await?;
+        let delta = traced(step_span("delta"), c.delta()).await?;
+        traced(step_span("prove"), c.prove(&delta)).await?;
         // Nothing writes to the new host before traffic moves: what the proof saw is the state
         // at the switch, against which a rollback finds the writes it would leave behind.
         new_writes::record_baseline(
@@ -234,8 +240,8 @@ pub async fn run(
                 databases: c.new_at_proof.clone(),
             },
         )?;
-        c.switch().await?;
-        c.verify_public().await?;
+        traced(step_span("switch"), c.switch()).await?;
+        traced(step_span("verify"), c.verify_public()).await?;
         Ok(())
     }
     .await;
@@ -247,7 +253,7 @@ pub async fn run(
                 c.journal_failed_at_the_end(&e);
             }
         }
-        Err(cause) => c.fail(cause).await,
+        Err(cause) => traced(step_span("undo"), c.fail(cause)).await,
     }
     Ok(c.finish(quiet, opts.write_report))
 }
@@ -261,7 +267,7 @@ pub async fn run(
 pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartError> {
     let mut c = Cut::new(plan, mode, ROLLBACK)?;
     let quiet = mode == Mode::Quiet;
-    c.connect().await;
+    traced(step_span("connect"), c.connect()).await;
     c.record(JStep::Rollback, Mark::Started, "")
         .map_err(|e| StartError::from_cutover(e, plan))?;
     if !c.connect_errors.is_empty() {
@@ -272,9 +278,9 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     // reported on a journal failure is "may still be frozen".
     c.frozen = methods.clone();
     c.switched = true;
-    let manual = c.undo(methods, true).await;
+    let manual = traced(step_span("undo"), c.undo(methods, true)).await;
     c.rep.skipped("freeze", "rollback");
-    let writes = c.new_host_writes().await;
+    let writes = traced(step_span("new-host writes"), c.new_host_writes()).await;
     let recorded = match writes {
         Err(e) => Err(e),
         Ok(()) if manual.is_empty() => {

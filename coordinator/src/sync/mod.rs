@@ -31,6 +31,7 @@ use serde::Serialize;
 
 use crate::client::{self, Agent};
 use crate::journal::{self, Journal};
+use crate::phase::traced;
 use crate::plan::{Plan, Side};
 use crate::progress::{self, Progress};
 use stream::PullSource;
@@ -330,6 +331,11 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
     v
 }
 
+/// The span of one sync unit (see [`crate::phase`]).
+fn unit_span(kind: &'static str, name: &str) -> tracing::Span {
+    tracing::info_span!("unit", kind = %kind, name = %name)
+}
+
 /// Runs a sync.
 ///
 /// # Errors
@@ -444,17 +450,17 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     let mut units = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
         for f in &plan.files {
-            units.push(units::file(&run, f).await);
+            units.push(traced(unit_span("file", &f.name), units::file(&run, f)).await);
         }
     }
     if opts.only.is_none_or(|o| o == Only::Storage) {
         for s in &plan.storage {
-            units.push(units::storage(&run, s).await);
+            units.push(traced(unit_span("storage", &s.name), units::storage(&run, s)).await);
         }
     }
     if opts.only.is_none_or(|o| o == Only::Db) {
         for d in &plan.databases {
-            units.push(database::database(&run, d).await);
+            units.push(traced(unit_span("database", &d.name), database::database(&run, d)).await);
         }
     }
 
