@@ -2,19 +2,39 @@
 //! TLS, and acts only on what its own config declares.
 //!
 //! # Architecture
-//! - [`config`] — the agent's TOML config: what this host has and what may be done with it.
+//! Calls go one way: `main.rs` → [`serve`] → a service's `service.rs` → its folder's work files
+//! → the libraries ([`postgres`], [`storage`], [`db`]) → [`process`], [`fsutil`], [`error`],
+//! [`config`]. The libraries import no service folder; service folders share only named pieces
+//! (`transfer` uses `database`'s wire conversions and freeze record, `database` uses
+//! `transfer`'s write permit), never a `service.rs`.
+//!
+//! - [`config`] — the agent's TOML config: what this host has and what may be done with it;
+//!   [`overlap`] refuses folders of it that overlap (a sync would delete the other's files).
 //! - [`auth`] — the caller's identity from its verified certificate; control services accept the
 //!   coordinator only.
-//! - One folder per gRPC service, named after it: [`agent_info`] (`service Agent`), [`backup`]
-//!   (`service Backup`, also `hostshift-agent backup`), [`hooks`]
-//!   (`service Hooks`), [`pm2`] (`service Pm2`), [`envfile`] (`service EnvFiles`), [`nginx`]
-//!   (`service Nginx`), [`health`] (`service Health`), [`db_stats`] (`service DbStats`). Each
-//!   folder's `service.rs` only translates proto ↔ domain; the work sits in files that know
-//!   nothing of tonic.
-//! - [`process`] — the only place that starts external programs.
+//! - One folder per gRPC service, named after it; its `service.rs` only translates proto ↔
+//!   domain, the work sits in files that know nothing of tonic:
+//!   - host control: [`agent_info`] (`service Agent`: tools, disks, inventory), [`pm2`]
+//!     (`service Pm2`), [`nginx`] (`service Nginx`, also the maintenance page), [`health`]
+//!     (`service Health`), [`hooks`] (`service Hooks`), [`envfile`] (`service EnvFiles`);
+//!   - the data path: [`transfer`] (`service Grants`, `Source`, `Target`: framed streams between
+//!     agents, pulled by the new one) moves files, [`storage`] trees and databases;
+//!     [`database`] (`service Database`) answers what a database sync asks besides the streams
+//!     (tables, snapshots, key ranges, fingerprints, the write freeze); [`db_stats`]
+//!     (`service DbStats`) reads statistics; [`backup`] (`service Backup`, also
+//!     `hostshift-agent backup`) writes backups on this host.
+//! - The data path's libraries, without gRPC: [`postgres`] (read and write a database: schema,
+//!   tables by key range, sequences, large objects, fingerprints — with its own session type for
+//!   a sync's long transactions), [`storage`] (manifests, deltas, packing and staged commits of
+//!   a tree), and [`db`] (the connection to a configured database by name, for short read-only
+//!   questions: inventory, statistics). Database work is thus in `postgres/` (how) and
+//!   `database/` (the RPCs); the three `freeze.rs` are the agent's record of a freeze
+//!   (`database/`), the SQL that applies it (`postgres/`) and — in the coordinator — the step.
+//! - [`process`] — the only place that starts external programs; [`fsutil`] — the one atomic
+//!   file replace.
 //! - [`error`] — [`error::AgentError`] and its single mapping to gRPC status codes.
 //! - [`serve`] — binds the services to a listener; `main.rs` only parses flags and calls it, and
-//!   tests call it the same way.
+//!   tests call it the same way. One `tracing` span per RPC (`rpc{method=…}`).
 //!
 //! Shutdown: a [`CancellationToken`] (SIGTERM/SIGINT in `main.rs`) stops accepting connections,
 //! cancels in-flight work (children are terminated, then killed), and waits for tracked tasks up
@@ -29,6 +49,7 @@ pub mod db;
 pub mod db_stats;
 pub mod envfile;
 pub mod error;
+pub mod fsutil;
 pub mod health;
 pub mod hooks;
 pub mod nginx;

@@ -7,8 +7,15 @@
 //! - [`preflight`] checks both hosts (`hostshift check`); later phases reuse it as a gate.
 //! - [`lab`] builds throwaway hosts on loopback (PostgreSQL clusters, seeded app data) for the
 //!   rehearsal and the test suite.
-//! - [`sync`] copies files, storage and databases (`sync`), proves equality (`verify`), and
-//!   keeps the journal.
+//! - [`sync`] copies files, storage and databases (`sync`) and proves equality (`verify`).
+//! - [`journal`] is the append-only record of what sync and cutover did (resume, rollback);
+//!   [`progress`] reports units on stderr (bars, lines or JSON). Both serve sync, cutover,
+//!   backup and rehearse, so they sit beside them, not inside one.
+//! - [`health`] runs the plan's `[[health]]` checks (`hostshift health`, the cutover's gates).
+//! - [`phase`] gives each phase (sync unit, verify, cutover step) its `tracing` span, so
+//!   `HOSTSHIFT_LOG=debug` tells the run in order.
+//!
+//! Imports point from [`commands`] into the library, never back.
 //! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
 //!   (`cutover`, `rollback`, `status`).
 //! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
@@ -26,11 +33,15 @@ pub mod client;
 pub mod commands;
 pub mod cutover;
 pub mod error;
+pub mod health;
+pub mod journal;
 pub mod lab;
 pub mod lock;
 pub mod output;
+pub mod phase;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod rehearse;
 pub mod report;
 pub mod snapshots;

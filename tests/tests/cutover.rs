@@ -192,7 +192,12 @@ async fn cutover_with_the_app_writing_moves_every_acknowledged_write_switches_th
     let writer = app_writer(&rig);
     writer.wait_acked(WRITES_BEFORE, WRITER_WAIT).await;
 
-    let out = rig.cli(&["cutover", "--yes", "--json"]).await;
+    let out = rig
+        .cli_with(
+            &["cutover", "--yes", "--json"],
+            &[("HOSTSHIFT_LOG", "hostshift=debug")],
+        )
+        .await;
     // The old database stays read-only: the writer's next rounds are refused, none acknowledged.
     if out.code == 0 {
         writer.wait_refused(WRITER_WAIT).await;
@@ -213,6 +218,26 @@ async fn cutover_with_the_app_writing_moves_every_acknowledged_write_switches_th
         .filter(|n| n != "gates")
         .collect();
     assert_eq!(names, STEPS, "the steps, in order: {j:#}");
+    // HOSTSHIFT_LOG=debug tells the run as a story: every step in its own span, saying when it
+    // ends and how long it took, the delta's units and database steps nested inside it.
+    for span in [
+        "step{name=gates}",
+        "step{name=freeze}",
+        "step{name=delta}",
+        "step{name=prove}",
+        "step{name=switch}",
+        "step{name=verify}",
+        "step{name=delta}:unit{kind=database name=app}:db{step=data}",
+        "step{name=prove}:verify",
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(span) && l.contains("ends ms=")),
+            "no span {span} ending in the debug log:\n{}",
+            out.stderr
+        );
+    }
     for s in STEPS {
         let st = text(&step(&j, s)["status"]);
         assert!(

@@ -16,6 +16,7 @@ use hostshift_proto::v1::{
     RangeFingerprintsRequest, SetReadOnlyRequest, SetReadOnlyResponse, SplitRangesRequest,
     TableDescription,
 };
+use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, TableRef};
 use hostshift_tests::rig::{AgentProc, AgentSetup, Sandbox};
 use tokio_postgres::error::SqlState;
 use tonic::transport::Channel;
@@ -163,9 +164,10 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
             .await
             .expect("Fingerprint")
             .into_inner();
-        let listed = &fp.tables[&format!("public.{RUNS}")];
+        let fp = DatabaseFingerprint::from_proto(fp).expect("a well-formed answer");
+        let listed = &fp.tables[&TableRef::new("public", RUNS)];
         assert_eq!(whole.len(), 1);
-        assert_eq!(format!("{}/{}", whole[0].rows, whole[0].digest), *listed);
+        assert_eq!(Fingerprint::from(&whole[0]), *listed);
         let (min, max): (i64, i64) = {
             let r = db
                 .query_one(&format!("SELECT min(id), max(id) FROM {RUNS}"), &[])
@@ -530,7 +532,11 @@ async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writ
             .await
             .expect("Fingerprint while frozen")
             .into_inner();
-        assert_eq!(fp.rows["public.users"], sb.world.seed.rows["users"] + 1);
+        let fp = DatabaseFingerprint::from_proto(fp).expect("a well-formed answer");
+        assert_eq!(
+            fp.tables[&TableRef::new("public", "users")].rows,
+            sb.world.seed.rows["users"] + 1
+        );
         let (_, users) = table(&mut old, "users").await;
         let on_snapshot = old
             .range_fingerprints(request(RangeFingerprintsRequest {
@@ -694,7 +700,11 @@ async fn a_freeze_holds_against_a_plain_role_that_turns_read_only_off_and_the_un
             .await
             .expect("Fingerprint while frozen")
             .into_inner();
-        assert_eq!(fp.rows["public.users"], sb.world.seed.rows["users"] + 1);
+        let fp = DatabaseFingerprint::from_proto(fp).expect("a well-formed answer");
+        assert_eq!(
+            fp.tables[&TableRef::new("public", "users")].rows,
+            sb.world.seed.rows["users"] + 1
+        );
         // Freezing again changes nothing and keeps the first record.
         let again = set_read_only(&mut old, true, true)
             .await

@@ -602,8 +602,7 @@ retries = 1
     let plan = hostshift::plan::Plan::load(&f.sb.plan_path()).expect("plan");
     drop(f.sb.new.take());
     let outcomes =
-        hostshift::commands::health::run_checks(&plan, Some(hostshift::plan::CheckFrom::New), &[])
-            .await;
+        hostshift::health::run_checks(&plan, Some(hostshift::plan::CheckFrom::New), &[]).await;
     assert_eq!(outcomes.len(), 1);
     assert!(!outcomes[0].result.ok);
     assert!(

@@ -16,7 +16,8 @@ use hostshift::lab::seed;
 use hostshift_agent::config::DatabaseConfig;
 use hostshift_agent::postgres::{
     self as pg, Conn, ExportedSnapshot, GlobalsReport, KeyRange, LargeObjectSink, LoadMode,
-    PgSyncError, SchemaBuffer, Section, Selection, SnapshotId, TableInfo, TableKind, TableSink,
+    PgSyncError, SchemaBuffer, Section, Selection, SnapshotId, TableInfo, TableKind, TableRef,
+    TableSink,
 };
 use hostshift_tests::rig::Sandbox;
 use tokio::sync::Barrier;
@@ -387,7 +388,11 @@ async fn round_trip_makes_the_target_equal_and_leaves_the_source_untouched() {
             .expect("count")
             .get(0);
         assert_eq!(count, sb.world.seed.rows[table], "{table}");
-        assert_eq!(fp_new[&format!("public.{table}")].rows, count, "{table}");
+        assert_eq!(
+            fp_new[&TableRef::new("public", table)].rows,
+            count,
+            "{table}"
+        );
     }
     let seqs = pg::sequence_fingerprint(&src, &all)
         .await
@@ -542,15 +547,14 @@ async fn round_trip_makes_the_target_equal_and_leaves_the_source_untouched() {
     let changed = pg::database_fingerprint(&dst, &all)
         .await
         .expect("fingerprint new");
-    let differing: Vec<&String> = fp_now
+    let differing: Vec<String> = fp_now
         .keys()
         .filter(|k| fp_now[*k] != changed[*k])
+        .map(ToString::to_string)
         .collect();
     assert_eq!(differing, ["public.project_evaluation_runs"]);
-    assert_eq!(
-        changed["public.project_evaluation_runs"].rows,
-        fp_old["public.project_evaluation_runs"].rows
-    );
+    let runs_ref = TableRef::new("public", "project_evaluation_runs");
+    assert_eq!(changed[&runs_ref].rows, fp_old[&runs_ref].rows);
     let runs_table = synced
         .tables
         .iter()

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use hostshift::plan::Plan;
-use hostshift::sync::{self, ErrorKind, SyncOptions, TapFactory, progress};
+use hostshift::progress;
+use hostshift::sync::{self, ErrorKind, SyncOptions, TapFactory};
 use hostshift_proto::v1::frame::Kind;
 use hostshift_tests::rig::{self, Sandbox, fs};
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::blocking;
-use super::flow::{Progress, Selection};
+use super::selection::{Progress, Selection};
 use super::verify::HashingWriter;
 use super::{Artifact, ArtifactKind, BackupManifest, INCOMPLETE_PREFIX, MANIFEST};
 use crate::config::{AgentConfig, DatabaseConfig, FileConfig, StorageConfig};

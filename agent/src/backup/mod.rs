@@ -37,6 +37,7 @@ pub mod flow;
 pub mod restore;
 pub mod retention;
 pub mod s3;
+pub mod selection;
 mod service;
 pub mod verify;
 

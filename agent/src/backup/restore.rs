@@ -419,7 +419,7 @@ fn restore_file(c: &AgentConfig, backup: &Path, a: &Artifact) -> Result<String, 
         )));
     }
     let owner = std::fs::metadata(&target).ok().map(|m| (m.uid(), m.gid()));
-    crate::transfer::files::write_atomic(&target, &bytes, a.mode.unwrap_or(0o600), owner)?;
+    crate::fsutil::write_atomic(&target, &bytes, a.mode.unwrap_or(0o600), owner)?;
     Ok(format!(
         "{} bytes written to {}",
         bytes.len(),

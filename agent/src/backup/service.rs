@@ -22,9 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::flow::{self, Progress, Selection};
+use super::flow;
 use super::retention::PruneReport;
 use super::s3::UploadReport;
+use super::selection::{Progress, Selection};
 use super::{BackupManifest, restore, retention, s3};
 use crate::Ctx;
 use crate::error::AgentError;

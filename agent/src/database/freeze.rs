@@ -159,7 +159,7 @@ pub async fn freeze(
     let write = |record: &Record| -> Result<(), AgentError> {
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| AgentError::Internal(format!("encode the freeze record: {e}")))?;
-        crate::transfer::files::write_atomic(&path, &bytes, 0o600, None)
+        crate::fsutil::write_atomic(&path, &bytes, 0o600, None)
     };
     let (original, wrote) = match read_record(&path)? {
         Some(mut r) => {
@@ -393,13 +393,8 @@ mod tests {
             }],
             frozen_at: 1,
         };
-        crate::transfer::files::write_atomic(
-            &path,
-            &serde_json::to_vec(&r).expect("json"),
-            0o600,
-            None,
-        )
-        .expect("write");
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec(&r).expect("json"), 0o600, None)
+            .expect("write");
         assert_eq!(read_record(&path).expect("read"), Some(r));
         remove_record(&path).expect("remove");
         remove_record(&path).expect("removing twice is fine");

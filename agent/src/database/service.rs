@@ -14,7 +14,7 @@ use hostshift_proto::v1::{
     SequencesResponse, SetReadOnlyRequest, SetReadOnlyResponse, SetSequencesRequest,
     SetSequencesResponse, SplitRangesRequest, SplitRangesResponse,
 };
-use hostshift_shared::model::{Fingerprint, KeyRange};
+use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, KeyRange};
 use tonic::{Request, Response, Status};
 
 use super::{freeze, wire};
@@ -208,15 +208,17 @@ impl Database for DatabaseService {
         } else {
             Default::default()
         };
-        Ok(Response::new(FingerprintResponse {
-            rows: tables.iter().map(|(k, v)| (k.clone(), v.rows)).collect(),
-            tables: tables
-                .into_iter()
-                .map(|(k, v)| (k, Fingerprint::new(v.rows, v.digest).to_string()))
-                .collect(),
-            sequences: sequences.into_iter().collect(),
-            large_objects: large_objects.into_iter().collect(),
-        }))
+        Ok(Response::new(
+            DatabaseFingerprint {
+                tables: tables
+                    .into_iter()
+                    .map(|(t, f)| (t, Fingerprint::new(f.rows, f.digest)))
+                    .collect(),
+                sequences,
+                large_objects,
+            }
+            .into(),
+        ))
     }
 
     async fn range_fingerprints(

@@ -42,6 +42,7 @@ use super::control::{self, TestOutcome};
 use super::site;
 use crate::config::NginxConfig;
 use crate::error::AgentError;
+use crate::fsutil::write_atomic;
 
 const ORIGINAL: &str = "site.original";
 const STATE: &str = "maintenance.json";
@@ -150,42 +151,6 @@ fn saved_original(p: &Paths, st: &State) -> Result<Vec<u8>, AgentError> {
         )));
     }
     Ok(bytes)
-}
-
-/// Writes `bytes` to `path` by staging a hidden file beside it (`.NAME.hostshift-tmp`: nginx's
-/// `*` globs skip dot files), syncing, setting mode and owner, and renaming over the target.
-fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), AgentError> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .ok_or_else(|| AgentError::Internal(format!("{} has no parent folder", path.display())))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.hostshift-tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| AgentError::io("write", &tmp, e))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| AgentError::io("chmod", &tmp, e))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| AgentError::io("chown", &tmp, e))?;
-        }
-        f.sync_all().map_err(|e| AgentError::io("sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| AgentError::io("rename into place", path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn remove_state(p: &Paths) -> Result<(), AgentError> {

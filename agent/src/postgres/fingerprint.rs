@@ -43,6 +43,7 @@
 use std::collections::BTreeMap;
 
 use hostshift_shared::digest::StreamHasher;
+use hostshift_shared::model::{LargeObjectFingerprint, SequencePosition, TableRef};
 
 use super::conn::{Conn, SnapshotId};
 use super::error::PgSyncError;
@@ -127,21 +128,21 @@ pub async fn table_fingerprint(
     fp
 }
 
-/// The fingerprint of every table `selection` selects, keyed `schema.table`, in one read-only
-/// transaction (one consistent view of the database).
+/// The fingerprint of every table `selection` selects, in one read-only transaction (one
+/// consistent view of the database).
 ///
 /// # Errors
 /// [`PgSyncError::Query`] naming the table that could not be read.
 pub async fn database_fingerprint(
     conn: &Conn,
     selection: &Selection,
-) -> Result<BTreeMap<String, TableFingerprint>, PgSyncError> {
+) -> Result<BTreeMap<TableRef, TableFingerprint>, PgSyncError> {
     conn.begin_read_only(None).await?;
     let result: Result<_, PgSyncError> = async {
         let mut out = BTreeMap::new();
         for t in tables::tables_in_tx(conn, selection).await? {
             let fp = table_in_tx(conn, &t, None).await?;
-            out.insert(t.table.to_string(), fp);
+            out.insert(t.table.clone(), fp);
         }
         Ok(out)
     }
@@ -382,38 +383,45 @@ impl BucketPlan {
     }
 }
 
-/// `last_value/is_called` of every selected sequence, keyed `schema.sequence`.
+/// The position of every selected sequence.
 ///
 /// # Errors
 /// [`PgSyncError::Query`] naming the sequence that could not be read.
 pub async fn sequence_fingerprint(
     conn: &Conn,
     selection: &Selection,
-) -> Result<BTreeMap<String, String>, PgSyncError> {
+) -> Result<BTreeMap<TableRef, SequencePosition>, PgSyncError> {
     let values = sequences::read_sequences(conn, selection, None).await?;
     Ok(values
         .into_iter()
         .map(|v| {
             (
-                v.sequence.to_string(),
-                format!("{}/{}", v.last_value, v.is_called),
+                v.sequence,
+                SequencePosition {
+                    last_value: v.last_value,
+                    is_called: v.is_called,
+                },
             )
         })
         .collect())
 }
 
-/// Per large object (by OID): `owner=… acl=… bytes=… sha256=…`, in one read-only transaction.
+/// Per large object (by OID): owner, ACL, size and digest, in one read-only transaction.
 ///
 /// # Errors
 /// [`PgSyncError::Query`] when a large object cannot be read (the session needs `SELECT` on it).
-pub async fn large_object_fingerprint(conn: &Conn) -> Result<BTreeMap<u32, String>, PgSyncError> {
+pub async fn large_object_fingerprint(
+    conn: &Conn,
+) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
     conn.begin_read_only(None).await?;
     let result = large_objects_in_tx(conn).await;
     conn.end_read_only().await?;
     result
 }
 
-async fn large_objects_in_tx(conn: &Conn) -> Result<BTreeMap<u32, String>, PgSyncError> {
+async fn large_objects_in_tx(
+    conn: &Conn,
+) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
     let what = "fingerprint the large objects";
     let c = conn.client();
     let metas = c
@@ -450,11 +458,12 @@ async fn large_objects_in_tx(conn: &Conn) -> Result<BTreeMap<u32, String>, PgSyn
         let (_, digest) = hasher.finish();
         out.insert(
             oid,
-            format!(
-                "owner={} acl={} bytes={size} sha256={digest}",
-                m.get::<_, &str>(1),
-                m.get::<_, &str>(2)
-            ),
+            LargeObjectFingerprint {
+                owner: m.get::<_, String>(1),
+                acl: m.get::<_, String>(2),
+                bytes: size,
+                sha256: digest.to_string(),
+            },
         );
     }
     Ok(out)

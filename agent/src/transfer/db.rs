@@ -189,7 +189,7 @@ where
         None => Err(AgentError::DataLoss(
             IntegrityError::Truncated { got_len: dec.len() }.to_string(),
         )),
-        Some(Err(s)) => Err(super::sink::upstream(s)),
+        Some(Err(s)) => Err(super::guard::upstream(s)),
         Some(Ok(f)) => match dec
             .accept(f)
             .map_err(|e| AgentError::DataLoss(e.to_string()))?
@@ -411,7 +411,7 @@ pub fn writable<'a>(
     ctx: &'a Ctx,
     name: &str,
 ) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
-    super::sink::require(
+    super::guard::require(
         ctx,
         &ctx.config.allow.restore_databases,
         "restore_databases",

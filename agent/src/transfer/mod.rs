@@ -21,14 +21,17 @@
 //!
 //! - [`grants`] — the grant store.
 //! - [`source`] — framed streams of storage files, config files and manifests.
-//! - [`sink`] — verifying and applying a framed stream.
+//! - [`sink`] — verifying and applying a framed stream; [`db`] — the database parts of it.
+//! - [`guard`] — what this agent may receive (`[allow]`, sync role, freeze) and how a source's
+//!   failure reads.
 //! - [`pull`] — the target's client to a peer agent.
-//! - [`files`] — atomic writes of config files with `.env` overrides.
+//! - [`files`] — `.env` overrides of config files (written by [`crate::fsutil::write_atomic`]).
 //! - [`service`] — the gRPC translation of the three services.
 
 pub mod db;
 pub mod files;
 pub mod grants;
+pub mod guard;
 pub mod pull;
 pub mod service;
 pub mod sink;

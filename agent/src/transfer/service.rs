@@ -357,7 +357,7 @@ impl Target for TargetService {
     ) -> Result<Response<FinalizeStorageResponse>, Status> {
         let r = req.into_inner();
         let ctx = &self.ctx;
-        sink::require(
+        super::guard::require(
             ctx,
             &ctx.config.allow.write_storage,
             "write_storage",

@@ -14,6 +14,7 @@ use hostshift_shared::framing::{Accepted, FrameDecoder, IntegrityError};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::guard::{require, upstream};
 use super::{FRAME_QUEUE, MAX_INLINE, files};
 use crate::Ctx;
 use crate::error::AgentError;
@@ -21,82 +22,8 @@ use crate::storage::{self, ChannelReader, Manifest};
 
 static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
 
-/// Refuses unless `[allow] <key>` lists `name` and the agent is a sync target
-/// (`sync_role = "target"`): a source host is never written by a sync, whatever `[allow]` says
-/// (a config copied from the new host must not make the old one writable).
-///
-/// # Errors
-/// `PermissionDenied` naming the key to add.
-pub fn require(
-    ctx: &Ctx,
-    list: &[String],
-    key: &str,
-    what: &str,
-    name: &str,
-) -> Result<(), AgentError> {
-    if !list.iter().any(|n| n == name) {
-        return Err(AgentError::PermissionDenied(format!(
-            "this agent's config does not allow writing {what} {name:?}: add it to [allow] {key} in {} (on the new host only)",
-            ctx.config_path.display()
-        )));
-    }
-    if !ctx.config.sync_role.receives() {
-        tracing::warn!(
-            what,
-            name,
-            "refused a sync write: this agent is a sync source"
-        );
-        return Err(AgentError::PermissionDenied(format!(
-            "this agent is a sync source (sync_role = \"{}\" in {}): it never receives a sync, so {what} {name:?} was not written. If this really is the new host, set sync_role = \"target\" there (or \"either\" for a blue/green pair, docs/agent-config.md); otherwise check the plan's [old]/[new] addresses",
-            ctx.config.sync_role.as_str(),
-            ctx.config_path.display()
-        )));
-    }
-    refuse_if_frozen(ctx)
-}
-
-/// Refuses every sync write while an earlier cutover's freeze is recorded on this host: its
-/// databases are read-only with `CONNECT` revoked (and nginx may show the maintenance page, the
-/// apps may be stopped). Checked before anything is written, so a sync into a frozen host fails
-/// whole instead of writing the files and storage and then failing in the database.
-///
-/// # Errors
-/// `FailedPrecondition` naming the frozen databases and the command that lifts the freeze.
-pub fn refuse_if_frozen(ctx: &Ctx) -> Result<(), AgentError> {
-    let frozen = crate::database::freeze::frozen(&ctx.config.state_dir);
-    if frozen.is_empty() {
-        return Ok(());
-    }
-    tracing::warn!(
-        ?frozen,
-        "refused a sync write: this host is frozen by a cutover"
-    );
-    Err(AgentError::FailedPrecondition(format!(
-        "{FROZEN_TARGET}: database(s) {} read-only with CONNECT revoked (records in {}); nothing was written. Lift the freeze first with `hostshift unfreeze --host <this side> --yes` (docs/cutover.md, Blue/green)",
-        frozen.join(", "),
-        ctx.config.state_dir.join("freeze").display()
-    )))
-}
-
-/// The start of the refusal [`refuse_if_frozen`] returns (the coordinator and the docs match it).
-pub const FROZEN_TARGET: &str = "this host is frozen by an earlier cutover";
-
 fn integrity(e: IntegrityError) -> AgentError {
     AgentError::DataLoss(e.to_string())
-}
-
-/// A failure of the source stream, as this agent reports it.
-pub fn upstream(s: Status) -> AgentError {
-    match s.code() {
-        tonic::Code::DataLoss => AgentError::DataLoss(s.message().to_string()),
-        tonic::Code::PermissionDenied => {
-            AgentError::PermissionDenied(format!("the source refused: {}", s.message()))
-        }
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
-            AgentError::InvalidArgument(format!("the source refused: {}", s.message()))
-        }
-        _ => AgentError::Unavailable(format!("the source stream failed: {}", s.message())),
-    }
 }
 
 /// Verifies and applies `frames` as `header` says. `progress` is told the bytes received so far.
@@ -293,7 +220,7 @@ where
     };
     let (bytes, changes) = files::apply_overrides(&data, &h.overrides)?;
     let mode = if h.mode == 0 { 0o640 } else { h.mode };
-    files::write_atomic(&path, &bytes, mode, Some((h.uid, h.gid)))?;
+    crate::fsutil::write_atomic(&path, &bytes, mode, Some((h.uid, h.gid)))?;
     tracing::info!(file = %h.name, bytes = bytes.len(), overrides = changes.len(), "config file written");
     Ok(ApplyResult {
         bytes: data.len() as u64,

@@ -23,7 +23,7 @@ use crate::client::{self, Agent};
 use crate::error::{CliError, CliResult, failed, usage};
 use crate::output::{bytes, print_json, table};
 use crate::plan::Side;
-use crate::sync::progress::{Mode, Progress};
+use crate::progress::{Mode, Progress};
 
 /// Deadline of a backup (a large database dump) or a restore.
 const LONG_RPC: Duration = Duration::from_secs(12 * 3600);

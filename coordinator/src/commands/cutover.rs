@@ -10,9 +10,9 @@ use crate::cli::{Global, PlanArg};
 use crate::cutover::state::{self, Stage};
 use crate::cutover::{self, CutoverReport, Options, Outcome};
 use crate::error::{CliError, CliResult, failed, usage};
+use crate::journal;
 use crate::output::{print_json, table};
-use crate::sync::journal;
-use crate::sync::progress::Mode;
+use crate::progress::Mode;
 
 /// Cutover flags.
 #[derive(Args)]

@@ -352,18 +352,18 @@ fn print_phases(phases: &[Phase], checks: &preflight::Report) {
 }
 
 /// Progress lines for people, or none with `-q`.
-fn mode(quiet: bool) -> crate::sync::progress::Mode {
+fn mode(quiet: bool) -> crate::progress::Mode {
     if quiet {
-        crate::sync::progress::Mode::Quiet
+        crate::progress::Mode::Quiet
     } else {
-        crate::sync::progress::Mode::Human
+        crate::progress::Mode::Human
     }
 }
 
 /// A full sync, its streams added to the report.
 async fn sync_phase(
     plan: &Plan,
-    mode: crate::sync::progress::Mode,
+    mode: crate::progress::Mode,
     rep: &mut crate::report::Builder,
 ) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {
@@ -769,7 +769,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
 /// on into the cutover (issue 12.3 replaces this gate with the follower's lag).
 async fn catch_up(
     plan: &Plan,
-    mode: crate::sync::progress::Mode,
+    mode: crate::progress::Mode,
     writer: Option<&LiveWriter>,
 ) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {

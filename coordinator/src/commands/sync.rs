@@ -5,7 +5,8 @@ use clap::Args;
 use crate::cli::{Global, PlanArg};
 use crate::error::{CliError, CliResult, failed};
 use crate::output::{bytes, print_json, table};
-use crate::sync::{self, Only, SyncOptions, progress};
+use crate::progress;
+use crate::sync::{self, Only, SyncOptions};
 
 /// Sync flags.
 #[derive(Args)]

@@ -15,9 +15,9 @@ use crate::client;
 use crate::cutover::state::{self, Stage};
 use crate::cutover::{direction, freeze};
 use crate::error::{CliError, CliResult, failed};
+use crate::journal::{self, Journal, Mark, Step};
 use crate::output::print_json;
 use crate::plan::Side;
-use crate::sync::journal::{self, Journal, Mark, Step};
 
 /// Unfreeze flags.
 #[derive(Args)]

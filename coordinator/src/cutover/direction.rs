@@ -50,7 +50,7 @@ pub const REVERSED: &str = "this plan moves data the other way";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::journal::Event;
+    use crate::journal::Event;
 
     fn ev(unit: &str, status: &str, detail: &str) -> Event {
         Event {

@@ -1,11 +1,12 @@
 //! Why a cutover step, a gate or an undo failed: one [`CutoverError`] for the whole of
 //! `cutover/`. The variants that decide what happens next stay apart — a journal that cannot be
 //! written stops the run where it is ([`CutoverError::is_journal`]) instead of undoing on
-//! unrecorded — and every message names the cause and what to do.
+//! unrecorded — and every message names the cause and what to do. [`StartError`] is a cutover
+//! that could not start at all.
 
 use std::path::PathBuf;
 
-use crate::plan::Side;
+use crate::plan::{Plan, Side};
 
 /// A failed cutover step, gate or undo.
 #[derive(Debug, thiserror::Error)]
@@ -104,4 +105,33 @@ pub fn agent(what: impl std::fmt::Display, s: &tonic::Status) -> CutoverError {
 /// An agent's refusal, explained, on its own.
 pub fn status(s: &tonic::Status) -> CutoverError {
     CutoverError::Agent(crate::client::explain_status(s))
+}
+
+/// A cutover that could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The journal cannot be written: nothing is done without one.
+    #[error("cannot write the journal in {path}: {source}; nothing was done")]
+    Journal {
+        /// Its folder or file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A journal failure before anything was done.
+    pub(super) fn from_cutover(e: CutoverError, plan: &Plan) -> StartError {
+        match e {
+            CutoverError::Journal { path, source } => StartError::Journal {
+                path: path.display().to_string(),
+                source,
+            },
+            other => StartError::Journal {
+                path: plan.state_dir().display().to_string(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
 }

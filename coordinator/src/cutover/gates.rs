@@ -19,7 +19,7 @@
 //! second per freeze method (stopping apps, reloading nginx). A first full copy as the last sync
 //! makes the prediction large on purpose: run `hostshift sync` once more before the cutover.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hostshift_proto::v1::{InfoRequest, ListBackupsRequest, Pm2ListRequest};
 use serde::Serialize;
@@ -27,9 +27,10 @@ use serde::Serialize;
 use super::error::{self, CutoverError};
 use super::state;
 use crate::client::{self, Agent};
-use crate::commands::health::run_checks;
+use crate::health::run_checks;
+use crate::journal::Event;
 use crate::plan::Plan;
-use crate::sync::journal::Event;
+use crate::report::now_ms;
 
 /// One gate's verdict.
 #[derive(Clone, Debug, Serialize)]
@@ -183,12 +184,6 @@ async fn health(plan: &Plan) -> Result<String, CutoverError> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn ago(ms: u64) -> String {
     let secs = now_ms().saturating_sub(ms) / 1000;
     if secs < 120 {
@@ -295,7 +290,7 @@ async fn backup(i: &Inputs<'_>, old: &Agent) -> Result<String, CutoverError> {
 async fn schema(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, CutoverError> {
     let mut problems = Vec::new();
     for d in &plan.databases {
-        let sel = crate::sync::database::Selections::of(d);
+        let sel = crate::sync::selection::Selections::of(d);
         match crate::sync::database::schema_differences(old, new, &sel).await {
             Ok(diff) if diff.is_empty() => {}
             Ok(diff) => problems.push(format!(

@@ -11,12 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use hostshift_shared::model::{DatabaseFingerprint, Fingerprint};
 use serde::{Deserialize, Serialize};
 
 use super::error::{self, CutoverError};
 use crate::client::Agent;
 use crate::plan::Plan;
-use crate::sync::database::Selections;
+use crate::sync::selection::Selections;
 
 /// `<state_dir>/new-host-at-switch.json`: the new host's tables when traffic moved.
 pub const BASELINE_FILE: &str = "new-host-at-switch.json";
@@ -111,17 +112,28 @@ pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, CutoverE
             .await
             .map_err(|s| error::agent(format!("database {}", d.name), &s))?
             .into_inner();
+        let now = DatabaseFingerprint::from_proto(now).map_err(|e| {
+            CutoverError::Agent(format!(
+                "the new agent's fingerprints of database {}: {e}",
+                d.name
+            ))
+        })?;
+        let now: BTreeMap<String, Fingerprint> = now
+            .tables
+            .into_iter()
+            .map(|(t, f)| (t.to_string(), f))
+            .collect();
+        // The baseline keeps the proof's text form, `rows/digest`.
         let rows = |v: &String| v.split('/').next().and_then(|r| r.parse::<i64>().ok());
-        let names: std::collections::BTreeSet<&String> =
-            then.keys().chain(now.tables.keys()).collect();
+        let names: std::collections::BTreeSet<&String> = then.keys().chain(now.keys()).collect();
         for t in names {
-            let (a, b) = (then.get(t), now.tables.get(t));
-            if a != b {
+            let (a, b) = (then.get(t), now.get(t));
+            if a != b.map(ToString::to_string).as_ref() {
                 out.push(TableWrites {
                     database: d.name.clone(),
                     table: t.clone(),
                     rows_at_switch: a.and_then(rows),
-                    rows_now: b.and_then(rows),
+                    rows_now: b.map(|f| f.rows),
                 });
             }
         }

@@ -11,8 +11,8 @@
 use serde::Serialize;
 
 use super::Outcome;
+use crate::journal::{Event, Mark, Step};
 use crate::plan::FreezeMethod;
-use crate::sync::journal::{Event, Mark, Step};
 
 /// Journal phase of the cutover's steps.
 pub const PHASE: &str = "cutover";

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use super::build::{default_next_steps, rows_of, stream_of, sync_notes};
 use super::fmt::now_ms;
+use super::from_results::{default_next_steps, rows_of, stream_of, sync_notes};
 use super::{Kind, Phase, Report, Status, Stream, Window};
 use crate::plan::Plan;
 use crate::sync::{SyncReport, verify};

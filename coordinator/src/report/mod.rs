@@ -6,8 +6,9 @@
 //! # The model
 //! [`Report`] does not depend on any one command: phases on a timeline (offsets in ms from
 //! `started`), streams, an optional freeze [`Window`], verification rows, notes and next steps.
-//! [`Report::from_sync`] and [`Report::from_verify`] build one from those commands' results;
-//! [`Builder`] is for commands made of several phases (rehearse, cutover).
+//! [`Report::from_sync`] and [`Report::from_verify`] build one from those commands' finished
+//! results (`from_results.rs`); [`Builder`] (`builder.rs`) fills one phase by phase while a
+//! command made of several phases runs (rehearse, cutover).
 //!
 //! # Secrets
 //! The commands only hand over data that is already redacted; still, [`write()`] passes every
@@ -44,9 +45,9 @@
 //! file:///…/report.html`, then look at `/tmp/r.png`; `tests/tests/report.rs` does this when
 //! `/usr/bin/chromium` exists.
 
-mod build;
 mod builder;
 mod fmt;
+mod from_results;
 mod html;
 mod markdown;
 pub mod scrub;
@@ -55,9 +56,9 @@ mod svg;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::default_next_steps;
 pub use builder::Builder;
 pub use fmt::{dir_timestamp, now_ms, utc};
+pub use from_results::default_next_steps;
 pub use store::{ReportError, publish, reports_dir, write};
 
 /// Which command wrote the report.

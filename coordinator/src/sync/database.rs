@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hostshift_proto::v1::{
     ApplyHeader, CloseSnapshotRequest, DatabaseSpec, DbGlobals, DbLargeObject, DbReadRequest,
-    DbSchema, DbSelection, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest,
-    FingerprintResponse, OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest,
-    SetSequencesRequest, TableDescription, apply_header, read_request,
+    DbSchema, DbTable, DescribeDatabaseRequest, EnsureDatabaseRequest, FingerprintResponse,
+    OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest, SetSequencesRequest, TableDescription,
+    apply_header, read_request,
 };
-use hostshift_shared::model::{KeyRange, TableInfo, TablePattern, TableRef};
+use hostshift_shared::model::{DatabaseFingerprint, KeyRange, TableInfo, TablePattern, TableRef};
 
+use super::selection::Selections;
 use super::units::{fail, report, transfer};
 use super::{Run, UnitError, UnitReport, delta};
 use crate::plan::{OnNew, PlanDatabase};
@@ -71,50 +72,26 @@ fn tables(raw: Vec<TableDescription>, host: &str) -> Result<Vec<Table>, UnitErro
         .collect()
 }
 
-/// A database's table selection as each agent names the database (the new host's name may differ:
-/// the plan's `target`).
-#[derive(Clone, Debug)]
-pub struct Selections {
-    /// For the old agent.
-    pub old: DbSelection,
-    /// For the new agent.
-    pub new: DbSelection,
-}
-
-impl Selections {
-    /// From the plan.
-    pub fn of(d: &PlanDatabase) -> Self {
-        let old = DbSelection {
-            database: d.name.clone(),
-            include: d.include.clone(),
-            exclude: d.exclude.clone(),
-        };
-        let new = DbSelection {
-            database: d.on_new().to_string(),
-            ..old.clone()
-        };
-        Self { old, new }
-    }
-}
-
-/// The fingerprints of both sides, taken at the same time.
+/// The fingerprints of both sides, taken at the same time, each checked (a malformed answer is
+/// an error naming the agent and the field, never a default).
 ///
 /// # Errors
-/// Either agent failing.
+/// Either agent failing or answering a malformed message.
 pub(crate) async fn fingerprints(
     old: &crate::client::Agent,
     new: &crate::client::Agent,
     sel: &Selections,
-) -> Result<(FingerprintResponse, FingerprintResponse), UnitError> {
+) -> Result<(DatabaseFingerprint, DatabaseFingerprint), UnitError> {
     let (mut a, mut b) = (old.database(), new.database());
     let (fo, fn_) = tokio::join!(
         a.fingerprint(sel.old.clone()),
         b.fingerprint(sel.new.clone())
     );
-    Ok((
-        fo.map_err(UnitError::from_status)?.into_inner(),
-        fn_.map_err(UnitError::from_status)?.into_inner(),
-    ))
+    let checked = |r: Result<tonic::Response<FingerprintResponse>, tonic::Status>, host: &str| {
+        DatabaseFingerprint::from_proto(r.map_err(UnitError::from_status)?.into_inner())
+            .map_err(|e| UnitError::other(format!("the {host} agent's fingerprints: {e}")))
+    };
+    Ok((checked(fo, "old")?, checked(fn_, "new")?))
 }
 
 fn read(what: read_request::What) -> ReadRequest {
@@ -273,6 +250,29 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     }
 }
 
+/// What a database sync has to copy: every table on a fresh target; on a rerun, the tables
+/// whose key-range fingerprints differ and, per table, the ranges (`None`: the whole table).
+#[derive(Default)]
+struct Work {
+    to_copy: Vec<Table>,
+    deltas: Vec<(Table, Option<Vec<KeyRange>>)>,
+    /// Equal schemas on a rerun: the post-data (indexes, constraints, triggers) is in place.
+    post_data_in_place: bool,
+    /// A rerun completing an interrupted first sync compares the schemas once its post-data is in.
+    recheck_schema: bool,
+}
+
+/// One named step of a database unit, in its own span (see [`crate::phase`]).
+fn step<F: std::future::Future>(
+    name: &'static str,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    crate::phase::traced(tracing::info_span!("db", step = %name), f)
+}
+
+/// The copy of one database inside its snapshot, step by step: the tables of both sides; on a
+/// fresh target roles and the pre-data schema, on a rerun the comparison that finds what
+/// differs; the table data; the post-data; sequences, large objects and materialized views.
 async fn copy(
     run: &Run<'_>,
     d: &PlanDatabase,
@@ -282,7 +282,83 @@ async fn copy(
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
     let unit = format!("database {}", d.name);
-    let new_db = d.on_new().to_string();
+    let (old_t, new_t) = step("tables", list_tables(run, sel)).await?;
+    let fresh = new_t.is_empty();
+    let work = if fresh {
+        step(
+            "schema",
+            pre_data(run, d, sel, snapshot, spec, old_t.len(), r),
+        )
+        .await?;
+        Work {
+            to_copy: old_t.clone(),
+            ..Work::default()
+        }
+    } else {
+        step("compare", compare(run, d, sel, snapshot, &old_t, &new_t, r)).await?
+    };
+    let rows = step("data", table_data(run, d, &work, snapshot, fresh, r)).await?;
+    r.files = work.to_copy.len() as u64;
+
+    // Post-data: on a fresh target, and on a rerun that completes an interrupted first sync.
+    if !work.post_data_in_place {
+        step(
+            "post-data",
+            post_data(run, &unit, sel, snapshot, &mut r.retried),
+        )
+        .await?;
+    }
+    if work.recheck_schema {
+        schema_unchanged(&run.old, &run.new, sel).await?;
+    }
+    step("sequences", sequences(run, d, sel, snapshot)).await?;
+    if d.include.is_empty() {
+        let tables: Vec<TableRef> = old_t.iter().map(|t| t.info.table.clone()).collect();
+        step(
+            "large objects",
+            large_objects(run, d, sel, &tables, snapshot, fresh, r),
+        )
+        .await?;
+    }
+    // Materialized views last, as pg_restore does: they read the tables just copied.
+    let refreshed = step(
+        "matviews",
+        super::matviews::refresh(&run.old, &run.new, sel, snapshot),
+    )
+    .await?;
+    if !refreshed.is_empty() {
+        run.progress.say(&format!("{unit}: {refreshed}"));
+    }
+
+    // No fingerprints here: comparing both whole databases costs as much as the copy (the
+    // benchmark measured 22 of 39 s); `hostshift verify` does it when asked, and the cutover's
+    // delta does it per key range.
+    r.detail = if fresh {
+        format!(
+            "{} tables ({rows} rows) copied; compare with `hostshift verify`",
+            work.to_copy.len()
+        )
+    } else {
+        format!(
+            "{} tables differed: {} key ranges ({rows} rows) re-copied; {} tables already equal",
+            work.to_copy.len(),
+            r.ranges,
+            r.skipped_files
+        )
+    };
+    if !refreshed.is_empty() {
+        r.detail.push_str("; ");
+        r.detail.push_str(&refreshed);
+    }
+    run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
+    Ok(())
+}
+
+/// The tables of both sides (the new side's list is empty on a fresh target).
+async fn list_tables(
+    run: &Run<'_>,
+    sel: &Selections,
+) -> Result<(Vec<Table>, Vec<Table>), UnitError> {
     let (mut a, mut b) = (run.old.database(), run.new.database());
     let (old_t, new_t) = tokio::join!(a.tables(sel.old.clone()), b.tables(sel.new.clone()));
     let old_t = tables(
@@ -293,131 +369,158 @@ async fn copy(
         new_t.map_err(UnitError::from_status)?.into_inner().tables,
         "new",
     )?;
-    let fresh = new_t.is_empty();
-    let mut to_copy: Vec<Table> = old_t.clone();
-    // A rerun whose schemas are already equal skips the post-data; one that finishes an
-    // interrupted first sync compares the schemas once its post-data is in.
-    let mut post_data_in_place = false;
-    let mut recheck_schema = false;
-    // A rerun: per differing table, its differing key ranges (`None`: the whole table).
-    let mut deltas: Vec<(Table, Option<Vec<KeyRange>>)> = Vec::new();
-    if fresh {
-        run.progress.say(&format!(
-            "{unit}: new database: roles and schema first ({} tables)",
-            old_t.len()
-        ));
-        let (res, _) = transfer(
-            run,
-            &format!("{unit} roles"),
-            read(read_request::What::DbGlobals(DbGlobals {
-                database: d.name.clone(),
-            })),
-            apply(apply_header::What::DbGlobals(DbGlobals {
-                database: new_db.clone(),
-            })),
-            0,
-            &mut r.retried,
-        )
-        .await?;
-        r.changes.extend(res.changes);
-        // The owner role exists now: the database gets it.
-        ensure_database(run, d, Some(spec), r).await?;
-        let pre = DbSchema {
-            selection: Some(sel.old.clone()),
-            section: "pre-data".into(),
-            snapshot: snapshot.into(),
-        };
-        transfer(
-            run,
-            &format!("{unit} schema (pre-data)"),
-            read(read_request::What::DbSchema(pre.clone())),
-            apply(apply_header::What::DbSchema(DbSchema {
-                selection: Some(sel.new.clone()),
-                ..pre
-            })),
-            0,
-            &mut r.retried,
-        )
-        .await?;
-    } else {
-        let a: BTreeSet<&str> = old_t.iter().map(|t| t.name.as_str()).collect();
-        let b: BTreeSet<&str> = new_t.iter().map(|t| t.name.as_str()).collect();
-        if a != b {
-            let only_old: Vec<&&str> = a.difference(&b).collect();
-            let only_new: Vec<&&str> = b.difference(&a).collect();
-            return Err(UnitError {
-                kind: super::ErrorKind::Refused,
-                message: format!(
-                    "the schema of {} differs between the hosts (tables only on old: {only_old:?}; only on new: {only_new:?}): drop and recreate the new database to sync it from scratch",
-                    d.name
-                ),
-            });
-        }
-        // Equal schemas mean the post-data (indexes, constraints, triggers) is in place: it is
-        // not sent again. A difference is a real schema change — unless the first sync never
-        // finished its post-data (killed before), which this rerun then completes and checks.
-        let differ = schema_differences(&run.old, &run.new, sel).await?;
-        if differ.is_empty() {
-            post_data_in_place = true;
-        } else if post_data_done_before(run, &unit) {
-            schema_unchanged(&run.old, &run.new, sel).await?;
-        } else {
-            run.progress.say(&format!(
-                "{unit}: the first sync did not finish its indexes and constraints: completing them after the data"
-            ));
-            recheck_schema = true;
-        }
-        run.progress.say(&format!(
-            "{unit}: comparing {} tables by key-range fingerprints",
-            old_t.len()
-        ));
-        let found: Vec<Result<(Table, delta::Found), UnitError>> =
-            futures::stream::iter(old_t.iter().cloned().map(|t| async move {
-                let f = delta::find(
-                    &run.old,
-                    &run.new,
-                    sel,
-                    &t.info,
-                    snapshot,
-                    run.opts.baseline,
-                )
-                .await?;
-                Ok((t, f))
-            }))
-            .buffer_unordered(PARALLEL_PIECES)
-            .collect()
-            .await;
-        to_copy.clear();
-        for f in found {
-            let (t, f) = f?;
-            if !f.old_fingerprint.is_empty() {
-                r.old_fingerprints.insert(t.name.clone(), f.old_fingerprint);
-            }
-            let ranges = match f.delta {
-                delta::TableDelta::Equal => continue,
-                delta::TableDelta::Whole => None,
-                delta::TableDelta::Ranges(ranges) => Some(ranges),
-            };
-            to_copy.push(t.clone());
-            deltas.push((t, ranges));
-        }
-        r.skipped_files = (old_t.len() - to_copy.len()) as u64;
-        run.progress.say(&format!(
-            "{unit}: {} of {} tables differ; {} already equal are skipped",
-            to_copy.len(),
-            old_t.len(),
-            r.skipped_files
-        ));
-    }
+    Ok((old_t, new_t))
+}
 
-    // Table data: biggest first, big ones in key ranges, two pieces at a time.
-    let pieces = if fresh {
-        fresh_pieces(run, d, &to_copy, snapshot).await?
+/// A fresh target: the roles, then the database with its owner, then the pre-data schema.
+async fn pre_data(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &Selections,
+    snapshot: &str,
+    spec: &DatabaseSpec,
+    tables: usize,
+    r: &mut UnitReport,
+) -> Result<(), UnitError> {
+    let unit = format!("database {}", d.name);
+    run.progress.say(&format!(
+        "{unit}: new database: roles and schema first ({tables} tables)"
+    ));
+    let (res, _) = transfer(
+        run,
+        &format!("{unit} roles"),
+        read(read_request::What::DbGlobals(DbGlobals {
+            database: d.name.clone(),
+        })),
+        apply(apply_header::What::DbGlobals(DbGlobals {
+            database: d.on_new().to_string(),
+        })),
+        0,
+        &mut r.retried,
+    )
+    .await?;
+    r.changes.extend(res.changes);
+    // The owner role exists now: the database gets it.
+    ensure_database(run, d, Some(spec), r).await?;
+    let pre = DbSchema {
+        selection: Some(sel.old.clone()),
+        section: "pre-data".into(),
+        snapshot: snapshot.into(),
+    };
+    transfer(
+        run,
+        &format!("{unit} schema (pre-data)"),
+        read(read_request::What::DbSchema(pre.clone())),
+        apply(apply_header::What::DbSchema(DbSchema {
+            selection: Some(sel.new.clone()),
+            ..pre
+        })),
+        0,
+        &mut r.retried,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A rerun: refuses a schema change, then finds each table's differing key ranges.
+async fn compare(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &Selections,
+    snapshot: &str,
+    old_t: &[Table],
+    new_t: &[Table],
+    r: &mut UnitReport,
+) -> Result<Work, UnitError> {
+    let unit = format!("database {}", d.name);
+    let mut work = Work::default();
+    let a: BTreeSet<&str> = old_t.iter().map(|t| t.name.as_str()).collect();
+    let b: BTreeSet<&str> = new_t.iter().map(|t| t.name.as_str()).collect();
+    if a != b {
+        let only_old: Vec<&&str> = a.difference(&b).collect();
+        let only_new: Vec<&&str> = b.difference(&a).collect();
+        return Err(UnitError {
+            kind: super::ErrorKind::Refused,
+            message: format!(
+                "the schema of {} differs between the hosts (tables only on old: {only_old:?}; only on new: {only_new:?}): drop and recreate the new database to sync it from scratch",
+                d.name
+            ),
+        });
+    }
+    // Equal schemas mean the post-data (indexes, constraints, triggers) is in place: it is
+    // not sent again. A difference is a real schema change — unless the first sync never
+    // finished its post-data (killed before), which this rerun then completes and checks.
+    let differ = schema_differences(&run.old, &run.new, sel).await?;
+    if differ.is_empty() {
+        work.post_data_in_place = true;
+    } else if post_data_done_before(run, &unit) {
+        schema_unchanged(&run.old, &run.new, sel).await?;
     } else {
-        delta_pieces(d, &deltas, snapshot)
+        run.progress.say(&format!(
+            "{unit}: the first sync did not finish its indexes and constraints: completing them after the data"
+        ));
+        work.recheck_schema = true;
+    }
+    run.progress.say(&format!(
+        "{unit}: comparing {} tables by key-range fingerprints",
+        old_t.len()
+    ));
+    let found: Vec<Result<(Table, delta::Found), UnitError>> =
+        futures::stream::iter(old_t.iter().cloned().map(|t| async move {
+            let f = delta::find(
+                &run.old,
+                &run.new,
+                sel,
+                &t.info,
+                snapshot,
+                run.opts.baseline,
+            )
+            .await?;
+            Ok((t, f))
+        }))
+        .buffer_unordered(PARALLEL_PIECES)
+        .collect()
+        .await;
+    for f in found {
+        let (t, f) = f?;
+        if !f.old_fingerprint.is_empty() {
+            r.old_fingerprints.insert(t.name.clone(), f.old_fingerprint);
+        }
+        let ranges = match f.delta {
+            delta::TableDelta::Equal => continue,
+            delta::TableDelta::Whole => None,
+            delta::TableDelta::Ranges(ranges) => Some(ranges),
+        };
+        work.to_copy.push(t.clone());
+        work.deltas.push((t, ranges));
+    }
+    r.skipped_files = (old_t.len() - work.to_copy.len()) as u64;
+    run.progress.say(&format!(
+        "{unit}: {} of {} tables differ; {} already equal are skipped",
+        work.to_copy.len(),
+        old_t.len(),
+        r.skipped_files
+    ));
+    Ok(work)
+}
+
+/// The table data: biggest first, big ones in key ranges, two pieces at a time. Returns the
+/// rows copied.
+async fn table_data(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    work: &Work,
+    snapshot: &str,
+    fresh: bool,
+    r: &mut UnitReport,
+) -> Result<u64, UnitError> {
+    let pieces = if fresh {
+        fresh_pieces(run, d, &work.to_copy, snapshot).await?
+    } else {
+        delta_pieces(d, &work.deltas, snapshot)
     };
     r.ranges = pieces.len() as u64;
-    let new_db = &new_db;
+    let new_db = &d.on_new().to_string();
     let results: Vec<Result<PieceDone, UnitError>> =
         futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
             let mut retried = Vec::new();
@@ -445,17 +548,16 @@ async fn copy(
         rows += n;
         r.retried.extend(retried);
     }
-    r.files = to_copy.len() as u64;
+    Ok(rows)
+}
 
-    // Post-data: on a fresh target, and on a rerun that completes an interrupted first sync.
-    if !post_data_in_place {
-        post_data(run, &unit, sel, snapshot, &mut r.retried).await?;
-    }
-    if recheck_schema {
-        schema_unchanged(&run.old, &run.new, sel).await?;
-    }
-
-    // Sequences and large objects.
+/// The sequences' positions, read in the snapshot and set on the new host.
+async fn sequences(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &Selections,
+    snapshot: &str,
+) -> Result<(), UnitError> {
     let seqs = run
         .old
         .database()
@@ -470,42 +572,11 @@ async fn copy(
     run.new
         .database()
         .set_sequences(SetSequencesRequest {
-            database: new_db.clone(),
+            database: d.on_new().to_string(),
             values: seqs,
         })
         .await
         .map_err(UnitError::from_status)?;
-    if d.include.is_empty() {
-        let tables: Vec<TableRef> = old_t.iter().map(|t| t.info.table.clone()).collect();
-        large_objects(run, d, sel, &tables, snapshot, fresh, r).await?;
-    }
-    // Materialized views last, as pg_restore does: they read the tables just copied.
-    let refreshed = super::matviews::refresh(&run.old, &run.new, sel, snapshot).await?;
-    if !refreshed.is_empty() {
-        run.progress.say(&format!("{unit}: {refreshed}"));
-    }
-
-    // No fingerprints here: comparing both whole databases costs as much as the copy (the
-    // benchmark measured 22 of 39 s); `hostshift verify` does it when asked, and the cutover's
-    // delta does it per key range.
-    r.detail = if fresh {
-        format!(
-            "{} tables ({rows} rows) copied; compare with `hostshift verify`",
-            to_copy.len()
-        )
-    } else {
-        format!(
-            "{} tables differed: {} key ranges ({rows} rows) re-copied; {} tables already equal",
-            to_copy.len(),
-            r.ranges,
-            r.skipped_files
-        )
-    };
-    if !refreshed.is_empty() {
-        r.detail.push_str("; ");
-        r.detail.push_str(&refreshed);
-    }
-    run.record(&unit, "done", r.bytes, r.files, &r.detail)?;
     Ok(())
 }
 
@@ -548,7 +619,7 @@ fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
     run.journal
         .path()
         .parent()
-        .and_then(|dir| super::journal::read(dir).ok())
+        .and_then(|dir| crate::journal::read(dir).ok())
         .is_some_and(|events| {
             events
                 .iter()

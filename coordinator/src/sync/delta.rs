@@ -35,7 +35,7 @@ use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest, SplitRange
 use hostshift_shared::model::{Fingerprint, KeyRange, Malformed, TableInfo};
 
 use super::UnitError;
-use super::database::Selections;
+use super::selection::Selections;
 use crate::client::Agent;
 
 /// A differing range is cut further while it holds more rows than this.

@@ -11,7 +11,7 @@
 use hostshift_proto::v1::{DbSelection, MatviewsRequest, RefreshMatviewsRequest};
 
 use super::UnitError;
-use super::database::Selections;
+use super::selection::Selections;
 use super::verify::Row;
 use crate::client::Agent;
 

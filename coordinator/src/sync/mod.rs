@@ -2,7 +2,7 @@
 //! host to the new one while the old host keeps serving; safe to run again.
 //!
 //! - Each **unit** (a file, a storage batch, a table) is journaled before and after it acts
-//!   ([`journal`]), moved as one framed stream ([`stream`]) — pulled by the new agent from the
+//!   ([`crate::journal`]), moved as one framed stream ([`stream`]) — pulled by the new agent from the
 //!   old one by default, or relayed through this process — and retried when the stream failed
 //!   its integrity check or the connection broke. A refusal (permissions, bad names) is not
 //!   retried.
@@ -16,9 +16,8 @@
 
 pub(crate) mod database;
 pub mod delta;
-pub mod journal;
 mod matviews;
-pub mod progress;
+pub mod selection;
 pub mod stream;
 mod units;
 pub mod verify;
@@ -31,9 +30,10 @@ use hostshift_shared::framing::IntegrityError;
 use serde::Serialize;
 
 use crate::client::{self, Agent};
+use crate::journal::{self, Journal};
+use crate::phase::traced;
 use crate::plan::{Plan, Side};
-use journal::Journal;
-use progress::Progress;
+use crate::progress::{self, Progress};
 use stream::PullSource;
 pub use units::deferred_summary;
 
@@ -331,6 +331,11 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
     v
 }
 
+/// The span of one sync unit (see [`crate::phase`]).
+fn unit_span(kind: &'static str, name: &str) -> tracing::Span {
+    tracing::info_span!("unit", kind = %kind, name = %name)
+}
+
 /// Runs a sync.
 ///
 /// # Errors
@@ -414,7 +419,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
                 selections: plan
                     .databases
                     .iter()
-                    .map(|d| database::Selections::of(d).old)
+                    .map(|d| selection::Selections::of(d).old)
                     .collect(),
             }))
             .await
@@ -445,17 +450,17 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     let mut units = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
         for f in &plan.files {
-            units.push(units::file(&run, f).await);
+            units.push(traced(unit_span("file", &f.name), units::file(&run, f)).await);
         }
     }
     if opts.only.is_none_or(|o| o == Only::Storage) {
         for s in &plan.storage {
-            units.push(units::storage(&run, s).await);
+            units.push(traced(unit_span("storage", &s.name), units::storage(&run, s)).await);
         }
     }
     if opts.only.is_none_or(|o| o == Only::Db) {
         for d in &plan.databases {
-            units.push(database::database(&run, d).await);
+            units.push(traced(unit_span("database", &d.name), database::database(&run, d)).await);
         }
     }
 

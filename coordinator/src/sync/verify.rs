@@ -4,12 +4,14 @@
 //! content fingerprint (a single changed row shows), per database the sequence positions and
 //! large objects. Read-only on both hosts.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hostshift_proto::v1::{
     CompareStorageRequest, FileRead, ManifestRead, ReadRequest, read_request,
 };
 use hostshift_shared::digest::Sha256Digest;
+use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, TableRef};
 use serde::{Deserialize, Serialize};
 
 use super::{SyncError, UnitError, stream};
@@ -160,7 +162,7 @@ fn list(v: &[String], what: &str) -> Option<String> {
 /// [`SyncError::Connect`] when an agent cannot be reached.
 pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
     // Journaled (best effort: verify only reads) so the cutover's gate can see a recent clean one.
-    let journal = super::journal::Journal::open(&plan.state_dir())
+    let journal = crate::journal::Journal::open(&plan.state_dir())
         .inspect_err(|e| tracing::warn!(error = %e, "verify is not journaled"))
         .ok();
     let note = |status: &str, detail: &str| {
@@ -173,7 +175,7 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         }
     };
     note("started", "");
-    let report = compare(plan).await;
+    let report = crate::phase::traced(tracing::info_span!("verify"), compare(plan)).await;
     match &report {
         Ok(r) => note(
             if r.ok { "done" } else { "failed" },
@@ -340,7 +342,7 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         rows.push(row);
     }
     for d in &plan.databases {
-        let sel = super::database::Selections::of(d);
+        let sel = super::selection::Selections::of(d);
         // The definitions too (tables, indexes, constraints, triggers, functions, types): equal
         // rows under a half-applied post-data (a first sync killed in the middle) are not equal.
         rows.push(schema_row(&old, &new, d, &sel).await);
@@ -355,22 +357,27 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 detail: format!("cannot fingerprint: {e}"),
             }),
             Ok((fo, fnew)) => {
-                old_tables.insert(d.name.clone(), fo.tables.clone().into_iter().collect());
-                new_tables.insert(d.name.clone(), fnew.tables.clone().into_iter().collect());
-                let names: std::collections::BTreeSet<&String> =
+                // The journal's and the proof's text form (`rows/digest`), keyed `schema.table`.
+                let text = |f: &DatabaseFingerprint| -> BTreeMap<String, String> {
+                    f.tables
+                        .iter()
+                        .map(|(t, fp)| (t.to_string(), fp.to_string()))
+                        .collect()
+                };
+                old_tables.insert(d.name.clone(), text(&fo));
+                new_tables.insert(d.name.clone(), text(&fnew));
+                let names: std::collections::BTreeSet<&TableRef> =
                     fo.tables.keys().chain(fnew.tables.keys()).collect();
                 for t in names {
                     let (a, b) = (fo.tables.get(t), fnew.tables.get(t));
-                    let rows_of = |f: &hostshift_proto::v1::FingerprintResponse| {
-                        f.rows
-                            .get(t)
-                            .map_or_else(|| "missing".to_string(), |r| format!("{r} rows"))
+                    let rows_of = |f: Option<&Fingerprint>| {
+                        f.map_or_else(|| "missing".to_string(), |f| format!("{} rows", f.rows))
                     };
                     let detail = match (a, b) {
                         (Some(_), None) => "missing on the new host".to_string(),
                         (None, Some(_)) => "only on the new host".to_string(),
                         (Some(x), Some(y)) if x != y => {
-                            if fo.rows.get(t) == fnew.rows.get(t) {
+                            if x.rows == y.rows {
                                 "same row count, content differs".to_string()
                             } else {
                                 "row counts differ".to_string()
@@ -383,16 +390,16 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                         name: format!("{} {t}", d.name),
                         equal: detail.is_empty(),
                         status: RowStatus::of(detail.is_empty()),
-                        old: rows_of(&fo),
-                        new: rows_of(&fnew),
+                        old: rows_of(a),
+                        new: rows_of(b),
                         detail,
                     });
                 }
-                let seq_diff: Vec<&String> = fo
+                let seq_diff: Vec<String> = fo
                     .sequences
                     .iter()
                     .filter(|(k, v)| fnew.sequences.get(*k) != Some(*v))
-                    .map(|(k, _)| k)
+                    .map(|(k, _)| k.to_string())
                     .collect();
                 let equal = seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len();
                 rows.push(Row {
@@ -450,7 +457,7 @@ async fn schema_row(
     old: &client::Agent,
     new: &client::Agent,
     d: &crate::plan::PlanDatabase,
-    sel: &super::database::Selections,
+    sel: &super::selection::Selections,
 ) -> Row {
     let (status, detail) = match super::database::schema_differences(old, new, sel).await {
         Err(e) => (

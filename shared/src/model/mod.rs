@@ -22,7 +22,7 @@ mod pattern;
 mod range;
 mod table;
 
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{DatabaseFingerprint, Fingerprint, LargeObjectFingerprint, SequencePosition};
 pub use pattern::{PatternError, TablePattern, glob};
 pub use range::KeyRange;
 pub use table::{CopyFormat, TableInfo, TableKind, TableRef};

@@ -1,5 +1,7 @@
-//! Filling a [`Report`] from a finished `sync` or `verify`, and the next steps that a command
-//! of each kind suggests by default (also used by [`super::Builder`]).
+//! A [`Report`] from the finished results of a `sync` or `verify` ([`Report::from_sync`],
+//! [`Report::from_verify`]), and the next steps a command of each kind suggests by default.
+//! The pieces (streams, rows, notes) are shared with [`super::Builder`], which fills a report
+//! while a longer command runs.
 
 use super::fmt::{now_ms, shell_word};
 use super::{Kind, Phase, Report, Status, Stream};

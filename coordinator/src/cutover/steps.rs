@@ -1,0 +1,339 @@
+//! The cutover's forward steps, each journaled by [`Cut::begin`]/[`Cut::end`]: the freeze of the
+//! old host, the final delta sync, the proof of equality (and that the old host did not change),
+//! the traffic switch and the checks through the public endpoint.
+
+use super::cut::Cut;
+use super::error::CutoverError;
+use super::outcome::DeltaSummary;
+use super::{SWITCH_DEADLINE, VERIFY_ATTEMPTS, freeze, injected, traffic};
+use crate::health::run_checks;
+use crate::journal::Step as JStep;
+use crate::plan::CheckFrom;
+use crate::progress::Mode;
+use crate::report::now_ms;
+use crate::sync::{SyncOptions, SyncReport, verify};
+
+impl Cut<'_> {
+    pub(super) async fn freeze(&mut self) -> Result<(), CutoverError> {
+        for m in self.plan.freeze.methods.clone() {
+            let step = JStep::Freeze(m);
+            let t = self.begin(step)?;
+            if self.freeze_started_ms.is_none() {
+                self.freeze_started_ms = Some(now_ms());
+                self.rep.freeze_begins();
+            }
+            // Counted before it acts: a half-applied method is undone too.
+            if !self.frozen.contains(&m) {
+                self.frozen.push(m);
+            }
+            let r = match freeze::apply(self.plan, self.old()?, m).await {
+                Ok(d) => injected("freeze").map(|()| d),
+                Err(e) => Err(e),
+            };
+            self.end(step, t, r)?;
+        }
+        if self.plan.freeze.methods.is_empty() {
+            self.freeze_started_ms.get_or_insert_with(now_ms);
+            self.rep.freeze_begins();
+        }
+        self.freeze_complete = true;
+        Ok(())
+    }
+
+    pub(super) async fn delta(&mut self) -> Result<SyncReport, CutoverError> {
+        let t = self.begin(JStep::Delta)?;
+        let opts = SyncOptions {
+            progress: if self.progress_quiet() {
+                Mode::Quiet
+            } else {
+                Mode::Human
+            },
+            baseline: true,
+            ..SyncOptions::default()
+        };
+        let r = match crate::sync::run(self.plan, &opts).await {
+            Err(e) => Err(CutoverError::Delta(e.to_string())),
+            Ok(s) if !s.ok => Err(CutoverError::Delta(s.failures())),
+            // A rehearsal does not freeze: its old host may well still be writing.
+            Ok(s) if self.rehearsal => Ok(s),
+            Ok(s) => deferred_in_freeze(s),
+        };
+        let r = r.and_then(|s| injected("delta").map(|()| s));
+        let (r, summary) = match r {
+            Err(e) => (None, Err(e)),
+            Ok(s) => {
+                let db = |f: fn(&crate::sync::UnitReport) -> u64| {
+                    s.units
+                        .iter()
+                        .filter(|u| u.kind == "database")
+                        .map(f)
+                        .sum::<u64>()
+                };
+                self.out.delta = DeltaSummary {
+                    bytes: s.bytes,
+                    tables: db(|u| u.files),
+                    ranges: db(|u| u.ranges),
+                    files: s
+                        .units
+                        .iter()
+                        .filter(|u| u.kind != "database")
+                        .map(|u| u.files)
+                        .sum(),
+                };
+                let summary = format!(
+                    "{} bytes: {} table(s) in {} range(s), {} file(s)",
+                    s.bytes, self.out.delta.tables, self.out.delta.ranges, self.out.delta.files
+                );
+                self.rep.add_sync(&s);
+                (Some(s), Ok(summary))
+            }
+        };
+        self.end(JStep::Delta, t, summary)?;
+        r.ok_or_else(|| CutoverError::Delta("the delta left no report".into()))
+    }
+
+    pub(super) fn progress_quiet(&self) -> bool {
+        self.progress.mode() == Mode::Quiet
+    }
+
+    pub(super) async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
+        let t = self.begin(JStep::Prove)?;
+        let r = async {
+            let v = verify::run(self.plan)
+                .await
+                .map_err(|e| CutoverError::Agent(e.to_string()))?;
+            self.rep.add_verify(&v);
+            self.out.verification = v.rows.clone();
+            self.new_at_proof = v.new_tables.clone();
+            let differ: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::Differs)
+                .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
+                .collect();
+            // Comparisons that could not run are no proof either way: said as such, never as
+            // "the hosts differ".
+            let not_run: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::CouldNotRun)
+                .map(|r| format!("{} {}: {}", r.kind, r.name, r.detail))
+                .collect();
+            // First: did the old host change since the delta began? Then the freeze did not hold,
+            // and that — not the delta — is what the operator must look at.
+            if !self.rehearsal {
+                let mut changed = Vec::new();
+                for u in delta.units.iter().filter(|u| u.kind == "database") {
+                    let end = v.old_tables.get(&u.name).cloned().unwrap_or_default();
+                    for (table, fp_end) in &end {
+                        if u.old_fingerprints.get(table) != Some(fp_end) {
+                            changed.push(format!("{} {table}", u.name));
+                        }
+                    }
+                }
+                if !changed.is_empty() {
+                    return Err(CutoverError::OldDatabaseChanged {
+                        tables: changed,
+                        differ,
+                    });
+                }
+            }
+            // The delta has just copied the storage trees inside the freeze: a tree that differs
+            // again is one the old host wrote to since — say so, as for the database.
+            let storage: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.status == verify::RowStatus::Differs && r.kind == "storage")
+                .map(|r| format!("storage {}: {}", r.name, r.detail))
+                .collect();
+            if !self.rehearsal && !storage.is_empty() {
+                return Err(CutoverError::StorageWritten(format!(
+                    " (the trees differ again right after the delta: {})",
+                    storage.join("; ")
+                )));
+            }
+            if !differ.is_empty() {
+                return Err(CutoverError::Differ(differ));
+            }
+            if !not_run.is_empty() {
+                return Err(CutoverError::CouldNotCompare(not_run));
+            }
+            injected("prove")?;
+            if self.rehearsal {
+                return Ok(format!(
+                    "{} item(s) equal (a rehearsal does not freeze the old host, so it may change meanwhile)",
+                    v.rows.len()
+                ));
+            }
+            Ok(format!(
+                "{} item(s) equal; the old databases did not change during the freeze",
+                v.rows.len()
+            ))
+        }
+        .await;
+        self.end(JStep::Prove, t, r).map(|_| ())
+    }
+
+    pub(super) async fn switch(&mut self) -> Result<(), CutoverError> {
+        let switcher = traffic::switcher(self.plan).await?;
+        let Some(s) = switcher else {
+            self.skipped(
+                JStep::Switch,
+                "method none: move traffic to the new host now",
+            )?;
+            self.progress
+                .say(">>> Switch traffic to the new host now (plan [switch] method = \"none\").");
+            self.rep.freeze_ends();
+            self.out.freeze_ms = self.freeze_ms();
+            return Ok(());
+        };
+        let t = self.begin(JStep::Switch)?;
+        self.switched = true;
+        let r = match s
+            .switch_to(hostshift_switch::Side::New, SWITCH_DEADLINE)
+            .await
+        {
+            Ok(o) => injected("switch").map(|()| {
+                format!(
+                    "{} ({} ms){}",
+                    o.detail,
+                    o.elapsed.as_millis(),
+                    if o.changed {
+                        ""
+                    } else {
+                        "; it already pointed there"
+                    }
+                )
+            }),
+            Err(e) => Err(CutoverError::Switch(e.to_string())),
+        };
+        if r.is_ok() {
+            self.rep.freeze_ends();
+            self.out.freeze_ms = self.freeze_ms();
+        }
+        self.end(JStep::Switch, t, r).map(|_| ())
+    }
+
+    pub(super) async fn verify_public(&mut self) -> Result<(), CutoverError> {
+        let t = self.begin(JStep::Verify)?;
+        let method_none = self.plan.switch.method == crate::plan::SwitchMethod::None;
+        let r = async {
+            let mut failed = Vec::new();
+            let mut passed = 0;
+            if !method_none {
+                let specs: Vec<hostshift_shared::health::CheckSpec> = self
+                    .plan
+                    .switch
+                    .verify_urls
+                    .iter()
+                    .map(|u| {
+                        let mut s = hostshift_shared::health::CheckSpec::new(u.clone(), u.clone());
+                        s.attempts = VERIFY_ATTEMPTS;
+                        s
+                    })
+                    .collect();
+                for r in futures::future::join_all(specs.iter().map(hostshift_shared::health::run)).await {
+                    if r.ok {
+                        passed += 1;
+                    } else {
+                        failed.push(format!("{}: {}", r.name, r.detail));
+                    }
+                }
+            }
+            for c in run_checks(self.plan, Some(CheckFrom::New), &[]).await {
+                if c.result.ok {
+                    passed += 1;
+                } else {
+                    failed.push(format!("{} (new): {}", c.result.name, c.result.detail));
+                }
+            }
+            if !failed.is_empty() {
+                return Err(CutoverError::AfterSwitch(failed));
+            }
+            injected("verify")?;
+            if passed == 0 {
+                return Ok("no [switch] verify_urls or from = \"new\" health checks in the plan: nothing to check".to_string());
+            }
+            Ok(if method_none {
+                format!("{passed} new-host check(s) pass; [switch] verify_urls are yours to check once you moved traffic")
+            } else {
+                format!("{passed} check(s) pass through the switched endpoint")
+            })
+        }
+        .await;
+        self.end(JStep::Verify, t, r).map(|_| ())
+    }
+}
+
+/// The freeze's storage delta must leave nothing deferred: a file that still changed while it
+/// was read means something still writes to the old tree, and the hosts would differ.
+fn deferred_in_freeze(s: SyncReport) -> Result<SyncReport, CutoverError> {
+    let changing: Vec<String> = s
+        .units
+        .iter()
+        .filter(|u| u.deferred > 0)
+        .map(|u| format!("storage {}: {}", u.name, crate::sync::deferred_summary(u)))
+        .collect();
+    if changing.is_empty() {
+        return Ok(s);
+    }
+    Err(CutoverError::StorageWritten(format!(
+        ": files changed on the old host while the delta read them ({})",
+        changing.join("; ")
+    )))
+}
+
+/// How the cutover names storage written on the old host during the freeze (the docs match it).
+pub const STORAGE_WRITER: &str = "something still writes to storage during the freeze";
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+    use crate::sync::UnitReport;
+
+    fn storage(deferred: u64) -> UnitReport {
+        UnitReport {
+            kind: "storage".into(),
+            name: "uploads".into(),
+            status: "copied".into(),
+            bytes: 0,
+            files: 0,
+            skipped_files: 0,
+            skipped_bytes: 0,
+            ms: 0,
+            attempts: 1,
+            retried: vec![],
+            changes: vec![],
+            detail: String::new(),
+            ranges: 0,
+            old_fingerprints: Default::default(),
+            deferred,
+            deferred_names: (0..deferred).map(|i| format!("up-{i}.bin")).collect(),
+        }
+    }
+
+    fn report(units: Vec<UnitReport>) -> SyncReport {
+        SyncReport {
+            ok: true,
+            mode: "pull".into(),
+            units,
+            bytes: 0,
+            files: 0,
+            skipped_files: 0,
+            ms: 0,
+            journal: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_deferred_inside_the_freeze_fails_the_delta_naming_it() {
+        assert!(deferred_in_freeze(report(vec![storage(0)])).is_ok());
+        let err = deferred_in_freeze(report(vec![storage(1)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(STORAGE_WRITER) && err.contains("up-0.bin"),
+            "{err}"
+        );
+    }
+}
