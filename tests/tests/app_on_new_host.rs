@@ -402,3 +402,96 @@ async fn sync_creates_a_missing_database_with_the_old_ones_owner_encoding_and_se
         "the owner carried to an existing database"
     );
 }
+
+/// The `check --json` entry named `name`.
+fn check_entry<'a>(j: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    j["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?}: {j:#}"))
+}
+
+/// Issue 10.6: `check`'s baseline shows a partitioned table with the size of its partitions
+/// (its own relation holds nothing), not 0 B.
+#[tokio::test]
+async fn check_shows_a_partitioned_table_with_the_size_of_its_partitions() {
+    let mut sb = Sandbox::new("partitioned-size").await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE TABLE events (id bigint NOT NULL, region text NOT NULL, body text,
+             PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+         CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+         INSERT INTO events SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, md5(g::text)
+             FROM generate_series(1, 3000) g;",
+    )
+    .await
+    .expect("a partitioned table on the old host");
+    let partitions: i64 = old
+        .query_one(
+            "SELECT (pg_total_relation_size('events_eu') + pg_total_relation_size('events_us'))::int8",
+            &[],
+        )
+        .await
+        .expect("sizes")
+        .get(0);
+    assert!(partitions > 0);
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let out = sb.cli(&["check", "--json"]).await;
+    let j = out.json();
+    let row = j["baseline"]
+        .as_array()
+        .expect("baseline")
+        .iter()
+        .find(|b| b["table"] == "public.events")
+        .unwrap_or_else(|| panic!("no baseline row for events: {}", out.stdout));
+    assert_eq!(row["rows"], 3000, "{row}");
+    assert_eq!(
+        row["size_bytes"].as_i64(),
+        Some(partitions),
+        "the partitioned table counts its partitions' bytes: {row}"
+    );
+    let human = sb.cli(&["check"]).await;
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.events"))
+        .unwrap_or_else(|| panic!("{}", human.stdout));
+    assert!(!line.trim_end().ends_with(" 0 B"), "{line}");
+}
+
+/// Issue 10.6: a local cluster reached as superuser shows its free space in `check` — also when
+/// the target database does not exist yet (the sync creates it in that cluster) — instead of
+/// "not visible (managed database or no pg_read_all_settings)".
+#[tokio::test]
+async fn check_sees_the_free_space_of_a_local_cluster_reached_as_superuser() {
+    let mut sb = Sandbox::new("local-free-space").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for missing in [false, true] {
+        if missing {
+            sb.world
+                .new_pg
+                .connect("postgres")
+                .await
+                .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+                .await
+                .expect("drop the new database");
+        }
+        let out = sb.cli(&["check", "--json"]).await;
+        let j = out.json();
+        let disk = check_entry(&j, "disk for database app");
+        assert_eq!(
+            disk["result"], "ok",
+            "missing={missing}: the free space of the data directory is seen: {disk}"
+        );
+        assert!(
+            disk["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("free at the PostgreSQL data directory")),
+            "{disk}"
+        );
+    }
+}
