@@ -495,3 +495,81 @@ async fn check_sees_the_free_space_of_a_local_cluster_reached_as_superuser() {
         );
     }
 }
+
+/// Issue 10.3: a missing target database the new agent's role may not create (no CREATEDB) is a
+/// `check` failure that says exactly what to create — the old database's owner and settings
+/// included — instead of "does not exist (3D000) … check the conninfo"; `sync` changes nothing.
+#[tokio::test]
+async fn check_prints_what_to_create_when_the_role_may_not_create_the_missing_database() {
+    let mut sb = Sandbox::new("missing-db-no-createdb").await;
+    let old_admin = sb.world.old_pg.connect(&sb.old_db).await;
+    old_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET work_mem = '9MB'",
+            sb.old_db
+        ))
+        .await
+        .expect("a setting on the old database");
+    let new_admin = sb.world.new_pg.connect("postgres").await;
+    new_admin
+        .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+        .await
+        .expect("the new host has no such database yet");
+    let createdb: bool = new_admin
+        .query_one(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = 'app_ro'",
+            &[],
+        )
+        .await
+        .expect("app_ro")
+        .get(0);
+    assert!(!createdb, "app_ro may not create databases");
+    let mut new = sb.new_setup();
+    new.databases = vec![(
+        "app".into(),
+        sb.world
+            .new_pg
+            .conninfo(&sb.new_db)
+            .replace("user=postgres", "user=app_ro"),
+    )];
+    sb.start(sb.old_setup(), new).await;
+
+    let out = sb.cli(&["check", "--json"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    let j = out.json();
+    let entry = j["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == "database app" && c["host"] == "new" && c["result"] == "fail")
+        .unwrap_or_else(|| panic!("no failed check \"database app\" on the new host: {j:#}"));
+    let detail = entry["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("sync cannot create it")
+            && detail.contains("app_ro may not create databases (no CREATEDB)"),
+        "{entry}"
+    );
+    let hint = entry["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains(&format!(
+            "CREATE DATABASE \"{}\" TEMPLATE template0 OWNER \"app\" ENCODING 'UTF8'",
+            sb.new_db
+        )) && hint.contains(&format!(
+            "ALTER DATABASE \"{}\" SET \"work_mem\" TO '9MB'",
+            sb.new_db
+        )),
+        "{entry}"
+    );
+
+    let out = sb.cli(&["sync", "--only", "db"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    let exists: bool = new_admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            &[&sb.new_db],
+        )
+        .await
+        .expect("pg_database")
+        .get(0);
+    assert!(!exists, "nothing was created");
+}

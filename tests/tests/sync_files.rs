@@ -196,6 +196,13 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
         "{}",
         u.detail
     );
+    // Issue 9 (smaller): said once, not "integrity check failed: integrity check failed: …".
+    assert_eq!(
+        u.detail.matches("integrity check failed").count(),
+        1,
+        "{}",
+        u.detail
+    );
     assert!(
         u.retried.iter().all(|e| e.kind == ErrorKind::DataLoss) && u.retried.len() >= 2,
         "{:?}",

@@ -13,7 +13,7 @@ use super::{Run, UnitError, UnitReport, backoff, stream};
 use crate::client;
 use crate::plan::{OnNew, PlanFile, PlanStorage};
 
-pub(super) fn report(kind: &str, name: &str) -> UnitReport {
+pub(crate) fn report(kind: &str, name: &str) -> UnitReport {
     UnitReport {
         kind: kind.into(),
         name: name.into(),
