@@ -2,7 +2,8 @@
 //! constraints, triggers) — by `kill -9` of the new agent, or by an immediate stop of the new
 //! PostgreSQL (`pg_ctl stop -m immediate`) — is resumed by the next `sync`: `verify` reports the
 //! schema difference before the rerun, the rerun finishes the post-data and succeeds, and every
-//! index, constraint and trigger is then on the new host exactly once.
+//! index, constraint and trigger is then on the new host exactly once. A `kill -9` of the old
+//! agent at that point fails the sync too, and the rerun succeeds the same way.
 //!
 //! The post-data is hit reliably with an index whose build takes seconds on the new host only: its
 //! expression calls a function that sleeps per row when the database's name ends in `_new` (the
@@ -131,8 +132,8 @@ async fn wait_for_post_data(new: &tokio_postgres::Client, db: &str, sync: &Runni
     .await;
 }
 
-/// What both interruptions must lead to: verify names the schema difference, the rerun finishes
-/// the post-data, verify is then equal and every post-data object is there once.
+/// What the interruptions of the target must lead to: verify names the schema difference, the
+/// rerun finishes the post-data, verify is then equal and every post-data object is there once.
 async fn resume_and_prove(sb: &Sandbox, new: &tokio_postgres::Client) {
     let old = sb.world.old_pg.connect(&sb.old_db).await;
     let want = post_data_objects(&old).await;
@@ -168,6 +169,12 @@ async fn resume_and_prove(sb: &Sandbox, new: &tokio_postgres::Client) {
         out.stdout
     );
 
+    rerun_and_prove(sb, new, &want).await;
+}
+
+/// The rerun succeeds (no "the schema differs" refusal), verify is equal, and the new host holds
+/// every post-data object of the old one (`want`) once.
+async fn rerun_and_prove(sb: &Sandbox, new: &tokio_postgres::Client, want: &[String]) {
     let out = sb.cli(&["sync"]).await;
     assert_eq!(
         out.code,
@@ -184,7 +191,7 @@ async fn resume_and_prove(sb: &Sandbox, new: &tokio_postgres::Client) {
     assert_eq!(out.code, 0, "{}", out.both());
     assert_eq!(
         post_data_objects(new).await,
-        want,
+        want.to_vec(),
         "every index, constraint and trigger on the new host, each once"
     );
 }
@@ -268,4 +275,31 @@ async fn an_immediate_stop_of_the_new_postgres_in_the_post_data_is_resumed_by_th
     sb.write_plan("");
     let new = cluster.connect(&sb.new_db).await.expect("connect");
     resume_and_prove(&sb, &new).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_the_old_agent_in_the_post_data_is_resumed_by_the_next_sync() {
+    let mut sb = Sandbox::new("kill9_old_post_data").await;
+    add_slow_index(&sb).await;
+    let old_setup = sb.old_setup();
+    sb.start(old_setup.clone(), sb.new_setup()).await;
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+
+    let sync = Running::start(&sb);
+    wait_for_post_data(&new, &sb.new_db, &sync).await;
+    let agent = sb.old.as_mut().expect("old agent");
+    let pid = agent.pid();
+    agent.kill();
+    assert!(rig::process_gone(pid), "the old agent was killed (-9)");
+    let (code, output) = sync.finish().await;
+    assert_ne!(code, 0, "a sync whose source died fails: {output}");
+
+    // The new agent already holds the whole section (the old one sent it before the index
+    // builds began): its post-data runs to the end without the old agent, and the sync fails
+    // at its next step. The rerun must not take that for a schema change.
+    sb.old = Some(AgentProc::start(&old_setup, &sb.dir, sb.world).await);
+    sb.addresses.0 = sb.old().address();
+    sb.write_plan("");
+    let want = post_data_objects(&sb.world.old_pg.connect(&sb.old_db).await).await;
+    rerun_and_prove(&sb, &new, &want).await;
 }
