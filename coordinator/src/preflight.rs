@@ -802,8 +802,27 @@ fn disk_checks(plan: &Plan, old: &InventoryResponse, new_info: &InfoResponse, c:
             continue;
         };
         match new_info.databases.iter().find(|x| x.name == d.on_new()) {
-            Some(x) if x.data_dir_known => space(c, &format!("disk for database {}", d.name), inv.size_bytes, x.data_dir_free_bytes, "the PostgreSQL data directory"),
-            Some(_) => c.warn("new", format!("disk for database {}", d.name), format!("needs ~{}; free space of the target cluster is not visible to the agent (managed database or no pg_read_all_settings)", crate::output::bytes(inv.size_bytes)), "check the target's free storage yourself (e.g. RDS FreeStorageSpace)"),
+            Some(x) if x.data_dir_known => space(
+                c,
+                &format!("disk for database {}", d.name),
+                inv.size_bytes,
+                x.data_dir_free_bytes,
+                "the PostgreSQL data directory",
+            ),
+            Some(x) => c.warn(
+                "new",
+                format!("disk for database {}", d.name),
+                format!(
+                    "needs ~{}; free space of the target cluster is not visible to the agent: {}",
+                    crate::output::bytes(inv.size_bytes),
+                    if x.data_dir_problem.is_empty() {
+                        "managed database or no pg_read_all_settings"
+                    } else {
+                        x.data_dir_problem.as_str()
+                    }
+                ),
+                "check the target's free storage yourself (e.g. RDS FreeStorageSpace)",
+            ),
             None => {}
         }
     }

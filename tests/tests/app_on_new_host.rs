@@ -402,3 +402,174 @@ async fn sync_creates_a_missing_database_with_the_old_ones_owner_encoding_and_se
         "the owner carried to an existing database"
     );
 }
+
+/// The `check --json` entry named `name`.
+fn check_entry<'a>(j: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    j["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?}: {j:#}"))
+}
+
+/// Issue 10.6: `check`'s baseline shows a partitioned table with the size of its partitions
+/// (its own relation holds nothing), not 0 B.
+#[tokio::test]
+async fn check_shows_a_partitioned_table_with_the_size_of_its_partitions() {
+    let mut sb = Sandbox::new("partitioned-size").await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE TABLE events (id bigint NOT NULL, region text NOT NULL, body text,
+             PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+         CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+         INSERT INTO events SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, md5(g::text)
+             FROM generate_series(1, 3000) g;",
+    )
+    .await
+    .expect("a partitioned table on the old host");
+    let partitions: i64 = old
+        .query_one(
+            "SELECT (pg_total_relation_size('events_eu') + pg_total_relation_size('events_us'))::int8",
+            &[],
+        )
+        .await
+        .expect("sizes")
+        .get(0);
+    assert!(partitions > 0);
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let out = sb.cli(&["check", "--json"]).await;
+    let j = out.json();
+    let row = j["baseline"]
+        .as_array()
+        .expect("baseline")
+        .iter()
+        .find(|b| b["table"] == "public.events")
+        .unwrap_or_else(|| panic!("no baseline row for events: {}", out.stdout));
+    assert_eq!(row["rows"], 3000, "{row}");
+    assert_eq!(
+        row["size_bytes"].as_i64(),
+        Some(partitions),
+        "the partitioned table counts its partitions' bytes: {row}"
+    );
+    let human = sb.cli(&["check"]).await;
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.contains("public.events"))
+        .unwrap_or_else(|| panic!("{}", human.stdout));
+    assert!(!line.trim_end().ends_with(" 0 B"), "{line}");
+}
+
+/// Issue 10.6: a local cluster reached as superuser shows its free space in `check` — also when
+/// the target database does not exist yet (the sync creates it in that cluster) — instead of
+/// "not visible (managed database or no pg_read_all_settings)".
+#[tokio::test]
+async fn check_sees_the_free_space_of_a_local_cluster_reached_as_superuser() {
+    let mut sb = Sandbox::new("local-free-space").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    for missing in [false, true] {
+        if missing {
+            sb.world
+                .new_pg
+                .connect("postgres")
+                .await
+                .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+                .await
+                .expect("drop the new database");
+        }
+        let out = sb.cli(&["check", "--json"]).await;
+        let j = out.json();
+        let disk = check_entry(&j, "disk for database app");
+        assert_eq!(
+            disk["result"], "ok",
+            "missing={missing}: the free space of the data directory is seen: {disk}"
+        );
+        assert!(
+            disk["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("free at the PostgreSQL data directory")),
+            "{disk}"
+        );
+    }
+}
+
+/// Issue 10.3: a missing target database the new agent's role may not create (no CREATEDB) is a
+/// `check` failure that says exactly what to create — the old database's owner and settings
+/// included — instead of "does not exist (3D000) … check the conninfo"; `sync` changes nothing.
+#[tokio::test]
+async fn check_prints_what_to_create_when_the_role_may_not_create_the_missing_database() {
+    let mut sb = Sandbox::new("missing-db-no-createdb").await;
+    let old_admin = sb.world.old_pg.connect(&sb.old_db).await;
+    old_admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET work_mem = '9MB'",
+            sb.old_db
+        ))
+        .await
+        .expect("a setting on the old database");
+    let new_admin = sb.world.new_pg.connect("postgres").await;
+    new_admin
+        .batch_execute(&format!("DROP DATABASE \"{}\"", sb.new_db))
+        .await
+        .expect("the new host has no such database yet");
+    let createdb: bool = new_admin
+        .query_one(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = 'app_ro'",
+            &[],
+        )
+        .await
+        .expect("app_ro")
+        .get(0);
+    assert!(!createdb, "app_ro may not create databases");
+    let mut new = sb.new_setup();
+    new.databases = vec![(
+        "app".into(),
+        sb.world
+            .new_pg
+            .conninfo(&sb.new_db)
+            .replace("user=postgres", "user=app_ro"),
+    )];
+    sb.start(sb.old_setup(), new).await;
+
+    let out = sb.cli(&["check", "--json"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    let j = out.json();
+    let entry = j["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == "database app" && c["host"] == "new" && c["result"] == "fail")
+        .unwrap_or_else(|| panic!("no failed check \"database app\" on the new host: {j:#}"));
+    let detail = entry["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("sync cannot create it")
+            && detail.contains("app_ro may not create databases (no CREATEDB)"),
+        "{entry}"
+    );
+    let hint = entry["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains(&format!(
+            "CREATE DATABASE \"{}\" TEMPLATE template0 OWNER \"app\" ENCODING 'UTF8'",
+            sb.new_db
+        )) && hint.contains(&format!(
+            "ALTER DATABASE \"{}\" SET \"work_mem\" TO '9MB'",
+            sb.new_db
+        )),
+        "{entry}"
+    );
+
+    let out = sb.cli(&["sync", "--only", "db"]).await;
+    assert_ne!(out.code, 0, "{}", out.both());
+    let exists: bool = new_admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            &[&sb.new_db],
+        )
+        .await
+        .expect("pg_database")
+        .get(0);
+    assert!(!exists, "nothing was created");
+}

@@ -639,3 +639,49 @@ async fn restoring_only_a_file_from_a_backup_with_a_damaged_dump_is_refused_chan
     assert!(out.stderr.contains("databases/app.dump"), "{}", out.both());
     assert_eq!(std::fs::read(&sb.new_env).expect("env"), b"PORT=1\n");
 }
+
+/// Issue 14 (smaller): a restored storage tree's top folder keeps the mtime it had when the
+/// backup was made, not the time of the restore.
+#[tokio::test]
+async fn a_restored_storage_tree_keeps_the_mtime_of_its_top_folder() {
+    use std::os::unix::fs::MetadataExt;
+    let mut sb = Sandbox::new("backup_root_mtime").await;
+    let dir = sb.dir.join("backups");
+    sb.start(
+        with_backups(sb.old_setup(), &dir, ""),
+        with_backups(sb.new_setup(), &dir, ""),
+    )
+    .await;
+    // 2024-03-01 12:00:00.5 UTC on the old host's top folder.
+    let (secs, nsecs) = (1_709_294_400_i64, 500_000_000_i64);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &sb.old_storage,
+        &nix::sys::time::TimeSpec::new(secs, nsecs),
+        &nix::sys::time::TimeSpec::new(secs, nsecs),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("set the old top folder's mtime");
+    let id = backup(&sb).await["id"].as_str().expect("id").to_string();
+    let out = sb
+        .cli(&[
+            "backup",
+            "restore",
+            "--id",
+            &id,
+            "--host",
+            "new",
+            "--storage",
+            "evaluations",
+            "--yes",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+    let m = std::fs::metadata(&sb.new_storage).expect("stat the restored top folder");
+    assert_eq!(
+        (m.mtime(), m.mtime_nsec()),
+        (secs, nsecs),
+        "the restored top folder keeps its original mtime"
+    );
+}

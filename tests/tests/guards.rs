@@ -72,6 +72,23 @@ async fn sync_with_swapped_addresses_fails_before_writing_in_pull_and_relay_mode
         !sb.old().log_text().contains("deleted"),
         "the old agent never got as far as deleting"
     );
+    // Every other command that acts checks the identities the same way before its first call.
+    for args in [
+        &["verify"][..],
+        &["cutover", "--dry-run"][..],
+        &["backup", "--host", "old"][..],
+        &["unfreeze", "--host", "new", "--yes"][..],
+    ] {
+        let out = sb.cli(args).await;
+        assert_ne!(out.code, 0, "{args:?}: {}", out.both());
+        assert!(
+            out.both().contains("is agent:new, not agent:old")
+                || out.both().contains("is agent:old, not agent:new"),
+            "{args:?}: names who answered and who was expected: {}",
+            out.both()
+        );
+    }
+    assert_eq!(fs::snapshot(&sb.old_storage), before);
 }
 
 #[tokio::test]

@@ -382,3 +382,78 @@ async fn keep_days_out_of_range_is_refused() {
         );
     }
 }
+
+/// Issue 9.5: the database password (from `password_file`) never shows on a `pg_dump` command
+/// line, where `ps` would show it to every user of the host: the running `pg_dump` of a real
+/// backup is caught (a lock makes it wait) and its `/proc` command line read; the password is in
+/// its environment instead.
+#[tokio::test]
+async fn a_running_pg_dump_has_no_password_on_its_command_line() {
+    const PASSWORD: &str = "pw-in-a-file-4711";
+    let mut sb = Sandbox::new("pg_dump_argv").await;
+    let pw = sb.dir.join("app-db.password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password file");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut old = sb.old_setup();
+    old.databases.clear();
+    let s = |p: &Path| toml::Value::String(p.display().to_string());
+    old.extra.push_str(&format!(
+        "\n[[databases]]\nname = \"app\"\nconninfo = {}\npassword_file = {}\n\n[backup]\ndir = {}\n",
+        toml::Value::String(sb.world.old_pg.conninfo(&sb.old_db)),
+        s(&pw),
+        s(&sb.dir.join("backups"))
+    ));
+    sb.start(old, sb.new_setup()).await;
+    // pg_dump waits for this lock, long enough to be read from /proc.
+    let locker = sb.world.old_pg.connect(&sb.old_db).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE public.users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let plan = sb.plan_path().display().to_string();
+    let mut backup = tokio::process::Command::new(rig::hostshift_bin())
+        .args(["backup", "--host", "old", "--plan", &plan])
+        .env_remove("HOSTSHIFT_PLAN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the backup");
+    let read = |pid: &str, what: &str| {
+        std::fs::read(format!("/proc/{pid}/{what}"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    };
+    let (cmdline, environ) = eventually(
+        Duration::from_secs(60),
+        "the backup's pg_dump to run",
+        || async {
+            std::fs::read_dir("/proc")
+                .expect("/proc")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|p| p.parse::<u32>().is_ok())
+                .map(|p| (read(&p, "cmdline"), read(&p, "environ")))
+                .find(|(c, _)| {
+                    c.split(' ').next().is_some_and(|a| a.ends_with("pg_dump"))
+                        && c.contains(&sb.old_db)
+                })
+        },
+    )
+    .await;
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert!(
+        !cmdline.contains(PASSWORD),
+        "the password is on pg_dump's command line: {cmdline}"
+    );
+    assert!(
+        environ.contains(&format!("PGPASSWORD={PASSWORD}")),
+        "pg_dump gets the password through its environment"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(120), backup.wait())
+        .await
+        .expect("the backup ends")
+        .expect("wait");
+    assert!(status.success(), "the backup succeeds once unlocked");
+}

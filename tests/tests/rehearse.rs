@@ -63,6 +63,29 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
             .unwrap_or_else(|| panic!("no phase {want}: {}", out.stdout));
         assert_eq!(p["status"], "ok", "{}", out.stdout);
     }
+    // Issue 10: the lab holds what makes an app fail on a new host when it is lost — a populated
+    // materialized view and a storage sub-folder owned by a non-root user — and the final verify
+    // covers both (the view populated on both hosts, the owner kept on the new one).
+    let detail = |phase: &str| {
+        phases
+            .iter()
+            .find(|p| p["phase"] == phase)
+            .and_then(|p| p["detail"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let lab_detail = detail("lab");
+    assert!(
+        lab_detail.contains("materialized view public.course_stats (populated)")
+            && lab_detail.contains("sub-folder 2024 owned by nobody"),
+        "{lab_detail}"
+    );
+    let after = detail("verify-after");
+    assert!(
+        after.contains("materialized view public.course_stats populated,")
+            && after.contains("storage owners compared, sub-folder 2024 owned by nobody"),
+        "{after}"
+    );
     // The cutover froze writes for a measured, non-zero time within the plan's 30 s budget, and
     // the catch-up moved the app's late writes as key ranges, not whole tables.
     let freeze = j["freeze_ms"].as_u64().expect("freeze_ms");

@@ -197,6 +197,13 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
         "{}",
         u.detail
     );
+    // Issue 9 (smaller): said once, not "integrity check failed: integrity check failed: …".
+    assert_eq!(
+        u.detail.matches("integrity check failed").count(),
+        1,
+        "{}",
+        u.detail
+    );
     assert!(
         u.retried.iter().all(|e| e.kind == ErrorKind::DataLoss) && u.retried.len() >= 2,
         "{:?}",
@@ -862,4 +869,54 @@ async fn storage_sync_finishes_while_users_upload_and_reports_what_it_deferred()
     let verify = sb.cli(&["verify"]).await;
     assert_eq!(verify.code, 0, "{}", verify.both());
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+}
+
+/// Issue 14 (smaller): a config file equal on both hosts (bytes after the plan's overrides, mode,
+/// owner) is not written again — same inode, same mtime — and counts as unchanged; one that
+/// differs is rewritten.
+#[tokio::test]
+async fn an_equal_config_file_is_not_rewritten_and_counts_as_unchanged() {
+    use std::os::unix::fs::MetadataExt;
+    let mut sb = sandbox("file_unchanged", 0).await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    sb.write_plan("");
+    let out = sb.cli(&["sync", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).expect("stat the new .env");
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let first = stamp(&sb.new_env);
+    let file_unit = |j: &serde_json::Value| {
+        j["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .find(|u| u["kind"] == "file")
+            .cloned()
+            .expect("the file unit")
+    };
+    assert_eq!(file_unit(&out.json())["status"], "copied", "{}", out.stdout);
+
+    let out = sb.cli(&["sync", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let unit = file_unit(&out.json());
+    assert_eq!(unit["status"], "unchanged", "{unit}");
+    assert_eq!(unit["files"], 0, "{unit}");
+    assert_eq!(
+        stamp(&sb.new_env),
+        first,
+        "an equal file keeps its inode and mtime"
+    );
+    let human = sb.cli(&["sync"]).await;
+    assert_eq!(human.code, 0, "{}", human.both());
+    assert!(!human.both().contains("copied 1 files"), "{}", human.both());
+
+    // A real change is still copied.
+    std::fs::write(&sb.old_env, "PORT=3667\n").expect("change the old .env");
+    let out = sb.cli(&["sync", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert_eq!(file_unit(&out.json())["status"], "copied", "{}", out.stdout);
+    assert_eq!(std::fs::read(&sb.new_env).expect("read"), b"PORT=3667\n");
+    assert_ne!(stamp(&sb.new_env).0, first.0);
 }

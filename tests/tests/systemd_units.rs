@@ -43,3 +43,35 @@ fn every_unit_passes_systemd_analyze_verify() {
         );
     }
 }
+
+/// Issue 14 (smaller): under `ProtectSystem=strict`, a `ReadWritePaths=` entry that does not
+/// exist makes the unit fail to start (226/NAMESPACE). Every entry the shipped units set is
+/// optional (`-` prefix), so a host without nginx, PostgreSQL's socket folder or a backup folder
+/// yet still starts the agent. (`systemd-analyze verify` does not catch this: it is a start-time
+/// failure.)
+#[test]
+fn every_read_write_path_of_the_shipped_units_is_optional() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).expect("systemd folder") {
+        let path = e.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read the unit");
+        for line in text.lines().map(str::trim) {
+            let Some(paths) = line.strip_prefix("ReadWritePaths=") else {
+                continue;
+            };
+            for p in paths.split_whitespace() {
+                seen += 1;
+                assert!(
+                    p.starts_with('-'),
+                    "{}: ReadWritePaths entry {p} is not optional: a host without it cannot start the unit (226/NAMESPACE); write -{p}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(seen > 0, "no ReadWritePaths= found in {}", dir.display());
+}

@@ -31,10 +31,15 @@ async fn database_inner(
         .await
         .map_err(|e| AgentError::db(&db.name, &e))?
         .get(0);
-    // Ordinary and partitioned tables, not partitions (their rows count in the parent).
+    // Ordinary and partitioned tables, not partitions (their rows and bytes count in the parent:
+    // a partitioned table's own size is 0, its partitions hold the data).
     let rows = client
         .query(
-            "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid)
+            "SELECT n.nspname, c.relname,
+                    CASE WHEN c.relkind = 'p' THEN
+                        (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::int8
+                           FROM pg_partition_tree(c.oid) t)
+                    ELSE pg_total_relation_size(c.oid) END
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema')

@@ -93,6 +93,12 @@ async fn database_status(
                 st.missing = true;
                 st.dbname = db::database_name(db).ok().flatten().unwrap_or_default();
                 (st.can_create, st.create_problem) = crate::database::can_create(db).await;
+                // The sync creates it in this cluster: its free space is read the same way,
+                // through the maintenance database.
+                match db::connect_maintenance(db).await {
+                    Ok(client) => data_dir_space(&client, &mut st).await,
+                    Err(e) => st.data_dir_problem = format!("maintenance database: {e}"),
+                }
             }
         }
         Ok(client) => {
@@ -103,17 +109,42 @@ async fn database_status(
             if let Ok(row) = client.query_one("SHOW server_version", &[]).await {
                 st.server_version = row.get(0);
             }
-            // Readable by superusers and pg_read_all_settings only; unknown is fine (remote/RDS).
-            if let Ok(row) = client.query_one("SHOW data_directory", &[]).await {
-                let dir: String = row.get(0);
-                if let Ok((free, _)) = disk::fs_usage(std::path::Path::new(&dir)) {
-                    st.data_dir_free_bytes = free;
-                    st.data_dir_known = true;
-                }
-            }
+            data_dir_space(&client, &mut st).await;
         }
     }
     st
+}
+
+/// Free space on the filesystem of the cluster's data directory, or why it is unknown.
+/// `data_directory` is readable by superusers and `pg_read_all_settings` members only, and it
+/// is only this host's when the cluster runs here (not remote or managed).
+async fn data_dir_space(client: &tokio_postgres::Client, st: &mut DatabaseStatus) {
+    let dir: String = match client.query_one("SHOW data_directory", &[]).await {
+        Ok(row) => row.get(0),
+        Err(e) => {
+            st.data_dir_problem = format!(
+                "the role may not read data_directory (superuser or pg_read_all_settings): {}",
+                db::pg_message(&e)
+            );
+            return;
+        }
+    };
+    let path = std::path::Path::new(&dir);
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => match disk::fs_usage(path) {
+            Ok((free, _)) => {
+                st.data_dir_free_bytes = free;
+                st.data_dir_known = true;
+            }
+            Err(e) => st.data_dir_problem = e,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            st.data_dir_problem = format!(
+                "the data directory {dir} is not on this host (a remote or managed database server)"
+            );
+        }
+        Err(e) => st.data_dir_problem = format!("{dir}: {e}"),
+    }
 }
 
 fn root_status(kind: &str, name: &str, path: &std::path::Path) -> RootStatus {

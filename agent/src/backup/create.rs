@@ -244,6 +244,7 @@ async fn dump_database(
         mode: None,
         server_version: Some(server_version),
         entries: None,
+        root_mtime_ns: None,
     })
 }
 
@@ -256,6 +257,9 @@ fn pack_tree(
     let tar_file = format!("storage/{}.tar.gz", tree.name);
     let tar_path = staging.join(&tar_file);
     let mut attempt = 1;
+    let root_mtime_ns = std::fs::metadata(&tree.path)
+        .ok()
+        .map(|m| storage::walk::mtime_ns(&m));
     let (manifest, size, digest) = loop {
         let manifest = storage::build_full(&tree.path, cancel)?;
         let _ = std::fs::remove_file(&tar_path);
@@ -288,6 +292,7 @@ fn pack_tree(
         mode: None,
         server_version: None,
         entries: Some(entries),
+        root_mtime_ns,
     };
     let index = Artifact {
         kind: ArtifactKind::StorageIndex,
@@ -299,6 +304,7 @@ fn pack_tree(
         mode: None,
         server_version: None,
         entries: Some(entries),
+        root_mtime_ns: None,
     };
     Ok((tar, index))
 }
@@ -357,6 +363,7 @@ fn copy_file(f: &FileConfig, staging: &Path) -> Result<Artifact, AgentError> {
         mode: Some(meta.mode() & 0o7777),
         server_version: None,
         entries: None,
+        root_mtime_ns: None,
     })
 }
 

@@ -145,6 +145,10 @@ pub struct Artifact {
     /// Files and symlinks in a storage tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
+    /// Modification time (ns since the epoch) of a storage tree's top folder when it was backed
+    /// up: the restore gives it back (the tree's manifest covers only what is inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_mtime_ns: Option<i64>,
 }
 
 /// A new backup id for `now`: `YYYYMMDDTHHMMSSZ-` + 6 random hex digits.

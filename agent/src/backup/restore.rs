@@ -117,8 +117,9 @@ pub async fn restore(
                     artifact_path(&backup, index)?,
                 );
                 let staging = format!("restore-{id}");
+                let root_mtime = a.root_mtime_ns;
                 blocking(cancel, move |c| {
-                    restore_tree(&root, &tar, &idx, &staging, c)
+                    restore_tree(&root, &tar, &idx, &staging, root_mtime, c)
                 })
                 .await?
             }
@@ -336,12 +337,14 @@ fn tree_root(c: &AgentConfig, name: &str) -> Result<std::path::PathBuf, AgentErr
 }
 
 /// Extracts the tree's tar into staging (each file checked against the backup's manifest), commits
-/// it, deletes what the backup lacks, and proves the result equals the backup.
+/// it, deletes what the backup lacks, gives the top folder its backed-up mtime (`root_mtime_ns`;
+/// backups made before it was recorded have none), and proves the result equals the backup.
 fn restore_tree(
     root: &Path,
     tar: &Path,
     index: &Path,
     staging_id: &str,
+    root_mtime_ns: Option<i64>,
     cancel: &CancellationToken,
 ) -> Result<String, AgentError> {
     let bytes = std::fs::read(index).map_err(|e| AgentError::io("read", index, e))?;
@@ -380,6 +383,21 @@ fn restore_tree(
         })
         .collect();
     let stats = storage::commit(root, staged, &dirs, &[], &delta.delete)?;
+    if let Some(ns) = root_mtime_ns {
+        // Last: creating and removing the staging folder inside it changed it.
+        let mtime = nix::sys::time::TimeSpec::new(
+            ns.div_euclid(1_000_000_000),
+            ns.rem_euclid(1_000_000_000),
+        );
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            root,
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| AgentError::io("set the mtime of", root, std::io::Error::from(e)))?;
+    }
     let mut after = storage::build_full(root, cancel)?;
     if !carry {
         after.localize_owners(false);

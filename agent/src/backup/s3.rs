@@ -123,6 +123,7 @@ pub async fn upload(
         mode: None,
         server_version: None,
         entries: None,
+        root_mtime_ns: None,
     };
     for a in m.artifacts.iter().chain([&manifest]) {
         let path = artifact_path(backup, a)?;

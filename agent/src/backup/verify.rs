@@ -226,6 +226,7 @@ mod tests {
                     mode: None,
                     server_version: None,
                     entries: None,
+                    root_mtime_ns: None,
                 }
             })
             .collect();

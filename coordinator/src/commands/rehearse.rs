@@ -126,15 +126,20 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         status: "ok",
         ms: t.elapsed().as_millis(),
         detail: format!(
-            "{} users, {} submissions; {} files ({}) in storage",
+            "{} users, {} submissions, materialized view {} (populated); {} files ({}) in storage{}",
             lab.seed.rows.get("users").copied().unwrap_or(0),
             lab.seed
                 .rows
                 .get("project_submissions")
                 .copied()
                 .unwrap_or(0),
+            crate::lab::seed::MATVIEW,
             lab.storage.files,
-            bytes(lab.storage.bytes)
+            bytes(lab.storage.bytes),
+            lab.storage.non_root_owner.map_or_else(String::new, |u| format!(
+                ", sub-folder {} owned by {u}",
+                crate::rehearse::NON_ROOT_DIR
+            ))
         ),
     });
 
@@ -547,11 +552,55 @@ async fn after_first_copy(
     say("phase verify-after: compare both hosts once more");
     let t = Instant::now();
     let after = match crate::sync::verify::run(plan).await {
-        Ok(v) if v.ok => Ok(format!("{} items equal", v.rows.len())),
+        Ok(v) if v.ok => final_verify_covers(lab, &v),
         Ok(_) => Err("the hosts differ after the cutover".into()),
         Err(e) => Err(e.to_string()),
     };
     push(phases, "verify-after", t, after)
+}
+
+/// The last verify passed; it must also have compared what makes the app work on the new host:
+/// the materialized view populated on both, and the storage sub-folder still owned by its
+/// non-root user there (verify compares owners; the lab checks the new host's folder too).
+fn final_verify_covers(lab: &LocalLab, v: &crate::sync::verify::Report) -> Result<String, String> {
+    let view = crate::lab::seed::MATVIEW;
+    let row = v
+        .rows
+        .iter()
+        .find(|r| r.kind == "materialized view" && r.name.ends_with(view))
+        .ok_or_else(|| format!("the final verify did not compare the materialized view {view}"))?;
+    if !row.new.starts_with("populated") {
+        return Err(format!(
+            "materialized view {view} on the new host: {}",
+            row.new
+        ));
+    }
+    let mut detail = format!(
+        "{} items equal; materialized view {view} {} on both",
+        v.rows.len(),
+        row.new
+    );
+    if let Some(user) = lab.storage.non_root_owner {
+        let dir = crate::rehearse::new_storage_dir(lab).join(crate::rehearse::NON_ROOT_DIR);
+        let want = nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw());
+        let got = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+        );
+        if want != Some(got) {
+            return Err(format!(
+                "{} on the new host belongs to uid {got}, not {user}",
+                dir.display()
+            ));
+        }
+        detail.push_str(&format!(
+            "; storage owners compared, sub-folder {} owned by {user} on the new host",
+            crate::rehearse::NON_ROOT_DIR
+        ));
+    }
+    Ok(detail)
 }
 
 /// What the app does while the copy runs: new sign-ups and edited profiles on the old host.

@@ -86,11 +86,7 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
                         ("database", n) => format!("{n} tables"),
                         (_, n) => format!("{n} files, {}", bytes(u.skipped_bytes)),
                     },
-                    // Retried failures count even when the unit's last attempt was its first
-                    // (a database's pieces retry on their own).
-                    (u.attempts.saturating_sub(1) as usize)
-                        .max(u.retried.len())
-                        .to_string(),
+                    retries(u).to_string(),
                     format!("{:.1} s", u.ms as f64 / 1000.0),
                 ]
             })
@@ -157,5 +153,31 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         Err(failed(anyhow::anyhow!(
             "{n} unit(s) failed; the old host is untouched; run `hostshift sync` again to continue (finished work is not redone)"
         )))
+    }
+}
+
+/// The RETRIES column: attempts after the first, or the retried failures when there were more
+/// (a storage tree planned again, a database's pieces retried on their own: the unit's last
+/// attempt may have been its first).
+fn retries(u: &sync::UnitReport) -> usize {
+    (u.attempts.saturating_sub(1) as usize).max(u.retried.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10.6: the RETRIES column showed 0 after retries and re-plans.
+    #[test]
+    fn retries_count_re_plans_and_piece_retries_not_only_attempts() {
+        let mut u = crate::sync::unit_report("storage", "evaluations");
+        assert_eq!(retries(&u), 0);
+        u.attempts = 1;
+        let e = sync::UnitError::other("planning again".into());
+        u.retried = vec![e.clone(), e];
+        assert_eq!(retries(&u), 2, "two re-plans within one attempt");
+        u.attempts = 3;
+        u.retried.clear();
+        assert_eq!(retries(&u), 2, "two attempts after the first");
     }
 }

@@ -577,6 +577,29 @@ async fn summarize(client: &Client, scale: Scale, pgcrypto: bool) -> Result<Seed
     })
 }
 
+/// The rehearsal's materialized view: per question, how often it was answered and its mean
+/// score — populated, owned by `app`, as an app's reporting view would be. A sync must refresh
+/// it on the new host (`pg_dump --schema-only` creates it empty) and `verify` compares it.
+pub const MATVIEW: &str = "public.course_stats";
+
+/// Creates [`MATVIEW`] (populated) in a database seeded by [`seed`]. Not part of [`seed`]: the
+/// test suite's template database keeps its six tables.
+///
+/// # Errors
+/// [`LabError::Postgres`] when the statement fails.
+pub async fn add_materialized_view(client: &Client) -> Result<(), LabError> {
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW public.course_stats AS
+                 SELECT question_id, count(*) AS answers, avg(score)::numeric(8,2) AS mean_score
+                 FROM public.assessments GROUP BY question_id;
+             ALTER MATERIALIZED VIEW public.course_stats OWNER TO app;
+             GRANT SELECT ON public.course_stats TO app_ro;",
+        )
+        .await
+        .map_err(LabError::pg("create the materialized view course_stats"))
+}
+
 /// Rows per first-level digest in [`content_digest`]: bounds the server's memory (a single
 /// `string_agg` over a Large table passes PostgreSQL's 1 GB string limit) to 64 Ki × 32 bytes.
 const DIGEST_BUCKET_ROWS: i64 = 65_536;

@@ -20,7 +20,17 @@ pub struct StorageSummary {
     pub files: u64,
     /// Bytes.
     pub bytes: u64,
+    /// The user owning sub-folder [`NON_ROOT_DIR`] and everything in it (`nobody`), when the
+    /// lab runs as root; `None` otherwise (only root can give files away).
+    pub non_root_owner: Option<&'static str>,
 }
+
+/// The sub-folder of the storage tree owned by a non-root user, as an app's uploads are: the
+/// sync must carry owner and group, and `verify` compares them.
+pub const NON_ROOT_DIR: &str = "2024";
+
+/// The user owning [`NON_ROOT_DIR`]; it exists on every Linux host (both lab hosts are this one).
+const NON_ROOT_USER: &str = "nobody";
 
 /// The storage tree's root under a host folder.
 pub fn storage_dir(host: &Path) -> PathBuf {
@@ -73,6 +83,7 @@ pub fn write_old_host(host: &Path, scale: Scale) -> std::io::Result<StorageSumma
         sum.files += 1;
         sum.bytes += body.len() as u64;
     }
+    sum.non_root_owner = give_away(&root.join(NON_ROOT_DIR))?;
     write(
         host,
         FILES[0].1,
@@ -89,6 +100,28 @@ pub fn write_old_host(host: &Path, scale: Scale) -> std::io::Result<StorageSumma
         "module.exports = {\n  apps: [\n    { name: 'backend', script: 'backend/server.js', env: { PORT: 3666 } },\n    { name: 'frontend', script: 'frontend/server.js', env: { PORT: 4666 } },\n  ],\n};\n",
     )?;
     Ok(sum)
+}
+
+/// Gives `dir` and everything in it to [`NON_ROOT_USER`] (and that user's group) when running
+/// as root and the user exists; returns the user when it did.
+fn give_away(dir: &Path) -> std::io::Result<Option<&'static str>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let Ok(Some(user)) = nix::unistd::User::from_name(NON_ROOT_USER) else {
+        return Ok(None);
+    };
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+        if p.symlink_metadata()?.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(Some(NON_ROOT_USER))
 }
 
 /// Creates the new host's (empty) folders.

@@ -21,7 +21,12 @@ use crate::lab::agent::{AgentLaunchError, AgentSetup, LabAgent};
 use crate::lab::pg::PgCluster;
 use crate::lab::seed::{self, Scale, SeedSummary};
 
-pub use content::StorageSummary;
+pub use content::{NON_ROOT_DIR, StorageSummary};
+
+/// The new host's storage tree of a lab.
+pub fn new_storage_dir(lab: &LocalLab) -> PathBuf {
+    content::storage_dir(&lab.dir.join("new"))
+}
 
 /// The old host's address.
 pub const OLD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -120,6 +125,8 @@ impl LocalLab {
         ));
         old_pg.create_database("app", None).await?;
         let seed = seed::seed(&old_pg.connect("app").await?, scale).await?;
+        // A populated materialized view: the new host must get it populated, not just created.
+        seed::add_materialized_view(&old_pg.connect("app").await?).await?;
         let admin = new_pg.connect("postgres").await?;
         seed::ensure_roles(&admin).await?;
         new_pg.create_database("app", None).await?;

@@ -36,6 +36,8 @@ use crate::plan::{Plan, Side};
 use crate::progress::{self, Progress};
 use stream::PullSource;
 pub use units::deferred_summary;
+#[cfg(test)]
+pub(crate) use units::report as unit_report;
 
 /// What to sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -13,7 +13,7 @@ use super::{Run, UnitError, UnitReport, backoff, stream};
 use crate::client;
 use crate::plan::{OnNew, PlanFile, PlanStorage};
 
-pub(super) fn report(kind: &str, name: &str) -> UnitReport {
+pub(crate) fn report(kind: &str, name: &str) -> UnitReport {
     UnitReport {
         kind: kind.into(),
         name: name.into(),
@@ -133,6 +133,22 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
         };
         return fail(r, started, &e, run);
     }
+    if equal_on_new(run, f, &meta).await {
+        r.status = "unchanged".into();
+        r.skipped_files = 1;
+        r.skipped_bytes = meta.size;
+        r.ms = started.elapsed().as_millis() as u64;
+        if let Err(e) = run.record(&unit, "done", 0, 0, "unchanged: equal on both hosts") {
+            return fail(r, started, &e, run);
+        }
+        run.progress.done(
+            &unit,
+            0,
+            true,
+            "unchanged (equal on both hosts), not written",
+        );
+        return r;
+    }
     let read = ReadRequest {
         grant: String::new(),
         what: Some(read_request::What::File(FileRead {
@@ -164,6 +180,56 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
             r
         }
         Err(e) => fail(r, started, &e, run),
+    }
+}
+
+/// Whether the new host's copy of `f` already is what the sync would write: the old bytes with
+/// the plan's overrides applied (compared by digest), the old mode, owner and group. Then it is
+/// not written again (a rewrite would give it a new inode and mtime). Any doubt (a read fails,
+/// an override does not apply) means "copy it", as before.
+async fn equal_on_new(
+    run: &Run<'_>,
+    f: &PlanFile,
+    old: &hostshift_proto::v1::FileMetaResponse,
+) -> bool {
+    use hostshift_shared::digest::Sha256Digest;
+    let Ok(new) = run
+        .new
+        .source()
+        .file_meta(client::request(FileRead {
+            name: f.on_new().to_string(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+    else {
+        return false;
+    };
+    // The sink writes mode 0 as 0640 (see the agent's transfer::sink).
+    let want_mode = if old.mode == 0 {
+        0o640
+    } else {
+        old.mode & 0o7777
+    };
+    if !new.exists || new.mode & 0o7777 != want_mode || (new.uid, new.gid) != (old.uid, old.gid) {
+        return false;
+    }
+    let read = |agent, name: &str| {
+        stream::read_all(
+            agent,
+            ReadRequest {
+                grant: String::new(),
+                what: Some(read_request::What::File(FileRead { name: name.into() })),
+            },
+            client::MAX_MESSAGE,
+        )
+    };
+    let (a, b) = tokio::join!(read(&run.old, &f.name), read(&run.new, f.on_new()));
+    let (Ok(a), Ok(b)) = (a, b) else {
+        return false;
+    };
+    match hostshift_shared::dotenv::apply(&a, &f.overrides) {
+        Ok(expected) => Sha256Digest::of(&expected) == Sha256Digest::of(&b),
+        Err(_) => false,
     }
 }
 
