@@ -24,6 +24,7 @@
 //! - [`sink`] — verifying and applying a framed stream.
 //! - [`pull`] — the target's client to a peer agent.
 //! - [`files`] — atomic writes of config files with `.env` overrides.
+//! - [`session`] — storage sessions: the old agent's manifest fetched, diffed and batched here.
 //! - [`service`] — the gRPC translation of the three services.
 
 pub mod db;
@@ -31,6 +32,7 @@ pub mod files;
 pub mod grants;
 pub mod pull;
 pub mod service;
+pub mod session;
 pub mod sink;
 pub mod source;
 

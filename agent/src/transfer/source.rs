@@ -162,6 +162,15 @@ pub fn framed_bytes(data: Vec<u8>) -> FrameRx {
     frx
 }
 
+/// A manifest's network form, encoded piece by piece into the stream on a blocking thread
+/// (never whole in memory: a tree of a million files encodes to about 100 MB).
+pub fn framed_manifest(ctx: &Ctx, m: Arc<Manifest>) -> FrameRx {
+    framed_blocking(ctx, move |w, _| {
+        m.encode_to(w)
+            .map_err(|e| AgentError::Internal(format!("manifest stream: {e}")))
+    })
+}
+
 /// Where the agent caches the manifest of a tree (digests reused while size, mtime, mode and
 /// stamp are unchanged).
 pub fn manifest_cache(ctx: &Ctx, tree: &str) -> PathBuf {
