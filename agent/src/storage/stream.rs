@@ -288,3 +288,182 @@ impl<R: Read> Iterator for ManifestStream<R> {
         self.next_entry().transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Manifest, diff, diff_with};
+
+    fn file(path: &str, content: &str) -> Entry {
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            kind: Kind::File,
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime_ns: 7,
+            sha256: Some(Sha256Digest::of(content.as_bytes())),
+            owner: Some(Owner { uid: 1, gid: 2 }),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            kind: Kind::Dir,
+            size: 0,
+            mode: 0o755,
+            mtime_ns: 3,
+            sha256: None,
+            owner: None,
+        }
+    }
+
+    fn sample() -> Manifest {
+        Manifest::new(vec![
+            dir("a"),
+            file("a/x", "x"),
+            dir("a/b"),
+            file("a/b/y", "yy"),
+            file("a.txt", "t"),
+            file("z", "zzz"),
+        ])
+        .unwrap()
+    }
+
+    /// Encodes `entries` in the given order (no sorting, no checks), as a peer might.
+    fn raw(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&0i64.to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for e in entries {
+            let p = e.path.as_bytes();
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            out.extend_from_slice(p);
+            out.push(u8::from(e.kind == Kind::Dir));
+            out.extend_from_slice(&e.size.to_le_bytes());
+            out.extend_from_slice(&e.mode.to_le_bytes());
+            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+            out.push(0);
+            if let Some(d) = &e.sha256 {
+                out.extend_from_slice(d.as_bytes());
+            }
+        }
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        let sum = Sha256Digest::of(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    fn reason(bytes: &[u8]) -> String {
+        let err = ManifestStream::open(bytes, Path::new("<peer>"))
+            .and_then(ManifestStream::check)
+            .expect_err("a malformed manifest must be refused");
+        match err {
+            StorageError::BadManifest { path, reason } => format!("{}: {reason}", path.display()),
+            other => panic!("not BadManifest: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sound_manifest_streams_entry_by_entry_as_decode_reads_it() {
+        let m = sample();
+        let bytes = m.encode();
+        let entries: Vec<Entry> = ManifestStream::open(&bytes[..], Path::new("<peer>"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(entries, m.entries());
+        let sum = ManifestStream::open(&bytes[..], Path::new("<peer>"))
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!((sum.entries, sum.files, sum.file_bytes), (6, 4, 7));
+        // Streamed encoding is the same bytes as the in-memory one.
+        let mut streamed = Vec::new();
+        m.encode_to(&mut streamed).unwrap();
+        assert_eq!(streamed, bytes);
+    }
+
+    #[test]
+    fn a_malformed_manifest_from_a_peer_is_refused_naming_what_is_wrong() {
+        let good = sample().encode();
+        // Damaged: an entry that breaks a rule is named at once, anything else by the checksum.
+        let mut flipped = good.clone();
+        flipped[40] ^= 0x20;
+        assert_eq!(reason(&flipped), "a: mode 10000755");
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(reason(&flipped).contains("checksum mismatch"));
+        assert!(reason(&good[..good.len() - 1]).contains("checksum"));
+        assert!(reason(&good[..30]).contains("truncated in entry 1 of 6"));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(reason(&longer).contains("trailing bytes"));
+        assert!(reason(b"HSMANIF4\0\0\0\0").contains("cache file"));
+        assert!(reason(b"something else entirely").contains("wrong magic"));
+        // Well-formed bytes, broken rules.
+        let (x, y) = (file("x", "1"), file("y", "2"));
+        assert_eq!(
+            reason(&raw(&[y, x.clone()])),
+            "x: out of order (after y): the entries must be sorted by path"
+        );
+        assert!(reason(&raw(&[x.clone(), x.clone()])).contains("x: listed twice"));
+        assert!(
+            reason(&raw(&[file("f", "1"), file("f/g", "2")]))
+                .contains("f/g: its parent f is not a directory")
+        );
+        let mut no_digest = file("n", "1");
+        no_digest.sha256 = None;
+        let mut bytes = raw(&[no_digest]);
+        // A file entry without its 32 digest bytes runs into the owner names: refused either way.
+        bytes.truncate(bytes.len() - 32);
+        let sum = Sha256Digest::of(&bytes);
+        bytes.extend_from_slice(sum.as_bytes());
+        assert!(!reason(&bytes).is_empty());
+        let mut bad_path = raw(&[file("ok", "1")]);
+        let at = bad_path.iter().position(|b| *b == b'o').unwrap();
+        bad_path[at] = b'/';
+        bad_path.truncate(bad_path.len() - 32);
+        let sum = Sha256Digest::of(&bad_path);
+        bad_path.extend_from_slice(sum.as_bytes());
+        assert!(
+            reason(&bad_path).contains("entry 1 of 1"),
+            "{}",
+            reason(&bad_path)
+        );
+    }
+
+    #[test]
+    fn the_streamed_diff_equals_the_in_memory_one() {
+        let src = sample();
+        let dst = Manifest::new(vec![
+            dir("a"),
+            file("a/x", "old"),
+            file("a.txt", "t"),
+            dir("gone"),
+            file("gone/f", "f"),
+        ])
+        .unwrap();
+        let whole = diff(&src, &dst, true);
+        let bytes = src.encode();
+        let mut sent = Vec::new();
+        let streamed = diff_with(
+            ManifestStream::open(&bytes[..], Path::new("<peer>")).unwrap(),
+            &dst,
+            true,
+            |e| {
+                sent.push(e.clone());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(sent, whole.send);
+        assert_eq!(streamed.dirs, whole.dirs);
+        assert_eq!(streamed.meta, whole.meta);
+        assert_eq!(streamed.delete, whole.delete);
+        assert_eq!(streamed.bytes_to_send, whole.bytes_to_send);
+        assert!(streamed.send.is_empty());
+    }
+}
