@@ -76,7 +76,7 @@ mod tests;
 mod testutil;
 
 pub use cache::{ManifestCache, WalkCache};
-pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, QUEUE_DEPTH};
+pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, ChunkSink, ChunkWriter, QUEUE_DEPTH};
 pub use commit::{CommitStats, commit, finalize, prepare};
 pub use delta::{Delta, MetaFix, diff, diff_with};
 pub use error::StorageError;
