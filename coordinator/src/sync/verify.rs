@@ -422,39 +422,6 @@ async fn schema_row(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_row_reads_back_as_written_and_older_reports_still_read() {
-        let row = Row {
-            kind: "database".into(),
-            name: "app".into(),
-            equal: false,
-            status: RowStatus::CouldNotRun,
-            old: "?".into(),
-            new: "?".into(),
-            detail: "connection refused".into(),
-        };
-        let json = serde_json::to_value(&row).expect("json");
-        assert_eq!(json["status"], "could not run");
-        assert_eq!(serde_json::from_value::<Row>(json).expect("back"), row);
-        // A report.json written before rows carried `status`.
-        let old = serde_json::json!({
-            "kind": "database", "name": "app", "equal": false, "could_not_run": true,
-            "old": "?", "new": "?", "detail": "connection refused",
-        });
-        assert_eq!(serde_json::from_value::<Row>(old).expect("old form"), row);
-        let differs = serde_json::json!({
-            "kind": "table", "name": "public.users", "equal": false,
-            "old": "1/a", "new": "2/b", "detail": "rows",
-        });
-        let r: Row = serde_json::from_value(differs).expect("oldest form");
-        assert_eq!(r.status, RowStatus::Differs);
-    }
-}
-
 /// A grant on the old agent for the new one to read the plan's storage manifests; `None` when
 /// it cannot be had (then the manifests pass through here, as before).
 pub(crate) async fn storage_grant(plan: &Plan, old: &Agent) -> Option<String> {
@@ -614,5 +581,38 @@ async fn storage_row(
         ),
         new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
         detail: parts.join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_reads_back_as_written_and_older_reports_still_read() {
+        let row = Row {
+            kind: "database".into(),
+            name: "app".into(),
+            equal: false,
+            status: RowStatus::CouldNotRun,
+            old: "?".into(),
+            new: "?".into(),
+            detail: "connection refused".into(),
+        };
+        let json = serde_json::to_value(&row).expect("json");
+        assert_eq!(json["status"], "could not run");
+        assert_eq!(serde_json::from_value::<Row>(json).expect("back"), row);
+        // A report.json written before rows carried `status`.
+        let old = serde_json::json!({
+            "kind": "database", "name": "app", "equal": false, "could_not_run": true,
+            "old": "?", "new": "?", "detail": "connection refused",
+        });
+        assert_eq!(serde_json::from_value::<Row>(old).expect("old form"), row);
+        let differs = serde_json::json!({
+            "kind": "table", "name": "public.users", "equal": false,
+            "old": "1/a", "new": "2/b", "detail": "rows",
+        });
+        let r: Row = serde_json::from_value(differs).expect("oldest form");
+        assert_eq!(r.status, RowStatus::Differs);
     }
 }
