@@ -703,48 +703,24 @@ async fn missing_databases(
 /// new agent, running as root, gives every file its owner by name; a name it does not know
 /// leaves the old numeric id, which there belongs to nobody or to someone else.
 async fn owner_checks(plan: &Plan, old: &Agent, new: &Agent, c: &mut Collector) {
-    use hostshift_proto::v1::{CompareStorageRequest, ManifestRead, ReadRequest, read_request};
+    use crate::sync::verify::{CompareFailure, compare_tree, storage_grant};
+    // The new agent reads each old manifest itself (no manifest passes through here).
+    let grant = if plan.storage.is_empty() {
+        None
+    } else {
+        storage_grant(plan, old).await
+    };
     for s in &plan.storage {
         let check = format!("owners of storage {}", s.name);
-        let manifest = crate::sync::stream::read_all(
-            old,
-            ReadRequest {
-                grant: String::new(),
-                what: Some(read_request::What::Manifest(ManifestRead {
-                    tree: s.name.clone(),
-                    full: false,
-                })),
-            },
-            client::MAX_MESSAGE,
-        )
-        .await;
-        let manifest = match manifest {
-            Ok(m) => m,
-            Err(e) => {
-                c.fail("old", check, e.message, "see the old agent's log");
-                continue;
-            }
-        };
-        let compared = new
-            .target()
-            .compare_storage(CompareStorageRequest {
-                tree: s.on_new().to_string(),
-                source_manifest: manifest,
-                full: false,
-            })
-            .await;
+        let compared = compare_tree(plan, old, new, s, grant.as_deref(), false).await;
         match compared {
-            Err(st) => c.fail(
-                "new",
-                check,
-                client::explain_status(&st),
-                "see the new agent's log",
-            ),
-            Ok(r) if r.get_ref().unknown_owners.is_empty() => {
+            Err(CompareFailure::Old(e)) => c.fail("old", check, e, "see the old agent's log"),
+            Err(CompareFailure::New(e)) => c.fail("new", check, e, "see the new agent's log"),
+            Ok(r) if r.unknown_owners.is_empty() => {
                 c.ok("new", check, "every owner and group exists here (or the agent does not run as root: files belong to its user)");
             }
             Ok(r) => {
-                let unknown = &r.get_ref().unknown_owners;
+                let unknown = &r.unknown_owners;
                 let users: Vec<&str> = unknown
                     .iter()
                     .filter_map(|u| u.strip_prefix("user "))
@@ -770,6 +746,9 @@ async fn owner_checks(plan: &Plan, old: &Agent, new: &Agent, c: &mut Collector) 
                 );
             }
         }
+    }
+    if let Some(token) = grant {
+        crate::sync::verify::revoke(old, token).await;
     }
 }
 

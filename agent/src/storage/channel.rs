@@ -1,7 +1,9 @@
-//! The two ends between the blocking tar code and the async network: [`ChannelWriter`] (a
-//! [`Write`] that sends fixed-size chunks) and [`ChannelReader`] (a [`Read`] over them), both on a
-//! bounded `tokio::sync::mpsc` channel, so memory is a number and a slow network slows the
-//! producer instead of filling the heap.
+//! The two ends between blocking producers and consumers and the async network: [`ChunkWriter`]
+//! (a [`Write`] that sends fixed-size chunks to a [`ChunkSink`]) and [`ChannelReader`] (a
+//! [`Read`] over chunks), both on bounded `tokio::sync::mpsc` channels, so memory is a number
+//! and a slow network slows the producer instead of filling the heap. The storage code writes
+//! plain chunks ([`ChannelWriter`]); the transfer service's `FrameWriter` is the same writer
+//! over a sink that frames each chunk (its SHA-256) for the network.
 //!
 //! Both call `blocking_send` / `blocking_recv`: use them from `spawn_blocking` threads (where
 //! `pack` and `unpack` run), never inside an async task — those calls panic there.
@@ -11,54 +13,99 @@ use std::io::{self, Read, Write};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-/// Size of one chunk on the channel (the last one of a stream may be shorter).
-pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Size of one chunk (the last one of a stream may be shorter): the network framing's, so a
+/// chunk of the tar stream is a frame.
+pub use hostshift_shared::framing::CHUNK_SIZE;
 /// Suggested capacity of the chunk channel between a [`ChannelWriter`] and the network (or a
 /// `ChannelReader` and the network). Worst-case memory of one stream on one side:
 /// `(QUEUE_DEPTH + 2) × CHUNK_SIZE` = 6 MiB — the queued chunks, the one being filled and the one
 /// being consumed — plus [`READ_BUFFER`](super::walk::READ_BUFFER) inside `pack` or `unpack`.
 pub const QUEUE_DEPTH: usize = 4;
 
-/// A [`Write`] that cuts what it is given into [`CHUNK_SIZE`] chunks and sends each on a bounded
-/// channel with `blocking_send`: when the network is slow the channel fills and the writer
-/// blocks (backpressure). Call `flush` at the end to send the last, shorter chunk
-/// ([`pack`](super::pack::pack) does).
+/// Where a [`ChunkWriter`] sends each full chunk.
+pub trait ChunkSink {
+    /// Sends one chunk, blocking while the receiver is behind (backpressure).
+    ///
+    /// # Errors
+    /// `BrokenPipe` once the receiver is gone.
+    fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()>;
+    /// True once the receiver is gone.
+    fn is_closed(&self) -> bool;
+}
+
+impl ChunkSink for mpsc::Sender<Bytes> {
+    fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.blocking_send(chunk).map_err(|_| gone())
+    }
+
+    fn is_closed(&self) -> bool {
+        mpsc::Sender::is_closed(self)
+    }
+}
+
+/// A [`Write`] that cuts what it is given into [`CHUNK_SIZE`] chunks and hands each to its
+/// sink: when the network is slow the sink blocks and so does the writer (backpressure). Call
+/// `flush` at the end to send the last, shorter chunk ([`pack`](super::pack::pack) does).
 ///
-/// Must be used from a blocking thread (`spawn_blocking`), never inside an async task:
-/// `blocking_send` panics there.
-pub struct ChannelWriter {
-    tx: mpsc::Sender<Bytes>,
+/// Must be used from a blocking thread (`spawn_blocking`), never inside an async task: the
+/// sinks call `blocking_send`, which panics there.
+pub struct ChunkWriter<S> {
+    sink: S,
     buf: BytesMut,
 }
+
+/// A [`ChunkWriter`] sending plain chunks on a bounded channel.
+pub type ChannelWriter = ChunkWriter<mpsc::Sender<Bytes>>;
 
 impl ChannelWriter {
     /// A writer sending into `tx` (a channel of capacity [`QUEUE_DEPTH`] is a good default).
     pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Self::with_sink(tx)
+    }
+}
+
+impl<S: ChunkSink> ChunkWriter<S> {
+    /// A writer handing its chunks to `sink`.
+    pub fn with_sink(sink: S) -> Self {
         Self {
-            tx,
+            sink,
             buf: BytesMut::new(),
         }
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Sends what is buffered and returns the sink (to end the stream its own way).
+    ///
+    /// # Errors
+    /// `BrokenPipe` once the receiver is gone.
+    pub fn into_sink(mut self) -> io::Result<S> {
+        self.flush()?;
+        Ok(self.sink)
     }
 
     fn send(&mut self) -> io::Result<()> {
         // A fresh buffer for the next chunk, so a sent chunk never shares its allocation.
         let chunk = std::mem::take(&mut self.buf).freeze();
-        self.tx.blocking_send(chunk).map_err(|_| gone())
+        self.sink.send_chunk(chunk)
     }
 }
 
 fn gone() -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
-        "the receiver of the storage stream is gone",
+        "the receiver of the stream is gone",
     )
 }
 
-impl Write for ChannelWriter {
+impl<S: ChunkSink> Write for ChunkWriter<S> {
     /// # Errors
-    /// `BrokenPipe` once the receiver is dropped, so the producer stops.
+    /// `BrokenPipe` once the receiver is gone, so the producer stops.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.tx.is_closed() {
+        if self.sink.is_closed() {
             return Err(gone());
         }
         if self.buf.capacity() == 0 {
@@ -72,8 +119,10 @@ impl Write for ChannelWriter {
         Ok(n)
     }
 
+    /// Sends the chunk being filled, if any (shorter than [`CHUNK_SIZE`]).
+    ///
     /// # Errors
-    /// `BrokenPipe` once the receiver is dropped.
+    /// `BrokenPipe` once the receiver is gone.
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());

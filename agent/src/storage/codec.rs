@@ -32,6 +32,8 @@ const MAGIC: &[u8; 8] = b"HSMANIF3";
 const MAGIC_CACHE: &[u8; 8] = b"HSMANIF4";
 /// Longest path or link target accepted when decoding (Linux's `PATH_MAX` is 4096).
 const MAX_PATH: usize = 64 * 1024;
+/// Bytes an encoder buffers before writing them on.
+const ENCODE_BUFFER: usize = 64 * 1024;
 /// Smallest encoded entry, to bound the up-front allocation of a hostile count.
 const MIN_ENTRY: usize = 4 + 1 + 1 + 8 + 4 + 8 + 1;
 
@@ -43,7 +45,32 @@ impl Manifest {
 
     fn encode_as(&self, with_stamps: bool) -> Vec<u8> {
         let per_entry = if with_stamps { 130 } else { 96 };
-        let mut out = Vec::with_capacity(16 + self.entries().len() * per_entry);
+        let mut v = Vec::with_capacity(16 + self.entries().len() * per_entry);
+        // Writing into a Vec cannot fail.
+        match self.encode_into(with_stamps, &mut v) {
+            Ok(()) => v,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The network form written into `w` piece by piece (a framed stream to a peer), never
+    /// whole in memory: at most [`ENCODE_BUFFER`] bytes are buffered.
+    ///
+    /// # Errors
+    /// The writer's.
+    pub fn encode_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        self.encode_into(false, w)
+    }
+
+    fn encode_into(&self, with_stamps: bool, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut hasher = hostshift_shared::digest::StreamHasher::new();
+        let mut out = Vec::with_capacity(ENCODE_BUFFER + 1024);
+        let mut emit = |out: &mut Vec<u8>, w: &mut dyn Write| -> std::io::Result<()> {
+            hasher.update(out);
+            w.write_all(out)?;
+            out.clear();
+            Ok(())
+        };
         out.extend_from_slice(if with_stamps { MAGIC_CACHE } else { MAGIC });
         out.extend_from_slice(&self.walked_at_ns().to_le_bytes());
         out.extend_from_slice(&(self.entries().len() as u64).to_le_bytes());
@@ -87,6 +114,9 @@ impl Manifest {
                 (Kind::Symlink { target }, _) => put_bytes(&mut out, target.as_os_str().as_bytes()),
                 _ => {}
             }
+            if out.len() >= ENCODE_BUFFER {
+                emit(&mut out, w)?;
+            }
         }
         for map in [&self.owner_names().users, &self.owner_names().groups] {
             out.extend_from_slice(&(map.len() as u64).to_le_bytes());
@@ -95,9 +125,9 @@ impl Manifest {
                 put_bytes(&mut out, name.as_bytes());
             }
         }
-        let sum = Sha256Digest::of(&out);
-        out.extend_from_slice(sum.as_bytes());
-        out
+        emit(&mut out, w)?;
+        let (_, sum) = hasher.finish();
+        w.write_all(sum.as_bytes())
     }
 
     /// Decodes [`Manifest::encode`]'s output. `origin` names the source in errors.
@@ -197,8 +227,9 @@ impl Manifest {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&self.encode_as(true))
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            self.encode_into(true, &mut f)?;
+            f.flush()
         };
         write().map_err(|e| StorageError::io("write", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename into place", path, e))

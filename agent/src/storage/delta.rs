@@ -15,6 +15,7 @@
 //!   in it) is in `dirs` even when its own attributes match, because the commit's renames move
 //!   its mtime and it must be set back afterwards. The root's own mtime is not tracked.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
@@ -79,13 +80,46 @@ impl Delta {
 /// does not have are deleted; without it they are kept (except below a directory that the source
 /// replaces with a file or symlink, see the module doc).
 pub fn diff(source: &Manifest, target: &Manifest, delete_extraneous: bool) -> Delta {
+    let mut send = Vec::new();
+    let entries = source
+        .entries()
+        .iter()
+        .map(Ok::<&Entry, std::convert::Infallible>);
+    let Ok(mut d) = diff_with(entries, target, delete_extraneous, |e| {
+        send.push(e.clone());
+        Ok(())
+    });
+    d.send = send;
+    d
+}
+
+/// [`diff`] with the source's entries coming one at a time, sorted by path (a
+/// [`ManifestStream`](super::stream::ManifestStream) over a peer's manifest on disk): each entry
+/// to send goes to `on_send` instead of into [`Delta::send`] (left empty; `bytes_to_send` is
+/// set), so the source's manifest is never whole in memory. What stays: the target's manifest,
+/// and the source's directories (to set them back after the commit's renames).
+///
+/// # Errors
+/// The first error of `source` or `on_send`.
+pub fn diff_with<T, E, I>(
+    source: I,
+    target: &Manifest,
+    delete_extraneous: bool,
+    mut on_send: impl FnMut(&Entry) -> Result<(), E>,
+) -> Result<Delta, E>
+where
+    I: IntoIterator<Item = Result<T, E>>,
+    T: Borrow<Entry>,
+{
     let mut d = Walk::default();
-    let (src, dst) = (source.entries(), target.entries());
-    let (mut i, mut j) = (0, 0);
+    let mut src = source.into_iter();
+    let dst = target.entries();
+    let mut s_cur: Option<T> = src.next().transpose()?;
+    let mut j = 0;
     // A target directory the source replaces with a non-directory: all below it goes.
     let mut replaced: Option<&RelPath> = None;
     loop {
-        let order = match (src.get(i), dst.get(j)) {
+        let order = match (s_cur.as_ref().map(Borrow::borrow), dst.get(j)) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
@@ -93,8 +127,14 @@ pub fn diff(source: &Manifest, target: &Manifest, delete_extraneous: bool) -> De
         };
         match order {
             Ordering::Less => {
-                d.add(&src[i]);
-                i += 1;
+                if let Some(s) = s_cur.as_ref().map(Borrow::borrow) {
+                    d.source_dir(s);
+                    if d.add(s) {
+                        d.bytes_to_send += s.size;
+                        on_send(s)?;
+                    }
+                }
+                s_cur = src.next().transpose()?;
             }
             Ordering::Greater => {
                 let t = &dst[j];
@@ -104,38 +144,53 @@ pub fn diff(source: &Manifest, target: &Manifest, delete_extraneous: bool) -> De
                 j += 1;
             }
             Ordering::Equal => {
-                let (s, t) = (&src[i], &dst[j]);
-                d.compare(s, t);
-                if t.kind == Kind::Dir && s.kind != Kind::Dir {
-                    replaced = Some(&t.path);
+                let t = &dst[j];
+                if let Some(s) = s_cur.as_ref().map(Borrow::borrow) {
+                    d.source_dir(s);
+                    if d.compare(s, t) {
+                        d.bytes_to_send += s.size;
+                        on_send(s)?;
+                    }
+                    if t.kind == Kind::Dir && s.kind != Kind::Dir {
+                        replaced = Some(&t.path);
+                    }
                 }
-                i += 1;
+                s_cur = src.next().transpose()?;
                 j += 1;
             }
         }
     }
-    d.finish(source)
+    Ok(d.finish())
 }
 
 #[derive(Default)]
 struct Walk {
-    send: Vec<Entry>,
+    /// Every source directory, in path order.
+    source_dirs: Vec<MetaFix>,
     /// Directories to create or whose attributes differ.
     dir_fixes: BTreeSet<RelPath>,
     meta: Vec<MetaFix>,
     delete: Vec<Entry>,
     /// Directories whose listing changes.
     touched: BTreeSet<RelPath>,
+    bytes_to_send: u64,
 }
 
 impl Walk {
-    /// A source entry that must be created on the target.
-    fn add(&mut self, s: &Entry) {
+    fn source_dir(&mut self, s: &Entry) {
+        if s.kind == Kind::Dir {
+            self.source_dirs.push(MetaFix::of(s));
+        }
+    }
+
+    /// A source entry that must be created on the target; true when its content must travel.
+    fn add(&mut self, s: &Entry) -> bool {
         self.touch(&s.path);
         if s.kind == Kind::Dir {
             self.dir_fixes.insert(s.path.clone());
+            false
         } else {
-            self.send.push(s.clone());
+            true
         }
     }
 
@@ -150,52 +205,54 @@ impl Walk {
         }
     }
 
-    fn compare(&mut self, s: &Entry, t: &Entry) {
+    /// True when the source entry's content must travel.
+    fn compare(&mut self, s: &Entry, t: &Entry) -> bool {
         // The source's owner counts only when it is tracked (see `Manifest::localize_owners`).
         let owner_differs = s.owner.is_some() && s.owner != t.owner;
         let attrs_differ = (s.mode, s.mtime_ns) != (t.mode, t.mtime_ns) || owner_differs;
         match (&s.kind, &t.kind) {
             (Kind::File, Kind::File) if (s.size, s.sha256) != (t.size, t.sha256) => self.add(s),
             (Kind::Symlink { target: a }, Kind::Symlink { target: b }) if a != b => self.add(s),
-            (Kind::File, Kind::File) if attrs_differ => self.meta.push(MetaFix::of(s)),
+            (Kind::File, Kind::File) if attrs_differ => {
+                self.meta.push(MetaFix::of(s));
+                false
+            }
             (Kind::Symlink { .. }, Kind::Symlink { .. })
                 if s.mtime_ns != t.mtime_ns || owner_differs =>
             {
                 self.meta.push(MetaFix::of(s));
+                false
             }
             (Kind::Dir, Kind::Dir) if attrs_differ => {
                 self.dir_fixes.insert(s.path.clone());
+                false
             }
             (Kind::File, Kind::File)
             | (Kind::Symlink { .. }, Kind::Symlink { .. })
-            | (Kind::Dir, Kind::Dir) => {}
+            | (Kind::Dir, Kind::Dir) => false,
             (_, Kind::Dir) | (Kind::Dir, _) => {
                 // Between a directory and anything else: remove the old one first.
                 self.delete(t);
-                self.add(s);
+                self.add(s)
             }
             // File ↔ symlink: installing the new entry replaces the old one atomically.
             _ => self.add(s),
         }
     }
 
-    fn finish(mut self, source: &Manifest) -> Delta {
-        let dirs = source
-            .entries()
-            .iter()
-            .filter(|e| e.kind == Kind::Dir)
+    fn finish(mut self) -> Delta {
+        let dirs = std::mem::take(&mut self.source_dirs)
+            .into_iter()
             .filter(|e| self.dir_fixes.contains(&e.path) || self.touched.contains(&e.path))
-            .map(MetaFix::of)
             .collect();
         // Collected in path order (parents first); reversed, children come first.
         self.delete.reverse();
-        let bytes_to_send = self.send.iter().map(|e| e.size).sum();
         Delta {
-            send: self.send,
+            send: Vec::new(),
             dirs,
             meta: self.meta,
             delete: self.delete,
-            bytes_to_send,
+            bytes_to_send: self.bytes_to_send,
         }
     }
 }

@@ -78,7 +78,7 @@ impl Entry {
     }
 
     /// Checks the invariants a manifest from elsewhere (the network, a cache file) must hold.
-    fn problem(&self) -> Option<String> {
+    pub(super) fn problem(&self) -> Option<String> {
         match &self.kind {
             Kind::File if self.sha256.is_none() => Some("a file without a digest".into()),
             Kind::File if self.mode & !0o1777 != 0 => Some(format!("file mode {:o}", self.mode)),
@@ -356,6 +356,63 @@ impl Manifest {
     /// Total length of all files.
     pub fn file_bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// [`Manifest::localize_owners`] one entry at a time, for a source manifest read as a stream
+/// (whose owner names come at its end: read them first, with
+/// [`ManifestStream::check`](super::stream::ManifestStream::check)).
+#[derive(Clone, Debug, Default)]
+pub struct OwnerMap {
+    carry: bool,
+    uids: std::collections::HashMap<u32, u32>,
+    gids: std::collections::HashMap<u32, u32>,
+}
+
+impl OwnerMap {
+    /// The map of the source's ids that have a name there to this host's ids of the same name;
+    /// also returns the names this host lacks (`user NAME` / `group NAME`). Without `carry`
+    /// every owner is dropped, as in [`Manifest::localize_owners`].
+    pub fn new(names: &OwnerNames, carry: bool) -> (Self, Vec<String>) {
+        use nix::unistd::{Group, User};
+        let mut map = Self {
+            carry,
+            ..Self::default()
+        };
+        if !carry {
+            return (map, Vec::new());
+        }
+        let mut unknown = Vec::new();
+        for (id, name) in &names.users {
+            match User::from_name(name) {
+                Ok(Some(u)) => {
+                    map.uids.insert(*id, u.uid.as_raw());
+                }
+                _ => unknown.push(format!("user {name}")),
+            }
+        }
+        for (id, name) in &names.groups {
+            match Group::from_name(name) {
+                Ok(Some(g)) => {
+                    map.gids.insert(*id, g.gid.as_raw());
+                }
+                _ => unknown.push(format!("group {name}")),
+            }
+        }
+        unknown.sort();
+        (map, unknown)
+    }
+
+    /// Turns `e`'s owner into this host's ids (or drops it, see [`OwnerMap::new`]).
+    pub fn localize(&self, e: &mut Entry) {
+        if !self.carry {
+            e.owner = None;
+            return;
+        }
+        if let Some(o) = &mut e.owner {
+            o.uid = self.uids.get(&o.uid).copied().unwrap_or(o.uid);
+            o.gid = self.gids.get(&o.gid).copied().unwrap_or(o.gid);
+        }
     }
 }
 

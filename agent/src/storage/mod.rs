@@ -66,6 +66,7 @@ pub mod manifest;
 pub mod pack;
 pub mod relpath;
 pub mod staging;
+pub mod stream;
 pub mod unpack;
 pub mod walk;
 
@@ -75,11 +76,11 @@ mod tests;
 mod testutil;
 
 pub use cache::{ManifestCache, WalkCache};
-pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, QUEUE_DEPTH};
+pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, ChunkSink, ChunkWriter, QUEUE_DEPTH};
 pub use commit::{CommitStats, commit, finalize, prepare};
-pub use delta::{Delta, MetaFix, diff};
+pub use delta::{Delta, MetaFix, diff, diff_with};
 pub use error::StorageError;
-pub use manifest::{Entry, Kind, Manifest, Owner, OwnerNames, Stamp};
+pub use manifest::{Entry, Kind, Manifest, Owner, OwnerMap, OwnerNames, Stamp};
 
 /// Whether this agent carries owners and groups (it can only when it runs as root).
 pub fn carries_owners() -> bool {
@@ -88,5 +89,6 @@ pub fn carries_owners() -> bool {
 pub use pack::{DEFERRED_MARKER, Deferred, PackStats, pack, pack_deferring, pack_with};
 pub use relpath::{RelPath, STAGING_PREFIX, join_under};
 pub use staging::{Staged, abort, remove_stale_staging, staging_name};
+pub use stream::ManifestStream;
 pub use unpack::unpack;
 pub use walk::{build, build_full};

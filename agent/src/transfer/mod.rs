@@ -26,6 +26,7 @@
 //!   failure reads.
 //! - [`pull`] — the target's client to a peer agent.
 //! - [`files`] — `.env` overrides of config files (written by [`crate::fsutil::write_atomic`]).
+//! - [`session`] — storage sessions: the old agent's manifest fetched, diffed and batched here.
 //! - [`service`] — the gRPC translation of the three services.
 
 pub mod db;
@@ -34,6 +35,7 @@ pub mod grants;
 pub mod guard;
 pub mod pull;
 pub mod service;
+pub mod session;
 pub mod sink;
 pub mod source;
 

@@ -67,6 +67,8 @@ pub async fn pull(
         AgentError::InvalidArgument("pull request without an apply header".into())
     })?;
     read.grant = source.grant.clone();
+    // A storage batch of a session: its entries come from this agent's disk, not the request.
+    let header = super::session::fill_batch(ctx, &mut read, header)?;
     let channel = connect_peer(ctx, &source.address, &source.tls_name).await?;
     let stream = SourceClient::new(channel)
         .max_decoding_message_size(super::MAX_INLINE + 1024)

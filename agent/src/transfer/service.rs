@@ -12,7 +12,7 @@ use hostshift_proto::v1::{
     ApplyEvent, ApplyMessage, ApplyResult, CompareStorageRequest, CompareStorageResponse,
     CreateGrantRequest, CreateGrantResponse, FileMetaResponse, FileRead, FinalizeStorageRequest,
     FinalizeStorageResponse, Frame, PlanStorageRequest, PlanStorageResponse, PullRequest,
-    ReadRequest, RevokeGrantRequest, RevokeGrantResponse, StorageBatch, apply_event, apply_message,
+    ReadRequest, RevokeGrantRequest, RevokeGrantResponse, apply_event, apply_message,
     read_request::What,
 };
 use hostshift_shared::identity::Identity;
@@ -21,10 +21,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{pull, sink, source};
+use super::{pull, session, sink, source};
 use crate::Ctx;
 use crate::error::AgentError;
-use crate::storage::{self, Manifest};
+use crate::storage;
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -118,7 +118,7 @@ impl Source for SourceService {
                     .authorize(&who, &r.grant, &format!("storage:{}", m.tree))?;
                 source::refuse_staging_names(&self.ctx, &m.tree)?;
                 let manifest = source::manifest(&self.ctx, &m.tree, m.full).await?;
-                source::framed_bytes(manifest.encode())
+                source::framed_manifest(&self.ctx, manifest)
             }
             Some(What::DbGlobals(d)) => {
                 self.ctx
@@ -272,16 +272,36 @@ impl Target for TargetService {
         req: Request<CompareStorageRequest>,
     ) -> Result<Response<CompareStorageResponse>, Status> {
         let r = req.into_inner();
-        let mut source_manifest = Manifest::decode(
-            &r.source_manifest,
-            std::path::Path::new("<source manifest>"),
-        )
-        .map_err(AgentError::from)?;
-        let unknown_owners = source_manifest.localize_owners(storage::carries_owners());
-        let target = source::manifest(&self.ctx, &r.tree, r.full).await?;
-        let mut c = compare(&source_manifest, &target);
-        c.unknown_owners = unknown_owners;
-        Ok(Response::new(c))
+        let ctx = &self.ctx;
+        let (src, session) = match &r.source {
+            Some(peer) => {
+                // A session of its own, removed when the comparison ends (or expired).
+                let id = format!("compare-{}-{}", std::process::id(), next_compare());
+                let dir = session::dir(ctx, &id)?;
+                let fetched = session::fetch(ctx, peer, &r.source_tree, r.full, &dir).await;
+                if let Err(e) = fetched {
+                    session::remove(&dir);
+                    return Err(e.into());
+                }
+                (session::manifest_file(&dir), Some(dir))
+            }
+            None => (
+                session::SourceManifest::Bytes(r.source_manifest.into()),
+                None,
+            ),
+        };
+        let target = source::manifest(ctx, &r.tree, r.full).await;
+        let compared = match target {
+            Ok(target) => tokio::task::spawn_blocking(move || session::compare(&src, &target))
+                .await
+                .map_err(|e| AgentError::Internal(format!("compare task: {e}")))
+                .and_then(|c| c),
+            Err(e) => Err(e),
+        };
+        if let Some(dir) = session {
+            session::remove(&dir);
+        }
+        Ok(Response::new(compared?))
     }
 
     async fn plan_storage(
@@ -290,64 +310,43 @@ impl Target for TargetService {
     ) -> Result<Response<PlanStorageResponse>, Status> {
         let r = req.into_inner();
         let ctx = &self.ctx;
-        let mut source_manifest = Manifest::decode(
-            &r.source_manifest,
-            std::path::Path::new("<source manifest>"),
-        )
-        .map_err(AgentError::from)?;
-        let unknown_owners = source_manifest.localize_owners(storage::carries_owners());
-        let target = source::manifest(ctx, &r.tree, false).await?;
-        if !unknown_owners.is_empty() {
-            tracing::warn!(tree = %r.tree, unknown = ?unknown_owners, "owners unknown on this host: their files keep the old host's numeric ids");
-        }
-        let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
-        enough_space(ctx, &r.tree, &delta)?;
-        let batch_bytes = r.batch_bytes.max(1);
-        let batch_files = r.batch_files.max(1);
-        let mut batches = Vec::new();
-        let mut cur: Vec<storage::Entry> = Vec::new();
-        let mut cur_bytes = 0u64;
-        let close = |cur: &mut Vec<storage::Entry>,
-                     cur_bytes: &mut u64,
-                     out: &mut Vec<StorageBatch>|
-         -> Result<(), AgentError> {
-            if cur.is_empty() {
-                return Ok(());
+        let (src, batches_dir) = match &r.source {
+            Some(peer) => {
+                session::expire(ctx);
+                let dir = session::dir(ctx, &r.session)?;
+                session::fetch(ctx, peer, &r.source_tree, false, &dir).await?;
+                (session::manifest_file(&dir), Some(dir))
             }
-            let entries = std::mem::take(cur);
-            let paths = entries.iter().map(|e| e.path.as_bytes().to_vec()).collect();
-            let expected = Manifest::new(entries)?.encode();
-            out.push(StorageBatch {
-                paths,
-                expected,
-                bytes: *cur_bytes,
-            });
-            *cur_bytes = 0;
-            Ok(())
+            None => (
+                session::SourceManifest::Bytes(r.source_manifest.into()),
+                None,
+            ),
         };
-        for e in &delta.send {
-            cur_bytes += e.size;
-            cur.push(e.clone());
-            if cur_bytes >= batch_bytes || cur.len() as u64 >= batch_files {
-                close(&mut cur, &mut cur_bytes, &mut batches)?;
-            }
+        let target = source::manifest(ctx, &r.tree, false).await?;
+        let limits = session::Limits {
+            bytes: r.batch_bytes,
+            files: r.batch_files,
+        };
+        let delete = r.delete_extraneous;
+        let planned = tokio::task::spawn_blocking(move || {
+            session::plan(&src, &target, delete, limits, batches_dir.as_deref())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("plan task: {e}")))??;
+        if !planned.unknown_owners.is_empty() {
+            tracing::warn!(tree = %r.tree, unknown = ?planned.unknown_owners, "owners unknown on this host: their files keep the old host's numeric ids");
         }
-        close(&mut cur, &mut cur_bytes, &mut batches)?;
-        let sent: std::collections::HashSet<&storage::RelPath> =
-            delta.send.iter().map(|e| &e.path).collect();
-        let unchanged: Vec<&storage::Entry> = source_manifest
-            .entries()
-            .iter()
-            .filter(|e| e.is_file() && !sent.contains(&e.path))
-            .collect();
+        enough_space(ctx, &r.tree, planned.to_send, planned.delta.bytes_to_send)?;
         Ok(Response::new(PlanStorageResponse {
-            batches,
-            unchanged_files: unchanged.len() as u64,
-            unchanged_bytes: unchanged.iter().map(|e| e.size).sum(),
-            dirs: delta.dirs.len() as u64,
-            meta: delta.meta.len() as u64,
-            delete: delta.delete.len() as u64,
-            bytes_to_send: delta.bytes_to_send,
+            batches: planned.batches,
+            unchanged_files: planned.unchanged_files,
+            unchanged_bytes: planned.unchanged_bytes,
+            dirs: planned.delta.dirs.len() as u64,
+            meta: planned.delta.meta.len() as u64,
+            delete: planned.delta.delete.len() as u64,
+            bytes_to_send: planned.delta.bytes_to_send,
+            files_to_send: planned.to_send,
+            first_paths: planned.first_paths,
         }))
     }
 
@@ -366,14 +365,35 @@ impl Target for TargetService {
         )?;
         let root = ctx.storage(&r.tree)?.path.clone();
         std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
-        let mut source_manifest = Manifest::decode(
-            &r.source_manifest,
-            std::path::Path::new("<source manifest>"),
-        )
-        .map_err(AgentError::from)?;
-        source_manifest.localize_owners(storage::carries_owners());
+        let (src, session_dir) = if r.session.is_empty() {
+            (
+                session::SourceManifest::Bytes(r.source_manifest.into()),
+                None,
+            )
+        } else {
+            let dir = session::dir(ctx, &r.session)?;
+            (session::manifest_file(&dir), Some(dir))
+        };
+        if let (Some(dir), session::SourceManifest::File(f)) = (&session_dir, &src)
+            && !f.exists()
+        {
+            return Err(AgentError::FailedPrecondition(format!(
+                "storage session {} is gone ({}): it was finalized or expired; sync again to plan anew",
+                r.session,
+                dir.display()
+            ))
+            .into());
+        }
         let target = source::manifest(ctx, &r.tree, false).await?;
-        let delta = storage::diff(&source_manifest, &target, r.delete_extraneous);
+        // Files the batches deferred stay different until the next pass: not a reason to
+        // refuse (verify still reports them; the next sync or the cutover's delta sends them).
+        let deferred: std::collections::HashSet<Vec<u8>> = r.deferred.into_iter().collect();
+        let delete = r.delete_extraneous;
+        let (delta, undeferred) = tokio::task::spawn_blocking(move || {
+            session::finalize_delta(&src, &target, delete, &deferred)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("diff task: {e}")))??;
         if r.prepare_only {
             // Staging folders left by a sync that was killed: nothing in them was committed.
             let stale_root = root.clone();
@@ -397,15 +417,6 @@ impl Target for TargetService {
                 deleted: stats.deleted,
             }));
         }
-        // Files the batches deferred stay different until the next pass: not a reason to
-        // refuse (verify still reports them; the next sync or the cutover's delta sends them).
-        let deferred: std::collections::HashSet<&[u8]> =
-            r.deferred.iter().map(Vec::as_slice).collect();
-        let undeferred = delta
-            .send
-            .iter()
-            .filter(|e| !deferred.contains(&e.path.as_bytes()))
-            .count();
         if undeferred > 0 {
             return Err(AgentError::FailedPrecondition(format!(
                 "{undeferred} files of tree {} still differ from the source: sync them before finalizing",
@@ -420,6 +431,9 @@ impl Target for TargetService {
         .await
         .map_err(|e| Status::internal(format!("finalize task: {e}")))?
         .map_err(AgentError::from)?;
+        if let Some(dir) = session_dir {
+            session::remove(&dir);
+        }
         // The tree changed: refresh the cached manifest.
         let _ = source::manifest(ctx, &r.tree, false).await;
         Ok(Response::new(FinalizeStorageResponse {
@@ -432,19 +446,18 @@ impl Target for TargetService {
 
 /// Bytes a staged file may take beyond its size (its last block, its inode).
 const PER_FILE_OVERHEAD: u64 = 4096;
-
 /// Refuses a plan whose files cannot fit on the tree's file system, before anything is written
 /// (a sync that ran into ENOSPC midway left folders behind). A replaced file's old copy is freed
 /// only after the new one is staged and renamed, so every byte to send counts in full.
 ///
 /// # Errors
 /// `FailedPrecondition` with the sizes and what to do.
-fn enough_space(ctx: &Ctx, tree: &str, delta: &storage::Delta) -> Result<(), AgentError> {
-    if delta.send.is_empty() {
+fn enough_space(ctx: &Ctx, tree: &str, files: u64, bytes: u64) -> Result<(), AgentError> {
+    if files == 0 {
         return Ok(());
     }
     let root = &ctx.storage(tree)?.path;
-    let needed = delta.bytes_to_send + PER_FILE_OVERHEAD * delta.send.len() as u64;
+    let needed = bytes + PER_FILE_OVERHEAD * files;
     let Ok((free, _)) = crate::agent_info::disk::fs_usage(root) else {
         return Ok(());
     };
@@ -452,9 +465,8 @@ fn enough_space(ctx: &Ctx, tree: &str, delta: &storage::Delta) -> Result<(), Age
         return Ok(());
     }
     Err(AgentError::FailedPrecondition(format!(
-        "tree {tree}: {} files need about {} on {}, but only {} is free there; nothing was \
+        "tree {tree}: {files} files need about {} on {}, but only {} is free there; nothing was \
          written: free space or grow the volume on the new host, then sync again",
-        delta.send.len(),
         mib(needed),
         root.display(),
         mib(free)
@@ -465,93 +477,8 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-/// The differences between two manifests, for people: what is missing on this side, what
-/// differs in content, what only this side has, and what differs only in mode or mtime.
-pub fn compare(source: &Manifest, target: &Manifest) -> CompareStorageResponse {
-    let show = |p: &storage::RelPath| String::from_utf8_lossy(p.as_bytes()).into_owned();
-    let delta = storage::diff(source, target, true);
-    let in_target: std::collections::HashSet<&storage::RelPath> =
-        target.entries().iter().map(|e| &e.path).collect();
-    let (mut missing, mut changed) = (Vec::new(), Vec::new());
-    for e in &delta.send {
-        if in_target.contains(&e.path) {
-            changed.push(show(&e.path));
-        } else {
-            missing.push(show(&e.path));
-        }
-    }
-    for d in &delta.dirs {
-        if !in_target.contains(&d.path) {
-            missing.push(show(&d.path));
-        }
-    }
-    let extra = delta.delete.iter().map(|e| show(&e.path)).collect();
-    let mut metadata: Vec<String> = delta.meta.iter().map(|m| show(&m.path)).collect();
-    // A directory's mtime moves whenever an entry is added or removed in it (an extra file the
-    // plan keeps, a changed file being replaced), and its listing is compared entry by entry
-    // anyway: for directories only the mode counts. `delta.dirs` also lists directories whose
-    // attributes match but whose listing the sync would change, so look at the entries.
-    let target_dirs: std::collections::HashMap<&storage::RelPath, u32> = target
-        .entries()
-        .iter()
-        .filter(|e| e.kind == storage::Kind::Dir)
-        .map(|e| (&e.path, e.mode))
-        .collect();
-    metadata.extend(
-        source
-            .entries()
-            .iter()
-            .filter(|e| e.kind == storage::Kind::Dir)
-            .filter(|e| target_dirs.get(&e.path).is_some_and(|m| *m != e.mode))
-            .map(|e| show(&e.path)),
-    );
-    metadata.sort();
-    let owner = owner_differences(source, target);
-    CompareStorageResponse {
-        missing,
-        changed,
-        extra,
-        metadata,
-        files: target.entries().iter().filter(|e| e.is_file()).count() as u64,
-        bytes: target.file_bytes(),
-        manifest_sha256: hostshift_shared::digest::Sha256Digest::of(&target.encode()).to_string(),
-        source_files: source.entries().iter().filter(|e| e.is_file()).count() as u64,
-        source_bytes: source.file_bytes(),
-        owner,
-        unknown_owners: Vec::new(),
-    }
-}
-
-/// Paths present on both sides whose tracked owner or group differs, shown with names.
-fn owner_differences(source: &Manifest, target: &Manifest) -> Vec<String> {
-    let name = |m: &Manifest, o: storage::Owner| {
-        let n = m.owner_names();
-        format!(
-            "{}:{}",
-            n.users
-                .get(&o.uid)
-                .cloned()
-                .unwrap_or_else(|| o.uid.to_string()),
-            n.groups
-                .get(&o.gid)
-                .cloned()
-                .unwrap_or_else(|| o.gid.to_string())
-        )
-    };
-    source
-        .entries()
-        .iter()
-        .filter_map(|s| {
-            let want = s.owner?;
-            let have = target.get(&s.path)?.owner?;
-            (want != have).then(|| {
-                format!(
-                    "{} (old {}, new {})",
-                    String::from_utf8_lossy(s.path.as_bytes()),
-                    name(source, want),
-                    name(target, have)
-                )
-            })
-        })
-        .collect()
+/// Numbers the comparisons of this process (their session names).
+fn next_compare() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

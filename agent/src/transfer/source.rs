@@ -9,12 +9,12 @@
 //! This module also owns the agent's [`ManifestCache`] (one per process): the manifests of its
 //! trees between walks, and the files the target side installed since.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hostshift_proto::v1::{FileMetaResponse, Frame};
 use hostshift_shared::framing::{CHUNK_SIZE, FrameEncoder};
 use tokio::io::AsyncReadExt;
@@ -25,7 +25,7 @@ use tonic::Status;
 use super::FRAME_QUEUE;
 use crate::Ctx;
 use crate::error::AgentError;
-use crate::storage::{self, Entry, Manifest, ManifestCache, Stamp};
+use crate::storage::{self, ChunkSink, ChunkWriter, Entry, Manifest, ManifestCache, Stamp};
 
 /// Frames for the network.
 pub type FrameRx = mpsc::Receiver<Result<Frame, Status>>;
@@ -33,14 +33,17 @@ pub type FrameRx = mpsc::Receiver<Result<Frame, Status>>;
 /// The agent's manifests and recently installed files, per tree (see [`ManifestCache`]).
 static MANIFESTS: LazyLock<ManifestCache> = LazyLock::new(ManifestCache::new);
 
-/// A [`Write`] for a blocking producer: cuts what it is given into [`CHUNK_SIZE`] chunks, frames
-/// each (its SHA-256 computed here, on the producer's thread) and sends it with `blocking_send`
-/// on a bounded channel. Worst-case memory: the chunk being filled plus [`FRAME_QUEUE`] frames.
-/// Use it only from a blocking thread (`spawn_blocking`): `blocking_send` panics in async code.
-pub struct FrameWriter {
+/// A [`Write`] for a blocking producer: the storage code's [`ChunkWriter`] over a sink that
+/// frames each [`CHUNK_SIZE`] chunk (its SHA-256 computed here, on the producer's thread) and
+/// sends it with `blocking_send` on a bounded channel. Worst-case memory: the chunk being
+/// filled plus [`FRAME_QUEUE`] frames. Use it only from a blocking thread (`spawn_blocking`):
+/// `blocking_send` panics in async code.
+pub type FrameWriter = ChunkWriter<FrameSink>;
+
+/// The framing end of a [`FrameWriter`].
+pub struct FrameSink {
     tx: mpsc::Sender<Result<Frame, Status>>,
     enc: FrameEncoder,
-    buf: BytesMut,
 }
 
 fn receiver_gone() -> io::Error {
@@ -50,62 +53,26 @@ fn receiver_gone() -> io::Error {
     )
 }
 
-impl FrameWriter {
-    fn new(tx: mpsc::Sender<Result<Frame, Status>>) -> Self {
-        Self {
-            tx,
-            enc: FrameEncoder::new(),
-            buf: BytesMut::new(),
-        }
-    }
-
-    fn send_chunk(&mut self) -> io::Result<()> {
-        // A fresh buffer for the next chunk, so a sent chunk never shares its allocation.
-        let chunk: Bytes = std::mem::take(&mut self.buf).freeze();
+impl ChunkSink for FrameSink {
+    fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
         let frame = self.enc.chunk(chunk);
         self.tx
             .blocking_send(Ok(frame))
             .map_err(|_| receiver_gone())
     }
 
-    /// Sends what is buffered and the trailer: the stream is complete.
-    fn finish(mut self) -> io::Result<()> {
-        self.flush()?;
-        let (trailer, _) = self.enc.trailer();
-        self.tx
-            .blocking_send(Ok(trailer))
-            .map_err(|_| receiver_gone())
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
-impl Write for FrameWriter {
-    /// # Errors
-    /// `BrokenPipe` once the receiver is gone, so the producer stops.
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.tx.is_closed() {
-            return Err(receiver_gone());
-        }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(CHUNK_SIZE);
-        }
-        let n = data.len().min(CHUNK_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK_SIZE {
-            self.send_chunk()?;
-        }
-        Ok(n)
-    }
-
-    /// Sends the chunk being filled, if any (shorter than [`CHUNK_SIZE`]).
-    ///
-    /// # Errors
-    /// `BrokenPipe` once the receiver is gone.
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send_chunk()
-    }
+/// Sends what is buffered and the trailer: the stream is complete.
+fn finish(w: FrameWriter) -> io::Result<()> {
+    let sink = w.into_sink()?;
+    let (trailer, _) = sink.enc.trailer();
+    sink.tx
+        .blocking_send(Ok(trailer))
+        .map_err(|_| receiver_gone())
 }
 
 /// Runs a blocking `produce` that writes the stream's bytes into a [`FrameWriter`]; the trailer
@@ -119,13 +86,14 @@ where
     let cancel = ctx.shutdown.child_token();
     let on_panic = ftx.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let mut w = FrameWriter::new(ftx);
-        let outcome = produce(&mut w, &cancel);
-        let tx = w.tx.clone();
-        let outcome = outcome.and_then(|()| {
-            w.finish()
-                .map_err(|e| AgentError::Internal(format!("stream: {e}")))
+        let mut w = FrameWriter::with_sink(FrameSink {
+            tx: ftx,
+            enc: FrameEncoder::new(),
         });
+        let outcome = produce(&mut w, &cancel);
+        let tx = w.sink().tx.clone();
+        let outcome = outcome
+            .and_then(|()| finish(w).map_err(|e| AgentError::Internal(format!("stream: {e}"))));
         if let Err(e) = outcome {
             // Fails only when the receiver is gone, which is then also why we stopped.
             let _ = tx.blocking_send(Err(Status::from(e)));
@@ -160,6 +128,15 @@ pub fn framed_bytes(data: Vec<u8>) -> FrameRx {
         let _ = ftx.send(Ok(enc.trailer().0)).await;
     });
     frx
+}
+
+/// A manifest's network form, encoded piece by piece into the stream on a blocking thread
+/// (never whole in memory: a tree of a million files encodes to about 100 MB).
+pub fn framed_manifest(ctx: &Ctx, m: Arc<Manifest>) -> FrameRx {
+    framed_blocking(ctx, move |w, _| {
+        m.encode_to(w)
+            .map_err(|e| AgentError::Internal(format!("manifest stream: {e}")))
+    })
 }
 
 /// Where the agent caches the manifest of a tree (digests reused while size, mtime, mode and

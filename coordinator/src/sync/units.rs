@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hostshift_proto::v1::{
-    ApplyHeader, ApplyResult, FileApply, FileRead, FinalizeStorageRequest, ManifestRead,
+    ApplyHeader, ApplyResult, FileApply, FileRead, FinalizeStorageRequest, ManifestRead, Peer,
     PlanStorageRequest, ReadRequest, StorageFilesApply, StorageFilesRead, apply_header,
     read_request,
 };
@@ -246,10 +246,13 @@ pub async fn storage(run: &Run<'_>, s: &PlanStorage) -> UnitReport {
     let unit = format!("storage {}", s.name);
     let mut r = report("storage", &s.name);
     run.progress.start(&unit, 0);
+    // One storage session per tree and sync on the new agent (pull only): its copy of the old
+    // agent's manifest and the batches. A round planned again reuses (refetches) it.
+    let session = run.pull_source.as_ref().map(|_| session_id(&s.name));
     let mut round = 0;
     loop {
         round += 1;
-        match storage_round(run, s, &mut r).await {
+        match storage_round(run, s, session.as_deref(), &mut r).await {
             Ok(()) => {
                 r.ms = started.elapsed().as_millis() as u64;
                 if r.files == 0 && r.status != "failed" {
@@ -296,26 +299,63 @@ pub fn deferred_summary(r: &UnitReport) -> String {
     )
 }
 
+/// A storage session's name: unique per sync and tree (letters, digits, `-`).
+fn session_id(tree: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tree: String = tree
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect();
+    format!("sync-{tree}-{}-{nanos:x}", std::process::id())
+}
+
 async fn storage_round(
     run: &Run<'_>,
     s: &PlanStorage,
+    session: Option<&str>,
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
     let unit = format!("storage {}", s.name);
-    run.progress
-        .say(&format!("{unit}: reading the old host's manifest"));
-    let manifest = stream::read_all(
-        &run.old,
-        ReadRequest {
-            grant: String::new(),
-            what: Some(read_request::What::Manifest(ManifestRead {
-                tree: s.name.clone(),
-                full: false,
-            })),
-        },
-        MANIFEST_LIMIT,
-    )
-    .await?;
+    // Pull: the new agent fetches the old agent's manifest itself (over the grant) into its
+    // storage session; only counts and batch sizes come back here. Relay (the new host cannot
+    // reach the old one): the manifest passes through this process.
+    let (manifest, source) = match (&run.pull_source, session) {
+        (Some(src), Some(_)) => {
+            run.progress.say(&format!(
+                "{unit}: the new agent reads the old host's manifest and compares"
+            ));
+            (
+                Vec::new(),
+                Some(Peer {
+                    address: src.address.clone(),
+                    tls_name: src.tls_name.clone(),
+                    grant: src.grant.clone(),
+                }),
+            )
+        }
+        _ => {
+            run.progress
+                .say(&format!("{unit}: reading the old host's manifest"));
+            let m = stream::read_all(
+                &run.old,
+                ReadRequest {
+                    grant: String::new(),
+                    what: Some(read_request::What::Manifest(ManifestRead {
+                        tree: s.name.clone(),
+                        full: false,
+                    })),
+                },
+                MANIFEST_LIMIT,
+            )
+            .await?;
+            (m, None)
+        }
+    };
+    let session = session.unwrap_or_default().to_string();
     let plan = run
         .new
         .target()
@@ -325,6 +365,9 @@ async fn storage_round(
             delete_extraneous: s.delete,
             batch_bytes: run.opts.batch_bytes,
             batch_files: run.opts.batch_files,
+            source,
+            source_tree: s.name.clone(),
+            session: session.clone(),
         })
         .await
         .map_err(UnitError::from_status)?
@@ -352,6 +395,7 @@ async fn storage_round(
         delete_extraneous: s.delete,
         prepare_only,
         deferred,
+        session: session.clone(),
     };
     // Deletions happen here, before the batches (a file may turn into a directory): count them
     // with finalize's, which finds nothing left to delete.
@@ -376,10 +420,13 @@ async fn storage_round(
                 entries: batch.expected.clone(),
             })),
         };
+        // In a session the new agent fills both from its batch file.
         let header = ApplyHeader {
             what: Some(apply_header::What::StorageFiles(StorageFilesApply {
                 tree: s.on_new().to_string(),
                 expected: batch.expected,
+                session: session.clone(),
+                batch: i as u64,
             })),
         };
         let (res, attempts) =

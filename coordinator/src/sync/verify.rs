@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hostshift_proto::v1::{
-    CompareStorageRequest, FileRead, ManifestRead, ReadRequest, read_request,
+    CompareStorageRequest, CompareStorageResponse, CreateGrantRequest, FileRead, ManifestRead,
+    Peer, ReadRequest, RevokeGrantRequest, read_request,
 };
 use hostshift_shared::digest::Sha256Digest;
 use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, TableRef};
@@ -143,13 +144,16 @@ async fn file_bytes(agent: &Agent, name: &str) -> Result<Vec<u8>, UnitError> {
     .await
 }
 
-fn list(v: &[String], what: &str) -> Option<String> {
+/// `what: a, b, c and N more` — `total` counts them all (the agent sends at most 1000 paths;
+/// 0 from an older agent: the list is all there is).
+fn list(v: &[String], total: u64, what: &str) -> Option<String> {
     if v.is_empty() {
         return None;
     }
+    let total = total.max(v.len() as u64);
     let shown: Vec<&str> = v.iter().take(10).map(String::as_str).collect();
-    let more = if v.len() > 10 {
-        format!(" and {} more", v.len() - 10)
+    let more = if total > shown.len() as u64 {
+        format!(" and {} more", total - shown.len() as u64)
     } else {
         String::new()
     };
@@ -261,85 +265,18 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         };
         rows.push(row);
     }
+    // The new agent fetches each old manifest itself, over a grant for the trees, and sends
+    // back only the differences (no manifest passes through here, whatever its size).
+    let grant = if plan.storage.is_empty() {
+        None
+    } else {
+        storage_grant(plan, &old).await
+    };
     for s in &plan.storage {
-        let manifest = stream::read_all(
-            &old,
-            ReadRequest {
-                grant: String::new(),
-                what: Some(read_request::What::Manifest(ManifestRead {
-                    tree: s.name.clone(),
-                    full: true,
-                })),
-            },
-            client::MAX_MESSAGE,
-        )
-        .await;
-        let row = match manifest {
-            Err(e) => Row {
-                kind: "storage".into(),
-                name: s.name.clone(),
-                equal: false,
-                status: RowStatus::CouldNotRun,
-                old: e.message,
-                new: String::new(),
-                detail: "cannot read the old manifest".into(),
-            },
-            Ok(m) => {
-                let digest = Sha256Digest::of(&m).to_string();
-                match new
-                    .target()
-                    .compare_storage(CompareStorageRequest {
-                        tree: s.on_new().to_string(),
-                        source_manifest: m,
-                        full: true,
-                    })
-                    .await
-                {
-                    Err(st) => Row {
-                        kind: "storage".into(),
-                        name: s.name.clone(),
-                        equal: false,
-                        status: RowStatus::CouldNotRun,
-                        old: short(&digest),
-                        new: client::explain_status(&st),
-                        detail: "cannot compare".into(),
-                    },
-                    Ok(c) => {
-                        let c = c.into_inner();
-                        // Files the new host has that the old one lacks only matter when the plan deletes them.
-                        let extra = if s.delete {
-                            c.extra.clone()
-                        } else {
-                            Vec::new()
-                        };
-                        let parts: Vec<String> = [
-                            list(&c.missing, "missing"),
-                            list(&c.changed, "content differs"),
-                            list(&extra, "only on new"),
-                            list(&c.metadata, "mode/mtime/owner differ"),
-                            list(&c.owner, "owner differs"),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                        Row {
-                            kind: "storage".into(),
-                            name: s.name.clone(),
-                            equal: parts.is_empty(),
-                            status: RowStatus::of(parts.is_empty()),
-                            old: format!(
-                                "{} files, {}",
-                                c.source_files,
-                                crate::output::bytes(c.source_bytes)
-                            ),
-                            new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
-                            detail: parts.join("; "),
-                        }
-                    }
-                }
-            }
-        };
-        rows.push(row);
+        rows.push(storage_row(plan, &old, &new, s, grant.as_deref()).await);
+    }
+    if let Some(token) = grant {
+        revoke(&old, token).await;
     }
     for d in &plan.databases {
         let sel = super::selection::Selections::of(d);
@@ -489,6 +426,168 @@ async fn schema_row(
         old: String::new(),
         new: String::new(),
         detail,
+    }
+}
+
+/// A grant on the old agent for the new one to read the plan's storage manifests; `None` when
+/// it cannot be had (then the manifests pass through here, as before).
+pub(crate) async fn storage_grant(plan: &Plan, old: &Agent) -> Option<String> {
+    let granted = old
+        .grants()
+        .create(client::request(CreateGrantRequest {
+            peer: plan.new.agent.clone(),
+            scopes: plan
+                .storage
+                .iter()
+                .map(|s| format!("storage:{}", s.name))
+                .collect(),
+            ttl_secs: 6 * 3600,
+            selections: Vec::new(),
+        }))
+        .await;
+    match granted {
+        Ok(g) => Some(g.into_inner().token),
+        Err(st) => {
+            tracing::warn!(error = %client::explain_status(&st), "no grant for the new agent: storage manifests pass through the coordinator");
+            None
+        }
+    }
+}
+
+/// Revokes a grant [`storage_grant`] issued (best effort: it expires anyway).
+pub(crate) async fn revoke(old: &Agent, token: String) {
+    if let Err(st) = old
+        .grants()
+        .revoke(client::request(RevokeGrantRequest { token }))
+        .await
+    {
+        tracing::debug!(error = %client::explain_status(&st), "grant not revoked (it expires)");
+    }
+}
+
+/// Why a storage comparison did not run.
+pub(crate) enum CompareFailure {
+    /// The old manifest could not be read (relayed).
+    Old(String),
+    /// The new agent could not compare (or fetch the old manifest).
+    New(String),
+}
+
+/// One storage tree compared by the new agent against the old agent's manifest, which it
+/// fetches itself over `grant` (`full`: re-hashed on both sides); when there is no grant or the
+/// new host cannot reach the old agent, with the manifest relayed through this process
+/// (bounded by [`client::MAX_MESSAGE`]).
+pub(crate) async fn compare_tree(
+    plan: &Plan,
+    old: &Agent,
+    new: &Agent,
+    s: &crate::plan::PlanStorage,
+    grant: Option<&str>,
+    full: bool,
+) -> Result<CompareStorageResponse, CompareFailure> {
+    if let Some(token) = grant {
+        let req = CompareStorageRequest {
+            tree: s.on_new().to_string(),
+            source_manifest: Vec::new(),
+            full,
+            source: Some(Peer {
+                address: plan.old.address.clone(),
+                tls_name: plan.old.server_name(),
+                grant: token.to_string(),
+            }),
+            source_tree: s.name.clone(),
+        };
+        match new.target().compare_storage(req).await {
+            Ok(c) => return Ok(c.into_inner()),
+            // The new host cannot reach the old agent (a sync with --relay): relay below.
+            Err(st)
+                if st.code() == tonic::Code::Unavailable
+                    && st.message().contains("cannot reach the source agent") =>
+            {
+                tracing::info!(tree = %s.name, "the new agent cannot reach the old one: relaying the manifest");
+            }
+            Err(st) => return Err(CompareFailure::New(client::explain_status(&st))),
+        }
+    }
+    let manifest = stream::read_all(
+        old,
+        ReadRequest {
+            grant: String::new(),
+            what: Some(read_request::What::Manifest(ManifestRead {
+                tree: s.name.clone(),
+                full,
+            })),
+        },
+        client::MAX_MESSAGE,
+    )
+    .await
+    .map_err(|e| CompareFailure::Old(e.message))?;
+    let req = CompareStorageRequest {
+        tree: s.on_new().to_string(),
+        source_manifest: manifest,
+        full,
+        source: None,
+        source_tree: String::new(),
+    };
+    new.target()
+        .compare_storage(req)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|st| CompareFailure::New(client::explain_status(&st)))
+}
+
+/// One storage tree's row: compared by the new agent, every file re-hashed on both sides.
+async fn storage_row(
+    plan: &Plan,
+    old: &Agent,
+    new: &Agent,
+    s: &crate::plan::PlanStorage,
+    grant: Option<&str>,
+) -> Row {
+    let could_not_run = |old: String, new: String, detail: &str| Row {
+        kind: "storage".into(),
+        name: s.name.clone(),
+        equal: false,
+        status: RowStatus::CouldNotRun,
+        old,
+        new,
+        detail: detail.into(),
+    };
+    let c = match compare_tree(plan, old, new, s, grant, true).await {
+        Ok(c) => c,
+        Err(CompareFailure::Old(e)) => {
+            return could_not_run(e, String::new(), "cannot read the old manifest");
+        }
+        Err(CompareFailure::New(e)) => return could_not_run(String::new(), e, "cannot compare"),
+    };
+    // Files the new host has that the old one lacks only matter when the plan deletes them.
+    let (extra, extra_count) = if s.delete {
+        (c.extra.clone(), c.extra_count)
+    } else {
+        (Vec::new(), 0)
+    };
+    let parts: Vec<String> = [
+        list(&c.missing, c.missing_count, "missing"),
+        list(&c.changed, c.changed_count, "content differs"),
+        list(&extra, extra_count, "only on new"),
+        list(&c.metadata, c.metadata_count, "mode/mtime/owner differ"),
+        list(&c.owner, c.owner_count, "owner differs"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Row {
+        kind: "storage".into(),
+        name: s.name.clone(),
+        equal: parts.is_empty(),
+        status: RowStatus::of(parts.is_empty()),
+        old: format!(
+            "{} files, {}",
+            c.source_files,
+            crate::output::bytes(c.source_bytes)
+        ),
+        new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
+        detail: parts.join("; "),
     }
 }
 

@@ -1,0 +1,565 @@
+//! Storage sessions: the new agent compares its tree with the old agent's manifest without the
+//! coordinator carrying that manifest.
+//!
+//! `PlanStorage` with a `source` peer fetches the old agent's manifest over the grant the sync
+//! already holds (`Source.Read`, a framed stream verified chunk by chunk and by its trailer) into
+//! `state_dir/storage-sessions/<session>/` on this host's disk, diffs it against this tree as a
+//! merge-walk of the two sorted manifests ([`storage::diff_with`] over a [`ManifestStream`]) and
+//! writes each batch of entries to send next to it. The coordinator receives counts, totals,
+//! batch sizes and the first [`SHOW_PATHS`] paths; `Pull` reads the batch's entries from the
+//! session; both `FinalizeStorage` calls diff against the same file; the final one removes the
+//! session. Sessions a killed sync left behind are removed after [`EXPIRE_AFTER`].
+//!
+//! Every read of a manifest checks all of it first ([`ManifestStream::check`]: paths, order,
+//! parents, owner names, the trailing SHA-256) and only then acts on its entries in a second
+//! pass: nothing is deleted or planned from a manifest that turns out damaged at its end.
+//!
+//! Memory: the source's manifest is never whole in memory (one entry, its ancestors, and the
+//! source's directories); this tree's own manifest is (it is this agent's walk and cache). The
+//! `--relay` path, where the coordinator sends the manifest's bytes, runs the same code over
+//! those bytes.
+
+use std::collections::HashSet;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes};
+use hostshift_proto::v1::source_client::SourceClient;
+use hostshift_proto::v1::{
+    ApplyHeader, CompareStorageResponse, ManifestRead, Peer, ReadRequest, StorageBatch,
+    apply_header, read_request,
+};
+use hostshift_shared::framing::{Accepted, FrameDecoder};
+use tokio::io::AsyncWriteExt;
+
+use super::pull;
+use crate::Ctx;
+use crate::error::AgentError;
+use crate::storage::stream::Summary;
+use crate::storage::{
+    self, Delta, Entry, Kind, Manifest, ManifestStream, OwnerMap, RelPath, StorageError,
+};
+
+/// Paths listed in a plan or comparison for people (the counts are always complete).
+pub const SHOW_PATHS: usize = 1000;
+/// A session older than this is removed by the next plan (a sync killed before it finalized).
+pub const EXPIRE_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Buffer of a manifest file read as a stream.
+const READ_BUFFER: usize = 256 * 1024;
+/// The old agent's manifest in a session folder.
+const MANIFEST_FILE: &str = "source.manifest";
+
+/// Where a source manifest is: a session's copy on this host's disk, or the bytes the
+/// coordinator sent (`--relay`).
+#[derive(Clone)]
+pub enum SourceManifest {
+    /// A session's file.
+    File(PathBuf),
+    /// Sent inline.
+    Bytes(Bytes),
+}
+
+impl SourceManifest {
+    fn open(&self) -> Result<ManifestStream<Box<dyn Read + Send>>, AgentError> {
+        let (r, origin): (Box<dyn Read + Send>, &str) = match self {
+            Self::File(p) => {
+                let f = std::fs::File::open(p).map_err(|e| AgentError::io("open", p, e))?;
+                (
+                    Box::new(BufReader::with_capacity(READ_BUFFER, f)),
+                    "<the old agent's manifest>",
+                )
+            }
+            Self::Bytes(b) => (Box::new(b.clone().reader()), "<source manifest>"),
+        };
+        ManifestStream::open(r, Path::new(origin)).map_err(malformed)
+    }
+
+    /// Reads it all once: sound, or an error naming what is wrong.
+    fn check(&self) -> Result<Summary, AgentError> {
+        self.open()?.check().map_err(malformed)
+    }
+
+    /// Its entries, checked, with owners turned into this host's.
+    fn entries(
+        &self,
+        owners: OwnerMap,
+    ) -> Result<impl Iterator<Item = Result<Entry, StorageError>>, AgentError> {
+        Ok(self.open()?.map(move |r| {
+            r.map(|mut e| {
+                owners.localize(&mut e);
+                e
+            })
+        }))
+    }
+}
+
+/// A malformed manifest from the peer: say whose it is and what is wrong.
+fn malformed(e: StorageError) -> AgentError {
+    match e {
+        StorageError::BadManifest { .. } => AgentError::InvalidArgument(format!(
+            "the old agent sent a malformed storage manifest: {e}; nothing was changed \
+             (check that both agents run the same hostshift version)"
+        )),
+        other => other.into(),
+    }
+}
+
+/// The folder of session `id` (checked: letters, digits, `-` and `_`, at most 64).
+///
+/// # Errors
+/// `InvalidArgument` for an id that could name another path.
+pub fn dir(ctx: &Ctx, id: &str) -> Result<PathBuf, AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(AgentError::InvalidArgument(format!(
+            "storage session {id:?}: use 1 to 64 letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(sessions_root(ctx).join(id))
+}
+
+fn sessions_root(ctx: &Ctx) -> PathBuf {
+    ctx.config.state_dir.join("storage-sessions")
+}
+
+/// The session's copy of the old agent's manifest.
+pub fn manifest_file(dir: &Path) -> SourceManifest {
+    SourceManifest::File(dir.join(MANIFEST_FILE))
+}
+
+fn batch_file(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("batch-{index}.manifest"))
+}
+
+/// The encoded entries of batch `index` of session `id` (a pull's `expected`).
+///
+/// # Errors
+/// `FailedPrecondition` when the session or batch is gone (the coordinator plans again).
+pub fn batch(ctx: &Ctx, id: &str, index: u64) -> Result<Vec<u8>, AgentError> {
+    let path = batch_file(&dir(ctx, id)?, index);
+    std::fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            AgentError::FailedPrecondition(format!(
+                "storage session {id} has no batch {index} ({}): it was finalized or expired; \
+                 sync again to plan anew",
+                path.display()
+            ))
+        } else {
+            AgentError::io("read", &path, e)
+        }
+    })
+}
+
+/// For a pull of a session's batch (`StorageFilesApply` naming a session): fills the apply
+/// header's `expected` and the read's `entries` from the batch file. Other pulls pass unchanged.
+///
+/// # Errors
+/// As [`batch`]; `InvalidArgument` when the read is not of storage files.
+pub fn fill_batch(
+    ctx: &Ctx,
+    read: &mut ReadRequest,
+    mut header: ApplyHeader,
+) -> Result<ApplyHeader, AgentError> {
+    let Some(apply_header::What::StorageFiles(h)) = &mut header.what else {
+        return Ok(header);
+    };
+    if h.session.is_empty() {
+        return Ok(header);
+    }
+    let Some(read_request::What::StorageFiles(r)) = &mut read.what else {
+        return Err(AgentError::InvalidArgument(
+            "a storage batch of a session must be read as storage files".into(),
+        ));
+    };
+    let entries = batch(ctx, &h.session, h.batch)?;
+    r.entries = entries.clone();
+    h.expected = entries;
+    Ok(header)
+}
+
+/// Removes a session folder (missing is fine).
+pub fn remove(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "storage session not removed");
+    }
+}
+
+/// Removes sessions older than [`EXPIRE_AFTER`].
+pub fn expire(ctx: &Ctx) {
+    let Ok(listing) = std::fs::read_dir(sessions_root(ctx)) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for de in listing.filter_map(Result::ok) {
+        let old = de
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > EXPIRE_AFTER);
+        if old {
+            tracing::info!(session = %de.path().display(), "expired storage session removed");
+            remove(&de.path());
+        }
+    }
+}
+
+/// Fetches the old agent's manifest of `source_tree` from `peer` (over its grant) into a fresh
+/// session folder `dir`, verified by the stream's framing, then checks it whole.
+///
+/// # Errors
+/// The peer's refusal or failure, an integrity failure (`DataLoss`), a malformed manifest
+/// (`InvalidArgument`), or I/O on this host.
+pub async fn fetch(
+    ctx: &Ctx,
+    peer: &Peer,
+    source_tree: &str,
+    full: bool,
+    dir: &Path,
+) -> Result<Summary, AgentError> {
+    remove(dir);
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
+    let channel = pull::connect_peer(ctx, &peer.address, &peer.tls_name).await?;
+    let read = ReadRequest {
+        grant: peer.grant.clone(),
+        what: Some(read_request::What::Manifest(ManifestRead {
+            tree: source_tree.to_string(),
+            full,
+        })),
+    };
+    let mut stream = SourceClient::new(channel)
+        .read(read)
+        .await
+        .map_err(super::guard::upstream)?
+        .into_inner();
+    let path = dir.join(MANIFEST_FILE);
+    let file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| AgentError::io("create", &path, e))?;
+    let mut out = tokio::io::BufWriter::with_capacity(READ_BUFFER, file);
+    let mut dec = FrameDecoder::new();
+    let cancel = ctx.shutdown.child_token();
+    loop {
+        let next = tokio::select! {
+            m = stream.message() => m,
+            () = cancel.cancelled() => return Err(AgentError::Cancelled),
+        };
+        let frame = match next.map_err(super::guard::upstream)? {
+            Some(f) => f,
+            None => {
+                dec.check_complete()
+                    .map_err(|e| AgentError::DataLoss(format!("the old agent's manifest: {e}")))?;
+                break;
+            }
+        };
+        match dec
+            .accept(frame)
+            .map_err(|e| AgentError::DataLoss(format!("the old agent's manifest: {e}")))?
+        {
+            Accepted::Data(b) => out
+                .write_all(&b)
+                .await
+                .map_err(|e| AgentError::io("write", &path, e))?,
+            Accepted::End { .. } => break,
+        }
+    }
+    out.flush()
+        .await
+        .map_err(|e| AgentError::io("write", &path, e))?;
+    drop(out);
+    tracing::debug!(tree = source_tree, bytes = dec.len(), session = %dir.display(), "old agent's manifest fetched");
+    let src = SourceManifest::File(path);
+    tokio::task::spawn_blocking(move || src.check())
+        .await
+        .map_err(|e| AgentError::Internal(format!("manifest check task: {e}")))?
+}
+
+/// What [`plan`] found.
+pub struct Planned {
+    /// Batches (their entries inline, or in the session folder).
+    pub batches: Vec<StorageBatch>,
+    /// The delta without `send` (directories, metadata fixes, deletions).
+    pub delta: Delta,
+    /// Files and symlinks to send.
+    pub to_send: u64,
+    /// The first of their paths, for people.
+    pub first_paths: Vec<String>,
+    /// Source files already equal here, and their bytes.
+    pub unchanged_files: u64,
+    /// Bytes of those.
+    pub unchanged_bytes: u64,
+    /// The source's owner names this host lacks.
+    pub unknown_owners: Vec<String>,
+}
+
+/// Batch limits.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// A batch closes at this many bytes...
+    pub bytes: u64,
+    /// ...or this many files.
+    pub files: u64,
+}
+
+struct Batcher<'a> {
+    /// Where batch files go; `None`: inline in the response (`--relay`).
+    dir: Option<&'a Path>,
+    limits: Limits,
+    cur: Vec<Entry>,
+    cur_bytes: u64,
+    out: Vec<StorageBatch>,
+    sent: u64,
+    sent_files: u64,
+    first_paths: Vec<String>,
+}
+
+impl Batcher<'_> {
+    fn push(&mut self, e: &Entry) -> Result<(), StorageError> {
+        self.sent += 1;
+        if e.is_file() {
+            self.sent_files += 1;
+        }
+        if self.first_paths.len() < SHOW_PATHS {
+            self.first_paths
+                .push(String::from_utf8_lossy(e.path.as_bytes()).into_owned());
+        }
+        self.cur_bytes += e.size;
+        self.cur.push(e.clone());
+        if self.cur_bytes >= self.limits.bytes || self.cur.len() as u64 >= self.limits.files {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), StorageError> {
+        if self.cur.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.cur);
+        let files = entries.len() as u64;
+        let encoded = Manifest::new(entries)?.encode();
+        let (paths, expected) = match self.dir {
+            Some(dir) => {
+                let path = batch_file(dir, self.out.len() as u64);
+                std::fs::File::create(&path)
+                    .and_then(|mut f| f.write_all(&encoded))
+                    .map_err(|e| StorageError::io("write", &path, e))?;
+                (Vec::new(), Vec::new())
+            }
+            None => {
+                let m = Manifest::decode(&encoded, Path::new("<batch>"))?;
+                let paths = m
+                    .entries()
+                    .iter()
+                    .map(|e| e.path.as_bytes().to_vec())
+                    .collect();
+                (paths, encoded)
+            }
+        };
+        self.out.push(StorageBatch {
+            paths,
+            expected,
+            bytes: self.cur_bytes,
+            files,
+        });
+        self.cur_bytes = 0;
+        Ok(())
+    }
+}
+
+/// Diffs the source manifest against `target` (this tree) and cuts what must travel into
+/// batches: files in `batches_dir` (a session) or inline. Blocking.
+///
+/// # Errors
+/// A malformed source manifest, or I/O writing the batches.
+pub fn plan(
+    src: &SourceManifest,
+    target: &Manifest,
+    delete_extraneous: bool,
+    limits: Limits,
+    batches_dir: Option<&Path>,
+) -> Result<Planned, AgentError> {
+    let summary = src.check()?;
+    let (owners, unknown_owners) = OwnerMap::new(&summary.names, storage::carries_owners());
+    let mut b = Batcher {
+        dir: batches_dir,
+        limits: Limits {
+            bytes: limits.bytes.max(1),
+            files: limits.files.max(1),
+        },
+        cur: Vec::new(),
+        cur_bytes: 0,
+        out: Vec::new(),
+        sent: 0,
+        sent_files: 0,
+        first_paths: Vec::new(),
+    };
+    let delta = storage::diff_with(src.entries(owners)?, target, delete_extraneous, |e| {
+        b.push(e)
+    })
+    .map_err(malformed)?;
+    b.close().map_err(AgentError::from)?;
+    Ok(Planned {
+        to_send: b.sent,
+        first_paths: b.first_paths,
+        batches: b.out,
+        unchanged_files: summary.files.saturating_sub(b.sent_files),
+        unchanged_bytes: summary.file_bytes.saturating_sub(delta.bytes_to_send),
+        delta,
+        unknown_owners,
+    })
+}
+
+/// What finalize must do: the delta (without `send`) and how many entries still differ that
+/// the batches did not defer. Blocking.
+///
+/// # Errors
+/// A malformed source manifest.
+pub fn finalize_delta(
+    src: &SourceManifest,
+    target: &Manifest,
+    delete_extraneous: bool,
+    deferred: &HashSet<Vec<u8>>,
+) -> Result<(Delta, u64), AgentError> {
+    let summary = src.check()?;
+    let (owners, _) = OwnerMap::new(&summary.names, storage::carries_owners());
+    let mut undeferred = 0u64;
+    let delta = storage::diff_with(src.entries(owners)?, target, delete_extraneous, |e| {
+        if !deferred.contains(e.path.as_bytes()) {
+            undeferred += 1;
+        }
+        Ok(())
+    })
+    .map_err(malformed)?;
+    Ok((delta, undeferred))
+}
+
+/// A capped list of paths for people, with the full count.
+#[derive(Default)]
+struct Shown {
+    paths: Vec<String>,
+    count: u64,
+}
+
+impl Shown {
+    fn push(&mut self, p: &RelPath) {
+        self.count += 1;
+        if self.paths.len() < SHOW_PATHS {
+            self.paths
+                .push(String::from_utf8_lossy(p.as_bytes()).into_owned());
+        }
+    }
+}
+
+/// The differences between the source manifest and `target` (this tree), for people: what is
+/// missing here, what differs in content, what only this side has, what differs only in mode
+/// or mtime, and whose owner differs — at most [`SHOW_PATHS`] paths each, with full counts.
+/// Blocking.
+///
+/// # Errors
+/// A malformed source manifest.
+pub fn compare(
+    src: &SourceManifest,
+    target: &Manifest,
+) -> Result<CompareStorageResponse, AgentError> {
+    let summary = src.check()?;
+    let (owners, unknown_owners) = OwnerMap::new(&summary.names, storage::carries_owners());
+    let (mut missing, mut changed, mut metadata, mut owner) = (
+        Shown::default(),
+        Shown::default(),
+        Vec::new(),
+        Shown::default(),
+    );
+    let mut metadata_count = 0u64;
+    let mut owner_rows = Vec::new();
+    let mut dir_modes = Vec::new();
+    let inspected = src.entries(owners)?.inspect(|r| {
+        let Ok(s) = r else { return };
+        let Some(t) = target.get(&s.path) else {
+            return;
+        };
+        // A directory's mtime moves whenever an entry is added or removed in it, and its
+        // listing is compared entry by entry anyway: for directories only the mode counts.
+        if s.kind == Kind::Dir && t.kind == Kind::Dir && s.mode != t.mode {
+            dir_modes.push(s.path.clone());
+        }
+        if let (Some(want), Some(have)) = (s.owner, t.owner)
+            && want != have
+        {
+            owner.count += 1;
+            if owner_rows.len() < SHOW_PATHS {
+                owner_rows.push(format!(
+                    "{} (old {}, new {})",
+                    String::from_utf8_lossy(s.path.as_bytes()),
+                    owner_name(want),
+                    owner_name(have)
+                ));
+            }
+        }
+    });
+    let delta = storage::diff_with(inspected, target, true, |e| {
+        if target.get(&e.path).is_some() {
+            changed.push(&e.path);
+        } else {
+            missing.push(&e.path);
+        }
+        Ok(())
+    })
+    .map_err(malformed)?;
+    for d in &delta.dirs {
+        if target.get(&d.path).is_none() {
+            missing.push(&d.path);
+        }
+    }
+    let mut extra = Shown::default();
+    for e in &delta.delete {
+        extra.push(&e.path);
+    }
+    for p in delta.meta.iter().map(|m| &m.path).chain(dir_modes.iter()) {
+        metadata_count += 1;
+        if metadata.len() < SHOW_PATHS {
+            metadata.push(String::from_utf8_lossy(p.as_bytes()).into_owned());
+        }
+    }
+    metadata.sort();
+    owner.paths = owner_rows;
+    Ok(CompareStorageResponse {
+        missing: missing.paths,
+        changed: changed.paths,
+        extra: extra.paths,
+        metadata,
+        files: target.entries().iter().filter(|e| e.is_file()).count() as u64,
+        bytes: target.file_bytes(),
+        manifest_sha256: hostshift_shared::digest::Sha256Digest::of(&target.encode()).to_string(),
+        source_files: summary.files,
+        source_bytes: summary.file_bytes,
+        owner: owner.paths,
+        unknown_owners,
+        missing_count: missing.count,
+        changed_count: changed.count,
+        extra_count: extra.count,
+        metadata_count,
+        owner_count: owner.count,
+    })
+}
+
+/// `user:group` of this host's ids, by name where it has one.
+fn owner_name(o: storage::Owner) -> String {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user = User::from_uid(Uid::from_raw(o.uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| o.uid.to_string(), |u| u.name);
+    let group = Group::from_gid(Gid::from_raw(o.gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| o.gid.to_string(), |g| g.name);
+    format!("{user}:{group}")
+}

@@ -1,0 +1,235 @@
+//! A storage tree of many small files between two real agents: it syncs, re-syncs after a 1 %
+//! change and verifies, the new agent fetching the old agent's manifest itself (no manifest
+//! passes through the coordinator, so there is no cap on its size), with both agents' peak
+//! memory bounded. The million-file run is `bench/run --files 1000000` (docs/BENCHMARKS.md).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hostshift_tests::rig::{self, Sandbox};
+
+/// Files in the tree (plus the sandbox's three): enough that the old path's whole manifest in
+/// the coordinator shows in its memory.
+const FILES: usize = 100_000;
+const DIRS: usize = 400;
+/// Agents' peak memory limit (the brief: ≤ 100 MiB).
+const AGENT_PEAK_KIB: u64 = 100 * 1024;
+/// What a storage sync or verify may cost the coordinator beyond a run that moves no tree (the
+/// config file only): less than this tree's encoded manifest (over 80 bytes per entry, 8 MB),
+/// which the coordinator held — three times over — when manifests passed through it.
+const COORDINATOR_HEADROOM_KIB: u64 = 6 * 1024;
+
+/// Peak resident memory of a live process (`VmHWM`), in KiB.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    vm_hwm(pid).expect("VmHWM in /proc/<pid>/status")
+}
+
+/// Runs `hostshift ARGS --plan PLAN` and returns its output and its peak resident memory in
+/// KiB (its `VmHWM`, read every few milliseconds while it runs: a manifest held through a
+/// storage round cannot slip between two reads). Killed after `deadline`.
+fn run_measured(
+    dir: &Path,
+    plan: &Path,
+    args: &[&str],
+    deadline: Duration,
+) -> (rig::CliOutput, u64) {
+    let mut child = Command::new(rig::hostshift_bin())
+        .args(args)
+        .arg("--plan")
+        .arg(plan)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("HOSTSHIFT_PLAN")
+        .spawn()
+        .expect("run hostshift");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).ok();
+        s
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).ok();
+        s
+    });
+    let start = Instant::now();
+    let mut peak = 0;
+    let status = loop {
+        // Before reaping: the process (or its zombie, which has no VmHWM) is still there.
+        if let Some(kib) = vm_hwm(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hostshift {args:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = rig::CliOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: reader.join().expect("stdout reader"),
+        stderr: ereader.join().expect("stderr reader"),
+    };
+    assert!(peak > 0, "no VmHWM read for hostshift {args:?}");
+    (out, peak)
+}
+
+fn storage_unit(out: &rig::CliOutput) -> serde_json::Value {
+    out.json()["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["kind"] == "storage")
+        .expect("storage unit")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_of_many_small_files_syncs_resyncs_and_verifies_agent_to_agent_with_bounded_memory()
+{
+    let mut sb = Sandbox::new("storage_scale").await;
+    sb.plan_databases = false;
+    let started = Instant::now();
+    for d in 0..DIRS {
+        let dir = sb.old_storage.join(format!("uploads/{d:03}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for i in (d..FILES).step_by(DIRS) {
+            std::fs::write(dir.join(format!("e{i:06}.json")), format!("{{\"n\":{i}}}"))
+                .expect("file");
+        }
+    }
+    eprintln!("tree of {FILES} files made in {:?}", started.elapsed());
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = sb.plan_path();
+    let dir = sb.dir.clone();
+
+    // The coordinator's own footprint: a run that moves no storage tree.
+    let (baseline, base_peak) = tokio::task::spawn_blocking({
+        let (dir, plan) = (dir.clone(), plan.clone());
+        move || {
+            run_measured(
+                &dir,
+                &plan,
+                &["sync", "--json", "--only", "files"],
+                Duration::from_secs(60),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(baseline.code, 0, "{}", baseline.both());
+    eprintln!("coordinator baseline peak {base_peak} KiB");
+
+    // First sync: everything travels.
+    let t = Instant::now();
+    let (first, first_peak) = tokio::task::spawn_blocking({
+        let (dir, plan) = (dir.clone(), plan.clone());
+        move || run_measured(&dir, &plan, &["sync", "--json"], Duration::from_secs(120))
+    })
+    .await
+    .expect("join");
+    assert_eq!(first.code, 0, "{}", first.both());
+    let unit = storage_unit(&first);
+    assert_eq!(
+        unit["files"].as_u64(),
+        Some(FILES as u64 + 3),
+        "{}",
+        first.stdout
+    );
+    eprintln!(
+        "first sync {:?}, coordinator peak {first_peak} KiB",
+        t.elapsed()
+    );
+
+    // 1 % changed, a few removed: only those travel, the rest is compared.
+    for i in (0..FILES).step_by(100) {
+        let p = sb
+            .old_storage
+            .join(format!("uploads/{:03}/e{i:06}.json", i % DIRS));
+        std::fs::write(&p, format!("{{\"n\":{i},\"changed\":true}}")).expect("change");
+    }
+    std::fs::remove_file(sb.old_storage.join("uploads/001/e000001.json")).expect("remove");
+    let t = Instant::now();
+    let (second, second_peak) = tokio::task::spawn_blocking({
+        let (dir, plan) = (dir.clone(), plan.clone());
+        move || run_measured(&dir, &plan, &["sync", "--json"], Duration::from_secs(120))
+    })
+    .await
+    .expect("join");
+    assert_eq!(second.code, 0, "{}", second.both());
+    let unit = storage_unit(&second);
+    assert_eq!(
+        unit["files"].as_u64(),
+        Some((FILES / 100) as u64),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(
+        unit["skipped_files"].as_u64(),
+        Some((FILES - FILES / 100 - 1 + 3) as u64),
+        "{}",
+        second.stdout
+    );
+    eprintln!(
+        "second sync {:?}, coordinator peak {second_peak} KiB",
+        t.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.new_storage.join("uploads/000/e000000.json")).expect("copied"),
+        "{\"n\":0,\"changed\":true}"
+    );
+
+    // Verify re-hashes both sides and compares agent to agent.
+    let t = Instant::now();
+    let (verify, verify_peak) = tokio::task::spawn_blocking({
+        let (dir, plan) = (dir.clone(), plan.clone());
+        move || run_measured(&dir, &plan, &["verify"], Duration::from_secs(180))
+    })
+    .await
+    .expect("join");
+    assert_eq!(verify.code, 0, "{}", verify.both());
+    assert!(verify.stdout.contains("equal"), "{}", verify.stdout);
+    eprintln!(
+        "verify {:?}, coordinator peak {verify_peak} KiB",
+        t.elapsed()
+    );
+
+    let (old_peak, new_peak) = (vm_hwm_kib(sb.old().pid()), vm_hwm_kib(sb.new_agent().pid()));
+    eprintln!("agents' peak memory: old {old_peak} KiB, new {new_peak} KiB");
+    assert!(
+        old_peak <= AGENT_PEAK_KIB,
+        "old agent peaked at {old_peak} KiB"
+    );
+    assert!(
+        new_peak <= AGENT_PEAK_KIB,
+        "new agent peaked at {new_peak} KiB"
+    );
+    for (what, peak) in [
+        ("first sync", first_peak),
+        ("second sync", second_peak),
+        ("verify", verify_peak),
+    ] {
+        assert!(
+            peak <= base_peak + COORDINATOR_HEADROOM_KIB,
+            "the coordinator peaked at {peak} KiB during the {what}, {base_peak} KiB without a \
+             tree: does a manifest pass through it?"
+        );
+    }
+}
