@@ -10,7 +10,8 @@
 //!   (`service Hooks`), [`pm2`] (`service Pm2`), [`envfile`] (`service EnvFiles`), [`nginx`]
 //!   (`service Nginx`), [`health`] (`service Health`), [`db_stats`] (`service DbStats`). Each
 //!   folder's `service.rs` only translates proto ↔ domain; the work sits in files that know
-//!   nothing of tonic.
+//!   nothing of tonic. [`follow`] (`service Follow`) keeps the new host's databases current
+//!   by logical decoding.
 //! - [`process`] — the only place that starts external programs.
 //! - [`error`] — [`error::AgentError`] and its single mapping to gRPC status codes.
 //! - [`serve`] — binds the services to a listener; `main.rs` only parses flags and calls it, and
@@ -29,6 +30,7 @@ pub mod db;
 pub mod db_stats;
 pub mod envfile;
 pub mod error;
+pub mod follow;
 pub mod health;
 pub mod hooks;
 pub mod nginx;
@@ -48,6 +50,7 @@ use hostshift_proto::v1::backup_server::BackupServer;
 use hostshift_proto::v1::database_server::DatabaseServer;
 use hostshift_proto::v1::db_stats_server::DbStatsServer;
 use hostshift_proto::v1::env_files_server::EnvFilesServer;
+use hostshift_proto::v1::follow_server::FollowServer;
 use hostshift_proto::v1::grants_server::GrantsServer;
 use hostshift_proto::v1::health_server::HealthServer;
 use hostshift_proto::v1::hooks_server::HooksServer;
@@ -81,6 +84,8 @@ pub struct Ctx {
     pub grants: transfer::GrantStore,
     /// Database snapshots held open for a sync.
     pub snapshots: database::Snapshots,
+    /// Followers running on this (new) host.
+    pub followers: follow::Followers,
 }
 
 impl Ctx {
@@ -144,6 +149,7 @@ pub async fn serve(
         tasks: TaskTracker::new(),
         grants: transfer::GrantStore::default(),
         snapshots: database::Snapshots::default(),
+        followers: follow::Followers::default(),
     });
     let addr = listener
         .local_addr()
@@ -207,6 +213,14 @@ pub async fn serve(
         auth::coordinator_only,
     );
 
+    // Following: Changes accepts the peer agent holding the follow grant (checked per call).
+    let follow = FollowServer::with_interceptor(
+        follow::FollowService::new(ctx.clone()),
+        auth::coordinator_or_agent,
+    );
+    // Followers persisted before a restart resume by themselves.
+    follow::follower::resume(&ctx);
+
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = Server::builder()
         .tls_config(tls)
@@ -231,6 +245,7 @@ pub async fn serve(
         .add_service(env_files)
         .add_service(grants)
         .add_service(database)
+        .add_service(follow)
         .add_service(source)
         .add_service(target)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
