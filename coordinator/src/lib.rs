@@ -11,6 +11,7 @@
 //!   keeps the journal.
 //! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
 //!   (`cutover`, `rollback`, `status`).
+//! - [`follow`] keeps the new host's databases current by logical decoding (`follow`).
 //! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
 //! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod commands;
 pub mod cutover;
 pub mod error;
+pub mod follow;
 pub mod lab;
 pub mod lock;
 pub mod output;

@@ -37,7 +37,7 @@ pub struct Live {
     pub applied_lsn: u64,
     /// Nothing committed on the old host before this LSN is still pending.
     pub reached_lsn: u64,
-    /// When `reached_lsn` was last raised (unix ms).
+    /// When a peek last found nothing pending (unix ms): the follower was current then.
     pub reached_unix_ms: i64,
     /// Source commit time of the last applied transaction (unix ms; 0: none).
     pub last_commit_unix_ms: i64,
@@ -264,10 +264,7 @@ async fn follow_once(
                 confirmed = confirmed.max(c.end_lsn);
                 set(live, |l| {
                     l.applied_lsn = applier.progress();
-                    if l.reached_lsn < c.end_lsn {
-                        l.reached_lsn = c.end_lsn;
-                        l.reached_unix_ms = now_ms();
-                    }
+                    l.reached_lsn = l.reached_lsn.max(c.end_lsn);
                     if c.applied {
                         l.transactions += 1;
                         l.last_commit_unix_ms = PG_EPOCH_MS + c.commit_ts / 1000;
