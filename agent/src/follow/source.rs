@@ -112,6 +112,22 @@ pub async fn prepare(
     if level != "logical" {
         return Err(wal_level_error(database, &level));
     }
+    // Slots are per cluster: one of the same name for another database belongs to another
+    // migration with the same name.
+    let other: Option<String> = client
+        .query_opt(
+            "SELECT database::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1 AND database IS DISTINCT FROM current_database()",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default());
+    if let Some(other) = other {
+        return Err(AgentError::FailedPrecondition(format!(
+            "replication slot {name} exists already for database {other:?} of this cluster: another migration uses the name; give this plan's [migration] name another value, or drop that slot with `hostshift follow cleanup` of its plan"
+        )));
+    }
     // The slot first: every transaction committing after its consistent point is decoded; the
     // copy's snapshot (taken later) decides which of them the copy already holds.
     let created = client
@@ -394,7 +410,8 @@ pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, b
         match client
             .query_opt(
                 "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text \
-                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                 FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1 AND database = current_database()",
                 &[&name],
             )
             .await
