@@ -128,18 +128,6 @@ pub async fn prepare(
             "replication slot {name} exists already for database {other:?} of this cluster: another migration uses the name; give this plan's [migration] name another value, or drop that slot with `hostshift follow cleanup` of its plan"
         )));
     }
-    // The slot first: every transaction committing after its consistent point is decoded; the
-    // copy's snapshot (taken later) decides which of them the copy already holds.
-    let created = client
-        .query_opt(
-            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput') \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(|e| AgentError::db(database, &e))?
-        .is_some();
-
     let conn = Conn::new(client, database);
     let tables = crate::postgres::list_tables(&conn, selection)
         .await
@@ -201,6 +189,20 @@ pub async fn prepare(
         .batch_execute(&sql)
         .await
         .map_err(|e| AgentError::db(database, &e))?;
+    // The publication exists before the slot: pgoutput looks it up in the catalog as of each
+    // decoded change, and a change from before its creation would fail the decoding
+    // ("publication ... does not exist"). Then the slot: every transaction committing after its
+    // consistent point is decoded; the copy's snapshot (taken later) decides which of them the
+    // copy already holds.
+    let created = client
+        .query_opt(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput') \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
 
     let token = match store::source(ctx, database)? {
         Some(r) if r.peer == peer && r.id == id => r.token,
