@@ -264,6 +264,30 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
         st.stdout
     );
 
+    let check = sb.cli(&["check", "--json"]).await;
+    let rows_of = |j: &serde_json::Value, what: &str| -> Vec<serde_json::Value> {
+        j["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["check"].as_str().is_some_and(|t| t.contains(what)))
+            .cloned()
+            .collect()
+    };
+    let cj = check.json();
+    let level = rows_of(&cj, "can be followed");
+    assert_eq!(level.len(), 1, "{}", check.stdout);
+    assert_eq!(level[0]["result"], "ok", "{}", check.stdout);
+    let kept = rows_of(&cj, "WAL kept by the follow slot");
+    assert!(
+        kept.len() == 1
+            && kept[0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("retained")),
+        "check shows the WAL the slot keeps: {}",
+        check.stdout
+    );
+
     // A copy would fight the follower.
     let sync = sb.cli(&["sync", "--only", "db"]).await;
     assert_ne!(sync.code, 0, "{}", sync.both());
@@ -329,5 +353,25 @@ async fn follow_is_refused_without_allow_or_logical_wal_level_and_creates_nothin
             && out.stderr.contains("it is replica"),
         "{}",
         out.both()
+    );
+    let check = sb.cli(&["check", "--json"]).await;
+    let row = check.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .is_some_and(|t| t.contains("can be followed"))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no wal_level row: {}", check.stdout));
+    assert_eq!(row["result"], "warn", "{row}");
+    assert!(
+        row["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("ALTER SYSTEM SET wal_level = logical")
+                && h.contains("never restarts")),
+        "{row}"
     );
 }

@@ -9,6 +9,9 @@
 //! - [`cleanup`]: stop, forget the followers and their replication origins, drop slot,
 //!   publication and grant: nothing of hostshift stays in the old database's catalog.
 //! - For the cutover: [`old_position`] and [`wait_applied`].
+//! - [`check`]: the `hostshift check` rows (wal_level, WAL retained by the slot).
+
+pub mod check;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
