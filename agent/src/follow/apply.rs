@@ -230,8 +230,21 @@ impl Applier {
         self.progress
     }
 
+    /// A statement's failure: integrity (23), data (22) and syntax/undefined-object (42) errors
+    /// mean the two databases diverged — retrying cannot help, so they stop the follower; the
+    /// rest (a broken connection, a busy origin after a restart) is retried.
     fn db_err(&self, e: &tokio_postgres::Error) -> AgentError {
-        AgentError::db(&self.database, e)
+        let fatal = e
+            .as_db_error()
+            .is_some_and(|d| matches!(&d.code().code()[..2], "23" | "22" | "42"));
+        let err = AgentError::db(&self.database, e);
+        if fatal {
+            AgentError::FailedPrecondition(format!(
+                "applying a change from the old host failed on the new host ({err}): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+            ))
+        } else {
+            err
+        }
     }
 
     /// Applies one message; returns `Some` at a commit.
