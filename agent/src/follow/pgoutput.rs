@@ -376,7 +376,7 @@ mod tests {
             begin,
             Message::Begin {
                 final_lsn: 0x1533b80,
-                commit_ts: 0x0304_ec0e_acaf46,
+                commit_ts: 0x0003_04ec_0eac_af46,
                 xid: 728
             }
         );
@@ -420,7 +420,7 @@ mod tests {
             Message::Commit {
                 commit_lsn: 0x1533b80,
                 end_lsn: 0x1533bb0,
-                commit_ts: 0x0304_ec0e_acaf46
+                commit_ts: 0x0003_04ec_0eac_af46
             }
         );
     }

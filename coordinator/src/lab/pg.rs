@@ -605,6 +605,7 @@ fn allow_loopback_tcp(data_dir: &Path) -> Result<(), LabError> {
 /// Starts the postmaster of the cluster in `dir` (`data/`, `sock/`, `postgres.log`) on `listen`
 /// and a free port, retrying with another port when a racing process took the chosen one, and
 /// returns once it accepts connections (killing it if it never does).
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     name: &str,
     bin_dir: PathBuf,
