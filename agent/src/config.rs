@@ -248,6 +248,12 @@ pub struct AllowConfig {
     /// roles' sessions, `pg_signal_backend` or a superuser). Default: none.
     #[serde(default)]
     pub freeze_databases: Vec<String>,
+    /// Databases (by name) that `hostshift follow` may follow on this (old) host: it creates a
+    /// logical replication slot and a publication `hostshift_<id>` in them (needs `wal_level =
+    /// logical` and a superuser or a role with REPLICATION in the `conninfo`). A slot keeps WAL
+    /// until `hostshift follow cleanup` drops it. Default: none.
+    #[serde(default)]
+    pub follow_databases: Vec<String>,
 }
 
 /// `[tools]`: where external programs live.
@@ -495,6 +501,12 @@ impl AgentConfig {
                 &db_names,
                 "databases",
                 "allow.freeze_databases",
+            ),
+            (
+                &self.allow.follow_databases,
+                &db_names,
+                "databases",
+                "allow.follow_databases",
             ),
             (
                 &self.allow.write_storage,

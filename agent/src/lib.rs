@@ -22,7 +22,9 @@
 //!     [`database`] (`service Database`) answers what a database sync asks besides the streams
 //!     (tables, snapshots, key ranges, fingerprints, the write freeze); [`db_stats`]
 //!     (`service DbStats`) reads statistics; [`backup`] (`service Backup`, also
-//!     `hostshift-agent backup`) writes backups on this host.
+//!     `hostshift-agent backup`) writes backups on this host; [`follow`] (`service Follow`)
+//!     keeps the new host's databases current by logical decoding (slot and changes on the old
+//!     host, the follower applying them exactly once on the new one).
 //! - The data path's libraries, without gRPC: [`postgres`] (read and write a database: schema,
 //!   tables by key range, sequences, large objects, fingerprints — with its own session type for
 //!   a sync's long transactions), [`storage`] (manifests, deltas, packing and staged commits of
@@ -49,6 +51,7 @@ pub mod db;
 pub mod db_stats;
 pub mod envfile;
 pub mod error;
+pub mod follow;
 pub mod fsutil;
 pub mod health;
 pub mod hooks;
@@ -69,6 +72,7 @@ use hostshift_proto::v1::backup_server::BackupServer;
 use hostshift_proto::v1::database_server::DatabaseServer;
 use hostshift_proto::v1::db_stats_server::DbStatsServer;
 use hostshift_proto::v1::env_files_server::EnvFilesServer;
+use hostshift_proto::v1::follow_server::FollowServer;
 use hostshift_proto::v1::grants_server::GrantsServer;
 use hostshift_proto::v1::health_server::HealthServer;
 use hostshift_proto::v1::hooks_server::HooksServer;
@@ -102,6 +106,8 @@ pub struct Ctx {
     pub grants: transfer::GrantStore,
     /// Database snapshots held open for a sync.
     pub snapshots: database::Snapshots,
+    /// Followers running on this (new) host.
+    pub followers: follow::Followers,
 }
 
 impl Ctx {
@@ -165,6 +171,7 @@ pub async fn serve(
         tasks: TaskTracker::new(),
         grants: transfer::GrantStore::default(),
         snapshots: database::Snapshots::default(),
+        followers: follow::Followers::default(),
     });
     let addr = listener
         .local_addr()
@@ -228,6 +235,14 @@ pub async fn serve(
         auth::coordinator_only,
     );
 
+    // Following: Changes accepts the peer agent holding the follow grant (checked per call).
+    let follow = FollowServer::with_interceptor(
+        follow::FollowService::new(ctx.clone()),
+        auth::coordinator_or_agent,
+    );
+    // Followers persisted before a restart resume by themselves.
+    follow::follower::resume(&ctx);
+
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = Server::builder()
         .tls_config(tls)
@@ -252,6 +267,7 @@ pub async fn serve(
         .add_service(env_files)
         .add_service(grants)
         .add_service(database)
+        .add_service(follow)
         .add_service(source)
         .add_service(target)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

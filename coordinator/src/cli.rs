@@ -111,6 +111,9 @@ pub enum Command {
     /// one while the old keeps serving. Only what differs travels; every stream is SHA-256
     /// checked before anything is committed; safe to run again (it resumes).
     Sync(commands::sync::SyncCmd),
+    /// Keep the new host's databases current by logical decoding: start (slot on the old host,
+    /// sync, follower on the new host), status (lag, WAL retained), stop, cleanup.
+    Follow(commands::follow::FollowCmd),
     /// Move traffic to the new host: gates, write freeze on the old host, final delta sync, proof
     /// of equality, traffic switch, verification — journaled, undone on any failure.
     Cutover(commands::cutover::CutoverCmd),
@@ -210,6 +213,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Rehearse(c) => Box::pin(commands::rehearse::run(&g, c)).await,
         Command::Sync(c) => commands::sync::run(&g, c).await,
         Command::Verify(c) => commands::verify::run(&g, c).await,
+        Command::Follow(c) => commands::follow::run(&g, c).await,
         // Boxed: the cutover's future nests the sync's and the AWS SDK's deeply.
         Command::Cutover(c) => Box::pin(commands::cutover::run(&g, c)).await,
         Command::Rollback(c) => Box::pin(commands::cutover::rollback(&g, c)).await,

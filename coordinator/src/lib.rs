@@ -18,6 +18,7 @@
 //! Imports point from [`commands`] into the library, never back.
 //! - [`cutover`] moves traffic: gates, write freeze, final delta, proof, switch, undo
 //!   (`cutover`, `rollback`, `status`).
+//! - [`follow`] keeps the new host's databases current by logical decoding (`follow`).
 //! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
 //! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
@@ -33,6 +34,7 @@ pub mod client;
 pub mod commands;
 pub mod cutover;
 pub mod error;
+pub mod follow;
 pub mod health;
 pub mod journal;
 pub mod lab;

@@ -265,6 +265,10 @@ pub async fn run(plan: &Plan) -> Report {
             Err(e) => c.warn("old", "open snapshots", e, "see the old agent's log"),
         }
     }
+    // Following: can the old database be followed, and what WAL does a follow's slot keep.
+    if let Some((old_agent, _)) = reached.get(&Side::Old) {
+        c.0.extend(crate::follow::check::rows(plan, old_agent).await);
+    }
     let mut baseline = Vec::new();
     if let (Some((old_agent, _)), Some((new_agent, new_info))) =
         (reached.get(&Side::Old), reached.get(&Side::New))

@@ -77,6 +77,8 @@ impl Database for DatabaseService {
         let exported = ExportedSnapshot::export(conn)
             .await
             .map_err(AgentError::from)?;
+        // A follow prepared on this database waits for the first copy's snapshot (its anchor).
+        crate::follow::source::note_snapshot(&self.ctx, &r.database, exported.pg_snapshot());
         let ttl = if r.ttl_secs == 0 {
             Duration::from_secs(3600)
         } else {

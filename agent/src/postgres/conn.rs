@@ -171,6 +171,9 @@ impl From<SnapshotId> for String {
 pub struct ExportedSnapshot {
     conn: Conn,
     id: SnapshotId,
+    /// `pg_current_snapshot()` of the exporting transaction (`xmin:xmax:xip`): which
+    /// transactions the snapshot sees — the anchor of a follower ([`crate::follow`]).
+    pg_snapshot: String,
 }
 
 impl ExportedSnapshot {
@@ -187,21 +190,34 @@ impl ExportedSnapshot {
         .await?;
         let row = conn
             .client
-            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .query_one(
+                "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.pg_current_snapshot()::text",
+                &[],
+            )
             .await
             .map_err(|e| conn.err(None, "export a snapshot", &e))?;
         let id = SnapshotId::parse(row.get::<_, &str>(0))?;
+        let pg_snapshot = row.get::<_, String>(1);
         tracing::debug!(
             database = conn.database(),
             snapshot = id.as_str(),
             "exported snapshot"
         );
-        Ok(Self { conn, id })
+        Ok(Self {
+            conn,
+            id,
+            pg_snapshot,
+        })
     }
 
     /// The id to hand to the copies.
     pub fn id(&self) -> &SnapshotId {
         &self.id
+    }
+
+    /// Which transactions the snapshot sees (`pg_current_snapshot()::text`).
+    pub fn pg_snapshot(&self) -> &str {
+        &self.pg_snapshot
     }
 
     /// Ends the transaction (the snapshot can no longer be imported) and returns the connection.

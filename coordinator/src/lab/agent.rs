@@ -78,6 +78,8 @@ pub struct AgentSetup {
     pub control_services: bool,
     /// `[allow] freeze_databases` (the old host: the cutover makes these read-only)
     pub freeze_databases: Vec<String>,
+    /// `[allow] follow_databases` (the old host: `hostshift follow` may create a slot)
+    pub follow_databases: Vec<String>,
     /// `sync_role`: `"target"` for the agent named `new`, `"source"` for every other one.
     pub sync_role: String,
     /// `[limits] shutdown_grace_secs`
@@ -108,6 +110,7 @@ impl AgentSetup {
             write_files: vec![],
             control_services: false,
             freeze_databases: vec![],
+            follow_databases: vec![],
             sync_role: if name == "new" { "target" } else { "source" }.into(),
             grace_secs: 5,
             db_ca_file: None,
@@ -166,12 +169,13 @@ impl AgentSetup {
         }
         let _ = writeln!(
             t,
-            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\n",
+            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\nfollow_databases = {}\n",
             list(&self.restore_databases),
             list(&self.write_storage),
             list(&self.write_files),
             self.control_services,
-            list(&self.freeze_databases)
+            list(&self.freeze_databases),
+            list(&self.follow_databases)
         );
         let _ = writeln!(t, "[limits]\nshutdown_grace_secs = {}\n", self.grace_secs);
         t.push_str(&self.extra);

@@ -131,6 +131,28 @@ impl RunAs {
     }
 }
 
+/// The `wal_level` a lab cluster runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalLevel {
+    /// Fastest: lab data is disposable (the default).
+    Minimal,
+    /// Enough for physical replication, not for logical decoding.
+    Replica,
+    /// Logical decoding (`hostshift follow`).
+    Logical,
+}
+
+impl WalLevel {
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalLevel::Minimal => "minimal",
+            WalLevel::Replica => "replica",
+            WalLevel::Logical => "logical",
+        }
+    }
+}
+
 /// A throwaway PostgreSQL cluster whose postmaster is a child of this process.
 ///
 /// Stop it with [`PgCluster::stop`]; dropping it kills the postmaster and its children instead.
@@ -161,6 +183,21 @@ impl PgCluster {
     /// `listen`, a non-empty data directory, an unreachable `root`, a failing initdb (with its
     /// output), or a postmaster that exits or is not ready within 30 s (with its log).
     pub async fn start(root: &Path, name: &str, listen: Ipv4Addr) -> Result<PgCluster, LabError> {
+        Self::start_with(root, name, listen, WalLevel::Minimal).await
+    }
+
+    /// As [`PgCluster::start`], with `wal_level` set to `wal` (`logical` for a cluster whose
+    /// changes are followed by logical decoding).
+    ///
+    /// # Errors
+    ///
+    /// As [`PgCluster::start`].
+    pub async fn start_with(
+        root: &Path,
+        name: &str,
+        listen: Ipv4Addr,
+        wal: WalLevel,
+    ) -> Result<PgCluster, LabError> {
         if !listen.is_loopback() {
             return Err(LabError::NotLoopback { addr: listen });
         }
@@ -210,6 +247,7 @@ impl PgCluster {
             run_as,
             started,
             "lab cluster ready",
+            wal,
         )
         .await
     }
@@ -251,6 +289,7 @@ impl PgCluster {
             run_as,
             started,
             "existing lab cluster ready",
+            WalLevel::Minimal,
         )
         .await
     }
@@ -566,6 +605,7 @@ fn allow_loopback_tcp(data_dir: &Path) -> Result<(), LabError> {
 /// Starts the postmaster of the cluster in `dir` (`data/`, `sock/`, `postgres.log`) on `listen`
 /// and a free port, retrying with another port when a racing process took the chosen one, and
 /// returns once it accepts connections (killing it if it never does).
+#[allow(clippy::too_many_arguments)]
 async fn launch(
     name: &str,
     bin_dir: PathBuf,
@@ -574,6 +614,7 @@ async fn launch(
     run_as: RunAs,
     started: Instant,
     ready: &'static str,
+    wal: WalLevel,
 ) -> Result<PgCluster, LabError> {
     let data_dir = dir.join("data");
     let socket_dir = dir.join("sock");
@@ -590,6 +631,7 @@ async fn launch(
             listen,
             port,
             run_as,
+            wal,
         )?;
         let pid = child
             .id()
@@ -653,6 +695,7 @@ fn spawn_postmaster(
     listen: Ipv4Addr,
     port: u16,
     run_as: RunAs,
+    wal: WalLevel,
 ) -> Result<Child, LabError> {
     let log = OpenOptions::new()
         .create(true)
@@ -678,8 +721,12 @@ fn spawn_postmaster(
         "full_page_writes=off".to_owned(),
         "max_connections=100".to_owned(),
         "shared_buffers=64MB".to_owned(),
-        "max_wal_senders=0".to_owned(),
-        "wal_level=minimal".to_owned(),
+        // minimal needs no WAL senders; replica and logical keep a few.
+        format!(
+            "max_wal_senders={}",
+            if wal == WalLevel::Minimal { 0 } else { 4 }
+        ),
+        format!("wal_level={}", wal.as_str()),
     ];
     for setting in settings {
         cmd.arg("-c").arg(setting);

@@ -81,6 +81,9 @@ pub struct SyncOptions {
     /// Overwrite the rows a rollback found written on the new host since the switch
     /// (`--discard-new-host-writes`); without it a database sync refuses while there are any.
     pub discard_new_host_writes: bool,
+    /// Run by `hostshift follow start` (it stopped the followers itself): skip the refusal of
+    /// databases being followed.
+    pub following: bool,
 }
 
 impl Default for SyncOptions {
@@ -95,6 +98,7 @@ impl Default for SyncOptions {
             tap: None,
             baseline: false,
             discard_new_host_writes: false,
+            following: false,
         }
     }
 }
@@ -271,6 +275,11 @@ pub enum SyncError {
         /// The plan file.
         plan: String,
     },
+    /// A follower keeps these databases current: a copy would fight it.
+    #[error(
+        "refusing to sync database(s) {0}: the new host follows them (`hostshift follow`), and a copy would fight the follower; nothing was written. Run `hostshift follow stop --plan {1}` first (or `hostshift follow status` to see where it stands)"
+    )]
+    Following(String, String),
     /// The plan moves the other way than the journal's cutover (see
     /// [`crate::cutover::direction`]).
     #[error("{0}")]
@@ -392,6 +401,17 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
             databases: info.frozen_databases.join(", "),
             plan: plan.path.display().to_string(),
         });
+    }
+    if opts.only.is_none_or(|o| o == Only::Db) && !plan.databases.is_empty() && !opts.following {
+        let followed = crate::follow::following(plan, &new)
+            .await
+            .map_err(|e| SyncError::Connect(format!("new agent at {}: {e}", new.address)))?;
+        if !followed.is_empty() {
+            return Err(SyncError::Following(
+                followed.join(", "),
+                plan.path.display().to_string(),
+            ));
+        }
     }
     // Nothing is done unrecorded: a journal that cannot be written stops the sync here.
     journal

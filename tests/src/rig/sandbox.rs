@@ -39,7 +39,11 @@ pub struct Sandbox {
 impl Sandbox {
     /// A fresh sandbox named after the test.
     pub async fn new(test: &str) -> Sandbox {
-        let world = world();
+        Self::new_in(world(), test).await
+    }
+
+    /// A fresh sandbox in `world` (e.g. [`super::logical_world`]).
+    pub async fn new_in(world: &'static World, test: &str) -> Sandbox {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = world.dir.join("tests").join(format!("{test}-{n}"));
         std::fs::create_dir_all(&dir).expect("sandbox dir");

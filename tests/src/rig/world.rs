@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use hostshift::lab::pg::PgCluster;
+use hostshift::lab::pg::{PgCluster, WalLevel};
 use hostshift::lab::seed::{self, Scale, SeedSummary};
 use hostshift_shared::pki::{self, AgentSpec, PkiFiles, PkiRequest};
 
@@ -68,19 +68,39 @@ pub struct World {
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
+static LOGICAL: OnceLock<World> = OnceLock::new();
 
 /// The shared world, started on first use (a few seconds).
 pub fn world() -> &'static World {
     WORLD.get_or_init(|| {
         // Started on a thread of its own: the caller may be inside a test's runtime.
-        std::thread::spawn(start)
+        std::thread::spawn(|| start(WalLevel::Minimal, WalLevel::Minimal))
             .join()
             .unwrap_or_else(|_| panic!("the test world failed to start (see the message above)"))
     })
 }
 
-fn start() -> World {
-    let dir = std::env::temp_dir().join(format!("hostshift-test-{}", std::process::id()));
+/// A world whose old cluster runs `wal_level = logical` (its new cluster `replica`: a source
+/// that cannot be followed), for `hostshift follow`. Use it in a test binary instead of
+/// [`world`], through [`super::Sandbox::new_in`].
+pub fn logical_world() -> &'static World {
+    LOGICAL.get_or_init(|| {
+        std::thread::spawn(|| start(WalLevel::Logical, WalLevel::Replica))
+            .join()
+            .unwrap_or_else(|_| panic!("the test world failed to start (see the message above)"))
+    })
+}
+
+fn start(old_wal: WalLevel, new_wal: WalLevel) -> World {
+    let dir = std::env::temp_dir().join(format!(
+        "hostshift-test-{}{}",
+        std::process::id(),
+        if old_wal == WalLevel::Minimal {
+            ""
+        } else {
+            "-logical"
+        }
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test world folder");
     // The postgres user must be able to enter it.
@@ -117,8 +137,8 @@ fn start() -> World {
     let (old, new, seed) = rt.block_on(async {
         let pg_root = dir.join("pg");
         let (old, new) = tokio::join!(
-            PgCluster::start(&pg_root, "old", OLD_IP),
-            PgCluster::start(&pg_root, "new", NEW_IP)
+            PgCluster::start_with(&pg_root, "old", OLD_IP, old_wal),
+            PgCluster::start_with(&pg_root, "new", NEW_IP, new_wal)
         );
         let old = old.unwrap_or_else(|e| panic!("{e}"));
         let new = new.unwrap_or_else(|e| panic!("{e}"));
@@ -162,7 +182,7 @@ fn start() -> World {
 }
 
 extern "C" fn cleanup() {
-    if let Some(w) = WORLD.get() {
+    for w in [WORLD.get(), LOGICAL.get()].into_iter().flatten() {
         if let Ok(mut clusters) = w.clusters.lock() {
             for c in clusters.iter_mut() {
                 c.kill_now();
@@ -178,11 +198,19 @@ extern "C" fn cleanup() {
 fn register_cleanup() {
     // SAFETY: `cleanup` is an `extern "C" fn()` with no arguments, as atexit(3) requires; it runs
     // once at normal process exit (the test harness exits normally after failures too).
-    let rc = unsafe { libc::atexit(cleanup) };
-    assert_eq!(rc, 0, "atexit registration failed");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let rc = unsafe { libc::atexit(cleanup) };
+        assert_eq!(rc, 0, "atexit registration failed");
+    });
 }
 
 fn start_watchdog() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(start_watchdog_thread);
+}
+
+fn start_watchdog_thread() {
     std::thread::spawn(|| {
         std::thread::sleep(WATCHDOG);
         eprintln!(

@@ -1,0 +1,583 @@
+//! Applying decoded changes on the new host's database, exactly once.
+//!
+//! Each source transaction becomes one transaction here. Values arrive as text and are cast
+//! through the *new* host's column type (`$n::text::<format_type>`), so anything with a text form
+//! (enums, arrays, jsonb, bytea in hex, domains) round-trips. UPDATE and DELETE find their row by
+//! the replica identity: the key the message carries ('K'), the whole old row ('O', REPLICA
+//! IDENTITY FULL), else the new row's identity columns. Every UPDATE/DELETE by key must touch
+//! exactly one row: anything else means the two databases diverged, and the follower stops
+//! rather than guess.
+//!
+//! # Exactly once
+//! The session is bound to a replication origin (`pg_replication_origin_session_setup`) and each
+//! applied transaction records the source commit's end LSN and timestamp with
+//! `pg_replication_origin_xact_setup` **in the same transaction** as its rows: the position and
+//! the data commit together or not at all. On (re)start the applier reads
+//! `pg_replication_origin_progress(origin, true)` and skips every transaction that commits at or
+//! before it — the old host may deliver it again (its slot only advances after we confirmed).
+//!
+//! # The anchor
+//! Transactions that the first copy already contains are skipped: the copy was read under an
+//! exported snapshot taken after the slot was created, and [`Anchor::visible`] says whether a
+//! transaction id is visible in that snapshot (committed before it) — exactly the rows the copy
+//! holds.
+//!
+//! The session runs with `session_replication_role = replica`, as PostgreSQL's own apply worker
+//! does: the new host's ordinary triggers and foreign-key triggers do not fire a second time for
+//! rows that the old host's triggers already produced.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::pgoutput::{Message, Relation, Value, lsn_text};
+use crate::error::AgentError;
+use crate::postgres::sql::{ident, literal};
+
+/// The snapshot the first copy was read under (`pg_current_snapshot()` text, `xmin:xmax:xip,…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    xmin: u64,
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl Anchor {
+    /// Parses `pg_current_snapshot()::text`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for anything else.
+    pub fn parse(text: &str) -> Result<Self, AgentError> {
+        let bad = || AgentError::InvalidArgument(format!("{text:?} is not a pg_snapshot"));
+        let mut parts = text.trim().splitn(3, ':');
+        let xmin = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let xmax = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let xip = match parts.next() {
+            Some("") | None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self { xmin, xmax, xip })
+    }
+
+    /// Whether the (32-bit) transaction id `xid` had committed when the snapshot was taken, i.e.
+    /// the copy already holds its effects. The epoch is taken as the one that puts `xid` nearest
+    /// to the snapshot's `xmax` (decoded transactions are never 2^31 transactions away).
+    pub fn visible(&self, xid: u32) -> bool {
+        let epoch = self.xmax >> 32;
+        let full = [epoch.wrapping_sub(1), epoch, epoch + 1]
+            .into_iter()
+            .map(|e| (e << 32) | u64::from(xid))
+            .min_by_key(|f| f.abs_diff(self.xmax))
+            .unwrap_or(u64::from(xid));
+        full < self.xmin || (full < self.xmax && !self.xip.contains(&full))
+    }
+}
+
+/// A source table as it is on the new host.
+struct Target {
+    source: Relation,
+    /// `"schema"."table"`.
+    name: String,
+    /// Per source column: the new host's `format_type`.
+    types: Vec<String>,
+    /// Indexes of the replica identity columns.
+    key: Vec<usize>,
+}
+
+/// What one applied (or skipped) transaction moved the position to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The source commit's end LSN (what the slot may be advanced to).
+    pub end_lsn: u64,
+    /// Its commit timestamp (microseconds since 2000-01-01).
+    pub commit_ts: i64,
+    /// False when it was skipped (already in the copy or applied before).
+    pub applied: bool,
+}
+
+/// Applies a pgoutput message stream to one database of the new host.
+pub struct Applier {
+    client: Client,
+    database: String,
+    anchor: Anchor,
+    /// Commits ending at or before this were applied earlier.
+    progress: u64,
+    targets: HashMap<u32, Target>,
+    /// Inside a transaction: is it being applied (true) or skipped (false)?
+    current: Option<bool>,
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+/// Creates the replication origin `origin` when missing (needs a superuser).
+///
+/// # Errors
+/// `FailedPrecondition` when the role is not a superuser; `Database` otherwise.
+pub async fn ensure_origin(
+    client: &Client,
+    database: &str,
+    origin: &str,
+) -> Result<(), AgentError> {
+    let row = client
+        .query_one(
+            "SELECT rolsuper, current_user::text FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    if !row.get::<_, bool>(0) {
+        return Err(AgentError::FailedPrecondition(format!(
+            "database {database} on the new host: following applies changes with a replication origin, which needs a superuser; role {} is not one: connect the agent as a superuser (conninfo user=postgres) for this database",
+            row.get::<_, String>(1)
+        )));
+    }
+    client
+        .execute(
+            "SELECT pg_catalog.pg_replication_origin_create($1) WHERE NOT EXISTS \
+             (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    Ok(())
+}
+
+/// The LSN up to which `origin` has applied (0 when it never applied anything).
+///
+/// # Errors
+/// `Database` when the query fails.
+pub async fn origin_progress(
+    client: &Client,
+    database: &str,
+    origin: &str,
+) -> Result<u64, AgentError> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_replication_origin_progress($1, true)::text \
+             FROM pg_catalog.pg_replication_origin WHERE roname = $1 \
+             UNION ALL SELECT NULL LIMIT 1",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    Ok(row
+        .get::<_, Option<String>>(0)
+        .and_then(|t| super::pgoutput::parse_lsn(&t))
+        .unwrap_or(0))
+}
+
+/// Drops the replication origin `origin` if it exists.
+///
+/// # Errors
+/// `Database` when the query fails.
+pub async fn drop_origin(client: &Client, database: &str, origin: &str) -> Result<(), AgentError> {
+    client
+        .execute(
+            "SELECT pg_catalog.pg_replication_origin_drop(roname) \
+             FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    Ok(())
+}
+
+/// Settings under which values are rendered on the old host and parsed here: the two must agree.
+pub const VALUE_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
+     SET lc_monetary = 'C'; SET standard_conforming_strings = on;";
+
+impl Applier {
+    /// Binds `client` (a superuser session on the new database) to `origin` and reads where it
+    /// stopped.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` without a superuser; `Database` when the origin is busy (another
+    /// session applies with it) or the server fails.
+    pub async fn new(
+        client: Client,
+        database: &str,
+        origin: &str,
+        anchor: Anchor,
+    ) -> Result<Self, AgentError> {
+        ensure_origin(&client, database, origin).await?;
+        client
+            .batch_execute(&format!(
+                "{VALUE_SETTINGS} SET session_replication_role = replica; \
+                 SET default_transaction_read_only = off; \
+                 SELECT pg_catalog.pg_replication_origin_session_setup({});",
+                literal(origin)
+            ))
+            .await
+            .map_err(|e| AgentError::db(database, &e))?;
+        let progress = origin_progress(&client, database, origin).await?;
+        Ok(Self {
+            client,
+            database: database.to_string(),
+            anchor,
+            progress,
+            targets: HashMap::new(),
+            current: None,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The LSN applied so far (end of the last applied source commit).
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// A statement's failure: integrity (23), data (22) and syntax/undefined-object (42) errors
+    /// mean the two databases diverged — retrying cannot help, so they stop the follower; the
+    /// rest (a broken connection, a busy origin after a restart) is retried.
+    fn db_err(&self, e: &tokio_postgres::Error) -> AgentError {
+        let fatal = e
+            .as_db_error()
+            .is_some_and(|d| matches!(&d.code().code()[..2], "23" | "22" | "42"));
+        let err = AgentError::db(&self.database, e);
+        if fatal {
+            AgentError::FailedPrecondition(format!(
+                "applying a change from the old host failed on the new host ({err}): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+            ))
+        } else {
+            err
+        }
+    }
+
+    /// Applies one message; returns `Some` at a commit.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` naming the table when its columns differ between the hosts (a
+    /// schema change on the old host) or a row to change is missing; `Database` when a
+    /// statement fails. The open transaction is rolled back.
+    pub async fn apply(&mut self, msg: Message) -> Result<Option<Committed>, AgentError> {
+        let r = self.apply_inner(msg).await;
+        if r.is_err() && self.current == Some(true) {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.current = None;
+        }
+        r
+    }
+
+    async fn apply_inner(&mut self, msg: Message) -> Result<Option<Committed>, AgentError> {
+        match msg {
+            Message::Begin { final_lsn, xid, .. } => {
+                let apply = final_lsn >= self.progress && !self.anchor.visible(xid);
+                if apply {
+                    self.client
+                        .batch_execute("BEGIN")
+                        .await
+                        .map_err(|e| self.db_err(&e))?;
+                }
+                self.current = Some(apply);
+                Ok(None)
+            }
+            Message::Commit {
+                end_lsn, commit_ts, ..
+            } => {
+                let applied = self.current.take() == Some(true);
+                if applied {
+                    // Micro-seconds since 2000-01-01 UTC, the origin's commit time.
+                    self.client
+                        .execute(
+                            "SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, \
+                             timestamptz '2000-01-01 00:00:00+00' + $2::text::bigint * interval '1 microsecond')",
+                            &[&lsn_text(end_lsn), &commit_ts.to_string()],
+                        )
+                        .await
+                        .map_err(|e| self.db_err(&e))?;
+                    self.client
+                        .batch_execute("COMMIT")
+                        .await
+                        .map_err(|e| self.db_err(&e))?;
+                    self.progress = self.progress.max(end_lsn);
+                }
+                Ok(Some(Committed {
+                    end_lsn,
+                    commit_ts,
+                    applied,
+                }))
+            }
+            Message::Relation(rel) => {
+                let t = self.resolve(rel).await?;
+                self.targets.insert(t.source.oid, t);
+                Ok(None)
+            }
+            Message::Insert { rel, new } => {
+                if self.current == Some(true) {
+                    self.insert(rel, &new).await?;
+                }
+                Ok(None)
+            }
+            Message::Update {
+                rel,
+                old,
+                old_is_full,
+                new,
+            } => {
+                if self.current == Some(true) {
+                    self.update(rel, old.as_deref(), old_is_full, &new).await?;
+                }
+                Ok(None)
+            }
+            Message::Delete {
+                rel,
+                old,
+                old_is_full,
+            } => {
+                if self.current == Some(true) {
+                    self.delete(rel, &old, old_is_full).await?;
+                }
+                Ok(None)
+            }
+            Message::Truncate { options, rels } => {
+                if self.current == Some(true) {
+                    let mut names = Vec::new();
+                    for r in rels {
+                        names.push(self.target(r)?.name.clone());
+                    }
+                    let mut sql = format!("TRUNCATE {}", names.join(", "));
+                    if options & 2 != 0 {
+                        sql.push_str(" RESTART IDENTITY");
+                    }
+                    if options & 1 != 0 {
+                        sql.push_str(" CASCADE");
+                    }
+                    self.client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| self.db_err(&e))?;
+                }
+                Ok(None)
+            }
+            Message::Type { .. } | Message::Origin { .. } | Message::Other(_) => Ok(None),
+        }
+    }
+
+    /// Looks the table up on the new host and checks its columns are the source's.
+    async fn resolve(&self, rel: Relation) -> Result<Target, AgentError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+                &[&rel.schema, &rel.name],
+            )
+            .await
+            .map_err(|e| self.db_err(&e))?;
+        let here: HashMap<String, String> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let theirs: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+        let same = here.len() == theirs.len() && theirs.iter().all(|c| here.contains_key(*c));
+        if !same {
+            let mut mine: Vec<&str> = here.keys().map(String::as_str).collect();
+            mine.sort_unstable();
+            return Err(AgentError::FailedPrecondition(format!(
+                "table {rel} changed: the old host has columns ({}), the new host ({}) — a schema change while following; the follower stopped. Apply the same change on the new host (or run `hostshift follow cleanup` and start again), then `hostshift follow start`",
+                theirs.join(", "),
+                mine.join(", ")
+            )));
+        }
+        let types = theirs.iter().map(|c| here[*c].clone()).collect();
+        let key = rel
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Target {
+            name: format!("{}.{}", ident(&rel.schema), ident(&rel.name)),
+            source: rel,
+            types,
+            key,
+        })
+    }
+
+    fn target(&self, rel: u32) -> Result<&Target, AgentError> {
+        self.targets.get(&rel).ok_or_else(|| {
+            AgentError::Internal(format!(
+                "a change refers to relation {rel} before its Relation message"
+            ))
+        })
+    }
+
+    async fn run(&mut self, sql: String, values: Vec<Option<String>>) -> Result<u64, AgentError> {
+        let stmt = match self.statements.get(&sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| self.db_err(&e))?;
+                if self.statements.len() > 1000 {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql.clone(), s.clone());
+                s
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.client
+            .execute(&stmt, &params)
+            .await
+            .map_err(|e| self.db_err(&e))
+    }
+
+    async fn insert(&mut self, rel: u32, new: &[Value]) -> Result<(), AgentError> {
+        let t = self.target(rel)?;
+        let mut cols = Vec::new();
+        let mut args = Vec::new();
+        let mut values = Vec::new();
+        for (i, v) in new.iter().enumerate() {
+            let (Some(c), Some(ty)) = (t.source.columns.get(i), t.types.get(i)) else {
+                break;
+            };
+            let text = match v {
+                Value::Unchanged => continue,
+                Value::Null => None,
+                Value::Text(s) => Some(s.clone()),
+            };
+            values.push(text);
+            cols.push(ident(&c.name));
+            args.push(format!("${}::text::{ty}", values.len()));
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            t.name,
+            cols.join(", "),
+            args.join(", ")
+        );
+        self.run(sql, values).await?;
+        Ok(())
+    }
+
+    /// `WHERE` over the identity: the key columns (or, for a full old row, every column).
+    fn where_clause(
+        t: &Target,
+        row: &[Value],
+        full: bool,
+        values: &mut Vec<Option<String>>,
+    ) -> Result<String, AgentError> {
+        let mut conds = Vec::new();
+        for (i, v) in row.iter().enumerate() {
+            if !full && !t.key.contains(&i) {
+                continue;
+            }
+            let (Some(c), Some(ty)) = (t.source.columns.get(i), t.types.get(i)) else {
+                break;
+            };
+            match v {
+                Value::Unchanged => continue,
+                Value::Null => conds.push(format!("{} IS NULL", ident(&c.name))),
+                Value::Text(s) => {
+                    values.push(Some(s.clone()));
+                    conds.push(format!(
+                        "{} = ${}::text::{ty}",
+                        ident(&c.name),
+                        values.len()
+                    ));
+                }
+            }
+        }
+        if conds.is_empty() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "table {}: a change carries no replica identity to find its row by",
+                t.source
+            )));
+        }
+        Ok(conds.join(" AND "))
+    }
+
+    async fn update(
+        &mut self,
+        rel: u32,
+        old: Option<&[Value]>,
+        old_is_full: bool,
+        new: &[Value],
+    ) -> Result<(), AgentError> {
+        let t = self.target(rel)?;
+        let mut values = Vec::new();
+        let mut sets = Vec::new();
+        for (i, v) in new.iter().enumerate() {
+            let (Some(c), Some(ty)) = (t.source.columns.get(i), t.types.get(i)) else {
+                break;
+            };
+            let text = match v {
+                Value::Unchanged => continue,
+                Value::Null => None,
+                Value::Text(s) => Some(s.clone()),
+            };
+            values.push(text);
+            sets.push(format!(
+                "{} = ${}::text::{ty}",
+                ident(&c.name),
+                values.len()
+            ));
+        }
+        let cond = match old {
+            Some(o) => Self::where_clause(t, o, old_is_full, &mut values)?,
+            None => Self::where_clause(t, new, false, &mut values)?,
+        };
+        let name = t.name.clone();
+        let label = t.source.to_string();
+        let sql = format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", "));
+        let n = self.run(sql, values).await?;
+        if n != 1 {
+            return Err(AgentError::FailedPrecondition(format!(
+                "table {label}: an UPDATE from the old host matched {n} rows on the new host (1 expected): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, rel: u32, old: &[Value], full: bool) -> Result<(), AgentError> {
+        let t = self.target(rel)?;
+        let mut values = Vec::new();
+        let cond = Self::where_clause(t, old, full, &mut values)?;
+        let label = t.source.to_string();
+        let sql = format!("DELETE FROM {} WHERE {cond}", t.name);
+        let n = self.run(sql, values).await?;
+        if n != 1 {
+            return Err(AgentError::FailedPrecondition(format!(
+                "table {label}: a DELETE from the old host matched {n} rows on the new host (1 expected): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_visibility_follows_the_snapshot() {
+        let a = Anchor::parse("100:105:101,103").expect("anchor");
+        assert!(a.visible(99));
+        assert!(!a.visible(101));
+        assert!(a.visible(102));
+        assert!(!a.visible(103));
+        assert!(a.visible(104));
+        assert!(!a.visible(105));
+        assert!(!a.visible(200));
+        let empty = Anchor::parse("7:7:").expect("anchor");
+        assert!(empty.visible(6) && !empty.visible(7));
+        // Epoch 1: xid 5 of epoch 1 is 2^32 + 5.
+        let e =
+            Anchor::parse(&format!("{}:{}:", (1u64 << 32) + 3, (1u64 << 32) + 9)).expect("anchor");
+        assert!(e.visible(2) && !e.visible(9));
+        assert!(Anchor::parse("x").is_err());
+    }
+}

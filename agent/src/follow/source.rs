@@ -1,0 +1,451 @@
+//! The old host's side of a follow: the slot and publication, the follow grant, and the decoded
+//! changes served to the new host's agent.
+//!
+//! Everything here runs only for a database named in `[allow] follow_databases`: a slot keeps WAL
+//! on the production host until it is dropped, and a publication is visible in its catalog.
+
+use std::time::Duration;
+
+use hostshift_shared::identity::{Identity, Role};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::apply::VALUE_SETTINGS;
+use super::pgoutput::parse_lsn;
+use super::store::{self, SourceRecord};
+use crate::Ctx;
+use crate::error::AgentError;
+use crate::postgres::sql::{ident, literal};
+use crate::postgres::{Conn, Selection};
+
+/// Rows buffered between the peek and the network (backpressure beyond it). A row is one
+/// pgoutput message: at most one row's values (a few MiB with large values) each.
+pub const ROW_QUEUE: usize = 64;
+
+/// Upper bound of `max_changes` a caller may ask for in one peek.
+pub const MAX_CHANGES: u32 = 10_000;
+
+/// How long one peek may take before it is abandoned.
+pub const PEEK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `hostshift_<id>`: the name of the slot and of the publication.
+///
+/// # Errors
+/// `InvalidArgument` when `id` is not 1–40 lowercase letters, digits or `_`.
+pub fn object_name(id: &str) -> Result<String, AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 40
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(format!("hostshift_{id}"))
+    } else {
+        Err(AgentError::InvalidArgument(format!(
+            "follow id {id:?}: 1–40 lowercase letters, digits or _"
+        )))
+    }
+}
+
+fn allowed(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
+    ctx.database(database)?;
+    if ctx
+        .config
+        .allow
+        .follow_databases
+        .iter()
+        .any(|d| d == database)
+    {
+        Ok(())
+    } else {
+        Err(AgentError::PermissionDenied(format!(
+            "following database {database} needs a logical replication slot on this host, which its agent's config does not allow: add \"{database}\" to [allow] follow_databases in {} and restart the agent",
+            ctx.config_path.display()
+        )))
+    }
+}
+
+async fn connect(ctx: &Ctx, database: &str) -> Result<Client, AgentError> {
+    crate::db::connect(ctx.database(database)?).await
+}
+
+/// The server's `wal_level`.
+///
+/// # Errors
+/// `Database` when the query fails.
+pub async fn wal_level(client: &Client, database: &str) -> Result<String, AgentError> {
+    let row = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    Ok(row.get(0))
+}
+
+/// The refusal for a `wal_level` other than `logical`.
+pub fn wal_level_error(database: &str, level: &str) -> AgentError {
+    AgentError::FailedPrecondition(format!(
+        "database {database}: following needs wal_level = logical on the old host's PostgreSQL (it is {level}). hostshift never restarts it: run `ALTER SYSTEM SET wal_level = logical;` as a superuser, restart PostgreSQL at a quiet moment (e.g. `systemctl restart postgresql`), then `hostshift follow start` again"
+    ))
+}
+
+/// Creates (or keeps) the slot and publication and issues the follow grant.
+///
+/// # Errors
+/// `PermissionDenied` without `[allow] follow_databases`; `FailedPrecondition` when `wal_level`
+/// is not `logical`; `Database` when the server refuses (e.g. no free replication slot).
+pub async fn prepare(
+    ctx: &Ctx,
+    database: &str,
+    selection: &Selection,
+    id: &str,
+    peer: &str,
+) -> Result<(SourceRecord, bool), AgentError> {
+    allowed(ctx, database)?;
+    let name = object_name(id)?;
+    if !hostshift_shared::identity::valid_name(peer) {
+        return Err(AgentError::InvalidArgument(format!(
+            "follow peer {peer:?} is not an agent name"
+        )));
+    }
+    let client = connect(ctx, database).await?;
+    let level = wal_level(&client, database).await?;
+    if level != "logical" {
+        return Err(wal_level_error(database, &level));
+    }
+    // Slots are per cluster: one of the same name for another database belongs to another
+    // migration with the same name.
+    let other: Option<String> = client
+        .query_opt(
+            "SELECT database::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = $1 AND database IS DISTINCT FROM current_database()",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default());
+    if let Some(other) = other {
+        return Err(AgentError::FailedPrecondition(format!(
+            "replication slot {name} exists already for database {other:?} of this cluster: another migration uses the name; give this plan's [migration] name another value, or drop that slot with `hostshift follow cleanup` of its plan"
+        )));
+    }
+    let conn = Conn::new(client, database);
+    let tables = crate::postgres::list_tables(&conn, selection)
+        .await
+        .map_err(AgentError::from)?;
+    let client = conn.into_client();
+    let mut followed = Vec::new();
+    let mut not_followed = Vec::new();
+    for t in &tables {
+        // Default identity needs a primary key; 'n'othing never works; 'f'ull and 'i'ndex do.
+        let row = client
+            .query_one(
+                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                 WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&t.table.schema, &t.table.table],
+            )
+            .await
+            .map_err(|e| AgentError::db(database, &e))?;
+        let ident_kind: String = row.get(0);
+        let has_pk: bool = row.get(1);
+        let ok = match ident_kind.as_str() {
+            "d" => has_pk,
+            "f" | "i" => true,
+            _ => false,
+        };
+        let label = format!("{}.{}", t.table.schema, t.table.table);
+        if ok {
+            followed.push((label, t.table.qualified()));
+        } else {
+            not_followed.push(label);
+        }
+    }
+    // A publication may only cover tables whose UPDATE/DELETE work under it: a table without a
+    // replica identity in a publication makes the application's UPDATE and DELETE on it fail.
+    let list = followed
+        .iter()
+        .map(|(_, q)| q.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
+    let sql = match (exists, list.is_empty()) {
+        (false, true) => format!("CREATE PUBLICATION {}", ident(&name)),
+        (false, false) => format!(
+            "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+            ident(&name)
+        ),
+        (true, true) => format!("DROP PUBLICATION {0}; CREATE PUBLICATION {0}", ident(&name)),
+        (true, false) => format!("ALTER PUBLICATION {} SET TABLE {list}", ident(&name)),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    // The publication exists before the slot: pgoutput looks it up in the catalog as of each
+    // decoded change, and a change from before its creation would fail the decoding
+    // ("publication ... does not exist"). Then the slot: every transaction committing after its
+    // consistent point is decoded; the copy's snapshot (taken later) decides which of them the
+    // copy already holds.
+    let created = client
+        .query_opt(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput') \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
+
+    let token = match store::source(ctx, database)? {
+        Some(r) if r.peer == peer && r.id == id => r.token,
+        _ => store::token()?,
+    };
+    let record = SourceRecord {
+        database: database.to_string(),
+        id: id.to_string(),
+        slot: name.clone(),
+        publication: name,
+        peer: peer.to_string(),
+        token,
+        anchor: None,
+        not_followed,
+    };
+    store::save_source(ctx, &record)?;
+    tracing::info!(database, slot = %record.slot, created, followed = followed.len(), not_followed = record.not_followed.len(), "follow prepared");
+    Ok((record, created))
+}
+
+/// Records the snapshot of the first copy after [`prepare`] as the follow's anchor.
+pub fn note_snapshot(ctx: &Ctx, database: &str, pg_snapshot: &str) {
+    if let Ok(Some(mut r)) = store::source(ctx, database)
+        && r.anchor.is_none()
+    {
+        r.anchor = Some(pg_snapshot.to_string());
+        if let Err(e) = store::save_source(ctx, &r) {
+            tracing::warn!(error = %e, database, "could not record the follow anchor");
+        }
+    }
+}
+
+/// The anchor recorded since [`prepare`] (`None` when no snapshot was exported since).
+///
+/// # Errors
+/// An unreadable record.
+pub fn anchor(ctx: &Ctx, database: &str) -> Result<Option<String>, AgentError> {
+    Ok(store::source(ctx, database)?.and_then(|r| r.anchor))
+}
+
+/// May `caller` read the changes of `database`? The coordinator always; a peer agent with the
+/// follow grant issued to it.
+///
+/// # Errors
+/// `PermissionDenied` saying why.
+pub fn authorize(
+    ctx: &Ctx,
+    caller: &Identity,
+    database: &str,
+    token: &str,
+) -> Result<SourceRecord, AgentError> {
+    let r = store::source(ctx, database)?.ok_or_else(|| {
+        AgentError::FailedPrecondition(format!(
+            "database {database} is not prepared for following on this host (no slot): run `hostshift follow start`"
+        ))
+    })?;
+    if caller.role == Role::Coordinator {
+        return Ok(r);
+    }
+    if r.peer != caller.name || r.token != token {
+        return Err(AgentError::PermissionDenied(format!(
+            "{caller} presented no valid follow grant for database {database}: `hostshift follow start` issues it"
+        )));
+    }
+    Ok(r)
+}
+
+/// One row of a peek: (lsn, xid, pgoutput message).
+pub type Row = (u64, u32, Vec<u8>);
+
+/// Advances the slot to `confirm_lsn` (when it is ahead of the slot), then peeks at most about
+/// `max_changes` rows and sends them into `tx`; the first item is the WAL position before the
+/// peek (nothing committed before it and after the slot is left out of this peek unless the
+/// peek stopped at `max_changes`).
+///
+/// # Errors
+/// `Database` when the server fails; `Cancelled` when the receiver went away.
+pub async fn changes(
+    ctx: &Ctx,
+    record: &SourceRecord,
+    confirm_lsn: u64,
+    max_changes: u32,
+    tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
+) -> Result<(), AgentError> {
+    let database = record.database.as_str();
+    let client = connect(ctx, database).await?;
+    client
+        .batch_execute(VALUE_SETTINGS)
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    if confirm_lsn > 0 {
+        client
+            .execute(
+                "SELECT pg_catalog.pg_replication_slot_advance(slot_name, $2::text::pg_lsn) \
+                 FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn",
+                &[&record.slot, &super::pgoutput::lsn_text(confirm_lsn)],
+            )
+            .await
+            .map_err(|e| AgentError::db(database, &e))?;
+    }
+    let wal: String = client
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .get(0);
+    let wal = parse_lsn(&wal).unwrap_or(0);
+    let max = i32::try_from(max_changes.clamp(1, MAX_CHANGES)).unwrap_or(1000);
+    let sql = format!(
+        "SELECT lsn::text, xid::text, data FROM pg_catalog.pg_logical_slot_peek_binary_changes({}, NULL, {max}, \
+         'proto_version', '1', 'publication_names', {})",
+        literal(&record.slot),
+        literal(&record.publication)
+    );
+    if tx.send(Ok((wal, (0, 0, Vec::new())))).await.is_err() {
+        return Err(AgentError::Cancelled);
+    }
+    let stream = tokio::time::timeout(PEEK_TIMEOUT, client.query_raw(&sql, Vec::<String>::new()))
+        .await
+        .map_err(|_| AgentError::Unavailable(format!("database {database}: peek timed out")))?
+        .map_err(|e| AgentError::db(database, &e))?;
+    futures::pin_mut!(stream);
+    use futures::StreamExt;
+    while let Some(row) = stream.next().await {
+        let row = row.map_err(|e| AgentError::db(database, &e))?;
+        let lsn = parse_lsn(row.get::<_, &str>(0)).unwrap_or(0);
+        let xid = row.get::<_, &str>(1).parse().unwrap_or(0);
+        let data: Vec<u8> = row.get(2);
+        if tx.send(Ok((wal, (lsn, xid, data)))).await.is_err() {
+            return Err(AgentError::Cancelled);
+        }
+    }
+    Ok(())
+}
+
+/// The slot's state as `status` and `check` show it.
+#[derive(Clone, Debug, Default)]
+pub struct SlotStatus {
+    /// The slot exists.
+    pub slot_exists: bool,
+    /// The publication exists.
+    pub publication_exists: bool,
+    /// `pg_current_wal_lsn()`.
+    pub current_lsn: u64,
+    /// The slot's `confirmed_flush_lsn`.
+    pub confirmed_lsn: u64,
+    /// WAL the slot keeps (`current - restart_lsn`), bytes.
+    pub retained_bytes: u64,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// A follow grant is on record.
+    pub grant_exists: bool,
+    /// Tables not followed.
+    pub not_followed: Vec<String>,
+}
+
+/// Reads the slot's state (the coordinator only; works without `[allow]`: it only reads).
+///
+/// # Errors
+/// `Database` when the server fails.
+pub async fn status(ctx: &Ctx, database: &str, id: &str) -> Result<SlotStatus, AgentError> {
+    let name = object_name(id)?;
+    let client = connect(ctx, database).await?;
+    let mut s = SlotStatus {
+        wal_level: wal_level(&client, database).await?,
+        ..SlotStatus::default()
+    };
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_current_wal_lsn()::text, \
+             (SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
+             (SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
+              FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
+             EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
+             EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    s.current_lsn = parse_lsn(row.get::<_, &str>(0)).unwrap_or(0);
+    s.confirmed_lsn = row
+        .get::<_, Option<&str>>(1)
+        .and_then(parse_lsn)
+        .unwrap_or(0);
+    s.retained_bytes = row
+        .get::<_, Option<i64>>(2)
+        .map_or(0, |v| u64::try_from(v).unwrap_or(0));
+    s.slot_exists = row.get(3);
+    s.publication_exists = row.get(4);
+    if let Some(r) = store::source(ctx, database)? {
+        s.grant_exists = r.id == id;
+        s.not_followed = r.not_followed;
+    }
+    Ok(s)
+}
+
+/// Drops the slot, the publication and the follow grant; idempotent. A slot in use by a peek
+/// is retried for a few seconds.
+///
+/// # Errors
+/// `Database` when the server refuses.
+pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, bool), AgentError> {
+    let name = object_name(id)?;
+    let client = connect(ctx, database).await?;
+    let mut dropped_slot = false;
+    for attempt in 0..50 {
+        match client
+            .query_opt(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text \
+                 FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1 AND database = current_database()",
+                &[&name],
+            )
+            .await
+        {
+            Ok(r) => {
+                dropped_slot = r.is_some();
+                break;
+            }
+            // 55006: object in use (a peek is running on it right now).
+            Err(e)
+                if attempt < 49 && e.as_db_error().is_some_and(|d| d.code().code() == "55006") =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(AgentError::db(database, &e)),
+        }
+    }
+    let dropped_publication = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&name)))
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    if store::source(ctx, database)?.is_some_and(|r| r.id == id) {
+        store::remove_source(ctx, database)?;
+    }
+    tracing::info!(database, slot = %name, dropped_slot, dropped_publication, "follow dropped");
+    Ok((dropped_slot, dropped_publication))
+}

@@ -1,0 +1,190 @@
+//! What a follow persists in the agent's `state_dir/follow/`, so that it survives an agent
+//! restart (kill -9 included): on the old host the slot, publication and follow grant
+//! (`source-<db>.json`); on the new host the follower's config and state (`target-<db>.json`).
+//! Files are written to a temporary name, synced and renamed: a crash leaves the old or the new
+//! content, never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+use crate::error::AgentError;
+
+/// The old host's record of a prepared follow.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// The configured database.
+    pub database: String,
+    /// Short migration id.
+    pub id: String,
+    /// Slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// The peer agent the grant was issued to.
+    pub peer: String,
+    /// The follow grant's token: unlike ordinary grants it lasts until `Drop`.
+    pub token: String,
+    /// The first snapshot exported after the slot was created (`pg_current_snapshot()` text).
+    pub anchor: Option<String>,
+    /// Tables left out of the publication (no replica identity).
+    pub not_followed: Vec<String>,
+}
+
+/// The new host's record of a follower.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetRecord {
+    /// The new host's configured database.
+    pub database: String,
+    /// The old host's configured database.
+    pub source_database: String,
+    /// The old agent's address (`https://host:port`).
+    pub source_address: String,
+    /// The name its certificate is checked for.
+    pub source_tls_name: String,
+    /// The follow grant.
+    pub token: String,
+    /// Short migration id (names the replication origin).
+    pub id: String,
+    /// The anchor snapshot.
+    pub pg_snapshot: String,
+    /// Tables not followed (reported by status).
+    pub not_followed: Vec<String>,
+    /// `following`, `stopped` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub error: String,
+}
+
+fn dir(ctx: &Ctx) -> PathBuf {
+    ctx.config.state_dir.join("follow")
+}
+
+fn path(ctx: &Ctx, side: &str, database: &str) -> PathBuf {
+    dir(ctx).join(format!("{side}-{database}.json"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| AgentError::Internal(format!("{} has no folder", path.display())))?;
+    std::fs::create_dir_all(parent).map_err(|e| AgentError::io("create", parent, e))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| AgentError::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| AgentError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AgentError::io("rename", path, e))
+}
+
+fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, AgentError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            AgentError::Internal(format!("{}: unreadable follow record: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::io("read", path, e)),
+    }
+}
+
+fn remove(path: &Path) -> Result<(), AgentError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AgentError::io("remove", path, e)),
+    }
+}
+
+fn save<T: Serialize>(path: &Path, v: &T) -> Result<(), AgentError> {
+    let bytes = serde_json::to_vec_pretty(v)
+        .map_err(|e| AgentError::Internal(format!("serialize follow record: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// The old host's record for `database`.
+///
+/// # Errors
+/// An unreadable file.
+pub fn source(ctx: &Ctx, database: &str) -> Result<Option<SourceRecord>, AgentError> {
+    load(&path(ctx, "source", database))
+}
+
+/// Saves the old host's record.
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn save_source(ctx: &Ctx, r: &SourceRecord) -> Result<(), AgentError> {
+    save(&path(ctx, "source", &r.database), r)
+}
+
+/// Removes the old host's record.
+///
+/// # Errors
+/// A file that cannot be removed.
+pub fn remove_source(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
+    remove(&path(ctx, "source", database))
+}
+
+/// The new host's record for `database`.
+///
+/// # Errors
+/// An unreadable file.
+pub fn target(ctx: &Ctx, database: &str) -> Result<Option<TargetRecord>, AgentError> {
+    load(&path(ctx, "target", database))
+}
+
+/// Saves the new host's record.
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn save_target(ctx: &Ctx, r: &TargetRecord) -> Result<(), AgentError> {
+    save(&path(ctx, "target", &r.database), r)
+}
+
+/// Removes the new host's record.
+///
+/// # Errors
+/// A file that cannot be removed.
+pub fn remove_target(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
+    remove(&path(ctx, "target", database))
+}
+
+/// Every new-host record (to resume followers at start-up).
+pub fn targets(ctx: &Ctx) -> Vec<TargetRecord> {
+    let Ok(entries) = std::fs::read_dir(dir(ctx)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("target-") && name.ends_with(".json") {
+            match load::<TargetRecord>(&e.path()) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "follow record skipped"),
+            }
+        }
+    }
+    out
+}
+
+/// A random 256-bit token (hex) for a follow grant.
+///
+/// # Errors
+/// `/dev/urandom` unreadable.
+pub fn token() -> Result<String, AgentError> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| AgentError::io("read", "/dev/urandom", e))?;
+    Ok(hex::encode(b))
+}

@@ -1,0 +1,65 @@
+//! `hostshift check` rows about following: whether the old host's PostgreSQL can be followed
+//! (`wal_level = logical`), and the WAL a follow's slot keeps there.
+
+use hostshift_proto::v1::SourceStatusRequest;
+
+use super::{RETAINED_WARN_BYTES, follow, follow_id};
+use crate::client::{self, Agent};
+use crate::output::bytes;
+use crate::plan::Plan;
+use crate::preflight::{Check, Verdict};
+
+fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
+    Check {
+        host: "old".into(),
+        check,
+        result,
+        detail,
+        hint: hint.into(),
+    }
+}
+
+/// One or two rows per database of the plan. Not being able to follow is a warning, not a
+/// failure: the cutover then copies the changes by key-range delta inside the freeze.
+pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
+    let mut out = Vec::new();
+    for d in &plan.databases {
+        let r = follow(old)
+            .source_status(client::request(SourceStatusRequest {
+                database: d.name.clone(),
+                id: follow_id(plan),
+            }))
+            .await;
+        let s = match r {
+            Ok(s) => s.into_inner(),
+            // An agent without `service Follow`, or a database it cannot reach (reported above).
+            Err(_) => continue,
+        };
+        let check = format!("database {}: can be followed (wal_level)", d.name);
+        if s.wal_level == "logical" {
+            out.push(row(check, Verdict::Ok, "wal_level = logical".into(), ""));
+        } else {
+            out.push(row(
+                check,
+                Verdict::Warn,
+                format!("wal_level = {}", s.wal_level),
+                "to follow it (`hostshift follow start`, a short freeze): as a superuser `ALTER SYSTEM SET wal_level = logical;`, then restart PostgreSQL at a quiet moment — hostshift never restarts it; and list the database in the old agent's [allow] follow_databases. Without it the cutover copies the changes inside the freeze",
+            ));
+        }
+        if s.slot_exists {
+            let check = format!("database {}: WAL kept by the follow slot", d.name);
+            let detail = format!("{} retained", bytes(s.retained_bytes));
+            if s.retained_bytes > RETAINED_WARN_BYTES {
+                out.push(row(
+                    check,
+                    Verdict::Warn,
+                    detail,
+                    "the slot keeps WAL until the new host confirms it: check `hostshift follow status`; if the migration is abandoned, `hostshift follow cleanup` drops it before the old host's disk fills",
+                ));
+            } else {
+                out.push(row(check, Verdict::Ok, detail, ""));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,377 @@
+//! `hostshift follow`: the new host keeps up with a live old database by logical decoding, on
+//! real clusters (old: wal_level = logical) through real agents. With a writer committing on the
+//! old host throughout: every insert, update and delete after the start arrives exactly once —
+//! uuid and composite keys, a partitioned table (rows moving between partitions too), bytea,
+//! jsonb, enum and array columns, TRUNCATE — through a kill -9 of the new agent; the app's
+//! UPDATE/DELETE on a table without a primary key keep working on the old host; `sync` refuses a
+//! followed database; a schema change stops the follower naming the table; cleanup leaves no
+//! slot or publication. Without `[allow] follow_databases` or `wal_level = logical` nothing is
+//! created and the message says what to do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hostshift::plan::{Plan, Side};
+use hostshift_tests::rig::{self, AgentProc, Sandbox, logical_world};
+
+const SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('ok', 'sad', 'meh');
+CREATE TABLE f_uuid (id uuid PRIMARY KEY, v int NOT NULL);
+CREATE TABLE f_comp (k1 int, k2 text, v text, PRIMARY KEY (k1, k2));
+CREATE TABLE f_part (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE f_part_eu PARTITION OF f_part FOR VALUES IN ('eu');
+CREATE TABLE f_part_us PARTITION OF f_part FOR VALUES IN ('us');
+CREATE TABLE f_types (id int PRIMARY KEY, b bytea, j jsonb, m mood, a int[], t text);
+CREATE TABLE f_nopk (a int, b text);
+CREATE TABLE f_trunc (id int PRIMARY KEY, v text);
+INSERT INTO f_uuid SELECT gen_random_uuid(), g FROM generate_series(1, 50) g;
+INSERT INTO f_comp SELECT g, 'k' || g, 'v' FROM generate_series(1, 50) g;
+INSERT INTO f_part SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 50) g;
+INSERT INTO f_nopk SELECT g, 'b' FROM generate_series(1, 50) g;
+INSERT INTO f_trunc SELECT g, 'x' FROM generate_series(1, 20) g;
+";
+
+/// Tables compared row by row (all but the one without a primary key).
+const FOLLOWED: [&str; 5] = ["f_uuid", "f_comp", "f_part", "f_types", "f_trunc"];
+
+/// One transaction of the app per round, touching every followed table.
+const ROUND: &str = "
+INSERT INTO f_uuid VALUES (gen_random_uuid(), $1);
+UPDATE f_uuid SET v = v + 1000 WHERE v = $1 - 3;
+INSERT INTO f_comp VALUES ($1 + 1000, 'k' || $1, 'new');
+UPDATE f_comp SET v = 'changed ' || $1, k2 = k2 || '+' WHERE k1 = $1 + 999;
+DELETE FROM f_comp WHERE k1 = $1 + 995;
+INSERT INTO f_part VALUES ($1 + 1000, 'eu', $1);
+UPDATE f_part SET region = 'us' WHERE id = $1 + 999 AND region = 'eu';
+INSERT INTO f_types VALUES ($1, decode(lpad(to_hex($1), 8, '0'), 'hex'), jsonb_build_object('n', $1, 's', 'é \"q\"'), 'sad', ARRAY[$1, NULL, 3], NULL);
+UPDATE f_types SET t = repeat('x', $1 % 7), m = 'meh', a = a || $1 WHERE id = $1 - 1;
+INSERT INTO f_trunc VALUES ($1 + 1000, 'r');
+";
+
+/// Writes rounds until stopped; counts them; any failed statement is recorded (the no-PK table's
+/// UPDATE/DELETE must keep working while a publication exists).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Writer {
+    async fn start(sb: &Sandbox, from: i32) -> Writer {
+        let client = sb.world.old_pg.connect(&sb.old_db).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let (s, r) = (stop.clone(), rounds.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut i = from;
+            while !s.load(Ordering::SeqCst) {
+                let sql = ROUND.replace("$1", &i.to_string());
+                let tx = format!("BEGIN; {sql} COMMIT;");
+                if let Err(e) = client.batch_execute(&tx).await {
+                    errors.push(format!("round {i}: {e:?}"));
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+                // The app's writes on the table without a primary key, outside the publication.
+                for q in [
+                    format!("INSERT INTO f_nopk VALUES ({i}, 'n')"),
+                    format!("UPDATE f_nopk SET b = 'u' WHERE a = {}", i - 1),
+                    format!("DELETE FROM f_nopk WHERE a = {}", i - 2),
+                ] {
+                    if let Err(e) = client.batch_execute(&q).await {
+                        errors.push(format!("{q}: {e:?}"));
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            errors
+        });
+        Writer { stop, rounds, task }
+    }
+
+    async fn wait_rounds(&self, n: u64) {
+        let start = self.rounds.load(Ordering::SeqCst);
+        rig::eventually(Duration::from_secs(30), "writer rounds", || async {
+            (self.rounds.load(Ordering::SeqCst) >= start + n).then_some(())
+        })
+        .await;
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("writer stops")
+            .expect("writer task")
+    }
+}
+
+async fn rows(pg: &rig::PgInfo, db: &str, table: &str) -> Vec<String> {
+    let c = pg.connect(db).await;
+    let mut v: Vec<String> = c
+        .query(
+            &format!("SELECT row_to_json(r.*)::text FROM {table} r"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read {table} on port {}: {e:?}", pg.port))
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A plan name of its own: slots are per cluster, and every sandbox's plan says "test".
+fn rename_plan(sb: &Sandbox, name: &str) {
+    let p = sb.plan_path();
+    let text = std::fs::read_to_string(&p).expect("plan");
+    std::fs::write(
+        &p,
+        text.replacen("name = \"test\"", &format!("name = \"{name}\""), 1),
+    )
+    .expect("plan");
+}
+
+async fn catalog_leftovers(sb: &Sandbox) -> (i64, i64, i64) {
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    let slots: i64 = old
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift_%' AND database = current_database()",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .get(0);
+    let pubs: i64 = old
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'hostshift_%'",
+            &[],
+        )
+        .await
+        .expect("publications")
+        .get(0);
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let origins: i64 = new
+        .query_one(
+            "SELECT count(*) FROM pg_replication_origin WHERE roname = 'hostshift_follow_main'",
+            &[],
+        )
+        .await
+        .expect("origins")
+        .get(0);
+    (slots, pubs, origins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cleanup_leaves_nothing()
+ {
+    let mut sb = Sandbox::new_in(logical_world(), "follow_main").await;
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema");
+    let mut old_setup = sb.old_setup();
+    old_setup.follow_databases.push("app".into());
+    let new_setup = sb.new_setup();
+    sb.start(old_setup, new_setup.clone()).await;
+    rename_plan(&sb, "follow-main");
+
+    let writer = Writer::start(&sb, 1).await;
+    writer.wait_rounds(5).await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let j = out.json();
+    let not_followed = j["databases"][0]["not_followed"].to_string();
+    assert!(
+        not_followed.contains("public.f_nopk"),
+        "the table without a primary key is reported as not followed: {not_followed}"
+    );
+    writer.wait_rounds(30).await;
+
+    // kill -9 of the new agent while following; it resumes by itself on start.
+    sb.new.as_mut().expect("new agent").kill();
+    writer.wait_rounds(20).await;
+    let restarted = AgentProc::start(&new_setup, &sb.dir, sb.world).await;
+    sb.addresses.1 = restarted.address();
+    sb.new = Some(restarted);
+    sb.write_plan("");
+    rename_plan(&sb, "follow-main");
+    writer.wait_rounds(20).await;
+
+    // TRUNCATE travels too, followed by new rows.
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute("TRUNCATE f_trunc; INSERT INTO f_trunc VALUES (1, 'after truncate')")
+        .await
+        .expect("truncate");
+    writer.wait_rounds(10).await;
+    let errors = writer.finish().await;
+    assert!(
+        errors.is_empty(),
+        "the app's writes on the old host kept working while followed (the no-PK table's UPDATE/DELETE too): {errors:?}"
+    );
+
+    // The cutover's calls: the old host's position, then wait until the follower applied it.
+    let plan = Plan::load(&sb.plan_path()).expect("plan");
+    let (o, n) = (
+        hostshift::client::connect(&plan, Side::Old)
+            .await
+            .expect("old"),
+        hostshift::client::connect(&plan, Side::New)
+            .await
+            .expect("new"),
+    );
+    let pos = hostshift::follow::old_position(&plan, &o, "app")
+        .await
+        .expect("old position");
+    hostshift::follow::wait_applied(&n, "app", pos, Duration::from_secs(30))
+        .await
+        .expect("the follower applies everything committed before the position");
+    for t in FOLLOWED {
+        let (a, b) = (
+            rows(&sb.world.old_pg, &sb.old_db, t).await,
+            rows(&sb.world.new_pg, &sb.new_db, t).await,
+        );
+        let least = if t == "f_trunc" { 5 } else { 20 };
+        assert!(a.len() > least, "{t} has rows ({})", a.len());
+        assert_eq!(
+            a, b,
+            "table {t}: every row on the new host equals the old host's (none lost, none twice)"
+        );
+    }
+
+    let trunc = rows(&sb.world.new_pg, &sb.new_db, "f_trunc").await;
+    assert!(
+        trunc.iter().any(|r| r.contains("after truncate"))
+            && !trunc.iter().any(|r| r.contains("\"x\"")),
+        "the TRUNCATE arrived before the rows written after it: {trunc:?}"
+    );
+
+    let st = sb.cli(&["follow", "status", "--json"]).await;
+    assert_eq!(st.code, 0, "{}", st.both());
+    let sj = st.json();
+    assert_eq!(sj["databases"][0]["state"], "following", "{}", st.stdout);
+    assert_eq!(sj["databases"][0]["slot"], true, "{}", st.stdout);
+    assert!(
+        sj["databases"][0]["retained_bytes"].as_u64().is_some(),
+        "{}",
+        st.stdout
+    );
+
+    let check = sb.cli(&["check", "--json"]).await;
+    let rows_of = |j: &serde_json::Value, what: &str| -> Vec<serde_json::Value> {
+        j["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .filter(|c| c["check"].as_str().is_some_and(|t| t.contains(what)))
+            .cloned()
+            .collect()
+    };
+    let cj = check.json();
+    let level = rows_of(&cj, "can be followed");
+    assert_eq!(level.len(), 1, "{}", check.stdout);
+    assert_eq!(level[0]["result"], "ok", "{}", check.stdout);
+    let kept = rows_of(&cj, "WAL kept by the follow slot");
+    assert!(
+        kept.len() == 1
+            && kept[0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("retained")),
+        "check shows the WAL the slot keeps: {}",
+        check.stdout
+    );
+
+    // A copy would fight the follower.
+    let sync = sb.cli(&["sync", "--only", "db"]).await;
+    assert_ne!(sync.code, 0, "{}", sync.both());
+    assert!(
+        sync.stderr.contains("hostshift follow stop"),
+        "{}",
+        sync.both()
+    );
+
+    // A schema change on the old host stops the follower, naming the table.
+    old.batch_execute(
+        "ALTER TABLE f_comp ADD COLUMN extra int; INSERT INTO f_comp VALUES (-1, 'x', 'y', 1)",
+    )
+    .await
+    .expect("schema change");
+    let failed = rig::eventually(Duration::from_secs(30), "the follower to stop", || async {
+        let st = sb.cli(&["follow", "status", "--json"]).await;
+        (st.json()["databases"][0]["state"] == "failed").then_some(st)
+    })
+    .await;
+    assert_eq!(failed.code, 3, "{}", failed.both());
+    assert!(failed.stdout.contains("public.f_comp"), "{}", failed.both());
+
+    let clean = sb.cli(&["follow", "cleanup", "--yes", "--json"]).await;
+    assert_eq!(clean.code, 0, "{}", clean.both());
+    assert_eq!(
+        catalog_leftovers(&sb).await,
+        (0, 0, 0),
+        "no slot, publication or origin of hostshift remains"
+    );
+    let again = sb.cli(&["follow", "cleanup", "--yes"]).await;
+    assert_eq!(again.code, 0, "cleanup is idempotent: {}", again.both());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_is_refused_without_allow_or_logical_wal_level_and_creates_nothing() {
+    // Without [allow] follow_databases.
+    let mut sb = Sandbox::new_in(logical_world(), "follow_refused").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    rename_plan(&sb, "follow-refused");
+    let out = sb.cli(&["follow", "start"]).await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    assert!(
+        out.stderr.contains("[allow] follow_databases"),
+        "{}",
+        out.both()
+    );
+    assert_eq!(catalog_leftovers(&sb).await.0, 0, "no slot was created");
+    assert_eq!(catalog_leftovers(&sb).await.1, 0, "no publication");
+
+    // A source whose wal_level is not logical (this world's second cluster runs `replica`).
+    let mut sb = Sandbox::new_in(logical_world(), "follow_replica").await;
+    let mut old_setup = sb.old_setup();
+    old_setup.databases = vec![("app".into(), sb.world.new_pg.conninfo("postgres"))];
+    old_setup.follow_databases.push("app".into());
+    sb.start(old_setup, sb.new_setup()).await;
+    rename_plan(&sb, "follow-replica");
+    let out = sb.cli(&["follow", "start"]).await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    assert!(
+        out.stderr.contains("wal_level = logical")
+            && out.stderr.contains("ALTER SYSTEM SET wal_level = logical")
+            && out.stderr.contains("it is replica"),
+        "{}",
+        out.both()
+    );
+    let check = sb.cli(&["check", "--json"]).await;
+    let row = check.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .is_some_and(|t| t.contains("can be followed"))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no wal_level row: {}", check.stdout));
+    assert_eq!(row["result"], "warn", "{row}");
+    assert!(
+        row["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("ALTER SYSTEM SET wal_level = logical")
+                && h.contains("never restarts")),
+        "{row}"
+    );
+}
