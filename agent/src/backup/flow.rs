@@ -1,9 +1,8 @@
-//! The backup run around [`create`](super::create::create): what to back up
-//! ([`Selection`](super::selection::Selection)), the folder's exclusive lock, the backup itself,
-//! the automatic upload (`[backup.s3] upload = true`) and the retention run ([`run`]) — the same
-//! for `hostshift backup` (through the service) and for `hostshift-agent backup` ([`run_local`],
-//! the systemd timer's command). Upload and retention failures do not undo a complete backup:
-//! they are reported beside it.
+//! The backup run around [`create`](super::create::create): what to back up ([`Selection`]),
+//! the folder's exclusive lock, the backup itself, the automatic upload (`[backup.s3] upload =
+//! true`) and the retention run ([`run`]) — the same for `hostshift backup` (through the service)
+//! and for `hostshift-agent backup` ([`run_local`], the systemd timer's command). Upload and
+//! retention failures do not undo a complete backup: they are reported beside it.
 //!
 //! A backup must never fill the disk of the live host it runs on (PostgreSQL stops writing when
 //! its disk is full). So a run starts only while the backup folder's file system has more than

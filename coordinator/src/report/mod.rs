@@ -114,18 +114,21 @@ impl Status {
     }
 }
 
+/// A phase status that is not `ok`, `failed` or `skipped`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a phase status (ok, failed, skipped)")]
+pub struct UnknownStatus(pub String);
+
 impl std::str::FromStr for Status {
-    type Err = String;
+    type Err = UnknownStatus;
 
     /// `ok`, `failed` or `skipped`, as [`Status::as_str`] writes them.
-    fn from_str(s: &str) -> Result<Status, String> {
+    fn from_str(s: &str) -> Result<Status, UnknownStatus> {
         match s {
             "ok" => Ok(Status::Ok),
             "failed" => Ok(Status::Failed),
             "skipped" => Ok(Status::Skipped),
-            other => Err(format!(
-                "{other:?} is not a phase status (ok, failed, skipped)"
-            )),
+            other => Err(UnknownStatus(other.to_string())),
         }
     }
 }

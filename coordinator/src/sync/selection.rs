@@ -1,7 +1,6 @@
 //! Which tables of a plan database a sync, verify or cutover reads, as each agent names the
-//! database ([`Selections`]). Its own file so that the copy ([`database`](super::database)), the
-//! range comparison ([`delta`](super::delta)) and the checks import it without importing each
-//! other.
+//! database ([`Selections`]). Its own file so that the copy (`database.rs`), the range
+//! comparison ([`delta`](super::delta)) and the checks import it without importing each other.
 
 use hostshift_proto::v1::DbSelection;
 
