@@ -258,6 +258,15 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     let sj = st.json();
     assert_eq!(sj["databases"][0]["state"], "following", "{}", st.stdout);
     assert_eq!(sj["databases"][0]["slot"], true, "{}", st.stdout);
+    assert_ne!(sj["databases"][0]["applied_lsn"], "0/0", "{}", st.stdout);
+    assert!(
+        sj["databases"][0]["lag_seconds"]
+            .as_f64()
+            .is_some_and(|s| s < 30.0)
+            && sj["databases"][0]["lag_bytes"].as_u64().is_some(),
+        "status shows the lag of a follower that caught up: {}",
+        st.stdout
+    );
     assert!(
         sj["databases"][0]["retained_bytes"].as_u64().is_some(),
         "{}",
