@@ -258,6 +258,15 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     let sj = st.json();
     assert_eq!(sj["databases"][0]["state"], "following", "{}", st.stdout);
     assert_eq!(sj["databases"][0]["slot"], true, "{}", st.stdout);
+    assert_ne!(sj["databases"][0]["applied_lsn"], "0/0", "{}", st.stdout);
+    assert!(
+        sj["databases"][0]["lag_seconds"]
+            .as_f64()
+            .is_some_and(|s| s < 30.0)
+            && sj["databases"][0]["lag_bytes"].as_u64().is_some(),
+        "status shows the lag of a follower that caught up: {}",
+        st.stdout
+    );
     assert!(
         sj["databases"][0]["retained_bytes"].as_u64().is_some(),
         "{}",
@@ -296,6 +305,44 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
         "{}",
         sync.both()
     );
+
+    // stop keeps the slot; a second start resumes from it (a new anchor, the origin's position).
+    let stop = sb.cli(&["follow", "stop", "--json"]).await;
+    assert_eq!(stop.code, 0, "{}", stop.both());
+    let st = sb.cli(&["follow", "status", "--json"]).await;
+    assert_eq!(
+        st.json()["databases"][0]["state"],
+        "stopped",
+        "{}",
+        st.stdout
+    );
+    assert_eq!(st.json()["databases"][0]["slot"], true, "{}", st.stdout);
+    let writer = Writer::start(&sb, 100_000).await;
+    writer.wait_rounds(10).await;
+    let again = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert_eq!(
+        again.json()["databases"][0]["created"],
+        false,
+        "{}",
+        again.stdout
+    );
+    writer.wait_rounds(10).await;
+    let errors = writer.finish().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let pos = hostshift::follow::old_position(&plan, &o, "app")
+        .await
+        .expect("old position");
+    hostshift::follow::wait_applied(&n, "app", pos, Duration::from_secs(30))
+        .await
+        .expect("the resumed follower catches up");
+    for t in FOLLOWED {
+        assert_eq!(
+            rows(&sb.world.old_pg, &sb.old_db, t).await,
+            rows(&sb.world.new_pg, &sb.new_db, t).await,
+            "table {t} after stop and a second start"
+        );
+    }
 
     // A schema change on the old host stops the follower, naming the table.
     old.batch_execute(

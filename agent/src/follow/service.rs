@@ -140,6 +140,7 @@ impl Follow for FollowService {
             wal_level: s.wal_level,
             grant_exists: s.grant_exists,
             not_followed: s.not_followed,
+            follow_allowed: s.follow_allowed,
         }))
     }
 

@@ -274,8 +274,8 @@ pub fn authorize(
 pub type Row = (u64, u32, Vec<u8>);
 
 /// Advances the slot to `confirm_lsn` (when it is ahead of the slot), then peeks at most about
-/// `max_changes` rows and sends them into `tx`; the first item is the WAL position before the
-/// peek (nothing committed before it and after the slot is left out of this peek unless the
+/// `max_changes` rows and sends them into `tx`; the first item is the WAL flush position before
+/// the peek (nothing committed before it and after the slot is left out of this peek unless the
 /// peek stopped at `max_changes`).
 ///
 /// # Errors
@@ -304,8 +304,11 @@ pub async fn changes(
             .await
             .map_err(|e| AgentError::db(database, &e))?;
     }
+    // The peek decodes up to the WAL *flushed* so far (not the insert position): with
+    // asynchronous commit a transaction is acknowledged before its WAL is flushed, so only the
+    // flush position may be reported as "nothing pending before it".
     let wal: String = client
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
         .await
         .map_err(|e| AgentError::db(database, &e))?
         .get(0);
@@ -357,6 +360,8 @@ pub struct SlotStatus {
     pub grant_exists: bool,
     /// Tables not followed.
     pub not_followed: Vec<String>,
+    /// The database is in `[allow] follow_databases`.
+    pub follow_allowed: bool,
 }
 
 /// Reads the slot's state (the coordinator only; works without `[allow]`: it only reads).
@@ -368,6 +373,7 @@ pub async fn status(ctx: &Ctx, database: &str, id: &str) -> Result<SlotStatus, A
     let client = connect(ctx, database).await?;
     let mut s = SlotStatus {
         wal_level: wal_level(&client, database).await?,
+        follow_allowed: allowed(ctx, database).is_ok(),
         ..SlotStatus::default()
     };
     let row = client

@@ -19,8 +19,10 @@ fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
     }
 }
 
-/// One or two rows per database of the plan. Not being able to follow is a warning, not a
-/// failure: the cutover then copies the changes by key-range delta inside the freeze.
+/// One or two rows per database of the plan. Not being able to follow a database the old agent
+/// allows following is a warning, not a failure (the cutover then copies the changes by
+/// key-range delta inside the freeze); for one it does not allow, the row only says what
+/// following would take.
 pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
     let mut out = Vec::new();
     for d in &plan.databases {
@@ -38,6 +40,17 @@ pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
         let check = format!("database {}: can be followed (wal_level)", d.name);
         if s.wal_level == "logical" {
             out.push(row(check, Verdict::Ok, "wal_level = logical".into(), ""));
+        } else if !s.follow_allowed {
+            // Not asked for: say what following would take, without a warning.
+            out.push(row(
+                check,
+                Verdict::Ok,
+                format!(
+                    "wal_level = {}: not followed, the cutover copies the changes inside the freeze (to follow: ALTER SYSTEM SET wal_level = logical and a restart of PostgreSQL, [allow] follow_databases on the old agent)",
+                    s.wal_level
+                ),
+                "",
+            ));
         } else {
             out.push(row(
                 check,
