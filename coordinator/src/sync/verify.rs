@@ -330,9 +330,10 @@ async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> 
         let unit = format!("storage {}", s.name);
         progress.start(&unit, 0);
         progress.step(&unit, "every file re-hashed on both hosts");
-        let row = storage_row(plan, &old, &new, s, grant.as_deref()).await;
+        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref()).await;
         let (ok, text) = row_summary(&row);
-        progress.done(&unit, 0, ok, &text);
+        // The old tree's bytes, re-hashed: the summary shows the rate.
+        progress.done(&unit, hashed, ok, &text);
         rows.push(row);
     }
     if let Some(token) = grant {
@@ -618,14 +619,15 @@ pub(crate) async fn compare_tree(
         .map_err(|st| CompareFailure::New(client::explain_status(&st)))
 }
 
-/// One storage tree's row: compared by the new agent, every file re-hashed on both sides.
+/// One storage tree's row: compared by the new agent, every file re-hashed on both sides; and
+/// the old tree's size in bytes (0 when the comparison did not run).
 async fn storage_row(
     plan: &Plan,
     old: &Agent,
     new: &Agent,
     s: &crate::plan::PlanStorage,
     grant: Option<&str>,
-) -> Row {
+) -> (Row, u64) {
     let could_not_run = |old: String, new: String, detail: &str| Row {
         kind: "storage".into(),
         name: s.name.clone(),
@@ -638,9 +640,14 @@ async fn storage_row(
     let c = match compare_tree(plan, old, new, s, grant, true).await {
         Ok(c) => c,
         Err(CompareFailure::Old(e)) => {
-            return could_not_run(e, String::new(), "cannot read the old manifest");
+            return (
+                could_not_run(e, String::new(), "cannot read the old manifest"),
+                0,
+            );
         }
-        Err(CompareFailure::New(e)) => return could_not_run(String::new(), e, "cannot compare"),
+        Err(CompareFailure::New(e)) => {
+            return (could_not_run(String::new(), e, "cannot compare"), 0);
+        }
     };
     // Files the new host has that the old one lacks only matter when the plan deletes them.
     let (extra, extra_count) = if s.delete {
@@ -658,7 +665,7 @@ async fn storage_row(
     .into_iter()
     .flatten()
     .collect();
-    Row {
+    let row = Row {
         kind: "storage".into(),
         name: s.name.clone(),
         equal: parts.is_empty(),
@@ -670,7 +677,8 @@ async fn storage_row(
         ),
         new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
         detail: parts.join("; "),
-    }
+    };
+    (row, c.source_bytes)
 }
 
 #[cfg(test)]
