@@ -211,4 +211,22 @@ async fn verify_without_a_terminal_prints_plain_lines_and_with_json_events() {
             "{done}"
         );
     }
+
+    // A difference: the unit's summary line says FAIL and names it; the others stay ok.
+    std::fs::write(sb.new_storage.join("2026/01/eval-0.json"), "changed").expect("write");
+    let out = sb.cli(&["verify"]).await;
+    assert_eq!(out.code, 1, "{}", out.both());
+    let fail = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("FAIL storage evaluations: DIFFERS: "))
+        .unwrap_or_else(|| panic!("no FAIL line for the tree:\n{}", out.stderr));
+    assert!(fail.contains("2026/01/eval-0.json"), "{fail}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("ok   schema app: equal")),
+        "{}",
+        out.stderr
+    );
 }
