@@ -31,6 +31,8 @@ struct Unit {
     started: Instant,
     last: Instant,
     total: u64,
+    /// Counts items (tables, files compared), not bytes.
+    items: bool,
     /// Its bar, when bars are drawn.
     bar: Option<ProgressBar>,
 }
@@ -46,6 +48,8 @@ pub struct Progress {
 /// The bar of a unit whose size is known, and of one whose size is not.
 const BAR: &str = "{prefix} [{bar:28}] {bytes}/{total_bytes}  {binary_bytes_per_sec}  ETA {eta}";
 const SPINNER: &str = "{prefix} {spinner} {msg} {elapsed}";
+/// The bar of a unit that counts items (files compared).
+const ITEMS: &str = "{prefix} [{bar:28}] {pos}/{len} {msg}  ETA {eta}";
 
 impl Progress {
     /// A reporter. `Human` draws bars when stderr is a terminal (and `TERM` is not `dumb`),
@@ -80,9 +84,9 @@ impl Progress {
     }
 
     /// A new bar for `unit` (`total` 0: size unknown).
-    fn bar(bars: &MultiProgress, unit: &str, total: u64) -> ProgressBar {
+    fn bar(bars: &MultiProgress, unit: &str, total: u64, items: bool) -> ProgressBar {
         let (bar, template) = if total > 0 {
-            (ProgressBar::new(total), BAR)
+            (ProgressBar::new(total), if items { ITEMS } else { BAR })
         } else {
             (ProgressBar::new_spinner(), SPINNER)
         };
@@ -116,8 +120,17 @@ impl Progress {
 
     /// A unit of work starts; `total` bytes expected (0 = unknown).
     pub fn start(&self, unit: &str, total: u64) {
+        self.begin(unit, total, false);
+    }
+
+    /// A unit of work that counts items starts: `total` items expected (0 = unknown).
+    pub fn start_items(&self, unit: &str, total: u64) {
+        self.begin(unit, total, true);
+    }
+
+    fn begin(&self, unit: &str, total: u64, items: bool) {
         let now = Instant::now();
-        let bar = self.bars.as_ref().map(|b| Self::bar(b, unit, total));
+        let bar = self.bars.as_ref().map(|b| Self::bar(b, unit, total, items));
         let replaced = self.units.lock().ok().and_then(|mut u| {
             u.insert(
                 unit.to_string(),
@@ -125,6 +138,7 @@ impl Progress {
                     started: now,
                     last: now,
                     total,
+                    items,
                     bar,
                 },
             )
@@ -134,10 +148,32 @@ impl Progress {
             b.finish_and_clear();
         }
         if self.mode == Mode::Json {
-            eprintln!(
-                "{}",
+            let event = if items {
+                json!({"event": "start", "unit": unit, "total_items": total})
+            } else {
                 json!({"event": "start", "unit": unit, "total_bytes": total})
-            );
+            };
+            eprintln!("{event}");
+        }
+    }
+
+    /// What `unit` is doing now ("fingerprinting the tables on both hosts"): the spinner's text
+    /// on a terminal, a line otherwise (steps are few: not throttled).
+    pub fn step(&self, unit: &str, what: &str) {
+        if let Ok(u) = self.units.lock()
+            && let Some(bar) = u.get(unit).and_then(|x| x.bar.as_ref())
+        {
+            bar.set_message(crate::output::printable_line(what));
+            return;
+        }
+        match self.mode {
+            Mode::Human => self.line(&format!(
+                "  {}: {}",
+                crate::output::printable_line(unit),
+                crate::output::printable_line(what)
+            )),
+            Mode::Json => eprintln!("{}", json!({"event": "step", "unit": unit, "step": what})),
+            Mode::Quiet => {}
         }
     }
 
@@ -148,7 +184,7 @@ impl Progress {
         if let Some(bar) = &x.bar {
             // The bar redraws at its own pace.
             bar.set_position(done);
-            if x.total == 0 {
+            if x.total == 0 && !x.items {
                 bar.set_message(bytes(done));
             }
             return;
@@ -160,6 +196,26 @@ impl Progress {
         let secs = x.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
         let eta = (x.total > done && rate > 0.0).then(|| (x.total - done) as f64 / rate);
+        if x.items {
+            let eta = eta.map(|e| format!("  ETA {e:.0} s")).unwrap_or_default();
+            match self.mode {
+                Mode::Human => {
+                    let total = if x.total > 0 {
+                        format!(" / {}", x.total)
+                    } else {
+                        String::new()
+                    };
+                    let unit = crate::output::printable_line(unit);
+                    eprintln!("  {unit}: {done}{total}{eta}");
+                }
+                Mode::Json => eprintln!(
+                    "{}",
+                    json!({"event": "progress", "unit": unit, "items": done, "total_items": x.total, "eta_secs": eta})
+                ),
+                Mode::Quiet => {}
+            }
+            return;
+        }
         match self.mode {
             Mode::Human => {
                 let total = if x.total > 0 {

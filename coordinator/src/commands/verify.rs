@@ -20,7 +20,15 @@ pub struct VerifyCmd {
 /// Usage error for a bad plan; failure (exit 1) naming every item that differs.
 pub async fn run(g: &Global, c: VerifyCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
-    let report = verify::run(&plan).await.map_err(failed)?;
+    // Progress on stderr as sync shows it; stdout keeps only the result.
+    let progress = crate::progress::Progress::new(if g.quiet {
+        crate::progress::Mode::Quiet
+    } else if g.json {
+        crate::progress::Mode::Json
+    } else {
+        crate::progress::Mode::Human
+    });
+    let report = verify::run_with(&plan, &progress).await.map_err(failed)?;
     if g.json {
         print_json(&report);
     } else {

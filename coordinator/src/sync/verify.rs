@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{SyncError, UnitError, stream};
 use crate::client::{self, Agent};
 use crate::plan::{OnNew, Plan, Side};
+use crate::progress::{Mode, Progress};
 
 /// The verdict on one compared item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,11 +161,21 @@ fn list(v: &[String], total: u64, what: &str) -> Option<String> {
     Some(format!("{what}: {}{more}", shown.join(", ")))
 }
 
-/// Compares everything the plan moves.
+/// Compares everything the plan moves, silently.
 ///
 /// # Errors
 /// [`SyncError::Connect`] when an agent cannot be reached.
 pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
+    run_with(plan, &Progress::with_bars(Mode::Quiet, false)).await
+}
+
+/// Compares everything the plan moves, reporting on `progress`: one unit for the config files,
+/// one per storage tree, two per database (its schema; its tables, sequences and large objects),
+/// each ending with a summary line.
+///
+/// # Errors
+/// [`SyncError::Connect`] when an agent cannot be reached.
+pub async fn run_with(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> {
     // Journaled (best effort: verify only reads) so the cutover's gate can see a recent clean one.
     let journal = crate::journal::Journal::open(&plan.state_dir())
         .inspect_err(|e| tracing::warn!(error = %e, "verify is not journaled"))
@@ -179,7 +190,7 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
         }
     };
     note("started", "");
-    let report = crate::phase::traced(tracing::info_span!("verify"), compare(plan)).await;
+    let report = crate::phase::traced(tracing::info_span!("verify"), compare(plan, progress)).await;
     match &report {
         Ok(r) => note(
             if r.ok { "done" } else { "failed" },
@@ -201,7 +212,42 @@ pub async fn run(plan: &Plan) -> Result<Report, SyncError> {
     report
 }
 
-async fn compare(plan: &Plan) -> Result<Report, SyncError> {
+/// The summary line of a unit from its rows: `12 of 12 equal` and the first difference named.
+fn summary(rows: &[Row], what: &str) -> (bool, String) {
+    let equal = rows.iter().filter(|r| r.status == RowStatus::Equal).count();
+    let mut s = format!("{equal} of {} {what} equal", rows.len());
+    let differ = rows
+        .iter()
+        .filter(|r| r.status == RowStatus::Differs)
+        .count();
+    if differ > 0 {
+        s.push_str(&format!(", {differ} DIFFER"));
+    }
+    let not_run = rows
+        .iter()
+        .filter(|r| r.status == RowStatus::CouldNotRun)
+        .count();
+    if not_run > 0 {
+        s.push_str(&format!(", {not_run} could not be compared"));
+    }
+    if let Some(r) = rows.iter().find(|r| r.status != RowStatus::Equal) {
+        s.push_str(&format!(" (first: {} {}: {})", r.kind, r.name, r.detail));
+    }
+    (equal == rows.len(), s)
+}
+
+/// The summary line of a unit of one row.
+fn row_summary(r: &Row) -> (bool, String) {
+    let s = match r.status {
+        RowStatus::Equal if r.old.is_empty() => "equal".to_string(),
+        RowStatus::Equal => format!("equal ({})", r.old),
+        RowStatus::Differs => format!("DIFFERS: {}", r.detail),
+        RowStatus::CouldNotRun => format!("could not be compared: {}", r.detail),
+    };
+    (r.status == RowStatus::Equal, s)
+}
+
+async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> {
     let started = Instant::now();
     let (old, new) = tokio::join!(
         client::connect(plan, Side::Old),
@@ -212,7 +258,10 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
     let mut rows = Vec::new();
     let mut old_tables = std::collections::BTreeMap::new();
     let mut new_tables = std::collections::BTreeMap::new();
-    for f in &plan.files {
+    if !plan.files.is_empty() {
+        progress.start_items("files", plan.files.len() as u64);
+    }
+    for (i, f) in plan.files.iter().enumerate() {
         let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, f.on_new()));
         let row = match (a, b) {
             (Ok(a), Ok(b)) => {
@@ -264,6 +313,11 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
             },
         };
         rows.push(row);
+        progress.update("files", i as u64 + 1);
+    }
+    if !plan.files.is_empty() {
+        let (ok, text) = summary(&rows, "file(s)");
+        progress.done("files", 0, ok, &text);
     }
     // The new agent fetches each old manifest itself, over a grant for the trees, and sends
     // back only the differences (no manifest passes through here, whatever its size).
@@ -273,7 +327,14 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         storage_grant(plan, &old).await
     };
     for s in &plan.storage {
-        rows.push(storage_row(plan, &old, &new, s, grant.as_deref()).await);
+        let unit = format!("storage {}", s.name);
+        progress.start(&unit, 0);
+        progress.step(&unit, "every file re-hashed on both hosts");
+        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref()).await;
+        let (ok, text) = row_summary(&row);
+        // The old tree's bytes, re-hashed: the summary shows the rate.
+        progress.done(&unit, hashed, ok, &text);
+        rows.push(row);
     }
     if let Some(token) = grant {
         revoke(&old, token).await;
@@ -282,7 +343,17 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
         let sel = super::selection::Selections::of(d);
         // The definitions too (tables, indexes, constraints, triggers, functions, types): equal
         // rows under a half-applied post-data (a first sync killed in the middle) are not equal.
-        rows.push(schema_row(&old, &new, d, &sel).await);
+        let unit = format!("schema {}", d.name);
+        progress.start(&unit, 0);
+        progress.step(&unit, "comparing the definitions");
+        let row = schema_row(&old, &new, d, &sel).await;
+        let (ok, text) = row_summary(&row);
+        progress.done(&unit, 0, ok, &text);
+        rows.push(row);
+        let unit = format!("tables {}", d.name);
+        progress.start_items(&unit, 0);
+        progress.step(&unit, "fingerprinting every table on both hosts");
+        let first = rows.len();
         match super::database::fingerprints(&old, &new, &sel).await {
             Err(e) => rows.push(Row {
                 kind: "database".into(),
@@ -378,6 +449,18 @@ async fn compare(plan: &Plan) -> Result<Report, SyncError> {
                 }
             }
         }
+        let done = &rows[first..];
+        let tables: Vec<Row> = done.iter().filter(|r| r.kind == "table").cloned().collect();
+        progress.update(&unit, tables.len() as u64);
+        let (mut ok, mut text) = summary(&tables, "tables");
+        let others: Vec<Row> = done.iter().filter(|r| r.kind != "table").cloned().collect();
+        if !others.is_empty() {
+            let (o, t) = summary(&others, "other item(s) (sequences, large objects, views)");
+            ok &= o;
+            text.push_str("; ");
+            text.push_str(&t);
+        }
+        progress.done(&unit, 0, ok, &text);
     }
     Ok(Report {
         ok: rows.iter().all(|r| r.equal),
@@ -536,14 +619,15 @@ pub(crate) async fn compare_tree(
         .map_err(|st| CompareFailure::New(client::explain_status(&st)))
 }
 
-/// One storage tree's row: compared by the new agent, every file re-hashed on both sides.
+/// One storage tree's row: compared by the new agent, every file re-hashed on both sides; and
+/// the old tree's size in bytes (0 when the comparison did not run).
 async fn storage_row(
     plan: &Plan,
     old: &Agent,
     new: &Agent,
     s: &crate::plan::PlanStorage,
     grant: Option<&str>,
-) -> Row {
+) -> (Row, u64) {
     let could_not_run = |old: String, new: String, detail: &str| Row {
         kind: "storage".into(),
         name: s.name.clone(),
@@ -556,9 +640,14 @@ async fn storage_row(
     let c = match compare_tree(plan, old, new, s, grant, true).await {
         Ok(c) => c,
         Err(CompareFailure::Old(e)) => {
-            return could_not_run(e, String::new(), "cannot read the old manifest");
+            return (
+                could_not_run(e, String::new(), "cannot read the old manifest"),
+                0,
+            );
         }
-        Err(CompareFailure::New(e)) => return could_not_run(String::new(), e, "cannot compare"),
+        Err(CompareFailure::New(e)) => {
+            return (could_not_run(String::new(), e, "cannot compare"), 0);
+        }
     };
     // Files the new host has that the old one lacks only matter when the plan deletes them.
     let (extra, extra_count) = if s.delete {
@@ -576,7 +665,7 @@ async fn storage_row(
     .into_iter()
     .flatten()
     .collect();
-    Row {
+    let row = Row {
         kind: "storage".into(),
         name: s.name.clone(),
         equal: parts.is_empty(),
@@ -588,7 +677,8 @@ async fn storage_row(
         ),
         new: format!("{} files, {}", c.files, crate::output::bytes(c.bytes)),
         detail: parts.join("; "),
-    }
+    };
+    (row, c.source_bytes)
 }
 
 #[cfg(test)]
