@@ -260,6 +260,9 @@ struct Work {
     post_data_in_place: bool,
     /// A rerun completing an interrupted first sync compares the schemas once its post-data is in.
     recheck_schema: bool,
+    /// Tables left out of the comparison because the follower carried them (the cutover's delta
+    /// of a followed database).
+    followed: usize,
 }
 
 /// One named step of a database unit, in its own span (see [`crate::phase`]).
@@ -346,6 +349,12 @@ async fn copy(
             r.skipped_files
         )
     };
+    if work.followed > 0 {
+        r.detail.push_str(&format!(
+            "; {} tables carried by the follower (not compared)",
+            work.followed
+        ));
+    }
     if !refreshed.is_empty() {
         r.detail.push_str("; ");
         r.detail.push_str(&refreshed);
@@ -465,6 +474,10 @@ async fn compare(
     let old_t: Vec<Table> = match run.opts.followed.get(&d.name) {
         None => old_t.to_vec(),
         Some(not_followed) => {
+            work.followed = old_t
+                .iter()
+                .filter(|t| !not_followed.contains(&t.name))
+                .count();
             let followed = old_t.len();
             let left: Vec<Table> = old_t
                 .iter()
