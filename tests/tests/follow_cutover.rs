@@ -320,3 +320,58 @@ async fn a_table_without_a_primary_key_is_settled_in_the_freeze() {
     assert_eq!(a, b, "fc_nopk: equal row by row after the freeze");
     assert_eq!(leftovers(&sb).await, (0, 0), "slot and publication dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undone_cutover_of_a_followed_database_leaves_no_slot_behind() {
+    let sb = followed_sandbox("fc_undo", "fc-undo", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    assert_eq!(
+        leftovers(&sb).await,
+        (1, 1),
+        "follow start made a slot and a publication"
+    );
+    // A failure after the catch-up (debug builds): the cutover is undone.
+    let plan = sb.plan_path().display().to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        rig::cli_in(
+            &sb.dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &[("HOSTSHIFT_TEST_FAIL_AT", "prove")],
+        ),
+    )
+    .await
+    .expect("the cutover ends within 120 s");
+    assert_eq!(out.code, 1, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(step(&j, "catch-up")["status"], "done", "{}", out.stdout);
+    assert_eq!(
+        step(&j, "follow cleanup")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        leftovers(&sb).await,
+        (0, 0),
+        "the undo dropped the slot and publication: no WAL kept on the old host"
+    );
+    // The old host serves writes again.
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
+        .await
+        .expect("the old database takes writes after the undo");
+}
