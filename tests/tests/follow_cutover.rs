@@ -374,4 +374,18 @@ async fn an_undone_cutover_of_a_followed_database_leaves_no_slot_behind() {
         .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
         .await
         .expect("the old database takes writes after the undo");
+
+    // `hostshift rollback` removes a follow too (an abandoned migration keeps no slot).
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start again: {}", out.both());
+    assert_eq!(leftovers(&sb).await, (1, 1), "a second follow start");
+    let out = sb.cli(&["rollback", "--yes", "--json"]).await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    assert_eq!(
+        step(&out.json(), "follow cleanup")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(leftovers(&sb).await, (0, 0), "rollback dropped the slot");
 }
