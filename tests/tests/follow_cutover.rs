@@ -162,6 +162,18 @@ async fn a_followed_database_cuts_over_with_the_app_writing_into_the_freeze_and_
     let out = cutover(&sb).await;
     let j = out.json();
     let report = writer.stop().await;
+    eprintln!(
+        "freeze {} ms; steps: {}",
+        j["freeze_ms"],
+        j["steps"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|s| format!("{} {} ms", s["name"], s["ms"]))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
     assert!(
         report.refused_read_only + report.sessions_lost > 0,
         "the writer wrote into the freeze and was refused there: {report:?}"
