@@ -450,3 +450,102 @@ fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, CutoverError> {
         plan.freeze.budget_secs
     ))
 }
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+    use crate::follow::DbStatus;
+
+    fn plan() -> Plan {
+        toml::from_str(
+            "[migration]\nname = \"m\"\n[old]\naddress = \"https://127.0.0.2:7443\"\nagent = \"old\"\n\
+             [new]\naddress = \"https://127.0.0.3:7443\"\nagent = \"new\"\n\
+             [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n[switch]\nmethod = \"none\"\n\
+             [freeze]\nmethods = [\"read-only\"]\nbudget_secs = 10\n",
+        )
+        .expect("plan")
+    }
+
+    fn sync(time_ms: u64, status: &str) -> Event {
+        Event {
+            time_ms,
+            run: "1".into(),
+            phase: "sync".into(),
+            unit: "sync".into(),
+            status: status.into(),
+            bytes: 0,
+            files: 0,
+            detail: String::new(),
+            step: None,
+        }
+    }
+
+    fn db(state: &str, lag: f64, error: &str) -> DbStatus {
+        DbStatus {
+            database: "app".into(),
+            state: state.into(),
+            lag_seconds: lag,
+            lag_bytes: 42,
+            error: error.into(),
+            ..DbStatus::default()
+        }
+    }
+
+    fn fresh(events: &[Event], f: &[DbStatus]) -> Result<String, String> {
+        let plan = plan();
+        let i = Inputs {
+            plan: &plan,
+            old: None,
+            new: None,
+            connect_errors: vec![],
+            events,
+            skip_backup: None,
+            rehearsal: false,
+        };
+        follow_fresh(&i, f).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_current_follower_passes_without_a_clean_verify() {
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let ok = fresh(&events, &[db("following", 0.4, "")]).expect("passes");
+        assert!(ok.contains("database app followed, lag 0.4 s"), "{ok}");
+    }
+
+    #[test]
+    fn a_failed_lagging_or_unsynced_follow_fails_the_gate_naming_what_to_do() {
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let e = fresh(&events, &[db("failed", 0.0, "table public.t changed")]).unwrap_err();
+        assert!(
+            e.contains("the follower is failed (table public.t changed)")
+                && e.contains("hostshift follow status"),
+            "{e}"
+        );
+        let e = fresh(&events, &[db("following", 11.0, "")]).unwrap_err();
+        assert!(
+            e.contains("lags 11.0 s") && e.contains("budget_secs"),
+            "{e}"
+        );
+        let e = fresh(&[], &[db("following", 0.0, "")]).unwrap_err();
+        assert!(e.contains("no finished `hostshift sync`"), "{e}");
+    }
+
+    #[test]
+    fn the_prediction_adds_the_lag_to_the_proof_and_the_freeze_methods() {
+        let plan = plan();
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let i = Inputs {
+            plan: &plan,
+            old: None,
+            new: None,
+            connect_errors: vec![],
+            events: &events,
+            skip_backup: None,
+            rehearsal: false,
+        };
+        assert_eq!(
+            predicted_follow_ms(&i, &[db("following", 2.5, "")]),
+            Some(4_000 + 2_500 + 1_000)
+        );
+    }
+}
