@@ -45,6 +45,8 @@ pub(super) struct Cut<'a> {
     pub(super) followed: Vec<(String, Vec<String>)>,
     /// A follow took part: it is cleaned up after the switch or the undo.
     pub(super) follow_used: bool,
+    /// `cutover --resume`.
+    pub(super) resumed: bool,
 }
 
 impl<'a> Cut<'a> {
@@ -101,6 +103,7 @@ impl<'a> Cut<'a> {
             new_at_proof: Default::default(),
             followed: vec![],
             follow_used: false,
+            resumed: false,
         })
     }
 

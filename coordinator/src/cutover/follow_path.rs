@@ -54,6 +54,14 @@ impl Cut<'_> {
             .await
             .map_err(|e| CutoverError::Agent(format!("the new agent's followers: {e}")))?;
         if followed.is_empty() {
+            // A resumed run whose first run caught up and stopped the followers: their slot is
+            // still there, and is removed at the end like any other.
+            if self.resumed {
+                self.follow_used = matches!(
+                    follow::status(self.plan).await,
+                    Ok(s) if s.iter().any(|d| d.slot || d.publication)
+                );
+            }
             // The fallback: the delta compares every table by key ranges (no step to journal).
             return Ok(());
         }

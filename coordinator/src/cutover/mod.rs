@@ -121,6 +121,7 @@ pub async fn run(
     let quiet = opts.progress == Mode::Quiet;
     traced(step_span("connect"), c.connect()).await;
     if opts.resume {
+        c.resumed = true;
         c.freeze_started_ms = st.freeze_started_ms;
         // The earlier run's freeze and switch count: a failure undoes them too.
         for m in &st.frozen_methods {
