@@ -34,6 +34,9 @@ pub enum Step {
     FreezeAll,
     /// One freeze method applied on the old host.
     Freeze(FreezeMethod),
+    /// Followed databases: the wait until the follower applied up to the old host's position
+    /// taken after the freeze (the detail: position and wait per database).
+    CatchUp,
     /// The final delta sync.
     Delta,
     /// The proof of equality.
@@ -50,6 +53,9 @@ pub enum Step {
     NewHostWrites,
     /// The rollback run itself.
     Rollback,
+    /// The follow's slot, publication and follower removed (after a cutover, an undo or a
+    /// rollback).
+    FollowCleanup,
 }
 
 impl std::fmt::Display for Step {
@@ -62,6 +68,7 @@ impl std::fmt::Display for Step {
             Step::BackupCheckSkipped => f.write_str("backup check skipped"),
             Step::FreezeAll => f.write_str("freeze"),
             Step::Freeze(m) => write!(f, "freeze {}", m.as_str()),
+            Step::CatchUp => f.write_str("catch-up"),
             Step::Delta => f.write_str("delta"),
             Step::Prove => f.write_str("prove"),
             Step::Switch => f.write_str("switch"),
@@ -70,6 +77,7 @@ impl std::fmt::Display for Step {
             Step::SwitchBack => f.write_str("switch back"),
             Step::NewHostWrites => f.write_str("new-host writes"),
             Step::Rollback => f.write_str("rollback"),
+            Step::FollowCleanup => f.write_str("follow cleanup"),
         }
     }
 }
@@ -98,6 +106,7 @@ impl Step {
             "gates" => Step::Gates,
             "backup check skipped" => Step::BackupCheckSkipped,
             "freeze" => Step::FreezeAll,
+            "catch-up" => Step::CatchUp,
             "delta" => Step::Delta,
             "prove" => Step::Prove,
             "switch" => Step::Switch,
@@ -105,6 +114,7 @@ impl Step {
             "switch back" => Step::SwitchBack,
             "new-host writes" => Step::NewHostWrites,
             "rollback" => Step::Rollback,
+            "follow cleanup" => Step::FollowCleanup,
             _ => return None,
         })
     }

@@ -453,8 +453,10 @@ impl Applier {
             cols.push(ident(&c.name));
             args.push(format!("${}::text::{ty}", values.len()));
         }
+        // OVERRIDING SYSTEM VALUE: a `GENERATED ALWAYS AS IDENTITY` column takes the old host's
+        // value (without it: 428C9); a no-op for other tables.
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
             t.name,
             cols.join(", "),
             args.join(", ")
@@ -514,6 +516,18 @@ impl Applier {
             let (Some(c), Some(ty)) = (t.source.columns.get(i), t.types.get(i)) else {
                 break;
             };
+            // A column that keeps its value is not set: the key when no old key came (it did not
+            // change), any column equal in a full old row. A `GENERATED ALWAYS AS IDENTITY` key
+            // may not be assigned at all (428C9).
+            let unchanged = match old {
+                None => t.key.contains(&i),
+                Some(o) => {
+                    matches!((o.get(i), v), (Some(Value::Text(a)), Value::Text(b)) if a == b)
+                }
+            };
+            if unchanged {
+                continue;
+            }
             let text = match v {
                 Value::Unchanged => continue,
                 Value::Null => None,
@@ -532,7 +546,12 @@ impl Applier {
         };
         let name = t.name.clone();
         let label = t.source.to_string();
-        let sql = format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", "));
+        // Nothing to set: the row must still be there (a diverged row is noticed all the same).
+        let sql = if sets.is_empty() {
+            format!("SELECT 1 FROM {name} WHERE {cond}")
+        } else {
+            format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", "))
+        };
         let n = self.run(sql, values).await?;
         if n != 1 {
             return Err(AgentError::FailedPrecondition(format!(

@@ -413,6 +413,12 @@ pub async fn status(ctx: &Ctx, database: &str, id: &str) -> Result<SlotStatus, A
 pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, bool), AgentError> {
     let name = object_name(id)?;
     let client = connect(ctx, database).await?;
+    // After a cutover the old database stays frozen read-only: its new sessions default to
+    // read-only transactions, and DROP PUBLICATION would be refused (25006).
+    client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
     let mut dropped_slot = false;
     for attempt in 0..50 {
         match client

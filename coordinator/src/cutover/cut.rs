@@ -40,6 +40,13 @@ pub(super) struct Cut<'a> {
     /// The new host's table fingerprints as the proof found them.
     pub(super) new_at_proof:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Followed databases caught up in this run (plan name, tables not followed): their delta
+    /// covers only those tables.
+    pub(super) followed: Vec<(String, Vec<String>)>,
+    /// A follow took part: it is cleaned up after the switch or the undo.
+    pub(super) follow_used: bool,
+    /// `cutover --resume`.
+    pub(super) resumed: bool,
 }
 
 impl<'a> Cut<'a> {
@@ -67,6 +74,7 @@ impl<'a> Cut<'a> {
             error: None,
             undo_instructions: vec![],
             new_host_writes: vec![],
+            follow: vec![],
             report_dir: None,
             journal: journal.path().display().to_string(),
         };
@@ -93,6 +101,9 @@ impl<'a> Cut<'a> {
             phase: kind_phase,
             rehearsal: false,
             new_at_proof: Default::default(),
+            followed: vec![],
+            follow_used: false,
+            resumed: false,
         })
     }
 

@@ -52,6 +52,11 @@ pub enum CutoverError {
     /// The plan's `[switch]` cannot be used, or the switch failed.
     #[error("{0}")]
     Switch(String),
+    /// A followed database's follower did not reach the old host's position inside the freeze.
+    #[error(
+        "the follower did not catch up inside the freeze ({0}): see `hostshift follow status`; fix the follower and cut over again, or run `hostshift follow cleanup` to cut over with the key-range delta (a longer freeze)"
+    )]
+    CatchUp(String),
     /// The delta sync failed.
     #[error("{0}")]
     Delta(String),

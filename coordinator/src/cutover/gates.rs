@@ -6,7 +6,7 @@
 //! | `agents` | both agents answer `Info` |
 //! | `new apps` | every `[pm2] apps` entry is online on the new host |
 //! | `health` | every `[[health]]` check passes where its `from` says |
-//! | `verify fresh` | a `sync` finished, and after it a clean `verify`, within `verify_freshness_mins` |
+//! | `verify fresh` | a `sync` finished, and after it a clean `verify`, within `verify_freshness_mins` — or, when every database is followed, a `sync` finished and every follower is following without error, its lag within `[freeze] budget_secs` (the app keeps writing) |
 //! | `backup` | the old host has a complete backup younger than `backup_max_age_hours` (or `--skip-backup-check REASON`, journaled) |
 //! | `schema` | every plan database has the same schema on both hosts |
 //! | `switch` | the traffic switch is possible and points at the old host (EC2 `DryRun`, read access) |
@@ -83,26 +83,121 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
     let (Some(old), Some(new)) = (i.old, i.new) else {
         return (gates, None);
     };
+    // Every database followed: the follower's state is the freshness (a live app passes).
+    let followed = if i.rehearsal {
+        None
+    } else {
+        followed(i.plan, new).await
+    };
+    let fresh = |i: &Inputs<'_>| match &followed {
+        Some(f) => follow_fresh(i, f),
+        None => verify_fresh(i),
+    };
+    let predicted = match &followed {
+        Some(f) => predicted_follow_ms(i, f),
+        None => predicted_ms(i),
+    };
     if i.rehearsal {
-        gates.push(gate("verify fresh", verify_fresh(i)));
+        gates.push(gate("verify fresh", fresh(i)));
         gates.push(gate("schema", schema(i.plan, old, new).await));
         let skipped = "rehearsal: not needed (nothing is frozen or switched)";
         for name in ["new apps", "health", "backup", "switch"] {
             gates.push(gate(name, Ok(skipped.into())));
         }
-        let predicted = predicted_ms(i);
         gates.push(gate("freeze budget", budget(i.plan, predicted)));
         return (gates, predicted);
     }
     gates.push(gate("new apps", new_apps(i.plan, new).await));
     gates.push(gate("health", health(i.plan).await));
-    gates.push(gate("verify fresh", verify_fresh(i)));
+    gates.push(gate("verify fresh", fresh(i)));
     gates.push(gate("backup", backup(i, old).await));
     gates.push(gate("schema", schema(i.plan, old, new).await));
     gates.push(gate("switch", switch(i.plan).await));
-    let predicted = predicted_ms(i);
     gates.push(gate("freeze budget", budget(i.plan, predicted)));
     (gates, predicted)
+}
+
+/// The follow of every plan database when each has a follower configured on the new host
+/// (running or not: a stopped or failed one fails the gate, naming why); `None` when at least
+/// one database is not followed — then the clean-verify gate applies.
+async fn followed(plan: &Plan, new: &Agent) -> Option<Vec<crate::follow::DbStatus>> {
+    if plan.databases.is_empty() {
+        return None;
+    }
+    // Cheap first: without any follower there is nothing to ask the old host.
+    let running = crate::follow::following(plan, new).await.ok()?;
+    if running.is_empty() {
+        return None;
+    }
+    let all = crate::follow::status(plan).await.ok()?;
+    all.iter()
+        .all(|d| d.state != "not following")
+        .then_some(all)
+}
+
+/// The lag (seconds) above which a follower is not fresh enough to cut over: the freeze would
+/// wait for it. The freeze budget, at least 5 s.
+fn follow_lag_bound(plan: &Plan) -> f64 {
+    plan.freeze.budget_secs.max(5) as f64
+}
+
+/// `verify fresh` for followed databases: a sync finished (files and storage too), and every
+/// follower is following, without an error, its lag within [`follow_lag_bound`]. No clean
+/// verify is needed: the app may keep writing.
+fn follow_fresh(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Result<String, CutoverError> {
+    if state::last_finished(i.events, "sync", "sync").is_none() {
+        return Err(CutoverError::Gate(
+            "no finished `hostshift sync` in the journal: run `hostshift sync --only storage` and `--only files` (the follower keeps the databases current)".into(),
+        ));
+    }
+    let bound = follow_lag_bound(i.plan);
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
+    for d in f {
+        if d.state != "following" || !d.error.is_empty() {
+            bad.push(format!(
+                "database {}: the follower is {}{} — see `hostshift follow status`; fix it and `hostshift follow start` again, or `hostshift follow cleanup` and sync + verify for the key-range delta",
+                d.database,
+                d.state,
+                if d.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", d.error)
+                }
+            ));
+        } else if d.lag_seconds > bound {
+            bad.push(format!(
+                "database {}: the follower lags {:.1} s ({} bytes), more than {bound:.0} s ([freeze] budget_secs): wait until `hostshift follow status` shows it current",
+                d.database, d.lag_seconds, d.lag_bytes
+            ));
+        } else {
+            good.push(format!(
+                "database {} followed, lag {:.1} s ({} bytes)",
+                d.database, d.lag_seconds, d.lag_bytes
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(good.join("; "))
+    } else {
+        Err(CutoverError::Gate(bad.join("; ")))
+    }
+}
+
+/// The predicted freeze when every database is followed: 1 s per freeze method, the follower's
+/// lag (what the catch-up waits for), and the proof, which still compares everything inside the
+/// freeze: the last verify's duration, or else the last sync's (a comparison reads what a copy
+/// reads).
+fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
+    let proof = state::last_finished(i.events, "verify", "verify")
+        .or_else(|| state::last_finished(i.events, "sync", "sync"))
+        .map(|(a, b, _)| b - a)?;
+    let lag = f
+        .iter()
+        .map(|d| (d.lag_seconds * 1000.0) as u64)
+        .max()
+        .unwrap_or(0);
+    Some(proof + lag + 1000 * i.plan.freeze.methods.len() as u64)
 }
 
 async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
@@ -354,4 +449,103 @@ fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, CutoverError> {
         p as f64 / 1000.0,
         plan.freeze.budget_secs
     ))
+}
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+    use crate::follow::DbStatus;
+
+    fn plan() -> Plan {
+        toml::from_str(
+            "[migration]\nname = \"m\"\n[old]\naddress = \"https://127.0.0.2:7443\"\nagent = \"old\"\n\
+             [new]\naddress = \"https://127.0.0.3:7443\"\nagent = \"new\"\n\
+             [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n[switch]\nmethod = \"none\"\n\
+             [freeze]\nmethods = [\"read-only\"]\nbudget_secs = 10\n",
+        )
+        .expect("plan")
+    }
+
+    fn sync(time_ms: u64, status: &str) -> Event {
+        Event {
+            time_ms,
+            run: "1".into(),
+            phase: "sync".into(),
+            unit: "sync".into(),
+            status: status.into(),
+            bytes: 0,
+            files: 0,
+            detail: String::new(),
+            step: None,
+        }
+    }
+
+    fn db(state: &str, lag: f64, error: &str) -> DbStatus {
+        DbStatus {
+            database: "app".into(),
+            state: state.into(),
+            lag_seconds: lag,
+            lag_bytes: 42,
+            error: error.into(),
+            ..DbStatus::default()
+        }
+    }
+
+    fn fresh(events: &[Event], f: &[DbStatus]) -> Result<String, String> {
+        let plan = plan();
+        let i = Inputs {
+            plan: &plan,
+            old: None,
+            new: None,
+            connect_errors: vec![],
+            events,
+            skip_backup: None,
+            rehearsal: false,
+        };
+        follow_fresh(&i, f).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_current_follower_passes_without_a_clean_verify() {
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let ok = fresh(&events, &[db("following", 0.4, "")]).expect("passes");
+        assert!(ok.contains("database app followed, lag 0.4 s"), "{ok}");
+    }
+
+    #[test]
+    fn a_failed_lagging_or_unsynced_follow_fails_the_gate_naming_what_to_do() {
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let e = fresh(&events, &[db("failed", 0.0, "table public.t changed")]).unwrap_err();
+        assert!(
+            e.contains("the follower is failed (table public.t changed)")
+                && e.contains("hostshift follow status"),
+            "{e}"
+        );
+        let e = fresh(&events, &[db("following", 11.0, "")]).unwrap_err();
+        assert!(
+            e.contains("lags 11.0 s") && e.contains("budget_secs"),
+            "{e}"
+        );
+        let e = fresh(&[], &[db("following", 0.0, "")]).unwrap_err();
+        assert!(e.contains("no finished `hostshift sync`"), "{e}");
+    }
+
+    #[test]
+    fn the_prediction_adds_the_lag_to_the_proof_and_the_freeze_methods() {
+        let plan = plan();
+        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let i = Inputs {
+            plan: &plan,
+            old: None,
+            new: None,
+            connect_errors: vec![],
+            events: &events,
+            skip_backup: None,
+            rehearsal: false,
+        };
+        assert_eq!(
+            predicted_follow_ms(&i, &[db("following", 2.5, "")]),
+            Some(4_000 + 2_500 + 1_000)
+        );
+    }
 }

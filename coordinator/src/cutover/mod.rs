@@ -39,6 +39,7 @@
 mod cut;
 pub mod direction;
 pub mod error;
+mod follow_path;
 pub mod freeze;
 pub mod gates;
 pub mod new_writes;
@@ -58,6 +59,7 @@ use cut::Cut;
 use state::{PHASE, ROLLBACK};
 
 pub use error::{CutoverError, StartError};
+pub use follow_path::FollowCatchUp;
 pub use outcome::{CutoverReport, DeltaSummary, Outcome, StepReport};
 pub use steps::STORAGE_WRITER;
 
@@ -119,6 +121,7 @@ pub async fn run(
     let quiet = opts.progress == Mode::Quiet;
     traced(step_span("connect"), c.connect()).await;
     if opts.resume {
+        c.resumed = true;
         c.freeze_started_ms = st.freeze_started_ms;
         // The earlier run's freeze and switch count: a failure undoes them too.
         for m in &st.frozen_methods {
@@ -229,6 +232,7 @@ pub async fn run(
             return Ok(());
         }
         traced(step_span("freeze"), c.freeze()).await?;
+        traced(step_span("catch-up"), c.catch_up()).await?;
         let delta = traced(step_span("delta"), c.delta()).await?;
         traced(step_span("prove"), c.prove(&delta)).await?;
         // Nothing writes to the new host before traffic moves: what the proof saw is the state
@@ -249,7 +253,15 @@ pub async fn run(
         Ok(()) => {
             c.out.ok = true;
             c.out.outcome = Outcome::Switched;
-            if let Err(e) = c.record(JStep::Cutover, Mark::Done, Outcome::Switched.as_str()) {
+            // The slot would keep WAL on the old host for nothing from now on.
+            let cleaned = if c.follow_used {
+                traced(step_span("follow cleanup"), c.follow_cleanup()).await
+            } else {
+                Ok(())
+            };
+            let recorded = cleaned
+                .and_then(|()| c.record(JStep::Cutover, Mark::Done, Outcome::Switched.as_str()));
+            if let Err(e) = recorded {
                 c.journal_failed_at_the_end(&e);
             }
         }
@@ -280,7 +292,11 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     c.switched = true;
     let manual = traced(step_span("undo"), c.undo(methods, true)).await;
     c.rep.skipped("freeze", "rollback");
-    let writes = traced(step_span("new-host writes"), c.new_host_writes()).await;
+    let mut writes = traced(step_span("new-host writes"), c.new_host_writes()).await;
+    // A rolled-back migration must not leave a slot keeping WAL on the old host.
+    if writes.is_ok() && c.follow_present().await {
+        writes = traced(step_span("follow cleanup"), c.follow_cleanup()).await;
+    }
     let recorded = match writes {
         Err(e) => Err(e),
         Ok(()) if manual.is_empty() => {

@@ -98,6 +98,9 @@ pub struct CutoverReport {
     /// Rollback: tables written on the new host since the switch (not copied back), as
     /// `database schema.table: how the rows moved`.
     pub new_host_writes: Vec<String>,
+    /// Followed databases: the follower's catch-up inside the freeze (empty: the key-range
+    /// delta of every table, the fallback).
+    pub follow: Vec<super::follow_path::FollowCatchUp>,
     /// The report folder.
     pub report_dir: Option<String>,
     /// The journal file.
@@ -108,6 +111,12 @@ impl Cut<'_> {
     pub(super) fn finish(mut self, quiet: bool, write_report: bool) -> CutoverReport {
         if let Some(ms) = self.out.freeze_ms {
             self.rep.note(format!("write freeze: {ms} ms"));
+        }
+        for c in &self.out.follow {
+            self.rep.note(format!(
+                "database {}: followed; the follower applied up to {} in {} ms inside the freeze",
+                c.database, c.lsn, c.waited_ms
+            ));
         }
         if self.out.delta.bytes > 0 || self.out.delta.ranges > 0 {
             self.rep.note(format!(

@@ -49,6 +49,10 @@ impl Cut<'_> {
                 Mode::Human
             },
             baseline: true,
+            // Followed databases: the follower carried their tables up to the freeze position;
+            // only the tables it does not carry are compared (and sequences, large objects).
+            following: !self.followed.is_empty(),
+            followed: self.followed.iter().cloned().collect(),
             ..SyncOptions::default()
         };
         let r = match crate::sync::run(self.plan, &opts).await {
@@ -125,7 +129,17 @@ impl Cut<'_> {
                 let mut changed = Vec::new();
                 for u in delta.units.iter().filter(|u| u.kind == "database") {
                     let end = v.old_tables.get(&u.name).cloned().unwrap_or_default();
+                    // A followed database's delta fingerprinted only the tables the follower
+                    // does not carry; the others are proven by the comparison with the new host.
+                    let only = self
+                        .followed
+                        .iter()
+                        .find(|(db, _)| db == &u.name)
+                        .map(|(_, t)| t);
                     for (table, fp_end) in &end {
+                        if only.is_some_and(|t| !t.contains(table)) {
+                            continue;
+                        }
                         if u.old_fingerprints.get(table) != Some(fp_end) {
                             changed.push(format!("{} {table}", u.name));
                         }

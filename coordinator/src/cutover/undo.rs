@@ -170,6 +170,19 @@ impl Cut<'_> {
         if self.out.freeze_ms.is_none() || switch_back {
             self.out.freeze_ms = self.freeze_ms();
         }
+        // The old host serves again: the follow is removed so that no slot keeps WAL there
+        // (start it again for the next attempt). Not while the old host is still frozen.
+        let cleaned = if self.follow_used && manual.is_empty() {
+            self.follow_cleanup().await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = cleaned {
+            self.out.outcome = Outcome::RolledBack;
+            self.journal_failed_at_the_end(&e);
+            self.out.ok = false;
+            return;
+        }
         let recorded = if manual.is_empty() {
             self.out.outcome = Outcome::RolledBack;
             self.record(JStep::Cutover, Mark::Done, Outcome::RolledBack.as_str())

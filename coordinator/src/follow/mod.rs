@@ -438,6 +438,37 @@ pub async fn following(plan: &Plan, new: &Agent) -> Result<Vec<String>, String> 
     Ok(out)
 }
 
+/// The databases of the plan whose follower runs on the new host, each with the tables the
+/// follower does not carry (`schema.table`, no replica identity): what the cutover's freeze
+/// still copies with the key-range delta.
+///
+/// # Errors
+/// `Err(message)` when the new agent fails to answer.
+pub async fn following_with_tables(
+    plan: &Plan,
+    new: &Agent,
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut out = Vec::new();
+    for d in &plan.databases {
+        match follow(new)
+            .status(client::request(FollowStatusRequest {
+                database: d.on_new().to_string(),
+            }))
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.configured && r.state == "following" {
+                    out.push((d.name.clone(), r.not_followed));
+                }
+            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => {}
+            Err(s) => return Err(client::explain_status(&s)),
+        }
+    }
+    Ok(out)
+}
+
 /// The old host's current WAL position (`pg_current_wal_lsn()`) for `database`: after the
 /// freeze, every committed change is before it.
 ///

@@ -260,6 +260,9 @@ struct Work {
     post_data_in_place: bool,
     /// A rerun completing an interrupted first sync compares the schemas once its post-data is in.
     recheck_schema: bool,
+    /// Tables left out of the comparison because the follower carried them (the cutover's delta
+    /// of a followed database).
+    followed: usize,
 }
 
 /// One named step of a database unit, in its own span (see [`crate::phase`]).
@@ -346,6 +349,12 @@ async fn copy(
             r.skipped_files
         )
     };
+    if work.followed > 0 {
+        r.detail.push_str(&format!(
+            "; {} tables carried by the follower (not compared)",
+            work.followed
+        ));
+    }
     if !refreshed.is_empty() {
         r.detail.push_str("; ");
         r.detail.push_str(&refreshed);
@@ -461,6 +470,29 @@ async fn compare(
         ));
         work.recheck_schema = true;
     }
+    // A followed database (the cutover's delta): the follower carried every table but these.
+    let old_t: Vec<Table> = match run.opts.followed.get(&d.name) {
+        None => old_t.to_vec(),
+        Some(not_followed) => {
+            work.followed = old_t
+                .iter()
+                .filter(|t| !not_followed.contains(&t.name))
+                .count();
+            let followed = old_t.len();
+            let left: Vec<Table> = old_t
+                .iter()
+                .filter(|t| not_followed.contains(&t.name))
+                .cloned()
+                .collect();
+            run.progress.say(&format!(
+                "{unit}: {} of {followed} tables carried by the follower; comparing the {} it does not carry",
+                followed - left.len(),
+                left.len()
+            ));
+            left
+        }
+    };
+    let old_t = &old_t[..];
     run.progress.say(&format!(
         "{unit}: comparing {} tables by key-range fingerprints",
         old_t.len()

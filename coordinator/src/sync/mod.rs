@@ -84,6 +84,10 @@ pub struct SyncOptions {
     /// Run by `hostshift follow start` (it stopped the followers itself): skip the refusal of
     /// databases being followed.
     pub following: bool,
+    /// The cutover's delta for followed databases (plan name → the tables the follower does not
+    /// carry, `schema.table`): only those tables are compared and copied; the follower brought
+    /// the others up to the freeze position. Sequences and large objects are settled as usual.
+    pub followed: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for SyncOptions {
@@ -99,6 +103,7 @@ impl Default for SyncOptions {
             baseline: false,
             discard_new_host_writes: false,
             following: false,
+            followed: Default::default(),
         }
     }
 }
