@@ -159,7 +159,10 @@ pub async fn missing_apply_rights(
         .map_err(|e| AgentError::db(database, &e))?;
     for r in rows {
         let f: String = r.get(0);
-        missing.push(format!("GRANT EXECUTE ON FUNCTION {f} TO {};", ident(&role)));
+        missing.push(format!(
+            "GRANT EXECUTE ON FUNCTION {f} TO {};",
+            ident(&role)
+        ));
     }
     let can_set = if version >= 150_000 {
         client
@@ -200,7 +203,7 @@ pub async fn ensure_origin(
     let (role, missing) = missing_apply_rights(client, database).await?;
     if !missing.is_empty() {
         return Err(AgentError::FailedPrecondition(format!(
-            "database {database} on the new host: following applies changes with a replication origin and session_replication_role = replica, and role {role} (the conninfo's user) may not: as a superuser run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
+            "database {database} on the new host: following applies changes with a replication origin and session_replication_role = replica, and role {role} (the conninfo's user) may not: as a superuser connected to this database (a function's rights are per database) run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
             missing.join(" ")
         )));
     }
@@ -244,6 +247,19 @@ pub async fn origin_progress(
 /// # Errors
 /// `Database` when the query fails.
 pub async fn drop_origin(client: &Client, database: &str, origin: &str) -> Result<(), AgentError> {
+    // Looked up first: PostgreSQL checks EXECUTE when it plans the call, even for no row, and a
+    // role refused by `ensure_origin` (it never created one) must still be able to clean up.
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
     client
         .execute(
             "SELECT pg_catalog.pg_replication_origin_drop(roname) \
