@@ -406,6 +406,21 @@ mod tests {
     }
 
     #[test]
+    fn only_hostshifts_own_publication_is_left_out() {
+        let named = |desc: &str, name: &str| TocEntry {
+            name: name.into(),
+            ..entry(desc, "CREATE PUBLICATION x;")
+        };
+        assert!(own_publication(&named("PUBLICATION", "hostshift_main")));
+        assert!(own_publication(&named(
+            "PUBLICATION TABLE",
+            "hostshift_main users"
+        )));
+        assert!(!own_publication(&named("PUBLICATION", "app_pub")));
+        assert!(!own_publication(&named("INDEX", "hostshift_main")));
+    }
+
+    #[test]
     fn entries_are_phased_by_type() {
         assert_eq!(phase("INDEX"), Phase::Build);
         assert_eq!(phase("CONSTRAINT"), Phase::Build);
