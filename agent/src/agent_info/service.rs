@@ -105,6 +105,11 @@ async fn database_status(
             st.reachable = true;
             if restore_target {
                 st.load_missing = load_missing(&client).await;
+                st.follow_missing =
+                    match crate::follow::apply::missing_apply_rights(&client, &db.name).await {
+                        Ok((_, missing)) => missing,
+                        Err(e) => vec![format!("cannot read the role's rights: {e}")],
+                    };
             }
             if let Ok(row) = client.query_one("SHOW server_version", &[]).await {
                 st.server_version = row.get(0);

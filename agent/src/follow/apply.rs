@@ -112,26 +112,99 @@ pub struct Applier {
     statements: HashMap<String, tokio_postgres::Statement>,
 }
 
-/// Creates the replication origin `origin` when missing (needs a superuser).
+/// The replication-origin functions the follower calls, as `has_function_privilege` and `GRANT`
+/// spell them. A superuser may call them all; PostgreSQL revokes them from everyone else until a
+/// superuser grants `EXECUTE` (RDS gives them to its master through `rds_superuser`).
+pub const ORIGIN_FUNCTIONS: [&str; 5] = [
+    "pg_catalog.pg_replication_origin_create(text)",
+    "pg_catalog.pg_replication_origin_drop(text)",
+    "pg_catalog.pg_replication_origin_progress(text, boolean)",
+    "pg_catalog.pg_replication_origin_session_setup(text)",
+    "pg_catalog.pg_replication_origin_xact_setup(pg_lsn, timestamp with time zone)",
+];
+
+/// What the role of `client` lacks to apply changes: `EXECUTE` on each of [`ORIGIN_FUNCTIONS`]
+/// and `SET` on `session_replication_role` (PostgreSQL 15+ grants it with `GRANT SET ON
+/// PARAMETER`; before 15 only a superuser may set it). Returns the role and the `GRANT`
+/// statements a superuser would run, empty when nothing is missing.
 ///
 /// # Errors
-/// `FailedPrecondition` when the role is not a superuser; `Database` otherwise.
+/// `Database` when the queries fail.
+pub async fn missing_apply_rights(
+    client: &Client,
+    database: &str,
+) -> Result<(String, Vec<String>), AgentError> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, \
+                    (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), \
+                    current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    let (role, superuser, version): (String, bool, i32) = (row.get(0), row.get(1), row.get(2));
+    if superuser {
+        return Ok((role, Vec::new()));
+    }
+    let mut missing = Vec::new();
+    let functions: Vec<String> = ORIGIN_FUNCTIONS.iter().map(|f| (*f).to_string()).collect();
+    let rows = client
+        .query(
+            "SELECT f FROM unnest($1::text[]) WITH ORDINALITY AS u(f, n) \
+             WHERE NOT pg_catalog.has_function_privilege(f, 'EXECUTE') ORDER BY n",
+            &[&functions],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    for r in rows {
+        let f: String = r.get(0);
+        missing.push(format!(
+            "GRANT EXECUTE ON FUNCTION {f} TO {};",
+            ident(&role)
+        ));
+    }
+    let can_set = if version >= 150_000 {
+        client
+            .query_one(
+                "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
+                &[],
+            )
+            .await
+            .map_err(|e| AgentError::db(database, &e))?
+            .get::<_, bool>(0)
+    } else {
+        false
+    };
+    if !can_set {
+        missing.push(if version >= 150_000 {
+            format!(
+                "GRANT SET ON PARAMETER session_replication_role TO {};",
+                ident(&role)
+            )
+        } else {
+            "(PostgreSQL before 15: only a superuser may set session_replication_role; connect as one)"
+                .to_string()
+        });
+    }
+    Ok((role, missing))
+}
+
+/// Creates the replication origin `origin` when missing. The role needs what
+/// [`missing_apply_rights`] checks (a superuser, or the grants RDS gives its master).
+///
+/// # Errors
+/// `FailedPrecondition` naming each missing grant; `Database` otherwise.
 pub async fn ensure_origin(
     client: &Client,
     database: &str,
     origin: &str,
 ) -> Result<(), AgentError> {
-    let row = client
-        .query_one(
-            "SELECT rolsuper, current_user::text FROM pg_catalog.pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(|e| AgentError::db(database, &e))?;
-    if !row.get::<_, bool>(0) {
+    let (role, missing) = missing_apply_rights(client, database).await?;
+    if !missing.is_empty() {
         return Err(AgentError::FailedPrecondition(format!(
-            "database {database} on the new host: following applies changes with a replication origin, which needs a superuser; role {} is not one: connect the agent as a superuser (conninfo user=postgres) for this database",
-            row.get::<_, String>(1)
+            "database {database} on the new host: following applies changes with a replication origin and session_replication_role = replica, and role {role} (the conninfo's user) may not: as a superuser connected to this database (a function's rights are per database) run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
+            missing.join(" ")
         )));
     }
     client
@@ -174,6 +247,19 @@ pub async fn origin_progress(
 /// # Errors
 /// `Database` when the query fails.
 pub async fn drop_origin(client: &Client, database: &str, origin: &str) -> Result<(), AgentError> {
+    // Looked up first: PostgreSQL checks EXECUTE when it plans the call, even for no row, and a
+    // role refused by `ensure_origin` (it never created one) must still be able to clean up.
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[&origin],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
     client
         .execute(
             "SELECT pg_catalog.pg_replication_origin_drop(roname) \
@@ -191,11 +277,11 @@ pub const VALUE_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YM
      SET lc_monetary = 'C'; SET standard_conforming_strings = on;";
 
 impl Applier {
-    /// Binds `client` (a superuser session on the new database) to `origin` and reads where it
-    /// stopped.
+    /// Binds `client` (a session on the new database whose role has what [`ensure_origin`] checks)
+    /// to `origin` and reads where it stopped.
     ///
     /// # Errors
-    /// `FailedPrecondition` without a superuser; `Database` when the origin is busy (another
+    /// `FailedPrecondition` naming a missing grant; `Database` when the origin is busy (another
     /// session applies with it) or the server fails.
     pub async fn new(
         client: Client,

@@ -183,7 +183,7 @@ impl Follow for FollowService {
             ))
             .into());
         }
-        // Check the superuser (origin functions) before anything is persisted.
+        // Check the rights to apply (origin functions, replica mode) before anything is persisted.
         let client = crate::db::connect(db).await?;
         apply::ensure_origin(&client, &r.database, &super::origin_name(&r.id)).await?;
         drop(client);

@@ -109,6 +109,34 @@ pub struct Started {
     pub not_followed: Vec<String>,
 }
 
+/// Before anything is created: the new host's role must be able to apply changes (a superuser,
+/// or the grants an RDS master has); the agent reports each missing `GRANT`.
+async fn refuse_without_apply_rights(plan: &Plan, new: &Agent) -> Result<(), FollowError> {
+    let info = new
+        .info()
+        .info(client::request(hostshift_proto::v1::InfoRequest {}))
+        .await
+        .map_err(agent_err("reading the new host's databases".into()))?
+        .into_inner();
+    for d in &plan.databases {
+        if let Some(x) = info
+            .databases
+            .iter()
+            .find(|x| x.name == d.on_new() && !x.follow_missing.is_empty())
+        {
+            return Err(FollowError::Agent {
+                what: format!("database {} on the new host", d.on_new()),
+                message: format!(
+                    "following applies changes with a replication origin and session_replication_role = replica, which the conninfo's role may not; nothing was created: as a superuser connected to that database (a function's rights are per database) run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
+                    x.follow_missing.join(" ")
+                ),
+                code: tonic::Code::FailedPrecondition,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Prepares the old host, runs the anchoring sync and starts the followers.
 ///
 /// # Errors
@@ -118,6 +146,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
     let id = follow_id(plan);
     let (old, new) = tokio::join!(connect(plan, Side::Old), connect(plan, Side::New));
     let (old, new) = (old?, new?);
+    refuse_without_apply_rights(plan, &new).await?;
     // A running follower would fight the sync: stop them first (their position is kept).
     for d in &plan.databases {
         stop_one(&new, d).await?;

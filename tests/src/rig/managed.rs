@@ -4,9 +4,11 @@
 //! (`LOGIN CREATEROLE CREATEDB`, like the RDS master user) that tests connect as.
 //!
 //! What the RDS master gets through `rds_superuser` and a plain PostgreSQL needs a superuser to
-//! grant is granted here as docs/rds.md tells an operator: `SET` on `session_replication_role`.
+//! grant is granted here as docs/rds.md tells an operator: `SET` on `session_replication_role`
+//! and `EXECUTE` on the `pg_replication_origin_*` functions following uses.
 //! A second role, `lesser` (`LOGIN CREATEDB` only), lacks both that and `CREATEROLE`, for tests of
-//! what `check` reports. The rig itself keeps a superuser door over the unix socket
+//! what `check` reports; a third, `noorigin`, is the master without the origin functions (it can
+//! sync, not follow). The rig itself keeps a superuser door over the unix socket
 //! ([`Managed::admin`]) that a managed service would not give: for set-up and inspection only.
 
 use std::net::Ipv4Addr;
@@ -16,7 +18,7 @@ use std::sync::OnceLock;
 use hostshift::lab::pg::PgCluster;
 use hostshift_shared::pki::{self, AgentSpec, PkiRequest};
 
-use super::world::{PgInfo, world};
+use super::world::{PgInfo, World, world};
 
 /// The managed database's loopback address.
 pub const MANAGED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
@@ -24,6 +26,9 @@ pub const MANAGED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 pub const MASTER: &str = "master";
 /// A role with `LOGIN CREATEDB` only.
 pub const LESSER: &str = "lesser";
+/// The master's attributes and `SET` on `session_replication_role`, but no `EXECUTE` on the
+/// replication-origin functions.
+pub const NO_ORIGIN: &str = "noorigin";
 
 /// The managed-like cluster of this test binary.
 pub struct Managed {
@@ -35,6 +40,8 @@ pub struct Managed {
     pub master_password_file: PathBuf,
     /// Password file of [`LESSER`] (mode 0600).
     pub lesser_password_file: PathBuf,
+    /// Password file of [`NO_ORIGIN`] (mode 0600).
+    pub no_origin_password_file: PathBuf,
     /// Serializes tests that create cluster-wide roles (two first syncs at once would race).
     pub roles_lock: tokio::sync::Mutex<()>,
     _cluster: std::sync::Mutex<PgCluster>,
@@ -43,10 +50,17 @@ pub struct Managed {
 
 static MANAGED: OnceLock<Managed> = OnceLock::new();
 
-/// The managed-like cluster, started on first use (a second or two).
+/// The managed-like cluster, started on first use (a second or two), in [`world`]'s folder.
 pub fn managed() -> &'static Managed {
+    managed_in(world())
+}
+
+/// The managed-like cluster, kept in `w`'s folder (e.g. [`super::logical_world`], so that a
+/// test binary of that world does not start the plain one too). The first call of a binary
+/// decides the world.
+pub fn managed_in(w: &'static World) -> &'static Managed {
     MANAGED.get_or_init(|| {
-        std::thread::spawn(start)
+        std::thread::spawn(move || start(w))
             .join()
             .unwrap_or_else(|_| panic!("the managed-like cluster failed to start (see above)"))
     })
@@ -75,8 +89,7 @@ fn write_secret(path: &std::path::Path, text: &str) {
         .expect("chmod password file");
 }
 
-fn start() -> Managed {
-    let w = world();
+fn start(w: &'static World) -> Managed {
     let dir = w.dir.join("managed");
     std::fs::create_dir_all(&dir).expect("managed dir");
     let certs = pki::init(&PkiRequest {
@@ -94,8 +107,10 @@ fn start() -> Managed {
         .expect("runtime");
     let master_pw = dir.join("master.password");
     let lesser_pw = dir.join("lesser.password");
+    let no_origin_pw = dir.join("noorigin.password");
     write_secret(&master_pw, "m4ster-Pw\n");
     write_secret(&lesser_pw, "l3sser-Pw\n");
+    write_secret(&no_origin_pw, "n0origin-Pw\n");
     let cluster = rt.block_on(async {
         let cluster = PgCluster::start(&w.dir.join("pg"), "managed", MANAGED_IP)
             .await
@@ -124,7 +139,7 @@ fn start() -> Managed {
             .connect("postgres")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        for sql in [
+        let mut statements: Vec<String> = [
             "ALTER SYSTEM SET ssl = on",
             "ALTER SYSTEM SET password_encryption = 'scram-sha-256'",
             "SELECT pg_reload_conf()",
@@ -132,11 +147,34 @@ fn start() -> Managed {
             "CREATE ROLE lesser LOGIN CREATEDB PASSWORD 'l3sser-Pw'",
             // What rds_superuser gives the RDS master (docs/rds.md).
             "GRANT SET ON PARAMETER session_replication_role TO master",
-        ] {
+            "CREATE ROLE noorigin LOGIN CREATEROLE CREATEDB PASSWORD 'n0origin-Pw'",
+            "GRANT SET ON PARAMETER session_replication_role TO noorigin",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        // What rds_superuser gives the RDS master for following (docs/rds.md).
+        for f in hostshift_agent::follow::apply::ORIGIN_FUNCTIONS {
+            statements.push(format!("GRANT EXECUTE ON FUNCTION {f} TO master"));
+        }
+        for sql in &statements {
             admin
                 .batch_execute(sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        // A function's rights are per database: granted in template1 too, so that every
+        // database created afterwards has them (as on RDS).
+        let template = cluster
+            .connect("template1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for f in hostshift_agent::follow::apply::ORIGIN_FUNCTIONS {
+            let sql = format!("GRANT EXECUTE ON FUNCTION {f} TO master");
+            template
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql} in template1: {e:?}"));
         }
         cluster
     });
@@ -152,6 +190,7 @@ fn start() -> Managed {
         ca_file: certs.ca_cert.clone(),
         master_password_file: master_pw,
         lesser_password_file: lesser_pw,
+        no_origin_password_file: no_origin_pw,
         roles_lock: tokio::sync::Mutex::new(()),
         _cluster: std::sync::Mutex::new(cluster),
         _rt: rt,
@@ -189,10 +228,10 @@ impl Managed {
     /// A `[[databases]]` block for an agent config (append it with `AgentSetup::extra`): database
     /// `name` is `db` on this cluster as `user`, over verified TLS with the password in a file.
     pub fn agent_database(&self, name: &str, user: &str, db: &str) -> String {
-        let pw = if user == LESSER {
-            &self.lesser_password_file
-        } else {
-            &self.master_password_file
+        let pw = match user {
+            LESSER => &self.lesser_password_file,
+            NO_ORIGIN => &self.no_origin_password_file,
+            _ => &self.master_password_file,
         };
         format!(
             "\n[[databases]]\nname = {:?}\nconninfo = {:?}\npassword_file = {:?}\nca_file = {:?}\n",
@@ -211,17 +250,22 @@ impl Managed {
 
     /// Creates database `name` as the master does on RDS (so the master owns it).
     pub async fn create_database_as_master(&self, name: &str) {
+        self.create_database_as(MASTER, name).await;
+    }
+
+    /// Creates database `name` as `role` (so `role` owns it).
+    pub async fn create_database_as(&self, role: &str, name: &str) {
         let admin = self.admin("postgres").await;
         // One statement per call: CREATE DATABASE refuses to run inside a transaction block.
         for sql in [
-            format!("SET ROLE {MASTER}"),
+            format!("SET ROLE {role}"),
             format!("CREATE DATABASE \"{name}\""),
             "RESET ROLE".to_string(),
         ] {
             admin
                 .batch_execute(&sql)
                 .await
-                .unwrap_or_else(|e| panic!("{sql} (as {MASTER}): {e}"));
+                .unwrap_or_else(|e| panic!("{sql} (as {role}): {e}"));
         }
     }
 }

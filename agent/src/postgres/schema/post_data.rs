@@ -179,12 +179,20 @@ pub(crate) async fn apply(
     result
 }
 
+/// hostshift's own publication on the old host (`hostshift_<id>`, made by `follow start`) and
+/// its table entries: not the app's, never carried to the new host (where creating it needs a
+/// superuser or membership in its owner, and it would publish nothing anyone reads).
+fn own_publication(e: &TocEntry<'_>) -> bool {
+    e.desc.starts_with("PUBLICATION") && e.name.starts_with("hostshift_")
+}
+
 async fn run(database: &str, sql: &str, conns: &[Conn]) -> Result<SchemaApplied, PgSyncError> {
-    let toc = toc::split(sql).map_err(|reason| PgSyncError::InvalidInput {
+    let mut toc = toc::split(sql).map_err(|reason| PgSyncError::InvalidInput {
         database: database.to_string(),
         what: "post-data schema".into(),
         reason,
     })?;
+    toc.entries.retain(|e| !own_publication(e));
     let setup = format!(
         "{}SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}';",
         toc.session_preamble
@@ -395,6 +403,21 @@ mod tests {
             statements: vec![stmt],
             session: String::new(),
         }
+    }
+
+    #[test]
+    fn only_hostshifts_own_publication_is_left_out() {
+        let named = |desc: &str, name: &str| TocEntry {
+            name: name.into(),
+            ..entry(desc, "CREATE PUBLICATION x;")
+        };
+        assert!(own_publication(&named("PUBLICATION", "hostshift_main")));
+        assert!(own_publication(&named(
+            "PUBLICATION TABLE",
+            "hostshift_main users"
+        )));
+        assert!(!own_publication(&named("PUBLICATION", "app_pub")));
+        assert!(!own_publication(&named("INDEX", "hostshift_main")));
     }
 
     #[test]
