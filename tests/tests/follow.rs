@@ -465,9 +465,11 @@ async fn follow_into_a_managed_target_as_a_non_superuser_master_applies_every_ch
     assert_eq!(out.code, 0, "{}", out.both());
 
     let old = sb.world.old_pg.connect(&sb.old_db).await;
-    // The lab cluster runs synchronous_commit = off, and `old_position` reads the WAL *write*
-    // position, which can be behind commits not yet written: committed synchronously here so
-    // that the position covers them (the gap itself is reported to the lead, not fixed here).
+    // The lab cluster runs synchronous_commit = off. Committed synchronously here: with these
+    // changes committed asynchronously right before `old_position`, this test fails every time
+    // (none of them applied when `wait_applied` returns), although `old_position` now flushes
+    // first. Open, under investigation: see the session notes; follow_cutover.rs, whose writer
+    // commits asynchronously into the freeze, loses nothing.
     old.batch_execute(
         "SET synchronous_commit = on;
          INSERT INTO m_items SELECT g, 'new ' || g, g FROM generate_series(100, 120) g;

@@ -130,7 +130,7 @@ impl Follow for FollowService {
     ) -> Result<Response<SourceStatusResponse>, Status> {
         coordinator(&req)?;
         let r = req.into_inner();
-        let s = source::status(&self.ctx, &r.database, &r.id).await?;
+        let s = source::status(&self.ctx, &r.database, &r.id, r.flush).await?;
         Ok(Response::new(SourceStatusResponse {
             slot_exists: s.slot_exists,
             current_lsn: s.current_lsn,

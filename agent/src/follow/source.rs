@@ -348,7 +348,7 @@ pub struct SlotStatus {
     pub slot_exists: bool,
     /// The publication exists.
     pub publication_exists: bool,
-    /// `pg_current_wal_lsn()`.
+    /// `pg_current_wal_lsn()`; with `flush`, the flushed position after a barrier ([`status`]).
     pub current_lsn: u64,
     /// The slot's `confirmed_flush_lsn`.
     pub confirmed_lsn: u64,
@@ -366,11 +366,34 @@ pub struct SlotStatus {
 
 /// Reads the slot's state (the coordinator only; works without `[allow]`: it only reads).
 ///
+/// With `flush`, `current_lsn` is a position before which every transaction committed so far
+/// lies, *flushed*: the cutover waits for the follower to reach it after the freeze. Plain
+/// `pg_current_wal_lsn()` is not that: with `synchronous_commit = off` a transaction is
+/// acknowledged before its commit record is written, so it can lie beyond that position, the
+/// follower would "reach" the position without it, and the write would be lost. The barrier is
+/// an empty transaction committed synchronously (it takes a transaction id, so it writes a
+/// commit record and flushes the WAL up to it — every earlier commit included); it changes no
+/// data and works in the frozen, read-only database. The peek decodes only flushed WAL, so the
+/// flush position after the barrier is the one to wait for.
+///
 /// # Errors
 /// `Database` when the server fails.
-pub async fn status(ctx: &Ctx, database: &str, id: &str) -> Result<SlotStatus, AgentError> {
+pub async fn status(
+    ctx: &Ctx,
+    database: &str,
+    id: &str,
+    flush: bool,
+) -> Result<SlotStatus, AgentError> {
     let name = object_name(id)?;
     let client = connect(ctx, database).await?;
+    if flush {
+        client
+            .batch_execute(
+                "SET synchronous_commit = on; BEGIN; SELECT pg_catalog.pg_current_xact_id(); COMMIT;",
+            )
+            .await
+            .map_err(|e| AgentError::db(database, &e))?;
+    }
     let mut s = SlotStatus {
         wal_level: wal_level(&client, database).await?,
         follow_allowed: allowed(ctx, database).is_ok(),
@@ -378,13 +401,14 @@ pub async fn status(ctx: &Ctx, database: &str, id: &str) -> Result<SlotStatus, A
     };
     let row = client
         .query_one(
-            "SELECT pg_catalog.pg_current_wal_lsn()::text, \
+            "SELECT CASE WHEN $2 THEN pg_catalog.pg_current_wal_flush_lsn() \
+                         ELSE pg_catalog.pg_current_wal_lsn() END::text, \
              (SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
              (SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn)::bigint \
               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
              EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), \
              EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
-            &[&name],
+            &[&name, &flush],
         )
         .await
         .map_err(|e| AgentError::db(database, &e))?;

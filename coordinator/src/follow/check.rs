@@ -30,6 +30,7 @@ pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
             .source_status(client::request(SourceStatusRequest {
                 database: d.name.clone(),
                 id: follow_id(plan),
+                flush: false,
             }))
             .await;
         let s = match r {

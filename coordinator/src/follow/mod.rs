@@ -295,6 +295,7 @@ async fn status_one(
         fo.source_status(client::request(SourceStatusRequest {
             database: d.name.clone(),
             id,
+            flush: false,
         })),
         fnew.status(client::request(FollowStatusRequest {
             database: d.on_new().to_string(),
@@ -498,8 +499,9 @@ pub async fn following_with_tables(
     Ok(out)
 }
 
-/// The old host's current WAL position (`pg_current_wal_lsn()`) for `database`: after the
-/// freeze, every committed change is before it.
+/// The old host's position for `database` that every transaction committed so far lies before,
+/// flushed (the old agent commits an empty transaction synchronously first): after the freeze,
+/// every acknowledged change is before it, even under `synchronous_commit = off`.
 ///
 /// # Errors
 /// [`FollowError`] when the old agent fails.
@@ -508,6 +510,7 @@ pub async fn old_position(plan: &Plan, old: &Agent, database: &str) -> Result<u6
         .source_status(client::request(SourceStatusRequest {
             database: database.to_string(),
             id: follow_id(plan),
+            flush: true,
         }))
         .await
         .map_err(agent_err(format!(
