@@ -182,6 +182,38 @@ pub fn fill_batch(
     Ok(header)
 }
 
+/// Plans kept for the prepare step that follows them: session → (tree, the delta without
+/// `send`). In memory only: an agent restarted in between diffs again.
+static PLANS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (String, Delta)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Keeps a plan's delta (directories and deletions) for [`planned`].
+pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
+    let kept = Delta {
+        send: Vec::new(),
+        dirs: delta.dirs.clone(),
+        meta: Vec::new(),
+        delete: delta.delete.clone(),
+        bytes_to_send: 0,
+    };
+    if let Ok(mut p) = PLANS.lock() {
+        p.insert(session.to_string(), (tree.to_string(), kept));
+    }
+}
+
+/// The delta [`remember_plan`] kept for this session and tree, taken (used once).
+pub fn planned(session: &str, tree: &str) -> Option<Delta> {
+    if session.is_empty() {
+        return None;
+    }
+    let mut p = PLANS.lock().ok()?;
+    match p.remove(session) {
+        Some((t, d)) if t == tree => Some(d),
+        _ => None,
+    }
+}
+
 /// Removes a session folder (missing is fine).
 pub fn remove(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
