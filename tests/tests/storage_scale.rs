@@ -212,6 +212,23 @@ async fn a_tree_of_many_small_files_syncs_resyncs_and_verifies_agent_to_agent_wi
         t.elapsed()
     );
 
+    // Each sync's storage session (the old manifest and the batches on the new agent's disk)
+    // is gone once the sync finished, and verify's comparison leaves none either.
+    let sessions = sb.dir.join("state-new/storage-sessions");
+    let left: Vec<_> = std::fs::read_dir(&sessions)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "storage sessions left behind in {}: {left:?}",
+        sessions.display()
+    );
+    assert!(
+        sessions.is_dir(),
+        "{} was never used: did the new agent fetch the manifest itself?",
+        sessions.display()
+    );
+
     // The agents' peaks are printed, not asserted: the ≤ 100 MiB target is NOT met yet at this
     // size (the new agent peaked at ~131 MiB with 50,000 files, debug build). The old manifest
     // no longer counts (it is streamed from disk); each agent's manifest and digest cache of
