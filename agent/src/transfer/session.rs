@@ -228,9 +228,13 @@ pub fn remove(dir: &Path) {
     }
 }
 
-/// Removes sessions older than [`EXPIRE_AFTER`].
+/// Removes sessions older than [`EXPIRE_AFTER`], and kept plans whose session is gone.
 pub fn expire(ctx: &Ctx) {
-    let Ok(listing) = std::fs::read_dir(sessions_root(ctx)) else {
+    let root = sessions_root(ctx);
+    if let Ok(mut p) = PLANS.lock() {
+        p.retain(|id, _| root.join(id).is_dir());
+    }
+    let Ok(listing) = std::fs::read_dir(&root) else {
         return;
     };
     let now = SystemTime::now();
