@@ -13,6 +13,7 @@ mod dataset;
 mod dbcheck;
 mod hs;
 mod journal;
+mod many;
 mod measure;
 mod profile;
 mod report;
@@ -74,6 +75,10 @@ pub struct Args {
     /// Folder for the results JSON (and the profile text).
     #[arg(long)]
     pub results: PathBuf,
+    /// Instead of everything else: a storage tree of this many tiny files (no database, no
+    /// reference data) — first sync, 1% change against `rsync -a --delete`, verify, peak RSS.
+    #[arg(long)]
+    pub many_files: Option<u64>,
     /// Which source the binaries were built from, for the results (`bench/run` says).
     #[arg(long, default_value = "unknown")]
     pub source: String,
@@ -141,6 +146,9 @@ async fn run(args: Args) -> Result<()> {
     }
     std::fs::create_dir_all(&args.work).with_context(|| format!("create {}", args.work.display()))?;
     std::fs::set_permissions(&args.work, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    if let Some(files) = args.many_files {
+        return many::run(&args.work, files, &args.bin_dir, &args.results).await;
+    }
     let cache = args.work.join("cache");
     let cached = !args.fresh && dataset::is_cached(&cache);
     let free = sys::free_bytes(&args.work)?;

@@ -99,14 +99,20 @@ impl ManifestCache {
     /// with the files installed since laid over it. Blocking.
     pub fn for_walk(&self, path: &Path) -> WalkCache {
         let walked = self.walked(path);
-        let installed = self.with_slot(path, |s| s.installed.clone());
-        let covered = installed.len();
-        let manifest = if installed.is_empty() {
-            walked
-        } else {
-            let base = walked.as_deref().cloned().unwrap_or_default();
-            Some(Arc::new(base.with_files(&installed)))
-        };
+        // Laid over under the lock rather than copied out first: the installed files of a
+        // first sync are one entry per file of the tree.
+        let (manifest, covered) = self.with_slot(path, |s| {
+            if s.installed.is_empty() {
+                (walked, 0)
+            } else {
+                let empty = Manifest::default();
+                let base = walked.as_deref().unwrap_or(&empty);
+                (
+                    Some(Arc::new(base.with_files(&s.installed))),
+                    s.installed.len(),
+                )
+            }
+        });
         WalkCache { manifest, covered }
     }
 

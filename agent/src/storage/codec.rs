@@ -54,7 +54,7 @@ impl Manifest {
     }
 
     /// The network form written into `w` piece by piece (a framed stream to a peer), never
-    /// whole in memory: at most [`ENCODE_BUFFER`] bytes are buffered.
+    /// whole in memory: at most 64 KiB are buffered.
     ///
     /// # Errors
     /// The writer's.

@@ -12,7 +12,10 @@
 //!    `save`/`load` keep the cache, and [`cache::ManifestCache`] keeps it decoded between walks
 //!    along with the files installed since.
 //! 2. **Delta**: [`delta::diff`] of the source's manifest against the target's says what to send,
-//!    which directories to create, which attributes to fix, what to delete.
+//!    which directories to create, which attributes to fix, what to delete. A peer's manifest is
+//!    read from disk one entry at a time ([`stream::ManifestStream`], checked whole first) and
+//!    merged with the target's in [`delta::diff_with`], so it is never whole in memory (see
+//!    `transfer::session`).
 //! 3. **Stream**: on the source, [`pack::pack_with`] writes exactly `delta.send` as a tar stream
 //!    (into a bounded channel of 1 MiB chunks), refusing to send a file that changed since its
 //!    manifest entry; a file its own walk digested and that provably did not change since is

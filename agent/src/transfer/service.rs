@@ -328,11 +328,21 @@ impl Target for TargetService {
             files: r.batch_files,
         };
         let delete = r.delete_extraneous;
+        let dir = batches_dir.clone();
         let planned = tokio::task::spawn_blocking(move || {
-            session::plan(&src, &target, delete, limits, batches_dir.as_deref())
+            session::plan(&src, &target, delete, limits, dir.as_deref())
         })
         .await
         .map_err(|e| Status::internal(format!("plan task: {e}")))??;
+        if let Some(dir) = &batches_dir {
+            if planned.batches.is_empty() && planned.delta.is_empty() {
+                // Equal trees: the coordinator calls nothing more for this session.
+                session::remove(dir);
+            } else {
+                // The prepare step, next, acts on this very delta instead of walking again.
+                session::remember_plan(&r.session, &r.tree, &planned.delta);
+            }
+        }
         if !planned.unknown_owners.is_empty() {
             tracing::warn!(tree = %r.tree, unknown = ?planned.unknown_owners, "owners unknown on this host: their files keep the old host's numeric ids");
         }
@@ -384,16 +394,27 @@ impl Target for TargetService {
             ))
             .into());
         }
-        let target = source::manifest(ctx, &r.tree, false).await?;
-        // Files the batches deferred stay different until the next pass: not a reason to
-        // refuse (verify still reports them; the next sync or the cutover's delta sends them).
-        let deferred: std::collections::HashSet<Vec<u8>> = r.deferred.into_iter().collect();
-        let delete = r.delete_extraneous;
-        let (delta, undeferred) = tokio::task::spawn_blocking(move || {
-            session::finalize_delta(&src, &target, delete, &deferred)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("diff task: {e}")))??;
+        // The prepare step right after a plan acts on the plan's delta (no second walk and
+        // diff); anything else, or an agent restarted since, diffs again.
+        let planned = if r.prepare_only {
+            session::planned(&r.session, &r.tree)
+        } else {
+            None
+        };
+        let (delta, undeferred) = if let Some(delta) = planned {
+            (delta, 0)
+        } else {
+            let target = source::manifest(ctx, &r.tree, false).await?;
+            // Files the batches deferred stay different until the next pass: not a reason to
+            // refuse (verify still reports them; the next sync or the cutover's delta sends them).
+            let deferred: std::collections::HashSet<Vec<u8>> = r.deferred.into_iter().collect();
+            let delete = r.delete_extraneous;
+            tokio::task::spawn_blocking(move || {
+                session::finalize_delta(&src, &target, delete, &deferred)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("diff task: {e}")))??
+        };
         if r.prepare_only {
             // Staging folders left by a sync that was killed: nothing in them was committed.
             let stale_root = root.clone();

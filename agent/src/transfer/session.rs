@@ -110,6 +110,11 @@ fn malformed(e: StorageError) -> AgentError {
 /// # Errors
 /// `InvalidArgument` for an id that could name another path.
 pub fn dir(ctx: &Ctx, id: &str) -> Result<PathBuf, AgentError> {
+    check_id(id)?;
+    Ok(sessions_root(ctx).join(id))
+}
+
+fn check_id(id: &str) -> Result<(), AgentError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -120,7 +125,7 @@ pub fn dir(ctx: &Ctx, id: &str) -> Result<PathBuf, AgentError> {
             "storage session {id:?}: use 1 to 64 letters, digits, '-' or '_'"
         )));
     }
-    Ok(sessions_root(ctx).join(id))
+    Ok(())
 }
 
 fn sessions_root(ctx: &Ctx) -> PathBuf {
@@ -182,6 +187,38 @@ pub fn fill_batch(
     Ok(header)
 }
 
+/// Plans kept for the prepare step that follows them: session → (tree, the delta without
+/// `send`). In memory only: an agent restarted in between diffs again.
+static PLANS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, (String, Delta)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Keeps a plan's delta (directories and deletions) for [`planned`].
+pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
+    let kept = Delta {
+        send: Vec::new(),
+        dirs: delta.dirs.clone(),
+        meta: Vec::new(),
+        delete: delta.delete.clone(),
+        bytes_to_send: 0,
+    };
+    if let Ok(mut p) = PLANS.lock() {
+        p.insert(session.to_string(), (tree.to_string(), kept));
+    }
+}
+
+/// The delta [`remember_plan`] kept for this session and tree, taken (used once).
+pub fn planned(session: &str, tree: &str) -> Option<Delta> {
+    if session.is_empty() {
+        return None;
+    }
+    let mut p = PLANS.lock().ok()?;
+    match p.remove(session) {
+        Some((t, d)) if t == tree => Some(d),
+        _ => None,
+    }
+}
+
 /// Removes a session folder (missing is fine).
 pub fn remove(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
@@ -191,9 +228,13 @@ pub fn remove(dir: &Path) {
     }
 }
 
-/// Removes sessions older than [`EXPIRE_AFTER`].
+/// Removes sessions older than [`EXPIRE_AFTER`], and kept plans whose session is gone.
 pub fn expire(ctx: &Ctx) {
-    let Ok(listing) = std::fs::read_dir(sessions_root(ctx)) else {
+    let root = sessions_root(ctx);
+    if let Ok(mut p) = PLANS.lock() {
+        p.retain(|id, _| root.join(id).is_dir());
+    }
+    let Ok(listing) = std::fs::read_dir(&root) else {
         return;
     };
     let now = SystemTime::now();
@@ -562,4 +603,109 @@ fn owner_name(o: storage::Owner) -> String {
         .flatten()
         .map_or_else(|| o.gid.to_string(), |g| g.name);
     format!("{user}:{group}")
+}
+
+#[cfg(test)]
+mod tests {
+    use hostshift_shared::digest::Sha256Digest;
+
+    use super::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        let file = kind == Kind::File;
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            kind,
+            size: if file { 3 } else { 0 },
+            mode: if file { 0o644 } else { 0o755 },
+            mtime_ns: 1,
+            sha256: file.then(|| Sha256Digest::of(path.as_bytes())),
+            owner: None,
+        }
+    }
+
+    fn source(files: usize) -> SourceManifest {
+        let mut v = vec![entry("d", Kind::Dir)];
+        v.extend((0..files).map(|i| entry(&format!("d/f{i:05}"), Kind::File)));
+        SourceManifest::Bytes(Manifest::new(v).unwrap().encode().into())
+    }
+
+    #[test]
+    fn a_session_id_cannot_name_another_path() {
+        assert!(check_id("sync-evaluations-12-1a2b").is_ok());
+        for bad in ["", "../x", "a/b", ".", "x y", &"a".repeat(65)] {
+            assert!(
+                matches!(check_id(bad), Err(AgentError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plan_writes_its_batches_to_the_session_and_lists_at_most_show_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let src = source(2500);
+        let target =
+            Manifest::new(vec![entry("d", Kind::Dir), entry("d/f00000", Kind::File)]).unwrap();
+        let limits = Limits {
+            bytes: u64::MAX,
+            files: 1000,
+        };
+        let p = plan(&src, &target, true, limits, Some(t.path())).unwrap();
+        assert_eq!(p.to_send, 2499);
+        assert_eq!((p.unchanged_files, p.unchanged_bytes), (1, 3));
+        assert_eq!(p.first_paths.len(), SHOW_PATHS);
+        assert_eq!(p.first_paths[0], "d/f00001");
+        let files: Vec<u64> = p.batches.iter().map(|b| b.files).collect();
+        assert_eq!(files, [1000, 1000, 499]);
+        assert!(
+            p.batches
+                .iter()
+                .all(|b| b.expected.is_empty() && b.paths.is_empty())
+        );
+        let last = Manifest::decode(
+            &std::fs::read(batch_file(t.path(), 2)).unwrap(),
+            Path::new("<batch>"),
+        )
+        .unwrap();
+        assert_eq!(last.entries().len(), 499);
+        // Inline (relay): the entries travel in the response instead.
+        let p = plan(&src, &target, true, limits, None).unwrap();
+        assert_eq!(p.batches[0].paths.len(), 1000);
+        assert!(!p.batches[0].expected.is_empty());
+    }
+
+    #[test]
+    fn a_comparison_caps_its_lists_but_counts_everything() {
+        let c = compare(&source(1500), &Manifest::new(Vec::new()).unwrap()).unwrap();
+        assert_eq!(c.missing_count, 1501);
+        assert_eq!(c.missing.len(), SHOW_PATHS);
+        assert_eq!((c.source_files, c.source_bytes), (1500, 4500));
+        assert_eq!((c.files, c.changed_count, c.extra_count), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_malformed_manifest_is_refused_before_anything_is_planned() {
+        let SourceManifest::Bytes(good) = source(3) else {
+            unreachable!()
+        };
+        let mut bad = good.to_vec();
+        let n = bad.len();
+        bad[n - 40] ^= 1;
+        let err = plan(
+            &SourceManifest::Bytes(bad.into()),
+            &Manifest::new(Vec::new()).unwrap(),
+            true,
+            Limits { bytes: 1, files: 1 },
+            None,
+        )
+        .err()
+        .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, AgentError::InvalidArgument(_))
+                && msg.contains("the old agent sent a malformed storage manifest"),
+            "{msg}"
+        );
+    }
 }

@@ -33,7 +33,7 @@ pub type FrameRx = mpsc::Receiver<Result<Frame, Status>>;
 /// The agent's manifests and recently installed files, per tree (see [`ManifestCache`]).
 static MANIFESTS: LazyLock<ManifestCache> = LazyLock::new(ManifestCache::new);
 
-/// A [`Write`] for a blocking producer: the storage code's [`ChunkWriter`] over a sink that
+/// A [`Write`](std::io::Write) for a blocking producer: the storage code's [`ChunkWriter`] over a sink that
 /// frames each [`CHUNK_SIZE`] chunk (its SHA-256 computed here, on the producer's thread) and
 /// sends it with `blocking_send` on a bounded channel. Worst-case memory: the chunk being
 /// filled plus [`FRAME_QUEUE`] frames. Use it only from a blocking thread (`spawn_blocking`):

@@ -382,6 +382,26 @@ async fn storage_round(
         crate::output::bytes(plan.unchanged_bytes),
         plan.delete
     ));
+    if !plan.first_paths.is_empty() {
+        // The new agent lists the first paths it will fetch (at most 1000; the count is
+        // complete): the log gets them, the screen a few.
+        tracing::debug!(tree = %s.name, files = plan.files_to_send, first = ?plan.first_paths, "storage plan");
+        let more = plan.files_to_send.saturating_sub(5);
+        run.progress.say(&format!(
+            "{unit}: to send: {}{}",
+            plan.first_paths
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
     if plan.batches.is_empty() && plan.dirs == 0 && plan.meta == 0 && plan.delete == 0 {
         // Nothing to send, fix or delete: the trees are equal; no prepare/finalize round trips
         // (each walks the new tree again).
