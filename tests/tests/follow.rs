@@ -465,14 +465,12 @@ async fn follow_into_a_managed_target_as_a_non_superuser_master_applies_every_ch
     assert_eq!(out.code, 0, "{}", out.both());
 
     let old = sb.world.old_pg.connect(&sb.old_db).await;
-    // The lab cluster runs synchronous_commit = off. Committed synchronously here: with these
-    // changes committed asynchronously right before `old_position`, this test fails every time
-    // (none of them applied when `wait_applied` returns), although `old_position` now flushes
-    // first. Open, under investigation: see the session notes; follow_cutover.rs, whose writer
-    // commits asynchronously into the freeze, loses nothing.
+    // The lab cluster runs synchronous_commit = off: these commits are acknowledged before their
+    // WAL is written, and the position is asked for right after them. `old_position` must still
+    // cover them (its barrier flushes them first); the plain write position it used to read lay
+    // before them, and `wait_applied` returned with none of them applied (every run).
     old.batch_execute(
-        "SET synchronous_commit = on;
-         INSERT INTO m_items SELECT g, 'new ' || g, g FROM generate_series(100, 120) g;
+        "INSERT INTO m_items SELECT g, 'new ' || g, g FROM generate_series(100, 120) g;
          UPDATE m_items SET v = 'updated', n = n + 1 WHERE id % 3 = 0;
          DELETE FROM m_items WHERE id % 7 = 0;
          BEGIN; UPDATE m_items SET id = id + 1000 WHERE id = 1; DELETE FROM m_items WHERE id = 2; COMMIT;",

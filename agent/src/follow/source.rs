@@ -371,10 +371,12 @@ pub struct SlotStatus {
 /// `pg_current_wal_lsn()` is not that: with `synchronous_commit = off` a transaction is
 /// acknowledged before its commit record is written, so it can lie beyond that position, the
 /// follower would "reach" the position without it, and the write would be lost. The barrier is
-/// an empty transaction committed synchronously (it takes a transaction id, so it writes a
-/// commit record and flushes the WAL up to it — every earlier commit included); it changes no
-/// data and works in the frozen, read-only database. The peek decodes only flushed WAL, so the
-/// flush position after the barrier is the one to wait for.
+/// a transaction that writes only a logical-decoding message (`pg_logical_emit_message`, no
+/// table touched, allowed in the frozen read-only database; pgoutput does not forward it),
+/// committed synchronously: its commit flushes the WAL up to its commit record, every earlier
+/// commit included. (A transaction that only takes an xid is not enough: PostgreSQL flushes at
+/// commit only when the transaction wrote WAL before its commit record.) The peek decodes only
+/// flushed WAL, so the flush position after the barrier is the one to wait for.
 ///
 /// # Errors
 /// `Database` when the server fails.
@@ -389,7 +391,8 @@ pub async fn status(
     if flush {
         client
             .batch_execute(
-                "SET synchronous_commit = on; BEGIN; SELECT pg_catalog.pg_current_xact_id(); COMMIT;",
+                "SET synchronous_commit = on; BEGIN; \
+                 SELECT pg_catalog.pg_logical_emit_message(true, 'hostshift', 'position'); COMMIT;",
             )
             .await
             .map_err(|e| AgentError::db(database, &e))?;
