@@ -52,7 +52,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         "sync",
         "verify",
         "writes",
-        "catch-up",
+        "follow",
         "cutover",
         "live-app",
         "verify-after",
@@ -86,8 +86,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
             && after.contains("storage owners compared, sub-folder 2024 owned by nobody"),
         "{after}"
     );
-    // The cutover froze writes for a measured, non-zero time within the plan's 30 s budget, and
-    // the catch-up moved the app's late writes as key ranges, not whole tables.
+    // The cutover froze writes for a measured, non-zero time within the plan's 30 s budget.
     let freeze = j["freeze_ms"].as_u64().expect("freeze_ms");
     // moto is part of the test environment (scripts/install-test-deps): the rehearsal moved a
     // real (stand-in) Elastic IP through the AWS SDK.
@@ -97,19 +96,22 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         out.stdout
     );
     assert!(freeze > 0 && freeze < 30_000, "{freeze} ms");
-    let catch_up = phases
+    // The old database was followed by logical decoding while the app wrote (no pause, no
+    // clean verify needed by the gates).
+    let follow = phases
         .iter()
-        .find(|p| p["phase"] == "catch-up")
-        .expect("catch-up");
+        .find(|p| p["phase"] == "follow")
+        .expect("follow");
     assert!(
-        catch_up["detail"]
+        follow["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("table range(s)") && !d.contains(" 0 table range")),
-        "{catch_up}"
+            .is_some_and(|d| d.contains("1 database(s) followed")),
+        "{follow}"
     );
     // The live app wrote into the freeze: the old host acknowledged writes up to it, refused the
     // ones during it, and every acknowledged one is on the new host (the rehearsal looked each up
-    // there); the cutover's final delta had rows to move.
+    // there); the cutover waited for the follower instead of comparing the database, and says
+    // what the freeze spent its time on.
     let live = &j["live_writes"];
     assert!(
         live["acknowledged"].as_u64().expect("acknowledged") > 0,
@@ -124,7 +126,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
     assert!(
         cutover["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("table range(s)") && !d.contains(" 0 table range")),
+            .is_some_and(|d| d.contains("database app followed up to") && d.contains("steps: ")),
         "{cutover}"
     );
     assert!(!lab.exists(), "the lab folder is removed");

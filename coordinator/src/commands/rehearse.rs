@@ -463,11 +463,15 @@ async fn after_first_copy(
         }
     };
 
-    say("phase catch-up: sync again (only what changed travels), then verify");
+    say(
+        "phase follow: follow the old database by logical decoding; files and storage synced again",
+    );
     let t = Instant::now();
-    let caught_up = catch_up(plan, mode, Some(&writer)).await;
-    if !push(phases, "catch-up", t, caught_up) {
+    let followed = follow_phase(plan, mode, &writer).await;
+    if !push(phases, "follow", t, followed) {
         writer.stop().await;
+        // Nothing of the follow may stay on the old host (a slot keeps WAL).
+        let _ = crate::follow::cleanup(plan).await;
         return false;
     }
 
@@ -501,12 +505,35 @@ async fn after_first_copy(
                 });
             }
             if r.ok {
+                // The freeze step by step: what ran between the first freeze action and the switch.
+                let steps: Vec<String> = r
+                    .steps
+                    .iter()
+                    .filter(|s| s.name != "gates")
+                    .map(|s| format!("{} {} ms", s.name, s.ms))
+                    .collect();
+                let followed: Vec<String> = r
+                    .follow
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "database {} followed up to {} (waited {} ms)",
+                            f.database, f.lsn, f.waited_ms
+                        )
+                    })
+                    .collect();
                 Ok(format!(
-                    "write freeze {} ms (predicted {} ms); final delta {} in {} table range(s); the old host stays frozen",
+                    "write freeze {} ms (predicted {} ms); {}; final delta {} in {} table range(s); steps: {}; the old host stays frozen",
                     r.freeze_ms.unwrap_or(0),
                     r.predicted_freeze_ms.unwrap_or(0),
+                    if followed.is_empty() {
+                        "no database followed (key-range delta)".to_string()
+                    } else {
+                        followed.join(", ")
+                    },
                     bytes(r.delta.bytes),
-                    r.delta.ranges
+                    r.delta.ranges,
+                    steps.join(", ")
                 ))
             } else {
                 Err(format!(
@@ -727,12 +754,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
     if ok {
         say("phase catch-up: sync again (only what changed travels), then verify");
         let t = Instant::now();
-        ok = push(
-            &mut phases,
-            "catch-up",
-            t,
-            catch_up(&plan, mode, None).await,
-        );
+        ok = push(&mut phases, "catch-up", t, catch_up(&plan, mode).await);
     }
     if ok {
         say(
@@ -812,68 +834,87 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
     }
 }
 
-/// A catch-up sync (only what changed travels) while the app writes, then the clean verify the
-/// cutover's gate asks for. Today's gate needs a verify that finds the hosts equal, which a
-/// writing app cannot give: the writer pauses for a last small sync and the verify, then writes
-/// on into the cutover (issue 12.3 replaces this gate with the follower's lag).
-async fn catch_up(
-    plan: &Plan,
-    mode: crate::progress::Mode,
-    writer: Option<&LiveWriter>,
-) -> Result<String, String> {
+/// A catch-up sync (only what changed travels) and a verify, as right before a cutover.
+async fn catch_up(plan: &Plan, mode: crate::progress::Mode) -> Result<String, String> {
     let opts = crate::sync::SyncOptions {
         progress: mode,
         ..crate::sync::SyncOptions::default()
     };
-    let sync = || async {
-        let s = crate::sync::run(plan, &opts)
-            .await
-            .map_err(|e| e.to_string())?;
-        if s.ok {
-            Ok(s)
-        } else {
-            Err(format!("the catch-up sync failed: {}", s.failures()))
-        }
-    };
-    let s = sync().await?;
-    let Some(writer) = writer else {
-        // Against real hosts (`--plan`): no writer of ours; one sync, one verify.
-        let v = crate::sync::verify::run(plan)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !v.ok {
-            return Err("verify after the catch-up found differences".to_string());
-        }
-        let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
-        return Ok(format!(
-            "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
-            bytes(s.bytes),
-            s.files,
-            v.rows.len()
-        ));
-    };
-    writer.pause().await;
-    let settled = async {
-        let last = sync().await?;
-        let v = crate::sync::verify::run(plan)
-            .await
-            .map_err(|e| e.to_string())?;
-        if v.ok {
-            Ok((last, v))
-        } else {
-            Err("verify after the catch-up found differences".to_string())
-        }
+    let s = crate::sync::run(plan, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !s.ok {
+        return Err(format!("the catch-up sync failed: {}", s.failures()));
     }
-    .await;
-    writer.resume();
-    let (last, v) = settled?;
-    let ranges: u64 = s.units.iter().chain(&last.units).map(|u| u.ranges).sum();
+    let v = crate::sync::verify::run(plan)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !v.ok {
+        return Err("verify after the catch-up found differences".to_string());
+    }
+    let ranges: u64 = s.units.iter().map(|u| u.ranges).sum();
     Ok(format!(
-        "{} sent while the app wrote, {} with it paused for the gate's verify ({ranges} table range(s)); {} items equal; {} writes acknowledged so far",
+        "{} sent ({ranges} table range(s), {} file(s)); {} items equal",
         bytes(s.bytes),
-        bytes(last.bytes),
-        v.rows.len(),
-        writer.tally().acknowledged()
+        s.files,
+        v.rows.len()
+    ))
+}
+
+/// While the app writes: `hostshift follow start` (a slot on the old database, a sync of the
+/// database from a snapshot taken after it, then the new host applies every later change), and
+/// a catch-up sync of the files and the storage tree. No pause and no verify: with every
+/// database followed, the cutover's freshness gate is the follower's lag (issue 12.3).
+async fn follow_phase(
+    plan: &Plan,
+    mode: crate::progress::Mode,
+    writer: &LiveWriter,
+) -> Result<String, String> {
+    let opts = || crate::sync::SyncOptions {
+        progress: mode,
+        ..crate::sync::SyncOptions::default()
+    };
+    let started = crate::follow::start(plan, opts())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sent = 0;
+    for only in [crate::sync::Only::Files, crate::sync::Only::Storage] {
+        let s = crate::sync::run(
+            plan,
+            &crate::sync::SyncOptions {
+                only: Some(only),
+                ..opts()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if !s.ok {
+            return Err(format!("the catch-up sync failed: {}", s.failures()));
+        }
+        sent += s.bytes;
+    }
+    let not_followed: Vec<String> = started
+        .iter()
+        .flat_map(|d| d.not_followed.iter().cloned())
+        .collect();
+    Ok(format!(
+        "{} database(s) followed ({}); files and storage synced again ({}) while the app wrote; {} writes acknowledged so far{}",
+        started.len(),
+        started
+            .iter()
+            .map(|d| d.slot.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        bytes(sent),
+        writer.tally().acknowledged(),
+        if not_followed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not followed (settled in the freeze): {}",
+                not_followed.join(", ")
+            )
+        }
     ))
 }
 

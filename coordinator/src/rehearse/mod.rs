@@ -18,7 +18,7 @@ use hostshift_shared::tls::TlsFiles;
 
 use crate::lab::LabError;
 use crate::lab::agent::{AgentLaunchError, AgentSetup, LabAgent};
-use crate::lab::pg::PgCluster;
+use crate::lab::pg::{PgCluster, WalLevel};
 use crate::lab::seed::{self, Scale, SeedSummary};
 
 pub use content::{NON_ROOT_DIR, StorageSummary};
@@ -113,10 +113,11 @@ impl LocalLab {
             days: 1,
             force: false,
         })?;
-        say("PostgreSQL clusters: old on 127.0.0.2, new on 127.0.0.3");
+        say("PostgreSQL clusters: old on 127.0.0.2 (wal_level = logical), new on 127.0.0.3");
         let pg_root = dir.join("pg");
         let (old_pg, new_pg) = tokio::join!(
-            PgCluster::start(&pg_root, "old", OLD_IP),
+            // Logical decoding: the rehearsal follows the old database up to the cutover.
+            PgCluster::start_with(&pg_root, "old", OLD_IP, WalLevel::Logical),
             PgCluster::start(&pg_root, "new", NEW_IP)
         );
         let (old_pg, new_pg) = (old_pg?, new_pg?);
@@ -144,6 +145,8 @@ impl LocalLab {
         old.databases.push(("app".into(), old_pg.conninfo("app")));
         // The cutover's write freeze (read-only + end sessions) is the old host's one permit.
         old.freeze_databases.push("app".into());
+        // ... and `hostshift follow` may create its slot there.
+        old.follow_databases.push("app".into());
         old.storage
             .push(("evaluations".into(), content::storage_dir(&old_root)));
         for (name, rel) in content::FILES {

@@ -9,8 +9,8 @@
 //! connection broke while the statement was in flight: it may or may not have committed, so it is
 //! neither counted as lost nor as kept). Only acknowledged writes must be on the new host.
 //!
-//! Pausing exists for one reason, stated where it is used: today's cutover gate wants a clean
-//! `verify`, which a writing app cannot give (issue 12.3 replaces it with the follower's lag).
+//! It never pauses: the rehearsal follows the old database, so the cutover's gates take the
+//! follower's lag, not a clean `verify` that a writing app could not give.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -67,8 +67,6 @@ impl Tally {
 /// The running writer; [`LiveWriter::stop`] ends it and returns the tally.
 pub struct LiveWriter {
     tally: Arc<Mutex<Tally>>,
-    pause: watch::Sender<bool>,
-    idle: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -90,39 +88,14 @@ impl LiveWriter {
             .await
             .map_err(|e| format!("the live writer's first insert: {e}"))?;
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let (pause, paused) = watch::channel(false);
         let (stop, stopped) = watch::channel(false);
-        let (idle_tx, idle) = watch::channel(false);
         let task = tokio::spawn(run(
             conninfo.to_string(),
             Some(client),
             Arc::clone(&tally),
-            Signals {
-                paused,
-                stopped,
-                idle: idle_tx,
-            },
+            stopped,
         ));
-        Ok(Self {
-            tally,
-            pause,
-            idle,
-            stop,
-            task,
-        })
-    }
-
-    /// Holds the writes until [`LiveWriter::resume`]; returns once no write is in flight.
-    pub async fn pause(&self) {
-        let _ = self.pause.send(true);
-        let mut idle = self.idle.clone();
-        // The loop says so once its write in flight has returned.
-        let _ = tokio::time::timeout(Duration::from_secs(30), idle.wait_for(|i| *i)).await;
-    }
-
-    /// Lets the writes go on.
-    pub fn resume(&self) {
-        let _ = self.pause.send(false);
+        Ok(Self { tally, stop, task })
     }
 
     /// What the writer saw so far.
@@ -149,29 +122,16 @@ async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
     Ok(client)
 }
 
-struct Signals {
-    paused: watch::Receiver<bool>,
-    stopped: watch::Receiver<bool>,
-    idle: watch::Sender<bool>,
-}
-
 async fn run(
     conninfo: String,
     mut client: Option<tokio_postgres::Client>,
     tally: Arc<Mutex<Tally>>,
-    mut sig: Signals,
+    stopped: watch::Receiver<bool>,
 ) {
     let mut n: u64 = 0;
     loop {
-        if *sig.stopped.borrow() {
+        if *stopped.borrow() {
             return;
-        }
-        let paused = *sig.paused.borrow();
-        let _ = sig.idle.send(paused);
-        if paused {
-            // Wake on resume; a stop is seen at the next turn.
-            let _ = tokio::time::timeout(Duration::from_millis(200), sig.paused.changed()).await;
-            continue;
         }
         tokio::time::sleep(INTERVAL).await;
         let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
