@@ -19,10 +19,11 @@ use crate::rehearse::writer::{LiveWriter, Outcome};
 #[derive(Args)]
 #[command(after_help = "\
 Without --plan: two throwaway hosts on loopback (PostgreSQL clusters, agents, certificates, a
-sample app's data), then check, backup, sync, verify, the app writing on: a live writer signs
-users up on the old host through the catch-up sync and into the cutover (write freeze, final
-delta, proof, switch), every write the old host acknowledged is looked for on the new host and the
-writes the freeze refused are counted; a last verify; a report; teardown.
+sample app's data), then check, backup, sync, verify; then a live writer signs users up on the
+old host while hostshift follows its database (logical decoding) and syncs files and storage
+again, and on into the cutover (write freeze, the follower's last changes, final delta, proof,
+switch); every write the old host acknowledged is looked for on the new host and the writes the
+freeze refused are counted; a last verify; a report; teardown.
 
 With --plan P: the same flow against the real agents of P, copying into the scratch resources
 its [rehearsal] section names (declared and allowed in the NEW agent's config) instead of the
