@@ -139,36 +139,6 @@ fn rename_plan(sb: &Sandbox, name: &str) {
     .expect("plan");
 }
 
-async fn catalog_leftovers(sb: &Sandbox) -> (i64, i64, i64) {
-    let old = sb.world.old_pg.connect(&sb.old_db).await;
-    let slots: i64 = old
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift_%' AND database = current_database()",
-            &[],
-        )
-        .await
-        .expect("slots")
-        .get(0);
-    let pubs: i64 = old
-        .query_one(
-            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'hostshift_%'",
-            &[],
-        )
-        .await
-        .expect("publications")
-        .get(0);
-    let new = sb.world.new_pg.connect(&sb.new_db).await;
-    let origins: i64 = new
-        .query_one(
-            "SELECT count(*) FROM pg_replication_origin WHERE roname = 'hostshift_follow_main'",
-            &[],
-        )
-        .await
-        .expect("origins")
-        .get(0);
-    (slots, pubs, origins)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cleanup_leaves_nothing()
  {
@@ -364,7 +334,7 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     let clean = sb.cli(&["follow", "cleanup", "--yes", "--json"]).await;
     assert_eq!(clean.code, 0, "{}", clean.both());
     assert_eq!(
-        catalog_leftovers(&sb).await,
+        rig::follow_leftovers(&sb, "hostshift_follow_main").await,
         (0, 0, 0),
         "no slot, publication or origin of hostshift remains"
     );
@@ -385,8 +355,16 @@ async fn follow_is_refused_without_allow_or_logical_wal_level_and_creates_nothin
         "{}",
         out.both()
     );
-    assert_eq!(catalog_leftovers(&sb).await.0, 0, "no slot was created");
-    assert_eq!(catalog_leftovers(&sb).await.1, 0, "no publication");
+    assert_eq!(
+        rig::follow_leftovers(&sb, "hostshift_follow_main").await.0,
+        0,
+        "no slot was created"
+    );
+    assert_eq!(
+        rig::follow_leftovers(&sb, "hostshift_follow_main").await.1,
+        0,
+        "no publication"
+    );
 
     // A source whose wal_level is not logical (this world's second cluster runs `replica`).
     let mut sb = Sandbox::new_in(logical_world(), "follow_replica").await;
@@ -583,7 +561,7 @@ async fn follow_into_a_managed_target_without_the_origin_grants_names_them() {
         "{}",
         st.stdout
     );
-    let (slots, pubs, _) = catalog_leftovers(&sb).await;
+    let (slots, pubs, _) = rig::follow_leftovers(&sb, "hostshift_follow_main").await;
     assert_eq!(
         (slots, pubs),
         (0, 0),

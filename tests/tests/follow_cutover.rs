@@ -62,23 +62,7 @@ fn rename_plan(sb: &Sandbox, name: &str) {
 
 /// hostshift's slots and publications left in the old database.
 async fn leftovers(sb: &Sandbox) -> (i64, i64) {
-    let old = sb.world.old_pg.connect(&sb.old_db).await;
-    let slots: i64 = old
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift_%' AND database = current_database()",
-            &[],
-        )
-        .await
-        .expect("slots")
-        .get(0);
-    let pubs: i64 = old
-        .query_one(
-            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'hostshift_%'",
-            &[],
-        )
-        .await
-        .expect("publications")
-        .get(0);
+    let (slots, pubs, _) = rig::follow_leftovers(sb, "").await;
     (slots, pubs)
 }
 

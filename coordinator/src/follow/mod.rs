@@ -447,25 +447,11 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
 /// # Errors
 /// `Err(message)` when the new agent fails to answer.
 pub async fn following(plan: &Plan, new: &Agent) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for d in &plan.databases {
-        match follow(new)
-            .status(client::request(FollowStatusRequest {
-                database: d.on_new().to_string(),
-            }))
-            .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                if r.configured && r.state == "following" {
-                    out.push(d.name.clone());
-                }
-            }
-            Err(s) if s.code() == tonic::Code::Unimplemented => {}
-            Err(s) => return Err(client::explain_status(&s)),
-        }
-    }
-    Ok(out)
+    Ok(following_with_tables(plan, new)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// The databases of the plan whose follower runs on the new host, each with the tables the

@@ -3,6 +3,7 @@
 mod agent;
 mod bins;
 pub mod cutover;
+mod follow;
 pub mod fs;
 pub mod managed;
 pub mod moto;
@@ -15,6 +16,7 @@ pub mod writer;
 
 pub use agent::{AgentProc, AgentSetup};
 pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin};
+pub use follow::follow_leftovers;
 pub use nginx::{HttpReply, NginxProc, UpstreamApp, children, http_get, nginx_bin, process_group};
 pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
 pub use sandbox::Sandbox;
