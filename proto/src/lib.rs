@@ -2,7 +2,12 @@
 //!
 //! The package is versioned: `hostshift.v1`. A breaking change gets a new package (`v2`) and
 //! bumps [`PROTOCOL_VERSION`]; additive changes (new fields, new RPCs) keep it. The coordinator
-//! refuses agents whose protocol major version differs from its own.
+//! refuses agents whose protocol major version differs from its own (`hostshift check`).
+//! Before the first release (0.x) a breaking change bumps [`PROTOCOL_VERSION`] only and keeps the
+//! package name: nobody runs two 0.x builds side by side on purpose, and the number is what makes
+//! `check` refuse a mixed pair. History: 2 = typed fingerprints (`FingerprintResponse` fields
+//! renumbered, row digests by `hashtextextended`), storage sessions (the new agent fetches the
+//! manifest; `PlanStorage`/`CompareStorage`/`FinalizeStorage` carry no manifest), `Follow`.
 //!
 //! Services (one per concern, each served by one folder of the agent):
 //! - `Agent` — identity, tools, disk and database reachability (`Info`), sizes and row counts
@@ -17,7 +22,7 @@
 #![allow(missing_docs)] // generated code carries the .proto comments, not `///` on every item.
 
 /// Protocol major version spoken by this build. Agents report it in `Info`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Generated types and services of package `hostshift.v1`.
 pub mod v1 {
