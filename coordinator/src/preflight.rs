@@ -267,7 +267,8 @@ pub async fn run(plan: &Plan) -> Report {
     }
     // Following: can the old database be followed, and what WAL does a follow's slot keep.
     if let Some((old_agent, _)) = reached.get(&Side::Old) {
-        c.0.extend(crate::follow::check::rows(plan, old_agent).await);
+        let new_info = reached.get(&Side::New).map(|(_, i)| i);
+        c.0.extend(crate::follow::check::rows(plan, old_agent, new_info).await);
     }
     let mut baseline = Vec::new();
     if let (Some((old_agent, _)), Some((new_agent, new_info))) =

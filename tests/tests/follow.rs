@@ -528,6 +528,14 @@ async fn follow_into_a_managed_target_without_the_origin_grants_names_them() {
     let m = managed_in(logical_world());
     let _roles = m.roles_lock.lock().await;
     let sb = managed_follow_sandbox("follow_noorigin", NO_ORIGIN).await;
+    // `check` says so first: a warning on the new host naming what the role lacks.
+    let check = sb.cli(&["check"]).await;
+    assert!(
+        check.stdout.contains("can apply followed changes")
+            && check.stdout.contains("pg_replication_origin_create(text)"),
+        "{}",
+        check.both()
+    );
     let out = sb.cli(&["follow", "start"]).await;
     assert_eq!(out.code, 1, "{}", out.both());
     for needed in [

@@ -1,7 +1,7 @@
 //! `hostshift check` rows about following: whether the old host's PostgreSQL can be followed
 //! (`wal_level = logical`), and the WAL a follow's slot keeps there.
 
-use hostshift_proto::v1::SourceStatusRequest;
+use hostshift_proto::v1::{InfoResponse, SourceStatusRequest};
 
 use super::{RETAINED_WARN_BYTES, follow, follow_id};
 use crate::client::{self, Agent};
@@ -22,8 +22,10 @@ fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
 /// One or two rows per database of the plan. Not being able to follow a database the old agent
 /// allows following is a warning, not a failure (the cutover then copies the changes by
 /// key-range delta inside the freeze); for one it does not allow, the row only says what
-/// following would take.
-pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
+/// following would take. For a database the old agent allows following, `new` (the new
+/// agent's `Info`, when it answered) adds a warning when the new host's role lacks what applying
+/// the changes needs (the grants an RDS master has; `follow start` refuses without them).
+pub async fn rows(plan: &Plan, old: &Agent, new: Option<&InfoResponse>) -> Vec<Check> {
     let mut out = Vec::new();
     for d in &plan.databases {
         let r = follow(old)
@@ -59,6 +61,23 @@ pub async fn rows(plan: &Plan, old: &Agent) -> Vec<Check> {
                 format!("wal_level = {}", s.wal_level),
                 "to follow it (`hostshift follow start`, a short freeze): as a superuser `ALTER SYSTEM SET wal_level = logical;`, then restart PostgreSQL at a quiet moment — hostshift never restarts it; and list the database in the old agent's [allow] follow_databases. Without it the cutover copies the changes inside the freeze",
             ));
+        }
+        let missing = new.and_then(|i| {
+            i.databases
+                .iter()
+                .find(|x| x.name == d.on_new() && !x.follow_missing.is_empty())
+        });
+        if let (true, Some(x)) = (s.follow_allowed, missing) {
+            out.push(Check {
+                host: "new".into(),
+                check: format!("database {}: can apply followed changes", d.on_new()),
+                result: Verdict::Warn,
+                detail: format!(
+                    "the role lacks: {}",
+                    x.follow_missing.join(" ")
+                ),
+                hint: "`hostshift follow start` refuses until a superuser connected to that database runs these GRANTs (on RDS the master has them through rds_superuser; docs/rds.md), or the conninfo names a superuser".into(),
+            });
         }
         if s.slot_exists {
             let check = format!("database {}: WAL kept by the follow slot", d.name);
