@@ -6,7 +6,7 @@ use hostshift_proto::v1::{InfoResponse, SourceStatusRequest};
 use super::{RETAINED_WARN_BYTES, follow, follow_id};
 use crate::client::{self, Agent};
 use crate::output::bytes;
-use crate::plan::Plan;
+use crate::plan::{OnNew, Plan};
 use crate::preflight::{Check, Verdict};
 
 fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
