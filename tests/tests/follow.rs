@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use hostshift::plan::{Plan, Side};
 use hostshift_tests::rig::managed::{MASTER, NO_ORIGIN, managed_in};
 use hostshift_tests::rig::{self, AgentProc, Sandbox, logical_world};
 
@@ -112,22 +111,6 @@ impl Writer {
     }
 }
 
-async fn rows(pg: &rig::PgInfo, db: &str, table: &str) -> Vec<String> {
-    let c = pg.connect(db).await;
-    let mut v: Vec<String> = c
-        .query(
-            &format!("SELECT row_to_json(r.*)::text FROM {table} r"),
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("read {table} on port {}: {e:?}", pg.port))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
 /// A plan name of its own: slots are per cluster, and every sandbox's plan says "test".
 fn rename_plan(sb: &Sandbox, name: &str) {
     let p = sb.plan_path();
@@ -191,25 +174,16 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     );
 
     // The cutover's calls: the old host's position, then wait until the follower applied it.
-    let plan = Plan::load(&sb.plan_path()).expect("plan");
-    let (o, n) = (
-        hostshift::client::connect(&plan, Side::Old)
-            .await
-            .expect("old"),
-        hostshift::client::connect(&plan, Side::New)
-            .await
-            .expect("new"),
-    );
-    let pos = hostshift::follow::old_position(&plan, &o, "app")
-        .await
-        .expect("old position");
-    hostshift::follow::wait_applied(&n, "app", pos, Duration::from_secs(30))
-        .await
-        .expect("the follower applies everything committed before the position");
+    rig::wait_caught_up(
+        &sb,
+        "app",
+        "the follower applies everything committed before the position",
+    )
+    .await;
     for t in FOLLOWED {
         let (a, b) = (
-            rows(&sb.world.old_pg, &sb.old_db, t).await,
-            rows(&sb.world.new_pg, &sb.new_db, t).await,
+            rig::table_rows(&sb.world.old_pg, &sb.old_db, t).await,
+            rig::table_rows(&sb.world.new_pg, &sb.new_db, t).await,
         );
         let least = if t == "f_trunc" { 5 } else { 20 };
         assert!(a.len() > least, "{t} has rows ({})", a.len());
@@ -219,7 +193,7 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
         );
     }
 
-    let trunc = rows(&sb.world.new_pg, &sb.new_db, "f_trunc").await;
+    let trunc = rig::table_rows(&sb.world.new_pg, &sb.new_db, "f_trunc").await;
     assert!(
         trunc.iter().any(|r| r.contains("after truncate"))
             && !trunc.iter().any(|r| r.contains("\"x\"")),
@@ -303,16 +277,11 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     writer.wait_rounds(10).await;
     let errors = writer.finish().await;
     assert!(errors.is_empty(), "{errors:?}");
-    let pos = hostshift::follow::old_position(&plan, &o, "app")
-        .await
-        .expect("old position");
-    hostshift::follow::wait_applied(&n, "app", pos, Duration::from_secs(30))
-        .await
-        .expect("the resumed follower catches up");
+    rig::wait_caught_up(&sb, "app", "the resumed follower catches up").await;
     for t in FOLLOWED {
         assert_eq!(
-            rows(&sb.world.old_pg, &sb.old_db, t).await,
-            rows(&sb.world.new_pg, &sb.new_db, t).await,
+            rig::table_rows(&sb.world.old_pg, &sb.old_db, t).await,
+            rig::table_rows(&sb.world.new_pg, &sb.new_db, t).await,
             "table {t} after stop and a second start"
         );
     }
@@ -456,24 +425,15 @@ async fn follow_into_a_managed_target_as_a_non_superuser_master_applies_every_ch
     .await
     .expect("changes on the old host");
 
-    let plan = Plan::load(&sb.plan_path()).expect("plan");
-    let (o, n) = (
-        hostshift::client::connect(&plan, Side::Old)
-            .await
-            .expect("old"),
-        hostshift::client::connect(&plan, Side::New)
-            .await
-            .expect("new"),
-    );
-    let pos = hostshift::follow::old_position(&plan, &o, "app")
-        .await
-        .expect("old position");
-    hostshift::follow::wait_applied(&n, "app", pos, Duration::from_secs(30))
-        .await
-        .expect("the follower on the managed target applies everything");
+    rig::wait_caught_up(
+        &sb,
+        "app",
+        "the follower on the managed target applies everything",
+    )
+    .await;
     let (a, b) = (
-        rows(&sb.world.old_pg, &sb.old_db, "m_items").await,
-        rows(&m.pg, &sb.new_db, "m_items").await,
+        rig::table_rows(&sb.world.old_pg, &sb.old_db, "m_items").await,
+        rig::table_rows(&m.pg, &sb.new_db, "m_items").await,
     );
     assert!(
         a.len() > 40 && a.iter().any(|r| r.contains("updated")),

@@ -24,22 +24,6 @@ const TABLES: [&str; 6] = [
     "project_evaluation_runs",
 ];
 
-async fn rows(pg: &rig::PgInfo, db: &str, table: &str) -> Vec<String> {
-    let c = pg.connect(db).await;
-    let mut v: Vec<String> = c
-        .query(
-            &format!("SELECT row_to_json(r.*)::text FROM public.{table} r"),
-            &[],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("read {table} on port {}: {e:?}", pg.port))
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    v.sort();
-    v
-}
-
 async fn query_text(pg: &rig::PgInfo, db: &str, sql: &str) -> String {
     pg.connect(db)
         .await
@@ -226,8 +210,8 @@ async fn a_followed_database_cuts_over_with_the_app_writing_into_the_freeze_and_
     // row by row, and holds every acknowledged id.
     for t in TABLES {
         let (a, b) = (
-            rows(&sb.world.old_pg, &sb.old_db, t).await,
-            rows(&sb.world.new_pg, &sb.new_db, t).await,
+            rig::table_rows(&sb.world.old_pg, &sb.old_db, &format!("public.{t}")).await,
+            rig::table_rows(&sb.world.new_pg, &sb.new_db, &format!("public.{t}")).await,
         );
         assert!(!a.is_empty(), "{t} has rows");
         assert_eq!(
@@ -309,8 +293,8 @@ async fn a_table_without_a_primary_key_is_settled_in_the_freeze() {
         out.stdout
     );
     let (a, b) = (
-        rows(&sb.world.old_pg, &sb.old_db, "fc_nopk").await,
-        rows(&sb.world.new_pg, &sb.new_db, "fc_nopk").await,
+        rig::table_rows(&sb.world.old_pg, &sb.old_db, "public.fc_nopk").await,
+        rig::table_rows(&sb.world.new_pg, &sb.new_db, "public.fc_nopk").await,
     );
     assert!(a.iter().any(|r| r.contains("changed")), "{a:?}");
     assert_eq!(a, b, "fc_nopk: equal row by row after the freeze");
