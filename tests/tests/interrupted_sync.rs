@@ -41,27 +41,6 @@ async fn add_slow_index(sb: &Sandbox) {
     .expect("add the slow index on the old host");
 }
 
-/// Every index, constraint and trigger of the public schema with its definition, sorted.
-async fn post_data_objects(client: &tokio_postgres::Client) -> Vec<String> {
-    let rows = client
-        .query(
-            "SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes \
-               WHERE schemaname = 'public' \
-             UNION ALL \
-             SELECT 'constraint ' || conrelid::regclass || '.' || conname || ': ' \
-                    || pg_get_constraintdef(oid) FROM pg_constraint \
-               WHERE connamespace = 'public'::regnamespace AND contype IN ('p', 'u', 'f', 'x') \
-             UNION ALL \
-             SELECT 'trigger ' || tgrelid::regclass || '.' || tgname || ' ' || tgenabled::text \
-               FROM pg_trigger WHERE NOT tgisinternal \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("list indexes, constraints and triggers");
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 /// `hostshift sync` started in the background, output into files.
 struct Running {
     child: tokio::process::Child,
@@ -136,8 +115,8 @@ async fn wait_for_post_data(new: &tokio_postgres::Client, db: &str, sync: &Runni
 /// rerun finishes the post-data, verify is then equal and every post-data object is there once.
 async fn resume_and_prove(sb: &Sandbox, new: &tokio_postgres::Client) {
     let old = sb.world.old_pg.connect(&sb.old_db).await;
-    let want = post_data_objects(&old).await;
-    let half = post_data_objects(new).await;
+    let want = rig::post_data_objects(&old).await;
+    let half = rig::post_data_objects(new).await;
     assert_ne!(
         half, want,
         "the interruption left the post-data half applied (the test hit the post-data)"
@@ -190,7 +169,7 @@ async fn rerun_and_prove(sb: &Sandbox, new: &tokio_postgres::Client, want: &[Str
     let out = sb.cli(&["verify"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
     assert_eq!(
-        post_data_objects(new).await,
+        rig::post_data_objects(new).await,
         want.to_vec(),
         "every index, constraint and trigger on the new host, each once"
     );
@@ -300,6 +279,6 @@ async fn kill_9_of_the_old_agent_in_the_post_data_is_resumed_by_the_next_sync() 
     sb.old = Some(AgentProc::start(&old_setup, &sb.dir, sb.world).await);
     sb.addresses.0 = sb.old().address();
     sb.write_plan("");
-    let want = post_data_objects(&sb.world.old_pg.connect(&sb.old_db).await).await;
+    let want = rig::post_data_objects(&sb.world.old_pg.connect(&sb.old_db).await).await;
     rerun_and_prove(&sb, &new, &want).await;
 }

@@ -12,7 +12,7 @@ use hostshift::lab::seed;
 use hostshift_agent::config::DatabaseConfig;
 use hostshift_agent::postgres::schema::{POST_DATA_PARALLELISM, SchemaApplied};
 use hostshift_agent::postgres::{self as pg, Conn, PgSyncError, SchemaBuffer, Section, Selection};
-use hostshift_tests::rig::Sandbox;
+use hostshift_tests::rig::{self, Sandbox};
 use tokio_util::sync::CancellationToken;
 
 /// Longest a schema dump or apply of the seeded database may take in a test.
@@ -392,28 +392,6 @@ async fn apply(
         .expect("the apply finished in time")
 }
 
-/// Every index and constraint of the public schema, with its definition, sorted: equal lists on
-/// both hosts mean each object is there exactly once.
-async fn post_data_objects(client: &tokio_postgres::Client) -> Vec<String> {
-    let rows = client
-        .query(
-            "SELECT 'index ' || indexname || ': ' || indexdef FROM pg_indexes \
-               WHERE schemaname = 'public' \
-             UNION ALL \
-             SELECT 'constraint ' || conrelid::regclass || '.' || conname || ': ' \
-                    || pg_get_constraintdef(oid) FROM pg_constraint \
-               WHERE connamespace = 'public'::regnamespace AND contype IN ('p', 'u', 'f', 'x') \
-             UNION ALL \
-             SELECT 'trigger ' || tgrelid::regclass || '.' || tgname || ' ' || tgenabled::text \
-               FROM pg_trigger WHERE NOT tgisinternal \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("list indexes and constraints");
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 /// Entries of a `pg_dump` text that succeed however often they run (they create nothing that
 /// could be found already there).
 fn idempotent(text: &str) -> usize {
@@ -493,7 +471,10 @@ async fn a_post_data_apply_cut_off_halfway_is_completed_by_the_next_with_each_ob
         "{second:?}"
     );
     let new = sb.world.new_pg.connect(&sb.new_db).await;
-    let (want, got) = (post_data_objects(&old).await, post_data_objects(&new).await);
+    let (want, got) = (
+        rig::post_data_objects(&old).await,
+        rig::post_data_objects(&new).await,
+    );
     assert!(
         want.iter()
             .any(|o| o.contains("placements_shard_region_fkey")),
@@ -514,7 +495,7 @@ async fn a_post_data_apply_cut_off_halfway_is_completed_by_the_next_with_each_ob
         entries - idempotent(&post),
         "{third:?}"
     );
-    assert_eq!(post_data_objects(&new).await, want);
+    assert_eq!(rig::post_data_objects(&new).await, want);
 }
 
 #[tokio::test]
@@ -546,7 +527,7 @@ async fn a_post_data_entry_failing_for_another_reason_stops_the_apply_naming_it(
     assert!(msg.contains("no_such_table"), "{msg}");
     // The entries before it stay: applying again (once the cause is fixed) completes the rest.
     let new = sb.world.new_pg.connect(&sb.new_db).await;
-    let objects = post_data_objects(&new).await;
+    let objects = rig::post_data_objects(&new).await;
     assert!(
         objects
             .iter()
