@@ -226,7 +226,8 @@ pub async fn on(
     req: OnRequest,
     cancel: &CancellationToken,
 ) -> Result<Outcome, AgentError> {
-    let pass = site::pass_paths(&req.pass_paths).map_err(AgentError::InvalidArgument)?;
+    let pass = site::pass_paths(&req.pass_paths)
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
     let retry = retry_after(req.retry_after_secs)?;
     let p = paths(cfg)?;
     let current = read(&p.site)?;

@@ -31,6 +31,18 @@
 
 use std::path::Path;
 
+/// What is wrong with a pass path or a site file: one sentence for the operator, who fixes the
+/// request or the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SiteError {
+    /// A pass path (or the list of them) the agent refuses.
+    #[error("{0}")]
+    PassPath(String),
+    /// Text nginx's tokenizer would not read the same way, or a site without a `server` block.
+    #[error("{0}")]
+    Syntax(String),
+}
+
 /// Appears in every generated file; a site file containing it is a maintenance version.
 pub const MARKER: &str = "hostshift-maintenance";
 /// `Retry-After` seconds when the request gives none.
@@ -48,34 +60,40 @@ pub const PAGE: &str = "<!doctype html><html><head><meta charset=utf-8><title>Do
 /// # Errors
 /// A sentence saying what is wrong: not absolute, `/` itself, characters outside
 /// `A-Z a-z 0-9 / . _ - ~`, empty, `.` or `..` segments.
-pub fn pass_path(p: &str) -> Result<String, String> {
+pub fn pass_path(p: &str) -> Result<String, SiteError> {
     let trimmed = p.trim_end_matches('/');
     if !p.starts_with('/') {
-        return Err(format!("pass path {p:?} must start with '/'"));
+        return Err(SiteError::PassPath(format!(
+            "pass path {p:?} must start with '/'"
+        )));
     }
     if trimmed.is_empty() {
-        return Err(
+        return Err(SiteError::PassPath(
             "pass path \"/\" would let every request through: name the paths, e.g. \"/health\""
                 .into(),
-        );
+        ));
     }
     if trimmed.len() > 200 {
-        return Err(format!("pass path {p:?} is longer than 200 characters"));
+        return Err(SiteError::PassPath(format!(
+            "pass path {p:?} is longer than 200 characters"
+        )));
     }
     if let Some(c) = trimmed
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "/._-~".contains(*c)))
     {
-        return Err(format!(
+        return Err(SiteError::PassPath(format!(
             "pass path {p:?} contains {c:?}: use letters, digits and / . _ - ~ only"
-        ));
+        )));
     }
     if trimmed
         .split('/')
         .skip(1)
         .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
-        return Err(format!("pass path {p:?} has an empty, '.' or '..' segment"));
+        return Err(SiteError::PassPath(format!(
+            "pass path {p:?} has an empty, '.' or '..' segment"
+        )));
     }
     Ok(trimmed.to_string())
 }
@@ -84,9 +102,11 @@ pub fn pass_path(p: &str) -> Result<String, String> {
 ///
 /// # Errors
 /// The first invalid path (see [`pass_path`]), or too many of them.
-pub fn pass_paths(paths: &[String]) -> Result<Vec<String>, String> {
+pub fn pass_paths(paths: &[String]) -> Result<Vec<String>, SiteError> {
     if paths.len() > MAX_PASS_PATHS {
-        return Err(format!("at most {MAX_PASS_PATHS} pass paths"));
+        return Err(SiteError::PassPath(format!(
+            "at most {MAX_PASS_PATHS} pass paths"
+        )));
     }
     let mut out: Vec<String> = Vec::new();
     for p in paths {
@@ -115,10 +135,12 @@ pub fn generate(
     pass: &[String],
     retry_after: u32,
     saved_at: &Path,
-) -> Result<String, String> {
+) -> Result<String, SiteError> {
     let blocks = server_blocks(original)?;
     if blocks.is_empty() {
-        return Err("it has no `server { … }` block to put in maintenance".into());
+        return Err(SiteError::Syntax(
+            "it has no `server { … }` block to put in maintenance".into(),
+        ));
     }
     let saved = saved_at.display().to_string().replace(['\n', '\r'], " ");
     let mut out = String::with_capacity(original.len() + blocks.len() * 600 + 300);
@@ -184,7 +206,7 @@ enum State {
 }
 
 /// Finds the `server` blocks of the `http` context.
-fn server_blocks(text: &str) -> Result<Vec<ServerBlock>, String> {
+fn server_blocks(text: &str) -> Result<Vec<ServerBlock>, SiteError> {
     let mut out = Vec::new();
     walk(text, |st| {
         if let (Some(body_start), [(word, kw)]) = (st.block_body, st.words)
@@ -207,7 +229,7 @@ fn server_blocks(text: &str) -> Result<Vec<ServerBlock>, String> {
 ///
 /// # Errors
 /// When the text cannot be parsed.
-pub fn main_directive(text: &str, name: &str) -> Result<Option<String>, String> {
+pub fn main_directive(text: &str, name: &str) -> Result<Option<String>, SiteError> {
     let mut found = None;
     walk(text, |st| {
         if found.is_none()
@@ -234,7 +256,7 @@ struct Statement<'a> {
 
 /// Tokenizes config text like nginx does (`ngx_conf_read_token`) and calls `f` for each
 /// statement (`…;`) and block opening (`… {`).
-fn walk(text: &str, mut f: impl FnMut(Statement<'_>)) -> Result<(), String> {
+fn walk(text: &str, mut f: impl FnMut(Statement<'_>)) -> Result<(), SiteError> {
     let bytes = text.as_bytes();
     let mut stack: Vec<String> = Vec::new();
     let mut words: Vec<(String, usize)> = Vec::new();
@@ -304,7 +326,7 @@ fn walk(text: &str, mut f: impl FnMut(Statement<'_>)) -> Result<(), String> {
                 b'}' => {
                     if stack.pop().is_none() {
                         let line = text[..i].matches('\n').count() + 1;
-                        return Err(format!("unexpected '}}' on line {line}"));
+                        return Err(SiteError::Syntax(format!("unexpected '}}' on line {line}")));
                     }
                     words.clear();
                 }
@@ -326,12 +348,12 @@ fn walk(text: &str, mut f: impl FnMut(Statement<'_>)) -> Result<(), String> {
         i += 1;
     }
     if matches!(state, State::Quoted(_)) {
-        return Err("a quoted string is not closed".into());
+        return Err(SiteError::Syntax("a quoted string is not closed".into()));
     }
     if let Some(open) = stack.last() {
-        return Err(format!(
+        return Err(SiteError::Syntax(format!(
             "the block {open:?} is not closed (missing '}}' at the end of the file)"
-        ));
+        )));
     }
     Ok(())
 }
@@ -395,13 +417,22 @@ mod tests {
     fn stream_servers_and_broken_files_are_not_touched() {
         let s = "stream { server { listen 12345; proxy_pass db; } }\n";
         let e = generate(s, &[], 60, Path::new("/s")).expect_err("no http server");
-        assert!(e.contains("no `server"), "{e}");
+        assert!(
+            matches!(&e, SiteError::Syntax(m) if m.contains("no `server")),
+            "{e}"
+        );
         assert!(
             server_blocks("server { listen 80;")
                 .expect_err("unclosed")
+                .to_string()
                 .contains("not closed")
         );
-        assert!(server_blocks("}").expect_err("stray").contains("line 1"));
+        assert!(
+            server_blocks("}")
+                .expect_err("stray")
+                .to_string()
+                .contains("line 1")
+        );
         assert!(server_blocks("server { return 200 \"x; }").is_err());
         assert_eq!(server_blocks("http { server { } }").expect("http").len(), 1);
         assert_eq!(

@@ -61,7 +61,7 @@ async fn pid_file(
         .map_err(|e| e.to_string())?;
     let text = dump.stdout_text();
     let main = main_file_section(&text);
-    let from_config = site::main_directive(main, "pid")?;
+    let from_config = site::main_directive(main, "pid").map_err(|e| e.to_string())?;
     let (path, prefix) = match from_config {
         Some(p) => (p, cfg.prefix.clone()),
         None => {
