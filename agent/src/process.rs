@@ -490,17 +490,10 @@ mod tests {
     async fn gone_soon(pid: i32) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => return true,
-                Ok(s)
-                    if s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z')) =>
-                {
-                    return true;
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            if !u32::try_from(pid).is_ok_and(hostshift_shared::procfs::alive) {
+                return true;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }

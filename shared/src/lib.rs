@@ -33,6 +33,7 @@ pub mod identity;
 pub mod keyspan;
 pub mod model;
 pub mod pki;
+pub mod procfs;
 pub mod telemetry;
 pub mod tls;
 pub mod tomlpos;

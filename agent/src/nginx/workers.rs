@@ -17,6 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The live children of a process (re-exported: `nginx::control` lists the master's workers).
+pub use hostshift_shared::procfs::children;
+use hostshift_shared::procfs::cmdline;
 use tokio_util::sync::CancellationToken;
 
 use super::site;
@@ -107,39 +110,6 @@ fn configure_arg(text: &str, key: &str) -> Option<String> {
     text.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .map(str::to_string)
-}
-
-/// The process's title (nginx rewrites its argv: "nginx: worker process").
-fn cmdline(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let text = String::from_utf8_lossy(&raw).replace('\0', " ");
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_string())
-}
-
-/// The children of `pid` that are alive (zombies are counted as gone).
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .filter(|p| alive(*p))
-        .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
 }
 
 /// Waits until `master` runs a worker that is not in `before` and every worker in `before` has

@@ -350,13 +350,7 @@ fn daemon_running(home: &Path) -> bool {
     let Ok(pid) = text.trim().parse::<u32>() else {
         return false;
     };
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z')),
-    }
+    hostshift_shared::procfs::alive(pid)
 }
 
 pub(super) fn log_outcome(o: &ActionOutcome) {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use hostshift_shared::procfs::{self, alive as process_alive, children_by_scan as children_of};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::{Pid, User, geteuid};
 use tokio::process::{Child, Command};
@@ -795,47 +796,6 @@ fn check_reachable(root: &Path, pg_uid: u32, pg_gid: u32) -> Result<(), LabError
     Ok(())
 }
 
-/// The fields of `/proc/<pid>/stat` the lab needs.
-#[derive(Clone, Copy, Debug)]
-struct ProcStat {
-    state: char,
-    ppid: u32,
-}
-
-impl ProcStat {
-    /// `None` once the process is gone.
-    fn read(pid: u32) -> Option<Self> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name is parenthesised and may itself contain ") ": split at the last one.
-        let (_, rest) = stat.rsplit_once(") ")?;
-        let mut fields = rest.split_ascii_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let ppid = fields.next()?.parse().ok()?;
-        Some(Self { state, ppid })
-    }
-
-    fn dead(self) -> bool {
-        matches!(self.state, 'Z' | 'X')
-    }
-}
-
-/// True while `pid` is a live process: gone, or a zombie, counts as dead.
-fn process_alive(pid: u32) -> bool {
-    ProcStat::read(pid).is_some_and(|stat| !stat.dead())
-}
-
-/// The pids whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| ProcStat::read(pid).is_some_and(|stat| stat.ppid == parent))
-        .collect()
-}
-
 fn to_pid(pid: u32) -> Pid {
     Pid::from_raw(i32::try_from(pid).expect("Linux pids fit in i32 (pid_max <= 2^22)"))
 }
@@ -849,7 +809,7 @@ fn to_pid(pid: u32) -> Pid {
 fn kill_tree(pid: u32, deadline: Instant) -> Vec<u32> {
     let postmaster = to_pid(pid);
     if signal::kill(postmaster, Signal::SIGSTOP).is_ok() {
-        while let Some(stat) = ProcStat::read(pid) {
+        while let Some(stat) = procfs::Stat::read(pid) {
             if matches!(stat.state, 'T' | 'Z' | 'X') || Instant::now() >= deadline {
                 break;
             }
