@@ -71,8 +71,19 @@ impl Follow for FollowService {
             .selection
             .ok_or_else(|| Status::invalid_argument("prepare without a database selection"))?;
         let selection = crate::transfer::db::selection(&sel)?;
+        // The rollback window's anchor (see `coordinator/src/window`): a snapshot taken *before*
+        // the slot exists. Everything it sees is on the other host already; every transaction
+        // committing after the slot's consistent point is applied there.
+        let before = if r.anchor_now {
+            Some(source::current_snapshot(&self.ctx, &sel.database).await?)
+        } else {
+            None
+        };
         let (rec, created) =
             source::prepare(&self.ctx, &sel.database, &selection, &r.id, &r.peer).await?;
+        if let Some(snapshot) = before {
+            source::note_snapshot(&self.ctx, &sel.database, &snapshot);
+        }
         let followed = Vec::new();
         Ok(Response::new(PrepareFollowResponse {
             slot: rec.slot,

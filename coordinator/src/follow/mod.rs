@@ -163,6 +163,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
                 }),
                 id: id.clone(),
                 peer: plan.new.agent.clone(),
+                anchor_now: false,
             }))
             .await
             .map_err(agent_err(format!(
