@@ -7,8 +7,8 @@
 //!   passed on. [`Cut::window_abandon`] removes a window when the cutover is undone.
 //! - Rollback: [`Cut::window_drain`] freezes the new host (the plan's freeze methods, on the new
 //!   host), waits until the old host applied everything, copies the sequences; then the usual
-//!   switch back and unfreeze of the old host run; [`Cut::window_end`] unfreezes the new host
-//!   and closes the window.
+//!   switch back and unfreeze of the old host run; [`Cut::window_end`] closes the window and
+//!   leaves the new host frozen (as a cutover leaves the old one).
 
 use std::time::Duration;
 
@@ -248,11 +248,15 @@ impl Cut<'_> {
         }
     }
 
-    /// After a drained rollback switched traffic back: the new host unfrozen and the window
-    /// closed. Only a journal failure is passed on.
+    /// After a drained rollback switched traffic back: the window closed. The new host stays
+    /// frozen, as the old host does after a cutover — a write accepted there now would be lost
+    /// (`hostshift unfreeze --host new` lifts it, e.g. before syncing into it again). Only a
+    /// journal failure is passed on.
     pub(super) async fn window_end(&mut self) -> Result<(), CutoverError> {
-        let methods = self.plan.freeze.methods.clone();
-        self.unfreeze_new(methods).await;
+        self.progress.say(&format!(
+            "the new host stays frozen: `hostshift unfreeze --host new --plan {} --yes` lifts it",
+            self.plan.path.display()
+        ));
         match self.window_close_step().await {
             Err(e) if e.is_journal() => Err(e),
             _ => Ok(()),
