@@ -268,11 +268,32 @@ impl Follow for FollowService {
         let r = req.into_inner();
         self.ctx.database(&r.database)?;
         self.ctx.followers.stop(&r.database).await;
-        if let Some(mut rec) = store::target(&self.ctx, &r.database)?
+        let rec = store::target(&self.ctx, &r.database)?;
+        if let Some(mut rec) = rec.clone()
             && rec.state == "following"
         {
             rec.state = "stopped".into();
             store::save_target(&self.ctx, &rec)?;
+        }
+        if !r.sequences.is_empty() {
+            // The rollback window: the sequences the stream does not carry, written under the
+            // follower's permit (`[allow] restore_databases`, checked when it started) — not a
+            // sync write, so neither `sync_role` nor the freeze refuses it.
+            if rec.is_none() {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "database {} has no follower on this host: sequences are set only after one",
+                    r.database
+                ))
+                .into());
+            }
+            let db = self.ctx.database(&r.database)?;
+            let values = crate::database::wire::sequences_from_proto(r.sequences)?;
+            let conn = crate::postgres::Conn::connect(db)
+                .await
+                .map_err(AgentError::from)?;
+            crate::postgres::apply_sequences(&conn, &values)
+                .await
+                .map_err(AgentError::from)?;
         }
         Ok(Response::new(StopFollowResponse {}))
     }

@@ -304,8 +304,9 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     c.switched = true;
     let manual = traced(step_span("undo"), c.undo(methods, true)).await;
     c.rep.skipped("freeze", "rollback");
-    let mut writes = if drained && !c.window_not_carried() {
-        Ok(())
+    c.window_freeze_ends(drained);
+    let mut writes = if drained {
+        traced(step_span("new-host writes"), c.window_not_carried()).await
     } else {
         traced(step_span("new-host writes"), c.new_host_writes()).await
     };

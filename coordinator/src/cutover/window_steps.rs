@@ -16,7 +16,7 @@ use hostshift_proto::v1::SetReadOnlyRequest;
 
 use super::cut::Cut;
 use super::error::{self, CutoverError};
-use super::freeze;
+use super::{freeze, new_writes};
 use crate::client::{self, Agent};
 use crate::journal::Step as JStep;
 use crate::plan::{FreezeMethod, OnNew, Side};
@@ -263,10 +263,67 @@ impl Cut<'_> {
         }
     }
 
-    /// Tables the window did not carry back (no replica identity): the rollback still reports
-    /// their writes as at risk.
-    pub(super) fn window_not_carried(&self) -> bool {
-        matches!(window::load(self.plan), Ok(Some(r)) if r.databases.iter().any(|d| !d.not_followed.is_empty()))
+    /// The rollback's freeze ends when the old host is writable again (after the undo).
+    pub(super) fn window_freeze_ends(&mut self, drained: bool) {
+        if drained {
+            self.rep.freeze_ends();
+            self.out.freeze_ms = self.freeze_ms();
+        }
+    }
+
+    /// After a drained rollback: the writes the window did not carry back — tables without a
+    /// replica identity — named as at risk (and kept, so that `sync` refuses to overwrite
+    /// them), like every write of a rollback without a window. Only a journal failure is
+    /// passed on.
+    pub(super) async fn window_not_carried(&mut self) -> Result<(), CutoverError> {
+        let not_followed: Vec<(String, String)> = match window::load(self.plan) {
+            Ok(Some(r)) => r
+                .databases
+                .iter()
+                .flat_map(|d| {
+                    d.not_followed
+                        .iter()
+                        .map(|t| (d.database.clone(), t.clone()))
+                })
+                .collect(),
+            _ => vec![],
+        };
+        if not_followed.is_empty() {
+            return Ok(());
+        }
+        let t = self.begin(JStep::NewHostWrites)?;
+        let found = match self.new_agent() {
+            Ok(new) => new_writes::find(self.plan, &new).await,
+            Err(e) => Err(e),
+        };
+        let r = found.and_then(|all| {
+            let left: Vec<new_writes::TableWrites> = all
+                .into_iter()
+                .filter(|w| {
+                    not_followed
+                        .iter()
+                        .any(|(d, t)| d == &w.database && t == &w.table)
+                })
+                .collect();
+            self.out.new_host_writes = left.iter().map(ToString::to_string).collect();
+            new_writes::record_pending(self.plan, &left)?;
+            Ok(if left.is_empty() {
+                "every write since the switch was carried back by the window".to_string()
+            } else {
+                format!(
+                    "{} table(s) without a replica identity written on the new host since the switch, NOT carried back: {}",
+                    left.len(),
+                    left.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })
+        });
+        match self.end(JStep::NewHostWrites, t, r) {
+            Err(e) if e.is_journal() => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

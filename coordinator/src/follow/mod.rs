@@ -366,6 +366,7 @@ async fn stop_one(new: &Agent, d: &PlanDatabase) -> Result<(), FollowError> {
     match follow(new)
         .stop(client::request(StopFollowRequest {
             database: d.on_new().to_string(),
+            sequences: vec![],
         }))
         .await
     {

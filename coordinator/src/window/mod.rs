@@ -46,8 +46,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hostshift_proto::v1::follow_client::FollowClient;
 use hostshift_proto::v1::{
     AnchorRequest, DbReadRequest, DbSelection, DropFollowRequest, FollowStatusRequest,
-    ForgetFollowRequest, PrepareFollowRequest, SetSequencesRequest, SourceStatusRequest,
-    StartFollowRequest, StopFollowRequest,
+    ForgetFollowRequest, PrepareFollowRequest, SourceStatusRequest, StartFollowRequest,
+    StopFollowRequest,
 };
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
@@ -349,15 +349,6 @@ pub async fn drain(
             .await
             .map_err(|e| WindowError::NotApplied(format!("the old host's follower: {e}")))?;
         let waited = t.elapsed().as_millis();
-        fc(old)
-            .stop(client::request(StopFollowRequest {
-                database: w.database.clone(),
-            }))
-            .await
-            .map_err(agent_err(format!(
-                "database {}: stopping the old host's follower",
-                w.database
-            )))?;
         let d = plan
             .databases
             .iter()
@@ -379,14 +370,15 @@ pub async fn drain(
             .into_inner()
             .sequences;
         let n = seqs.len();
-        old.database()
-            .set_sequences(client::request(SetSequencesRequest {
+        // Stopped, then the sequences set by the follower's agent under its permit.
+        fc(old)
+            .stop(client::request(StopFollowRequest {
                 database: w.database.clone(),
-                values: seqs,
+                sequences: seqs,
             }))
             .await
             .map_err(agent_err(format!(
-                "database {}: the sequences on the old host",
+                "database {}: stopping the old host's follower and setting the sequences",
                 w.database
             )))?;
         done.push(format!(
