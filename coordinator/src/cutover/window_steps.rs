@@ -10,7 +10,7 @@
 //!   switch back and unfreeze of the old host run; [`Cut::window_end`] closes the window and
 //!   leaves the new host frozen (as a cutover leaves the old one).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostshift_proto::v1::SetReadOnlyRequest;
 
@@ -18,7 +18,7 @@ use super::cut::Cut;
 use super::error::{self, CutoverError};
 use super::{freeze, new_writes};
 use crate::client::{self, Agent};
-use crate::journal::Step as JStep;
+use crate::journal::{Mark, Step as JStep};
 use crate::plan::{FreezeMethod, OnNew, Side};
 use crate::report::now_ms;
 use crate::window;
@@ -75,25 +75,50 @@ impl Cut<'_> {
             .ok_or(CutoverError::NotConnected(Side::New))
     }
 
-    /// Before the switch: the window's slot on the new host. Without one the cutover goes on.
+    /// Before the switch: the window's slot on the new host. Without one the cutover goes on:
+    /// a host that cannot be followed (its `wal_level`, its agent's config) makes the step
+    /// `skipped` with the reason, an agent failure makes it `failed`; neither fails the run.
     pub(super) async fn window_prepare(&mut self) -> Result<(), CutoverError> {
-        let t = self.begin(JStep::WindowPrepare)?;
-        let r = match self.new_agent() {
-            Ok(new) => window::prepare(self.plan, &new, &self.out.run)
-                .await
-                .map(|rec| {
-                    format!(
-                        "slot {} on the new host for {} database(s)",
-                        rec.id,
-                        rec.databases.len()
-                    )
-                })
-                .map_err(|e| {
-                    CutoverError::Agent(format!(
-                        "no rollback window ({e}): a rollback reports the new host's writes as at risk"
-                    ))
-                }),
-            Err(e) => Err(e),
+        if let Ok(Some(r)) = window::load(self.plan)
+            && r.is_active()
+            && (self.resumed || r.state == "open")
+        {
+            // A resumed run may have switched already: the earlier anchor stays (a new one
+            // would skip the writes the new host took since).
+            return self.skipped(
+                JStep::WindowPrepare,
+                &format!("the rollback window of run {} is kept", r.run),
+            );
+        }
+        let new = self.new_agent()?;
+        let t = Instant::now();
+        self.record(JStep::WindowPrepare, Mark::Started, "")?;
+        let r = window::prepare(self.plan, &new, &self.out.run).await;
+        let r = match r {
+            Ok(rec) => Ok(format!(
+                "slot hostshift_{} on the new host for {} database(s)",
+                rec.id,
+                rec.databases.len()
+            )),
+            Err(window::WindowError::Unavailable(why)) => {
+                self.record(JStep::WindowPrepare, Mark::Skipped, &why)?;
+                let msg = format!(
+                    "no rollback window: {why}; a rollback will report the new host's writes as at risk"
+                );
+                self.progress
+                    .say(&format!("{}: skipped — {msg}", JStep::WindowPrepare));
+                self.out.steps.push(super::StepReport {
+                    name: JStep::WindowPrepare.to_string(),
+                    status: "skipped".into(),
+                    ms: t.elapsed().as_millis() as u64,
+                    detail: msg.clone(),
+                });
+                self.rep.skipped(JStep::WindowPrepare.to_string(), &msg);
+                return Ok(());
+            }
+            Err(e) => Err(CutoverError::Agent(format!(
+                "no rollback window ({e}): a rollback will report the new host's writes as at risk"
+            ))),
         };
         let failed = r.is_err();
         match self.end(JStep::WindowPrepare, t, r) {
@@ -109,25 +134,24 @@ impl Cut<'_> {
 
     /// After the switch: the old host's follower. Without one the window is removed.
     pub(super) async fn window_open(&mut self) -> Result<(), CutoverError> {
-        if !matches!(window::load(self.plan), Ok(Some(r)) if r.state == "prepared" && r.run == self.out.run)
-        {
+        if !matches!(window::load(self.plan), Ok(Some(r)) if r.state == "prepared") {
             return Ok(());
         }
+        let old = self.old()?.clone();
         let t = self.begin(JStep::WindowOpen)?;
-        let r = match self.old() {
-            Ok(old) => window::open(self.plan, old).await.map(|rec| {
+        let r = window::open(self.plan, &old)
+            .await
+            .map(|rec| {
                 format!(
                     "the old host follows the new one ({} database(s)); `hostshift rollback` loses nothing, `hostshift finish` closes the window",
                     rec.databases.len()
                 )
-            }),
-            Err(e) => return Err(e),
-        }
-        .map_err(|e| {
-            CutoverError::Agent(format!(
-                "no rollback window ({e}): a rollback reports the new host's writes as at risk"
-            ))
-        });
+            })
+            .map_err(|e| {
+                CutoverError::Agent(format!(
+                    "no rollback window ({e}): a rollback will report the new host's writes as at risk"
+                ))
+            });
         let failed = r.is_err();
         match self.end(JStep::WindowOpen, t, r) {
             Err(e) if e.is_journal() => return Err(e),
