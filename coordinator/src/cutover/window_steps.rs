@@ -105,15 +105,10 @@ impl Cut<'_> {
                 let msg = format!(
                     "no rollback window: {why}; a rollback will report the new host's writes as at risk"
                 );
+                // Said on stderr and journaled; not a step of the report, whose steps are the
+                // cutover's own (most plans have no window).
                 self.progress
                     .say(&format!("{}: skipped — {msg}", JStep::WindowPrepare));
-                self.out.steps.push(super::StepReport {
-                    name: JStep::WindowPrepare.to_string(),
-                    status: "skipped".into(),
-                    ms: t.elapsed().as_millis() as u64,
-                    detail: msg.clone(),
-                });
-                self.rep.skipped(JStep::WindowPrepare.to_string(), &msg);
                 return Ok(());
             }
             Err(e) => Err(CutoverError::Agent(format!(
