@@ -46,42 +46,34 @@ fn step<'a>(j: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name:?} in {j:#}"))
 }
 
-async fn count(pg: &rig::PgInfo, db: &str, sql: &str) -> i64 {
-    pg.connect(db)
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql} on port {}: {e:?}", pg.port))
-        .get(0)
-}
-
-/// hostshift's slots, publications and replication origins in `db` of `pg`.
-async fn hostshift_objects(pg: &rig::PgInfo, db: &str) -> (i64, i64, i64) {
+/// hostshift's slots, publications and replication origins of the plan named `plan` (both
+/// directions) in `db` of `pg` (the other tests of this binary share the clusters).
+async fn hostshift_objects(pg: &rig::PgInfo, db: &str, plan: &str) -> (i64, i64, i64) {
+    let like = format!("hostshift_{}%", plan.replace('-', "_"));
+    let c = pg.connect(db).await;
+    let n = |sql: &'static str| {
+        let (c, like) = (&c, like.clone());
+        async move {
+            c.query_one(sql, &[&like])
+                .await
+                .unwrap_or_else(|e| panic!("{sql} on port {}: {e:?}", pg.port))
+                .get::<_, i64>(0)
+        }
+    };
     (
-        count(
-            pg,
-            db,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift_%'",
-        )
-        .await,
-        count(
-            pg,
-            db,
-            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'hostshift_%'",
-        )
-        .await,
-        count(
-            pg,
-            db,
-            "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'hostshift_%'",
-        )
-        .await,
+        n("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1").await,
+        n("SELECT count(*) FROM pg_publication WHERE pubname LIKE $1").await,
+        n("SELECT count(*) FROM pg_replication_origin WHERE roname LIKE $1").await,
     )
 }
 
 /// Agents allowing the window both ways: the old one follows `app` (the forward slot) and may
 /// write it (the window's follower); the new one may hold the window's slot and be frozen.
 async fn round_trip_sandbox(tag: &str, name: &str) -> Sandbox {
+    round_trip_sandbox_with(tag, name).await.0
+}
+
+async fn round_trip_sandbox_with(tag: &str, name: &str) -> (Sandbox, rig::AgentSetup) {
     let mut sb = Sandbox::new_in(round_trip_world(), tag).await;
     sb.world
         .old_pg
@@ -96,11 +88,36 @@ async fn round_trip_sandbox(tag: &str, name: &str) -> Sandbox {
     let mut new_setup = sb.new_setup();
     new_setup.follow_databases.push("app".into());
     new_setup.freeze_databases.push("app".into());
-    sb.start(old_setup, new_setup).await;
+    sb.start(old_setup.clone(), new_setup).await;
     rename_plan(&sb, name);
     let out = sb.cli(&["sync"]).await;
     assert_eq!(out.code, 0, "the first sync: {}", out.both());
-    sb
+    (sb, old_setup)
+}
+
+/// `follow start` and a followed cutover that must open the window.
+async fn cutover_with_window(sb: &Sandbox) {
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let out = cli_json(
+        sb,
+        &[
+            "cutover",
+            "--yes",
+            "--json",
+            "--skip-backup-check",
+            "test: no backups here",
+        ],
+        120,
+    )
+    .await;
+    assert_eq!(out.code, 0, "cutover: {}", out.both());
+    assert_eq!(
+        step(&out.json(), "window open")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
 }
 
 async fn cli_json(sb: &Sandbox, args: &[&str], secs: u64) -> rig::CliOutput {
@@ -145,12 +162,12 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     assert_eq!(wj["state"], "open", "{wj:#}");
     assert_eq!(wj["databases"][0]["slot"], true, "{wj:#}");
     assert_eq!(
-        hostshift_objects(old_pg, &sb.old_db).await.0,
+        hostshift_objects(old_pg, &sb.old_db, "rw-main").await.0,
         0,
         "no slot on the old host"
     );
     assert_eq!(
-        hostshift_objects(new_pg, &sb.new_db).await.0,
+        hostshift_objects(new_pg, &sb.new_db, "rw-main").await.0,
         1,
         "the window's slot on the new host"
     );
@@ -267,15 +284,148 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
 
     // Nothing of hostshift remains in either catalog.
     assert_eq!(
-        hostshift_objects(old_pg, &sb.old_db).await,
+        hostshift_objects(old_pg, &sb.old_db, "rw-main").await,
         (0, 0, 0),
         "old host: slots, publications, origins"
     );
     assert_eq!(
-        hostshift_objects(new_pg, &sb.new_db).await,
+        hostshift_objects(new_pg, &sb.new_db, "rw-main").await,
         (0, 0, 0),
         "new host: slots, publications, origins"
     );
     let w = cli_json(&sb, &["window", "--json"], 30).await;
     assert_eq!(w.json()["state"], "closed", "{}", w.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_and_catches_up_after_its_restart()
+ {
+    let (mut sb, old_setup) = round_trip_sandbox_with("rw_fault", "rw-fault").await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    cutover_with_window(&sb).await;
+
+    let writer = Writer::start(WriterOptions::new(new_pg, &sb.new_db, "app", "fault"));
+    writer.wait_acked(30, Duration::from_secs(30)).await;
+    // kill -9 of the old agent: its follower dies mid-stream.
+    sb.old.as_mut().expect("old agent").kill();
+    writer.wait_acked(150, Duration::from_secs(30)).await;
+    let w = cli_json(&sb, &["window", "--json"], 60).await;
+    assert_eq!(w.code, 0, "window with the old agent down: {}", w.both());
+    let d = &w.json()["databases"][0];
+    assert!(
+        d["error"].as_str().is_some_and(|e| e.contains("old host"))
+            && d["retained_bytes"].as_u64().is_some_and(|b| b > 0)
+            && d["slot"] == true,
+        "the window says the old agent is down and the new host's slot keeps the WAL: {d:#}"
+    );
+
+    // Back (on another port): the follower resumes by itself and catches up.
+    let restarted = rig::AgentProc::start(&old_setup, &sb.dir, sb.world).await;
+    sb.addresses.0 = restarted.address();
+    sb.old = Some(restarted);
+    sb.write_plan("");
+    rename_plan(&sb, "rw-fault");
+    writer.wait_acked(200, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = cli_json(&sb, &["window", "--json"], 30).await;
+        let d = w.json()["databases"][0].clone();
+        if d["follower"] == "following" && d["error"] == "" && d["applied_lsn"] != "0/0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old host's follower resumes after the restart: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    let report = writer.stop().await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    assert_eq!(out.json()["outcome"], "rolled-back", "{}", out.stdout);
+    for t in TABLES {
+        let (a, b) = (
+            rig::table_rows(old_pg, &sb.old_db, &format!("public.{t}")).await,
+            rig::table_rows(new_pg, &sb.new_db, &format!("public.{t}")).await,
+        );
+        assert_eq!(
+            a, b,
+            "table {t}: the old host equals the new host row by row"
+        );
+    }
+    let ids: std::collections::BTreeSet<i64> = old_pg
+        .connect(&sb.old_db)
+        .await
+        .query("SELECT id FROM public.assessments", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&i64> = report.acked.iter().filter(|i| !ids.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes on the new host, missing on the old host after the rollback: {missing:?}",
+        report.acked.len()
+    );
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-fault").await,
+        (0, 0, 0)
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-fault").await,
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_closes_the_window_drops_every_slot_and_leaves_the_old_host_frozen() {
+    let sb = round_trip_sandbox("rw_finish", "rw-finish").await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    cutover_with_window(&sb).await;
+    // The old host cannot be unfrozen while it follows the new one.
+    let out = sb.cli(&["unfreeze", "--host", "old", "--yes"]).await;
+    assert_eq!(out.code, 3, "unfreeze during the window: {}", out.both());
+    assert!(
+        out.stderr.contains("rollback window is open"),
+        "{}",
+        out.stderr
+    );
+
+    let out = cli_json(&sb, &["finish", "--yes", "--json"], 60).await;
+    assert_eq!(out.code, 0, "finish: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["closed"], true, "{j:#}");
+    assert!(
+        j["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("decommission")),
+        "{j:#}"
+    );
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-finish").await,
+        (0, 0, 0)
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-finish").await,
+        (0, 0, 0)
+    );
+    // Still frozen for the app.
+    let app_conn = format!(
+        "host={} port={} user=app dbname={} connect_timeout=5",
+        old_pg.listen, old_pg.port, sb.old_db
+    );
+    assert!(
+        tokio_postgres::connect(&app_conn, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "the old host stays frozen after finish"
+    );
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.json()["state"], "closed", "{}", w.stdout);
+    // A second finish has nothing to do.
+    let again = cli_json(&sb, &["finish", "--yes", "--json"], 30).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert_eq!(again.json()["closed"], false, "{}", again.stdout);
 }
