@@ -340,9 +340,27 @@ async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_a
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    // A rollback whose switch back and unfreeze fail (injected) after the drain: exit 3, the
+    // window stays drained; the next rollback goes on from the switch back.
+    let plan = sb.plan_path().display().to_string();
+    let out = rig::cli_in(
+        &sb.dir,
+        &["rollback", "--yes", "--json", "--plan", &plan],
+        &[("HOSTSHIFT_TEST_FAIL_AT", "undo")],
+    )
+    .await;
     let report = writer.stop().await;
-    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    assert_eq!(out.code, 3, "rollback with a failing undo: {}", out.both());
+    assert_eq!(
+        step(&out.json(), "window catch-up")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.json()["state"], "drained", "{}", w.stdout);
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(out.code, 0, "rollback again: {}", out.both());
     assert_eq!(out.json()["outcome"], "rolled-back", "{}", out.stdout);
     for t in TABLES {
         let (a, b) = (

@@ -190,6 +190,14 @@ impl Cut<'_> {
     pub(super) async fn window_drain(&mut self) -> Option<bool> {
         match window::load(self.plan) {
             Ok(Some(r)) if r.state == "open" => {}
+            // An earlier rollback drained it and stopped (killed, or its undo failed): the new
+            // host is frozen and everything is on the old host; go on from the switch back.
+            Ok(Some(r)) if r.state == "drained" => {
+                self.progress.say(
+                    "the rollback window was drained by an earlier rollback: going on from the switch back",
+                );
+                return Some(true);
+            }
             _ => return Some(false),
         }
         let methods = self.plan.freeze.methods.clone();

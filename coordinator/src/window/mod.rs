@@ -115,7 +115,8 @@ pub struct Record {
     /// The cutover run that opened it.
     pub run: String,
     /// `prepared` (slot on the new host), `open` (follower started on the old host),
-    /// `closed`.
+    /// `drained` (a rollback brought everything back and stopped the follower: a rollback run
+    /// again goes on from the switch back), `closed`.
     pub state: String,
     /// When the follower started (unix ms).
     pub opened_unix_ms: i64,
@@ -128,7 +129,7 @@ pub struct Record {
 impl Record {
     /// Slot or follower may exist: `rollback` drains it, `finish` closes it.
     pub fn is_active(&self) -> bool {
-        self.state == "prepared" || self.state == "open"
+        matches!(self.state.as_str(), "prepared" | "open" | "drained")
     }
 }
 
@@ -395,6 +396,9 @@ pub async fn drain(
             }
         ));
     }
+    let mut rec = rec;
+    rec.state = "drained".into();
+    save(plan, &rec)?;
     Ok(done.join("; "))
 }
 
