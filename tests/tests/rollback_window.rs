@@ -401,6 +401,26 @@ async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_a
 async fn finish_closes_the_window_drops_every_slot_and_leaves_the_old_host_frozen() {
     let sb = round_trip_sandbox("rw_finish", "rw-finish").await;
     let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    // `check` says the window is possible here.
+    let check = cli_json(&sb, &["check", "--json"], 60).await;
+    let row = check.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .is_some_and(|t| t.contains("rollback window after the switch"))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no rollback window row in check: {}", check.stdout));
+    assert!(
+        row["result"] == "ok"
+            && row["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("possible")),
+        "{row:#}"
+    );
     cutover_with_window(&sb).await;
     // The old host cannot be unfrozen while it follows the new one.
     let out = sb.cli(&["unfreeze", "--host", "old", "--yes"]).await;

@@ -40,6 +40,8 @@
 //! itself is persisted by the old agent and resumes after its restart; the slot on the new host
 //! keeps the WAL meanwhile.
 
+pub mod check;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -187,7 +189,7 @@ pub fn reverse_id(plan: &Plan) -> String {
     id
 }
 
-fn fc(agent: &Agent) -> FollowClient<Channel> {
+pub(crate) fn fc(agent: &Agent) -> FollowClient<Channel> {
     FollowClient::new(agent.channel.clone())
 }
 
