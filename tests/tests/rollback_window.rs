@@ -160,6 +160,13 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     assert_eq!(w.code, 0, "window: {}", w.both());
     let wj = w.json();
     assert_eq!(wj["state"], "open", "{wj:#}");
+    let st = cli_json(&sb, &["status", "--json"], 30).await;
+    assert_eq!(
+        st.json()["rollback_window"]["state"],
+        "open",
+        "{}",
+        st.stdout
+    );
     assert_eq!(wj["databases"][0]["slot"], true, "{wj:#}");
     assert_eq!(
         hostshift_objects(old_pg, &sb.old_db, "rw-main").await.0,
