@@ -199,7 +199,9 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
         "DELETE FROM public.assessments WHERE id IN (SELECT id FROM public.assessments ORDER BY id LIMIT 5); \
          UPDATE public.questions SET prompt = prompt || ' (edited on the new host)' WHERE id IN (SELECT id FROM public.questions ORDER BY id LIMIT 3); \
          INSERT INTO public.audit_log VALUES ('written on the new host', 1), ('to be changed', 2); \
-         UPDATE public.audit_log SET n = 3 WHERE n = 2;",
+         UPDATE public.audit_log SET n = 3 WHERE n = 2; \
+         CREATE TABLE public.made_after_switch (id int PRIMARY KEY); \
+         INSERT INTO public.made_after_switch VALUES (1);",
     )
     .await
     .expect("writes on the new host");
@@ -224,8 +226,10 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     // The table without a replica identity is not carried: the rollback names it.
     let writes = j["new_host_writes"].to_string();
     assert!(
-        writes.contains("audit_log") && !writes.contains("assessments"),
-        "the rollback reports the table it did not carry back, and only it: {writes}"
+        writes.contains("audit_log")
+            && writes.contains("made_after_switch")
+            && !writes.contains("assessments"),
+        "the rollback reports the tables it did not carry back (no primary key, created since the switch), and only them: {writes}"
     );
 
     // Independent row-by-row comparison: the old host equals the frozen new host.
@@ -436,6 +440,16 @@ async fn finish_closes_the_window_drops_every_slot_and_leaves_the_old_host_froze
         out.stderr.contains("rollback window is open"),
         "{}",
         out.stderr
+    );
+
+    // The follower can be started again; it goes on where it was.
+    let w = cli_json(&sb, &["window", "--restart-follower", "--json"], 60).await;
+    assert_eq!(w.code, 0, "window --restart-follower: {}", w.both());
+    assert_eq!(
+        w.json()["databases"][0]["follower"],
+        "following",
+        "{}",
+        w.stdout
     );
 
     let out = cli_json(&sb, &["finish", "--yes", "--json"], 60).await;

@@ -24,10 +24,19 @@ Shows the rollback window a cutover opened: since when the old host follows the 
 follower's state and lag, and the WAL the window's slot keeps on the new host (a warning above
 1 GiB: run `hostshift finish` or fix the old host's follower).
 
-Exit codes: 0 shown; 1 the journal's window record cannot be read; 2 usage or plan error.")]
+With --restart-follower the old host's follower is started again first (after it stopped on an
+error: `follower failed` and its cause); it resumes from where it applied, exactly once.
+
+Exit codes: 0 shown; 1 the window's record cannot be read, or the restart failed; 2 usage or plan
+error.")]
 pub struct WindowCmd {
     #[command(flatten)]
     plan: PlanArg,
+    /// Start the old host's follower again (after it stopped on an error you fixed, e.g. a
+    /// table created on the new host and now created on the old one too); it goes on from
+    /// where it applied, exactly once.
+    #[arg(long)]
+    restart_follower: bool,
 }
 
 /// `hostshift finish` flags.
@@ -50,6 +59,22 @@ pub struct FinishCmd {
 /// See the exit codes in the help.
 pub async fn status(g: &Global, c: WindowCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
+    if c.restart_follower {
+        let _lock = crate::lock::acquire(&plan, "window")?;
+        if !window::load(&plan)
+            .map_err(failed)?
+            .is_some_and(|r| r.state == "open")
+        {
+            return Err(failed(anyhow::anyhow!(
+                "no open rollback window: there is no follower to restart"
+            )));
+        }
+        let old = client::connect(&plan, Side::Old).await.map_err(failed)?;
+        window::open(&plan, &old).await.map_err(failed)?;
+        if !g.json && !g.quiet {
+            println!("The old host's follower was started again.");
+        }
+    }
     let s = window::status(&plan).await.map_err(failed)?;
     if g.json {
         print_json(&s);

@@ -299,7 +299,8 @@ impl Cut<'_> {
     }
 
     /// After a drained rollback: the writes the window did not carry back — tables without a
-    /// replica identity — named as at risk (and kept, so that `sync` refuses to overwrite
+    /// replica identity, and tables created on the new host since the switch (not in its
+    /// publication) — named as at risk (and kept, so that `sync` refuses to overwrite
     /// them), like every write of a rollback without a window. Only a journal failure is
     /// passed on.
     pub(super) async fn window_not_carried(&mut self) -> Result<(), CutoverError> {
@@ -315,9 +316,6 @@ impl Cut<'_> {
                 .collect(),
             _ => vec![],
         };
-        if not_followed.is_empty() {
-            return Ok(());
-        }
         let t = self.begin(JStep::NewHostWrites)?;
         let found = match self.new_agent() {
             Ok(new) => new_writes::find(self.plan, &new).await,
@@ -327,9 +325,11 @@ impl Cut<'_> {
             let left: Vec<new_writes::TableWrites> = all
                 .into_iter()
                 .filter(|w| {
-                    not_followed
-                        .iter()
-                        .any(|(d, t)| d == &w.database && t == &w.table)
+                    // Not in the window's publication: no replica identity, or created since.
+                    w.rows_at_switch.is_none()
+                        || not_followed
+                            .iter()
+                            .any(|(d, t)| d == &w.database && t == &w.table)
                 })
                 .collect();
             self.out.new_host_writes = left.iter().map(ToString::to_string).collect();

@@ -283,7 +283,9 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
     Ok(rec)
 }
 
-/// Starts the old host's followers of a `prepared` window (right after the switch).
+/// Starts the old host's followers of a `prepared` window (right after the switch), or again
+/// for an `open` one (`hostshift window --restart-follower`: same anchor, and the origin on the
+/// old host says where it stopped, so nothing is applied twice).
 ///
 /// # Errors
 /// No prepared window, or the old agent refused (e.g. its config does not allow writing the
@@ -310,8 +312,10 @@ pub async fn open(plan: &Plan, old: &Agent) -> Result<Record, WindowError> {
                 w.database
             )))?;
     }
-    rec.state = "open".into();
-    rec.opened_unix_ms = now_ms();
+    if rec.state != "open" {
+        rec.state = "open".into();
+        rec.opened_unix_ms = now_ms();
+    }
     save(plan, &rec)?;
     Ok(rec)
 }
