@@ -408,8 +408,26 @@ async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_a
     );
 }
 
+/// Polls `hostshift window --json` (30 s at most) until the first database matches.
+async fn poll_window(sb: &Sandbox, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = cli_json(sb, &["window", "--json"], 30).await;
+        let d = w.json()["databases"][0].clone();
+        if ok(&d) {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window did not get there: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finish_closes_the_window_drops_every_slot_and_leaves_the_old_host_frozen() {
+async fn a_schema_change_stops_the_window_until_fixed_and_finish_drops_every_slot_leaving_the_old_host_frozen()
+ {
     let sb = round_trip_sandbox("rw_finish", "rw-finish").await;
     let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
     // `check` says the window is possible here.
@@ -442,15 +460,54 @@ async fn finish_closes_the_window_drops_every_slot_and_leaves_the_old_host_froze
         out.stderr
     );
 
-    // The follower can be started again; it goes on where it was.
+    // A schema change on the new host stops the follower, naming the table; the same change on
+    // the old database and a restart of the follower carry on, exactly once.
+    new_pg
+        .connect(&sb.new_db)
+        .await
+        .batch_execute(
+            "ALTER TABLE public.questions ADD COLUMN note text; \
+             UPDATE public.questions SET note = 'after the change' WHERE id = (SELECT min(id) FROM public.questions)",
+        )
+        .await
+        .expect("schema change on the new host");
+    let stopped = poll_window(&sb, |d| d["follower"] == "failed").await;
+    assert!(
+        stopped["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("questions")),
+        "the follower names the changed table: {stopped:#}"
+    );
+    old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(
+            "BEGIN READ WRITE; ALTER TABLE public.questions ADD COLUMN note text; COMMIT;",
+        )
+        .await
+        .expect("the same change on the old host");
     let w = cli_json(&sb, &["window", "--restart-follower", "--json"], 60).await;
     assert_eq!(w.code, 0, "window --restart-follower: {}", w.both());
-    assert_eq!(
-        w.json()["databases"][0]["follower"],
-        "following",
-        "{}",
-        w.stdout
-    );
+    let old_c = old_pg.connect(&sb.old_db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = old_c
+            .query_one(
+                "SELECT count(*) FROM public.questions WHERE note = 'after the change'",
+                &[],
+            )
+            .await
+            .expect("note")
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted follower applies the update after the schema change"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let out = cli_json(&sb, &["finish", "--yes", "--json"], 60).await;
     assert_eq!(out.code, 0, "finish: {}", out.both());
