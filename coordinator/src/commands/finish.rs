@@ -61,10 +61,10 @@ pub async fn status(g: &Global, c: WindowCmd) -> CliResult {
     let plan = super::load_plan(&c.plan.plan)?;
     if c.restart_follower {
         let _lock = crate::lock::acquire(&plan, "window")?;
-        if !window::load(&plan)
+        let open = window::load(&plan)
             .map_err(failed)?
-            .is_some_and(|r| r.state == "open")
-        {
+            .is_some_and(|r| r.state == "open");
+        if !open {
             return Err(failed(anyhow::anyhow!(
                 "no open rollback window: there is no follower to restart"
             )));
