@@ -23,9 +23,10 @@ const TABLES: [&str; 6] = [
     "project_evaluation_runs",
 ];
 
-/// A table without a primary key (no replica identity): not in the window's publication.
-const NO_PK: &str =
-    "CREATE TABLE public.audit_log (body text, n int); GRANT ALL ON public.audit_log TO app;";
+/// Tables without a primary key (no replica identity): only their inserts travel back (the
+/// window's insert-only publication); one of them is also updated on the new host.
+const NO_PK: &str = "CREATE TABLE public.audit_log (body text, n int); GRANT ALL ON public.audit_log TO app; \
+     CREATE TABLE public.audit_inserts (body text); GRANT ALL ON public.audit_inserts TO app;";
 
 fn rename_plan(sb: &Sandbox, name: &str) {
     let p = sb.plan_path();
@@ -200,6 +201,7 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
          UPDATE public.questions SET prompt = prompt || ' (edited on the new host)' WHERE id IN (SELECT id FROM public.questions ORDER BY id LIMIT 3); \
          INSERT INTO public.audit_log VALUES ('written on the new host', 1), ('to be changed', 2); \
          UPDATE public.audit_log SET n = 3 WHERE n = 2; \
+         INSERT INTO public.audit_inserts VALUES ('appended on the new host'), ('and again'); \
          CREATE TABLE public.made_after_switch (id int PRIMARY KEY); \
          INSERT INTO public.made_after_switch VALUES (1);",
     )
@@ -228,8 +230,21 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     assert!(
         writes.contains("audit_log")
             && writes.contains("made_after_switch")
+            && !writes.contains("audit_inserts")
             && !writes.contains("assessments"),
-        "the rollback reports the tables it did not carry back (no primary key, created since the switch), and only them: {writes}"
+        "the rollback reports the tables it did not carry back (no primary key and updated, created since the switch), and only them: {writes}"
+    );
+    // The inserts into a table without a primary key came back.
+    assert_eq!(
+        rig::table_rows(old_pg, &sb.old_db, "public.audit_inserts").await,
+        rig::table_rows(new_pg, &sb.new_db, "public.audit_inserts").await,
+        "the inserts into a table without a primary key travel back"
+    );
+    assert_eq!(
+        rig::table_rows(old_pg, &sb.old_db, "public.audit_inserts")
+            .await
+            .len(),
+        2
     );
 
     // Independent row-by-row comparison: the old host equals the frozen new host.

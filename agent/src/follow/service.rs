@@ -79,8 +79,18 @@ impl Follow for FollowService {
         } else {
             None
         };
-        let (rec, created) =
+        let insert_only = if r.anchor_now {
+            super::window::prepare_insert_only(&self.ctx, &sel.database, &selection, &r.id).await?
+        } else {
+            None
+        };
+        let (mut rec, created) =
             source::prepare(&self.ctx, &sel.database, &selection, &r.id, &r.peer).await?;
+        if let Some(ins) = insert_only {
+            // The peek reads both (pgoutput's publication_names is a list).
+            rec.publication = format!("{},{ins}", rec.publication);
+            store::save_source(&self.ctx, &rec)?;
+        }
         if let Some(snapshot) = before {
             source::note_snapshot(&self.ctx, &sel.database, &snapshot);
         }
@@ -164,6 +174,8 @@ impl Follow for FollowService {
         self.ctx.database(&r.database)?;
         let (dropped_slot, dropped_publication) =
             source::drop_follow(&self.ctx, &r.database, &r.id).await?;
+        // The rollback window's insert-only publication, if any.
+        super::window::drop_insert_only(&self.ctx, &r.database, &r.id).await?;
         Ok(Response::new(DropFollowResponse {
             dropped_slot,
             dropped_publication,

@@ -299,20 +299,17 @@ impl Cut<'_> {
     }
 
     /// After a drained rollback: the writes the window did not carry back — tables without a
-    /// replica identity, and tables created on the new host since the switch (not in its
-    /// publication) — named as at risk (and kept, so that `sync` refuses to overwrite
+    /// replica identity that differ between the hosts (updated or deleted on the new host: only
+    /// their inserts travel), and tables created on the new host since the switch (not in its
+    /// publications) — named as at risk (and kept, so that `sync` refuses to overwrite
     /// them), like every write of a rollback without a window. Only a journal failure is
     /// passed on.
     pub(super) async fn window_not_carried(&mut self) -> Result<(), CutoverError> {
-        let not_followed: Vec<(String, String)> = match window::load(self.plan) {
+        let differing: Vec<(String, String)> = match window::load(self.plan) {
             Ok(Some(r)) => r
                 .databases
                 .iter()
-                .flat_map(|d| {
-                    d.not_followed
-                        .iter()
-                        .map(|t| (d.database.clone(), t.clone()))
-                })
+                .flat_map(|d| d.differing.iter().map(|t| (d.database.clone(), t.clone())))
                 .collect(),
             _ => vec![],
         };
@@ -325,9 +322,9 @@ impl Cut<'_> {
             let left: Vec<new_writes::TableWrites> = all
                 .into_iter()
                 .filter(|w| {
-                    // Not in the window's publication: no replica identity, or created since.
+                    // Differing without a replica identity, or created since the switch.
                     w.rows_at_switch.is_none()
-                        || not_followed
+                        || differing
                             .iter()
                             .any(|(d, t)| d == &w.database && t == &w.table)
                 })

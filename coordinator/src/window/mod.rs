@@ -51,6 +51,7 @@ use hostshift_proto::v1::{
     ForgetFollowRequest, PrepareFollowRequest, SourceStatusRequest, StartFollowRequest,
     StopFollowRequest,
 };
+use hostshift_shared::model::DatabaseFingerprint;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
@@ -107,8 +108,13 @@ pub struct WindowDb {
     pub token: String,
     /// The anchor snapshot (see the module docs).
     pub anchor: String,
-    /// Tables without a replica identity on the new host: not carried back continuously.
+    /// Tables without a replica identity on the new host: only their inserts are carried back
+    /// (an insert-only publication).
     pub not_followed: Vec<String>,
+    /// Of those, the ones that differed between the hosts when a rollback had caught up (an
+    /// update or delete there): not carried back.
+    #[serde(default)]
+    pub differing: Vec<String>,
 }
 
 /// The window's record.
@@ -276,6 +282,7 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
             token: r.token,
             anchor,
             not_followed: r.not_followed,
+            differing: vec![],
         });
         // Recorded after each database: a failure later still finds this slot to drop.
         save(plan, &rec)?;
@@ -335,7 +342,8 @@ pub async fn drain(
         .filter(|r| r.state == "open")
         .ok_or_else(|| WindowError::Unavailable("no rollback window is open".into()))?;
     let mut done = Vec::new();
-    for w in &rec.databases {
+    let mut rec = rec;
+    for w in &mut rec.databases {
         // The cutover's barrier, on the new host: every commit acknowledged so far is flushed
         // before the position it returns.
         let pos = fc(new)
@@ -388,24 +396,71 @@ pub async fn drain(
                 "database {}: stopping the old host's follower and setting the sequences",
                 w.database
             )))?;
+        w.differing = differing(old, new, d, w).await?;
         done.push(format!(
             "database {}: the old host applied up to {} in {waited} ms, {n} sequence(s) set{}",
             w.database,
             follow::lsn_text(pos),
-            if w.not_followed.is_empty() {
+            if w.differing.is_empty() {
                 String::new()
             } else {
                 format!(
-                    "; not carried back (no replica identity): {}",
-                    w.not_followed.join(", ")
+                    "; differing, NOT carried back (no replica identity: updated or deleted on the new host): {}",
+                    w.differing.join(", ")
                 )
             }
         ));
     }
-    let mut rec = rec;
     rec.state = "drained".into();
     save(plan, &rec)?;
     Ok(done.join("; "))
+}
+
+/// The tables without a replica identity (only their inserts travel) whose fingerprints
+/// differ between the hosts, both frozen and caught up.
+async fn differing(
+    old: &Agent,
+    new: &Agent,
+    d: &PlanDatabase,
+    w: &WindowDb,
+) -> Result<Vec<String>, WindowError> {
+    if w.not_followed.is_empty() {
+        return Ok(vec![]);
+    }
+    let print = |agent: &Agent, name: &str| {
+        let mut c = agent.database();
+        let sel = DbSelection {
+            database: name.to_string(),
+            include: w.not_followed.clone(),
+            exclude: d.exclude.clone(),
+        };
+        let what =
+            format!("database {name}: fingerprints of the tables without a replica identity");
+        async move {
+            let r = c
+                .fingerprint(client::request(sel))
+                .await
+                .map_err(agent_err(what.clone()))?
+                .into_inner();
+            let f = DatabaseFingerprint::from_proto(r).map_err(|e| WindowError::Agent {
+                what,
+                message: e.to_string(),
+            })?;
+            Ok::<_, WindowError>(
+                f.tables
+                    .into_iter()
+                    .map(|(t, f)| (t.to_string(), f.to_string()))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        }
+    };
+    let (a, b) = tokio::join!(print(old, &w.database), print(new, &w.on_new));
+    let (a, b) = (a?, b?);
+    Ok(w.not_followed
+        .iter()
+        .filter(|t| a.get(*t) != b.get(*t))
+        .cloned()
+        .collect())
 }
 
 /// Removes the window: followers and origins on the old host, slot and publication on the new
