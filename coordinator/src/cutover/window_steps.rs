@@ -90,7 +90,10 @@ impl Cut<'_> {
                 &format!("the rollback window of run {} is kept", r.run),
             );
         }
-        let new = self.new_agent()?;
+        let Ok(new) = self.new_agent() else {
+            // Not reached: the cutover itself fails on that; no window either way.
+            return Ok(());
+        };
         let t = Instant::now();
         self.record(JStep::WindowPrepare, Mark::Started, "")?;
         let r = window::prepare(self.plan, &new, &self.out.run).await;
@@ -197,6 +200,12 @@ impl Cut<'_> {
                     "the rollback window was drained by an earlier rollback: going on from the switch back",
                 );
                 return Some(true);
+            }
+            // Prepared, never opened (a cutover stopped between the two): the old host applied
+            // nothing, so this is a rollback without a window; its slot must not keep WAL.
+            Ok(Some(r)) if r.state == "prepared" => {
+                self.window_abandon().await;
+                return Some(false);
             }
             _ => return Some(false),
         }

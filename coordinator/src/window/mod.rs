@@ -252,6 +252,13 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         databases: vec![],
     };
     for d in &plan.databases {
+        // Recorded before anything is created there: a failure below still finds it to drop.
+        rec.databases.push(WindowDb {
+            database: d.name.clone(),
+            on_new: d.on_new().to_string(),
+            ..WindowDb::default()
+        });
+        save(plan, &rec)?;
         let r = fc(new)
             .prepare(client::request(PrepareFollowRequest {
                 selection: Some(selection(d, d.on_new())),
@@ -276,15 +283,11 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
             )))?
             .into_inner()
             .pg_snapshot;
-        rec.databases.push(WindowDb {
-            database: d.name.clone(),
-            on_new: d.on_new().to_string(),
-            token: r.token,
-            anchor,
-            not_followed: r.not_followed,
-            differing: vec![],
-        });
-        // Recorded after each database: a failure later still finds this slot to drop.
+        if let Some(w) = rec.databases.last_mut() {
+            w.token = r.token;
+            w.anchor = anchor;
+            w.not_followed = r.not_followed;
+        }
         save(plan, &rec)?;
     }
     Ok(rec)
