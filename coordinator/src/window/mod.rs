@@ -189,7 +189,11 @@ fn save(plan: &Plan, r: &Record) -> Result<(), WindowError> {
 /// The reverse follow's id: the plan's follow id (shortened) and `_rb`, so that its slot,
 /// publication and origin never share a name with the forward follow's.
 pub fn reverse_id(plan: &Plan) -> String {
-    let mut id = follow::follow_id(plan);
+    reverse_of(follow::follow_id(plan))
+}
+
+/// At most 40 characters, like every follow id (the agent refuses longer ones).
+fn reverse_of(mut id: String) -> String {
     id.truncate(37);
     id.push_str("_rb");
     id
@@ -648,4 +652,33 @@ pub async fn status(plan: &Plan) -> Result<Status, WindowError> {
         out.databases.push(d);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reverse_id_differs_from_the_forward_one_and_stays_a_valid_follow_id() {
+        assert_eq!(reverse_of("shop_move".into()), "shop_move_rb");
+        let long = reverse_of("a".repeat(40));
+        assert_eq!(long.len(), 40);
+        assert!(long.ends_with("_rb"));
+    }
+
+    #[test]
+    fn a_window_counts_as_active_until_it_is_closed() {
+        for (state, active) in [
+            ("prepared", true),
+            ("open", true),
+            ("drained", true),
+            ("closed", false),
+        ] {
+            let r = Record {
+                state: state.into(),
+                ..Record::default()
+            };
+            assert_eq!(r.is_active(), active, "{state}");
+        }
+    }
 }
