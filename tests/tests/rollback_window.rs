@@ -345,6 +345,32 @@ async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_a
         "the window says the old agent is down and the new host's slot keeps the WAL: {d:#}"
     );
 
+    // A rollback cannot drain into a host that is down: it unfreezes the new host again and
+    // stops before traffic moves (exit 3); the window stays open, the new host keeps writing.
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(
+        out.code,
+        3,
+        "rollback with the old agent down: {}",
+        out.both()
+    );
+    let rj = out.json();
+    assert!(
+        rj["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped before traffic moved")),
+        "{rj:#}"
+    );
+    assert_eq!(
+        step(&rj, "unfreeze new read-only")["status"],
+        "done",
+        "{rj:#}"
+    );
+    let acked = writer.snapshot().acked.len();
+    writer.wait_acked(acked + 20, Duration::from_secs(30)).await;
+    let w = cli_json(&sb, &["window", "--json"], 60).await;
+    assert_eq!(w.json()["state"], "open", "{}", w.stdout);
+
     // Back (on another port): the follower resumes by itself and catches up.
     let restarted = rig::AgentProc::start(&old_setup, &sb.dir, sb.world).await;
     sb.addresses.0 = restarted.address();
