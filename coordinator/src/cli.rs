@@ -34,7 +34,8 @@ A typical move:
   hostshift verify               # prove equality
   hostshift cutover --dry-run    # the gates only
   hostshift cutover --yes        # freeze, delta, prove, switch, verify (undone on failure)
-  hostshift rollback --yes       # back to the old host
+  hostshift rollback --yes       # back to the old host (within the window: nothing lost)
+  hostshift finish --yes         # close the rollback window when confident
 Try it first on two throwaway local hosts: hostshift rehearse
 
 Exit codes: 0 ok; 1 the operation failed and the old host is untouched;
@@ -126,6 +127,12 @@ pub enum Command {
     /// Where the migration stands, from the journal: last sync and verify, the cutover's steps,
     /// whether the old host is frozen.
     Status(commands::cutover::StatusCmd),
+    /// The rollback window after a cutover: since when the old host follows the new one, the
+    /// follower's lag, the WAL its slot keeps on the new host.
+    Window(commands::finish::WindowCmd),
+    /// Close the rollback window: stop the old host's follower, drop the slots; the old host
+    /// stays frozen (ready to be decommissioned).
+    Finish(commands::finish::FinishCmd),
     /// Prove the new host holds what the old one holds: every file re-hashed on both sides,
     /// config files compared after the plan's overrides, every table's rows and content
     /// fingerprint. Read-only; exit 1 naming what differs.
@@ -219,5 +226,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Rollback(c) => Box::pin(commands::cutover::rollback(&g, c)).await,
         Command::Status(c) => commands::cutover::status(&g, c).await,
         Command::Unfreeze(c) => commands::unfreeze::run(&g, c).await,
+        Command::Window(c) => commands::finish::status(&g, c).await,
+        Command::Finish(c) => commands::finish::finish(&g, c).await,
     }
 }

@@ -56,6 +56,21 @@ pub enum Step {
     /// The follow's slot, publication and follower removed (after a cutover, an undo or a
     /// rollback).
     FollowCleanup,
+    /// The rollback window's slot and publication created on the new host, right before the
+    /// switch (see [`crate::window`]).
+    WindowPrepare,
+    /// The rollback window's follower started on the old host, right after the switch.
+    WindowOpen,
+    /// One freeze method applied on the new host (a rollback within the window).
+    FreezeNew(FreezeMethod),
+    /// The old host's follower applied everything up to the frozen new host's position;
+    /// sequences settled.
+    WindowCatchUp,
+    /// One freeze method undone on the new host.
+    UnfreezeNew(FreezeMethod),
+    /// The window closed: follower and origin removed on the old host, slot and publication
+    /// on the new host.
+    WindowClose,
 }
 
 impl std::fmt::Display for Step {
@@ -78,6 +93,12 @@ impl std::fmt::Display for Step {
             Step::NewHostWrites => f.write_str("new-host writes"),
             Step::Rollback => f.write_str("rollback"),
             Step::FollowCleanup => f.write_str("follow cleanup"),
+            Step::WindowPrepare => f.write_str("window prepare"),
+            Step::WindowOpen => f.write_str("window open"),
+            Step::FreezeNew(m) => write!(f, "freeze new {}", m.as_str()),
+            Step::WindowCatchUp => f.write_str("window catch-up"),
+            Step::UnfreezeNew(m) => write!(f, "unfreeze new {}", m.as_str()),
+            Step::WindowClose => f.write_str("window close"),
         }
     }
 }
@@ -95,6 +116,12 @@ impl Step {
             .into_iter()
             .find(|x| x.as_str() == m)
         };
+        if let Some(m) = unit.strip_prefix("freeze new ") {
+            return method(m).map(Step::FreezeNew);
+        }
+        if let Some(m) = unit.strip_prefix("unfreeze new ") {
+            return method(m).map(Step::UnfreezeNew);
+        }
         if let Some(m) = unit.strip_prefix("freeze ") {
             return method(m).map(Step::Freeze);
         }
@@ -115,6 +142,10 @@ impl Step {
             "new-host writes" => Step::NewHostWrites,
             "rollback" => Step::Rollback,
             "follow cleanup" => Step::FollowCleanup,
+            "window prepare" => Step::WindowPrepare,
+            "window open" => Step::WindowOpen,
+            "window catch-up" => Step::WindowCatchUp,
+            "window close" => Step::WindowClose,
             _ => return None,
         })
     }

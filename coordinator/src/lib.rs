@@ -48,3 +48,4 @@ pub mod rehearse;
 pub mod report;
 pub mod snapshots;
 pub mod sync;
+pub mod window;

@@ -147,6 +147,14 @@ async fn a_followed_database_cuts_over_with_the_app_writing_into_the_freeze_and_
         "the writer wrote into the freeze and was refused there: {report:?}"
     );
     assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    // The new cluster runs wal_level = replica: no rollback window, and the cutover says so.
+    assert!(
+        out.stderr.contains("window prepare: skipped")
+            && out.stderr.contains("no rollback window")
+            && out.stderr.contains("wal_level = replica"),
+        "the cutover says it opened no rollback window: {}",
+        out.stderr
+    );
 
     let fresh = j["gates"]
         .as_array()

@@ -35,6 +35,7 @@
 //! - [`source`] — the old host: slot, publication, follow grant, changes.
 //! - [`follower`] — the new host's background task, resumed after a restart.
 //! - [`store`] — what both sides persist in `state_dir/follow/`.
+//! - [`window`] — the rollback window's insert-only publication on the new host.
 //! - [`service`] — the gRPC translation.
 
 pub mod apply;
@@ -43,6 +44,7 @@ pub mod pgoutput;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod window;
 
 pub use follower::Followers;
 pub use service::FollowService;

@@ -71,8 +71,29 @@ impl Follow for FollowService {
             .selection
             .ok_or_else(|| Status::invalid_argument("prepare without a database selection"))?;
         let selection = crate::transfer::db::selection(&sel)?;
-        let (rec, created) =
+        // The rollback window's anchor (see `coordinator/src/window`): a snapshot taken *before*
+        // the slot exists. Everything it sees is on the other host already; every transaction
+        // committing after the slot's consistent point is applied there.
+        let before = if r.anchor_now {
+            Some(source::current_snapshot(&self.ctx, &sel.database).await?)
+        } else {
+            None
+        };
+        let insert_only = if r.anchor_now {
+            super::window::prepare_insert_only(&self.ctx, &sel.database, &selection, &r.id).await?
+        } else {
+            None
+        };
+        let (mut rec, created) =
             source::prepare(&self.ctx, &sel.database, &selection, &r.id, &r.peer).await?;
+        if let Some(ins) = insert_only {
+            // The peek reads both (pgoutput's publication_names is a list).
+            rec.publication = format!("{},{ins}", rec.publication);
+            store::save_source(&self.ctx, &rec)?;
+        }
+        if let Some(snapshot) = before {
+            source::note_snapshot(&self.ctx, &sel.database, &snapshot);
+        }
         let followed = Vec::new();
         Ok(Response::new(PrepareFollowResponse {
             slot: rec.slot,
@@ -153,6 +174,8 @@ impl Follow for FollowService {
         self.ctx.database(&r.database)?;
         let (dropped_slot, dropped_publication) =
             source::drop_follow(&self.ctx, &r.database, &r.id).await?;
+        // The rollback window's insert-only publication, if any.
+        super::window::drop_insert_only(&self.ctx, &r.database, &r.id).await?;
         Ok(Response::new(DropFollowResponse {
             dropped_slot,
             dropped_publication,
@@ -257,11 +280,32 @@ impl Follow for FollowService {
         let r = req.into_inner();
         self.ctx.database(&r.database)?;
         self.ctx.followers.stop(&r.database).await;
-        if let Some(mut rec) = store::target(&self.ctx, &r.database)?
+        let rec = store::target(&self.ctx, &r.database)?;
+        if let Some(mut rec) = rec.clone()
             && rec.state == "following"
         {
             rec.state = "stopped".into();
             store::save_target(&self.ctx, &rec)?;
+        }
+        if !r.sequences.is_empty() {
+            // The rollback window: the sequences the stream does not carry, written under the
+            // follower's permit (`[allow] restore_databases`, checked when it started) — not a
+            // sync write, so neither `sync_role` nor the freeze refuses it.
+            if rec.is_none() {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "database {} has no follower on this host: sequences are set only after one",
+                    r.database
+                ))
+                .into());
+            }
+            let db = self.ctx.database(&r.database)?;
+            let values = crate::database::wire::sequences_from_proto(r.sequences)?;
+            let conn = crate::postgres::Conn::connect(db)
+                .await
+                .map_err(AgentError::from)?;
+            crate::postgres::apply_sequences(&conn, &values)
+                .await
+                .map_err(AgentError::from)?;
         }
         Ok(Response::new(StopFollowResponse {}))
     }

@@ -223,6 +223,20 @@ pub async fn prepare(
     Ok((record, created))
 }
 
+/// `pg_current_snapshot()` of `database` now (the rollback window's anchor, taken before
+/// [`prepare`] creates the slot).
+///
+/// # Errors
+/// `Database` when the query fails.
+pub async fn current_snapshot(ctx: &Ctx, database: &str) -> Result<String, AgentError> {
+    let client = connect(ctx, database).await?;
+    let row = client
+        .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    Ok(row.get(0))
+}
+
 /// Records the snapshot of the first copy after [`prepare`] as the follow's anchor.
 pub fn note_snapshot(ctx: &Ctx, database: &str, pg_snapshot: &str) {
     if let Ok(Some(mut r)) = store::source(ctx, database)

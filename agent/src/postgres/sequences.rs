@@ -75,7 +75,9 @@ pub async fn read_sequences(
 /// [`PgSyncError::Query`] naming the sequence when it does not exist on the target or the value
 /// is out of its bounds; nothing is changed then.
 pub async fn apply_sequences(conn: &Conn, values: &[SequenceValue]) -> Result<(), PgSyncError> {
-    conn.exec("BEGIN", None, "begin the sequences transaction")
+    // READ WRITE: the rollback window settles sequences on the frozen old host, whose database
+    // defaults to read-only transactions (only the agent's own role can still connect).
+    conn.exec("BEGIN READ WRITE", None, "begin the sequences transaction")
         .await?;
     for v in values {
         let set = conn

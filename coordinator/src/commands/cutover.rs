@@ -232,6 +232,12 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
                 .and_then(|d| d.split_once(" -> ").map(|(o, _)| o.to_string()))
                 .unwrap_or_else(|| plan.old.agent.clone())
         }));
+        // The rollback window, from its record (`hostshift window` asks the agents).
+        v["rollback_window"] = match crate::window::load(&plan) {
+            Ok(Some(w)) => serde_json::json!({"state": w.state, "since_unix_ms": w.opened_unix_ms}),
+            Ok(None) => serde_json::json!({"state": "none"}),
+            Err(e) => serde_json::json!({"state": "unknown", "error": e.to_string()}),
+        };
         match &snapshots {
             Ok(list) => v["open_snapshots"] = serde_json::json!(list),
             Err(e) => v["open_snapshots_unknown"] = serde_json::json!(e),
@@ -272,6 +278,14 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         Stage::Failed => "stopped at the gates: nothing was touched",
     };
     println!("cutover: {word}");
+    if let Ok(Some(w)) = crate::window::load(&plan)
+        && w.is_active()
+    {
+        println!(
+            "rollback window: {} — the old host follows the new one; `hostshift window` shows its lag and the WAL kept on the new host, `hostshift finish --yes` closes it",
+            w.state
+        );
+    }
     let (old_host, new_host) = hosts(&plan, &st);
     if let Some(d) = &st.direction {
         println!("direction: {old_host} -> {new_host}");

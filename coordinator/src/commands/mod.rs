@@ -8,6 +8,7 @@ pub mod check;
 pub mod cutover;
 pub mod db;
 pub mod env;
+pub mod finish;
 pub mod follow;
 pub mod health;
 pub mod hook;

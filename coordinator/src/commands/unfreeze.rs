@@ -63,6 +63,15 @@ pub async fn run(g: &Global, c: UnfreezeCmd) -> CliResult {
             st.run.as_deref().unwrap_or("?")
         )));
     }
+    // Within the rollback window the old database has one writer, the follower: the app
+    // writing there too would conflict with the new host's changes.
+    if c.host == Side::Old
+        && crate::window::load(&plan).is_ok_and(|w| w.is_some_and(|w| w.is_active()))
+    {
+        return Err(CliError::OperatorAction(anyhow::anyhow!(
+            "the rollback window is open: the old host follows the new one and must stay frozen; `hostshift rollback --yes` goes back without losing a write, `hostshift finish --yes` closes the window first (docs/cutover.md, The rollback window)"
+        )));
+    }
     let host = plan.host(c.host);
     confirm(
         g,

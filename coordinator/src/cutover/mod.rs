@@ -48,6 +48,7 @@ pub mod state;
 mod steps;
 pub mod traffic;
 mod undo;
+mod window_steps;
 
 use std::time::{Duration, Instant};
 
@@ -244,7 +245,9 @@ pub async fn run(
                 databases: c.new_at_proof.clone(),
             },
         )?;
+        traced(step_span("window prepare"), c.window_prepare()).await?;
         traced(step_span("switch"), c.switch()).await?;
+        traced(step_span("window open"), c.window_open()).await?;
         traced(step_span("verify"), c.verify_public()).await?;
         Ok(())
     }
@@ -265,7 +268,11 @@ pub async fn run(
                 c.journal_failed_at_the_end(&e);
             }
         }
-        Err(cause) => traced(step_span("undo"), c.fail(cause)).await,
+        Err(cause) => {
+            // The follower must not write into the old host once it serves again.
+            c.window_abandon().await;
+            traced(step_span("undo"), c.fail(cause)).await;
+        }
     }
     Ok(c.finish(quiet, opts.write_report))
 }
@@ -285,6 +292,11 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     if !c.connect_errors.is_empty() {
         c.progress.say(&c.connect_errors.join("; "));
     }
+    // Within the rollback window: the new host frozen and drained into the old one first.
+    let Some(drained) = traced(step_span("window drain"), c.window_drain()).await else {
+        let _ = c.record(JStep::Rollback, Mark::Failed, "");
+        return Ok(c.finish(quiet, true));
+    };
     let methods = plan.freeze.methods.clone();
     // Everything is undone regardless of the journal (each undo is idempotent), so the state
     // reported on a journal failure is "may still be frozen".
@@ -292,7 +304,15 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     c.switched = true;
     let manual = traced(step_span("undo"), c.undo(methods, true)).await;
     c.rep.skipped("freeze", "rollback");
-    let mut writes = traced(step_span("new-host writes"), c.new_host_writes()).await;
+    c.window_freeze_ends(drained);
+    let mut writes = if drained {
+        traced(step_span("new-host writes"), c.window_not_carried()).await
+    } else {
+        traced(step_span("new-host writes"), c.new_host_writes()).await
+    };
+    if drained && manual.is_empty() && writes.is_ok() {
+        writes = traced(step_span("window close"), c.window_end()).await;
+    }
     // A rolled-back migration must not leave a slot keeping WAL on the old host.
     if writes.is_ok() && c.follow_present().await {
         writes = traced(step_span("follow cleanup"), c.follow_cleanup()).await;

@@ -163,6 +163,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
                 }),
                 id: id.clone(),
                 peer: plan.new.agent.clone(),
+                anchor_now: false,
             }))
             .await
             .map_err(agent_err(format!(
@@ -365,6 +366,7 @@ async fn stop_one(new: &Agent, d: &PlanDatabase) -> Result<(), FollowError> {
     match follow(new)
         .stop(client::request(StopFollowRequest {
             database: d.on_new().to_string(),
+            sequences: vec![],
         }))
         .await
     {

@@ -287,6 +287,10 @@ pub async fn run(plan: &Plan) -> Report {
         let new_info = reached.get(&Side::New).map(|(_, i)| i);
         c.0.extend(crate::follow::check::rows(plan, old_agent, new_info).await);
     }
+    // The rollback window: can the new host be followed back after the switch.
+    if let Some((new_agent, _)) = reached.get(&Side::New) {
+        c.0.extend(crate::window::check::rows(plan, new_agent).await);
+    }
     let mut baseline = Vec::new();
     if let (Some((old_agent, _)), Some((new_agent, new_info))) =
         (reached.get(&Side::Old), reached.get(&Side::New))

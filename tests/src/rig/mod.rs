@@ -22,7 +22,9 @@ pub use follow::{follow_leftovers, table_rows, wait_caught_up};
 pub use nginx::{HttpReply, NginxProc, UpstreamApp, children, http_get, nginx_bin, process_group};
 pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
 pub use sandbox::Sandbox;
-pub use world::{NEW_IP, OLD_IP, PgInfo, TEMPLATE_DB, World, logical_world, world};
+pub use world::{
+    NEW_IP, OLD_IP, PgInfo, TEMPLATE_DB, World, logical_world, round_trip_world, world,
+};
 
 use std::time::{Duration, Instant};
 

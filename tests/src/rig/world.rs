@@ -69,6 +69,7 @@ pub struct World {
 
 static WORLD: OnceLock<World> = OnceLock::new();
 static LOGICAL: OnceLock<World> = OnceLock::new();
+static ROUND_TRIP: OnceLock<World> = OnceLock::new();
 
 /// The shared world, started on first use (a few seconds).
 pub fn world() -> &'static World {
@@ -91,14 +92,24 @@ pub fn logical_world() -> &'static World {
     })
 }
 
+/// A world whose clusters both run `wal_level = logical`: the new host can be followed back
+/// (the rollback window), for a test binary of its own.
+pub fn round_trip_world() -> &'static World {
+    ROUND_TRIP.get_or_init(|| {
+        std::thread::spawn(|| start(WalLevel::Logical, WalLevel::Logical))
+            .join()
+            .unwrap_or_else(|_| panic!("the test world failed to start (see the message above)"))
+    })
+}
+
 fn start(old_wal: WalLevel, new_wal: WalLevel) -> World {
     let dir = std::env::temp_dir().join(format!(
         "hostshift-test-{}{}",
         std::process::id(),
-        if old_wal == WalLevel::Minimal {
-            ""
-        } else {
-            "-logical"
+        match (old_wal, new_wal) {
+            (WalLevel::Minimal, _) => "",
+            (_, WalLevel::Logical) => "-round-trip",
+            _ => "-logical",
         }
     ));
     let _ = std::fs::remove_dir_all(&dir);

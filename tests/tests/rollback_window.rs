@@ -1,0 +1,588 @@
+//! The rollback window on real clusters (both `wal_level = logical`) through real agents: a
+//! followed cutover with the app writing on the old host opens the window (a slot on the new
+//! host before the switch, a follower on the old host after it); the app then writes on the new
+//! host — inserts, updates, deletes, and a table without a primary key — while the old host stays
+//! frozen for it; `hostshift rollback` freezes the new host, waits until the old host applied
+//! everything, copies the sequences and moves back. Every write acknowledged by either host is on
+//! the old host with its final value (row by row against the frozen new host), the old host takes
+//! writes again, and no slot, publication or origin of hostshift remains on either host.
+
+use std::time::Duration;
+
+use hostshift_tests::rig::writer::{Writer, WriterOptions};
+use hostshift_tests::rig::{self, Sandbox, round_trip_world};
+use serde_json::Value;
+
+/// The seeded app's tables with a primary key: carried back by the window.
+const TABLES: [&str; 6] = [
+    "users",
+    "questions",
+    "assessments",
+    "project_assessments",
+    "project_submissions",
+    "project_evaluation_runs",
+];
+
+/// Tables without a primary key (no replica identity): only their inserts travel back (the
+/// window's insert-only publication); one of them is also updated on the new host.
+const NO_PK: &str = "CREATE TABLE public.audit_log (body text, n int); GRANT ALL ON public.audit_log TO app; \
+     CREATE TABLE public.audit_inserts (body text); GRANT ALL ON public.audit_inserts TO app;";
+
+fn rename_plan(sb: &Sandbox, name: &str) {
+    let p = sb.plan_path();
+    let text = std::fs::read_to_string(&p).expect("plan");
+    std::fs::write(
+        &p,
+        text.replacen("name = \"test\"", &format!("name = \"{name}\""), 1),
+    )
+    .expect("plan");
+}
+
+fn step<'a>(j: &'a Value, name: &str) -> &'a Value {
+    j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name:?} in {j:#}"))
+}
+
+/// hostshift's slots, publications and replication origins of the plan named `plan` (both
+/// directions) in `db` of `pg` (the other tests of this binary share the clusters).
+async fn hostshift_objects(pg: &rig::PgInfo, db: &str, plan: &str) -> (i64, i64, i64) {
+    let like = format!("hostshift_{}%", plan.replace('-', "_"));
+    let c = pg.connect(db).await;
+    let n = |sql: &'static str| {
+        let (c, like) = (&c, like.clone());
+        async move {
+            c.query_one(sql, &[&like])
+                .await
+                .unwrap_or_else(|e| panic!("{sql} on port {}: {e:?}", pg.port))
+                .get::<_, i64>(0)
+        }
+    };
+    (
+        n("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1").await,
+        n("SELECT count(*) FROM pg_publication WHERE pubname LIKE $1").await,
+        n("SELECT count(*) FROM pg_replication_origin WHERE roname LIKE $1").await,
+    )
+}
+
+/// Agents allowing the window both ways: the old one follows `app` (the forward slot) and may
+/// write it (the window's follower); the new one may hold the window's slot and be frozen.
+async fn round_trip_sandbox(tag: &str, name: &str) -> Sandbox {
+    round_trip_sandbox_with(tag, name).await.0
+}
+
+async fn round_trip_sandbox_with(tag: &str, name: &str) -> (Sandbox, rig::AgentSetup) {
+    let mut sb = Sandbox::new_in(round_trip_world(), tag).await;
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(NO_PK)
+        .await
+        .expect("schema");
+    let mut old_setup = sb.old_setup();
+    old_setup.follow_databases.push("app".into());
+    old_setup.restore_databases.push("app".into());
+    let mut new_setup = sb.new_setup();
+    new_setup.follow_databases.push("app".into());
+    new_setup.freeze_databases.push("app".into());
+    sb.start(old_setup.clone(), new_setup).await;
+    rename_plan(&sb, name);
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "the first sync: {}", out.both());
+    (sb, old_setup)
+}
+
+/// `follow start` and a followed cutover that must open the window.
+async fn cutover_with_window(sb: &Sandbox) {
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let out = cli_json(
+        sb,
+        &[
+            "cutover",
+            "--yes",
+            "--json",
+            "--skip-backup-check",
+            "test: no backups here",
+        ],
+        120,
+    )
+    .await;
+    assert_eq!(out.code, 0, "cutover: {}", out.both());
+    assert_eq!(
+        step(&out.json(), "window open")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+}
+
+async fn cli_json(sb: &Sandbox, args: &[&str], secs: u64) -> rig::CliOutput {
+    tokio::time::timeout(Duration::from_secs(secs), sb.cli(args))
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} ends within {secs} s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_and_leaves_no_slot() {
+    let sb = round_trip_sandbox("rw_main", "rw-main").await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+
+    // Forward: followed cutover with the app writing on the old host.
+    let old_writer = Writer::start(WriterOptions::new(old_pg, &sb.old_db, "app", "old"));
+    old_writer.wait_acked(20, Duration::from_secs(30)).await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let out = cli_json(
+        &sb,
+        &[
+            "cutover",
+            "--yes",
+            "--json",
+            "--skip-backup-check",
+            "test: no backups here",
+        ],
+        120,
+    )
+    .await;
+    assert_eq!(out.code, 0, "cutover: {}", out.both());
+    let old_report = old_writer.stop().await;
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    assert_eq!(step(&j, "window prepare")["status"], "done", "{j:#}");
+    assert_eq!(step(&j, "window open")["status"], "done", "{j:#}");
+
+    // The window is open; the forward slot is gone from the old host, the window's is on the new.
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.code, 0, "window: {}", w.both());
+    let wj = w.json();
+    assert_eq!(wj["state"], "open", "{wj:#}");
+    let st = cli_json(&sb, &["status", "--json"], 30).await;
+    assert_eq!(
+        st.json()["rollback_window"]["state"],
+        "open",
+        "{}",
+        st.stdout
+    );
+    assert_eq!(wj["databases"][0]["slot"], true, "{wj:#}");
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-main").await.0,
+        0,
+        "no slot on the old host"
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-main").await.0,
+        1,
+        "the window's slot on the new host"
+    );
+
+    // The app cannot write on the old host while the window is open (CONNECT revoked).
+    let app_conn = format!(
+        "host={} port={} user=app dbname={} connect_timeout=5",
+        old_pg.listen, old_pg.port, sb.old_db
+    );
+    let refused = tokio_postgres::connect(&app_conn, tokio_postgres::NoTls).await;
+    assert!(
+        refused.is_err(),
+        "the frozen old host admits the app's role during the window"
+    );
+
+    // The app on the new host: a writer (inserts + updates), plus deletes, updates and a table
+    // without a primary key.
+    let new_writer = Writer::start(WriterOptions::new(new_pg, &sb.new_db, "app", "new"));
+    new_writer.wait_acked(50, Duration::from_secs(30)).await;
+    let new = new_pg.connect(&sb.new_db).await;
+    new.batch_execute(
+        "DELETE FROM public.assessments WHERE id IN (SELECT id FROM public.assessments ORDER BY id LIMIT 5); \
+         UPDATE public.questions SET prompt = prompt || ' (edited on the new host)' WHERE id IN (SELECT id FROM public.questions ORDER BY id LIMIT 3); \
+         INSERT INTO public.audit_log VALUES ('written on the new host', 1), ('to be changed', 2); \
+         UPDATE public.audit_log SET n = 3 WHERE n = 2; \
+         INSERT INTO public.audit_inserts VALUES ('appended on the new host'), ('and again'); \
+         CREATE TABLE public.made_after_switch (id int PRIMARY KEY); \
+         INSERT INTO public.made_after_switch VALUES (1);",
+    )
+    .await
+    .expect("writes on the new host");
+    new_writer.wait_acked(120, Duration::from_secs(30)).await;
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    let new_report = new_writer.stop().await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(step(&j, "window catch-up")["status"], "done", "{j:#}");
+    assert_eq!(step(&j, "window close")["status"], "done", "{j:#}");
+    assert!(
+        j["freeze_ms"].as_u64().is_some(),
+        "the rollback's freeze is reported: {}",
+        out.stdout
+    );
+    assert!(
+        new_report.refused_read_only + new_report.sessions_lost > 0,
+        "the rollback froze the new host under its writer: {new_report:?}"
+    );
+    // The table without a replica identity is not carried: the rollback names it.
+    let writes = j["new_host_writes"].to_string();
+    assert!(
+        writes.contains("audit_log")
+            && writes.contains("made_after_switch")
+            && !writes.contains("audit_inserts")
+            && !writes.contains("assessments"),
+        "the rollback reports the tables it did not carry back (no primary key and updated, created since the switch), and only them: {writes}"
+    );
+    // The inserts into a table without a primary key came back.
+    assert_eq!(
+        rig::table_rows(old_pg, &sb.old_db, "public.audit_inserts").await,
+        rig::table_rows(new_pg, &sb.new_db, "public.audit_inserts").await,
+        "the inserts into a table without a primary key travel back"
+    );
+    assert_eq!(
+        rig::table_rows(old_pg, &sb.old_db, "public.audit_inserts")
+            .await
+            .len(),
+        2
+    );
+
+    // Independent row-by-row comparison: the old host equals the frozen new host.
+    for t in TABLES {
+        let (a, b) = (
+            rig::table_rows(old_pg, &sb.old_db, &format!("public.{t}")).await,
+            rig::table_rows(new_pg, &sb.new_db, &format!("public.{t}")).await,
+        );
+        assert!(!a.is_empty(), "{t} has rows");
+        assert_eq!(
+            a, b,
+            "table {t}: the old host equals the new host row by row"
+        );
+    }
+    // Every write acknowledged by either host.
+    let ids: std::collections::BTreeSet<i64> = old_pg
+        .connect(&sb.old_db)
+        .await
+        .query("SELECT id FROM public.assessments", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // (The five rows deleted on the new host are seeded ones: no acknowledged insert among them.)
+    let missing: Vec<i64> = old_report
+        .acked
+        .iter()
+        .chain(&new_report.acked)
+        .filter(|i| !ids.contains(i))
+        .copied()
+        .collect();
+    assert!(
+        new_report.acked.len() >= 120 && missing.is_empty(),
+        "{} + {} acknowledged writes, missing on the old host: {missing:?}",
+        old_report.acked.len(),
+        new_report.acked.len()
+    );
+    // Sequences came back: the old host's next id does not collide.
+    let seqs = "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, '-'), ',' ORDER BY sequencename) FROM pg_sequences";
+    let (a, b): (String, String) = (
+        old_pg
+            .connect(&sb.old_db)
+            .await
+            .query_one(seqs, &[])
+            .await
+            .expect("seqs")
+            .get(0),
+        new_pg
+            .connect(&sb.new_db)
+            .await
+            .query_one(seqs, &[])
+            .await
+            .expect("seqs")
+            .get(0),
+    );
+    assert_eq!(a, b, "sequences equal on both hosts");
+
+    // The old host takes the app's writes again.
+    let again = Writer::start(WriterOptions::new(old_pg, &sb.old_db, "app", "again"));
+    again.wait_acked(5, Duration::from_secs(30)).await;
+    again.stop().await;
+
+    // Nothing of hostshift remains in either catalog.
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-main").await,
+        (0, 0, 0),
+        "old host: slots, publications, origins"
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-main").await,
+        (0, 0, 0),
+        "new host: slots, publications, origins"
+    );
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.json()["state"], "closed", "{}", w.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_and_catches_up_after_its_restart()
+ {
+    let (mut sb, old_setup) = round_trip_sandbox_with("rw_fault", "rw-fault").await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    cutover_with_window(&sb).await;
+
+    let writer = Writer::start(WriterOptions::new(new_pg, &sb.new_db, "app", "fault"));
+    writer.wait_acked(30, Duration::from_secs(30)).await;
+    // kill -9 of the old agent: its follower dies mid-stream.
+    sb.old.as_mut().expect("old agent").kill();
+    writer.wait_acked(150, Duration::from_secs(30)).await;
+    let w = cli_json(&sb, &["window", "--json"], 60).await;
+    assert_eq!(w.code, 0, "window with the old agent down: {}", w.both());
+    let d = &w.json()["databases"][0];
+    assert!(
+        d["error"].as_str().is_some_and(|e| e.contains("old host"))
+            && d["retained_bytes"].as_u64().is_some_and(|b| b > 0)
+            && d["slot"] == true,
+        "the window says the old agent is down and the new host's slot keeps the WAL: {d:#}"
+    );
+
+    // A rollback cannot drain into a host that is down: it unfreezes the new host again and
+    // stops before traffic moves (exit 3); the window stays open, the new host keeps writing.
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(
+        out.code,
+        3,
+        "rollback with the old agent down: {}",
+        out.both()
+    );
+    let rj = out.json();
+    assert!(
+        rj["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped before traffic moved")),
+        "{rj:#}"
+    );
+    assert_eq!(
+        step(&rj, "unfreeze new read-only")["status"],
+        "done",
+        "{rj:#}"
+    );
+    let acked = writer.snapshot().acked.len();
+    writer.wait_acked(acked + 20, Duration::from_secs(30)).await;
+    let w = cli_json(&sb, &["window", "--json"], 60).await;
+    assert_eq!(w.json()["state"], "open", "{}", w.stdout);
+
+    // Back (on another port): the follower resumes by itself and catches up.
+    let restarted = rig::AgentProc::start(&old_setup, &sb.dir, sb.world).await;
+    sb.addresses.0 = restarted.address();
+    sb.old = Some(restarted);
+    sb.write_plan("");
+    rename_plan(&sb, "rw-fault");
+    writer.wait_acked(200, Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = cli_json(&sb, &["window", "--json"], 30).await;
+        let d = w.json()["databases"][0].clone();
+        if d["follower"] == "following" && d["error"] == "" && d["applied_lsn"] != "0/0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old host's follower resumes after the restart: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A rollback whose switch back and unfreeze fail (injected) after the drain: exit 3, the
+    // window stays drained; the next rollback goes on from the switch back.
+    let plan = sb.plan_path().display().to_string();
+    let out = rig::cli_in(
+        &sb.dir,
+        &["rollback", "--yes", "--json", "--plan", &plan],
+        &[("HOSTSHIFT_TEST_FAIL_AT", "undo")],
+    )
+    .await;
+    let report = writer.stop().await;
+    assert_eq!(out.code, 3, "rollback with a failing undo: {}", out.both());
+    assert_eq!(
+        step(&out.json(), "window catch-up")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.json()["state"], "drained", "{}", w.stdout);
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(out.code, 0, "rollback again: {}", out.both());
+    assert_eq!(out.json()["outcome"], "rolled-back", "{}", out.stdout);
+    for t in TABLES {
+        let (a, b) = (
+            rig::table_rows(old_pg, &sb.old_db, &format!("public.{t}")).await,
+            rig::table_rows(new_pg, &sb.new_db, &format!("public.{t}")).await,
+        );
+        assert_eq!(
+            a, b,
+            "table {t}: the old host equals the new host row by row"
+        );
+    }
+    let ids: std::collections::BTreeSet<i64> = old_pg
+        .connect(&sb.old_db)
+        .await
+        .query("SELECT id FROM public.assessments", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&i64> = report.acked.iter().filter(|i| !ids.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes on the new host, missing on the old host after the rollback: {missing:?}",
+        report.acked.len()
+    );
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-fault").await,
+        (0, 0, 0)
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-fault").await,
+        (0, 0, 0)
+    );
+}
+
+/// Polls `hostshift window --json` (30 s at most) until the first database matches.
+async fn poll_window(sb: &Sandbox, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = cli_json(sb, &["window", "--json"], 30).await;
+        let d = w.json()["databases"][0].clone();
+        if ok(&d) {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window did not get there: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_stops_the_window_until_fixed_and_finish_drops_every_slot_leaving_the_old_host_frozen()
+ {
+    let sb = round_trip_sandbox("rw_finish", "rw-finish").await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    // `check` says the window is possible here.
+    let check = cli_json(&sb, &["check", "--json"], 60).await;
+    let row = check.json()["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| {
+            c["check"]
+                .as_str()
+                .is_some_and(|t| t.contains("rollback window after the switch"))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no rollback window row in check: {}", check.stdout));
+    assert!(
+        row["result"] == "ok"
+            && row["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("possible")),
+        "{row:#}"
+    );
+    cutover_with_window(&sb).await;
+    // The old host cannot be unfrozen while it follows the new one.
+    let out = sb.cli(&["unfreeze", "--host", "old", "--yes"]).await;
+    assert_eq!(out.code, 3, "unfreeze during the window: {}", out.both());
+    assert!(
+        out.stderr.contains("rollback window is open"),
+        "{}",
+        out.stderr
+    );
+
+    // A schema change on the new host stops the follower, naming the table; the same change on
+    // the old database and a restart of the follower carry on, exactly once.
+    new_pg
+        .connect(&sb.new_db)
+        .await
+        .batch_execute(
+            "ALTER TABLE public.questions ADD COLUMN note text; \
+             UPDATE public.questions SET note = 'after the change' WHERE id = (SELECT min(id) FROM public.questions)",
+        )
+        .await
+        .expect("schema change on the new host");
+    let stopped = poll_window(&sb, |d| d["follower"] == "failed").await;
+    assert!(
+        stopped["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("questions")),
+        "the follower names the changed table: {stopped:#}"
+    );
+    old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(
+            "BEGIN READ WRITE; ALTER TABLE public.questions ADD COLUMN note text; COMMIT;",
+        )
+        .await
+        .expect("the same change on the old host");
+    let w = cli_json(&sb, &["window", "--restart-follower", "--json"], 60).await;
+    assert_eq!(w.code, 0, "window --restart-follower: {}", w.both());
+    let old_c = old_pg.connect(&sb.old_db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = old_c
+            .query_one(
+                "SELECT count(*) FROM public.questions WHERE note = 'after the change'",
+                &[],
+            )
+            .await
+            .expect("note")
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted follower applies the update after the schema change"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = cli_json(&sb, &["finish", "--yes", "--json"], 60).await;
+    assert_eq!(out.code, 0, "finish: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["closed"], true, "{j:#}");
+    assert!(
+        j["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("decommission")),
+        "{j:#}"
+    );
+    assert_eq!(
+        hostshift_objects(old_pg, &sb.old_db, "rw-finish").await,
+        (0, 0, 0)
+    );
+    assert_eq!(
+        hostshift_objects(new_pg, &sb.new_db, "rw-finish").await,
+        (0, 0, 0)
+    );
+    // Still frozen for the app.
+    let app_conn = format!(
+        "host={} port={} user=app dbname={} connect_timeout=5",
+        old_pg.listen, old_pg.port, sb.old_db
+    );
+    assert!(
+        tokio_postgres::connect(&app_conn, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "the old host stays frozen after finish"
+    );
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    assert_eq!(w.json()["state"], "closed", "{}", w.stdout);
+    // A second finish has nothing to do.
+    let again = cli_json(&sb, &["finish", "--yes", "--json"], 30).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert_eq!(again.json()["closed"], false, "{}", again.stdout);
+}
