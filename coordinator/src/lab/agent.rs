@@ -58,8 +58,11 @@ pub enum AgentLaunchError {
 pub struct AgentSetup {
     /// Certificate name (`old`/`new`), also the role label.
     pub name: String,
-    /// Loopback address to listen on (port chosen by the OS).
+    /// Loopback address to listen on.
     pub ip: Ipv4Addr,
+    /// Port to listen on; 0 (the default): chosen by the OS. A fixed one lets a restarted agent
+    /// come back where its peers look for it, as systemd restarts it.
+    pub port: u16,
     /// `(name, conninfo)`
     pub databases: Vec<(String, String)>,
     /// `(name, path)`
@@ -101,6 +104,7 @@ impl AgentSetup {
         Self {
             name: name.into(),
             ip,
+            port: 0,
             databases: vec![],
             storage: vec![],
             files: vec![],
@@ -138,8 +142,9 @@ impl AgentSetup {
             .unwrap_or_else(|| dir.join(format!("state-{}", self.name)));
         let _ = writeln!(
             t,
-            "listen = \"{}:0\"\nrole = {}\nsync_role = {}\nstate_dir = {}\n",
+            "listen = \"{}:{}\"\nrole = {}\nsync_role = {}\nstate_dir = {}\n",
             self.ip,
+            self.port,
             s(&self.name),
             s(&self.sync_role),
             q(&state)
