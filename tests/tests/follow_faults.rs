@@ -99,7 +99,8 @@ enum Mode {
     /// New connections are closed at once (the port refuses).
     Down,
     /// No byte passes and nothing is closed: a network partition. Connections alive then (and
-    /// accepted meanwhile) stay stalled for good.
+    /// accepted meanwhile) stay stalled for good; with a new epoch the live ones are closed
+    /// first.
     Stall,
 }
 
@@ -145,11 +146,11 @@ impl Proxy {
                                     return;
                                 }
                                 let (e, m) = *rx.borrow_and_update();
-                                if m == Mode::Stall {
-                                    h.lock().expect("held").push((client, Some(server)));
+                                if e != epoch {
                                     return;
                                 }
-                                if e != epoch {
+                                if m == Mode::Stall {
+                                    h.lock().expect("held").push((client, Some(server)));
                                     return;
                                 }
                             }
@@ -311,7 +312,20 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     )
     .await;
 
-    // 3. kill -9 of the old agent, restarted on the same port while the app writes on.
+    // 3. The connection cut and the partition at once: the follower's reconnect is accepted and
+    //    then hears nothing (no TLS handshake).
+    proxy.set(Mode::Stall, true);
+    writer.wait_rounds(40).await;
+    proxy.set(Mode::Forward, false);
+    let t2 = wait_applied_more(
+        &sb,
+        t2,
+        10,
+        "the follower gives up a connect that never completes its handshake",
+    )
+    .await;
+
+    // 4. kill -9 of the old agent, restarted on the same port while the app writes on.
     sb.old.as_mut().expect("old agent").kill();
     writer.wait_rounds(40).await;
     let restarted = AgentProc::start(&old_setup, &sb.dir, sb.world).await;
