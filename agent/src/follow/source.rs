@@ -4,7 +4,9 @@
 //! Everything here runs only for a database named in `[allow] follow_databases`: a slot keeps WAL
 //! on the production host until it is dropped, and a publication is visible in its catalog.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hostshift_shared::identity::{Identity, Role};
 use tokio::sync::mpsc;
@@ -27,6 +29,45 @@ pub const MAX_CHANGES: u32 = 10_000;
 
 /// How long one peek may take before it is abandoned.
 pub const PEEK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A session idle longer than this is closed rather than reused (a stopped follow does not keep
+/// a session on the old host).
+pub const SESSION_IDLE: Duration = Duration::from_secs(60);
+
+/// The PostgreSQL sessions of the follows this (old) host serves, one per database, reused from
+/// peek to peek.
+///
+/// A follower peeks every [`super::follower::IDLE_PAUSE`] when idle and once per batch when
+/// busy; a new connection per peek (TCP, authentication, a backend process forked, the value
+/// settings) cost more than many peeks themselves and left a trail of backends starting and
+/// ending on the production host. A peek takes the session out (concurrent peeks of one
+/// database each get their own), and puts it back only after a peek that went to the end
+/// without an error: a failed or abandoned one closes it and the next peek connects afresh.
+#[derive(Default)]
+pub struct Sessions {
+    idle: Mutex<HashMap<String, (Client, Instant)>>,
+}
+
+impl Sessions {
+    fn take(&self, database: &str) -> Option<Client> {
+        let (client, since) = self.idle.lock().ok()?.remove(database)?;
+        (!client.is_closed() && since.elapsed() < SESSION_IDLE).then_some(client)
+    }
+
+    fn put(&self, database: &str, client: Client) {
+        if let Ok(mut g) = self.idle.lock() {
+            g.retain(|_, (c, since)| !c.is_closed() && since.elapsed() < SESSION_IDLE);
+            g.insert(database.to_string(), (client, Instant::now()));
+        }
+    }
+
+    /// Closes the idle session of `database` (its follow is dropped).
+    pub fn close(&self, database: &str) {
+        if let Ok(mut g) = self.idle.lock() {
+            g.remove(database);
+        }
+    }
+}
 
 /// `hostshift_<id>`: the name of the slot and of the publication.
 ///
@@ -288,11 +329,29 @@ pub async fn changes(
     tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
 ) -> Result<(), AgentError> {
     let database = record.database.as_str();
-    let client = connect(ctx, database).await?;
-    client
-        .batch_execute(VALUE_SETTINGS)
-        .await
-        .map_err(|e| AgentError::db(database, &e))?;
+    let client = match ctx.follow_sessions.take(database) {
+        Some(c) => c,
+        None => {
+            let c = connect(ctx, database).await?;
+            c.batch_execute(VALUE_SETTINGS)
+                .await
+                .map_err(|e| AgentError::db(database, &e))?;
+            c
+        }
+    };
+    peek(&client, record, confirm_lsn, max_changes, tx).await?;
+    ctx.follow_sessions.put(database, client);
+    Ok(())
+}
+
+async fn peek(
+    client: &Client,
+    record: &SourceRecord,
+    confirm_lsn: u64,
+    max_changes: u32,
+    tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
+) -> Result<(), AgentError> {
+    let database = record.database.as_str();
     if confirm_lsn > 0 {
         client
             .execute(
@@ -439,6 +498,7 @@ pub async fn status(
 /// `Database` when the server refuses.
 pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, bool), AgentError> {
     let name = object_name(id)?;
+    ctx.follow_sessions.close(database);
     let client = connect(ctx, database).await?;
     // After a cutover the old database stays frozen read-only: its new sessions default to
     // read-only transactions, and DROP PUBLICATION would be refused (25006).
