@@ -225,25 +225,6 @@ async fn tables_on_new(sb: &Sandbox) -> i64 {
         .get(0)
 }
 
-/// The follower's `transactions` counter as `follow status` shows it.
-async fn applied_transactions(sb: &Sandbox) -> u64 {
-    let st = sb.cli(&["follow", "status", "--json"]).await;
-    assert_eq!(st.code, 0, "{}", st.both());
-    st.json()["databases"][0]["transactions"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Waits until the follower applied at least `more` transactions beyond `since` (it is alive and
-/// past the fault).
-async fn wait_applied_more(sb: &Sandbox, since: u64, more: u64, what: &str) -> u64 {
-    rig::eventually(Duration::from_secs(60), what, || async {
-        let n = applied_transactions(sb).await;
-        (n >= since + more).then_some(n)
-    })
-    .await
-}
-
 async fn compare(sb: &Sandbox, why: &str) {
     rig::wait_caught_up(sb, "app", why).await;
     for t in TABLES {
@@ -292,22 +273,21 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
         2,
         "the first sync created the tables"
     );
-    let t0 = wait_applied_more(&sb, 0, 10, "the follower applies").await;
+    rig::wait_caught_up(&sb, "app", "the follower applies").await;
 
     // 1. The connection cut: every live connection closed, the port refusing for 2 s.
     proxy.set(Mode::Down, true);
     writer.wait_rounds(40).await;
     proxy.set(Mode::Forward, false);
-    let t1 = wait_applied_more(&sb, t0, 10, "the follower resumes after the cut").await;
+    rig::wait_caught_up(&sb, "app", "the follower resumes after the cut").await;
 
     // 2. A partition: nothing passes and nothing is closed; the follower must notice by itself.
     proxy.set(Mode::Stall, false);
     writer.wait_rounds(40).await;
     proxy.set(Mode::Forward, false);
-    let t2 = wait_applied_more(
+    rig::wait_caught_up(
         &sb,
-        t1,
-        10,
+        "app",
         "the follower gives up the stalled connection and resumes",
     )
     .await;
@@ -317,10 +297,9 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     proxy.set(Mode::Stall, true);
     writer.wait_rounds(40).await;
     proxy.set(Mode::Forward, false);
-    let t2 = wait_applied_more(
+    rig::wait_caught_up(
         &sb,
-        t2,
-        10,
+        "app",
         "the follower gives up a connect that never completes its handshake",
     )
     .await;
@@ -331,10 +310,9 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     let restarted = AgentProc::start(&old_setup, &sb.dir, sb.world).await;
     assert_eq!(restarted.addr, backend, "the old agent is back on its port");
     sb.old = Some(restarted);
-    wait_applied_more(
+    rig::wait_caught_up(
         &sb,
-        t2,
-        10,
+        "app",
         "the follower resumes after the old agent's kill",
     )
     .await;
@@ -436,6 +414,29 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
     let errors = writer.finish().await;
     assert!(errors.is_empty(), "{errors:?}");
     compare(&sb, "after a second start").await;
+
+    // The idle follower peeks every 200 ms through one PostgreSQL session of the old agent, not
+    // one session per peek (sessions established on the old database, counted by PostgreSQL).
+    let opened = || async {
+        sb.world
+            .old_pg
+            .connect(&sb.old_db)
+            .await
+            .query_one(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("sessions")
+            .get::<_, i64>(0)
+    };
+    let before = opened().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = opened().await - before;
+    assert!(
+        during <= 3,
+        "3 s of an idle follower (about 15 peeks) opened {during} sessions on the old database"
+    );
 
     // Cleanup leaves nothing behind.
     let clean = sb.cli(&["follow", "cleanup", "--yes"]).await;
