@@ -22,14 +22,18 @@ use tokio::sync::watch;
 const SCHEMA: &str = "
 CREATE TABLE ff_rows (id int PRIMARY KEY, v int NOT NULL, note text);
 CREATE TABLE ff_pair (a int, b uuid DEFAULT gen_random_uuid(), n int, PRIMARY KEY (a, b));
+CREATE TABLE ff_nopk (a int, b text);
+INSERT INTO ff_nopk SELECT g, 'seed' FROM generate_series(1, 10) g;
 INSERT INTO ff_rows SELECT g, 0, 'seed' FROM generate_series(1, 20) g;
 ";
 
+/// Tables with a primary key: followed whatever the config says.
 const TABLES: [&str; 2] = ["ff_rows", "ff_pair"];
 
 /// One transaction of the app per round `i`: a new numbered row, an update of an earlier one
-/// (its value counts the updates it got), a delete of a still earlier one, and a row of a
-/// second table in the same transaction.
+/// (its value counts the updates it got), a delete of a still earlier one, a row of a second
+/// table, and on the table without a primary key two equal rows, an update of both of an
+/// earlier pair, an update of one of two equal rows, a delete.
 fn round(i: i64) -> String {
     format!(
         "BEGIN;
@@ -37,7 +41,12 @@ fn round(i: i64) -> String {
          UPDATE ff_rows SET v = v + 1, note = 'updated in {i}' WHERE id IN ({a}, {b});
          DELETE FROM ff_rows WHERE id = {d};
          INSERT INTO ff_pair (a, n) VALUES ({i}, {i});
+         INSERT INTO ff_nopk VALUES ({i}, 'n'), ({i}, 'n');
+         UPDATE ff_nopk SET b = 'both' WHERE a = {a};
+         UPDATE ff_nopk SET b = 'one' WHERE ctid = (SELECT ctid FROM ff_nopk WHERE a = {c} LIMIT 1);
+         DELETE FROM ff_nopk WHERE a = {d};
          COMMIT;",
+        c = i - 3,
         a = i - 1,
         b = i - 7,
         d = i - 13
@@ -104,13 +113,16 @@ enum Mode {
     Stall,
 }
 
+/// Stalled connections (client side, server side), kept open until the proxy is dropped.
+type Held = Arc<Mutex<Vec<(TcpStream, Option<TcpStream>)>>>;
+
 /// A real loopback TCP proxy in front of the old agent: the follower's (and the coordinator's)
 /// connections to the old host pass through it, so the test can cut them or stall them.
 struct Proxy {
     addr: SocketAddr,
     /// (epoch, mode): a new epoch closes every live connection.
     state: watch::Sender<(u64, Mode)>,
-    held: Arc<Mutex<Vec<(TcpStream, Option<TcpStream>)>>>,
+    held: Held,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -119,7 +131,7 @@ impl Proxy {
         let listener = TcpListener::bind((OLD_IP, 0)).await.expect("proxy bind");
         let addr = listener.local_addr().expect("proxy address");
         let (state, _) = watch::channel((0u64, Mode::Forward));
-        let held: Arc<Mutex<Vec<(TcpStream, Option<TcpStream>)>>> = Arc::default();
+        let held: Held = Arc::default();
         let (st, h) = (state.clone(), held.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -225,9 +237,24 @@ async fn tables_on_new(sb: &Sandbox) -> i64 {
         .get(0)
 }
 
-async fn compare(sb: &Sandbox, why: &str) {
+/// `relreplident` of `ff_nopk` on the old host.
+async fn identity(sb: &Sandbox) -> String {
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'ff_nopk'::regclass",
+            &[],
+        )
+        .await
+        .expect("identity")
+        .get(0)
+}
+
+async fn compare(sb: &Sandbox, why: &str, tables: &[&str]) {
     rig::wait_caught_up(sb, "app", why).await;
-    for t in TABLES {
+    for t in tables {
         let (a, b) = (
             rig::table_rows(&sb.world.old_pg, &sb.old_db, t).await,
             rig::table_rows(&sb.world.new_pg, &sb.new_db, t).await,
@@ -268,6 +295,14 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     writer.wait_rounds(5).await;
     let out = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
+    assert!(
+        out.json()["databases"][0]["not_followed"]
+            .to_string()
+            .contains("public.ff_nopk"),
+        "without [allow] replica_identity_full the table without a primary key is not followed: {}",
+        out.stdout
+    );
+    assert_eq!(identity(&sb).await, "d", "nothing changed on the old host");
     assert_eq!(
         tables_on_new(&sb).await,
         2,
@@ -325,8 +360,14 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     compare(
         &sb,
         "after the cut, the stall and the kill of the old agent",
+        &TABLES,
     )
     .await;
+    assert_eq!(
+        identity(&sb).await,
+        "d",
+        "without [allow] replica_identity_full the table without a primary key keeps its identity"
+    );
 
     let clean = sb.cli(&["follow", "cleanup", "--yes"]).await;
     assert_eq!(clean.code, 0, "{}", clean.both());
@@ -361,6 +402,7 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
     schema(&sb).await;
     let mut old_setup = sb.old_setup();
     old_setup.follow_databases.push("app".into());
+    old_setup.replica_identity_full.push("app".into());
     sb.start(old_setup, sb.new_setup()).await;
     rename_plan(&sb, "ff-coordinator");
     let writer = Writer::start(&sb, 1000).await;
@@ -410,10 +452,33 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
         "{}",
         again.stdout
     );
+    // [allow] replica_identity_full: the table without a primary key is followed too.
+    assert_eq!(
+        again.json()["databases"][0]["not_followed"],
+        serde_json::json!([]),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        identity(&sb).await,
+        "f",
+        "REPLICA IDENTITY FULL while following"
+    );
+    let record = sb.dir.join("state-old/follow/identity-app.json");
+    assert!(
+        std::fs::read_to_string(&record).is_ok_and(|t| t.contains("ff_nopk")),
+        "the original identity is recorded in the old agent's state_dir: {}",
+        record.display()
+    );
     writer.wait_rounds(30).await;
     let errors = writer.finish().await;
     assert!(errors.is_empty(), "{errors:?}");
-    compare(&sb, "after a second start").await;
+    compare(
+        &sb,
+        "after a second start",
+        &["ff_rows", "ff_pair", "ff_nopk"],
+    )
+    .await;
 
     // The idle follower peeks every 200 ms through one PostgreSQL session of the old agent, not
     // one session per peek (sessions established on the old database, counted by PostgreSQL).
@@ -446,6 +511,12 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
         (0, 0, 0),
         "no slot, publication or origin of hostshift remains"
     );
+    assert_eq!(
+        identity(&sb).await,
+        "d",
+        "cleanup put the original identity back"
+    );
+    assert!(!record.exists(), "and forgot the record");
     let open = rig::eventually(
         Duration::from_secs(20),
         "hostshift's transactions to end",

@@ -176,6 +176,13 @@ pub async fn prepare(
     let client = conn.into_client();
     let mut followed = Vec::new();
     let mut not_followed = Vec::new();
+    let full_allowed = ctx
+        .config
+        .allow
+        .replica_identity_full
+        .iter()
+        .any(|d| d == database);
+    let mut to_full = Vec::new();
     for t in &tables {
         // Default identity needs a primary key; 'n'othing never works; 'f'ull and 'i'ndex do.
         let row = client
@@ -198,9 +205,15 @@ pub async fn prepare(
         let label = format!("{}.{}", t.table.schema, t.table.table);
         if ok {
             followed.push((label, t.table.qualified()));
+        } else if full_allowed {
+            to_full.push((label, t.table.qualified(), ident_kind));
         } else {
             not_followed.push(label);
         }
+    }
+    if !to_full.is_empty() {
+        set_identity_full(ctx, &client, database, &to_full).await?;
+        followed.extend(to_full.into_iter().map(|(l, q, _)| (l, q)));
     }
     // A publication may only cover tables whose UPDATE/DELETE work under it: a table without a
     // replica identity in a publication makes the application's UPDATE and DELETE on it fail.
@@ -262,6 +275,76 @@ pub async fn prepare(
     store::save_source(ctx, &record)?;
     tracing::info!(database, slot = %record.slot, created, followed = followed.len(), not_followed = record.not_followed.len(), "follow prepared");
     Ok((record, created))
+}
+
+/// Sets `REPLICA IDENTITY FULL` on `tables` (label, qualified name, original identity), after
+/// recording each original identity in the state folder (merged with an earlier record: a second
+/// `follow start` keeps the first originals), so that [`drop_follow`] can put them back even
+/// after a crash between the two.
+async fn set_identity_full(
+    ctx: &Ctx,
+    client: &Client,
+    database: &str,
+    tables: &[(String, String, String)],
+) -> Result<(), AgentError> {
+    let mut record = store::identities(ctx, database)?.unwrap_or_else(|| store::IdentityRecord {
+        database: database.to_string(),
+        tables: Vec::new(),
+    });
+    for (_, q, original) in tables {
+        if original != "f" && !record.tables.iter().any(|(t, _)| t == q) {
+            record.tables.push((q.clone(), original.clone()));
+        }
+    }
+    store::save_identities(ctx, &record)?;
+    for (label, q, _) in tables {
+        client
+            .batch_execute(&format!("ALTER TABLE {q} REPLICA IDENTITY FULL"))
+            .await
+            .map_err(|e| AgentError::Database {
+                name: database.to_string(),
+                message: format!(
+                    "setting REPLICA IDENTITY FULL on {label} ([allow] replica_identity_full; the conninfo's role must own the table): {}",
+                    AgentError::db(database, &e)
+                ),
+            })?;
+        tracing::info!(database, table = %label, "replica identity set to FULL for following");
+    }
+    Ok(())
+}
+
+/// Puts back the replica identities [`set_identity_full`] changed, then forgets the record.
+async fn restore_identities(
+    ctx: &Ctx,
+    client: &Client,
+    database: &str,
+) -> Result<usize, AgentError> {
+    let Some(record) = store::identities(ctx, database)? else {
+        return Ok(0);
+    };
+    for (q, original) in &record.tables {
+        let to = if original == "n" {
+            "NOTHING"
+        } else {
+            "DEFAULT"
+        };
+        // A table dropped since has nothing to restore.
+        let sql = format!(
+            "DO $$ BEGIN IF to_regclass({}) IS NOT NULL THEN ALTER TABLE {q} REPLICA IDENTITY {to}; END IF; END $$",
+            literal(q)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| AgentError::db(database, &e))?;
+    }
+    store::remove_identities(ctx, database)?;
+    tracing::info!(
+        database,
+        tables = record.tables.len(),
+        "replica identities restored"
+    );
+    Ok(record.tables.len())
 }
 
 /// Records the snapshot of the first copy after [`prepare`] as the follow's anchor.
@@ -542,6 +625,7 @@ pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, b
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&name)))
         .await
         .map_err(|e| AgentError::db(database, &e))?;
+    restore_identities(ctx, &client, database).await?;
     if store::source(ctx, database)?.is_some_and(|r| r.id == id) {
         store::remove_source(ctx, database)?;
     }

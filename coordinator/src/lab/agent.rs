@@ -83,6 +83,8 @@ pub struct AgentSetup {
     pub freeze_databases: Vec<String>,
     /// `[allow] follow_databases` (the old host: `hostshift follow` may create a slot)
     pub follow_databases: Vec<String>,
+    /// `[allow] replica_identity_full`.
+    pub replica_identity_full: Vec<String>,
     /// `sync_role`: `"target"` for the agent named `new`, `"source"` for every other one.
     pub sync_role: String,
     /// `[limits] shutdown_grace_secs`
@@ -115,6 +117,7 @@ impl AgentSetup {
             control_services: false,
             freeze_databases: vec![],
             follow_databases: vec![],
+            replica_identity_full: vec![],
             sync_role: if name == "new" { "target" } else { "source" }.into(),
             grace_secs: 5,
             db_ca_file: None,
@@ -174,13 +177,14 @@ impl AgentSetup {
         }
         let _ = writeln!(
             t,
-            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\nfollow_databases = {}\n",
+            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\nfollow_databases = {}\nreplica_identity_full = {}\n",
             list(&self.restore_databases),
             list(&self.write_storage),
             list(&self.write_files),
             self.control_services,
             list(&self.freeze_databases),
-            list(&self.follow_databases)
+            list(&self.follow_databases),
+            list(&self.replica_identity_full)
         );
         let _ = writeln!(t, "[limits]\nshutdown_grace_secs = {}\n", self.grace_secs);
         t.push_str(&self.extra);
