@@ -202,7 +202,7 @@ async fn run(
         };
         n += 1;
         // Mostly new files; every third an overwrite, every fifth a delete, of an earlier one.
-        let (op, name) = match (n % 5 == 0, n % 3 == 0, live.is_empty()) {
+        let (op, name) = match (n.is_multiple_of(5), n.is_multiple_of(3), live.is_empty()) {
             (true, _, false) => (Op::Delete, live.remove((n as usize) % live.len())),
             (false, true, false) => (Op::Overwrite, live[(n as usize) % live.len()].clone()),
             _ => (Op::Create, format!("upload-{n}.bin")),
