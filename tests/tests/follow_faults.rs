@@ -303,6 +303,26 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
         out.stdout
     );
     assert_eq!(identity(&sb).await, "d", "nothing changed on the old host");
+    // status says what the table not followed costs: copied whole in the freeze, its size.
+    let st = sb.cli(&["follow", "status", "--json"]).await;
+    let d = &st.json()["databases"][0];
+    let i = d["not_followed"]
+        .as_array()
+        .and_then(|v| v.iter().position(|t| t == "public.ff_nopk"))
+        .unwrap_or_else(|| panic!("{}", st.stdout));
+    assert!(
+        d["not_followed_bytes"][i].as_u64().is_some_and(|b| b > 0),
+        "{}",
+        st.stdout
+    );
+    let text = sb.cli(&["follow", "status"]).await;
+    assert!(
+        text.stdout.contains("not followed: public.ff_nopk (")
+            && text.stdout.contains("copied whole in the freeze")
+            && text.stdout.contains("replica_identity_full"),
+        "{}",
+        text.both()
+    );
     assert_eq!(
         tables_on_new(&sb).await,
         2,

@@ -259,6 +259,9 @@ pub struct DbStatus {
     pub publication: bool,
     /// Tables not followed (no replica identity): copied whole in the freeze.
     pub not_followed: Vec<String>,
+    /// Their sizes on the old host (`pg_total_relation_size`, same order; 0: unknown): what the
+    /// freeze copies whole.
+    pub not_followed_bytes: Vec<u64>,
     /// The old host's `wal_level`.
     pub wal_level: String,
     /// Why the follower stopped (or the last retried error).
@@ -323,6 +326,11 @@ async fn status_one(
     if not_followed.is_empty() {
         not_followed = src.not_followed;
     }
+    let not_followed_bytes = if not_followed.is_empty() {
+        Vec::new()
+    } else {
+        sizes(old, &d.name, &not_followed).await
+    };
     Ok(DbStatus {
         database: d.name.clone(),
         state: if dst.configured {
@@ -339,12 +347,39 @@ async fn status_one(
         slot: src.slot_exists,
         publication: src.publication_exists,
         not_followed,
+        not_followed_bytes,
         wal_level: src.wal_level,
         error: dst.error,
         transactions: dst.transactions,
         reached,
         current: src.current_lsn,
     })
+}
+
+/// The sizes of `tables` (`schema.table`) in the old host's `database` (0 where unknown: the
+/// statistics are a courtesy, their failure is not the status's).
+async fn sizes(old: &Agent, database: &str, tables: &[String]) -> Vec<u64> {
+    let stats = old
+        .db_stats()
+        .stats(client::request(hostshift_proto::v1::DbStatsRequest {
+            database: database.to_string(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .ok();
+    tables
+        .iter()
+        .map(|t| {
+            stats
+                .as_ref()
+                .and_then(|s| {
+                    s.tables
+                        .iter()
+                        .find(|x| format!("{}.{}", x.schema, x.table) == *t)
+                })
+                .map_or(0, |x| x.total_bytes)
+        })
+        .collect()
 }
 
 /// The follow of every database of the plan.
