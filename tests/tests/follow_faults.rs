@@ -536,6 +536,22 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
         "d",
         "cleanup put the original identity back"
     );
+    let on_new: String = sb
+        .world
+        .new_pg
+        .connect(&sb.new_db)
+        .await
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'ff_nopk'::regclass",
+            &[],
+        )
+        .await
+        .expect("identity on the new host")
+        .get(0);
+    assert_eq!(
+        on_new, "d",
+        "the copy carried REPLICA IDENTITY FULL to the new host: cleanup puts the original back there too"
+    );
     assert!(!record.exists(), "and forgot the record");
     let open = rig::eventually(
         Duration::from_secs(20),

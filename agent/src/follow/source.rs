@@ -313,38 +313,54 @@ async fn set_identity_full(
     Ok(())
 }
 
-/// Puts back the replica identities [`set_identity_full`] changed, then forgets the record.
+/// Puts back the replica identities [`set_identity_full`] changed, then forgets the record;
+/// returns them as `table=d|n`.
 async fn restore_identities(
     ctx: &Ctx,
     client: &Client,
     database: &str,
-) -> Result<usize, AgentError> {
+) -> Result<Vec<String>, AgentError> {
     let Some(record) = store::identities(ctx, database)? else {
-        return Ok(0);
+        return Ok(Vec::new());
     };
+    let mut out = Vec::new();
     for (q, original) in &record.tables {
-        let to = if original == "n" {
-            "NOTHING"
-        } else {
-            "DEFAULT"
-        };
-        // A table dropped since has nothing to restore.
-        let sql = format!(
-            "DO $$ BEGIN IF to_regclass({}) IS NOT NULL THEN ALTER TABLE {q} REPLICA IDENTITY {to}; END IF; END $$",
-            literal(q)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| AgentError::db(database, &e))?;
+        put_identity_back(client, database, q, original).await?;
+        out.push(format!("{q}={original}"));
     }
     store::remove_identities(ctx, database)?;
-    tracing::info!(
-        database,
-        tables = record.tables.len(),
-        "replica identities restored"
+    tracing::info!(database, tables = out.len(), "replica identities restored");
+    Ok(out)
+}
+
+/// `ALTER TABLE table REPLICA IDENTITY DEFAULT|NOTHING` (`original`: `d`|`n`) when the table
+/// exists and is FULL (a table dropped since has nothing to restore). The name is only ever
+/// parsed by `to_regclass` (a literal), never spliced into the statement, so a name from a
+/// record or a request cannot inject SQL.
+///
+/// # Errors
+/// `Database` when the server refuses (e.g. the role does not own the table).
+pub async fn put_identity_back(
+    client: &Client,
+    database: &str,
+    table: &str,
+    original: &str,
+) -> Result<(), AgentError> {
+    let to = if original == "n" {
+        "NOTHING"
+    } else {
+        "DEFAULT"
+    };
+    let sql = format!(
+        "DO $$ DECLARE r regclass := pg_catalog.to_regclass({}); BEGIN \
+         IF r IS NOT NULL AND (SELECT relreplident FROM pg_catalog.pg_class WHERE oid = r) = 'f' THEN \
+         EXECUTE format('ALTER TABLE %s REPLICA IDENTITY {to}', r); END IF; END $$",
+        literal(table)
     );
-    Ok(record.tables.len())
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| AgentError::db(database, &e))
 }
 
 /// Records the snapshot of the first copy after [`prepare`] as the follow's anchor.
@@ -574,12 +590,17 @@ pub async fn status(
     Ok(s)
 }
 
-/// Drops the slot, the publication and the follow grant; idempotent. A slot in use by a peek
+/// Drops the slot, the publication and the follow grant, and puts back the replica identities
+/// `prepare` set to FULL (returned as `table=d|n`); idempotent. A slot in use by a peek
 /// is retried for a few seconds.
 ///
 /// # Errors
 /// `Database` when the server refuses.
-pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, bool), AgentError> {
+pub async fn drop_follow(
+    ctx: &Ctx,
+    database: &str,
+    id: &str,
+) -> Result<(bool, bool, Vec<String>), AgentError> {
     let name = object_name(id)?;
     ctx.follow_sessions.close(database);
     let client = connect(ctx, database).await?;
@@ -625,10 +646,10 @@ pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, b
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&name)))
         .await
         .map_err(|e| AgentError::db(database, &e))?;
-    restore_identities(ctx, &client, database).await?;
+    let restored = restore_identities(ctx, &client, database).await?;
     if store::source(ctx, database)?.is_some_and(|r| r.id == id) {
         store::remove_source(ctx, database)?;
     }
     tracing::info!(database, slot = %name, dropped_slot, dropped_publication, "follow dropped");
-    Ok((dropped_slot, dropped_publication))
+    Ok((dropped_slot, dropped_publication, restored))
 }

@@ -451,6 +451,7 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
             .forget(client::request(ForgetFollowRequest {
                 database: d.on_new().to_string(),
                 id: id.clone(),
+                restore_identities: Vec::new(),
             }))
             .await
             .map_err(agent_err(format!(
@@ -468,6 +469,21 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
                 d.name
             )))?
             .into_inner();
+        // The first copy carried the REPLICA IDENTITY FULL set for following to the new host:
+        // the same originals go back there.
+        if !r.restored_identities.is_empty() {
+            follow(&new)
+                .forget(client::request(ForgetFollowRequest {
+                    database: d.on_new().to_string(),
+                    id: id.clone(),
+                    restore_identities: r.restored_identities.clone(),
+                }))
+                .await
+                .map_err(agent_err(format!(
+                    "database {}: putting the replica identities back on the new host",
+                    d.name
+                )))?;
+        }
         out.push(Cleaned {
             database: d.name.clone(),
             dropped_slot: r.dropped_slot,
