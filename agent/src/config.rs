@@ -254,6 +254,15 @@ pub struct AllowConfig {
     /// until `hostshift follow cleanup` drops it. Default: none.
     #[serde(default)]
     pub follow_databases: Vec<String>,
+    /// Databases (by name, each also in `follow_databases`) where `hostshift follow start` may
+    /// set `REPLICA IDENTITY FULL` on followed tables that have no replica identity (no primary
+    /// key), so that their UPDATE and DELETE are followed too instead of the table being copied
+    /// whole in the freeze. The original identity is recorded in
+    /// `state_dir/follow/identity-<database>.json` before the change and put back by `hostshift
+    /// follow cleanup` (which the cutover and its undo run). FULL makes the old host write each
+    /// changed row's whole old version into its WAL. Default: none.
+    #[serde(default)]
+    pub replica_identity_full: Vec<String>,
 }
 
 /// `[tools]`: where external programs live.
@@ -528,6 +537,14 @@ impl AgentConfig {
                         format!("{n:?} is not declared in [[{what}]]"),
                     ));
                 }
+            }
+        }
+        for (i, n) in self.allow.replica_identity_full.iter().enumerate() {
+            if !self.allow.follow_databases.contains(n) {
+                out.push(src.problem(
+                    &format!("allow.replica_identity_full.{i}"),
+                    format!("{n:?} is not in allow.follow_databases: only a followed database's tables get REPLICA IDENTITY FULL"),
+                ));
             }
         }
         absolute(src, "state_dir", &self.state_dir, &mut out);

@@ -108,6 +108,8 @@ pub struct Ctx {
     pub snapshots: database::Snapshots,
     /// Followers running on this (new) host.
     pub followers: follow::Followers,
+    /// The old host's side: one PostgreSQL session per followed database, reused by its peeks.
+    pub follow_sessions: follow::source::Sessions,
 }
 
 impl Ctx {
@@ -172,6 +174,7 @@ pub async fn serve(
         grants: transfer::GrantStore::default(),
         snapshots: database::Snapshots::default(),
         followers: follow::Followers::default(),
+        follow_sessions: follow::source::Sessions::default(),
     });
     let addr = listener
         .local_addr()

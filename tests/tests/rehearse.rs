@@ -55,6 +55,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         "follow",
         "cutover",
         "live-app",
+        "live-uploads",
         "verify-after",
     ] {
         let p = phases
@@ -119,6 +120,20 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
     );
     assert!(live["refused"].as_u64().expect("refused") > 0, "{live}");
     assert_eq!(live["lost"], 0, "{live}");
+    // And it uploaded files (new, overwritten, deleted) into the old storage tree up to the
+    // freeze: the freeze refused the uploads after it (their database row was refused), and
+    // every acknowledged one is on the new host with the same content, every delete absent.
+    let up = &j["live_uploads"];
+    for k in [
+        "created",
+        "overwritten",
+        "deleted",
+        "refused",
+        "files_checked",
+    ] {
+        assert!(up[k].as_u64().is_some_and(|n| n > 0), "{k}: {up}");
+    }
+    assert_eq!(up["lost"], 0, "{up}");
     let cutover = phases
         .iter()
         .find(|p| p["phase"] == "cutover")

@@ -716,6 +716,7 @@ impl Applier {
             Some(o) => Self::where_clause(t, o, old_is_full, &mut values)?,
             None => Self::where_clause(t, new, false, &mut values)?,
         };
+        let cond = one_row(&t.name, cond, old.is_some() && old_is_full);
         let name = t.name.clone();
         let label = t.source.to_string();
         // Nothing to set: the row must still be there (a diverged row is noticed all the same).
@@ -732,10 +733,23 @@ impl Applier {
         let t = self.target(rel)?;
         let mut values = Vec::new();
         let cond = Self::where_clause(t, old, full, &mut values)?;
+        let cond = one_row(&t.name, cond, full);
         let label = t.source.to_string();
         let sql = format!("DELETE FROM {} WHERE {cond}", t.name);
         self.send(sql, values, Expect::OneRow("a DELETE", label))
             .await
+    }
+}
+
+/// The condition for a change's row. A full old row (`REPLICA IDENTITY FULL`, e.g. a table
+/// without a primary key) may match several equal rows, of which the old host changed one: the
+/// change takes exactly one of them (`tableoid` too: a partitioned table's partitions share
+/// `ctid`s).
+fn one_row(table: &str, cond: String, full: bool) -> String {
+    if full {
+        format!("(tableoid, ctid) = (SELECT tableoid, ctid FROM {table} WHERE {cond} LIMIT 1)")
+    } else {
+        cond
     }
 }
 

@@ -25,6 +25,9 @@ use crate::error::AgentError;
 pub const BATCH_CHANGES: u32 = 2_000;
 /// Pause after a peek that found nothing new.
 pub const IDLE_PAUSE: Duration = Duration::from_millis(200);
+/// Deadline for the old agent's answer to a `Changes` call (not for its rows), reconnect
+/// included.
+pub const CALL_TIMEOUT: Duration = crate::transfer::pull::HANDSHAKE_TIMEOUT;
 /// Longest pause between retries after a connection failure.
 pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
@@ -178,6 +181,7 @@ async fn run(
 ) -> Result<(), AgentError> {
     let mut pause = Duration::from_millis(200);
     loop {
+        let began = std::time::Instant::now();
         let attempt = tokio::select! {
             r = follow_once(ctx, record, live, stop) => r,
             () = stop.cancelled() => return Ok(()),
@@ -187,6 +191,10 @@ async fn run(
             Err(e) if fatal(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(database = %record.database, error = %e, "follower retrying");
+                // An attempt that ran a while was a working connection: start the pauses over.
+                if began.elapsed() > Duration::from_secs(30) {
+                    pause = Duration::from_millis(200);
+                }
                 if let Ok(mut l) = live.lock() {
                     l.error = e.to_string();
                 }
@@ -227,6 +235,7 @@ async fn follow_once(
         l.applied_lsn = applier.progress();
         l.reached_lsn = l.reached_lsn.max(applier.progress());
     });
+    tracing::debug!(database = %record.database, progress = applier.progress(), "follower: applier ready, connecting to the old host");
     let channel =
         crate::transfer::pull::connect_peer(ctx, &record.source_address, &record.source_tls_name)
             .await?;
@@ -237,14 +246,23 @@ async fn follow_once(
         if stop.is_cancelled() {
             return Ok(());
         }
-        let mut stream = source
-            .changes(ChangesRequest {
-                database: record.source_database.clone(),
-                token: record.token.clone(),
-                confirm_lsn: confirmed,
-                max_changes: BATCH_CHANGES,
-            })
+        tracing::debug!(database = %record.database, confirmed, "follower: peek");
+        // The answer's headers come at once (the rows follow); the deadline covers the
+        // channel's own reconnect after a dropped connection, whose TLS handshake nothing else
+        // bounds (a peer that accepts and then stays silent would hang it for good).
+        let call = source.changes(ChangesRequest {
+            database: record.source_database.clone(),
+            token: record.token.clone(),
+            confirm_lsn: confirmed,
+            max_changes: BATCH_CHANGES,
+        });
+        let mut stream = tokio::time::timeout(CALL_TIMEOUT, call)
             .await
+            .map_err(|_| {
+                AgentError::Unavailable(format!(
+                    "the old host's agent did not answer a Changes call within {CALL_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|s| super::from_peer(&s))?
             .into_inner();
         let mut wal_before = 0;
@@ -273,6 +291,7 @@ async fn follow_once(
                 });
             }
         }
+        tracing::debug!(database = %record.database, rows, "follower: peek ended");
         if open {
             return Err(AgentError::Unavailable(
                 "the old host's change stream ended inside a transaction".into(),

@@ -172,13 +172,14 @@ impl Follow for FollowService {
         coordinator(&req)?;
         let r = req.into_inner();
         self.ctx.database(&r.database)?;
-        let (dropped_slot, dropped_publication) =
+        let (dropped_slot, dropped_publication, restored_identities) =
             source::drop_follow(&self.ctx, &r.database, &r.id).await?;
         // The rollback window's insert-only publication, if any.
         super::window::drop_insert_only(&self.ctx, &r.database, &r.id).await?;
         Ok(Response::new(DropFollowResponse {
             dropped_slot,
             dropped_publication,
+            restored_identities,
         }))
     }
 
@@ -324,6 +325,18 @@ impl Follow for FollowService {
             source::object_name(&id)?;
             let client = crate::db::connect(db).await?;
             apply::drop_origin(&client, &r.database, &super::origin_name(&id)).await?;
+        }
+        if !r.restore_identities.is_empty() {
+            // The copy carried the old host's REPLICA IDENTITY FULL here too.
+            let client = crate::db::connect(db).await?;
+            for item in &r.restore_identities {
+                let (table, original) = item.rsplit_once('=').ok_or_else(|| {
+                    AgentError::InvalidArgument(format!(
+                        "replica identity to restore {item:?}: expected table=d|n"
+                    ))
+                })?;
+                source::put_identity_back(&client, &r.database, table, original).await?;
+            }
         }
         store::remove_target(&self.ctx, &r.database)?;
         Ok(Response::new(ForgetFollowResponse {}))

@@ -4,7 +4,9 @@
 //! Everything here runs only for a database named in `[allow] follow_databases`: a slot keeps WAL
 //! on the production host until it is dropped, and a publication is visible in its catalog.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hostshift_shared::identity::{Identity, Role};
 use tokio::sync::mpsc;
@@ -27,6 +29,45 @@ pub const MAX_CHANGES: u32 = 10_000;
 
 /// How long one peek may take before it is abandoned.
 pub const PEEK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A session idle longer than this is closed rather than reused (a stopped follow does not keep
+/// a session on the old host).
+pub const SESSION_IDLE: Duration = Duration::from_secs(60);
+
+/// The PostgreSQL sessions of the follows this (old) host serves, one per database, reused from
+/// peek to peek.
+///
+/// A follower peeks every [`super::follower::IDLE_PAUSE`] when idle and once per batch when
+/// busy; a new connection per peek (TCP, authentication, a backend process forked, the value
+/// settings) cost more than many peeks themselves and left a trail of backends starting and
+/// ending on the production host. A peek takes the session out (concurrent peeks of one
+/// database each get their own), and puts it back only after a peek that went to the end
+/// without an error: a failed or abandoned one closes it and the next peek connects afresh.
+#[derive(Default)]
+pub struct Sessions {
+    idle: Mutex<HashMap<String, (Client, Instant)>>,
+}
+
+impl Sessions {
+    fn take(&self, database: &str) -> Option<Client> {
+        let (client, since) = self.idle.lock().ok()?.remove(database)?;
+        (!client.is_closed() && since.elapsed() < SESSION_IDLE).then_some(client)
+    }
+
+    fn put(&self, database: &str, client: Client) {
+        if let Ok(mut g) = self.idle.lock() {
+            g.retain(|_, (c, since)| !c.is_closed() && since.elapsed() < SESSION_IDLE);
+            g.insert(database.to_string(), (client, Instant::now()));
+        }
+    }
+
+    /// Closes the idle session of `database` (its follow is dropped).
+    pub fn close(&self, database: &str) {
+        if let Ok(mut g) = self.idle.lock() {
+            g.remove(database);
+        }
+    }
+}
 
 /// `hostshift_<id>`: the name of the slot and of the publication.
 ///
@@ -135,6 +176,13 @@ pub async fn prepare(
     let client = conn.into_client();
     let mut followed = Vec::new();
     let mut not_followed = Vec::new();
+    let full_allowed = ctx
+        .config
+        .allow
+        .replica_identity_full
+        .iter()
+        .any(|d| d == database);
+    let mut to_full = Vec::new();
     for t in &tables {
         // Default identity needs a primary key; 'n'othing never works; 'f'ull and 'i'ndex do.
         let row = client
@@ -157,9 +205,15 @@ pub async fn prepare(
         let label = format!("{}.{}", t.table.schema, t.table.table);
         if ok {
             followed.push((label, t.table.qualified()));
+        } else if full_allowed {
+            to_full.push((label, t.table.qualified(), ident_kind));
         } else {
             not_followed.push(label);
         }
+    }
+    if !to_full.is_empty() {
+        set_identity_full(ctx, &client, database, &to_full).await?;
+        followed.extend(to_full.into_iter().map(|(l, q, _)| (l, q)));
     }
     // A publication may only cover tables whose UPDATE/DELETE work under it: a table without a
     // replica identity in a publication makes the application's UPDATE and DELETE on it fail.
@@ -237,6 +291,92 @@ pub async fn current_snapshot(ctx: &Ctx, database: &str) -> Result<String, Agent
     Ok(row.get(0))
 }
 
+/// Sets `REPLICA IDENTITY FULL` on `tables` (label, qualified name, original identity), after
+/// recording each original identity in the state folder (merged with an earlier record: a second
+/// `follow start` keeps the first originals), so that [`drop_follow`] can put them back even
+/// after a crash between the two.
+async fn set_identity_full(
+    ctx: &Ctx,
+    client: &Client,
+    database: &str,
+    tables: &[(String, String, String)],
+) -> Result<(), AgentError> {
+    let mut record = store::identities(ctx, database)?.unwrap_or_else(|| store::IdentityRecord {
+        database: database.to_string(),
+        tables: Vec::new(),
+    });
+    for (_, q, original) in tables {
+        if original != "f" && !record.tables.iter().any(|(t, _)| t == q) {
+            record.tables.push((q.clone(), original.clone()));
+        }
+    }
+    store::save_identities(ctx, &record)?;
+    for (label, q, _) in tables {
+        client
+            .batch_execute(&format!("ALTER TABLE {q} REPLICA IDENTITY FULL"))
+            .await
+            .map_err(|e| AgentError::Database {
+                name: database.to_string(),
+                message: format!(
+                    "setting REPLICA IDENTITY FULL on {label} ([allow] replica_identity_full; the conninfo's role must own the table): {}",
+                    AgentError::db(database, &e)
+                ),
+            })?;
+        tracing::info!(database, table = %label, "replica identity set to FULL for following");
+    }
+    Ok(())
+}
+
+/// Puts back the replica identities [`set_identity_full`] changed, then forgets the record;
+/// returns them as `table=d|n`.
+async fn restore_identities(
+    ctx: &Ctx,
+    client: &Client,
+    database: &str,
+) -> Result<Vec<String>, AgentError> {
+    let Some(record) = store::identities(ctx, database)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (q, original) in &record.tables {
+        put_identity_back(client, database, q, original).await?;
+        out.push(format!("{q}={original}"));
+    }
+    store::remove_identities(ctx, database)?;
+    tracing::info!(database, tables = out.len(), "replica identities restored");
+    Ok(out)
+}
+
+/// `ALTER TABLE table REPLICA IDENTITY DEFAULT|NOTHING` (`original`: `d`|`n`) when the table
+/// exists and is FULL (a table dropped since has nothing to restore). The name is only ever
+/// parsed by `to_regclass` (a literal), never spliced into the statement, so a name from a
+/// record or a request cannot inject SQL.
+///
+/// # Errors
+/// `Database` when the server refuses (e.g. the role does not own the table).
+pub async fn put_identity_back(
+    client: &Client,
+    database: &str,
+    table: &str,
+    original: &str,
+) -> Result<(), AgentError> {
+    let to = if original == "n" {
+        "NOTHING"
+    } else {
+        "DEFAULT"
+    };
+    let sql = format!(
+        "DO $$ DECLARE r regclass := pg_catalog.to_regclass({}); BEGIN \
+         IF r IS NOT NULL AND (SELECT relreplident FROM pg_catalog.pg_class WHERE oid = r) = 'f' THEN \
+         EXECUTE format('ALTER TABLE %s REPLICA IDENTITY {to}', r); END IF; END $$",
+        literal(table)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| AgentError::db(database, &e))
+}
+
 /// Records the snapshot of the first copy after [`prepare`] as the follow's anchor.
 pub fn note_snapshot(ctx: &Ctx, database: &str, pg_snapshot: &str) {
     if let Ok(Some(mut r)) = store::source(ctx, database)
@@ -302,11 +442,29 @@ pub async fn changes(
     tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
 ) -> Result<(), AgentError> {
     let database = record.database.as_str();
-    let client = connect(ctx, database).await?;
-    client
-        .batch_execute(VALUE_SETTINGS)
-        .await
-        .map_err(|e| AgentError::db(database, &e))?;
+    let client = match ctx.follow_sessions.take(database) {
+        Some(c) => c,
+        None => {
+            let c = connect(ctx, database).await?;
+            c.batch_execute(VALUE_SETTINGS)
+                .await
+                .map_err(|e| AgentError::db(database, &e))?;
+            c
+        }
+    };
+    peek(&client, record, confirm_lsn, max_changes, tx).await?;
+    ctx.follow_sessions.put(database, client);
+    Ok(())
+}
+
+async fn peek(
+    client: &Client,
+    record: &SourceRecord,
+    confirm_lsn: u64,
+    max_changes: u32,
+    tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
+) -> Result<(), AgentError> {
+    let database = record.database.as_str();
     if confirm_lsn > 0 {
         client
             .execute(
@@ -446,13 +604,19 @@ pub async fn status(
     Ok(s)
 }
 
-/// Drops the slot, the publication and the follow grant; idempotent. A slot in use by a peek
+/// Drops the slot, the publication and the follow grant, and puts back the replica identities
+/// `prepare` set to FULL (returned as `table=d|n`); idempotent. A slot in use by a peek
 /// is retried for a few seconds.
 ///
 /// # Errors
 /// `Database` when the server refuses.
-pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, bool), AgentError> {
+pub async fn drop_follow(
+    ctx: &Ctx,
+    database: &str,
+    id: &str,
+) -> Result<(bool, bool, Vec<String>), AgentError> {
     let name = object_name(id)?;
+    ctx.follow_sessions.close(database);
     let client = connect(ctx, database).await?;
     // After a cutover the old database stays frozen read-only: its new sessions default to
     // read-only transactions, and DROP PUBLICATION would be refused (25006).
@@ -496,9 +660,10 @@ pub async fn drop_follow(ctx: &Ctx, database: &str, id: &str) -> Result<(bool, b
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&name)))
         .await
         .map_err(|e| AgentError::db(database, &e))?;
+    let restored = restore_identities(ctx, &client, database).await?;
     if store::source(ctx, database)?.is_some_and(|r| r.id == id) {
         store::remove_source(ctx, database)?;
     }
     tracing::info!(database, slot = %name, dropped_slot, dropped_publication, "follow dropped");
-    Ok((dropped_slot, dropped_publication))
+    Ok((dropped_slot, dropped_publication, restored))
 }

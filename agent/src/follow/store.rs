@@ -34,6 +34,16 @@ pub struct SourceRecord {
     pub not_followed: Vec<String>,
 }
 
+/// The old host's record of the replica identities `follow start` changed to FULL
+/// (`[allow] replica_identity_full`), written before the change: cleanup puts each back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The configured database.
+    pub database: String,
+    /// (qualified table name, original `relreplident`: `d` default, `n` nothing).
+    pub tables: Vec<(String, String)>,
+}
+
 /// The new host's record of a follower.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TargetRecord {
@@ -131,6 +141,30 @@ pub fn save_source(ctx: &Ctx, r: &SourceRecord) -> Result<(), AgentError> {
 /// A file that cannot be removed.
 pub fn remove_source(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
     remove(&path(ctx, "source", database))
+}
+
+/// The replica identities changed in `database` (none: `None`).
+///
+/// # Errors
+/// An unreadable file.
+pub fn identities(ctx: &Ctx, database: &str) -> Result<Option<IdentityRecord>, AgentError> {
+    load(&path(ctx, "identity", database))
+}
+
+/// Saves the record of changed replica identities (synced before the change is made).
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn save_identities(ctx: &Ctx, r: &IdentityRecord) -> Result<(), AgentError> {
+    save(&path(ctx, "identity", &r.database), r)
+}
+
+/// Removes it (every identity put back).
+///
+/// # Errors
+/// A file that cannot be removed.
+pub fn remove_identities(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
+    remove(&path(ctx, "identity", database))
 }
 
 /// The new host's record for `database`.

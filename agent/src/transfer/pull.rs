@@ -16,6 +16,18 @@ use crate::error::AgentError;
 /// Connection deadline to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Deadline of the whole connect to a peer: TCP, TLS and HTTP/2 handshakes.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 pings to a peer, while a call runs and while idle: a connection that silently stops
+/// passing bytes (a network partition, a peer host gone without a reset) fails its calls after
+/// at most `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` instead of hanging them for good (a
+/// follower's stream, a pull). The peer's h2 layer answers pings whatever its handlers do, so a
+/// slow but live stream is not cut.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may stay unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to a peer agent at `address`, verifying its certificate for `tls_name`.
 ///
 /// # Errors
@@ -32,9 +44,21 @@ pub async fn connect_peer(ctx: &Ctx, address: &str, tls_name: &str) -> Result<Ch
         .tls_config(tls)
         .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
-    endpoint.connect().await.map_err(|e| {
+    // `connect_timeout` bounds the TCP connect only: a peer that accepts and then says nothing
+    // would hang the TLS and HTTP/2 handshakes for good. The whole connect gets a deadline.
+    let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| {
+            AgentError::Unavailable(format!(
+                "cannot reach the source agent at {address} from this host: it accepted the connection but did not complete the TLS handshake within {HANDSHAKE_TIMEOUT:?} (a firewall or proxy dropping packets?)"
+            ))
+        })?;
+    connected.map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {

@@ -145,9 +145,14 @@ pub async fn run(g: &Global, c: FollowCmd) -> CliResult {
                     )
                 );
                 for r in &rows {
-                    for n in &r.not_followed {
+                    for (i, n) in r.not_followed.iter().enumerate() {
+                        let size = r
+                            .not_followed_bytes
+                            .get(i)
+                            .filter(|b| **b > 0)
+                            .map_or_else(String::new, |b| format!(" ({})", bytes(*b)));
                         println!(
-                            "  {}: not followed: {n}: copied whole in the freeze",
+                            "  {}: not followed: {n}{size}: copied whole in the freeze (no replica identity; to follow it, give it a primary key, or list the database in the old agent's [allow] replica_identity_full)",
                             r.database
                         );
                     }

@@ -75,6 +75,8 @@ struct Rehearsal {
     freeze_ms: Option<u64>,
     /// What the live app's writes became: acknowledged, refused by the freeze, lost.
     live_writes: Option<Outcome>,
+    /// What the live app's uploads became: acknowledged, refused by the freeze, lost.
+    live_uploads: Option<crate::rehearse::uploader::Outcome>,
     phases: Vec<Phase>,
     checks: preflight::Report,
 }
@@ -300,6 +302,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             switch,
             freeze_ms: measured.freeze_ms,
             live_writes: measured.live_writes.clone(),
+            live_uploads: measured.live_uploads.clone(),
             phases,
             checks: report,
         });
@@ -430,6 +433,8 @@ struct Measured {
     freeze_ms: Option<u64>,
     /// The live writer's writes, looked up on the new host.
     live_writes: Option<Outcome>,
+    /// The live uploads, looked up on the new host.
+    live_uploads: Option<crate::rehearse::uploader::Outcome>,
 }
 
 /// Rows the simulated app writes on the old host after the first copy.
@@ -464,6 +469,20 @@ async fn after_first_copy(
         }
     };
 
+    let uploader = match crate::rehearse::uploader::LiveUploader::start(
+        &lab.old_pg.conninfo("app"),
+        &crate::rehearse::old_storage_dir(lab),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            writer.stop().await;
+            push(phases, "live-app", Instant::now(), Err(e));
+            return false;
+        }
+    };
+
     say(
         "phase follow: follow the old database by logical decoding; files and storage synced again",
     );
@@ -471,6 +490,7 @@ async fn after_first_copy(
     let followed = follow_phase(plan, mode, &writer).await;
     if !push(phases, "follow", t, followed) {
         writer.stop().await;
+        uploader.stop().await;
         // Nothing of the follow may stay on the old host (a slot keeps WAL).
         let _ = crate::follow::cleanup(plan).await;
         return false;
@@ -553,7 +573,11 @@ async fn after_first_copy(
     while writer.tally().refused == 0 && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    while uploader.tally().refused == 0 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let tally = writer.stop().await;
+    let uploads = uploader.stop().await;
     let cut_ok = cut.is_ok();
     if !push(phases, "cutover", t_cut, cut) {
         return false;
@@ -574,6 +598,31 @@ async fn after_first_copy(
     };
     measured.live_writes = outcome.ok();
     if !push(phases, "live-app", t, live) || !cut_ok {
+        return false;
+    }
+    let t = Instant::now();
+    let up = crate::rehearse::uploader::check(&uploads, &crate::rehearse::new_storage_dir(lab));
+    let detail = if up.lost == 0 {
+        Ok(format!(
+            "{} uploads acknowledged by the old host ({} new files, {} overwrites, {} deletes), all on the new host with the same content (0 lost, {} files checked); {} refused by the freeze (the upload's database row was refused, no file written); {} of unknown outcome",
+            up.acknowledged,
+            up.created,
+            up.overwritten,
+            up.deleted,
+            up.files_checked,
+            up.refused,
+            up.unknown
+        ))
+    } else {
+        Err(format!(
+            "{} of {} acknowledged uploads are not on the new host: {}",
+            up.lost,
+            up.acknowledged,
+            up.lost_examples.join("; ")
+        ))
+    };
+    measured.live_uploads = Some(up);
+    if !push(phases, "live-uploads", t, detail) {
         return false;
     }
 

@@ -260,6 +260,9 @@ pub struct DbStatus {
     pub publication: bool,
     /// Tables not followed (no replica identity): copied whole in the freeze.
     pub not_followed: Vec<String>,
+    /// Their sizes on the old host (`pg_total_relation_size`, same order; 0: unknown): what the
+    /// freeze copies whole.
+    pub not_followed_bytes: Vec<u64>,
     /// The old host's `wal_level`.
     pub wal_level: String,
     /// Why the follower stopped (or the last retried error).
@@ -324,6 +327,11 @@ async fn status_one(
     if not_followed.is_empty() {
         not_followed = src.not_followed;
     }
+    let not_followed_bytes = if not_followed.is_empty() {
+        Vec::new()
+    } else {
+        sizes(old, &d.name, &not_followed).await
+    };
     Ok(DbStatus {
         database: d.name.clone(),
         state: if dst.configured {
@@ -340,12 +348,39 @@ async fn status_one(
         slot: src.slot_exists,
         publication: src.publication_exists,
         not_followed,
+        not_followed_bytes,
         wal_level: src.wal_level,
         error: dst.error,
         transactions: dst.transactions,
         reached,
         current: src.current_lsn,
     })
+}
+
+/// The sizes of `tables` (`schema.table`) in the old host's `database` (0 where unknown: the
+/// statistics are a courtesy, their failure is not the status's).
+async fn sizes(old: &Agent, database: &str, tables: &[String]) -> Vec<u64> {
+    let stats = old
+        .db_stats()
+        .stats(client::request(hostshift_proto::v1::DbStatsRequest {
+            database: database.to_string(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .ok();
+    tables
+        .iter()
+        .map(|t| {
+            stats
+                .as_ref()
+                .and_then(|s| {
+                    s.tables
+                        .iter()
+                        .find(|x| format!("{}.{}", x.schema, x.table) == *t)
+                })
+                .map_or(0, |x| x.total_bytes)
+        })
+        .collect()
 }
 
 /// The follow of every database of the plan.
@@ -418,6 +453,7 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
             .forget(client::request(ForgetFollowRequest {
                 database: d.on_new().to_string(),
                 id: id.clone(),
+                restore_identities: Vec::new(),
             }))
             .await
             .map_err(agent_err(format!(
@@ -435,6 +471,21 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
                 d.name
             )))?
             .into_inner();
+        // The first copy carried the REPLICA IDENTITY FULL set for following to the new host:
+        // the same originals go back there.
+        if !r.restored_identities.is_empty() {
+            follow(&new)
+                .forget(client::request(ForgetFollowRequest {
+                    database: d.on_new().to_string(),
+                    id: id.clone(),
+                    restore_identities: r.restored_identities.clone(),
+                }))
+                .await
+                .map_err(agent_err(format!(
+                    "database {}: putting the replica identities back on the new host",
+                    d.name
+                )))?;
+        }
         out.push(Cleaned {
             database: d.name.clone(),
             dropped_slot: r.dropped_slot,

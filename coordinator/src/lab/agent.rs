@@ -58,8 +58,11 @@ pub enum AgentLaunchError {
 pub struct AgentSetup {
     /// Certificate name (`old`/`new`), also the role label.
     pub name: String,
-    /// Loopback address to listen on (port chosen by the OS).
+    /// Loopback address to listen on.
     pub ip: Ipv4Addr,
+    /// Port to listen on; 0 (the default): chosen by the OS. A fixed one lets a restarted agent
+    /// come back where its peers look for it, as systemd restarts it.
+    pub port: u16,
     /// `(name, conninfo)`
     pub databases: Vec<(String, String)>,
     /// `(name, path)`
@@ -80,6 +83,8 @@ pub struct AgentSetup {
     pub freeze_databases: Vec<String>,
     /// `[allow] follow_databases` (the old host: `hostshift follow` may create a slot)
     pub follow_databases: Vec<String>,
+    /// `[allow] replica_identity_full`.
+    pub replica_identity_full: Vec<String>,
     /// `sync_role`: `"target"` for the agent named `new`, `"source"` for every other one.
     pub sync_role: String,
     /// `[limits] shutdown_grace_secs`
@@ -101,6 +106,7 @@ impl AgentSetup {
         Self {
             name: name.into(),
             ip,
+            port: 0,
             databases: vec![],
             storage: vec![],
             files: vec![],
@@ -111,6 +117,7 @@ impl AgentSetup {
             control_services: false,
             freeze_databases: vec![],
             follow_databases: vec![],
+            replica_identity_full: vec![],
             sync_role: if name == "new" { "target" } else { "source" }.into(),
             grace_secs: 5,
             db_ca_file: None,
@@ -138,8 +145,9 @@ impl AgentSetup {
             .unwrap_or_else(|| dir.join(format!("state-{}", self.name)));
         let _ = writeln!(
             t,
-            "listen = \"{}:0\"\nrole = {}\nsync_role = {}\nstate_dir = {}\n",
+            "listen = \"{}:{}\"\nrole = {}\nsync_role = {}\nstate_dir = {}\n",
             self.ip,
+            self.port,
             s(&self.name),
             s(&self.sync_role),
             q(&state)
@@ -169,13 +177,14 @@ impl AgentSetup {
         }
         let _ = writeln!(
             t,
-            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\nfollow_databases = {}\n",
+            "[allow]\nrestore_databases = {}\nwrite_storage = {}\nwrite_files = {}\ncontrol_services = {}\nfreeze_databases = {}\nfollow_databases = {}\nreplica_identity_full = {}\n",
             list(&self.restore_databases),
             list(&self.write_storage),
             list(&self.write_files),
             self.control_services,
             list(&self.freeze_databases),
-            list(&self.follow_databases)
+            list(&self.follow_databases),
+            list(&self.replica_identity_full)
         );
         let _ = writeln!(t, "[limits]\nshutdown_grace_secs = {}\n", self.grace_secs);
         t.push_str(&self.extra);

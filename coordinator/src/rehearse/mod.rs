@@ -8,6 +8,7 @@
 //! Nothing outside that folder and the loopback interface is touched.
 
 mod content;
+pub mod uploader;
 pub mod writer;
 
 use std::net::Ipv4Addr;
@@ -22,6 +23,11 @@ use crate::lab::pg::{PgCluster, WalLevel};
 use crate::lab::seed::{self, Scale, SeedSummary};
 
 pub use content::{NON_ROOT_DIR, StorageSummary};
+
+/// The old host's storage tree of a lab.
+pub fn old_storage_dir(lab: &LocalLab) -> PathBuf {
+    content::storage_dir(&lab.dir.join("old"))
+}
 
 /// The new host's storage tree of a lab.
 pub fn new_storage_dir(lab: &LocalLab) -> PathBuf {
