@@ -485,6 +485,8 @@ pub async fn close(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, Wind
             .forget(client::request(ForgetFollowRequest {
                 database: w.database.clone(),
                 id: rec.id.clone(),
+                // The forward follow's cleanup put the replica identities back already.
+                restore_identities: Vec::new(),
             }))
             .await
             .map_err(agent_err(format!(
