@@ -595,7 +595,8 @@ async fn a_schema_change_stops_the_window_until_fixed_and_finish_drops_every_slo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_names_every_config_file_and_storage_file_changed_on_the_new_host_and_exits_3() {
+async fn a_rollback_names_every_config_file_storage_file_and_large_object_changed_on_the_new_host_and_exits_3()
+ {
     let sb = round_trip_sandbox("rw_files", "rw-files").await;
     cutover_with_window(&sb).await;
     let old_env_before = std::fs::read(&sb.old_env).expect("old env");
@@ -612,6 +613,16 @@ async fn a_rollback_names_every_config_file_and_storage_file_changed_on_the_new_
     let mut env = std::fs::read_to_string(&sb.new_env).expect("new env");
     env.push_str("FEATURE_FLAG=on\n");
     std::fs::write(&sb.new_env, env).expect("edit new env");
+    // ... and a large object stored by the app (logical decoding does not carry them).
+    let oid: u32 = sb
+        .world
+        .new_pg
+        .connect(&sb.new_db)
+        .await
+        .query_one("SELECT lo_from_bytea(0, 'an attachment')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
 
     let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
     assert_eq!(
@@ -641,7 +652,13 @@ async fn a_rollback_names_every_config_file_and_storage_file_changed_on_the_new_
         ),
         "{left:?}"
     );
-    assert_eq!(left.len(), 2, "only what changed is named: {left:?}");
+    assert!(
+        left.iter()
+            .any(|l| l.starts_with("large objects of database ")
+                && l.ends_with(&format!("only on the new host: oid {oid}"))),
+        "{left:?}"
+    );
+    assert_eq!(left.len(), 3, "only what changed is named: {left:?}");
     assert!(
         out.stderr.contains("NOT carried back: file backend-env"),
         "{}",
