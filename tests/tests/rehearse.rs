@@ -147,6 +147,8 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
     assert!(rt["refused"].as_u64().expect("refused") > 0, "{rt}");
     assert_eq!(rt["old_writable"], true, "{rt}");
     assert_eq!(rt["slots_left"], 0, "{rt}");
+    // Files, storage and large objects compared at the rollback: the lab's app changed none.
+    assert_eq!(rt["not_carried_back"], serde_json::json!([]), "{rt}");
     let rollback_freeze = rt["rollback_freeze_ms"]
         .as_u64()
         .unwrap_or_else(|| panic!("no rollback freeze measured: {rt}"));

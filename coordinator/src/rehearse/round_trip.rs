@@ -76,6 +76,9 @@ pub struct RoundTrip {
     pub slots_left: i64,
     /// The rollback's steps, `name ms`.
     pub steps: Vec<String>,
+    /// Config files, storage files and large objects of the new host the rollback named as not
+    /// carried back (the lab's app changes none of them: empty).
+    pub not_carried_back: Vec<String>,
 }
 
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
@@ -239,6 +242,7 @@ pub async fn run(
             .iter()
             .map(|s| format!("{} {} ms", s.name, s.ms))
             .collect(),
+        not_carried_back: report.not_carried_back.clone(),
         ..RoundTrip::default()
     };
     let mut lose = |what: String| {
@@ -321,7 +325,12 @@ pub fn verdict(r: &RoundTrip) -> Result<String, String> {
         r.slots_left,
         r.steps.join(", ")
     );
-    if r.lost == 0 && r.old_writable && r.slots_left == 0 && r.acknowledged > 0 {
+    if !r.not_carried_back.is_empty() {
+        Err(format!(
+            "{line}; NOT carried back: {}",
+            r.not_carried_back.join("; ")
+        ))
+    } else if r.lost == 0 && r.old_writable && r.slots_left == 0 && r.acknowledged > 0 {
         Ok(line)
     } else if r.lost > 0 {
         Err(format!("{line}; lost: {}", r.lost_examples.join("; ")))
