@@ -57,6 +57,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         "live-app",
         "live-uploads",
         "verify-after",
+        "rollback",
     ] {
         let p = phases
             .iter()
@@ -144,6 +145,45 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
             .is_some_and(|d| d.contains("database app followed up to") && d.contains("steps: ")),
         "{cutover}"
     );
+    // Issue 13: the way back. After the cutover (which opened the rollback window) the app wrote
+    // on the new host — sign-ups, edits, deletions — and `rollback` within the window froze it
+    // and moved back: every write the new host acknowledged is on the old host with its final
+    // value (looked up row by row, deleted rows gone), the old host takes writes again, no slot
+    // is left, and the rollback's freeze is measured and in the timeline.
+    let cutover_steps = cutover["detail"].as_str().unwrap_or_default();
+    assert!(cutover_steps.contains("window open"), "{cutover}");
+    let rt = &j["round_trip"];
+    assert!(
+        rt["acknowledged"].as_u64().expect("acknowledged") > 20,
+        "{rt}"
+    );
+    assert!(rt["deletes"].as_u64().expect("deletes") > 0, "{rt}");
+    assert_eq!(rt["lost"], 0, "{rt}");
+    assert!(rt["refused"].as_u64().expect("refused") > 0, "{rt}");
+    assert_eq!(rt["old_writable"], true, "{rt}");
+    assert_eq!(rt["slots_left"], 0, "{rt}");
+    // Files, storage and large objects compared at the rollback: the lab's app changed none.
+    assert_eq!(rt["not_carried_back"], serde_json::json!([]), "{rt}");
+    let rollback_freeze = rt["rollback_freeze_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rollback freeze measured: {rt}"));
+    assert!(
+        rollback_freeze > 0 && rollback_freeze < 30_000,
+        "{rollback_freeze} ms"
+    );
+    assert!(
+        rt["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.starts_with("window catch-up"))),
+        "{rt}"
+    );
+    assert!(
+        detail("rollback").contains(&format!("rollback freeze {rollback_freeze} ms")),
+        "{}",
+        detail("rollback")
+    );
     assert!(!lab.exists(), "the lab folder is removed");
     // The report outlives the lab: one self-contained page with the phases.
     let report = std::path::PathBuf::from(j["report"].as_str().expect("report folder"));
@@ -152,6 +192,7 @@ async fn rehearse_runs_the_whole_move_through_the_cutover_and_leaves_nothing_beh
         html.contains("sync")
             && html.contains("cutover")
             && html.contains("freeze")
+            && html.contains("rollback within the window: write freeze")
             && !html.contains("<script"),
         "{}",
         report.display()

@@ -216,6 +216,13 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
     assert_eq!(step(&j, "window catch-up")["status"], "done", "{j:#}");
     assert_eq!(step(&j, "window close")["status"], "done", "{j:#}");
+    // Nothing of the files and storage changed on the new host: nothing left behind there.
+    assert_eq!(
+        j["not_carried_back"],
+        serde_json::json!([]),
+        "{}",
+        out.stdout
+    );
     assert!(
         j["freeze_ms"].as_u64().is_some(),
         "the rollback's freeze is reported: {}",
@@ -585,4 +592,86 @@ async fn a_schema_change_stops_the_window_until_fixed_and_finish_drops_every_slo
     let again = cli_json(&sb, &["finish", "--yes", "--json"], 30).await;
     assert_eq!(again.code, 0, "{}", again.both());
     assert_eq!(again.json()["closed"], false, "{}", again.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_names_every_config_file_storage_file_and_large_object_changed_on_the_new_host_and_exits_3()
+ {
+    let sb = round_trip_sandbox("rw_files", "rw-files").await;
+    cutover_with_window(&sb).await;
+    let old_env_before = std::fs::read(&sb.old_env).expect("old env");
+    let old_files_before = std::fs::read_dir(&sb.old_storage).expect("ls").count();
+
+    // The app on the new host: a new upload, and its config file edited by hand.
+    let upload_dir = sb.new_storage.join("2099");
+    std::fs::create_dir_all(&upload_dir).expect("upload dir");
+    std::fs::write(
+        upload_dir.join("new-upload.txt"),
+        b"uploaded after the switch",
+    )
+    .expect("upload");
+    let mut env = std::fs::read_to_string(&sb.new_env).expect("new env");
+    env.push_str("FEATURE_FLAG=on\n");
+    std::fs::write(&sb.new_env, env).expect("edit new env");
+    // ... and a large object stored by the app (logical decoding does not carry them).
+    let oid: u32 = sb
+        .world
+        .new_pg
+        .connect(&sb.new_db)
+        .await
+        .query_one("SELECT lo_from_bytea(0, 'an attachment')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(
+        out.code,
+        3,
+        "a rollback that leaves files behind asks for action: {}",
+        out.both()
+    );
+    let j = out.json();
+    // Traffic is back on the old host all the same; the new host keeps what was not carried.
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    let left: Vec<String> = j["not_carried_back"]
+        .as_array()
+        .expect("not_carried_back")
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        left.iter()
+            .any(|l| l == "file backend-env: changed on the new host since the switch"),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(
+            |l| l.starts_with("storage evaluations: only on the new host:")
+                && l.contains("new-upload.txt")
+        ),
+        "{left:?}"
+    );
+    assert!(
+        left.iter()
+            .any(|l| l.starts_with("large objects of database ")
+                && l.ends_with(&format!("only on the new host: oid {oid}"))),
+        "{left:?}"
+    );
+    assert_eq!(left.len(), 3, "only what changed is named: {left:?}");
+    assert!(
+        out.stderr.contains("NOT carried back: file backend-env"),
+        "{}",
+        out.stderr
+    );
+    // The old host untouched by them.
+    assert_eq!(std::fs::read(&sb.old_env).expect("old env"), old_env_before);
+    assert_eq!(
+        std::fs::read_dir(&sb.old_storage).expect("ls").count(),
+        old_files_before
+    );
+    assert!(
+        upload_dir.join("new-upload.txt").exists(),
+        "the new host keeps it"
+    );
 }

@@ -445,6 +445,18 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
             }
         }
     }
+    if !r.not_carried_back.is_empty() {
+        println!(
+            "\nFILES AND STORAGE OF THE NEW HOST NOT CARRIED BACK BY THE ROLLBACK WINDOW ({}):",
+            r.not_carried_back.len()
+        );
+        for w in &r.not_carried_back {
+            println!("  {w}");
+        }
+        println!(
+            "Copy what you need from the new host (it keeps them) to the old one before `hostshift finish`; see docs/troubleshooting.md."
+        );
+    }
     if !r.new_host_writes.is_empty() {
         println!(
             "\nWRITES ON THE NEW HOST SINCE THE SWITCH, NOT COPIED BACK ({} table(s)):",
@@ -461,6 +473,13 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
 
 fn exit(r: &CutoverReport) -> CliResult {
     match r.outcome {
+        Outcome::RolledBack if r.ok && !r.not_carried_back.is_empty() => {
+            Err(CliError::OperatorAction(anyhow::anyhow!(
+                "rolled back, but {} item(s) of the new host were NOT carried back: {}; copy them from the new host (it keeps them) to the old one",
+                r.not_carried_back.len(),
+                r.not_carried_back.join("; ")
+            )))
+        }
         Outcome::Switched | Outcome::DryRun if r.ok => Ok(()),
         Outcome::RolledBack if r.ok => Ok(()),
         Outcome::UndoFailed => Err(CliError::OperatorAction(anyhow::anyhow!(

@@ -77,6 +77,8 @@ struct Rehearsal {
     live_writes: Option<Outcome>,
     /// What the live app's uploads became: acknowledged, refused by the freeze, lost.
     live_uploads: Option<crate::rehearse::uploader::Outcome>,
+    /// The way back: the new host's writes after the cutover, the rollback within the window.
+    round_trip: Option<crate::rehearse::round_trip::RoundTrip>,
     phases: Vec<Phase>,
     checks: preflight::Report,
 }
@@ -303,6 +305,7 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
             freeze_ms: measured.freeze_ms,
             live_writes: measured.live_writes.clone(),
             live_uploads: measured.live_uploads.clone(),
+            round_trip: measured.round_trip.clone(),
             phases,
             checks: report,
         });
@@ -316,6 +319,14 @@ pub async fn run(g: &Global, c: RehearseCmd) -> CliResult {
         println!("\nTraffic switch: {switch}");
         if let Some(ms) = measured.freeze_ms {
             println!("Write freeze during the cutover: {ms} ms");
+        }
+        if let Some(r) = &measured.round_trip {
+            println!(
+                "Rollback within the window: {} writes of the new host, {} lost; write freeze {} ms",
+                r.acknowledged,
+                r.lost,
+                r.rollback_freeze_ms.unwrap_or(0)
+            );
         }
         if let Some(r) = &report_dir {
             println!("\nReport: {}", r.join("report.html").display());
@@ -435,6 +446,8 @@ struct Measured {
     live_writes: Option<Outcome>,
     /// The live uploads, looked up on the new host.
     live_uploads: Option<crate::rehearse::uploader::Outcome>,
+    /// The rollback within the window and the new host's writes, looked up on the old host.
+    round_trip: Option<crate::rehearse::round_trip::RoundTrip>,
 }
 
 /// Rows the simulated app writes on the old host after the first copy.
@@ -633,7 +646,48 @@ async fn after_first_copy(
         Ok(_) => Err("the hosts differ after the cutover".into()),
         Err(e) => Err(e.to_string()),
     };
-    push(phases, "verify-after", t, after)
+    if !push(phases, "verify-after", t, after) {
+        return false;
+    }
+    rollback_phase(lab, plan, mode, say, phases, rep, measured).await
+}
+
+/// The way back (issue 13): the app writes on the new host, `rollback` within the window, every
+/// acknowledged write looked up on the old host. The rollback's freeze goes into the report.
+async fn rollback_phase(
+    lab: &LocalLab,
+    plan: &Plan,
+    mode: crate::progress::Mode,
+    say: &dyn Fn(&str),
+    phases: &mut Vec<Phase>,
+    rep: &mut crate::report::Builder,
+    measured: &mut Measured,
+) -> bool {
+    say(
+        "phase rollback: the app writes on the new host; rollback within the window; every write looked up on the old host",
+    );
+    let t = Instant::now();
+    let r = crate::rehearse::round_trip::run(
+        plan,
+        &lab.old_pg.conninfo("app"),
+        &lab.new_pg.conninfo("app"),
+        mode,
+    )
+    .await;
+    let line = r
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(crate::rehearse::round_trip::verdict);
+    if let Ok(r) = &r {
+        if let Some(ms) = r.rollback_freeze_ms {
+            rep.note(format!(
+                "rollback within the window: write freeze {ms} ms, {} writes of the new host carried back, {} lost",
+                r.acknowledged, r.lost
+            ));
+        }
+        measured.round_trip = Some(r.clone());
+    }
+    push(phases, "rollback", t, line)
 }
 
 /// The last verify passed; it must also have compared what makes the app work on the new host:

@@ -98,6 +98,9 @@ pub struct CutoverReport {
     /// Rollback: tables written on the new host since the switch (not copied back), as
     /// `database schema.table: how the rows moved`.
     pub new_host_writes: Vec<String>,
+    /// Rollback within the window: config files and storage trees of the new host the window
+    /// did not carry back, by name (the operator copies them).
+    pub not_carried_back: Vec<String>,
     /// Followed databases: the follower's catch-up inside the freeze (empty: the key-range
     /// delta of every table, the fallback).
     pub follow: Vec<super::follow_path::FollowCatchUp>,

@@ -314,14 +314,24 @@ impl Cut<'_> {
     /// them), like every write of a rollback without a window. Only a journal failure is
     /// passed on.
     pub(super) async fn window_not_carried(&mut self) -> Result<(), CutoverError> {
-        let differing: Vec<(String, String)> = match window::load(self.plan) {
-            Ok(Some(r)) => r
+        let record = window::load(self.plan).ok().flatten();
+        let differing: Vec<(String, String)> = match &record {
+            Some(r) => r
                 .databases
                 .iter()
                 .flat_map(|d| d.differing.iter().map(|t| (d.database.clone(), t.clone())))
                 .collect(),
             _ => vec![],
         };
+        // Files and storage: compared here, after the rollback's freeze, never lost silently.
+        if let (Some(old), Ok(new)) = (self.old.clone(), self.new_agent()) {
+            let at_switch = record.map(|r| r.files_at_switch).unwrap_or_default();
+            self.out.not_carried_back =
+                window::travel::not_carried_back(self.plan, &old, &new, &at_switch).await;
+            for line in &self.out.not_carried_back {
+                self.progress.say(&format!("NOT carried back: {line}"));
+            }
+        }
         let t = self.begin(JStep::NewHostWrites)?;
         let found = match self.new_agent() {
             Ok(new) => new_writes::find(self.plan, &new).await,

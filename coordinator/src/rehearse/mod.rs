@@ -8,6 +8,7 @@
 //! Nothing outside that folder and the loopback interface is touched.
 
 mod content;
+pub mod round_trip;
 pub mod uploader;
 pub mod writer;
 
@@ -119,12 +120,13 @@ impl LocalLab {
             days: 1,
             force: false,
         })?;
-        say("PostgreSQL clusters: old on 127.0.0.2 (wal_level = logical), new on 127.0.0.3");
+        say("PostgreSQL clusters: old on 127.0.0.2, new on 127.0.0.3 (both wal_level = logical)");
         let pg_root = dir.join("pg");
         let (old_pg, new_pg) = tokio::join!(
             // Logical decoding: the rehearsal follows the old database up to the cutover.
             PgCluster::start_with(&pg_root, "old", OLD_IP, WalLevel::Logical),
-            PgCluster::start(&pg_root, "new", NEW_IP)
+            // ... and the rollback window follows the new one back after the switch.
+            PgCluster::start_with(&pg_root, "new", NEW_IP, WalLevel::Logical)
         );
         let (old_pg, new_pg) = (old_pg?, new_pg?);
         say(&format!(
@@ -153,6 +155,8 @@ impl LocalLab {
         old.freeze_databases.push("app".into());
         // ... and `hostshift follow` may create its slot there.
         old.follow_databases.push("app".into());
+        // The rollback window: the old agent applies the new host's changes back.
+        old.restore_databases.push("app".into());
         old.storage
             .push(("evaluations".into(), content::storage_dir(&old_root)));
         for (name, rel) in content::FILES {
@@ -174,6 +178,9 @@ impl LocalLab {
             ));
         }
         new.restore_databases.push("app".into());
+        // The rollback window: its slot on the new host, and the rollback's freeze of it.
+        new.follow_databases.push("app".into());
+        new.freeze_databases.push("app".into());
         new.write_storage.push("evaluations".into());
         new.control_services = true;
         let coordinator = TlsFiles {

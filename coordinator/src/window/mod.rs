@@ -41,6 +41,7 @@
 //! keeps the WAL meanwhile.
 
 pub mod check;
+pub mod travel;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -132,6 +133,10 @@ pub struct Record {
     pub id: String,
     /// Per database.
     pub databases: Vec<WindowDb>,
+    /// The plan's config files on the new host at the switch: name → SHA-256 (a rollback names
+    /// the ones changed since, which the window does not carry back).
+    #[serde(default)]
+    pub files_at_switch: std::collections::BTreeMap<String, String>,
 }
 
 impl Record {
@@ -254,6 +259,7 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         opened_unix_ms: 0,
         id: id.clone(),
         databases: vec![],
+        files_at_switch: std::collections::BTreeMap::new(),
     };
     for d in &plan.databases {
         // Recorded before anything is created there: a failure below still finds it to drop.
@@ -294,6 +300,8 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         }
         save(plan, &rec)?;
     }
+    rec.files_at_switch = travel::files_at_switch(plan, new).await;
+    save(plan, &rec)?;
     Ok(rec)
 }
 
