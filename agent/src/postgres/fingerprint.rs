@@ -129,15 +129,17 @@ pub async fn table_fingerprint(
 }
 
 /// The fingerprint of every table `selection` selects, in one read-only transaction (one
-/// consistent view of the database).
+/// consistent view of the database) — on `snapshot` when given: the tables as they were when it
+/// was exported, whatever was written since.
 ///
 /// # Errors
 /// [`PgSyncError::Query`] naming the table that could not be read.
 pub async fn database_fingerprint(
     conn: &Conn,
     selection: &Selection,
+    snapshot: Option<&SnapshotId>,
 ) -> Result<BTreeMap<TableRef, TableFingerprint>, PgSyncError> {
-    conn.begin_read_only(None).await?;
+    conn.begin_read_only(snapshot).await?;
     let result: Result<_, PgSyncError> = async {
         let mut out = BTreeMap::new();
         for t in tables::tables_in_tx(conn, selection).await? {
@@ -406,14 +408,16 @@ pub async fn sequence_fingerprint(
         .collect())
 }
 
-/// Per large object (by OID): owner, ACL, size and digest, in one read-only transaction.
+/// Per large object (by OID): owner, ACL, size and digest, in one read-only transaction (on
+/// `snapshot` when given: large objects are versioned like rows).
 ///
 /// # Errors
 /// [`PgSyncError::Query`] when a large object cannot be read (the session needs `SELECT` on it).
 pub async fn large_object_fingerprint(
     conn: &Conn,
+    snapshot: Option<&SnapshotId>,
 ) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
-    conn.begin_read_only(None).await?;
+    conn.begin_read_only(snapshot).await?;
     let result = large_objects_in_tx(conn).await;
     conn.end_read_only().await?;
     result

@@ -102,10 +102,20 @@ impl Cut<'_> {
 
     pub(super) async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
         let t = self.begin(JStep::Prove)?;
+        // Followed databases: their tables are proven after the switch, under a snapshot of
+        // the new host (see `held_proof`); here only what cannot wait.
+        let later: std::collections::BTreeSet<String> = if self.rehearsal {
+            Default::default()
+        } else {
+            self.followed.iter().map(|(db, _)| db.clone()).collect()
+        };
         let r = async {
-            let v = verify::run(self.plan)
-                .await
-                .map_err(|e| CutoverError::Agent(e.to_string()))?;
+            let v = if later.is_empty() {
+                verify::run(self.plan).await
+            } else {
+                verify::run_in_freeze(self.plan, &later).await
+            }
+            .map_err(|e| CutoverError::Agent(e.to_string()))?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
             self.new_at_proof = v.new_tables.clone();
@@ -145,6 +155,10 @@ impl Cut<'_> {
                         }
                     }
                 }
+                // Followed tables: nothing after the freeze position in the old host's WAL.
+                if !later.is_empty() {
+                    changed.extend(self.wal_quiet().await?);
+                }
                 if !changed.is_empty() {
                     return Err(CutoverError::OldDatabaseChanged {
                         tables: changed,
@@ -177,6 +191,13 @@ impl Cut<'_> {
                 return Ok(format!(
                     "{} item(s) equal (a rehearsal does not freeze the old host, so it may change meanwhile)",
                     v.rows.len()
+                ));
+            }
+            if !later.is_empty() {
+                return Ok(format!(
+                    "{} item(s) equal; no data change reached the old host's WAL after the freeze position; the tables of database(s) {} are proven after the switch",
+                    v.rows.len(),
+                    later.iter().cloned().collect::<Vec<_>>().join(", ")
                 ));
             }
             Ok(format!(
