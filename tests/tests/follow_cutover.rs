@@ -168,6 +168,68 @@ async fn a_followed_database_cuts_over_with_the_app_writing_into_the_freeze_and_
             .is_some_and(|d| d.contains("applied up to")),
         "{catch_up:#}"
     );
+    // The full proof runs after the switch, under the new host's snapshot taken before
+    // traffic moved; the freeze window ends at the switch and does not contain it.
+    let names: Vec<&str> = j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("no step {n:?}: {names:?}"))
+    };
+    assert!(
+        at("prove") < at("hold snapshots")
+            && at("hold snapshots") < at("switch")
+            && at("switch") < at("prove after switch"),
+        "prove (cheap) → hold snapshots → switch → prove after switch: {names:?}"
+    );
+    assert_eq!(
+        step(&j, "hold snapshots")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "done", "{after:#}");
+    assert!(
+        after["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("equal")),
+        "{after:#}"
+    );
+    let journal = read_journal(std::path::Path::new(
+        j["journal"].as_str().expect("journal path"),
+    ));
+    let time_of = |unit: &str, status: &str| {
+        journal
+            .iter()
+            .filter(|e| e["phase"] == "cutover" && e["unit"] == unit && e["status"] == status)
+            .map(|e| e["time_ms"].as_u64().expect("time_ms"))
+            .next_back()
+            .unwrap_or_else(|| panic!("no {unit} {status} in the journal"))
+    };
+    let freeze_start = journal
+        .iter()
+        .find(|e| {
+            e["phase"] == "cutover"
+                && e["unit"].as_str().is_some_and(|u| u.starts_with("freeze "))
+                && e["status"] == "started"
+        })
+        .and_then(|e| e["time_ms"].as_u64())
+        .expect("the freeze's first line");
+    // `method = "none"`: the switch is the cutover telling the operator to move traffic.
+    let switched_at = time_of("switch", "skipped");
+    let proof_started = time_of("prove after switch", "started");
+    let freeze_ms = j["freeze_ms"].as_u64().expect("freeze_ms");
+    assert!(
+        proof_started >= switched_at && freeze_ms <= switched_at - freeze_start + 100,
+        "the freeze ({freeze_ms} ms from {freeze_start}) ends at the switch ({switched_at}), before the proof after it ({proof_started})"
+    );
     let follow = &j["follow"][0];
     assert_eq!(follow["database"], "app", "{}", out.stdout);
     assert!(
@@ -368,4 +430,79 @@ async fn an_undone_cutover_of_a_followed_database_leaves_no_slot_behind() {
         out.stdout
     );
     assert_eq!(leftovers(&sb).await, (0, 0), "rollback dropped the slot");
+}
+
+/// A difference the proof after the switch finds (a row changed on the new host that the old
+/// host does not have: the follower carries only the old host's changes, so it stays) switches
+/// traffic back, unfreezes the old host, names the table and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_difference_found_after_the_switch_switches_traffic_back_and_names_the_table() {
+    let sb = followed_sandbox("fc_diff", "fc-diff", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    sb.world
+        .new_pg
+        .connect(&sb.new_db)
+        .await
+        .batch_execute(
+            "UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions)",
+        )
+        .await
+        .expect("a row changed on the new host only");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        sb.cli(&["cutover", "--yes", "--json", "--skip-backup-check", "test"]),
+    )
+    .await
+    .expect("the cutover ends within 120 s");
+    assert_eq!(out.code, 1, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    let names: Vec<&str> = j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("no step {n:?}: {names:?}"))
+    };
+    // Found after the switch, not inside the freeze.
+    assert_eq!(step(&j, "prove")["status"], "done", "{}", out.stdout);
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "failed", "{after:#}");
+    assert!(
+        at("switch") < at("prove after switch") && at("prove after switch") < at("switch back"),
+        "{names:?}"
+    );
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("proof after the switch") && error.contains("public.questions"),
+        "the error names the table: {error}"
+    );
+    // The writes the new host took meanwhile are looked for, as a rollback does.
+    assert_eq!(
+        step(&j, "new-host writes")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    // The old host is unfrozen and takes writes again; no slot is left behind.
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
+        .await
+        .expect("the old database takes writes after the proof switched traffic back");
+    assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(
+        st.stdout.contains("rolled-back"),
+        "status says rolled back: {}",
+        st.both()
+    );
 }

@@ -132,6 +132,26 @@ async fn changes_after(old: &Agent, database: &str, lsn: u64) -> Result<Vec<Stri
         .await
         .map_err(|s| error::agent(&what, &s))?
         .into_inner();
+    let mut rows = Vec::new();
+    while let Some(row) = stream
+        .message()
+        .await
+        .map_err(|s| error::agent(&what, &s))?
+    {
+        rows.push(row.data);
+        // The peek returns whole transactions, so it may overshoot: memory stays bounded, and
+        // this many rows name the tables written well enough.
+        if rows.len() >= 4 * PEEK_ROWS as usize {
+            break;
+        }
+    }
+    Ok(changed_tables(&rows, lsn))
+}
+
+/// The tables with an INSERT, UPDATE, DELETE or TRUNCATE in a transaction committed at or
+/// after `lsn`, from pgoutput (protocol 1) messages in WAL order: `Begin` carries the commit
+/// position, `Relation` the table's name (sent before its first change in the peek).
+fn changed_tables(rows: &[Vec<u8>], lsn: u64) -> Vec<String> {
     let be32 = |d: &[u8], at: usize| {
         d.get(at..at + 4)
             .and_then(|b| b.try_into().ok())
@@ -140,12 +160,8 @@ async fn changes_after(old: &Agent, database: &str, lsn: u64) -> Result<Vec<Stri
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut commit_lsn = 0u64;
     let mut oids: Vec<u32> = Vec::new();
-    while let Some(row) = stream
-        .message()
-        .await
-        .map_err(|s| error::agent(&what, &s))?
-    {
-        let d = row.data.as_slice();
+    for d in rows {
+        let d = d.as_slice();
         match d.first() {
             // Begin: the transaction's commit position.
             Some(b'B') => {
@@ -181,7 +197,7 @@ async fn changes_after(old: &Agent, database: &str, lsn: u64) -> Result<Vec<Stri
                 .unwrap_or_else(|| format!("relation OID {o}"))
         })
         .collect();
-    Ok(changed.into_iter().collect())
+    changed.into_iter().collect()
 }
 
 impl Cut<'_> {
@@ -562,5 +578,76 @@ impl Cut<'_> {
             JStep::ProveAfterSwitch,
             "not run: the operator kept the new host without the proof after the switch (--accept-unproven)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn begin(commit: u64) -> Vec<u8> {
+        let mut m = vec![b'B'];
+        m.extend(commit.to_be_bytes());
+        m.extend(0u64.to_be_bytes());
+        m.extend(7u32.to_be_bytes());
+        m
+    }
+
+    fn relation(oid: u32, ns: &str, name: &str) -> Vec<u8> {
+        let mut m = vec![b'R'];
+        m.extend(oid.to_be_bytes());
+        m.extend(ns.as_bytes());
+        m.push(0);
+        m.extend(name.as_bytes());
+        m.push(0);
+        m.extend([b'd', 0, 0]);
+        m
+    }
+
+    fn change(kind: u8, oid: u32) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend(oid.to_be_bytes());
+        m.extend([b'N', 0, 0]);
+        m
+    }
+
+    #[test]
+    fn changes_committed_after_the_freeze_position_name_their_tables() {
+        let commit = |c: u64| {
+            let mut m = vec![b'C', 0];
+            m.extend(c.to_be_bytes());
+            m
+        };
+        let mut truncate = vec![b'T'];
+        truncate.extend(2u32.to_be_bytes());
+        truncate.push(0);
+        truncate.extend(16401u32.to_be_bytes());
+        truncate.extend(16999u32.to_be_bytes());
+        let rows = vec![
+            // Committed before the position: applied by the follower already.
+            begin(100),
+            relation(16400, "public", "users"),
+            change(b'I', 16400),
+            commit(100),
+            // After it: the freeze leaked.
+            begin(300),
+            relation(16401, "public", "questions"),
+            change(b'U', 16401),
+            change(b'D', 16401),
+            commit(300),
+            begin(400),
+            truncate,
+            commit(400),
+        ];
+        assert_eq!(
+            changed_tables(&rows, 200),
+            vec![
+                "public.questions".to_string(),
+                "relation OID 16999".to_string()
+            ]
+        );
+        assert!(changed_tables(&rows, 500).is_empty());
+        // Only hostshift's own barrier (no change message): nothing.
+        assert!(changed_tables(&[begin(300), commit(300)], 200).is_empty());
     }
 }

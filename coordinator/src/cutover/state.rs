@@ -119,6 +119,11 @@ pub fn of(events: &[Event]) -> State {
             }
             (Step::Unfreeze(m), Mark::Done) => frozen.retain(|x| *x != m),
             (Step::Switch, Mark::Started | Mark::Done) => switched = true,
+            // `method = "none"`: the cutover told the operator to move traffic (a rehearsal's
+            // skipped switch moves nothing).
+            (Step::Switch, Mark::Skipped) if e.detail.starts_with("method none") => {
+                switched = true;
+            }
             (Step::HoldSnapshots, Mark::Done) => held = true,
             // Done, or skipped by the operator (`--accept-unproven`).
             (Step::ProveAfterSwitch, Mark::Done | Mark::Skipped) => proved = true,

@@ -218,6 +218,8 @@ impl Cut<'_> {
             )?;
             self.progress
                 .say(">>> Switch traffic to the new host now (plan [switch] method = \"none\").");
+            // The operator may move traffic from here: an undo tells them to move it back.
+            self.switched = true;
             self.rep.freeze_ends();
             self.out.freeze_ms = self.freeze_ms();
             return Ok(());
