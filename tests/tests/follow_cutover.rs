@@ -506,3 +506,87 @@ async fn a_difference_found_after_the_switch_switches_traffic_back_and_names_the
         st.both()
     );
 }
+
+/// Inside the freeze the proof of a followed database is cheap: the follower reached the freeze
+/// position, and no data change reached the old host's WAL after it. A superuser (whom the
+/// read-only freeze does not stop) writing a followed table after the catch-up fails the proof
+/// inside the freeze, naming the table, before traffic moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proof_in_the_freeze() {
+    let sb = followed_sandbox("fc_leak", "fc-leak", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let pause = sb.dir.join("pause");
+    let (reached, go) = (pause.with_extension("reached"), pause.with_extension("go"));
+    let plan = sb.plan_path().display().to_string();
+    let dir = sb.dir.clone();
+    let env = format!("prove:{}", pause.display());
+    let cut = tokio::spawn(async move {
+        rig::cli_in(
+            &dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &[("HOSTSHIFT_TEST_PAUSE_AT", &env)],
+        )
+        .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cutover reached the proof within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(
+            "BEGIN READ WRITE; \
+             UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions); \
+             COMMIT",
+        )
+        .await
+        .expect("a superuser writes on the frozen old host");
+    std::fs::write(&go, "").expect("go");
+    let out = tokio::time::timeout(Duration::from_secs(120), cut)
+        .await
+        .expect("the cutover ends within 120 s")
+        .expect("the cutover task");
+    assert_eq!(out.code, 1, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(step(&j, "prove")["status"], "failed", "{}", out.stdout);
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("changed during the freeze")
+            && error.contains("public.questions")
+            && error.contains("after the freeze position"),
+        "the error names the table written after the freeze position: {error}"
+    );
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "switch" || s["name"] == "hold snapshots"),
+        "traffic never moved: {}",
+        out.stdout
+    );
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
+        .await
+        .expect("the old database takes writes after the undo");
+    assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+}

@@ -114,6 +114,30 @@ fn injected(step: &str) -> Result<(), CutoverError> {
     Ok(())
 }
 
+/// A test-only pause at `step` (debug builds: `HOSTSHIFT_TEST_PAUSE_AT=step:FILE`): creates
+/// `FILE.reached`, then waits (at most 60 s) until `FILE.go` exists — so a test can act on the
+/// hosts at an exact point of the cutover (e.g. write on the frozen old host as a superuser).
+async fn paused(step: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Ok(v) = std::env::var("HOSTSHIFT_TEST_PAUSE_AT") else {
+        return;
+    };
+    let Some((at, file)) = v.split_once(':') else {
+        return;
+    };
+    if at != step {
+        return;
+    }
+    let _ = std::fs::write(format!("{file}.reached"), step);
+    let go = std::path::PathBuf::from(format!("{file}.go"));
+    let until = Instant::now() + Duration::from_secs(60);
+    while !go.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the cutover (or, with `opts.resume`, continues one whose gates passed earlier: `st` is
 /// the journal's state).
 ///

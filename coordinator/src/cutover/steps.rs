@@ -101,6 +101,7 @@ impl Cut<'_> {
     }
 
     pub(super) async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
+        super::paused("prove").await;
         let t = self.begin(JStep::Prove)?;
         // Followed databases: their tables are proven after the switch, under a snapshot of
         // the new host (see `held_proof`); here only what cannot wait.
