@@ -590,3 +590,142 @@ async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proo
         .expect("the old database takes writes after the undo");
     assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
 }
+
+/// Starts a cutover that pauses right before its proof after the switch and kills it there (a
+/// coordinator crash between the switch and the proof). `env` goes to that cutover.
+async fn cutover_killed_before_the_proof_after_the_switch(sb: &Sandbox, env: &[(&str, &str)]) {
+    let pause = sb.dir.join("pause-after-switch");
+    let reached = pause.with_extension("reached");
+    let plan = sb.plan_path().display().to_string();
+    let dir = sb.dir.clone();
+    let mut vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.push((
+        "HOSTSHIFT_TEST_PAUSE_AT".into(),
+        format!("prove after switch:{}", pause.display()),
+    ));
+    let cut = tokio::spawn(async move {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        rig::cli_in(
+            &dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &vars,
+        )
+        .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cutover reached the proof after the switch within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed (the child is killed when its future is dropped).
+    cut.abort();
+    let _ = cut.await;
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(
+        st.stdout.contains("in-progress"),
+        "the killed cutover is unfinished: {}",
+        st.both()
+    );
+}
+
+/// A coordinator killed between the switch and the proof after it: `cutover --resume` runs the
+/// proof under the snapshots the new agent still holds, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_before_the_proof_after_the_switch_resumes_it_while_the_snapshot_is_held()
+{
+    let sb = followed_sandbox("fc_resume", "fc-resume", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    cutover_killed_before_the_proof_after_the_switch(&sb, &[]).await;
+    let out = sb.cli(&["cutover", "--resume", "--yes", "--json"]).await;
+    assert_eq!(out.code, 0, "cutover --resume: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "done", "{after:#}");
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "delta"),
+        "the resumed run copies nothing onto the new host, which served since the switch: {}",
+        out.stdout
+    );
+    assert_eq!(leftovers(&sb).await, (0, 0), "slot and publication dropped");
+}
+
+/// The same crash, resumed after the snapshot's lease ran out: the proof cannot run any more,
+/// so nothing is undone, the run exits 3 naming both ways out; `--accept-unproven` keeps the
+/// new host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_resumed_after_the_snapshot_is_gone_leaves_the_decision_to_the_operator() {
+    let sb = followed_sandbox("fc_gone", "fc-gone", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    cutover_killed_before_the_proof_after_the_switch(
+        &sb,
+        &[("HOSTSHIFT_SNAPSHOT_LEASE_SECS", "1")],
+    )
+    .await;
+    // Without renewals the new agent closes the snapshot within its lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = sb.cli(&["cutover", "--resume", "--yes", "--json"]).await;
+    assert_eq!(out.code, 3, "operator action needed: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "unproven", "{}", out.stdout);
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("cannot run any more")
+            && error.contains("hostshift rollback --yes")
+            && error.contains("--accept-unproven"),
+        "{error}"
+    );
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "switch back"
+                || s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("unfreeze"))),
+        "nothing undone: {}",
+        out.stdout
+    );
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(st.stdout.contains("in-progress"), "{}", st.both());
+    let out = sb
+        .cli(&[
+            "cutover",
+            "--resume",
+            "--yes",
+            "--accept-unproven",
+            "--json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "--accept-unproven: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    assert_eq!(
+        step(&j, "prove after switch")["status"],
+        "skipped",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(leftovers(&sb).await, (0, 0), "slot and publication dropped");
+}

@@ -310,6 +310,7 @@ impl Cut<'_> {
         if self.held.is_empty() {
             return Ok(());
         }
+        super::paused("prove after switch").await;
         let t = self.begin(JStep::ProveAfterSwitch)?;
         self.proof_after_switch_started = true;
         let r = self.prove_held().await;
