@@ -248,10 +248,12 @@ fn row_summary(r: &Row) -> (bool, String) {
 }
 
 /// The cutover's proof inside the freeze when the tables of the databases in `later` are proven
-/// after the switch (under a snapshot the new host holds, see `cutover::follow_path`): everything
+/// after the switch (under a snapshot the new host holds, see `cutover::held_proof`): everything
 /// as [`run`] except those databases' tables and large objects — their schema, sequence
 /// positions (not versioned, so they cannot be proven under a snapshot later) and materialized
-/// views are compared here. Not journaled as a `verify` (it is not a whole one).
+/// views are compared here — and storage trees compared by manifest through the agents' digest
+/// caches (a file whose size and mtime did not change is not re-hashed; the delta verified
+/// every byte it copied). Not journaled as a `verify` (it is not a whole one).
 ///
 /// # Errors
 /// [`SyncError::Connect`] when an agent cannot be reached.
@@ -489,8 +491,19 @@ async fn compare_scoped(
     for s in &plan.storage {
         let unit = format!("storage {}", s.name);
         progress.start(&unit, 0);
-        progress.step(&unit, "every file re-hashed on both hosts");
-        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref()).await;
+        // The cutover's proof of followed databases (`later`) compares manifests through the
+        // agents' digest caches: the delta just verified every byte it copied end to end, and
+        // re-hashing every unchanged file would hold the freeze for the size of the tree.
+        let full = later.is_empty();
+        progress.step(
+            &unit,
+            if full {
+                "every file re-hashed on both hosts"
+            } else {
+                "manifests compared (digest caches: changed files re-hashed)"
+            },
+        );
+        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref(), full).await;
         let (ok, text) = row_summary(&row);
         // The old tree's bytes, re-hashed: the summary shows the rate.
         progress.done(&unit, hashed, ok, &text);
@@ -735,6 +748,7 @@ async fn storage_row(
     new: &Agent,
     s: &crate::plan::PlanStorage,
     grant: Option<&str>,
+    full: bool,
 ) -> (Row, u64) {
     let could_not_run = |old: String, new: String, detail: &str| Row {
         kind: "storage".into(),
@@ -745,7 +759,7 @@ async fn storage_row(
         new,
         detail: detail.into(),
     };
-    let c = match compare_tree(plan, old, new, s, grant, true).await {
+    let c = match compare_tree(plan, old, new, s, grant, full).await {
         Ok(c) => c,
         Err(CompareFailure::Old(e)) => {
             return (
