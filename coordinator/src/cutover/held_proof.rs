@@ -9,9 +9,9 @@
 //!    there is a write the freeze did not stop, named by table. Tables outside the publication
 //!    (no replica identity) are not in the WAL stream: the delta fingerprinted them on the old
 //!    host, and the proof after the switch fingerprints them again ("did the old host change").
-//!    Sequences, the schema, materialized views, files and storage are compared in the freeze
-//!    as before (`verify::run_in_freeze`): sequence positions are not versioned, so no snapshot
-//!    can show them as they were later.
+//!    Sequences, the schema, files and storage are compared in the freeze (`verify::
+//!    run_in_freeze`; storage by manifest through the digest caches): sequence positions are not
+//!    versioned, so no snapshot can show them as they were later, and a file tree has none.
 //! 2. **Hold** ([`Cut::hold_snapshots`]): after the delta, before the switch, the new agent
 //!    exports a snapshot of each followed database (`OpenSnapshot`, on a lease the coordinator
 //!    renews). Nothing writes to the new host between the delta and the switch, so the snapshot
@@ -21,7 +21,8 @@
 //! 3. **Switch**: the freeze window ends here.
 //! 4. **Prove after the switch** ([`Cut::prove_after_switch`]): per followed database, the old
 //!    host (frozen: its current state is the freeze state) fingerprinted now against the new
-//!    host's tables and large objects under the held snapshot (`FingerprintAt`), while the new
+//!    host's tables, large objects (`FingerprintAt`) and materialized views under the held
+//!    snapshot, while the new
 //!    host serves; plus the old host's tables the delta fingerprinted, compared with the delta's
 //!    fingerprints (the freeze held). The new host's fingerprints under the snapshot are the
 //!    state at the switch: recorded as the rollback's baseline (no longer `pending`). Then the
@@ -390,6 +391,7 @@ impl Cut<'_> {
             }
             rows.extend(verify::table_rows(&h.database, &fo, &fnew));
             rows.extend(verify::large_objects_row(&h.database, &fo, &fnew));
+            rows.extend(verify::matview_rows(&old, &new, d, &h.snapshot).await);
             old_tables.insert(h.database.clone(), to);
             new_tables.insert(h.database.clone(), tn);
         }

@@ -249,9 +249,9 @@ fn row_summary(r: &Row) -> (bool, String) {
 
 /// The cutover's proof inside the freeze when the tables of the databases in `later` are proven
 /// after the switch (under a snapshot the new host holds, see `cutover::held_proof`): everything
-/// as [`run`] except those databases' tables and large objects — their schema, sequence
-/// positions (not versioned, so they cannot be proven under a snapshot later) and materialized
-/// views are compared here — and storage trees compared by manifest through the agents' digest
+/// as [`run`] except those databases' tables, large objects and materialized views — their
+/// schema and sequence positions (not versioned, so they cannot be proven under a snapshot
+/// later) are compared here — and storage trees compared by manifest through the agents' digest
 /// caches (a file whose size and mtime did not change is not re-hashed; the delta verified
 /// every byte it copied). Not journaled as a `verify` (it is not a whole one).
 ///
@@ -305,6 +305,17 @@ pub(crate) fn table_rows(
         });
     }
     rows
+}
+
+/// The materialized-view rows of database `d`, the new host read under `new_snapshot`.
+pub(crate) async fn matview_rows(
+    old: &Agent,
+    new: &Agent,
+    d: &crate::plan::PlanDatabase,
+    new_snapshot: &str,
+) -> Vec<Row> {
+    let sel = super::selection::Selections::of(d);
+    super::matviews::compare(old, new, &sel, &d.name, new_snapshot).await
 }
 
 /// The sequences row of database `db`.
@@ -524,7 +535,8 @@ async fn compare_scoped(
         progress.done(&unit, 0, ok, &text);
         rows.push(row);
         if later.contains(&d.name) {
-            // Tables and large objects: proven after the switch, under the new host's snapshot.
+            // Tables, large objects and materialized views: proven after the switch, under the new
+            // host's snapshot.
             rows.push(match sequence_positions(&old, &new, &sel).await {
                 Ok((a, b)) => sequences_row(&d.name, &a, &b),
                 Err(e) => Row {
@@ -537,7 +549,6 @@ async fn compare_scoped(
                     detail: format!("cannot read the sequence positions: {e}"),
                 },
             });
-            rows.extend(super::matviews::compare(&old, &new, &sel, &d.name).await);
             continue;
         }
         let unit = format!("tables {}", d.name);
@@ -566,7 +577,7 @@ async fn compare_scoped(
                 new_tables.insert(d.name.clone(), text(&fnew));
                 rows.extend(table_rows(&d.name, &fo, &fnew));
                 rows.push(sequences_row(&d.name, &fo.sequences, &fnew.sequences));
-                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name).await);
+                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name, "").await);
                 rows.extend(large_objects_row(&d.name, &fo, &fnew));
             }
         }
