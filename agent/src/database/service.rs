@@ -197,14 +197,14 @@ impl Database for DatabaseService {
         let r = req.into_inner();
         let sel = selection(&r)?;
         let conn = self.conn(&r.database).await?;
-        let tables = postgres::database_fingerprint(&conn, &sel, None)
+        let tables = postgres::database_fingerprint(&conn, &sel)
             .await
             .map_err(AgentError::from)?;
         let sequences = postgres::sequence_fingerprint(&conn, &sel)
             .await
             .map_err(AgentError::from)?;
         let large_objects = if sel.includes_large_objects() {
-            postgres::large_object_fingerprint(&conn, None)
+            postgres::large_object_fingerprint(&conn)
                 .await
                 .map_err(AgentError::from)?
         } else {
@@ -241,11 +241,11 @@ impl Database for DatabaseService {
         let conn = self.conn(&s.database).await?;
         // A snapshot this agent does not hold (closed, lease run out, agent restarted) is refused
         // by PostgreSQL when imported: the error names it.
-        let tables = postgres::database_fingerprint(&conn, &sel, Some(&at))
+        let tables = postgres::database_fingerprint_at(&conn, &sel, Some(&at))
             .await
             .map_err(AgentError::from)?;
         let large_objects = if sel.includes_large_objects() {
-            postgres::large_object_fingerprint(&conn, Some(&at))
+            postgres::large_object_fingerprint_at(&conn, Some(&at))
                 .await
                 .map_err(AgentError::from)?
         } else {

@@ -129,12 +129,24 @@ pub async fn table_fingerprint(
 }
 
 /// The fingerprint of every table `selection` selects, in one read-only transaction (one
-/// consistent view of the database) — on `snapshot` when given: the tables as they were when it
-/// was exported, whatever was written since.
+/// consistent view of the database).
 ///
 /// # Errors
 /// [`PgSyncError::Query`] naming the table that could not be read.
 pub async fn database_fingerprint(
+    conn: &Conn,
+    selection: &Selection,
+) -> Result<BTreeMap<TableRef, TableFingerprint>, PgSyncError> {
+    database_fingerprint_at(conn, selection, None).await
+}
+
+/// [`database_fingerprint`] on `snapshot` when given: the tables as they were when it was
+/// exported, whatever was written since (the cutover's proof after the switch).
+///
+/// # Errors
+/// [`PgSyncError::Query`] naming the table that could not be read; importing a snapshot that is
+/// no longer held fails.
+pub async fn database_fingerprint_at(
     conn: &Conn,
     selection: &Selection,
     snapshot: Option<&SnapshotId>,
@@ -408,12 +420,21 @@ pub async fn sequence_fingerprint(
         .collect())
 }
 
-/// Per large object (by OID): owner, ACL, size and digest, in one read-only transaction (on
-/// `snapshot` when given: large objects are versioned like rows).
+/// Per large object (by OID): owner, ACL, size and digest, in one read-only transaction.
 ///
 /// # Errors
 /// [`PgSyncError::Query`] when a large object cannot be read (the session needs `SELECT` on it).
 pub async fn large_object_fingerprint(
+    conn: &Conn,
+) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
+    large_object_fingerprint_at(conn, None).await
+}
+
+/// [`large_object_fingerprint`] on `snapshot` when given (large objects are versioned like rows).
+///
+/// # Errors
+/// As [`large_object_fingerprint`].
+pub async fn large_object_fingerprint_at(
     conn: &Conn,
     snapshot: Option<&SnapshotId>,
 ) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
