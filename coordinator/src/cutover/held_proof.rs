@@ -492,7 +492,7 @@ impl Cut<'_> {
                 "the proof after the switch cannot run any more: {why}. The new host has served since the switch, so comparing it now proves nothing. Traffic stays on the new host and the old host stays frozen until you decide: `hostshift rollback --yes --plan {plan_arg}` goes back to the old host (the new host's writes since the switch are not copied back, and cannot be named), or `hostshift cutover --resume --yes --accept-unproven --plan {plan_arg}` keeps the new host without the proof"
             ))
         };
-        let Some(base) = base else {
+        let Some(base) = base.filter(|b| !b.snapshots.is_empty()) else {
             return Err(gone(format!(
                 "{} does not name the snapshots held at the switch",
                 new_writes::BASELINE_FILE
