@@ -518,6 +518,9 @@ async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proo
     assert_eq!(out.code, 0, "follow start: {}", out.both());
     let pause = sb.dir.join("pause");
     let (reached, go) = (pause.with_extension("reached"), pause.with_extension("go"));
+    // A sandbox folder of an earlier run of this binary may still hold them.
+    let _ = std::fs::remove_file(&reached);
+    let _ = std::fs::remove_file(&go);
     let plan = sb.plan_path().display().to_string();
     let dir = sb.dir.clone();
     let env = format!("prove:{}", pause.display());
@@ -596,6 +599,9 @@ async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proo
 async fn cutover_killed_before_the_proof_after_the_switch(sb: &Sandbox, env: &[(&str, &str)]) {
     let pause = sb.dir.join("pause-after-switch");
     let reached = pause.with_extension("reached");
+    // A sandbox folder of an earlier run of this binary may still hold it.
+    let _ = std::fs::remove_file(&reached);
+    let _ = std::fs::remove_file(pause.with_extension("go"));
     let plan = sb.plan_path().display().to_string();
     let dir = sb.dir.clone();
     let mut vars: Vec<(String, String)> = env

@@ -204,10 +204,18 @@ fn changed_tables(rows: &[Vec<u8>], lsn: u64) -> Vec<String> {
 impl Cut<'_> {
     /// Inside the freeze: no data change of a followed table reached the old host's WAL after
     /// the freeze position. Returns `<database> <schema.table> (...)` per table written.
+    ///
+    /// The peek decodes only flushed WAL, and a transaction committed with `synchronous_commit
+    /// = off` is acknowledged before its WAL is flushed: the same barrier as the catch-up's
+    /// (a synchronously committed logical message, which flushes every earlier commit) runs
+    /// first, so every write acknowledged so far is in what the peek reads.
     pub(super) async fn wal_quiet(&self) -> Result<Vec<String>, CutoverError> {
         let old = self.old()?;
         let mut changed = Vec::new();
         for c in &self.out.follow {
+            crate::follow::old_position(self.plan, old, &c.database)
+                .await
+                .map_err(|e| CutoverError::Agent(e.to_string()))?;
             for t in changes_after(old, &c.database, c.at).await? {
                 changed.push(format!(
                     "{} {t} (written after the freeze position {})",

@@ -111,12 +111,25 @@ impl Cut<'_> {
             self.followed.iter().map(|(db, _)| db.clone()).collect()
         };
         let r = async {
-            let v = if later.is_empty() {
-                verify::run(self.plan).await
-            } else {
-                verify::run_in_freeze(self.plan, &later).await
-            }
-            .map_err(|e| CutoverError::Agent(e.to_string()))?;
+            // The WAL check runs alongside the comparison: both only read.
+            let (v, wal) = tokio::join!(
+                async {
+                    if later.is_empty() {
+                        verify::run(self.plan).await
+                    } else {
+                        verify::run_in_freeze(self.plan, &later).await
+                    }
+                },
+                async {
+                    if later.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        self.wal_quiet().await
+                    }
+                }
+            );
+            let v = v.map_err(|e| CutoverError::Agent(e.to_string()))?;
+            let wal = wal?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
             self.new_at_proof = v.new_tables.clone();
@@ -157,9 +170,7 @@ impl Cut<'_> {
                     }
                 }
                 // Followed tables: nothing after the freeze position in the old host's WAL.
-                if !later.is_empty() {
-                    changed.extend(self.wal_quiet().await?);
-                }
+                changed.extend(wal);
                 if !changed.is_empty() {
                     return Err(CutoverError::OldDatabaseChanged {
                         tables: changed,
