@@ -39,8 +39,14 @@ pub enum Step {
     CatchUp,
     /// The final delta sync.
     Delta,
-    /// The proof of equality.
+    /// The proof of equality (inside the freeze).
     Prove,
+    /// Followed databases: a snapshot of each new database taken right before traffic moves
+    /// (it equals the frozen old host), held for [`Step::ProveAfterSwitch`].
+    HoldSnapshots,
+    /// Followed databases: every table of the new host under the held snapshot compared with
+    /// the frozen old host, after the switch.
+    ProveAfterSwitch,
     /// The traffic switch.
     Switch,
     /// The checks through the public endpoint after the switch.
@@ -86,6 +92,8 @@ impl std::fmt::Display for Step {
             Step::CatchUp => f.write_str("catch-up"),
             Step::Delta => f.write_str("delta"),
             Step::Prove => f.write_str("prove"),
+            Step::HoldSnapshots => f.write_str("hold snapshots"),
+            Step::ProveAfterSwitch => f.write_str("prove after switch"),
             Step::Switch => f.write_str("switch"),
             Step::Verify => f.write_str("verify"),
             Step::Unfreeze(m) => write!(f, "unfreeze {}", m.as_str()),
@@ -136,6 +144,8 @@ impl Step {
             "catch-up" => Step::CatchUp,
             "delta" => Step::Delta,
             "prove" => Step::Prove,
+            "hold snapshots" => Step::HoldSnapshots,
+            "prove after switch" => Step::ProveAfterSwitch,
             "switch" => Step::Switch,
             "verify" => Step::Verify,
             "switch back" => Step::SwitchBack,

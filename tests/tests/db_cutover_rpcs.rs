@@ -4,7 +4,8 @@
 //! (equal after a sync across two clusters, and a change names exactly its table) and
 //! `SetReadOnly` (the write freeze: new sessions cannot write, open ones are ended, the agent can
 //! still read, the undo brings back exactly the earlier setting — also after an agent restart —
-//! and only with the permit).
+//! and only with the permit), and `FingerprintAt` (the tables as a held snapshot shows them,
+//! whatever was written since: the cutover's proof after the switch).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use hostshift_agent::postgres::{KeyRange, TableInfo};
 use hostshift_proto::v1::database_client::DatabaseClient;
 use hostshift_proto::v1::{
-    CloseSnapshotRequest, DbSelection, OpenSnapshotRequest, RangeFingerprint,
+    CloseSnapshotRequest, DbReadRequest, DbSelection, OpenSnapshotRequest, RangeFingerprint,
     RangeFingerprintsRequest, SetReadOnlyRequest, SetReadOnlyResponse, SplitRangesRequest,
     TableDescription,
 };
@@ -97,6 +98,88 @@ fn differing(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<
     keys.sort();
     keys.dedup();
     keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// FingerprintAt
+
+/// The cutover holds a snapshot of the new host before traffic moves and proves it after the
+/// switch: `FingerprintAt` must show the tables as they were at the snapshot however much was
+/// written since, leave out sequences (not versioned), and refuse without a snapshot or with one
+/// that is no longer held.
+#[tokio::test]
+async fn fingerprint_at_a_held_snapshot_ignores_later_writes_and_refuses_a_closed_one() {
+    bounded(async {
+        let mut sb = Sandbox::new("fp_at").await;
+        sb.start(sb.old_setup(), sb.new_setup()).await;
+        let mut c = client(&sb, sb.old()).await;
+        let fp = |r: tonic::Response<hostshift_proto::v1::FingerprintResponse>| {
+            DatabaseFingerprint::from_proto(r.into_inner()).expect("a well-formed answer")
+        };
+        let before = fp(c.fingerprint(request(app(&[]))).await.expect("Fingerprint"));
+        let snapshot = c
+            .open_snapshot(request(OpenSnapshotRequest {
+                database: "app".into(),
+                ttl_secs: 60,
+                lease_secs: 60,
+            }))
+            .await
+            .expect("OpenSnapshot")
+            .into_inner()
+            .snapshot;
+        sb.world
+            .old_pg
+            .connect(&sb.old_db)
+            .await
+            .batch_execute(&format!(
+                "UPDATE {RUNS} SET id = id WHERE id = (SELECT min(id) FROM {RUNS}); \
+                 DELETE FROM {RUNS} WHERE id = (SELECT max(id) FROM {RUNS})"
+            ))
+            .await
+            .expect("writes after the snapshot");
+        let at = |snapshot: &str| DbReadRequest {
+            selection: Some(app(&[])),
+            snapshot: snapshot.into(),
+        };
+        let held = fp(c
+            .fingerprint_at(request(at(&snapshot)))
+            .await
+            .expect("FingerprintAt"));
+        assert_eq!(
+            held.tables, before.tables,
+            "the tables as the snapshot shows them"
+        );
+        assert!(held.sequences.is_empty(), "no sequences under a snapshot");
+        let now = fp(c
+            .fingerprint(request(app(&[])))
+            .await
+            .expect("Fingerprint now"));
+        assert_ne!(
+            now.tables[&TableRef::new("public", RUNS)],
+            before.tables[&TableRef::new("public", RUNS)],
+            "the write shows without the snapshot"
+        );
+        let e = c
+            .fingerprint_at(request(at("")))
+            .await
+            .expect_err("no snapshot is refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("needs a snapshot"), "{e:?}");
+        c.close_snapshot(request(CloseSnapshotRequest {
+            snapshot: snapshot.clone(),
+        }))
+        .await
+        .expect("CloseSnapshot");
+        let e = c
+            .fingerprint_at(request(at(&snapshot)))
+            .await
+            .expect_err("a closed snapshot cannot be imported");
+        assert!(
+            e.message().contains("snapshot"),
+            "the refusal names the snapshot: {e:?}"
+        );
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -176,6 +176,68 @@ async fn a_followed_database_cuts_over_with_the_app_writing_into_the_freeze_and_
             .is_some_and(|d| d.contains("applied up to")),
         "{catch_up:#}"
     );
+    // The full proof runs after the switch, under the new host's snapshot taken before
+    // traffic moved; the freeze window ends at the switch and does not contain it.
+    let names: Vec<&str> = j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("no step {n:?}: {names:?}"))
+    };
+    assert!(
+        at("prove") < at("hold snapshots")
+            && at("hold snapshots") < at("switch")
+            && at("switch") < at("prove after switch"),
+        "prove (cheap) → hold snapshots → switch → prove after switch: {names:?}"
+    );
+    assert_eq!(
+        step(&j, "hold snapshots")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "done", "{after:#}");
+    assert!(
+        after["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("equal")),
+        "{after:#}"
+    );
+    let journal = read_journal(std::path::Path::new(
+        j["journal"].as_str().expect("journal path"),
+    ));
+    let time_of = |unit: &str, status: &str| {
+        journal
+            .iter()
+            .filter(|e| e["phase"] == "cutover" && e["unit"] == unit && e["status"] == status)
+            .map(|e| e["time_ms"].as_u64().expect("time_ms"))
+            .next_back()
+            .unwrap_or_else(|| panic!("no {unit} {status} in the journal"))
+    };
+    let freeze_start = journal
+        .iter()
+        .find(|e| {
+            e["phase"] == "cutover"
+                && e["unit"].as_str().is_some_and(|u| u.starts_with("freeze "))
+                && e["status"] == "started"
+        })
+        .and_then(|e| e["time_ms"].as_u64())
+        .expect("the freeze's first line");
+    // `method = "none"`: the switch is the cutover telling the operator to move traffic.
+    let switched_at = time_of("switch", "skipped");
+    let proof_started = time_of("prove after switch", "started");
+    let freeze_ms = j["freeze_ms"].as_u64().expect("freeze_ms");
+    assert!(
+        proof_started >= switched_at && freeze_ms <= switched_at - freeze_start + 100,
+        "the freeze ({freeze_ms} ms from {freeze_start}) ends at the switch ({switched_at}), before the proof after it ({proof_started})"
+    );
     let follow = &j["follow"][0];
     assert_eq!(follow["database"], "app", "{}", out.stdout);
     assert!(
@@ -376,4 +438,308 @@ async fn an_undone_cutover_of_a_followed_database_leaves_no_slot_behind() {
         out.stdout
     );
     assert_eq!(leftovers(&sb).await, (0, 0), "rollback dropped the slot");
+}
+
+/// A difference the proof after the switch finds (a row changed on the new host that the old
+/// host does not have: the follower carries only the old host's changes, so it stays) switches
+/// traffic back, unfreezes the old host, names the table and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_difference_found_after_the_switch_switches_traffic_back_and_names_the_table() {
+    let sb = followed_sandbox("fc_diff", "fc-diff", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    sb.world
+        .new_pg
+        .connect(&sb.new_db)
+        .await
+        .batch_execute(
+            "UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions)",
+        )
+        .await
+        .expect("a row changed on the new host only");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        sb.cli(&["cutover", "--yes", "--json", "--skip-backup-check", "test"]),
+    )
+    .await
+    .expect("the cutover ends within 120 s");
+    assert_eq!(out.code, 1, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    let names: Vec<&str> = j["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("no step {n:?}: {names:?}"))
+    };
+    // Found after the switch, not inside the freeze.
+    assert_eq!(step(&j, "prove")["status"], "done", "{}", out.stdout);
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "failed", "{after:#}");
+    assert!(
+        at("switch") < at("prove after switch") && at("prove after switch") < at("switch back"),
+        "{names:?}"
+    );
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("proof after the switch") && error.contains("public.questions"),
+        "the error names the table: {error}"
+    );
+    // The writes the new host took meanwhile are looked for, as a rollback does.
+    assert_eq!(
+        step(&j, "new-host writes")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+    // The old host is unfrozen and takes writes again; no slot is left behind.
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
+        .await
+        .expect("the old database takes writes after the proof switched traffic back");
+    assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(
+        st.stdout.contains("rolled-back"),
+        "status says rolled back: {}",
+        st.both()
+    );
+}
+
+/// Inside the freeze the proof of a followed database is cheap: the follower reached the freeze
+/// position, and no data change reached the old host's WAL after it. A superuser (whom the
+/// read-only freeze does not stop) writing a followed table after the catch-up fails the proof
+/// inside the freeze, naming the table, before traffic moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proof_in_the_freeze() {
+    let sb = followed_sandbox("fc_leak", "fc-leak", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let pause = sb.dir.join("pause");
+    let (reached, go) = (pause.with_extension("reached"), pause.with_extension("go"));
+    // A sandbox folder of an earlier run of this binary may still hold them.
+    let _ = std::fs::remove_file(&reached);
+    let _ = std::fs::remove_file(&go);
+    let plan = sb.plan_path().display().to_string();
+    let dir = sb.dir.clone();
+    let env = format!("prove:{}", pause.display());
+    let cut = tokio::spawn(async move {
+        rig::cli_in(
+            &dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &[("HOSTSHIFT_TEST_PAUSE_AT", &env)],
+        )
+        .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cutover reached the proof within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(
+            "BEGIN READ WRITE; \
+             UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions); \
+             COMMIT",
+        )
+        .await
+        .expect("a superuser writes on the frozen old host");
+    std::fs::write(&go, "").expect("go");
+    let out = tokio::time::timeout(Duration::from_secs(120), cut)
+        .await
+        .expect("the cutover ends within 120 s")
+        .expect("the cutover task");
+    assert_eq!(out.code, 1, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(step(&j, "prove")["status"], "failed", "{}", out.stdout);
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("changed during the freeze")
+            && error.contains("public.questions")
+            && error.contains("after the freeze position"),
+        "the error names the table written after the freeze position: {error}"
+    );
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "switch" || s["name"] == "hold snapshots"),
+        "traffic never moved: {}",
+        out.stdout
+    );
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute("UPDATE public.questions SET points = points WHERE id = (SELECT min(id) FROM public.questions)")
+        .await
+        .expect("the old database takes writes after the undo");
+    assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+}
+
+/// Starts a cutover that pauses right before its proof after the switch and kills it there (a
+/// coordinator crash between the switch and the proof). `env` goes to that cutover.
+async fn cutover_killed_before_the_proof_after_the_switch(sb: &Sandbox, env: &[(&str, &str)]) {
+    let pause = sb.dir.join("pause-after-switch");
+    let reached = pause.with_extension("reached");
+    // A sandbox folder of an earlier run of this binary may still hold it.
+    let _ = std::fs::remove_file(&reached);
+    let _ = std::fs::remove_file(pause.with_extension("go"));
+    let plan = sb.plan_path().display().to_string();
+    let dir = sb.dir.clone();
+    let mut vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.push((
+        "HOSTSHIFT_TEST_PAUSE_AT".into(),
+        format!("prove after switch:{}", pause.display()),
+    ));
+    let cut = tokio::spawn(async move {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        rig::cli_in(
+            &dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &vars,
+        )
+        .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cutover reached the proof after the switch within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed (the child is killed when its future is dropped).
+    cut.abort();
+    let _ = cut.await;
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(
+        st.stdout.contains("in-progress"),
+        "the killed cutover is unfinished: {}",
+        st.both()
+    );
+}
+
+/// A coordinator killed between the switch and the proof after it: `cutover --resume` runs the
+/// proof under the snapshots the new agent still holds, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_before_the_proof_after_the_switch_resumes_it_while_the_snapshot_is_held()
+{
+    let sb = followed_sandbox("fc_resume", "fc-resume", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    cutover_killed_before_the_proof_after_the_switch(&sb, &[]).await;
+    let out = sb.cli(&["cutover", "--resume", "--yes", "--json"]).await;
+    assert_eq!(out.code, 0, "cutover --resume: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    let after = step(&j, "prove after switch");
+    assert_eq!(after["status"], "done", "{after:#}");
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "delta"),
+        "the resumed run copies nothing onto the new host, which served since the switch: {}",
+        out.stdout
+    );
+    assert_eq!(leftovers(&sb).await, (0, 0), "slot and publication dropped");
+}
+
+/// The same crash, resumed after the snapshot's lease ran out: the proof cannot run any more,
+/// so nothing is undone, the run exits 3 naming both ways out; `--accept-unproven` keeps the
+/// new host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_resumed_after_the_snapshot_is_gone_leaves_the_decision_to_the_operator() {
+    let sb = followed_sandbox("fc_gone", "fc-gone", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    cutover_killed_before_the_proof_after_the_switch(
+        &sb,
+        &[("HOSTSHIFT_SNAPSHOT_LEASE_SECS", "1")],
+    )
+    .await;
+    // Without renewals the new agent closes the snapshot within its lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = sb.cli(&["cutover", "--resume", "--yes", "--json"]).await;
+    assert_eq!(out.code, 3, "operator action needed: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "unproven", "{}", out.stdout);
+    let error = j["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("cannot run any more")
+            && error.contains("hostshift rollback --yes")
+            && error.contains("--accept-unproven"),
+        "{error}"
+    );
+    assert!(
+        !j["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s["name"] == "switch back"
+                || s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("unfreeze"))),
+        "nothing undone: {}",
+        out.stdout
+    );
+    let st = sb.cli(&["status", "--json"]).await;
+    assert!(st.stdout.contains("in-progress"), "{}", st.both());
+    let out = sb
+        .cli(&[
+            "cutover",
+            "--resume",
+            "--yes",
+            "--accept-unproven",
+            "--json",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "--accept-unproven: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    assert_eq!(
+        step(&j, "prove after switch")["status"],
+        "skipped",
+        "{}",
+        out.stdout
+    );
+    assert_eq!(leftovers(&sb).await, (0, 0), "slot and publication dropped");
 }

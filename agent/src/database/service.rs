@@ -223,6 +223,47 @@ impl Database for DatabaseService {
         ))
     }
 
+    async fn fingerprint_at(
+        &self,
+        req: Request<DbReadRequest>,
+    ) -> Result<Response<FingerprintResponse>, Status> {
+        let r = req.into_inner();
+        let Some(at) = snap(&r.snapshot)? else {
+            return Err(AgentError::InvalidArgument(
+                "FingerprintAt needs a snapshot (from OpenSnapshot); Fingerprint reads the database as it is now".into(),
+            )
+            .into());
+        };
+        let s = r
+            .selection
+            .ok_or_else(|| AgentError::InvalidArgument("selection: missing".into()))?;
+        let sel = selection(&s)?;
+        let conn = self.conn(&s.database).await?;
+        // A snapshot this agent does not hold (closed, lease run out, agent restarted) is refused
+        // by PostgreSQL when imported: the error names it.
+        let tables = postgres::database_fingerprint_at(&conn, &sel, Some(&at))
+            .await
+            .map_err(AgentError::from)?;
+        let large_objects = if sel.includes_large_objects() {
+            postgres::large_object_fingerprint_at(&conn, Some(&at))
+                .await
+                .map_err(AgentError::from)?
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(
+            DatabaseFingerprint {
+                tables: tables
+                    .into_iter()
+                    .map(|(t, f)| (t, Fingerprint::new(f.rows, f.digest)))
+                    .collect(),
+                sequences: Default::default(),
+                large_objects,
+            }
+            .into(),
+        ))
+    }
+
     async fn range_fingerprints(
         &self,
         req: Request<RangeFingerprintsRequest>,

@@ -137,7 +137,21 @@ pub async fn database_fingerprint(
     conn: &Conn,
     selection: &Selection,
 ) -> Result<BTreeMap<TableRef, TableFingerprint>, PgSyncError> {
-    conn.begin_read_only(None).await?;
+    database_fingerprint_at(conn, selection, None).await
+}
+
+/// [`database_fingerprint`] on `snapshot` when given: the tables as they were when it was
+/// exported, whatever was written since (the cutover's proof after the switch).
+///
+/// # Errors
+/// [`PgSyncError::Query`] naming the table that could not be read; importing a snapshot that is
+/// no longer held fails.
+pub async fn database_fingerprint_at(
+    conn: &Conn,
+    selection: &Selection,
+    snapshot: Option<&SnapshotId>,
+) -> Result<BTreeMap<TableRef, TableFingerprint>, PgSyncError> {
+    conn.begin_read_only(snapshot).await?;
     let result: Result<_, PgSyncError> = async {
         let mut out = BTreeMap::new();
         for t in tables::tables_in_tx(conn, selection).await? {
@@ -413,7 +427,18 @@ pub async fn sequence_fingerprint(
 pub async fn large_object_fingerprint(
     conn: &Conn,
 ) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
-    conn.begin_read_only(None).await?;
+    large_object_fingerprint_at(conn, None).await
+}
+
+/// [`large_object_fingerprint`] on `snapshot` when given (large objects are versioned like rows).
+///
+/// # Errors
+/// As [`large_object_fingerprint`].
+pub async fn large_object_fingerprint_at(
+    conn: &Conn,
+    snapshot: Option<&SnapshotId>,
+) -> Result<BTreeMap<u32, LargeObjectFingerprint>, PgSyncError> {
+    conn.begin_read_only(snapshot).await?;
     let result = large_objects_in_tx(conn).await;
     conn.end_read_only().await?;
     result

@@ -74,8 +74,9 @@ pub use conn::{Conn, ExportedSnapshot, PINNED_SETTINGS, SnapshotId};
 pub use copy::{CHUNK_BYTES, LoadMode, Loaded, TableSink, copy_out, copy_out_sql};
 pub use error::PgSyncError;
 pub use fingerprint::{
-    RangeFingerprint, TableFingerprint, database_fingerprint, large_object_fingerprint,
-    range_fingerprints, sequence_fingerprint, table_fingerprint,
+    RangeFingerprint, TableFingerprint, database_fingerprint, database_fingerprint_at,
+    large_object_fingerprint, large_object_fingerprint_at, range_fingerprints,
+    sequence_fingerprint, table_fingerprint,
 };
 pub use globals::{Globals, GlobalsReport, Membership, RoleDef, apply_globals, read_globals};
 pub use large_objects::{

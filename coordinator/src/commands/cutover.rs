@@ -52,6 +52,10 @@ pub struct CutoverCmd {
     /// Continue an unfinished cutover (killed coordinator, lost connection) from the freeze.
     #[arg(long, conflicts_with = "dry_run")]
     resume: bool,
+    /// With --resume, after a crash between the switch and the proof after the switch whose
+    /// snapshot is gone: keep traffic on the new host without that proof (journaled as such).
+    #[arg(long, requires = "resume")]
+    accept_unproven: bool,
     /// Go on without a recent backup of the old host; the reason is journaled.
     #[arg(long, value_name = "REASON")]
     skip_backup_check: Option<String>,
@@ -175,6 +179,7 @@ pub async fn run(g: &Global, c: CutoverCmd) -> CliResult {
     let opts = Options {
         dry_run: c.dry_run,
         resume: c.resume,
+        accept_unproven: c.accept_unproven,
         skip_backup_check: c.skip_backup_check,
         progress: mode(g),
         rehearsal: false,
@@ -435,6 +440,15 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
                 println!("  {i}");
             }
         }
+        Outcome::Unproven => {
+            println!(
+                "ACTION NEEDED: the proof after the switch cannot run.\n{}",
+                r.error.as_deref().unwrap_or("?")
+            );
+            for i in &r.undo_instructions {
+                println!("  {i}");
+            }
+        }
         Outcome::JournalFailed => {
             println!(
                 "ACTION NEEDED: the journal cannot be written, so hostshift stopped.\n{}",
@@ -485,6 +499,12 @@ fn exit(r: &CutoverReport) -> CliResult {
         Outcome::UndoFailed => Err(CliError::OperatorAction(anyhow::anyhow!(
             "the undo failed: {}",
             r.undo_instructions.join(" ")
+        ))),
+        Outcome::Unproven => Err(CliError::OperatorAction(anyhow::anyhow!(
+            "{}",
+            r.error
+                .as_deref()
+                .unwrap_or("the proof after the switch cannot run")
         ))),
         Outcome::JournalFailed => Err(CliError::OperatorAction(anyhow::anyhow!(
             "{} {}",

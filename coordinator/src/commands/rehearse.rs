@@ -515,6 +515,7 @@ async fn after_first_copy(
     let opts = crate::cutover::Options {
         dry_run: false,
         resume: false,
+        accept_unproven: false,
         skip_backup_check: None,
         progress: mode,
         rehearsal: false,
@@ -868,6 +869,7 @@ async fn on_plan(g: &Global, path: &std::path::Path) -> CliResult {
         let opts = crate::cutover::Options {
             dry_run: false,
             resume: false,
+            accept_unproven: false,
             skip_backup_check: None,
             progress: mode,
             rehearsal: true,

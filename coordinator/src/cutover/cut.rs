@@ -47,6 +47,19 @@ pub(super) struct Cut<'a> {
     pub(super) follow_used: bool,
     /// `cutover --resume`.
     pub(super) resumed: bool,
+    /// Snapshots the new agent holds of the followed databases for the proof after the switch.
+    pub(super) held: Vec<super::held_proof::Held>,
+    /// Renews their leases while held.
+    pub(super) renewer: Option<super::held_proof::Renewer>,
+    /// Per followed database, the old host's fingerprints the delta took of the tables outside
+    /// the stream (`schema.table` → `rows/digest`).
+    pub(super) old_at_delta:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// `new-host-at-switch.json` is `pending` (written before the switch, completed by the proof
+    /// after it).
+    pub(super) baseline_pending: bool,
+    /// The proof after the switch began: a failure from here names the new host's writes.
+    pub(super) proof_after_switch_started: bool,
 }
 
 impl<'a> Cut<'a> {
@@ -105,6 +118,11 @@ impl<'a> Cut<'a> {
             followed: vec![],
             follow_used: false,
             resumed: false,
+            held: vec![],
+            renewer: None,
+            old_at_delta: Default::default(),
+            baseline_pending: false,
+            proof_after_switch_started: false,
         })
     }
 

@@ -84,6 +84,17 @@ pub enum CutoverError {
     /// The checks after the switch failed.
     #[error("after the switch: {}", .0.join("; "))]
     AfterSwitch(Vec<String>),
+    /// The proof after the switch (the new host under the snapshot it held at the switch, against
+    /// the frozen old host) found the hosts different.
+    #[error(
+        "the proof after the switch found the hosts different (the new host as it was when traffic moved, against the frozen old host): {}",
+        .0.join("; ")
+    )]
+    DifferAfterSwitch(Vec<String>),
+    /// A resumed cutover cannot run its proof after the switch any more: the snapshot of the new
+    /// host at the switch is gone and the new host has served since.
+    #[error("{0}")]
+    ProofImpossible(String),
     /// A gate failed: what was found and what to do.
     #[error("{0}")]
     Gate(String),

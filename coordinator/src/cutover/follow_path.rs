@@ -27,6 +27,9 @@ pub struct FollowCatchUp {
     pub database: String,
     /// The old host's WAL position read after the freeze (`X/Y`): the follower applied up to it.
     pub lsn: String,
+    /// The same position as a number.
+    #[serde(skip)]
+    pub at: u64,
     /// How long the wait took.
     pub waited_ms: u64,
     /// Tables the follower does not carry (no replica identity): compared and copied with the
@@ -90,6 +93,7 @@ impl Cut<'_> {
                 done.push(FollowCatchUp {
                     database: db.to_string(),
                     lsn: follow::lsn_text(lsn),
+                    at: lsn,
                     waited_ms: started.elapsed().as_millis() as u64,
                     not_followed: not_followed.clone(),
                 });

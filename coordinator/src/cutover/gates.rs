@@ -18,6 +18,8 @@
 //! delta at today's write rate) and of the last `verify`; the prediction is their sum plus one
 //! second per freeze method (stopping apps, reloading nginx). A first full copy as the last sync
 //! makes the prediction large on purpose: run `hostshift sync` once more before the cutover.
+//! When every database is followed the tables are neither copied nor compared inside the freeze:
+//! see [`predicted_follow_ms`].
 
 use std::time::Duration;
 
@@ -185,19 +187,41 @@ fn follow_fresh(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Result<String,
 }
 
 /// The predicted freeze when every database is followed: 1 s per freeze method, the follower's
-/// lag (what the catch-up waits for), and the proof, which still compares everything inside the
-/// freeze: the last verify's duration, or else the last sync's (a comparison reads what a copy
-/// reads).
+/// lag (what the catch-up waits for), and twice the last sync's file and storage units (the
+/// freeze's delta walks and compares them again, and the proof compares the manifests once
+/// more, through the digest caches). The full proof of the tables runs after the switch
+/// (`held_proof`), so no table scan is predicted inside the freeze.
 fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
-    let proof = state::last_finished(i.events, "verify", "verify")
-        .or_else(|| state::last_finished(i.events, "sync", "sync"))
-        .map(|(a, b, _)| b - a)?;
+    let done = i
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.phase == "sync" && e.unit == "sync" && e.status == "done")?;
+    let mut units = 0u64;
+    for (k, e) in i.events.iter().enumerate() {
+        if e.phase != "sync"
+            || e.run != done.run
+            || e.status != "done"
+            || e.unit == "sync"
+            || e.unit.starts_with("database")
+        {
+            continue;
+        }
+        let started = i.events[..k]
+            .iter()
+            .rev()
+            .find(|s| {
+                s.phase == "sync" && s.run == e.run && s.unit == e.unit && s.status == "started"
+            })
+            .map_or(e.time_ms, |s| s.time_ms);
+        units += e.time_ms.saturating_sub(started);
+    }
     let lag = f
         .iter()
         .map(|d| (d.lag_seconds * 1000.0) as u64)
         .max()
         .unwrap_or(0);
-    Some(proof + lag + 1000 * i.plan.freeze.methods.len() as u64)
+    Some(2 * units + lag + 1000 * i.plan.freeze.methods.len() as u64)
 }
 
 async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
@@ -531,9 +555,22 @@ mod follow_tests {
     }
 
     #[test]
-    fn the_prediction_adds_the_lag_to_the_proof_and_the_freeze_methods() {
+    fn the_prediction_adds_the_lag_to_the_files_and_storage_and_the_freeze_methods() {
         let plan = plan();
-        let events = [sync(1_000, "started"), sync(5_000, "done")];
+        let unit = |name: &str, time_ms: u64, status: &str| Event {
+            unit: name.into(),
+            ..sync(time_ms, status)
+        };
+        // The database's copy is not predicted inside the freeze: the follower carries it and
+        // its proof runs after the switch.
+        let events = [
+            sync(1_000, "started"),
+            unit("database app", 1_000, "started"),
+            unit("database app", 4_000, "done"),
+            unit("storage uploads", 4_000, "started"),
+            unit("storage uploads", 4_300, "done"),
+            sync(5_000, "done"),
+        ];
         let i = Inputs {
             plan: &plan,
             old: None,
@@ -545,7 +582,7 @@ mod follow_tests {
         };
         assert_eq!(
             predicted_follow_ms(&i, &[db("following", 2.5, "")]),
-            Some(4_000 + 2_500 + 1_000)
+            Some(2 * 300 + 2_500 + 1_000)
         );
     }
 }

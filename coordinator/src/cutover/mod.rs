@@ -1,6 +1,8 @@
 //! `hostshift cutover`: the moment traffic moves. Gates → freeze writes on the old host → final
 //! delta sync → proof of equality (and that the old host did not change during the freeze) →
-//! traffic switch → verification through the public endpoint; undone on any failure.
+//! traffic switch → verification through the public endpoint; undone on any failure. For
+//! followed databases the proof inside the freeze is cheap and the full one runs after the
+//! switch against a snapshot of the new host taken before traffic moved (`held_proof.rs`).
 //!
 //! # Journal and state machine
 //! Every step writes `started` to the journal (`<state_dir>/<name>/journal.jsonl`, fsynced)
@@ -31,6 +33,9 @@
 //! - `mod.rs` — [`run`] and [`rollback`]: the order of the steps and how a run ends.
 //! - `cut.rs` — the run in flight: journaling each step (`begin`/`end`), connecting the agents.
 //! - `steps.rs` — the forward steps: freeze, final delta, proof, switch, public checks.
+//! - `follow_path.rs` — the catch-up of followed databases and the follow's cleanup.
+//! - `held_proof.rs` — followed databases: the cheap checks in the freeze, the snapshot of the
+//!   new host held at the switch, and the full proof after the switch under it.
 //! - `undo.rs` — undoing on failure, the journal-failure stop, rollback's new-host writes.
 //! - `outcome.rs` — what a run returns ([`CutoverReport`]) and its report folder.
 //! - [`gates`], [`freeze`], [`traffic`], [`new_writes`], [`direction`] — what each step does on
@@ -42,6 +47,7 @@ pub mod error;
 mod follow_path;
 pub mod freeze;
 pub mod gates;
+mod held_proof;
 pub mod new_writes;
 mod outcome;
 pub mod state;
@@ -75,6 +81,9 @@ pub struct Options {
     pub dry_run: bool,
     /// Continue an unfinished cutover from the freeze (its gates passed before).
     pub resume: bool,
+    /// With `resume`, after a crash between the switch and the proof after the switch whose
+    /// snapshot is gone: keep traffic on the new host without that proof.
+    pub accept_unproven: bool,
     /// Skip the backup gate, with this reason (journaled).
     pub skip_backup_check: Option<String>,
     /// Progress on stderr.
@@ -104,6 +113,30 @@ fn injected(step: &str) -> Result<(), CutoverError> {
         return Err(CutoverError::Injected(step.to_string()));
     }
     Ok(())
+}
+
+/// A test-only pause at `step` (debug builds: `HOSTSHIFT_TEST_PAUSE_AT=step:FILE`): creates
+/// `FILE.reached`, then waits (at most 60 s) until `FILE.go` exists — so a test can act on the
+/// hosts at an exact point of the cutover (e.g. write on the frozen old host as a superuser).
+async fn paused(step: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Ok(v) = std::env::var("HOSTSHIFT_TEST_PAUSE_AT") else {
+        return;
+    };
+    let Some((at, file)) = v.split_once(':') else {
+        return;
+    };
+    if at != step {
+        return;
+    }
+    let _ = std::fs::write(format!("{file}.reached"), step);
+    let go = std::path::PathBuf::from(format!("{file}.go"));
+    let until = Instant::now() + Duration::from_secs(60);
+    while !go.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the cutover (or, with `opts.resume`, continues one whose gates passed earlier: `st` is
@@ -232,21 +265,47 @@ pub async fn run(
             c.skipped(JStep::Switch, "rehearsal: traffic stays where it is")?;
             return Ok(());
         }
+        if c.resumed && st.proof_pending {
+            // Switched, the proof after the switch not done: see `held_proof` for the rule.
+            c.follow_used = c.follow_present().await;
+            if opts.accept_unproven {
+                c.accept_unproven().await?;
+            } else {
+                traced(step_span("prove after switch"), c.resume_held_proof()).await?;
+            }
+            traced(step_span("window open"), c.window_open()).await?;
+            traced(step_span("verify"), c.verify_public()).await?;
+            return Ok(());
+        }
         traced(step_span("freeze"), c.freeze()).await?;
         traced(step_span("catch-up"), c.catch_up()).await?;
         let delta = traced(step_span("delta"), c.delta()).await?;
         traced(step_span("prove"), c.prove(&delta)).await?;
-        // Nothing writes to the new host before traffic moves: what the proof saw is the state
-        // at the switch, against which a rollback finds the writes it would leave behind.
-        new_writes::record_baseline(
-            plan,
-            &new_writes::Baseline {
-                run: c.out.run.clone(),
-                databases: c.new_at_proof.clone(),
-            },
-        )?;
+        // Followed databases: a snapshot of the new host, the state traffic moves onto, for the
+        // proof after the switch.
+        traced(step_span("hold snapshots"), c.hold_snapshots(&delta)).await?;
+        if !c.baseline_pending {
+            // Nothing writes to the new host before traffic moves: what the proof saw is the
+            // state at the switch, against which a rollback finds the writes it would leave
+            // behind.
+            new_writes::record_baseline(
+                plan,
+                &new_writes::Baseline {
+                    run: c.out.run.clone(),
+                    databases: c.new_at_proof.clone(),
+                    ..new_writes::Baseline::default()
+                },
+            )?;
+        }
+        // The rollback window's slot on the new host: created before traffic moves (its anchor).
         traced(step_span("window prepare"), c.window_prepare()).await?;
         traced(step_span("switch"), c.switch()).await?;
+        // The freeze window has ended: the full proof of the followed databases runs while the
+        // new host serves, and a difference switches traffic back.
+        traced(step_span("prove after switch"), c.prove_after_switch()).await?;
+        // Proven: now the old host may follow the new one. Not before — a difference found by
+        // the proof switches back, and the old host must not hold any of the new host's writes
+        // then (the slot kept them all; the follower starts from the window's anchor).
         traced(step_span("window open"), c.window_open()).await?;
         traced(step_span("verify"), c.verify_public()).await?;
         Ok(())
@@ -268,6 +327,9 @@ pub async fn run(
                 c.journal_failed_at_the_end(&e);
             }
         }
+        // The new host served since the switch: undoing would drop its writes unasked. The
+        // window stays prepared (its slot keeps the new host's writes for a rollback).
+        Err(cause @ CutoverError::ProofImpossible(_)) => c.unproven(&cause),
         Err(cause) => {
             // The follower must not write into the old host once it serves again.
             c.window_abandon().await;

@@ -31,6 +31,19 @@ pub struct Baseline {
     pub run: String,
     /// Plan database name → `schema.table` → `rows/digest`.
     pub databases: BTreeMap<String, BTreeMap<String, String>>,
+    /// Written right before the switch of a cutover that proves its followed databases after
+    /// the switch: their tables are not in `databases` yet (the proof after the switch adds them
+    /// and clears this). A rollback that finds it set cannot tell what the new host wrote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// While `pending`: plan database → the snapshot the new agent holds of it at the switch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, String>,
+    /// While `pending`: plan database → the old host's fingerprints the delta took of the tables
+    /// the follower does not carry (`schema.table` → `rows/digest`), for "did the old host change
+    /// during the freeze" in a resumed proof.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub old_at_delta: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// One table written on the new host since the switch.
@@ -77,7 +90,26 @@ fn write_json<T: Serialize>(p: &std::path::Path, v: &T) -> Result<(), CutoverErr
         .map_err(|e| err(e.to_string()))
 }
 
-/// Records the new host's tables as the proof found them (right before the switch).
+/// Reads the baseline file (`None`: none recorded).
+///
+/// # Errors
+/// The file is damaged.
+pub fn baseline(plan: &Plan) -> Result<Option<Baseline>, CutoverError> {
+    let file = path(plan, BASELINE_FILE);
+    let Ok(bytes) = std::fs::read(&file) else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| CutoverError::StateFile {
+            what: "damaged",
+            path: file,
+            reason: e.to_string(),
+        })
+}
+
+/// Records the new host's tables as the proof found them (right before the switch; for
+/// followed databases, under the snapshot held at the switch, after it).
 ///
 /// # Errors
 /// The file cannot be written (the cutover then stops: a rollback could not tell what it loses).
@@ -100,6 +132,16 @@ pub async fn find(plan: &Plan, new: &Agent) -> Result<Vec<TableWrites>, CutoverE
         path: file.clone(),
         reason: e.to_string(),
     })?;
+    if base.pending {
+        return Err(CutoverError::StateFile {
+            what: "incomplete",
+            path: file,
+            reason: "the cutover switched traffic but its proof after the switch never recorded \
+                     the new host's tables at the switch, so the writes the new host took since \
+                     cannot be told apart"
+                .into(),
+        });
+    }
     let mut out = Vec::new();
     for d in &plan.databases {
         let Some(then) = base.databases.get(&d.name) else {

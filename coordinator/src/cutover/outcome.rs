@@ -25,6 +25,10 @@ pub enum Outcome {
     /// The journal could not be written: the run stopped where it was, undoing nothing
     /// unrecorded; the report says where the hosts stand. Operator action needed.
     JournalFailed,
+    /// A resumed cutover whose proof after the switch can no longer run (the new host's
+    /// snapshot at the switch is gone): traffic stays on the new host, the old host frozen;
+    /// the operator rolls back or accepts (`--accept-unproven`).
+    Unproven,
 }
 
 impl Outcome {
@@ -37,6 +41,7 @@ impl Outcome {
             Outcome::RolledBack => "rolled-back",
             Outcome::UndoFailed => "undo-failed",
             Outcome::JournalFailed => "journal-failed",
+            Outcome::Unproven => "unproven",
         }
     }
 }

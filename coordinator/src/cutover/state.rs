@@ -55,6 +55,11 @@ pub struct State {
     pub direction: Option<String>,
     /// When the first freeze method started (ms since the epoch).
     pub freeze_started_ms: Option<u64>,
+    /// Traffic was (or may have been) switched after the new host's snapshots were held, and
+    /// the proof after the switch has not finished (`cutover --resume` runs it while the
+    /// snapshots are still held; see `held_proof`).
+    #[serde(default)]
+    pub proof_pending: bool,
     /// The last cutover's events (and the rollbacks after it), in order.
     pub steps: Vec<Event>,
 }
@@ -83,6 +88,7 @@ pub fn of(events: &[Event]) -> State {
             run: None,
             direction: None,
             freeze_started_ms: None,
+            proof_pending: false,
             steps: vec![],
         };
     };
@@ -98,6 +104,7 @@ pub fn of(events: &[Event]) -> State {
     let mut switched = false;
     let mut freeze_started_ms = None;
     let mut end: Option<End> = None;
+    let (mut held, mut proved) = (false, false);
     for e in &steps {
         let (Some(step), Some(mark)) = (e.step(), e.mark()) else {
             continue;
@@ -112,6 +119,14 @@ pub fn of(events: &[Event]) -> State {
             }
             (Step::Unfreeze(m), Mark::Done) => frozen.retain(|x| *x != m),
             (Step::Switch, Mark::Started | Mark::Done) => switched = true,
+            // `method = "none"`: the cutover told the operator to move traffic (a rehearsal's
+            // skipped switch moves nothing).
+            (Step::Switch, Mark::Skipped) if e.detail.starts_with("method none") => {
+                switched = true;
+            }
+            (Step::HoldSnapshots, Mark::Done) => held = true,
+            // Done, or skipped by the operator (`--accept-unproven`).
+            (Step::ProveAfterSwitch, Mark::Done | Mark::Skipped) => proved = true,
             (Step::SwitchBack, Mark::Done) => switched = false,
             (Step::Cutover, Mark::Started) => {}
             // `done` carries the outcome in its detail; a later resume/rollback may follow.
@@ -137,6 +152,7 @@ pub fn of(events: &[Event]) -> State {
         _ if !touched => Stage::Failed,
         _ => Stage::InProgress,
     };
+    let proof_pending = held && switched && !proved && state == Stage::InProgress;
     State {
         state,
         frozen: !frozen.is_empty(),
@@ -145,6 +161,7 @@ pub fn of(events: &[Event]) -> State {
         run: Some(run),
         direction,
         freeze_started_ms,
+        proof_pending,
         steps,
     }
 }
@@ -234,6 +251,29 @@ mod tests {
         let s = of(&events);
         assert_eq!(s.state, Stage::RolledBack);
         assert!(!s.frozen && !s.switched);
+    }
+
+    #[test]
+    fn a_crash_between_the_switch_and_the_proof_after_it_leaves_the_proof_pending() {
+        let mut events = vec![
+            ev("1", PHASE, RUN_UNIT, "started", 1),
+            ev("1", PHASE, "freeze read-only", "done", 2),
+            ev("1", PHASE, "hold snapshots", "done", 3),
+            ev("1", PHASE, "switch", "done", 4),
+            ev("1", PHASE, "prove after switch", "started", 5),
+        ];
+        let s = of(&events);
+        assert_eq!(s.state, Stage::InProgress);
+        assert!(s.switched && s.proof_pending);
+        events.push(ev("1", PHASE, "prove after switch", "done", 6));
+        assert!(!of(&events).proof_pending);
+        // Held but never switched: nothing to prove after a switch.
+        let s = of(&[
+            ev("1", PHASE, RUN_UNIT, "started", 1),
+            ev("1", PHASE, "freeze read-only", "done", 2),
+            ev("1", PHASE, "hold snapshots", "done", 3),
+        ]);
+        assert!(!s.proof_pending);
     }
 
     #[test]

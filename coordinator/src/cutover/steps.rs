@@ -101,11 +101,35 @@ impl Cut<'_> {
     }
 
     pub(super) async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
+        super::paused("prove").await;
         let t = self.begin(JStep::Prove)?;
+        // Followed databases: their tables are proven after the switch, under a snapshot of
+        // the new host (see `held_proof`); here only what cannot wait.
+        let later: std::collections::BTreeSet<String> = if self.rehearsal {
+            Default::default()
+        } else {
+            self.followed.iter().map(|(db, _)| db.clone()).collect()
+        };
         let r = async {
-            let v = verify::run(self.plan)
-                .await
-                .map_err(|e| CutoverError::Agent(e.to_string()))?;
+            // The WAL check runs alongside the comparison: both only read.
+            let (v, wal) = tokio::join!(
+                async {
+                    if later.is_empty() {
+                        verify::run(self.plan).await
+                    } else {
+                        verify::run_in_freeze(self.plan, &later).await
+                    }
+                },
+                async {
+                    if later.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        self.wal_quiet().await
+                    }
+                }
+            );
+            let v = v.map_err(|e| CutoverError::Agent(e.to_string()))?;
+            let wal = wal?;
             self.rep.add_verify(&v);
             self.out.verification = v.rows.clone();
             self.new_at_proof = v.new_tables.clone();
@@ -145,6 +169,8 @@ impl Cut<'_> {
                         }
                     }
                 }
+                // Followed tables: nothing after the freeze position in the old host's WAL.
+                changed.extend(wal);
                 if !changed.is_empty() {
                     return Err(CutoverError::OldDatabaseChanged {
                         tables: changed,
@@ -179,6 +205,13 @@ impl Cut<'_> {
                     v.rows.len()
                 ));
             }
+            if !later.is_empty() {
+                return Ok(format!(
+                    "{} item(s) equal; no data change reached the old host's WAL after the freeze position; the tables of database(s) {} are proven after the switch",
+                    v.rows.len(),
+                    later.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
             Ok(format!(
                 "{} item(s) equal; the old databases did not change during the freeze",
                 v.rows.len()
@@ -197,6 +230,8 @@ impl Cut<'_> {
             )?;
             self.progress
                 .say(">>> Switch traffic to the new host now (plan [switch] method = \"none\").");
+            // The operator may move traffic from here: an undo tells them to move it back.
+            self.switched = true;
             self.rep.freeze_ends();
             self.out.freeze_ms = self.freeze_ms();
             return Ok(());

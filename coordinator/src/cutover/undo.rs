@@ -163,9 +163,21 @@ impl Cut<'_> {
         self.progress
             .say(&format!("cutover failed: {cause}; undoing"));
         self.out.error = Some(cause.to_string());
+        self.held_after_failure().await;
         let methods = self.frozen.clone();
         let switch_back = self.switched;
         let manual = self.undo(methods, switch_back).await;
+        // The proof after the switch failed while the new host served: name what it took
+        // meanwhile (not copied back), as a rollback does.
+        if self.proof_after_switch_started
+            && switch_back
+            && let Err(e) = self.new_host_writes().await
+        {
+            self.out.outcome = Outcome::RolledBack;
+            self.journal_failed_at_the_end(&e);
+            self.out.ok = false;
+            return;
+        }
         self.rep.freeze_ends();
         if self.out.freeze_ms.is_none() || switch_back {
             self.out.freeze_ms = self.freeze_ms();

@@ -97,11 +97,18 @@ pub(crate) async fn refresh(
     Ok(parts.join("; "))
 }
 
-/// One verify row per materialized view of the database (none when it has none).
-pub(crate) async fn compare(old: &Agent, new: &Agent, sel: &Selections, db: &str) -> Vec<Row> {
+/// One verify row per materialized view of the database (none when it has none); the new host
+/// read under `new_snapshot` when not empty (the cutover's proof after the switch).
+pub(crate) async fn compare(
+    old: &Agent,
+    new: &Agent,
+    sel: &Selections,
+    db: &str,
+    new_snapshot: &str,
+) -> Vec<Row> {
     let (a, b) = tokio::join!(
         states(old, &sel.old, "", false),
-        states(new, &sel.new, "", false)
+        states(new, &sel.new, new_snapshot, false)
     );
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),

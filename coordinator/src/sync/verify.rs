@@ -247,7 +247,180 @@ fn row_summary(r: &Row) -> (bool, String) {
     (r.status == RowStatus::Equal, s)
 }
 
+/// The cutover's proof inside the freeze when the tables of the databases in `later` are proven
+/// after the switch (under a snapshot the new host holds, see `cutover::held_proof`): everything
+/// as [`run`] except those databases' tables, large objects and materialized views — their
+/// schema and sequence positions (not versioned, so they cannot be proven under a snapshot
+/// later) are compared here — and storage trees compared by manifest through the agents' digest
+/// caches (a file whose size and mtime did not change is not re-hashed; the delta verified
+/// every byte it copied). Not journaled as a `verify` (it is not a whole one).
+///
+/// # Errors
+/// [`SyncError::Connect`] when an agent cannot be reached.
+pub async fn run_in_freeze(
+    plan: &Plan,
+    later: &std::collections::BTreeSet<String>,
+) -> Result<Report, SyncError> {
+    compare_scoped(plan, &Progress::with_bars(Mode::Quiet, false), later).await
+}
+
 async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> {
+    compare_scoped(plan, progress, &Default::default()).await
+}
+
+/// One row per table of database `db` (plan name) from both hosts' fingerprints.
+pub(crate) fn table_rows(
+    db: &str,
+    fo: &DatabaseFingerprint,
+    fnew: &DatabaseFingerprint,
+) -> Vec<Row> {
+    let names: std::collections::BTreeSet<&TableRef> =
+        fo.tables.keys().chain(fnew.tables.keys()).collect();
+    let mut rows = Vec::new();
+    for t in names {
+        let (a, b) = (fo.tables.get(t), fnew.tables.get(t));
+        let rows_of = |f: Option<&Fingerprint>| {
+            f.map_or_else(|| "missing".to_string(), |f| format!("{} rows", f.rows))
+        };
+        let detail = match (a, b) {
+            (Some(_), None) => "missing on the new host".to_string(),
+            (None, Some(_)) => "only on the new host".to_string(),
+            (Some(x), Some(y)) if x != y => {
+                if x.rows == y.rows {
+                    "same row count, content differs".to_string()
+                } else {
+                    "row counts differ".to_string()
+                }
+            }
+            _ => String::new(),
+        };
+        rows.push(Row {
+            kind: "table".into(),
+            name: format!("{db} {t}"),
+            equal: detail.is_empty(),
+            status: RowStatus::of(detail.is_empty()),
+            old: rows_of(a),
+            new: rows_of(b),
+            detail,
+        });
+    }
+    rows
+}
+
+/// The materialized-view rows of database `d`, the new host read under `new_snapshot`.
+pub(crate) async fn matview_rows(
+    old: &Agent,
+    new: &Agent,
+    d: &crate::plan::PlanDatabase,
+    new_snapshot: &str,
+) -> Vec<Row> {
+    let sel = super::selection::Selections::of(d);
+    super::matviews::compare(old, new, &sel, &d.name, new_snapshot).await
+}
+
+/// The sequences row of database `db`.
+fn sequences_row(
+    db: &str,
+    old: &BTreeMap<TableRef, hostshift_shared::model::SequencePosition>,
+    new: &BTreeMap<TableRef, hostshift_shared::model::SequencePosition>,
+) -> Row {
+    let seq_diff: Vec<String> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let equal = seq_diff.is_empty() && old.len() == new.len();
+    Row {
+        kind: "sequences".into(),
+        name: db.to_string(),
+        equal,
+        status: RowStatus::of(equal),
+        old: format!("{} sequences", old.len()),
+        new: format!("{} sequences", new.len()),
+        detail: if seq_diff.is_empty() {
+            String::new()
+        } else {
+            format!("positions differ: {seq_diff:?}")
+        },
+    }
+}
+
+/// The large-objects row of database `db` (none when neither host has any).
+pub(crate) fn large_objects_row(
+    db: &str,
+    fo: &DatabaseFingerprint,
+    fnew: &DatabaseFingerprint,
+) -> Option<Row> {
+    if fo.large_objects.is_empty() && fnew.large_objects.is_empty() {
+        return None;
+    }
+    let lo_diff: Vec<&u32> = fo
+        .large_objects
+        .iter()
+        .filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    let equal = lo_diff.is_empty() && fo.large_objects.len() == fnew.large_objects.len();
+    Some(Row {
+        kind: "large objects".into(),
+        name: db.to_string(),
+        equal,
+        status: RowStatus::of(equal),
+        old: format!("{} objects", fo.large_objects.len()),
+        new: format!("{} objects", fnew.large_objects.len()),
+        detail: if lo_diff.is_empty() {
+            String::new()
+        } else {
+            format!("differ: OIDs {lo_diff:?}")
+        },
+    })
+}
+
+/// Both hosts' sequence positions of one database, read now.
+async fn sequence_positions(
+    old: &Agent,
+    new: &Agent,
+    sel: &super::selection::Selections,
+) -> Result<
+    (
+        BTreeMap<TableRef, hostshift_shared::model::SequencePosition>,
+        BTreeMap<TableRef, hostshift_shared::model::SequencePosition>,
+    ),
+    String,
+> {
+    let req = |s: &hostshift_proto::v1::DbSelection| hostshift_proto::v1::DbReadRequest {
+        selection: Some(s.clone()),
+        snapshot: String::new(),
+    };
+    let (mut a, mut b) = (old.database(), new.database());
+    let (x, y) = tokio::join!(a.sequences(req(&sel.old)), b.sequences(req(&sel.new)));
+    let conv =
+        |r: Result<tonic::Response<hostshift_proto::v1::SequencesResponse>, tonic::Status>,
+         host: &str| {
+            let r = r.map_err(|s| format!("the {host} host: {}", client::explain_status(&s)))?;
+            let mut out = BTreeMap::new();
+            for v in r.into_inner().sequences {
+                let t = v
+                    .sequence
+                    .ok_or_else(|| format!("the {host} agent sent a sequence without its name"))?;
+                out.insert(
+                    TableRef::new(&t.schema, &t.table),
+                    hostshift_shared::model::SequencePosition {
+                        last_value: v.last_value,
+                        is_called: v.is_called,
+                    },
+                );
+            }
+            Ok::<_, String>(out)
+        };
+    Ok((conv(x, "old")?, conv(y, "new")?))
+}
+
+async fn compare_scoped(
+    plan: &Plan,
+    progress: &Progress,
+    later: &std::collections::BTreeSet<String>,
+) -> Result<Report, SyncError> {
     let started = Instant::now();
     let (old, new) = tokio::join!(
         client::connect(plan, Side::Old),
@@ -329,8 +502,19 @@ async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> 
     for s in &plan.storage {
         let unit = format!("storage {}", s.name);
         progress.start(&unit, 0);
-        progress.step(&unit, "every file re-hashed on both hosts");
-        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref()).await;
+        // The cutover's proof of followed databases (`later`) compares manifests through the
+        // agents' digest caches: the delta just verified every byte it copied end to end, and
+        // re-hashing every unchanged file would hold the freeze for the size of the tree.
+        let full = later.is_empty();
+        progress.step(
+            &unit,
+            if full {
+                "every file re-hashed on both hosts"
+            } else {
+                "manifests compared (digest caches: changed files re-hashed)"
+            },
+        );
+        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref(), full).await;
         let (ok, text) = row_summary(&row);
         // The old tree's bytes, re-hashed: the summary shows the rate.
         progress.done(&unit, hashed, ok, &text);
@@ -350,6 +534,23 @@ async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> 
         let (ok, text) = row_summary(&row);
         progress.done(&unit, 0, ok, &text);
         rows.push(row);
+        if later.contains(&d.name) {
+            // Tables, large objects and materialized views: proven after the switch, under the new
+            // host's snapshot.
+            rows.push(match sequence_positions(&old, &new, &sel).await {
+                Ok((a, b)) => sequences_row(&d.name, &a, &b),
+                Err(e) => Row {
+                    kind: "sequences".into(),
+                    name: d.name.clone(),
+                    equal: false,
+                    status: RowStatus::CouldNotRun,
+                    old: String::new(),
+                    new: String::new(),
+                    detail: format!("cannot read the sequence positions: {e}"),
+                },
+            });
+            continue;
+        }
         let unit = format!("tables {}", d.name);
         progress.start_items(&unit, 0);
         progress.step(&unit, "fingerprinting every table on both hosts");
@@ -374,79 +575,10 @@ async fn compare(plan: &Plan, progress: &Progress) -> Result<Report, SyncError> 
                 };
                 old_tables.insert(d.name.clone(), text(&fo));
                 new_tables.insert(d.name.clone(), text(&fnew));
-                let names: std::collections::BTreeSet<&TableRef> =
-                    fo.tables.keys().chain(fnew.tables.keys()).collect();
-                for t in names {
-                    let (a, b) = (fo.tables.get(t), fnew.tables.get(t));
-                    let rows_of = |f: Option<&Fingerprint>| {
-                        f.map_or_else(|| "missing".to_string(), |f| format!("{} rows", f.rows))
-                    };
-                    let detail = match (a, b) {
-                        (Some(_), None) => "missing on the new host".to_string(),
-                        (None, Some(_)) => "only on the new host".to_string(),
-                        (Some(x), Some(y)) if x != y => {
-                            if x.rows == y.rows {
-                                "same row count, content differs".to_string()
-                            } else {
-                                "row counts differ".to_string()
-                            }
-                        }
-                        _ => String::new(),
-                    };
-                    rows.push(Row {
-                        kind: "table".into(),
-                        name: format!("{} {t}", d.name),
-                        equal: detail.is_empty(),
-                        status: RowStatus::of(detail.is_empty()),
-                        old: rows_of(a),
-                        new: rows_of(b),
-                        detail,
-                    });
-                }
-                let seq_diff: Vec<String> = fo
-                    .sequences
-                    .iter()
-                    .filter(|(k, v)| fnew.sequences.get(*k) != Some(*v))
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                let equal = seq_diff.is_empty() && fo.sequences.len() == fnew.sequences.len();
-                rows.push(Row {
-                    kind: "sequences".into(),
-                    name: d.name.clone(),
-                    equal,
-                    status: RowStatus::of(equal),
-                    old: format!("{} sequences", fo.sequences.len()),
-                    new: format!("{} sequences", fnew.sequences.len()),
-                    detail: if seq_diff.is_empty() {
-                        String::new()
-                    } else {
-                        format!("positions differ: {seq_diff:?}")
-                    },
-                });
-                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name).await);
-                if !fo.large_objects.is_empty() || !fnew.large_objects.is_empty() {
-                    let lo_diff: Vec<&u32> = fo
-                        .large_objects
-                        .iter()
-                        .filter(|(k, v)| fnew.large_objects.get(*k) != Some(*v))
-                        .map(|(k, _)| k)
-                        .collect();
-                    let equal =
-                        lo_diff.is_empty() && fo.large_objects.len() == fnew.large_objects.len();
-                    rows.push(Row {
-                        kind: "large objects".into(),
-                        name: d.name.clone(),
-                        equal,
-                        status: RowStatus::of(equal),
-                        old: format!("{} objects", fo.large_objects.len()),
-                        new: format!("{} objects", fnew.large_objects.len()),
-                        detail: if lo_diff.is_empty() {
-                            String::new()
-                        } else {
-                            format!("differ: OIDs {lo_diff:?}")
-                        },
-                    });
-                }
+                rows.extend(table_rows(&d.name, &fo, &fnew));
+                rows.push(sequences_row(&d.name, &fo.sequences, &fnew.sequences));
+                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name, "").await);
+                rows.extend(large_objects_row(&d.name, &fo, &fnew));
             }
         }
         let done = &rows[first..];
@@ -627,6 +759,7 @@ async fn storage_row(
     new: &Agent,
     s: &crate::plan::PlanStorage,
     grant: Option<&str>,
+    full: bool,
 ) -> (Row, u64) {
     let could_not_run = |old: String, new: String, detail: &str| Row {
         kind: "storage".into(),
@@ -637,7 +770,7 @@ async fn storage_row(
         new,
         detail: detail.into(),
     };
-    let c = match compare_tree(plan, old, new, s, grant, true).await {
+    let c = match compare_tree(plan, old, new, s, grant, full).await {
         Ok(c) => c,
         Err(CompareFailure::Old(e)) => {
             return (
