@@ -335,7 +335,7 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
             let Ok(mut t) = tally.lock() else { return };
             match done {
                 Ok(()) => {
-                    if content.is_some() && f % 4 == 0 {
+                    if content.is_some() && f.is_multiple_of(4) {
                         own_files.push(rel.clone());
                     }
                     t.files.insert(rel, content);

@@ -114,11 +114,12 @@ pub async fn scaled_db(work: &Path, n: u32, say: &dyn Fn(&str)) -> Result<(PathB
     let meta = cache.join("scaled.json");
     let pgbench_scale = PGBENCH_SCALE * n + 31 * (n - 1);
     let data = cache.join("pg/old/data");
-    if let Some(m) = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice::<Scaled>(&b).ok()) {
-        if m.version == VERSION && m.pgbench_scale == pgbench_scale {
-            say(&format!("database x{n}: cached in {} (pgbench -s {pgbench_scale}, {:.2} GB)", cache.display(), m.db_bytes as f64 / 1e9));
-            return Ok((data, m.db_bytes));
-        }
+    if let Some(m) = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice::<Scaled>(&b).ok())
+        && m.version == VERSION
+        && m.pgbench_scale == pgbench_scale
+    {
+        say(&format!("database x{n}: cached in {} (pgbench -s {pgbench_scale}, {:.2} GB)", cache.display(), m.db_bytes as f64 / 1e9));
+        return Ok((data, m.db_bytes));
     }
     let need = u64::from(n) * 2 * 1024 * 1024 * 1024 + 10 * 1024 * 1024 * 1024;
     let free = sys::free_bytes(work)?;

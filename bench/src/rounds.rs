@@ -111,12 +111,12 @@ pub async fn run_all(args: &Args, data: &mut Dataset, pids: &sys::PidsFile) -> R
         outcome?
     };
     let mut failed = None;
-    if !args.skips(Part::Cutover) {
-        if let Err(e) = cutover_rounds(args, data, pids, &mut report).await {
-            say(&format!("the cutover round FAILED: {e:#}"));
-            report.notes.push(format!("the cutover round failed: {e:#}"));
-            failed = Some(e);
-        }
+    if !args.skips(Part::Cutover)
+        && let Err(e) = cutover_rounds(args, data, pids, &mut report).await
+    {
+        say(&format!("the cutover round FAILED: {e:#}"));
+        report.notes.push(format!("the cutover round failed: {e:#}"));
+        failed = Some(e);
     }
     let load = sys::load();
     report.loads.push(("end".into(), load));
