@@ -353,7 +353,8 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
         let (result, what) = match slot {
             0 | 2 | 4 | 6 => (
                 c.execute("INSERT INTO users (email, display_name) VALUES ($1, $2)", &[&format!("bench-live-{n}@example.com"), &format!("Live {n}")])
-                    .await,
+                    .await
+                    .map(|_| Some(n)),
                 "insert",
             ),
             8 => {
@@ -361,7 +362,7 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
                 match victim {
                     Some(v) => {
                         let r = c.execute("DELETE FROM users WHERE email = $1", &[&format!("bench-live-{v}@example.com")]).await;
-                        (r.map(|_| v), "delete")
+                        (r.map(|_| Some(v)), "delete")
                     }
                     None => continue,
                 }
@@ -376,12 +377,14 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
                     // pgbench's keys and balances are int4; writes number far below 2^31.
                     c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2::bigint"), &[&(n as i32), &kv]).await
                 };
-                (r.map(|_| (ti as u64) << 56 | kv as u64), "update")
+                // A key without a row (a gap) changed nothing: not a write to look for.
+                (r.map(|rows| (rows > 0).then_some((ti as u64) << 56 | kv as u64)), "update")
             }
         };
         let Ok(mut t) = tally.lock() else { return };
         match result {
-            Ok(x) => {
+            Ok(None) => t.acknowledged += 1,
+            Ok(Some(x)) => {
                 t.acknowledged += 1;
                 match what {
                     "insert" => {
