@@ -378,7 +378,7 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
                     c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2::bigint"), &[&(n as i32), &kv]).await
                 };
                 // A key without a row (a gap) changed nothing: not a write to look for.
-                (r.map(|rows| (rows > 0).then_some((ti as u64) << 56 | kv as u64)), "update")
+                (r.map(|rows| (rows > 0).then_some(((ti as u64) << 56) | kv as u64)), "update")
             }
         };
         let Ok(mut t) = tally.lock() else { return };
