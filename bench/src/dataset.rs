@@ -34,7 +34,7 @@ pub const OLD_IP: Ipv4Addr = hostshift::rehearse::OLD_IP;
 /// the rows whose key is 7 modulo 100 — spread over the whole key range, so every key-range piece
 /// of those tables changes. Generation 0 restores the seeded values exactly (the app's
 /// `updated_at` triggers are off for these updates, see [`apply_db_generation`]).
-const DB_CHANGES: [(&str, &str, &str); 4] = [
+pub const DB_CHANGES: [(&str, &str, &str); 4] = [
     ("pgbench_accounts", "aid", "abalance = {g}"),
     ("users", "id", "profile = CASE WHEN {g} = 0 THEN profile - 'bench_rev' ELSE (profile - 'bench_rev') || jsonb_build_object('bench_rev', {g}) END"),
     ("assessments", "id", "answer = CASE WHEN {g} = 0 THEN answer - 'bench_rev' ELSE (answer - 'bench_rev') || jsonb_build_object('bench_rev', {g}) END"),
@@ -87,6 +87,79 @@ const CONFIG_FILES: [(&str, &str, &str); 3] = [
 fn paths(cache: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let host = cache.join("host");
     (cache.join("pg"), host.join("app/backend/storage/project-evaluations"), host)
+}
+
+/// The `data` folder of the cached cluster in `cache` (stopped, it can be copied).
+pub fn pg_data(cache: &Path) -> PathBuf {
+    paths(cache).0.join("old/data")
+}
+
+/// A database `n` × the reference size for the cutover round's `--scale`, built once and cached
+/// in `work/cache-x<n>` (database only: the round takes the storage tree from the reference).
+/// The reference is `pgbench -s 50` (~750 MB) plus the app schema at Medium (~470 MB, about 31
+/// pgbench scale units); the scaled one keeps the app schema and grows pgbench to
+/// `50 n + 31 (n − 1)`. Returns the stopped cluster's `data` folder and the database's size.
+///
+/// # Errors
+/// Cluster, seed, `pgbench` or file errors; not enough disk.
+pub async fn scaled_db(work: &Path, n: u32, say: &dyn Fn(&str)) -> Result<(PathBuf, i64)> {
+    #[derive(Serialize, Deserialize)]
+    struct Scaled {
+        version: u32,
+        pgbench_scale: u32,
+        db_bytes: i64,
+        build_s: f64,
+    }
+    let cache = work.join(format!("cache-x{n}"));
+    let meta = cache.join("scaled.json");
+    let pgbench_scale = PGBENCH_SCALE * n + 31 * (n - 1);
+    let data = cache.join("pg/old/data");
+    if let Some(m) = std::fs::read(&meta).ok().and_then(|b| serde_json::from_slice::<Scaled>(&b).ok())
+        && m.version == VERSION
+        && m.pgbench_scale == pgbench_scale
+    {
+        say(&format!("database x{n}: cached in {} (pgbench -s {pgbench_scale}, {:.2} GB)", cache.display(), m.db_bytes as f64 / 1e9));
+        return Ok((data, m.db_bytes));
+    }
+    let need = u64::from(n) * 2 * 1024 * 1024 * 1024 + 10 * 1024 * 1024 * 1024;
+    let free = sys::free_bytes(work)?;
+    if free < need {
+        bail!(
+            "not enough free disk for the x{n} database at {}: {:.1} GiB free, {:.1} GiB needed (10 GiB kept free); use a smaller --scale or --work on a bigger disk",
+            work.display(),
+            free as f64 / (1u64 << 30) as f64,
+            need as f64 / (1u64 << 30) as f64
+        );
+    }
+    say(&format!("database x{n}: building in {} (app schema at {APP_SCALE} + pgbench -s {pgbench_scale}; minutes, once)", cache.display()));
+    sys::remove_dir(&cache)?;
+    std::fs::create_dir_all(&cache)?;
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let started = Instant::now();
+    let mut old = PgCluster::start(&cache.join("pg"), "old", OLD_IP).await?;
+    old.create_database("app", None).await?;
+    let client = old.connect("app").await?;
+    seed::seed(&client, APP_SCALE).await?;
+    let pgbench = old.bin_dir().join("pgbench");
+    sys::shell(
+        "pgbench -i",
+        &format!("'{}' -i -q -s {pgbench_scale} -d \"$DB\"", pgbench.display()),
+        &[("DB", old.conninfo("app"))],
+        Duration::from_secs(3600),
+        false,
+        false,
+    )
+    .await?;
+    for sql in ["VACUUM (ANALYZE)", "CHECKPOINT"] {
+        client.batch_execute(sql).await.with_context(|| format!("{sql} the x{n} database"))?;
+    }
+    let db_bytes: i64 = client.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    drop(client);
+    old.stop().await?;
+    let m = Scaled { version: VERSION, pgbench_scale, db_bytes, build_s: crate::measure::round2(started.elapsed().as_secs_f64()) };
+    std::fs::write(&meta, serde_json::to_vec_pretty(&m)?)?;
+    say(&format!("database x{n}: {:.2} GB built in {:.0} s", db_bytes as f64 / 1e9, m.build_s));
+    Ok((data, db_bytes))
 }
 
 /// What a build needs on disk (cluster + tree, with slack for WAL and index builds).

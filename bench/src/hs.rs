@@ -36,6 +36,20 @@ pub struct HsLab {
     agent_states: [PathBuf; 2],
 }
 
+/// What the old host's agent serves.
+pub struct OldHost {
+    /// Connection string of database `app`.
+    pub conninfo: String,
+    /// The storage tree.
+    pub storage: PathBuf,
+    /// The host folder the config files are under.
+    pub host: PathBuf,
+    /// The config files: `(name, path)`.
+    pub files: Vec<(String, PathBuf)>,
+    /// The agent may freeze database `app` and create a logical slot in it.
+    pub follow: bool,
+}
+
 /// One `hostshift sync` run.
 pub struct SyncRun {
     /// Wall time of the command.
@@ -64,6 +78,16 @@ impl HsLab {
     /// # Errors
     /// Certificate, I/O or agent start-up failures.
     pub async fn start(dir: &Path, data: &Dataset, new_pg: &PgCluster, bin_dir: &Path) -> Result<HsLab> {
+        let src = OldHost { conninfo: data.old.conninfo("app"), storage: data.storage.clone(), host: data.host.clone(), files: data.files.clone(), follow: false };
+        Self::start_for(dir, &src, new_pg, bin_dir).await
+    }
+
+    /// As [`HsLab::start`], for any old host (the cutover round's copy of the reference data,
+    /// whose agent may also freeze and follow its database).
+    ///
+    /// # Errors
+    /// Certificate, I/O or agent start-up failures.
+    pub async fn start_for(dir: &Path, data: &OldHost, new_pg: &PgCluster, bin_dir: &Path) -> Result<HsLab> {
         let certs = pki::init(&PkiRequest {
             dir: dir.join("certs"),
             agents: vec![
@@ -78,7 +102,12 @@ impl HsLab {
         let new_storage = new_host.join("app/backend/storage/project-evaluations");
         sys::empty_dir(&new_storage)?;
         let mut old = AgentSetup::new("old", OLD_IP);
-        old.databases.push(("app".into(), data.old.conninfo("app")));
+        old.databases.push(("app".into(), data.conninfo.clone()));
+        if data.follow {
+            // The cutover's write freeze (read-only + end sessions) and `hostshift follow`'s slot.
+            old.freeze_databases.push("app".into());
+            old.follow_databases.push("app".into());
+        }
         old.storage.push(("evaluations".into(), data.storage.clone()));
         let mut new = AgentSetup::new("new", NEW_IP);
         new.databases.push(("app".into(), new_pg.conninfo("app")));
@@ -111,12 +140,15 @@ impl HsLab {
              [old]\naddress = \"{}\"\nagent = \"old\"\n\n[new]\naddress = \"{}\"\nagent = \"new\"\n\n\
              [tls]\nca = {}\ncert = {}\nkey = {}\n\n[[databases]]\nname = \"app\"\n\n\
              [[storage]]\nname = \"evaluations\"\n\n{files}\
-             [freeze]\nmethods = [\"read-only\"]\nbudget_secs = 30\n\n[switch]\nmethod = \"none\"\n",
+             [freeze]\nmethods = [\"read-only\"]\nbudget_secs = {}\n\n[switch]\nmethod = \"none\"\n",
             old_agent.address(),
             new_agent.address(),
             q(&certs.ca_cert),
             q(&certs.coordinator_cert),
             q(&certs.coordinator_key),
+            // The cutover round measures the freeze, whatever it is: a budget the gates and the
+            // catch-up wait never stop it at (the proof inside the freeze grows with the data).
+            if data.follow { 600 } else { 30 },
         );
         let plan = dir.join("plan.toml");
         std::fs::write(&plan, plan_text)?;
@@ -146,6 +178,17 @@ impl HsLab {
             sys::remove_dir(&s.join("manifests"))?;
         }
         Ok(())
+    }
+
+    /// Runs `hostshift --json --yes ARGS --plan PLAN` (allowed to fail); returns its output and
+    /// its JSON report (`null` when it printed none).
+    ///
+    /// # Errors
+    /// The command could not run or timed out.
+    pub async fn json(&self, args: &str) -> Result<(sys::Output, serde_json::Value)> {
+        let out = self.cli(&format!("hostshift {args}"), &format!("--yes {args}")).await?;
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out, report))
     }
 
     async fn cli(&self, what: &str, args: &str) -> Result<sys::Output> {

@@ -9,6 +9,7 @@
 //! `bench/run` also stops what a killed run left, from the pids file.
 
 mod baselines;
+mod cutover;
 mod dataset;
 mod dbcheck;
 mod hs;
@@ -40,6 +41,16 @@ pub enum Part {
     Delta,
     /// One extra hostshift sync under `perf record`.
     Profile,
+    /// A live app moved by `hostshift follow` + `cutover`, beside the runbook's and the standard
+    /// tools' freeze (about 4 minutes at the reference size; `--scale N` adds a round at N ×).
+    Cutover,
+}
+
+impl Args {
+    /// True when part `p` is not to run (`--skip p`, or `--only` without `p`).
+    pub fn skips(&self, p: Part) -> bool {
+        self.skip.contains(&p) || (!self.only.is_empty() && !self.only.contains(&p))
+    }
 }
 
 /// Time hostshift sync against the classic runbook and the best standard tools.
@@ -63,9 +74,16 @@ pub struct Args {
     /// minute each); the others change files only.
     #[arg(long, default_value_t = 2)]
     pub db_delta_reps: usize,
-    /// Skip parts (comma separated): classic, best, hostshift, delta, profile.
+    /// Skip parts (comma separated): classic, best, hostshift, delta, profile, cutover.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub skip: Vec<Part>,
+    /// Run only these parts (comma separated), e.g. `--only cutover`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// The cutover round once more with a database this many times the reference (built once,
+    /// cached in `cache-x<N>`; ~1.5 GB of disk per unit, twice over while it runs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=8))]
+    pub scale: Option<u32>,
     /// Only build (or check) the reference data, then stop.
     #[arg(long)]
     pub prepare_only: bool,

@@ -53,6 +53,8 @@ pub struct Report {
     /// `perf report` text.
     #[serde(skip)]
     pub profile: Option<String>,
+    /// The cutover rounds (reference size, then `--scale`).
+    pub cutover: Vec<serde_json::Value>,
 }
 
 fn timestamp() -> String {
@@ -97,7 +99,7 @@ impl Report {
     pub fn new(args: &Args, machine: Machine, dataset: Meta) -> Report {
         Report {
             started: timestamp(),
-            args: json!({ "reps": args.reps, "classic_reps": args.classic_reps, "db_delta_reps": args.db_delta_reps, "skip": args.skip, "work": args.work }),
+            args: json!({ "reps": args.reps, "classic_reps": args.classic_reps, "db_delta_reps": args.db_delta_reps, "skip": args.skip, "only": args.only, "scale": args.scale, "work": args.work }),
             machine,
             dataset,
             samples: Vec::new(),
@@ -106,6 +108,7 @@ impl Report {
             notes: Vec::new(),
             phase_cpu: Vec::new(),
             profile: None,
+            cutover: Vec::new(),
         }
     }
 
@@ -177,6 +180,7 @@ impl Report {
         out.push_str(&self.time_breakdown());
         out.push_str(&self.cpu_table());
         out.push_str(&self.phase_cpu_table());
+        out.push_str(&crate::cutover::summary(&self.cutover));
         if !self.loads.is_empty() {
             let loads: Vec<String> = self.loads.iter().map(|(w, l)| format!("{w}: {:.2}", l[0])).collect();
             let _ = writeln!(out, "\nload average (1 min) at: {}", loads.join("; "));

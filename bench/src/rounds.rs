@@ -40,7 +40,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn skip(&self, p: Part) -> bool {
-        self.args.skip.contains(&p)
+        self.args.skips(p)
     }
 
     /// Flushes dirty pages (untimed), then snapshots the CPU counters.
@@ -93,21 +93,59 @@ impl Ctx<'_> {
 /// # Errors
 /// Any step failing, a copy that does not check out, or `hostshift verify` failing.
 pub async fn run_all(args: &Args, data: &mut Dataset, pids: &sys::PidsFile) -> Result<()> {
-    let run_dir = args.work.join("run");
-    sys::empty_dir(&run_dir)?;
-    std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut new_pg = PgCluster::start(&run_dir.join("pg"), "new", hs::NEW_IP).await?;
-    pids.add("postmaster", new_pg.pid());
-    let outcome = with_new_host(args, data, &new_pg, &run_dir, pids).await;
-    let _ = new_pg.stop().await;
-    match &outcome {
-        Ok(()) => sys::remove_dir(&run_dir)?,
-        Err(_) => say(&format!("the failed run's files are left in {} for inspection", run_dir.display())),
+    let sync_parts = [Part::Classic, Part::Best, Part::Hostshift, Part::Delta, Part::Profile];
+    let mut report = if sync_parts.iter().all(|p| args.skips(*p)) {
+        Report::new(args, sys::machine(&args.work, data.old.bin_dir(), &args.source), data.meta.clone())
+    } else {
+        let run_dir = args.work.join("run");
+        sys::empty_dir(&run_dir)?;
+        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let mut new_pg = PgCluster::start(&run_dir.join("pg"), "new", hs::NEW_IP).await?;
+        pids.add("postmaster", new_pg.pid());
+        let outcome = with_new_host(args, data, &new_pg, &run_dir, pids).await;
+        let _ = new_pg.stop().await;
+        match &outcome {
+            Ok(_) => sys::remove_dir(&run_dir)?,
+            Err(_) => say(&format!("the failed run's files are left in {} for inspection", run_dir.display())),
+        }
+        outcome?
+    };
+    let mut failed = None;
+    if !args.skips(Part::Cutover)
+        && let Err(e) = cutover_rounds(args, data, pids, &mut report).await
+    {
+        say(&format!("the cutover round FAILED: {e:#}"));
+        report.notes.push(format!("the cutover round failed: {e:#}"));
+        failed = Some(e);
     }
-    outcome
+    let load = sys::load();
+    report.loads.push(("end".into(), load));
+    report.finish(&args.results)?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_dir: &Path, pids: &sys::PidsFile) -> Result<()> {
+/// The cutover round at the reference size, then at `--scale N` ×. The round copies the cached
+/// cluster's files: the reference cluster is stopped first (nothing after it needs it).
+async fn cutover_rounds(args: &Args, data: &mut Dataset, pids: &sys::PidsFile, report: &mut Report) -> Result<()> {
+    let pg_bin = data.old.bin_dir().to_path_buf();
+    data.old.stop().await?;
+    let mut sizes = vec![(1, crate::dataset::pg_data(&args.work.join("cache")), data.meta.db_bytes)];
+    if let Some(n) = args.scale {
+        let (path, bytes) = crate::dataset::scaled_db(&args.work, n, &say).await?;
+        sizes.push((n, path, bytes));
+    }
+    for (scale, pg_data, db_bytes) in sizes {
+        let src = crate::cutover::Source { pg_data, pg_bin: pg_bin.clone(), data, scale, db_bytes };
+        let v = crate::cutover::round(&args.work, &src, &args.bin_dir, pids).await?;
+        report.cutover.push(v);
+    }
+    Ok(())
+}
+
+async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_dir: &Path, pids: &sys::PidsFile) -> Result<Report> {
     let admin = new_pg.connect("postgres").await?;
     seed::ensure_roles(&admin).await?;
     new_pg.create_database("app", None).await?;
@@ -161,9 +199,7 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
     if !cx.skip(Part::Delta) {
         deltas(&mut cx, data).await?;
     }
-    let load = sys::load();
-    cx.report.loads.push(("end".into(), load));
-    cx.report.finish(&args.results)
+    Ok(cx.report)
 }
 
 async fn best_db(cx: &mut Ctx<'_>, r: usize) -> Result<()> {

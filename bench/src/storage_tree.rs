@@ -188,6 +188,24 @@ pub fn rewrite_changed(root: &Path, generation: u32) -> Result<u64> {
     Ok(n)
 }
 
+/// As [`rewrite_changed`], each file written to a temporary name and renamed over the old one:
+/// for a tree that shares its files with the cache by hard links (the cutover round), whose
+/// bytes a rename leaves alone.
+///
+/// # Errors
+/// I/O errors.
+pub fn rewrite_changed_by_rename(root: &Path, generation: u32) -> Result<u64> {
+    let mut n = 0;
+    for i in (0..FILES).filter(|&i| changed(i)) {
+        let p = root.join(rel_path(i));
+        let tmp = p.with_extension("bench-tmp");
+        std::fs::write(&tmp, content(i, generation)).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("rename {}", tmp.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Every regular file under `root`: relative path → size.
 ///
 /// # Errors
