@@ -106,8 +106,39 @@ fn allowed(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
     }
 }
 
-async fn connect(ctx: &Ctx, database: &str) -> Result<Client, AgentError> {
+pub(super) async fn connect(ctx: &Ctx, database: &str) -> Result<Client, AgentError> {
     crate::db::connect(ctx.database(database)?).await
+}
+
+/// A table's replica identity (`relreplident`: `d`efault, `n`othing, `f`ull, `i`ndex) and
+/// whether UPDATE/DELETE can be published for it: default needs a primary key, nothing never
+/// works, full and index do.
+///
+/// # Errors
+/// `Database` when the query fails (or the table is gone).
+pub(super) async fn replica_identity(
+    client: &Client,
+    database: &str,
+    table: &crate::postgres::TableRef,
+) -> Result<(String, bool), AgentError> {
+    let row = client
+        .query_one(
+            "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+             WHERE i.indrelid = c.oid AND i.indisprimary) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.table],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?;
+    let kind: String = row.get(0);
+    let has_pk: bool = row.get(1);
+    let usable = match kind.as_str() {
+        "d" => has_pk,
+        "f" | "i" => true,
+        _ => false,
+    };
+    Ok((kind, usable))
 }
 
 /// The server's `wal_level`.
@@ -184,24 +215,7 @@ pub async fn prepare(
         .any(|d| d == database);
     let mut to_full = Vec::new();
     for t in &tables {
-        // Default identity needs a primary key; 'n'othing never works; 'f'ull and 'i'ndex do.
-        let row = client
-            .query_one(
-                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                 WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&t.table.schema, &t.table.table],
-            )
-            .await
-            .map_err(|e| AgentError::db(database, &e))?;
-        let ident_kind: String = row.get(0);
-        let has_pk: bool = row.get(1);
-        let ok = match ident_kind.as_str() {
-            "d" => has_pk,
-            "f" | "i" => true,
-            _ => false,
-        };
+        let (ident_kind, ok) = replica_identity(&client, database, &t.table).await?;
         let label = format!("{}.{}", t.table.schema, t.table.table);
         if ok {
             followed.push((label, t.table.qualified()));

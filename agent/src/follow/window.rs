@@ -10,8 +10,6 @@
 //! main one, this publication exists before the slot, so pgoutput finds it for every decoded
 //! change.
 
-use tokio_postgres::Client;
-
 use super::source;
 use crate::Ctx;
 use crate::error::AgentError;
@@ -26,10 +24,6 @@ pub fn insert_publication(id: &str) -> Result<String, AgentError> {
     Ok(format!("{}_ins", source::object_name(id)?))
 }
 
-async fn connect(ctx: &Ctx, database: &str) -> Result<Client, AgentError> {
-    crate::db::connect(ctx.database(database)?).await
-}
-
 /// Creates (or sets) the insert-only publication over the selected tables without a replica
 /// identity; drops it when there is none. Returns its name when it exists.
 ///
@@ -42,7 +36,7 @@ pub async fn prepare_insert_only(
     id: &str,
 ) -> Result<Option<String>, AgentError> {
     let name = insert_publication(id)?;
-    let client = connect(ctx, database).await?;
+    let client = source::connect(ctx, database).await?;
     let conn = Conn::new(client, database);
     let tables = crate::postgres::list_tables(&conn, selection)
         .await
@@ -50,24 +44,7 @@ pub async fn prepare_insert_only(
     let client = conn.into_client();
     let mut keyless = Vec::new();
     for t in &tables {
-        // As `source::prepare`: default identity needs a primary key; 'n'othing never works.
-        let row = client
-            .query_one(
-                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                 WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&t.table.schema, &t.table.table],
-            )
-            .await
-            .map_err(|e| AgentError::db(database, &e))?;
-        let kind: String = row.get(0);
-        let has_pk: bool = row.get(1);
-        let ok = match kind.as_str() {
-            "d" => has_pk,
-            "f" | "i" => true,
-            _ => false,
-        };
+        let (_, ok) = source::replica_identity(&client, database, &t.table).await?;
         if !ok {
             keyless.push(t.table.qualified());
         }
@@ -106,7 +83,7 @@ pub async fn prepare_insert_only(
 /// `Database` when the server refuses.
 pub async fn drop_insert_only(ctx: &Ctx, database: &str, id: &str) -> Result<bool, AgentError> {
     let name = insert_publication(id)?;
-    let client = connect(ctx, database).await?;
+    let client = source::connect(ctx, database).await?;
     let existed = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",

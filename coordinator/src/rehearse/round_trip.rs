@@ -82,13 +82,7 @@ pub struct RoundTrip {
 }
 
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    super::writer::connect_as(conninfo, "the rehearsal").await
 }
 
 async fn write_loop(conninfo: String, tally: Arc<Mutex<Tally>>, stopped: watch::Receiver<bool>) {

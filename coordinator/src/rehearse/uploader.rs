@@ -143,13 +143,7 @@ impl LiveUploader {
 }
 
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("the live uploader could not connect: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    super::writer::connect_as(conninfo, "the live uploader").await
 }
 
 /// The content of operation `n` on file `name`: distinct per operation, a few KiB.

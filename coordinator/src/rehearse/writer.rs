@@ -112,9 +112,18 @@ impl LiveWriter {
 }
 
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
+    connect_as(conninfo, "the live writer").await
+}
+
+/// A session of the rehearsal's simulated app (`who` names it in the error): the writer, the
+/// uploader and the round trip's writer on the new host all connect this way.
+pub(super) async fn connect_as(
+    conninfo: &str,
+    who: &str,
+) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("the live writer could not connect: {e}"))?;
+        .map_err(|e| format!("{who} could not connect: {e}"))?;
     tokio::spawn(async move {
         // Ends when the freeze terminates the session; the loop connects again.
         let _ = connection.await;
