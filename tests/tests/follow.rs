@@ -13,8 +13,6 @@
 //! pipeline, and a divergence inside a pipelined transaction stops the follower naming the table
 //! with nothing of that transaction applied.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hostshift_tests::rig::managed::{MASTER, NO_ORIGIN, managed_in};
@@ -54,64 +52,19 @@ UPDATE f_types SET t = repeat('x', $1 % 7), m = 'meh', a = a || $1 WHERE id = $1
 INSERT INTO f_trunc VALUES ($1 + 1000, 'r');
 ";
 
-/// Writes rounds until stopped; counts them; any failed statement is recorded (the no-PK table's
+/// Writes rounds until stopped; any failed statement is recorded (the no-PK table's
 /// UPDATE/DELETE must keep working while a publication exists).
-struct Writer {
-    stop: Arc<AtomicBool>,
-    rounds: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Writer {
-    async fn start(sb: &Sandbox, from: i32) -> Writer {
-        let client = sb.world.old_pg.connect(&sb.old_db).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rounds = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), rounds.clone());
-        let task = tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut i = from;
-            while !s.load(Ordering::SeqCst) {
-                let sql = ROUND.replace("$1", &i.to_string());
-                let tx = format!("BEGIN; {sql} COMMIT;");
-                if let Err(e) = client.batch_execute(&tx).await {
-                    errors.push(format!("round {i}: {e:?}"));
-                    let _ = client.batch_execute("ROLLBACK").await;
-                }
-                // The app's writes on the table without a primary key, outside the publication.
-                for q in [
-                    format!("INSERT INTO f_nopk VALUES ({i}, 'n')"),
-                    format!("UPDATE f_nopk SET b = 'u' WHERE a = {}", i - 1),
-                    format!("DELETE FROM f_nopk WHERE a = {}", i - 2),
-                ] {
-                    if let Err(e) = client.batch_execute(&q).await {
-                        errors.push(format!("{q}: {e:?}"));
-                    }
-                }
-                r.fetch_add(1, Ordering::SeqCst);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-            errors
-        });
-        Writer { stop, rounds, task }
-    }
-
-    async fn wait_rounds(&self, n: u64) {
-        let start = self.rounds.load(Ordering::SeqCst);
-        rig::eventually(Duration::from_secs(30), "writer rounds", || async {
-            (self.rounds.load(Ordering::SeqCst) >= start + n).then_some(())
-        })
-        .await;
-    }
-
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("writer stops")
-            .expect("writer task")
-    }
+async fn start_writer(sb: &Sandbox, from: i64) -> rig::RoundWriter {
+    rig::RoundWriter::start(sb, from, Duration::from_millis(15), |i| {
+        vec![
+            format!("BEGIN; {} COMMIT;", ROUND.replace("$1", &i.to_string())),
+            // The app's writes on the table without a primary key, outside the publication.
+            format!("INSERT INTO f_nopk VALUES ({i}, 'n')"),
+            format!("UPDATE f_nopk SET b = 'u' WHERE a = {}", i - 1),
+            format!("DELETE FROM f_nopk WHERE a = {}", i - 2),
+        ]
+    })
+    .await
 }
 
 /// A plan name of its own: slots are per cluster, and every sandbox's plan says "test".
@@ -142,7 +95,7 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
     sb.start(old_setup, new_setup.clone()).await;
     rename_plan(&sb, "follow-main");
 
-    let writer = Writer::start(&sb, 1).await;
+    let writer = start_writer(&sb, 1).await;
     writer.wait_rounds(5).await;
     let out = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
@@ -267,7 +220,7 @@ async fn follow_applies_every_change_once_through_a_kill_of_the_new_agent_and_cl
         st.stdout
     );
     assert_eq!(st.json()["databases"][0]["slot"], true, "{}", st.stdout);
-    let writer = Writer::start(&sb, 100_000).await;
+    let writer = start_writer(&sb, 100_000).await;
     writer.wait_rounds(10).await;
     let again = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(again.code, 0, "{}", again.both());

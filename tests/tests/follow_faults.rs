@@ -11,7 +11,6 @@
 //!   slot, publication, origin or open hostshift session behind.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,50 +54,8 @@ fn round(i: i64) -> String {
 
 /// Writes rounds on the old host until stopped; any failed round is kept (none may fail: the
 /// old database is not frozen here).
-struct Writer {
-    stop: Arc<AtomicBool>,
-    rounds: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Writer {
-    async fn start(sb: &Sandbox, from: i64) -> Writer {
-        let client = sb.world.old_pg.connect(&sb.old_db).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rounds = Arc::new(AtomicU64::new(0));
-        let (s, r) = (stop.clone(), rounds.clone());
-        let task = tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut i = from;
-            while !s.load(Ordering::SeqCst) {
-                if let Err(e) = client.batch_execute(&round(i)).await {
-                    errors.push(format!("round {i}: {e:?}"));
-                    let _ = client.batch_execute("ROLLBACK").await;
-                }
-                r.fetch_add(1, Ordering::SeqCst);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            errors
-        });
-        Writer { stop, rounds, task }
-    }
-
-    async fn wait_rounds(&self, n: u64) {
-        let start = self.rounds.load(Ordering::SeqCst);
-        rig::eventually(Duration::from_secs(30), "writer rounds", || async {
-            (self.rounds.load(Ordering::SeqCst) >= start + n).then_some(())
-        })
-        .await;
-    }
-
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("writer stops")
-            .expect("writer task")
-    }
+async fn start_writer(sb: &Sandbox, from: i64) -> rig::RoundWriter {
+    rig::RoundWriter::start(sb, from, Duration::from_millis(20), |i| vec![round(i)]).await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,7 +248,7 @@ async fn follow_survives_cut_and_stalled_connections_and_a_kill_of_the_old_agent
     sb.write_plan("");
     rename_plan(&sb, "ff-old-agent");
 
-    let writer = Writer::start(&sb, 1000).await;
+    let writer = start_writer(&sb, 1000).await;
     writer.wait_rounds(5).await;
     let out = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.both());
@@ -425,7 +382,7 @@ async fn a_kill_of_the_coordinator_during_follow_start_leaves_nothing_a_second_s
     old_setup.replica_identity_full.push("app".into());
     sb.start(old_setup, sb.new_setup()).await;
     rename_plan(&sb, "ff-coordinator");
-    let writer = Writer::start(&sb, 1000).await;
+    let writer = start_writer(&sb, 1000).await;
     writer.wait_rounds(5).await;
 
     // kill -9 of `hostshift follow start` as soon as the slot exists (the sync is under way).

@@ -18,7 +18,7 @@ pub mod writer;
 pub use agent::{AgentProc, AgentSetup};
 pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin};
 pub use catalog::post_data_objects;
-pub use follow::{follow_leftovers, table_rows, wait_caught_up};
+pub use follow::{RoundWriter, follow_leftovers, table_rows, wait_caught_up};
 pub use nginx::{HttpReply, NginxProc, UpstreamApp, children, http_get, nginx_bin, process_group};
 pub use pm2::{FIXTURE_DB_PASSWORD, FIXTURE_JWT_SECRET, Pm2Proc, Pm2Rig, pm2_bin};
 pub use sandbox::Sandbox;
