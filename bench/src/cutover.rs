@@ -15,7 +15,11 @@
 //! 4. `sync --only storage` and `--only files` with the uploads going on, then
 //!    `hostshift cutover` (`[switch] method = "none"`): the freeze, step by step, from its JSON;
 //! 5. every acknowledged write (rows and files) looked up on the new host: lost must be 0;
-//! 6. the same final state moved by the classic runbook (`pg_dump -Fc` + `pg_restore`,
+//! 6. the way back (issue 13): the cutover opened the rollback window (the new PostgreSQL runs at
+//!    `wal_level = logical`); the app writes on the new host at ~100 transactions/s, then
+//!    `hostshift rollback`: its freeze, step by step, every write the new host acknowledged looked
+//!    up on the old host, and no slot left on either;
+//! 7. the same final state moved by the classic runbook (`pg_dump -Fc` + `pg_restore`,
 //!    `tar -czf` + `tar -xzf`) and by the standard tools (`pg_dump -Fc | pg_restore` streamed,
 //!    `rsync -a --delete` of what changed since a pre-sync): with the app stopped for the whole
 //!    of it, that is the freeze each would need.
@@ -29,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hostshift::lab::pg::PgCluster;
+use hostshift::lab::pg::{PgCluster, WalLevel};
 use hostshift::lab::seed;
 use serde_json::json;
 use tokio::sync::watch;
@@ -47,6 +51,8 @@ const TICK: Duration = Duration::from_millis(10);
 const FILE_EVERY: u64 = 10;
 /// How long the app keeps writing between the storage catch-up and the cutover.
 const LEAD_IN: Duration = Duration::from_secs(5);
+/// How long the app writes on the new host before the rollback starts.
+const ROLLBACK_LEAD_IN: Duration = Duration::from_secs(10);
 /// Longest wait for the 1 % change to show on the new host.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(300);
 /// Freeze target of issue 12 (method none: first freeze action to "switch now").
@@ -266,7 +272,8 @@ fn put_file(root: &Path, rel: &str, body: &[u8]) -> std::io::Result<()> {
 }
 
 impl App {
-    fn start(conninfo: String, storage: PathBuf, ranges: [i64; 4]) -> App {
+    /// Starts the app on `conninfo`; with `storage`, it also uploads into that tree.
+    fn start(conninfo: String, storage: Option<PathBuf>, ranges: [i64; 4]) -> App {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(app_loop(conninfo, storage, ranges, Arc::clone(&tally), stopped));
@@ -285,7 +292,7 @@ impl App {
 }
 
 #[allow(clippy::too_many_lines)]
-async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: Arc<Mutex<Tally>>, stopped: watch::Receiver<bool>) {
+async fn app_loop(conninfo: String, storage: Option<PathBuf>, ranges: [i64; 4], tally: Arc<Mutex<Tally>>, stopped: watch::Receiver<bool>) {
     let started = Instant::now();
     let mut client: Option<tokio_postgres::Client> = None;
     let mut tick = tokio::time::interval(TICK);
@@ -301,7 +308,7 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
         n += 1;
         // ~10 file operations a second, until the freeze refused a write (the app is read-only
         // then: no uploads either).
-        if n.is_multiple_of(FILE_EVERY) && !frozen {
+        if let Some(storage) = storage.as_deref().filter(|_| n.is_multiple_of(FILE_EVERY) && !frozen) {
             let f = n / FILE_EVERY;
             let (rel, content) = match f % 4 {
                 // New uploads, in their own folder and among the reference files.
@@ -326,7 +333,7 @@ async fn app_loop(conninfo: String, storage: PathBuf, ranges: [i64; 4], tally: A
                 }
             };
             let done = match content {
-                Some(g) => put_file(&storage, &rel, &upload(g)),
+                Some(g) => put_file(storage, &rel, &upload(g)),
                 None => match std::fs::remove_file(storage.join(&rel)) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                     r => r,
@@ -566,7 +573,8 @@ async fn round_in(dir: &Path, src: &Source<'_>, bin_dir: &Path, pids: &sys::Pids
         std::fs::copy(p, &to)?;
         files.push((name.clone(), to));
     }
-    let mut new_pg = PgCluster::start(&dir.join("pg"), "new", hs::NEW_IP).await?;
+    // At `wal_level = logical`: the cutover opens the rollback window (a slot on the new host).
+    let mut new_pg = PgCluster::start_with(&dir.join("pg"), "new", hs::NEW_IP, WalLevel::Logical).await?;
     pids.add("postmaster", new_pg.pid());
     let outcome = with_hosts(dir, src, bin_dir, pids, &old_pg, &new_pg, &storage, &mirror, &host, files).await;
     old_pg.stop().await;
@@ -619,7 +627,7 @@ async fn with_hosts(
     // 2. The app.
     let old_client = old_pg.connect("app").await?;
     let ranges = key_ranges(&old_client).await?;
-    let app = App::start(old_pg.conninfo("app"), storage.to_path_buf(), ranges);
+    let app = App::start(old_pg.conninfo("app"), Some(storage.to_path_buf()), ranges);
     let app_t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -712,13 +720,16 @@ async fn with_hosts(
         (tally.acknowledged - tally.file_ops) as f64 / app_s,
         tally.refused
     ));
+    // 7. The way back (issue 13): the app writes on the new host, then `hostshift rollback`.
+    v["rollback"] = way_back(&lab, new_pg, &old_client, &new_client, x).await?;
+
     // hostshift's copy is no longer needed: room for the baselines' copies.
     drop(lab);
     let admin = new_pg.connect("postgres").await?;
     admin.batch_execute("DROP DATABASE IF EXISTS app WITH (FORCE)").await?;
     sys::remove_dir(&dir.join("hostshift/new-host"))?;
 
-    // 7. Side by side: the freeze the runbook and the standard tools would need for the same
+    // 8. Side by side: the freeze the runbook and the standard tools would need for the same
     //    final state (the old host is frozen: nothing moves under them).
     let shape = dbcheck::shape(&old_client).await?;
     let none = Path::new("/nonexistent");
@@ -762,6 +773,61 @@ async fn with_hosts(
     Ok(v)
 }
 
+/// The rollback within the window the cutover opened: a writer on the new host at ~100
+/// transactions/s (rows only: the window carries the database back, and files the new host took
+/// would be named as not carried back), then `hostshift rollback`; every write the new host
+/// acknowledged is looked up on the old host.
+async fn way_back(lab: &HsLab, new_pg: &PgCluster, old: &tokio_postgres::Client, new: &tokio_postgres::Client, x: u32) -> Result<serde_json::Value> {
+    let (_, window) = lab.json("window").await?;
+    let ranges = key_ranges(new).await?;
+    let app = App::start(new_pg.conninfo("app"), None, ranges);
+    let app_t0 = Instant::now();
+    tokio::time::sleep(ROLLBACK_LEAD_IN).await;
+    let t = Instant::now();
+    let (out, rep) = lab.json("rollback").await?;
+    let wall = t.elapsed().as_secs_f64();
+    if out.code != Some(0) || rep["ok"] != json!(true) {
+        let _ = app.stop().await;
+        bail!("hostshift rollback failed (exit {:?}): {}\n{}", out.code, rep["error"], out.stderr);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.tally().refused == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tally = app.stop().await;
+    let app_s = app_t0.elapsed().as_secs_f64();
+    let (lost, examples) = check_writes(&tally, old, Path::new("/nonexistent")).await?;
+    let mut slots = 0i64;
+    for c in [old, new] {
+        slots += c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift%'", &[]).await?.get::<_, i64>(0);
+    }
+    let steps: Vec<serde_json::Value> = rep["steps"].as_array().into_iter().flatten().map(|s| json!({ "step": s["name"], "ms": s["ms"], "detail": s["detail"] })).collect();
+    say(&format!(
+        "cutover x{x}: rollback freeze {} ms (rollback took {wall:.1} s); {} writes acknowledged by the new host ({:.0} transactions/s), {lost} lost on the old host; {slots} slot(s) left",
+        rep["freeze_ms"],
+        tally.acknowledged,
+        tally.acknowledged as f64 / app_s
+    ));
+    Ok(json!({
+        "window": window,
+        "freeze_ms": rep["freeze_ms"],
+        "rollback_wall_s": round2(wall),
+        "steps": steps,
+        "slots_left": slots,
+        "writes": {
+            "seconds": round2(app_s),
+            "tx_per_s": round2(tally.acknowledged as f64 / app_s),
+            "acknowledged": tally.acknowledged,
+            "refused": tally.refused,
+            "ended_by_freeze": tally.failed,
+            "unknown": tally.unknown,
+            "lost": lost,
+            "lost_examples": examples,
+            "last_error": tally.last_error,
+        },
+    }))
+}
+
 /// The text block of the cutover rounds for the printed summary.
 pub fn summary(rounds: &[serde_json::Value]) -> String {
     use std::fmt::Write as _;
@@ -801,6 +867,19 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
             r["writes"]["refused"],
             r["writes"]["lost"]
         );
+        let _ = writeln!(
+            out,
+            "    rollback within the window: freeze {:.3} s (target <= {FREEZE_TARGET_S} s: {}); {} writes acknowledged by the new host ({:.0} transactions/s), {} lost; {} slot(s) left",
+            s(r, "/rollback/freeze_ms") / 1000.0,
+            if s(r, "/rollback/freeze_ms") / 1000.0 <= FREEZE_TARGET_S { "MET" } else { "MISSED" },
+            r["rollback"]["writes"]["acknowledged"],
+            s(r, "/rollback/writes/tx_per_s"),
+            r["rollback"]["writes"]["lost"],
+            r["rollback"]["slots_left"]
+        );
+        for st in r["rollback"]["steps"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "      {:<12} {:>8} ms  {}", st["step"].as_str().unwrap_or("?"), st["ms"], st["detail"].as_str().unwrap_or("").chars().take(110).collect::<String>());
+        }
         let _ = writeln!(
             out,
             "    the freeze the others need: standard tools {:.1} s (pg_dump | pg_restore {:.1} s + rsync -a --delete {:.2} s), runbook {:.1} s (pg_dump -Fc {:.1} + pg_restore {:.1} + tar -czf {:.1} + tar -xzf {:.1})",

@@ -46,7 +46,9 @@ pub struct OldHost {
     pub host: PathBuf,
     /// The config files: `(name, path)`.
     pub files: Vec<(String, PathBuf)>,
-    /// The agent may freeze database `app` and create a logical slot in it.
+    /// The agent may freeze database `app` and create a logical slot in it, and take the rollback
+    /// window's changes back into it; the new agent may freeze and follow its `app` too (the
+    /// cutover round: its new PostgreSQL runs at `wal_level = logical`).
     pub follow: bool,
 }
 
@@ -103,17 +105,22 @@ impl HsLab {
         sys::empty_dir(&new_storage)?;
         let mut old = AgentSetup::new("old", OLD_IP);
         old.databases.push(("app".into(), data.conninfo.clone()));
-        if data.follow {
-            // The cutover's write freeze (read-only + end sessions) and `hostshift follow`'s slot.
-            old.freeze_databases.push("app".into());
-            old.follow_databases.push("app".into());
-        }
         old.storage.push(("evaluations".into(), data.storage.clone()));
         let mut new = AgentSetup::new("new", NEW_IP);
         new.databases.push(("app".into(), new_pg.conninfo("app")));
         new.storage.push(("evaluations".into(), new_storage.clone()));
         new.restore_databases.push("app".into());
         new.write_storage.push("evaluations".into());
+        if data.follow {
+            // The cutover's write freeze (read-only + end sessions) and `hostshift follow`'s slot.
+            old.freeze_databases.push("app".into());
+            old.follow_databases.push("app".into());
+            // The rollback window: the new host's slot, the old agent applying its changes, and a
+            // rollback's freeze of the new host.
+            old.restore_databases.push("app".into());
+            new.follow_databases.push("app".into());
+            new.freeze_databases.push("app".into());
+        }
         for (name, path) in &data.files {
             old.files.push((name.clone(), path.clone()));
             let target = new_host.join(path.strip_prefix(&data.host).unwrap_or(path));
