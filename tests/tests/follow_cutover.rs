@@ -352,6 +352,37 @@ async fn a_table_without_a_primary_key_is_settled_in_the_freeze() {
     )
     .await
     .expect("writes on the table without a primary key");
+    // The dry run says what the freeze will copy whole, and predicts it.
+    let dry = sb
+        .cli(&[
+            "cutover",
+            "--dry-run",
+            "--json",
+            "--skip-backup-check",
+            "test: no backups here",
+        ])
+        .await;
+    let dj = dry.json();
+    let fresh = dj["gates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "verify fresh")
+        .cloned()
+        .unwrap_or_default();
+    let detail = fresh["detail"].as_str().unwrap_or_default();
+    assert!(
+        fresh["ok"] == true
+            && detail.contains("not followed, copied whole inside the freeze: public.fc_nopk (")
+            && detail.contains(" ms "),
+        "the dry run names the table the freeze copies whole, its size and cost: {}",
+        dry.both()
+    );
+    assert!(
+        dj["predicted_freeze_ms"].as_u64().is_some(),
+        "a prediction: {}",
+        dry.stdout
+    );
     let out = cutover(&sb).await;
     let j = out.json();
     assert_eq!(j["outcome"], "switched", "{}", out.stdout);

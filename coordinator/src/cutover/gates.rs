@@ -174,8 +174,11 @@ fn follow_fresh(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Result<String,
             ));
         } else {
             good.push(format!(
-                "database {} followed, lag {:.1} s ({} bytes)",
-                d.database, d.lag_seconds, d.lag_bytes
+                "database {} followed, lag {:.1} s ({} bytes){}",
+                d.database,
+                d.lag_seconds,
+                d.lag_bytes,
+                not_followed_cost(d)
             ));
         }
     }
@@ -186,11 +189,54 @@ fn follow_fresh(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Result<String,
     }
 }
 
+/// What the freeze copies whole besides the stream, as a phrase (empty when every table is
+/// followed): the tables without a replica identity, their size on the old host, and what
+/// copying them costs at [`WHOLE_COPY_BYTES_PER_S`].
+fn not_followed_cost(d: &crate::follow::DbStatus) -> String {
+    if d.not_followed.is_empty() {
+        return String::new();
+    }
+    let total: u64 = d.not_followed_bytes.iter().sum();
+    let shown: Vec<String> = d
+        .not_followed
+        .iter()
+        .enumerate()
+        .take(5)
+        .map(|(i, t)| match d.not_followed_bytes.get(i).filter(|b| **b > 0) {
+            Some(b) => format!("{t} ({})", crate::output::bytes(*b)),
+            None => t.clone(),
+        })
+        .collect();
+    let more = d.not_followed.len().saturating_sub(shown.len());
+    format!(
+        "; {} table(s) not followed, copied whole inside the freeze: {}{} — {} in all, about {} ms (give them a primary key, or list the database in the old agent's [allow] replica_identity_full, to follow them)",
+        d.not_followed.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+        crate::output::bytes(total),
+        whole_copy_ms(total)
+    )
+}
+
+/// Rate assumed for a table copied whole inside the freeze (delete + binary COPY between the
+/// hosts, indexes kept): about what the first copy reaches on a 2-core host (docs/BENCHMARKS.md,
+/// database unit ~60 MB/s), rounded down so that the prediction errs long.
+const WHOLE_COPY_BYTES_PER_S: u64 = 50_000_000;
+
+fn whole_copy_ms(bytes: u64) -> u64 {
+    bytes.saturating_mul(1000) / WHOLE_COPY_BYTES_PER_S
+}
+
 /// The predicted freeze when every database is followed: 1 s per freeze method, the follower's
 /// lag (what the catch-up waits for), and twice the last sync's file and storage units (the
 /// freeze's delta walks and compares them again, and the proof compares the manifests once
-/// more, through the digest caches). The full proof of the tables runs after the switch
-/// (`held_proof`), so no table scan is predicted inside the freeze.
+/// more, through the digest caches), plus the tables not followed, copied whole
+/// ([`whole_copy_ms`]). The full proof of the tables runs after the switch (`held_proof`), so
+/// no table scan is predicted inside the freeze.
 fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
     let done = i
         .events
@@ -221,7 +267,11 @@ fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<
         .map(|d| (d.lag_seconds * 1000.0) as u64)
         .max()
         .unwrap_or(0);
-    Some(2 * units + lag + 1000 * i.plan.freeze.methods.len() as u64)
+    let whole: u64 = f
+        .iter()
+        .map(|d| whole_copy_ms(d.not_followed_bytes.iter().sum()))
+        .sum();
+    Some(2 * units + lag + whole + 1000 * i.plan.freeze.methods.len() as u64)
 }
 
 async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
