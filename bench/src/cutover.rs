@@ -721,7 +721,10 @@ async fn with_hosts(
         tally.refused
     ));
     // 7. The way back (issue 13): the app writes on the new host, then `hostshift rollback`.
-    v["rollback"] = way_back(&lab, new_pg, &old_client, &new_client, x).await?;
+    // The cutover's freeze ended the old host's sessions (this one too): a new one.
+    drop(old_client);
+    v["rollback"] = way_back(&lab, new_pg, old_pg, &new_client, x).await?;
+    let old_client = old_pg.connect("app").await?;
 
     // hostshift's copy is no longer needed: room for the baselines' copies.
     drop(lab);
@@ -777,7 +780,7 @@ async fn with_hosts(
 /// transactions/s (rows only: the window carries the database back, and files the new host took
 /// would be named as not carried back), then `hostshift rollback`; every write the new host
 /// acknowledged is looked up on the old host.
-async fn way_back(lab: &HsLab, new_pg: &PgCluster, old: &tokio_postgres::Client, new: &tokio_postgres::Client, x: u32) -> Result<serde_json::Value> {
+async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tokio_postgres::Client, x: u32) -> Result<serde_json::Value> {
     let (_, window) = lab.json("window").await?;
     let ranges = key_ranges(new).await?;
     let app = App::start(new_pg.conninfo("app"), None, ranges);
@@ -796,6 +799,7 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old: &tokio_postgres::Client,
     }
     let tally = app.stop().await;
     let app_s = app_t0.elapsed().as_secs_f64();
+    let old = &old_pg.connect("app").await.context("connect to the old host after the rollback")?;
     let (lost, examples) = check_writes(&tally, old, Path::new("/nonexistent")).await?;
     let mut slots = 0i64;
     for c in [old, new] {
