@@ -799,7 +799,9 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
     }
     let tally = app.stop().await;
     let app_s = app_t0.elapsed().as_secs_f64();
+    // The rollback's freeze of the new host ended its sessions, and the cutover's the old host's.
     let old = &old_pg.connect("app").await.context("connect to the old host after the rollback")?;
+    let new = &new_pg.connect("app").await.context("connect to the new host after the rollback")?;
     let (lost, examples) = check_writes(&tally, old, Path::new("/nonexistent")).await?;
     let mut slots = 0i64;
     for c in [old, new] {
