@@ -497,8 +497,9 @@ async fn follow_into_a_managed_target_without_the_origin_grants_names_them() {
 
 /// The apply pipeline (agent/src/follow/apply.rs): many statements in flight, answers checked in
 /// order. A bulk transaction of ~56,000 changes and a burst of 2,000 one-row transactions arrive
-/// complete and once; then a row missing on the new host, hit in the middle of a 400-row
-/// transaction, stops the follower with the divergence named — and none of that transaction's
+/// complete and once, and so does a transaction whose runs of rows are broken in every way;
+/// then a row missing on the new host, hit near the end of a 400-row transaction, stops the
+/// follower with the divergence named — and none of that transaction's
 /// rows are applied (the pipeline's later answers do not hide the cause, and nothing half-done
 /// commits). The apply times are printed, not asserted (docs/BENCHMARKS.md has the figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +508,10 @@ async fn a_bulk_transaction_arrives_whole_and_a_divergence_in_the_pipeline_appli
     let old = sb.world.old_pg.connect(&sb.old_db).await;
     old.batch_execute(
         "CREATE TABLE bulk (id int PRIMARY KEY, v text NOT NULL, n int NOT NULL);
-         INSERT INTO bulk SELECT g, md5(g::text), g FROM generate_series(1, 60000) g;",
+         INSERT INTO bulk SELECT g, md5(g::text), g FROM generate_series(1, 60000) g;
+         CREATE TABLE toasty (id int PRIMARY KEY, big text, n int);
+         ALTER TABLE toasty ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO toasty SELECT g, repeat(md5(g::text), 300), g FROM generate_series(1, 40) g;",
     )
     .await
     .expect("schema");
@@ -536,6 +540,35 @@ async fn a_bulk_transaction_arrives_whole_and_a_divergence_in_the_pipeline_appli
         t.elapsed()
     );
 
+    // Runs of rows go as one statement each (apply.rs, "Runs of rows"); what breaks a run must
+    // keep the order: the same rows updated again, deleted and inserted again with other values,
+    // a key that changes, and UPDATEs whose unchanged TOAST value is not sent.
+    old.batch_execute(
+        "BEGIN;
+         UPDATE bulk SET n = n + 1 WHERE id BETWEEN 200 AND 1200;
+         UPDATE bulk SET n = n + 10 WHERE id BETWEEN 1000 AND 1500;
+         DELETE FROM bulk WHERE id BETWEEN 1400 AND 1450;
+         INSERT INTO bulk SELECT g, 'again ' || g, -g FROM generate_series(1400, 1450) g;
+         UPDATE bulk SET n = 0 WHERE id BETWEEN 1420 AND 1430;
+         UPDATE bulk SET id = id + 200000 WHERE id BETWEEN 1600 AND 1610;
+         UPDATE bulk SET v = 'after the key change' WHERE id BETWEEN 201600 AND 201610;
+         UPDATE toasty SET n = n + 1 WHERE id <= 20;
+         UPDATE toasty SET big = 'small now', n = -1 WHERE id BETWEEN 5 AND 8;
+         UPDATE toasty SET n = n + 100 WHERE id <= 10;
+         DELETE FROM toasty WHERE id = 3;
+         COMMIT;",
+    )
+    .await
+    .expect("the mixed transaction");
+    rig::wait_caught_up(&sb, "app", "the mixed transaction is applied").await;
+    for table in ["bulk", "toasty"] {
+        assert!(
+            rig::table_rows(&sb.world.old_pg, &sb.old_db, table).await
+                == rig::table_rows(&sb.world.new_pg, &sb.new_db, table).await,
+            "{table}: equal row by row after a transaction whose runs of rows were broken by repeated keys, re-inserts, a key change and unchanged TOAST values"
+        );
+    }
+
     // A burst of 2,000 small transactions, one row each.
     let t = Instant::now();
     let burst: String = (0..2000)
@@ -559,10 +592,13 @@ async fn a_bulk_transaction_arrives_whole_and_a_divergence_in_the_pipeline_appli
         "every row on the new host equals the old host's after the bulk transaction and the burst"
     );
 
-    // Divergence: row 5 (id % 6 = 5: never deleted) vanishes on the new host only; the old
-    // host's next transaction updates 400 rows, row 5 among the first.
+    // Divergence: row 599 (id % 6 = 5: never deleted) vanishes on the new host only; the old
+    // host's next transaction updates 400 rows, row 599 among the last (the mixed transaction
+    // above moved it to the end of the heap): its answer comes after nearly every other one, and
+    // the COMMIT must wait for it (it once did not: the transaction committed, diverged row and
+    // all, when the divergence was among its last 256 statements).
     let new = sb.world.new_pg.connect(&sb.new_db).await;
-    new.batch_execute("DELETE FROM bulk WHERE id = 5")
+    new.batch_execute("DELETE FROM bulk WHERE id = 599")
         .await
         .expect("diverge");
     let before = rig::table_rows(&sb.world.new_pg, &sb.new_db, "bulk").await;
@@ -575,7 +611,9 @@ async fn a_bulk_transaction_arrives_whole_and_a_divergence_in_the_pipeline_appli
     })
     .await;
     assert!(
-        failed.stdout.contains("public.bulk") && failed.stdout.contains("matched 0 rows"),
+        failed.stdout.contains("public.bulk")
+            && failed.stdout.contains("rows on the new host (")
+            && failed.stdout.contains("expected)"),
         "the first failure in the pipeline is reported, naming the table: {}",
         failed.both()
     );

@@ -35,11 +35,28 @@
 //! reference database taking tens of seconds to catch up); the server's own work is the limit
 //! now. The answers are still checked one by one, in order — an UPDATE or DELETE that matched
 //! no row is still caught — and the first failure is the one reported (those after it are the
-//! aborted transaction's echoes). Nothing is acknowledged to the old host before its `COMMIT`
+//! aborted transaction's echoes). Every answer is checked before `COMMIT` is sent (one round
+//! trip per transaction: a row count that shows a divergence is no error to the server, which
+//! would otherwise commit it), and nothing is acknowledged to the old host before its `COMMIT`
 //! answered, so a failure anywhere in the pipeline loses nothing: the transaction is applied
 //! again from the start.
+//!
+//! # Runs of rows as one statement
+//! A transaction that changes many rows of one table the same way — a bulk UPDATE, a migration,
+//! an import — arrives as one message per row. Consecutive INSERTs of a table with the same
+//! columns, UPDATEs by key that set the same columns (and keep their key), and DELETEs by key
+//! are gathered into a [`Batch`] of up to [`BATCH_ROWS`] rows and sent as **one** statement over
+//! `unnest` of text arrays (`UPDATE t SET c = v.a1::type FROM unnest($1::text[], $2::text[]) AS
+//! v(a0, a1) WHERE t.k = v.a0::type`): the server plans and executes once per batch instead of
+//! once per row, which is where the time of a large transaction went (each row paid a Bind,
+//! an Execute and an executor start-up). The promises stay: an UPDATE or DELETE batch must
+//! match exactly as many rows as it carries, else the hosts diverged; a key that comes again
+//! within a run ends the batch first (a joined UPDATE would apply only one of its values), and
+//! so does any other change, so the order of changes is kept. Changes that do not fit (a key
+//! that changes, a full old row, a NULL in the key, unchanged TOAST values in an INSERT) go
+//! one by one as before. Memory: at most [`BATCH_ROWS`] rows' text values.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -119,12 +136,85 @@ pub struct Committed {
 /// Statements sent ahead of their answers (see "A pipeline" above).
 pub const PIPELINE: usize = 256;
 
-/// What an answer must show: any count, or exactly one row (an UPDATE or DELETE by key).
+/// Rows gathered into one statement at most (see "Runs of rows" above).
+pub const BATCH_ROWS: usize = 500;
+
+/// What an answer must show: any count, or exactly this many rows (UPDATEs or DELETEs by key).
 #[derive(Clone, Debug)]
 enum Expect {
     Any,
-    /// One row; otherwise the hosts diverged: `(verb, table)` for the message.
-    OneRow(&'static str, String),
+    /// This many rows; otherwise the hosts diverged: `(rows, verb, table)` for the message.
+    Rows(u64, &'static str, String),
+}
+
+/// What a [`Batch`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Consecutive changes of one table and one shape, sent as one statement (see "Runs of rows").
+struct Batch {
+    kind: BatchKind,
+    rel: u32,
+    /// Source column indexes, in the arrays' order: Insert: the inserted columns; Update: the key
+    /// columns, then the columns set; Delete: the key columns.
+    cols: Vec<usize>,
+    /// How many of `cols` are the key (Update, Delete).
+    keys: usize,
+    /// One array of text values per column of `cols`.
+    arrays: Vec<Vec<Option<String>>>,
+    /// The keys in the batch (Update, Delete): a key that comes again ends the batch.
+    seen: HashSet<Vec<String>>,
+    rows: usize,
+}
+
+impl Batch {
+    /// The statement of this batch's shape (the same text for every batch of that shape: it is
+    /// prepared once).
+    fn sql(&self, t: &Target) -> String {
+        let aliases: Vec<String> = (0..self.cols.len()).map(|i| format!("a{i}")).collect();
+        let arrays: Vec<String> = (1..=self.cols.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let from = format!("unnest({}) AS v({})", arrays.join(", "), aliases.join(", "));
+        let value = |i: usize| format!("v.a{i}::{}", t.types[self.cols[i]]);
+        let name = |i: usize| ident(&t.source.columns[self.cols[i]].name);
+        let key = || {
+            (0..self.keys)
+                .map(|i| format!("t.{} = {}", name(i), value(i)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        match self.kind {
+            BatchKind::Insert => format!(
+                "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {from}",
+                t.name,
+                (0..self.cols.len())
+                    .map(name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (0..self.cols.len())
+                    .map(value)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            BatchKind::Update => format!(
+                "UPDATE {} AS t SET {} FROM {from} WHERE {}",
+                t.name,
+                (self.keys..self.cols.len())
+                    .map(|i| format!("{} = {}", name(i), value(i)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                key()
+            ),
+            BatchKind::Delete => {
+                format!("DELETE FROM {} AS t USING {from} WHERE {}", t.name, key())
+            }
+        }
+    }
 }
 
 /// A statement in flight: its answer (rows affected) and what that answer must show.
@@ -143,6 +233,8 @@ pub struct Applier {
     /// Inside a transaction: is it being applied (true) or skipped (false)?
     current: Option<bool>,
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// Changes gathered but not sent yet (see "Runs of rows").
+    batch: Option<Batch>,
 }
 
 /// The replication-origin functions the follower calls, as `has_function_privilege` and `GRANT`
@@ -342,6 +434,7 @@ impl Applier {
             targets: HashMap::new(),
             current: None,
             statements: HashMap::new(),
+            batch: None,
         })
     }
 
@@ -381,8 +474,10 @@ impl Applier {
             ok => ok,
         };
         if r.is_err() {
-            // Answers still in flight belong to the failed transaction; they are dropped.
+            // Answers still in flight and rows not sent belong to the failed transaction; they
+            // are dropped.
             self.pending = FuturesOrdered::new();
+            self.batch = None;
             if self.current == Some(true) {
                 let _ = self.client.batch_execute("ROLLBACK").await;
                 self.current = None;
@@ -393,10 +488,10 @@ impl Applier {
 
     /// Sends `sql` (a cached prepared statement) with `values` into the pipeline; once
     /// [`PIPELINE`] statements are in flight, waits for the oldest answer and checks it.
-    async fn send(
+    async fn send<P: ToSql + Send + Sync + 'static>(
         &mut self,
         sql: String,
-        values: Vec<Option<String>>,
+        values: Vec<P>,
         expect: Expect,
     ) -> Result<(), AgentError> {
         let stmt = self.statement(&sql).await?;
@@ -427,9 +522,11 @@ impl Applier {
         };
         let n = r.map_err(|e| self.db_err(&e))?;
         match expect {
-            Expect::OneRow(verb, table) if n != 1 => Err(AgentError::FailedPrecondition(format!(
-                "table {table}: {verb} from the old host matched {n} rows on the new host (1 expected): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
-            ))),
+            Expect::Rows(want, verb, table) if n != want => {
+                Err(AgentError::FailedPrecondition(format!(
+                    "table {table}: {verb} from the old host matched {n} rows on the new host ({want} expected): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -457,6 +554,7 @@ impl Applier {
             } => {
                 let applied = self.current.take() == Some(true);
                 if applied {
+                    self.flush().await?;
                     // Micro-seconds since 2000-01-01 UTC, the origin's commit time; recorded in
                     // the transaction it commits with. Applied only once COMMIT answered.
                     self.send(
@@ -467,6 +565,11 @@ impl Applier {
                         Expect::Any,
                     )
                     .await?;
+                    // Every answer is checked BEFORE the COMMIT goes: an UPDATE or DELETE that
+                    // matched the wrong number of rows is no error to the server, which would
+                    // commit it — a divergence in the transaction's last statements would be
+                    // applied (and its position recorded) though the follower stops.
+                    self.drain().await?;
                     self.send_simple("COMMIT");
                     self.drain().await?;
                     self.progress = self.progress.max(end_lsn);
@@ -479,6 +582,7 @@ impl Applier {
             }
             Message::Relation(rel) => {
                 // Its lookup runs in the open transaction: the answers before it come first.
+                self.flush().await?;
                 self.drain().await?;
                 let t = self.resolve(rel).await?;
                 self.targets.insert(t.source.oid, t);
@@ -524,6 +628,7 @@ impl Applier {
                     if options & 1 != 0 {
                         sql.push_str(" CASCADE");
                     }
+                    self.flush().await?;
                     self.drain().await?;
                     self.client
                         .batch_execute(&sql)
@@ -608,33 +713,98 @@ impl Applier {
         Ok(s)
     }
 
+    /// Adds a row to the batch of its shape: the batch is sent first when the row does not fit
+    /// it (another table, kind or set of columns, or a key it holds already), and when full.
+    async fn gather(
+        &mut self,
+        kind: BatchKind,
+        rel: u32,
+        cols: Vec<usize>,
+        keys: usize,
+        values: Vec<Option<String>>,
+    ) -> Result<(), AgentError> {
+        let key: Option<Vec<String>> =
+            (kind != BatchKind::Insert).then(|| values[..keys].iter().flatten().cloned().collect());
+        let fits = self.batch.as_ref().is_some_and(|b| {
+            b.kind == kind
+                && b.rel == rel
+                && b.cols == cols
+                && key.as_ref().is_none_or(|k| !b.seen.contains(k))
+        });
+        if !fits {
+            self.flush().await?;
+        }
+        let b = self.batch.get_or_insert_with(|| Batch {
+            kind,
+            rel,
+            keys,
+            arrays: vec![Vec::new(); cols.len()],
+            cols,
+            seen: HashSet::new(),
+            rows: 0,
+        });
+        for (a, v) in b.arrays.iter_mut().zip(values) {
+            a.push(v);
+        }
+        if let Some(k) = key {
+            b.seen.insert(k);
+        }
+        b.rows += 1;
+        if b.rows >= BATCH_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the gathered rows as one statement into the pipeline.
+    async fn flush(&mut self) -> Result<(), AgentError> {
+        let Some(b) = self.batch.take() else {
+            return Ok(());
+        };
+        let t = self.target(b.rel)?;
+        let sql = b.sql(t);
+        let label = t.source.to_string();
+        let rows = b.rows as u64;
+        let expect = match b.kind {
+            BatchKind::Insert => Expect::Any,
+            BatchKind::Update => Expect::Rows(rows, "UPDATE(s)", label),
+            BatchKind::Delete => Expect::Rows(rows, "DELETE(s)", label),
+        };
+        self.send(sql, b.arrays, expect).await
+    }
+
+    /// The key's values of `row` as text, when each is there and not NULL (a batch finds rows
+    /// by `=`).
+    fn key_text(t: &Target, row: &[Value]) -> Option<Vec<Option<String>>> {
+        if t.key.is_empty() {
+            return None;
+        }
+        t.key
+            .iter()
+            .map(|k| match row.get(*k) {
+                Some(Value::Text(s)) => Some(Some(s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn insert(&mut self, rel: u32, new: &[Value]) -> Result<(), AgentError> {
         let t = self.target(rel)?;
+        let width = t.source.columns.len().min(t.types.len());
         let mut cols = Vec::new();
-        let mut args = Vec::new();
         let mut values = Vec::new();
-        for (i, v) in new.iter().enumerate() {
-            let (Some(c), Some(ty)) = (t.source.columns.get(i), t.types.get(i)) else {
-                break;
-            };
+        for (i, v) in new.iter().enumerate().take(width) {
             let text = match v {
                 Value::Unchanged => continue,
                 Value::Null => None,
                 Value::Text(s) => Some(s.clone()),
             };
             values.push(text);
-            cols.push(ident(&c.name));
-            args.push(format!("${}::text::{ty}", values.len()));
+            cols.push(i);
         }
-        // OVERRIDING SYSTEM VALUE: a `GENERATED ALWAYS AS IDENTITY` column takes the old host's
-        // value (without it: 428C9); a no-op for other tables.
-        let sql = format!(
-            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
-            t.name,
-            cols.join(", "),
-            args.join(", ")
-        );
-        self.send(sql, values, Expect::Any).await
+        // OVERRIDING SYSTEM VALUE (in the batch's statement): a `GENERATED ALWAYS AS IDENTITY`
+        // column takes the old host's value (without it: 428C9); a no-op for other tables.
+        self.gather(BatchKind::Insert, rel, cols, 0, values).await
     }
 
     /// `WHERE` over the identity: the key columns (or, for a full old row, every column).
@@ -681,6 +851,34 @@ impl Applier {
         old_is_full: bool,
         new: &[Value],
     ) -> Result<(), AgentError> {
+        // By a key that does not change (no old key came): gathered into a batch.
+        if old.is_none() {
+            let t = self.target(rel)?;
+            if let Some(mut values) = Self::key_text(t, new) {
+                let width = t.source.columns.len().min(t.types.len());
+                let mut cols = t.key.clone();
+                for (i, v) in new.iter().enumerate().take(width) {
+                    if t.key.contains(&i) {
+                        continue;
+                    }
+                    let text = match v {
+                        Value::Unchanged => continue,
+                        Value::Null => None,
+                        Value::Text(s) => Some(s.clone()),
+                    };
+                    values.push(text);
+                    cols.push(i);
+                }
+                let keys = t.key.len();
+                if cols.len() > keys {
+                    return self
+                        .gather(BatchKind::Update, rel, cols, keys, values)
+                        .await;
+                }
+            }
+        }
+        // One by one, in order: what was gathered goes first.
+        self.flush().await?;
         let t = self.target(rel)?;
         let mut values = Vec::new();
         let mut sets = Vec::new();
@@ -725,18 +923,29 @@ impl Applier {
         } else {
             format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", "))
         };
-        self.send(sql, values, Expect::OneRow("an UPDATE", label))
+        self.send(sql, values, Expect::Rows(1, "an UPDATE", label))
             .await
     }
 
     async fn delete(&mut self, rel: u32, old: &[Value], full: bool) -> Result<(), AgentError> {
+        if !full {
+            let t = self.target(rel)?;
+            if let Some(values) = Self::key_text(t, old) {
+                let cols = t.key.clone();
+                let keys = cols.len();
+                return self
+                    .gather(BatchKind::Delete, rel, cols, keys, values)
+                    .await;
+            }
+        }
+        self.flush().await?;
         let t = self.target(rel)?;
         let mut values = Vec::new();
         let cond = Self::where_clause(t, old, full, &mut values)?;
         let cond = one_row(&t.name, cond, full);
         let label = t.source.to_string();
         let sql = format!("DELETE FROM {} WHERE {cond}", t.name);
-        self.send(sql, values, Expect::OneRow("a DELETE", label))
+        self.send(sql, values, Expect::Rows(1, "a DELETE", label))
             .await
     }
 }
