@@ -63,6 +63,10 @@ pub const CATCH_UP_TARGET_S: f64 = 2.0;
 /// Streamed standard tools, database: a custom-format dump piped straight into pg_restore.
 pub const STREAMED_DB: &str = r#"pg_dump -Fc -d "$OLD" | pg_restore --exit-on-error -d "$NEW""#;
 
+/// The standard tools' pre-sync of the live tree: `rsync -a --delete`, its exit 24 (files
+/// vanished while it ran) accepted.
+const PRE_SYNC: &str = r#"rsync -a --delete "$SRC/" "$DST/" || test $? -eq 24"#;
+
 /// The old host's PostgreSQL for the round: a copy of a cached cluster's data folder, started at
 /// `wal_level = logical` (the lab's `PgCluster::start_existing` always starts at `minimal`), with
 /// the lab's other settings.
@@ -669,7 +673,9 @@ async fn with_hosts(
     v["storage_catch_up_files"] = json!({ "files": st.report["files"], "skipped_files": st.report["skipped_files"], "deferred": st.report["deferred"] });
     let bl_src = Baselines { old_conninfo: old_pg.conninfo("app"), pg_bin: src.pg_bin.clone(), new: new_pg, src: storage.to_path_buf(), scratch: dir.join("scratch") };
     sys::empty_dir(&bl_src.scratch)?;
-    bl_src.run("rsync (pre-sync)", baselines::RSYNC, "-", mirror).await?;
+    // The app deletes files while rsync walks the tree: exit 24 ("some files vanished before
+    // they could be transferred") is what a pre-sync of a live tree ends with, not a failure.
+    bl_src.run("rsync (pre-sync)", PRE_SYNC, "-", mirror).await?;
     let (_, status) = lab.json("follow status").await?;
     v["lag_before_cutover"] = json!({ "bytes": status["databases"][0]["lag_bytes"], "seconds": status["databases"][0]["lag_seconds"] });
     say(&format!("cutover x{x}: storage synced again in {:.1} s with uploads going on; the app writes on for {} s", t.elapsed().as_secs_f64(), LEAD_IN.as_secs()));
