@@ -23,8 +23,9 @@ const TABLES: [&str; 6] = [
     "project_evaluation_runs",
 ];
 
-/// Tables without a primary key (no replica identity): only their inserts travel back (the
-/// window's insert-only publication); one of them is also updated on the new host.
+/// Tables without a primary key (no replica identity): without the new agent's `[allow]
+/// replica_identity_full` only their inserts travel back (the window's insert-only
+/// publication), with it everything does; one of them is also updated on the new host.
 const NO_PK: &str = "CREATE TABLE public.audit_log (body text, n int); GRANT ALL ON public.audit_log TO app; \
      CREATE TABLE public.audit_inserts (body text); GRANT ALL ON public.audit_inserts TO app;";
 
