@@ -98,11 +98,22 @@ impl Cut<'_> {
         self.record(JStep::WindowPrepare, Mark::Started, "")?;
         let r = window::prepare(self.plan, &new, &self.out.run).await;
         let r = match r {
-            Ok(rec) => Ok(format!(
-                "slot hostshift_{} on the new host for {} database(s)",
-                rec.id,
-                rec.databases.len()
-            )),
+            Ok(rec) => {
+                let mut detail = format!(
+                    "slot hostshift_{} on the new host for {} database(s)",
+                    rec.id,
+                    rec.databases.len()
+                );
+                for w in &rec.databases {
+                    let hint = window::carry_whole_hint(&w.on_new, &w.not_followed);
+                    if !hint.is_empty() {
+                        self.progress.say(&format!("window prepare: {hint}"));
+                        detail.push_str("; ");
+                        detail.push_str(&hint);
+                    }
+                }
+                Ok(detail)
+            }
             Err(window::WindowError::Unavailable(why)) => {
                 self.record(JStep::WindowPrepare, Mark::Skipped, &why)?;
                 let msg = format!(
@@ -354,7 +365,7 @@ impl Cut<'_> {
                 "every write since the switch was carried back by the window".to_string()
             } else {
                 format!(
-                    "{} table(s) without a replica identity written on the new host since the switch, NOT carried back: {}",
+                    "{} table(s) without a replica identity written on the new host since the switch, NOT carried back: {} (the new agent's [allow] replica_identity_full carries such tables whole in the next window)",
                     left.len(),
                     left.iter()
                         .map(ToString::to_string)
