@@ -202,10 +202,12 @@ fn not_followed_cost(d: &crate::follow::DbStatus) -> String {
         .iter()
         .enumerate()
         .take(5)
-        .map(|(i, t)| match d.not_followed_bytes.get(i).filter(|b| **b > 0) {
-            Some(b) => format!("{t} ({})", crate::output::bytes(*b)),
-            None => t.clone(),
-        })
+        .map(
+            |(i, t)| match d.not_followed_bytes.get(i).filter(|b| **b > 0) {
+                Some(b) => format!("{t} ({})", crate::output::bytes(*b)),
+                None => t.clone(),
+            },
+        )
         .collect();
     let more = d.not_followed.len().saturating_sub(shown.len());
     format!(
