@@ -80,9 +80,9 @@ pub struct CacheView<'a> {
     pub installed: &'a [(Entry, Stamp)],
 }
 
-impl CacheView<'_> {
+impl<'a> CacheView<'a> {
     /// The cached entry for `path` and its stamp: an installed file's first, else the base's.
-    pub fn get_stamped(&self, path: &RelPath) -> Option<(&Entry, Stamp)> {
+    pub fn get_stamped(&self, path: &RelPath) -> Option<(&'a Entry, Stamp)> {
         match self.installed.binary_search_by(|(e, _)| e.path.cmp(path)) {
             Ok(i) => Some((&self.installed[i].0, self.installed[i].1)),
             Err(_) => self.base?.get_stamped(path),
