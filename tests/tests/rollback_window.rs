@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use hostshift_proto::v1::RemoveLargeObjectsRequest;
+use hostshift_proto::v1::target_client::TargetClient;
 use hostshift_tests::rig::writer::{Writer, WriterOptions};
 use hostshift_tests::rig::{self, Sandbox, round_trip_world};
 use serde_json::Value;
@@ -762,6 +764,26 @@ async fn a_rollback_carries_back_the_storage_config_files_and_large_objects_the_
     );
     cutover_with_window(&sb).await;
     let old_env_before = std::fs::read_to_string(&sb.old_env).expect("old env");
+
+    // The frozen old host admits a sync write only when it names the window it follows: none,
+    // or another window's id, is refused as on any frozen host.
+    let mut target = TargetClient::new(sb.old().channel(&sb.world.certs_coordinator()).await);
+    for window in ["", "another_window_rb"] {
+        let refused = target
+            .remove_large_objects(RemoveLargeObjectsRequest {
+                database: "app".into(),
+                oids: vec![doomed],
+                rollback_window: window.into(),
+            })
+            .await
+            .expect_err("a frozen host refuses sync writes outside its window");
+        assert!(
+            refused
+                .message()
+                .contains("this host is frozen by an earlier cutover"),
+            "{refused:?}"
+        );
+    }
 
     // The app on the new host: a new upload, a changed and a deleted file, its config file
     // edited (a key the plan does not override; the overridden PORT kept), a new large object
