@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use hostshift_proto::v1::RemoveLargeObjectsRequest;
+use hostshift_proto::v1::target_client::TargetClient;
 use hostshift_tests::rig::writer::{Writer, WriterOptions};
 use hostshift_tests::rig::{self, Sandbox, round_trip_world};
 use serde_json::Value;
@@ -676,22 +678,25 @@ async fn a_rollback_names_every_config_file_storage_file_and_large_object_change
         .iter()
         .map(|v| v.as_str().unwrap_or_default().to_string())
         .collect();
+    // Named as before the carry-back existed, with the config keys that would allow it.
     assert!(
-        left.iter()
-            .any(|l| l == "file backend-env: changed on the new host since the switch"),
+        left.iter().any(|l| l.starts_with(
+            "file backend-env: changed on the new host since the switch (not carried back: the old agent's config needs sync_role = \"either\" and \"backend-env\" in [allow] write_files"
+        )),
         "{left:?}"
     );
     assert!(
         left.iter().any(
             |l| l.starts_with("storage evaluations: only on the new host:")
                 && l.contains("new-upload.txt")
+                && l.contains("\"evaluations\" in [allow] write_storage")
         ),
         "{left:?}"
     );
     assert!(
         left.iter()
             .any(|l| l.starts_with("large objects of database ")
-                && l.ends_with(&format!("only on the new host: oid {oid}"))),
+                && l.contains(&format!("only on the new host: oid {oid} (not carried back: the old agent's config needs sync_role = \"either\" for that)"))),
         "{left:?}"
     );
     assert_eq!(left.len(), 3, "only what changed is named: {left:?}");
@@ -834,4 +839,192 @@ async fn with_the_new_agents_replica_identity_full_a_table_without_a_key_travels
 async fn the_identities_the_forward_follow_carried_to_the_new_host_stay_full_until_the_window_closes()
  {
     a_keyless_table_travels_back_whole("rw_nokey_both", "rw-nokey-both", Full::Both).await;
+}
+
+/// Every file of a storage tree, by path relative to it, with its bytes.
+fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("inside").display().to_string();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Every large object of `db`: OID → content.
+async fn large_objects(pg: &rig::PgInfo, db: &str) -> std::collections::BTreeMap<u32, Vec<u8>> {
+    pg.connect(db)
+        .await
+        .query(
+            "SELECT oid, lo_get(oid) FROM pg_largeobject_metadata ORDER BY oid",
+            &[],
+        )
+        .await
+        .expect("large objects")
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, Vec<u8>>(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_carries_back_the_storage_config_files_and_large_objects_the_old_agent_allows_and_exits_0()
+ {
+    let mut sb = Sandbox::new_in(round_trip_world(), "rw_carry").await;
+    let old_pg = sb.world.old_pg.connect(&sb.old_db).await;
+    old_pg.batch_execute(NO_PK).await.expect("schema");
+    // A large object on both hosts once synced: the new host removes it after the switch.
+    let doomed: u32 = old_pg
+        .query_one("SELECT lo_from_bytea(0, 'removed on the new host')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
+    // The old agent accepts writes: a blue/green pair's old host.
+    let mut old_setup = sb.old_setup();
+    old_setup.follow_databases.push("app".into());
+    old_setup.restore_databases.push("app".into());
+    old_setup.sync_role = "either".into();
+    old_setup.write_storage.push("evaluations".into());
+    old_setup.write_files.push("backend-env".into());
+    let mut new_setup = sb.new_setup();
+    new_setup.follow_databases.push("app".into());
+    new_setup.freeze_databases.push("app".into());
+    sb.start(old_setup, new_setup).await;
+    rename_plan(&sb, "rw-carry");
+    // The plan overrides PORT on the new host.
+    let p = sb.plan_path();
+    let text = std::fs::read_to_string(&p).expect("plan");
+    std::fs::write(
+        &p,
+        text.replacen(
+            "[[files]]\nname = \"backend-env\"\n",
+            "[[files]]\nname = \"backend-env\"\noverrides = { PORT = \"4666\" }\n",
+            1,
+        ),
+    )
+    .expect("plan");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "the first sync: {}", out.both());
+    assert!(
+        std::fs::read_to_string(&sb.new_env)
+            .expect("new env")
+            .contains("PORT=4666"),
+        "the override applied on the new host"
+    );
+    cutover_with_window(&sb).await;
+    let old_env_before = std::fs::read_to_string(&sb.old_env).expect("old env");
+
+    // The frozen old host admits a sync write only when it names the window it follows: none,
+    // or another window's id, is refused as on any frozen host.
+    let mut target = TargetClient::new(sb.old().channel(&sb.world.certs_coordinator()).await);
+    for window in ["", "another_window_rb"] {
+        let refused = target
+            .remove_large_objects(RemoveLargeObjectsRequest {
+                database: "app".into(),
+                oids: vec![doomed],
+                rollback_window: window.into(),
+            })
+            .await
+            .expect_err("a frozen host refuses sync writes outside its window");
+        assert!(
+            refused
+                .message()
+                .contains("this host is frozen by an earlier cutover"),
+            "{refused:?}"
+        );
+    }
+
+    // The app on the new host: a new upload, a changed and a deleted file, its config file
+    // edited (a key the plan does not override; the overridden PORT kept), a new large object
+    // and one removed.
+    let upload_dir = sb.new_storage.join("2099");
+    std::fs::create_dir_all(&upload_dir).expect("upload dir");
+    std::fs::write(
+        upload_dir.join("new-upload.txt"),
+        b"uploaded after the switch",
+    )
+    .expect("upload");
+    std::fs::write(
+        sb.new_storage.join("2026/01/eval-0.json"),
+        b"{\"run\":0,\"score\":0.9}",
+    )
+    .expect("change");
+    std::fs::remove_file(sb.new_storage.join("2026/02/eval-1.json")).expect("delete");
+    let mut env = std::fs::read_to_string(&sb.new_env).expect("new env");
+    env.push_str("FEATURE_FLAG=on\n");
+    std::fs::write(&sb.new_env, &env).expect("edit new env");
+    let new_db = sb.world.new_pg.connect(&sb.new_db).await;
+    let created: u32 = new_db
+        .query_one("SELECT lo_from_bytea(0, 'an attachment')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
+    new_db
+        .execute("SELECT lo_unlink($1)", &[&doomed])
+        .await
+        .expect("lo_unlink");
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(out.code, 0, "everything carried back: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(
+        j["not_carried_back"].as_array().map(Vec::len),
+        Some(0),
+        "nothing named: {}",
+        out.stdout
+    );
+    let carried: Vec<&str> = j["carried_back"]
+        .as_array()
+        .expect("carried_back")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for what in [
+        "file backend-env:",
+        "storage evaluations:",
+        "large objects of database app:",
+    ] {
+        assert!(
+            carried.iter().any(|l| l.starts_with(what)),
+            "{what} {carried:?}"
+        );
+    }
+    assert_eq!(
+        step(&j, "window carry-back")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+
+    // The old host's tree equals the new host's; its config file has the change with its own
+    // value of the overridden key; its large objects equal the new host's.
+    assert_eq!(tree(&sb.old_storage), tree(&sb.new_storage));
+    assert!(!sb.old_storage.join("2026/02/eval-1.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(&sb.old_env).expect("old env"),
+        format!("{old_env_before}FEATURE_FLAG=on\n"),
+        "the new host's change, with the old host's PORT"
+    );
+    let (on_old, on_new) = (
+        large_objects(&sb.world.old_pg, &sb.old_db).await,
+        large_objects(&sb.world.new_pg, &sb.new_db).await,
+    );
+    assert_eq!(on_old, on_new);
+    assert_eq!(
+        on_old.get(&created).map(Vec::as_slice),
+        Some(&b"an attachment"[..])
+    );
+    assert!(!on_old.contains_key(&doomed));
 }

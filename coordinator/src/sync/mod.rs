@@ -17,6 +17,7 @@
 pub(crate) mod database;
 pub mod delta;
 mod matviews;
+pub mod reverse;
 pub mod selection;
 pub mod stream;
 mod units;
@@ -305,17 +306,33 @@ pub enum SyncError {
     },
 }
 
-/// Shared state of one sync run.
+/// Shared state of one sync run. `old` is the side read and `new` the side written: a rollback
+/// within the window ([`reverse`]) swaps them.
 pub(crate) struct Run<'a> {
     pub old: Agent,
     pub new: Agent,
     pub pull_source: Option<PullSource>,
     pub opts: &'a SyncOptions,
-    pub journal: Journal,
+    pub journal: &'a Journal,
     pub progress: Arc<Progress>,
+    /// The journal phase of the units: `sync`, or `rollback` for a carry-back.
+    pub phase: &'static str,
+    /// A carry-back: the rollback window's id, which the frozen old agent admits writes for
+    /// (empty for a sync).
+    pub window: String,
 }
 
 impl Run<'_> {
+    /// The side read, for people: `old`, or `new` in a carry-back.
+    pub fn read(&self) -> &'static str {
+        if self.window.is_empty() { "old" } else { "new" }
+    }
+
+    /// The side written, for people.
+    pub fn written(&self) -> &'static str {
+        if self.window.is_empty() { "new" } else { "old" }
+    }
+
     pub fn record(
         &self,
         unit: &str,
@@ -325,7 +342,7 @@ impl Run<'_> {
         detail: &str,
     ) -> Result<(), UnitError> {
         self.journal
-            .record("sync", unit, status, bytes, files, detail)
+            .record(self.phase, unit, status, bytes, files, detail)
             .map_err(|e| {
                 UnitError::other(format!(
                     "cannot write the journal {}: {e}",
@@ -479,8 +496,10 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         new,
         pull_source,
         opts,
-        journal,
+        journal: &journal,
         progress,
+        phase: "sync",
+        window: String::new(),
     };
 
     let mut work: Vec<UnitFuture<'_>> = Vec::new();

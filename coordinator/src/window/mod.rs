@@ -41,7 +41,10 @@
 //! that differ as not carried (the pre-window "at risk" report).
 //!
 //! # What does not travel back continuously
-//! Large objects, DDL and TRUNCATE; sequences are copied by a rollback.
+//! Large objects, DDL and TRUNCATE, storage and config files. A rollback copies sequences;
+//! storage trees, config files and large objects the new host changed since the switch are
+//! carried back inside the rollback's freeze when the old agent allows it ([`carry`]), else
+//! named.
 //!
 //! # State
 //! `<state_dir>/rollback-window.json` ([`Record`]): written before the follower starts, so that
@@ -49,6 +52,7 @@
 //! itself is persisted by the old agent and resumes after its restart; the slot on the new host
 //! keeps the WAL meanwhile.
 
+pub mod carry;
 pub mod check;
 pub mod travel;
 
@@ -147,6 +151,14 @@ pub struct Record {
     /// the ones changed since, which the window does not carry back).
     #[serde(default)]
     pub files_at_switch: std::collections::BTreeMap<String, String>,
+    /// Set once a rollback's carry-back ran inside its freeze ([`carry`]): what it carried back
+    /// into the old host (a rollback resumed after it does not carry again: the old host may
+    /// serve by then).
+    #[serde(default)]
+    pub carried_back: Option<Vec<String>>,
+    /// What that carry-back named instead.
+    #[serde(default)]
+    pub not_carried_back: Vec<String>,
 }
 
 impl Record {
@@ -282,6 +294,8 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         id: id.clone(),
         databases: vec![],
         files_at_switch: std::collections::BTreeMap::new(),
+        carried_back: None,
+        not_carried_back: vec![],
     };
     for d in &plan.databases {
         // Recorded before anything is created there: a failure below still finds it to drop.
@@ -325,6 +339,20 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
     rec.files_at_switch = travel::files_at_switch(plan, new).await;
     save(plan, &rec)?;
     Ok(rec)
+}
+
+/// Records what a rollback's carry-back did (see [`Record::carried_back`]).
+///
+/// # Errors
+/// [`WindowError::State`]: no window, or the record cannot be written.
+pub fn record_carry_back(plan: &Plan, c: &carry::Carried) -> Result<(), WindowError> {
+    let mut rec = load(plan)?.ok_or_else(|| WindowError::State {
+        path: path(plan),
+        reason: "no rollback window is recorded".into(),
+    })?;
+    rec.carried_back = Some(c.carried.clone());
+    rec.not_carried_back = c.not_carried.clone();
+    save(plan, &rec)
 }
 
 /// Starts the old host's followers of a `prepared` window (right after the switch), or again
