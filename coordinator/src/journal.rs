@@ -72,6 +72,9 @@ pub enum Step {
     /// The old host's follower applied everything up to the frozen new host's position;
     /// sequences settled.
     WindowCatchUp,
+    /// Inside the rollback's freeze: the storage trees, config files and large objects the new
+    /// host changed since the switch carried back into the old host (what its agent allows).
+    WindowCarryBack,
     /// One freeze method undone on the new host.
     UnfreezeNew(FreezeMethod),
     /// The window closed: follower and origin removed on the old host, slot and publication
@@ -105,6 +108,7 @@ impl std::fmt::Display for Step {
             Step::WindowOpen => f.write_str("window open"),
             Step::FreezeNew(m) => write!(f, "freeze new {}", m.as_str()),
             Step::WindowCatchUp => f.write_str("window catch-up"),
+            Step::WindowCarryBack => f.write_str("window carry-back"),
             Step::UnfreezeNew(m) => write!(f, "unfreeze new {}", m.as_str()),
             Step::WindowClose => f.write_str("window close"),
         }
@@ -155,6 +159,7 @@ impl Step {
             "window prepare" => Step::WindowPrepare,
             "window open" => Step::WindowOpen,
             "window catch-up" => Step::WindowCatchUp,
+            "window carry-back" => Step::WindowCarryBack,
             "window close" => Step::WindowClose,
             _ => return None,
         })

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use hostshift_proto::v1::RemoveLargeObjectsRequest;
+use hostshift_proto::v1::target_client::TargetClient;
 use hostshift_tests::rig::writer::{Writer, WriterOptions};
 use hostshift_tests::rig::{self, Sandbox, round_trip_world};
 use serde_json::Value;
@@ -23,8 +25,9 @@ const TABLES: [&str; 6] = [
     "project_evaluation_runs",
 ];
 
-/// Tables without a primary key (no replica identity): only their inserts travel back (the
-/// window's insert-only publication); one of them is also updated on the new host.
+/// Tables without a primary key (no replica identity): without the new agent's `[allow]
+/// replica_identity_full` only their inserts travel back (the window's insert-only
+/// publication), with it everything does; one of them is also updated on the new host.
 const NO_PK: &str = "CREATE TABLE public.audit_log (body text, n int); GRANT ALL ON public.audit_log TO app; \
      CREATE TABLE public.audit_inserts (body text); GRANT ALL ON public.audit_inserts TO app;";
 
@@ -71,10 +74,20 @@ async fn hostshift_objects(pg: &rig::PgInfo, db: &str, plan: &str) -> (i64, i64,
 /// Agents allowing the window both ways: the old one follows `app` (the forward slot) and may
 /// write it (the window's follower); the new one may hold the window's slot and be frozen.
 async fn round_trip_sandbox(tag: &str, name: &str) -> Sandbox {
-    round_trip_sandbox_with(tag, name).await.0
+    round_trip_sandbox_with(tag, name, Full::Neither).await.0
 }
 
-async fn round_trip_sandbox_with(tag: &str, name: &str) -> (Sandbox, rig::AgentSetup) {
+/// Which agents list `app` in `[allow] replica_identity_full`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Neither,
+    /// The new agent: the window carries the tables without a key whole.
+    New,
+    /// Both: the move's follow too (its copy carries FULL to the new host).
+    Both,
+}
+
+async fn round_trip_sandbox_with(tag: &str, name: &str, full: Full) -> (Sandbox, rig::AgentSetup) {
     let mut sb = Sandbox::new_in(round_trip_world(), tag).await;
     sb.world
         .old_pg
@@ -89,6 +102,12 @@ async fn round_trip_sandbox_with(tag: &str, name: &str) -> (Sandbox, rig::AgentS
     let mut new_setup = sb.new_setup();
     new_setup.follow_databases.push("app".into());
     new_setup.freeze_databases.push("app".into());
+    if full != Full::Neither {
+        new_setup.replica_identity_full.push("app".into());
+    }
+    if full == Full::Both {
+        old_setup.replica_identity_full.push("app".into());
+    }
     sb.start(old_setup.clone(), new_setup).await;
     rename_plan(&sb, name);
     let out = sb.cli(&["sync"]).await;
@@ -161,6 +180,21 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
     assert_eq!(w.code, 0, "window: {}", w.both());
     let wj = w.json();
     assert_eq!(wj["state"], "open", "{wj:#}");
+    // Without the new agent's [allow] replica_identity_full the tables without a key travel
+    // insert-only, and both the window and the cutover's step say which key carries them whole.
+    for said in [
+        wj["databases"][0]["hint"].as_str().unwrap_or_default(),
+        step(&j, "window prepare")["detail"]
+            .as_str()
+            .unwrap_or_default(),
+    ] {
+        assert!(
+            said.contains("public.audit_log")
+                && said.contains("only the inserts")
+                && said.contains("[allow] replica_identity_full in the new host's agent config"),
+            "{said}"
+        );
+    }
     let st = cli_json(&sb, &["status", "--json"], 30).await;
     assert_eq!(
         st.json()["rollback_window"]["state"],
@@ -333,7 +367,7 @@ async fn a_rollback_within_the_window_brings_every_write_of_the_new_host_back_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_agent_killed_during_the_window_leaves_the_wal_on_the_new_host_and_catches_up_after_its_restart()
  {
-    let (mut sb, old_setup) = round_trip_sandbox_with("rw_fault", "rw-fault").await;
+    let (mut sb, old_setup) = round_trip_sandbox_with("rw_fault", "rw-fault", Full::Neither).await;
     let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
     cutover_with_window(&sb).await;
 
@@ -520,11 +554,15 @@ async fn a_schema_change_stops_the_window_until_fixed_and_finish_drops_every_slo
         .await
         .expect("schema change on the new host");
     let stopped = poll_window(&sb, |d| d["follower"] == "failed").await;
+    // ... and names the hosts the window's way round: the new host is the source here.
     assert!(
         stopped["error"]
             .as_str()
-            .is_some_and(|e| e.contains("questions")),
-        "the follower names the changed table: {stopped:#}"
+            .is_some_and(|e| e.contains("questions")
+                && e.contains("the new host has columns")
+                && e.contains("Apply the same change on the old host")
+                && e.contains("hostshift window --restart-follower")),
+        "the follower names the changed table and the hosts: {stopped:#}"
     );
     old_pg
         .connect(&sb.old_db)
@@ -640,22 +678,25 @@ async fn a_rollback_names_every_config_file_storage_file_and_large_object_change
         .iter()
         .map(|v| v.as_str().unwrap_or_default().to_string())
         .collect();
+    // Named as before the carry-back existed, with the config keys that would allow it.
     assert!(
-        left.iter()
-            .any(|l| l == "file backend-env: changed on the new host since the switch"),
+        left.iter().any(|l| l.starts_with(
+            "file backend-env: changed on the new host since the switch (not carried back: the old agent's config needs sync_role = \"either\" and \"backend-env\" in [allow] write_files"
+        )),
         "{left:?}"
     );
     assert!(
         left.iter().any(
             |l| l.starts_with("storage evaluations: only on the new host:")
                 && l.contains("new-upload.txt")
+                && l.contains("\"evaluations\" in [allow] write_storage")
         ),
         "{left:?}"
     );
     assert!(
         left.iter()
             .any(|l| l.starts_with("large objects of database ")
-                && l.ends_with(&format!("only on the new host: oid {oid}"))),
+                && l.contains(&format!("only on the new host: oid {oid} (not carried back: the old agent's config needs sync_role = \"either\" for that)"))),
         "{left:?}"
     );
     assert_eq!(left.len(), 3, "only what changed is named: {left:?}");
@@ -674,4 +715,316 @@ async fn a_rollback_names_every_config_file_storage_file_and_large_object_change
         upload_dir.join("new-upload.txt").exists(),
         "the new host keeps it"
     );
+}
+
+/// `relreplident` of `table` (`d` default, `f` full) in `db` of `pg`.
+async fn identity(pg: &rig::PgInfo, db: &str, table: &str) -> String {
+    pg.connect(db)
+        .await
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("identity of {table} on port {}: {e:?}", pg.port))
+        .get(0)
+}
+
+/// The tables without a key, written on the new host in every way (insert, update, delete, one
+/// of two identical rows, rows that came with the move), travel back whole; the rollback exits
+/// 0 naming nothing, and leaves their original identity on both hosts and no slot.
+async fn a_keyless_table_travels_back_whole(tag: &str, name: &str, full: Full) {
+    let (sb, _) = round_trip_sandbox_with(tag, name, full).await;
+    let (old_pg, new_pg) = (&sb.world.old_pg, &sb.world.new_pg);
+    old_pg
+        .connect(&sb.old_db)
+        .await
+        .batch_execute(
+            "INSERT INTO public.audit_log VALUES ('before', 10), ('before', 10), ('kept', 11); \
+             INSERT INTO public.audit_inserts VALUES ('before');",
+        )
+        .await
+        .expect("rows before the move");
+    cutover_with_window(&sb).await;
+    let w = cli_json(&sb, &["window", "--json"], 30).await;
+    let d = &w.json()["databases"][0];
+    assert!(
+        d["not_followed"] == serde_json::json!([]) && d["hint"] == "",
+        "nothing travels insert-only: {d:#}"
+    );
+    for t in ["public.audit_log", "public.audit_inserts"] {
+        assert_eq!(
+            identity(new_pg, &sb.new_db, t).await,
+            "f",
+            "{t} is REPLICA IDENTITY FULL on the new host while the window is open"
+        );
+    }
+
+    // The app on the new host (each statement its own transaction).
+    let new = new_pg.connect(&sb.new_db).await;
+    for sql in [
+        "INSERT INTO public.audit_log VALUES ('new', 1), ('dup', 2), ('dup', 2), ('gone', 4)",
+        "UPDATE public.audit_log SET n = 3 WHERE body = 'new'",
+        "DELETE FROM public.audit_log WHERE ctid = (SELECT ctid FROM public.audit_log WHERE body = 'dup' LIMIT 1)",
+        "DELETE FROM public.audit_log WHERE body = 'gone'",
+        "UPDATE public.audit_log SET n = 12 WHERE ctid = (SELECT ctid FROM public.audit_log WHERE body = 'before' LIMIT 1)",
+        "DELETE FROM public.audit_log WHERE body = 'kept'",
+        "INSERT INTO public.audit_inserts VALUES ('appended')",
+        "UPDATE public.audit_inserts SET body = body || ' (edited)'",
+    ] {
+        new.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} on the new host: {e:?}"));
+    }
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(out.code, 0, "rollback: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(
+        j["new_host_writes"],
+        serde_json::json!([]),
+        "every write was carried back: {}",
+        out.stdout
+    );
+    // Row by row, duplicates counted (a multiset), against the frozen new host.
+    let rows = rig::table_rows(old_pg, &sb.old_db, "public.audit_log").await;
+    assert_eq!(
+        rows,
+        rig::table_rows(new_pg, &sb.new_db, "public.audit_log").await,
+        "public.audit_log: the old host equals the new host"
+    );
+    assert_eq!(
+        rows,
+        [
+            r#"{"body":"before","n":10}"#,
+            r#"{"body":"before","n":12}"#,
+            r#"{"body":"dup","n":2}"#,
+            r#"{"body":"new","n":3}"#,
+        ],
+        "the final values of the new host"
+    );
+    assert_eq!(
+        rig::table_rows(old_pg, &sb.old_db, "public.audit_inserts").await,
+        rig::table_rows(new_pg, &sb.new_db, "public.audit_inserts").await,
+        "public.audit_inserts: the old host equals the new host"
+    );
+    // No slot, publication or origin; the original identity back on both hosts.
+    assert_eq!(hostshift_objects(old_pg, &sb.old_db, name).await, (0, 0, 0));
+    assert_eq!(hostshift_objects(new_pg, &sb.new_db, name).await, (0, 0, 0));
+    for t in ["public.audit_log", "public.audit_inserts"] {
+        assert_eq!(
+            identity(old_pg, &sb.old_db, t).await,
+            "d",
+            "{t} on the old host"
+        );
+        assert_eq!(
+            identity(new_pg, &sb.new_db, t).await,
+            "d",
+            "{t} on the new host"
+        );
+    }
+    for side in ["state-old", "state-new"] {
+        let record = sb.dir.join(side).join("follow/identity-app.json");
+        assert!(!record.exists(), "{} is forgotten", record.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_new_agents_replica_identity_full_a_table_without_a_key_travels_back_whole() {
+    a_keyless_table_travels_back_whole("rw_nokey_new", "rw-nokey-new", Full::New).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identities_the_forward_follow_carried_to_the_new_host_stay_full_until_the_window_closes()
+ {
+    a_keyless_table_travels_back_whole("rw_nokey_both", "rw-nokey-both", Full::Both).await;
+}
+
+/// Every file of a storage tree, by path relative to it, with its bytes.
+fn tree(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).expect("inside").display().to_string();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Every large object of `db`: OID → content.
+async fn large_objects(pg: &rig::PgInfo, db: &str) -> std::collections::BTreeMap<u32, Vec<u8>> {
+    pg.connect(db)
+        .await
+        .query(
+            "SELECT oid, lo_get(oid) FROM pg_largeobject_metadata ORDER BY oid",
+            &[],
+        )
+        .await
+        .expect("large objects")
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, Vec<u8>>(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_carries_back_the_storage_config_files_and_large_objects_the_old_agent_allows_and_exits_0()
+ {
+    let mut sb = Sandbox::new_in(round_trip_world(), "rw_carry").await;
+    let old_pg = sb.world.old_pg.connect(&sb.old_db).await;
+    old_pg.batch_execute(NO_PK).await.expect("schema");
+    // A large object on both hosts once synced: the new host removes it after the switch.
+    let doomed: u32 = old_pg
+        .query_one("SELECT lo_from_bytea(0, 'removed on the new host')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
+    // The old agent accepts writes: a blue/green pair's old host.
+    let mut old_setup = sb.old_setup();
+    old_setup.follow_databases.push("app".into());
+    old_setup.restore_databases.push("app".into());
+    old_setup.sync_role = "either".into();
+    old_setup.write_storage.push("evaluations".into());
+    old_setup.write_files.push("backend-env".into());
+    let mut new_setup = sb.new_setup();
+    new_setup.follow_databases.push("app".into());
+    new_setup.freeze_databases.push("app".into());
+    sb.start(old_setup, new_setup).await;
+    rename_plan(&sb, "rw-carry");
+    // The plan overrides PORT on the new host.
+    let p = sb.plan_path();
+    let text = std::fs::read_to_string(&p).expect("plan");
+    std::fs::write(
+        &p,
+        text.replacen(
+            "[[files]]\nname = \"backend-env\"\n",
+            "[[files]]\nname = \"backend-env\"\noverrides = { PORT = \"4666\" }\n",
+            1,
+        ),
+    )
+    .expect("plan");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "the first sync: {}", out.both());
+    assert!(
+        std::fs::read_to_string(&sb.new_env)
+            .expect("new env")
+            .contains("PORT=4666"),
+        "the override applied on the new host"
+    );
+    cutover_with_window(&sb).await;
+    let old_env_before = std::fs::read_to_string(&sb.old_env).expect("old env");
+
+    // The frozen old host admits a sync write only when it names the window it follows: none,
+    // or another window's id, is refused as on any frozen host.
+    let mut target = TargetClient::new(sb.old().channel(&sb.world.certs_coordinator()).await);
+    for window in ["", "another_window_rb"] {
+        let refused = target
+            .remove_large_objects(RemoveLargeObjectsRequest {
+                database: "app".into(),
+                oids: vec![doomed],
+                rollback_window: window.into(),
+            })
+            .await
+            .expect_err("a frozen host refuses sync writes outside its window");
+        assert!(
+            refused
+                .message()
+                .contains("this host is frozen by an earlier cutover"),
+            "{refused:?}"
+        );
+    }
+
+    // The app on the new host: a new upload, a changed and a deleted file, its config file
+    // edited (a key the plan does not override; the overridden PORT kept), a new large object
+    // and one removed.
+    let upload_dir = sb.new_storage.join("2099");
+    std::fs::create_dir_all(&upload_dir).expect("upload dir");
+    std::fs::write(
+        upload_dir.join("new-upload.txt"),
+        b"uploaded after the switch",
+    )
+    .expect("upload");
+    std::fs::write(
+        sb.new_storage.join("2026/01/eval-0.json"),
+        b"{\"run\":0,\"score\":0.9}",
+    )
+    .expect("change");
+    std::fs::remove_file(sb.new_storage.join("2026/02/eval-1.json")).expect("delete");
+    let mut env = std::fs::read_to_string(&sb.new_env).expect("new env");
+    env.push_str("FEATURE_FLAG=on\n");
+    std::fs::write(&sb.new_env, &env).expect("edit new env");
+    let new_db = sb.world.new_pg.connect(&sb.new_db).await;
+    let created: u32 = new_db
+        .query_one("SELECT lo_from_bytea(0, 'an attachment')", &[])
+        .await
+        .expect("lo_from_bytea")
+        .get(0);
+    new_db
+        .execute("SELECT lo_unlink($1)", &[&doomed])
+        .await
+        .expect("lo_unlink");
+
+    let out = cli_json(&sb, &["rollback", "--yes", "--json"], 120).await;
+    assert_eq!(out.code, 0, "everything carried back: {}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "rolled-back", "{}", out.stdout);
+    assert_eq!(
+        j["not_carried_back"].as_array().map(Vec::len),
+        Some(0),
+        "nothing named: {}",
+        out.stdout
+    );
+    let carried: Vec<&str> = j["carried_back"]
+        .as_array()
+        .expect("carried_back")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for what in [
+        "file backend-env:",
+        "storage evaluations:",
+        "large objects of database app:",
+    ] {
+        assert!(
+            carried.iter().any(|l| l.starts_with(what)),
+            "{what} {carried:?}"
+        );
+    }
+    assert_eq!(
+        step(&j, "window carry-back")["status"],
+        "done",
+        "{}",
+        out.stdout
+    );
+
+    // The old host's tree equals the new host's; its config file has the change with its own
+    // value of the overridden key; its large objects equal the new host's.
+    assert_eq!(tree(&sb.old_storage), tree(&sb.new_storage));
+    assert!(!sb.old_storage.join("2026/02/eval-1.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(&sb.old_env).expect("old env"),
+        format!("{old_env_before}FEATURE_FLAG=on\n"),
+        "the new host's change, with the old host's PORT"
+    );
+    let (on_old, on_new) = (
+        large_objects(&sb.world.old_pg, &sb.old_db).await,
+        large_objects(&sb.world.new_pg, &sb.new_db).await,
+    );
+    assert_eq!(on_old, on_new);
+    assert_eq!(
+        on_old.get(&created).map(Vec::as_slice),
+        Some(&b"an attachment"[..])
+    );
+    assert!(!on_old.contains_key(&doomed));
 }

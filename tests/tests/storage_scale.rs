@@ -1,7 +1,10 @@
 //! A storage tree of many small files between two real agents: it syncs, re-syncs after a 1 %
 //! change and verifies, the new agent fetching the old agent's manifest itself: no manifest
 //! passes through the coordinator (its peak memory stays that of a run without a tree), so
-//! there is no cap on its size. The agents' peak memory is printed. The million-file run is `bench/run --files 1000000` (docs/BENCHMARKS.md).
+//! there is no cap on its size. Both agents' peak memory (`VmHWM`) must stay within the issue's
+//! 100 MiB at this size (main peaked at ~123 MiB on the new agent); that is a bound at 50,000
+//! files, not proof of flat memory (docs/BENCHMARKS.md). The million-file run is
+//! `bench/run --many-files 1000000`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,7 +17,7 @@ use hostshift_tests::rig::{self, Sandbox};
 /// in about 30 s.
 const FILES: usize = 50_000;
 const DIRS: usize = 200;
-/// Agents' peak memory target (issue 11.3: ≤ 100 MiB), printed beside the measurement.
+/// Agents' peak memory bound (issue 11.3: ≤ 100 MiB), asserted at this tree's size.
 const AGENT_TARGET_KIB: u64 = 100 * 1024;
 /// What a storage sync or verify may cost the coordinator beyond a run that moves no tree (the
 /// config file only): less than this tree's encoded manifest (over 80 bytes per entry, 4 MB),
@@ -229,15 +232,22 @@ async fn a_tree_of_many_small_files_syncs_resyncs_and_verifies_agent_to_agent_wi
         sessions.display()
     );
 
-    // The agents' peaks are printed, not asserted: the ≤ 100 MiB target is NOT met yet at this
-    // size (the new agent peaked at ~131 MiB with 50,000 files, debug build). The old manifest
-    // no longer counts (it is streamed from disk); each agent's manifest and digest cache of
-    // its own tree still live in memory — see docs/BENCHMARKS.md, "Storage manifests agent to
-    // agent". Asserting a looser number here would only hide that.
+    // Both agents stay within the issue's 100 MiB (VmHWM, the peak of the whole test: first
+    // sync, re-sync and verify). On main before the cache stopped laying installed files over a
+    // copy of the manifest (and the agent bounded its allocator's arenas), the new agent peaked
+    // at ~123 MiB here and the old one at ~97 MiB (debug build). This is a bound at this size,
+    // not proof of flat memory: each agent's manifest of its own tree is still in memory (about
+    // 200 bytes per file, docs/BENCHMARKS.md), so at a million files it would not hold.
     let (old_peak, new_peak) = (vm_hwm_kib(sb.old().pid()), vm_hwm_kib(sb.new_agent().pid()));
     eprintln!(
-        "agents' peak memory: old {old_peak} KiB, new {new_peak} KiB (target {AGENT_TARGET_KIB} KiB)"
+        "agents' peak memory: old {old_peak} KiB, new {new_peak} KiB (bound {AGENT_TARGET_KIB} KiB)"
     );
+    for (agent, peak) in [("old", old_peak), ("new", new_peak)] {
+        assert!(
+            peak <= AGENT_TARGET_KIB,
+            "the {agent} agent peaked at {peak} KiB, over {AGENT_TARGET_KIB} KiB, with {FILES} files"
+        );
+    }
     for (what, peak) in [
         ("first sync", first_peak),
         ("second sync", second_peak),

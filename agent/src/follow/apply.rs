@@ -1,4 +1,6 @@
-//! Applying decoded changes on the new host's database, exactly once.
+//! Applying decoded changes on the new host's database, exactly once (and, in the rollback
+//! window, the new host's changes on the old host's: [`super::Direction`] only changes what the
+//! errors call the two hosts).
 //!
 //! Each source transaction becomes one transaction here. Values arrive as text and are cast
 //! through the *new* host's column type (`$n::text::<format_type>`), so anything with a text form
@@ -65,6 +67,7 @@ use futures::stream::FuturesOrdered;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+use super::Direction;
 use super::pgoutput::{Message, Relation, Value, lsn_text};
 use crate::error::AgentError;
 use crate::postgres::sql::{ident, literal};
@@ -235,6 +238,8 @@ pub struct Applier {
     statements: HashMap<String, tokio_postgres::Statement>,
     /// Changes gathered but not sent yet (see "Runs of rows").
     batch: Option<Batch>,
+    /// Which host is which, for the errors.
+    direction: Direction,
 }
 
 /// The replication-origin functions the follower calls, as `has_function_privilege` and `GRANT`
@@ -324,11 +329,13 @@ pub async fn ensure_origin(
     client: &Client,
     database: &str,
     origin: &str,
+    direction: Direction,
 ) -> Result<(), AgentError> {
     let (role, missing) = missing_apply_rights(client, database).await?;
     if !missing.is_empty() {
         return Err(AgentError::FailedPrecondition(format!(
-            "database {database} on the new host: following applies changes with a replication origin and session_replication_role = replica, and role {role} (the conninfo's user) may not: as a superuser connected to this database (a function's rights are per database) run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
+            "database {database} on the {}: following applies changes with a replication origin and session_replication_role = replica, and role {role} (the conninfo's user) may not: as a superuser connected to this database (a function's rights are per database) run `{}` (on RDS the master has these through rds_superuser; see docs/rds.md), or connect as a superuser",
+            direction.target(),
             missing.join(" ")
         )));
     }
@@ -402,8 +409,8 @@ pub const VALUE_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YM
      SET lc_monetary = 'C'; SET standard_conforming_strings = on;";
 
 impl Applier {
-    /// Binds `client` (a session on the new database whose role has what [`ensure_origin`] checks)
-    /// to `origin` and reads where it stopped.
+    /// Binds `client` (a session on the target database whose role has what [`ensure_origin`]
+    /// checks) to `origin` and reads where it stopped.
     ///
     /// # Errors
     /// `FailedPrecondition` naming a missing grant; `Database` when the origin is busy (another
@@ -413,8 +420,9 @@ impl Applier {
         database: &str,
         origin: &str,
         anchor: Anchor,
+        direction: Direction,
     ) -> Result<Self, AgentError> {
-        ensure_origin(&client, database, origin).await?;
+        ensure_origin(&client, database, origin, direction).await?;
         client
             .batch_execute(&format!(
                 "{VALUE_SETTINGS} SET session_replication_role = replica; \
@@ -435,6 +443,7 @@ impl Applier {
             current: None,
             statements: HashMap::new(),
             batch: None,
+            direction,
         })
     }
 
@@ -452,8 +461,12 @@ impl Applier {
             .is_some_and(|d| matches!(&d.code().code()[..2], "23" | "22" | "42"));
         let err = AgentError::db(&self.database, e);
         if fatal {
+            let d = self.direction;
             AgentError::FailedPrecondition(format!(
-                "applying a change from the old host failed on the new host ({err}): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+                "applying a change from the {} failed on the {} ({err}): the databases diverged; the follower stopped. {}",
+                d.source(),
+                d.target(),
+                d.after_divergence()
             ))
         } else {
             err
@@ -521,10 +534,14 @@ impl Applier {
             return Ok(());
         };
         let n = r.map_err(|e| self.db_err(&e))?;
+        let d = self.direction;
         match expect {
             Expect::Rows(want, verb, table) if n != want => {
                 Err(AgentError::FailedPrecondition(format!(
-                    "table {table}: {verb} from the old host matched {n} rows on the new host ({want} expected): the databases diverged; the follower stopped. Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+                    "table {table}: {verb} from the {} matched {n} rows on the {} ({want} expected): the databases diverged; the follower stopped. {}",
+                    d.source(),
+                    d.target(),
+                    d.after_divergence()
                 )))
             }
             _ => Ok(()),
@@ -666,10 +683,14 @@ impl Applier {
         if !same {
             let mut mine: Vec<&str> = here.keys().map(String::as_str).collect();
             mine.sort_unstable();
+            let d = self.direction;
             return Err(AgentError::FailedPrecondition(format!(
-                "table {rel} changed: the old host has columns ({}), the new host ({}) — a schema change while following; the follower stopped. Apply the same change on the new host (or run `hostshift follow cleanup` and start again), then `hostshift follow start`",
+                "table {rel} changed: the {} has columns ({}), the {} ({}) — a schema change while following; the follower stopped. {}",
+                d.source(),
                 theirs.join(", "),
-                mine.join(", ")
+                d.target(),
+                mine.join(", "),
+                d.after_schema_change()
             )));
         }
         let types = theirs.iter().map(|c| here[*c].clone()).collect();

@@ -3,6 +3,8 @@
 //! ([`super::apply`]). Its config is persisted ([`super::store::TargetRecord`]) so that it
 //! resumes by itself when the agent starts again; where it stopped is in the database itself
 //! (the replication origin), so a kill -9 at any instant loses nothing and applies nothing twice.
+//! In the rollback window the same task runs on the old host and reads the new host's changes
+//! (the record's [`super::Direction`]; its errors name the hosts that way round).
 //!
 //! A connection failure is retried (with a growing pause, at most [`MAX_RETRY_PAUSE`]); a schema
 //! change or a divergence stops the follower with the error, which `status` shows.
@@ -224,18 +226,20 @@ async fn follow_once(
     let db = ctx.database(&record.database)?;
     let client = crate::db::connect(db).await?;
     let anchor = Anchor::parse(&record.pg_snapshot)?;
+    let direction = record.direction;
     let mut applier = Applier::new(
         client,
         &record.database,
         &super::origin_name(&record.id),
         anchor,
+        direction,
     )
     .await?;
     set(live, |l| {
         l.applied_lsn = applier.progress();
         l.reached_lsn = l.reached_lsn.max(applier.progress());
     });
-    tracing::debug!(database = %record.database, progress = applier.progress(), "follower: applier ready, connecting to the old host");
+    tracing::debug!(database = %record.database, progress = applier.progress(), "follower: applier ready, connecting to the source host");
     let channel =
         crate::transfer::pull::connect_peer(ctx, &record.source_address, &record.source_tls_name)
             .await?;
@@ -260,22 +264,28 @@ async fn follow_once(
             .await
             .map_err(|_| {
                 AgentError::Unavailable(format!(
-                    "the old host's agent did not answer a Changes call within {CALL_TIMEOUT:?}"
+                    "the {}'s agent did not answer a Changes call within {CALL_TIMEOUT:?}",
+                    direction.source()
                 ))
             })?
-            .map_err(|s| super::from_peer(&s))?
+            .map_err(|s| super::from_peer(&s, direction))?
             .into_inner();
         let mut wal_before = 0;
         let mut rows = 0u64;
         let mut open = false;
-        while let Some(row) = stream.message().await.map_err(|s| super::from_peer(&s))? {
+        while let Some(row) = stream
+            .message()
+            .await
+            .map_err(|s| super::from_peer(&s, direction))?
+        {
             if row.data.is_empty() {
                 wal_before = row.wal_lsn;
                 continue;
             }
             rows += 1;
-            let msg = pgoutput::parse(&row.data)
-                .map_err(|e| AgentError::DataLoss(format!("from the old host: {e}")))?;
+            let msg = pgoutput::parse(&row.data).map_err(|e| {
+                AgentError::DataLoss(format!("from the {}: {e}", direction.source()))
+            })?;
             open = !matches!(msg, pgoutput::Message::Commit { .. })
                 && (open || matches!(msg, pgoutput::Message::Begin { .. }));
             if let Some(c) = applier.apply(msg).await? {
@@ -293,9 +303,10 @@ async fn follow_once(
         }
         tracing::debug!(database = %record.database, rows, "follower: peek ended");
         if open {
-            return Err(AgentError::Unavailable(
-                "the old host's change stream ended inside a transaction".into(),
-            ));
+            return Err(AgentError::Unavailable(format!(
+                "the {}'s change stream ended inside a transaction",
+                direction.source()
+            )));
         }
         if rows == 0 {
             // Nothing committed between the slot's position and `wal_before` is left.

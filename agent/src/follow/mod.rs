@@ -35,7 +35,8 @@
 //! - [`source`] — the old host: slot, publication, follow grant, changes.
 //! - [`follower`] — the new host's background task, resumed after a restart.
 //! - [`store`] — what both sides persist in `state_dir/follow/`.
-//! - [`window`] — the rollback window's insert-only publication on the new host.
+//! - [`window`] — the rollback window on the new host: its tables without a key (whole with
+//!   `[allow] replica_identity_full`, else insert-only), the identities the follow left there.
 //! - [`service`] — the gRPC translation.
 
 pub mod apply;
@@ -56,13 +57,98 @@ pub fn origin_name(id: &str) -> String {
     format!("hostshift_{id}")
 }
 
-/// An error the old host's agent answered with, as this agent's error.
-pub(crate) fn from_peer(s: &tonic::Status) -> AgentError {
-    let msg = format!("the old host's agent: {}", s.message());
+/// Which way a follower applies: the move's follow (the old host's changes onto the new host)
+/// or the rollback window's (the new host's changes back onto the old host, see
+/// `coordinator/src/window`). The code is the same both ways; what an error calls the two hosts,
+/// and what it tells the operator to run, is not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// `hostshift follow`: old host → new host.
+    #[default]
+    Forward,
+    /// The rollback window: new host → old host.
+    Window,
+}
+
+impl Direction {
+    /// The host the changes come from.
+    pub fn source(self) -> &'static str {
+        match self {
+            Self::Forward => "old host",
+            Self::Window => "new host",
+        }
+    }
+
+    /// The host they are applied on (this agent's).
+    pub fn target(self) -> &'static str {
+        match self {
+            Self::Forward => "new host",
+            Self::Window => "old host",
+        }
+    }
+
+    /// What to do when a change cannot be applied (the databases diverged).
+    pub fn after_divergence(self) -> &'static str {
+        match self {
+            Self::Forward => {
+                "Run `hostshift follow cleanup` and `hostshift follow start` to copy again"
+            }
+            Self::Window => {
+                "Make the old host's rows match the new host's by hand and run `hostshift window --restart-follower`, or close the window with `hostshift finish` (a rollback then reports the new host's writes as at risk)"
+            }
+        }
+    }
+
+    /// What to do after a schema change on the source.
+    pub fn after_schema_change(self) -> &'static str {
+        match self {
+            Self::Forward => {
+                "Apply the same change on the new host (or run `hostshift follow cleanup` and start again), then `hostshift follow start`"
+            }
+            Self::Window => {
+                "Apply the same change on the old host, then `hostshift window --restart-follower`"
+            }
+        }
+    }
+}
+
+/// An error the source host's agent answered with, as this agent's error.
+pub(crate) fn from_peer(s: &tonic::Status, direction: Direction) -> AgentError {
+    let msg = format!("the {}'s agent: {}", direction.source(), s.message());
     match s.code() {
         tonic::Code::PermissionDenied => AgentError::PermissionDenied(msg),
         tonic::Code::InvalidArgument => AgentError::InvalidArgument(msg),
         tonic::Code::FailedPrecondition => AgentError::FailedPrecondition(msg),
         _ => AgentError::Unavailable(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_direction_names_the_new_host_as_the_source_and_the_old_as_the_target() {
+        assert_eq!(
+            (Direction::Forward.source(), Direction::Forward.target()),
+            ("old host", "new host")
+        );
+        assert_eq!(
+            (Direction::Window.source(), Direction::Window.target()),
+            ("new host", "old host")
+        );
+        assert!(
+            Direction::Window
+                .after_schema_change()
+                .contains("on the old host")
+        );
+        assert!(
+            Direction::Window
+                .after_divergence()
+                .contains("--restart-follower")
+        );
+        // Records written before the field existed are the move's follow.
+        assert_eq!(Direction::default(), Direction::Forward);
     }
 }

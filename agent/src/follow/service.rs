@@ -209,7 +209,12 @@ impl Follow for FollowService {
         }
         // Check the rights to apply (origin functions, replica mode) before anything is persisted.
         let client = crate::db::connect(db).await?;
-        apply::ensure_origin(&client, &r.database, &super::origin_name(&r.id)).await?;
+        let direction = if r.rollback_window {
+            super::Direction::Window
+        } else {
+            super::Direction::Forward
+        };
+        apply::ensure_origin(&client, &r.database, &super::origin_name(&r.id), direction).await?;
         drop(client);
         let record = TargetRecord {
             database: r.database,
@@ -222,6 +227,7 @@ impl Follow for FollowService {
             not_followed: r.not_followed,
             state: "following".into(),
             error: String::new(),
+            direction,
         };
         store::save_target(&self.ctx, &record)?;
         tracing::info!(database = %record.database, "follower started");
@@ -328,14 +334,23 @@ impl Follow for FollowService {
         }
         if !r.restore_identities.is_empty() {
             // The copy carried the old host's REPLICA IDENTITY FULL here too.
-            let client = crate::db::connect(db).await?;
+            let mut items = Vec::new();
             for item in &r.restore_identities {
                 let (table, original) = item.rsplit_once('=').ok_or_else(|| {
                     AgentError::InvalidArgument(format!(
                         "replica identity to restore {item:?}: expected table=d|n"
                     ))
                 })?;
-                source::put_identity_back(&client, &r.database, table, original).await?;
+                items.push((table.to_string(), original.to_string()));
+            }
+            // With the rollback window's slot here, the tables are in its publication: put
+            // back now, their identity would make the app's UPDATE and DELETE fail. The window's
+            // Drop puts them back instead.
+            if !super::window::keep_identities(&self.ctx, &r.database, &items)? {
+                let client = crate::db::connect(db).await?;
+                for (table, original) in &items {
+                    source::put_identity_back(&client, &r.database, table, original).await?;
+                }
             }
         }
         store::remove_target(&self.ctx, &r.database)?;

@@ -67,6 +67,9 @@ pub struct TargetRecord {
     pub state: String,
     /// Why it failed.
     pub error: String,
+    /// The move's follow or the rollback window's (records from before the field: the move's).
+    #[serde(default)]
+    pub direction: super::Direction,
 }
 
 fn dir(ctx: &Ctx) -> PathBuf {

@@ -188,8 +188,10 @@ impl LargeObjectSink {
     pub async fn begin(conn: Conn, meta: &LargeObjectMeta) -> Result<Self, PgSyncError> {
         let oid = meta.oid;
         let label = format!("large object {oid}");
+        // READ WRITE: a rollback within the window writes into the frozen old host, whose
+        // database defaults to read-only transactions (only the agent's role still connects).
         let mut sql = format!(
-            "BEGIN; \
+            "BEGIN READ WRITE; \
              SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = {oid}; \
              SELECT pg_catalog.lo_create({oid}); \
              ALTER LARGE OBJECT {oid} OWNER TO {};",
@@ -272,5 +274,37 @@ impl LargeObjectSink {
             .exec("ROLLBACK", Some(&self.label), "roll back the large object")
             .await?;
         Ok(self.conn)
+    }
+}
+
+/// Unlinks those of `oids` that exist, in one read-write transaction (see
+/// [`LargeObjectSink::begin`] for why read-write); returns how many existed. The caller must have
+/// checked that this database may be written.
+///
+/// # Errors
+/// [`PgSyncError::Query`] when the server refused (nothing was unlinked then).
+pub async fn remove_large_objects(conn: &Conn, oids: &[u32]) -> Result<u64, PgSyncError> {
+    if oids.is_empty() {
+        return Ok(0);
+    }
+    let what = "unlink the large objects";
+    conn.exec("BEGIN READ WRITE", None, what).await?;
+    let r = conn
+        .client()
+        .execute(
+            "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata \
+             WHERE oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await;
+    match r {
+        Ok(n) => {
+            conn.exec("COMMIT", None, what).await?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = conn.client().batch_execute("ROLLBACK").await;
+            Err(conn.err(None, what, &e))
+        }
     }
 }

@@ -81,7 +81,7 @@ pub use fingerprint::{
 pub use globals::{Globals, GlobalsReport, Membership, RoleDef, apply_globals, read_globals};
 pub use large_objects::{
     LO_CHUNK_BYTES, LargeObjectMeta, LargeObjectSink, LoGrant, list_large_objects,
-    read_large_object,
+    read_large_object, remove_large_objects,
 };
 pub use matviews::{NOT_POPULATED, matview_fingerprints, refresh_matviews};
 pub use ranges::{KeyRange, split_ranges};

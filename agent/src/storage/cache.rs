@@ -16,7 +16,10 @@
 //! cache. Losing this state (an agent restart) only costs speed.
 //!
 //! Memory: one decoded manifest per tree (about 200 bytes per entry plus the path) and the
-//! entries of files installed since the last walk.
+//! entries of files installed since the last walk, at most [`MAX_INSTALLED`] per tree. A walk
+//! looks installed files up beside the manifest ([`CacheView`]) instead of laying them over a
+//! copy of it. The manifest itself still grows with the tree: see docs/BENCHMARKS.md
+//! ("Storage manifests agent to agent") for what keeping it on disk would take.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +28,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::error::StorageError;
 use super::manifest::{Entry, Manifest, Stamp};
+use super::walk::CacheView;
+
+/// Most installed files remembered per tree between two walks (about 200 bytes each: 20 MiB at
+/// most). Beyond it they are forgotten, which costs only speed: the next walk reads those files
+/// again instead of trusting the digest verified while they were staged. A first sync of a tree
+/// of more files than this therefore ends with a walk that reads the rest of the new tree.
+pub const MAX_INSTALLED: usize = 100_000;
 
 /// Identity of a cache file as written: a save renames a new file into place, so the inode
 /// changes with every save.
@@ -40,9 +50,17 @@ fn file_id(path: &Path) -> Option<FileId> {
     ))
 }
 
+/// The files installed since the last saved walk, kept sorted by path with one entry per path
+/// (the latest), so a walk looks them up in place ([`CacheView`]) instead of laying them over a
+/// copy of the whole manifest.
+type Installed = Arc<Vec<(Entry, Stamp)>>;
+
 #[derive(Default)]
 struct Slot {
     loaded: Option<(FileId, Arc<Manifest>)>,
+    /// Installed files handed to a walk whose manifest is not saved yet (sorted).
+    pending: Option<Installed>,
+    /// Installed files reported since (in arrival order).
     installed: Vec<(Entry, Stamp)>,
 }
 
@@ -52,12 +70,38 @@ pub struct ManifestCache {
     slots: Mutex<HashMap<PathBuf, Slot>>,
 }
 
-/// What a walk may use as its cache, and how to tell [`ManifestCache::saved`] which installed
-/// files it covered.
+/// What a walk may use as its cache ([`WalkCache::view`]), and how to tell
+/// [`ManifestCache::saved`] which installed files it covered.
 pub struct WalkCache {
-    /// The cache (the saved manifest with the installed files laid over it), if there is any.
+    /// The manifest the last walk saved, if there is one.
     pub manifest: Option<Arc<Manifest>>,
-    covered: usize,
+    /// The files installed since, sorted by path (empty when none).
+    installed: Installed,
+}
+
+impl WalkCache {
+    /// The view a walk looks digests up in.
+    pub fn view(&self) -> CacheView<'_> {
+        CacheView {
+            base: self.manifest.as_deref(),
+            installed: &self.installed,
+        }
+    }
+}
+
+/// `files` sorted by path, keeping for each path the entry that came last.
+fn sorted_latest(mut files: Vec<(Entry, Stamp)>) -> Vec<(Entry, Stamp)> {
+    // Stable: among equal paths, arrival order stays; the later one is moved onto the kept one.
+    files.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    files.dedup_by(|later, kept| {
+        if later.0.path == kept.0.path {
+            std::mem::swap(later, kept);
+            true
+        } else {
+            false
+        }
+    });
+    files
 }
 
 impl ManifestCache {
@@ -96,24 +140,26 @@ impl ManifestCache {
     }
 
     /// The cache for the next walk of the tree whose cache file is `path`: the saved manifest
-    /// with the files installed since laid over it. Blocking.
+    /// and the files installed since (looked up in place, not laid over a copy). Blocking.
     pub fn for_walk(&self, path: &Path) -> WalkCache {
-        let walked = self.walked(path);
-        // Laid over under the lock rather than copied out first: the installed files of a
-        // first sync are one entry per file of the tree.
-        let (manifest, covered) = self.with_slot(path, |s| {
-            if s.installed.is_empty() {
-                (walked, 0)
-            } else {
-                let empty = Manifest::default();
-                let base = walked.as_deref().unwrap_or(&empty);
-                (
-                    Some(Arc::new(base.with_files(&s.installed))),
-                    s.installed.len(),
-                )
+        let manifest = self.walked(path);
+        let installed = self.with_slot(path, |s| {
+            if !s.installed.is_empty() {
+                let mut all = s
+                    .pending
+                    .take()
+                    .map(|p| Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone()))
+                    .unwrap_or_default();
+                all.append(&mut s.installed);
+                s.installed = Vec::new();
+                s.pending = Some(Arc::new(sorted_latest(all)));
             }
+            s.pending.clone().unwrap_or_default()
         });
-        WalkCache { manifest, covered }
+        WalkCache {
+            manifest,
+            installed,
+        }
     }
 
     /// Saves `m`, the manifest a walk built with `used` as its cache, to `path` and keeps it
@@ -131,8 +177,13 @@ impl ManifestCache {
         let id = file_id(path);
         self.with_slot(path, |s| {
             s.loaded = id.map(|id| (id, m.clone()));
-            let covered = used.covered.min(s.installed.len());
-            s.installed.drain(..covered);
+            // Covered by `m` unless another walk merged newer files into it meanwhile.
+            if s.pending
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &used.installed))
+            {
+                s.pending = None;
+            }
         });
         Ok(())
     }
@@ -143,7 +194,18 @@ impl ManifestCache {
         if files.is_empty() {
             return;
         }
-        self.with_slot(path, |s| s.installed.extend(files));
+        self.with_slot(path, |s| {
+            let held = s.installed.len() + s.pending.as_ref().map_or(0, |p| p.len());
+            let room = MAX_INSTALLED.saturating_sub(held);
+            if files.len() > room {
+                tracing::debug!(
+                    path = %path.display(),
+                    forgotten = files.len() - room,
+                    "installed files beyond MAX_INSTALLED: the next walk reads them again"
+                );
+            }
+            s.installed.extend(files.into_iter().take(room));
+        });
     }
 }
 
@@ -154,7 +216,7 @@ mod tests {
     use super::*;
     use crate::storage::relpath::RelPath;
     use crate::storage::testutil::put;
-    use crate::storage::walk::build;
+    use crate::storage::walk::{build, build_with};
 
     #[test]
     fn installed_files_are_trusted_by_the_next_walk_and_saved_with_it() {
@@ -189,11 +251,11 @@ mod tests {
             vec![(b.clone(), Stamp::of(&meta, i64::MAX / 2))],
         );
         let used = cache.for_walk(&cache_file);
-        let second =
-            Arc::new(build(&root, used.manifest.as_deref(), &CancellationToken::new()).unwrap());
+        let second = Arc::new(build_with(&root, used.view(), &CancellationToken::new()).unwrap());
         assert_eq!(second.get(&b.path), Some(&b));
         cache.saved(&cache_file, &second, used).unwrap();
-        assert!(cache.with_slot(&cache_file, |s| s.installed.is_empty()));
+        assert!(cache.with_slot(&cache_file, |s| s.installed.is_empty()
+            && s.pending.is_none()));
         // Read back from the file (a restarted agent), the stamp still vouches for it.
         let reloaded = Manifest::load(&cache_file).unwrap();
         assert!(reloaded.get_stamped(&b.path).is_some());
@@ -206,10 +268,72 @@ mod tests {
         )
         .unwrap();
         let used = cache.for_walk(&cache_file);
-        let third = build(&root, used.manifest.as_deref(), &CancellationToken::new()).unwrap();
+        let third = build_with(&root, used.view(), &CancellationToken::new()).unwrap();
         assert_eq!(
             third.get(&b.path).unwrap().sha256,
             Some(hostshift_shared::digest::Sha256Digest::of(b"BRAVO"))
         );
+    }
+
+    #[test]
+    fn the_latest_install_of_a_path_wins_and_a_walk_is_not_given_a_copy_of_the_manifest() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, cache_file) = (t.path().join("tree"), t.path().join("tree.manifest"));
+        put(&root, "a", b"alpha", 0o644, 1_600_000_000, 0);
+        let cache = ManifestCache::new();
+        let first = Arc::new(build(&root, None, &CancellationToken::new()).unwrap());
+        cache
+            .saved(&cache_file, &first, cache.for_walk(&cache_file))
+            .unwrap();
+        let meta = std::fs::symlink_metadata(root.join("a")).unwrap();
+        let (entry, _) = first.get_stamped(&RelPath::new("a").unwrap()).unwrap();
+        let claimed = |what: &[u8]| Entry {
+            sha256: Some(hostshift_shared::digest::Sha256Digest::of(what)),
+            ..entry.clone()
+        };
+        let stamp = Stamp::of(&meta, i64::MAX / 2);
+        cache.installed(&cache_file, vec![(claimed(b"older"), stamp)]);
+        let used = cache.for_walk(&cache_file);
+        cache.installed(&cache_file, vec![(claimed(b"newer"), stamp)]);
+        let used = {
+            drop(used);
+            cache.for_walk(&cache_file)
+        };
+        // The saved manifest itself, shared, not a merged copy of it.
+        assert!(Arc::ptr_eq(used.manifest.as_ref().unwrap(), &first));
+        let (found, _) = used.view().get_stamped(&entry.path).unwrap();
+        assert_eq!(found, &claimed(b"newer"));
+        let walked = build_with(&root, used.view(), &CancellationToken::new()).unwrap();
+        assert_eq!(walked.get(&entry.path), Some(&claimed(b"newer")));
+    }
+
+    #[test]
+    fn installed_files_beyond_the_limit_are_forgotten_not_held() {
+        let t = tempfile::tempdir().unwrap();
+        let cache_file = t.path().join("tree.manifest");
+        let cache = ManifestCache::new();
+        let e = |i: usize| {
+            let meta = std::fs::symlink_metadata(t.path()).unwrap();
+            let entry = Entry {
+                path: RelPath::new(format!("f{i}")).unwrap(),
+                kind: crate::storage::Kind::File,
+                size: 0,
+                mode: 0o644,
+                mtime_ns: 0,
+                sha256: Some(hostshift_shared::digest::Sha256Digest::of(b"")),
+                owner: None,
+            };
+            (entry, Stamp::of(&meta, 0))
+        };
+        cache.installed(&cache_file, (0..MAX_INSTALLED - 1).map(e).collect());
+        cache.installed(&cache_file, (0..3).map(|i| e(MAX_INSTALLED + i)).collect());
+        assert_eq!(
+            cache.with_slot(&cache_file, |s| s.installed.len()),
+            MAX_INSTALLED
+        );
+        let used = cache.for_walk(&cache_file);
+        assert_eq!(used.installed.len(), MAX_INSTALLED);
+        cache.installed(&cache_file, vec![e(MAX_INSTALLED + 10)]);
+        assert_eq!(cache.with_slot(&cache_file, |s| s.installed.len()), 0);
     }
 }

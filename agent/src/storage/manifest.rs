@@ -200,7 +200,11 @@ impl Manifest {
     /// with the stamps of its files.
     pub(super) fn from_walk(mut walked: Vec<(Entry, Option<Stamp>)>, walked_at_ns: i64) -> Self {
         walked.sort_by(|a, b| a.0.path.cmp(&b.0.path));
-        let (entries, stamps) = walked.into_iter().unzip();
+        // Not `unzip`: that held a second copy of every entry until the first was dropped. The
+        // stamps are copied out (small), and the entries are collected in place (the standard
+        // library reuses the allocation for a `map` of an owned iterator).
+        let stamps = walked.iter().map(|(_, s)| *s).collect();
+        let entries = walked.into_iter().map(|(e, _)| e).collect();
         let mut m = Self {
             entries,
             walked_at_ns,

@@ -15,6 +15,17 @@
 //! staged durable, so a crash after a commit's rename never leaves an empty or partial file at
 //! the final path. (It flushes the whole file system, other programs' writes included — still far
 //! cheaper than an fsync per file, which dominated the cost of small files.)
+//!
+//! Why each file is hashed here although every chunk of the stream was hashed too (issue 15
+//! asked whether this pass could go): the chunk chain and its trailer prove that these bytes are
+//! the bytes the *sender* sent, not that they are the bytes the *manifest's* SHA-256 names. The
+//! sender does not always hash what it sends: a file whose stamp shows it is the one its walk
+//! digested is sent unread by any hasher ([`pack`](super::pack), `digested_by_walk`), and a
+//! change no stamp shows (a second write within the same clock tick, a write through `mmap`)
+//! would then reach this side with a valid chain and the wrong content. The per-file digest
+//! below is the only check that catches it, and the digest this agent records for an installed
+//! file in its cache rests on it. Dropping this pass would need the sender to hash every file
+//! against its manifest entry instead — the same pass moved to the other host, not saved.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -58,6 +58,52 @@ pub fn build(
     cache: Option<&Manifest>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, StorageError> {
+    build_with(
+        root,
+        CacheView {
+            base: cache,
+            installed: &[],
+        },
+        cancel,
+    )
+}
+
+/// What a walk looks cached digests up in: a saved manifest and, laid over it, the files this
+/// agent installed since (sorted by path, one entry per path). Looked up in place: laying the
+/// installed files over a copy of the manifest first cost a whole copy of it (and a map of
+/// every path) at each walk after a sync.
+#[derive(Clone, Copy, Default)]
+pub struct CacheView<'a> {
+    /// The manifest saved by the last walk, with its stamps.
+    pub base: Option<&'a Manifest>,
+    /// Files installed since, sorted by path, each path once.
+    pub installed: &'a [(Entry, Stamp)],
+}
+
+impl<'a> CacheView<'a> {
+    /// The cached entry for `path` and its stamp: an installed file's first, else the base's.
+    pub fn get_stamped(&self, path: &RelPath) -> Option<(&'a Entry, Stamp)> {
+        match self.installed.binary_search_by(|(e, _)| e.path.cmp(path)) {
+            Ok(i) => Some((&self.installed[i].0, self.installed[i].1)),
+            Err(_) => self.base?.get_stamped(path),
+        }
+    }
+
+    /// True when there is anything to look up.
+    pub fn is_some(&self) -> bool {
+        self.base.is_some() || !self.installed.is_empty()
+    }
+}
+
+/// [`build`] with a [`CacheView`] (a saved manifest and the files installed since).
+///
+/// # Errors
+/// As [`build`].
+pub fn build_with(
+    root: &Path,
+    cache: CacheView<'_>,
+    cancel: &CancellationToken,
+) -> Result<Manifest, StorageError> {
     let walk = Walk {
         root,
         cache,
@@ -101,7 +147,7 @@ pub const WALK_THREADS: usize = 2;
 /// One walk: what its threads share.
 struct Walk<'a> {
     root: &'a Path,
-    cache: Option<&'a Manifest>,
+    cache: CacheView<'a>,
     cancel: &'a CancellationToken,
     walked_at_ns: i64,
     queue: Mutex<Queue>,
@@ -213,7 +259,7 @@ fn visit(
     root: &Path,
     rel: RelPath,
     de: &std::fs::DirEntry,
-    cache: Option<&Manifest>,
+    cache: CacheView<'_>,
     walked_at_ns: i64,
     buf: &mut [u8],
     cancel: &CancellationToken,
@@ -310,14 +356,13 @@ fn file_entry(
     path: RelPath,
     full: &Path,
     meta: &Metadata,
-    cache: Option<&Manifest>,
+    cache: CacheView<'_>,
     walked_at_ns: i64,
     buf: &mut [u8],
     cancel: &CancellationToken,
 ) -> Result<(Entry, Option<Stamp>), StorageError> {
     let (size, mode, mtime) = (meta.len(), file_mode(meta), mtime_ns(meta));
-    if let Some(cache) = cache
-        && let Some((cached, stamp)) = cache.get_stamped(&path)
+    if let Some((cached, stamp)) = cache.get_stamped(&path)
         && cached.is_file()
         && (cached.size, cached.mode, cached.mtime_ns) == (size, mode, mtime)
         && cached.owner == Some(owner(meta))

@@ -392,7 +392,7 @@ pub async fn apply_large_object<S>(
 where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
-    let db = writable(ctx, &r.database)?;
+    let db = writable_in(ctx, &r.database, &r.rollback_window)?;
     let meta = wire::large_object_from_proto(r.meta.clone(), "meta")?;
     let mut sink = LargeObjectSink::begin(Conn::connect(db).await?, &meta).await?;
     let mut dec = FrameDecoder::new();
@@ -411,12 +411,46 @@ pub fn writable<'a>(
     ctx: &'a Ctx,
     name: &str,
 ) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
+    writable_in(ctx, name, "")
+}
+
+/// [`writable`] for a rollback within the rollback window `window` (see
+/// [`super::guard::require`]): also while this host is frozen.
+///
+/// # Errors
+/// `PermissionDenied` naming the key; `NotDeclared`; `FailedPrecondition` when frozen outside
+/// the window.
+pub fn writable_in<'a>(
+    ctx: &'a Ctx,
+    name: &str,
+    window: &str,
+) -> Result<&'a crate::config::DatabaseConfig, AgentError> {
     super::guard::require(
         ctx,
         &ctx.config.allow.restore_databases,
         "restore_databases",
         "database",
         name,
+        window,
     )?;
     ctx.database(name)
+}
+
+/// Unlinks the large objects `oids` that exist in `database` (a rollback within the window:
+/// the ones the new host removed since the switch), in one read-write transaction. Returns
+/// how many existed.
+///
+/// # Errors
+/// Permission as [`writable_in`]; the server's refusal.
+pub async fn remove_large_objects(
+    ctx: &Arc<Ctx>,
+    database: &str,
+    oids: &[u32],
+    window: &str,
+) -> Result<u64, AgentError> {
+    let db = writable_in(ctx, database, window)?;
+    let conn = Conn::connect(db).await?;
+    let n = postgres::remove_large_objects(&conn, oids).await?;
+    tracing::info!(database, removed = n, "large objects unlinked");
+    Ok(n)
 }

@@ -2,6 +2,13 @@
 //! storage, [`db`](super::db) for databases, [`service`](super::service)): whether this agent may
 //! write a named thing at all ([`require`]), and how a failure of the source's stream reads here
 //! ([`upstream`]). Kept apart so the writers do not import each other.
+//!
+//! A host frozen by a cutover refuses every sync write, with one exception: a rollback within
+//! the rollback window carries the new host's storage, config files and large objects back into
+//! the frozen old host before traffic returns to it. Such a write names the window
+//! (`rollback_window`, its reverse follow id) and is admitted only while this agent holds that
+//! window's follower record (written when the window opened, removed when it closes), so a
+//! plain sync can never claim it.
 
 use tonic::Status;
 
@@ -10,16 +17,18 @@ use crate::error::AgentError;
 
 /// Refuses unless `[allow] <key>` lists `name` and the agent is a sync target
 /// (`sync_role = "target"`): a source host is never written by a sync, whatever `[allow]` says
-/// (a config copied from the new host must not make the old one writable).
+/// (a config copied from the new host must not make the old one writable). `window`: the
+/// rollback window a rollback's write names (empty for a sync), see the module docs.
 ///
 /// # Errors
-/// `PermissionDenied` naming the key to add.
+/// `PermissionDenied` naming the key to add; `FailedPrecondition` on a frozen host.
 pub fn require(
     ctx: &Ctx,
     list: &[String],
     key: &str,
     what: &str,
     name: &str,
+    window: &str,
 ) -> Result<(), AgentError> {
     if !list.iter().any(|n| n == name) {
         return Err(AgentError::PermissionDenied(format!(
@@ -39,7 +48,24 @@ pub fn require(
             ctx.config_path.display()
         )));
     }
+    if !window.is_empty() && in_window(ctx, window) {
+        tracing::info!(
+            what,
+            name,
+            window,
+            "a rollback within the window writes into this frozen host"
+        );
+        return Ok(());
+    }
     refuse_if_frozen(ctx)
+}
+
+/// Whether this agent follows the new host for the rollback window `window` (its follower
+/// record exists, running or stopped by the rollback's drain).
+fn in_window(ctx: &Ctx, window: &str) -> bool {
+    crate::follow::store::targets(ctx)
+        .iter()
+        .any(|t| t.id == window)
 }
 
 /// Refuses every sync write while an earlier cutover's freeze is recorded on this host: its

@@ -12,8 +12,8 @@ use hostshift_proto::v1::{
     ApplyEvent, ApplyMessage, ApplyResult, CompareStorageRequest, CompareStorageResponse,
     CreateGrantRequest, CreateGrantResponse, FileMetaResponse, FileRead, FinalizeStorageRequest,
     FinalizeStorageResponse, Frame, PlanStorageRequest, PlanStorageResponse, PullRequest,
-    ReadRequest, RevokeGrantRequest, RevokeGrantResponse, apply_event, apply_message,
-    read_request::What,
+    ReadRequest, RemoveLargeObjectsRequest, RemoveLargeObjectsResponse, RevokeGrantRequest,
+    RevokeGrantResponse, apply_event, apply_message, read_request::What,
 };
 use hostshift_shared::identity::Identity;
 use tokio::sync::mpsc;
@@ -372,6 +372,7 @@ impl Target for TargetService {
             "write_storage",
             "storage tree",
             &r.tree,
+            &r.rollback_window,
         )?;
         let root = ctx.storage(&r.tree)?.path.clone();
         std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
@@ -462,6 +463,17 @@ impl Target for TargetService {
             meta: stats.meta_fixed,
             deleted: stats.deleted,
         }))
+    }
+
+    async fn remove_large_objects(
+        &self,
+        req: Request<RemoveLargeObjectsRequest>,
+    ) -> Result<Response<RemoveLargeObjectsResponse>, Status> {
+        let r = req.into_inner();
+        let removed =
+            super::db::remove_large_objects(&self.ctx, &r.database, &r.oids, &r.rollback_window)
+                .await?;
+        Ok(Response::new(RemoveLargeObjectsResponse { removed }))
     }
 }
 

@@ -68,6 +68,7 @@ where
         "write_storage",
         "storage tree",
         &h.tree,
+        &h.rollback_window,
     )?;
     let root = ctx.storage(&h.tree)?.path.clone();
     std::fs::create_dir_all(&root).map_err(|e| AgentError::io("create", &root, e))?;
@@ -196,6 +197,7 @@ where
         "write_files",
         "file",
         &h.name,
+        &h.rollback_window,
     )?;
     let path = super::source::file_path(ctx, &h.name)?;
     let mut dec = FrameDecoder::new();

@@ -204,13 +204,13 @@ pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Arc<Mani
         let m = if full {
             storage::build_full(&root, &cancel)?
         } else {
-            storage::build(&root, used.manifest.as_deref(), &cancel)?
+            storage::walk::build_with(&root, used.view(), &cancel)?
         };
         let m = Arc::new(m);
         tracing::debug!(
             root = %root.display(),
             entries = m.entries().len(),
-            cached = used.manifest.is_some(),
+            cached = used.view().is_some(),
             ms = started.elapsed().as_millis() as u64,
             "manifest built"
         );

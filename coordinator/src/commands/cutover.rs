@@ -459,6 +459,15 @@ fn print(g: &Global, r: &CutoverReport, plan_arg: &str) {
             }
         }
     }
+    if !r.carried_back.is_empty() {
+        println!(
+            "\nCARRIED BACK FROM THE NEW HOST INSIDE THE ROLLBACK'S FREEZE ({}):",
+            r.carried_back.len()
+        );
+        for w in &r.carried_back {
+            println!("  {w}");
+        }
+    }
     if !r.not_carried_back.is_empty() {
         println!(
             "\nFILES AND STORAGE OF THE NEW HOST NOT CARRIED BACK BY THE ROLLBACK WINDOW ({}):",

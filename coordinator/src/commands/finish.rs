@@ -113,11 +113,8 @@ pub async fn status(g: &Global, c: WindowCmd) -> CliResult {
                         format!(" ({})", d.error)
                     }
                 );
-                if !d.not_followed.is_empty() {
-                    println!(
-                        "    not carried back (no replica identity): {}",
-                        d.not_followed.join(", ")
-                    );
+                if !d.hint.is_empty() {
+                    println!("    {}", d.hint);
                 }
             }
         }

@@ -88,6 +88,7 @@ impl<'a> Cut<'a> {
             undo_instructions: vec![],
             new_host_writes: vec![],
             not_carried_back: vec![],
+            carried_back: vec![],
             follow: vec![],
             report_dir: None,
             journal: journal.path().display().to_string(),

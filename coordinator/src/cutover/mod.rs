@@ -359,6 +359,12 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
         let _ = c.record(JStep::Rollback, Mark::Failed, "");
         return Ok(c.finish(quiet, true));
     };
+    // Still inside the freeze: storage, config files and large objects carried back.
+    let carried = if drained {
+        traced(step_span("window carry-back"), c.window_carry_back()).await
+    } else {
+        Ok(())
+    };
     let methods = plan.freeze.methods.clone();
     // Everything is undone regardless of the journal (each undo is idempotent), so the state
     // reported on a journal failure is "may still be frozen".
@@ -372,6 +378,9 @@ pub async fn rollback(plan: &Plan, mode: Mode) -> Result<CutoverReport, StartErr
     } else {
         traced(step_span("new-host writes"), c.new_host_writes()).await
     };
+    if let Err(e) = carried {
+        writes = Err(e);
+    }
     if drained && manual.is_empty() && writes.is_ok() {
         writes = traced(step_span("window close"), c.window_end()).await;
     }

@@ -103,9 +103,12 @@ pub struct CutoverReport {
     /// Rollback: tables written on the new host since the switch (not copied back), as
     /// `database schema.table: how the rows moved`.
     pub new_host_writes: Vec<String>,
-    /// Rollback within the window: config files and storage trees of the new host the window
-    /// did not carry back, by name (the operator copies them).
+    /// Rollback within the window: config files, storage trees and large objects of the new
+    /// host not carried back, by name, with why (the operator copies them).
     pub not_carried_back: Vec<String>,
+    /// Rollback within the window: the storage trees, config files and large objects of the
+    /// new host carried back into the old host inside the rollback's freeze.
+    pub carried_back: Vec<String>,
     /// Followed databases: the follower's catch-up inside the freeze (empty: the key-range
     /// delta of every table, the fallback).
     pub follow: Vec<super::follow_path::FollowCatchUp>,

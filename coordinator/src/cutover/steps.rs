@@ -53,6 +53,9 @@ impl Cut<'_> {
             // only the tables it does not carry are compared (and sequences, large objects).
             following: !self.followed.is_empty(),
             followed: self.followed.iter().cloned().collect(),
+            // Inside the freeze: files, trees and databases at once (the freeze would last
+            // their sum).
+            concurrent: true,
             ..SyncOptions::default()
         };
         let r = match crate::sync::run(self.plan, &opts).await {

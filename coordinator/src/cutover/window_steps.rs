@@ -6,9 +6,11 @@
 //!   the new host's writes as at risk, as before the window existed. Only a journal failure is
 //!   passed on. [`Cut::window_abandon`] removes a window when the cutover is undone.
 //! - Rollback: [`Cut::window_drain`] freezes the new host (the plan's freeze methods, on the new
-//!   host), waits until the old host applied everything, copies the sequences; then the usual
-//!   switch back and unfreeze of the old host run; [`Cut::window_end`] closes the window and
-//!   leaves the new host frozen (as a cutover leaves the old one).
+//!   host), waits until the old host applied everything, copies the sequences;
+//!   [`Cut::window_carry_back`], still inside the freeze, carries storage, config files and
+//!   large objects back (what the old agent allows); then the usual switch back and unfreeze of
+//!   the old host run; [`Cut::window_end`] closes the window and leaves the new host frozen (as
+//!   a cutover leaves the old one).
 
 use std::time::{Duration, Instant};
 
@@ -98,11 +100,22 @@ impl Cut<'_> {
         self.record(JStep::WindowPrepare, Mark::Started, "")?;
         let r = window::prepare(self.plan, &new, &self.out.run).await;
         let r = match r {
-            Ok(rec) => Ok(format!(
-                "slot hostshift_{} on the new host for {} database(s)",
-                rec.id,
-                rec.databases.len()
-            )),
+            Ok(rec) => {
+                let mut detail = format!(
+                    "slot hostshift_{} on the new host for {} database(s)",
+                    rec.id,
+                    rec.databases.len()
+                );
+                for w in &rec.databases {
+                    let hint = window::carry_whole_hint(&w.on_new, &w.not_followed);
+                    if !hint.is_empty() {
+                        self.progress.say(&format!("window prepare: {hint}"));
+                        detail.push_str("; ");
+                        detail.push_str(&hint);
+                    }
+                }
+                Ok(detail)
+            }
             Err(window::WindowError::Unavailable(why)) => {
                 self.record(JStep::WindowPrepare, Mark::Skipped, &why)?;
                 let msg = format!(
@@ -299,6 +312,58 @@ impl Cut<'_> {
         }
     }
 
+    /// Inside the rollback's freeze, after the drain: the storage trees, config files and large
+    /// objects the new host changed since the switch carried back into the old host as far as
+    /// its agent allows ([`window::carry`]); the rest named (`not_carried_back`, exit 3). Runs
+    /// once per window: a rollback resumed after it finds what it did in the window's record.
+    /// Only a journal failure is passed on.
+    pub(super) async fn window_carry_back(&mut self) -> Result<(), CutoverError> {
+        let Ok(Some(rec)) = window::load(self.plan) else {
+            return Ok(());
+        };
+        if let Some(carried) = &rec.carried_back {
+            self.out.carried_back = carried.clone();
+            self.out.not_carried_back = rec.not_carried_back.clone();
+            return self.skipped(
+                JStep::WindowCarryBack,
+                "done by an earlier rollback of this window",
+            );
+        }
+        let (Some(old), Ok(new)) = (self.old.clone(), self.new_agent()) else {
+            // Not reached: the drain needs both agents.
+            return Ok(());
+        };
+        let t = self.begin(JStep::WindowCarryBack)?;
+        let progress = std::sync::Arc::new(crate::progress::Progress::new(self.progress.mode()));
+        let c =
+            window::carry::carry_back(self.plan, &old, &new, &rec, &self.journal, progress).await;
+        for line in &c.carried {
+            self.progress.say(&format!("carried back: {line}"));
+        }
+        for line in &c.not_carried {
+            self.progress.say(&format!("NOT carried back: {line}"));
+        }
+        let saved = window::record_carry_back(self.plan, &c).map_err(werr);
+        self.out.carried_back = c.carried.clone();
+        self.out.not_carried_back = c.not_carried.clone();
+        let r = saved.map(|()| {
+            format!(
+                "{} carried back, {} named (not carried back){}",
+                c.carried.len(),
+                c.not_carried.len(),
+                if c.carried.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.carried.join("; "))
+                }
+            )
+        });
+        match self.end(JStep::WindowCarryBack, t, r) {
+            Err(e) if e.is_journal() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The rollback's freeze ends when the old host is writable again (after the undo).
     pub(super) fn window_freeze_ends(&mut self, drained: bool) {
         if drained {
@@ -323,15 +388,8 @@ impl Cut<'_> {
                 .collect(),
             _ => vec![],
         };
-        // Files and storage: compared here, after the rollback's freeze, never lost silently.
-        if let (Some(old), Ok(new)) = (self.old.clone(), self.new_agent()) {
-            let at_switch = record.map(|r| r.files_at_switch).unwrap_or_default();
-            self.out.not_carried_back =
-                window::travel::not_carried_back(self.plan, &old, &new, &at_switch).await;
-            for line in &self.out.not_carried_back {
-                self.progress.say(&format!("NOT carried back: {line}"));
-            }
-        }
+        // Files, storage and large objects were carried back or named inside the freeze
+        // (`window_carry_back`).
         let t = self.begin(JStep::NewHostWrites)?;
         let found = match self.new_agent() {
             Ok(new) => new_writes::find(self.plan, &new).await,
@@ -354,7 +412,7 @@ impl Cut<'_> {
                 "every write since the switch was carried back by the window".to_string()
             } else {
                 format!(
-                    "{} table(s) without a replica identity written on the new host since the switch, NOT carried back: {}",
+                    "{} table(s) without a replica identity written on the new host since the switch, NOT carried back: {} (the new agent's [allow] replica_identity_full carries such tables whole in the next window)",
                     left.len(),
                     left.iter()
                         .map(ToString::to_string)

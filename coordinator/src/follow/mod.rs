@@ -224,6 +224,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
                 id: id.clone(),
                 pg_snapshot: anchor,
                 not_followed: s.not_followed.clone(),
+                rollback_window: false,
             }))
             .await
             .map_err(agent_err(format!(

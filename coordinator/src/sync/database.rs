@@ -837,6 +837,7 @@ async fn large_objects(
             oid,
             snapshot: snapshot.into(),
             meta: Some(m),
+            rollback_window: String::new(),
         };
         let (res, _) = transfer(
             run,

@@ -17,6 +17,7 @@
 pub(crate) mod database;
 pub mod delta;
 mod matviews;
+pub mod reverse;
 pub mod selection;
 pub mod stream;
 mod units;
@@ -88,6 +89,11 @@ pub struct SyncOptions {
     /// carry, `schema.table`): only those tables are compared and copied; the follower brought
     /// the others up to the freeze position. Sequences and large objects are settled as usual.
     pub followed: std::collections::BTreeMap<String, Vec<String>>,
+    /// Run the units (files, storage trees, databases) at once instead of one after the other:
+    /// the cutover's delta inside the freeze, whose units are small and mostly wait on round
+    /// trips and walks — one after the other, the freeze lasts their sum. A first copy keeps
+    /// them in turn (one progress display at a time, the disk and the CPU for one copy).
+    pub concurrent: bool,
 }
 
 impl Default for SyncOptions {
@@ -104,6 +110,7 @@ impl Default for SyncOptions {
             discard_new_host_writes: false,
             following: false,
             followed: Default::default(),
+            concurrent: false,
         }
     }
 }
@@ -299,17 +306,33 @@ pub enum SyncError {
     },
 }
 
-/// Shared state of one sync run.
+/// Shared state of one sync run. `old` is the side read and `new` the side written: a rollback
+/// within the window ([`reverse`]) swaps them.
 pub(crate) struct Run<'a> {
     pub old: Agent,
     pub new: Agent,
     pub pull_source: Option<PullSource>,
     pub opts: &'a SyncOptions,
-    pub journal: Journal,
+    pub journal: &'a Journal,
     pub progress: Arc<Progress>,
+    /// The journal phase of the units: `sync`, or `rollback` for a carry-back.
+    pub phase: &'static str,
+    /// A carry-back: the rollback window's id, which the frozen old agent admits writes for
+    /// (empty for a sync).
+    pub window: String,
 }
 
 impl Run<'_> {
+    /// The side read, for people: `old`, or `new` in a carry-back.
+    pub fn read(&self) -> &'static str {
+        if self.window.is_empty() { "old" } else { "new" }
+    }
+
+    /// The side written, for people.
+    pub fn written(&self) -> &'static str {
+        if self.window.is_empty() { "new" } else { "old" }
+    }
+
     pub fn record(
         &self,
         unit: &str,
@@ -319,7 +342,7 @@ impl Run<'_> {
         detail: &str,
     ) -> Result<(), UnitError> {
         self.journal
-            .record("sync", unit, status, bytes, files, detail)
+            .record(self.phase, unit, status, bytes, files, detail)
             .map_err(|e| {
                 UnitError::other(format!(
                     "cannot write the journal {}: {e}",
@@ -351,6 +374,9 @@ fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
 fn unit_span(kind: &'static str, name: &str) -> tracing::Span {
     tracing::info_span!("unit", kind = %kind, name = %name)
 }
+
+/// One unit's work, not started yet.
+type UnitFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = UnitReport> + 'a>>;
 
 /// Runs a sync.
 ///
@@ -470,26 +496,38 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         new,
         pull_source,
         opts,
-        journal,
+        journal: &journal,
         progress,
+        phase: "sync",
+        window: String::new(),
     };
 
-    let mut units = Vec::new();
+    let mut work: Vec<UnitFuture<'_>> = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
         for f in &plan.files {
-            units.push(traced(unit_span("file", &f.name), units::file(&run, f)).await);
+            work.push(Box::pin(traced(unit_span("file", &f.name), units::file(&run, f))));
         }
     }
     if opts.only.is_none_or(|o| o == Only::Storage) {
         for s in &plan.storage {
-            units.push(traced(unit_span("storage", &s.name), units::storage(&run, s)).await);
+            work.push(Box::pin(traced(unit_span("storage", &s.name), units::storage(&run, s))));
         }
     }
     if opts.only.is_none_or(|o| o == Only::Db) {
         for d in &plan.databases {
-            units.push(traced(unit_span("database", &d.name), database::database(&run, d)).await);
+            work.push(Box::pin(traced(unit_span("database", &d.name), database::database(&run, d))));
         }
     }
+    // The report keeps the plan's order either way.
+    let units = if opts.concurrent {
+        futures::future::join_all(work).await
+    } else {
+        let mut done = Vec::with_capacity(work.len());
+        for w in work {
+            done.push(w.await);
+        }
+        done
+    };
 
     if let Some(token) = grant_token {
         let _ = run

@@ -162,6 +162,7 @@ pub async fn file(run: &Run<'_>, f: &PlanFile) -> UnitReport {
             mode: meta.mode,
             uid: meta.uid,
             gid: meta.gid,
+            rollback_window: run.window.clone(),
         })),
     };
     match transfer(run, &unit, read, header, meta.size, &mut r.retried).await {
@@ -326,7 +327,9 @@ async fn storage_round(
     let (manifest, source) = match (&run.pull_source, session) {
         (Some(src), Some(_)) => {
             run.progress.say(&format!(
-                "{unit}: the new agent reads the old host's manifest and compares"
+                "{unit}: the {} agent reads the {} host's manifest and compares",
+                run.written(),
+                run.read()
             ));
             (
                 Vec::new(),
@@ -338,8 +341,10 @@ async fn storage_round(
             )
         }
         _ => {
-            run.progress
-                .say(&format!("{unit}: reading the old host's manifest"));
+            run.progress.say(&format!(
+                "{unit}: reading the {} host's manifest",
+                run.read()
+            ));
             let m = stream::read_all(
                 &run.old,
                 ReadRequest {
@@ -416,6 +421,7 @@ async fn storage_round(
         prepare_only,
         deferred,
         session: session.clone(),
+        rollback_window: run.window.clone(),
     };
     // Deletions happen here, before the batches (a file may turn into a directory): count them
     // with finalize's, which finds nothing left to delete.
@@ -447,6 +453,7 @@ async fn storage_round(
                 expected: batch.expected,
                 session: session.clone(),
                 batch: i as u64,
+                rollback_window: run.window.clone(),
             })),
         };
         let (res, attempts) =

@@ -29,10 +29,22 @@
 //! relies on). A transaction committed between the snapshot and the slot's consistent point
 //! would be missed; by that rule there is none.
 //!
+//! # Tables without a key
+//! With the database in the **new** agent's `[allow] replica_identity_full`, [`prepare`] makes
+//! them `REPLICA IDENTITY FULL` on the new host (originals recorded there, put back when the
+//! window closes) and they travel whole: inserts, updates, deletes, one row per change even
+//! among identical rows. So do tables the move's follow made FULL (the old agent's allowance:
+//! the first copy carried it to the new host; the new agent keeps it until the window closes).
+//! Otherwise only their inserts travel (an insert-only publication): [`WindowDb::not_followed`]
+//! names them, with [`carry_whole_hint`] in the cutover's `window prepare` step and in
+//! `hostshift window`, and a rollback compares them ([`WindowDb::differing`]) and reports those
+//! that differ as not carried (the pre-window "at risk" report).
+//!
 //! # What does not travel back continuously
-//! Tables without a replica identity (not in the publication), large objects, DDL and
-//! TRUNCATE. A rollback copies sequences; writes to tables without a replica identity are
-//! reported as not carried (the pre-window "at risk" report).
+//! Large objects, DDL and TRUNCATE, storage and config files. A rollback copies sequences;
+//! storage trees, config files and large objects the new host changed since the switch are
+//! carried back inside the rollback's freeze when the old agent allows it ([`carry`]), else
+//! named.
 //!
 //! # State
 //! `<state_dir>/rollback-window.json` ([`Record`]): written before the follower starts, so that
@@ -40,6 +52,7 @@
 //! itself is persisted by the old agent and resumes after its restart; the slot on the new host
 //! keeps the WAL meanwhile.
 
+pub mod carry;
 pub mod check;
 pub mod travel;
 
@@ -110,7 +123,8 @@ pub struct WindowDb {
     /// The anchor snapshot (see the module docs).
     pub anchor: String,
     /// Tables without a replica identity on the new host: only their inserts are carried back
-    /// (an insert-only publication).
+    /// (an insert-only publication). Empty when the new agent allows `replica_identity_full`:
+    /// they travel whole then.
     pub not_followed: Vec<String>,
     /// Of those, the ones that differed between the hosts when a rollback had caught up (an
     /// update or delete there): not carried back.
@@ -137,6 +151,14 @@ pub struct Record {
     /// the ones changed since, which the window does not carry back).
     #[serde(default)]
     pub files_at_switch: std::collections::BTreeMap<String, String>,
+    /// Set once a rollback's carry-back ran inside its freeze ([`carry`]): what it carried back
+    /// into the old host (a rollback resumed after it does not carry again: the old host may
+    /// serve by then).
+    #[serde(default)]
+    pub carried_back: Option<Vec<String>>,
+    /// What that carry-back named instead.
+    #[serde(default)]
+    pub not_carried_back: Vec<String>,
 }
 
 impl Record {
@@ -189,6 +211,18 @@ fn save(plan: &Plan, r: &Record) -> Result<(), WindowError> {
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &p))
         .map_err(|e| err(e.to_string()))
+}
+
+/// What carries `tables` (insert-only, of database `on_new`) back whole: the new agent's
+/// config key, which takes effect at a cutover's `window prepare`.
+pub fn carry_whole_hint(on_new: &str, tables: &[String]) -> String {
+    if tables.is_empty() {
+        return String::new();
+    }
+    format!(
+        "database {on_new}: only the inserts of {} travel back (no replica identity on the new host; their updates and deletes do not); to carry them whole, add \"{on_new}\" to [allow] replica_identity_full in the new host's agent config before the cutover (REPLICA IDENTITY FULL there while the window is open), or give them a primary key",
+        tables.join(", ")
+    )
 }
 
 /// The reverse follow's id: the plan's follow id (shortened) and `_rb`, so that its slot,
@@ -260,6 +294,8 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         id: id.clone(),
         databases: vec![],
         files_at_switch: std::collections::BTreeMap::new(),
+        carried_back: None,
+        not_carried_back: vec![],
     };
     for d in &plan.databases {
         // Recorded before anything is created there: a failure below still finds it to drop.
@@ -305,6 +341,20 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
     Ok(rec)
 }
 
+/// Records what a rollback's carry-back did (see [`Record::carried_back`]).
+///
+/// # Errors
+/// [`WindowError::State`]: no window, or the record cannot be written.
+pub fn record_carry_back(plan: &Plan, c: &carry::Carried) -> Result<(), WindowError> {
+    let mut rec = load(plan)?.ok_or_else(|| WindowError::State {
+        path: path(plan),
+        reason: "no rollback window is recorded".into(),
+    })?;
+    rec.carried_back = Some(c.carried.clone());
+    rec.not_carried_back = c.not_carried.clone();
+    save(plan, &rec)
+}
+
 /// Starts the old host's followers of a `prepared` window (right after the switch), or again
 /// for an `open` one (`hostshift window --restart-follower`: same anchor, and the origin on the
 /// old host says where it stopped, so nothing is applied twice).
@@ -327,6 +377,7 @@ pub async fn open(plan: &Plan, old: &Agent) -> Result<Record, WindowError> {
                 id: rec.id.clone(),
                 pg_snapshot: w.anchor.clone(),
                 not_followed: w.not_followed.clone(),
+                rollback_window: true,
             }))
             .await
             .map_err(agent_err(format!(
@@ -432,7 +483,8 @@ pub async fn drain(
 }
 
 /// The tables without a replica identity (only their inserts travel) whose fingerprints
-/// differ between the hosts, both frozen and caught up.
+/// differ between the hosts, both frozen and caught up. Tables that travel whole (FULL on the
+/// new host) are not among them: the follower carried their every change.
 async fn differing(
     old: &Agent,
     new: &Agent,
@@ -551,8 +603,10 @@ pub struct DbWindow {
     pub slot: bool,
     /// The follower's error, if any (or why it could not be asked).
     pub error: String,
-    /// Not carried back continuously.
+    /// Tables of which only the inserts travel back (no replica identity on the new host).
     pub not_followed: Vec<String>,
+    /// For those: what would carry them whole ([`carry_whole_hint`]); empty without any.
+    pub hint: String,
 }
 
 /// The window as `status` shows it.
@@ -602,6 +656,7 @@ pub async fn status(plan: &Plan) -> Result<Status, WindowError> {
             database: w.database.clone(),
             follower: "unknown".into(),
             not_followed: w.not_followed.clone(),
+            hint: carry_whole_hint(&w.on_new, &w.not_followed),
             ..DbWindow::default()
         };
         let mut errors = Vec::new();
@@ -674,6 +729,20 @@ mod tests {
         let long = reverse_of("a".repeat(40));
         assert_eq!(long.len(), 40);
         assert!(long.ends_with("_rb"));
+    }
+
+    #[test]
+    fn the_hint_names_the_insert_only_tables_and_the_new_agents_config_key() {
+        assert_eq!(carry_whole_hint("app", &[]), "");
+        let h = carry_whole_hint("app", &["public.audit_log".into()]);
+        assert!(
+            h.contains("public.audit_log") && h.contains("only the inserts"),
+            "{h}"
+        );
+        assert!(
+            h.contains("\"app\" to [allow] replica_identity_full in the new host's agent config"),
+            "{h}"
+        );
     }
 
     #[test]

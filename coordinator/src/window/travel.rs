@@ -1,16 +1,20 @@
-//! What the rollback window does not carry back, named instead of lost silently: the plan's
-//! config files changed on the new host since the switch (their SHA-256 there is recorded at
-//! the switch, after the cutover wrote them with the plan's overrides), and the storage trees
-//! whose files differ between the hosts once a rollback has caught up (new uploads, changed or
-//! deleted files on the new host). Both are read-only on both hosts.
+//! What the rollback window's follower does not carry (it follows the database's rows only),
+//! found inside the rollback's freeze: the plan's config files changed on the new host since the
+//! switch (their SHA-256 there is recorded at the switch, after the cutover wrote them with the
+//! plan's overrides), the storage trees whose files differ between the hosts (new uploads,
+//! changed or deleted files on the new host), and the large objects created or removed there.
+//! Read-only on both hosts: [`super::carry`] carries back what the old agent allows and names
+//! the rest with these lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hostshift_proto::v1::{DbReadRequest, DbSelection, FileRead, ReadRequest, read_request};
+use hostshift_proto::v1::{
+    DbReadRequest, DbSelection, FileRead, LargeObject, ReadRequest, read_request,
+};
 use hostshift_shared::digest::Sha256Digest;
 
 use crate::client::{self, Agent};
-use crate::plan::{OnNew, Plan};
+use crate::plan::{OnNew, Plan, PlanFile, PlanStorage};
 use crate::sync::stream;
 
 async fn digest_on(agent: &Agent, name: &str) -> Result<String, String> {
@@ -39,43 +43,48 @@ pub async fn files_at_switch(plan: &Plan, new: &Agent) -> BTreeMap<String, Strin
     out
 }
 
-/// Each thing of the new host the window did not carry back, by name, with what changed: one
-/// line per config file and per storage tree.
-pub async fn not_carried_back(
+/// Whether config file `f` changed on the new host since the switch; `Err` is the line naming
+/// it when that cannot be told (not recorded at the switch, not readable now).
+pub async fn file_changed(
+    new: &Agent,
+    f: &PlanFile,
+    at_switch: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let Some(before) = at_switch.get(&f.name) else {
+        return Err(format!(
+            "file {}: its content on the new host at the switch was not recorded; compare it with the old host's by hand",
+            f.name
+        ));
+    };
+    match digest_on(new, f.on_new()).await {
+        Ok(now) => Ok(&now != before),
+        Err(e) => Err(format!(
+            "file {}: cannot be read on the new host ({e}); compare it with the old host's by hand",
+            f.name
+        )),
+    }
+}
+
+/// The line naming a config file changed on the new host since the switch.
+pub fn file_line(f: &PlanFile) -> String {
+    format!("file {}: changed on the new host since the switch", f.name)
+}
+
+/// One line per storage tree of `trees` whose files differ between the hosts (new uploads,
+/// changed or deleted files on the new host), each ending with `why` (what would carry it back).
+pub async fn storage_lines(
     plan: &Plan,
     old: &Agent,
     new: &Agent,
-    at_switch: &BTreeMap<String, String>,
+    trees: &[&PlanStorage],
+    why: impl Fn(&PlanStorage) -> String,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    for f in &plan.files {
-        let Some(before) = at_switch.get(&f.name) else {
-            out.push(format!(
-                "file {}: its content on the new host at the switch was not recorded; compare it with the old host's by hand",
-                f.name
-            ));
-            continue;
-        };
-        match digest_on(new, f.on_new()).await {
-            Ok(now) if &now == before => {}
-            Ok(_) => out.push(format!(
-                "file {}: changed on the new host since the switch",
-                f.name
-            )),
-            Err(e) => out.push(format!(
-                "file {}: cannot be read on the new host ({e}); compare it with the old host's by hand",
-                f.name
-            )),
-        }
-    }
-    for d in &plan.databases {
-        out.extend(large_objects(old, new, &d.name, d.on_new()).await);
-    }
-    if plan.storage.is_empty() {
+    if trees.is_empty() {
         return out;
     }
     let grant = crate::sync::verify::storage_grant(plan, old).await;
-    for s in &plan.storage {
+    for s in trees {
         match crate::sync::verify::compare_tree(plan, old, new, s, grant.as_deref(), false).await {
             Ok(c) => {
                 let parts: Vec<String> = [
@@ -97,7 +106,12 @@ pub async fn not_carried_back(
                 })
                 .collect();
                 if !parts.is_empty() {
-                    out.push(format!("storage {}: {}", s.name, parts.join("; ")));
+                    out.push(format!(
+                        "storage {}: {}{}",
+                        s.name,
+                        parts.join("; "),
+                        why(s)
+                    ));
                 }
             }
             Err(e) => out.push(format!(
@@ -116,7 +130,7 @@ pub async fn not_carried_back(
     out
 }
 
-async fn oids(agent: &Agent, db: &str) -> Result<BTreeSet<u32>, String> {
+async fn objects(agent: &Agent, db: &str) -> Result<Vec<LargeObject>, String> {
     agent
         .database()
         .large_objects(client::request(DbReadRequest {
@@ -128,34 +142,48 @@ async fn oids(agent: &Agent, db: &str) -> Result<BTreeSet<u32>, String> {
             snapshot: String::new(),
         }))
         .await
-        .map(|r| r.into_inner().objects.into_iter().map(|o| o.oid).collect())
+        .map(|r| r.into_inner().objects)
         .map_err(|s| client::explain_status(&s))
 }
 
-/// Large objects created or removed on the new host since the switch (the window carries none):
-/// the OIDs on both hosts compared after the rollback's catch-up. A large object rewritten in
-/// place (same OID) is not seen here: `hostshift verify` compares their content.
-async fn large_objects(old: &Agent, new: &Agent, db: &str, on_new: &str) -> Vec<String> {
-    let (a, b) = tokio::join!(oids(old, db), oids(new, on_new));
+/// Large objects created or removed on the new host since the switch (the window's follower
+/// carries none): the OIDs on both hosts compared after the rollback's catch-up — the ones only
+/// on the new host (with their owner and ACL there) and the OIDs only on the old host. A large
+/// object rewritten in place (same OID) is not seen here: `hostshift verify` compares their
+/// content. `Err` is the line naming the database when they cannot be listed.
+pub async fn large_objects(
+    old: &Agent,
+    new: &Agent,
+    db: &str,
+    on_new: &str,
+) -> Result<(Vec<LargeObject>, Vec<u32>), String> {
+    let (a, b) = tokio::join!(objects(old, db), objects(new, on_new));
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            return vec![format!(
+            return Err(format!(
                 "large objects of database {db}: cannot be listed ({e}); compare them with `hostshift verify`"
-            )];
+            ));
         }
     };
-    let show = |v: Vec<&u32>| {
-        let n = v.len();
+    let on_old: BTreeSet<u32> = a.iter().map(|o| o.oid).collect();
+    let on_new: BTreeSet<u32> = b.iter().map(|o| o.oid).collect();
+    let created = b.into_iter().filter(|o| !on_old.contains(&o.oid)).collect();
+    let removed = on_old.difference(&on_new).copied().collect();
+    Ok((created, removed))
+}
+
+/// The line naming the large objects of `db` created (`only_new`) and removed (`gone`) on the
+/// new host, ending with `why`; `None` when there are none.
+pub fn large_objects_line(db: &str, only_new: &[u32], gone: &[u32], why: &str) -> Option<String> {
+    let show = |v: &[u32]| {
         let shown: Vec<String> = v.iter().take(10).map(ToString::to_string).collect();
-        if n > shown.len() {
-            format!("{} and {} more", shown.join(", "), n - shown.len())
+        if v.len() > shown.len() {
+            format!("{} and {} more", shown.join(", "), v.len() - shown.len())
         } else {
             shown.join(", ")
         }
     };
-    let only_new: Vec<&u32> = b.difference(&a).collect();
-    let gone: Vec<&u32> = a.difference(&b).collect();
     let mut parts = Vec::new();
     if !only_new.is_empty() {
         parts.push(format!("only on the new host: oid {}", show(only_new)));
@@ -163,12 +191,6 @@ async fn large_objects(old: &Agent, new: &Agent, db: &str, on_new: &str) -> Vec<
     if !gone.is_empty() {
         parts.push(format!("deleted on the new host: oid {}", show(gone)));
     }
-    if parts.is_empty() {
-        vec![]
-    } else {
-        vec![format!(
-            "large objects of database {db}: {}",
-            parts.join("; ")
-        )]
-    }
+    (!parts.is_empty())
+        .then(|| format!("large objects of database {db}: {}{why}", parts.join("; ")))
 }
