@@ -413,7 +413,7 @@ impl AgentConfig {
         if out.iter().all(|p| p.key != "tls.key")
             && let Err(e) = hostshift_shared::tls::check_key_mode(&self.tls.key)
         {
-            out.push(src.problem("tls.key", e));
+            out.push(src.problem("tls.key", e.to_string()));
         }
         if out.iter().all(|p| !p.key.starts_with("tls.")) {
             match self.tls.files().own_identity() {
@@ -422,7 +422,7 @@ impl AgentConfig {
                     "tls.cert",
                     format!("this is the certificate of {id}; an agent needs an agent certificate (agent-<name>.crt)"),
                 )),
-                Err(e) => out.push(src.problem("tls.cert", e)),
+                Err(e) => out.push(src.problem("tls.cert", e.to_string())),
             }
         }
         let db_names = names(
@@ -439,7 +439,7 @@ impl AgentConfig {
             if let Some(p) = &d.password_file {
                 absolute(src, &format!("databases.{i}.password_file"), p, &mut out);
                 if let Err(e) = private_file_mode(p) {
-                    out.push(src.problem(&format!("databases.{i}.password_file"), e));
+                    out.push(src.problem(&format!("databases.{i}.password_file"), e.to_string()));
                 }
             }
             if let Some(p) = &d.ca_file {
@@ -776,18 +776,26 @@ fn conninfo_problems(src: &Located, i: usize, d: &DatabaseConfig, out: &mut Vec<
 /// is read at connect time, which names it).
 ///
 /// # Errors
-/// The message for the operator, with the `chmod` to run.
-pub fn private_file_mode(path: &Path) -> Result<(), String> {
+/// [`OpenSecretFile`], whose text says the `chmod` to run.
+pub fn private_file_mode(path: &Path) -> Result<(), OpenSecretFile> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(format!(
-            "{} is readable by group or others (mode {:04o}): run `chmod 600 {}`",
-            path.display(),
-            m.permissions().mode() & 0o7777,
-            path.display()
-        )),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(OpenSecretFile {
+            path: path.to_path_buf(),
+            mode: m.permissions().mode() & 0o7777,
+        }),
         _ => Ok(()),
     }
+}
+
+/// A secret file that group or others may read or write.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} is readable by group or others (mode {mode:04o}): run `chmod 600 {path}`")]
+pub struct OpenSecretFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
 }
 
 #[cfg(test)]

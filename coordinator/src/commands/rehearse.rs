@@ -477,7 +477,7 @@ async fn after_first_copy(
     let writer = match LiveWriter::start(&lab.old_pg.conninfo("app")).await {
         Ok(w) => w,
         Err(e) => {
-            push(phases, "live-app", Instant::now(), Err(e));
+            push(phases, "live-app", Instant::now(), Err(e.to_string()));
             return false;
         }
     };
@@ -491,7 +491,7 @@ async fn after_first_copy(
         Ok(u) => u,
         Err(e) => {
             writer.stop().await;
-            push(phases, "live-app", Instant::now(), Err(e));
+            push(phases, "live-app", Instant::now(), Err(e.to_string()));
             return false;
         }
     };
@@ -608,7 +608,7 @@ async fn after_first_copy(
             o.acknowledged,
             o.lost_examples.join("; ")
         )),
-        Err(e) => Err(e.clone()),
+        Err(e) => Err(e.to_string()),
     };
     measured.live_writes = outcome.ok();
     if !push(phases, "live-app", t, live) || !cut_ok {

@@ -9,6 +9,7 @@
 
 mod content;
 pub mod round_trip;
+mod session;
 pub mod uploader;
 pub mod writer;
 
@@ -24,6 +25,7 @@ use crate::lab::pg::{PgCluster, WalLevel};
 use crate::lab::seed::{self, Scale, SeedSummary};
 
 pub use content::{NON_ROOT_DIR, StorageSummary};
+pub use session::LiveAppError;
 
 /// The old host's storage tree of a lab.
 pub fn old_storage_dir(lab: &LocalLab) -> PathBuf {
