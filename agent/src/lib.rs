@@ -163,7 +163,7 @@ pub async fn serve(
         .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
     let identity = tls_files
         .own_identity()
-        .map_err(AgentError::FailedPrecondition)?;
+        .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
     let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
     let ctx = Arc::new(Ctx {
         config,

@@ -319,6 +319,12 @@ fn code_word(c: tonic::Code) -> &'static str {
     }
 }
 
+/// An RPC that failed: the agent's status, or the transport's. Its text is [`explain_status`];
+/// the status stays inside for callers that decide by its code.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", explain_status(.0))]
+pub struct RpcError(pub tonic::Status);
+
 /// Wraps a request with the default deadline.
 pub fn request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);

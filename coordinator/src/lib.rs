@@ -20,7 +20,9 @@
 //!   (`cutover`, `rollback`, `status`).
 //! - [`follow`] keeps the new host's databases current by logical decoding (`follow`).
 //! - [`snapshots`] lists the snapshots an agent holds open (`status`, `check`).
-//! - [`rehearse`] builds two local hosts for `hostshift rehearse`.
+//! - [`backup`] asks an agent for a backup of its host (`backup`, the rehearsal).
+//! - [`rehearse`] builds two local hosts for `hostshift rehearse` and runs its phases against
+//!   them (or against a plan's real hosts, into scratch targets).
 //! - [`error`] maps outcomes to the documented exit codes; [`output`] prints tables and JSON.
 //!
 //! The coordinator holds no data of its own beyond its journal: data flows agent to agent.
@@ -29,6 +31,7 @@
 // computing their layout can pass the default query depth (128).
 #![recursion_limit = "256"]
 
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod commands;

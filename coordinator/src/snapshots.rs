@@ -7,7 +7,7 @@ use std::time::Duration;
 use hostshift_proto::v1::{HeldSnapshot, OpenSnapshotsRequest};
 use serde::Serialize;
 
-use crate::client::{self, Agent};
+use crate::client::{self, Agent, ConnectError, RpcError};
 use crate::plan::{Plan, Side};
 
 /// How long `status` waits for an agent before saying "unknown".
@@ -47,11 +47,28 @@ impl std::fmt::Display for OpenSnapshot {
     }
 }
 
+/// Why the snapshots an agent holds are unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotsError {
+    /// The agent did not answer in time.
+    #[error("no answer within {secs} s")]
+    Timeout {
+        /// The time waited.
+        secs: u64,
+    },
+    /// The agent could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The agent refused or failed the call.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
 /// The snapshots `agent` holds.
 ///
 /// # Errors
-/// The agent's answer, explained.
-pub async fn of(agent: &Agent) -> Result<Vec<OpenSnapshot>, String> {
+/// [`SnapshotsError::Rpc`]: the agent's answer, explained.
+pub async fn of(agent: &Agent) -> Result<Vec<OpenSnapshot>, SnapshotsError> {
     let mut req = tonic::Request::new(OpenSnapshotsRequest {});
     req.set_timeout(ASK_TIMEOUT);
     agent
@@ -65,17 +82,18 @@ pub async fn of(agent: &Agent) -> Result<Vec<OpenSnapshot>, String> {
                 .map(Into::into)
                 .collect()
         })
-        .map_err(|s| client::explain_status(&s))
+        .map_err(|s| SnapshotsError::Rpc(RpcError(s)))
 }
 
 /// The snapshots the plan's `side` agent holds, connecting to it first.
 ///
 /// # Errors
 /// The agent cannot be reached or answer, explained.
-pub async fn on(plan: &Plan, side: Side) -> Result<Vec<OpenSnapshot>, String> {
+pub async fn on(plan: &Plan, side: Side) -> Result<Vec<OpenSnapshot>, SnapshotsError> {
     let agent = tokio::time::timeout(ASK_TIMEOUT, client::connect(plan, side))
         .await
-        .map_err(|_| format!("no answer within {} s", ASK_TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SnapshotsError::Timeout {
+            secs: ASK_TIMEOUT.as_secs(),
+        })??;
     of(&agent).await
 }

@@ -29,6 +29,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
+mod failure;
+
+pub use failure::CheckFailure;
+
 /// Pause after the first failed attempt; it doubles after each further one.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The pause between attempts never grows beyond this.
@@ -163,7 +167,7 @@ impl CheckSpec {
             return Err(invalid(format!("{h:?} is not a valid Host header")));
         }
         if let Some(f) = &self.json_field {
-            json_field(f).map_err(invalid)?;
+            json_field(f).map_err(|e| invalid(e.to_string()))?;
         }
         Ok(uri)
     }
@@ -257,7 +261,7 @@ pub async fn run(spec: &CheckSpec) -> HealthResult {
             match read_token(path).await {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    result.detail = e;
+                    result.detail = e.to_string();
                     return finish(result);
                 }
             }
@@ -266,7 +270,7 @@ pub async fn run(spec: &CheckSpec) -> HealthResult {
     let client = match client(uri.scheme_str() == Some("https")) {
         Ok(c) => c,
         Err(e) => {
-            result.detail = e;
+            result.detail = e.to_string();
             return finish(result);
         }
     };
@@ -281,7 +285,7 @@ pub async fn run(spec: &CheckSpec) -> HealthResult {
                 result.detail = note;
                 break;
             }
-            Err(why) => result.detail = why,
+            Err(why) => result.detail = why.to_string(),
         }
         if n < spec.attempts {
             tracing::debug!(check = %spec.name, attempt = n, detail = %result.detail, "health check attempt failed; retrying");
@@ -296,23 +300,20 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// A client without an idle pool. For https it trusts the host's root certificates; for plain
 /// http no roots are loaded at all.
-fn client(https: bool) -> Result<HttpClient, String> {
+fn client(https: bool) -> Result<HttpClient, CheckFailure> {
     let mut roots = rustls::RootCertStore::empty();
     if https {
         let found = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(found.certs);
         if added == 0 {
-            return Err(
-                "this host has no usable CA certificates for https (install the ca-certificates package)"
-                    .into(),
-            );
+            return Err(CheckFailure::NoRootCertificates);
         }
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS set-up: {e}"))?
+    .map_err(CheckFailure::TlsSetup)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -337,7 +338,7 @@ async fn attempt(
     uri: &Uri,
     spec: &CheckSpec,
     token: Option<&str>,
-) -> (Option<u16>, Result<String, String>) {
+) -> (Option<u16>, Result<String, CheckFailure>) {
     let mut b = Request::get(uri.clone()).header(
         header::USER_AGENT,
         concat!("hostshift-health/", env!("CARGO_PKG_VERSION")),
@@ -350,11 +351,16 @@ async fn attempt(
     }
     let req = match b.body(Empty::new()) {
         Ok(r) => r,
-        Err(e) => return (None, Err(format!("cannot build the request: {e}"))),
+        Err(e) => return (None, Err(CheckFailure::BuildRequest(e))),
     };
     let want_body = spec.body_contains.is_some() || spec.json_field.is_some();
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| CheckFailure::Transport {
+                chain: error_chain(&e),
+            })?;
         let status = resp.status().as_u16();
         let location = resp
             .headers()
@@ -366,7 +372,7 @@ async fn attempt(
         } else {
             None
         };
-        Ok::<_, String>(Answer {
+        Ok::<_, CheckFailure>(Answer {
             status,
             location,
             body,
@@ -375,20 +381,21 @@ async fn attempt(
     match tokio::time::timeout(spec.timeout, exchange).await {
         Err(_) => (
             None,
-            Err(format!(
-                "no complete answer within {} s",
-                spec.timeout.as_secs_f64()
-            )),
+            Err(CheckFailure::Timeout {
+                secs: spec.timeout.as_secs_f64(),
+            }),
         ),
         Ok(Err(e)) => (None, Err(e)),
         Ok(Ok(a)) => (Some(a.status), judge(spec, &a)),
     }
 }
 
-async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, String> {
+async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, CheckFailure> {
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the body: {}", error_chain(&e)))?;
+        let frame = frame.map_err(|e| CheckFailure::Body {
+            chain: error_chain(&e),
+        })?;
         if let Ok(data) = frame.into_data() {
             let room = MAX_BODY_BYTES.saturating_sub(buf.len());
             buf.extend_from_slice(&data[..data.len().min(room)]);
@@ -401,50 +408,51 @@ async fn read_body(mut body: hyper::body::Incoming) -> Result<Vec<u8>, String> {
 }
 
 /// Whether an answer meets the check's expectations: `Ok(note)` or `Err(reason)`.
-fn judge(spec: &CheckSpec, a: &Answer) -> Result<String, String> {
+fn judge(spec: &CheckSpec, a: &Answer) -> Result<String, CheckFailure> {
     if a.status != spec.expect_status {
-        let mut why = format!("status {}, expected {}", a.status, spec.expect_status);
-        if let Some(l) = &a.location
-            && (300..400).contains(&a.status)
-        {
-            why.push_str(&format!(
-                " (redirects to {}; redirects are not followed)",
-                snippet(l)
-            ));
-        }
-        return Err(why);
+        return Err(CheckFailure::Status {
+            got: a.status,
+            expected: spec.expect_status,
+            location: a
+                .location
+                .as_deref()
+                .filter(|_| (300..400).contains(&a.status))
+                .map(snippet),
+        });
     }
     let mut notes = vec![format!("status {}", a.status)];
     let body = a.body.as_deref().unwrap_or_default();
     if let Some(needle) = &spec.body_contains {
         let text = String::from_utf8_lossy(body);
         if !text.contains(needle.as_str()) {
-            return Err(format!(
-                "status {} but the body does not contain {needle:?} (body starts: {:?})",
-                a.status,
-                snippet(&text)
-            ));
+            return Err(CheckFailure::BodyLacks {
+                status: a.status,
+                needle: needle.clone(),
+                starts: snippet(&text),
+            });
         }
         notes.push(format!("body contains {needle:?}"));
     }
     if let Some(f) = &spec.json_field {
         let (path, want) = json_field(f)?;
-        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            format!(
-                "status {} but the body is not JSON ({e}); it starts: {:?}",
-                a.status,
-                snippet(&String::from_utf8_lossy(body))
-            )
+        let doc: serde_json::Value =
+            serde_json::from_slice(body).map_err(|error| CheckFailure::NotJson {
+                status: a.status,
+                error,
+                starts: snippet(&String::from_utf8_lossy(body)),
+            })?;
+        let got = json_lookup(&doc, path).ok_or_else(|| CheckFailure::NoField {
+            status: a.status,
+            path: path.to_string(),
         })?;
-        let got = json_lookup(&doc, path)
-            .ok_or_else(|| format!("status {} but the JSON body has no field {path}", a.status))?;
         let got = json_text(got);
         if got != want {
-            return Err(format!(
-                "status {} but JSON field {path} is {:?}, expected {want:?}",
-                a.status,
-                snippet(&got)
-            ));
+            return Err(CheckFailure::FieldDiffers {
+                status: a.status,
+                path: path.to_string(),
+                got: snippet(&got),
+                want: want.to_string(),
+            });
         }
         notes.push(format!("{path} = {want:?}"));
     }
@@ -452,12 +460,12 @@ fn judge(spec: &CheckSpec, a: &Answer) -> Result<String, String> {
 }
 
 /// Splits `path=value`.
-fn json_field(f: &str) -> Result<(&str, &str), String> {
+fn json_field(f: &str) -> Result<(&str, &str), CheckFailure> {
     match f.split_once('=') {
         Some((path, value)) if !path.trim().is_empty() => Ok((path.trim(), value)),
-        _ => Err(format!(
-            "json_field {f:?}: use path=value, e.g. \"status=ok\" or \"db.ok=true\""
-        )),
+        _ => Err(CheckFailure::JsonFieldSpec {
+            spec: f.to_string(),
+        }),
     }
 }
 
@@ -505,32 +513,30 @@ fn token_may_travel_to(uri: &Uri) -> bool {
 
 /// Reads a token file: one line of printable ASCII, at most [`MAX_TOKEN_BYTES`]. Error messages
 /// name the file, never its content.
-async fn read_token(path: &Path) -> Result<String, String> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| format!("cannot read the bearer token file {}: {e}", path.display()))?;
+async fn read_token(path: &Path) -> Result<String, CheckFailure> {
+    let unreadable = |source| CheckFailure::TokenUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(unreadable)?;
     if !meta.is_file() {
-        return Err(format!(
-            "the bearer token file {} is not a regular file",
-            path.display()
-        ));
+        return Err(CheckFailure::TokenNotAFile {
+            path: path.to_path_buf(),
+        });
     }
     if meta.len() > MAX_TOKEN_BYTES {
-        return Err(format!(
-            "the bearer token file {} is larger than {MAX_TOKEN_BYTES} bytes: it should hold one token",
-            path.display()
-        ));
+        return Err(CheckFailure::TokenTooLarge {
+            path: path.to_path_buf(),
+            max: MAX_TOKEN_BYTES,
+        });
     }
-    let raw = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read the bearer token file {}: {e}", path.display()))?;
+    let raw = tokio::fs::read(path).await.map_err(unreadable)?;
     let text = std::str::from_utf8(&raw).unwrap_or_default();
     let token = text.trim_end_matches(['\n', '\r']).trim();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "the bearer token file {} must hold exactly one line of printable ASCII (the token)",
-            path.display()
-        ));
+        return Err(CheckFailure::TokenNotOneLine {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }
@@ -579,12 +585,16 @@ mod tests {
             assert_eq!(judge(&spec, &answer(200, body)).is_ok(), ok, "{f}");
         }
         spec.json_field = Some("status=down".into());
-        let why = judge(&spec, &answer(200, body)).expect_err("mismatch");
+        let why = judge(&spec, &answer(200, body))
+            .expect_err("mismatch")
+            .to_string();
         assert!(
             why.contains("JSON field status is \"ok\", expected \"down\""),
             "{why}"
         );
-        let why = judge(&spec, &answer(200, "<html>")).expect_err("not JSON");
+        let why = judge(&spec, &answer(200, "<html>"))
+            .expect_err("not JSON")
+            .to_string();
         assert!(why.contains("not JSON"), "{why}");
     }
 
@@ -592,9 +602,13 @@ mod tests {
     fn wrong_status_and_missing_substring_say_what_was_seen() {
         let mut spec = CheckSpec::new("c", "http://localhost/");
         spec.body_contains = Some("healthy".into());
-        let why = judge(&spec, &answer(503, "down")).expect_err("status");
+        let why = judge(&spec, &answer(503, "down"))
+            .expect_err("status")
+            .to_string();
         assert_eq!(why, "status 503, expected 200");
-        let why = judge(&spec, &answer(200, "sick")).expect_err("body");
+        let why = judge(&spec, &answer(200, "sick"))
+            .expect_err("body")
+            .to_string();
         assert!(
             why.contains("does not contain \"healthy\"") && why.contains("sick"),
             "{why}"
@@ -652,7 +666,7 @@ mod tests {
         assert_eq!(read_token(&good).await.expect("token"), "abc.DEF-123");
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "line1\nsecret-line2\n").expect("write");
-        let e = read_token(&bad).await.expect_err("two lines");
+        let e = read_token(&bad).await.expect_err("two lines").to_string();
         assert!(!e.contains("secret"), "the content must not be echoed: {e}");
     }
 

@@ -26,19 +26,44 @@ pub struct AgentSpec {
     pub sans: Vec<String>,
 }
 
+/// Why an `--agent NAME=SAN[,SAN...]` argument was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AgentSpecError {
+    /// No `=` between the name and the addresses.
+    #[error("{spec:?}: want NAME=HOST[,HOST...], e.g. old=10.0.0.5,old.internal")]
+    Shape {
+        /// The argument as given.
+        spec: String,
+    },
+    /// The name is not a label an identity can carry.
+    #[error("{name:?}: an agent name is 1-63 letters, digits, '-', '_' or '.'")]
+    Name {
+        /// The name as given.
+        name: String,
+    },
+    /// No DNS name or IP after the `=`.
+    #[error("{spec:?}: give at least one DNS name or IP for agent {name}")]
+    NoSans {
+        /// The argument as given.
+        spec: String,
+        /// The agent's name.
+        name: String,
+    },
+}
+
 impl AgentSpec {
     /// Parses `NAME=SAN[,SAN...]`, e.g. `old=10.0.0.5,old.internal`.
     ///
     /// # Errors
     /// When the name is not a valid label or no SAN is given.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (name, sans) = s.split_once('=').ok_or_else(|| {
-            format!("{s:?}: want NAME=HOST[,HOST...], e.g. old=10.0.0.5,old.internal")
+    pub fn parse(s: &str) -> Result<Self, AgentSpecError> {
+        let (name, sans) = s.split_once('=').ok_or_else(|| AgentSpecError::Shape {
+            spec: s.to_string(),
         })?;
         if !valid_name(name) {
-            return Err(format!(
-                "{name:?}: an agent name is 1-63 letters, digits, '-', '_' or '.'"
-            ));
+            return Err(AgentSpecError::Name {
+                name: name.to_string(),
+            });
         }
         let sans: Vec<String> = sans
             .split(',')
@@ -47,9 +72,10 @@ impl AgentSpec {
             .map(String::from)
             .collect();
         if sans.is_empty() {
-            return Err(format!(
-                "{s:?}: give at least one DNS name or IP for agent {name}"
-            ));
+            return Err(AgentSpecError::NoSans {
+                spec: s.to_string(),
+                name: name.to_string(),
+            });
         }
         Ok(Self {
             name: name.to_string(),
@@ -392,7 +418,12 @@ mod tests {
 
     #[test]
     fn agent_spec_parse_errors_say_the_format() {
-        assert!(AgentSpec::parse("old").unwrap_err().contains("NAME=HOST"));
+        assert!(
+            AgentSpec::parse("old")
+                .unwrap_err()
+                .to_string()
+                .contains("NAME=HOST")
+        );
         assert!(AgentSpec::parse("o ld=1.2.3.4").is_err());
         assert!(AgentSpec::parse("old=").is_err());
     }

@@ -40,9 +40,33 @@ pub enum TlsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The private key's metadata could not be read.
+    #[error("cannot read private key {path}: {source}")]
+    KeyUnreadable {
+        /// The key's path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The private key's mode lets group or others read it.
-    #[error("{0}")]
-    KeyMode(String),
+    #[error(
+        "private key {path} is readable by group or others (mode {mode:04o}): run `chmod 600 {path}`"
+    )]
+    KeyMode {
+        /// The key's path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The certificate file holds no certificate block.
+    #[error("certificate {path} holds no certificate")]
+    NoCertificate {
+        /// The certificate's path.
+        path: PathBuf,
+    },
+    /// The certificate carries no hostshift identity.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// The file was read but is not PEM of the expected kind.
     #[error("{what} {path} is not a PEM {expected}")]
     NotPem {
@@ -61,17 +85,18 @@ pub enum TlsError {
 ///
 /// # Errors
 /// The file cannot be inspected, or its mode lets others in.
-pub fn check_key_mode(path: &Path) -> Result<(), String> {
+pub fn check_key_mode(path: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
-    let m = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read private key {}: {e}", path.display()))?;
+    let m = std::fs::metadata(path).map_err(|source| TlsError::KeyUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mode = m.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "private key {} is readable by group or others (mode {mode:04o}): run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
+        return Err(TlsError::KeyMode {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -97,7 +122,7 @@ impl TlsFiles {
     fn load(&self) -> Result<(TlsIdentity, Certificate), TlsError> {
         let cert = read_pem("certificate", &self.cert, "CERTIFICATE")?;
         let key = read_pem("private key", &self.key, "PRIVATE KEY")?;
-        check_key_mode(&self.key).map_err(TlsError::KeyMode)?;
+        check_key_mode(&self.key)?;
         let ca = read_pem("CA certificate", &self.ca, "CERTIFICATE")?;
         Ok((TlsIdentity::from_pem(cert, key), Certificate::from_pem(ca)))
     }
@@ -128,11 +153,12 @@ impl TlsFiles {
     ///
     /// # Errors
     /// When the file is unreadable or carries no hostshift identity.
-    pub fn own_identity(&self) -> Result<crate::identity::Identity, String> {
-        let pem = read_pem("certificate", &self.cert, "CERTIFICATE").map_err(|e| e.to_string())?;
-        let der = first_pem_der(&pem)
-            .ok_or_else(|| format!("certificate {} holds no certificate", self.cert.display()))?;
-        crate::identity::Identity::from_der(&der).map_err(|e| e.to_string())
+    pub fn own_identity(&self) -> Result<crate::identity::Identity, TlsError> {
+        let pem = read_pem("certificate", &self.cert, "CERTIFICATE")?;
+        let der = first_pem_der(&pem).ok_or_else(|| TlsError::NoCertificate {
+            path: self.cert.clone(),
+        })?;
+        Ok(crate::identity::Identity::from_der(&der)?)
     }
 }
 

@@ -223,30 +223,54 @@ pub fn first_toml_block(markdown: &str) -> Option<&str> {
     Some(&markdown[start..start + len + 1])
 }
 
+/// Why a document's reference block and the types it documents disagree.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceBlockError {
+    /// The document has no ```` ```toml ```` block.
+    #[error("no ```toml block in the document")]
+    NoBlock,
+    /// The block is not valid for the types.
+    #[error("the reference block does not parse: {0}")]
+    Parse(toml::de::Error),
+    /// The block is not TOML at all.
+    #[error("the reference block is not TOML: {0}")]
+    NotToml(toml::de::Error),
+    /// The parsed value cannot be written back.
+    #[error("the parsed reference block cannot be serialized: {0}")]
+    Serialize(toml::ser::Error),
+    /// Keys set on one side only.
+    #[error(
+        "keys the types have but the doc lacks: {missing:?}; keys the doc has but the types drop: {extra:?}"
+    )]
+    Keys {
+        /// Keys the types write that the doc does not set.
+        missing: Vec<String>,
+        /// Keys the doc sets that the types do not keep.
+        extra: Vec<String>,
+    },
+}
+
 /// Asserts, for tests, that `T` parsed from the doc's reference block and serialized back sets
 /// exactly the keys the block sets: a field added, renamed or removed in `T` without the doc
 /// changing fails.
 ///
 /// # Errors
-/// A message naming the keys that differ.
-pub fn check_reference_block<T>(markdown: &str) -> Result<(), String>
+/// [`ReferenceBlockError::Keys`] naming the keys that differ.
+pub fn check_reference_block<T>(markdown: &str) -> Result<(), ReferenceBlockError>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    let block = first_toml_block(markdown).ok_or("no ```toml block in the document")?;
-    let parsed: T =
-        toml::from_str(block).map_err(|e| format!("the reference block does not parse: {e}"))?;
-    let doc: toml::Value = toml::from_str(block).map_err(|e| e.to_string())?;
-    let back = toml::Value::try_from(&parsed).map_err(|e| e.to_string())?;
+    let block = first_toml_block(markdown).ok_or(ReferenceBlockError::NoBlock)?;
+    let parsed: T = toml::from_str(block).map_err(ReferenceBlockError::Parse)?;
+    let doc: toml::Value = toml::from_str(block).map_err(ReferenceBlockError::NotToml)?;
+    let back = toml::Value::try_from(&parsed).map_err(ReferenceBlockError::Serialize)?;
     let (doc_keys, type_keys) = (key_paths(&doc), key_paths(&back));
-    let missing: Vec<_> = type_keys.difference(&doc_keys).collect();
-    let extra: Vec<_> = doc_keys.difference(&type_keys).collect();
+    let missing: Vec<String> = type_keys.difference(&doc_keys).cloned().collect();
+    let extra: Vec<String> = doc_keys.difference(&type_keys).cloned().collect();
     if missing.is_empty() && extra.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "keys the types have but the doc lacks: {missing:?}; keys the doc has but the types drop: {extra:?}"
-        ))
+        Err(ReferenceBlockError::Keys { missing, extra })
     }
 }
 

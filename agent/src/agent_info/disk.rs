@@ -2,17 +2,20 @@
 
 use std::path::Path;
 
+use crate::error::AgentError;
+
 /// `(free_bytes, total_bytes)` of the filesystem holding `path`, or of its nearest existing
 /// ancestor when `path` does not exist yet (a target root that sync will create).
 ///
 /// # Errors
-/// The OS error text when even `/` cannot be examined.
-pub fn fs_usage(path: &Path) -> Result<(u64, u64), String> {
+/// [`AgentError::Io`] (`statvfs <path>`) when even `/` cannot be examined.
+pub fn fs_usage(path: &Path) -> Result<(u64, u64), AgentError> {
     let mut p = path;
     while !p.exists() {
         p = p.parent().unwrap_or(Path::new("/"));
     }
-    let s = nix::sys::statvfs::statvfs(p).map_err(|e| format!("statvfs {}: {e}", p.display()))?;
+    let s = nix::sys::statvfs::statvfs(p)
+        .map_err(|e| AgentError::io("statvfs", p, std::io::Error::from(e)))?;
     let frag = s.fragment_size();
     Ok((s.blocks_available() * frag, s.blocks() * frag))
 }

@@ -94,7 +94,7 @@ pub async fn storage(s: &StorageConfig) -> StorageInventory {
     let walked = tokio::task::spawn_blocking(move || walk(&path)).await;
     let (files, bytes, problem) = match walked {
         Ok(Ok((f, b))) => (f, b, String::new()),
-        Ok(Err(e)) => (0, 0, e),
+        Ok(Err(e)) => (0, 0, e.to_string()),
         Err(e) => (0, 0, format!("walk task failed: {e}")),
     };
     StorageInventory {
@@ -106,16 +106,16 @@ pub async fn storage(s: &StorageConfig) -> StorageInventory {
     }
 }
 
-fn walk(root: &Path) -> Result<(u64, u64), String> {
+fn walk(root: &Path) -> Result<(u64, u64), AgentError> {
     let mut stack = vec![root.to_path_buf()];
     let (mut files, mut bytes) = (0u64, 0u64);
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let rd = std::fs::read_dir(&dir).map_err(|e| AgentError::io("list", &dir, e))?;
         for entry in rd {
-            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let entry = entry.map_err(|e| AgentError::io("list", &dir, e))?;
             let ft = entry
                 .file_type()
-                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                .map_err(|e| AgentError::io("inspect", entry.path(), e))?;
             if ft.is_dir() {
                 stack.push(entry.path());
             } else if ft.is_file() {

@@ -141,7 +141,7 @@ async fn data_dir_space(client: &tokio_postgres::Client, st: &mut DatabaseStatus
                 st.data_dir_free_bytes = free;
                 st.data_dir_known = true;
             }
-            Err(e) => st.data_dir_problem = e,
+            Err(e) => st.data_dir_problem = e.to_string(),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             st.data_dir_problem = format!(
@@ -165,7 +165,7 @@ fn root_status(kind: &str, name: &str, path: &std::path::Path) -> RootStatus {
             st.free_bytes = free;
             st.total_bytes = total;
         }
-        Err(e) => st.problem = e,
+        Err(e) => st.problem = e.to_string(),
     }
     st
 }

@@ -94,9 +94,9 @@ pub struct Outcome {
     /// Wall time of the backup itself.
     pub duration: Duration,
     /// The retention run after it (`None` without `keep_days`/`keep_last`).
-    pub pruned: Option<Result<super::retention::PruneReport, String>>,
+    pub pruned: Option<Result<super::retention::PruneReport, AgentError>>,
     /// The automatic upload (`None` unless `[backup.s3] upload = true`).
-    pub upload: Option<Result<super::s3::UploadReport, String>>,
+    pub upload: Option<Result<super::s3::UploadReport, AgentError>>,
 }
 
 /// The whole flow: lock, [`create`], automatic upload, retention. Upload and retention failures
@@ -117,20 +117,12 @@ pub async fn run(
     let created = create_within_reserve(config, sel, progress, cancel).await?;
     let duration = started.elapsed();
     let upload = match &config.backup.s3 {
-        Some(s3) if s3.upload => Some(
-            super::s3::upload(s3, &created.path, cancel)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
+        Some(s3) if s3.upload => Some(super::s3::upload(s3, &created.path, cancel).await),
         _ => None,
     };
     let policy = super::retention::Policy::of(&config.backup);
     let pruned = if policy.prunes() {
-        Some(
-            super::retention::prune_locked(&dir, policy, cancel)
-                .await
-                .map_err(|e| e.to_string()),
-        )
+        Some(super::retention::prune_locked(&dir, policy, cancel).await)
     } else {
         None
     };

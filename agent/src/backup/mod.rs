@@ -310,7 +310,7 @@ pub struct Listed {
     /// Seconds since the epoch, from the id.
     pub created_unix: i64,
     /// The manifest, or why it cannot be read.
-    pub manifest: Result<BackupManifest, String>,
+    pub manifest: Result<BackupManifest, AgentError>,
 }
 
 impl Listed {
@@ -339,7 +339,7 @@ pub fn list(dir: &Path) -> Result<(Vec<Listed>, Vec<String>), AgentError> {
         } else if let Some(created_unix) = parse_id(&name)
             && de.file_type().is_ok_and(|t| t.is_dir())
         {
-            let manifest = read_manifest(&de.path()).map_err(|e| e.to_string());
+            let manifest = read_manifest(&de.path());
             done.push(Listed {
                 id: name,
                 created_unix,

@@ -182,12 +182,12 @@ impl Backup for BackupService {
             let last = result.map_err(Status::from).map(|o| {
                 let (pruned, prune_error) = match o.pruned {
                     Some(Ok(p)) => (p.deleted, String::new()),
-                    Some(Err(e)) => (vec![], e),
+                    Some(Err(e)) => (vec![], e.to_string()),
                     None => (vec![], String::new()),
                 };
                 let (upload, upload_error) = match o.upload {
                     Some(Ok(u)) => (Some(upload_response(u)), String::new()),
-                    Some(Err(e)) => (None, e),
+                    Some(Err(e)) => (None, e.to_string()),
                     None => (None, String::new()),
                 };
                 BackupEvent {
@@ -226,7 +226,7 @@ impl Backup for BackupService {
                         id: l.id,
                         path: path.display().to_string(),
                         state: "unreadable".into(),
-                        problem,
+                        problem: problem.to_string(),
                         ..BackupSummary::default()
                     },
                 }

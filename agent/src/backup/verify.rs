@@ -98,28 +98,73 @@ pub fn artifact_path(backup: &Path, a: &Artifact) -> Result<PathBuf, AgentError>
         .map_err(|e| AgentError::DataLoss(format!("artifact {}: {e}", a.file)))
 }
 
+/// What is wrong with one artifact (the verdict names the artifact beside it).
+#[derive(Debug, thiserror::Error)]
+enum Damage {
+    /// Its path is refused, or hashing it failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The manifest's digest is not hex SHA-256.
+    #[error("manifest digest: {0}")]
+    ManifestDigest(String),
+    /// It cannot be inspected.
+    #[error("cannot read it: {0}")]
+    Unreadable(io::Error),
+    /// A folder, a link, ...
+    #[error("not a regular file")]
+    NotAFile,
+    /// Its size on disk differs from the manifest's.
+    #[error("{found} bytes, the manifest says {expected}")]
+    Size {
+        /// On disk.
+        found: u64,
+        /// In the manifest.
+        expected: u64,
+    },
+    /// The bytes read differ from the manifest's size.
+    #[error("{read} bytes read, the manifest says {expected}")]
+    ReadSize {
+        /// Read.
+        read: u64,
+        /// In the manifest.
+        expected: u64,
+    },
+    /// The content differs.
+    #[error("SHA-256 {found}, the manifest says {expected}")]
+    Digest {
+        /// Of the bytes read.
+        found: Sha256Digest,
+        /// In the manifest.
+        expected: Sha256Digest,
+    },
+}
+
 /// Checks one artifact: its size, then its SHA-256.
-fn check(backup: &Path, a: &Artifact, cancel: &CancellationToken) -> Result<u64, String> {
-    let path = artifact_path(backup, a).map_err(|e| e.to_string())?;
-    let expected =
-        Sha256Digest::parse_hex(&a.sha256).map_err(|e| format!("manifest digest: {}", e.0))?;
-    let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("cannot read it: {e}"))?;
+fn check(backup: &Path, a: &Artifact, cancel: &CancellationToken) -> Result<u64, Damage> {
+    let path = artifact_path(backup, a)?;
+    let expected = Sha256Digest::parse_hex(&a.sha256).map_err(|e| Damage::ManifestDigest(e.0))?;
+    let meta = std::fs::symlink_metadata(&path).map_err(Damage::Unreadable)?;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(Damage::NotAFile);
     }
     if meta.len() != a.size {
-        return Err(format!(
-            "{} bytes, the manifest says {}",
-            meta.len(),
-            a.size
-        ));
+        return Err(Damage::Size {
+            found: meta.len(),
+            expected: a.size,
+        });
     }
-    let (len, digest) = hash_file(&path, cancel).map_err(|e| e.to_string())?;
+    let (len, digest) = hash_file(&path, cancel)?;
     if len != a.size {
-        return Err(format!("{len} bytes read, the manifest says {}", a.size));
+        return Err(Damage::ReadSize {
+            read: len,
+            expected: a.size,
+        });
     }
     if digest != expected {
-        return Err(format!("SHA-256 {digest}, the manifest says {expected}"));
+        return Err(Damage::Digest {
+            found: digest,
+            expected,
+        });
     }
     Ok(len)
 }
@@ -144,7 +189,7 @@ pub fn verify_artifacts(
         }
         match check(backup, a, cancel) {
             Ok(n) => v.bytes_checked += n,
-            Err(p) => v.problems.push((a.file.clone(), p)),
+            Err(p) => v.problems.push((a.file.clone(), p.to_string())),
         }
     }
     Ok(v)

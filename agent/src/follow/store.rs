@@ -1,10 +1,10 @@
 //! What a follow persists in the agent's `state_dir/follow/`, so that it survives an agent
 //! restart (kill -9 included): on the old host the slot, publication and follow grant
 //! (`source-<db>.json`); on the new host the follower's config and state (`target-<db>.json`).
-//! Files are written to a temporary name, synced and renamed: a crash leaves the old or the new
-//! content, never half of one.
+//! Files are written with [`crate::fsutil::write_atomic`] (a temporary name, synced, renamed, the
+//! folder synced): a crash leaves the old or the new content, never half of one. They hold the
+//! follow grant's token, so they are mode 0600.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -80,23 +80,8 @@ fn path(ctx: &Ctx, side: &str, database: &str) -> PathBuf {
     dir(ctx).join(format!("{side}-{database}.json"))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| AgentError::Internal(format!("{} has no folder", path.display())))?;
-    std::fs::create_dir_all(parent).map_err(|e| AgentError::io("create", parent, e))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| AgentError::io("create", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| AgentError::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::io("rename", path, e))
-}
+/// Mode of a record: it holds the follow grant's token, so only the agent's user reads it.
+const RECORD_MODE: u32 = 0o600;
 
 fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, AgentError> {
     match std::fs::read(path) {
@@ -119,7 +104,8 @@ fn remove(path: &Path) -> Result<(), AgentError> {
 fn save<T: Serialize>(path: &Path, v: &T) -> Result<(), AgentError> {
     let bytes = serde_json::to_vec_pretty(v)
         .map_err(|e| AgentError::Internal(format!("serialize follow record: {e}")))?;
-    write_atomic(path, &bytes)
+    // The agent's one atomic write: private while staged, fsync, rename, fsync of the folder.
+    crate::fsutil::write_atomic(path, &bytes, RECORD_MODE, None)
 }
 
 /// The old host's record for `database`.
@@ -224,4 +210,31 @@ pub fn token() -> Result<String, AgentError> {
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(|e| AgentError::io("read", "/dev/urandom", e))?;
     Ok(hex::encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn records_are_private_and_leave_no_temporary_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("follow/source-app.json");
+        let r = IdentityRecord {
+            database: "app".into(),
+            tables: vec![("public.t".into(), "d".into())],
+        };
+        save(&p, &r).expect("save");
+        save(&p, &r).expect("save again");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the record holds a grant token: {mode:o}");
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("follow"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        assert_eq!(load::<IdentityRecord>(&p).expect("load"), Some(r));
+    }
 }

@@ -51,31 +51,35 @@ pub async fn master(cfg: &NginxConfig, base: Cmd, cancel: &CancellationToken) ->
         .then_some(pid)
 }
 
+/// Why nginx's pid file could not be located (reloads are then not awaited).
+#[derive(Debug, thiserror::Error)]
+enum PidFileError {
+    /// `nginx -T` or `nginx -V` could not run.
+    #[error(transparent)]
+    Run(#[from] AgentError),
+    /// The main config file's `pid` directive could not be read.
+    #[error(transparent)]
+    Config(#[from] site::SiteError),
+    /// Neither the config nor the build says where the pid file is.
+    #[error("the config sets no `pid` and nginx -V shows no --pid-path")]
+    Unknown,
+}
+
 async fn pid_file(
     cfg: &NginxConfig,
     base: Cmd,
     cancel: &CancellationToken,
-) -> Result<PathBuf, String> {
-    let dump = base
-        .clone()
-        .arg("-T")
-        .output(cancel)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<PathBuf, PidFileError> {
+    let dump = base.clone().arg("-T").output(cancel).await?;
     let text = dump.stdout_text();
     let main = main_file_section(&text);
-    let from_config = site::main_directive(main, "pid").map_err(|e| e.to_string())?;
+    let from_config = site::main_directive(main, "pid")?;
     let (path, prefix) = match from_config {
         Some(p) => (p, cfg.prefix.clone()),
         None => {
-            let v = base
-                .arg("-V")
-                .output(cancel)
-                .await
-                .map_err(|e| e.to_string())?;
+            let v = base.arg("-V").output(cancel).await?;
             let args = v.stderr_tail;
-            let pid = configure_arg(&args, "--pid-path=")
-                .ok_or("the config sets no `pid` and nginx -V shows no --pid-path")?;
+            let pid = configure_arg(&args, "--pid-path=").ok_or(PidFileError::Unknown)?;
             (
                 pid,
                 cfg.prefix

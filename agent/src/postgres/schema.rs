@@ -319,10 +319,10 @@ impl SchemaBuffer {
             what: self.what.clone(),
             reason: format!("not UTF-8: {e}"),
         })?;
-        let sql = strip_restrict(&text).map_err(|reason| PgSyncError::InvalidInput {
+        let sql = strip_restrict(&text).map_err(|e| PgSyncError::InvalidInput {
             database: self.database.clone(),
             what: self.what.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         if self.section == Section::PostData {
             return post_data::apply(&self.database, &sql, conns).await;
@@ -396,16 +396,27 @@ fn early_schema_grants(sql: &str) -> String {
         .join("\n")
 }
 
+/// `\restrict` / `\unrestrict` lines of a dump that do not pair up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+enum RestrictError {
+    /// A `\restrict` while one is open.
+    #[error("a second \\restrict line")]
+    Second,
+    /// An `\unrestrict` without its `\restrict`.
+    #[error("an \\unrestrict line whose key does not match")]
+    KeyMismatch,
+}
+
 /// Removes `pg_dump`'s `\restrict KEY` / `\unrestrict KEY` lines (psql meta-commands the server
 /// cannot run); refuses them when they do not pair up.
-fn strip_restrict(text: &str) -> Result<String, String> {
+fn strip_restrict(text: &str) -> Result<String, RestrictError> {
     let mut out = String::with_capacity(text.len());
     let mut key: Option<&str> = None;
     for line in text.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\n', '\r']);
         if let Some(k) = bare.strip_prefix("\\restrict ") {
             if key.is_some() {
-                return Err("a second \\restrict line".into());
+                return Err(RestrictError::Second);
             }
             key = Some(k);
             continue;
@@ -414,7 +425,7 @@ fn strip_restrict(text: &str) -> Result<String, String> {
             if key == Some(k) {
                 continue;
             }
-            return Err("an \\unrestrict line whose key does not match".into());
+            return Err(RestrictError::KeyMismatch);
         }
         out.push_str(line);
     }

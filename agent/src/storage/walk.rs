@@ -393,7 +393,7 @@ fn file_entry(
                 let stamp = stamp_ok.then(|| Stamp::of(&meta, walked_at_ns));
                 return Ok((entry, stamp));
             }
-            Err(detail) => last = detail,
+            Err(moved) => last = moved.to_string(),
         }
     }
     Err(StorageError::ChangedWhileReading {
@@ -426,13 +426,24 @@ pub fn open_regular(full: &Path) -> Result<(File, Metadata), StorageError> {
     Ok((file, meta))
 }
 
+/// A file that changed while it was read: its size when opened, the bytes read, its size after,
+/// and whether its mtime moved. Not an error of the walk: the read is tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("size {opened} when opened, {read} read, {after} after; mtime moved: {mtime_moved}")]
+struct Moved {
+    opened: u64,
+    read: u64,
+    after: u64,
+    mtime_moved: bool,
+}
+
 /// Digest of a file, its metadata, and whether its stamp held still while it was read (inner
 /// `Err` says what changed when the content did).
 fn digest_stable(
     full: &Path,
     buf: &mut [u8],
     cancel: &CancellationToken,
-) -> Result<Result<(Sha256Digest, Metadata, bool), String>, StorageError> {
+) -> Result<Result<(Sha256Digest, Metadata, bool), Moved>, StorageError> {
     let (mut file, before) = open_regular(full)?;
     let mut hasher = StreamHasher::new();
     loop {
@@ -456,13 +467,12 @@ fn digest_stable(
         .map_err(|e| StorageError::io("inspect", full, e))?;
     let (len, digest) = hasher.finish();
     if len != before.len() || after.len() != before.len() || mtime_ns(&after) != mtime_ns(&before) {
-        return Ok(Err(format!(
-            "size {} when opened, {} read, {} after; mtime moved: {}",
-            before.len(),
-            len,
-            after.len(),
-            mtime_ns(&after) != mtime_ns(&before)
-        )));
+        return Ok(Err(Moved {
+            opened: before.len(),
+            read: len,
+            after: after.len(),
+            mtime_moved: mtime_ns(&after) != mtime_ns(&before),
+        }));
     }
     let stamp_ok = Stamp::of(&before, 0).same_file(&after);
     Ok(Ok((digest, after, stamp_ok)))

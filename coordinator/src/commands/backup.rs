@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use hostshift_proto::v1::{
-    BackupSummary, CreateBackupRequest, ListBackupsRequest, PruneBackupsRequest,
-    RestoreBackupRequest, UploadBackupRequest, UploadBackupResponse, VerifyBackupRequest,
-    backup_event::Event,
+    BackupSummary, ListBackupsRequest, PruneBackupsRequest, RestoreBackupRequest,
+    UploadBackupRequest, UploadBackupResponse, VerifyBackupRequest,
 };
 use serde_json::{Value, json};
 
@@ -25,7 +24,7 @@ use crate::output::{bytes, print_json, table};
 use crate::plan::Side;
 use crate::progress::{Mode, Progress};
 
-/// Deadline of a backup (a large database dump) or a restore.
+/// Deadline of a restore (as long as a backup: [`crate::backup::CREATE_DEADLINE`]).
 const LONG_RPC: Duration = Duration::from_secs(12 * 3600);
 /// Deadline of verify, prune and upload (they re-read every artifact).
 const READ_RPC: Duration = Duration::from_secs(6 * 3600);
@@ -163,46 +162,6 @@ pub async fn run(g: &Global, c: BackupCmd) -> CliResult {
     }
 }
 
-/// Makes a backup of the plan's resources (or, with `all`, of everything the agent declares) on
-/// `agent`'s host; `progress` sees each progress event. The rehearsal uses it too.
-///
-/// # Errors
-/// The agent's refusal or failure, or a stream that ended without a result.
-pub async fn take(
-    agent: &Agent,
-    plan: &crate::plan::Plan,
-    all: bool,
-    progress: &dyn Fn(&hostshift_proto::v1::BackupProgress),
-) -> Result<hostshift_proto::v1::CreateBackupResult, CliError> {
-    let side = agent.side;
-    let req = CreateBackupRequest {
-        databases: plan.databases.iter().map(|d| d.name.clone()).collect(),
-        storage: plan.storage.iter().map(|s| s.name.clone()).collect(),
-        files: plan.files.iter().map(|f| f.name.clone()).collect(),
-        everything: all,
-    };
-    let mut stream = agent
-        .backup()
-        .create(long(req, LONG_RPC))
-        .await
-        .map_err(|s| rpc_failed("backup", side, &s))?
-        .into_inner();
-    while let Some(ev) = stream
-        .message()
-        .await
-        .map_err(|s| rpc_failed("backup", side, &s))?
-    {
-        match ev.event {
-            Some(Event::Progress(p)) => progress(&p),
-            Some(Event::Done(d)) => return Ok(d),
-            None => {}
-        }
-    }
-    Err(failed(anyhow::anyhow!(
-        "backup on {side}: the stream ended without a result"
-    )))
-}
-
 async fn create(g: &Global, agent: &Agent, plan: &crate::plan::Plan, all: bool) -> CliResult {
     let side = agent.side;
     // One unit per artifact: a spinner on a terminal, a summary line when it is written.
@@ -214,7 +173,7 @@ async fn create(g: &Global, agent: &Agent, plan: &crate::plan::Plan, all: bool) 
         Mode::Human
     });
     progress.say(&format!("backup on the {side} host"));
-    let d = take(agent, plan, all, &|p| {
+    let d = crate::backup::take(agent, plan, all, &|p| {
         let unit = format!("{} {}", p.kind, p.name);
         if p.phase == "started" {
             progress.start(&unit, 0);
@@ -222,7 +181,8 @@ async fn create(g: &Global, agent: &Agent, plan: &crate::plan::Plan, all: bool) 
             progress.done(&unit, p.bytes, true, &format!("{} written", bytes(p.bytes)));
         }
     })
-    .await?;
+    .await
+    .map_err(|e| if e.is_refusal() { usage(e) } else { failed(e) })?;
     let b = d.backup.clone().unwrap_or_default();
     if g.json {
         let mut j = summary_json(&b);

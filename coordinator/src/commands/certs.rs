@@ -48,15 +48,26 @@ enum CertsSub {
 /// more is a typo.
 pub const MAX_DAYS: u32 = 3650;
 
+/// A `--days` value outside 1..=[`MAX_DAYS`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{given} is outside 1..={max} days: certificates must be valid for at least a day; \
+     a migration needs weeks, not years (default 30)",
+    max = MAX_DAYS
+)]
+pub struct DaysOutOfRange {
+    /// The value as given.
+    pub given: String,
+}
+
 /// `--days`: 1..=[`MAX_DAYS`]. 0 used to become one day (plus the hour of clock skew allowed
 /// before now) without a word.
-fn parse_days(s: &str) -> Result<u32, String> {
+fn parse_days(s: &str) -> Result<u32, DaysOutOfRange> {
     match s.parse::<u32>() {
         Ok(d) if (1..=MAX_DAYS).contains(&d) => Ok(d),
-        _ => Err(format!(
-            "{s} is outside 1..={MAX_DAYS} days: certificates must be valid for at least a day; \
-             a migration needs weeks, not years (default 30)"
-        )),
+        _ => Err(DaysOutOfRange {
+            given: s.to_string(),
+        }),
     }
 }
 

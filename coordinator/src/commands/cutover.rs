@@ -245,7 +245,7 @@ pub async fn status(g: &Global, c: StatusCmd) -> CliResult {
         };
         match &snapshots {
             Ok(list) => v["open_snapshots"] = serde_json::json!(list),
-            Err(e) => v["open_snapshots_unknown"] = serde_json::json!(e),
+            Err(e) => v["open_snapshots_unknown"] = serde_json::json!(e.to_string()),
         }
         print_json(&v);
         return Ok(());

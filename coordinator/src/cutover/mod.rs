@@ -277,6 +277,9 @@ pub async fn run(
             traced(step_span("verify"), c.verify_public()).await?;
             return Ok(());
         }
+        // The rollback window's slot, before the freeze (creating one can wait seconds for the
+        // new host's running transactions); its anchor is taken inside the freeze.
+        traced(step_span("window slot"), c.window_slot()).await;
         traced(step_span("freeze"), c.freeze()).await?;
         traced(step_span("catch-up"), c.catch_up()).await?;
         let delta = traced(step_span("delta"), c.delta()).await?;
@@ -297,7 +300,8 @@ pub async fn run(
                 },
             )?;
         }
-        // The rollback window's slot on the new host: created before traffic moves (its anchor).
+        // The rollback window's anchor on the new host (its slot exists since before the freeze,
+        // or is created now): taken before traffic moves.
         traced(step_span("window prepare"), c.window_prepare()).await?;
         traced(step_span("switch"), c.switch()).await?;
         // The freeze window has ended: the full proof of the followed databases runs while the

@@ -83,6 +83,7 @@ impl Cut<'_> {
     pub(super) async fn window_prepare(&mut self) -> Result<(), CutoverError> {
         if let Ok(Some(r)) = window::load(self.plan)
             && r.is_active()
+            && r.state != "slot"
             && (self.resumed || r.state == "open")
         {
             // A resumed run may have switched already: the earlier anchor stays (a new one
@@ -98,7 +99,7 @@ impl Cut<'_> {
         };
         let t = Instant::now();
         self.record(JStep::WindowPrepare, Mark::Started, "")?;
-        let r = window::prepare(self.plan, &new, &self.out.run).await;
+        let r = window::prepare(self.plan, &new, &self.out.run, false).await;
         let r = match r {
             Ok(rec) => {
                 let mut detail = format!(
@@ -141,6 +142,26 @@ impl Cut<'_> {
             self.window_abandon().await;
         }
         Ok(())
+    }
+
+    /// Before the freeze: the window's slot on the new host, without its anchor (see
+    /// [`window::prepare`]); [`Cut::window_prepare`] takes the anchor inside the freeze. Not
+    /// journaled as a step (the window's record holds it; an undo or `finish` drops it): a
+    /// failure or a host that cannot be followed is left to `window prepare`, which says so.
+    pub(super) async fn window_slot(&mut self) {
+        if matches!(window::load(self.plan), Ok(Some(r)) if r.is_active()) {
+            return;
+        }
+        let Ok(new) = self.new_agent() else { return };
+        match window::prepare(self.plan, &new, &self.out.run, true).await {
+            Ok(_) | Err(window::WindowError::Unavailable(_)) => {}
+            Err(e) => {
+                self.progress.say(&format!(
+                    "the rollback window's slot could not be created before the freeze ({e}): trying again inside it"
+                ));
+                self.window_abandon().await;
+            }
+        }
     }
 
     /// After the switch: the old host's follower. Without one the window is removed.
@@ -216,7 +237,7 @@ impl Cut<'_> {
             }
             // Prepared, never opened (a cutover stopped between the two): the old host applied
             // nothing, so this is a rollback without a window; its slot must not keep WAL.
-            Ok(Some(r)) if r.state == "prepared" => {
+            Ok(Some(r)) if r.state == "prepared" || r.state == "slot" => {
                 self.window_abandon().await;
                 return Some(false);
             }

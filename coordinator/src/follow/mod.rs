@@ -499,8 +499,8 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
 /// The databases of the plan whose follower runs on the new host (sync refuses them).
 ///
 /// # Errors
-/// `Err(message)` when the new agent fails to answer.
-pub async fn following(plan: &Plan, new: &Agent) -> Result<Vec<String>, String> {
+/// [`FollowError::Agent`] when the new agent fails to answer.
+pub async fn following(plan: &Plan, new: &Agent) -> Result<Vec<String>, FollowError> {
     Ok(following_with_tables(plan, new)
         .await?
         .into_iter()
@@ -513,11 +513,11 @@ pub async fn following(plan: &Plan, new: &Agent) -> Result<Vec<String>, String> 
 /// still copies with the key-range delta.
 ///
 /// # Errors
-/// `Err(message)` when the new agent fails to answer.
+/// [`FollowError::Agent`] when the new agent fails to answer.
 pub async fn following_with_tables(
     plan: &Plan,
     new: &Agent,
-) -> Result<Vec<(String, Vec<String>)>, String> {
+) -> Result<Vec<(String, Vec<String>)>, FollowError> {
     let mut out = Vec::new();
     for d in &plan.databases {
         match follow(new)
@@ -533,7 +533,12 @@ pub async fn following_with_tables(
                 }
             }
             Err(s) if s.code() == tonic::Code::Unimplemented => {}
-            Err(s) => return Err(client::explain_status(&s)),
+            Err(s) => {
+                return Err(agent_err(format!(
+                    "database {}: the follower's status",
+                    d.name
+                ))(s));
+            }
         }
     }
     Ok(out)

@@ -20,6 +20,20 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 /// How long an agent may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Why a channel to a lab agent could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] hostshift_shared::tls::TlsError),
+    /// The address or TLS settings were refused by the endpoint builder.
+    #[error("endpoint: {0}")]
+    Endpoint(tonic::transport::Error),
+    /// The connection failed (explained: refused, TLS, timeout).
+    #[error("{}", crate::client::explain(.0))]
+    Connect(tonic::transport::Error),
+}
+
 /// Why a lab agent could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentLaunchError {
@@ -344,10 +358,8 @@ impl LabAgent {
     ///
     /// # Errors
     /// TLS files or the connection failing.
-    pub async fn channel(&self, files: &TlsFiles) -> Result<Channel, String> {
-        let tls = files
-            .client_config(&self.addr.ip().to_string())
-            .map_err(|e| e.to_string())?;
+    pub async fn channel(&self, files: &TlsFiles) -> Result<Channel, ChannelError> {
+        let tls = files.client_config(&self.addr.ip().to_string())?;
         self.channel_with(tls).await
     }
 
@@ -355,15 +367,15 @@ impl LabAgent {
     ///
     /// # Errors
     /// The connection failing.
-    pub async fn channel_with(&self, tls: ClientTlsConfig) -> Result<Channel, String> {
+    pub async fn channel_with(&self, tls: ClientTlsConfig) -> Result<Channel, ChannelError> {
         Endpoint::from_shared(self.address())
-            .map_err(|e| e.to_string())?
+            .map_err(ChannelError::Endpoint)?
             .tls_config(tls)
-            .map_err(|e| e.to_string())?
+            .map_err(ChannelError::Endpoint)?
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .map_err(|e| crate::client::explain(&e))
+            .map_err(ChannelError::Connect)
     }
 
     /// Sends SIGTERM and waits up to `limit`; `None` if it still runs then.

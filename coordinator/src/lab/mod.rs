@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod pg;
+mod process;
 pub mod seed;
 
 use std::net::Ipv4Addr;

@@ -11,20 +11,20 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use hostshift_shared::procfs::{self, alive as process_alive, children_by_scan as children_of};
 use nix::sys::signal::{self, Signal};
-use nix::unistd::{Pid, User, geteuid};
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
 
 use super::LabError;
+use super::process::{
+    RunAs, command_line, kill_tree, run_checked, tail_of_file, to_pid, wait_dead,
+};
 
 /// Where Debian's server packages put their binaries, newest supported first after 15 (the
 /// version the product targets).
@@ -46,8 +46,6 @@ const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const INITDB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deadline for one client connection (including the start-up handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many lines of a log or of stderr an error carries.
-const TAIL_LINES: usize = 20;
 /// How many times to pick another port when a racing process took ours.
 const PORT_ATTEMPTS: u32 = 3;
 
@@ -80,56 +78,6 @@ pub fn pg_bin_dir() -> Result<PathBuf, LabError> {
     on_path.ok_or_else(|| LabError::PgBinariesMissing {
         searched: BIN_DIR_CANDIDATES.join(", "),
     })
-}
-
-/// Which user the PostgreSQL programs run as.
-#[derive(Clone, Copy, Debug)]
-enum RunAs {
-    /// We are the `postgres` user already: no chown, no setuid.
-    Myself,
-    /// We are root: chown to, and switch to, the `postgres` user.
-    Postgres { uid: u32, gid: u32 },
-}
-
-impl RunAs {
-    fn detect() -> Result<Self, LabError> {
-        let user = User::from_name("postgres")
-            .map_err(|errno| {
-                LabError::io("look up user `postgres` in", "/etc/passwd")(errno.into())
-            })?
-            .ok_or(LabError::NoPostgresUser)?;
-        let euid = geteuid();
-        if euid.is_root() {
-            Ok(Self::Postgres {
-                uid: user.uid.as_raw(),
-                gid: user.gid.as_raw(),
-            })
-        } else if euid == user.uid {
-            Ok(Self::Myself)
-        } else {
-            Err(LabError::NotRootOrPostgres { uid: euid.as_raw() })
-        }
-    }
-
-    /// Gives `path` to the postgres user (a no-op when we are that user).
-    fn own(self, path: &Path) -> Result<(), LabError> {
-        match self {
-            Self::Myself => Ok(()),
-            Self::Postgres { uid, gid } => std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(LabError::io("chown to postgres", path)),
-        }
-    }
-
-    /// Makes `cmd` run as the postgres user, with an explicit, minimal environment.
-    fn apply(self, cmd: &mut Command, cwd: &Path) {
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .current_dir(cwd)
-            .stdin(Stdio::null());
-        if let Self::Postgres { uid, gid } = self {
-            cmd.uid(uid).gid(gid);
-        }
-    }
 }
 
 /// The `wal_level` a lab cluster runs with.
@@ -740,38 +688,6 @@ fn spawn_postmaster(
     })
 }
 
-/// Runs a short program to completion, with a deadline; a non-zero exit becomes
-/// [`LabError::Command`] with the last lines of its output.
-async fn run_checked(mut cmd: Command, timeout: Duration) -> Result<(), LabError> {
-    let command = command_line(&cmd);
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(timeout, cmd.output()).await {
-        Ok(output) => output.map_err(|source| LabError::Spawn {
-            command: command.clone(),
-            source,
-        })?,
-        Err(_elapsed) => {
-            return Err(LabError::Command {
-                command,
-                status: format!("timed out after {timeout:?}"),
-                stderr_tail: String::new(),
-            });
-        }
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stdout));
-    Err(LabError::Command {
-        command,
-        status: output.status.to_string(),
-        stderr_tail: last_lines(&text, TAIL_LINES),
-    })
-}
-
 /// Fails early, with a fix, when the postgres user could not reach `root` (e.g. a 0700 temp dir).
 fn check_reachable(root: &Path, pg_uid: u32, pg_gid: u32) -> Result<(), LabError> {
     let root = fs::canonicalize(root).map_err(LabError::io("resolve", root))?;
@@ -796,92 +712,6 @@ fn check_reachable(root: &Path, pg_uid: u32, pg_gid: u32) -> Result<(), LabError
     Ok(())
 }
 
-fn to_pid(pid: u32) -> Pid {
-    Pid::from_raw(i32::try_from(pid).expect("Linux pids fit in i32 (pid_max <= 2^22)"))
-}
-
-/// SIGKILLs the unreaped postmaster `pid` and everything it started; returns its children.
-///
-/// Killing the process group alone is not enough: every PostgreSQL child calls `setsid()`, so
-/// the postmaster's group holds only itself and children too young to have left it. The
-/// postmaster is stopped first, so that it cannot fork while its children are listed; each child
-/// then gets SIGKILL to its own group (which holds e.g. an `archive_command` shell).
-fn kill_tree(pid: u32, deadline: Instant) -> Vec<u32> {
-    let postmaster = to_pid(pid);
-    if signal::kill(postmaster, Signal::SIGSTOP).is_ok() {
-        while let Some(stat) = procfs::Stat::read(pid) {
-            if matches!(stat.state, 'T' | 'Z' | 'X') || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    let children = children_of(pid);
-    // ESRCH only means a process is already gone.
-    let _ = signal::killpg(postmaster, Signal::SIGKILL);
-    for &child in &children {
-        if signal::killpg(to_pid(child), Signal::SIGKILL).is_err() {
-            let _ = signal::kill(to_pid(child), Signal::SIGKILL);
-        }
-    }
-    children
-}
-
-/// Waits until every pid in `pids` is dead (SIGKILL is delivered asynchronously); false if
-/// `deadline` passed first.
-fn wait_dead(pids: &[u32], deadline: Instant) -> bool {
-    while pids.iter().any(|&pid| process_alive(pid)) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    true
-}
-
-/// The last lines of a (log) file, reading at most its last 16 KiB.
-fn tail_of_file(path: &Path) -> String {
-    const MAX_BYTES: u64 = 16 * 1024;
-    let read = || -> std::io::Result<String> {
-        let mut file = fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    match read() {
-        Ok(text) => last_lines(&text, TAIL_LINES),
-        Err(error) => format!("(could not read {}: {error})", path.display()),
-    }
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The command line for error messages: program and arguments, quoted where needed.
-fn command_line(cmd: &Command) -> String {
-    let std = cmd.as_std();
-    std::iter::once(std.get_program())
-        .chain(std.get_args())
-        .map(|part| {
-            let part = part.to_string_lossy();
-            if !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
-            {
-                part.into_owned()
-            } else {
-                format!("'{}'", part.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Quotes a value for a libpq key=value string when it needs it.
 fn conninfo_value(value: &str) -> String {
     if !value.is_empty()
@@ -901,6 +731,8 @@ pub(crate) fn quote_ident(name: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use nix::unistd::geteuid;
+
     use super::*;
 
     /// A lab root the postgres user can enter; clusters are dropped before it is removed
@@ -924,7 +756,7 @@ pub(crate) mod tests {
 
     /// True while `pid` is a live process: gone, or a zombie, counts as dead.
     pub(crate) fn process_alive(pid: u32) -> bool {
-        super::process_alive(pid)
+        hostshift_shared::procfs::alive(pid)
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub(super) fn validate(plan: &Plan, src: &Located) -> Vec<Problem> {
         } else if key == "tls.key"
             && let Err(e) = hostshift_shared::tls::check_key_mode(&resolved)
         {
-            out.push(src.problem(key, e));
+            out.push(src.problem(key, e.to_string()));
         }
     }
     unique(

@@ -174,21 +174,33 @@ impl Collector {
     }
 }
 
-async fn reach(plan: &Plan, side: Side) -> Result<(Agent, InfoResponse), String> {
+/// Why a host counts as unreachable. The check's row names the host, so the connect error's
+/// text is its message alone.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    /// No TLS connection.
+    #[error("{}", .0.message)]
+    Connect(client::ConnectError),
+    /// The first RPC failed (a refused certificate shows here).
+    #[error("{}", client::explain_first_rpc(.0))]
+    FirstRpc(tonic::Status),
+}
+
+async fn reach(plan: &Plan, side: Side) -> Result<(Agent, InfoResponse), Unreachable> {
     // Any agent of the CA: the identity is reported as a check of its own below.
     let agent = client::connect_any(plan, side)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(Unreachable::Connect)?;
     let info = agent
         .info()
         .info(client::request(InfoRequest {}))
         .await
-        .map_err(|s| client::explain_first_rpc(&s))?
+        .map_err(Unreachable::FirstRpc)?
         .into_inner();
     Ok((agent, info))
 }
 
-async fn inventory(agent: &Agent, row_counts: bool) -> Result<InventoryResponse, String> {
+async fn inventory(agent: &Agent, row_counts: bool) -> Result<InventoryResponse, client::RpcError> {
     agent
         .info()
         .inventory(client::request(InventoryRequest {
@@ -198,7 +210,7 @@ async fn inventory(agent: &Agent, row_counts: bool) -> Result<InventoryResponse,
         }))
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|s| client::explain_status(&s))
+        .map_err(client::RpcError)
 }
 
 /// Runs the preflight. Never fails as a whole: unreachable hosts become failed checks.
@@ -213,7 +225,7 @@ pub async fn run(plan: &Plan) -> Report {
         let address = plan.host(side).address.clone();
         match r {
             Err(e) => {
-                c.fail(h, "reachable over mutual TLS", e, format!("start the agent on the {h} host and check [{h}] address and [tls] in the plan"));
+                c.fail(h, "reachable over mutual TLS", e.to_string(), format!("start the agent on the {h} host and check [{h}] address and [tls] in the plan"));
                 hosts.insert(
                     h.to_string(),
                     HostFacts {
@@ -279,7 +291,12 @@ pub async fn run(plan: &Plan) -> Report {
                     );
                 }
             }
-            Err(e) => c.warn("old", "open snapshots", e, "see the old agent's log"),
+            Err(e) => c.warn(
+                "old",
+                "open snapshots",
+                e.to_string(),
+                "see the old agent's log",
+            ),
         }
     }
     // Following: can the old database be followed, and what WAL does a follow's slot keep.
@@ -301,7 +318,7 @@ pub async fn run(plan: &Plan) -> Report {
             Err(e) => c.fail(
                 "old",
                 "inventory (sizes, row counts)",
-                e,
+                e.to_string(),
                 "see the old agent's log (journalctl -u hostshift-agent)",
             ),
             Ok(inv) => {
@@ -334,7 +351,7 @@ pub async fn run(plan: &Plan) -> Report {
             c.fail(
                 "new",
                 "inventory (sizes)",
-                e,
+                e.to_string(),
                 "see the new agent's log (journalctl -u hostshift-agent)",
             );
         }

@@ -6,9 +6,22 @@
 //! new one allowed to be written, the old one not), and a plan for them. The `rehearse` command
 //! then runs the phases against it and tears it down (or leaves it running with `--keep`).
 //! Nothing outside that folder and the loopback interface is touched.
+//!
+//! The flow lives here too, so that `commands/rehearse.rs` only parses flags and prints:
+//! [`local`] runs the rehearsal on the lab (check, backup, sync, verify, then `runbook`: the
+//! live app, follow, cutover, look-ups, rollback), [`on_plan`] runs it against a plan's real
+//! agents into scratch targets; [`phase`] is a phase's row and error, `steps` the phases that
+//! are one library call each, `moto` the lab's traffic switch.
 
 mod content;
+pub mod local;
+mod moto;
+pub mod on_plan;
+pub mod phase;
 pub mod round_trip;
+mod runbook;
+mod session;
+mod steps;
 pub mod uploader;
 pub mod writer;
 
@@ -24,6 +37,7 @@ use crate::lab::pg::{PgCluster, WalLevel};
 use crate::lab::seed::{self, Scale, SeedSummary};
 
 pub use content::{NON_ROOT_DIR, StorageSummary};
+pub use session::LiveAppError;
 
 /// The old host's storage tree of a lab.
 pub fn old_storage_dir(lab: &LocalLab) -> PathBuf {

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 
+use super::session::{LiveAppError, session, sql};
+
 /// The pause between two file operations (about ten a second).
 const INTERVAL: Duration = Duration::from_millis(100);
 /// Wait before connecting again after a broken connection.
@@ -105,7 +107,7 @@ impl LiveUploader {
     ///
     /// # Errors
     /// The connection, the profile row or the folder could not be made.
-    pub async fn start(conninfo: &str, tree: &Path) -> Result<Self, String> {
+    pub async fn start(conninfo: &str, tree: &Path) -> Result<Self, LiveAppError> {
         let client = connect(conninfo).await?;
         client
             .execute(
@@ -114,9 +116,12 @@ impl LiveUploader {
                 &[&UPLOADER],
             )
             .await
-            .map_err(|e| format!("the live uploader's first insert: {e}"))?;
+            .map_err(sql("the live uploader's first insert"))?;
         let dir = tree.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| LiveAppError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -142,8 +147,8 @@ impl LiveUploader {
     }
 }
 
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
-    super::writer::connect_as(conninfo, "the live uploader").await
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, LiveAppError> {
+    session(conninfo, "the live uploader").await
 }
 
 /// The content of operation `n` on file `name`: distinct per operation, a few KiB.

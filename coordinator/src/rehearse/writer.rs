@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 
+use super::session::{LiveAppError, session, sql};
+
 /// The pause between two writes (about 50 a second when the database answers at once).
 const INTERVAL: Duration = Duration::from_millis(20);
 /// Wait before connecting again after a broken connection.
@@ -77,7 +79,7 @@ impl LiveWriter {
     ///
     /// # Errors
     /// The connection or the first insert failed.
-    pub async fn start(conninfo: &str) -> Result<Self, String> {
+    pub async fn start(conninfo: &str) -> Result<Self, LiveAppError> {
         let client = connect(conninfo).await?;
         client
             .execute(
@@ -86,7 +88,7 @@ impl LiveWriter {
                 &[&EDITED],
             )
             .await
-            .map_err(|e| format!("the live writer's first insert: {e}"))?;
+            .map_err(sql("the live writer's first insert"))?;
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -111,24 +113,20 @@ impl LiveWriter {
     }
 }
 
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
-    connect_as(conninfo, "the live writer").await
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, LiveAppError> {
+    session(conninfo, "the live writer").await
 }
 
-/// A session of the rehearsal's simulated app (`who` names it in the error): the writer, the
-/// uploader and the round trip's writer on the new host all connect this way.
+/// [`session`] with its error as text: what `round_trip.rs` calls. That file belongs to another
+/// change in flight; once it calls [`session`] itself this goes.
+///
+/// # Errors
+/// The text of [`LiveAppError::Connect`].
 pub(super) async fn connect_as(
     conninfo: &str,
-    who: &str,
+    who: &'static str,
 ) -> Result<tokio_postgres::Client, String> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("{who} could not connect: {e}"))?;
-    tokio::spawn(async move {
-        // Ends when the freeze terminates the session; the loop connects again.
-        let _ = connection.await;
-    });
-    Ok(client)
+    session(conninfo, who).await.map_err(|e| e.to_string())
 }
 
 async fn run(
@@ -221,7 +219,7 @@ pub struct Outcome {
 ///
 /// # Errors
 /// The new database could not be read.
-pub async fn check(tally: &Tally, conninfo: &str) -> Result<Outcome, String> {
+pub async fn check(tally: &Tally, conninfo: &str) -> Result<Outcome, LiveAppError> {
     let client = connect(conninfo).await?;
     let rows = client
         .query(
@@ -229,7 +227,7 @@ pub async fn check(tally: &Tally, conninfo: &str) -> Result<Outcome, String> {
             &[],
         )
         .await
-        .map_err(|e| format!("read the new host's users: {e}"))?;
+        .map_err(sql("read the new host's users"))?;
     let present: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
     let mut lost_examples = Vec::new();
     let mut lost = 0u64;
@@ -248,7 +246,7 @@ pub async fn check(tally: &Tally, conninfo: &str) -> Result<Outcome, String> {
                 &[&EDITED],
             )
             .await
-            .map_err(|e| format!("read the new host's edited profile: {e}"))?
+            .map_err(sql("read the new host's edited profile"))?
             .map(|r| r.get(0));
         let fine = got
             .as_ref()

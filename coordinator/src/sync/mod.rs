@@ -505,17 +505,26 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     let mut work: Vec<UnitFuture<'_>> = Vec::new();
     if opts.only.is_none_or(|o| o == Only::Files) {
         for f in &plan.files {
-            work.push(Box::pin(traced(unit_span("file", &f.name), units::file(&run, f))));
+            work.push(Box::pin(traced(
+                unit_span("file", &f.name),
+                units::file(&run, f),
+            )));
         }
     }
     if opts.only.is_none_or(|o| o == Only::Storage) {
         for s in &plan.storage {
-            work.push(Box::pin(traced(unit_span("storage", &s.name), units::storage(&run, s))));
+            work.push(Box::pin(traced(
+                unit_span("storage", &s.name),
+                units::storage(&run, s),
+            )));
         }
     }
     if opts.only.is_none_or(|o| o == Only::Db) {
         for d in &plan.databases {
-            work.push(Box::pin(traced(unit_span("database", &d.name), database::database(&run, d))));
+            work.push(Box::pin(traced(
+                unit_span("database", &d.name),
+                database::database(&run, d),
+            )));
         }
     }
     // The report keeps the plan's order either way.

@@ -137,7 +137,9 @@ pub struct WindowDb {
 pub struct Record {
     /// The cutover run that opened it.
     pub run: String,
-    /// `prepared` (slot on the new host), `open` (follower started on the old host),
+    /// `slot` (slot on the new host, created before the freeze; no anchor yet: the cutover takes
+    /// it right before the switch), `prepared` (slot and anchor), `open` (follower started on
+    /// the old host),
     /// `drained` (a rollback brought everything back and stopped the follower: a rollback run
     /// again goes on from the switch back), `closed`.
     pub state: String,
@@ -164,7 +166,7 @@ pub struct Record {
 impl Record {
     /// Slot or follower may exist: `rollback` drains it, `finish` closes it.
     pub fn is_active(&self) -> bool {
-        matches!(self.state.as_str(), "prepared" | "open" | "drained")
+        matches!(self.state.as_str(), "slot" | "prepared" | "open" | "drained")
     }
 }
 
@@ -251,12 +253,25 @@ fn selection(d: &PlanDatabase, name: &str) -> DbSelection {
 }
 
 /// Creates the slot and publication on the new host (before the switch) and records the
-/// window as `prepared`.
+/// window as `prepared`, with each database's anchor taken now and the config files' digests.
+///
+/// With `early` (before the freeze) only the slot and publications: the record says `slot`,
+/// and no anchor is taken — the follower still writes the old host's changes into the new one
+/// until the freeze, and those must not travel back. Creating a logical slot waits for the
+/// transactions running on the new host (the follower's) and took seconds at times inside the
+/// freeze; called again inside the freeze, the slot exists, and the call only takes the anchor
+/// (a snapshot taken after the slot exists is as good as one before it: every transaction it
+/// does not see commits later, so the slot decodes it).
 ///
 /// # Errors
 /// [`WindowError::Unavailable`] when the new host cannot be followed (its `wal_level`, its
 /// agent's `[allow] follow_databases`) — nothing was created then; an agent failure otherwise.
-pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, WindowError> {
+pub async fn prepare(
+    plan: &Plan,
+    new: &Agent,
+    run: &str,
+    early: bool,
+) -> Result<Record, WindowError> {
     let id = reverse_id(plan);
     // Check every database before creating anything.
     for d in &plan.databases {
@@ -289,7 +304,7 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
     }
     let mut rec = Record {
         run: run.to_string(),
-        state: "prepared".into(),
+        state: if early { "slot" } else { "prepared" }.into(),
         opened_unix_ms: 0,
         id: id.clone(),
         databases: vec![],
@@ -318,6 +333,14 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
                 d.on_new()
             )))?
             .into_inner();
+        if early {
+            if let Some(w) = rec.databases.last_mut() {
+                w.token = r.token;
+                w.not_followed = r.not_followed;
+            }
+            save(plan, &rec)?;
+            continue;
+        }
         let anchor = fc(new)
             .anchor(client::request(AnchorRequest {
                 database: d.on_new().to_string(),
@@ -336,8 +359,10 @@ pub async fn prepare(plan: &Plan, new: &Agent, run: &str) -> Result<Record, Wind
         }
         save(plan, &rec)?;
     }
-    rec.files_at_switch = travel::files_at_switch(plan, new).await;
-    save(plan, &rec)?;
+    if !early {
+        rec.files_at_switch = travel::files_at_switch(plan, new).await;
+        save(plan, &rec)?;
+    }
     Ok(rec)
 }
 
@@ -748,6 +773,7 @@ mod tests {
     #[test]
     fn a_window_counts_as_active_until_it_is_closed() {
         for (state, active) in [
+            ("slot", true),
             ("prepared", true),
             ("open", true),
             ("drained", true),

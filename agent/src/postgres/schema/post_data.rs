@@ -187,10 +187,10 @@ fn own_publication(e: &TocEntry<'_>) -> bool {
 }
 
 async fn run(database: &str, sql: &str, conns: &[Conn]) -> Result<SchemaApplied, PgSyncError> {
-    let mut toc = toc::split(sql).map_err(|reason| PgSyncError::InvalidInput {
+    let mut toc = toc::split(sql).map_err(|e| PgSyncError::InvalidInput {
         database: database.to_string(),
         what: "post-data schema".into(),
-        reason,
+        reason: e.to_string(),
     })?;
     toc.entries.retain(|e| !own_publication(e));
     let setup = format!(

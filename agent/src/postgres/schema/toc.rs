@@ -25,6 +25,23 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+/// SQL text the lexer cannot read to its end: something opened and never closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unclosed {
+    /// `'...` or `E'...`.
+    #[error("a string literal is not closed")]
+    Literal,
+    /// `"...`.
+    #[error("a quoted identifier is not closed")]
+    Ident,
+    /// `$tag$...`.
+    #[error("a dollar-quoted string is not closed")]
+    Dollar,
+    /// `/* ...`.
+    #[error("a /* comment */ is not closed")]
+    BlockComment,
+}
+
 /// A section split into its entries.
 #[derive(Debug, Default)]
 pub(crate) struct Toc<'a> {
@@ -67,7 +84,7 @@ impl TocEntry<'_> {
 ///
 /// # Errors
 /// A description of the problem when a literal, quoted identifier or comment is not closed.
-pub(crate) fn split(text: &str) -> Result<Toc<'_>, String> {
+pub(crate) fn split(text: &str) -> Result<Toc<'_>, Unclosed> {
     let scan = scan(text)?;
     let mut toc = Toc::default();
     // Latest statement per setting; which settings changed after the preamble.
@@ -185,7 +202,7 @@ fn ident_byte(b: u8) -> bool {
 
 /// The statements (from their first significant byte to their `;`) and the headers that stand
 /// between statements at the start of a line.
-fn scan(text: &str) -> Result<Scan, String> {
+fn scan(text: &str) -> Result<Scan, Unclosed> {
     let b = text.as_bytes();
     let mut out = Scan {
         headers: Vec::new(),
@@ -305,10 +322,10 @@ fn scan(text: &str) -> Result<Scan, String> {
     }
     match state {
         State::Normal | State::LineComment => {}
-        State::Literal(_) => return Err("a string literal is not closed".into()),
-        State::Ident => return Err("a quoted identifier is not closed".into()),
-        State::Dollar(..) => return Err("a dollar-quoted string is not closed".into()),
-        State::BlockComment(_) => return Err("a /* comment */ is not closed".into()),
+        State::Literal(_) => return Err(Unclosed::Literal),
+        State::Ident => return Err(Unclosed::Ident),
+        State::Dollar(..) => return Err(Unclosed::Dollar),
+        State::BlockComment(_) => return Err(Unclosed::BlockComment),
     }
     if let Some(start) = stmt_start {
         // Text after the last `;`: the server decides what it is.
