@@ -111,8 +111,17 @@ impl Follow for FollowService {
     ) -> Result<Response<AnchorResponse>, Status> {
         coordinator(&req)?;
         let r = req.into_inner();
+        if r.now {
+            let snapshot = source::current_snapshot(&self.ctx, &r.database).await?;
+            source::set_anchor(&self.ctx, &r.database, &snapshot)?;
+            return Ok(Response::new(AnchorResponse {
+                pg_snapshot: snapshot,
+                taken_now: true,
+            }));
+        }
         Ok(Response::new(AnchorResponse {
             pg_snapshot: source::anchor(&self.ctx, &r.database)?.unwrap_or_default(),
+            taken_now: false,
         }))
     }
 

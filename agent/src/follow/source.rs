@@ -403,6 +403,21 @@ pub fn note_snapshot(ctx: &Ctx, database: &str, pg_snapshot: &str) {
     }
 }
 
+/// Records `pg_snapshot` as the anchor of `database`'s follow, replacing one noted before (the
+/// rollback window's anchor taken right before the switch, its slot created earlier).
+///
+/// # Errors
+/// `FailedPrecondition` when no follow is prepared there; the record's I/O errors.
+pub fn set_anchor(ctx: &Ctx, database: &str, pg_snapshot: &str) -> Result<(), AgentError> {
+    let mut r = store::source(ctx, database)?.ok_or_else(|| {
+        AgentError::FailedPrecondition(format!(
+            "database {database}: no follow is prepared here, so there is nothing to anchor"
+        ))
+    })?;
+    r.anchor = Some(pg_snapshot.to_string());
+    store::save_source(ctx, &r)
+}
+
 /// The anchor recorded since [`prepare`] (`None` when no snapshot was exported since).
 ///
 /// # Errors

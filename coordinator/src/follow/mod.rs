@@ -200,6 +200,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
         let anchor = follow(&old)
             .anchor(client::request(AnchorRequest {
                 database: d.name.clone(),
+                now: false,
             }))
             .await
             .map_err(agent_err(format!(

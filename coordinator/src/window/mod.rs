@@ -166,7 +166,10 @@ pub struct Record {
 impl Record {
     /// Slot or follower may exist: `rollback` drains it, `finish` closes it.
     pub fn is_active(&self) -> bool {
-        matches!(self.state.as_str(), "slot" | "prepared" | "open" | "drained")
+        matches!(
+            self.state.as_str(),
+            "slot" | "prepared" | "open" | "drained"
+        )
     }
 }
 
@@ -273,6 +276,9 @@ pub async fn prepare(
     early: bool,
 ) -> Result<Record, WindowError> {
     let id = reverse_id(plan);
+    if !early && let Some(rec) = anchor_early_slot(plan, new, run, &id).await? {
+        return Ok(rec);
+    }
     // Check every database before creating anything.
     for d in &plan.databases {
         let s = fc(new)
@@ -344,6 +350,7 @@ pub async fn prepare(
         let anchor = fc(new)
             .anchor(client::request(AnchorRequest {
                 database: d.on_new().to_string(),
+                now: false,
             }))
             .await
             .map_err(agent_err(format!(
@@ -364,6 +371,48 @@ pub async fn prepare(
         save(plan, &rec)?;
     }
     Ok(rec)
+}
+
+/// The in-freeze half of a window whose slot [`prepare`] created before the freeze (record
+/// state `slot`, same id and databases): only each database's anchor, taken now, and the config
+/// files' digests — no catalog work inside the freeze. `None` (the caller prepares in full) when
+/// there is no such record or the new agent is older than `AnchorRequest.now`.
+async fn anchor_early_slot(
+    plan: &Plan,
+    new: &Agent,
+    run: &str,
+    id: &str,
+) -> Result<Option<Record>, WindowError> {
+    let Some(mut rec) = load(plan)?.filter(|r| {
+        r.state == "slot"
+            && r.id == id
+            && r.databases.len() == plan.databases.len()
+            && r.databases.iter().all(|w| !w.token.is_empty())
+    }) else {
+        return Ok(None);
+    };
+    for w in &mut rec.databases {
+        let a = fc(new)
+            .anchor(client::request(AnchorRequest {
+                database: w.on_new.clone(),
+                now: true,
+            }))
+            .await
+            .map_err(agent_err(format!(
+                "database {}: the rollback window's anchor",
+                w.on_new
+            )))?
+            .into_inner();
+        if !a.taken_now {
+            return Ok(None);
+        }
+        w.anchor = a.pg_snapshot;
+    }
+    rec.run = run.to_string();
+    rec.state = "prepared".into();
+    rec.files_at_switch = travel::files_at_switch(plan, new).await;
+    save(plan, &rec)?;
+    Ok(Some(rec))
 }
 
 /// Records what a rollback's carry-back did (see [`Record::carried_back`]).
