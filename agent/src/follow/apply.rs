@@ -815,11 +815,7 @@ impl Applier {
         let mut cols = Vec::new();
         let mut values = Vec::new();
         for (i, v) in new.iter().enumerate().take(width) {
-            let text = match v {
-                Value::Unchanged => continue,
-                Value::Null => None,
-                Value::Text(s) => Some(s.clone()),
-            };
+            let Some(text) = param(v) else { continue };
             values.push(text);
             cols.push(i);
         }
@@ -882,11 +878,7 @@ impl Applier {
                     if t.key.contains(&i) {
                         continue;
                     }
-                    let text = match v {
-                        Value::Unchanged => continue,
-                        Value::Null => None,
-                        Value::Text(s) => Some(s.clone()),
-                    };
+                    let Some(text) = param(v) else { continue };
                     values.push(text);
                     cols.push(i);
                 }
@@ -919,11 +911,7 @@ impl Applier {
             if unchanged {
                 continue;
             }
-            let text = match v {
-                Value::Unchanged => continue,
-                Value::Null => None,
-                Value::Text(s) => Some(s.clone()),
-            };
+            let Some(text) = param(v) else { continue };
             values.push(text);
             sets.push(format!(
                 "{} = ${}::text::{ty}",
@@ -968,6 +956,16 @@ impl Applier {
         let sql = format!("DELETE FROM {} WHERE {cond}", t.name);
         self.send(sql, values, Expect::Rows(1, "a DELETE", label))
             .await
+    }
+}
+
+/// A value as a statement's text parameter; `None` for an unchanged TOAST value, which is not
+/// sent (its column keeps its value).
+fn param(v: &Value) -> Option<Option<String>> {
+    match v {
+        Value::Unchanged => None,
+        Value::Null => Some(None),
+        Value::Text(s) => Some(Some(s.clone())),
     }
 }
 
