@@ -695,7 +695,7 @@ async fn with_hosts(
     }
     let tally = app.stop().await;
     let app_s = app_t0.elapsed().as_secs_f64();
-    let steps: Vec<serde_json::Value> = rep["steps"].as_array().into_iter().flatten().map(|s| json!({ "step": s["name"], "ms": s["ms"], "detail": s["detail"] })).collect();
+    let steps = steps_of(&rep);
     v["cutover_wall_s"] = json!(round2(cutover_wall));
     v["freeze_ms"] = rep["freeze_ms"].clone();
     v["predicted_freeze_ms"] = rep["predicted_freeze_ms"].clone();
@@ -813,7 +813,7 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
     for c in [old, new] {
         slots += c.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'hostshift%'", &[]).await?.get::<_, i64>(0);
     }
-    let steps: Vec<serde_json::Value> = rep["steps"].as_array().into_iter().flatten().map(|s| json!({ "step": s["name"], "ms": s["ms"], "detail": s["detail"] })).collect();
+    let steps = steps_of(&rep);
     say(&format!(
         "cutover x{x}: rollback freeze {} ms (rollback took {wall:.1} s); {} writes acknowledged by the new host ({:.0} transactions/s), {lost} lost on the old host; {slots} slot(s) left",
         rep["freeze_ms"],
@@ -838,6 +838,19 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
             "last_error": tally.last_error,
         },
     }))
+}
+
+/// A cutover's or rollback's steps from its `--json` report: `{step, ms, detail}`.
+fn steps_of(rep: &serde_json::Value) -> Vec<serde_json::Value> {
+    rep["steps"].as_array().into_iter().flatten().map(|s| json!({ "step": s["name"], "ms": s["ms"], "detail": s["detail"] })).collect()
+}
+
+/// One line per step of [`steps_of`].
+fn print_steps(out: &mut String, steps: &serde_json::Value) {
+    use std::fmt::Write as _;
+    for st in steps.as_array().into_iter().flatten() {
+        let _ = writeln!(out, "      {:<12} {:>8} ms  {}", st["step"].as_str().unwrap_or("?"), st["ms"], st["detail"].as_str().unwrap_or("").chars().take(110).collect::<String>());
+    }
 }
 
 /// The text block of the cutover rounds for the printed summary.
@@ -867,9 +880,7 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
             s(r, "/predicted_freeze_ms") / 1000.0,
             if freeze <= FREEZE_TARGET_S { "MET" } else { "MISSED" }
         );
-        for st in r["steps"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "      {:<12} {:>8} ms  {}", st["step"].as_str().unwrap_or("?"), st["ms"], st["detail"].as_str().unwrap_or("").chars().take(110).collect::<String>());
-        }
+        print_steps(&mut out, &r["steps"]);
         let _ = writeln!(
             out,
             "    writes: {} acknowledged ({} file operations; {:.0} transactions/s), {} refused by the freeze, {} lost",
@@ -889,9 +900,7 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
             r["rollback"]["writes"]["lost"],
             r["rollback"]["slots_left"]
         );
-        for st in r["rollback"]["steps"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "      {:<12} {:>8} ms  {}", st["step"].as_str().unwrap_or("?"), st["ms"], st["detail"].as_str().unwrap_or("").chars().take(110).collect::<String>());
-        }
+        print_steps(&mut out, &r["rollback"]["steps"]);
         let _ = writeln!(
             out,
             "    the freeze the others need: standard tools {:.1} s (pg_dump | pg_restore {:.1} s + rsync -a --delete {:.2} s), runbook {:.1} s (pg_dump -Fc {:.1} + pg_restore {:.1} + tar -czf {:.1} + tar -xzf {:.1})",
