@@ -236,14 +236,7 @@ pub async fn prepare(
         .map(|(_, q)| q.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| AgentError::db(database, &e))?
-        .is_some();
+    let exists = publication_exists(&client, database, &name).await?;
     let sql = match (exists, list.is_empty()) {
         (false, true) => format!("CREATE PUBLICATION {}", ident(&name)),
         (false, false) => format!(
@@ -289,6 +282,25 @@ pub async fn prepare(
     store::save_source(ctx, &record)?;
     tracing::info!(database, slot = %record.slot, created, followed = followed.len(), not_followed = record.not_followed.len(), "follow prepared");
     Ok((record, created))
+}
+
+/// Does publication `name` exist in `database` (the session of `client`)?
+///
+/// # Errors
+/// `Database` when the query fails.
+pub(super) async fn publication_exists(
+    client: &Client,
+    database: &str,
+    name: &str,
+) -> Result<bool, AgentError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| AgentError::db(database, &e))?
+        .is_some())
 }
 
 /// `pg_current_snapshot()` of `database` now (the rollback window's anchor, taken before

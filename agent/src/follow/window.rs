@@ -70,14 +70,7 @@ pub async fn prepare_insert_only(
             keyless.push(t.table.qualified());
         }
     }
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| AgentError::db(database, &e))?
-        .is_some();
+    let exists = source::publication_exists(&client, database, &name).await?;
     let sql = match (exists, keyless.is_empty()) {
         (_, true) => format!("DROP PUBLICATION IF EXISTS {}", ident(&name)),
         (false, false) => format!(
