@@ -287,7 +287,12 @@ impl LabAgent {
             .arg("serve")
             .arg("--ready-file")
             .arg(&ready)
-            .env("HOSTSHIFT_LOG", "info")
+            // `info` unless the caller asked for more (e.g. `HOSTSHIFT_LOG=debug
+            // HOSTSHIFT_LOG_SPANS=1` to see where an RPC spent its time).
+            .env(
+                "HOSTSHIFT_LOG",
+                std::env::var("HOSTSHIFT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf2)
             .stderr(logf)
