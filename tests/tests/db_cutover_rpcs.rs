@@ -650,6 +650,89 @@ async fn a_freeze_stops_new_writes_ends_open_sessions_and_the_undo_restores_writ
     .await;
 }
 
+/// Writers busy on several sessions when the freeze comes: once `SetReadOnly` has returned, not
+/// one more of their rows commits — the freeze waits until every ended session is gone, not only
+/// signalled (the agent signals them all, then waits for them together).
+#[tokio::test]
+async fn once_the_freeze_returns_no_ended_session_commits_another_row() {
+    bounded(async {
+        let mut sb = Sandbox::new("freeze-busy").await;
+        let setup = sb.old_setup();
+        start_old(&mut sb, &setup).await;
+        let mut old = client(&sb, sb.old()).await;
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let pg = sb.world.old_pg.clone();
+                let db = sb.old_db.clone();
+                tokio::spawn(async move {
+                    let c = pg.connect(&db).await;
+                    let mut n = 0u64;
+                    loop {
+                        let r = c
+                            .execute(
+                                "INSERT INTO users (email, display_name) VALUES ($1, 'busy')",
+                                &[&format!("busy-{w}-{n}@x.test")],
+                            )
+                            .await;
+                        if let Err(e) = r {
+                            return (n, e.to_string());
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        // Spared by the freeze like the agent's own sessions (same role, same name): it counts
+        // right when the freeze returns, without a new connection's delay.
+        let (counter, conn) = tokio_postgres::connect(
+            &format!(
+                "{} application_name=hostshift-agent",
+                sb.world.old_pg.conninfo(&sb.old_db)
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("counting session");
+        tokio::spawn(conn);
+        let count = || async {
+            counter
+                .query_one(
+                    "SELECT count(*) FROM users WHERE display_name = 'busy'",
+                    &[],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        };
+        let started = std::time::Instant::now();
+        while count().await < 8 && started.elapsed() < std::time::Duration::from_secs(20) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let r = set_read_only(&mut old, true, true).await.expect("freeze");
+        let at_return = count().await;
+        assert!(r.sessions_ended >= 4, "the four writers: {r:?}");
+        assert!(
+            at_return >= 8,
+            "the writers wrote before the freeze: {at_return}"
+        );
+        for w in writers {
+            let (n, e) = tokio::time::timeout(std::time::Duration::from_secs(10), w)
+                .await
+                .expect("the writer stopped")
+                .expect("writer task");
+            assert!(n > 0, "writer wrote nothing before it ended: {e}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            count().await,
+            at_return,
+            "a session ended by the freeze committed a row after SetReadOnly returned"
+        );
+        set_read_only(&mut old, false, false).await.expect("undo");
+    })
+    .await;
+}
+
 /// A session on the old database as `role` over the unix socket (`trust` in the rig).
 async fn connect_as(
     sb: &Sandbox,

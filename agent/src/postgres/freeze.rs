@@ -34,8 +34,10 @@ use super::sql;
 /// The setting the freeze changes.
 pub const SETTING: &str = "default_transaction_read_only";
 
-/// How long ending one session may take before it is counted as not ended (milliseconds).
-const TERMINATE_WAIT_MS: i64 = 5000;
+/// How long ending the sessions may take before those left are counted as not ended.
+const TERMINATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often [`end_other_sessions`] looks whether the ended sessions are gone.
+const TERMINATE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A failure; when it is a missing privilege, `what` also says which privilege is needed.
 fn failed(conn: &Conn, what: &str, needs: &str, e: &tokio_postgres::Error) -> PgSyncError {
@@ -137,23 +139,33 @@ pub async fn overriding_roles(conn: &Conn) -> Result<Vec<String>, PgSyncError> {
 
 /// Ends every other client session on this connection's database, except this one and those
 /// of this session's role whose `application_name` is `spare` (the agent's own connections: any
-/// other role naming itself so is ended too), waiting up to 5 s for each
-/// to be gone. Returns how many ended.
+/// other role naming itself so is ended too), waiting up to 5 s in all for them to be gone.
+/// Returns how many ended.
+///
+/// Every session is signalled first, then all are awaited together, looking every 2 ms: the
+/// server's own wait (`pg_terminate_backend(pid, timeout)`) sleeps in steps of 100 ms and one
+/// session after another, which cost the write freeze ~100 ms per session of the app. A session
+/// is gone when it has left `pg_stat_activity`: a backend leaves it only after it has aborted
+/// its transaction (PostgreSQL runs that before-shmem-exit step before clearing its entry), and
+/// a commit under way when the signal came completes before that — so nothing it does can
+/// commit after this returns.
 ///
 /// # Errors
 /// [`PgSyncError::Query`]; a missing privilege says which one is needed.
 pub async fn end_other_sessions(conn: &Conn, spare: &str) -> Result<u32, PgSyncError> {
-    let row = conn
+    let rows = conn
         .client()
-        .query_one(
-            "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid, $2))
+        .query(
+            // In the select list, not the WHERE clause: only rows that passed the filter are
+            // signalled (the planner may evaluate a WHERE condition before the others).
+            "SELECT a.pid, pg_catalog.pg_terminate_backend(a.pid)
              FROM pg_catalog.pg_stat_activity a
              WHERE a.datname = pg_catalog.current_database()
                AND a.backend_type = 'client backend'
                AND a.pid <> pg_catalog.pg_backend_pid()
                AND NOT (a.application_name IS NOT DISTINCT FROM $1
                         AND a.usename = CURRENT_USER)",
-            &[&spare, &TERMINATE_WAIT_MS],
+            &[&spare],
         )
         .await
         .map_err(|e| {
@@ -165,8 +177,32 @@ pub async fn end_other_sessions(conn: &Conn, spare: &str) -> Result<u32, PgSyncE
                 &e,
             )
         })?;
-    let n: i64 = row.get(0);
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    // Signalled (a session that ended meanwhile is not: nothing to wait for).
+    let pids: Vec<i32> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    if pids.is_empty() {
+        return Ok(0);
+    }
+    let deadline = std::time::Instant::now() + TERMINATE_WAIT;
+    loop {
+        let left: i64 = conn
+            .client()
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .map_err(|e| conn.err(None, "see whether the ended sessions are gone", &e))?
+            .get(0);
+        if left == 0 || std::time::Instant::now() >= deadline {
+            let ended = pids.len() as i64 - left;
+            return Ok(u32::try_from(ended).unwrap_or(u32::MAX));
+        }
+        tokio::time::sleep(TERMINATE_POLL).await;
+    }
 }
 
 /// One `CONNECT` privilege on the database that [`lock_out`] took away (granted by the owner).
