@@ -1,9 +1,9 @@
 //! The cutover of a followed database (see `docs/cutover.md`, "The follow path"): after the
 //! freeze, the old host's WAL position is read and the cutover waits until the new host's
-//! follower applied everything committed before it ([`Cut::catch_up`]) — no table is scanned
-//! for that. The freeze's delta then settles only what the stream does not carry: sequences,
-//! large objects and the tables without a replica identity (with the key-range delta), plus
-//! files and storage as always. After the cutover, after its undo and after a rollback the
+//! follower applied everything committed before it — no table is scanned for that. Meanwhile
+//! ([`Cut::catch_up_and_delta`]: both at once) the freeze's delta settles only what the stream
+//! does not carry: sequences, large objects and the tables without a replica identity (with the
+//! key-range delta), plus files and storage as always. After the cutover, after its undo and after a rollback the
 //! follow is removed ([`Cut::follow_cleanup`]): follower stopped and forgotten, slot and
 //! publication dropped on the old host, so no slot keeps WAL there.
 //!
@@ -13,12 +13,14 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::cut::Cut;
 use super::error::CutoverError;
 use crate::follow;
 use crate::journal::Step as JStep;
 use crate::plan::OnNew;
+use crate::sync::SyncReport;
 
 /// One followed database's catch-up inside the freeze (the report's and `--json`'s view).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -44,11 +46,12 @@ fn catch_up_timeout(budget_secs: u64) -> Duration {
 }
 
 impl Cut<'_> {
-    /// The databases whose follower runs: wait (inside the freeze) until each applied up to the
-    /// old host's current position, then stop the followers so that nothing but the delta
-    /// writes to the new host. Journaled as `catch-up`; nothing is journaled when no database is
-    /// followed.
-    pub(super) async fn catch_up(&mut self) -> Result<(), CutoverError> {
+    /// The databases whose follower runs (plan name, tables it does not carry), asked of the new
+    /// agent right after the freeze: their delta covers only what the stream does not carry.
+    /// Empty: the fallback, today's key-range delta of every table (nothing is journaled).
+    pub(super) async fn followed_now(
+        &mut self,
+    ) -> Result<Vec<(String, Vec<String>)>, CutoverError> {
         let new = self
             .new
             .clone()
@@ -56,78 +59,78 @@ impl Cut<'_> {
         let followed = follow::following_with_tables(self.plan, &new)
             .await
             .map_err(|e| CutoverError::Agent(format!("the new agent's followers: {e}")))?;
-        if followed.is_empty() {
+        if followed.is_empty() && self.resumed {
             // A resumed run whose first run caught up and stopped the followers: their slot is
             // still there, and is removed at the end like any other.
-            if self.resumed {
-                self.follow_used = matches!(
-                    follow::status(self.plan).await,
-                    Ok(s) if s.iter().any(|d| d.slot || d.publication)
-                );
-            }
-            // The fallback: the delta compares every table by key ranges (no step to journal).
-            return Ok(());
+            self.follow_used = matches!(
+                follow::status(self.plan).await,
+                Ok(s) if s.iter().any(|d| d.slot || d.publication)
+            );
         }
-        let t = self.begin(JStep::CatchUp)?;
+        Ok(followed)
+    }
+
+    /// The catch-up of `followed` (from [`Cut::followed_now`]) and the freeze's delta, at once:
+    /// the delta settles only what the stream does not carry (sequences, large objects, tables
+    /// without a replica identity, files, storage), none of which the follower writes, so it
+    /// need not wait for the follower — the freeze lasts the longer of the two, not their sum.
+    /// Both steps are journaled as usual (`catch-up` only when a database is followed).
+    pub(super) async fn catch_up_and_delta(
+        &mut self,
+        followed: Vec<(String, Vec<String>)>,
+    ) -> Result<SyncReport, CutoverError> {
+        if followed.is_empty() {
+            return self.delta().await;
+        }
+        let t_catch = self.begin(JStep::CatchUp)?;
         self.follow_used = true;
-        let timeout = catch_up_timeout(self.plan.freeze.budget_secs);
-        let r: Result<Vec<FollowCatchUp>, CutoverError> = async {
-            let old = self.old()?.clone();
-            let mut done = Vec::new();
-            for (db, not_followed) in &followed {
-                let d = self
-                    .plan
-                    .databases
-                    .iter()
-                    .find(|d| &d.name == db)
-                    .ok_or_else(|| {
-                        CutoverError::Agent(format!("database {db} is not in the plan"))
-                    })?;
-                let lsn = follow::old_position(self.plan, &old, db)
-                    .await
-                    .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
-                let started = Instant::now();
-                follow::wait_applied(&new, d.on_new(), lsn, timeout)
-                    .await
-                    .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
-                done.push(FollowCatchUp {
-                    database: db.to_string(),
-                    lsn: follow::lsn_text(lsn),
-                    at: lsn,
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    not_followed: not_followed.clone(),
-                });
-            }
-            // Caught up and the old host frozen: nothing is left for the followers to apply.
-            follow::stop(self.plan)
-                .await
-                .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
-            super::injected("catch-up")?;
-            Ok(done)
-        }
-        .await;
-        let detail = match r {
-            Ok(done) => {
-                self.out.follow = done.clone();
-                Ok(done
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "database {}: follower applied up to {} in {} ms; {} table(s) not followed (key-range delta)",
-                            c.database,
-                            c.lsn,
-                            c.waited_ms,
-                            c.not_followed.len()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "))
-            }
-            Err(e) => Err(e),
-        };
-        self.end(JStep::CatchUp, t, detail)?;
         self.followed = followed;
-        Ok(())
+        let t_delta = self.begin(JStep::Delta)?;
+        let opts = self.delta_options();
+        let (new, old) = (self.new.clone(), self.old.clone());
+        let timeout = catch_up_timeout(self.plan.freeze.budget_secs);
+        let (caught, delta) = tokio::join!(
+            async {
+                let (Some(old), Some(new)) = (old, new) else {
+                    return Err(CutoverError::NotConnected(crate::plan::Side::New));
+                };
+                catch_up(self.plan, &old, &new, &self.followed, timeout)
+                    .instrument(super::step_span("catch-up"))
+                    .await
+            },
+            self.delta_work(&opts).instrument(super::step_span("delta"))
+        );
+        let caught = self.catch_up_end(t_catch, caught);
+        let delta = self.delta_end(t_delta, delta);
+        // The catch-up's failure first: it is why the delta cannot be trusted either.
+        caught?;
+        delta
+    }
+
+    /// Journals and reports how the catch-up ended.
+    fn catch_up_end(
+        &mut self,
+        t: Instant,
+        r: Result<Vec<FollowCatchUp>, CutoverError>,
+    ) -> Result<String, CutoverError> {
+        let detail = r.map(|done| {
+            let d = done
+                .iter()
+                .map(|c| {
+                    format!(
+                        "database {}: follower applied up to {} in {} ms; {} table(s) not followed (key-range delta)",
+                        c.database,
+                        c.lsn,
+                        c.waited_ms,
+                        c.not_followed.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.out.follow = done;
+            d
+        });
+        self.end(JStep::CatchUp, t, detail)
     }
 
     /// Removes the follow (follower, origin, slot, publication, grant) after a cutover, its undo
@@ -178,6 +181,46 @@ impl Cut<'_> {
             Err(_) => true,
         }
     }
+}
+
+/// Waits (inside the freeze) until each followed database's follower applied up to the old
+/// host's current position, then stops the followers: nothing but the delta writes to the new
+/// host from then on.
+async fn catch_up(
+    plan: &crate::plan::Plan,
+    old: &crate::client::Agent,
+    new: &crate::client::Agent,
+    followed: &[(String, Vec<String>)],
+    timeout: Duration,
+) -> Result<Vec<FollowCatchUp>, CutoverError> {
+    let mut done = Vec::new();
+    for (db, not_followed) in followed {
+        let d = plan
+            .databases
+            .iter()
+            .find(|d| &d.name == db)
+            .ok_or_else(|| CutoverError::Agent(format!("database {db} is not in the plan")))?;
+        let lsn = follow::old_position(plan, old, db)
+            .await
+            .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
+        let started = Instant::now();
+        follow::wait_applied(new, d.on_new(), lsn, timeout)
+            .await
+            .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
+        done.push(FollowCatchUp {
+            database: db.to_string(),
+            lsn: follow::lsn_text(lsn),
+            at: lsn,
+            waited_ms: started.elapsed().as_millis() as u64,
+            not_followed: not_followed.clone(),
+        });
+    }
+    // Caught up and the old host frozen: nothing is left for the followers to apply.
+    follow::stop(plan)
+        .await
+        .map_err(|e| CutoverError::CatchUp(e.to_string()))?;
+    super::injected("catch-up")?;
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -227,25 +227,35 @@ impl Cut<'_> {
     }
 
     /// Before the switch: the new agent holds a snapshot of each followed database (the state
-    /// traffic moves onto); `new-host-at-switch.json` is written `pending` with their ids.
-    /// Nothing is journaled when no database is followed (the proof then ran in the freeze).
-    pub(super) async fn hold_snapshots(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
+    /// traffic moves onto); `new-host-at-switch.json` is written `pending` with their ids
+    /// ([`Cut::hold_begin`], [`Cut::hold_work`], [`Cut::hold_end`], run beside the proof by
+    /// `prove_hold_anchor`). Nothing is journaled when no database is followed (the proof then
+    /// ran in the freeze).
+    /// Journals the step as started when it applies (followed databases, not a rehearsal).
+    pub(super) fn hold_begin(&mut self) -> Result<Option<Instant>, CutoverError> {
         if self.followed.is_empty() || self.rehearsal {
-            return Ok(());
+            return Ok(None);
         }
-        let t = self.begin(JStep::HoldSnapshots)?;
+        self.begin(JStep::HoldSnapshots).map(Some)
+    }
+
+    /// The snapshots themselves: only reads `self` (it runs beside the proof inside the
+    /// freeze: nothing writes to the new host by then). Every snapshot opened is returned, also
+    /// beside a failure, so that it is released.
+    pub(super) async fn hold_work(&self) -> (Vec<Held>, Result<(), CutoverError>) {
+        let mut held = Vec::new();
         let r = async {
             let new = self
                 .new
                 .clone()
                 .ok_or(CutoverError::NotConnected(Side::New))?;
             let lease = crate::sync::database::snapshot_lease();
-            for (db, _) in self.followed.clone() {
+            for (db, _) in &self.followed {
                 let d = self
                     .plan
                     .databases
                     .iter()
-                    .find(|d| d.name == db)
+                    .find(|d| &d.name == db)
                     .ok_or_else(|| {
                         CutoverError::Agent(format!("database {db} is not in the plan"))
                     })?;
@@ -262,12 +272,43 @@ impl Cut<'_> {
                     })?
                     .into_inner()
                     .snapshot;
-                self.held.push(Held {
+                held.push(Held {
                     database: db.clone(),
                     snapshot: id,
                 });
             }
-            self.renewer = Some(renew(&new, &self.held, lease));
+            Ok(())
+        }
+        .await;
+        (held, r)
+    }
+
+    /// Keeps the snapshots (renewed from now on, released by an undo), records the baseline
+    /// `pending` and journals the step. After a failed proof (`proved` false) the snapshots are
+    /// kept only to be released by the undo: no baseline is written.
+    pub(super) fn hold_end(
+        &mut self,
+        t: Instant,
+        delta: &SyncReport,
+        (held, r): (Vec<Held>, Result<(), CutoverError>),
+        proved: bool,
+    ) -> Result<(), CutoverError> {
+        if let Some(new) = self.new.clone()
+            && !held.is_empty()
+        {
+            self.held = held;
+            self.renewer = Some(renew(
+                &new,
+                &self.held,
+                crate::sync::database::snapshot_lease(),
+            ));
+        }
+        let r = r.and_then(|()| {
+            if !proved {
+                return Err(CutoverError::Agent(
+                    "not kept: the proof inside the freeze failed".into(),
+                ));
+            }
             // The old host's fingerprints the delta took of the tables the follower does not
             // carry: the proof after the switch checks the old host did not change.
             for (db, only) in &self.followed {
@@ -307,8 +348,7 @@ impl Cut<'_> {
                 .map(|h| format!("database {}: snapshot {}", h.database, h.snapshot))
                 .collect::<Vec<_>>()
                 .join("; "))
-        }
-        .await;
+        });
         self.end(JStep::HoldSnapshots, t, r).map(|_| ())
     }
 

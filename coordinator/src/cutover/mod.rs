@@ -281,28 +281,12 @@ pub async fn run(
         // new host's running transactions); its anchor is taken inside the freeze.
         traced(step_span("window slot"), c.window_slot()).await;
         traced(step_span("freeze"), c.freeze()).await?;
-        traced(step_span("catch-up"), c.catch_up()).await?;
-        let delta = traced(step_span("delta"), c.delta()).await?;
-        traced(step_span("prove"), c.prove(&delta)).await?;
-        // Followed databases: a snapshot of the new host, the state traffic moves onto, for the
-        // proof after the switch.
-        traced(step_span("hold snapshots"), c.hold_snapshots(&delta)).await?;
-        if !c.baseline_pending {
-            // Nothing writes to the new host before traffic moves: what the proof saw is the
-            // state at the switch, against which a rollback finds the writes it would leave
-            // behind.
-            new_writes::record_baseline(
-                plan,
-                &new_writes::Baseline {
-                    run: c.out.run.clone(),
-                    databases: c.new_at_proof.clone(),
-                    ..new_writes::Baseline::default()
-                },
-            )?;
-        }
-        // The rollback window's anchor on the new host (its slot exists since before the freeze,
-        // or is created now): taken before traffic moves.
-        traced(step_span("window prepare"), c.window_prepare()).await?;
+        let followed = c.followed_now().await?;
+        let delta = c.catch_up_and_delta(followed).await?;
+        // The proof, the new host's snapshots for the proof after the switch (followed
+        // databases) and the rollback window's anchor (its slot exists since before the freeze,
+        // or is created now), at once.
+        c.prove_hold_anchor(&delta).await?;
         traced(step_span("switch"), c.switch()).await?;
         // The freeze window has ended: the full proof of the followed databases runs while the
         // new host serves, and a difference switches traffic back.

@@ -2,6 +2,8 @@
 //! old host, the final delta sync, the proof of equality (and that the old host did not change),
 //! the traffic switch and the checks through the public endpoint.
 
+use tracing::Instrument;
+
 use super::cut::Cut;
 use super::error::CutoverError;
 use super::outcome::DeltaSummary;
@@ -12,6 +14,13 @@ use crate::plan::CheckFrom;
 use crate::progress::Mode;
 use crate::report::now_ms;
 use crate::sync::{SyncOptions, SyncReport, verify};
+
+/// What the proof's comparisons found: the verify report, and the followed tables written after
+/// the freeze position (empty when none is followed).
+pub(super) type ProveWork = (
+    Result<verify::Report, crate::sync::SyncError>,
+    Result<Vec<String>, CutoverError>,
+);
 
 impl Cut<'_> {
     pub(super) async fn freeze(&mut self) -> Result<(), CutoverError> {
@@ -40,9 +49,16 @@ impl Cut<'_> {
         Ok(())
     }
 
+    /// The freeze's delta sync, on its own (no database followed, or a rehearsal).
     pub(super) async fn delta(&mut self) -> Result<SyncReport, CutoverError> {
         let t = self.begin(JStep::Delta)?;
-        let opts = SyncOptions {
+        let opts = self.delta_options();
+        let r = self.delta_work(&opts).await;
+        self.delta_end(t, r)
+    }
+
+    pub(super) fn delta_options(&self) -> SyncOptions {
+        SyncOptions {
             progress: if self.progress_quiet() {
                 Mode::Quiet
             } else {
@@ -57,15 +73,27 @@ impl Cut<'_> {
             // their sum).
             concurrent: true,
             ..SyncOptions::default()
-        };
-        let r = match crate::sync::run(self.plan, &opts).await {
+        }
+    }
+
+    /// The delta itself: only reads `self` (it runs beside the catch-up).
+    pub(super) async fn delta_work(&self, opts: &SyncOptions) -> Result<SyncReport, CutoverError> {
+        let r = match crate::sync::run(self.plan, opts).await {
             Err(e) => Err(CutoverError::Delta(e.to_string())),
             Ok(s) if !s.ok => Err(CutoverError::Delta(s.failures())),
             // A rehearsal does not freeze: its old host may well still be writing.
             Ok(s) if self.rehearsal => Ok(s),
             Ok(s) => deferred_in_freeze(s),
         };
-        let r = r.and_then(|s| injected("delta").map(|()| s));
+        r.and_then(|s| injected("delta").map(|()| s))
+    }
+
+    /// Journals and reports how the delta ended.
+    pub(super) fn delta_end(
+        &mut self,
+        t: std::time::Instant,
+        r: Result<SyncReport, CutoverError>,
+    ) -> Result<SyncReport, CutoverError> {
         let (r, summary) = match r {
             Err(e) => (None, Err(e)),
             Ok(s) => {
@@ -106,31 +134,51 @@ impl Cut<'_> {
     pub(super) async fn prove(&mut self, delta: &SyncReport) -> Result<(), CutoverError> {
         super::paused("prove").await;
         let t = self.begin(JStep::Prove)?;
-        // Followed databases: their tables are proven after the switch, under a snapshot of
-        // the new host (see `held_proof`); here only what cannot wait.
-        let later: std::collections::BTreeSet<String> = if self.rehearsal {
+        let w = self.prove_work().await;
+        self.prove_end(t, delta, w)
+    }
+
+    /// The databases whose tables are proven after the switch, under a snapshot of the new
+    /// host (see `held_proof`): the followed ones, outside a rehearsal.
+    fn proven_later(&self) -> std::collections::BTreeSet<String> {
+        if self.rehearsal {
             Default::default()
         } else {
             self.followed.iter().map(|(db, _)| db.clone()).collect()
-        };
-        let r = async {
-            // The WAL check runs alongside the comparison: both only read.
-            let (v, wal) = tokio::join!(
-                async {
-                    if later.is_empty() {
-                        verify::run(self.plan).await
-                    } else {
-                        verify::run_in_freeze(self.plan, &later).await
-                    }
-                },
-                async {
-                    if later.is_empty() {
-                        Ok(Vec::new())
-                    } else {
-                        self.wal_quiet().await
-                    }
+        }
+    }
+
+    /// The comparisons of the proof: only reads both hosts (and `self`).
+    pub(super) async fn prove_work(&self) -> ProveWork {
+        let later = self.proven_later();
+        // The WAL check runs alongside the comparison: both only read.
+        tokio::join!(
+            async {
+                if later.is_empty() {
+                    verify::run(self.plan).await
+                } else {
+                    verify::run_in_freeze(self.plan, &later).await
                 }
-            );
+            },
+            async {
+                if later.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.wal_quiet().await
+                }
+            }
+        )
+    }
+
+    /// The proof's verdict on what [`Cut::prove_work`] found, journaled.
+    pub(super) fn prove_end(
+        &mut self,
+        t: std::time::Instant,
+        delta: &SyncReport,
+        (v, wal): ProveWork,
+    ) -> Result<(), CutoverError> {
+        let later = self.proven_later();
+        let r = (|| {
             let v = v.map_err(|e| CutoverError::Agent(e.to_string()))?;
             let wal = wal?;
             self.rep.add_verify(&v);
@@ -219,9 +267,66 @@ impl Cut<'_> {
                 "{} item(s) equal; the old databases did not change during the freeze",
                 v.rows.len()
             ))
-        }
-        .await;
+        })();
         self.end(JStep::Prove, t, r).map(|_| ())
+    }
+
+    /// Inside the freeze, after the delta: the proof, the snapshots of the new host held for
+    /// the proof after the switch, and the rollback window's anchor — at once. All three only
+    /// read the hosts, and nothing writes to the new host any more (the followers stopped, the
+    /// delta done), so they see the same state; the freeze lasts the longest of them, not their
+    /// sum. Journaled one by one as before; when the proof fails, the snapshots and the window
+    /// are released by the undo.
+    pub(super) async fn prove_hold_anchor(
+        &mut self,
+        delta: &SyncReport,
+    ) -> Result<(), CutoverError> {
+        super::paused("prove").await;
+        let t_prove = self.begin(JStep::Prove)?;
+        let t_hold = self.hold_begin()?;
+        let window = self.window_prepare_begin()?;
+        let (proved, held, anchored) = tokio::join!(
+            self.prove_work().instrument(super::step_span("prove")),
+            async {
+                match t_hold {
+                    Some(_) => Some(self.hold_work().await),
+                    None => None,
+                }
+            }
+            .instrument(super::step_span("hold snapshots")),
+            async {
+                match &window {
+                    Some((_, new)) => Some(self.window_prepare_work(new).await),
+                    None => None,
+                }
+            }
+            .instrument(super::step_span("window prepare"))
+        );
+        let proved = self.prove_end(t_prove, delta, proved);
+        let held = match (t_hold, held) {
+            (Some(t), Some(h)) => self.hold_end(t, delta, h, proved.is_ok()),
+            _ => Ok(()),
+        };
+        if proved.is_ok() && held.is_ok() && !self.baseline_pending {
+            // Nothing writes to the new host before traffic moves: what the proof saw is the
+            // state at the switch, against which a rollback finds the writes it would leave
+            // behind.
+            super::new_writes::record_baseline(
+                self.plan,
+                &super::new_writes::Baseline {
+                    run: self.out.run.clone(),
+                    databases: self.new_at_proof.clone(),
+                    ..super::new_writes::Baseline::default()
+                },
+            )?;
+        }
+        let anchored = match (window, anchored) {
+            (Some((t, _)), Some(a)) => self.window_prepare_end(t, a).await,
+            _ => Ok(()),
+        };
+        proved?;
+        held?;
+        anchored
     }
 
     pub(super) async fn switch(&mut self) -> Result<(), CutoverError> {

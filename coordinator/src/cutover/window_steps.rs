@@ -77,10 +77,17 @@ impl Cut<'_> {
             .ok_or(CutoverError::NotConnected(Side::New))
     }
 
-    /// Before the switch: the window's slot on the new host. Without one the cutover goes on:
-    /// a host that cannot be followed (its `wal_level`, its agent's config) makes the step
-    /// `skipped` with the reason, an agent failure makes it `failed`; neither fails the run.
-    pub(super) async fn window_prepare(&mut self) -> Result<(), CutoverError> {
+    /// Before the switch: the window's anchor on the new host ([`Cut::window_prepare_begin`],
+    /// [`Cut::window_prepare_work`], [`Cut::window_prepare_end`], run beside the proof by
+    /// `prove_hold_anchor`). Without one the cutover goes on: a host that cannot be followed
+    /// (its `wal_level`, its agent's config) makes the step `skipped` with the reason, an agent
+    /// failure makes it `failed`; neither fails the run.
+    ///
+    /// Whether the window's anchor is to be taken now (journaled as started), and on which
+    /// agent; `None`: kept from an earlier run (journaled as skipped) or no new agent.
+    pub(super) fn window_prepare_begin(
+        &mut self,
+    ) -> Result<Option<(Instant, Agent)>, CutoverError> {
         if let Ok(Some(r)) = window::load(self.plan)
             && r.is_active()
             && r.state != "slot"
@@ -88,18 +95,35 @@ impl Cut<'_> {
         {
             // A resumed run may have switched already: the earlier anchor stays (a new one
             // would skip the writes the new host took since).
-            return self.skipped(
+            self.skipped(
                 JStep::WindowPrepare,
                 &format!("the rollback window of run {} is kept", r.run),
-            );
+            )?;
+            return Ok(None);
         }
         let Ok(new) = self.new_agent() else {
             // Not reached: the cutover itself fails on that; no window either way.
-            return Ok(());
+            return Ok(None);
         };
         let t = Instant::now();
         self.record(JStep::WindowPrepare, Mark::Started, "")?;
-        let r = window::prepare(self.plan, &new, &self.out.run, false).await;
+        Ok(Some((t, new)))
+    }
+
+    /// The anchor itself: only reads `self` (it runs beside the proof inside the freeze).
+    pub(super) async fn window_prepare_work(
+        &self,
+        new: &Agent,
+    ) -> Result<window::Record, window::WindowError> {
+        window::prepare(self.plan, new, &self.out.run, false).await
+    }
+
+    /// Journals how the anchor went; a failure removes the window (the cutover goes on).
+    pub(super) async fn window_prepare_end(
+        &mut self,
+        t: Instant,
+        r: Result<window::Record, window::WindowError>,
+    ) -> Result<(), CutoverError> {
         let r = match r {
             Ok(rec) => {
                 let mut detail = format!(
