@@ -45,9 +45,15 @@ use crate::hs::{self, HsLab, OldHost};
 use crate::measure::round2;
 use crate::{dbcheck, say, storage_tree, sys};
 
-/// The writer's pace: one database transaction per tick (~100 a second).
-const TICK: Duration = Duration::from_millis(10);
-/// One file operation every this many ticks (~10 a second).
+/// The writer's pace: one database transaction per tick of each connection (~100 a second in
+/// all). One connection alone stays below that: a commit waits for its WAL flush (~10–17 ms
+/// here), so the app writes on [`CONNECTIONS`] connections, as a real app's pool does.
+const TICK: Duration = Duration::from_millis(20);
+/// The app's connections. Connection `w` takes writes `n` with `n % CONNECTIONS == w`: with two,
+/// one takes every sign-up, delete and file operation (even `n`), the other every update (odd
+/// `n`), so no row is written by both and each row's last acknowledged value is well defined.
+const CONNECTIONS: u64 = 2;
+/// One file operation every this many writes (~10 a second).
 const FILE_EVERY: u64 = 10;
 /// How long the app keeps writing between the storage catch-up and the cutover.
 const LEAD_IN: Duration = Duration::from_secs(5);
@@ -222,7 +228,7 @@ struct Tally {
 struct App {
     tally: Arc<Mutex<Tally>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Key ranges of the updated tables (1..=max), read before the writer starts.
@@ -280,8 +286,13 @@ impl App {
     fn start(conninfo: String, storage: Option<PathBuf>, ranges: [i64; 4]) -> App {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(app_loop(conninfo, storage, ranges, Arc::clone(&tally), stopped));
-        App { tally, stop, task }
+        let tasks = (0..CONNECTIONS)
+            .map(|w| {
+                let lane = Lane { first: w, storage: storage.clone().filter(|_| w == 0) };
+                tokio::spawn(app_loop(conninfo.clone(), lane, ranges, Arc::clone(&tally), stopped.clone()))
+            })
+            .collect();
+        App { tally, stop, tasks }
     }
 
     fn tally(&self) -> Tally {
@@ -290,26 +301,42 @@ impl App {
 
     async fn stop(self) -> Tally {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), join_all(self.tasks)).await;
         self.tally.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }
 
+/// Waits for every task (a panicked one counts as ended).
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One connection of the app: which writes it takes, and the tree it uploads into (only the
+/// connection whose writes include the file operations has one).
+struct Lane {
+    /// Its first write's `n`; it takes every [`CONNECTIONS`]-th after that.
+    first: u64,
+    storage: Option<PathBuf>,
+}
+
 #[allow(clippy::too_many_lines)]
-async fn app_loop(conninfo: String, storage: Option<PathBuf>, ranges: [i64; 4], tally: Arc<Mutex<Tally>>, stopped: watch::Receiver<bool>) {
+async fn app_loop(conninfo: String, lane: Lane, ranges: [i64; 4], tally: Arc<Mutex<Tally>>, stopped: watch::Receiver<bool>) {
     let started = Instant::now();
+    let storage = lane.storage;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut frozen = false;
-    let mut n: u64 = 0;
+    let mut n: u64 = lane.first;
     let mut own_files: Vec<String> = Vec::new();
     loop {
         tick.tick().await;
         if *stopped.borrow() {
             return;
         }
-        n += 1;
+        n += CONNECTIONS;
         // ~10 file operations a second, until the freeze refused a write (the app is read-only
         // then: no uploads either).
         if let Some(storage) = storage.as_deref().filter(|_| n.is_multiple_of(FILE_EVERY) && !frozen) {
@@ -415,7 +442,9 @@ async fn app_loop(conninfo: String, storage: Option<PathBuf>, ranges: [i64; 4], 
                 t.refused += 1;
                 if !frozen {
                     frozen = true;
-                    t.first_refusal_s = Some(round2(started.elapsed().as_secs_f64()));
+                    if t.first_refusal_s.is_none() {
+                        t.first_refusal_s = Some(round2(started.elapsed().as_secs_f64()));
+                    }
                 }
             }
             Err(e) if e.as_db_error().is_none() => {
