@@ -9,14 +9,16 @@
 //! 2. create missing directories;
 //! 3. `rename(2)` each staged file and symlink onto its final path — atomic per file: a reader
 //!    sees the old file or the new one, never a mix; `unpack` made each copy durable first, and
-//!    one `syncfs(2)` makes the renames durable after;
+//!    an fsync of each directory renamed into (one `syncfs(2)` for many, see
+//!    [`durable`](super::durable)) makes the renames durable after;
 //! 4. set mode/mtime of files whose content was already right, then of directories, children
 //!    first, because everything before moves their mtimes;
 //! 5. remove the staging directory.
 //!
-//! [`finalize`] ends with one `syncfs(2)` when it changed anything (a deletion, a directory, an
-//! attribute), so that what a sync reports as done survives a crash; when the tree already
-//! matched, it writes nothing and flushes nothing ([`CommitStats::flushed`]).
+//! [`finalize`] ends with a flush of what it changed (a deletion, a directory, an attribute:
+//! those paths and their directories, or one `syncfs(2)` for many), so that what a sync reports
+//! as done survives a crash; when the tree already matched, it writes nothing and flushes
+//! nothing ([`CommitStats::flushed`]).
 //!
 //! Each installed file's [`Stamp`] is returned ([`CommitStats::installed`]): the caller may
 //! give them to the next walk as a cache, so that copies verified while they were staged are
@@ -49,7 +51,7 @@ pub struct CommitStats {
     pub stamps: Vec<(RelPath, Stamp)>,
     /// Directories whose mode/mtime were set.
     pub dirs_fixed: u64,
-    /// Whether `syncfs(2)` flushed the tree's file system at the end of a [`finalize`].
+    /// Whether the end of a [`finalize`] flushed what it changed to disk.
     pub flushed: bool,
     /// Directories created.
     pub dirs_created: u64,
@@ -130,14 +132,44 @@ pub fn finalize(
     meta: &[MetaFix],
     delete: &[Entry],
 ) -> Result<CommitStats, StorageError> {
+    let root_fd =
+        std::fs::File::open(root).map_err(|e| StorageError::io("open tree root", root, e))?;
     let mut stats = prepare(root, dirs, delete)?;
     set_attributes(root, dirs, meta, &mut stats)?;
     let changed = stats.deleted + stats.dirs_created + stats.meta_fixed + stats.dirs_fixed > 0;
     if changed {
-        let root_fd =
-            std::fs::File::open(root).map_err(|e| StorageError::io("open tree root", root, e))?;
-        nix::unistd::syncfs(&root_fd)
-            .map_err(|errno| StorageError::io("flush the tree to disk", root, errno.into()))?;
+        // What this delta touched: the files whose attributes were set, the directories created
+        // or fixed, and those deleted from (each with its parent: its own entry changed there
+        // too) — or one syncfs when that is many (see `durable`).
+        let under = |p: &RelPath| join_under(root, p);
+        let files = meta
+            .iter()
+            .map(|m| under(&m.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut touched: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        touched.insert(root.to_path_buf());
+        for p in dirs
+            .iter()
+            .map(|d| &d.path)
+            .chain(delete.iter().map(|e| &e.path))
+        {
+            let full = under(p)?;
+            if let Some(parent) = full.parent() {
+                touched.insert(parent.to_path_buf());
+            }
+            if lstat(&full)?.is_some_and(|m| m.is_dir()) {
+                touched.insert(full);
+            }
+        }
+        // A directory deleted along with its children is not there to flush: its parent is.
+        let mut existing = Vec::with_capacity(touched.len());
+        for d in touched {
+            if lstat(&d)?.is_some_and(|m| m.is_dir()) {
+                existing.push(d);
+            }
+        }
+        let touched = existing;
+        super::durable::flush(&files, &touched, (&root_fd, root))?;
         stats.flushed = true;
     }
     tracing::info!(
@@ -215,6 +247,10 @@ fn install(root: &Path, staged: &Staged, stats: &mut CommitStats) -> Result<(), 
     let root_fd =
         std::fs::File::open(root).map_err(|e| StorageError::io("open tree root", root, e))?;
     let installed_at = crate::storage::walk::now_ns();
+    // The directories whose entries change: the staging one and each one renamed into (with
+    // the ancestors of any created here).
+    let mut dirs: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    dirs.insert(staged.dir.clone());
     for e in &staged.entries {
         let full = join_under(root, &e.path)?;
         let parent = full.parent().unwrap_or(root).to_path_buf();
@@ -222,7 +258,15 @@ fn install(root: &Path, staged: &Staged, stats: &mut CommitStats) -> Result<(), 
             // Not created by `prepare` (a batch): join_under vouched for what exists.
             std::fs::create_dir_all(&parent)
                 .map_err(|e| StorageError::io("create directory", &parent, e))?;
+            dirs.extend(
+                parent
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|a| a.starts_with(root))
+                    .map(Path::to_path_buf),
+            );
         }
+        dirs.insert(parent);
         std::fs::rename(&e.staged, &full)
             .map_err(|e| StorageError::io("rename into place", &full, e))?;
         stats.installed += 1;
@@ -238,9 +282,9 @@ fn install(root: &Path, staged: &Staged, stats: &mut CommitStats) -> Result<(), 
             }
         }
     }
-    // One syncfs rather than an fsync of every directory renamed into (see `unpack`).
-    nix::unistd::syncfs(&root_fd)
-        .map_err(|errno| StorageError::io("flush renames to disk", root, errno.into()))
+    // The renames durable: each directory renamed into, or one syncfs (see `durable`).
+    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+    super::durable::flush(&[], &dirs, (&root_fd, root))
 }
 
 /// Mode and mtime of `meta` entries, then of `dirs`, children first: everything before this

@@ -64,6 +64,7 @@ pub mod channel;
 pub mod codec;
 pub mod commit;
 pub mod delta;
+pub mod durable;
 pub mod error;
 pub mod manifest;
 pub mod pack;

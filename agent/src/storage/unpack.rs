@@ -11,10 +11,10 @@
 //! entry's path is only a key into `expected`: the staged copy is named after its index
 //! (`<staging>/<i>`), so no name from the stream is ever used to build a path. Each file's
 //! SHA-256 is computed while it is written and must be the manifest's; mode and mtime come from
-//! the manifest (nanosecond-exact). Before `unpack` returns, one `syncfs(2)` makes everything
-//! staged durable, so a crash after a commit's rename never leaves an empty or partial file at
-//! the final path. (It flushes the whole file system, other programs' writes included — still far
-//! cheaper than an fsync per file, which dominated the cost of small files.)
+//! the manifest (nanosecond-exact). Before `unpack` returns, everything staged is made durable
+//! ([`durable::flush`](super::durable::flush): an fsync of each file from several threads, or
+//! one `syncfs(2)` for a large set), so a crash after a commit's rename never leaves an empty or
+//! partial file at the final path.
 //!
 //! Why each file is hashed here although every chunk of the stream was hashed too (issue 15
 //! asked whether this pass could go): the chunk chain and its trailer prove that these bytes are
@@ -94,11 +94,16 @@ pub fn unpack<R: Read>(
         deferred: Vec::new(),
     };
     let result = extract(&mut staged, input, expected, cancel).and_then(|()| {
-        // One syncfs for the whole set instead of an fsync per file: measured here, per-file
-        // fsync made small files 20 times slower (~4 ms each while other writes were going on).
-        nix::unistd::syncfs(&dir_fd).map_err(|errno| {
-            StorageError::io("flush staged files to disk", &staged.dir, errno.into())
-        })
+        // Each staged file and the staging directory, or one syncfs for a large set (see
+        // `durable`): sequential fsyncs made small files 20 times slower, a syncfs costs every
+        // other program's dirty data too.
+        let files: Vec<PathBuf> = staged
+            .entries
+            .iter()
+            .filter(|e| e.inode.is_some())
+            .map(|e| e.staged.clone())
+            .collect();
+        super::durable::flush(&files, &[staged.dir.clone()], (&dir_fd, &staged.dir))
     });
     match result {
         Ok(()) => Ok(staged),
