@@ -428,14 +428,49 @@ async fn compare_scoped(
     );
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
+    // Inside the freeze (`later`: the cutover's proof of followed databases) files, trees and
+    // databases are compared at once — the freeze would last their sum; `verify` shows them one
+    // after the other.
+    let (files, storage, (db_rows, old_tables, new_tables)) = if later.is_empty() {
+        (
+            file_rows(plan, &old, &new, progress).await,
+            storage_rows(plan, &old, &new, progress, true).await,
+            database_rows(plan, &old, &new, progress, later).await,
+        )
+    } else {
+        tokio::join!(
+            file_rows(plan, &old, &new, progress),
+            storage_rows(plan, &old, &new, progress, false),
+            database_rows(plan, &old, &new, progress, later)
+        )
+    };
+    let rows: Vec<Row> = files.into_iter().chain(storage).chain(db_rows).collect();
+    Ok(Report {
+        ok: rows.iter().all(|r| r.equal),
+        rows,
+        ms: started.elapsed().as_millis() as u64,
+        old_tables,
+        new_tables,
+    })
+}
+
+/// Per database (plan name), each table's fingerprint in text form (`schema.table` →
+/// `rows/digest`).
+type Tables = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The config files' rows: each file's SHA-256 after the plan's overrides on both hosts.
+async fn file_rows(
+    plan: &Plan,
+    old: &client::Agent,
+    new: &client::Agent,
+    progress: &Progress,
+) -> Vec<Row> {
     let mut rows = Vec::new();
-    let mut old_tables = std::collections::BTreeMap::new();
-    let mut new_tables = std::collections::BTreeMap::new();
     if !plan.files.is_empty() {
         progress.start_items("files", plan.files.len() as u64);
     }
     for (i, f) in plan.files.iter().enumerate() {
-        let (a, b) = tokio::join!(file_bytes(&old, &f.name), file_bytes(&new, f.on_new()));
+        let (a, b) = tokio::join!(file_bytes(old, &f.name), file_bytes(new, f.on_new()));
         let row = match (a, b) {
             (Ok(a), Ok(b)) => {
                 let expected = match hostshift_shared::dotenv::apply(&a, &f.overrides) {
@@ -492,20 +527,32 @@ async fn compare_scoped(
         let (ok, text) = summary(&rows, "file(s)");
         progress.done("files", 0, ok, &text);
     }
+    rows
+}
+
+/// The storage trees' rows: `full` re-hashes every file on both hosts; otherwise the manifests
+/// are compared through the agents' digest caches (changed files re-hashed).
+async fn storage_rows(
+    plan: &Plan,
+    old: &client::Agent,
+    new: &client::Agent,
+    progress: &Progress,
+    full: bool,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
     // The new agent fetches each old manifest itself, over a grant for the trees, and sends
     // back only the differences (no manifest passes through here, whatever its size).
     let grant = if plan.storage.is_empty() {
         None
     } else {
-        storage_grant(plan, &old).await
+        storage_grant(plan, old).await
     };
     for s in &plan.storage {
         let unit = format!("storage {}", s.name);
         progress.start(&unit, 0);
-        // The cutover's proof of followed databases (`later`) compares manifests through the
+        // The cutover's proof of followed databases (not `full`) compares manifests through the
         // agents' digest caches: the delta just verified every byte it copied end to end, and
         // re-hashing every unchanged file would hold the freeze for the size of the tree.
-        let full = later.is_empty();
         progress.step(
             &unit,
             if full {
@@ -514,15 +561,30 @@ async fn compare_scoped(
                 "manifests compared (digest caches: changed files re-hashed)"
             },
         );
-        let (row, hashed) = storage_row(plan, &old, &new, s, grant.as_deref(), full).await;
+        let (row, hashed) = storage_row(plan, old, new, s, grant.as_deref(), full).await;
         let (ok, text) = row_summary(&row);
         // The old tree's bytes, re-hashed: the summary shows the rate.
         progress.done(&unit, hashed, ok, &text);
         rows.push(row);
     }
     if let Some(token) = grant {
-        revoke(&old, token).await;
+        revoke(old, token).await;
     }
+    rows
+}
+
+/// The databases' rows (schema, sequences, and — unless proven later — tables, views and large
+/// objects) and both hosts' table fingerprints in the journal's text form.
+async fn database_rows(
+    plan: &Plan,
+    old: &client::Agent,
+    new: &client::Agent,
+    progress: &Progress,
+    later: &std::collections::BTreeSet<String>,
+) -> (Vec<Row>, Tables, Tables) {
+    let mut rows = Vec::new();
+    let mut old_tables = std::collections::BTreeMap::new();
+    let mut new_tables = std::collections::BTreeMap::new();
     for d in &plan.databases {
         let sel = super::selection::Selections::of(d);
         // The definitions too (tables, indexes, constraints, triggers, functions, types): equal
@@ -530,14 +592,21 @@ async fn compare_scoped(
         let unit = format!("schema {}", d.name);
         progress.start(&unit, 0);
         progress.step(&unit, "comparing the definitions");
-        let row = schema_row(&old, &new, d, &sel).await;
+        // Proven later: only the sequences are read here, beside the schema.
+        let (row, sequences) = tokio::join!(schema_row(old, new, d, &sel), async {
+            if later.contains(&d.name) {
+                Some(sequence_positions(old, new, &sel).await)
+            } else {
+                None
+            }
+        });
         let (ok, text) = row_summary(&row);
         progress.done(&unit, 0, ok, &text);
         rows.push(row);
-        if later.contains(&d.name) {
+        if let Some(sequences) = sequences {
             // Tables, large objects and materialized views: proven after the switch, under the new
             // host's snapshot.
-            rows.push(match sequence_positions(&old, &new, &sel).await {
+            rows.push(match sequences {
                 Ok((a, b)) => sequences_row(&d.name, &a, &b),
                 Err(e) => Row {
                     kind: "sequences".into(),
@@ -555,7 +624,7 @@ async fn compare_scoped(
         progress.start_items(&unit, 0);
         progress.step(&unit, "fingerprinting every table on both hosts");
         let first = rows.len();
-        match super::database::fingerprints(&old, &new, &sel).await {
+        match super::database::fingerprints(old, new, &sel).await {
             Err(e) => rows.push(Row {
                 kind: "database".into(),
                 name: d.name.clone(),
@@ -577,7 +646,7 @@ async fn compare_scoped(
                 new_tables.insert(d.name.clone(), text(&fnew));
                 rows.extend(table_rows(&d.name, &fo, &fnew));
                 rows.push(sequences_row(&d.name, &fo.sequences, &fnew.sequences));
-                rows.extend(super::matviews::compare(&old, &new, &sel, &d.name, "").await);
+                rows.extend(super::matviews::compare(old, new, &sel, &d.name, "").await);
                 rows.extend(large_objects_row(&d.name, &fo, &fnew));
             }
         }
@@ -594,13 +663,7 @@ async fn compare_scoped(
         }
         progress.done(&unit, 0, ok, &text);
     }
-    Ok(Report {
-        ok: rows.iter().all(|r| r.equal),
-        rows,
-        ms: started.elapsed().as_millis() as u64,
-        old_tables,
-        new_tables,
-    })
+    (rows, old_tables, new_tables)
 }
 
 /// The `schema` row of one database: the objects whose definitions differ
