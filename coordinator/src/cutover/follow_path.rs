@@ -13,12 +13,12 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::Instrument;
 
 use super::cut::Cut;
 use super::error::CutoverError;
 use crate::follow;
 use crate::journal::Step as JStep;
+use crate::phase::traced;
 use crate::plan::OnNew;
 use crate::sync::SyncReport;
 
@@ -80,7 +80,7 @@ impl Cut<'_> {
         followed: Vec<(String, Vec<String>)>,
     ) -> Result<SyncReport, CutoverError> {
         if followed.is_empty() {
-            return self.delta().await;
+            return traced(super::step_span("delta"), self.delta()).await;
         }
         let t_catch = self.begin(JStep::CatchUp)?;
         self.follow_used = true;
@@ -94,11 +94,13 @@ impl Cut<'_> {
                 let (Some(old), Some(new)) = (old, new) else {
                     return Err(CutoverError::NotConnected(crate::plan::Side::New));
                 };
-                catch_up(self.plan, &old, &new, &self.followed, timeout)
-                    .instrument(super::step_span("catch-up"))
-                    .await
+                traced(
+                    super::step_span("catch-up"),
+                    catch_up(self.plan, &old, &new, &self.followed, timeout),
+                )
+                .await
             },
-            self.delta_work(&opts).instrument(super::step_span("delta"))
+            traced(super::step_span("delta"), self.delta_work(&opts))
         );
         let caught = self.catch_up_end(t_catch, caught);
         let delta = self.delta_end(t_delta, delta);

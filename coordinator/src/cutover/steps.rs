@@ -2,14 +2,13 @@
 //! old host, the final delta sync, the proof of equality (and that the old host did not change),
 //! the traffic switch and the checks through the public endpoint.
 
-use tracing::Instrument;
-
 use super::cut::Cut;
 use super::error::CutoverError;
 use super::outcome::DeltaSummary;
 use super::{SWITCH_DEADLINE, VERIFY_ATTEMPTS, freeze, injected, traffic};
 use crate::health::run_checks;
 use crate::journal::Step as JStep;
+use crate::phase::traced;
 use crate::plan::CheckFrom;
 use crate::progress::Mode;
 use crate::report::now_ms;
@@ -286,21 +285,19 @@ impl Cut<'_> {
         let t_hold = self.hold_begin()?;
         let window = self.window_prepare_begin()?;
         let (proved, held, anchored) = tokio::join!(
-            self.prove_work().instrument(super::step_span("prove")),
-            async {
+            traced(super::step_span("prove"), self.prove_work()),
+            traced(super::step_span("hold snapshots"), async {
                 match t_hold {
                     Some(_) => Some(self.hold_work().await),
                     None => None,
                 }
-            }
-            .instrument(super::step_span("hold snapshots")),
-            async {
+            }),
+            traced(super::step_span("window prepare"), async {
                 match &window {
                     Some((_, new)) => Some(self.window_prepare_work(new).await),
                     None => None,
                 }
-            }
-            .instrument(super::step_span("window prepare"))
+            })
         );
         let proved = self.prove_end(t_prove, delta, proved);
         let held = match (t_hold, held) {
