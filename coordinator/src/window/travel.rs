@@ -33,14 +33,17 @@ async fn digest_on(agent: &Agent, name: &str) -> Result<String, String> {
 
 /// The plan's config files on the new host (plan name → SHA-256), at the switch. A file that
 /// cannot be read is left out (the rollback then cannot tell whether it changed, and says so).
+/// All read at once: this runs inside the write freeze.
 pub async fn files_at_switch(plan: &Plan, new: &Agent) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for f in &plan.files {
-        if let Ok(d) = digest_on(new, f.on_new()).await {
-            out.insert(f.name.clone(), d);
-        }
-    }
-    out
+    let read = plan
+        .files
+        .iter()
+        .map(|f| async move { (f.name.clone(), digest_on(new, f.on_new()).await) });
+    futures::future::join_all(read)
+        .await
+        .into_iter()
+        .filter_map(|(name, d)| d.ok().map(|d| (name, d)))
+        .collect()
 }
 
 /// Whether config file `f` changed on the new host since the switch; `Err` is the line naming
