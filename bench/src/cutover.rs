@@ -724,6 +724,7 @@ async fn with_hosts(
     }
     let tally = app.stop().await;
     let app_s = app_t0.elapsed().as_secs_f64();
+    let writing_s = tally.first_refusal_s.unwrap_or(app_s);
     let steps = steps_of(&rep);
     v["cutover_wall_s"] = json!(round2(cutover_wall));
     v["freeze_ms"] = rep["freeze_ms"].clone();
@@ -737,7 +738,10 @@ async fn with_hosts(
     let (lost, examples) = check_writes(&tally, &new_client, &lab.new_storage).await?;
     v["writes"] = json!({
         "seconds": round2(app_s),
-        "tx_per_s": round2((tally.acknowledged - tally.file_ops) as f64 / app_s),
+        // The rate while the app could write: until the freeze refused its first write (after
+        // it, every tick is a refused attempt).
+        "tx_per_s": round2((tally.acknowledged - tally.file_ops) as f64 / writing_s),
+        "file_ops_per_s": round2(tally.file_ops as f64 / writing_s),
         "acknowledged": tally.acknowledged,
         "file_ops": tally.file_ops,
         "refused": tally.refused,
@@ -749,10 +753,11 @@ async fn with_hosts(
         "last_error": tally.last_error,
     });
     say(&format!(
-        "cutover x{x}: {} writes acknowledged ({} of them file operations, {:.0} transactions/s), {lost} lost; {} refused by the freeze",
+        "cutover x{x}: {} writes acknowledged ({} of them file operations; {:.0} transactions/s and {:.1} file operations/s until the freeze), {lost} lost; {} refused by the freeze",
         tally.acknowledged,
         tally.file_ops,
-        (tally.acknowledged - tally.file_ops) as f64 / app_s,
+        (tally.acknowledged - tally.file_ops) as f64 / writing_s,
+        tally.file_ops as f64 / writing_s,
         tally.refused
     ));
     // 7. The way back (issue 13): the app writes on the new host, then `hostshift rollback`.
@@ -834,6 +839,7 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
     }
     let tally = app.stop().await;
     let app_s = app_t0.elapsed().as_secs_f64();
+    let writing_s = tally.first_refusal_s.unwrap_or(app_s);
     // The rollback's freeze of the new host ended its sessions, and the cutover's the old host's.
     let old = &old_pg.connect("app").await.context("connect to the old host after the rollback")?;
     let new = &new_pg.connect("app").await.context("connect to the new host after the rollback")?;
@@ -844,10 +850,10 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
     }
     let steps = steps_of(&rep);
     say(&format!(
-        "cutover x{x}: rollback freeze {} ms (rollback took {wall:.1} s); {} writes acknowledged by the new host ({:.0} transactions/s), {lost} lost on the old host; {slots} slot(s) left",
+        "cutover x{x}: rollback freeze {} ms (rollback took {wall:.1} s); {} writes acknowledged by the new host ({:.0} transactions/s until its freeze), {lost} lost on the old host; {slots} slot(s) left",
         rep["freeze_ms"],
         tally.acknowledged,
-        tally.acknowledged as f64 / app_s
+        tally.acknowledged as f64 / writing_s
     ));
     Ok(json!({
         "window": window,
@@ -857,7 +863,7 @@ async fn way_back(lab: &HsLab, new_pg: &PgCluster, old_pg: &LogicalPg, new: &tok
         "slots_left": slots,
         "writes": {
             "seconds": round2(app_s),
-            "tx_per_s": round2(tally.acknowledged as f64 / app_s),
+            "tx_per_s": round2(tally.acknowledged as f64 / writing_s),
             "acknowledged": tally.acknowledged,
             "refused": tally.refused,
             "ended_by_freeze": tally.failed,
@@ -912,7 +918,7 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
         print_steps(&mut out, &r["steps"]);
         let _ = writeln!(
             out,
-            "    writes: {} acknowledged ({} file operations; {:.0} transactions/s), {} refused by the freeze, {} lost",
+            "    writes: {} acknowledged ({} file operations; {:.0} transactions/s until the freeze), {} refused by the freeze, {} lost",
             r["writes"]["acknowledged"],
             r["writes"]["file_ops"],
             s(r, "/writes/tx_per_s"),
@@ -921,7 +927,7 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
         );
         let _ = writeln!(
             out,
-            "    rollback within the window: freeze {:.3} s (target <= {FREEZE_TARGET_S} s: {}); {} writes acknowledged by the new host ({:.0} transactions/s), {} lost; {} slot(s) left",
+            "    rollback within the window: freeze {:.3} s (target <= {FREEZE_TARGET_S} s: {}); {} writes acknowledged by the new host ({:.0} transactions/s until its freeze), {} lost; {} slot(s) left",
             s(r, "/rollback/freeze_ms") / 1000.0,
             if s(r, "/rollback/freeze_ms") / 1000.0 <= FREEZE_TARGET_S { "MET" } else { "MISSED" },
             r["rollback"]["writes"]["acknowledged"],

@@ -160,6 +160,18 @@ impl<'a> Cut<'a> {
         t: Instant,
         r: Result<String, CutoverError>,
     ) -> Result<String, CutoverError> {
+        self.end_at(step, t, Instant::now(), r)
+    }
+
+    /// As [`Cut::end`], for a step that ran beside another and ended at `ended`, before it
+    /// could be journaled: the report shows its own duration, not the longer one's.
+    pub(super) fn end_at(
+        &mut self,
+        step: JStep,
+        t: Instant,
+        ended: Instant,
+        r: Result<String, CutoverError>,
+    ) -> Result<String, CutoverError> {
         let (mark, detail) = match &r {
             Ok(d) => (Mark::Done, d.clone()),
             Err(e) => (Mark::Failed, e.to_string()),
@@ -179,12 +191,13 @@ impl<'a> Cut<'a> {
         self.out.steps.push(StepReport {
             name: step.to_string(),
             status: if r.is_ok() { "done" } else { "failed" }.into(),
-            ms: t.elapsed().as_millis() as u64,
+            ms: ended.saturating_duration_since(t).as_millis() as u64,
             detail: shown.clone(),
         });
-        self.rep.phase_since(
+        self.rep.phase_until(
             step.to_string(),
             t,
+            ended,
             if r.is_ok() {
                 Status::Ok
             } else {

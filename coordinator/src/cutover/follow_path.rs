@@ -21,6 +21,7 @@ use crate::journal::Step as JStep;
 use crate::phase::traced;
 use crate::plan::OnNew;
 use crate::sync::SyncReport;
+use futures::FutureExt;
 
 /// One followed database's catch-up inside the freeze (the report's and `--json`'s view).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,8 +100,9 @@ impl Cut<'_> {
                     catch_up(self.plan, &old, &new, &self.followed, timeout),
                 )
                 .await
-            },
-            traced(super::step_span("delta"), self.delta_work(&opts))
+            }
+            .then(ended),
+            traced(super::step_span("delta"), self.delta_work(&opts)).then(ended)
         );
         let caught = self.catch_up_end(t_catch, caught);
         let delta = self.delta_end(t_delta, delta);
@@ -113,7 +115,7 @@ impl Cut<'_> {
     fn catch_up_end(
         &mut self,
         t: Instant,
-        r: Result<Vec<FollowCatchUp>, CutoverError>,
+        (r, ended): (Result<Vec<FollowCatchUp>, CutoverError>, Instant),
     ) -> Result<String, CutoverError> {
         let detail = r.map(|done| {
             let d = done
@@ -132,7 +134,7 @@ impl Cut<'_> {
             self.out.follow = done;
             d
         });
-        self.end(JStep::CatchUp, t, detail)
+        self.end_at(JStep::CatchUp, t, ended, detail)
     }
 
     /// Removes the follow (follower, origin, slot, publication, grant) after a cutover, its undo
@@ -183,6 +185,11 @@ impl Cut<'_> {
             Err(_) => true,
         }
     }
+}
+
+/// A step's result with the moment it ended (it ran beside another: see [`Cut::end_at`]).
+pub(super) async fn ended<T>(r: T) -> (T, Instant) {
+    (r, Instant::now())
 }
 
 /// Waits (inside the freeze) until each followed database's follower applied up to the old

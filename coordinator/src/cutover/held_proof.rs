@@ -231,7 +231,9 @@ impl Cut<'_> {
     /// ([`Cut::hold_begin`], [`Cut::hold_work`], [`Cut::hold_end`], run beside the proof by
     /// `prove_hold_anchor`). Nothing is journaled when no database is followed (the proof then
     /// ran in the freeze).
-    /// Journals the step as started when it applies (followed databases, not a rehearsal).
+    ///
+    /// This part journals the step as started when it applies (followed databases, not a
+    /// rehearsal).
     pub(super) fn hold_begin(&mut self) -> Result<Option<Instant>, CutoverError> {
         if self.followed.is_empty() || self.rehearsal {
             return Ok(None);
@@ -289,6 +291,7 @@ impl Cut<'_> {
     pub(super) fn hold_end(
         &mut self,
         t: Instant,
+        ended: Instant,
         delta: &SyncReport,
         (held, r): (Vec<Held>, Result<(), CutoverError>),
         proved: bool,
@@ -349,7 +352,7 @@ impl Cut<'_> {
                 .collect::<Vec<_>>()
                 .join("; "))
         });
-        self.end(JStep::HoldSnapshots, t, r).map(|_| ())
+        self.end_at(JStep::HoldSnapshots, t, ended, r).map(|_| ())
     }
 
     /// After the switch: every table (and large object) of each followed database, the new host

@@ -9,6 +9,9 @@ use super::{SWITCH_DEADLINE, VERIFY_ATTEMPTS, freeze, injected, traffic};
 use crate::health::run_checks;
 use crate::journal::Step as JStep;
 use crate::phase::traced;
+use futures::FutureExt;
+
+use super::follow_path::ended;
 use crate::plan::CheckFrom;
 use crate::progress::Mode;
 use crate::report::now_ms;
@@ -53,7 +56,7 @@ impl Cut<'_> {
         let t = self.begin(JStep::Delta)?;
         let opts = self.delta_options();
         let r = self.delta_work(&opts).await;
-        self.delta_end(t, r)
+        self.delta_end(t, (r, std::time::Instant::now()))
     }
 
     pub(super) fn delta_options(&self) -> SyncOptions {
@@ -91,7 +94,7 @@ impl Cut<'_> {
     pub(super) fn delta_end(
         &mut self,
         t: std::time::Instant,
-        r: Result<SyncReport, CutoverError>,
+        (r, ended): (Result<SyncReport, CutoverError>, std::time::Instant),
     ) -> Result<SyncReport, CutoverError> {
         let (r, summary) = match r {
             Err(e) => (None, Err(e)),
@@ -122,7 +125,7 @@ impl Cut<'_> {
                 (Some(s), Ok(summary))
             }
         };
-        self.end(JStep::Delta, t, summary)?;
+        self.end_at(JStep::Delta, t, ended, summary)?;
         r.ok_or_else(|| CutoverError::Delta("the delta left no report".into()))
     }
 
@@ -134,7 +137,7 @@ impl Cut<'_> {
         super::paused("prove").await;
         let t = self.begin(JStep::Prove)?;
         let w = self.prove_work().await;
-        self.prove_end(t, delta, w)
+        self.prove_end(t, delta, (w, std::time::Instant::now()))
     }
 
     /// The databases whose tables are proven after the switch, under a snapshot of the new
@@ -174,7 +177,7 @@ impl Cut<'_> {
         &mut self,
         t: std::time::Instant,
         delta: &SyncReport,
-        (v, wal): ProveWork,
+        ((v, wal), ended): (ProveWork, std::time::Instant),
     ) -> Result<(), CutoverError> {
         let later = self.proven_later();
         let r = (|| {
@@ -267,7 +270,7 @@ impl Cut<'_> {
                 v.rows.len()
             ))
         })();
-        self.end(JStep::Prove, t, r).map(|_| ())
+        self.end_at(JStep::Prove, t, ended, r).map(|_| ())
     }
 
     /// Inside the freeze, after the delta: the proof, the snapshots of the new host held for
@@ -285,23 +288,25 @@ impl Cut<'_> {
         let t_hold = self.hold_begin()?;
         let window = self.window_prepare_begin()?;
         let (proved, held, anchored) = tokio::join!(
-            traced(super::step_span("prove"), self.prove_work()),
+            traced(super::step_span("prove"), self.prove_work()).then(ended),
             traced(super::step_span("hold snapshots"), async {
                 match t_hold {
                     Some(_) => Some(self.hold_work().await),
                     None => None,
                 }
-            }),
+            })
+            .then(ended),
             traced(super::step_span("window prepare"), async {
                 match &window {
                     Some((_, new)) => Some(self.window_prepare_work(new).await),
                     None => None,
                 }
             })
+            .then(ended)
         );
         let proved = self.prove_end(t_prove, delta, proved);
         let held = match (t_hold, held) {
-            (Some(t), Some(h)) => self.hold_end(t, delta, h, proved.is_ok()),
+            (Some(t), (Some(h), at)) => self.hold_end(t, at, delta, h, proved.is_ok()),
             _ => Ok(()),
         };
         if proved.is_ok() && held.is_ok() && !self.baseline_pending {
@@ -318,7 +323,7 @@ impl Cut<'_> {
             )?;
         }
         let anchored = match (window, anchored) {
-            (Some((t, _)), Some(a)) => self.window_prepare_end(t, a).await,
+            (Some((t, _)), (Some(a), at)) => self.window_prepare_end(t, at, a).await,
             _ => Ok(()),
         };
         proved?;

@@ -83,7 +83,7 @@ impl Cut<'_> {
     /// (its `wal_level`, its agent's config) makes the step `skipped` with the reason, an agent
     /// failure makes it `failed`; neither fails the run.
     ///
-    /// Whether the window's anchor is to be taken now (journaled as started), and on which
+    /// This part: whether the anchor is to be taken now (journaled as started), and on which
     /// agent; `None`: kept from an earlier run (journaled as skipped) or no new agent.
     pub(super) fn window_prepare_begin(
         &mut self,
@@ -122,6 +122,7 @@ impl Cut<'_> {
     pub(super) async fn window_prepare_end(
         &mut self,
         t: Instant,
+        ended: Instant,
         r: Result<window::Record, window::WindowError>,
     ) -> Result<(), CutoverError> {
         let r = match r {
@@ -157,7 +158,7 @@ impl Cut<'_> {
             ))),
         };
         let failed = r.is_err();
-        match self.end(JStep::WindowPrepare, t, r) {
+        match self.end_at(JStep::WindowPrepare, t, ended, r) {
             Err(e) if e.is_journal() => return Err(e),
             _ => {}
         }

@@ -67,7 +67,20 @@ impl Builder {
         status: Status,
         detail: impl Into<String>,
     ) -> &mut Self {
-        let (start_ms, end_ms) = (self.offset(began), self.elapsed());
+        self.phase_until(name, began, Instant::now(), status, detail)
+    }
+
+    /// Adds a phase that began at `began` and ended at `ended` (one that ran beside another and
+    /// ended before it was reported).
+    pub fn phase_until(
+        &mut self,
+        name: impl Into<String>,
+        began: Instant,
+        ended: Instant,
+        status: Status,
+        detail: impl Into<String>,
+    ) -> &mut Self {
+        let (start_ms, end_ms) = (self.offset(began), self.offset(ended));
         self.phase(Phase {
             name: name.into(),
             start_ms,
