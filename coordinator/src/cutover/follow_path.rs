@@ -3,9 +3,9 @@
 //! follower applied everything committed before it — no table is scanned for that. Meanwhile
 //! ([`Cut::catch_up_and_delta`]: both at once) the freeze's delta settles only what the stream
 //! does not carry: sequences, large objects and the tables without a replica identity (with the
-//! key-range delta), plus files and storage as always. After the cutover, after its undo and after a rollback the
-//! follow is removed ([`Cut::follow_cleanup`]): follower stopped and forgotten, slot and
-//! publication dropped on the old host, so no slot keeps WAL there.
+//! key-range delta), plus files and storage as always. After the cutover, after its undo and
+//! after a rollback the follow is removed ([`Cut::follow_cleanup`]): follower stopped and
+//! forgotten, slot and publication dropped on the old host, so no slot keeps WAL there.
 //!
 //! A database whose follower does not run (never started, stopped, failed) takes the fallback:
 //! today's key-range delta of every table inside the freeze.
@@ -92,9 +92,8 @@ impl Cut<'_> {
         let timeout = catch_up_timeout(self.plan.freeze.budget_secs);
         let (caught, delta) = tokio::join!(
             async {
-                let (Some(old), Some(new)) = (old, new) else {
-                    return Err(CutoverError::NotConnected(crate::plan::Side::New));
-                };
+                let old = old.ok_or(CutoverError::NotConnected(crate::plan::Side::Old))?;
+                let new = new.ok_or(CutoverError::NotConnected(crate::plan::Side::New))?;
                 traced(
                     super::step_span("catch-up"),
                     catch_up(self.plan, &old, &new, &self.followed, timeout),

@@ -309,7 +309,7 @@ impl Cut<'_> {
             (Some(t), (Some(h), at)) => self.hold_end(t, at, delta, h, proved.is_ok()),
             _ => Ok(()),
         };
-        if proved.is_ok() && held.is_ok() && !self.baseline_pending {
+        let baseline = if proved.is_ok() && held.is_ok() && !self.baseline_pending {
             // Nothing writes to the new host before traffic moves: what the proof saw is the
             // state at the switch, against which a rollback finds the writes it would leave
             // behind.
@@ -320,14 +320,19 @@ impl Cut<'_> {
                     databases: self.new_at_proof.clone(),
                     ..super::new_writes::Baseline::default()
                 },
-            )?;
-        }
+            )
+            .map_err(CutoverError::from)
+        } else {
+            Ok(())
+        };
+        // Journaled whatever happened above: a window left `started` would be an open question.
         let anchored = match (window, anchored) {
             (Some((t, _)), (Some(a), at)) => self.window_prepare_end(t, at, a).await,
             _ => Ok(()),
         };
         proved?;
         held?;
+        baseline?;
         anchored
     }
 
