@@ -566,6 +566,10 @@ pub async fn round(work: &Path, src: &Source<'_>, bin_dir: &Path, pids: &sys::Pi
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let outcome = round_in(&dir, src, bin_dir, pids).await;
     match &outcome {
+        // `HOSTSHIFT_BENCH_KEEP=1` keeps them after a success too: the agents' logs (with
+        // `HOSTSHIFT_LOG=info,hostshift_agent=debug HOSTSHIFT_LOG_SPANS=1`, every RPC's time) and
+        // the journal say where the freeze went.
+        Ok(_) if std::env::var_os("HOSTSHIFT_BENCH_KEEP").is_some() => say(&format!("the cutover round's files are kept in {} (HOSTSHIFT_BENCH_KEEP)", dir.display())),
         Ok(_) => sys::remove_dir(&dir)?,
         Err(_) => say(&format!("the failed cutover round's files are left in {} for inspection", dir.display())),
     }
