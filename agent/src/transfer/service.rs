@@ -456,8 +456,10 @@ impl Target for TargetService {
         if let Some(dir) = session_dir {
             session::remove(&dir);
         }
-        // The tree changed: refresh the cached manifest.
-        let _ = source::manifest(ctx, &r.tree, false).await;
+        // No walk to refresh the cached manifest here: the files just installed are remembered
+        // beside it (`remember_installed`), and the next walk — the proof's, the next sync's —
+        // trusts them without reading them. A walk here only cost the caller its time (inside
+        // the cutover's write freeze, a walk of the whole tree).
         Ok(Response::new(FinalizeStorageResponse {
             dirs: stats.dirs_created,
             meta: stats.meta_fixed,
