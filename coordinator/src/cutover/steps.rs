@@ -321,7 +321,6 @@ impl Cut<'_> {
                     ..super::new_writes::Baseline::default()
                 },
             )
-            .map_err(CutoverError::from)
         } else {
             Ok(())
         };
