@@ -74,7 +74,7 @@ pub async fn run(work: &Path, files: u64, bin_dir: &Path, results: &Path) -> Res
         &plan,
         format!(
             "[migration]\nname = \"many\"\n\n[old]\naddress = \"{}\"\nagent = \"old\"\n\n[new]\naddress = \"{}\"\nagent = \"new\"\n\n\
-             [tls]\nca = {}\ncert = {}\nkey = {}\n\n[[storage]]\nname = \"tree\"\ndelete = true\n\n[switch]\nmethod = \"none\"\n",
+             [tls]\nca = {}\ncert = {}\nkey = {}\n\n[[storage]]\nname = \"tree\"\ndelete = true\n\n[freeze]\nmethods = []\n\n[switch]\nmethod = \"none\"\n",
             old_agent.address(),
             new_agent.address(),
             q(&certs.ca_cert),
