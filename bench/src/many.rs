@@ -146,7 +146,12 @@ pub async fn run(work: &Path, files: u64, bin_dir: &Path, results: &Path) -> Res
     std::fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
     say(&format!("many files: results in {}", path.display()));
     drop((old_agent, new_agent));
-    sys::remove_dir(&dir)?;
+    // As for the cutover round: `HOSTSHIFT_BENCH_KEEP=1` keeps the agents' logs and the journal.
+    if std::env::var_os("HOSTSHIFT_BENCH_KEEP").is_some() {
+        say(&format!("many files: files kept in {} (HOSTSHIFT_BENCH_KEEP)", dir.display()));
+    } else {
+        sys::remove_dir(&dir)?;
+    }
     Ok(())
 }
 
