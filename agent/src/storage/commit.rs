@@ -146,8 +146,8 @@ pub fn finalize(
             .iter()
             .map(|m| under(&m.path))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut touched: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
-        touched.insert(root.to_path_buf());
+        let mut candidates: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        candidates.insert(root.to_path_buf());
         for p in dirs
             .iter()
             .map(|d| &d.path)
@@ -155,20 +155,18 @@ pub fn finalize(
         {
             let full = under(p)?;
             if let Some(parent) = full.parent() {
-                touched.insert(parent.to_path_buf());
+                candidates.insert(parent.to_path_buf());
             }
-            if lstat(&full)?.is_some_and(|m| m.is_dir()) {
-                touched.insert(full);
-            }
+            candidates.insert(full);
         }
-        // A directory deleted along with its children is not there to flush: its parent is.
-        let mut existing = Vec::with_capacity(touched.len());
-        for d in touched {
+        // Only the directories that are there: a deleted entry (or a directory deleted along
+        // with its children) is not there to flush — its parent is.
+        let mut touched = Vec::with_capacity(candidates.len());
+        for d in candidates {
             if lstat(&d)?.is_some_and(|m| m.is_dir()) {
-                existing.push(d);
+                touched.push(d);
             }
         }
-        let touched = existing;
         super::durable::flush(&files, &touched, (&root_fd, root))?;
         stats.flushed = true;
     }
