@@ -624,3 +624,110 @@ async fn a_bulk_transaction_arrives_whole_and_a_divergence_in_the_pipeline_appli
     let clean = sb.cli(&["follow", "cleanup", "--yes", "--json"]).await;
     assert_eq!(clean.code, 0, "{}", clean.both());
 }
+
+/// The applier sends a transaction's statements as its rows arrive, not at its COMMIT: a large
+/// transaction is applied while the rest of it is still on its way. (On main before the fix
+/// nothing left for the server until the COMMIT — or [`PIPELINE`] statements — came, so the
+/// catch-up after a bulk change was receive time plus apply time, one after the other.)
+///
+/// [`PIPELINE`]: hostshift_agent::follow::apply::PIPELINE
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applier_writes_a_transaction_before_its_commit_arrives() {
+    use hostshift_agent::follow::Direction;
+    use hostshift_agent::follow::apply::{Anchor, Applier, BATCH_ROWS};
+    use hostshift_agent::follow::pgoutput::{Column, Message, Relation, Value};
+
+    let sb = Sandbox::new_in(logical_world(), "applier_before_commit").await;
+    let pg = &sb.world.new_pg;
+    pg.connect(&sb.new_db)
+        .await
+        .batch_execute("CREATE TABLE ap_rows (id int PRIMARY KEY, v text NOT NULL)")
+        .await
+        .expect("create the table");
+    let conninfo = format!("{} application_name=ap_applier", pg.conninfo(&sb.new_db));
+    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connect the applier");
+    tokio::spawn(conn);
+    let anchor = Anchor::parse("1:1:").expect("anchor");
+    let mut applier = Applier::new(
+        client,
+        &sb.new_db,
+        "hostshift_ap_test",
+        anchor,
+        Direction::Forward,
+    )
+    .await
+    .expect("applier");
+    let lsn = 1u64 << 32;
+    let column = |name: &str, key, type_oid| Column {
+        key,
+        name: name.into(),
+        type_oid,
+        type_mod: -1,
+    };
+    let mut messages = vec![
+        Message::Begin {
+            final_lsn: lsn,
+            commit_ts: 0,
+            xid: 5_000,
+        },
+        Message::Relation(Relation {
+            oid: 1,
+            schema: "public".into(),
+            name: "ap_rows".into(),
+            replica_identity: b'd',
+            columns: vec![column("id", true, 23), column("v", false, 25)],
+        }),
+    ];
+    let rows = BATCH_ROWS * 2 + 1;
+    messages.extend((0..rows).map(|i| Message::Insert {
+        rel: 1,
+        new: vec![Value::Text(i.to_string()), Value::Text("x".into())],
+    }));
+    for m in messages {
+        assert_eq!(applier.apply(m).await.expect("apply"), None);
+    }
+    // Two full batches went into the pipeline; the COMMIT has not come. The applier's session
+    // must already have written (a transaction id is assigned at its first row).
+    let watch = pg.connect("postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wrote = loop {
+        let wrote: bool = watch
+            .query_one(
+                "SELECT coalesce(bool_or(backend_xid IS NOT NULL), false) \
+                 FROM pg_stat_activity WHERE application_name = 'ap_applier'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if wrote || Instant::now() > deadline {
+            break wrote;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        wrote,
+        "10 s after {} rows of an open transaction were handed to the applier, none had reached the server",
+        BATCH_ROWS * 2
+    );
+    let c = applier
+        .apply(Message::Commit {
+            commit_lsn: lsn,
+            end_lsn: lsn + 8,
+            commit_ts: 0,
+        })
+        .await
+        .expect("commit")
+        .expect("a commit");
+    assert!(c.applied && c.end_lsn == lsn + 8, "{c:?}");
+    let n: i64 = pg
+        .connect(&sb.new_db)
+        .await
+        .query_one("SELECT count(*) FROM ap_rows", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, rows as i64, "every row of the transaction applied once");
+}
