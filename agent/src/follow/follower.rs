@@ -251,6 +251,8 @@ async fn follow_once(
             return Ok(());
         }
         tracing::debug!(database = %record.database, confirmed, "follower: peek");
+        let started = std::time::Instant::now();
+        let mut first_row_ms = None;
         // The answer's headers come at once (the rows follow); the deadline covers the
         // channel's own reconnect after a dropped connection, whose TLS handshake nothing else
         // bounds (a peer that accepts and then stays silent would hang it for good).
@@ -273,35 +275,44 @@ async fn follow_once(
         let mut wal_before = 0;
         let mut rows = 0u64;
         let mut open = false;
-        while let Some(row) = stream
+        while let Some(batch) = stream
             .message()
             .await
             .map_err(|s| super::from_peer(&s, direction))?
         {
-            if row.data.is_empty() {
-                wal_before = row.wal_lsn;
+            if batch.rows.is_empty() {
+                wal_before = batch.wal_lsn;
                 continue;
             }
-            rows += 1;
-            let msg = pgoutput::parse(&row.data).map_err(|e| {
-                AgentError::DataLoss(format!("from the {}: {e}", direction.source()))
-            })?;
-            open = !matches!(msg, pgoutput::Message::Commit { .. })
-                && (open || matches!(msg, pgoutput::Message::Begin { .. }));
-            if let Some(c) = applier.apply(msg).await? {
-                confirmed = confirmed.max(c.end_lsn);
-                set(live, |l| {
-                    l.applied_lsn = applier.progress();
-                    l.reached_lsn = l.reached_lsn.max(c.end_lsn);
-                    if c.applied {
-                        l.transactions += 1;
-                        l.last_commit_unix_ms = PG_EPOCH_MS + c.commit_ts / 1000;
-                    }
-                    l.error.clear();
-                });
+            first_row_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
+            for row in batch.rows {
+                rows += 1;
+                let msg = pgoutput::parse(&row.data).map_err(|e| {
+                    AgentError::DataLoss(format!("from the {}: {e}", direction.source()))
+                })?;
+                open = !matches!(msg, pgoutput::Message::Commit { .. })
+                    && (open || matches!(msg, pgoutput::Message::Begin { .. }));
+                if let Some(c) = applier.apply(msg).await? {
+                    confirmed = confirmed.max(c.end_lsn);
+                    set(live, |l| {
+                        l.applied_lsn = applier.progress();
+                        l.reached_lsn = l.reached_lsn.max(c.end_lsn);
+                        if c.applied {
+                            l.transactions += 1;
+                            l.last_commit_unix_ms = PG_EPOCH_MS + c.commit_ts / 1000;
+                        }
+                        l.error.clear();
+                    });
+                }
             }
         }
-        tracing::debug!(database = %record.database, rows, "follower: peek ended");
+        tracing::debug!(
+            database = %record.database,
+            rows,
+            first_row_ms,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "follower: peek ended"
+        );
         if open {
             return Err(AgentError::Unavailable(format!(
                 "the {}'s change stream ended inside a transaction",

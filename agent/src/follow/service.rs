@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::Stream;
 use hostshift_proto::v1::follow_server::Follow;
 use hostshift_proto::v1::{
-    AnchorRequest, AnchorResponse, ChangeRow, ChangesRequest, DropFollowRequest,
+    AnchorRequest, AnchorResponse, ChangeBatch, ChangeRow, ChangesRequest, DropFollowRequest,
     DropFollowResponse, FollowStatusRequest, FollowStatusResponse, ForgetFollowRequest,
     ForgetFollowResponse, PrepareFollowRequest, PrepareFollowResponse, SourceStatusRequest,
     SourceStatusResponse, StartFollowRequest, StartFollowResponse, StopFollowRequest,
@@ -59,7 +59,7 @@ fn coordinator<T>(req: &Request<T>) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Follow for FollowService {
-    type ChangesStream = Boxed<ChangeRow>;
+    type ChangesStream = Boxed<ChangeBatch>;
 
     async fn prepare(
         &self,
@@ -143,10 +143,11 @@ impl Follow for FollowService {
             }
         });
         let stream = ReceiverStream::new(rx).map(|item| {
-            item.map(|(wal, (lsn, xid, data))| ChangeRow {
-                lsn,
-                xid,
-                data,
+            item.map(|(wal, rows)| ChangeBatch {
+                rows: rows
+                    .into_iter()
+                    .map(|(lsn, xid, data)| ChangeRow { lsn, xid, data })
+                    .collect(),
                 wal_lsn: wal,
             })
             .map_err(Status::from)

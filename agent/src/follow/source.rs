@@ -20,9 +20,13 @@ use crate::error::AgentError;
 use crate::postgres::sql::{ident, literal};
 use crate::postgres::{Conn, Selection};
 
-/// Rows buffered between the peek and the network (backpressure beyond it). A row is one
-/// pgoutput message: at most one row's values (a few MiB with large values) each.
-pub const ROW_QUEUE: usize = 64;
+/// Batches of rows buffered between the peek and the network (backpressure beyond it).
+pub const ROW_QUEUE: usize = 16;
+
+/// A batch is sent once it holds this many bytes of messages (or no further row is ready): one
+/// gRPC message per row cost more than applying the row. A single row may be larger (one row's
+/// values, a few MiB with large values).
+pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// Upper bound of `max_changes` a caller may ask for in one peek.
 pub const MAX_CHANGES: u32 = 10_000;
@@ -468,10 +472,14 @@ pub fn authorize(
 /// One row of a peek: (lsn, xid, pgoutput message).
 pub type Row = (u64, u32, Vec<u8>);
 
+/// What a peek sends: the WAL flush position before it, and rows in order.
+pub type Batch = (u64, Vec<Row>);
+
 /// Advances the slot to `confirm_lsn` (when it is ahead of the slot), then peeks at most about
-/// `max_changes` rows and sends them into `tx`; the first item is the WAL flush position before
-/// the peek (nothing committed before it and after the slot is left out of this peek unless the
-/// peek stopped at `max_changes`).
+/// `max_changes` rows and sends them into `tx` in batches (as many rows as are ready at once, up
+/// to [`BATCH_BYTES`]); the first item has no rows and the WAL flush position before the peek
+/// (nothing committed before it and after the slot is left out of this peek unless the peek
+/// stopped at `max_changes`).
 ///
 /// # Errors
 /// `Database` when the server fails; `Cancelled` when the receiver went away.
@@ -480,7 +488,7 @@ pub async fn changes(
     record: &SourceRecord,
     confirm_lsn: u64,
     max_changes: u32,
-    tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
+    tx: mpsc::Sender<Result<Batch, AgentError>>,
 ) -> Result<(), AgentError> {
     let database = record.database.as_str();
     let client = match ctx.follow_sessions.take(database) {
@@ -503,7 +511,7 @@ async fn peek(
     record: &SourceRecord,
     confirm_lsn: u64,
     max_changes: u32,
-    tx: mpsc::Sender<Result<(u64, Row), AgentError>>,
+    tx: mpsc::Sender<Result<Batch, AgentError>>,
 ) -> Result<(), AgentError> {
     let database = record.database.as_str();
     if confirm_lsn > 0 {
@@ -533,7 +541,7 @@ async fn peek(
         literal(&record.slot),
         literal(&record.publication)
     );
-    if tx.send(Ok((wal, (0, 0, Vec::new())))).await.is_err() {
+    if tx.send(Ok((wal, Vec::new()))).await.is_err() {
         return Err(AgentError::Cancelled);
     }
     let stream = tokio::time::timeout(PEEK_TIMEOUT, client.query_raw(&sql, Vec::<String>::new()))
@@ -541,13 +549,35 @@ async fn peek(
         .map_err(|_| AgentError::Unavailable(format!("database {database}: peek timed out")))?
         .map_err(|e| AgentError::db(database, &e))?;
     futures::pin_mut!(stream);
-    use futures::StreamExt;
-    while let Some(row) = stream.next().await {
+    use futures::{FutureExt, StreamExt};
+    let decode = |row: Result<tokio_postgres::Row, tokio_postgres::Error>| {
         let row = row.map_err(|e| AgentError::db(database, &e))?;
         let lsn = parse_lsn(row.get::<_, &str>(0)).unwrap_or(0);
         let xid = row.get::<_, &str>(1).parse().unwrap_or(0);
-        let data: Vec<u8> = row.get(2);
-        if tx.send(Ok((wal, (lsn, xid, data)))).await.is_err() {
+        Ok::<Row, AgentError>((lsn, xid, row.get(2)))
+    };
+    // A batch takes what is ready without waiting, so a lone row is not held back. The stream
+    // is never polled again once it ended (tokio-postgres then answers "connection closed").
+    let mut ended = false;
+    while !ended && let Some(first) = stream.next().await {
+        let first = decode(first)?;
+        let mut bytes = first.2.len();
+        let mut rows = vec![first];
+        while bytes < BATCH_BYTES {
+            match stream.next().now_or_never() {
+                Some(Some(next)) => {
+                    let next = decode(next)?;
+                    bytes += next.2.len();
+                    rows.push(next);
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if tx.send(Ok((wal, rows))).await.is_err() {
             return Err(AgentError::Cancelled);
         }
     }

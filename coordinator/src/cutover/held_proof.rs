@@ -134,12 +134,12 @@ async fn changes_after(old: &Agent, database: &str, lsn: u64) -> Result<Vec<Stri
         .map_err(|s| error::agent(&what, &s))?
         .into_inner();
     let mut rows = Vec::new();
-    while let Some(row) = stream
+    while let Some(batch) = stream
         .message()
         .await
         .map_err(|s| error::agent(&what, &s))?
     {
-        rows.push(row.data);
+        rows.extend(batch.rows.into_iter().map(|r| r.data));
         // The peek returns whole transactions, so it may overshoot: memory stays bounded, and
         // this many rows name the tables written well enough.
         if rows.len() >= 4 * PEEK_ROWS as usize {
