@@ -234,18 +234,20 @@ fn whole_copy_ms(bytes: u64) -> u64 {
 }
 
 /// The delta's own cost beyond its units when every database is followed: connecting, the
-/// grant, the journal, the database unit's sequences and large objects (bench: ~0.3 s).
-const FOLLOW_DELTA_FIXED_MS: u64 = 300;
-/// The in-freeze proof's own cost beyond comparing the files and trees: the WAL check, schema
-/// and sequences, beside the held snapshots and the window's anchor (bench: ~0.2 s).
-const FOLLOW_PROOF_FIXED_MS: u64 = 200;
+/// grant, the journal, the database unit's sequences and large objects, flushing what it wrote
+/// (bench: ~0.2 s beside a 0.18 s storage unit).
+const FOLLOW_DELTA_FIXED_MS: u64 = 200;
+/// The in-freeze proof: the WAL check, schema and sequences, the files and trees compared once
+/// more through the digest caches (nothing re-read), beside the held snapshots and the window's
+/// anchor (bench: ~0.1 s).
+const FOLLOW_PROOF_FIXED_MS: u64 = 100;
 
 /// What a freeze method itself takes inside the freeze: `read-only` is a transaction and the
-/// sessions ended together (15–30 ms measured, counted 200 ms); an nginx reload or stopping the
+/// sessions ended together (14–20 ms measured, counted 50 ms); an nginx reload or stopping the
 /// apps is counted a second (not measured here).
 fn method_ms(m: crate::plan::FreezeMethod) -> u64 {
     match m {
-        crate::plan::FreezeMethod::ReadOnly => 200,
+        crate::plan::FreezeMethod::ReadOnly => 50,
         crate::plan::FreezeMethod::MaintenancePage | crate::plan::FreezeMethod::StopApps => 1000,
     }
 }
@@ -254,24 +256,25 @@ fn method_ms(m: crate::plan::FreezeMethod) -> u64 {
 /// freeze methods ([`method_ms`]); then the catch-up and the delta **at once** — the longer of
 /// the follower's lag and the delta (the last sync's file and storage units walked and compared
 /// again, the tables not followed copied whole ([`whole_copy_ms`]), and
-/// [`FOLLOW_DELTA_FIXED_MS`]); then the proof (the manifests compared once more, through the
-/// digest caches, and [`FOLLOW_PROOF_FIXED_MS`]). The full proof of the tables runs after the
-/// switch (`held_proof`), so no table scan is predicted inside the freeze. Calibrated on
-/// `bench/run --only cutover` (docs/BENCHMARKS.md): recomputed from the inputs of its three
-/// runs' predictions it lands within ±10 % of their freezes (0.74–0.80 s).
+/// [`FOLLOW_DELTA_FIXED_MS`]; each unit as long as its latest finished sync took, whichever run
+/// that was); then the proof ([`FOLLOW_PROOF_FIXED_MS`]). The full proof of the tables runs
+/// after the switch (`held_proof`), so no table scan is predicted inside the freeze. Calibrated
+/// on `bench/run --only cutover` (docs/BENCHMARKS.md, "Catch-up"), whose freezes it predicts
+/// within ±30 %.
 fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
-    let done = i
-        .events
+    i.events
         .iter()
         .rev()
         .find(|e| e.phase == "sync" && e.unit == "sync" && e.status == "done")?;
-    let mut units = 0u64;
+    // Each file and storage unit (a tree's batches together) at its latest finished sync: the
+    // last run may have synced only some of them (`sync --only files`), and the freeze's delta
+    // walks them all. Tables are the follower's.
+    let mut latest: std::collections::HashMap<&str, (&str, u64)> = std::collections::HashMap::new();
     for (k, e) in i.events.iter().enumerate() {
+        let unit = e.unit.as_str();
         if e.phase != "sync"
-            || e.run != done.run
             || e.status != "done"
-            || e.unit == "sync"
-            || e.unit.starts_with("database")
+            || !(unit.starts_with("file ") || unit.starts_with("storage "))
         {
             continue;
         }
@@ -279,11 +282,18 @@ fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<
             .iter()
             .rev()
             .find(|s| {
-                s.phase == "sync" && s.run == e.run && s.unit == e.unit && s.status == "started"
+                s.phase == "sync" && s.run == e.run && s.unit == unit && s.status == "started"
             })
             .map_or(e.time_ms, |s| s.time_ms);
-        units += e.time_ms.saturating_sub(started);
+        let took = e.time_ms.saturating_sub(started);
+        let root = unit.split(" batch ").next().unwrap_or(unit);
+        let entry = latest.entry(root).or_insert((e.run.as_str(), 0));
+        if entry.0 != e.run {
+            *entry = (e.run.as_str(), 0);
+        }
+        entry.1 += took;
     }
+    let units: u64 = latest.values().map(|(_, ms)| ms).sum();
     let lag = f
         .iter()
         .map(|d| (d.lag_seconds * 1000.0) as u64)
@@ -295,7 +305,7 @@ fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<
         .sum();
     let methods: u64 = i.plan.freeze.methods.iter().copied().map(method_ms).sum();
     let delta = units + whole + FOLLOW_DELTA_FIXED_MS;
-    Some(methods + lag.max(delta) + units + FOLLOW_PROOF_FIXED_MS)
+    Some(methods + lag.max(delta) + FOLLOW_PROOF_FIXED_MS)
 }
 
 async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
@@ -654,15 +664,63 @@ mod follow_tests {
             skip_backup: None,
             rehearsal: false,
         };
-        // read-only 200 + max(lag 2,500, storage 300 + 300) + storage 300 + 200.
+        // read-only 50 + max(lag 2,500, storage 300 + 200) + proof 100.
         assert_eq!(
             predicted_follow_ms(&i, &[db("following", 2.5, "")]),
-            Some(200 + 2_500 + 300 + 200)
+            Some(50 + 2_500 + 100)
         );
         // A follower at the position: the delta is the longer one.
         assert_eq!(
             predicted_follow_ms(&i, &[db("following", 0.1, "")]),
-            Some(200 + (300 + 300) + 300 + 200)
+            Some(50 + (300 + 200) + 100)
+        );
+    }
+
+    #[test]
+    fn the_prediction_counts_each_unit_at_its_latest_sync_when_the_last_run_synced_only_some() {
+        let plan = plan();
+        let unit = |run: &str, name: &str, time_ms: u64, status: &str| Event {
+            run: run.into(),
+            unit: name.into(),
+            ..sync(time_ms, status)
+        };
+        let run = |run: &str, time_ms: u64, status: &str| Event {
+            run: run.into(),
+            ..sync(time_ms, status)
+        };
+        // Run 1 synced everything (storage in two batches, 300 ms; a file 40 ms; a table, which
+        // the follower carries); run 2 only the file (50 ms).
+        let events = [
+            run("1", 1_000, "started"),
+            unit("1", "storage uploads batch 1/2", 1_000, "started"),
+            unit("1", "storage uploads batch 1/2", 1_200, "done"),
+            unit("1", "storage uploads batch 2/2", 1_200, "started"),
+            unit("1", "storage uploads batch 2/2", 1_300, "done"),
+            unit("1", "storage uploads", 1_300, "done"),
+            unit("1", "file env", 1_300, "started"),
+            unit("1", "file env", 1_340, "done"),
+            unit("1", "table public.t", 1_340, "started"),
+            unit("1", "table public.t", 9_000, "done"),
+            run("1", 9_000, "done"),
+            run("2", 9_000, "started"),
+            unit("2", "file env", 9_000, "started"),
+            unit("2", "file env", 9_050, "done"),
+            run("2", 9_100, "done"),
+        ];
+        let i = Inputs {
+            plan: &plan,
+            old: None,
+            new: None,
+            connect_errors: vec![],
+            events: &events,
+            skip_backup: None,
+            rehearsal: false,
+        };
+        // The freeze's delta walks the storage too: read-only 50 + (storage 300 + file 50 +
+        // 200) + proof 100 (on main: the file's 50 ms only).
+        assert_eq!(
+            predicted_follow_ms(&i, &[db("following", 0.1, "")]),
+            Some(50 + (350 + 200) + 100)
         );
     }
 }
