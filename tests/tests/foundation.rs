@@ -175,7 +175,9 @@ async fn client_without_a_certificate_is_refused() {
         .domain_name(rig::OLD_IP.to_string());
     // The TLS 1.3 handshake completes; the refusal arrives with the first RPC.
     let ch = sb.old().channel_with(tls).await;
-    let r = AgentClient::new(ch).info(InfoRequest {}).await;
+    let r = AgentClient::new(ch)
+        .info(InfoRequest { brief: false })
+        .await;
     let status = r.expect_err("a client without a certificate must be refused");
     assert_ne!(status.code(), tonic::Code::Ok);
     assert!(sb.old().log_text().contains("agent serving"));
@@ -192,7 +194,7 @@ async fn peer_agent_certificate_cannot_call_control_rpcs() {
 
     let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
     let status = AgentClient::new(ch.clone())
-        .info(InfoRequest {})
+        .info(InfoRequest { brief: false })
         .await
         .expect_err("Info is a control RPC");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -223,6 +225,56 @@ async fn peer_agent_certificate_cannot_call_control_rpcs() {
         .into_inner();
     while stream.message().await.expect("stream").is_some() {}
     assert!(marker.exists());
+}
+
+/// A brief `Info` (what a sync asks, also inside the cutover's freeze) leaves out the probes that
+/// start processes and open database sessions, and keeps what the caller decides on.
+#[tokio::test]
+async fn a_brief_info_leaves_out_the_probes_and_keeps_identity_permits_and_freeze_state() {
+    let mut sb = Sandbox::new("brief_info").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let ch = sb.old().channel(&sb.world.certs_coordinator()).await;
+    let full = AgentClient::new(ch.clone())
+        .info(InfoRequest { brief: false })
+        .await
+        .expect("full info")
+        .into_inner();
+    let brief = AgentClient::new(ch)
+        .info(InfoRequest { brief: true })
+        .await
+        .expect("brief info")
+        .into_inner();
+    assert!(
+        !full.tools.is_empty() && !full.databases.is_empty(),
+        "the full answer probes tools and databases: {full:?}"
+    );
+    assert!(
+        brief.tools.is_empty() && brief.databases.is_empty(),
+        "the brief answer probes nothing: {brief:?}"
+    );
+    // Free bytes move with whatever else writes to the disk meanwhile: the roots by name.
+    let roots = |i: &hostshift_proto::v1::InfoResponse| {
+        i.roots
+            .iter()
+            .map(|r| (r.kind.clone(), r.name.clone(), r.path.clone(), r.exists))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (
+            &brief.identity,
+            &brief.permits,
+            roots(&brief),
+            &brief.frozen_databases,
+            brief.protocol_version
+        ),
+        (
+            &full.identity,
+            &full.permits,
+            roots(&full),
+            &full.frozen_databases,
+            full.protocol_version
+        )
+    );
 }
 
 #[tokio::test]

@@ -172,16 +172,20 @@ fn root_status(kind: &str, name: &str, path: &std::path::Path) -> RootStatus {
 
 #[tonic::async_trait]
 impl Agent for AgentInfoService {
-    async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let c = &self.ctx.config;
-        let (tools, databases) = tokio::join!(
-            tools::detect(c),
-            futures::future::join_all(
-                c.databases
-                    .iter()
-                    .map(|d| database_status(d, c.allow.restore_databases.contains(&d.name)))
+        let (tools, databases) = if req.get_ref().brief {
+            (Vec::new(), Vec::new())
+        } else {
+            tokio::join!(
+                tools::detect(c),
+                futures::future::join_all(
+                    c.databases
+                        .iter()
+                        .map(|d| database_status(d, c.allow.restore_databases.contains(&d.name)))
+                )
             )
-        );
+        };
         let mut roots: Vec<RootStatus> = c
             .storage
             .iter()

@@ -317,7 +317,7 @@ async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
         let Some(a) = a else { continue };
         let info = a
             .info()
-            .info(client::request(InfoRequest {}))
+            .info(client::request(InfoRequest { brief: false }))
             .await
             .map_err(|s| {
                 CutoverError::Agent(format!("{side} agent: {}", client::explain_first_rpc(&s)))

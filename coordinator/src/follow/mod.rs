@@ -114,7 +114,9 @@ pub struct Started {
 async fn refuse_without_apply_rights(plan: &Plan, new: &Agent) -> Result<(), FollowError> {
     let info = new
         .info()
-        .info(client::request(hostshift_proto::v1::InfoRequest {}))
+        .info(client::request(hostshift_proto::v1::InfoRequest {
+            brief: false,
+        }))
         .await
         .map_err(agent_err("reading the new host's databases".into()))?
         .into_inner();

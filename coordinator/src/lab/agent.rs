@@ -327,7 +327,7 @@ impl LabAgent {
             .await
             .map_err(|e| agent.not_ready(format!("cannot connect: {e}")))?;
         AgentClient::new(channel)
-            .info(InfoRequest {})
+            .info(InfoRequest { brief: true })
             .await
             .map_err(|s| agent.not_ready(format!("Info failed: {}", s.message())))?;
         Ok(agent)

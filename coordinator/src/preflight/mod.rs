@@ -193,7 +193,7 @@ async fn reach(plan: &Plan, side: Side) -> Result<(Agent, InfoResponse), Unreach
         .map_err(Unreachable::Connect)?;
     let info = agent
         .info()
-        .info(client::request(InfoRequest {}))
+        .info(client::request(InfoRequest { brief: false }))
         .await
         .map_err(Unreachable::FirstRpc)?
         .into_inner();

@@ -416,7 +416,7 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     // and a sync would otherwise fail only after some units went through.
     let info = new
         .info()
-        .info(client::request(InfoRequest {}))
+        .info(client::request(InfoRequest { brief: true }))
         .await
         .map_err(|s| {
             SyncError::Connect(format!(

@@ -47,7 +47,7 @@ impl Permits {
     async fn of(old: &Agent) -> Result<Permits, String> {
         let list = old
             .info()
-            .info(client::request(InfoRequest {}))
+            .info(client::request(InfoRequest { brief: true }))
             .await
             .map_err(|s| client::explain_status(&s))?
             .into_inner()
