@@ -42,7 +42,8 @@ pub struct Live {
     pub applied_lsn: u64,
     /// Nothing committed on the old host before this LSN is still pending.
     pub reached_lsn: u64,
-    /// When a peek last found nothing pending (unix ms): the follower was current then.
+    /// When the last peek that went to the end of the WAL started (unix ms): the follower was
+    /// current then.
     pub reached_unix_ms: i64,
     /// Source commit time of the last applied transaction (unix ms; 0: none).
     pub last_commit_unix_ms: i64,
@@ -252,6 +253,7 @@ async fn follow_once(
         }
         tracing::debug!(database = %record.database, confirmed, "follower: peek");
         let started = std::time::Instant::now();
+        let called_unix_ms = now_ms();
         let mut first_row_ms = None;
         // The answer's headers come at once (the rows follow); the deadline covers the
         // channel's own reconnect after a dropped connection, whose TLS handshake nothing else
@@ -319,15 +321,21 @@ async fn follow_once(
                 direction.source()
             )));
         }
-        if rows == 0 {
-            // Nothing committed between the slot's position and `wal_before` is left.
+        if wal_before > 0 && rows < u64::from(BATCH_CHANGES) {
+            // The peek went to the end of the WAL flushed before it (it stops early only after
+            // BATCH_CHANGES rows), and every row of it is applied: nothing committed before
+            // `wal_before` is left, and the follower was current when that position was read.
+            // (Waiting for an empty peek instead made a busy app's follower look a peek cycle
+            // behind, and the cutover's catch-up wait one peek longer.)
             set(live, |l| {
                 if l.reached_lsn < wal_before {
                     l.reached_lsn = wal_before;
                 }
-                l.reached_unix_ms = now_ms();
+                l.reached_unix_ms = l.reached_unix_ms.max(called_unix_ms);
                 l.error.clear();
             });
+        }
+        if rows == 0 {
             tokio::select! {
                 () = tokio::time::sleep(IDLE_PAUSE) => {}
                 () = stop.cancelled() => return Ok(()),
