@@ -599,17 +599,22 @@ mod follow_tests {
         }
     }
 
-    fn fresh(events: &[Event], f: &[DbStatus]) -> Result<String, String> {
-        let plan = plan();
-        let i = Inputs {
-            plan: &plan,
+    /// The gates' inputs without agents: the plan and the journal only.
+    fn inputs<'a>(plan: &'a Plan, events: &'a [Event]) -> Inputs<'a> {
+        Inputs {
+            plan,
             old: None,
             new: None,
             connect_errors: vec![],
             events,
             skip_backup: None,
             rehearsal: false,
-        };
+        }
+    }
+
+    fn fresh(events: &[Event], f: &[DbStatus]) -> Result<String, String> {
+        let plan = plan();
+        let i = inputs(&plan, events);
         follow_fresh(&i, f).map_err(|e| e.to_string())
     }
 
@@ -655,15 +660,7 @@ mod follow_tests {
             unit("storage uploads", 4_300, "done"),
             sync(5_000, "done"),
         ];
-        let i = Inputs {
-            plan: &plan,
-            old: None,
-            new: None,
-            connect_errors: vec![],
-            events: &events,
-            skip_backup: None,
-            rehearsal: false,
-        };
+        let i = inputs(&plan, &events);
         // read-only 50 + max(lag 2,500, storage 300 + 200) + proof 100.
         assert_eq!(
             predicted_follow_ms(&i, &[db("following", 2.5, "")]),
@@ -707,15 +704,7 @@ mod follow_tests {
             unit("2", "file env", 9_050, "done"),
             run("2", 9_100, "done"),
         ];
-        let i = Inputs {
-            plan: &plan,
-            old: None,
-            new: None,
-            connect_errors: vec![],
-            events: &events,
-            skip_backup: None,
-            rehearsal: false,
-        };
+        let i = inputs(&plan, &events);
         // The freeze's delta walks the storage too: read-only 50 + (storage 300 + file 50 +
         // 200) + proof 100 (on main: the file's 50 ms only).
         assert_eq!(
