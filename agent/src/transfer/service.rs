@@ -308,21 +308,25 @@ impl Target for TargetService {
         &self,
         req: Request<PlanStorageRequest>,
     ) -> Result<Response<PlanStorageResponse>, Status> {
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let ctx = &self.ctx;
-        let (src, batches_dir) = match &r.source {
-            Some(peer) => {
-                session::expire(ctx);
-                let dir = session::dir(ctx, &r.session)?;
-                session::fetch(ctx, peer, &r.source_tree, false, &dir).await?;
-                (session::manifest_file(&dir), Some(dir))
-            }
-            None => (
-                session::SourceManifest::Bytes(r.source_manifest.into()),
-                None,
-            ),
+        let relayed = std::mem::take(&mut r.source_manifest);
+        // The old host's manifest comes while this host walks its own tree: the two walks
+        // (one per host) overlap instead of adding up.
+        let fetched = async {
+            Ok::<_, AgentError>(match &r.source {
+                Some(peer) => {
+                    session::expire(ctx);
+                    let dir = session::dir(ctx, &r.session)?;
+                    session::fetch(ctx, peer, &r.source_tree, false, &dir).await?;
+                    (session::manifest_file(&dir), Some(dir))
+                }
+                None => (session::SourceManifest::Bytes(relayed.into()), None),
+            })
         };
-        let target = source::manifest(ctx, &r.tree, false).await?;
+        let (fetched, target) = tokio::join!(fetched, source::manifest(ctx, &r.tree, false));
+        let (src, batches_dir) = fetched?;
+        let target = target?;
         let limits = session::Limits {
             bytes: r.batch_bytes,
             files: r.batch_files,
