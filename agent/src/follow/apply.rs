@@ -34,10 +34,10 @@
 //! order): up to [`PIPELINE`] statements are in flight, and `BEGIN`, the origin's
 //! `xact_setup` and `COMMIT` travel in the same pipeline. Each statement is polled once as it
 //! joins the pipeline (a tokio-postgres request leaves only when first polled), so the server
-//! applies a large transaction while the rest of it is still arriving, not after its COMMIT. Waiting for each answer made the
-//! apply rate the loopback round trip (about 6,000 rows/s on the test box, a 1 % change of the
-//! reference database taking tens of seconds to catch up); the server's own work is the limit
-//! now. The answers are still checked one by one, in order — an UPDATE or DELETE that matched
+//! applies a large transaction while the rest of it is still arriving, not after its COMMIT.
+//! Waiting for each answer made the apply rate the loopback round trip (about 6,000 rows/s on
+//! the test box, a 1 % change of the reference database taking tens of seconds to catch up); the
+//! server's own work is the limit now. The answers are still checked one by one, in order — an UPDATE or DELETE that matched
 //! no row is still caught — and the first failure is the one reported (those after it are the
 //! aborted transaction's echoes). Every answer is checked before `COMMIT` is sent (one round
 //! trip per transaction: a row count that shows a divergence is no error to the server, which
