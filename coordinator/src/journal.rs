@@ -4,13 +4,15 @@
 //! to report what was already done.
 //!
 //! Every line is written before the work goes on (a killed process loses none: they are in the
-//! kernel's page cache). Every line is also fsynced at once — it survives the machine — except a
-//! sync's own lines (phase `sync`): those are fsynced together by the run's closing line
-//! (`sync done` or `failed`). A sync acts the same whether it is recorded or not (every unit
-//! compares both hosts again), so losing its last lines to a power cut costs nothing but a line in
-//! `status`; an fsync per line cost it tens of milliseconds per run — inside the cutover's freeze
-//! too, where the delta is a sync. The cutover's and rollback's steps are fsynced one by one: a
-//! resumed cutover must know every freeze it applied.
+//! kernel's page cache). A line appended with [`Journal::record`] is also fsynced at once — it
+//! survives the machine; one appended with [`Journal::note`] is made durable by the next
+//! `record` (an fsync covers every earlier write of the file). A sync notes its own lines and
+//! closes with a `record` (`sync done` or `failed`): it acts the same whether it is recorded or
+//! not (every unit compares both hosts again), so losing its last lines to a power cut costs
+//! nothing but a line in `status`, while an fsync per line cost it tens of milliseconds per run —
+//! inside the cutover's freeze too, where the delta is a sync. The cutover's and rollback's steps
+//! (and a carry-back's units) are recorded one by one: a resumed cutover must know every freeze
+//! it applied.
 //!
 //! # Typed cutover steps
 //! The cutover's and rollback's lines carry their [`Step`] as data (`"step":{"kind":"freeze",
@@ -314,7 +316,7 @@ impl Journal {
         &self.run
     }
 
-    /// Appends one event and fsyncs it.
+    /// Appends one event and fsyncs it (with every line noted before it).
     ///
     /// # Errors
     /// When the write or fsync fails (the caller stops: acting without a journal is not allowed).
@@ -327,7 +329,36 @@ impl Journal {
         files: u64,
         detail: &str,
     ) -> std::io::Result<()> {
-        self.append(Event {
+        self.append(self.event(phase, unit, status, bytes, files, detail), true)
+    }
+
+    /// Appends one event without waiting for the disk: it is written now, and made durable by
+    /// the next [`Journal::record`] (see the module doc for who may).
+    ///
+    /// # Errors
+    /// When the write fails (the caller stops: acting without a journal is not allowed).
+    pub fn note(
+        &self,
+        phase: &str,
+        unit: &str,
+        status: &str,
+        bytes: u64,
+        files: u64,
+        detail: &str,
+    ) -> std::io::Result<()> {
+        self.append(self.event(phase, unit, status, bytes, files, detail), false)
+    }
+
+    fn event(
+        &self,
+        phase: &str,
+        unit: &str,
+        status: &str,
+        bytes: u64,
+        files: u64,
+        detail: &str,
+    ) -> Event {
+        Event {
             time_ms: now_ms(),
             run: self.run.clone(),
             phase: phase.into(),
@@ -337,7 +368,7 @@ impl Journal {
             files,
             detail: detail.into(),
             step: None,
-        })
+        }
     }
 
     /// Appends one cutover step (typed, with its readable unit) and fsyncs it.
@@ -351,20 +382,23 @@ impl Journal {
         mark: Mark,
         detail: &str,
     ) -> std::io::Result<()> {
-        self.append(Event {
-            time_ms: now_ms(),
-            run: self.run.clone(),
-            phase: phase.into(),
-            unit: step.to_string(),
-            status: mark.as_str().into(),
-            bytes: 0,
-            files: 0,
-            detail: detail.into(),
-            step: Some(step),
-        })
+        self.append(
+            Event {
+                time_ms: now_ms(),
+                run: self.run.clone(),
+                phase: phase.into(),
+                unit: step.to_string(),
+                status: mark.as_str().into(),
+                bytes: 0,
+                files: 0,
+                detail: detail.into(),
+                step: Some(step),
+            },
+            true,
+        )
     }
 
-    fn append(&self, ev: Event) -> std::io::Result<()> {
+    fn append(&self, ev: Event, durable: bool) -> std::io::Result<()> {
         let mut line = serde_json::to_string(&ev).map_err(std::io::Error::other)?;
         line.push('\n');
         let mut f = self
@@ -372,17 +406,11 @@ impl Journal {
             .lock()
             .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
         f.write_all(line.as_bytes())?;
-        if durable_at_once(&ev) {
+        if durable {
             f.sync_data()?;
         }
         Ok(())
     }
-}
-
-/// Whether a line is fsynced as it is written (see the module doc): all but a sync's own lines
-/// before its closing one.
-fn durable_at_once(ev: &Event) -> bool {
-    ev.phase != "sync" || (ev.unit == "sync" && ev.status != "started")
 }
 
 /// Reads every event of a journal. A line that is not an event (a torn last line from a crash
@@ -440,34 +468,24 @@ mod tests {
     }
 
     #[test]
-    fn a_syncs_own_lines_wait_for_its_closing_line_and_every_other_line_is_fsynced_at_once() {
-        let ev = |phase: &str, unit: &str, status: &str| Event {
-            time_ms: 1,
-            run: "r".into(),
-            phase: phase.into(),
-            unit: unit.into(),
-            status: status.into(),
-            bytes: 0,
-            files: 0,
-            detail: String::new(),
-            step: None,
-        };
-        assert!(!durable_at_once(&ev("sync", "sync", "started")));
-        assert!(!durable_at_once(&ev(
-            "sync",
-            "storage up batch 1/2",
-            "done"
-        )));
-        assert!(!durable_at_once(&ev("sync", "file env", "started")));
-        assert!(durable_at_once(&ev("sync", "sync", "done")));
-        assert!(durable_at_once(&ev("sync", "sync", "failed")));
-        assert!(durable_at_once(&ev(
-            "cutover",
-            "freeze read-only",
-            "started"
-        )));
-        assert!(durable_at_once(&ev("rollback", "switch back", "done")));
-        assert!(durable_at_once(&ev("backup", "database app", "started")));
+    fn noted_lines_are_written_at_once_in_order_with_recorded_ones() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(tmp.path()).expect("open");
+        j.note("sync", "sync", "started", 0, 0, "pull")
+            .expect("note");
+        // Readable before any fsync: a killed process loses no noted line.
+        assert_eq!(read(tmp.path()).expect("read").len(), 1);
+        j.note("sync", "file env", "done", 3, 1, "").expect("note");
+        j.record("sync", "sync", "done", 3, 1, "").expect("record");
+        let ev = read(tmp.path()).expect("read");
+        let seen: Vec<(&str, &str)> = ev
+            .iter()
+            .map(|e| (e.unit.as_str(), e.status.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("sync", "started"), ("file env", "done"), ("sync", "done")]
+        );
     }
 
     #[test]

@@ -341,14 +341,21 @@ impl Run<'_> {
         files: u64,
         detail: &str,
     ) -> Result<(), UnitError> {
-        self.journal
-            .record(self.phase, unit, status, bytes, files, detail)
-            .map_err(|e| {
-                UnitError::other(format!(
-                    "cannot write the journal {}: {e}",
-                    self.journal.path().display()
-                ))
-            })
+        // A sync's unit lines are noted and made durable by its closing line (see `journal`); a
+        // carry-back's, inside the rollback, are recorded one by one like the rollback's steps.
+        let written = if self.window.is_empty() {
+            self.journal
+                .note(self.phase, unit, status, bytes, files, detail)
+        } else {
+            self.journal
+                .record(self.phase, unit, status, bytes, files, detail)
+        };
+        written.map_err(|e| {
+            UnitError::other(format!(
+                "cannot write the journal {}: {e}",
+                self.journal.path().display()
+            ))
+        })
     }
 }
 
@@ -444,9 +451,10 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
             ));
         }
     }
-    // Nothing is done unrecorded: a journal that cannot be written stops the sync here.
+    // Nothing is done unrecorded: a journal that cannot be written stops the sync here. Noted,
+    // not fsynced: the closing line makes the run's lines durable (see `journal`).
     journal
-        .record(
+        .note(
             "sync",
             "sync",
             "started",
