@@ -269,23 +269,25 @@ fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<
     // Each file and storage unit (a tree's batches together) at its latest finished sync: the
     // last run may have synced only some of them (`sync --only files`), and the freeze's delta
     // walks them all. Tables are the follower's.
-    let mut latest: std::collections::HashMap<&str, (&str, u64)> = std::collections::HashMap::new();
-    for (k, e) in i.events.iter().enumerate() {
+    use std::collections::HashMap;
+    let mut started: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut latest: HashMap<&str, (&str, u64)> = HashMap::new();
+    for e in i.events {
         let unit = e.unit.as_str();
-        if e.phase != "sync"
-            || e.status != "done"
-            || !(unit.starts_with("file ") || unit.starts_with("storage "))
-        {
+        if e.phase != "sync" || !(unit.starts_with("file ") || unit.starts_with("storage ")) {
             continue;
         }
-        let started = i.events[..k]
-            .iter()
-            .rev()
-            .find(|s| {
-                s.phase == "sync" && s.run == e.run && s.unit == unit && s.status == "started"
-            })
-            .map_or(e.time_ms, |s| s.time_ms);
-        let took = e.time_ms.saturating_sub(started);
+        let key = (e.run.as_str(), unit);
+        if e.status == "started" {
+            started.insert(key, e.time_ms);
+            continue;
+        }
+        if e.status != "done" {
+            continue;
+        }
+        let took = e
+            .time_ms
+            .saturating_sub(started.get(&key).copied().unwrap_or(e.time_ms));
         let root = unit.split(" batch ").next().unwrap_or(unit);
         let entry = latest.entry(root).or_insert((e.run.as_str(), 0));
         if entry.0 != e.run {
