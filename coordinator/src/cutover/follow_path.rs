@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cut::Cut;
+use super::cut::{Cut, ended};
 use super::error::CutoverError;
 use crate::follow;
 use crate::journal::Step as JStep;
@@ -184,11 +184,6 @@ impl Cut<'_> {
             Err(_) => true,
         }
     }
-}
-
-/// A step's result with the moment it ended (it ran beside another: see [`Cut::end_at`]).
-pub(super) async fn ended<T>(r: T) -> (T, Instant) {
-    (r, Instant::now())
 }
 
 /// Waits (inside the freeze) until each followed database's follower applied up to the old

@@ -2,20 +2,18 @@
 //! old host, the final delta sync, the proof of equality (and that the old host did not change),
 //! the traffic switch and the checks through the public endpoint.
 
-use super::cut::Cut;
+use super::cut::{Cut, ended};
 use super::error::CutoverError;
 use super::outcome::DeltaSummary;
 use super::{SWITCH_DEADLINE, VERIFY_ATTEMPTS, freeze, injected, traffic};
 use crate::health::run_checks;
 use crate::journal::Step as JStep;
 use crate::phase::traced;
-use futures::FutureExt;
-
-use super::follow_path::ended;
 use crate::plan::CheckFrom;
 use crate::progress::Mode;
 use crate::report::now_ms;
 use crate::sync::{SyncOptions, SyncReport, verify};
+use futures::FutureExt;
 
 /// What the proof's comparisons found: the verify report, and the followed tables written after
 /// the freeze position (empty when none is followed).
