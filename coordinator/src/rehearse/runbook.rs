@@ -84,6 +84,12 @@ pub(super) async fn after_first_copy(
         return false;
     }
 
+    // The freeze must meet an uploader that has created, overwritten and deleted files already
+    // (the follow step can end sooner than that); if it has not within 10 s the uploads' phase
+    // below says so by its counts.
+    uploader
+        .each_kind_acknowledged(Duration::from_secs(10))
+        .await;
     say("phase cutover: freeze the old host, final delta, prove, switch (none), verify");
     let t_cut = Instant::now();
     let before: u64 = phases.iter().map(|p| p.ms as u64).sum::<u64>();

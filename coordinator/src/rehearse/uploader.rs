@@ -139,6 +139,28 @@ impl LiveUploader {
         self.tally.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// Waits until the uploader has had each kind of operation acknowledged at least once (a new
+    /// file, an overwrite, a delete: the first delete comes with the fifth operation, about half
+    /// a second in) or until `limit` passed; returns whether it had.
+    ///
+    /// The rehearsal waits for this before its cutover, so that the freeze always meets an
+    /// uploader that has already overwritten and deleted files: a fast follow step once reached
+    /// the freeze after four uploads, none of them a delete, and the proof that deletes reach
+    /// the new host had nothing to look up.
+    pub async fn each_kind_acknowledged(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let t = self.tally();
+            if t.created > 0 && t.overwritten > 0 && t.deleted > 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the uploader (after its operation in flight) and returns what it saw.
     pub async fn stop(self) -> Tally {
         let _ = self.stop.send(true);
