@@ -3,7 +3,7 @@
 //!
 //! # Architecture
 //! Calls go one way: `main.rs` → [`serve`] → a service's `service.rs` → its folder's work files
-//! → the libraries ([`postgres`], [`storage`], [`db`]) → [`process`], [`fsutil`], [`error`],
+//! → the libraries ([`postgres`], [`storage`]) → [`process`], [`fsutil`], [`error`],
 //! [`config`]. The libraries import no service folder; service folders share only named pieces
 //! (`transfer` uses `database`'s wire conversions and freeze record, `database` uses
 //! `transfer`'s write permit), never a `service.rs`.
@@ -20,17 +20,17 @@
 //!   - the data path: [`transfer`] (`service Grants`, `Source`, `Target`: framed streams between
 //!     agents, pulled by the new one) moves files, [`storage`] trees and databases;
 //!     [`database`] (`service Database`) answers what a database sync asks besides the streams
-//!     (tables, snapshots, key ranges, fingerprints, the write freeze); [`db_stats`]
-//!     (`service DbStats`) reads statistics; [`backup`] (`service Backup`, also
+//!     (tables, snapshots, key ranges, fingerprints, the write freeze) and holds the read-only
+//!     `service DbStats` in `database/stats/`; [`backup`] (`service Backup`, also
 //!     `hostshift-agent backup`) writes backups on this host; [`follow`] (`service Follow`)
 //!     keeps the new host's databases current by logical decoding (slot and changes on the old
 //!     host, the follower applying them exactly once on the new one).
-//! - The data path's libraries, without gRPC: [`postgres`] (read and write a database: schema,
-//!   tables by key range, sequences, large objects, fingerprints — with its own session type for
-//!   a sync's long transactions), [`storage`] (manifests, deltas, packing and staged commits of
-//!   a tree), and [`db`] (the connection to a configured database by name, for short read-only
-//!   questions: inventory, statistics). Database work is thus in `postgres/` (how) and
-//!   `database/` (the RPCs); the three `freeze.rs` are the agent's record of a freeze
+//! - The data path's two libraries, without gRPC: [`postgres`] (everything that talks to
+//!   PostgreSQL: [`postgres::connect`] opens a configured database by name for every caller;
+//!   schema, tables by key range, sequences, large objects, fingerprints — with its own session
+//!   type, `postgres::conn`, for a sync's long transactions) and [`storage`] (manifests, deltas,
+//!   packing and staged commits of a tree). So the database code has two rooms: `postgres/`
+//!   (how) and `database/` (the RPCs). The three `freeze.rs` are the agent's record of a freeze
 //!   (`database/`), the SQL that applies it (`postgres/`) and — in the coordinator — the step.
 //! - [`process`] — the only place that starts external programs; [`fsutil`] — the one atomic
 //!   file replace.
@@ -47,8 +47,6 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod database;
-pub mod db;
-pub mod db_stats;
 pub mod envfile;
 pub mod error;
 pub mod follow;
@@ -214,7 +212,7 @@ pub async fn serve(
         auth::coordinator_only,
     );
     let db_stats = DbStatsServer::with_interceptor(
-        db_stats::DbStatsService::new(ctx.clone()),
+        database::DbStatsService::new(ctx.clone()),
         auth::coordinator_only,
     );
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use hostshift_proto::v1::{DatabaseInventory, FileInventory, StorageInventory, TableCount};
 
 use crate::config::{DatabaseConfig, StorageConfig};
-use crate::db;
 use crate::error::AgentError;
+use crate::postgres::connect;
 
 /// Size, tables and (optionally) exact row counts of one database.
 pub async fn database(db: &DatabaseConfig, row_counts: bool) -> DatabaseInventory {
@@ -25,7 +25,7 @@ async fn database_inner(
     db: &DatabaseConfig,
     row_counts: bool,
 ) -> Result<DatabaseInventory, AgentError> {
-    let client = db::connect(db).await?;
+    let client = connect::connect(db).await?;
     let size: i64 = client
         .query_one("SELECT pg_database_size(current_database())", &[])
         .await

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{disk, inventory, tools};
 use crate::Ctx;
-use crate::db;
+use crate::postgres::connect;
 
 /// Serves `hostshift.v1.Agent`.
 pub struct AgentInfoService {
@@ -43,7 +43,7 @@ async fn load_missing(client: &tokio_postgres::Client) -> Vec<String> {
         Err(e) => {
             return vec![format!(
                 "cannot read the connecting role: {}",
-                db::pg_message(&e)
+                connect::pg_message(&e)
             )];
         }
     };
@@ -86,16 +86,19 @@ async fn database_status(
         name: db.name.clone(),
         ..Default::default()
     };
-    match db::connect(db).await {
+    match connect::connect(db).await {
         Err(e) => {
             st.problem = e.to_string();
             if st.problem.contains("(3D000)") {
                 st.missing = true;
-                st.dbname = db::database_name(db).ok().flatten().unwrap_or_default();
+                st.dbname = connect::database_name(db)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 (st.can_create, st.create_problem) = crate::database::can_create(db).await;
                 // The sync creates it in this cluster: its free space is read the same way,
                 // through the maintenance database.
-                match db::connect_maintenance(db).await {
+                match connect::connect_maintenance(db).await {
                     Ok(client) => data_dir_space(&client, &mut st).await,
                     Err(e) => st.data_dir_problem = format!("maintenance database: {e}"),
                 }
@@ -129,7 +132,7 @@ async fn data_dir_space(client: &tokio_postgres::Client, st: &mut DatabaseStatus
         Err(e) => {
             st.data_dir_problem = format!(
                 "the role may not read data_directory (superuser or pg_read_all_settings): {}",
-                db::pg_message(&e)
+                connect::pg_message(&e)
             );
             return;
         }

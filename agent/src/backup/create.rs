@@ -218,16 +218,16 @@ async fn dump_database(
             LOCK_WAIT_TIMEOUT.as_millis()
         ))
         .arg(format!("--file={}", path.display()))
-        .arg(crate::db::dbname_arg(db)?)
+        .arg(crate::postgres::connect::dbname_arg(db)?)
         .timeout(DUMP_TIMEOUT)
         .env("PGAPPNAME", "hostshift-backup")
         .env("PGCONNECT_TIMEOUT", "10");
-    let cmd = crate::db::libpq_env(cmd, db)
+    let cmd = crate::postgres::connect::libpq_env(cmd, db)
         .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
     cmd.output(cancel).await?.success()?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| AgentError::io("chmod", &path, e))?;
-    let client = crate::db::connect(db).await?;
+    let client = crate::postgres::connect::connect(db).await?;
     let server_version: String = client
         .query_one("SHOW server_version", &[])
         .await

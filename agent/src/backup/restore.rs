@@ -257,12 +257,12 @@ async fn restore_database(
             "--exit-on-error",
         ])
         .args(no_owner.then_some("--no-owner"))
-        .arg(crate::db::dbname_arg(db)?)
+        .arg(crate::postgres::connect::dbname_arg(db)?)
         .arg(&dump)
         .timeout(RESTORE_TIMEOUT)
         .env("PGAPPNAME", "hostshift-restore")
         .env("PGCONNECT_TIMEOUT", "10");
-    let cmd = crate::db::libpq_env(cmd, db)
+    let cmd = crate::postgres::connect::libpq_env(cmd, db)
         .map_err(|e| AgentError::io("read", db.password_file.clone().unwrap_or_default(), e))?;
     let out = cmd.output(cancel).await;
     if let Some(l) = &list {

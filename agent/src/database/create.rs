@@ -7,14 +7,14 @@ use hostshift_proto::v1::{DatabaseSpec, EnsureDatabaseResponse};
 use hostshift_shared::dbspec;
 
 use crate::config::DatabaseConfig;
-use crate::db;
 use crate::error::AgentError;
+use crate::postgres::connect;
 
 fn pg(db: &DatabaseConfig, what: &str, e: &tokio_postgres::Error) -> AgentError {
     AgentError::Unavailable(format!(
         "database {}: {what}: {}",
         db.name,
-        db::pg_message(e)
+        connect::pg_message(e)
     ))
 }
 
@@ -23,7 +23,7 @@ fn pg(db: &DatabaseConfig, what: &str, e: &tokio_postgres::Error) -> AgentError 
 /// # Errors
 /// `Unavailable` when it cannot be reached or read.
 pub async fn describe(db: &DatabaseConfig) -> Result<DatabaseSpec, AgentError> {
-    let client = db::connect(db).await?;
+    let client = connect::connect(db).await?;
     // row_to_json keeps this one query across versions (datlocprovider and daticulocale came
     // with PostgreSQL 15; 17 renamed the latter datlocale).
     let row = client
@@ -74,7 +74,7 @@ fn carried_settings(settings: Vec<String>) -> Vec<String> {
 /// For a database the server says does not exist: whether the connecting role may create it
 /// (superuser or `CREATEDB`), and else why not.
 pub async fn can_create(db: &DatabaseConfig) -> (bool, String) {
-    let client = match db::connect_maintenance(db).await {
+    let client = match connect::connect_maintenance(db).await {
         Ok(c) => c,
         Err(e) => {
             return (
@@ -103,7 +103,10 @@ pub async fn can_create(db: &DatabaseConfig) -> (bool, String) {
         ),
         Err(e) => (
             false,
-            format!("cannot read the connecting role: {}", db::pg_message(&e)),
+            format!(
+                "cannot read the connecting role: {}",
+                connect::pg_message(&e)
+            ),
         ),
     }
 }
@@ -118,7 +121,7 @@ pub async fn ensure(
     db: &DatabaseConfig,
     spec: &DatabaseSpec,
 ) -> Result<EnsureDatabaseResponse, AgentError> {
-    let Some(name) = db::database_name(db)? else {
+    let Some(name) = connect::database_name(db)? else {
         return Err(AgentError::FailedPrecondition(format!(
             "database {}: its conninfo names no dbname to create",
             db.name
@@ -126,9 +129,9 @@ pub async fn ensure(
     };
     // A cluster whose maintenance database this role may not reach (some managed ones) can
     // still carry owner and settings of a database that exists, from inside it.
-    let client = match db::connect_maintenance(db).await {
+    let client = match connect::connect_maintenance(db).await {
         Ok(c) => c,
-        Err(e) => db::connect(db).await.map_err(|_| e)?,
+        Err(e) => connect::connect(db).await.map_err(|_| e)?,
     };
     let run = |sql: String| {
         let client = &client;
@@ -137,7 +140,7 @@ pub async fn ensure(
                 AgentError::FailedPrecondition(format!(
                     "database {}: {sql}: {}",
                     db.name,
-                    db::pg_message(&e)
+                    connect::pg_message(&e)
                 ))
             })?;
             Ok::<String, AgentError>(sql)

@@ -139,7 +139,7 @@ fn shown(value: Option<&str>) -> String {
 }
 
 /// Makes database `name` read-only for new transactions and, with `end_sessions`, ends the other
-/// sessions on it (the agent's own, named [`crate::db::APPLICATION_NAME`], are spared).
+/// sessions on it (the agent's own, named [`crate::postgres::connect::APPLICATION_NAME`], are spared).
 ///
 /// # Errors
 /// `PermissionDenied` without the permit; `FailedPrecondition` when the server refuses (with the
@@ -208,7 +208,7 @@ pub async fn freeze(
         detail.push_str(&format!("; CONNECT taken from {}", from.join(", ")));
     }
     let sessions_ended = if end_sessions {
-        let n = sql::end_other_sessions(&conn, crate::db::APPLICATION_NAME).await?;
+        let n = sql::end_other_sessions(&conn, crate::postgres::connect::APPLICATION_NAME).await?;
         detail.push_str(&format!("; {n} other session(s) ended"));
         n
     } else {

@@ -9,8 +9,10 @@ mod create;
 pub mod freeze;
 mod service;
 mod snapshots;
+mod stats;
 pub mod wire;
 
 pub use create::can_create;
 pub use service::DatabaseService;
 pub use snapshots::Snapshots;
+pub use stats::DbStatsService;

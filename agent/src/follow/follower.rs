@@ -225,7 +225,7 @@ async fn follow_once(
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let db = ctx.database(&record.database)?;
-    let client = crate::db::connect(db).await?;
+    let client = crate::postgres::connect::connect(db).await?;
     let anchor = Anchor::parse(&record.pg_snapshot)?;
     let direction = record.direction;
     let mut applier = Applier::new(

@@ -218,7 +218,7 @@ impl Follow for FollowService {
             .into());
         }
         // Check the rights to apply (origin functions, replica mode) before anything is persisted.
-        let client = crate::db::connect(db).await?;
+        let client = crate::postgres::connect::connect(db).await?;
         let direction = if r.rollback_window {
             super::Direction::Window
         } else {
@@ -279,7 +279,7 @@ impl Follow for FollowService {
         }
         if out.applied_lsn == 0 {
             let db = self.ctx.database(&r.database)?;
-            if let Ok(client) = crate::db::connect(db).await {
+            if let Ok(client) = crate::postgres::connect::connect(db).await {
                 out.applied_lsn =
                     apply::origin_progress(&client, &r.database, &super::origin_name(&rec.id))
                         .await
@@ -339,7 +339,7 @@ impl Follow for FollowService {
         let id = rec.as_ref().map_or(r.id.clone(), |rec| rec.id.clone());
         if !id.is_empty() {
             source::object_name(&id)?;
-            let client = crate::db::connect(db).await?;
+            let client = crate::postgres::connect::connect(db).await?;
             apply::drop_origin(&client, &r.database, &super::origin_name(&id)).await?;
         }
         if !r.restore_identities.is_empty() {
@@ -357,7 +357,7 @@ impl Follow for FollowService {
             // back now, their identity would make the app's UPDATE and DELETE fail. The window's
             // Drop puts them back instead.
             if !super::window::keep_identities(&self.ctx, &r.database, &items)? {
-                let client = crate::db::connect(db).await?;
+                let client = crate::postgres::connect::connect(db).await?;
                 for (table, original) in &items {
                     source::put_identity_back(&client, &r.database, table, original).await?;
                 }

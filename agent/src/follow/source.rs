@@ -111,7 +111,7 @@ fn allowed(ctx: &Ctx, database: &str) -> Result<(), AgentError> {
 }
 
 pub(super) async fn connect(ctx: &Ctx, database: &str) -> Result<Client, AgentError> {
-    crate::db::connect(ctx.database(database)?).await
+    crate::postgres::connect::connect(ctx.database(database)?).await
 }
 
 /// A table's replica identity (`relreplident`: `d`efault, `n`othing, `f`ull, `i`ndex) and

@@ -37,12 +37,13 @@ impl Conn {
     /// [`PgSyncError::Connect`] when the conninfo is invalid, the password file unreadable or the
     /// server unreachable.
     pub async fn connect(db: &DatabaseConfig) -> Result<Self, PgSyncError> {
-        let client = crate::db::connect(db)
-            .await
-            .map_err(|e| PgSyncError::Connect {
-                database: db.name.clone(),
-                message: e.to_string(),
-            })?;
+        let client =
+            crate::postgres::connect::connect(db)
+                .await
+                .map_err(|e| PgSyncError::Connect {
+                    database: db.name.clone(),
+                    message: e.to_string(),
+                })?;
         Ok(Self::new(client, &db.name))
     }
 

@@ -135,7 +135,7 @@ impl PgSyncError {
                 }
                 (Some(d.code().code().to_string()), m)
             }
-            None => (None, crate::db::pg_message(e)),
+            None => (None, crate::postgres::connect::pg_message(e)),
         };
         Self::Query {
             database: database.to_string(),

@@ -55,6 +55,7 @@
 //!   schema buffer is bounded by [`MAX_SCHEMA_BYTES`].
 
 pub mod conn;
+pub mod connect;
 pub mod copy;
 pub mod error;
 pub mod fingerprint;

@@ -105,12 +105,12 @@ fn command(
     if let Some(s) = snapshot {
         cmd = cmd.arg(format!("--snapshot={}", s.as_str()));
     }
-    let dbname = crate::db::dbname_arg(db).map_err(|e| PgSyncError::Connect {
+    let dbname = crate::postgres::connect::dbname_arg(db).map_err(|e| PgSyncError::Connect {
         database: db.name.clone(),
         message: e.to_string(),
     })?;
     cmd = cmd.args(selection_args).arg(dbname);
-    let cmd = crate::db::libpq_env(cmd, db).map_err(|source| PgSyncError::Io {
+    let cmd = crate::postgres::connect::libpq_env(cmd, db).map_err(|source| PgSyncError::Io {
         op: "read the password file",
         path: db.password_file.clone().unwrap_or_default(),
         source,

@@ -6,7 +6,7 @@ use hostshift_proto::v1::db_stats_server::DbStats;
 use hostshift_proto::v1::{ConnectionCount, DbStatsRequest, DbStatsResponse, TableStats};
 use tonic::{Request, Response, Status};
 
-use super::stats;
+use super::read;
 use crate::Ctx;
 
 /// Serves `hostshift.v1.DbStats`.
@@ -29,7 +29,7 @@ impl DbStats for DbStatsService {
     ) -> Result<Response<DbStatsResponse>, Status> {
         let name = req.into_inner().database;
         let db = self.ctx.database(&name)?;
-        let s = stats::read(db).await?;
+        let s = read::read(db).await?;
         Ok(Response::new(DbStatsResponse {
             database: name,
             cache_hit_ratio: s.cache_hit_ratio(),

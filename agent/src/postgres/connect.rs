@@ -1,4 +1,5 @@
-//! Connections to the databases the agent's config declares, by name.
+//! Connections to the databases the agent's config declares, by name: every part of the agent
+//! that talks to PostgreSQL connects through here (a sync's sessions through [`super::Conn`]).
 //!
 //! Local databases are reached over the unix socket or loopback without TLS. A remote one (a
 //! managed PostgreSQL such as RDS) uses TLS when its config names a `ca_file` or its conninfo

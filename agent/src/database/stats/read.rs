@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::config::DatabaseConfig;
-use crate::db;
 use crate::error::AgentError;
+use crate::postgres::connect;
 
 /// Deadline of the whole set of queries.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,7 +88,7 @@ fn unsigned(v: i64) -> u64 {
 /// `Unavailable` when the database cannot be reached; `Database` for a failed query (e.g. a role
 /// without access to the statistics views); `Unavailable` after [`QUERY_TIMEOUT`].
 pub async fn read(db: &DatabaseConfig) -> Result<DbStats, AgentError> {
-    let mut client = db::connect(db).await?;
+    let mut client = connect::connect(db).await?;
     tokio::time::timeout(QUERY_TIMEOUT, queries(db, &mut client))
         .await
         .map_err(|_| {

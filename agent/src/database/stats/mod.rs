@@ -1,0 +1,10 @@
+//! `service DbStats` (a service of its own, kept beside `service Database` so that the agent's
+//! database RPCs are in one room): read-only statistics of a configured database — its size,
+//! each table's total/heap/index size and row estimates, sessions by state, and the buffer cache
+//! hit ratio. The queries run in a `READ ONLY` transaction through [`crate::postgres::connect`];
+//! nothing is written.
+
+mod service;
+mod read;
+
+pub use service::DbStatsService;
