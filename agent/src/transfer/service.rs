@@ -399,26 +399,35 @@ impl Target for TargetService {
             ))
             .into());
         }
-        // The prepare step right after a plan acts on the plan's delta (no second walk and
-        // diff); anything else, or an agent restarted since, diffs again.
-        let planned = if r.prepare_only {
-            session::planned(&r.session, &r.tree)
-        } else {
-            None
-        };
-        let (delta, undeferred) = if let Some(delta) = planned {
-            (delta, 0)
-        } else {
-            let target = source::manifest(ctx, &r.tree, false).await?;
-            // Files the batches deferred stay different until the next pass: not a reason to
-            // refuse (verify still reports them; the next sync or the cutover's delta sends them).
-            let deferred: std::collections::HashSet<Vec<u8>> = r.deferred.into_iter().collect();
-            let delete = r.delete_extraneous;
-            tokio::task::spawn_blocking(move || {
-                session::finalize_delta(&src, &target, delete, &deferred)
-            })
-            .await
-            .map_err(|e| Status::internal(format!("diff task: {e}")))??
+        // Right after a plan both steps act on the plan's delta: the prepare step on its
+        // directories and deletions, the final step on its directories and attributes, checking
+        // only the entries the batches sent instead of walking and diffing the whole tree again
+        // (`session::landed`). Without a kept plan (`--relay`, or an agent restarted since) they
+        // walk and diff.
+        let deferred: std::collections::HashSet<Vec<u8>> = r.deferred.into_iter().collect();
+        let planned = session::planned(&r.session, &r.tree, !r.prepare_only);
+        let (delta, undeferred) = match (planned, &session_dir) {
+            (Some(delta), _) if r.prepare_only => (delta, 0),
+            (Some(delta), Some(dir)) => {
+                let (dir, root) = (dir.clone(), root.clone());
+                let undeferred =
+                    tokio::task::spawn_blocking(move || session::landed(&dir, &root, &deferred))
+                        .await
+                        .map_err(|e| Status::internal(format!("check task: {e}")))??;
+                (delta, undeferred)
+            }
+            _ => {
+                let target = source::manifest(ctx, &r.tree, false).await?;
+                // Files the batches deferred stay different until the next pass: not a reason
+                // to refuse (verify still reports them; the next sync or the cutover's delta
+                // sends them).
+                let delete = r.delete_extraneous;
+                tokio::task::spawn_blocking(move || {
+                    session::finalize_delta(&src, &target, delete, &deferred)
+                })
+                .await
+                .map_err(|e| Status::internal(format!("diff task: {e}")))??
+            }
         };
         if r.prepare_only {
             // Staging folders left by a sync that was killed: nothing in them was committed.

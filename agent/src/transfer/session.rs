@@ -187,18 +187,20 @@ pub fn fill_batch(
     Ok(header)
 }
 
-/// Plans kept for the prepare step that follows them: session → (tree, the delta without
-/// `send`). In memory only: an agent restarted in between diffs again.
+/// Plans kept for the steps that follow them: session → (tree, the delta without `send`). The
+/// prepare step acts on it (no second walk and diff); the final step takes it and checks that
+/// every batch landed instead of walking the whole tree again ([`landed`]). In memory only: an
+/// agent restarted in between walks and diffs again.
 static PLANS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<String, (String, Delta)>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// Keeps a plan's delta (directories and deletions) for [`planned`].
+/// Keeps a plan's delta (directories, attributes and deletions) for [`planned`].
 pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
     let kept = Delta {
         send: Vec::new(),
         dirs: delta.dirs.clone(),
-        meta: Vec::new(),
+        meta: delta.meta.clone(),
         delete: delta.delete.clone(),
         bytes_to_send: 0,
     };
@@ -207,16 +209,76 @@ pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
     }
 }
 
-/// The delta [`remember_plan`] kept for this session and tree, taken (used once).
-pub fn planned(session: &str, tree: &str) -> Option<Delta> {
+/// The delta [`remember_plan`] kept for this session and tree: a copy (`take` false, the
+/// prepare step), or taken (`take` true, the final step: used once).
+pub fn planned(session: &str, tree: &str, take: bool) -> Option<Delta> {
     if session.is_empty() {
         return None;
     }
     let mut p = PLANS.lock().ok()?;
+    if !take {
+        return p
+            .get(session)
+            .filter(|(t, _)| t == tree)
+            .map(|(_, d)| d.clone());
+    }
     match p.remove(session) {
         Some((t, d)) if t == tree => Some(d),
         _ => None,
     }
+}
+
+/// How many entries of the session's batches (in `dir`) are not in place under `root` as they
+/// were sent — missing, another kind, size, mode, mtime or link target — leaving out the ones a
+/// batch `deferred`. Blocking.
+///
+/// This is the final step's check that every batch landed, made on the entries the plan sent
+/// (one `lstat` each) instead of a walk and diff of the whole tree: the rest of the tree was
+/// equal when the plan walked it moments before, and only this agent writes into it during a
+/// sync. Owners are not compared here (the commit set them; `verify` compares them).
+///
+/// # Errors
+/// A batch file that cannot be read or decoded, or a path that cannot be joined under `root`.
+pub fn landed(dir: &Path, root: &Path, deferred: &HashSet<Vec<u8>>) -> Result<u64, AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut differing = 0u64;
+    for index in 0u64.. {
+        let path = batch_file(dir, index);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(AgentError::io("read", &path, e)),
+        };
+        let batch = Manifest::decode(&bytes, &path).map_err(AgentError::from)?;
+        for e in batch.entries() {
+            if deferred.contains(e.path.as_bytes()) {
+                continue;
+            }
+            let full = storage::join_under(root, &e.path).map_err(AgentError::from)?;
+            let Ok(meta) = std::fs::symlink_metadata(&full) else {
+                differing += 1;
+                continue;
+            };
+            let mtime = storage::walk::mtime_ns(&meta);
+            let same = match &e.kind {
+                Kind::File => {
+                    meta.is_file()
+                        && (meta.size(), storage::walk::file_mode(&meta), mtime)
+                            == (e.size, e.mode, e.mtime_ns)
+                }
+                Kind::Symlink { target } => {
+                    meta.is_symlink()
+                        && mtime == e.mtime_ns
+                        && std::fs::read_link(&full).is_ok_and(|t| &t == target)
+                }
+                Kind::Dir => meta.is_dir(),
+            };
+            if !same {
+                differing += 1;
+            }
+        }
+    }
+    Ok(differing)
 }
 
 /// Removes a session folder (missing is fine).
@@ -673,6 +735,47 @@ mod tests {
         let p = plan(&src, &target, true, limits, None).unwrap();
         assert_eq!(p.batches[0].paths.len(), 1000);
         assert!(!p.batches[0].expected.is_empty());
+    }
+
+    #[test]
+    fn the_final_check_counts_each_sent_entry_not_in_place_unless_deferred() {
+        let (tree, session) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = tree.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        for f in ["a", "b", "c", "d/e"] {
+            std::fs::write(root.join(f), f.repeat(10)).unwrap();
+        }
+        std::os::unix::fs::symlink("a", root.join("link")).unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let walked = storage::walk::build_full(root, &cancel).unwrap();
+        // As a plan against an empty tree: every entry sent, in batches of two.
+        let src = SourceManifest::Bytes(walked.encode().into());
+        let limits = Limits {
+            bytes: u64::MAX,
+            files: 2,
+        };
+        plan(
+            &src,
+            &Manifest::new(Vec::new()).unwrap(),
+            true,
+            limits,
+            Some(session.path()),
+        )
+        .unwrap();
+        let none = HashSet::new();
+        assert_eq!(landed(session.path(), root, &none).unwrap(), 0);
+
+        // Another size, a file gone, a link pointing elsewhere, a file with only its mtime moved.
+        std::fs::write(root.join("a"), "longer content").unwrap();
+        std::fs::remove_file(root.join("d/e")).unwrap();
+        std::fs::remove_file(root.join("link")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("link")).unwrap();
+        let c = root.join("c");
+        filetime::set_file_mtime(&c, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
+        assert_eq!(landed(session.path(), root, &none).unwrap(), 4);
+        // A deferred file is not expected in place.
+        let deferred: HashSet<Vec<u8>> = [b"d/e".to_vec()].into_iter().collect();
+        assert_eq!(landed(session.path(), root, &deferred).unwrap(), 3);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! hit ratio. The queries run in a `READ ONLY` transaction through [`crate::postgres::connect`];
 //! nothing is written.
 
-mod service;
 mod read;
+mod service;
 
 pub use service::DbStatsService;
