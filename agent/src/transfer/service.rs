@@ -344,7 +344,7 @@ impl Target for TargetService {
                 session::remove(dir);
             } else {
                 // The prepare step, next, acts on this very delta instead of walking again.
-                session::remember_plan(&r.session, &r.tree, &planned.delta);
+                session::remember_plan(&r.session, &r.tree, &planned.delta, planned.to_send);
             }
         }
         if !planned.unknown_owners.is_empty() {

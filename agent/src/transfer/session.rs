@@ -187,16 +187,21 @@ pub fn fill_batch(
     Ok(header)
 }
 
-/// Plans kept for the steps that follow them: session → (tree, the delta without `send`). The
-/// prepare step acts on it (no second walk and diff); the final step takes it and checks that
-/// every batch landed instead of walking the whole tree again ([`landed`]). In memory only: an
-/// agent restarted in between walks and diffs again.
+/// Plans kept for the steps that follow them: session → (tree, the delta without `send`, how
+/// many entries it sends). The prepare step acts on it (no second walk and diff); the final
+/// step takes it and checks that every batch landed instead of walking the whole tree again
+/// ([`landed`]) — unless the plan sent more files than the digest cache remembers as installed
+/// ([`storage::cache::MAX_INSTALLED`]): then the final step's walk is what refreshes the cache
+/// (without it the next sync's walk would read every file beyond that number again, the
+/// benchmark's million-file second sync 6 s slower). In memory only: an agent restarted in
+/// between walks and diffs again.
 static PLANS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, (String, Delta)>>,
+    std::sync::Mutex<std::collections::HashMap<String, (String, Delta, u64)>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// Keeps a plan's delta (directories, attributes and deletions) for [`planned`].
-pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
+/// Keeps a plan's delta (directories, attributes and deletions) and the number of entries it
+/// sends for [`planned`].
+pub fn remember_plan(session: &str, tree: &str, delta: &Delta, sent: u64) {
     let kept = Delta {
         send: Vec::new(),
         dirs: delta.dirs.clone(),
@@ -205,25 +210,26 @@ pub fn remember_plan(session: &str, tree: &str, delta: &Delta) {
         bytes_to_send: 0,
     };
     if let Ok(mut p) = PLANS.lock() {
-        p.insert(session.to_string(), (tree.to_string(), kept));
+        p.insert(session.to_string(), (tree.to_string(), kept, sent));
     }
 }
 
-/// The delta [`remember_plan`] kept for this session and tree: a copy (`take` false, the
-/// prepare step), or taken (`take` true, the final step: used once).
-pub fn planned(session: &str, tree: &str, take: bool) -> Option<Delta> {
+/// The delta [`remember_plan`] kept for this session and tree: a copy for the prepare step
+/// (`last` false), or taken by the final step (`last` true: used once; `None` when the plan
+/// sent more than [`storage::cache::MAX_INSTALLED`] entries, see [`PLANS`]).
+pub fn planned(session: &str, tree: &str, last: bool) -> Option<Delta> {
     if session.is_empty() {
         return None;
     }
     let mut p = PLANS.lock().ok()?;
-    if !take {
+    if !last {
         return p
             .get(session)
-            .filter(|(t, _)| t == tree)
-            .map(|(_, d)| d.clone());
+            .filter(|(t, _, _)| t == tree)
+            .map(|(_, d, _)| d.clone());
     }
     match p.remove(session) {
-        Some((t, d)) if t == tree => Some(d),
+        Some((t, d, sent)) if t == tree && sent <= storage::cache::MAX_INSTALLED as u64 => Some(d),
         _ => None,
     }
 }
@@ -776,6 +782,30 @@ mod tests {
         // A deferred file is not expected in place.
         let deferred: HashSet<Vec<u8>> = [b"d/e".to_vec()].into_iter().collect();
         assert_eq!(landed(session.path(), root, &deferred).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_kept_plan_serves_the_prepare_step_and_once_the_final_step_unless_it_sent_too_many() {
+        let delta = Delta {
+            dirs: vec![storage::MetaFix {
+                path: RelPath::new("d").unwrap(),
+                mode: 0o755,
+                mtime_ns: 1,
+                owner: None,
+            }],
+            ..Delta::default()
+        };
+        remember_plan("kept-small", "t", &delta, 10);
+        assert_eq!(planned("kept-small", "other tree", false), None);
+        assert_eq!(planned("kept-small", "t", false).as_ref(), Some(&delta));
+        assert_eq!(planned("kept-small", "t", true).as_ref(), Some(&delta));
+        assert_eq!(planned("kept-small", "t", true), None, "used once");
+        // More sent files than the cache remembers as installed: the final step walks (and so
+        // refreshes the cache), the prepare step still uses the plan.
+        let many = storage::cache::MAX_INSTALLED as u64 + 1;
+        remember_plan("kept-big", "t", &delta, many);
+        assert!(planned("kept-big", "t", false).is_some());
+        assert_eq!(planned("kept-big", "t", true), None);
     }
 
     #[test]
