@@ -10,6 +10,7 @@ use hostshift_proto::v1::agent_client::AgentClient;
 use hostshift_proto::v1::backup_client::BackupClient;
 use hostshift_proto::v1::db_stats_client::DbStatsClient;
 use hostshift_proto::v1::env_files_client::EnvFilesClient;
+use hostshift_proto::v1::follow_client::FollowClient;
 use hostshift_proto::v1::grants_client::GrantsClient;
 use hostshift_proto::v1::health_client::HealthClient;
 use hostshift_proto::v1::hooks_client::HooksClient;
@@ -63,6 +64,13 @@ impl Agent {
         hostshift_proto::v1::database_client::DatabaseClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// `service Follow` client (decoded rows may be large: see
+    /// [`hostshift_shared::model::MAX_CHANGES_MESSAGE`]).
+    pub fn follow(&self) -> FollowClient<Channel> {
+        FollowClient::new(self.channel.clone())
+            .max_decoding_message_size(hostshift_shared::model::MAX_CHANGES_MESSAGE)
     }
 
     /// `service Grants` client.

@@ -552,7 +552,32 @@ async fn a_difference_found_after_the_switch_switches_traffic_back_and_names_the
 /// inside the freeze, naming the table, before traffic moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proof_in_the_freeze() {
-    let sb = followed_sandbox("fc_leak", "fc-leak", "").await;
+    write_after_the_freeze_position_fails_the_proof(
+        "fc_leak",
+        "fc-leak",
+        "UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions)",
+    )
+    .await;
+}
+
+/// The same with a row bigger than gRPC's default message limit (4 MiB): the proof reads the
+/// decoded rows with the follower's limit, so it still names the table instead of failing on
+/// the message's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_four_mib_written_after_the_freeze_position_still_names_its_table() {
+    write_after_the_freeze_position_fails_the_proof(
+        "fc_bigrow",
+        "fc-bigrow",
+        "UPDATE public.questions SET prompt = repeat('x', 5 * 1024 * 1024) WHERE id = (SELECT min(id) FROM public.questions)",
+    )
+    .await;
+}
+
+/// A superuser runs `sql` (a write to `public.questions`) on the frozen old host while the
+/// cutover waits before its proof: the proof fails inside the freeze, names the table, traffic
+/// never moves, and the undo leaves the old host writable without a slot.
+async fn write_after_the_freeze_position_fails_the_proof(db: &str, name: &str, sql: &str) {
+    let sb = followed_sandbox(db, name, "").await;
     let out = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(out.code, 0, "follow start: {}", out.both());
     let pause = sb.dir.join("pause");
@@ -591,11 +616,7 @@ async fn a_write_on_the_frozen_old_host_after_the_freeze_position_fails_the_proo
         .old_pg
         .connect(&sb.old_db)
         .await
-        .batch_execute(
-            "BEGIN READ WRITE; \
-             UPDATE public.questions SET points = points + 1 WHERE id = (SELECT min(id) FROM public.questions); \
-             COMMIT",
-        )
+        .batch_execute(&format!("BEGIN READ WRITE; {sql}; COMMIT"))
         .await
         .expect("a superuser writes on the frozen old host");
     std::fs::write(&go, "").expect("go");

@@ -244,7 +244,8 @@ async fn follow_once(
     let channel =
         crate::transfer::pull::connect_peer(ctx, &record.source_address, &record.source_tls_name)
             .await?;
-    let mut source = FollowClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let mut source = FollowClient::new(channel)
+        .max_decoding_message_size(hostshift_shared::model::MAX_CHANGES_MESSAGE);
     // Confirmed = every commit up to here is applied or was already on this host.
     let mut confirmed = applier.progress();
     loop {

@@ -45,7 +45,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use hostshift_proto::v1::follow_client::FollowClient;
 use hostshift_proto::v1::{
     ChangesRequest, CloseSnapshotRequest, DbReadRequest, OpenSnapshotRequest, OpenSnapshotsRequest,
     RenewSnapshotRequest,
@@ -123,7 +122,8 @@ fn renew(new: &Agent, held: &[Held], lease: Duration) -> Renewer {
 /// stopped.
 async fn changes_after(old: &Agent, database: &str, lsn: u64) -> Result<Vec<String>, CutoverError> {
     let what = format!("database {database}: reading the old host's WAL after the freeze position");
-    let mut stream = FollowClient::new(old.channel.clone())
+    let mut stream = old
+        .follow()
         .changes(client::request(ChangesRequest {
             database: database.to_string(),
             token: String::new(),

@@ -87,7 +87,7 @@ pub fn follow_id(plan: &Plan) -> String {
 }
 
 fn follow(agent: &Agent) -> FollowClient<Channel> {
-    FollowClient::new(agent.channel.clone())
+    agent.follow()
 }
 
 async fn connect(plan: &Plan, side: Side) -> Result<Agent, FollowError> {

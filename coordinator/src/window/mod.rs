@@ -244,7 +244,7 @@ fn reverse_of(mut id: String) -> String {
 }
 
 pub(crate) fn fc(agent: &Agent) -> FollowClient<Channel> {
-    FollowClient::new(agent.channel.clone())
+    agent.follow()
 }
 
 fn selection(d: &PlanDatabase, name: &str) -> DbSelection {

@@ -27,6 +27,12 @@ pub use pattern::{PatternError, TablePattern, glob};
 pub use range::KeyRange;
 pub use table::{CopyFormat, TableInfo, TableKind, TableRef};
 
+/// The largest `Follow.Changes` message a reader accepts (the new host's follower, the
+/// coordinator's proof and rollback window). A decoded row travels whole in one message, and a
+/// PostgreSQL row can be far bigger than gRPC's default limit of 4 MiB (a 5 MiB text value is
+/// an ordinary upload kept in a column).
+pub const MAX_CHANGES_MESSAGE: usize = 256 * 1024 * 1024;
+
 /// A message from the other binary that lacks a field it must have, or holds a value this build
 /// does not know. Names the message and the field, so the log tells which agent said what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
