@@ -195,9 +195,11 @@ pub fn fill_batch(
 /// (without it the next sync's walk would read every file beyond that number again, the
 /// benchmark's million-file second sync 6 s slower). In memory only: an agent restarted in
 /// between walks and diffs again.
-static PLANS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, (String, Delta, u64)>>,
-> = std::sync::LazyLock::new(Default::default);
+static PLANS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Kept>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A kept plan: its tree, its delta without `send`, how many entries it sends.
+type Kept = (String, Delta, u64);
 
 /// Keeps a plan's delta (directories, attributes and deletions) and the number of entries it
 /// sends for [`planned`].
