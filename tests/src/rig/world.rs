@@ -193,7 +193,10 @@ fn start(old_wal: WalLevel, new_wal: WalLevel) -> World {
 }
 
 extern "C" fn cleanup() {
-    for w in [WORLD.get(), LOGICAL.get()].into_iter().flatten() {
+    for w in [WORLD.get(), LOGICAL.get(), ROUND_TRIP.get()]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(mut clusters) = w.clusters.lock() {
             for c in clusters.iter_mut() {
                 c.kill_now();
