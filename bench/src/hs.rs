@@ -180,7 +180,7 @@ impl HsLab {
         let c = new_pg.connect("postgres").await?;
         c.batch_execute("DROP DATABASE IF EXISTS app WITH (FORCE)").await?;
         c.batch_execute("CREATE DATABASE app").await?;
-        sys::empty_dir(&self.new_storage)?;
+        sys::fresh_dir(&self.new_storage)?;
         for s in &self.agent_states {
             sys::remove_dir(&s.join("manifests"))?;
         }

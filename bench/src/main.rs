@@ -171,14 +171,19 @@ async fn run(args: Args) -> Result<()> {
     let cached = !args.fresh && dataset::is_cached(&cache);
     let free = sys::free_bytes(&args.work)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let need = rounds::RUN_BYTES + if cached { 0 } else { dataset::BUILD_BYTES };
+    // Copies moved aside during the rounds (`sys::use_trash`): per round a `tar | tar` copy and a
+    // hostshift copy (and the profiled sync's), per classic round a `tar -xzf` copy.
+    let copies = 2 * args.reps as u64 + args.classic_reps as u64 + 1;
+    let trash = copies * rounds::TREE_BYTES;
+    let need = rounds::RUN_BYTES + trash + if cached { 0 } else { dataset::BUILD_BYTES };
     say(&format!(
-        "disk: {:.1} GiB free at {}; this run needs ~{:.1} GiB ({}~{:.1} GiB of scratch: two copies of the tree, a database copy, a .tar.gz)",
+        "disk: {:.1} GiB free at {}; this run needs ~{:.1} GiB ({}~{:.1} GiB of scratch: two copies of the tree, a database copy, a .tar.gz; ~{:.1} GiB of copies set aside until the end)",
         gib(free),
         args.work.display(),
         gib(need),
         if cached { String::new() } else { format!("~{:.1} GiB for the reference data + ", gib(dataset::BUILD_BYTES)) },
-        gib(rounds::RUN_BYTES)
+        gib(rounds::RUN_BYTES),
+        gib(trash)
     ));
     if free < need {
         bail!("not enough free disk at {}: {:.1} GiB free, ~{:.1} GiB needed (use --work on a bigger disk)", args.work.display(), gib(free), gib(need));

@@ -27,6 +27,8 @@ use crate::{Args, Part, dbcheck, journal, profile, say, storage_tree, sys};
 /// Scratch space a run needs at its peak: the hostshift copy and the rsync copy of the tree, a
 /// second database, a .tar.gz and its unpacked copy, with slack.
 pub const RUN_BYTES: u64 = 14 * 1024 * 1024 * 1024;
+/// One copy of the reference tree (2.96 GB), for the copies set aside during the rounds.
+pub const TREE_BYTES: u64 = 3 * 1024 * 1024 * 1024;
 
 struct Ctx<'a> {
     args: &'a Args,
@@ -103,6 +105,7 @@ pub async fn run_all(args: &Args, data: &mut Dataset, pids: &sys::PidsFile) -> R
         let mut new_pg = PgCluster::start(&run_dir.join("pg"), "new", hs::NEW_IP).await?;
         pids.add("postmaster", new_pg.pid());
         let outcome = with_new_host(args, data, &new_pg, &run_dir, pids).await;
+        sys::use_trash(None)?;
         let _ = new_pg.stop().await;
         match &outcome {
             Ok(_) => sys::remove_dir(&run_dir)?,
@@ -163,6 +166,9 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
     ];
     let scratch = run_dir.join("scratch");
     sys::empty_dir(&scratch)?;
+    // Copies made during the rounds are moved aside, not deleted, until the run ends (why:
+    // `sys::use_trash`); `run_all` removes the run folder with them.
+    sys::use_trash(Some(&run_dir.join("trash")))?;
     let machine = sys::machine(&args.work, data.old.bin_dir(), &args.source);
     let report = Report::new(args, machine, data.meta.clone());
     let bl = Baselines {
@@ -213,7 +219,7 @@ async fn best_db(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
 
 async fn tar_pipe(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     let dst = cx.bl.scratch.join("tar-pipe");
-    sys::empty_dir(&dst)?;
+    sys::fresh_dir(&dst)?;
     let snap = cx.begin();
     let out = cx.bl.run("tar | tar", baselines::TAR_PIPE, "-", &dst).await?;
     cx.end("best.storage", r, &snap, out.wall.as_secs_f64(), json!(null));
@@ -222,7 +228,7 @@ async fn tar_pipe(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     let out = cx.bl.run("syncfs", baselines::SYNCFS, "-", &dst).await?;
     cx.end("best.storage.syncfs", r, &snap, out.wall.as_secs_f64(), json!(null));
     check_tree(&cx.bl.src, &dst).await?;
-    sys::remove_dir(&dst)
+    sys::set_aside(&dst)
 }
 
 async fn check_tree(src: &Path, dst: &Path) -> Result<u64> {
@@ -263,7 +269,7 @@ async fn classic(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     std::fs::remove_file(cx.bl.scratch.join("app.dump"))?;
 
     let dst = cx.bl.scratch.join("tar-gz");
-    sys::empty_dir(&dst)?;
+    sys::fresh_dir(&dst)?;
     let snap = cx.begin();
     let c = cx.bl.run("tar -czf", baselines::CLASSIC_TAR_C, "-", &dst).await?;
     let tgz_bytes = cx.bl.scratch_size("storage.tar.gz");
@@ -273,7 +279,7 @@ async fn classic(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     cx.end("classic.storage.tar_xzf", r, &snap, x.wall.as_secs_f64(), json!(null));
     cx.derived("classic.storage", r, (c.wall + x.wall).as_secs_f64());
     check_tree(&cx.bl.src, &dst).await?;
-    sys::remove_dir(&dst)?;
+    sys::set_aside(&dst)?;
     std::fs::remove_file(cx.bl.scratch.join("storage.tar.gz"))?;
     Ok(())
 }
