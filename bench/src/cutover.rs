@@ -337,9 +337,109 @@ async fn app_loop(conninfo: String, lane: Lane, ranges: [i64; 4], tally: Arc<Mut
             return;
         }
         n += CONNECTIONS;
-        // ~10 file operations a second, until the freeze refused a write (the app is read-only
-        // then: no uploads either).
-        if let Some(storage) = storage.as_deref().filter(|_| n.is_multiple_of(FILE_EVERY) && !frozen) {
+        let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
+            client = connect(&conninfo).await.ok();
+            continue;
+        };
+        let slot = n % 10;
+        let (result, what) = match slot {
+            0 | 2 | 4 | 6 => (
+                c.execute("INSERT INTO users (email, display_name) VALUES ($1, $2)", &[&format!("bench-live-{n}@example.com"), &format!("Live {n}")])
+                    .await
+                    .map(|_| Some(n)),
+                "insert",
+            ),
+            8 => {
+                let victim = tally.lock().ok().and_then(|t| t.inserted.iter().next().copied());
+                match victim {
+                    Some(v) => {
+                        let r = c.execute("DELETE FROM users WHERE email = $1", &[&format!("bench-live-{v}@example.com")]).await;
+                        (r.map(|_| Some(v)), "delete")
+                    }
+                    None => continue,
+                }
+            }
+            _ => {
+                let ti = ((n / 2) % 4) as usize;
+                let (t, k, col, text) = UPDATED[ti];
+                let kv = key(n, ranges[ti]);
+                let r = if text {
+                    c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2"), &[&format!("v{n}"), &kv]).await
+                } else {
+                    // pgbench's keys and balances are int4; writes number far below 2^31.
+                    c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2::bigint"), &[&(n as i32), &kv]).await
+                };
+                // A key without a row (a gap) changed nothing: not a write to look for.
+                (r.map(|rows| (rows > 0).then_some(((ti as u64) << 56) | kv as u64)), "update")
+            }
+        };
+        let db_ok = result.is_ok();
+        {
+            let Ok(mut t) = tally.lock() else { return };
+            match result {
+                Ok(None) => t.acknowledged += 1,
+                Ok(Some(x)) => {
+                    t.acknowledged += 1;
+                    match what {
+                        "insert" => {
+                            t.inserted.insert(n);
+                        }
+                        "delete" => {
+                            t.inserted.remove(&x);
+                            t.deleted.insert(x);
+                        }
+                        _ => {
+                            let e = t.updates.entry(((x >> 56) as usize, (x & 0x00FF_FFFF_FFFF_FFFF) as i64)).or_default();
+                            *e = (Some(n as i64), Vec::new());
+                        }
+                    }
+                }
+                Err(e) if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
+                    t.refused += 1;
+                    if !frozen {
+                        frozen = true;
+                        if t.first_refusal_s.is_none() {
+                            t.first_refusal_s = Some(round2(started.elapsed().as_secs_f64()));
+                        }
+                    }
+                }
+                Err(e) if e.as_db_error().is_none() => {
+                    // In flight when the connection broke: committed or not, nobody can say.
+                    t.unknown += 1;
+                    match what {
+                        "insert" => {
+                            t.uncertain_rows.insert(n);
+                        }
+                        "update" => {
+                            let ti = ((n / 2) % 4) as usize;
+                            t.updates.entry((ti, key(n, ranges[ti]))).or_default().1.push(n as i64);
+                        }
+                        _ => {
+                            if let Some(v) = t.inserted.iter().next().copied() {
+                                t.inserted.remove(&v);
+                                t.uncertain_rows.insert(v);
+                            }
+                        }
+                    }
+                    drop(t);
+                    client = None;
+                }
+                Err(e) => {
+                    // The server said no (the freeze ended the session): not committed.
+                    t.failed += 1;
+                    t.last_error = Some(e.to_string());
+                    drop(t);
+                    client = None;
+                }
+            }
+        }
+        // ~10 file operations a second, each only after this tick's database write committed:
+        // an upload handler records the upload in the database, so a frozen (read-only)
+        // database, or a session the freeze ended, takes no upload. Done before the write, as
+        // it was, uploads went on for the ticks between the freeze ending the app's session and
+        // its next refused write — a writer the freeze did not stop, which the cutover's proof
+        // rightly caught and refused (run 20261207T002719Z).
+        if let Some(storage) = storage.as_deref().filter(|_| db_ok && n.is_multiple_of(FILE_EVERY) && !frozen) {
             let f = n / FILE_EVERY;
             let (rel, content) = match f % 4 {
                 // New uploads, in their own folder and among the reference files.
@@ -381,99 +481,6 @@ async fn app_loop(conninfo: String, lane: Lane, ranges: [i64; 4], tally: Arc<Mut
                     t.acknowledged += 1;
                 }
                 Err(e) => t.last_error = Some(format!("file {rel}: {e}")),
-            }
-        }
-        let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
-            client = connect(&conninfo).await.ok();
-            continue;
-        };
-        let slot = n % 10;
-        let (result, what) = match slot {
-            0 | 2 | 4 | 6 => (
-                c.execute("INSERT INTO users (email, display_name) VALUES ($1, $2)", &[&format!("bench-live-{n}@example.com"), &format!("Live {n}")])
-                    .await
-                    .map(|_| Some(n)),
-                "insert",
-            ),
-            8 => {
-                let victim = tally.lock().ok().and_then(|t| t.inserted.iter().next().copied());
-                match victim {
-                    Some(v) => {
-                        let r = c.execute("DELETE FROM users WHERE email = $1", &[&format!("bench-live-{v}@example.com")]).await;
-                        (r.map(|_| Some(v)), "delete")
-                    }
-                    None => continue,
-                }
-            }
-            _ => {
-                let ti = ((n / 2) % 4) as usize;
-                let (t, k, col, text) = UPDATED[ti];
-                let kv = key(n, ranges[ti]);
-                let r = if text {
-                    c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2"), &[&format!("v{n}"), &kv]).await
-                } else {
-                    // pgbench's keys and balances are int4; writes number far below 2^31.
-                    c.execute(&format!("UPDATE {t} SET {col} = $1 WHERE {k} = $2::bigint"), &[&(n as i32), &kv]).await
-                };
-                // A key without a row (a gap) changed nothing: not a write to look for.
-                (r.map(|rows| (rows > 0).then_some(((ti as u64) << 56) | kv as u64)), "update")
-            }
-        };
-        let Ok(mut t) = tally.lock() else { return };
-        match result {
-            Ok(None) => t.acknowledged += 1,
-            Ok(Some(x)) => {
-                t.acknowledged += 1;
-                match what {
-                    "insert" => {
-                        t.inserted.insert(n);
-                    }
-                    "delete" => {
-                        t.inserted.remove(&x);
-                        t.deleted.insert(x);
-                    }
-                    _ => {
-                        let e = t.updates.entry(((x >> 56) as usize, (x & 0x00FF_FFFF_FFFF_FFFF) as i64)).or_default();
-                        *e = (Some(n as i64), Vec::new());
-                    }
-                }
-            }
-            Err(e) if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) => {
-                t.refused += 1;
-                if !frozen {
-                    frozen = true;
-                    if t.first_refusal_s.is_none() {
-                        t.first_refusal_s = Some(round2(started.elapsed().as_secs_f64()));
-                    }
-                }
-            }
-            Err(e) if e.as_db_error().is_none() => {
-                // In flight when the connection broke: committed or not, nobody can say.
-                t.unknown += 1;
-                match what {
-                    "insert" => {
-                        t.uncertain_rows.insert(n);
-                    }
-                    "update" => {
-                        let ti = ((n / 2) % 4) as usize;
-                        t.updates.entry((ti, key(n, ranges[ti]))).or_default().1.push(n as i64);
-                    }
-                    _ => {
-                        if let Some(v) = t.inserted.iter().next().copied() {
-                            t.inserted.remove(&v);
-                            t.uncertain_rows.insert(v);
-                        }
-                    }
-                }
-                drop(t);
-                client = None;
-            }
-            Err(e) => {
-                // The server said no (the freeze ended the session): not committed.
-                t.failed += 1;
-                t.last_error = Some(e.to_string());
-                drop(t);
-                client = None;
             }
         }
     }
