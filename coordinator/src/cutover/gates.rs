@@ -592,6 +592,20 @@ mod follow_tests {
         }
     }
 
+    /// A journal line of unit `name` in run 1.
+    fn unit(name: &str, time_ms: u64, status: &str) -> Event {
+        Event {
+            unit: name.into(),
+            ..sync(time_ms, status)
+        }
+    }
+
+    /// The followed prediction from `events`, the follower `lag` seconds behind.
+    fn predicted(events: &[Event], lag: f64) -> Option<u64> {
+        let plan = plan();
+        predicted_follow_ms(&inputs(&plan, events), &[db("following", lag, "")])
+    }
+
     fn db(state: &str, lag: f64, error: &str) -> DbStatus {
         DbStatus {
             database: "app".into(),
@@ -649,11 +663,6 @@ mod follow_tests {
 
     #[test]
     fn the_prediction_takes_the_longer_of_lag_and_delta_then_the_proof_and_the_freeze_methods() {
-        let plan = plan();
-        let unit = |name: &str, time_ms: u64, status: &str| Event {
-            unit: name.into(),
-            ..sync(time_ms, status)
-        };
         // The database's copy is not predicted inside the freeze: the follower carries it and
         // its proof runs after the switch.
         let events = [
@@ -664,26 +673,17 @@ mod follow_tests {
             unit("storage uploads", 4_300, "done"),
             sync(5_000, "done"),
         ];
-        let i = inputs(&plan, &events);
         // read-only 50 + max(lag 2,500, storage 300 + fixed) + proof 100.
-        assert_eq!(
-            predicted_follow_ms(&i, &[db("following", 2.5, "")]),
-            Some(50 + 2_500 + 100)
-        );
+        assert_eq!(predicted(&events, 2.5), Some(50 + 2_500 + 100));
         // A follower at the position: the delta is the longer one.
         assert_eq!(
-            predicted_follow_ms(&i, &[db("following", 0.1, "")]),
+            predicted(&events, 0.1),
             Some(50 + (300 + FOLLOW_DELTA_FIXED_MS) + 100)
         );
     }
 
     #[test]
     fn batches_that_ran_at_once_count_once_in_the_prediction() {
-        let plan = plan();
-        let unit = |name: &str, time_ms: u64, status: &str| Event {
-            unit: name.into(),
-            ..sync(time_ms, status)
-        };
         // Two batches in flight together: 1,000–1,200 and 1,100–1,300 ms, the tree done at
         // 1,300 — 300 ms of wall, not 400 (summed, as before two batches ran at once).
         let events = [
@@ -695,16 +695,14 @@ mod follow_tests {
             unit("storage uploads", 1_300, "done"),
             sync(1_400, "done"),
         ];
-        let i = inputs(&plan, &events);
         assert_eq!(
-            predicted_follow_ms(&i, &[db("following", 0.1, "")]),
+            predicted(&events, 0.1),
             Some(50 + (300 + FOLLOW_DELTA_FIXED_MS) + FOLLOW_PROOF_FIXED_MS)
         );
     }
 
     #[test]
     fn the_prediction_counts_each_unit_at_its_latest_sync_when_the_last_run_synced_only_some() {
-        let plan = plan();
         let unit = |run: &str, name: &str, time_ms: u64, status: &str| Event {
             run: run.into(),
             unit: name.into(),
@@ -733,11 +731,10 @@ mod follow_tests {
             unit("2", "file env", 9_050, "done"),
             run("2", 9_100, "done"),
         ];
-        let i = inputs(&plan, &events);
         // The freeze's delta walks the storage too: read-only 50 + (storage 300 + file 50 +
         // fixed) + proof 100 (on main: the file's 50 ms only).
         assert_eq!(
-            predicted_follow_ms(&i, &[db("following", 0.1, "")]),
+            predicted(&events, 0.1),
             Some(50 + (350 + FOLLOW_DELTA_FIXED_MS) + 100)
         );
     }
