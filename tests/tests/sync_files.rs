@@ -806,15 +806,22 @@ async fn a_file_changed_while_it_is_read_is_deferred_and_the_rest_of_its_batch_c
 
 #[tokio::test]
 async fn storage_sync_finishes_while_users_upload_and_reports_what_it_deferred() {
-    use hostshift_tests::rig::uploader::{Uploader, uploaded_files};
+    use hostshift_tests::rig::uploader::{KEEPS, Uploader, uploaded_files};
     let mut sb = sandbox("sync_uploads", 200).await;
     sb.start(sb.old_setup(), sb.new_setup()).await;
     let mut up = Uploader::start(&sb.old_storage);
     let old_root = sb.old_storage.clone();
-    rig::eventually(Duration::from_secs(30), "the first uploads", || {
-        let r = old_root.clone();
-        async move { (uploaded_files(&r).len() >= 6).then_some(()) }
-    })
+    // Until the uploader deletes as well as creates and overwrites: the two syncs below take
+    // about a second since they stopped walking the whole tree at their end, and once all of
+    // it went by before the first delete.
+    rig::eventually(
+        Duration::from_secs(30),
+        "the first uploads and deletes",
+        || {
+            let r = old_root.clone();
+            async move { (uploaded_files(&r).len() >= KEEPS + 2).then_some(()) }
+        },
+    )
     .await;
     // Small batches: many streams, so uploads land between the manifest and the reads.
     let out = sb

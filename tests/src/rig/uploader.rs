@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Pause between operations: about 20 a second (at least the 10 the issue measured with).
 const PACE: Duration = Duration::from_millis(50);
+/// It deletes (its oldest upload, every fourth operation) only while it holds more files than
+/// this: a test that needs deletes during its work waits for `KEEPS + 2` files first.
+pub const KEEPS: usize = 12;
 /// Folders uploads go to (relative to the tree).
 pub const FOLDERS: [&str; 3] = ["uploads/avatars", "uploads/reports", "uploads/2026/12"];
 
@@ -170,7 +173,7 @@ fn run(
                 }
             }
             _ => {
-                if live.len() > 12
+                if live.len() > KEEPS
                     && let Some(rel) = live.pop_front()
                 {
                     std::fs::remove_file(root.join(&rel)).expect("upload delete");
