@@ -3,7 +3,7 @@
 
 use hostshift_proto::v1::{InfoResponse, SourceStatusRequest};
 
-use super::{RETAINED_WARN_BYTES, follow, follow_id};
+use super::{RETAINED_WARN_BYTES, follow_id};
 use crate::client::{self, Agent};
 use crate::output::bytes;
 use crate::plan::{OnNew, Plan};
@@ -28,7 +28,8 @@ fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
 pub async fn rows(plan: &Plan, old: &Agent, new: Option<&InfoResponse>) -> Vec<Check> {
     let mut out = Vec::new();
     for d in &plan.databases {
-        let r = follow(old)
+        let r = old
+            .follow()
             .source_status(client::request(SourceStatusRequest {
                 database: d.name.clone(),
                 id: follow_id(plan),

@@ -15,13 +15,11 @@ pub mod check;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hostshift_proto::v1::follow_client::FollowClient;
 use hostshift_proto::v1::{
     AnchorRequest, DbSelection, DropFollowRequest, FollowStatusRequest, ForgetFollowRequest,
     PrepareFollowRequest, SourceStatusRequest, StartFollowRequest, StopFollowRequest,
 };
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::client::{self, Agent};
 use crate::plan::{OnNew, Plan, PlanDatabase, Side};
@@ -84,10 +82,6 @@ pub fn follow_id(plan: &Plan) -> String {
         id.push_str("migration");
     }
     id
-}
-
-fn follow(agent: &Agent) -> FollowClient<Channel> {
-    agent.follow()
 }
 
 async fn connect(plan: &Plan, side: Side) -> Result<Agent, FollowError> {
@@ -156,7 +150,8 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
     let mut out = Vec::new();
     let mut tokens = Vec::new();
     for d in &plan.databases {
-        let r = follow(&old)
+        let r = old
+            .follow()
             .prepare(client::request(PrepareFollowRequest {
                 selection: Some(DbSelection {
                     database: d.name.clone(),
@@ -199,7 +194,8 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
         return Err(FollowError::Sync(failed.join("; ")));
     }
     for ((d, token), s) in plan.databases.iter().zip(tokens).zip(&out) {
-        let anchor = follow(&old)
+        let anchor = old
+            .follow()
             .anchor(client::request(AnchorRequest {
                 database: d.name.clone(),
                 now: false,
@@ -217,7 +213,7 @@ pub async fn start(plan: &Plan, sync_opts: SyncOptions) -> Result<Vec<Started>, 
                 d.name
             )));
         }
-        follow(&new)
+        new.follow()
             .start(client::request(StartFollowRequest {
                 database: d.on_new().to_string(),
                 source_database: d.name.clone(),
@@ -298,7 +294,7 @@ async fn status_one(
     d: &PlanDatabase,
 ) -> Result<DbStatus, FollowError> {
     let id = follow_id(plan);
-    let (mut fo, mut fnew) = (follow(old), follow(new));
+    let (mut fo, mut fnew) = (old.follow(), new.follow());
     let (src, dst) = tokio::join!(
         fo.source_status(client::request(SourceStatusRequest {
             database: d.name.clone(),
@@ -402,7 +398,8 @@ pub async fn status(plan: &Plan) -> Result<Vec<DbStatus>, FollowError> {
 }
 
 async fn stop_one(new: &Agent, d: &PlanDatabase) -> Result<(), FollowError> {
-    match follow(new)
+    match new
+        .follow()
         .stop(client::request(StopFollowRequest {
             database: d.on_new().to_string(),
             sequences: vec![],
@@ -453,7 +450,7 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
     let (old, new) = (old?, new?);
     let mut out = Vec::new();
     for d in &plan.databases {
-        follow(&new)
+        new.follow()
             .forget(client::request(ForgetFollowRequest {
                 database: d.on_new().to_string(),
                 id: id.clone(),
@@ -464,7 +461,8 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
                 "database {}: forgetting the follower",
                 d.name
             )))?;
-        let r = follow(&old)
+        let r = old
+            .follow()
             .drop(client::request(DropFollowRequest {
                 database: d.name.clone(),
                 id: id.clone(),
@@ -478,7 +476,7 @@ pub async fn cleanup(plan: &Plan) -> Result<Vec<Cleaned>, FollowError> {
         // The first copy carried the REPLICA IDENTITY FULL set for following to the new host:
         // the same originals go back there.
         if !r.restored_identities.is_empty() {
-            follow(&new)
+            new.follow()
                 .forget(client::request(ForgetFollowRequest {
                     database: d.on_new().to_string(),
                     id: id.clone(),
@@ -523,7 +521,8 @@ pub async fn following_with_tables(
 ) -> Result<Vec<(String, Vec<String>)>, FollowError> {
     let mut out = Vec::new();
     for d in &plan.databases {
-        match follow(new)
+        match new
+            .follow()
             .status(client::request(FollowStatusRequest {
                 database: d.on_new().to_string(),
             }))
@@ -554,7 +553,8 @@ pub async fn following_with_tables(
 /// # Errors
 /// [`FollowError`] when the old agent fails.
 pub async fn old_position(plan: &Plan, old: &Agent, database: &str) -> Result<u64, FollowError> {
-    let r = follow(old)
+    let r = old
+        .follow()
         .source_status(client::request(SourceStatusRequest {
             database: database.to_string(),
             id: follow_id(plan),
@@ -583,7 +583,8 @@ pub async fn wait_applied(
 ) -> Result<(), FollowError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let r = follow(new)
+        let r = new
+            .follow()
             .status(client::request(FollowStatusRequest {
                 database: database_on_new.to_string(),
             }))

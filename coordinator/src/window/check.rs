@@ -4,7 +4,7 @@
 
 use hostshift_proto::v1::SourceStatusRequest;
 
-use super::{fc, reverse_id};
+use super::reverse_id;
 use crate::client::{self, Agent};
 use crate::follow::RETAINED_WARN_BYTES;
 use crate::output::bytes;
@@ -27,7 +27,8 @@ fn row(check: String, result: Verdict, detail: String, hint: &str) -> Check {
 pub async fn rows(plan: &Plan, new: &Agent) -> Vec<Check> {
     let mut out = Vec::new();
     for d in &plan.databases {
-        let Ok(s) = fc(new)
+        let Ok(s) = new
+            .follow()
             .source_status(client::request(SourceStatusRequest {
                 database: d.on_new().to_string(),
                 id: reverse_id(plan),

@@ -59,7 +59,6 @@ pub mod travel;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hostshift_proto::v1::follow_client::FollowClient;
 use hostshift_proto::v1::{
     AnchorRequest, DbReadRequest, DbSelection, DropFollowRequest, FollowStatusRequest,
     ForgetFollowRequest, PrepareFollowRequest, SourceStatusRequest, StartFollowRequest,
@@ -67,7 +66,6 @@ use hostshift_proto::v1::{
 };
 use hostshift_shared::model::DatabaseFingerprint;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 use crate::client::{self, Agent};
 use crate::follow::{self, RETAINED_WARN_BYTES};
@@ -243,10 +241,6 @@ fn reverse_of(mut id: String) -> String {
     id
 }
 
-pub(crate) fn fc(agent: &Agent) -> FollowClient<Channel> {
-    agent.follow()
-}
-
 fn selection(d: &PlanDatabase, name: &str) -> DbSelection {
     DbSelection {
         database: name.to_string(),
@@ -281,7 +275,8 @@ pub async fn prepare(
     }
     // Check every database before creating anything.
     for d in &plan.databases {
-        let s = fc(new)
+        let s = new
+            .follow()
             .source_status(client::request(SourceStatusRequest {
                 database: d.on_new().to_string(),
                 id: id.clone(),
@@ -326,7 +321,8 @@ pub async fn prepare(
             ..WindowDb::default()
         });
         save(plan, &rec)?;
-        let r = fc(new)
+        let r = new
+            .follow()
             .prepare(client::request(PrepareFollowRequest {
                 selection: Some(selection(d, d.on_new())),
                 id: id.clone(),
@@ -347,7 +343,8 @@ pub async fn prepare(
             save(plan, &rec)?;
             continue;
         }
-        let anchor = fc(new)
+        let anchor = new
+            .follow()
             .anchor(client::request(AnchorRequest {
                 database: d.on_new().to_string(),
                 now: false,
@@ -392,7 +389,8 @@ async fn anchor_early_slot(
         return Ok(None);
     };
     for w in &mut rec.databases {
-        let a = fc(new)
+        let a = new
+            .follow()
             .anchor(client::request(AnchorRequest {
                 database: w.on_new.clone(),
                 now: true,
@@ -441,7 +439,7 @@ pub async fn open(plan: &Plan, old: &Agent) -> Result<Record, WindowError> {
         .filter(|r| r.state == "prepared" || r.state == "open")
         .ok_or_else(|| WindowError::Unavailable("no rollback window was prepared".into()))?;
     for w in &rec.databases {
-        fc(old)
+        old.follow()
             .start(client::request(StartFollowRequest {
                 database: w.database.clone(),
                 source_database: w.on_new.clone(),
@@ -486,7 +484,8 @@ pub async fn drain(
     for w in &mut rec.databases {
         // The cutover's barrier, on the new host: every commit acknowledged so far is flushed
         // before the position it returns.
-        let pos = fc(new)
+        let pos = new
+            .follow()
             .source_status(client::request(SourceStatusRequest {
                 database: w.on_new.clone(),
                 id: rec.id.clone(),
@@ -526,7 +525,7 @@ pub async fn drain(
             .sequences;
         let n = seqs.len();
         // Stopped, then the sequences set by the follower's agent under its permit.
-        fc(old)
+        old.follow()
             .stop(client::request(StopFollowRequest {
                 database: w.database.clone(),
                 sequences: seqs,
@@ -615,7 +614,7 @@ pub async fn close(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, Wind
     };
     let mut done = Vec::new();
     for w in &rec.databases {
-        fc(old)
+        old.follow()
             .forget(client::request(ForgetFollowRequest {
                 database: w.database.clone(),
                 id: rec.id.clone(),
@@ -627,7 +626,8 @@ pub async fn close(plan: &Plan, old: &Agent, new: &Agent) -> Result<String, Wind
                 "database {}: removing the old host's follower",
                 w.database
             )))?;
-        let r = fc(new)
+        let r = new
+            .follow()
             .drop(client::request(DropFollowRequest {
                 database: w.on_new.clone(),
                 id: rec.id.clone(),
@@ -736,7 +736,8 @@ pub async fn status(plan: &Plan) -> Result<Status, WindowError> {
         let mut errors = Vec::new();
         let mut current = 0;
         match &new {
-            Ok(new) => match fc(new)
+            Ok(new) => match new
+                .follow()
                 .source_status(client::request(SourceStatusRequest {
                     database: w.on_new.clone(),
                     id: rec.id.clone(),
@@ -757,7 +758,8 @@ pub async fn status(plan: &Plan) -> Result<Status, WindowError> {
             Err(e) => errors.push(format!("new host: {e}")),
         }
         match &old {
-            Ok(old) => match fc(old)
+            Ok(old) => match old
+                .follow()
                 .status(client::request(FollowStatusRequest {
                     database: w.database.clone(),
                 }))
