@@ -233,14 +233,15 @@ fn whole_copy_ms(bytes: u64) -> u64 {
     bytes.saturating_mul(1000) / WHOLE_COPY_BYTES_PER_S
 }
 
-/// The delta's own cost beyond its units when every database is followed: connecting, the
-/// grant, the journal, the database unit's sequences and large objects, flushing what it wrote
-/// (bench, since the storage sync's final step stopped walking the tree: 70–76 ms beyond the
-/// units; counted 0.1 s so that the prediction errs long).
+/// The delta's own cost beyond walking the trees: connecting, the files, the database unit's
+/// sequences and large objects, the journal, and sending what changed on the old host since the
+/// last sync (seconds of uploads when that sync ran right before the cutover). Bench (journal of
+/// a kept round, 2026-12-07): files 23 ms, the batch of 40 changed files 33 ms, the database unit
+/// 29 ms, connecting and the journal the rest — 100 ms.
 const FOLLOW_DELTA_FIXED_MS: u64 = 100;
 /// The in-freeze proof: the WAL check, schema and sequences, the files and trees compared once
 /// more through the digest caches (nothing re-read), beside the held snapshots and the window's
-/// anchor (bench: ~0.1 s).
+/// anchor (bench: 104–116 ms).
 const FOLLOW_PROOF_FIXED_MS: u64 = 100;
 
 /// What a freeze method itself takes inside the freeze: `read-only` is a transaction and the
@@ -255,49 +256,31 @@ fn method_ms(m: crate::plan::FreezeMethod) -> u64 {
 
 /// The predicted freeze when every database is followed, in the order the cutover runs it: the
 /// freeze methods ([`method_ms`]); then the catch-up and the delta **at once** — the longer of
-/// the follower's lag and the delta (the last sync's file and storage units walked and compared
-/// again, the tables not followed copied whole ([`whole_copy_ms`]), and
-/// [`FOLLOW_DELTA_FIXED_MS`]; each unit as long as its latest finished sync took, whichever run
-/// that was); then the proof ([`FOLLOW_PROOF_FIXED_MS`]). The full proof of the tables runs
-/// after the switch (`held_proof`), so no table scan is predicted inside the freeze. Calibrated
-/// on `bench/run --only cutover` (docs/BENCHMARKS.md, "Catch-up"), whose freezes it predicts
-/// within ±30 %.
+/// the two; then the proof ([`FOLLOW_PROOF_FIXED_MS`]). The full proof of the tables runs after
+/// the switch (`held_proof`), so no table scan is predicted inside the freeze.
+///
+/// - **Catch-up: half the follower's lag.** A busy app's follower reads the old host's changes
+///   peek after peek; its lag is the age of the last peek that reached the end of the WAL, so it
+///   runs from ~0 to two peeks. The freeze's catch-up waits for the rest of the current peek and
+///   one short one (the app is stopped): bench, lag 0.24–0.33 s read at the gate, waits 72–226 ms
+///   (mean 0.48 × the lag) in five rounds.
+/// - **Delta: the trees walked again, plus [`FOLLOW_DELTA_FIXED_MS`]**, plus the tables not
+///   followed copied whole ([`whole_copy_ms`]). Each file and storage unit counts at its latest
+///   finished sync (whichever run that was) from its start to its `done`, **without its
+///   batches' transfer**: walking, comparing and finalizing a tree recur in the freeze whatever
+///   changed; what the batches sent does not (the last sync may have carried a burst — the
+///   bench's 1 % change — or a first copy). The freeze sends only what changed since that sync,
+///   in the fixed part: run `hostshift sync` right before the cutover (the runbook does), or the
+///   prediction misses a backlog of uploads.
+///
+/// Calibrated on `bench/run --only cutover` (docs/BENCHMARKS.md, "Catch-up"), whose freezes it
+/// predicts within ±30 %.
 fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
     i.events
         .iter()
         .rev()
         .find(|e| e.phase == "sync" && e.unit == "sync" && e.status == "done")?;
-    // Each file and storage unit (a tree's batches together) at its latest finished sync: the
-    // last run may have synced only some of them (`sync --only files`), and the freeze's delta
-    // walks them all. Tables are the follower's. A unit counts from its first start to its last
-    // `done` in that run: its batches run two at a time, so their durations must not be summed.
-    use std::collections::HashMap;
-    let mut span: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
-    let mut latest: HashMap<&str, &str> = HashMap::new();
-    for e in i.events {
-        let unit = e.unit.as_str();
-        if e.phase != "sync" || !(unit.starts_with("file ") || unit.starts_with("storage ")) {
-            continue;
-        }
-        let root = unit.split(" batch ").next().unwrap_or(unit);
-        let key = (e.run.as_str(), root);
-        match e.status.as_str() {
-            "started" => {
-                span.entry(key).or_insert((e.time_ms, e.time_ms));
-            }
-            "done" => {
-                let s = span.entry(key).or_insert((e.time_ms, e.time_ms));
-                s.1 = s.1.max(e.time_ms);
-                latest.insert(root, e.run.as_str());
-            }
-            _ => {}
-        }
-    }
-    let units: u64 = latest
-        .iter()
-        .filter_map(|(root, run)| span.get(&(*run, *root)))
-        .map(|(first, last)| last.saturating_sub(*first))
-        .sum();
+    let units: u64 = walk_ms(i.events).values().sum();
     let lag = f
         .iter()
         .map(|d| (d.lag_seconds * 1000.0) as u64)
@@ -309,7 +292,77 @@ fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<
         .sum();
     let methods: u64 = i.plan.freeze.methods.iter().copied().map(method_ms).sum();
     let delta = units + whole + FOLLOW_DELTA_FIXED_MS;
-    Some(methods + lag.max(delta) + FOLLOW_PROOF_FIXED_MS)
+    Some(methods + (lag / 2).max(delta) + FOLLOW_PROOF_FIXED_MS)
+}
+
+/// Each file and storage unit's cost at its latest finished sync, without its batches'
+/// transfer (see [`predicted_follow_ms`]): from the unit's first `started` to its last `done`
+/// in that run, less the time any of its batches was streaming (two run at once: their union).
+fn walk_ms(events: &[Event]) -> std::collections::HashMap<&str, u64> {
+    use std::collections::HashMap;
+    #[derive(Default)]
+    struct Unit<'a> {
+        first: Option<u64>,
+        last: u64,
+        open: HashMap<&'a str, u64>,
+        batches: Vec<(u64, u64)>,
+    }
+    let mut units: HashMap<(&str, &str), Unit<'_>> = HashMap::new();
+    let mut latest: HashMap<&str, &str> = HashMap::new();
+    for e in events {
+        let name = e.unit.as_str();
+        if e.phase != "sync" || !(name.starts_with("file ") || name.starts_with("storage ")) {
+            continue;
+        }
+        let (root, batch) = match name.split_once(" batch ") {
+            Some((root, _)) => (root, true),
+            None => (name, false),
+        };
+        let u = units.entry((e.run.as_str(), root)).or_default();
+        match e.status.as_str() {
+            "started" => {
+                u.first.get_or_insert(e.time_ms);
+                if batch {
+                    u.open.insert(name, e.time_ms);
+                }
+            }
+            "done" => {
+                u.first.get_or_insert(e.time_ms);
+                u.last = u.last.max(e.time_ms);
+                if batch {
+                    if let Some(s) = u.open.remove(name) {
+                        u.batches.push((s, e.time_ms));
+                    }
+                } else {
+                    latest.insert(root, e.run.as_str());
+                }
+            }
+            _ => {}
+        }
+    }
+    latest
+        .into_iter()
+        .filter_map(|(root, run)| {
+            let u = units.get(&(run, root))?;
+            let span = u.last.saturating_sub(u.first.unwrap_or(u.last));
+            Some((root, span.saturating_sub(union_ms(&u.batches))))
+        })
+        .collect()
+}
+
+/// Milliseconds covered by at least one of `spans` (`(start, end)`).
+fn union_ms(spans: &[(u64, u64)]) -> u64 {
+    let mut s = spans.to_vec();
+    s.sort_unstable();
+    let (mut total, mut reach) = (0, 0);
+    for (a, b) in s {
+        let a = a.max(reach);
+        if b > a {
+            total += b - a;
+            reach = b;
+        }
+    }
+    total
 }
 
 async fn agents(i: &Inputs<'_>) -> Result<String, CutoverError> {
@@ -673,8 +726,9 @@ mod follow_tests {
             unit("storage uploads", 4_300, "done"),
             sync(5_000, "done"),
         ];
-        // read-only 50 + max(lag 2,500, storage 300 + fixed) + proof 100.
-        assert_eq!(predicted(&events, 2.5), Some(50 + 2_500 + 100));
+        // read-only 50 + max(half the lag of 2,500, storage 300 + fixed) + proof 100: the
+        // catch-up waits for the rest of the follower's peek, not its whole lag.
+        assert_eq!(predicted(&events, 2.5), Some(50 + 1_250 + 100));
         // A follower at the position: the delta is the longer one.
         assert_eq!(
             predicted(&events, 0.1),
@@ -683,21 +737,23 @@ mod follow_tests {
     }
 
     #[test]
-    fn batches_that_ran_at_once_count_once_in_the_prediction() {
-        // Two batches in flight together: 1,000–1,200 and 1,100–1,300 ms, the tree done at
-        // 1,300 — 300 ms of wall, not 400 (summed, as before two batches ran at once).
+    fn the_prediction_counts_a_tree_without_its_batches_transfer_once_for_batches_at_once() {
+        // Planned from 900, two batches in flight together (1,000–1,200 and 1,100–1,300 ms:
+        // 300 ms of transfer, not 400), the tree done at 1,350: 450 ms of unit, 150 of it
+        // walking, comparing and finalizing — what recurs in the freeze.
         let events = [
-            sync(1_000, "started"),
+            sync(900, "started"),
+            unit("storage uploads", 900, "started"),
             unit("storage uploads batch 1/2", 1_000, "started"),
             unit("storage uploads batch 2/2", 1_100, "started"),
             unit("storage uploads batch 1/2", 1_200, "done"),
             unit("storage uploads batch 2/2", 1_300, "done"),
-            unit("storage uploads", 1_300, "done"),
+            unit("storage uploads", 1_350, "done"),
             sync(1_400, "done"),
         ];
         assert_eq!(
             predicted(&events, 0.1),
-            Some(50 + (300 + FOLLOW_DELTA_FIXED_MS) + FOLLOW_PROOF_FIXED_MS)
+            Some(50 + (150 + FOLLOW_DELTA_FIXED_MS) + FOLLOW_PROOF_FIXED_MS)
         );
     }
 
@@ -712,10 +768,11 @@ mod follow_tests {
             run: run.into(),
             ..sync(time_ms, status)
         };
-        // Run 1 synced everything (storage in two batches, 300 ms; a file 40 ms; a table, which
-        // the follower carries); run 2 only the file (50 ms).
+        // Run 1 synced everything (storage: planned 950–1,000, two batches 1,000–1,300; a file
+        // 40 ms; a table, which the follower carries); run 2 only the file (50 ms).
         let events = [
-            run("1", 1_000, "started"),
+            run("1", 950, "started"),
+            unit("1", "storage uploads", 950, "started"),
             unit("1", "storage uploads batch 1/2", 1_000, "started"),
             unit("1", "storage uploads batch 1/2", 1_200, "done"),
             unit("1", "storage uploads batch 2/2", 1_200, "started"),
@@ -731,11 +788,18 @@ mod follow_tests {
             unit("2", "file env", 9_050, "done"),
             run("2", 9_100, "done"),
         ];
-        // The freeze's delta walks the storage too: read-only 50 + (storage 300 + file 50 +
-        // fixed) + proof 100 (on main: the file's 50 ms only).
+        // The freeze's delta walks the storage too: read-only 50 + (storage 50 + file 50 +
+        // fixed) + proof 100.
         assert_eq!(
             predicted(&events, 0.1),
-            Some(50 + (350 + FOLLOW_DELTA_FIXED_MS) + 100)
+            Some(50 + (100 + FOLLOW_DELTA_FIXED_MS) + 100)
         );
+    }
+
+    #[test]
+    fn overlapping_batches_count_once() {
+        assert_eq!(union_ms(&[]), 0);
+        assert_eq!(union_ms(&[(10, 20), (15, 30), (40, 50), (42, 45)]), 30);
+        assert_eq!(union_ms(&[(40, 50), (10, 20)]), 20);
     }
 }

@@ -329,6 +329,9 @@ async fn storage_round(
     r: &mut UnitReport,
 ) -> Result<(), UnitError> {
     let unit = format!("storage {}", s.name);
+    // The unit's start, before planning: the cutover's predicted freeze counts walking and
+    // comparing the trees (`gates::walk_ms`), which recur in the freeze.
+    run.record(&unit, "started", 0, 0, "plan")?;
     // Pull: the new agent fetches the old agent's manifest itself (over the grant) into its
     // storage session; only counts and batch sizes come back here. Relay (the new host cannot
     // reach the old one): the manifest passes through this process.
