@@ -19,6 +19,7 @@ mod measure;
 mod profile;
 mod report;
 mod rounds;
+mod scaled;
 mod storage_tree;
 mod sys;
 
@@ -80,8 +81,10 @@ pub struct Args {
     /// Run only these parts (comma separated), e.g. `--only cutover`.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
-    /// The cutover round once more with a database this many times the reference (built once,
-    /// cached in `cache-x<N>`; ~1.5 GB of disk per unit, twice over while it runs).
+    /// The full copy (with `hostshift` rounds) and the cutover round once more at this many
+    /// times the reference: the database N × (built once, cached in `cache-x<N>`; ~1.5 GB of
+    /// disk per unit, twice over while it runs), the tree N × the files (N hard-linked copies of
+    /// the reference tree; the full copy writes N × 2.96 GB on the new side).
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=8))]
     pub scale: Option<u32>,
     /// Only build (or check) the reference data, then stop.

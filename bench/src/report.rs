@@ -66,7 +66,7 @@ fn timestamp() -> String {
 }
 
 /// Rows of the medians table: `(measurement, label)`; an empty measurement starts a section.
-const ROWS: [(&str, &str); 25] = [
+const ROWS: [(&str, &str); 30] = [
     ("", "Full copy into an empty new host"),
     ("classic.db.dump", "classic: pg_dump -Fc to a file"),
     ("classic.db.restore", "classic: pg_restore into an empty db"),
@@ -92,9 +92,30 @@ const ROWS: [(&str, &str); 25] = [
     ("hostshift.second.db", "hostshift sync --only db (wall)"),
     ("hostshift.second.db.unit", "  database unit"),
     ("hostshift.verify.after_delta", "hostshift verify"),
+    ("", "Full copy at --scale N (N x the database and the files; the reference is above)"),
+    ("scaled.full", "hostshift sync, everything (wall)"),
+    ("scaled.full.db", "  database unit"),
+    ("scaled.full.storage", "  storage unit"),
+    ("scaled.verify", "hostshift verify"),
 ];
 
 impl Report {
+    /// The agents' (`(side, pid)`) peak RSS since the last call (then reset), kept under
+    /// `"<side> agent, <what>"` for the memory target; returned for the sample's details.
+    pub fn agent_peaks(&mut self, agents: &[(&str, u32)], what: &str) -> serde_json::Value {
+        let mut v = serde_json::Map::new();
+        for (side, pid) in agents {
+            let peak = crate::measure::peak_rss_mib(*pid);
+            crate::measure::reset_peak_rss(*pid);
+            if let Some(p) = peak {
+                let e = self.rss.entry(format!("{side} agent, {what}")).or_insert(0.0);
+                *e = e.max(p);
+                v.insert(format!("{side}_agent_peak_mib"), json!(p));
+            }
+        }
+        serde_json::Value::Object(v)
+    }
+
     /// An empty report for this run.
     pub fn new(args: &Args, machine: Machine, dataset: Meta) -> Report {
         Report {
@@ -237,6 +258,7 @@ impl Report {
         if let (Some(hs), Some(rs)) = (self.med("hostshift.second.storage"), self.med("best.rsync.delta")) {
             v.push(judge("second sync, storage <= 1.0 x rsync delta", hs, rs, "rsync"));
         }
+        v.extend(self.growth());
         let peaks: Vec<(String, f64)> = ["old", "new"]
             .iter()
             .map(|a| {
@@ -255,6 +277,33 @@ impl Report {
                 list.join(", ")
             );
             v.push(json!({ "target": "agent peak RSS", "met": met, "peak_mib": worst, "text": text, "by_context": self.rss }));
+        }
+        v
+    }
+
+    /// `--scale N`: each figure at N × against the reference round's median of the same run,
+    /// beside how much the data grew (`scaled.*` samples carry their sizes).
+    fn growth(&self) -> Vec<serde_json::Value> {
+        let Some(info) = self.samples.iter().find(|s| s.name == "scaled.full").map(|s| &s.info) else { return Vec::new() };
+        let n = info["scale"].as_u64().unwrap_or(0);
+        let (db, tree) = (self.dataset.db_bytes as f64, self.dataset.storage.bytes as f64);
+        let (db_n, tree_n) = (info["db_bytes"].as_f64().unwrap_or(0.0), info["storage_bytes"].as_f64().unwrap_or(0.0));
+        let whole = if db + tree > 0.0 { (db_n + tree_n) / (db + tree) } else { 0.0 };
+        let mut v = Vec::new();
+        for (scaled, reference, what, data) in [
+            ("scaled.full", "hostshift.full", "full sync", whole),
+            ("scaled.full.db", "hostshift.full.db", "  database unit", if db > 0.0 { db_n / db } else { 0.0 }),
+            ("scaled.full.storage", "hostshift.full.storage", "  storage unit", if tree > 0.0 { tree_n / tree } else { 0.0 }),
+            ("scaled.verify", "hostshift.verify", "verify", whole),
+        ] {
+            let (Some(a), Some(b)) = (self.med(scaled), self.med(reference)) else { continue };
+            let grew = if b > 0.0 { round2(a / b) } else { 0.0 };
+            let met = grew <= data;
+            let text = format!(
+                "{what} at x{n} grows no faster than the data: {} — {a:.2} s vs {b:.2} s = x{grew:.2} time for x{data:.2} data",
+                if met { "MET" } else { "MISSED" }
+            );
+            v.push(json!({ "target": format!("{} growth x{n}", what.trim()), "met": met, "time_ratio": grew, "data_ratio": round2(data), "text": text }));
         }
         v
     }

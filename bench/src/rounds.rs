@@ -63,17 +63,7 @@ impl Ctx<'_> {
 
     /// Both agents' peak RSS since the last call (then reset), recorded under `what`.
     fn agent_peaks(&mut self, what: &str) -> serde_json::Value {
-        let mut v = serde_json::Map::new();
-        for (name, pid) in [("old", self.lab.old.pid()), ("new", self.lab.new.pid())] {
-            let peak = measure::peak_rss_mib(pid);
-            measure::reset_peak_rss(pid);
-            if let Some(p) = peak {
-                let e = self.report.rss.entry(format!("{name} agent, {what}")).or_insert(0.0);
-                *e = e.max(p);
-                v.insert(format!("{name}_agent_peak_mib"), json!(p));
-            }
-        }
-        serde_json::Value::Object(v)
+        self.report.agent_peaks(&[("old", self.lab.old.pid()), ("new", self.lab.new.pid())], what)
     }
 
     fn sync_info(&mut self, run: &SyncRun, what: &str) -> serde_json::Value {
@@ -114,6 +104,18 @@ pub async fn run_all(args: &Args, data: &mut Dataset, pids: &sys::PidsFile) -> R
         outcome?
     };
     let mut failed = None;
+    if let Some(n) = args.scale
+        && !args.skips(Part::Hostshift)
+    {
+        // The N x cluster takes the reference cluster's address; the cutover rounds after it
+        // copy the clusters' files and need neither running.
+        data.old.stop().await?;
+        if let Err(e) = crate::scaled::run(args, data, n, pids, &mut report).await {
+            say(&format!("the x{n} full copy FAILED: {e:#}"));
+            report.notes.push(format!("the x{n} full copy failed: {e:#}"));
+            failed = Some(e);
+        }
+    }
     if !args.skips(Part::Cutover)
         && let Err(e) = cutover_rounds(args, data, pids, &mut report).await
     {
