@@ -66,7 +66,7 @@ fn timestamp() -> String {
 }
 
 /// Rows of the medians table: `(measurement, label)`; an empty measurement starts a section.
-const ROWS: [(&str, &str); 30] = [
+const ROWS: [(&str, &str); 33] = [
     ("", "Full copy into an empty new host"),
     ("classic.db.dump", "classic: pg_dump -Fc to a file"),
     ("classic.db.restore", "classic: pg_restore into an empty db"),
@@ -93,6 +93,9 @@ const ROWS: [(&str, &str); 30] = [
     ("hostshift.second.db.unit", "  database unit"),
     ("hostshift.verify.after_delta", "hostshift verify"),
     ("", "Full copy at --scale N (N x the database and the files; the reference is above)"),
+    ("scaled.best.db", "best tools: schema + COPY x2 + restore -j 2"),
+    ("scaled.best.storage", "best tools: tar --hard-dereference | tar"),
+    ("scaled.best.total", "best tools: database + storage"),
     ("scaled.full", "hostshift sync, everything (wall)"),
     ("scaled.full.db", "  database unit"),
     ("scaled.full.storage", "  storage unit"),
@@ -148,6 +151,7 @@ impl Report {
         match name {
             "best.total" => sum_of("best.db", "best.storage"),
             "classic.total" => sum_of("classic.db", "classic.storage"),
+            "scaled.best.total" => sum_of("scaled.best.db", "scaled.best.storage"),
             _ => self.samples.iter().filter(|s| s.name == name).map(|s| s.s).collect(),
         }
     }
@@ -282,30 +286,62 @@ impl Report {
     }
 
     /// `--scale N`: each figure at N × against the reference round's median of the same run,
-    /// beside how much the data grew (`scaled.*` samples carry their sizes).
+    /// beside how much the data grew (`scaled.*` samples carry their sizes): the wall time, the
+    /// agents' CPU seconds (what hostshift itself spends), and at N × against the best tools at
+    /// N × (what the machine itself does at that size).
     fn growth(&self) -> Vec<serde_json::Value> {
         let Some(info) = self.samples.iter().find(|s| s.name == "scaled.full").map(|s| &s.info) else { return Vec::new() };
         let n = info["scale"].as_u64().unwrap_or(0);
         let (db, tree) = (self.dataset.db_bytes as f64, self.dataset.storage.bytes as f64);
         let (db_n, tree_n) = (info["db_bytes"].as_f64().unwrap_or(0.0), info["storage_bytes"].as_f64().unwrap_or(0.0));
-        let whole = if db + tree > 0.0 { (db_n + tree_n) / (db + tree) } else { 0.0 };
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let whole = div(db_n + tree_n, db + tree);
         let mut v = Vec::new();
-        for (scaled, reference, what, data) in [
-            ("scaled.full", "hostshift.full", "full sync", whole),
-            ("scaled.full.db", "hostshift.full.db", "  database unit", if db > 0.0 { db_n / db } else { 0.0 }),
-            ("scaled.full.storage", "hostshift.full.storage", "  storage unit", if tree > 0.0 { tree_n / tree } else { 0.0 }),
-            ("scaled.verify", "hostshift.verify", "verify", whole),
-        ] {
-            let (Some(a), Some(b)) = (self.med(scaled), self.med(reference)) else { continue };
-            let grew = if b > 0.0 { round2(a / b) } else { 0.0 };
+        let mut grows = |what: &str, unit: &str, a: f64, b: f64, data: f64| {
+            let grew = round2(div(a, b));
             let met = grew <= data;
             let text = format!(
-                "{what} at x{n} grows no faster than the data: {} — {a:.2} s vs {b:.2} s = x{grew:.2} time for x{data:.2} data",
+                "{what} at x{n} grows no faster than the data: {} — {a:.2} vs {b:.2} {unit} = x{grew:.2} for x{data:.2} data",
                 if met { "MET" } else { "MISSED" }
             );
-            v.push(json!({ "target": format!("{} growth x{n}", what.trim()), "met": met, "time_ratio": grew, "data_ratio": round2(data), "text": text }));
+            v.push(json!({ "target": format!("{} growth x{n}", what.trim()), "met": met, "ratio": grew, "data_ratio": round2(data), "text": text }));
+        };
+        for (scaled, reference, what, data) in [
+            ("scaled.full", "hostshift.full", "full sync, wall", whole),
+            ("scaled.full.db", "hostshift.full.db", "  database unit, wall", div(db_n, db)),
+            ("scaled.full.storage", "hostshift.full.storage", "  storage unit, wall", div(tree_n, tree)),
+            ("scaled.verify", "hostshift.verify", "verify, wall", whole),
+        ] {
+            if let (Some(a), Some(b)) = (self.med(scaled), self.med(reference)) {
+                grows(what, "s", a, b, data);
+            }
+        }
+        for (scaled, reference, what) in [("scaled.full", "hostshift.full", "full sync, agents' CPU"), ("scaled.verify", "hostshift.verify", "verify, agents' CPU")] {
+            if let (Some(a), Some(b)) = (self.agents_cpu(scaled), self.agents_cpu(reference)) {
+                grows(what, "CPU-s", a, b, whole);
+            }
+        }
+        let judged = [("scaled.full", "scaled.best.total", "full sync at the scale vs the best tools at the scale"), ("scaled.full.storage", "scaled.best.storage", "  storage unit vs tar | tar at the scale")];
+        for (ours, theirs, what) in judged {
+            if let (Some(a), Some(b)) = (self.med(ours), self.med(theirs)) {
+                let r = round2(div(a, b));
+                let text = format!("{what}: {a:.2} s vs {b:.2} s (ratio {r:.2})");
+                v.push(json!({ "target": what.trim(), "ratio": r, "text": text }));
+            }
         }
         v
+    }
+
+    /// Median CPU seconds of the two agents (the first two groups) over the samples `name`.
+    fn agents_cpu(&self, name: &str) -> Option<f64> {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter_map(|s| s.cpu.as_ref())
+            .map(|c| c.groups.iter().take(2).map(|g| g.cpu_s).sum())
+            .collect();
+        (!v.is_empty()).then(|| round2(median(&v)))
     }
 
     fn time_breakdown(&self) -> String {
@@ -391,6 +427,10 @@ impl Report {
             ("best.rsync.delta", "rsync delta"),
             ("hostshift.second.storage", "hostshift 2nd sync: storage"),
             ("hostshift.second.db", "hostshift 2nd sync: db"),
+            ("scaled.best.db", "at --scale: best tools, db"),
+            ("scaled.best.storage", "at --scale: tar | tar"),
+            ("scaled.full", "at --scale: hostshift sync"),
+            ("scaled.verify", "at --scale: hostshift verify"),
         ];
         let mut out = String::from("\nCPU SECONDS PER PROCESS GROUP (median over runs; 'others' = the rest of the machine)\n");
         let _ = writeln!(

@@ -8,8 +8,12 @@
 //! paths, files and bytes for the agents (each path is walked, hashed, sent and written on its
 //! own; hostshift never sends hard links as links), without writing N × 2.96 GB on the old side
 //! first. Its source bytes are as warm in the page cache as the reference tree's are in the
-//! reference rounds. `tar | tar` would copy the links as links, so no tar baseline runs here: the
-//! yardstick is hostshift's own reference round.
+//! reference rounds. The best tools run at N × too, as yardsticks of what the machine itself does
+//! at that size (the new side's N × 3 GB no longer fit the page cache's dirty limit, and verify
+//! reads them back from the disk): the binary COPY pipes + `pg_restore -j 2` of the database, and
+//! `tar | tar` with `--hard-dereference` (each link copied as a file, as hostshift does). CPU
+//! seconds per process group are recorded beside the wall times: the agents' CPU is the cost
+//! hostshift itself controls.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,10 +23,15 @@ use hostshift::lab::pg::PgCluster;
 use hostshift::lab::seed;
 use serde_json::json;
 
+use crate::baselines::{self, Baselines};
 use crate::dataset::{Dataset, OLD_IP};
 use crate::hs::{self, HsLab, OldHost};
+use crate::measure::{Group, Snapshot};
 use crate::report::{Report, Sample};
 use crate::{Args, measure, say, sys};
+
+/// `tar | tar` copying hard links as files (the N × tree is made of them).
+const TAR_PIPE_DEREFERENCE: &str = r#"tar -C "$SRC" --hard-dereference -cf - . | tar -C "$DST" -xf -"#;
 
 /// The full copy and verify at `n` ×, into `report` (samples `scaled.*`). The reference cluster
 /// must be stopped (the N × one takes its address).
@@ -34,7 +43,9 @@ pub async fn run(args: &Args, data: &Dataset, n: u32, pids: &sys::PidsFile, repo
     let dir = args.work.join(format!("run-scaled-x{n}"));
     sys::empty_dir(&dir)?;
     // The new host's copy: the tree and the database (with its WAL), and slack.
-    let need = u64::from(n) * crate::rounds::TREE_BYTES + 2 * u64::try_from(db_bytes).unwrap_or(0) + (2 << 30);
+    // The new host's copies: the tree twice (`tar | tar`'s, kept aside while hostshift copies),
+    // the database (with its WAL; the best tools' copy is dropped before), and slack.
+    let need = 2 * u64::from(n) * crate::rounds::TREE_BYTES + 2 * u64::try_from(db_bytes).unwrap_or(0) + (2 << 30);
     let free = sys::free_bytes(&args.work)?;
     anyhow::ensure!(
         free >= need,
@@ -87,23 +98,57 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
         load[2]
     ));
     report.loads.push((format!("full copy x{n}"), load));
+    let groups = vec![
+        Group { name: "old agent", pid: lab.old.pid() },
+        Group { name: "new agent", pid: lab.new.pid() },
+        Group { name: "old postgres", pid: old.pid() },
+        Group { name: "new postgres", pid: new.pid() },
+        Group { name: "client tools (pg_dump, psql, tar, hostshift CLI)", pid: std::process::id() },
+    ];
+    let begin = || {
+        sys::settle();
+        measure::snapshot(&groups)
+    };
+    let cpu = |snap: &Snapshot| Some(measure::cpu_between(&groups, snap, &measure::snapshot(&groups)));
+
+    // The yardsticks first (their copies are dropped or moved aside before hostshift's).
+    let scratch = dir.join("scratch");
+    sys::empty_dir(&scratch)?;
+    let bl = Baselines { old_conninfo: old.conninfo("app"), pg_bin: old.bin_dir().to_path_buf(), new, src: storage.clone(), scratch };
+    bl.fresh_db("bl_best").await?;
+    let snap = begin();
+    let (out, phases) = bl.run_marked("best tools, database", baselines::BEST_DB, "bl_best", Path::new("/nonexistent")).await?;
+    push(report, n, "scaled.best.db", out.wall.as_secs_f64(), cpu(&snap), json!({ "phases": phases }));
+    bl.drop_db("bl_best").await?;
+    let tar_copy = bl.scratch.join("tar-pipe");
+    sys::empty_dir(&tar_copy)?;
+    let snap = begin();
+    let out = bl.run("tar | tar", TAR_PIPE_DEREFERENCE, "-", &tar_copy).await?;
+    push(report, n, "scaled.best.storage", out.wall.as_secs_f64(), cpu(&snap), json!(null));
+    let tar_files = crate::storage_tree::listing(&tar_copy)?.len() as u64;
+    anyhow::ensure!(tar_files == files, "tar | tar copied {tar_files} files of the x{n} tree's {files}");
+    // Moved aside, not deleted: creating files right after deleting as many is slow on this
+    // machine's journal-less ext4 (see `sys::use_trash`).
+    let aside = dir.join("tar-pipe-done");
+    std::fs::rename(&tar_copy, &aside)?;
+
     let agents = [("old", lab.old.pid()), ("new", lab.new.pid())];
     report.agent_peaks(&agents, &format!("idle x{n}"));
-    sys::settle();
+    let snap = begin();
     let run = lab.sync(None).await?;
     let rss = report.agent_peaks(&agents, &format!("full sync x{n}"));
     let info = json!({ "scale": n, "db_bytes": db_bytes, "storage_files": files, "storage_bytes": bytes, "rss": rss, "units": run.units });
-    push(report, n, "scaled.full", run.wall_s, info);
-    push(report, n, "scaled.full.db", run.unit_s("database"), json!(null));
-    push(report, n, "scaled.full.storage", run.unit_s("storage"), json!(null));
-    sys::settle();
+    push(report, n, "scaled.full", run.wall_s, cpu(&snap), info);
+    push(report, n, "scaled.full.db", run.unit_s("database"), None, json!(null));
+    push(report, n, "scaled.full.storage", run.unit_s("storage"), None, json!(null));
+    let snap = begin();
     let wall = lab.verify().await?;
     let rss = report.agent_peaks(&agents, &format!("verify x{n}"));
-    push(report, n, "scaled.verify", wall, json!({ "rss": rss }));
+    push(report, n, "scaled.verify", wall, cpu(&snap), json!({ "rss": rss }));
     Ok(())
 }
 
-fn push(report: &mut Report, n: u32, name: &str, s: f64, info: serde_json::Value) {
+fn push(report: &mut Report, n: u32, name: &str, s: f64, cpu: Option<measure::Cpu>, info: serde_json::Value) {
     say(&format!("  {name:<34} {s:>8.2} s   (x{n})"));
-    report.samples.push(Sample { name: name.into(), round: 0, s: measure::round2(s), cpu: None, info });
+    report.samples.push(Sample { name: name.into(), round: 0, s: measure::round2(s), cpu, info });
 }
