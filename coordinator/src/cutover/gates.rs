@@ -106,7 +106,7 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
         for name in ["new apps", "health", "backup", "switch"] {
             gates.push(gate(name, Ok(skipped.into())));
         }
-        gates.push(gate("freeze budget", budget(i.plan, predicted)));
+        gates.push(gate("freeze budget", budget(i, predicted, followed.is_some())));
         return (gates, predicted);
     }
     gates.push(gate("new apps", new_apps(i.plan, new).await));
@@ -115,7 +115,7 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
     gates.push(gate("backup", backup(i, old).await));
     gates.push(gate("schema", schema(i.plan, old, new).await));
     gates.push(gate("switch", switch(i.plan).await));
-    gates.push(gate("freeze budget", budget(i.plan, predicted)));
+    gates.push(gate("freeze budget", budget(i, predicted, followed.is_some())));
     (gates, predicted)
 }
 
@@ -595,25 +595,46 @@ fn predicted_ms(i: &Inputs<'_>) -> Option<u64> {
     Some((s1 - s0) + (v1 - v0) + 1000 * i.plan.freeze.methods.len() as u64)
 }
 
-fn budget(plan: &Plan, predicted: Option<u64>) -> Result<String, CutoverError> {
+/// A followed prediction leaves out what changed in the storage since the last sync (see
+/// [`predicted_follow_ms`]); past this age of that sync the gate says so.
+const STALE_SYNC_MS: u64 = 10 * 60 * 1000;
+
+fn budget(i: &Inputs<'_>, predicted: Option<u64>, followed: bool) -> Result<String, CutoverError> {
+    let plan = i.plan;
     let budget = plan.freeze.budget_secs * 1000;
     let Some(p) = predicted else {
         return Err(CutoverError::Gate(
             "no sync and verify durations in the journal to predict the freeze from".into(),
         ));
     };
+    let how = if followed {
+        "freeze methods + the longer of half the follower's lag and the trees' walk, + the proof"
+    } else {
+        "last sync + last verify + 1 s per freeze method"
+    };
     if p > budget {
         return Err(CutoverError::Gate(format!(
-            "predicted freeze {:.1} s (last sync + last verify + 1 s per freeze method) is over [freeze] budget_secs = {}: run `hostshift sync` again right before the cutover (its time is the delta), or raise the budget",
+            "predicted freeze {:.1} s ({how}) is over [freeze] budget_secs = {}: run `hostshift sync` again right before the cutover (its time is the delta), or raise the budget",
             p as f64 / 1000.0,
             plan.freeze.budget_secs
         )));
     }
-    Ok(format!(
+    let mut detail = format!(
         "predicted {:.1} s of {} s",
         p as f64 / 1000.0,
         plan.freeze.budget_secs
-    ))
+    );
+    let last = state::last_finished(i.events, "sync", "sync").map(|(_, done, _)| done);
+    if let Some(age) = last.map(|t| now_ms().saturating_sub(t))
+        && followed
+        && age > STALE_SYNC_MS
+    {
+        detail.push_str(&format!(
+            "; the last sync finished {} min ago: files and storage changed since are sent inside the freeze and are not in this prediction — run `hostshift sync` right before the cutover",
+            age / 60_000
+        ));
+    }
+    Ok(detail)
 }
 
 #[cfg(test)]
@@ -801,5 +822,23 @@ mod follow_tests {
         assert_eq!(union_ms(&[]), 0);
         assert_eq!(union_ms(&[(10, 20), (15, 30), (40, 50), (42, 45)]), 30);
         assert_eq!(union_ms(&[(40, 50), (10, 20)]), 20);
+    }
+
+    #[test]
+    fn a_followed_prediction_says_when_the_last_sync_is_too_old_to_cover_the_storage() {
+        let plan = plan();
+        let ago = |min: u64| now_ms() - min * 60_000;
+        let events = [sync(ago(21), "started"), sync(ago(20), "done")];
+        let ok = budget(&inputs(&plan, &events), Some(500), true).expect("fits");
+        assert!(
+            ok.starts_with("predicted 0.5 s of 10 s; the last sync finished 20 min ago")
+                && ok.contains("run `hostshift sync` right before the cutover"),
+            "{ok}"
+        );
+        let events = [sync(ago(3), "started"), sync(ago(2), "done")];
+        let ok = budget(&inputs(&plan, &events), Some(500), true).expect("fits");
+        assert_eq!(ok, "predicted 0.5 s of 10 s");
+        let e = budget(&inputs(&plan, &events), Some(20_000), true).unwrap_err();
+        assert!(e.to_string().contains("half the follower's lag"), "{e}");
     }
 }
