@@ -47,6 +47,9 @@ pub const TAR_PIPE: &str = r#"tar -C "$SRC" -cf - . | tar -C "$DST" -xf -"#;
 /// What durability would add to the tar pipe: one syncfs of the target's file system (hostshift
 /// ends every storage batch with one). Not part of the baseline; timed to explain the gap.
 pub const SYNCFS: &str = r#"sync -f "$DST""#;
+/// A yardstick for `verify`'s read of the new tree: every file of it read and hashed (two
+/// processes), nothing compared.
+pub const HASH_TREE: &str = r#"find "$DST" -type f -print0 | xargs -0 -n 500 -P 2 sha256sum >/dev/null"#;
 /// Best standard tools, storage delta: rsync's quick check (size + mtime), only changed files sent.
 pub const RSYNC: &str = r#"rsync -a --delete "$SRC/" "$DST/""#;
 

@@ -66,7 +66,7 @@ fn timestamp() -> String {
 }
 
 /// Rows of the medians table: `(measurement, label)`; an empty measurement starts a section.
-const ROWS: [(&str, &str); 33] = [
+const ROWS: [(&str, &str); 35] = [
     ("", "Full copy into an empty new host"),
     ("classic.db.dump", "classic: pg_dump -Fc to a file"),
     ("classic.db.restore", "classic: pg_restore into an empty db"),
@@ -85,6 +85,7 @@ const ROWS: [(&str, &str); 33] = [
     ("hostshift.full.storage", "  storage unit"),
     ("hostshift.full.files", "  config files"),
     ("hostshift.verify", "hostshift verify"),
+    ("yardstick.hash_copy", "  (sha256sum of the new tree: verify's read)"),
     ("", "Second sync after a 1% change (rows and files)"),
     ("best.rsync.delta", "rsync -a --delete"),
     ("hostshift.second.storage", "hostshift sync --only storage (wall)"),
@@ -100,6 +101,7 @@ const ROWS: [(&str, &str); 33] = [
     ("scaled.full.db", "  database unit"),
     ("scaled.full.storage", "  storage unit"),
     ("scaled.verify", "hostshift verify"),
+    ("scaled.yardstick.hash_copy", "  (sha256sum of the new tree: verify's read)"),
 ];
 
 impl Report {
@@ -311,6 +313,7 @@ impl Report {
             ("scaled.full.db", "hostshift.full.db", "  database unit, wall", div(db_n, db)),
             ("scaled.full.storage", "hostshift.full.storage", "  storage unit, wall", div(tree_n, tree)),
             ("scaled.verify", "hostshift.verify", "verify, wall", whole),
+            ("scaled.yardstick.hash_copy", "yardstick.hash_copy", "  sha256sum of the new tree (a yardstick), wall", div(tree_n, tree)),
         ] {
             if let (Some(a), Some(b)) = (self.med(scaled), self.med(reference)) {
                 grows(what, "s", a, b, data);
@@ -424,6 +427,7 @@ impl Report {
             ("best.storage", "tar | tar"),
             ("hostshift.full", "hostshift sync, everything"),
             ("hostshift.verify", "hostshift verify"),
+            ("yardstick.hash_copy", "sha256sum of the copy"),
             ("best.rsync.delta", "rsync delta"),
             ("hostshift.second.storage", "hostshift 2nd sync: storage"),
             ("hostshift.second.db", "hostshift 2nd sync: db"),
@@ -431,6 +435,7 @@ impl Report {
             ("scaled.best.storage", "at --scale: tar | tar"),
             ("scaled.full", "at --scale: hostshift sync"),
             ("scaled.verify", "at --scale: hostshift verify"),
+            ("scaled.yardstick.hash_copy", "at --scale: sha256sum of copy"),
         ];
         let mut out = String::from("\nCPU SECONDS PER PROCESS GROUP (median over runs; 'others' = the rest of the machine)\n");
         let _ = writeln!(

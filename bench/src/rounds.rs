@@ -252,6 +252,9 @@ async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     let wall = cx.lab.verify().await?;
     let info = json!({ "rss": cx.agent_peaks("verify") });
     cx.end("hostshift.verify", r, &snap, wall, info);
+    let snap = cx.begin();
+    let out = cx.bl.run("sha256sum of the copy", baselines::HASH_TREE, "-", &cx.lab.new_storage).await?;
+    cx.end("yardstick.hash_copy", r, &snap, out.wall.as_secs_f64(), json!(null));
     Ok(())
 }
 

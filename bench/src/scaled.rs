@@ -145,6 +145,9 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
     let wall = lab.verify().await?;
     let rss = report.agent_peaks(&agents, &format!("verify x{n}"));
     push(report, n, "scaled.verify", wall, cpu(&snap), json!({ "rss": rss }));
+    let snap = begin();
+    let out = bl.run("sha256sum of the copy", baselines::HASH_TREE, "-", &lab.new_storage).await?;
+    push(report, n, "scaled.yardstick.hash_copy", out.wall.as_secs_f64(), cpu(&snap), json!(null));
     Ok(())
 }
 
