@@ -273,8 +273,8 @@ fn method_ms(m: crate::plan::FreezeMethod) -> u64 {
 ///   in the fixed part: run `hostshift sync` right before the cutover (the runbook does), or the
 ///   prediction misses a backlog of uploads.
 ///
-/// Calibrated on `bench/run --only cutover` (docs/BENCHMARKS.md, "Catch-up"), whose freezes it
-/// predicts within ±30 %.
+/// Calibrated on `bench/run --only cutover` (docs/BENCHMARKS.md, "The prediction recalibrated"),
+/// whose freezes it predicts within 10 % at 1 × and 4 × (the target is ±30 %).
 fn predicted_follow_ms(i: &Inputs<'_>, f: &[crate::follow::DbStatus]) -> Option<u64> {
     i.events
         .iter()
