@@ -106,7 +106,10 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
         for name in ["new apps", "health", "backup", "switch"] {
             gates.push(gate(name, Ok(skipped.into())));
         }
-        gates.push(gate("freeze budget", budget(i, predicted, followed.is_some())));
+        gates.push(gate(
+            "freeze budget",
+            budget(i, predicted, followed.is_some()),
+        ));
         return (gates, predicted);
     }
     gates.push(gate("new apps", new_apps(i.plan, new).await));
@@ -115,7 +118,10 @@ pub async fn check(i: &Inputs<'_>) -> (Vec<Gate>, Option<u64>) {
     gates.push(gate("backup", backup(i, old).await));
     gates.push(gate("schema", schema(i.plan, old, new).await));
     gates.push(gate("switch", switch(i.plan).await));
-    gates.push(gate("freeze budget", budget(i, predicted, followed.is_some())));
+    gates.push(gate(
+        "freeze budget",
+        budget(i, predicted, followed.is_some()),
+    ));
     (gates, predicted)
 }
 
