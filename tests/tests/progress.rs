@@ -3,7 +3,7 @@
 //! terminal the same run prints plain lines with no cursor codes, for logs and CI consoles.
 //! `hostshift verify` reports the same way: one unit per compared kind (the config files, each
 //! storage tree, each database's schema and its tables), and JSON events with `--json` while
-//! stdout keeps only the final document.
+//! stdout keeps only the final document. `hostshift backup` too: one unit per artifact.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +12,11 @@ use hostshift_tests::rig::{self, Sandbox};
 
 /// A storage-only sandbox whose tree is big enough (48 MiB) for bars to be drawn.
 async fn sandbox(test: &str) -> Sandbox {
+    sandbox_with(test, |_, _| {}).await
+}
+
+/// [`sandbox`], the old agent's setup changed by `old` first.
+async fn sandbox_with(test: &str, old: impl FnOnce(&Sandbox, &mut rig::AgentSetup)) -> Sandbox {
     let mut sb = Sandbox::new(test).await;
     sb.plan_databases = false;
     let d = sb.old_storage.join("big");
@@ -19,7 +24,9 @@ async fn sandbox(test: &str) -> Sandbox {
     for i in 0..6u8 {
         std::fs::write(d.join(format!("blob-{i}.bin")), vec![i; 8 << 20]).expect("file");
     }
-    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let mut setup = sb.old_setup();
+    old(&sb, &mut setup);
+    sb.start(setup, sb.new_setup()).await;
     sb
 }
 
@@ -228,5 +235,33 @@ async fn verify_without_a_terminal_prints_plain_lines_and_with_json_events() {
             .any(|l| l.starts_with("ok   schema app: equal")),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test]
+async fn backup_on_a_terminal_draws_progress_and_leaves_one_summary_line_per_artifact() {
+    let sb = sandbox_with("progress_backup_tty", |sb, old| {
+        let dir = toml::Value::String(sb.dir.join("backups").display().to_string());
+        old.extra.push_str(&format!("\n[backup]\ndir = {dir}\n"));
+    })
+    .await;
+    let (code, screen) = on_a_terminal(&sb, &["backup"]).await;
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("\u{1b}["),
+        "progress redraws with terminal codes:\n{screen}"
+    );
+    // One summary line per artifact, left once its spinner is gone.
+    for artifact in ["ok   storage evaluations: ", "ok   file backend-env: "] {
+        assert_eq!(
+            screen.matches(artifact).count(),
+            1,
+            "one summary line {artifact:?}:\n{screen}"
+        );
+    }
+    // The list of artifacts still follows.
+    assert!(
+        screen.contains("KIND") && screen.contains("storage/evaluations.tar.gz"),
+        "{screen}"
     );
 }
