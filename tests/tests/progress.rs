@@ -5,9 +5,6 @@
 //! storage tree, each database's schema and its tables), and JSON events with `--json` while
 //! stdout keeps only the final document. `hostshift backup` too: one unit per artifact.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use hostshift_tests::rig::{self, Sandbox};
 
 /// A storage-only sandbox whose tree is big enough (48 MiB) for bars to be drawn.
@@ -33,49 +30,10 @@ async fn sandbox_with(test: &str, old: impl FnOnce(&Sandbox, &mut rig::AgentSetu
 /// Runs `hostshift ARGS --plan <plan>` on a pseudo-terminal; returns the exit code and what the
 /// terminal showed (stdout and stderr together, as a person sees them).
 async fn on_a_terminal(sb: &Sandbox, args: &[&str]) -> (i32, String) {
-    let script = which("script").unwrap_or_else(|| {
-        panic!(
-            "`script` (util-linux) is needed to give hostshift a terminal: apt-get install bsdutils"
-        )
-    });
-    let mut line = shell_quote(&rig::hostshift_bin().display().to_string());
-    for a in args {
-        line.push(' ');
-        line.push_str(&shell_quote(a));
-    }
-    line.push_str(" --plan ");
-    line.push_str(&shell_quote(&sb.plan_path().display().to_string()));
-    let child = tokio::process::Command::new(script)
-        // -q no banner, -e the command's exit code, -c the command; the typescript is discarded.
-        .args(["-qec", &line, "/dev/null"])
-        .current_dir(&sb.dir)
-        .env("TERM", "xterm-256color")
-        .env_remove("HOSTSHIFT_PLAN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("hostshift on a terminal did not finish within 120 s")
-        .expect("run script");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    let plan = sb.plan_path().display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--plan", &plan]);
+    rig::on_a_terminal(&sb.dir, &all, &[]).await
 }
 
 #[tokio::test]

@@ -87,3 +87,52 @@ pub async fn cli_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutpu
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `hostshift ARGS` in `dir` on a pseudo-terminal (util-linux's `script`, as a person would run
+/// it) with `env`; returns the exit code and what the terminal showed (stdout and stderr
+/// together). A missing `script` fails the test with the install command.
+pub async fn on_a_terminal(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let script = which("script").unwrap_or_else(|| {
+        panic!(
+            "`script` (util-linux) is needed to give hostshift a terminal: apt-get install bsdutils"
+        )
+    });
+    let mut line = shell_quote(&hostshift_bin().display().to_string());
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_quote(a));
+    }
+    let mut cmd = tokio::process::Command::new(script);
+    // -q no banner, -e the command's exit code, -c the command; the typescript is discarded.
+    cmd.args(["-qec", &line, "/dev/null"])
+        .current_dir(dir)
+        .env("TERM", "xterm-256color")
+        .env_remove("HOSTSHIFT_PLAN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("hostshift {args:?} on a terminal did not finish within 120 s"))
+        .expect("run script");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

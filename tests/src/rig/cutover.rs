@@ -257,6 +257,14 @@ impl CutoverRig {
         self.cli_with(args, &[]).await
     }
 
+    /// [`CutoverRig::cli`] on a pseudo-terminal: the exit code and what the terminal showed.
+    pub async fn on_a_terminal(&self, args: &[&str]) -> (i32, String) {
+        let plan = self.sb.plan_path().display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--plan", &plan]);
+        super::on_a_terminal(&self.sb.dir, &all, &Eip::cli_env()).await
+    }
+
     /// `sync` then `verify`, both succeeding: what the cutover's gates want to see.
     pub async fn sync_and_verify(&self) {
         let out = self.cli(&["sync"]).await;

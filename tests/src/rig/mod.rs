@@ -16,7 +16,7 @@ mod world;
 pub mod writer;
 
 pub use agent::{AgentProc, AgentSetup};
-pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin};
+pub use bins::{CliOutput, agent_bin, cli, cli_in, hostshift_bin, on_a_terminal};
 pub use catalog::post_data_objects;
 pub use follow::{RoundWriter, follow_leftovers, table_rows, wait_caught_up};
 pub use nginx::{HttpReply, NginxProc, UpstreamApp, children, http_get, nginx_bin, process_group};
