@@ -118,6 +118,31 @@ impl Progress {
         }
     }
 
+    /// A step of a longer run starts (a cutover's `delta`, `prove after switch`): on a terminal
+    /// a spinner with its elapsed time, so a step that takes minutes shows it is alive; else
+    /// the line `STEP ...` (a JSON note with `--json`).
+    pub fn step_started(&self, step: &str) {
+        if self.bars.is_some() {
+            self.begin(step, 0, false);
+        } else {
+            self.say(&format!("{step} ..."));
+        }
+    }
+
+    /// The step ended: its spinner goes, and `line` (how it ended) stays.
+    pub fn step_ended(&self, step: &str, line: &str) {
+        let bar = self
+            .units
+            .lock()
+            .ok()
+            .and_then(|mut u| u.remove(step))
+            .and_then(|x| x.bar);
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        self.say(line);
+    }
+
     /// A unit of work starts; `total` bytes expected (0 = unknown).
     pub fn start(&self, unit: &str, total: u64) {
         self.begin(unit, total, false);

@@ -349,6 +349,43 @@ async fn cutover_with_the_app_writing_moves_every_acknowledged_write_switches_th
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_on_a_terminal_shows_each_step_live_and_leaves_one_line_per_step() {
+    let rig = CutoverRig::start(CutoverSetup::new("co_tty")).await;
+    rig.sync_and_verify().await;
+    let (code, screen) = rig
+        .on_a_terminal(&["cutover", "--yes", "--skip-backup-check", "test"])
+        .await;
+    assert_eq!(code, 0, "{screen}");
+    // Each step: a spinner while it runs (its name, then a braille frame), then one line that
+    // stays — not the `STEP ...` line a log gets.
+    let spinner = |step: &str| {
+        screen.match_indices(&format!("{step} ")).any(|(i, m)| {
+            screen[i + m.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| ('\u{2800}'..='\u{28ff}').contains(&c))
+        })
+    };
+    for step in STEPS {
+        assert!(spinner(step), "no spinner for {step}:\n{screen}");
+        assert_eq!(
+            screen.matches(&format!("{step}: ok — ")).count(),
+            1,
+            "one line for {step}:\n{screen}"
+        );
+        assert!(
+            !screen.contains(&format!("{step} ...")),
+            "a terminal shows a spinner, not a line, while {step} runs:\n{screen}"
+        );
+    }
+    // The delta's own units are drawn in the same place and leave their lines too.
+    assert!(
+        screen.contains("ok   storage evaluations: "),
+        "the delta's storage unit:\n{screen}"
+    );
+}
+
 // -------------------------------------------------------------------------------------------
 // Gates: nothing is touched unless all pass
 

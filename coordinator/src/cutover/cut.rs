@@ -19,7 +19,9 @@ use crate::report::{Builder, Kind, Status, now_ms};
 pub(super) struct Cut<'a> {
     pub(super) plan: &'a Plan,
     pub(super) journal: Journal,
-    pub(super) progress: Progress,
+    /// Shared with the syncs the steps run (the delta, the carry-back), so that on a terminal
+    /// the steps' spinners and the syncs' bars are drawn in one place.
+    pub(super) progress: std::sync::Arc<Progress>,
     pub(super) rep: Builder,
     pub(super) out: CutoverReport,
     pub(super) old: Option<Agent>,
@@ -96,7 +98,7 @@ impl<'a> Cut<'a> {
         Ok(Cut {
             plan,
             journal,
-            progress: Progress::new(mode),
+            progress: std::sync::Arc::new(Progress::new(mode)),
             rep: Builder::for_plan(
                 if kind_phase == ROLLBACK {
                     Kind::Rollback
@@ -147,7 +149,7 @@ impl<'a> Cut<'a> {
 
     /// Journals `step` as started; returns its start time.
     pub(super) fn begin(&mut self, step: JStep) -> Result<Instant, CutoverError> {
-        self.progress.say(&format!("{step} ..."));
+        self.progress.step_started(&step.to_string());
         self.record(step, Mark::Started, "")?;
         Ok(Instant::now())
     }
@@ -184,10 +186,13 @@ impl<'a> Cut<'a> {
             Ok(d) => d.clone(),
             Err(e) => e.to_string(),
         };
-        self.progress.say(&format!(
-            "{step}: {} — {shown}",
-            if r.is_ok() { "ok" } else { "FAILED" },
-        ));
+        self.progress.step_ended(
+            &step.to_string(),
+            &format!(
+                "{step}: {} — {shown}",
+                if r.is_ok() { "ok" } else { "FAILED" },
+            ),
+        );
         self.out.steps.push(StepReport {
             name: step.to_string(),
             status: if r.is_ok() { "done" } else { "failed" }.into(),

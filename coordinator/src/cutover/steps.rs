@@ -72,6 +72,7 @@ impl Cut<'_> {
             // Inside the freeze: files, trees and databases at once (the freeze would last
             // their sum).
             concurrent: true,
+            reporter: Some(self.progress.clone()),
             ..SyncOptions::default()
         }
     }

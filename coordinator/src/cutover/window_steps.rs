@@ -380,7 +380,7 @@ impl Cut<'_> {
             return Ok(());
         };
         let t = self.begin(JStep::WindowCarryBack)?;
-        let progress = std::sync::Arc::new(crate::progress::Progress::new(self.progress.mode()));
+        let progress = self.progress.clone();
         let c =
             window::carry::carry_back(self.plan, &old, &new, &rec, &self.journal, progress).await;
         for line in &c.carried {

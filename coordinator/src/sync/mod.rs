@@ -94,6 +94,9 @@ pub struct SyncOptions {
     /// trips and walks — one after the other, the freeze lasts their sum. A first copy keeps
     /// them in turn (one progress display at a time, the disk and the CPU for one copy).
     pub concurrent: bool,
+    /// Report through this reporter instead of a new one of mode `progress`: the cutover's,
+    /// so that its steps' spinners and the delta's bars share the terminal.
+    pub reporter: Option<Arc<Progress>>,
 }
 
 impl Default for SyncOptions {
@@ -111,6 +114,7 @@ impl Default for SyncOptions {
             following: false,
             followed: Default::default(),
             concurrent: false,
+            reporter: None,
         }
     }
 }
@@ -412,7 +416,10 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
         path: dir.display().to_string(),
         source,
     })?;
-    let progress = Arc::new(Progress::new(opts.progress));
+    let progress = opts
+        .reporter
+        .clone()
+        .unwrap_or_else(|| Arc::new(Progress::new(opts.progress)));
     let (old, new) = tokio::join!(
         client::connect(plan, Side::Old),
         client::connect(plan, Side::New)
