@@ -32,6 +32,8 @@ pub const TREE_BYTES: u64 = 3 * 1024 * 1024 * 1024;
 
 struct Ctx<'a> {
     args: &'a Args,
+    /// The old cluster's data directory (a source of every full copy).
+    old_data: std::path::PathBuf,
     old_shape: dbcheck::Shape,
     bl: Baselines<'a>,
     lab: HsLab,
@@ -49,6 +51,13 @@ impl Ctx<'_> {
     fn begin(&self) -> Snapshot {
         sys::settle();
         measure::snapshot(&self.groups)
+    }
+
+    /// [`Ctx::begin`] for a full copy: from an emptied page cache holding only the sources
+    /// (`sys::cold_start`).
+    async fn begin_copy(&self) -> Result<Snapshot> {
+        sys::cold_start(&[&self.bl.src, self.old_data.as_path()]).await?;
+        Ok(measure::snapshot(&self.groups))
     }
 
     fn end(&mut self, name: &str, round: usize, snap: &Snapshot, wall_s: f64, info: serde_json::Value) {
@@ -180,7 +189,7 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
         src: data.storage.clone(),
         scratch,
     };
-    let mut cx = Ctx { args, old_shape, bl, lab, new_pg, groups, report };
+    let mut cx = Ctx { args, old_data: data.old.data_dir().to_path_buf(), old_shape, bl, lab, new_pg, groups, report };
 
     for r in 0..args.reps.max(args.classic_reps) {
         let load = sys::load();
@@ -212,7 +221,7 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
 
 async fn best_db(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     cx.bl.fresh_db("bl_best").await?;
-    let snap = cx.begin();
+    let snap = cx.begin_copy().await?;
     let (out, phases) = cx.bl.run_marked("best tools, database", baselines::BEST_DB, "bl_best", Path::new("/nonexistent")).await?;
     cx.end("best.db", r, &snap, out.wall.as_secs_f64(), json!({ "phases": phases }));
     dbcheck::check(&cx.old_shape, &cx.new_pg.connect("bl_best").await?, "the best-tools copy").await?;
@@ -222,7 +231,7 @@ async fn best_db(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
 async fn tar_pipe(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     let dst = cx.bl.scratch.join("tar-pipe");
     sys::fresh_dir(&dst)?;
-    let snap = cx.begin();
+    let snap = cx.begin_copy().await?;
     let out = cx.bl.run("tar | tar", baselines::TAR_PIPE, "-", &dst).await?;
     cx.end("best.storage", r, &snap, out.wall.as_secs_f64(), json!(null));
     // Measured on its own right after the copy: what making the copy durable costs.
@@ -241,7 +250,7 @@ async fn check_tree(src: &Path, dst: &Path) -> Result<u64> {
 async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     cx.lab.reset_target(cx.new_pg).await?;
     cx.agent_peaks("idle");
-    let snap = cx.begin();
+    let snap = cx.begin_copy().await?;
     let run = cx.lab.sync(None).await?;
     let info = cx.sync_info(&run, "full sync");
     cx.end("hostshift.full", r, &snap, run.wall_s, info);

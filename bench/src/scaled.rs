@@ -110,19 +110,23 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
         measure::snapshot(&groups)
     };
     let cpu = |snap: &Snapshot| Some(measure::cpu_between(&groups, snap, &measure::snapshot(&groups)));
+    // Each copy starts from an emptied page cache holding only the sources (`sys::cold_start`).
+    let sources = [storage.as_path(), old.data_dir()];
 
     // The yardsticks first (their copies are dropped or moved aside before hostshift's).
     let scratch = dir.join("scratch");
     sys::empty_dir(&scratch)?;
     let bl = Baselines { old_conninfo: old.conninfo("app"), pg_bin: old.bin_dir().to_path_buf(), new, src: storage.clone(), scratch };
     bl.fresh_db("bl_best").await?;
-    let snap = begin();
+    sys::cold_start(&sources).await?;
+    let snap = measure::snapshot(&groups);
     let (out, phases) = bl.run_marked("best tools, database", baselines::BEST_DB, "bl_best", Path::new("/nonexistent")).await?;
     push(report, n, "scaled.best.db", out.wall.as_secs_f64(), cpu(&snap), json!({ "phases": phases }));
     bl.drop_db("bl_best").await?;
     let tar_copy = bl.scratch.join("tar-pipe");
     sys::empty_dir(&tar_copy)?;
-    let snap = begin();
+    sys::cold_start(&sources).await?;
+    let snap = measure::snapshot(&groups);
     let out = bl.run("tar | tar", TAR_PIPE_DEREFERENCE, "-", &tar_copy).await?;
     push(report, n, "scaled.best.storage", out.wall.as_secs_f64(), cpu(&snap), json!(null));
     let tar_files = crate::storage_tree::listing(&tar_copy)?.len() as u64;
@@ -134,7 +138,8 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
 
     let agents = [("old", lab.old.pid()), ("new", lab.new.pid())];
     report.agent_peaks(&agents, &format!("idle x{n}"));
-    let snap = begin();
+    sys::cold_start(&sources).await?;
+    let snap = measure::snapshot(&groups);
     let run = lab.sync(None).await?;
     let rss = report.agent_peaks(&agents, &format!("full sync x{n}"));
     let info = json!({ "scale": n, "db_bytes": db_bytes, "storage_files": files, "storage_bytes": bytes, "rss": rss, "units": run.units });
