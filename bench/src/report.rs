@@ -66,7 +66,7 @@ fn timestamp() -> String {
 }
 
 /// Rows of the medians table: `(measurement, label)`; an empty measurement starts a section.
-const ROWS: [(&str, &str); 35] = [
+const ROWS: [(&str, &str); 36] = [
     ("", "Full copy into an empty new host"),
     ("classic.db.dump", "classic: pg_dump -Fc to a file"),
     ("classic.db.restore", "classic: pg_restore into an empty db"),
@@ -97,6 +97,7 @@ const ROWS: [(&str, &str); 35] = [
     ("scaled.best.db", "best tools: schema + COPY x2 + restore -j 2"),
     ("scaled.best.storage", "best tools: tar --hard-dereference | tar"),
     ("scaled.best.total", "best tools: database + storage"),
+    ("scaled.best.storage.syncfs", "  (syncfs after tar | tar, not in total)"),
     ("scaled.full", "hostshift sync, everything (wall)"),
     ("scaled.full.db", "  database unit"),
     ("scaled.full.storage", "  storage unit"),

@@ -129,6 +129,11 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
     let snap = measure::snapshot(&groups);
     let out = bl.run("tar | tar", TAR_PIPE_DEREFERENCE, "-", &tar_copy).await?;
     push(report, n, "scaled.best.storage", out.wall.as_secs_f64(), cpu(&snap), json!(null));
+    // Right after the copy, as at 1 x: what making it durable costs (hostshift's copy is durable
+    // when its sync ends; `tar` leaves that to the kernel).
+    let snap = measure::snapshot(&groups);
+    let out = bl.run("syncfs", baselines::SYNCFS, "-", &tar_copy).await?;
+    push(report, n, "scaled.best.storage.syncfs", out.wall.as_secs_f64(), cpu(&snap), json!(null));
     let tar_files = crate::storage_tree::listing(&tar_copy)?.len() as u64;
     anyhow::ensure!(tar_files == files, "tar | tar copied {tar_files} files of the x{n} tree's {files}");
     // Moved aside, not deleted: creating files right after deleting as many is slow on this
