@@ -303,3 +303,48 @@ impl Progress {
         }
     }
 }
+
+impl Drop for Progress {
+    /// A unit or step that never reported its end (a run that stopped on an error between the
+    /// two) must not leave its spinner ticking over what is printed next.
+    fn drop(&mut self) {
+        if let Ok(mut u) = self.units.lock() {
+            for (_, x) in u.drain() {
+                if let Some(bar) = x.bar {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar_of(p: &Progress, unit: &str) -> Option<ProgressBar> {
+        p.units.lock().ok()?.get(unit)?.bar.clone()
+    }
+
+    #[test]
+    fn a_step_that_ended_and_one_left_running_both_lose_their_spinner() {
+        let p = Progress::with_bars(Mode::Human, true);
+        p.step_started("delta");
+        p.step_started("prove");
+        let (delta, prove) = (bar_of(&p, "delta"), bar_of(&p, "prove"));
+        let (delta, prove) = (delta.expect("a spinner"), prove.expect("a spinner"));
+        p.step_ended("delta", "delta: ok — 0 bytes");
+        assert!(delta.is_finished(), "an ended step's spinner is cleared");
+        assert!(!prove.is_finished(), "a running step keeps its spinner");
+        // The run stopped on an error before `prove` ended: dropping the reporter clears it.
+        drop(p);
+        assert!(prove.is_finished(), "no spinner outlives the reporter");
+    }
+
+    #[test]
+    fn without_a_terminal_a_step_is_a_line_not_a_spinner() {
+        let p = Progress::with_bars(Mode::Human, false);
+        p.step_started("delta");
+        assert!(bar_of(&p, "delta").is_none());
+    }
+}

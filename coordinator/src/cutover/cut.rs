@@ -149,8 +149,8 @@ impl<'a> Cut<'a> {
 
     /// Journals `step` as started; returns its start time.
     pub(super) fn begin(&mut self, step: JStep) -> Result<Instant, CutoverError> {
-        self.progress.step_started(&step.to_string());
         self.record(step, Mark::Started, "")?;
+        self.progress.step_started(&step.to_string());
         Ok(Instant::now())
     }
 
