@@ -131,16 +131,22 @@ impl Progress {
 
     /// The step ended: its spinner goes, and `line` (how it ended) stays.
     pub fn step_ended(&self, step: &str, line: &str) {
-        let bar = self
+        self.end(step);
+        self.say(line);
+    }
+
+    /// Forgets `unit` and clears its bar; returns how long it ran (zero when unknown).
+    fn end(&self, unit: &str) -> Duration {
+        let (elapsed, bar) = self
             .units
             .lock()
             .ok()
-            .and_then(|mut u| u.remove(step))
-            .and_then(|x| x.bar);
+            .and_then(|mut u| u.remove(unit))
+            .map_or((Duration::ZERO, None), |x| (x.started.elapsed(), x.bar));
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        self.say(line);
+        elapsed
     }
 
     /// A unit of work starts; `total` bytes expected (0 = unknown).
@@ -266,15 +272,7 @@ impl Progress {
 
     /// A unit finished (`ok`) or failed, with a short summary.
     pub fn done(&self, unit: &str, moved: u64, ok: bool, summary: &str) {
-        let (elapsed, bar) = self
-            .units
-            .lock()
-            .ok()
-            .and_then(|mut u| u.remove(unit))
-            .map_or((Duration::ZERO, None), |x| (x.started.elapsed(), x.bar));
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+        let elapsed = self.end(unit);
         match self.mode {
             Mode::Human => {
                 let mark = if ok { "ok  " } else { "FAIL" };
