@@ -10,6 +10,20 @@
 //! The trailer hashes the chunk digests rather than the bytes again: every byte is then hashed
 //! once per side (SHA-256 runs at ~1.3 GiB/s a core here), and the chain of digests still pins
 //! down the exact content and order.
+//!
+//! # Streams whose payload proves itself
+//! A storage batch is checked against the source's manifest as it is staged: each file's
+//! content by its SHA-256, each entry's path, kind, size and link target. A chunk digest there
+//! would hash every byte a second time on each side — on a first copy the two sides spent about
+//! 40 % of their CPU in SHA-256, half of it on chunk digests (issue 15). Such a stream is framed
+//! with [`ChunkDigests::Omitted`]: its chunks carry no digest, and its trailer carries the length,
+//! the number of chunks (a dropped, repeated or truncated chunk is still caught) and the
+//! payload's own *seal* — for a storage batch the SHA-256 of every byte that is not file content
+//! (tar headers, long names, padding, markers), which the receiver computes too and compares
+//! ([`Accepted::End::seal`]; this module does not check it). A chunk that carries a digest in
+//! such a stream, or one without a digest in a hashed stream, is refused as malformed, so the
+//! two kinds are never mixed up. Every other stream (table data, schema, manifests, config
+//! files) keeps [`ChunkDigests::Each`].
 
 use bytes::Bytes;
 use hostshift_proto::v1::{Chunk, Frame, Trailer, frame::Kind};
@@ -60,33 +74,65 @@ pub enum IntegrityError {
     /// A frame after the trailer, or an empty frame.
     #[error("malformed stream: {0}")]
     Malformed(&'static str),
+    /// A stream without chunk digests whose payload does not match the seal in its trailer.
+    #[error("the stream's payload does not match its seal: its bytes other than file content have SHA-256 {}, the sender sealed {sent}", received.map_or_else(|| "(none)".to_string(), |d| d.to_string()))]
+    Sealed {
+        /// What the sender sealed.
+        sent: Sha256Digest,
+        /// What the receiver computed.
+        received: Option<Sha256Digest>,
+    },
+}
+
+/// Whether a stream's chunks carry their own SHA-256 (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChunkDigests {
+    /// Each chunk carries the SHA-256 of its bytes, the trailer the chain of them.
+    #[default]
+    Each,
+    /// No chunk digests: for a payload the receiver checks in full against what it expects
+    /// (storage batches). The trailer still carries the length and the number of chunks.
+    Omitted,
 }
 
 /// Sending side: turns byte chunks into frames.
 #[derive(Default)]
 pub struct FrameEncoder {
+    digests: ChunkDigests,
+    seal: Option<Sha256Digest>,
     chain: Sha256,
     len: u64,
     chunks: u64,
 }
 
 impl FrameEncoder {
-    /// A new stream.
+    /// A new stream, every chunk with its digest.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A new stream whose chunks carry digests or not.
+    pub fn with(digests: ChunkDigests) -> Self {
+        Self {
+            digests,
+            ..Self::default()
+        }
+    }
+
     /// A chunk frame for `data`.
     pub fn chunk(&mut self, data: Bytes) -> Frame {
-        let d = Sha256Digest::of(&data);
-        self.chain.update(d.as_bytes());
+        let sha256 = match self.digests {
+            ChunkDigests::Each => {
+                let d = Sha256Digest::of(&data);
+                self.chain.update(d.as_bytes());
+                d.as_bytes().to_vec()
+            }
+            ChunkDigests::Omitted => Vec::new(),
+        };
         self.len += data.len() as u64;
         self.chunks += 1;
         Frame {
-            kind: Some(Kind::Chunk(Chunk {
-                data,
-                sha256: d.as_bytes().to_vec(),
-            })),
+            kind: Some(Kind::Chunk(Chunk { data, sha256 })),
         }
     }
 
@@ -100,14 +146,27 @@ impl FrameEncoder {
         self.len == 0
     }
 
-    /// The closing trailer, and the stream's digest (the chain digest).
-    pub fn trailer(self) -> (Frame, Sha256Digest) {
-        let digest = Sha256Digest::from_slice(&self.chain.finalize()).expect("SHA-256 is 32 bytes");
+    /// The payload's seal for the trailer of a stream without chunk digests (see the module
+    /// doc); ignored in a hashed stream, whose trailer carries its chain.
+    pub fn seal(&mut self, seal: Sha256Digest) {
+        self.seal = Some(seal);
+    }
+
+    /// The closing trailer, and the stream's digest (the chain digest; none without chunk
+    /// digests).
+    pub fn trailer(self) -> (Frame, Option<Sha256Digest>) {
+        let digest = (self.digests == ChunkDigests::Each).then(|| {
+            Sha256Digest::from_slice(&self.chain.finalize()).expect("SHA-256 is 32 bytes")
+        });
+        let carried = match self.digests {
+            ChunkDigests::Each => digest,
+            ChunkDigests::Omitted => self.seal,
+        };
         let frame = Frame {
             kind: Some(Kind::Trailer(Trailer {
                 length: self.len,
                 chunks: self.chunks,
-                sha256: digest.as_bytes().to_vec(),
+                sha256: carried.map(|d| d.as_bytes().to_vec()).unwrap_or_default(),
             })),
         };
         (frame, digest)
@@ -123,14 +182,18 @@ pub enum Accepted {
     End {
         /// Total bytes.
         length: u64,
-        /// The stream's digest (chain of chunk digests).
-        digest: Sha256Digest,
+        /// The stream's digest (chain of chunk digests); none for [`ChunkDigests::Omitted`].
+        digest: Option<Sha256Digest>,
+        /// [`ChunkDigests::Omitted`]: the seal the sender's payload claims, if any. Not checked
+        /// here: the receiver of the payload compares it with its own.
+        seal: Option<Sha256Digest>,
     },
 }
 
 /// Receiving side: verifies frames one by one.
 #[derive(Default)]
 pub struct FrameDecoder {
+    digests: ChunkDigests,
     chain: Sha256,
     len: u64,
     chunks: u64,
@@ -138,9 +201,17 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A new stream.
+    /// A new stream, every chunk with its digest.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new stream whose chunks carry digests or not; a chunk of the other kind is refused.
+    pub fn with(digests: ChunkDigests) -> Self {
+        Self {
+            digests,
+            ..Self::default()
+        }
     }
 
     /// Checks one frame.
@@ -153,24 +224,48 @@ impl FrameDecoder {
         }
         match frame.kind {
             Some(Kind::Chunk(c)) => {
-                let actual = Sha256Digest::of(&c.data);
-                if actual.as_bytes().as_slice() != c.sha256.as_slice() {
-                    return Err(IntegrityError::Chunk {
-                        index: self.chunks,
-                        actual: actual.to_string(),
-                        claimed: hex::encode(&c.sha256),
-                    });
+                match self.digests {
+                    ChunkDigests::Each if c.sha256.is_empty() => {
+                        return Err(IntegrityError::Malformed("a chunk without its SHA-256"));
+                    }
+                    ChunkDigests::Each => {
+                        let actual = Sha256Digest::of(&c.data);
+                        if actual.as_bytes().as_slice() != c.sha256.as_slice() {
+                            return Err(IntegrityError::Chunk {
+                                index: self.chunks,
+                                actual: actual.to_string(),
+                                claimed: hex::encode(&c.sha256),
+                            });
+                        }
+                        self.chain.update(actual.as_bytes());
+                    }
+                    ChunkDigests::Omitted if !c.sha256.is_empty() => {
+                        return Err(IntegrityError::Malformed(
+                            "a chunk digest in a stream framed without them",
+                        ));
+                    }
+                    ChunkDigests::Omitted => {}
                 }
-                self.chain.update(actual.as_bytes());
                 self.len += c.data.len() as u64;
                 self.chunks += 1;
                 Ok(Accepted::Data(c.data))
             }
             Some(Kind::Trailer(t)) => {
                 self.done = true;
-                let digest = Sha256Digest::from_slice(&std::mem::take(&mut self.chain).finalize())
-                    .expect("SHA-256 is 32 bytes");
-                let digest_mismatch = digest.as_bytes().as_slice() != t.sha256.as_slice();
+                let digest = (self.digests == ChunkDigests::Each).then(|| {
+                    Sha256Digest::from_slice(&std::mem::take(&mut self.chain).finalize())
+                        .expect("SHA-256 is 32 bytes")
+                });
+                let (digest_mismatch, seal) = match digest {
+                    Some(d) => (d.as_bytes().as_slice() != t.sha256.as_slice(), None),
+                    None if t.sha256.is_empty() => (false, None),
+                    None => match Sha256Digest::from_slice(&t.sha256) {
+                        Ok(seal) => (false, Some(seal)),
+                        Err(_) => {
+                            return Err(IntegrityError::Malformed("a seal that is not a SHA-256"));
+                        }
+                    },
+                };
                 if t.length != self.len || t.chunks != self.chunks || digest_mismatch {
                     return Err(IntegrityError::Trailer {
                         got_len: self.len,
@@ -183,6 +278,7 @@ impl FrameDecoder {
                 Ok(Accepted::End {
                     length: self.len,
                     digest,
+                    seal,
                 })
             }
             None => Err(IntegrityError::Malformed("empty frame")),
@@ -221,8 +317,12 @@ impl FrameDecoder {
 mod tests {
     use super::*;
 
-    fn frames(parts: &[&[u8]]) -> (Vec<Frame>, Sha256Digest) {
-        let mut e = FrameEncoder::new();
+    fn frames(parts: &[&[u8]]) -> (Vec<Frame>, Option<Sha256Digest>) {
+        frames_with(ChunkDigests::Each, parts)
+    }
+
+    fn frames_with(digests: ChunkDigests, parts: &[&[u8]]) -> (Vec<Frame>, Option<Sha256Digest>) {
+        let mut e = FrameEncoder::with(digests);
         let mut v: Vec<Frame> = parts
             .iter()
             .map(|p| e.chunk(Bytes::copy_from_slice(p)))
@@ -232,13 +332,23 @@ mod tests {
         (v, d)
     }
 
-    fn decode(v: Vec<Frame>) -> Result<(Vec<u8>, Sha256Digest), IntegrityError> {
-        let mut d = FrameDecoder::new();
+    fn decode(v: Vec<Frame>) -> Result<(Vec<u8>, Option<Sha256Digest>), IntegrityError> {
+        decode_with(ChunkDigests::Each, v)
+    }
+
+    fn decode_with(
+        digests: ChunkDigests,
+        v: Vec<Frame>,
+    ) -> Result<(Vec<u8>, Option<Sha256Digest>), IntegrityError> {
+        let mut d = FrameDecoder::with(digests);
         let mut out = Vec::new();
         for f in v {
             match d.accept(f)? {
                 Accepted::Data(b) => out.extend_from_slice(&b),
-                Accepted::End { digest, .. } => return Ok((out, digest)),
+                Accepted::End { digest, seal, .. } => {
+                    assert_eq!(seal, None, "no seal was set");
+                    return Ok((out, digest));
+                }
             }
         }
         d.check_complete()?;
@@ -291,5 +401,91 @@ mod tests {
             decode(v),
             Err(IntegrityError::Truncated { got_len: 4 })
         ));
+    }
+
+    #[test]
+    fn without_chunk_digests_the_bytes_pass_unhashed_and_the_trailer_still_counts_them() {
+        let (v, d) = frames_with(ChunkDigests::Omitted, &[b"hello ", b"world"]);
+        assert_eq!(d, None);
+        assert!(v.iter().all(|f| match &f.kind {
+            Some(Kind::Chunk(c)) => c.sha256.is_empty(),
+            Some(Kind::Trailer(t)) => t.sha256.is_empty(),
+            None => false,
+        }));
+        let (bytes, digest) = decode_with(ChunkDigests::Omitted, v).expect("intact");
+        assert_eq!((bytes.as_slice(), digest), (&b"hello world"[..], None));
+
+        let (mut v, _) = frames_with(ChunkDigests::Omitted, &[b"aaaa", b"bbbb", b"cccc"]);
+        v.remove(1);
+        assert!(matches!(
+            decode_with(ChunkDigests::Omitted, v),
+            Err(IntegrityError::Trailer {
+                got_chunks: 2,
+                chunks: 3,
+                ..
+            })
+        ));
+        let (mut v, _) = frames_with(ChunkDigests::Omitted, &[b"aaaa"]);
+        v.pop();
+        assert!(matches!(
+            decode_with(ChunkDigests::Omitted, v),
+            Err(IntegrityError::Truncated { got_len: 4 })
+        ));
+    }
+
+    #[test]
+    fn a_stream_framed_one_way_is_refused_by_a_decoder_expecting_the_other() {
+        // A hashed stream's chunk without its digest is not silently accepted unchecked...
+        let (v, _) = frames_with(ChunkDigests::Omitted, &[b"aaaa"]);
+        assert!(matches!(
+            decode_with(ChunkDigests::Each, v),
+            Err(IntegrityError::Malformed(m)) if m.contains("without its SHA-256")
+        ));
+        // ...and a digest where none belongs means the two sides disagree on the framing.
+        let (v, _) = frames_with(ChunkDigests::Each, &[b"aaaa"]);
+        assert!(matches!(
+            decode_with(ChunkDigests::Omitted, v),
+            Err(IntegrityError::Malformed(_))
+        ));
+        // A seal that is not a digest is malformed.
+        let (mut v, _) = frames_with(ChunkDigests::Omitted, &[b"aaaa"]);
+        if let Some(Kind::Trailer(t)) = &mut v[1].kind {
+            t.sha256 = vec![0; 5];
+        }
+        assert!(matches!(
+            decode_with(ChunkDigests::Omitted, v),
+            Err(IntegrityError::Malformed(m)) if m.contains("seal")
+        ));
+    }
+
+    #[test]
+    fn a_payload_seal_travels_in_the_trailer_of_a_stream_without_chunk_digests() {
+        let seal = Sha256Digest::of(b"headers");
+        let mut e = FrameEncoder::with(ChunkDigests::Omitted);
+        let chunk = e.chunk(Bytes::from_static(b"data"));
+        e.seal(seal);
+        let (trailer, digest) = e.trailer();
+        assert_eq!(digest, None);
+        let mut d = FrameDecoder::with(ChunkDigests::Omitted);
+        assert!(matches!(d.accept(chunk), Ok(Accepted::Data(_))));
+        assert_eq!(
+            d.accept(trailer),
+            Ok(Accepted::End {
+                length: 4,
+                digest: None,
+                seal: Some(seal)
+            })
+        );
+        // A hashed stream's trailer carries its chain, never a seal.
+        let mut e = FrameEncoder::new();
+        e.seal(seal);
+        let (trailer, digest) = e.trailer();
+        let Some(Kind::Trailer(t)) = &trailer.kind else {
+            panic!("a trailer")
+        };
+        assert_eq!(
+            Some(t.sha256.as_slice()),
+            digest.as_ref().map(|d| &d.as_bytes()[..])
+        );
     }
 }
