@@ -7,7 +7,8 @@
 //! package name: nobody runs two 0.x builds side by side on purpose, and the number is what makes
 //! `check` refuse a mixed pair. History: 2 = typed fingerprints (`FingerprintResponse` fields
 //! renumbered, row digests by `hashtextextended`), storage sessions (the new agent fetches the
-//! manifest; `PlanStorage`/`CompareStorage`/`FinalizeStorage` carry no manifest), `Follow`.
+//! manifest; `PlanStorage`/`CompareStorage`/`FinalizeStorage` carry no manifest), `Follow`;
+//! 3 = storage batches framed without chunk digests (an older receiver would refuse them).
 //!
 //! Services (one per concern, each served by one folder of the agent):
 //! - `Agent` — identity, tools, disk and database reachability (`Info`), sizes and row counts
@@ -15,14 +16,14 @@
 //! - `Hooks` — runs a hook *named in the agent's config* and streams its output. Coordinator only.
 //! - `Pm2`, `EnvFiles`, `Nginx`, `Health`, `DbStats` — host control. Coordinator only.
 //! - `Grants`, `Source`, `Target`, `Database` — the data path of `sync`/`verify`: framed streams
-//!   (chunk digests + trailer), grants for agent-to-agent pulls. `Source` also accepts a peer
-//!   agent presenting a grant.
+//!   (chunk digests + trailer; storage batches without chunk digests), grants for
+//!   agent-to-agent pulls. `Source` also accepts a peer agent presenting a grant.
 //! - `Backup` — backups made on the host, verified, restored where allowed, uploaded to S3.
 
 #![allow(missing_docs)] // generated code carries the .proto comments, not `///` on every item.
 
 /// Protocol major version spoken by this build. Agents report it in `Info`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Generated types and services of package `hostshift.v1`.
 pub mod v1 {

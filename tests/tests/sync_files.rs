@@ -247,6 +247,58 @@ async fn a_corrupted_chunk_is_caught_retried_and_never_committed() {
     fs::assert_same_content(&sb.old_storage, &sb.new_storage);
 }
 
+/// Issue 15: a storage batch is proved by its files' digests and its seal, so its chunks carry
+/// no SHA-256 of their own (which cost each side a second pass over every byte).
+#[tokio::test]
+async fn storage_batches_travel_without_chunk_digests_and_with_a_seal_in_their_trailer() {
+    let mut sb = sandbox("sync_sealed", 10).await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = Plan::load(&sb.plan_path()).expect("plan");
+    // (chunks, chunks with a digest, trailers, trailers with a 32-byte seal)
+    let seen = Arc::new(std::sync::Mutex::new((0u32, 0u32, 0u32, 0u32)));
+    let record = seen.clone();
+    let tap: TapFactory = Arc::new(move |unit: &str, _attempt: u32| {
+        if !unit.contains("batch") {
+            return None;
+        }
+        let record = record.clone();
+        Some(Arc::new(move |_: u64, f: &mut hostshift_proto::v1::Frame| {
+            let mut r = record.lock().expect("lock");
+            match &f.kind {
+                Some(Kind::Chunk(c)) => {
+                    r.0 += 1;
+                    r.1 += u32::from(!c.sha256.is_empty());
+                }
+                Some(Kind::Trailer(t)) => {
+                    r.2 += 1;
+                    r.3 += u32::from(t.sha256.len() == 32);
+                }
+                None => {}
+            }
+        }) as sync::Tap)
+    });
+    let report = sync::run(
+        &plan,
+        &SyncOptions {
+            relay: true,
+            only: Some(sync::Only::Storage),
+            tap: Some(tap),
+            ..opts()
+        },
+    )
+    .await
+    .expect("sync runs");
+    assert!(report.ok, "{report:?}");
+    let (chunks, hashed, trailers, sealed) = *seen.lock().expect("lock");
+    assert!(chunks > 0 && trailers > 0, "no storage batch was relayed");
+    assert_eq!(hashed, 0, "storage chunks carry no digest");
+    assert_eq!(
+        sealed, trailers,
+        "every storage batch's trailer carries its seal"
+    );
+    fs::assert_same_content(&sb.old_storage, &sb.new_storage);
+}
+
 #[tokio::test]
 async fn verify_catches_a_single_flipped_byte_even_with_size_and_mtime_kept() {
     let mut sb = sandbox("verify_flip", 5).await;

@@ -78,6 +78,11 @@ impl<S: ChunkSink> ChunkWriter<S> {
         &self.sink
     }
 
+    /// The sink, to tell it something about the stream's end (a seal).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
     /// Sends what is buffered and returns the sink (to end the stream its own way).
     ///
     /// # Errors

@@ -1,7 +1,8 @@
 //! Storage trees: copying a folder of user artifacts from the old host to the new one, sending
 //! only what differs, verifying every byte, and never touching anything outside the tree. This
 //! folder is the library; it knows nothing of gRPC (the service wires it to the network, adding
-//! chunk framing: a SHA-256 per chunk and a stream trailer).
+//! chunk framing and a stream trailer — without chunk digests: what [`unpack`] checks against
+//! the manifest proves every byte it stages).
 //!
 //! # How a tree is synced
 //! 1. **Manifests** on both hosts: [`walk::build`] walks the tree on [`walk::WALK_THREADS`]

@@ -38,10 +38,11 @@
 //! never be mistaken for a file of the tree. Plain [`pack`] / [`pack_with`] (backups) still stop
 //! at the first such file.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use hostshift_shared::digest::StreamHasher;
+use hostshift_shared::digest::{Sha256Digest, StreamHasher};
 use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
@@ -65,6 +66,12 @@ pub struct PackStats {
     pub digests_reused: u64,
     /// Files left for the next pass because they changed or vanished ([`pack_deferring`] only).
     pub deferred: Vec<Deferred>,
+    /// The stream's *envelope*: SHA-256 of every byte it carries that is not file content
+    /// (headers, GNU long names, padding, deferral markers, the end-of-archive blocks). With the
+    /// files' own digests it proves the whole stream: the receiver computes it too
+    /// ([`Staged::envelope`](super::staging::Staged::envelope)) and a sync compares the two.
+    /// `None` until the stream is finished.
+    pub envelope: Option<Sha256Digest>,
 }
 
 /// Tar name prefix of the marker that follows a deferred file (see the module doc).
@@ -139,10 +146,14 @@ fn pack_inner<W: Write>(
     walked: Option<&Manifest>,
     defer: bool,
 ) -> Result<PackStats, StorageError> {
+    // File content the `CheckedFile`s handed to the builder and the sink has not seen yet.
+    let content = Cell::new(0u64);
     let mut sink = Sink {
         inner: out,
         written: 0,
         poisoned: false,
+        content: &content,
+        envelope: StreamHasher::new(),
     };
     let mut stats = PackStats::default();
     let mut builder = tar::Builder::new(&mut sink);
@@ -163,6 +174,7 @@ fn pack_inner<W: Write>(
                 cancel,
                 &mut stats,
                 defer,
+                &content,
             ) {
                 Err(StorageError::ChangedWhileReading { detail, .. }) if defer => {
                     // Nothing of it was written: only the marker goes out.
@@ -185,6 +197,7 @@ fn pack_inner<W: Write>(
         .flush()
         .map_err(|err| StorageError::io("write tar stream", root, err))?;
     stats.stream_bytes = sink.written;
+    stats.envelope = Some(sink.envelope.finish().1);
     Ok(stats)
 }
 
@@ -243,6 +256,7 @@ fn append<W: Write>(
     cancel: &CancellationToken,
     stats: &mut PackStats,
     defer: bool,
+    content: &Cell<u64>,
 ) -> Result<(), StorageError> {
     let full = join_under(root, &e.path)?;
     let changed = |detail: String| StorageError::ChangedWhileReading {
@@ -298,6 +312,7 @@ fn append<W: Write>(
                 failure: None,
                 defer,
                 torn: None,
+                content,
             };
             let r = if e.size == 0 {
                 // Nothing to read: check now (an empty file that grew or moved is caught here).
@@ -310,6 +325,15 @@ fn append<W: Write>(
                 return Err(failure);
             }
             r.map_err(sent)?;
+            if content.get() != 0 {
+                // The builder wrote every byte it read before anything else (`io::copy`); if a
+                // tar crate ever did not, the envelope would be wrong: say so, never guess.
+                return Err(StorageError::io(
+                    "write tar stream",
+                    &full,
+                    io::Error::other("file content was read but not written"),
+                ));
+            }
             if let Some(detail) = src.torn {
                 // The entry went out whole but is not the manifest's content: the marker right
                 // after it tells the receiver to throw it away.
@@ -370,6 +394,9 @@ struct CheckedFile<'a> {
     defer: bool,
     /// Deferring: what changed while it was read; the entry is completed, then marked.
     torn: Option<String>,
+    /// Content bytes handed on and not yet written: the [`Sink`] leaves them out of the
+    /// envelope.
+    content: &'a Cell<u64>,
 }
 
 impl CheckedFile<'_> {
@@ -457,24 +484,33 @@ impl Read for CheckedFile<'_> {
         let n = out.len().min(self.end - self.start);
         out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
+        self.content.set(self.content.get() + n as u64);
         Ok(n)
     }
 }
 
-/// Counts what goes out, and refuses everything once poisoned.
-struct Sink<W> {
+/// Counts what goes out, hashes what is not file content into the envelope, and refuses
+/// everything once poisoned. The tar builder writes a file's content as it reads it from its
+/// [`CheckedFile`], before any other byte, so the first `content` bytes written are content.
+struct Sink<'a, W> {
     inner: W,
     written: u64,
     poisoned: bool,
+    content: &'a Cell<u64>,
+    envelope: StreamHasher,
 }
 
-impl<W: Write> Write for Sink<W> {
+impl<W: Write> Write for Sink<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.poisoned {
             return Err(io::Error::other("the tar stream was abandoned"));
         }
         let n = self.inner.write(data)?;
         self.written += n as u64;
+        let pending = self.content.get();
+        let content = usize::try_from(pending).unwrap_or(usize::MAX).min(n);
+        self.content.set(pending - content as u64);
+        self.envelope.update(&data[content..n]);
         Ok(n)
     }
 

@@ -21,6 +21,8 @@ pub struct Staged {
     pub(super) bytes: u64,
     /// Files the sender deferred (they changed while being read): nothing of them is staged.
     pub(super) deferred: Vec<super::pack::Deferred>,
+    /// SHA-256 of the stream's bytes that are not file content, as received.
+    pub(super) envelope: Option<hostshift_shared::digest::Sha256Digest>,
 }
 
 /// One verified copy waiting to be installed.
@@ -54,6 +56,13 @@ impl Staged {
     /// Bytes of file content staged.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The stream's envelope as received: SHA-256 of every byte that was not file content
+    /// (see [`PackStats::envelope`](super::pack::PackStats::envelope)). File content is proved
+    /// by each file's digest; the envelope, compared with the sender's, proves the rest.
+    pub fn envelope(&self) -> Option<hostshift_shared::digest::Sha256Digest> {
+        self.envelope
     }
 
     /// Files the sender deferred: not staged, left for the next pass.

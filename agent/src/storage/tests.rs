@@ -516,3 +516,61 @@ fn a_digest_mismatch_is_forgiven_only_by_the_marker_of_that_very_file() {
     }
     assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "nothing left");
 }
+
+#[test]
+fn every_byte_of_a_stream_is_proved_by_its_file_digest_or_by_the_envelope() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    let long = format!("{}/long-named", "n".repeat(120));
+    put(&src, "a", b"alpha", 0o644, 1_000, 0);
+    put(&src, &long, &noise(700, 7), 0o600, 2_000, 5);
+    put(&src, "empty", b"", 0o644, 1_000, 0);
+    put(&src, "removed", b"gone", 0o644, 1_000, 0);
+    link(&src, "l", "a");
+    let m = manifest(&src);
+    std::fs::remove_file(src.join("removed")).unwrap();
+    let files: Vec<Entry> = m
+        .entries()
+        .iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .cloned()
+        .collect();
+    let cancel = CancellationToken::new();
+    let mut tar = Vec::new();
+    // Headers, a GNU long name, padding, a symlink, an empty file, a deferral marker.
+    let packed = pack_deferring(&src, &files, &mut tar, &cancel, None).unwrap();
+    assert_eq!(packed.deferred.len(), 1);
+    let sent = packed.envelope.expect("a finished stream has its envelope");
+    let staged = unpack(&dst, ".hostshift-staging-ok", &tar[..], &files, &cancel).unwrap();
+    assert_eq!(
+        staged.envelope(),
+        Some(sent),
+        "both sides hash the same bytes"
+    );
+    abort(&dst, staged).unwrap();
+
+    // Flip each byte in turn: unpack refuses (a file's digest, a size, the tar checksum...) or
+    // the envelope it computed differs from the sender's, which a sync compares. Never both
+    // accepted and equal.
+    let mut caught_by_envelope_only = 0;
+    for i in 0..tar.len() {
+        let mut bad = tar.clone();
+        bad[i] ^= 0x04;
+        let name = format!(".hostshift-staging-{i}");
+        if let Ok(staged) = unpack(&dst, &name, &bad[..], &files, &cancel) {
+            let got = staged.envelope();
+            abort(&dst, staged).unwrap();
+            assert_ne!(
+                got,
+                Some(sent),
+                "byte {i} of {} flipped unnoticed",
+                tar.len()
+            );
+            caught_by_envelope_only += 1;
+        }
+    }
+    // Padding, mode and mtime fields, the marker's reason: only the envelope sees those.
+    assert!(caught_by_envelope_only > 0);
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "nothing left");
+}

@@ -16,17 +16,22 @@
 //! one `syncfs(2)` for a large set), so a crash after a commit's rename never leaves an empty or
 //! partial file at the final path.
 //!
-//! Why each file is hashed here although every chunk of the stream was hashed too (issue 15
-//! asked whether this pass could go): the chunk chain and its trailer prove that these bytes are
-//! the bytes the *sender* sent, not that they are the bytes the *manifest's* SHA-256 names. The
-//! sender does not always hash what it sends: a file whose stamp shows it is the one its walk
-//! digested is sent unread by any hasher ([`pack`](super::pack), `digested_by_walk`), and a
-//! change no stamp shows (a second write within the same clock tick, a write through `mmap`)
-//! would then reach this side with a valid chain and the wrong content. The per-file digest
-//! below is the only check that catches it, and the digest this agent records for an installed
-//! file in its cache rests on it. Dropping this pass would need the sender to hash every file
-//! against its manifest entry instead — the same pass moved to the other host, not saved.
+//! # One SHA-256 pass per byte, here
+//! This per-file digest is the check the stream rests on. The sender does not always hash what
+//! it sends: a file whose stamp shows it is the one its walk digested is sent unread by any
+//! hasher ([`pack`](super::pack), `digested_by_walk`), and a change no stamp shows (a second
+//! write within the same clock tick, a write through `mmap`) reaches this side only to be
+//! caught here; the digest this agent records for an installed file in its cache rests on it
+//! too. Since protocol 3 a storage batch's chunks carry no SHA-256 of their own (issue 15): a
+//! chunk chain proves that these bytes are the bytes the *sender* sent, which adds nothing to
+//! what is checked here against the *manifest* — every file's content by its SHA-256, every
+//! entry's path, kind, size and link target by `expected`, and that each expected entry arrived
+//! or was marked deferred — and it cost each side a second SHA-256 pass over every byte. What
+//! the stream carries beyond that (tar header fields such as mode and mtime, padding, a
+//! deferral's reason) is never used to build what is committed: mode and mtime come from the
+//! manifest. TLS protects the bytes in transit; the trailer still counts bytes and chunks.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
@@ -92,6 +97,7 @@ pub fn unpack<R: Read>(
         entries: Vec::new(),
         bytes: 0,
         deferred: Vec::new(),
+        envelope: None,
     };
     let result = extract(&mut staged, input, expected, cancel).and_then(|()| {
         // Each staged file and the staging directory, or one syncfs for a large set (see
@@ -134,7 +140,12 @@ fn extract<R: Read>(
     }
     let mut arrived = vec![false; expected.len()];
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut archive = tar::Archive::new(input);
+    let in_content = Cell::new(false);
+    let mut archive = tar::Archive::new(Envelope {
+        inner: input,
+        hasher: StreamHasher::new(),
+        in_content: &in_content,
+    });
     let broken = |e: io::Error| stream_error(Path::new(STREAM), e);
     // Raw entries: GNU long names are read here, bounded, and PAX headers are refused.
     let entries = archive.entries().map_err(broken)?.raw(true);
@@ -203,7 +214,10 @@ fn extract<R: Read>(
                         detail: format!("sent with {} bytes, expected {}", entry.size(), want.size),
                     });
                 }
-                match write_file(&mut entry, want, &staged_path, &mut buf, cancel) {
+                in_content.set(true);
+                let written = write_file(&mut entry, want, &staged_path, &mut buf, cancel);
+                in_content.set(false);
+                match written {
                     Ok(i) => inode = Some(i),
                     Err(err @ StorageError::DigestMismatch { .. }) => {
                         // Never kept: either the sender marks it deferred next, or this is
@@ -247,7 +261,9 @@ fn extract<R: Read>(
     if let Some((_, err)) = pending {
         return Err(err);
     }
-    drain(archive.into_inner(), &mut buf)?;
+    let mut rest = archive.into_inner();
+    drain(&mut rest, &mut buf)?;
+    staged.envelope = Some(rest.hasher.finish().1);
     if let Some(i) = arrived.iter().position(|a| !a) {
         let missing = arrived.iter().filter(|a| !**a).count();
         return Err(StorageError::Truncated {
@@ -433,6 +449,26 @@ fn read_long_name<R: Read>(entry: &mut R, again: bool) -> Result<Vec<u8>, Storag
         v.pop();
     }
     Ok(v)
+}
+
+/// The stream as the tar parser reads it, hashing every byte that is not file content (while
+/// `in_content` is false) into the envelope. The parser reads headers, long names, padding and
+/// markers from it exactly as they were written and a file's content only through its entry,
+/// bounded by its size, so the envelope here covers the same bytes as the sender's.
+struct Envelope<'a, R> {
+    inner: R,
+    hasher: StreamHasher,
+    in_content: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Envelope<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.in_content.get() {
+            self.hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// Reads what follows the end-of-archive marker: only zero padding may.

@@ -8,12 +8,13 @@
 //! agent certificate and reads the stream itself, so data never crosses the jump box. In `--relay`
 //! mode the coordinator reads `Source.Read` and writes `Target.Apply` itself.
 //!
-//! Either way the stream is framed ([`hostshift_shared::framing`]): every chunk is verified as it
-//! arrives and the trailer before anything is committed — storage files are staged inside the
-//! tree and renamed into place only after the trailer checked out (each file is also checked
-//! against the source manifest's SHA-256 while it is written), config files are written to a
-//! temporary file and renamed. A mismatch is `DATA_LOSS`: the staged data is discarded and the
-//! coordinator sends the stream again.
+//! Either way the stream is framed ([`hostshift_shared::framing`]) and its trailer checked before
+//! anything is committed. Table data, schema, manifests and config files carry a SHA-256 per
+//! chunk, verified as it arrives; config files are written to a temporary file and renamed.
+//! Storage batches carry none: each entry is checked against the batch's expected entries (the
+//! source manifest's) and each file against its SHA-256 while it is staged inside the tree, and
+//! renamed into place only after the trailer checked out. A mismatch is `DATA_LOSS`: the staged
+//! data is discarded and the coordinator sends the stream again.
 //!
 //! # Safety
 //! The source side only reads. The target side writes only what `[allow]` of its own config

@@ -10,7 +10,8 @@ use futures::{Stream, StreamExt};
 use hostshift_proto::v1::{
     ApplyHeader, ApplyResult, DeferredFile, FileApply, Frame, StorageFilesApply, apply_header::What,
 };
-use hostshift_shared::framing::{Accepted, FrameDecoder, IntegrityError};
+use hostshift_shared::digest::Sha256Digest;
+use hostshift_shared::framing::{Accepted, ChunkDigests, FrameDecoder, IntegrityError};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -94,9 +95,11 @@ where
         )
     });
 
-    let mut dec = FrameDecoder::new();
+    // No chunk digests: every entry is checked against `expected` as it is staged (its path,
+    // kind, size, link target, and each file's SHA-256), and every other byte by the seal.
+    let mut dec = FrameDecoder::with(ChunkDigests::Omitted);
     let mut failure: Option<AgentError> = None;
-    let mut digest = String::new();
+    let mut seal = None;
     loop {
         let next = tokio::select! {
             f = frames.next() => f,
@@ -123,8 +126,8 @@ where
                         break;
                     }
                 }
-                Ok(Accepted::End { digest: d, .. }) => {
-                    digest = d.to_string();
+                Ok(Accepted::End { seal: s, .. }) => {
+                    seal = s;
                     break;
                 }
             },
@@ -134,6 +137,10 @@ where
     let unpacked = unpacker
         .await
         .map_err(|e| AgentError::Internal(format!("unpack task: {e}")))?;
+    let failure = failure.or_else(|| match &unpacked {
+        Ok(staged) if dec.finished() => unsealed(seal, staged.envelope()),
+        _ => None,
+    });
     let staged = match (unpacked, failure) {
         (Ok(staged), None) if dec.finished() => staged,
         (Ok(staged), failure) => {
@@ -181,10 +188,26 @@ where
     Ok(ApplyResult {
         bytes: dec.len(),
         files: files - deferred.len() as u64,
-        sha256: digest,
+        // What the batch was checked against: its entries, each file with its SHA-256.
+        sha256: Sha256Digest::of(&h.expected).to_string(),
         changes: vec![],
         deferred,
     })
+}
+
+/// Why a storage batch's envelope as received does not prove it: the sender's seal is missing
+/// or differs (a header, a long name, padding or a marker changed on the way).
+fn unsealed(seal: Option<Sha256Digest>, received: Option<Sha256Digest>) -> Option<AgentError> {
+    match (seal, received) {
+        (Some(sent), Some(got)) if sent == got => None,
+        (None, _) => Some(AgentError::DataLoss(
+            "the storage stream's trailer carries no seal: the sending agent must be of the same protocol version (run `hostshift check`)".into(),
+        )),
+        (Some(sent), got) => Some(integrity(IntegrityError::Sealed {
+            sent,
+            received: got,
+        })),
+    }
 }
 
 async fn file<S>(ctx: &Arc<Ctx>, h: FileApply, mut frames: S) -> Result<ApplyResult, AgentError>
@@ -227,7 +250,7 @@ where
     Ok(ApplyResult {
         bytes: data.len() as u64,
         files: 1,
-        sha256: digest.to_string(),
+        sha256: digest.map(|d| d.to_string()).unwrap_or_default(),
         changes,
         deferred: vec![],
     })

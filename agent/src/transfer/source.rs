@@ -3,7 +3,10 @@
 //! Producers that block (tar, hashing a tree) run in `spawn_blocking` and write into a
 //! [`FrameWriter`], which cuts their output into chunks, computes each chunk's SHA-256 on that
 //! same blocking thread (not on the async runtime that drives TLS and HTTP/2) and sends the
-//! frames on a bounded channel to the network. A slow receiver therefore slows the producer
+//! frames on a bounded channel to the network. Storage batches are framed without chunk
+//! digests ([`ChunkDigests::Omitted`]): the receiver checks each of their files against the
+//! manifest's SHA-256 and each entry against the manifest, and the trailer's seal (the SHA-256
+//! of every byte that is not file content) against its own, which proves every byte of them. A slow receiver therefore slows the producer
 //! (backpressure), and a receiver that goes away stops it (the writer's next send fails).
 //!
 //! This module also owns the agent's [`ManifestCache`] (one per process): the manifests of its
@@ -16,7 +19,8 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use hostshift_proto::v1::{FileMetaResponse, Frame};
-use hostshift_shared::framing::{CHUNK_SIZE, FrameEncoder};
+use hostshift_shared::digest::Sha256Digest;
+use hostshift_shared::framing::{CHUNK_SIZE, ChunkDigests, FrameEncoder};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +48,14 @@ pub type FrameWriter = ChunkWriter<FrameSink>;
 pub struct FrameSink {
     tx: mpsc::Sender<Result<Frame, Status>>,
     enc: FrameEncoder,
+}
+
+impl FrameSink {
+    /// Puts the payload's seal into the trailer of a stream without chunk digests (a storage
+    /// batch's envelope; see [`hostshift_shared::framing`]).
+    pub fn seal(&mut self, seal: Sha256Digest) {
+        self.enc.seal(seal);
+    }
 }
 
 fn receiver_gone() -> io::Error {
@@ -82,13 +94,21 @@ pub fn framed_blocking<P>(ctx: &Ctx, produce: P) -> FrameRx
 where
     P: FnOnce(&mut FrameWriter, &CancellationToken) -> Result<(), AgentError> + Send + 'static,
 {
+    framed_blocking_with(ctx, ChunkDigests::Each, produce)
+}
+
+/// [`framed_blocking`] with chunk digests or without them (see the module doc).
+fn framed_blocking_with<P>(ctx: &Ctx, digests: ChunkDigests, produce: P) -> FrameRx
+where
+    P: FnOnce(&mut FrameWriter, &CancellationToken) -> Result<(), AgentError> + Send + 'static,
+{
     let (ftx, frx) = mpsc::channel(FRAME_QUEUE);
     let cancel = ctx.shutdown.child_token();
     let on_panic = ftx.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let mut w = FrameWriter::with_sink(FrameSink {
             tx: ftx,
-            enc: FrameEncoder::new(),
+            enc: FrameEncoder::with(digests),
         });
         let outcome = produce(&mut w, &cancel);
         let tx = w.sink().tx.clone();
@@ -237,7 +257,8 @@ pub fn remember_installed(ctx: &Ctx, tree: &str, files: Vec<(Entry, Stamp)>) {
 /// A tar stream of the `entries` (an encoded manifest subset) of a tree. Files its last walk
 /// digested and that provably did not change since are not hashed again (the receiver checks
 /// every file; see [`storage::pack_with`]). A file that changes or vanishes meanwhile is
-/// deferred, not fatal (see [`storage::pack_deferring`]).
+/// deferred, not fatal (see [`storage::pack_deferring`]). Framed without chunk digests: the
+/// receiver checks every file against the manifest (see the module doc).
 ///
 /// # Errors
 /// Undeclared tree or malformed entries (before anything is sent).
@@ -248,19 +269,27 @@ pub fn storage_files(ctx: &Arc<Ctx>, tree: &str, entries: &[u8]) -> Result<Frame
         .to_vec();
     let cache_path = manifest_cache(ctx, tree);
     let tree = tree.to_string();
-    Ok(framed_blocking(ctx, move |w, cancel| {
-        let walked = MANIFESTS.walked(&cache_path);
-        let stats = storage::pack_deferring(&root, &entries, w, cancel, walked.as_deref())?;
-        tracing::info!(
-            tree = %tree,
-            files = stats.files,
-            deferred = stats.deferred.len(),
-            bytes = stats.content_bytes,
-            digests_reused = stats.digests_reused,
-            "storage batch packed"
-        );
-        Ok(())
-    }))
+    Ok(framed_blocking_with(
+        ctx,
+        ChunkDigests::Omitted,
+        move |w, cancel| {
+            let walked = MANIFESTS.walked(&cache_path);
+            let stats =
+                storage::pack_deferring(&root, &entries, &mut *w, cancel, walked.as_deref())?;
+            if let Some(envelope) = stats.envelope {
+                w.sink_mut().seal(envelope);
+            }
+            tracing::info!(
+                tree = %tree,
+                files = stats.files,
+                deferred = stats.deferred.len(),
+                bytes = stats.content_bytes,
+                digests_reused = stats.digests_reused,
+                "storage batch packed"
+            );
+            Ok(())
+        },
+    ))
 }
 
 /// A configured file's path.
