@@ -226,7 +226,9 @@ impl FrameDecoder {
             Some(Kind::Chunk(c)) => {
                 match self.digests {
                     ChunkDigests::Each if c.sha256.is_empty() => {
-                        return Err(IntegrityError::Malformed("a chunk without its SHA-256"));
+                        return Err(IntegrityError::Malformed(
+                            "a chunk without its SHA-256 (an agent of another protocol version? `hostshift check` compares them)",
+                        ));
                     }
                     ChunkDigests::Each => {
                         let actual = Sha256Digest::of(&c.data);
@@ -241,7 +243,7 @@ impl FrameDecoder {
                     }
                     ChunkDigests::Omitted if !c.sha256.is_empty() => {
                         return Err(IntegrityError::Malformed(
-                            "a chunk digest in a stream framed without them",
+                            "a chunk digest in a stream framed without them (an agent of another protocol version? `hostshift check` compares them)",
                         ));
                     }
                     ChunkDigests::Omitted => {}

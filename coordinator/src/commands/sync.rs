@@ -58,6 +58,7 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
     let report = sync::run(&plan, &opts).await.map_err(|e| match e {
         e @ (sync::SyncError::NewHostWrites(_)
         | sync::SyncError::TargetFrozen { .. }
+        | sync::SyncError::Protocol { .. }
         | sync::SyncError::Reversed(_)) => CliError::OperatorAction(e.into()),
         e => failed(e),
     })?;

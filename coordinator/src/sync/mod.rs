@@ -279,6 +279,21 @@ pub enum SyncError {
         "refusing to sync the databases: the last rollback found writes on the new host since the switch that were not copied back ({0}); a sync would overwrite them. Copy what you need to the old host first, then run `hostshift sync --discard-new-host-writes` to overwrite them"
     )]
     NewHostWrites(String),
+    /// An agent speaks another protocol version than this coordinator: their streams would not
+    /// be understood (storage batches fail their integrity check), so nothing is started.
+    #[error(
+        "refusing to sync: the {side} agent at {address} speaks protocol {agent}, this coordinator {ours} — a mixed pair cannot move data (since protocol 3 storage batches carry no chunk digests, and the other side would reject every batch); nothing was written. Install the same hostshift release on both hosts and the jump box, then run `hostshift check`"
+    )]
+    Protocol {
+        /// `old` or `new`.
+        side: Side,
+        /// The agent's address.
+        address: String,
+        /// The version it reports.
+        agent: u32,
+        /// This coordinator's.
+        ours: u32,
+    },
     /// The new host is still frozen by an earlier cutover (it was that cutover's old host).
     #[error(
         "refusing to sync: the new host ({address}) is frozen by an earlier cutover — database(s) {databases} read-only with CONNECT revoked, and its nginx may show the maintenance page and its apps be stopped; nothing was written. If it really is the way back of a blue/green swap, lift the freeze with `hostshift unfreeze --host new --yes --plan {plan}`, then sync again (docs/cutover.md, Blue/green)"
@@ -363,6 +378,22 @@ impl Run<'_> {
     }
 }
 
+/// Refuses an agent whose protocol version is not this coordinator's (see
+/// [`SyncError::Protocol`]); `hostshift check` reports the same, but a sync must not depend on
+/// it having been run.
+fn same_protocol(side: Side, address: &str, agent: u32) -> Result<(), SyncError> {
+    let ours = hostshift_proto::PROTOCOL_VERSION;
+    if agent == ours {
+        return Ok(());
+    }
+    Err(SyncError::Protocol {
+        side,
+        address: address.to_string(),
+        agent,
+        ours,
+    })
+}
+
 fn scopes(plan: &Plan, only: Option<Only>) -> Vec<String> {
     let mut v = Vec::new();
     if only.is_none_or(|o| o == Only::Files) {
@@ -440,6 +471,20 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
             ))
         })?
         .into_inner();
+    same_protocol(Side::New, &new.address, info.protocol_version)?;
+    let old_info = old
+        .info()
+        .info(client::request(InfoRequest { brief: true }))
+        .await
+        .map_err(|s| {
+            SyncError::Connect(format!(
+                "old agent at {}: {}",
+                old.address,
+                client::explain_first_rpc(&s)
+            ))
+        })?
+        .into_inner();
+    same_protocol(Side::Old, &old.address, old_info.protocol_version)?;
     if !info.frozen_databases.is_empty() {
         return Err(SyncError::TargetFrozen {
             address: new.address.clone(),
@@ -599,4 +644,25 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
 /// Backoff before attempt `n` (1-based) of a unit.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200 * u64::from(attempt.saturating_sub(1).min(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_of_another_protocol_is_refused_naming_it_and_what_to_do() {
+        let ours = hostshift_proto::PROTOCOL_VERSION;
+        assert!(same_protocol(Side::Old, "https://127.0.0.2:7443", ours).is_ok());
+        let e = same_protocol(Side::New, "https://127.0.0.3:7443", ours - 1).unwrap_err();
+        let msg = e.to_string();
+        for want in [
+            "new agent at https://127.0.0.3:7443",
+            &format!("speaks protocol {}, this coordinator {ours}", ours - 1),
+            "nothing was written",
+            "same hostshift release",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+    }
 }
