@@ -255,3 +255,25 @@ where
         deferred: vec![],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_batch_commits_only_when_its_envelope_matches_the_senders_seal() {
+        let (a, b) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"b"));
+        assert!(unsealed(Some(a), Some(a)).is_none());
+        assert!(
+            matches!(unsealed(Some(a), Some(b)), Some(AgentError::DataLoss(m)) if m.contains("seal"))
+        );
+        // No seal at all: an older sender, never taken as "nothing to check".
+        assert!(
+            matches!(unsealed(None, Some(a)), Some(AgentError::DataLoss(m)) if m.contains("protocol"))
+        );
+        assert!(matches!(
+            unsealed(Some(a), None),
+            Some(AgentError::DataLoss(_))
+        ));
+    }
+}

@@ -3,11 +3,13 @@
 //! Producers that block (tar, hashing a tree) run in `spawn_blocking` and write into a
 //! [`FrameWriter`], which cuts their output into chunks, computes each chunk's SHA-256 on that
 //! same blocking thread (not on the async runtime that drives TLS and HTTP/2) and sends the
-//! frames on a bounded channel to the network. Storage batches are framed without chunk
-//! digests ([`ChunkDigests::Omitted`]): the receiver checks each of their files against the
-//! manifest's SHA-256 and each entry against the manifest, and the trailer's seal (the SHA-256
-//! of every byte that is not file content) against its own, which proves every byte of them. A slow receiver therefore slows the producer
+//! frames on a bounded channel to the network. A slow receiver therefore slows the producer
 //! (backpressure), and a receiver that goes away stops it (the writer's next send fails).
+//!
+//! Storage batches are framed without chunk digests ([`ChunkDigests::Omitted`]): the receiver
+//! checks each of their files against the manifest's SHA-256, each entry against the manifest,
+//! and the trailer's seal (the SHA-256 of every byte that is not file content) against its own,
+//! which proves every byte of them.
 //!
 //! This module also owns the agent's [`ManifestCache`] (one per process): the manifests of its
 //! trees between walks, and the files the target side installed since.
@@ -257,8 +259,8 @@ pub fn remember_installed(ctx: &Ctx, tree: &str, files: Vec<(Entry, Stamp)>) {
 /// A tar stream of the `entries` (an encoded manifest subset) of a tree. Files its last walk
 /// digested and that provably did not change since are not hashed again (the receiver checks
 /// every file; see [`storage::pack_with`]). A file that changes or vanishes meanwhile is
-/// deferred, not fatal (see [`storage::pack_deferring`]). Framed without chunk digests: the
-/// receiver checks every file against the manifest (see the module doc).
+/// deferred, not fatal (see [`storage::pack_deferring`]). Framed without chunk digests and
+/// sealed with the stream's envelope (see the module doc).
 ///
 /// # Errors
 /// Undeclared tree or malformed entries (before anything is sent).
