@@ -378,6 +378,24 @@ impl Run<'_> {
     }
 }
 
+/// `Info` (brief) of an agent: the first call on its connection, so a refused client
+/// certificate shows here (TLS 1.3), explained.
+async fn brief_info(agent: &Agent) -> Result<hostshift_proto::v1::InfoResponse, SyncError> {
+    agent
+        .info()
+        .info(client::request(InfoRequest { brief: true }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| {
+            SyncError::Connect(format!(
+                "{} agent at {}: {}",
+                agent.side,
+                agent.address,
+                client::explain_first_rpc(&s)
+            ))
+        })
+}
+
 /// Refuses an agent whose protocol version is not this coordinator's (see
 /// [`SyncError::Protocol`]); `hostshift check` reports the same, but a sync must not depend on
 /// it having been run.
@@ -457,34 +475,13 @@ pub async fn run(plan: &Plan, opts: &SyncOptions) -> Result<SyncReport, SyncErro
     );
     let old = old.map_err(|e| SyncError::Connect(e.to_string()))?;
     let new = new.map_err(|e| SyncError::Connect(e.to_string()))?;
-    // Before anything is written: a host an earlier cutover left frozen refuses every write,
-    // and a sync would otherwise fail only after some units went through.
-    let info = new
-        .info()
-        .info(client::request(InfoRequest { brief: true }))
-        .await
-        .map_err(|s| {
-            SyncError::Connect(format!(
-                "new agent at {}: {}",
-                new.address,
-                client::explain_first_rpc(&s)
-            ))
-        })?
-        .into_inner();
+    // Before anything is written: both agents must speak this coordinator's protocol, and a
+    // host an earlier cutover left frozen refuses every write (a sync would otherwise fail only
+    // after some units went through).
+    let (info, old_info) = tokio::join!(brief_info(&new), brief_info(&old));
+    let info = info?;
     same_protocol(Side::New, &new.address, info.protocol_version)?;
-    let old_info = old
-        .info()
-        .info(client::request(InfoRequest { brief: true }))
-        .await
-        .map_err(|s| {
-            SyncError::Connect(format!(
-                "old agent at {}: {}",
-                old.address,
-                client::explain_first_rpc(&s)
-            ))
-        })?
-        .into_inner();
-    same_protocol(Side::Old, &old.address, old_info.protocol_version)?;
+    same_protocol(Side::Old, &old.address, old_info?.protocol_version)?;
     if !info.frozen_databases.is_empty() {
         return Err(SyncError::TargetFrozen {
             address: new.address.clone(),
