@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,11 +37,28 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/app")
 }
 
+/// A port for the fixture app on 127.0.0.1, free when picked, and never from the kernel's
+/// ephemeral range (`ip_local_port_range`, 32768–60999 by default): a port `bind(0)` hands out
+/// and releases can become, before the app binds it, the local port of any outgoing connection
+/// from 127.0.0.1 (the agents', the PostgreSQL clients'), and the app then crash-loops on
+/// `EADDRINUSE` (seen once in a full suite: "crash-looping: restarted 4 times"). Each port is
+/// handed out once per test process; where the walk through the range starts depends on the pid.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("pick a free port")
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Coprime with SPAN: the walk visits every port of the range once.
+    const STEP: u32 = 37;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = LOW + (start + i * STEP) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{} on 127.0.0.1", LOW + SPAN)
 }
 
 /// One PM2 process as the test itself sees it in `pm2 jlist`.
