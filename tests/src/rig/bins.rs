@@ -125,11 +125,10 @@ pub async fn on_a_terminal(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (
     )
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
+/// `name` in a folder of `PATH`, as a shell would find it.
+pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 

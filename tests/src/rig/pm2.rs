@@ -20,17 +20,12 @@ pub const FIXTURE_DB_PASSWORD: &str = "db-pass-fixture-0815";
 
 /// The `pm2` program on `PATH`; fails the test with the install command when there is none.
 pub fn pm2_bin() -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("pm2"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "pm2 is not installed (not found on PATH): install it with `npm install -g pm2@7` \
+    super::bins::which("pm2").unwrap_or_else(|| {
+        panic!(
+            "pm2 is not installed (not found on PATH): install it with `npm install -g pm2@7` \
                  (or scripts/install-test-deps)"
-            )
-        })
+        )
+    })
 }
 
 fn fixture_dir() -> PathBuf {
