@@ -1,34 +1,35 @@
 //! [`ManifestCache`]: what a host remembers about its trees between walks, so that a walk reads
 //! only files that changed.
 //!
-//! Per tree (keyed by the path of its cache file) it keeps:
-//! - the last manifest built, saved to the cache file ([`Manifest::save`], with the files'
-//!   [`Stamp`]s) and kept decoded in memory for as long as that file is unchanged: a sync walks
-//!   the target's tree several times in a row (plan, prepare, finalize), and decoding the cache
-//!   each time cost as much as the walk;
+//! Per tree (keyed by the path of its walk file) it keeps:
+//! - the last walk, as an open, checked [`WalkFile`] (a manifest on disk with the files'
+//!   [`Stamp`]s, read by position and never whole in memory), reopened only when the file on
+//!   disk is another one (a restarted agent checks it once);
 //! - the files installed since by this agent ([`ManifestCache::installed`]): copies whose
 //!   SHA-256 was verified while they were staged, with the stamp they got when renamed into place.
 //!   Without them the first walk after a sync read the whole new tree again (the benchmark's
 //!   2 s "finalize" of a 3 GB tree).
 //!
 //! Nothing here is trusted blindly: the walk reuses a digest only for a file whose size, mode,
-//! mtime and stamp are unchanged (see [`walk`](super::walk)), and `verify` builds without any
+//! mtime and stamp are unchanged (see [`walk`](super::walk)), and `verify` walks without any
 //! cache. Losing this state (an agent restart) only costs speed.
 //!
-//! Memory: one decoded manifest per tree (about 200 bytes per entry plus the path) and the
-//! entries of files installed since the last walk, at most [`MAX_INSTALLED`] per tree. A walk
-//! looks installed files up beside the manifest ([`CacheView`]) instead of laying them over a
-//! copy of it. The manifest itself still grows with the tree: see docs/BENCHMARKS.md
-//! ("Storage manifests agent to agent") for what keeping it on disk would take.
+//! Memory: per tree the walk file's sparse index (one path per
+//! [`INDEX_EVERY`](super::walkfile::INDEX_EVERY) entries) and the entries of files installed
+//! since the last walk, at most [`MAX_INSTALLED`]. A walk looks installed files up beside the
+//! walk file ([`CacheView`]) instead of laying them over a copy of it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio_util::sync::CancellationToken;
+
 use super::error::StorageError;
-use super::manifest::{Entry, Manifest, Stamp};
-use super::walk::CacheView;
+use super::manifest::{Entry, Stamp};
+use super::walk::{CacheView, Lookup, walk_to_file};
+use super::walkfile::WalkFile;
 
 /// Most installed files remembered per tree between two walks (about 200 bytes each: 20 MiB at
 /// most). Beyond it they are forgotten, which costs only speed: the next walk reads those files
@@ -36,18 +37,21 @@ use super::walk::CacheView;
 /// of more files than this therefore ends with a walk that reads the rest of the new tree.
 pub const MAX_INSTALLED: usize = 100_000;
 
-/// Identity of a cache file as written: a save renames a new file into place, so the inode
-/// changes with every save.
+/// Identity of a walk file as written: a walk renames a new file into place, so the inode
+/// changes with every walk.
 type FileId = (u64, u64, u64, i64);
 
-fn file_id(path: &Path) -> Option<FileId> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((
+fn id_of(m: &std::fs::Metadata) -> FileId {
+    (
         m.dev(),
         m.ino(),
         m.len(),
         m.mtime_nsec() + m.mtime() * 1_000_000_000,
-    ))
+    )
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| id_of(&m))
 }
 
 /// The files installed since the last saved walk, kept sorted by path with one entry per path
@@ -57,33 +61,36 @@ type Installed = Arc<Vec<(Entry, Stamp)>>;
 
 #[derive(Default)]
 struct Slot {
-    loaded: Option<(FileId, Arc<Manifest>)>,
-    /// Installed files handed to a walk whose manifest is not saved yet (sorted).
+    loaded: Option<(FileId, Arc<WalkFile>)>,
+    /// Installed files handed to a walk that has not ended yet (sorted).
     pending: Option<Installed>,
     /// Installed files reported since (in arrival order).
     installed: Vec<(Entry, Stamp)>,
 }
 
-/// The manifests of this host's trees and the files installed since (see the module doc).
+/// The last walks of this host's trees and the files installed since (see the module doc).
 #[derive(Default)]
 pub struct ManifestCache {
     slots: Mutex<HashMap<PathBuf, Slot>>,
 }
 
 /// What a walk may use as its cache ([`WalkCache::view`]), and how to tell
-/// [`ManifestCache::saved`] which installed files it covered.
+/// [`ManifestCache`] which installed files it covered.
 pub struct WalkCache {
-    /// The manifest the last walk saved, if there is one.
-    pub manifest: Option<Arc<Manifest>>,
+    /// The last walk of the tree, if there is one.
+    pub manifest: Option<Arc<WalkFile>>,
     /// The files installed since, sorted by path (empty when none).
     installed: Installed,
 }
 
 impl WalkCache {
-    /// The view a walk looks digests up in.
+    /// The view a walk looks digests up in (a forward read of the last walk).
     pub fn view(&self) -> CacheView<'_> {
         CacheView {
-            base: self.manifest.as_deref(),
+            base: self
+                .manifest
+                .as_deref()
+                .map(|f| Box::new(f.cursor()) as Box<dyn Lookup + '_>),
             installed: &self.installed,
         }
     }
@@ -115,9 +122,9 @@ impl ManifestCache {
         f(slots.entry(path.to_path_buf()).or_default())
     }
 
-    /// The manifest saved at `path` (decoded once for as long as the file is unchanged), or
+    /// The walk file at `path` (opened and checked once for as long as it is the same file), or
     /// `None` when there is none or it is damaged. Blocking (it may read the file).
-    pub fn walked(&self, path: &Path) -> Option<Arc<Manifest>> {
+    pub fn walked(&self, path: &Path) -> Option<Arc<WalkFile>> {
         let id = file_id(path)?;
         let known = self.with_slot(path, |s| {
             s.loaded
@@ -128,10 +135,10 @@ impl ManifestCache {
         if known.is_some() {
             return known;
         }
-        let m = match Manifest::load(path) {
+        let m = match WalkFile::open(path) {
             Ok(m) => Arc::new(m),
             Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "manifest cache not usable");
+                tracing::debug!(path = %path.display(), error = %e, "walk file not usable");
                 return None;
             }
         };
@@ -139,8 +146,8 @@ impl ManifestCache {
         Some(m)
     }
 
-    /// The cache for the next walk of the tree whose cache file is `path`: the saved manifest
-    /// and the files installed since (looked up in place, not laid over a copy). Blocking.
+    /// The cache for the next walk of the tree whose walk file is `path`: the last walk and the
+    /// files installed since (looked up in place, not laid over a copy). Blocking.
     pub fn for_walk(&self, path: &Path) -> WalkCache {
         let manifest = self.walked(path);
         let installed = self.with_slot(path, |s| {
@@ -162,19 +169,36 @@ impl ManifestCache {
         }
     }
 
-    /// Saves `m`, the manifest a walk built with `used` as its cache, to `path` and keeps it
-    /// decoded; the installed files that walk saw are now in it. Blocking.
+    /// Walks `root` into a new walk file at `path` (its folder must exist), with the last walk
+    /// and the files installed since as its cache — or, when `full`, reading every file — and
+    /// keeps it as the tree's last walk. Blocking.
     ///
     /// # Errors
-    /// [`StorageError::Io`] when the file cannot be written (only speed is lost).
-    pub fn saved(
+    /// As [`walk_to_file`].
+    pub fn walk(
         &self,
         path: &Path,
-        m: &Arc<Manifest>,
-        used: WalkCache,
-    ) -> Result<(), StorageError> {
-        m.save(path)?;
-        let id = file_id(path);
+        root: &Path,
+        full: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<WalkFile>, StorageError> {
+        let used = self.for_walk(path);
+        let walked = {
+            let view = if full {
+                CacheView::default()
+            } else {
+                used.view()
+            };
+            Arc::new(walk_to_file(root, view, cancel, path)?)
+        };
+        self.saved(path, &walked, &used);
+        Ok(walked)
+    }
+
+    /// Keeps `m`, the walk just written to `path` with `used` as its cache; the installed files
+    /// that walk saw are now in it.
+    pub fn saved(&self, path: &Path, m: &Arc<WalkFile>, used: &WalkCache) {
+        let id = m.metadata().ok().map(|meta| id_of(&meta));
         self.with_slot(path, |s| {
             s.loaded = id.map(|id| (id, m.clone()));
             // Covered by `m` unless another walk merged newer files into it meanwhile.
@@ -185,10 +209,9 @@ impl ManifestCache {
                 s.pending = None;
             }
         });
-        Ok(())
     }
 
-    /// Remembers files installed in the tree whose cache file is `path`: entries whose content
+    /// Remembers files installed in the tree whose walk file is `path`: entries whose content
     /// was verified against their SHA-256, with the stamps they have in place.
     pub fn installed(&self, path: &Path, files: Vec<(Entry, Stamp)>) {
         if files.is_empty() {
@@ -214,23 +237,22 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::storage::Manifest;
     use crate::storage::relpath::RelPath;
     use crate::storage::testutil::put;
-    use crate::storage::walk::{build, build_with};
 
     #[test]
     fn installed_files_are_trusted_by_the_next_walk_and_saved_with_it() {
         let t = tempfile::tempdir().unwrap();
         let (root, cache_file) = (t.path().join("tree"), t.path().join("tree.manifest"));
+        let cancel = CancellationToken::new();
         put(&root, "a", b"alpha", 0o644, 1_600_000_000, 0);
         let cache = ManifestCache::new();
-        let used = cache.for_walk(&cache_file);
-        assert!(used.manifest.is_none());
-        let first = Arc::new(build(&root, None, &CancellationToken::new()).unwrap());
-        cache.saved(&cache_file, &first, used).unwrap();
+        assert!(cache.for_walk(&cache_file).manifest.is_none());
+        let first = cache.walk(&cache_file, &root, false, &cancel).unwrap();
         assert!(
             Arc::ptr_eq(&cache.walked(&cache_file).unwrap(), &first),
-            "kept decoded"
+            "kept open"
         );
 
         // "Installed" b: its entry claims a digest that is not its content, so a walk that
@@ -250,15 +272,18 @@ mod tests {
             &cache_file,
             vec![(b.clone(), Stamp::of(&meta, i64::MAX / 2))],
         );
-        let used = cache.for_walk(&cache_file);
-        let second = Arc::new(build_with(&root, used.view(), &CancellationToken::new()).unwrap());
-        assert_eq!(second.get(&b.path), Some(&b));
-        cache.saved(&cache_file, &second, used).unwrap();
+        let second = cache.walk(&cache_file, &root, false, &cancel).unwrap();
+        assert_eq!(second.cursor().find_entry(&b.path).unwrap().0, b);
         assert!(cache.with_slot(&cache_file, |s| s.installed.is_empty()
             && s.pending.is_none()));
         // Read back from the file (a restarted agent), the stamp still vouches for it.
         let reloaded = Manifest::load(&cache_file).unwrap();
         assert!(reloaded.get_stamped(&b.path).is_some());
+        let fresh = ManifestCache::new();
+        assert_eq!(
+            fresh.walked(&cache_file).unwrap().summary().entries,
+            second.summary().entries
+        );
 
         // Touched since: read again.
         std::fs::write(root.join("b"), b"BRAVO").unwrap();
@@ -267,26 +292,28 @@ mod tests {
             filetime::FileTime::from_unix_time(1_600_000_000, 0),
         )
         .unwrap();
-        let used = cache.for_walk(&cache_file);
-        let third = build_with(&root, used.view(), &CancellationToken::new()).unwrap();
+        let third = cache.walk(&cache_file, &root, false, &cancel).unwrap();
         assert_eq!(
-            third.get(&b.path).unwrap().sha256,
+            third.cursor().find_entry(&b.path).unwrap().0.sha256,
             Some(hostshift_shared::digest::Sha256Digest::of(b"BRAVO"))
         );
+        // The first walk's file, replaced on disk since, still reads as it was.
+        assert_eq!(first.entries().count(), 1);
     }
 
     #[test]
     fn the_latest_install_of_a_path_wins_and_a_walk_is_not_given_a_copy_of_the_manifest() {
         let t = tempfile::tempdir().unwrap();
         let (root, cache_file) = (t.path().join("tree"), t.path().join("tree.manifest"));
+        let cancel = CancellationToken::new();
         put(&root, "a", b"alpha", 0o644, 1_600_000_000, 0);
         let cache = ManifestCache::new();
-        let first = Arc::new(build(&root, None, &CancellationToken::new()).unwrap());
-        cache
-            .saved(&cache_file, &first, cache.for_walk(&cache_file))
-            .unwrap();
+        let first = cache.walk(&cache_file, &root, false, &cancel).unwrap();
         let meta = std::fs::symlink_metadata(root.join("a")).unwrap();
-        let (entry, _) = first.get_stamped(&RelPath::new("a").unwrap()).unwrap();
+        let (entry, _) = first
+            .cursor()
+            .find_entry(&RelPath::new("a").unwrap())
+            .unwrap();
         let claimed = |what: &[u8]| Entry {
             sha256: Some(hostshift_shared::digest::Sha256Digest::of(what)),
             ..entry.clone()
@@ -299,12 +326,16 @@ mod tests {
             drop(used);
             cache.for_walk(&cache_file)
         };
-        // The saved manifest itself, shared, not a merged copy of it.
+        // The last walk itself, shared, not a merged copy of it.
         assert!(Arc::ptr_eq(used.manifest.as_ref().unwrap(), &first));
-        let (found, _) = used.view().get_stamped(&entry.path).unwrap();
-        assert_eq!(found, &claimed(b"newer"));
-        let walked = build_with(&root, used.view(), &CancellationToken::new()).unwrap();
-        assert_eq!(walked.get(&entry.path), Some(&claimed(b"newer")));
+        let (found, _) = used.view().find(&entry.path).unwrap();
+        assert_eq!(found, claimed(b"newer"));
+        drop(used);
+        let walked = cache.walk(&cache_file, &root, false, &cancel).unwrap();
+        assert_eq!(
+            walked.cursor().find_entry(&entry.path).unwrap().0,
+            claimed(b"newer")
+        );
     }
 
     #[test]

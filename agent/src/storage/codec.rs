@@ -1,21 +1,20 @@
-//! The compact binary form of a [`Manifest`]: what goes over the network and into the cache file
-//! a caller keeps between syncs.
+//! The compact binary form of a [`Manifest`]: what goes over the network.
 //!
-//! Layout (integers little-endian): the magic `HSMANIF1`, when the walk started (i64 ns), the
+//! Layout (integers little-endian): the magic `HSMANIF3`, when the walk started (i64 ns), the
 //! entry count (u64), then per entry
 //! the path (u32 length + bytes), the kind (u8: 0 file, 1 directory, 2 symlink), size (u64), mode
 //! (u32), mtime in ns (i64), the owner (u8 0 = not tracked, or 1 + uid and gid as u32), then a
 //! file's 32-byte SHA-256 or a symlink's target (u32 length + bytes); after the entries the names
 //! of the ids used (users, then groups: a u64 count, then per name the id as u32 and the name as
-//! u32 length + bytes); last, the SHA-256 of everything before it, so a torn or damaged cache
-//! file is noticed.
+//! u32 length + bytes); last, the SHA-256 of everything before it, so a torn or damaged stream
+//! is noticed.
 //! About 70 bytes plus the path per entry. Chosen over JSON because paths need not be UTF-8 and
 //! digests are raw bytes; decoding checks every path and invariant again ([`Manifest::new`]), as
 //! the bytes may come from another host.
 //!
-//! The network form is `HSMANIF3`; the cache file ([`Manifest::save`]) is `HSMANIF4`: the same, plus after each file's digest its
-//! [`Stamp`] (u8 1 + device, inode, ctime and checked-at as 64-bit integers, or u8 0). Stamps are
-//! local knowledge: [`Manifest::decode`], which reads what the network brings, refuses this form.
+//! The cache a host keeps of its own trees is a walk file ([`walkfile`](super::walkfile),
+//! `HSMANIF5`): the same entries plus each file's [`Stamp`], which is local knowledge:
+//! [`Manifest::decode`], which reads what the network brings, refuses that form.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -24,12 +23,10 @@ use std::path::{Path, PathBuf};
 use hostshift_shared::digest::Sha256Digest;
 
 use super::error::StorageError;
-use super::manifest::{Entry, Kind, Manifest, Stamp};
+use super::manifest::{Entry, Kind, Manifest, OwnerNames, Stamp};
 use super::relpath::RelPath;
 
 const MAGIC: &[u8; 8] = b"HSMANIF3";
-/// The cache file's form: with stamps.
-const MAGIC_CACHE: &[u8; 8] = b"HSMANIF4";
 /// Longest path or link target accepted when decoding (Linux's `PATH_MAX` is 4096).
 const MAX_PATH: usize = 64 * 1024;
 /// Bytes an encoder buffers before writing them on.
@@ -40,14 +37,9 @@ const MIN_ENTRY: usize = 4 + 1 + 1 + 8 + 4 + 8 + 1;
 impl Manifest {
     /// The binary form (see the module doc), without stamps: what goes over the network.
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_as(false)
-    }
-
-    fn encode_as(&self, with_stamps: bool) -> Vec<u8> {
-        let per_entry = if with_stamps { 130 } else { 96 };
-        let mut v = Vec::with_capacity(16 + self.entries().len() * per_entry);
+        let mut v = Vec::with_capacity(16 + self.entries().len() * 96);
         // Writing into a Vec cannot fail.
-        match self.encode_into(with_stamps, &mut v) {
+        match self.encode_to(&mut v) {
             Ok(()) => v,
             Err(_) => Vec::new(),
         }
@@ -59,75 +51,13 @@ impl Manifest {
     /// # Errors
     /// The writer's.
     pub fn encode_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        self.encode_into(false, w)
-    }
-
-    fn encode_into(&self, with_stamps: bool, w: &mut dyn Write) -> std::io::Result<()> {
-        let mut hasher = hostshift_shared::digest::StreamHasher::new();
-        let mut out = Vec::with_capacity(ENCODE_BUFFER + 1024);
-        let mut emit = |out: &mut Vec<u8>, w: &mut dyn Write| -> std::io::Result<()> {
-            hasher.update(out);
-            w.write_all(out)?;
-            out.clear();
-            Ok(())
-        };
-        out.extend_from_slice(if with_stamps { MAGIC_CACHE } else { MAGIC });
-        out.extend_from_slice(&self.walked_at_ns().to_le_bytes());
-        out.extend_from_slice(&(self.entries().len() as u64).to_le_bytes());
-        let stamps = self.stamps();
-        for (i, e) in self.entries().iter().enumerate() {
-            put_bytes(&mut out, e.path.as_bytes());
-            out.push(match e.kind {
-                Kind::File => 0,
-                Kind::Dir => 1,
-                Kind::Symlink { .. } => 2,
-            });
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.mode.to_le_bytes());
-            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
-            match e.owner {
-                None => out.push(0),
-                Some(o) => {
-                    out.push(1);
-                    out.extend_from_slice(&o.uid.to_le_bytes());
-                    out.extend_from_slice(&o.gid.to_le_bytes());
-                }
-            }
-            match (&e.kind, &e.sha256) {
-                (Kind::File, Some(d)) => {
-                    out.extend_from_slice(d.as_bytes());
-                    if with_stamps {
-                        match stamps.get(i).copied().flatten() {
-                            Some(s) => {
-                                out.push(1);
-                                for v in [s.dev, s.ino] {
-                                    out.extend_from_slice(&v.to_le_bytes());
-                                }
-                                for v in [s.ctime_ns, s.checked_at_ns] {
-                                    out.extend_from_slice(&v.to_le_bytes());
-                                }
-                            }
-                            None => out.push(0),
-                        }
-                    }
-                }
-                (Kind::Symlink { target }, _) => put_bytes(&mut out, target.as_os_str().as_bytes()),
-                _ => {}
-            }
-            if out.len() >= ENCODE_BUFFER {
-                emit(&mut out, w)?;
-            }
-        }
-        for map in [&self.owner_names().users, &self.owner_names().groups] {
-            out.extend_from_slice(&(map.len() as u64).to_le_bytes());
-            for (id, name) in map {
-                out.extend_from_slice(&id.to_le_bytes());
-                put_bytes(&mut out, name.as_bytes());
-            }
-        }
-        emit(&mut out, w)?;
-        let (_, sum) = hasher.finish();
-        w.write_all(sum.as_bytes())
+        encode_network(
+            w,
+            self.walked_at_ns(),
+            self.entries().len() as u64,
+            self.entries().iter().map(Ok),
+            self.owner_names(),
+        )
     }
 
     /// Decodes [`Manifest::encode`]'s output. `origin` names the source in errors.
@@ -137,14 +67,19 @@ impl Manifest {
     /// only this host may vouch for), or an entry that breaks the manifest's rules (bad path,
     /// escaping symlink, missing parent...).
     pub fn decode(bytes: &[u8], origin: &Path) -> Result<Self, StorageError> {
-        Self::decode_as(bytes, origin, false)
-    }
-
-    fn decode_as(bytes: &[u8], origin: &Path, stamps_allowed: bool) -> Result<Self, StorageError> {
         let bad = |reason: &str| StorageError::BadManifest {
             path: origin.to_path_buf(),
             reason: reason.to_string(),
         };
+        match bytes.get(..8) {
+            Some(m) if m == super::walkfile::MAGIC => {
+                return Err(bad(
+                    "a cache file's form, with stamps: not accepted from elsewhere",
+                ));
+            }
+            Some(m) if m == MAGIC => {}
+            _ => return Err(bad("not a hostshift manifest (wrong magic)")),
+        }
         let body_len = bytes
             .len()
             .checked_sub(32)
@@ -154,33 +89,13 @@ impl Manifest {
             return Err(bad("checksum mismatch (damaged or truncated)"));
         }
         let mut r = Reader(body);
-        let magic = r.take(8).ok_or_else(|| bad("too short"))?;
-        let with_stamps = if magic == MAGIC {
-            false
-        } else if magic == MAGIC_CACHE && stamps_allowed {
-            true
-        } else if magic == MAGIC_CACHE {
-            return Err(bad(
-                "a cache file's form, with stamps: not accepted from elsewhere",
-            ));
-        } else {
-            return Err(bad("not a hostshift manifest (wrong magic)"));
-        };
+        r.take(8).ok_or_else(|| bad("too short"))?;
         let walked_at_ns = r.u64().ok_or_else(|| bad("too short"))?.cast_signed();
         let count = r.u64().ok_or_else(|| bad("too short"))?;
         let count = usize::try_from(count).map_err(|_| bad("entry count too large"))?;
         let mut entries = Vec::with_capacity(count.min(body.len() / MIN_ENTRY));
-        let mut stamps = Vec::with_capacity(if with_stamps { entries.capacity() } else { 0 });
         for _ in 0..count {
-            let e = r.entry(origin).ok_or_else(|| bad("truncated entry"))??;
-            if with_stamps {
-                stamps.push(if e.kind == Kind::File {
-                    r.stamp().ok_or_else(|| bad("truncated stamp"))?
-                } else {
-                    None
-                });
-            }
-            entries.push(e);
+            entries.push(r.entry(origin).ok_or_else(|| bad("truncated entry"))??);
         }
         let mut names = super::manifest::OwnerNames::default();
         for map in [&mut names.users, &mut names.groups] {
@@ -196,57 +111,120 @@ impl Manifest {
         if !r.0.is_empty() {
             return Err(bad("trailing bytes after the owner names"));
         }
-        if with_stamps {
-            // `new` sorts: pair the stamps with their entries first.
-            let mut paired: Vec<(Entry, Option<Stamp>)> = entries.into_iter().zip(stamps).collect();
-            paired.sort_by(|a, b| a.0.path.cmp(&b.0.path));
-            let (entries, stamps): (Vec<Entry>, Vec<Option<Stamp>>) = paired.into_iter().unzip();
-            let mut m = Manifest::new(entries)?;
-            m.set_walked_at_ns(walked_at_ns);
-            m.set_stamps(stamps);
-            m.set_owner_names(names);
-            return Ok(m);
-        }
         let mut m = Manifest::new(entries)?;
         m.set_walked_at_ns(walked_at_ns);
         m.set_owner_names(names);
         Ok(m)
     }
 
-    /// Writes the cache form (with stamps) to `path` atomically (temporary file, rename), e.g. as
-    /// the cache for the next [`build`](super::manifest::build). Keep it outside the tree itself.
-    ///
-    /// Not fsynced: a cache lost in a crash only costs the next walk its speed, and one torn by
-    /// a crash fails its checksum on [`Manifest::load`] and is ignored. (An fsync per save cost a
-    /// second sync of an unchanged tree several disk flushes.)
+    /// Writes this manifest, with its stamps, as a walk file at `path` (the cache form, see
+    /// [`walkfile`](super::walkfile)): what a walk of the tree would have left there.
     ///
     /// # Errors
     /// [`StorageError::Io`].
     pub fn save(&self, path: &Path) -> Result<(), StorageError> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            self.encode_into(true, &mut f)?;
-            f.flush()
-        };
-        write().map_err(|e| StorageError::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| StorageError::io("rename into place", path, e))
+        let mut w = super::walkfile::WalkWriter::create(path, self.walked_at_ns())?;
+        for (i, e) in self.entries().iter().enumerate() {
+            w.push(e, self.stamps().get(i).copied().flatten())?;
+        }
+        w.finish().map(drop)
     }
 
-    /// Reads a manifest written by [`Manifest::save`] (or an older cache without stamps).
+    /// Reads a walk file (see [`Manifest::save`]) whole into memory, stamps included.
     ///
     /// # Errors
-    /// [`StorageError::Io`] (`NotFound` when there is no cache yet);
-    /// [`StorageError::BadManifest`] when it is damaged — build without a cache then.
+    /// [`StorageError::Io`] (`NotFound` when there is none yet);
+    /// [`StorageError::BadManifest`] when it is damaged.
     pub fn load(path: &Path) -> Result<Self, StorageError> {
-        let bytes = std::fs::read(path).map_err(|e| StorageError::io("read", path, e))?;
-        Self::decode_as(&bytes, path, true)
+        let f = super::walkfile::WalkFile::open(path)?;
+        let walked: Vec<(Entry, Option<Stamp>)> = f.entries().collect::<Result<_, _>>()?;
+        let mut m = Manifest::from_walk(walked, f.walked_at_ns());
+        m.set_owner_names(f.names().clone());
+        Ok(m)
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+/// Writes the network form of `count` entries (sorted, as `entries` yields them) into `w`, at
+/// most [`ENCODE_BUFFER`] buffered: what [`Manifest::encode_to`] and a walk file's
+/// [`encode_network`](super::walkfile::WalkFile::encode_network) both send.
+///
+/// # Errors
+/// The writer's, or the first error of `entries`.
+pub(super) fn encode_network<E: std::borrow::Borrow<Entry>>(
+    w: &mut dyn Write,
+    walked_at_ns: i64,
+    count: u64,
+    entries: impl Iterator<Item = std::io::Result<E>>,
+    names: &OwnerNames,
+) -> std::io::Result<()> {
+    let mut hasher = hostshift_shared::digest::StreamHasher::new();
+    let mut out = Vec::with_capacity(ENCODE_BUFFER + 1024);
+    let mut emit = |out: &mut Vec<u8>, w: &mut dyn Write| -> std::io::Result<()> {
+        hasher.update(out);
+        w.write_all(out)?;
+        out.clear();
+        Ok(())
+    };
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&walked_at_ns.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    let mut written = 0u64;
+    for e in entries {
+        put_entry(&mut out, e?.borrow());
+        written += 1;
+        if out.len() >= ENCODE_BUFFER {
+            emit(&mut out, w)?;
+        }
+    }
+    if written != count {
+        return Err(std::io::Error::other(format!(
+            "{written} entries encoded where {count} were announced"
+        )));
+    }
+    put_names(&mut out, names);
+    emit(&mut out, w)?;
+    let (_, sum) = hasher.finish();
+    w.write_all(sum.as_bytes())
+}
+
+/// One entry in the binary form (without a stamp).
+pub(super) fn put_entry(out: &mut Vec<u8>, e: &Entry) {
+    put_bytes(out, e.path.as_bytes());
+    out.push(match e.kind {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink { .. } => 2,
+    });
+    out.extend_from_slice(&e.size.to_le_bytes());
+    out.extend_from_slice(&e.mode.to_le_bytes());
+    out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+    match e.owner {
+        None => out.push(0),
+        Some(o) => {
+            out.push(1);
+            out.extend_from_slice(&o.uid.to_le_bytes());
+            out.extend_from_slice(&o.gid.to_le_bytes());
+        }
+    }
+    match (&e.kind, &e.sha256) {
+        (Kind::File, Some(d)) => out.extend_from_slice(d.as_bytes()),
+        (Kind::Symlink { target }, _) => put_bytes(out, target.as_os_str().as_bytes()),
+        _ => {}
+    }
+}
+
+/// The owner names: users, then groups (a u64 count, then per name the id and the name).
+pub(super) fn put_names(out: &mut Vec<u8>, names: &OwnerNames) {
+    for map in [&names.users, &names.groups] {
+        out.extend_from_slice(&(map.len() as u64).to_le_bytes());
+        for (id, name) in map {
+            out.extend_from_slice(&id.to_le_bytes());
+            put_bytes(out, name.as_bytes());
+        }
+    }
+}
+
+pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Paths longer than u32::MAX cannot exist; MAX_PATH refuses them on decode anyway.
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(b);
@@ -275,20 +253,6 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.take(len)
-    }
-
-    /// A file's stamp in the cache form (`None` inside when it has none).
-    fn stamp(&mut self) -> Option<Option<Stamp>> {
-        match self.array::<1>()?[0] {
-            0 => Some(None),
-            1 => Some(Some(Stamp {
-                dev: self.u64()?,
-                ino: self.u64()?,
-                ctime_ns: self.u64()?.cast_signed(),
-                checked_at_ns: self.u64()?.cast_signed(),
-            })),
-            _ => None,
-        }
     }
 
     /// `None` when the bytes run out; inner `Err` for a bad path.

@@ -16,7 +16,6 @@
 //!   its mtime and it must be set back afterwards. The root's own mtime is not tracked.
 
 use std::borrow::Borrow;
-use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
 use super::manifest::{Entry, Kind, Manifest};
@@ -81,83 +80,106 @@ impl Delta {
 /// replaces with a file or symlink, see the module doc).
 pub fn diff(source: &Manifest, target: &Manifest, delete_extraneous: bool) -> Delta {
     let mut send = Vec::new();
-    let entries = source
-        .entries()
-        .iter()
-        .map(Ok::<&Entry, std::convert::Infallible>);
-    let Ok(mut d) = diff_with(entries, target, delete_extraneous, |e| {
-        send.push(e.clone());
-        Ok(())
-    });
+    let ok = |e| Ok::<&Entry, std::convert::Infallible>(e);
+    let Ok(mut d) = diff_with(
+        source.entries().iter().map(ok),
+        target.entries().iter().map(ok),
+        delete_extraneous,
+        |seen, travels| {
+            if travels {
+                send.push(seen.source().clone());
+            }
+            Ok(())
+        },
+    );
     d.send = send;
     d
 }
 
-/// [`diff`] with the source's entries coming one at a time, sorted by path (a
-/// [`ManifestStream`](super::stream::ManifestStream) over a peer's manifest on disk): each entry
-/// to send goes to `on_send` instead of into [`Delta::send`] (left empty; `bytes_to_send` is
-/// set), so the source's manifest is never whole in memory. What stays: the target's manifest,
-/// and the source's directories (to set them back after the commit's renames).
+/// A source entry as [`diff_with`]'s merge meets it: one the target lacks, or with the target's
+/// entry of the same path.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// Only the source has this path.
+    New(&'a Entry),
+    /// Both have it: the source's entry, then the target's.
+    Both(&'a Entry, &'a Entry),
+}
+
+impl<'a> Seen<'a> {
+    /// The source's entry.
+    pub fn source(&self) -> &'a Entry {
+        match *self {
+            Seen::New(s) | Seen::Both(s, _) => s,
+        }
+    }
+}
+
+/// [`diff`] with both manifests coming one entry at a time, sorted by path (a
+/// [`ManifestStream`](super::stream::ManifestStream) over a peer's manifest on disk, a
+/// [`WalkFile`](super::walkfile::WalkFile) of this host's tree), so neither is ever whole in
+/// memory. Each source entry goes to `on_source` with whether its content must travel, instead
+/// of into [`Delta::send`] (left empty; `bytes_to_send` is set). What stays in memory: the
+/// source's directories (to set them back after the commit's renames) and the delta's lists.
 ///
 /// # Errors
-/// The first error of `source` or `on_send`.
-pub fn diff_with<T, E, I>(
+/// The first error of `source`, `target` or `on_source`.
+pub fn diff_with<S, T, E, I, J>(
     source: I,
-    target: &Manifest,
+    target: J,
     delete_extraneous: bool,
-    mut on_send: impl FnMut(&Entry) -> Result<(), E>,
+    mut on_source: impl FnMut(Seen<'_>, bool) -> Result<(), E>,
 ) -> Result<Delta, E>
 where
-    I: IntoIterator<Item = Result<T, E>>,
+    I: IntoIterator<Item = Result<S, E>>,
+    S: Borrow<Entry>,
+    J: IntoIterator<Item = Result<T, E>>,
     T: Borrow<Entry>,
 {
     let mut d = Walk::default();
     let mut src = source.into_iter();
-    let dst = target.entries();
-    let mut s_cur: Option<T> = src.next().transpose()?;
-    let mut j = 0;
+    let mut dst = target.into_iter();
+    let mut s_cur: Option<S> = src.next().transpose()?;
+    let mut t_cur: Option<T> = dst.next().transpose()?;
     // A target directory the source replaces with a non-directory: all below it goes.
-    let mut replaced: Option<&RelPath> = None;
+    let mut replaced: Option<RelPath> = None;
     loop {
-        let order = match (s_cur.as_ref().map(Borrow::borrow), dst.get(j)) {
+        let (s, t) = (
+            s_cur.as_ref().map(Borrow::borrow),
+            t_cur.as_ref().map(Borrow::borrow),
+        );
+        match (s, t) {
             (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some(s), Some(t)) => s.path.cmp(&t.path),
-        };
-        match order {
-            Ordering::Less => {
-                if let Some(s) = s_cur.as_ref().map(Borrow::borrow) {
-                    d.source_dir(s);
-                    if d.add(s) {
-                        d.bytes_to_send += s.size;
-                        on_send(s)?;
-                    }
+            (Some(s), t) if t.is_none_or(|t| s.path < t.path) => {
+                d.source_dir(s);
+                let travels = d.add(s);
+                if travels {
+                    d.bytes_to_send += s.size;
                 }
+                on_source(Seen::New(s), travels)?;
                 s_cur = src.next().transpose()?;
             }
-            Ordering::Greater => {
-                let t = &dst[j];
-                if delete_extraneous || replaced.is_some_and(|r| t.path.is_within(r)) {
+            (Some(s), Some(t)) if s.path == t.path => {
+                d.source_dir(s);
+                let travels = d.compare(s, t);
+                if travels {
+                    d.bytes_to_send += s.size;
+                }
+                on_source(Seen::Both(s, t), travels)?;
+                if t.kind == Kind::Dir && s.kind != Kind::Dir {
+                    replaced = Some(t.path.clone());
+                }
+                s_cur = src.next().transpose()?;
+                t_cur = dst.next().transpose()?;
+            }
+            (_, Some(t)) => {
+                if delete_extraneous || replaced.as_ref().is_some_and(|r| t.path.is_within(r)) {
                     d.delete(t);
                 }
-                j += 1;
+                t_cur = dst.next().transpose()?;
             }
-            Ordering::Equal => {
-                let t = &dst[j];
-                if let Some(s) = s_cur.as_ref().map(Borrow::borrow) {
-                    d.source_dir(s);
-                    if d.compare(s, t) {
-                        d.bytes_to_send += s.size;
-                        on_send(s)?;
-                    }
-                    if t.kind == Kind::Dir && s.kind != Kind::Dir {
-                        replaced = Some(&t.path);
-                    }
-                }
-                s_cur = src.next().transpose()?;
-                j += 1;
-            }
+            // Unreachable: `(Some, None)` is taken by the first arm.
+            (Some(_), None) => break,
         }
     }
     Ok(d.finish())

@@ -217,21 +217,11 @@ impl Manifest {
 
     /// The local names of every id the entries use (one lookup per distinct id).
     fn resolve_names(&self) -> OwnerNames {
-        use nix::unistd::{Gid, Group, Uid, User};
-        let mut names = OwnerNames::default();
-        for o in self.entries.iter().filter_map(|e| e.owner) {
-            if let std::collections::btree_map::Entry::Vacant(v) = names.users.entry(o.uid)
-                && let Ok(Some(u)) = User::from_uid(Uid::from_raw(o.uid))
-            {
-                v.insert(u.name);
-            }
-            if let std::collections::btree_map::Entry::Vacant(v) = names.groups.entry(o.gid)
-                && let Ok(Some(g)) = Group::from_gid(Gid::from_raw(o.gid))
-            {
-                v.insert(g.name);
-            }
-        }
-        names
+        let owners = || self.entries.iter().filter_map(|e| e.owner);
+        super::walkfile::resolve_names(
+            &owners().map(|o| o.uid).collect(),
+            &owners().map(|o| o.gid).collect(),
+        )
     }
 
     /// The names of the ids the entries use (as the walking host resolved them).
@@ -307,14 +297,6 @@ impl Manifest {
         }
         let walked: Vec<(Entry, Option<Stamp>)> = merged.into_values().collect();
         Self::from_walk(walked, self.walked_at_ns)
-    }
-
-    /// Sets the stamps (as read back from a cache file; one per entry).
-    pub(super) fn set_stamps(&mut self, stamps: Vec<Option<Stamp>>) {
-        debug_assert!(stamps.is_empty() || stamps.len() == self.entries.len());
-        if stamps.len() == self.entries.len() {
-            self.stamps = stamps;
-        }
     }
 
     fn stamp_at(&self, i: usize) -> Option<Stamp> {

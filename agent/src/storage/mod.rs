@@ -5,18 +5,19 @@
 //! the manifest proves every byte it stages).
 //!
 //! # How a tree is synced
-//! 1. **Manifests** on both hosts: [`walk::build`] walks the tree on [`walk::WALK_THREADS`]
-//!    threads (with the previous manifest as a cache, so files whose size, mode, mtime and
-//!    [`Stamp`] — device, inode, ctime — are unchanged are not read again) and lists every file,
-//!    directory and symlink with size, mode, mtime and, for files, a SHA-256.
-//!    [`Manifest::encode`] / [`Manifest::decode`] carry it over the network (without stamps);
-//!    `save`/`load` keep the cache, and [`cache::ManifestCache`] keeps it decoded between walks
-//!    along with the files installed since.
+//! 1. **Manifests** on both hosts: [`walk::walk_to_file`] walks the tree (one thread listing it
+//!    in path order, [`walk::WALK_THREADS`] digesting; with the last walk as a cache, so files
+//!    whose size, mode, mtime and [`Stamp`] — device, inode, ctime — are unchanged are not read
+//!    again) and lists every file, directory and symlink with size, mode, mtime and, for files,
+//!    a SHA-256, into a [`walkfile::WalkFile`] on disk: the host's own manifest, read back as a
+//!    stream, never whole in memory. [`cache::ManifestCache`] keeps the last one open along with
+//!    the files installed since. The network form ([`codec`], without stamps) is streamed from
+//!    it; [`Manifest`] is the in-memory form (batches, backups, tests).
 //! 2. **Delta**: [`delta::diff`] of the source's manifest against the target's says what to send,
 //!    which directories to create, which attributes to fix, what to delete. A peer's manifest is
 //!    read from disk one entry at a time ([`stream::ManifestStream`], checked whole first) and
-//!    merged with the target's in [`delta::diff_with`], so it is never whole in memory (see
-//!    `transfer::session`).
+//!    merged with the target's walk file in [`delta::diff_with`], so neither is ever whole in
+//!    memory (see `transfer::session`).
 //! 3. **Stream**: on the source, [`pack::pack_with`] writes exactly `delta.send` as a tar stream
 //!    (into a bounded channel of 1 MiB chunks), refusing to send a file that changed since its
 //!    manifest entry; a file its own walk digested and that provably did not change since is
@@ -55,8 +56,9 @@
 //!   own user and ownership is neither set nor compared.
 //! - Nothing unverified is put into place: content is checked against the manifest's digest as
 //!   it is staged, and the caller commits only after the trailer is verified.
-//! - Memory is bounded per stream (see [`channel::QUEUE_DEPTH`]); a manifest holds one entry per
-//!   path, so it grows with the number of files, not their size.
+//! - Memory is bounded per stream (see [`channel::QUEUE_DEPTH`]) and per walk (a window of
+//!   batches); manifests of whole trees live in files, so an agent's memory does not grow with
+//!   the number of files (except the bounded list of files installed since the last walk).
 //! - The checks are path-based: they stop links that exist in the tree, not a local process
 //!   racing the agent to swap a directory for a link between a check and its use.
 
@@ -74,6 +76,7 @@ pub mod staging;
 pub mod stream;
 pub mod unpack;
 pub mod walk;
+pub mod walkfile;
 
 #[cfg(test)]
 mod tests;
@@ -83,7 +86,7 @@ mod testutil;
 pub use cache::{ManifestCache, WalkCache};
 pub use channel::{CHUNK_SIZE, ChannelReader, ChannelWriter, ChunkSink, ChunkWriter, QUEUE_DEPTH};
 pub use commit::{CommitStats, commit, finalize, prepare};
-pub use delta::{Delta, MetaFix, diff, diff_with};
+pub use delta::{Delta, MetaFix, Seen, diff, diff_with};
 pub use error::StorageError;
 pub use manifest::{Entry, Kind, Manifest, Owner, OwnerMap, OwnerNames, Stamp};
 

@@ -46,9 +46,9 @@ use hostshift_shared::digest::{Sha256Digest, StreamHasher};
 use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
-use super::manifest::{Entry, Kind, Manifest, Stamp};
+use super::manifest::{Entry, Kind, Stamp};
 use super::relpath::{RelPath, join_under};
-use super::walk::{RACY_MARGIN_NS, READ_BUFFER, mtime_ns, open_regular};
+use super::walk::{Lookup, RACY_MARGIN_NS, READ_BUFFER, mtime_ns, open_regular};
 
 /// What a [`pack`] sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub fn pack_deferring<W: Write>(
     entries: &[Entry],
     out: W,
     cancel: &CancellationToken,
-    walked: Option<&Manifest>,
+    walked: Option<&mut dyn Lookup>,
 ) -> Result<PackStats, StorageError> {
     pack_inner(root, entries, out, cancel, walked, true)
 }
@@ -133,7 +133,7 @@ pub fn pack_with<W: Write>(
     entries: &[Entry],
     out: W,
     cancel: &CancellationToken,
-    walked: Option<&Manifest>,
+    walked: Option<&mut dyn Lookup>,
 ) -> Result<PackStats, StorageError> {
     pack_inner(root, entries, out, cancel, walked, false)
 }
@@ -143,7 +143,7 @@ fn pack_inner<W: Write>(
     entries: &[Entry],
     out: W,
     cancel: &CancellationToken,
-    walked: Option<&Manifest>,
+    mut walked: Option<&mut dyn Lookup>,
     defer: bool,
 ) -> Result<PackStats, StorageError> {
     // File content the `CheckedFile`s handed to the builder and the sink has not seen yet.
@@ -169,7 +169,7 @@ fn pack_inner<W: Write>(
                 &mut builder,
                 root,
                 e,
-                walked,
+                &mut walked,
                 &mut buf,
                 cancel,
                 &mut stats,
@@ -203,11 +203,16 @@ fn pack_inner<W: Write>(
 
 /// True when `walked` shows that `e` is exactly what its walk digested from the file `meta`
 /// describes, long enough after its last change for the stamp to tell.
-fn digested_by_walk(walked: Option<&Manifest>, e: &Entry, meta: &std::fs::Metadata) -> bool {
+fn digested_by_walk(
+    walked: &mut Option<&mut dyn Lookup>,
+    e: &Entry,
+    meta: &std::fs::Metadata,
+) -> bool {
     walked
-        .and_then(|m| m.get_stamped(&e.path))
-        .is_some_and(|(known, stamp): (&Entry, Stamp)| {
-            known == e
+        .as_mut()
+        .and_then(|m| m.find(&e.path))
+        .is_some_and(|(known, stamp): (Entry, Stamp)| {
+            known == *e
                 && stamp.same_file(meta)
                 && e.mtime_ns.max(stamp.ctime_ns)
                     < stamp.checked_at_ns.saturating_sub(RACY_MARGIN_NS)
@@ -251,7 +256,7 @@ fn append<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     e: &Entry,
-    walked: Option<&Manifest>,
+    walked: &mut Option<&mut dyn Lookup>,
     buf: &mut [u8],
     cancel: &CancellationToken,
     stats: &mut PackStats,
@@ -583,7 +588,7 @@ mod tests {
 
     /// `m` with every file stamped as digested long after it last changed (a walk made when the
     /// files were old), so that `pack_with` may trust it.
-    fn stamped_long_ago(root: &Path, m: &Manifest) -> Manifest {
+    fn stamped_long_ago(root: &Path, m: &crate::storage::Manifest) -> crate::storage::Manifest {
         let files: Vec<(Entry, Stamp)> = m
             .entries()
             .iter()
@@ -609,7 +614,7 @@ mod tests {
             m.entries(),
             &mut out,
             &CancellationToken::new(),
-            Some(&walked),
+            Some(&mut &walked),
         )
         .unwrap();
         assert_eq!((stats.files, stats.digests_reused), (2, 2));
@@ -619,7 +624,7 @@ mod tests {
             m.entries(),
             Vec::new(),
             &CancellationToken::new(),
-            Some(&m),
+            Some(&mut &m),
         )
         .unwrap();
         assert_eq!((stats.files, stats.digests_reused), (2, 0));
@@ -637,7 +642,7 @@ mod tests {
             m.entries(),
             Vec::new(),
             &CancellationToken::new(),
-            Some(&walked),
+            Some(&mut &walked),
         )
         .unwrap_err();
         assert!(
@@ -670,7 +675,7 @@ mod tests {
             std::slice::from_ref(&claimed),
             &mut tar,
             &CancellationToken::new(),
-            Some(&walked),
+            Some(&mut &walked),
         )
         .unwrap();
         assert_eq!(stats.digests_reused, 1);

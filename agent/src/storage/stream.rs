@@ -451,10 +451,12 @@ mod tests {
         let mut sent = Vec::new();
         let streamed = diff_with(
             ManifestStream::open(&bytes[..], Path::new("<peer>")).unwrap(),
-            &dst,
+            dst.entries().iter().map(Ok),
             true,
-            |e| {
-                sent.push(e.clone());
+            |seen, travels| {
+                if travels {
+                    sent.push(seen.source().clone());
+                }
                 Ok(())
             },
         )

@@ -1,4 +1,10 @@
-//! [`build`]: walking a tree to make its [`Manifest`].
+//! Walking a tree to make its manifest: [`walk_to_file`] into a walk file (an agent's own
+//! trees, never whole in memory), [`build`] into an in-memory [`Manifest`] (backups, tests).
+//!
+//! One thread lists the tree depth-first with each directory's names sorted, which yields the
+//! manifest's path order directly, so the last walk is read alongside as a forward cursor and the
+//! new one written out sequentially; [`WALK_THREADS`] threads `lstat` and digest in between (see
+//! `walk_into`). Memory grows with the tree's depth and its largest directory, not its size.
 //!
 //! The walk never follows a symlink and skips the agent's staging directories; an entry removed
 //! while the walk runs (a live host's temporary upload) is left out. It refuses what
@@ -18,7 +24,8 @@
 //! would not have moved it). Because ctime cannot be set by a program, content rewritten with the
 //! same size and the mtime put back (`touch -r`, some restore tools) is noticed too; what is not
 //! is such a rewrite made within the same clock tick as the file's previous change. A cache
-//! without stamps (written by an older agent) is not trusted: its files are read again once.
+//! without stamps, or a walk file of another form (an older agent's), is not trusted: its files
+//! are read again once.
 //! [`build_full`] reads every byte; `verify` uses it so that a single flipped byte is caught.
 
 use std::fs::{File, Metadata};
@@ -26,7 +33,9 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hostshift_shared::digest::{Sha256Digest, StreamHasher};
@@ -35,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, Manifest, Stamp, link_target_problem};
 use super::relpath::{RelPath, is_staging_name};
+use super::walkfile::{Cursor, WalkFile, WalkWriter};
 
 /// Size of the buffer files are read through when digesting (one per walk thread).
 pub const READ_BUFFER: usize = 1024 * 1024;
@@ -47,7 +57,8 @@ pub const RACY_MARGIN_NS: i64 = 2_000_000_000;
 const DIGEST_ATTEMPTS: usize = 3;
 
 /// Walks `root` and digests every file, reusing `cache`'s digest for a file whose size, mtime,
-/// mode and [`Stamp`] are unchanged. Blocking: run it in `spawn_blocking`.
+/// mode and [`Stamp`] are unchanged. Blocking: run it in `spawn_blocking`. The manifest is built
+/// in memory: an agent's own trees go to a walk file instead ([`walk_to_file`]).
 ///
 /// # Errors
 /// [`StorageError::NotPortable`] naming a device file, FIFO, socket, or symlink with an
@@ -58,34 +69,61 @@ pub fn build(
     cache: Option<&Manifest>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, StorageError> {
-    build_with(
-        root,
-        CacheView {
-            base: cache,
-            installed: &[],
-        },
-        cancel,
-    )
+    build_with(root, CacheView::of(cache), cancel)
 }
 
-/// What a walk looks cached digests up in: a saved manifest and, laid over it, the files this
-/// agent installed since (sorted by path, one entry per path). Looked up in place: laying the
-/// installed files over a copy of the manifest first cost a whole copy of it (and a map of
-/// every path) at each walk after a sync.
-#[derive(Clone, Copy, Default)]
+/// Where a walk looks up what an earlier walk knew of a path: the entry and the stamp of the
+/// file its digest was computed from. Asked in increasing path order.
+pub trait Lookup {
+    /// The entry for `path` with its stamp, when one is known.
+    fn find(&mut self, path: &RelPath) -> Option<(Entry, Stamp)>;
+}
+
+impl Lookup for &Manifest {
+    fn find(&mut self, path: &RelPath) -> Option<(Entry, Stamp)> {
+        self.get_stamped(path).map(|(e, s)| (e.clone(), s))
+    }
+}
+
+impl Lookup for Cursor<'_> {
+    fn find(&mut self, path: &RelPath) -> Option<(Entry, Stamp)> {
+        let (e, stamp) = self.find_entry(path)?;
+        Some((e, stamp?))
+    }
+}
+
+/// What a walk looks cached digests up in: the last walk of the tree (a [`Lookup`]) and, laid
+/// over it, the files this agent installed since (sorted by path, one entry per path). Looked up
+/// in place: laying the installed files over a copy of the manifest first cost a whole copy of
+/// it (and a map of every path) at each walk after a sync.
+#[derive(Default)]
 pub struct CacheView<'a> {
-    /// The manifest saved by the last walk, with its stamps.
-    pub base: Option<&'a Manifest>,
+    /// The last walk of the tree, with its stamps.
+    pub base: Option<Box<dyn Lookup + 'a>>,
     /// Files installed since, sorted by path, each path once.
     pub installed: &'a [(Entry, Stamp)],
 }
 
 impl<'a> CacheView<'a> {
+    /// A view of an in-memory manifest alone (or of nothing).
+    pub fn of(m: Option<&'a Manifest>) -> Self {
+        Self {
+            base: m.map(|m| Box::new(m) as Box<dyn Lookup + 'a>),
+            installed: &[],
+        }
+    }
+
     /// The cached entry for `path` and its stamp: an installed file's first, else the base's.
-    pub fn get_stamped(&self, path: &RelPath) -> Option<(&'a Entry, Stamp)> {
+    pub fn find(&mut self, path: &RelPath) -> Option<(Entry, Stamp)> {
         match self.installed.binary_search_by(|(e, _)| e.path.cmp(path)) {
-            Ok(i) => Some((&self.installed[i].0, self.installed[i].1)),
-            Err(_) => self.base?.get_stamped(path),
+            Ok(i) => {
+                // Keep the base's reading position in step (it is asked in path order).
+                if let Some(base) = self.base.as_mut() {
+                    base.find(path);
+                }
+                Some(self.installed[i].clone())
+            }
+            Err(_) => self.base.as_mut()?.find(path),
         }
     }
 
@@ -104,153 +142,261 @@ pub fn build_with(
     cache: CacheView<'_>,
     cancel: &CancellationToken,
 ) -> Result<Manifest, StorageError> {
-    let walk = Walk {
-        root,
-        cache,
-        cancel,
-        walked_at_ns: now_ns(),
-        queue: Mutex::new(Queue {
-            dirs: vec![None],
-            busy: 0,
-            failed: false,
-        }),
-        ready: Condvar::new(),
-    };
+    let walked_at_ns = now_ns();
     let mut entries = Vec::new();
-    let mut failure = None;
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..WALK_THREADS).map(|_| s.spawn(|| walk.work())).collect();
-        for w in workers {
-            match w
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            {
-                Ok(mut part) => entries.append(&mut part),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-    });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(Manifest::from_walk(entries, walk.walked_at_ns)),
-    }
+    walk_into(root, cache, cancel, walked_at_ns, &mut |e, s| {
+        entries.push((e, s));
+        Ok(())
+    })?;
+    Ok(Manifest::from_walk(entries, walked_at_ns))
 }
 
-/// Threads that walk a tree together, taking directories from a shared queue: on a first sync
-/// the walk digests every byte (CPU-bound), on a later one it `stat`s every file (system-call
+/// [`build_with`] into a walk file at `path` (see [`walkfile`](super::walkfile)), returned open:
+/// the manifest is never whole in memory.
+///
+/// # Errors
+/// As [`build`]; [`StorageError::Io`] writing the file.
+pub fn walk_to_file(
+    root: &Path,
+    cache: CacheView<'_>,
+    cancel: &CancellationToken,
+    path: &Path,
+) -> Result<WalkFile, StorageError> {
+    let walked_at_ns = now_ns();
+    let mut w = WalkWriter::create(path, walked_at_ns)?;
+    walk_into(root, cache, cancel, walked_at_ns, &mut |e, s| w.push(&e, s))?;
+    w.finish()
+}
+
+/// Threads that read and digest files while one thread lists the tree: on a first sync the
+/// walk digests every byte (CPU-bound), on a later one it `stat`s every file (system-call
 /// bound); either way two threads nearly halve it on a 2-core host. Each holds a
 /// [`READ_BUFFER`].
 pub const WALK_THREADS: usize = 2;
+/// Entries handed to a digesting thread at once.
+const BATCH: usize = 64;
+/// Batches listed ahead of the one being written: with [`BATCH`], what bounds a walk's memory.
+const WINDOW: usize = 16;
 
-/// One walk: what its threads share.
-struct Walk<'a> {
-    root: &'a Path,
-    cache: CacheView<'a>,
-    cancel: &'a CancellationToken,
+/// What the lister hands on: an entry it made itself (a directory, from the same `lstat` that
+/// decided to list it), or a directory entry for a digesting thread to inspect.
+enum Item {
+    Ready(Entry, Option<Stamp>),
+    Visit {
+        rel: RelPath,
+        de: std::fs::DirEntry,
+        cached: Option<(Entry, Stamp)>,
+    },
+}
+
+type Done = Result<Vec<(Entry, Option<Stamp>)>, StorageError>;
+
+struct Job {
+    items: Vec<Item>,
+    reply: SyncSender<Done>,
+}
+
+/// The walk itself: `sink` gets every entry of the tree in path order (each directory before
+/// its contents), with its stamp.
+///
+/// One thread lists the tree depth-first, each directory's names sorted — which is path order —
+/// looking each file up in `cache` as it goes (a forward read of the last walk), and hands the
+/// entries in batches to [`WALK_THREADS`] threads that `lstat` and, where the cache cannot
+/// vouch for a file, digest it; a writer takes the batches back in order. At most [`WINDOW`]
+/// batches are in flight, so memory does not grow with the tree (only with its depth and its
+/// largest directory).
+fn walk_into(
+    root: &Path,
+    mut cache: CacheView<'_>,
+    cancel: &CancellationToken,
     walked_at_ns: i64,
-    queue: Mutex<Queue>,
-    ready: Condvar,
-}
-
-/// Directories still to list (`None` is the root), how many are being listed, and whether a
-/// thread failed (the others then stop).
-struct Queue {
-    dirs: Vec<Option<RelPath>>,
-    busy: usize,
-    failed: bool,
-}
-
-impl Walk<'_> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// One thread's share: directories until none is left and none is being listed.
-    fn work(&self) -> Result<Vec<(Entry, Option<Stamp>)>, StorageError> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; READ_BUFFER];
-        let mut found = Vec::new();
-        loop {
-            let dir = {
-                let mut q = self.lock();
+    sink: &mut (dyn FnMut(Entry, Option<Stamp>) -> Result<(), StorageError> + Send),
+) -> Result<(), StorageError> {
+    let stop = AtomicBool::new(false);
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Mutex::new(job_rx);
+    let (order_tx, order_rx) = mpsc::sync_channel::<Receiver<Done>>(WINDOW);
+    std::thread::scope(|s| {
+        for _ in 0..WALK_THREADS {
+            s.spawn(|| {
+                let mut buf = vec![0u8; READ_BUFFER];
                 loop {
-                    if q.failed {
-                        return Ok(out);
-                    }
-                    if let Some(d) = q.dirs.pop() {
-                        q.busy += 1;
-                        break d;
-                    }
-                    if q.busy == 0 {
-                        return Ok(out);
-                    }
-                    q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    let job = job_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = job else { return };
+                    let done = if stop.load(Ordering::Relaxed) {
+                        Ok(Vec::new())
+                    } else {
+                        inspect(root, job.items, walked_at_ns, &mut buf, cancel)
+                    };
+                    // The writer gone means the walk failed already.
+                    let _ = job.reply.send(done);
                 }
-            };
-            let listed = self.list(dir.as_ref(), &mut buf, &mut out, &mut found);
-            {
-                let mut q = self.lock();
-                q.dirs.append(&mut found);
-                q.busy -= 1;
-                q.failed |= listed.is_err();
-            }
-            self.ready.notify_all();
-            listed?;
+            });
         }
-    }
+        let writer = s.spawn(|| {
+            let written = (|| {
+                for reply in order_rx {
+                    let batch = reply.recv().map_err(|_| StorageError::Cancelled {
+                        path: root.to_path_buf(),
+                    })??;
+                    for (e, stamp) in batch {
+                        sink(e, stamp)?;
+                    }
+                }
+                Ok(())
+            })();
+            if written.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            written
+        });
+        let listed = list_tree(root, &mut cache, cancel, &mut |items| {
+            let (reply, done) = mpsc::sync_channel(1);
+            order_tx.send(done).map_err(|_| None)?;
+            job_tx.send(Job { items, reply }).map_err(|_| None)?;
+            Ok(())
+        });
+        drop(order_tx);
+        drop(job_tx);
+        if listed.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match listed {
+            // The lister's own error; `None`: it stopped because the writer did.
+            Err(Some(e)) => Err(e),
+            Err(None) | Ok(()) => written,
+        }
+    })
+}
 
-    /// The entries of one directory into `out`, its subdirectories into `found`.
-    fn list(
-        &self,
-        dir: Option<&RelPath>,
-        buf: &mut [u8],
-        out: &mut Vec<(Entry, Option<Stamp>)>,
-        found: &mut Vec<Option<RelPath>>,
-    ) -> Result<(), StorageError> {
-        let root = self.root;
-        let dir_path = dir.map_or_else(|| root.to_path_buf(), |d| root.join(d.as_path()));
-        let listing = match std::fs::read_dir(&dir_path) {
-            Ok(l) => l,
-            // Removed since it was listed: on a live host, it is simply no longer in the tree.
-            Err(e) if dir.is_some() && e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StorageError::io("list", &dir_path, e)),
+/// Lists the tree depth-first in path order, handing [`Item`]s on in batches. `Err(None)`: the
+/// receiving end is gone.
+fn list_tree(
+    root: &Path,
+    cache: &mut CacheView<'_>,
+    cancel: &CancellationToken,
+    dispatch: &mut dyn FnMut(Vec<Item>) -> Result<(), Option<StorageError>>,
+) -> Result<(), Option<StorageError>> {
+    // Each level: its path (`None`: the root) and its entries not handed on yet, sorted so
+    // that the next one is last.
+    let mut stack: Vec<(Option<RelPath>, Vec<std::fs::DirEntry>)> =
+        vec![(None, list_dir(root, None)?)];
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some((dir, names)) = stack.last_mut() {
+        if cancel.is_cancelled() {
+            return Err(Some(StorageError::Cancelled {
+                path: root.to_path_buf(),
+            }));
+        }
+        let Some(de) = names.pop() else {
+            stack.pop();
+            continue;
         };
-        for de in listing {
-            if self.cancel.is_cancelled() {
-                return Err(StorageError::Cancelled {
-                    path: root.to_path_buf(),
-                });
+        let name = de.file_name();
+        let rel = match dir {
+            None => RelPath::new(&name)?,
+            Some(d) => d.child(&name)?,
+        };
+        let is_dir = match de.file_type() {
+            Ok(ft) => ft.is_dir(),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Some(StorageError::io(
+                    "inspect",
+                    root.join(rel.as_path()),
+                    e,
+                )));
             }
-            let de = de.map_err(|e| StorageError::io("list", &dir_path, e))?;
-            let name = de.file_name();
-            let rel = match dir {
-                None if is_staging_name(name.as_bytes()) => continue,
-                None => RelPath::new(&name)?,
-                Some(d) => d.child(&name)?,
-            };
-            match visit(
-                root,
-                rel,
-                &de,
-                self.cache,
-                self.walked_at_ns,
-                buf,
-                self.cancel,
-            ) {
-                Ok(entry) => {
-                    if entry.0.kind == Kind::Dir {
-                        found.push(Some(entry.0.path.clone()));
-                    }
-                    out.push(entry);
+        };
+        let meta = if is_dir {
+            match de.metadata() {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Some(StorageError::io(
+                        "inspect",
+                        root.join(rel.as_path()),
+                        e,
+                    )));
                 }
-                Err(StorageError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        match meta {
+            Some(meta) if meta.is_dir() => {
+                batch.push(Item::Ready(plain(rel.clone(), Kind::Dir, &meta), None));
+                let listing = list_dir(root, Some(&rel))?;
+                stack.push((Some(rel), listing));
+            }
+            _ => {
+                let cached = cache.find(&rel);
+                batch.push(Item::Visit { rel, de, cached });
             }
         }
-        Ok(())
+        if batch.len() >= BATCH {
+            dispatch(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+        }
     }
+    if !batch.is_empty() {
+        dispatch(batch)?;
+    }
+    Ok(())
+}
+
+/// The entries of one directory (of the root: without the agent's staging folders), sorted by
+/// name with the first last; empty when it vanished (or stopped being a directory) meanwhile.
+fn list_dir(root: &Path, dir: Option<&RelPath>) -> Result<Vec<std::fs::DirEntry>, StorageError> {
+    let dir_path = dir.map_or_else(|| root.to_path_buf(), |d| root.join(d.as_path()));
+    let listing = match std::fs::read_dir(&dir_path) {
+        Ok(l) => l,
+        // Removed since it was listed: on a live host, it is simply no longer in the tree.
+        Err(e)
+            if dir.is_some()
+                && (e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory) =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(StorageError::io("list", &dir_path, e)),
+    };
+    let mut entries = Vec::new();
+    for de in listing {
+        let de = de.map_err(|e| StorageError::io("list", &dir_path, e))?;
+        if dir.is_none() && is_staging_name(de.file_name().as_bytes()) {
+            continue;
+        }
+        entries.push(de);
+    }
+    entries.sort_unstable_by(|a, b| b.file_name().as_bytes().cmp(a.file_name().as_bytes()));
+    Ok(entries)
+}
+
+/// A digesting thread's share: each item's entry (an entry that vanished meanwhile is left out).
+fn inspect(
+    root: &Path,
+    items: Vec<Item>,
+    walked_at_ns: i64,
+    buf: &mut [u8],
+    cancel: &CancellationToken,
+) -> Done {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Item::Ready(e, stamp) => out.push((e, stamp)),
+            Item::Visit { rel, de, cached } => {
+                match visit(root, rel, &de, cached, walked_at_ns, buf, cancel) {
+                    Ok(entry) => out.push(entry),
+                    Err(StorageError::Io { source, .. })
+                        if source.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The entry for one directory entry, with a file's stamp (`Io` `NotFound` when it vanished
@@ -259,7 +405,7 @@ fn visit(
     root: &Path,
     rel: RelPath,
     de: &std::fs::DirEntry,
-    cache: CacheView<'_>,
+    cached: Option<(Entry, Stamp)>,
     walked_at_ns: i64,
     buf: &mut [u8],
     cancel: &CancellationToken,
@@ -282,7 +428,7 @@ fn visit(
         }
         Ok((plain(rel, Kind::Symlink { target }, &meta), None))
     } else if ft.is_file() {
-        file_entry(rel, &full, &meta, cache, walked_at_ns, buf, cancel)
+        file_entry(rel, &full, &meta, cached, walked_at_ns, buf, cancel)
     } else {
         let what = if ft.is_fifo() {
             "a FIFO"
@@ -356,23 +502,20 @@ fn file_entry(
     path: RelPath,
     full: &Path,
     meta: &Metadata,
-    cache: CacheView<'_>,
+    cached: Option<(Entry, Stamp)>,
     walked_at_ns: i64,
     buf: &mut [u8],
     cancel: &CancellationToken,
 ) -> Result<(Entry, Option<Stamp>), StorageError> {
     let (size, mode, mtime) = (meta.len(), file_mode(meta), mtime_ns(meta));
-    if let Some((cached, stamp)) = cache.get_stamped(&path)
+    if let Some((cached, stamp)) = cached
         && cached.is_file()
         && (cached.size, cached.mode, cached.mtime_ns) == (size, mode, mtime)
         && cached.owner == Some(owner(meta))
         && stamp.same_file(meta)
         && mtime < stamp.checked_at_ns.saturating_sub(RACY_MARGIN_NS)
     {
-        let entry = Entry {
-            path,
-            ..cached.clone()
-        };
+        let entry = Entry { path, ..cached };
         return Ok((entry, Some(stamp)));
     }
     let mut last = String::new();

@@ -271,32 +271,37 @@ impl Target for TargetService {
         &self,
         req: Request<CompareStorageRequest>,
     ) -> Result<Response<CompareStorageResponse>, Status> {
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let ctx = &self.ctx;
-        let (src, session) = match &r.source {
-            Some(peer) => {
-                // A session of its own, removed when the comparison ends (or expired).
+        let relayed = std::mem::take(&mut r.source_manifest);
+        // A session of its own, removed when the comparison ends (or expired).
+        let session = match &r.source {
+            Some(_) => {
                 let id = format!("compare-{}-{}", std::process::id(), next_compare());
-                let dir = session::dir(ctx, &id)?;
-                let fetched = session::fetch(ctx, peer, &r.source_tree, r.full, &dir).await;
-                if let Err(e) = fetched {
-                    session::remove(&dir);
-                    return Err(e.into());
-                }
-                (session::manifest_file(&dir), Some(dir))
+                Some(session::dir(ctx, &id)?)
             }
-            None => (
-                session::SourceManifest::Bytes(r.source_manifest.into()),
-                None,
-            ),
+            None => None,
         };
-        let target = source::manifest(ctx, &r.tree, r.full).await;
-        let compared = match target {
-            Ok(target) => tokio::task::spawn_blocking(move || session::compare(&src, &target))
-                .await
-                .map_err(|e| AgentError::Internal(format!("compare task: {e}")))
-                .and_then(|c| c),
-            Err(e) => Err(e),
+        // The old host's walk and this host's run at once (as in a plan): a full comparison
+        // reads every file on both hosts.
+        let fetched = async {
+            match (&r.source, &session) {
+                (Some(peer), Some(dir)) => {
+                    session::fetch(ctx, peer, &r.source_tree, r.full, dir).await?;
+                    Ok(session::manifest_file(dir))
+                }
+                _ => Ok::<_, AgentError>(session::SourceManifest::Bytes(relayed.into())),
+            }
+        };
+        let (fetched, target) = tokio::join!(fetched, source::manifest(ctx, &r.tree, r.full));
+        let compared = match (fetched, target) {
+            (Ok(src), Ok(target)) => {
+                tokio::task::spawn_blocking(move || session::compare(&src, &target))
+                    .await
+                    .map_err(|e| AgentError::Internal(format!("compare task: {e}")))
+                    .and_then(|c| c)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if let Some(dir) = session {
             session::remove(&dir);

@@ -37,8 +37,9 @@ use super::pull;
 use crate::Ctx;
 use crate::error::AgentError;
 use crate::storage::stream::Summary;
+use crate::storage::walkfile::WalkFile;
 use crate::storage::{
-    self, Delta, Entry, Kind, Manifest, ManifestStream, OwnerMap, RelPath, StorageError,
+    self, Delta, Entry, Kind, Manifest, ManifestStream, OwnerMap, RelPath, Seen, StorageError,
 };
 
 /// Paths listed in a plan or comparison for people (the counts are always complete).
@@ -492,7 +493,7 @@ impl Batcher<'_> {
 /// A malformed source manifest, or I/O writing the batches.
 pub fn plan(
     src: &SourceManifest,
-    target: &Manifest,
+    target: &WalkFile,
     delete_extraneous: bool,
     limits: Limits,
     batches_dir: Option<&Path>,
@@ -512,9 +513,18 @@ pub fn plan(
         sent_files: 0,
         first_paths: Vec::new(),
     };
-    let delta = storage::diff_with(src.entries(owners)?, target, delete_extraneous, |e| {
-        b.push(e)
-    })
+    let delta = storage::diff_with(
+        src.entries(owners)?,
+        own_entries(target),
+        delete_extraneous,
+        |seen, travels| {
+            if travels {
+                b.push(seen.source())
+            } else {
+                Ok(())
+            }
+        },
+    )
     .map_err(malformed)?;
     b.close().map_err(AgentError::from)?;
     Ok(Planned {
@@ -535,19 +545,24 @@ pub fn plan(
 /// A malformed source manifest.
 pub fn finalize_delta(
     src: &SourceManifest,
-    target: &Manifest,
+    target: &WalkFile,
     delete_extraneous: bool,
     deferred: &HashSet<Vec<u8>>,
 ) -> Result<(Delta, u64), AgentError> {
     let summary = src.check()?;
     let (owners, _) = OwnerMap::new(&summary.names, storage::carries_owners());
     let mut undeferred = 0u64;
-    let delta = storage::diff_with(src.entries(owners)?, target, delete_extraneous, |e| {
-        if !deferred.contains(e.path.as_bytes()) {
-            undeferred += 1;
-        }
-        Ok(())
-    })
+    let delta = storage::diff_with(
+        src.entries(owners)?,
+        own_entries(target),
+        delete_extraneous,
+        |seen, travels| {
+            if travels && !deferred.contains(seen.source().path.as_bytes()) {
+                undeferred += 1;
+            }
+            Ok(())
+        },
+    )
     .map_err(malformed)?;
     Ok((delta, undeferred))
 }
@@ -578,61 +593,57 @@ impl Shown {
 /// A malformed source manifest.
 pub fn compare(
     src: &SourceManifest,
-    target: &Manifest,
+    target: &WalkFile,
 ) -> Result<CompareStorageResponse, AgentError> {
     let summary = src.check()?;
     let (owners, unknown_owners) = OwnerMap::new(&summary.names, storage::carries_owners());
-    let (mut missing, mut changed, mut metadata, mut owner) = (
-        Shown::default(),
-        Shown::default(),
-        Vec::new(),
-        Shown::default(),
-    );
-    let mut metadata_count = 0u64;
+    let (mut missing, mut changed, mut owner) =
+        (Shown::default(), Shown::default(), Shown::default());
     let mut owner_rows = Vec::new();
     let mut dir_modes = Vec::new();
-    let inspected = src.entries(owners)?.inspect(|r| {
-        let Ok(s) = r else { return };
-        let Some(t) = target.get(&s.path) else {
-            return;
-        };
-        // A directory's mtime moves whenever an entry is added or removed in it, and its
-        // listing is compared entry by entry anyway: for directories only the mode counts.
-        if s.kind == Kind::Dir && t.kind == Kind::Dir && s.mode != t.mode {
-            dir_modes.push(s.path.clone());
-        }
-        if let (Some(want), Some(have)) = (s.owner, t.owner)
-            && want != have
-        {
-            owner.count += 1;
-            if owner_rows.len() < SHOW_PATHS {
-                owner_rows.push(format!(
-                    "{} (old {}, new {})",
-                    String::from_utf8_lossy(s.path.as_bytes()),
-                    owner_name(want),
-                    owner_name(have)
-                ));
+    let delta = storage::diff_with(
+        src.entries(owners)?,
+        own_entries(target),
+        true,
+        |seen, travels| {
+            let (s, t) = match seen {
+                Seen::New(s) => {
+                    missing.push(&s.path);
+                    return Ok(());
+                }
+                Seen::Both(s, t) => (s, t),
+            };
+            if travels {
+                changed.push(&s.path);
             }
-        }
-    });
-    let delta = storage::diff_with(inspected, target, true, |e| {
-        if target.get(&e.path).is_some() {
-            changed.push(&e.path);
-        } else {
-            missing.push(&e.path);
-        }
-        Ok(())
-    })
+            // A directory's mtime moves whenever an entry is added or removed in it, and its
+            // listing is compared entry by entry anyway: for directories only the mode counts.
+            if s.kind == Kind::Dir && t.kind == Kind::Dir && s.mode != t.mode {
+                dir_modes.push(s.path.clone());
+            }
+            if let (Some(want), Some(have)) = (s.owner, t.owner)
+                && want != have
+            {
+                owner.count += 1;
+                if owner_rows.len() < SHOW_PATHS {
+                    owner_rows.push(format!(
+                        "{} (old {}, new {})",
+                        String::from_utf8_lossy(s.path.as_bytes()),
+                        owner_name(want),
+                        owner_name(have)
+                    ));
+                }
+            }
+            Ok(())
+        },
+    )
     .map_err(malformed)?;
-    for d in &delta.dirs {
-        if target.get(&d.path).is_none() {
-            missing.push(&d.path);
-        }
-    }
     let mut extra = Shown::default();
     for e in &delta.delete {
         extra.push(&e.path);
     }
+    let mut metadata = Vec::new();
+    let mut metadata_count = 0u64;
     for p in delta.meta.iter().map(|m| &m.path).chain(dir_modes.iter()) {
         metadata_count += 1;
         if metadata.len() < SHOW_PATHS {
@@ -641,14 +652,18 @@ pub fn compare(
     }
     metadata.sort();
     owner.paths = owner_rows;
+    let own = target.summary();
+    let manifest_sha256 = target
+        .network_sha256()
+        .map_err(|e| AgentError::Internal(format!("reading this tree's walk file: {e}")))?;
     Ok(CompareStorageResponse {
         missing: missing.paths,
         changed: changed.paths,
         extra: extra.paths,
         metadata,
-        files: target.entries().iter().filter(|e| e.is_file()).count() as u64,
-        bytes: target.file_bytes(),
-        manifest_sha256: hostshift_shared::digest::Sha256Digest::of(&target.encode()).to_string(),
+        files: own.files,
+        bytes: own.file_bytes,
+        manifest_sha256: manifest_sha256.to_string(),
         source_files: summary.files,
         source_bytes: summary.file_bytes,
         owner: owner.paths,
@@ -658,6 +673,19 @@ pub fn compare(
         extra_count: extra.count,
         metadata_count,
         owner_count: owner.count,
+    })
+}
+
+/// This host's entries of a tree, from its walk file, for [`storage::diff_with`]. A damaged
+/// walk file is an I/O error of this host, not a malformed manifest of the old agent's.
+fn own_entries(target: &WalkFile) -> impl Iterator<Item = Result<Entry, StorageError>> + '_ {
+    target.entries().map(|r| {
+        r.map(|(e, _)| e).map_err(|e| match e {
+            StorageError::BadManifest { path, reason } => {
+                StorageError::io("read", &path, std::io::Error::other(reason))
+            }
+            other => other,
+        })
     })
 }
 
@@ -694,6 +722,14 @@ mod tests {
         }
     }
 
+    /// `m` as this host's walk file (open; its folder is gone already).
+    fn own(m: &Manifest) -> WalkFile {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("tree.manifest");
+        m.save(&path).unwrap();
+        WalkFile::open(&path).unwrap()
+    }
+
     fn source(files: usize) -> SourceManifest {
         let mut v = vec![entry("d", Kind::Dir)];
         v.extend((0..files).map(|i| entry(&format!("d/f{i:05}"), Kind::File)));
@@ -716,7 +752,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let src = source(2500);
         let target =
-            Manifest::new(vec![entry("d", Kind::Dir), entry("d/f00000", Kind::File)]).unwrap();
+            own(
+                &Manifest::new(vec![entry("d", Kind::Dir), entry("d/f00000", Kind::File)]).unwrap(),
+            );
         let limits = Limits {
             bytes: u64::MAX,
             files: 1000,
@@ -764,7 +802,7 @@ mod tests {
         };
         plan(
             &src,
-            &Manifest::new(Vec::new()).unwrap(),
+            &own(&Manifest::default()),
             true,
             limits,
             Some(session.path()),
@@ -812,7 +850,7 @@ mod tests {
 
     #[test]
     fn a_comparison_caps_its_lists_but_counts_everything() {
-        let c = compare(&source(1500), &Manifest::new(Vec::new()).unwrap()).unwrap();
+        let c = compare(&source(1500), &own(&Manifest::default())).unwrap();
         assert_eq!(c.missing_count, 1501);
         assert_eq!(c.missing.len(), SHOW_PATHS);
         assert_eq!((c.source_files, c.source_bytes), (1500, 4500));
@@ -829,7 +867,7 @@ mod tests {
         bad[n - 40] ^= 1;
         let err = plan(
             &SourceManifest::Bytes(bad.into()),
-            &Manifest::new(Vec::new()).unwrap(),
+            &own(&Manifest::default()),
             true,
             Limits { bytes: 1, files: 1 },
             None,

@@ -31,6 +31,8 @@ use tonic::Status;
 use super::FRAME_QUEUE;
 use crate::Ctx;
 use crate::error::AgentError;
+use crate::storage::walk::Lookup;
+use crate::storage::walkfile::{WalkFile, WalkWriter};
 use crate::storage::{self, ChunkSink, ChunkWriter, Entry, Manifest, ManifestCache, Stamp};
 
 /// Frames for the network.
@@ -152,11 +154,11 @@ pub fn framed_bytes(data: Vec<u8>) -> FrameRx {
     frx
 }
 
-/// A manifest's network form, encoded piece by piece into the stream on a blocking thread
-/// (never whole in memory: a tree of a million files encodes to about 100 MB).
-pub fn framed_manifest(ctx: &Ctx, m: Arc<Manifest>) -> FrameRx {
+/// A walk's network form, read from its file and encoded piece by piece into the stream on a
+/// blocking thread (never whole in memory: a tree of a million files encodes to about 100 MB).
+pub fn framed_manifest(ctx: &Ctx, m: Arc<WalkFile>) -> FrameRx {
     framed_blocking(ctx, move |w, _| {
-        m.encode_to(w)
+        m.encode_network(w)
             .map_err(|e| AgentError::Internal(format!("manifest stream: {e}")))
     })
 }
@@ -208,42 +210,34 @@ pub fn refuse_staging_names(ctx: &Ctx, tree: &str) -> Result<(), AgentError> {
     )))
 }
 
-/// Builds the manifest of a configured tree (`full`: re-hash everything), refreshing the cache.
+/// Walks a configured tree (`full`: re-hash everything) into its walk file, which is also the
+/// cache of the next walk, and returns it open: the manifest is never whole in memory.
 ///
 /// # Errors
-/// Undeclared tree, or the tree cannot be read (the error names the path).
-pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Arc<Manifest>, AgentError> {
+/// Undeclared tree, the tree cannot be read (the error names the path), or the walk file cannot
+/// be written in the agent's state folder.
+pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Arc<WalkFile>, AgentError> {
     let root = ctx.storage(tree)?.path.clone();
     let cache_path = manifest_cache(ctx, tree);
     let cancel = ctx.shutdown.child_token();
     tokio::task::spawn_blocking(move || {
-        if !root.exists() {
-            // A target tree that sync has not created yet is empty.
-            return Ok(Arc::new(Manifest::new(Vec::new())?));
+        if let Some(dir) = cache_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
         }
         let started = std::time::Instant::now();
-        let used = MANIFESTS.for_walk(&cache_path);
-        let m = if full {
-            storage::build_full(&root, &cancel)?
+        let m = if root.exists() {
+            MANIFESTS.walk(&cache_path, &root, full, &cancel)?
         } else {
-            storage::walk::build_with(&root, used.view(), &cancel)?
+            // A target tree that sync has not created yet is empty.
+            Arc::new(WalkWriter::create(&cache_path, storage::walk::now_ns())?.finish()?)
         };
-        let m = Arc::new(m);
         tracing::debug!(
             root = %root.display(),
-            entries = m.entries().len(),
-            cached = used.view().is_some(),
+            entries = m.summary().entries,
+            full,
             ms = started.elapsed().as_millis() as u64,
             "manifest built"
         );
-        if let Some(dir) = cache_path.parent()
-            && std::fs::create_dir_all(dir).is_ok()
-        {
-            // A cache that cannot be written only costs speed next time.
-            if let Err(e) = MANIFESTS.saved(&cache_path, &m, used) {
-                tracing::debug!(error = %e, "manifest cache not saved");
-            }
-        }
         Ok(m)
     })
     .await
@@ -276,8 +270,14 @@ pub fn storage_files(ctx: &Arc<Ctx>, tree: &str, entries: &[u8]) -> Result<Frame
         ChunkDigests::Omitted,
         move |w, cancel| {
             let walked = MANIFESTS.walked(&cache_path);
-            let stats =
-                storage::pack_deferring(&root, &entries, &mut *w, cancel, walked.as_deref())?;
+            let mut cursor = walked.as_deref().map(WalkFile::cursor);
+            let stats = storage::pack_deferring(
+                &root,
+                &entries,
+                &mut *w,
+                cancel,
+                cursor.as_mut().map(|c| c as &mut dyn Lookup),
+            )?;
             if let Some(envelope) = stats.envelope {
                 w.sink_mut().seal(envelope);
             }
