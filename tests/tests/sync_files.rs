@@ -430,9 +430,13 @@ struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
     fn mount(at: &std::path::Path) -> SmallDisk {
+        Self::mount_sized(at, "1m")
+    }
+
+    fn mount_sized(at: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(at).expect("mount point");
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .status()
             .expect("run mount (util-linux)");
@@ -477,6 +481,45 @@ async fn a_sync_that_cannot_fit_on_the_new_disk_is_refused_before_writing_anythi
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "nothing written on the new host: {left:?}");
+}
+
+#[tokio::test]
+async fn an_old_host_whose_disk_is_full_still_syncs_and_verifies_its_tree() {
+    // The old agent keeps its manifest of the tree as a walk file in its state folder. A full
+    // disk there (a common reason to move) must not stop the move: the walk falls back to
+    // memory. 600 files make a walk file of ~80 KiB, more than the 16 KiB disk holds.
+    let mut sb = sandbox("sync_full_old_disk", 600).await;
+    let manifests = sb.dir.join("state-old/manifests");
+    let disk = SmallDisk::mount_sized(&manifests, "16k");
+    let filler = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1000"])
+        .arg(format!("of={}", manifests.join("filler").display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run dd");
+    assert!(!filler.success(), "dd stops at the full disk");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let before = fs::snapshot(&sb.old_storage);
+
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let verify = sb.cli(&["verify"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
+    assert!(verify.stdout.contains("equal"), "{}", verify.stdout);
+    assert_eq!(fs::snapshot(&sb.new_storage), before, "the copy is exact");
+    assert_eq!(
+        fs::snapshot(&sb.old_storage),
+        before,
+        "the old tree untouched"
+    );
+    let left: Vec<_> = std::fs::read_dir(&manifests)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "filler")
+        .collect();
+    assert!(left.is_empty(), "no half-written walk file left: {left:?}");
+    drop(disk);
 }
 
 fn filetime_of(meta: &std::fs::Metadata) -> (i64, i64) {

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::StorageError;
 use super::manifest::{Entry, Stamp};
-use super::walk::{CacheView, Lookup, walk_to_file};
-use super::walkfile::WalkFile;
+use super::walk::{CacheView, Lookup, walk_to, walk_to_file};
+use super::walkfile::{WalkFile, WalkWriter};
 
 /// Most installed files remembered per tree between two walks (about 200 bytes each: 20 MiB at
 /// most). Beyond it they are forgotten, which costs only speed: the next walk reads those files
@@ -171,7 +171,8 @@ impl ManifestCache {
 
     /// Walks `root` into a new walk file at `path` (its folder must exist), with the last walk
     /// and the files installed since as its cache — or, when `full`, reading every file — and
-    /// keeps it as the tree's last walk. Blocking.
+    /// keeps it as the tree's last walk. When the walk file cannot be written (a full disk), the
+    /// walk is made again into memory ([`WalkWriter::in_memory`]). Blocking.
     ///
     /// # Errors
     /// As [`walk_to_file`].
@@ -183,14 +184,28 @@ impl ManifestCache {
         cancel: &CancellationToken,
     ) -> Result<Arc<WalkFile>, StorageError> {
         let used = self.for_walk(path);
-        let walked = {
-            let view = if full {
+        let view = || {
+            if full {
                 CacheView::default()
             } else {
                 used.view()
-            };
-            Arc::new(walk_to_file(root, view, cancel, path)?)
+            }
         };
+        let walked = match walk_to_file(root, view(), cancel, path) {
+            Err(e) if e.is_walk_file_write() => {
+                // The tree is fine, this host's state folder is not (a full disk on the old
+                // host is a reason to move): walk again into memory rather than fail the sync.
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "the walk file cannot be written: walking again with the manifest in memory"
+                );
+                let now = super::walk::now_ns();
+                walk_to(root, view(), cancel, now, WalkWriter::in_memory(now)?)?
+            }
+            other => other?,
+        };
+        let walked = Arc::new(walked);
         self.saved(path, &walked, &used);
         Ok(walked)
     }
@@ -336,6 +351,29 @@ mod tests {
             walked.cursor().find_entry(&entry.path).unwrap().0,
             claimed(b"newer")
         );
+    }
+
+    #[test]
+    fn a_walk_whose_file_cannot_be_written_keeps_it_in_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("tree");
+        put(&root, "a", b"alpha", 0o644, 1_600_000_000, 0);
+        let cache_file = t.path().join("no-such-folder/tree.manifest");
+        let cache = ManifestCache::new();
+        let walked = cache
+            .walk(&cache_file, &root, false, &CancellationToken::new())
+            .unwrap();
+        let (entry, _) = walked
+            .cursor()
+            .find_entry(&RelPath::new("a").unwrap())
+            .unwrap();
+        assert_eq!(
+            entry.sha256,
+            Some(hostshift_shared::digest::Sha256Digest::of(b"alpha"))
+        );
+        assert!(!t.path().join("no-such-folder").exists());
+        // Not kept for the next walk, which simply reads the files again.
+        assert!(cache.walked(&cache_file).is_none());
     }
 
     #[test]

@@ -133,6 +133,12 @@ impl StorageError {
         }
     }
 
+    /// True for a failure to write a walk file (this host's state folder: a full disk, a
+    /// missing folder), as opposed to one reading the tree.
+    pub fn is_walk_file_write(&self) -> bool {
+        matches!(self, Self::Io { op, .. } if *op == super::walkfile::WRITE_OP)
+    }
+
     /// True for errors that mean "data does not match what was promised" (`DataLoss`).
     pub fn is_data_loss(&self) -> bool {
         matches!(self, Self::DigestMismatch { .. } | Self::Mismatch { .. })

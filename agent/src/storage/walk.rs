@@ -155,7 +155,8 @@ pub fn build_with(
 /// the manifest is never whole in memory.
 ///
 /// # Errors
-/// As [`build`]; [`StorageError::Io`] writing the file.
+/// As [`build`]; [`StorageError::Io`] writing the file
+/// ([`StorageError::is_walk_file_write`]).
 pub fn walk_to_file(
     root: &Path,
     cache: CacheView<'_>,
@@ -163,7 +164,26 @@ pub fn walk_to_file(
     path: &Path,
 ) -> Result<WalkFile, StorageError> {
     let walked_at_ns = now_ns();
-    let mut w = WalkWriter::create(path, walked_at_ns)?;
+    walk_to(
+        root,
+        cache,
+        cancel,
+        walked_at_ns,
+        WalkWriter::create(path, walked_at_ns)?,
+    )
+}
+
+/// [`walk_to_file`] into a given writer (started at `walked_at_ns`).
+///
+/// # Errors
+/// As [`walk_to_file`].
+pub fn walk_to(
+    root: &Path,
+    cache: CacheView<'_>,
+    cancel: &CancellationToken,
+    walked_at_ns: i64,
+    mut w: WalkWriter,
+) -> Result<WalkFile, StorageError> {
     walk_into(root, cache, cancel, walked_at_ns, &mut |e, s| w.push(&e, s))?;
     w.finish()
 }

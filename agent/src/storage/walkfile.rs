@@ -38,6 +38,9 @@ use super::error::StorageError;
 use super::manifest::{Entry, Kind, Owner, OwnerNames, Stamp};
 use super::relpath::RelPath;
 
+/// The operation named by every error of writing a walk file (see
+/// [`StorageError::is_walk_file_write`]): such an error is this host's disk, not its tree.
+pub const WRITE_OP: &str = "write the walk file";
 /// The walk file's magic (never accepted from elsewhere).
 pub const MAGIC: &[u8; 8] = b"HSMANIF5";
 /// Entries between two points of the sparse index.
@@ -81,11 +84,13 @@ pub struct WalkFile {
 }
 
 /// Writes a walk file entry by entry (see the module doc): into a temporary file beside `path`,
-/// renamed onto it by [`WalkWriter::finish`].
+/// renamed onto it by [`WalkWriter::finish`] — or, where that cannot be written, into memory
+/// ([`WalkWriter::in_memory`]).
 pub struct WalkWriter {
     out: BufWriter<File>,
     tmp: Temp,
-    path: PathBuf,
+    /// Where it goes; `None` in memory.
+    path: Option<PathBuf>,
     hasher: StreamHasher,
     buf: Vec<u8>,
     offset: u64,
@@ -125,17 +130,40 @@ impl WalkWriter {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
+            .map_err(io_err(WRITE_OP, &tmp))?;
+        Self::start(file, Temp(tmp), Some(path.to_path_buf()), walked_at_ns)
+    }
+
+    /// A walk file in memory (an anonymous `memfd`), for when the agent's state folder cannot
+    /// take one (a full disk on the old host, the very reason to move): it costs about 130 bytes
+    /// per entry of memory instead of disk, and is not kept for the next walk.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] when the kernel refuses the `memfd`.
+    pub fn in_memory(walked_at_ns: i64) -> Result<Self, StorageError> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fd = memfd_create(c"hostshift-walk", MFdFlags::MFD_CLOEXEC).map_err(|e| {
+            StorageError::io(WRITE_OP, IN_MEMORY, io::Error::from_raw_os_error(e as i32))
+        })?;
+        Self::start(File::from(fd), Temp(PathBuf::new()), None, walked_at_ns)
+    }
+
+    fn start(
+        file: File,
+        tmp: Temp,
+        path: Option<PathBuf>,
+        walked_at_ns: i64,
+    ) -> Result<Self, StorageError> {
         let mut out = BufWriter::with_capacity(READ_BUFFER, file);
         let mut head = Vec::with_capacity(HEADER as usize);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&walked_at_ns.to_le_bytes());
         head.extend_from_slice(&0u64.to_le_bytes());
-        out.write_all(&head).map_err(io_err("write", &tmp))?;
+        out.write_all(&head).map_err(io_err(WRITE_OP, &tmp.0))?;
         Ok(Self {
             out,
-            tmp: Temp(tmp),
-            path: path.to_path_buf(),
+            tmp,
+            path,
             hasher: StreamHasher::new(),
             buf: Vec::with_capacity(512),
             offset: HEADER,
@@ -190,7 +218,7 @@ impl WalkWriter {
         self.offset += self.buf.len() as u64;
         self.out
             .write_all(&self.buf)
-            .map_err(io_err("write", &self.tmp.0))
+            .map_err(io_err(WRITE_OP, &self.tmp.0))
     }
 
     /// Ends the file (trailer, checksum, the count in the header), renames it onto its path and
@@ -213,23 +241,29 @@ impl WalkWriter {
             .1;
         self.out
             .write_all(sum.as_bytes())
-            .map_err(io_err("write", &self.tmp.0))?;
+            .map_err(io_err(WRITE_OP, &self.tmp.0))?;
         let mut file = self
             .out
             .into_inner()
-            .map_err(|e| StorageError::io("write", &self.tmp.0, e.into_error()))?;
+            .map_err(|e| StorageError::io(WRITE_OP, &self.tmp.0, e.into_error()))?;
         file.seek(SeekFrom::Start(16))
             .and_then(|_| file.write_all(&self.summary.entries.to_le_bytes()))
-            .map_err(io_err("write", &self.tmp.0))?;
+            .map_err(io_err(WRITE_OP, &self.tmp.0))?;
         // When the rename fails, dropping `tmp` removes the file from disk; it stays open.
-        if let Err(e) = std::fs::rename(&self.tmp.0, &self.path) {
-            tracing::debug!(path = %self.path.display(), error = %e, "walk file not kept");
-        } else {
-            self.tmp.0 = PathBuf::new();
-        }
+        let origin = match &self.path {
+            Some(path) => {
+                if let Err(e) = std::fs::rename(&self.tmp.0, path) {
+                    tracing::debug!(path = %path.display(), error = %e, "walk file not kept");
+                } else {
+                    self.tmp.0 = PathBuf::new();
+                }
+                path.clone()
+            }
+            None => PathBuf::from(IN_MEMORY),
+        };
         Ok(WalkFile {
             file,
-            origin: self.path,
+            origin,
             summary: self.summary,
             names,
             index: self.index,
@@ -237,13 +271,19 @@ impl WalkWriter {
     }
 }
 
+/// How errors name a walk file kept in memory.
+const IN_MEMORY: &str = "<walk file in memory>";
+
 /// The temporary file of an unfinished [`WalkWriter`] (an error or a cancelled walk): removed
-/// when dropped, so that nothing is left behind. After `finish` its name is gone already.
+/// when dropped, so that nothing is left behind. After `finish` its name is gone already (and
+/// it has none in memory).
 struct Temp(PathBuf);
 
 impl Drop for Temp {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -221,15 +221,20 @@ pub async fn manifest(ctx: &Arc<Ctx>, tree: &str, full: bool) -> Result<Arc<Walk
     let cache_path = manifest_cache(ctx, tree);
     let cancel = ctx.shutdown.child_token();
     tokio::task::spawn_blocking(move || {
-        if let Some(dir) = cache_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| AgentError::io("create", dir, e))?;
+        if let Some(dir) = cache_path.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            // The walk then keeps its file in memory (see `ManifestCache::walk`).
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the walk files' folder");
         }
         let started = std::time::Instant::now();
         let m = if root.exists() {
             MANIFESTS.walk(&cache_path, &root, full, &cancel)?
         } else {
             // A target tree that sync has not created yet is empty.
-            Arc::new(WalkWriter::create(&cache_path, storage::walk::now_ns())?.finish()?)
+            let now = storage::walk::now_ns();
+            let w = WalkWriter::create(&cache_path, now).or_else(|_| WalkWriter::in_memory(now))?;
+            Arc::new(w.finish()?)
         };
         tracing::debug!(
             root = %root.display(),
