@@ -28,7 +28,7 @@ use super::relpath::RelPath;
 
 const MAGIC: &[u8; 8] = b"HSMANIF3";
 /// Longest path or link target accepted when decoding (Linux's `PATH_MAX` is 4096).
-const MAX_PATH: usize = 64 * 1024;
+pub(super) const MAX_PATH: usize = 64 * 1024;
 /// Bytes an encoder buffers before writing them on.
 const ENCODE_BUFFER: usize = 64 * 1024;
 /// Smallest encoded entry, to bound the up-front allocation of a hostile count.
@@ -95,7 +95,7 @@ impl Manifest {
         let count = usize::try_from(count).map_err(|_| bad("entry count too large"))?;
         let mut entries = Vec::with_capacity(count.min(body.len() / MIN_ENTRY));
         for _ in 0..count {
-            entries.push(r.entry(origin).ok_or_else(|| bad("truncated entry"))??);
+            entries.push(read_entry(&mut Named { r: &mut r, origin })?);
         }
         let mut names = super::manifest::OwnerNames::default();
         for map in [&mut names.users, &mut names.groups] {
@@ -142,6 +142,81 @@ impl Manifest {
         m.set_owner_names(f.names().clone());
         Ok(m)
     }
+}
+
+/// A reader of the binary form's fields: a peer's manifest read as a stream
+/// ([`ManifestStream`](super::stream::ManifestStream)) or a walk file
+/// ([`Decoder`](super::walkfile::Decoder)). [`read_entry`] reads an entry through it.
+pub(super) trait Fields {
+    /// Exactly `buf.len()` bytes.
+    ///
+    /// # Errors
+    /// Truncated or unreadable input, named.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError>;
+    /// An error naming the input (and the place in it) and what is wrong there.
+    fn bad(&self, reason: String) -> StorageError;
+}
+
+/// `N` bytes of `f`.
+pub(super) fn take<const N: usize>(f: &mut impl Fields) -> Result<[u8; N], StorageError> {
+    let mut b = [0u8; N];
+    f.fill(&mut b)?;
+    Ok(b)
+}
+
+/// A length-prefixed byte string of `f` (a path, a link target, an owner name).
+pub(super) fn take_bytes(f: &mut impl Fields) -> Result<Vec<u8>, StorageError> {
+    let len = u32::from_le_bytes(take(f)?) as usize;
+    if len > MAX_PATH {
+        return Err(f.bad(format!("a length of {len} bytes (at most {MAX_PATH})")));
+    }
+    let mut b = vec![0u8; len];
+    f.fill(&mut b)?;
+    Ok(b)
+}
+
+/// One entry's fields in the binary form (see the module doc), up to a file's digest (a walk
+/// file's stamp, which follows it, is the caller's). The path must be a valid [`RelPath`]; the
+/// manifest's other rules are the caller's to check.
+///
+/// # Errors
+/// What `f` reports, or a field no encoder writes.
+pub(super) fn read_entry(f: &mut impl Fields) -> Result<Entry, StorageError> {
+    let path = take_bytes(f)?;
+    let [kind] = take::<1>(f)?;
+    let size = u64::from_le_bytes(take(f)?);
+    let mode = u32::from_le_bytes(take(f)?);
+    let mtime_ns = i64::from_le_bytes(take(f)?);
+    let owner = match take::<1>(f)? {
+        [0] => None,
+        [1] => Some(super::manifest::Owner {
+            uid: u32::from_le_bytes(take(f)?),
+            gid: u32::from_le_bytes(take(f)?),
+        }),
+        [other] => return Err(f.bad(format!("unknown owner marker {other}"))),
+    };
+    let (kind, sha256) = match kind {
+        0 => {
+            let d = Sha256Digest::from_slice(&take::<32>(f)?).map_err(|e| f.bad(e.0))?;
+            (Kind::File, Some(d))
+        }
+        1 => (Kind::Dir, None),
+        2 => {
+            let target = PathBuf::from(std::ffi::OsStr::from_bytes(&take_bytes(f)?));
+            (Kind::Symlink { target }, None)
+        }
+        other => return Err(f.bad(format!("unknown entry kind {other}"))),
+    };
+    let path = RelPath::from_bytes(&path).map_err(|e| f.bad(e.to_string()))?;
+    Ok(Entry {
+        path,
+        kind,
+        size,
+        mode,
+        mtime_ns,
+        sha256,
+        owner,
+    })
 }
 
 /// Writes the network form of `count` entries (sorted, as `entries` yields them) into `w`, at
@@ -254,53 +329,29 @@ impl<'a> Reader<'a> {
         }
         self.take(len)
     }
+}
 
-    /// `None` when the bytes run out; inner `Err` for a bad path.
-    fn entry(&mut self, origin: &Path) -> Option<Result<Entry, StorageError>> {
-        let path = self.bytes()?;
-        let kind = self.array::<1>()?[0];
-        let size = self.u64()?;
-        let mode = u32::from_le_bytes(self.array()?);
-        let mtime_ns = i64::from_le_bytes(self.array()?);
-        let owner = match self.array::<1>()?[0] {
-            0 => None,
-            1 => Some(super::manifest::Owner {
-                uid: u32::from_le_bytes(self.array()?),
-                gid: u32::from_le_bytes(self.array()?),
-            }),
-            other => {
-                return Some(Err(StorageError::BadManifest {
-                    path: origin.to_path_buf(),
-                    reason: format!("unknown owner marker {other}"),
-                }));
-            }
-        };
-        let (kind, sha256) = match kind {
-            0 => (
-                Kind::File,
-                Some(Sha256Digest::from_slice(self.take(32)?).ok()?),
-            ),
-            1 => (Kind::Dir, None),
-            2 => {
-                let target = PathBuf::from(std::ffi::OsStr::from_bytes(self.bytes()?));
-                (Kind::Symlink { target }, None)
-            }
-            _ => {
-                return Some(Err(StorageError::BadManifest {
-                    path: origin.to_path_buf(),
-                    reason: format!("unknown entry kind {kind}"),
-                }));
-            }
-        };
-        Some(RelPath::from_bytes(path).map(|path| Entry {
-            path,
-            kind,
-            size,
-            mode,
-            mtime_ns,
-            sha256,
-            owner,
-        }))
+/// [`Fields`] of a [`Reader`], naming `origin` in its errors.
+struct Named<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    origin: &'r Path,
+}
+
+impl Fields for Named<'_, '_> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+        let bytes = self
+            .r
+            .take(buf.len())
+            .ok_or_else(|| self.bad("truncated entry".into()))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn bad(&self, reason: String) -> StorageError {
+        StorageError::BadManifest {
+            path: self.origin.to_path_buf(),
+            reason,
+        }
     }
 }
 

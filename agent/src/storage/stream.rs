@@ -12,21 +12,17 @@
 //! are sound. Memory: one entry and the ancestor stack.
 
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use hostshift_shared::digest::{Sha256Digest, StreamHasher};
+use hostshift_shared::digest::StreamHasher;
 
+use super::codec::{Fields, read_entry, take, take_bytes};
 use super::error::StorageError;
-use super::manifest::{Entry, Kind, Owner, OwnerNames};
+use super::manifest::{Entry, Kind, OwnerNames};
 use super::relpath::RelPath;
 
 /// The network form's magic (see [`codec`](super::codec)).
 const MAGIC: &[u8; 8] = b"HSMANIF3";
-/// The cache form's magic: never accepted from elsewhere.
-const MAGIC_CACHE: &[u8; 8] = b"HSMANIF4";
-/// Longest path or link target accepted (Linux's `PATH_MAX` is 4096).
-const MAX_PATH: usize = 64 * 1024;
 
 /// What [`ManifestStream::check`] learned from a whole, sound stream.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +67,7 @@ impl<R: Read> ManifestStream<R> {
             origin: origin.to_path_buf(),
         };
         let magic: [u8; 8] = s.array("the header")?;
-        if &magic == MAGIC_CACHE {
+        if &magic == super::walkfile::MAGIC {
             return Err(s.bad("a cache file's form, with stamps: not accepted from elsewhere"));
         }
         if &magic != MAGIC {
@@ -219,9 +215,7 @@ impl<R: Read> ManifestStream<R> {
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], StorageError> {
-        let mut b = [0u8; N];
-        self.fill(&mut b, what)?;
-        Ok(b)
+        take(&mut At { s: self, at: what })
     }
 
     fn u64(&mut self, what: &str) -> Result<u64, StorageError> {
@@ -229,55 +223,28 @@ impl<R: Read> ManifestStream<R> {
     }
 
     fn bytes(&mut self, what: &str) -> Result<Vec<u8>, StorageError> {
-        let len = u32::from_le_bytes(self.array(what)?) as usize;
-        if len > MAX_PATH {
-            return Err(self.bad(&format!(
-                "{what}: a length of {len} bytes (at most {MAX_PATH})"
-            )));
-        }
-        let mut b = vec![0u8; len];
-        self.fill(&mut b, what)?;
-        Ok(b)
+        take_bytes(&mut At { s: self, at: what })
     }
 
     fn entry(&mut self, at: &str) -> Result<Entry, StorageError> {
-        let path = self.bytes(at)?;
-        let [kind] = self.array::<1>(at)?;
-        let size = self.u64(at)?;
-        let mode = u32::from_le_bytes(self.array(at)?);
-        let mtime_ns = i64::from_le_bytes(self.array(at)?);
-        let owner = match self.array::<1>(at)?[0] {
-            0 => None,
-            1 => Some(Owner {
-                uid: u32::from_le_bytes(self.array(at)?),
-                gid: u32::from_le_bytes(self.array(at)?),
-            }),
-            other => return Err(self.bad(&format!("{at}: unknown owner marker {other}"))),
-        };
-        let (kind, sha256) = match kind {
-            0 => {
-                let d: [u8; 32] = self.array(at)?;
-                let d = Sha256Digest::from_slice(&d)
-                    .map_err(|e| self.bad(&format!("{at}: {}", e.0)))?;
-                (Kind::File, Some(d))
-            }
-            1 => (Kind::Dir, None),
-            2 => {
-                let target = PathBuf::from(std::ffi::OsStr::from_bytes(&self.bytes(at)?));
-                (Kind::Symlink { target }, None)
-            }
-            other => return Err(self.bad(&format!("{at}: unknown entry kind {other}"))),
-        };
-        let path = RelPath::from_bytes(&path).map_err(|e| self.bad(&format!("{at}: {e}")))?;
-        Ok(Entry {
-            path,
-            kind,
-            size,
-            mode,
-            mtime_ns,
-            sha256,
-            owner,
-        })
+        read_entry(&mut At { s: self, at })
+    }
+}
+
+/// A [`ManifestStream`] read at one place ("entry 3 of 10", "the owner names"), which its
+/// errors name.
+struct At<'a, R> {
+    s: &'a mut ManifestStream<R>,
+    at: &'a str,
+}
+
+impl<R: Read> Fields for At<'_, R> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.s.fill(buf, self.at)
+    }
+
+    fn bad(&self, reason: String) -> StorageError {
+        self.s.bad(&format!("{}: {reason}", self.at))
     }
 }
 
@@ -292,7 +259,9 @@ impl<R: Read> Iterator for ManifestStream<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Owner;
     use crate::storage::{Manifest, diff, diff_with};
+    use hostshift_shared::digest::Sha256Digest;
 
     fn file(path: &str, content: &str) -> Entry {
         Entry {
@@ -401,7 +370,7 @@ mod tests {
         let mut longer = good.clone();
         longer.push(0);
         assert!(reason(&longer).contains("trailing bytes"));
-        assert!(reason(b"HSMANIF4\0\0\0\0").contains("cache file"));
+        assert!(reason(b"HSMANIF5\0\0\0\0").contains("cache file"));
         assert!(reason(b"something else entirely").contains("wrong magic"));
         // Well-formed bytes, broken rules.
         let (x, y) = (file("x", "1"), file("y", "2"));

@@ -26,16 +26,15 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hostshift_shared::digest::{Sha256Digest, StreamHasher};
 
-use super::codec::{encode_network, put_entry, put_names};
+use super::codec::{Fields, encode_network, put_entry, put_names, read_entry, take, take_bytes};
 use super::error::StorageError;
-use super::manifest::{Entry, Kind, Owner, OwnerNames, Stamp};
+use super::manifest::{Entry, Kind, OwnerNames, Stamp};
 use super::relpath::RelPath;
 
 /// The operation named by every error of writing a walk file (see
@@ -47,8 +46,6 @@ pub const MAGIC: &[u8; 8] = b"HSMANIF5";
 pub const INDEX_EVERY: u64 = 1024;
 /// Magic, walk start, count.
 const HEADER: u64 = 24;
-/// Longest path, link target or name accepted (Linux's `PATH_MAX` is 4096).
-const MAX_PATH: usize = 64 * 1024;
 /// Read buffer of a reader.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -556,9 +553,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], StorageError> {
-        let mut b = [0u8; N];
-        self.read(&mut b)?;
-        Ok(b)
+        take(self)
     }
 
     fn u64(&mut self) -> Result<u64, StorageError> {
@@ -570,13 +565,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, StorageError> {
-        let len = self.u32()? as usize;
-        if len > MAX_PATH {
-            return Err(self.bad(format!("a length of {len} bytes")));
-        }
-        let mut b = vec![0u8; len];
-        self.read(&mut b)?;
-        Ok(b)
+        take_bytes(self)
     }
 
     fn names(&mut self) -> Result<OwnerNames, StorageError> {
@@ -602,56 +591,34 @@ impl<'a> Decoder<'a> {
             return Ok(None);
         }
         self.remaining -= 1;
-        let path = self.bytes()?;
-        let [kind] = self.array::<1>()?;
-        let size = self.u64()?;
-        let mode = self.u32()?;
-        let mtime_ns = self.u64()?.cast_signed();
-        let owner = match self.array::<1>()? {
-            [0] => None,
-            [1] => Some(Owner {
-                uid: self.u32()?,
-                gid: self.u32()?,
-            }),
-            [other] => return Err(self.bad(format!("unknown owner marker {other}"))),
-        };
-        let (kind, sha256, stamp) = match kind {
-            0 => {
-                let d =
-                    Sha256Digest::from_slice(&self.array::<32>()?).map_err(|e| self.bad(e.0))?;
-                let stamp = match self.array::<1>()? {
-                    [0] => None,
-                    [1] => Some(Stamp {
-                        dev: self.u64()?,
-                        ino: self.u64()?,
-                        ctime_ns: self.u64()?.cast_signed(),
-                        checked_at_ns: self.u64()?.cast_signed(),
-                    }),
-                    [other] => return Err(self.bad(format!("unknown stamp marker {other}"))),
-                };
-                (Kind::File, Some(d), stamp)
-            }
-            1 => (Kind::Dir, None, None),
-            2 => {
-                let target = PathBuf::from(std::ffi::OsStr::from_bytes(&self.bytes()?));
-                (Kind::Symlink { target }, None, None)
-            }
-            other => return Err(self.bad(format!("unknown entry kind {other}"))),
-        };
-        let path = RelPath::from_bytes(&path).map_err(|e| self.bad(e.to_string()))?;
-        let e = Entry {
-            path,
-            kind,
-            size,
-            mode,
-            mtime_ns,
-            sha256,
-            owner,
+        let e = read_entry(self)?;
+        let stamp = match e.kind {
+            Kind::File => match self.array::<1>()? {
+                [0] => None,
+                [1] => Some(Stamp {
+                    dev: self.u64()?,
+                    ino: self.u64()?,
+                    ctime_ns: self.u64()?.cast_signed(),
+                    checked_at_ns: self.u64()?.cast_signed(),
+                }),
+                [other] => return Err(self.bad(format!("unknown stamp marker {other}"))),
+            },
+            _ => None,
         };
         if let Some(reason) = e.problem() {
             return Err(self.bad(format!("{}: {reason}", e.path)));
         }
         Ok(Some((e, stamp)))
+    }
+}
+
+impl Fields for Decoder<'_> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.read(buf)
+    }
+
+    fn bad(&self, reason: String) -> StorageError {
+        Decoder::bad(self, reason)
     }
 }
 
@@ -716,6 +683,7 @@ impl Cursor<'_> {
 mod tests {
     use super::*;
     use crate::storage::Manifest;
+    use crate::storage::Owner;
     use crate::storage::testutil::{link, manifest, put};
 
     fn entry(path: &str) -> Entry {
