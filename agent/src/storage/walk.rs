@@ -116,20 +116,9 @@ impl<'a> CacheView<'a> {
     /// The cached entry for `path` and its stamp: an installed file's first, else the base's.
     pub fn find(&mut self, path: &RelPath) -> Option<(Entry, Stamp)> {
         match self.installed.binary_search_by(|(e, _)| e.path.cmp(path)) {
-            Ok(i) => {
-                // Keep the base's reading position in step (it is asked in path order).
-                if let Some(base) = self.base.as_mut() {
-                    base.find(path);
-                }
-                Some(self.installed[i].clone())
-            }
+            Ok(i) => Some(self.installed[i].clone()),
             Err(_) => self.base.as_mut()?.find(path),
         }
-    }
-
-    /// True when there is anything to look up.
-    pub fn is_some(&self) -> bool {
-        self.base.is_some() || !self.installed.is_empty()
     }
 }
 
