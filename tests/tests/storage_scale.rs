@@ -4,7 +4,7 @@
 //! there is no cap on its size. Both agents' peak memory (`VmHWM`) must stay within the issue's
 //! 100 MiB at this size, and the old agent's must not grow by a manifest's worth: each agent's
 //! manifest of its own tree is a walk file read as a stream. The million-file run (agents at
-//! 33–74 MiB) is `bench/run --many-files 1000000`.
+//! 32–81 MiB) is `bench/run --many-files 1000000`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
