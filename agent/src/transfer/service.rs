@@ -293,15 +293,17 @@ impl Target for TargetService {
                 _ => Ok::<_, AgentError>(session::SourceManifest::Bytes(relayed.into())),
             }
         };
-        let (fetched, target) = tokio::join!(fetched, source::manifest(ctx, &r.tree, r.full));
-        let compared = match (fetched, target) {
-            (Ok(src), Ok(target)) => {
+        // The first failure answers at once (an unreachable old agent does not wait for this
+        // host's walk).
+        let both = tokio::try_join!(fetched, source::manifest(ctx, &r.tree, r.full));
+        let compared = match both {
+            Ok((src, target)) => {
                 tokio::task::spawn_blocking(move || session::compare(&src, &target))
                     .await
                     .map_err(|e| AgentError::Internal(format!("compare task: {e}")))
                     .and_then(|c| c)
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            Err(e) => Err(e),
         };
         if let Some(dir) = session {
             session::remove(&dir);
@@ -329,9 +331,10 @@ impl Target for TargetService {
                 None => (session::SourceManifest::Bytes(relayed.into()), None),
             })
         };
-        let (fetched, target) = tokio::join!(fetched, source::manifest(ctx, &r.tree, false));
-        let (src, batches_dir) = fetched?;
-        let target = target?;
+        // The first failure answers at once (an unreachable old agent does not wait for this
+        // host's walk).
+        let ((src, batches_dir), target) =
+            tokio::try_join!(fetched, source::manifest(ctx, &r.tree, false))?;
         let limits = session::Limits {
             bytes: r.batch_bytes,
             files: r.batch_files,
