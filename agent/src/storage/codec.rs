@@ -299,7 +299,7 @@ pub(super) fn put_names(out: &mut Vec<u8>, names: &OwnerNames) {
     }
 }
 
-pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Paths longer than u32::MAX cannot exist; MAX_PATH refuses them on decode anyway.
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(b);

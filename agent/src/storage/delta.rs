@@ -148,39 +148,32 @@ where
             s_cur.as_ref().map(Borrow::borrow),
             t_cur.as_ref().map(Borrow::borrow),
         );
-        match (s, t) {
-            (None, None) => break,
-            (Some(s), t) if t.is_none_or(|t| s.path < t.path) => {
-                d.source_dir(s);
-                let travels = d.add(s);
-                if travels {
-                    d.bytes_to_send += s.size;
-                }
-                on_source(Seen::New(s), travels)?;
-                s_cur = src.next().transpose()?;
+        let Some(s) = s.filter(|s| t.is_none_or(|t| s.path <= t.path)) else {
+            // A target entry the source does not have (or both are done).
+            let Some(t) = t else { break };
+            if delete_extraneous || replaced.as_ref().is_some_and(|r| t.path.is_within(r)) {
+                d.delete(t);
             }
-            (Some(s), Some(t)) if s.path == t.path => {
-                d.source_dir(s);
-                let travels = d.compare(s, t);
-                if travels {
-                    d.bytes_to_send += s.size;
-                }
-                on_source(Seen::Both(s, t), travels)?;
-                if t.kind == Kind::Dir && s.kind != Kind::Dir {
-                    replaced = Some(t.path.clone());
-                }
-                s_cur = src.next().transpose()?;
-                t_cur = dst.next().transpose()?;
-            }
-            (_, Some(t)) => {
-                if delete_extraneous || replaced.as_ref().is_some_and(|r| t.path.is_within(r)) {
-                    d.delete(t);
-                }
-                t_cur = dst.next().transpose()?;
-            }
-            // Unreachable: `(Some, None)` is taken by the first arm.
-            (Some(_), None) => break,
+            t_cur = dst.next().transpose()?;
+            continue;
+        };
+        let both = t.filter(|t| t.path == s.path);
+        d.source_dir(s);
+        let travels = match both {
+            Some(t) => d.compare(s, t),
+            None => d.add(s),
+        };
+        if travels {
+            d.bytes_to_send += s.size;
         }
+        on_source(both.map_or(Seen::New(s), |t| Seen::Both(s, t)), travels)?;
+        if let Some(t) = both {
+            if t.kind == Kind::Dir && s.kind != Kind::Dir {
+                replaced = Some(t.path.clone());
+            }
+            t_cur = dst.next().transpose()?;
+        }
+        s_cur = src.next().transpose()?;
     }
     Ok(d.finish())
 }
