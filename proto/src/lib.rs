@@ -8,7 +8,10 @@
 //! `check` refuse a mixed pair. History: 2 = typed fingerprints (`FingerprintResponse` fields
 //! renumbered, row digests by `hashtextextended`), storage sessions (the new agent fetches the
 //! manifest; `PlanStorage`/`CompareStorage`/`FinalizeStorage` carry no manifest), `Follow`;
-//! 3 = storage batches framed without chunk digests (an older receiver would refuse them).
+//! 3 = storage batches framed without chunk digests (an older receiver would refuse them);
+//! 4 = post-data applied in parts (`DbSchema.build_of` / `all_but`: an older receiver would apply
+//! the whole section while tables still load), a first copy's pieces by heap pages
+//! (`DbTable.pages`: an older source would copy the whole table for each piece).
 //!
 //! Services (one per concern, each served by one folder of the agent):
 //! - `Agent` — identity, tools, disk and database reachability (`Info`), sizes and row counts
@@ -23,7 +26,7 @@
 #![allow(missing_docs)] // generated code carries the .proto comments, not `///` on every item.
 
 /// Protocol major version spoken by this build. Agents report it in `Info`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Generated types and services of package `hostshift.v1`.
 pub mod v1 {

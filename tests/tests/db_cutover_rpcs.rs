@@ -17,7 +17,7 @@ use hostshift_proto::v1::{
     RangeFingerprintsRequest, SetReadOnlyRequest, SetReadOnlyResponse, SplitRangesRequest,
     TableDescription,
 };
-use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, TableRef};
+use hostshift_shared::model::{DatabaseFingerprint, Fingerprint, PageRange, TableRef};
 use hostshift_tests::rig::{AgentProc, AgentSetup, Sandbox};
 use tokio_postgres::error::SqlState;
 use tonic::transport::Channel;
@@ -205,6 +205,7 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
                 database: "app".into(),
                 table: Some(table_msg.clone()),
                 rows_per_range: (count / 5) as u64,
+                by_pages: false,
             }))
             .await
             .expect("SplitRanges")
@@ -239,6 +240,46 @@ async fn range_fingerprints_add_up_to_the_table_and_point_at_the_one_changed_ran
             );
             assert_eq!(f.digest.len(), 32, "{r}");
         }
+
+        // By heap pages (a first copy's split): from page 0 to the table's end, every row in
+        // exactly one range, each read by a TID range scan (no index).
+        let split = old
+            .split_ranges(request(SplitRangesRequest {
+                database: "app".into(),
+                table: Some(table_msg.clone()),
+                rows_per_range: (count / 5) as u64,
+                by_pages: true,
+            }))
+            .await
+            .expect("SplitRanges by pages")
+            .into_inner();
+        assert!(split.ranges.is_empty(), "pages instead of key ranges");
+        let pages = PageRange::cover_from_proto(split.pages, "pages").expect("pages that cover");
+        assert!(
+            pages.len() >= 4,
+            "a split into several page ranges: {pages:?}"
+        );
+        let mut rows = 0;
+        for p in &pages {
+            let select = format!("SELECT * FROM {RUNS} WHERE {}", p.predicate());
+            rows += db
+                .query_one(&format!("SELECT count(*) FROM ({select}) s"), &[])
+                .await
+                .expect("page range truth")
+                .get::<_, i64>(0);
+            let plan: Vec<String> = db
+                .query(&format!("EXPLAIN {select}"), &[])
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert!(
+                plan[0].starts_with("Tid Range Scan"),
+                "{p} reads its pages alone: {plan:?}"
+            );
+        }
+        assert_eq!(rows, count, "every row in exactly one page range");
 
         // No ranges = the whole table, with the digest the Fingerprint RPC gives for it.
         let whole = range_fps(&mut old, &table_msg, &[]).await.expect("whole");
@@ -415,6 +456,7 @@ async fn a_malformed_request_is_refused_naming_the_field() {
                     ..users
                 }),
                 rows_per_range: 10,
+                by_pages: false,
             }))
             .await,
             "table.table",

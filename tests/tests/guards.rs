@@ -269,6 +269,7 @@ async fn peer_reads_table(
                 database: "app".into(),
                 table: Some(info.into()),
                 range: None,
+                pages: None,
                 snapshot: String::new(),
                 mode: String::new(),
             })),

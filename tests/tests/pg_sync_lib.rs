@@ -128,7 +128,12 @@ async fn copy_piece(
     tokio::time::timeout(Duration::from_secs(60), barrier.wait())
         .await
         .unwrap_or_else(|_| panic!("loads blocked each other ({} waiting)", table.table));
-    let stream = pg::copy_out(connect(&src).await, &table, range.clone(), Some(snap));
+    let stream = pg::copy_out(
+        connect(&src).await,
+        &table,
+        range.clone().into(),
+        Some(snap),
+    );
     let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap_or_else(|e| panic!("copy out {}: {e}", table.table));
@@ -700,7 +705,7 @@ async fn target_with_questions(h: &Hosts) -> (Conn, TableInfo) {
     let mut stream = std::pin::pin!(pg::copy_out(
         src,
         &questions,
-        None,
+        pg::Rows::All,
         Some(snapshot.id().clone())
     ));
     while let Some(chunk) = stream.next().await {
@@ -733,7 +738,7 @@ async fn a_table_load_that_is_not_committed_leaves_the_target_table_as_it_was() 
     let mut part = std::pin::pin!(pg::copy_out(
         &src,
         &questions,
-        Some(first_rows.clone()),
+        Some(first_rows.clone()).into(),
         None
     ));
     while let Some(chunk) = part.next().await {

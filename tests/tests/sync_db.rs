@@ -539,7 +539,7 @@ async fn a_post_data_entry_failing_for_another_reason_stops_the_apply_naming_it(
 /// A big table (more rows than one copy piece) with a burst of new rows at its end and one edited
 /// row far from it: a rerun re-copies a few key ranges, not the table, and the hosts end equal.
 #[tokio::test]
-async fn a_rerun_on_a_big_table_recopies_only_the_changed_key_ranges() {
+async fn a_big_table_is_copied_by_pages_and_a_rerun_recopies_only_the_changed_key_ranges() {
     let mut sb = Sandbox::new("db_big_delta").await;
     let old = sb.world.old_pg.connect(&sb.old_db).await;
     old.batch_execute(
@@ -551,8 +551,35 @@ async fn a_rerun_on_a_big_table_recopies_only_the_changed_key_ranges() {
     .await
     .expect("a big table");
     sb.start(sb.old_setup(), sb.new_setup()).await;
-    let first = sb.cli(&["sync", "--only", "db"]).await;
+    let index_scans = || async {
+        let c = sb.world.old_pg.connect(&sb.old_db).await;
+        c.query_one(
+            "SELECT idx_scan FROM pg_stat_user_tables WHERE relname = 'events'",
+            &[],
+        )
+        .await
+        .expect("index scans of events")
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0)
+    };
+    let scans_before = index_scans().await;
+    let first = sb.cli(&["sync", "--json", "--only", "db"]).await;
     assert_eq!(first.code, 0, "{}", first.both());
+    // The first copy splits the big table by heap pages: its two pieces are read without the
+    // key's index (key ranges would be two index scans).
+    let u = &first.json()["units"][0];
+    assert_eq!(
+        u["ranges"].as_u64(),
+        u["files"].as_u64().map(|tables| tables + 1),
+        "one piece per table, two for the big one: {}",
+        first.stdout
+    );
+    assert_eq!(
+        index_scans().await,
+        scans_before,
+        "the first copy read the big table by pages, not through its index"
+    );
+    assert_eq!(digest(&sb, false).await, digest(&sb, true).await);
 
     old.batch_execute(
         "INSERT INTO events SELECT g, 'late', now() FROM generate_series(300001, 300500) g;
@@ -648,4 +675,58 @@ async fn a_sync_adds_role_attributes_but_never_takes_one_from_an_existing_role()
         .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
         .await
         .ok();
+}
+
+#[tokio::test]
+async fn a_first_copy_builds_a_big_tables_indexes_while_the_others_load_each_object_once() {
+    let mut sb = Sandbox::new("db_early_indexes").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = sb.plan_path().display().to_string();
+    // Every table counts as big: each table whose data is in before the last piece gets its
+    // indexes and keys built right away, the rest in the post-data step.
+    let out = rig::cli_in(
+        &sb.dir,
+        &["sync", "--json", "--only", "db", "--plan", &plan],
+        &[("HOSTSHIFT_EARLY_INDEX_BYTES", "1")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+
+    let journal = rig::cutover::read_journal(&sb.dir.join(".hostshift/test/journal.jsonl"));
+    let early: Vec<String> = journal
+        .iter()
+        .filter(|e| e["status"] == "done")
+        .filter_map(|e| e["unit"].as_str())
+        .filter(|u| u.starts_with("database app schema (post-data, indexes of "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        !early.is_empty(),
+        "no early index build in the journal: {journal:#?}"
+    );
+    let post = journal
+        .iter()
+        .position(|e| e["unit"] == "database app schema (post-data)" && e["status"] == "started");
+    let last_early = journal.iter().rposition(|e| {
+        e["status"] == "done"
+            && e["unit"]
+                .as_str()
+                .is_some_and(|u| u.contains("(post-data, indexes of "))
+    });
+    assert!(
+        matches!((last_early, post), (Some(a), Some(b)) if a < b),
+        "the early builds end before the post-data step starts: {journal:#?}"
+    );
+
+    // Each index, key, foreign key and trigger is there once, as on the old host, and so is the
+    // data.
+    let (old, new) = (
+        sb.world.old_pg.connect(&sb.old_db).await,
+        sb.world.new_pg.connect(&sb.new_db).await,
+    );
+    assert_eq!(
+        rig::post_data_objects(&new).await,
+        rig::post_data_objects(&old).await
+    );
+    assert_eq!(digest(&sb, false).await, digest(&sb, true).await);
 }

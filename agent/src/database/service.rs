@@ -135,11 +135,23 @@ impl Database for DatabaseService {
         let r = req.into_inner();
         let table = wire::table(r.table, "table")?;
         let conn = self.conn(&r.database).await?;
+        if r.by_pages {
+            let pages = postgres::split_pages(&conn, &table, r.rows_per_range.max(1))
+                .await
+                .map_err(AgentError::from)?;
+            if !pages.is_empty() {
+                return Ok(Response::new(SplitRangesResponse {
+                    ranges: Vec::new(),
+                    pages: pages.into_iter().map(Into::into).collect(),
+                }));
+            }
+        }
         let ranges = postgres::split_ranges(&conn, &table, r.rows_per_range.max(1))
             .await
             .map_err(AgentError::from)?;
         Ok(Response::new(SplitRangesResponse {
             ranges: ranges.into_iter().map(Into::into).collect(),
+            pages: Vec::new(),
         }))
     }
 

@@ -32,6 +32,7 @@ use super::conn::{Conn, PINNED_SETTINGS, SnapshotId};
 use super::error::PgSyncError;
 use super::ranges::KeyRange;
 use super::tables::{TableInfo, TableKind};
+pub use hostshift_shared::model::PageRange;
 
 /// Size of the chunks [`copy_out`] yields (the last one may be smaller). Worst-case memory of a
 /// copy is one chunk being filled plus one row message, plus whatever the caller queues.
@@ -40,22 +41,44 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// A target transaction left idle this long (a sink the caller forgot) is ended by the server.
 pub const SINK_IDLE_TIMEOUT_SECS: u32 = 15 * 60;
 
-/// The source's `COPY … TO STDOUT` for a table or one key range of it.
-pub fn copy_out_sql(table: &TableInfo, range: Option<&KeyRange>) -> String {
-    let format = table.format.sql();
-    match (table.kind, range) {
-        (TableKind::Ordinary, None) => format!(
-            "COPY {}{} TO STDOUT (FORMAT {format})",
-            table.table.qualified(),
-            table.column_list()
-        ),
-        _ => format!(
-            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT (FORMAT {format})",
-            table.select_list(),
-            table.relation_sql(),
-            range.map_or_else(|| "TRUE".to_string(), KeyRange::predicate)
-        ),
+/// Which rows of a table a copy reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row.
+    All,
+    /// A range of its integer key.
+    Keys(KeyRange),
+    /// The rows stored in a range of its heap pages: a first copy's piece, read in the sync's
+    /// snapshot (see [`PageRange`]); only for an ordinary table.
+    Pages(PageRange),
+}
+
+impl From<Option<KeyRange>> for Rows {
+    fn from(range: Option<KeyRange>) -> Self {
+        range.map_or(Self::All, Self::Keys)
     }
+}
+
+/// The source's `COPY … TO STDOUT` for a table or some of its rows.
+pub fn copy_out_sql(table: &TableInfo, rows: &Rows) -> String {
+    let format = table.format.sql();
+    let predicate = match (table.kind, rows) {
+        (TableKind::Ordinary, Rows::All) => {
+            return format!(
+                "COPY {}{} TO STDOUT (FORMAT {format})",
+                table.table.qualified(),
+                table.column_list()
+            );
+        }
+        (_, Rows::All) => "TRUE".to_string(),
+        (_, Rows::Keys(r)) => r.predicate(),
+        (_, Rows::Pages(p)) => p.predicate(),
+    };
+    format!(
+        "COPY (SELECT {} FROM {} WHERE {predicate}) TO STDOUT (FORMAT {format})",
+        table.select_list(),
+        table.relation_sql(),
+    )
 }
 
 enum OutState<C> {
@@ -64,8 +87,9 @@ enum OutState<C> {
     Done,
 }
 
-/// Streams `table` (or `range` of it) from the source as `COPY` bytes in `table.format`, in
-/// chunks of [`CHUNK_BYTES`], inside a read-only transaction on `snapshot`.
+/// Streams `rows` of `table` (`Option<KeyRange>` converts: every row or a key range) from the
+/// source as `COPY` bytes in `table.format`, in chunks of [`CHUNK_BYTES`], inside a read-only
+/// transaction on `snapshot`.
 ///
 /// `conn` is any owner of a [`Conn`] (`&Conn`, `Arc<Conn>`, `Conn`): use one connection per
 /// concurrent copy. After an error the stream ends; drop the connection, its transaction may
@@ -77,13 +101,13 @@ enum OutState<C> {
 pub fn copy_out<C>(
     conn: C,
     table: &TableInfo,
-    range: Option<KeyRange>,
+    rows: Rows,
     snapshot: Option<SnapshotId>,
 ) -> impl Stream<Item = Result<Bytes, PgSyncError>> + Send + use<C>
 where
     C: Borrow<Conn> + Send,
 {
-    let sql = copy_out_sql(table, range.as_ref());
+    let sql = copy_out_sql(table, &rows);
     let name = table.table.clone();
     futures::stream::try_unfold(OutState::Start(conn), move |state| {
         let sql = sql.clone();

@@ -72,7 +72,7 @@ pub mod sql;
 pub mod tables;
 
 pub use conn::{Conn, ExportedSnapshot, PINNED_SETTINGS, SnapshotId};
-pub use copy::{CHUNK_BYTES, LoadMode, Loaded, TableSink, copy_out, copy_out_sql};
+pub use copy::{CHUNK_BYTES, LoadMode, Loaded, PageRange, Rows, TableSink, copy_out, copy_out_sql};
 pub use error::PgSyncError;
 pub use fingerprint::{
     RangeFingerprint, TableFingerprint, database_fingerprint, database_fingerprint_at,
@@ -85,8 +85,10 @@ pub use large_objects::{
     read_large_object, remove_large_objects,
 };
 pub use matviews::{NOT_POPULATED, matview_fingerprints, refresh_matviews};
-pub use ranges::{KeyRange, split_ranges};
-pub use schema::{DUMP_CHUNK_BYTES, MAX_SCHEMA_BYTES, SchemaBuffer, Section, dump_section};
+pub use ranges::{KeyRange, split_pages, split_ranges};
+pub use schema::{
+    DUMP_CHUNK_BYTES, MAX_SCHEMA_BYTES, PostDataPart, SchemaBuffer, Section, dump_section,
+};
 pub use select::{Selection, TableRef, dump_args};
 pub use sequences::{SequenceValue, apply_sequences, read_sequences};
 pub use tables::{CopyFormat, TableInfo, TableKind, list_tables, readable_table};

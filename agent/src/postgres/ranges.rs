@@ -7,10 +7,14 @@
 //! the key (two index lookups), not a scan: ranges have equal key spans, so sparse keys give
 //! uneven row counts but never a missed row. The first range has no lower bound and the last no
 //! upper bound, so the ranges cover every possible key whatever was inserted after the split.
+//!
+//! A first copy splits by heap pages instead where it can ([`split_pages`]): all its pieces are
+//! read in one snapshot, and a page range costs the old server a third of a key range.
 
 use super::conn::Conn;
+use super::copy::PageRange;
 use super::error::PgSyncError;
-use super::tables::TableInfo;
+use super::tables::{TableInfo, TableKind};
 
 /// Most ranges one table is split into.
 pub const MAX_RANGES: u64 = 1024;
@@ -56,6 +60,51 @@ pub async fn split_ranges(
     let target = u128::from(target_rows_per_range.max(1));
     let n = rows.div_ceil(target).min(u128::from(MAX_RANGES)).min(span) as u64;
     Ok(ranges_between(column, min, max, n))
+}
+
+/// Splits an ordinary `table` into ranges of its heap pages of about `target_rows_per_range` rows
+/// each (by the planner's row estimate), for a first copy whose pieces are all read in one
+/// snapshot ([`PageRange`]): the server then reads each page once and no index at all.
+///
+/// Returns at least two ranges, from page 0 to the table's end — or an empty list (split by key
+/// instead, or copy whole) when the server cannot read a page range alone (before PostgreSQL 14
+/// a `ctid` condition reads the whole table), the table is partitioned or was never analyzed,
+/// or it is small enough.
+///
+/// # Errors
+/// [`PgSyncError::Query`] when its size cannot be read.
+pub async fn split_pages(
+    conn: &Conn,
+    table: &TableInfo,
+    target_rows_per_range: u64,
+) -> Result<Vec<PageRange>, PgSyncError> {
+    let Some(rows) = table.estimated_rows.filter(|n| *n > 0) else {
+        return Ok(Vec::new());
+    };
+    if table.kind != TableKind::Ordinary {
+        return Ok(Vec::new());
+    }
+    let row = conn
+        .client()
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int4, \
+             (pg_catalog.pg_relation_size(pg_catalog.to_regclass($1)) \
+              / pg_catalog.current_setting('block_size')::int8)::int8",
+            &[&table.table.qualified()],
+        )
+        .await
+        .map_err(|e| conn.err(Some(&table.table), "read the table's size in pages", &e))?;
+    let (version, pages) = (row.get::<_, i32>(0), row.get::<_, Option<i64>>(1));
+    let Some(pages) = pages.filter(|_| version >= 140_000) else {
+        return Ok(Vec::new());
+    };
+    let n = (rows as u64)
+        .div_ceil(target_rows_per_range.max(1))
+        .min(MAX_RANGES);
+    Ok(PageRange::split(
+        u32::try_from(pages).unwrap_or(u32::MAX),
+        n as u32,
+    ))
 }
 
 /// `n` contiguous ranges over `[min, max]` with equal key spans, the first unbounded below and the

@@ -26,8 +26,10 @@
 //!   applies them in phases on up to [`POST_DATA_PARALLELISM`] connections, indexes and unique
 //!   constraints first, biggest table first, then foreign keys, then the rest (module `post_data`).
 //!   Building indexes is most of a database sync's post-data time, and one connection uses one
-//!   core of the target. Each entry is its own transaction and an entry whose object already
-//!   exists is skipped, so applying the section again after an interruption completes it.
+//!   core of the target. A part of the section can be applied alone ([`PostDataPart`]): a big
+//!   table's indexes while other tables still load, the rest afterwards. Each entry is its own
+//!   transaction and an entry whose object already exists is skipped, so applying the section
+//!   again after an interruption completes it.
 //!
 //! `pg_dump` 15.14+ wraps its output in `\restrict KEY` … `\unrestrict KEY` (psql meta-commands
 //! against malicious servers); those two lines are removed when their keys pair up, nothing else
@@ -36,7 +38,7 @@
 mod post_data;
 mod toc;
 
-pub use post_data::{MAINTENANCE_WORK_MEM, POST_DATA_PARALLELISM, SchemaApplied};
+pub use post_data::{MAINTENANCE_WORK_MEM, POST_DATA_PARALLELISM, PostDataPart, SchemaApplied};
 
 use std::path::Path;
 use std::time::Duration;
@@ -244,6 +246,7 @@ pub struct SchemaBuffer {
     what: String,
     text: Vec<u8>,
     limit: usize,
+    part: PostDataPart,
 }
 
 impl SchemaBuffer {
@@ -261,7 +264,15 @@ impl SchemaBuffer {
             what: format!("{} schema", section.as_str()),
             text: Vec::new(),
             limit,
+            part: PostDataPart::Whole,
         }
+    }
+
+    /// Applies only `part` of a post-data section (ignored for pre-data, which runs whole).
+    #[must_use]
+    pub fn part(mut self, part: PostDataPart) -> Self {
+        self.part = part;
+        self
     }
 
     /// Appends a chunk.
@@ -325,7 +336,7 @@ impl SchemaBuffer {
             reason: e.to_string(),
         })?;
         if self.section == Section::PostData {
-            return post_data::apply(&self.database, &sql, conns).await;
+            return post_data::apply(&self.database, &sql, &self.part, conns).await;
         }
         let Some(conn) = conns.first() else {
             return Err(PgSyncError::InvalidInput {

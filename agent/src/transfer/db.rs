@@ -21,9 +21,10 @@ use crate::database::wire;
 use crate::error::AgentError;
 use crate::postgres::schema::POST_DATA_PARALLELISM;
 use crate::postgres::{
-    self, Conn, KeyRange, LargeObjectSink, LoadMode, Section, Selection, SnapshotId, TableInfo,
-    TableSink,
+    self, Conn, KeyRange, LargeObjectSink, LoadMode, PageRange, PostDataPart, Rows, Section,
+    Selection, SnapshotId, TableInfo, TableRef, TableSink,
 };
+use hostshift_shared::model::TableKind;
 
 /// The selection of a request.
 ///
@@ -139,17 +140,43 @@ pub async fn read_schema(
     Ok(framed_stream(ctx, stream))
 }
 
-fn table_of(r: &DbTable) -> Result<(TableInfo, Option<KeyRange>), AgentError> {
-    Ok((
-        wire::table(r.table.clone(), "table")?,
-        wire::range(r.range.clone(), "range")?,
-    ))
+fn table_of(r: &DbTable) -> Result<(TableInfo, Rows), AgentError> {
+    let table = wire::table(r.table.clone(), "table")?;
+    let range = wire::range(r.range.clone(), "range")?;
+    let rows = match (range, r.pages) {
+        (range, None) => Rows::from(range),
+        (None, Some(p)) => {
+            let pages =
+                PageRange::from_proto(p).map_err(|e| AgentError::from(e.within("pages")))?;
+            pages_of_ordinary(&table)?;
+            Rows::Pages(pages)
+        }
+        (Some(_), Some(_)) => {
+            return Err(AgentError::InvalidArgument(format!(
+                "table {}: a piece names a key range and a page range: at most one",
+                table.table
+            )));
+        }
+    };
+    Ok((table, rows))
 }
 
-/// Source: a table (or one key range of it) as `COPY` bytes. The requested table is resolved
-/// against this agent's own catalog and `allowed` ([`postgres::readable_table`]): only a user
-/// table the selection covers, and only columns it has, are ever read — whatever the request's
-/// table description says.
+/// A page range reads an ordinary table only: a parent's page numbers would be read in each of
+/// its partitions, giving rows twice or not at all.
+fn pages_of_ordinary(table: &TableInfo) -> Result<(), AgentError> {
+    if table.kind == TableKind::Ordinary {
+        return Ok(());
+    }
+    Err(AgentError::InvalidArgument(format!(
+        "table {}: a page range reads an ordinary table only (this one is partitioned)",
+        table.table
+    )))
+}
+
+/// Source: a table (or one key or page range of it) as `COPY` bytes. The requested table is
+/// resolved against this agent's own catalog and `allowed` ([`postgres::readable_table`]): only
+/// a user table the selection covers, and only columns it has, are ever read — whatever the
+/// request's table description says.
 ///
 /// # Errors
 /// `PermissionDenied` naming the table or column; undeclared database, malformed request,
@@ -159,12 +186,20 @@ pub async fn read_table(
     r: &DbTable,
     allowed: &Selection,
 ) -> Result<FrameRx, AgentError> {
-    let (asked, range) = table_of(r)?;
+    let (asked, rows) = table_of(r)?;
     let conn = Conn::connect(ctx.database(&r.database)?).await?;
-    let table = postgres::readable_table(&conn, allowed, &asked, range.as_ref()).await?;
+    let key = match &rows {
+        Rows::Keys(range) => Some(range),
+        Rows::All | Rows::Pages(_) => None,
+    };
+    let table = postgres::readable_table(&conn, allowed, &asked, key).await?;
+    if matches!(rows, Rows::Pages(_)) {
+        // As asked and as it is now (it may have been made partitioned since the split).
+        pages_of_ordinary(&table)?;
+    }
     Ok(framed_stream(
         ctx,
-        postgres::copy_out(conn, &table, range, snapshot(&r.snapshot)?),
+        postgres::copy_out(conn, &table, rows, snapshot(&r.snapshot)?),
     ))
 }
 
@@ -288,7 +323,7 @@ where
     let sel = r.selection.clone().unwrap_or_default();
     let db = writable(ctx, &sel.database)?;
     let section = section(&r.section)?;
-    let mut buf = postgres::SchemaBuffer::new(&sel.database, section);
+    let mut buf = postgres::SchemaBuffer::new(&sel.database, section).part(post_data_part(r)?);
     let mut dec = FrameDecoder::new();
     while let Some(b) = next_chunk(&mut frames, &mut dec).await? {
         buf.push(&b)?;
@@ -317,6 +352,26 @@ where
         );
     }
     Ok(res)
+}
+
+/// The part of the post-data section an apply runs (`build_of` / `all_but`, at most one).
+///
+/// # Errors
+/// `InvalidArgument` when both are set.
+fn post_data_part(r: &DbSchema) -> Result<PostDataPart, AgentError> {
+    let tables = |t: &[hostshift_proto::v1::TableRef]| {
+        t.iter()
+            .map(|t| TableRef::new(&t.schema, &t.table))
+            .collect::<Vec<_>>()
+    };
+    match (r.build_of.is_empty(), r.all_but.is_empty()) {
+        (true, true) => Ok(PostDataPart::Whole),
+        (false, true) => Ok(PostDataPart::BuildOf(tables(&r.build_of))),
+        (true, false) => Ok(PostDataPart::AllBut(tables(&r.all_but))),
+        (false, false) => Err(AgentError::InvalidArgument(
+            "a post-data apply names both `build_of` and `all_but` tables: at most one".into(),
+        )),
+    }
 }
 
 /// Entries named one by one in an apply's `changes` (the rest are only counted).
@@ -355,18 +410,24 @@ where
     S: Stream<Item = Result<Frame, Status>> + Unpin + Send,
 {
     let db = writable(ctx, &r.database)?;
-    let (table, range) = table_of(r)?;
-    let mode = match (r.mode.as_str(), range) {
+    let (table, rows) = table_of(r)?;
+    let mode = match (r.mode.as_str(), rows) {
         ("truncate", _) => LoadMode::Truncate,
         ("append", _) => LoadMode::Append,
-        ("delete-range", Some(range)) => LoadMode::DeleteRange(range),
+        ("delete-range", Rows::Keys(range)) => LoadMode::DeleteRange(range),
         // Every row: an unbounded range deletes them all, and works where TRUNCATE is refused
         // (tables other tables reference).
-        ("delete-range", None) => LoadMode::DeleteRange(KeyRange {
+        ("delete-range", Rows::All) => LoadMode::DeleteRange(KeyRange {
             column: String::new(),
             lo: None,
             hi: None,
         }),
+        ("delete-range", Rows::Pages(_)) => {
+            return Err(AgentError::InvalidArgument(format!(
+                "table {}: a page range names rows of the source only: delete-range needs a key range",
+                table.table
+            )));
+        }
         (other, _) => return Err(AgentError::InvalidArgument(format!("load mode {other:?}"))),
     };
     let mut sink = TableSink::begin(Conn::connect(db).await?, &table, mode).await?;

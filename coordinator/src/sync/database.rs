@@ -19,8 +19,11 @@ use hostshift_proto::v1::{
     OpenSnapshotRequest, ReadRequest, RenewSnapshotRequest, SetSequencesRequest, TableDescription,
     apply_header, read_request,
 };
-use hostshift_shared::model::{DatabaseFingerprint, KeyRange, TableInfo, TablePattern, TableRef};
+use hostshift_shared::model::{
+    DatabaseFingerprint, KeyRange, PageRange, TableInfo, TablePattern, TableRef,
+};
 
+use super::delta::FirstCopySplit;
 use super::selection::Selections;
 use super::units::{fail, report, transfer};
 use super::{Run, UnitError, UnitReport, delta};
@@ -300,14 +303,15 @@ async fn copy(
     } else {
         step("compare", compare(run, d, sel, snapshot, &old_t, &new_t, r)).await?
     };
-    let rows = step("data", table_data(run, d, &work, snapshot, fresh, r)).await?;
+    let (rows, built) = step("data", table_data(run, d, &work, sel, snapshot, fresh, r)).await?;
     r.files = work.to_copy.len() as u64;
 
-    // Post-data: on a fresh target, and on a rerun that completes an interrupted first sync.
+    // Post-data: on a fresh target (but the indexes built while the data loaded), and on a
+    // rerun that completes an interrupted first sync.
     if !work.post_data_in_place {
         step(
             "post-data",
-            post_data(run, &unit, sel, snapshot, &mut r.retried),
+            post_data(run, &unit, sel, snapshot, &built, &mut r.retried),
         )
         .await?;
     }
@@ -415,6 +419,7 @@ async fn pre_data(
         selection: Some(sel.old.clone()),
         section: "pre-data".into(),
         snapshot: snapshot.into(),
+        ..DbSchema::default()
     };
     transfer(
         run,
@@ -537,42 +542,112 @@ async fn compare(
 }
 
 /// The table data: biggest first, big ones in key ranges, two pieces at a time. Returns the
-/// rows copied.
+/// rows copied and the tables whose indexes were built meanwhile.
+///
+/// On a fresh target, the indexes and key constraints of a big table (see
+/// [`early_index_bytes`]) are built as soon as its last piece is in, while the other tables
+/// still load — as `pgcopydb` does: on a first copy they are most of the post-data time, which
+/// otherwise starts only after the last table. The tables whose data is in queue up and are built
+/// together, one such build at a time; a table that finished last is left to the post-data step,
+/// as is one whose early build failed (that step skips what was built and reports a real error).
 async fn table_data(
     run: &Run<'_>,
     d: &PlanDatabase,
     work: &Work,
+    sel: &Selections,
     snapshot: &str,
     fresh: bool,
     r: &mut UnitReport,
-) -> Result<u64, UnitError> {
+) -> Result<(u64, Vec<TableRef>), UnitError> {
     let pieces = if fresh {
         fresh_pieces(run, d, &work.to_copy, snapshot).await?
     } else {
         delta_pieces(d, &work.deltas, snapshot)
     };
     r.ranges = pieces.len() as u64;
+    let count = pieces.len();
+    // Pieces left per table whose indexes are built early.
+    let mut left: BTreeMap<TableRef, usize> = BTreeMap::new();
+    if fresh {
+        let big = early_index_bytes();
+        for t in work
+            .to_copy
+            .iter()
+            .filter(|t| t.info.estimated_bytes >= big)
+        {
+            left.insert(t.info.table.clone(), 0);
+        }
+        for (_, piece, _) in &pieces {
+            if let Some(n) = piece_table(piece).and_then(|t| left.get_mut(&t)) {
+                *n += 1;
+            }
+        }
+    }
     let new_db = &d.on_new().to_string();
-    let results: Vec<Result<PieceDone, UnitError>> =
-        futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
-            let mut retried = Vec::new();
-            let (res, _) = transfer(
-                run,
-                &name,
-                read(read_request::What::DbTable(piece.clone())),
-                apply(apply_header::What::DbTable(DbTable {
-                    database: new_db.clone(),
-                    ..piece
-                })),
-                total,
-                &mut retried,
-            )
-            .await?;
-            Ok((res.bytes, res.files, retried))
-        }))
-        .buffer_unordered(PARALLEL_PIECES)
-        .collect()
-        .await;
+    let (ready, mut queue) = tokio::sync::mpsc::unbounded_channel::<TableRef>();
+    let copying = async move {
+        let mut results: Vec<Result<PieceDone, UnitError>> = Vec::with_capacity(count);
+        let mut copies =
+            futures::stream::iter(pieces.into_iter().map(|(name, piece, total)| async move {
+                let table = piece_table(&piece);
+                let mut retried = Vec::new();
+                let copied = transfer(
+                    run,
+                    &name,
+                    read(read_request::What::DbTable(piece.clone())),
+                    apply(apply_header::What::DbTable(DbTable {
+                        database: new_db.clone(),
+                        ..piece
+                    })),
+                    total,
+                    &mut retried,
+                )
+                .await
+                .map(|(res, _)| (res.bytes, res.files, retried));
+                (table, copied)
+            }))
+            .buffer_unordered(PARALLEL_PIECES);
+        while let Some((table, copied)) = copies.next().await {
+            let last = results.len() + 1 == count;
+            if copied.is_ok()
+                && !last
+                && let Some(t) = table
+                && let Some(n) = left.get_mut(&t)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    let _ = ready.send(t);
+                }
+            }
+            results.push(copied);
+        }
+        // Closing the queue ends the builds: what is still queued goes to the post-data step.
+        drop(ready);
+        results
+    };
+    let building = async {
+        let mut built: Vec<TableRef> = Vec::new();
+        let mut retried = Vec::new();
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while let Ok(t) = queue.try_recv() {
+                batch.push(t);
+            }
+            match build_indexes(run, d, sel, snapshot, &batch, &mut retried).await {
+                Ok(()) => built.extend(batch),
+                Err(e) => {
+                    run.progress.say(&format!(
+                        "database {}: building the indexes of {} early failed ({e}); the post-data step builds them",
+                        d.name,
+                        names(&batch)
+                    ));
+                    retried.push(e);
+                }
+            }
+        }
+        (built, retried)
+    };
+    let (results, (built, build_retried)) = tokio::join!(copying, building);
     let mut rows = 0u64;
     for res in results {
         let (bytes, n, retried) = res?;
@@ -580,7 +655,78 @@ async fn table_data(
         rows += n;
         r.retried.extend(retried);
     }
-    Ok(rows)
+    r.retried.extend(build_retried);
+    Ok((rows, built))
+}
+
+/// Tables at least this big (the planner's estimate, bytes) get their indexes built as soon as
+/// their data is in: 64 MiB, or `HOSTSHIFT_EARLY_INDEX_BYTES` when set (tests set 1 to build
+/// every table's early; docs/sync.md). Each such build reads the post-data section on the old
+/// host once more (`pg_dump --section=post-data`: 0.04 s on the benchmark's database) and is one
+/// more round on the new host, so tables whose indexes take less than that to build wait for
+/// the post-data step.
+pub fn early_index_bytes() -> i64 {
+    std::env::var("HOSTSHIFT_EARLY_INDEX_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(64 * 1024 * 1024)
+}
+
+/// The table a piece copies.
+fn piece_table(piece: &DbTable) -> Option<TableRef> {
+    piece
+        .table
+        .as_ref()
+        .and_then(|t| t.table.as_ref())
+        .map(|t| TableRef::new(&t.schema, &t.table))
+}
+
+/// `a, b` of tables, for messages and journal units.
+fn names(tables: &[TableRef]) -> String {
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The indexes and key constraints of `tables` (whose data is in), from the post-data section of
+/// the old host's snapshot.
+async fn build_indexes(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &Selections,
+    snapshot: &str,
+    tables: &[TableRef],
+    retried: &mut Vec<UnitError>,
+) -> Result<(), UnitError> {
+    let refs: Vec<hostshift_proto::v1::TableRef> =
+        tables.iter().map(|t| t.clone().into()).collect();
+    let post = DbSchema {
+        selection: Some(sel.old.clone()),
+        section: "post-data".into(),
+        snapshot: snapshot.into(),
+        ..DbSchema::default()
+    };
+    let post_apply = DbSchema {
+        selection: Some(sel.new.clone()),
+        build_of: refs,
+        ..post.clone()
+    };
+    transfer(
+        run,
+        &format!(
+            "database {} schema (post-data, indexes of {})",
+            d.name,
+            names(tables)
+        ),
+        read(read_request::What::DbSchema(post)),
+        apply(apply_header::What::DbSchema(post_apply)),
+        0,
+        retried,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The sequences' positions, read in the snapshot and set on the new host.
@@ -612,23 +758,27 @@ async fn sequences(
     Ok(())
 }
 
-/// The post-data section (indexes, constraints, triggers) from the old host's snapshot. The new
-/// agent applies it entry by entry, two at a time, and skips an entry whose object already
-/// exists, so completing an interrupted one is safe and nothing is built twice.
+/// The post-data section (indexes, constraints, triggers) from the old host's snapshot, but the
+/// indexes and key constraints of `built` (built while the data loaded). The new agent applies
+/// it entry by entry, two at a time, and skips an entry whose object already exists, so
+/// completing an interrupted one is safe and nothing is built twice.
 async fn post_data(
     run: &Run<'_>,
     unit: &str,
     sel: &Selections,
     snapshot: &str,
+    built: &[TableRef],
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
     let post = DbSchema {
         selection: Some(sel.old.clone()),
         section: "post-data".into(),
         snapshot: snapshot.into(),
+        ..DbSchema::default()
     };
     let post_apply = DbSchema {
         selection: Some(sel.new.clone()),
+        all_but: built.iter().map(|t| t.clone().into()).collect(),
         ..post.clone()
     };
     transfer(
@@ -671,29 +821,38 @@ async fn fresh_pieces(
     sorted.sort_by_key(|t| std::cmp::Reverse(t.info.estimated_bytes));
     let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
     for t in &sorted {
-        let mut ranges = Vec::new();
-        if let Some(column) = &t.info.int_key
-            && t.rows() as u64 > ROWS_PER_RANGE
-        {
-            ranges = delta::split(&run.old, &d.name, &t.info, column, ROWS_PER_RANGE).await?;
-        }
-        let piece = |range: Option<KeyRange>| DbTable {
+        let split = if t.rows() as u64 > ROWS_PER_RANGE {
+            delta::first_copy_split(&run.old, &d.name, &t.info, ROWS_PER_RANGE).await?
+        } else {
+            FirstCopySplit::Whole
+        };
+        let piece = |range: Option<KeyRange>, pages: Option<PageRange>| DbTable {
             database: d.name.clone(),
             table: t.description(),
             range: range.map(Into::into),
+            pages: pages.map(Into::into),
             snapshot: snapshot.into(),
             // Tables are empty after pre-data.
             mode: "append".into(),
         };
+        let split: Vec<DbTable> = match split {
+            FirstCopySplit::Whole => Vec::new(),
+            FirstCopySplit::Keys(ranges) => {
+                ranges.into_iter().map(|r| piece(Some(r), None)).collect()
+            }
+            FirstCopySplit::Pages(pages) => {
+                pages.into_iter().map(|p| piece(None, Some(p))).collect()
+            }
+        };
         let bytes = t.info.estimated_bytes.max(0) as u64;
-        if ranges.is_empty() {
-            pieces.push((format!("table {}", t.name), piece(None), bytes));
+        if split.is_empty() {
+            pieces.push((format!("table {}", t.name), piece(None, None), bytes));
         } else {
-            let n = ranges.len();
-            for (i, range) in ranges.into_iter().enumerate() {
+            let n = split.len();
+            for (i, p) in split.into_iter().enumerate() {
                 pieces.push((
                     format!("table {} range {}/{n}", t.name, i + 1),
-                    piece(Some(range)),
+                    p,
                     bytes / n as u64,
                 ));
             }
@@ -717,6 +876,7 @@ fn delta_pieces(
             database: d.name.clone(),
             table: t.description(),
             range: range.filter(|r| !r.is_whole()).cloned().map(Into::into),
+            pages: None,
             snapshot: snapshot.into(),
             mode: "delete-range".into(),
         };

@@ -31,8 +31,10 @@
 //! uniformly) defeat any range delta: nearly every range then differs, and the delta costs about
 //! a full copy of that table plus two scans.
 
-use hostshift_proto::v1::{RangeFingerprint, RangeFingerprintsRequest, SplitRangesRequest};
-use hostshift_shared::model::{Fingerprint, KeyRange, Malformed, TableInfo};
+use hostshift_proto::v1::{
+    RangeFingerprint, RangeFingerprintsRequest, SplitRangesRequest, SplitRangesResponse,
+};
+use hostshift_shared::model::{Fingerprint, KeyRange, Malformed, PageRange, TableInfo};
 
 use super::UnitError;
 use super::selection::Selections;
@@ -181,23 +183,76 @@ pub async fn split(
     column: &str,
     rows_per_range: u64,
 ) -> Result<Vec<KeyRange>, UnitError> {
-    let ranges = old
+    let ranges = split_request(old, database, table, rows_per_range, false)
+        .await?
+        .ranges;
+    checked_split(ranges, column).map_err(|e| malformed_split(table, &e))
+}
+
+/// How a first copy splits a big table ([`first_copy_split`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirstCopySplit {
+    /// Copied in one piece.
+    Whole,
+    /// Ranges of its integer key.
+    Keys(Vec<KeyRange>),
+    /// Ranges of its heap pages (the old server reads each page once, no index): only inside
+    /// one snapshot, which a first copy's pieces share.
+    Pages(Vec<PageRange>),
+}
+
+/// The pieces of a big table for a first copy, from the old agent: heap-page ranges where its
+/// server reads a page range alone (PostgreSQL 14+, an ordinary table — with or without an
+/// integer key), key ranges where it does not, the whole table when neither applies.
+///
+/// # Errors
+/// The agent failing, or answering ranges that do not cover the table.
+pub async fn first_copy_split(
+    old: &Agent,
+    database: &str,
+    table: &TableInfo,
+    rows_per_range: u64,
+) -> Result<FirstCopySplit, UnitError> {
+    let r = split_request(old, database, table, rows_per_range, true).await?;
+    if !r.pages.is_empty() {
+        return PageRange::cover_from_proto(r.pages, "pages")
+            .map(FirstCopySplit::Pages)
+            .map_err(|e| malformed_split(table, &e));
+    }
+    match (&table.int_key, r.ranges.is_empty()) {
+        (_, true) => Ok(FirstCopySplit::Whole),
+        (Some(column), false) => checked_split(r.ranges, column)
+            .map(FirstCopySplit::Keys)
+            .map_err(|e| malformed_split(table, &e)),
+        (None, false) => Err(UnitError::other(format!(
+            "the old agent's split of {}: key ranges of a table without an integer key (are both agents and the CLI the same version?)",
+            table.table
+        ))),
+    }
+}
+
+async fn split_request(
+    old: &Agent,
+    database: &str,
+    table: &TableInfo,
+    rows_per_range: u64,
+    by_pages: bool,
+) -> Result<SplitRangesResponse, UnitError> {
+    Ok(old
         .database()
         .split_ranges(SplitRangesRequest {
             database: database.to_string(),
             table: Some(table.clone().into()),
             rows_per_range,
+            by_pages,
         })
         .await
         .map_err(UnitError::from_status)?
-        .into_inner()
-        .ranges;
-    checked_split(ranges, column).map_err(|e| {
-        UnitError::other(format!(
-            "the old agent's key ranges of {}: {e}",
-            table.table
-        ))
-    })
+        .into_inner())
+}
+
+fn malformed_split(table: &TableInfo, e: &Malformed) -> UnitError {
+    UnitError::other(format!("the old agent's split of {}: {e}", table.table))
 }
 
 /// A `SplitRanges` answer as ranges of `column` that cover every key.

@@ -1,8 +1,9 @@
 //! The database vocabulary both binaries compile against: a table's description
-//! ([`TableInfo`]), a key range ([`KeyRange`]), a table pattern ([`TablePattern`]) and a content
-//! fingerprint ([`Fingerprint`]). The agent computes them, the coordinator reasons about them, and
-//! the gRPC messages of `service Database` carry them; the conversions between the messages and
-//! these types live here, once, so neither side knows the other's field names.
+//! ([`TableInfo`]), a key range ([`KeyRange`]), a page range ([`PageRange`]), a table pattern
+//! ([`TablePattern`]) and a content fingerprint ([`Fingerprint`]). The agent computes them, the
+//! coordinator reasons about them, and the gRPC messages of `service Database` carry them; the
+//! conversions between the messages and these types live here, once, so neither side knows the
+//! other's field names.
 //!
 //! # Why a module of `hostshift-shared` and not a crate of its own
 //! `hostshift-shared` already sits between the contract and both binaries and depends on
@@ -18,11 +19,13 @@
 //! [`Malformed`] error naming the field (`table.kind`, `ranges[3].lo`) instead of guessing.
 
 mod fingerprint;
+mod pages;
 mod pattern;
 mod range;
 mod table;
 
 pub use fingerprint::{DatabaseFingerprint, Fingerprint, LargeObjectFingerprint, SequencePosition};
+pub use pages::PageRange;
 pub use pattern::{PatternError, TablePattern, glob};
 pub use range::KeyRange;
 pub use table::{CopyFormat, TableInfo, TableKind, TableRef};

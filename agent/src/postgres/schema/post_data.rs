@@ -10,6 +10,14 @@
 //! 4. **Everything else** (triggers, rules, policies, comments, ACLs, statistics, materialized
 //!    view refreshes, ...) in dump order on one connection.
 //!
+//! # Parts
+//! A first copy applies the index and key-constraint entries of a big table as soon as its data
+//! is in, while other tables still load (as `pgcopydb` does): [`PostDataPart::BuildOf`] runs only
+//! the phase-1 entries of the tables it names, and [`PostDataPart::AllBut`] with the same tables
+//! runs everything else afterwards — the two are exact complements, decided by the same test
+//! ([`builds_of`]). An entry whose tables cannot be read from its text belongs to no table and
+//! is left to `AllBut`.
+//!
 //! Two entries never run at the same time when they would lock each other out: adding a
 //! constraint takes a lock on its table (and a foreign key one on the referenced table too) that
 //! conflicts with anything else on that table, while two `CREATE INDEX` on one table share theirs.
@@ -32,6 +40,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use super::toc::{self, TocEntry};
+use crate::postgres::TableRef;
 use crate::postgres::conn::Conn;
 use crate::postgres::error::PgSyncError;
 
@@ -44,6 +53,44 @@ pub const POST_DATA_PARALLELISM: usize = 2;
 /// `maintenance_work_mem` of each post-data connection (index builds sort in it): at most
 /// [`POST_DATA_PARALLELISM`] × this on the target server.
 pub const MAINTENANCE_WORK_MEM: &str = "256MB";
+
+/// Which entries of the post-data section an apply runs (see the module doc's *Parts*).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PostDataPart {
+    /// Every entry.
+    #[default]
+    Whole,
+    /// Only the indexes and `PRIMARY KEY` / `UNIQUE` / `EXCLUDE` constraints of these tables
+    /// (phase 1), in parallel as usual: run once their data is loaded.
+    BuildOf(Vec<TableRef>),
+    /// Every entry but those `BuildOf` the same tables runs.
+    AllBut(Vec<TableRef>),
+}
+
+impl PostDataPart {
+    fn keeps(&self, e: &TocEntry<'_>) -> bool {
+        match self {
+            Self::Whole => true,
+            Self::BuildOf(tables) => builds_of(e, tables),
+            Self::AllBut(tables) => !builds_of(e, tables),
+        }
+    }
+}
+
+/// Whether `e` is a phase-1 entry (an index or key constraint) on one of `tables`.
+fn builds_of(e: &TocEntry<'_>, tables: &[TableRef]) -> bool {
+    phase(&e.desc) == Phase::Build
+        && locks(e).is_some_and(|l| {
+            l.tables
+                .iter()
+                .all(|t| match toc::name_parts(t).as_slice() {
+                    [schema, table] => tables
+                        .iter()
+                        .any(|r| &r.schema == schema && &r.table == table),
+                    _ => false,
+                })
+        })
+}
 
 /// SQLSTATEs that mean "this entry's object is already there".
 const ALREADY_THERE: [&str; 3] = ["42P07", "42710", "42P16"];
@@ -152,8 +199,8 @@ struct Job<'e, 't> {
     weight: i64,
 }
 
-/// Applies post-data text (without `\restrict` lines) on `conns` (at least one; the first also
-/// runs the serial phases). Every connection is `RESET ALL` afterwards.
+/// Applies `part` of the post-data text (without `\restrict` lines) on `conns` (at least one;
+/// the first also runs the serial phases). Every connection is `RESET ALL` afterwards.
 ///
 /// # Errors
 /// [`PgSyncError::InvalidInput`] for text the splitter cannot read (an unclosed literal);
@@ -162,6 +209,7 @@ struct Job<'e, 't> {
 pub(crate) async fn apply(
     database: &str,
     sql: &str,
+    part: &PostDataPart,
     conns: &[Conn],
 ) -> Result<SchemaApplied, PgSyncError> {
     if conns.is_empty() {
@@ -171,7 +219,7 @@ pub(crate) async fn apply(
             reason: "no connection to apply it on".into(),
         });
     }
-    let result = run(database, sql, conns).await;
+    let result = run(database, sql, part, conns).await;
     for c in conns {
         // Best effort: the extra connections are closed right after anyway.
         let _ = c.client().batch_execute("RESET ALL").await;
@@ -186,13 +234,22 @@ fn own_publication(e: &TocEntry<'_>) -> bool {
     e.desc.starts_with("PUBLICATION") && e.name.starts_with("hostshift_")
 }
 
-async fn run(database: &str, sql: &str, conns: &[Conn]) -> Result<SchemaApplied, PgSyncError> {
+async fn run(
+    database: &str,
+    sql: &str,
+    part: &PostDataPart,
+    conns: &[Conn],
+) -> Result<SchemaApplied, PgSyncError> {
     let mut toc = toc::split(sql).map_err(|e| PgSyncError::InvalidInput {
         database: database.to_string(),
         what: "post-data schema".into(),
         reason: e.to_string(),
     })?;
-    toc.entries.retain(|e| !own_publication(e));
+    toc.entries.retain(|e| !own_publication(e) && part.keeps(e));
+    if matches!(part, PostDataPart::BuildOf(_)) {
+        // The statements before the first entry belong to the rest of the section.
+        toc.leading.clear();
+    }
     let setup = format!(
         "{}SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}';",
         toc.session_preamble
@@ -478,5 +535,51 @@ mod tests {
         assert!(!conflict(l_pk.as_ref(), locks(&elsewhere).as_ref()));
         // Unknown text runs alone.
         assert!(conflict(None, l_idx.as_ref()));
+    }
+
+    #[test]
+    fn a_part_builds_the_indexes_and_keys_of_its_tables_and_its_complement_the_rest() {
+        let users = TableRef::new("public", "users");
+        let odd = TableRef::new("My Schema", "T\"x");
+        let entries = [
+            entry("INDEX", "CREATE INDEX j ON public.users USING gin (tags);"),
+            entry(
+                "CONSTRAINT",
+                "ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);",
+            ),
+            entry(
+                "INDEX",
+                "CREATE INDEX k ON \"My Schema\".\"T\"\"x\" USING btree (a);",
+            ),
+            entry(
+                "CONSTRAINT",
+                "ALTER TABLE ONLY public.questions ADD CONSTRAINT q_pkey PRIMARY KEY (id);",
+            ),
+            entry(
+                "FK CONSTRAINT",
+                "ALTER TABLE ONLY public.users ADD CONSTRAINT u_fk FOREIGN KEY (a) REFERENCES public.users(id);",
+            ),
+            entry(
+                "TRIGGER",
+                "CREATE TRIGGER t AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION f();",
+            ),
+            entry("INDEX", "CREATE INDEX garbled"),
+        ];
+        let tables = vec![users, odd];
+        let build = PostDataPart::BuildOf(tables.clone());
+        let rest = PostDataPart::AllBut(tables);
+        let kept: Vec<bool> = entries.iter().map(|e| build.keeps(e)).collect();
+        // The users index and key, and the quoted table's index; not another table's key, not a
+        // foreign key (it needs the referenced table's key), not a trigger, not unreadable text.
+        assert_eq!(kept, [true, true, true, false, false, false, false]);
+        for e in &entries {
+            assert_ne!(
+                build.keeps(e),
+                rest.keeps(e),
+                "exact complements: {}",
+                e.statements[0]
+            );
+            assert!(PostDataPart::Whole.keeps(e));
+        }
     }
 }

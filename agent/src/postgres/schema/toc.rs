@@ -450,6 +450,30 @@ pub(crate) fn qualified_name(s: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The parts of a qualified name as [`qualified_name`] returns it, unquoted (`""` inside quotes
+/// is one `"`): `public.users` → `["public", "users"]`, `"My Schema"."T"` → `["My Schema",
+/// "T"]`.
+/// `pg_dump` leaves a name unquoted only when it is already in its stored (lower-case) form.
+pub(crate) fn name_parts(qualified: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut chars = qualified.chars().peekable();
+    let mut part = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                part.push('"');
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut part)),
+            c => part.push(c),
+        }
+    }
+    parts.push(part);
+    parts
+}
+
 /// Skips the keywords `words` (case-insensitive, separated by blanks) at the start of `s`.
 pub(crate) fn keywords<'s>(s: &'s str, words: &[&str]) -> Option<&'s str> {
     let mut rest = s;
