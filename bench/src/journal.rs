@@ -128,6 +128,14 @@ pub fn phases(spans: &[Span]) -> Vec<Phase> {
     push("db: roles", roles.map(|s| s.start_ms), roles.map(|s| s.end_ms));
     push("db: pre-data schema", pre.map(|s| s.start_ms), pre.map(|s| s.end_ms));
     push("db: table data (COPY pieces)", table_start, table_end);
+    // Index builds of big tables run while the data loads (docs/sync.md); one that is still
+    // running when the last piece is in holds the post-data step back.
+    let early_end = last_end(spans, |s| s.unit.contains("(post-data, indexes of "));
+    if let (Some(t), Some(e)) = (table_end, early_end)
+        && e > t
+    {
+        push("db: early index builds after the last piece", Some(t), Some(e));
+    }
     let post_name = match post {
         Some(p) if p.unit.ends_with("(failed)") => "db: post-data (already in place: refused)",
         _ => "db: post-data (indexes, constraints)",
