@@ -730,3 +730,83 @@ async fn a_first_copy_builds_a_big_tables_indexes_while_the_others_load_each_obj
     );
     assert_eq!(digest(&sb, false).await, digest(&sb, true).await);
 }
+
+#[tokio::test]
+async fn a_first_copy_by_pages_under_moving_rows_is_one_snapshot_no_row_twice_or_lost() {
+    let mut sb = Sandbox::new("db_pages_live").await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    // Full pages (fillfactor 100): an update cannot stay on its page, so each transfer moves two
+    // rows to other pages, mostly past the first piece's pages.
+    old.batch_execute(
+        "CREATE TABLE ledger (id bigint PRIMARY KEY, balance bigint NOT NULL, pad text NOT NULL)
+           WITH (fillfactor = 100);
+         INSERT INTO ledger SELECT g, 100, repeat('x', 40) FROM generate_series(1, 300000) g;
+         ANALYZE ledger;",
+    )
+    .await
+    .expect("a big ledger");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    // Transfers between a row of the first pages and a row of the last ones, one transaction
+    // each: the ledger's row count and total never change in any snapshot.
+    let stop = CancellationToken::new();
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (stop, committed) = (stop.clone(), committed.clone());
+        let client = sb.world.old_pg.connect(&sb.old_db).await;
+        tokio::spawn(async move {
+            let mut n: i64 = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let (a, b) = (1 + (n * 7919) % 30_000, 270_000 + (n * 104_729) % 30_000);
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; UPDATE ledger SET balance = balance - 1 WHERE id = {a};
+                         UPDATE ledger SET balance = balance + 1 WHERE id = {b}; COMMIT;"
+                    ))
+                    .await
+                    .expect("a transfer");
+                committed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let count = || committed.load(std::sync::atomic::Ordering::SeqCst);
+    rig::eventually(
+        Duration::from_secs(30),
+        "the writer commits transfers",
+        || async { (count() >= 20).then_some(()) },
+    )
+    .await;
+    let before = count();
+    let out = sb.cli(&["sync", "--json", "--only", "db"]).await;
+    let during = count() - before;
+    stop.cancel();
+    writer.await.expect("writer");
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(during > 0, "no transfer committed while the sync ran");
+    let u = &out.json()["units"][0];
+    assert!(
+        u["ranges"].as_u64() > u["files"].as_u64(),
+        "the ledger was copied in pieces: {}",
+        out.stdout
+    );
+
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    let row = new
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), sum(balance)::int8 FROM ledger",
+            &[],
+        )
+        .await
+        .expect("the copied ledger");
+    let (rows, ids, total): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (rows, ids, total),
+        (300_000, 300_000, 30_000_000),
+        "every row once, at one moment ({during} transfers committed during the sync)"
+    );
+    // The next sync brings the transfers since the snapshot.
+    let again = sb.cli(&["sync", "--only", "db"]).await;
+    assert_eq!(again.code, 0, "{}", again.both());
+    assert_eq!(digest(&sb, false).await, digest(&sb, true).await);
+}
