@@ -700,33 +700,12 @@ async fn build_indexes(
     tables: &[TableRef],
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
-    let refs: Vec<hostshift_proto::v1::TableRef> =
-        tables.iter().map(|t| t.clone().into()).collect();
-    let post = DbSchema {
-        selection: Some(sel.old.clone()),
-        section: "post-data".into(),
-        snapshot: snapshot.into(),
-        ..DbSchema::default()
-    };
-    let post_apply = DbSchema {
-        selection: Some(sel.new.clone()),
-        build_of: refs,
-        ..post.clone()
-    };
-    transfer(
-        run,
-        &format!(
-            "database {} schema (post-data, indexes of {})",
-            d.name,
-            names(tables)
-        ),
-        read(read_request::What::DbSchema(post)),
-        apply(apply_header::What::DbSchema(post_apply)),
-        0,
-        retried,
-    )
-    .await
-    .map(|_| ())
+    let name = format!(
+        "database {} schema (post-data, indexes of {})",
+        d.name,
+        names(tables)
+    );
+    apply_post_data(run, &name, sel, snapshot, (tables, &[]), retried).await
 }
 
 /// The sequences' positions, read in the snapshot and set on the new host.
@@ -770,6 +749,21 @@ async fn post_data(
     built: &[TableRef],
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
+    let name = format!("{unit} schema (post-data)");
+    apply_post_data(run, &name, sel, snapshot, (&[], built), retried).await
+}
+
+/// Streams the post-data section of the old host's snapshot to the new host as journal unit
+/// `name`, which applies its `build_of` / `all_but` part of it (both empty: all of it).
+async fn apply_post_data(
+    run: &Run<'_>,
+    name: &str,
+    sel: &Selections,
+    snapshot: &str,
+    (build_of, all_but): (&[TableRef], &[TableRef]),
+    retried: &mut Vec<UnitError>,
+) -> Result<(), UnitError> {
+    let refs = |t: &[TableRef]| t.iter().map(|t| t.clone().into()).collect();
     let post = DbSchema {
         selection: Some(sel.old.clone()),
         section: "post-data".into(),
@@ -778,12 +772,13 @@ async fn post_data(
     };
     let post_apply = DbSchema {
         selection: Some(sel.new.clone()),
-        all_but: built.iter().map(|t| t.clone().into()).collect(),
+        build_of: refs(build_of),
+        all_but: refs(all_but),
         ..post.clone()
     };
     transfer(
         run,
-        &format!("{unit} schema (post-data)"),
+        name,
         read(read_request::What::DbSchema(post)),
         apply(apply_header::What::DbSchema(post_apply)),
         0,
