@@ -541,15 +541,17 @@ async fn compare(
     Ok(work)
 }
 
-/// The table data: biggest first, big ones in key ranges, two pieces at a time. Returns the
-/// rows copied and the tables whose indexes were built meanwhile.
+/// The table data, two pieces at a time (on a first copy in [`copy_order`], big tables in page
+/// or key ranges; on a rerun the differing key ranges). Returns the rows copied and the tables
+/// whose indexes were built meanwhile.
 ///
 /// On a fresh target, the indexes and key constraints of a big table (see
 /// [`early_index_bytes`]) are built as soon as its last piece is in, while the other tables
 /// still load — as `pgcopydb` does: on a first copy they are most of the post-data time, which
 /// otherwise starts only after the last table. The tables whose data is in queue up and are built
-/// together, one such build at a time; a table that finished last is left to the post-data step,
-/// as is one whose early build failed (that step skips what was built and reports a real error).
+/// together, one such build at a time; one under way when the copy ends is waited for, one not
+/// started yet is left to the post-data step, as is one whose early build failed (that step
+/// skips what was built and reports a real error).
 async fn table_data(
     run: &Run<'_>,
     d: &PlanDatabase,
@@ -585,6 +587,10 @@ async fn table_data(
     }
     let new_db = &d.on_new().to_string();
     let (ready, mut queue) = tokio::sync::mpsc::unbounded_channel::<TableRef>();
+    // Set once every piece is in: a build not started by then is left to the post-data step,
+    // where it runs beside the other entries instead of alone before them.
+    let copied_all = std::sync::atomic::AtomicBool::new(false);
+    let copy_ended = &copied_all;
     let copying = async move {
         let mut results: Vec<Result<PieceDone, UnitError>> = Vec::with_capacity(count);
         let mut copies =
@@ -621,7 +627,7 @@ async fn table_data(
             }
             results.push(copied);
         }
-        // Closing the queue ends the builds: what is still queued goes to the post-data step.
+        copy_ended.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(ready);
         results
     };
@@ -629,6 +635,9 @@ async fn table_data(
         let mut built: Vec<TableRef> = Vec::new();
         let mut retried = Vec::new();
         while let Some(first) = queue.recv().await {
+            if copied_all.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let mut batch = vec![first];
             while let Ok(t) = queue.try_recv() {
                 batch.push(t);
@@ -670,6 +679,19 @@ pub fn early_index_bytes() -> i64 {
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(64 * 1024 * 1024)
+}
+
+/// The order a first copy takes its tables in: those whose indexes are built early first,
+/// smallest first, so their builds start soon and run beside the rest of the copy instead of
+/// after it (a big table copied last would hold the post-data step back while its indexes
+/// build, one table's builds mostly one at a time); then the others biggest first, so the copy
+/// ends on small pieces.
+fn copy_order(estimated_bytes: i64, early: i64) -> (bool, i64) {
+    if estimated_bytes >= early {
+        (false, estimated_bytes)
+    } else {
+        (true, -estimated_bytes)
+    }
 }
 
 /// The table a piece copies.
@@ -805,7 +827,8 @@ fn post_data_done_before(run: &Run<'_>, unit: &str) -> bool {
         })
 }
 
-/// The pieces of a first copy: every table, big ones split into key ranges by the old agent.
+/// The pieces of a first copy: every table, big ones split into page or key ranges by the old
+/// agent; in [`copy_order`].
 async fn fresh_pieces(
     run: &Run<'_>,
     d: &PlanDatabase,
@@ -813,7 +836,8 @@ async fn fresh_pieces(
     snapshot: &str,
 ) -> Result<Vec<(String, DbTable, u64)>, UnitError> {
     let mut sorted = to_copy.to_vec();
-    sorted.sort_by_key(|t| std::cmp::Reverse(t.info.estimated_bytes));
+    let early = early_index_bytes();
+    sorted.sort_by_key(|t| copy_order(t.info.estimated_bytes, early));
     let mut pieces: Vec<(String, DbTable, u64)> = Vec::new();
     for t in &sorted {
         let split = if t.rows() as u64 > ROWS_PER_RANGE {
@@ -1009,4 +1033,16 @@ async fn large_objects(
         r.bytes += res.bytes;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_order;
+
+    #[test]
+    fn a_first_copy_takes_early_build_tables_smallest_first_then_the_rest_biggest_first() {
+        let mut sizes = vec![10, 700, 50, 0, 200, 64];
+        sizes.sort_by_key(|b| copy_order(*b, 64));
+        assert_eq!(sizes, [64, 200, 700, 50, 10, 0]);
+    }
 }
