@@ -1036,3 +1036,58 @@ async fn fingerprints_ignore_row_order_but_see_null_versus_empty_and_a_microseco
         .expect("set");
     assert_eq!(fp(0).await, a);
 }
+
+#[tokio::test]
+async fn a_page_piece_of_a_table_rewritten_since_its_split_is_refused() {
+    let sb = Sandbox::new("pg_pages_rewritten").await;
+    let h = hosts(&sb);
+    let admin = sb.world.old_pg.connect(&sb.old_db).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE ledger AS SELECT g AS id, repeat('x', 40) AS pad
+               FROM generate_series(1, 20000) g;
+             ANALYZE ledger;",
+        )
+        .await
+        .expect("a ledger");
+    let src = connect(&h.src).await;
+    let ledger = pg::list_tables(
+        &src,
+        &Selection::new(&["public.ledger"], &[]).expect("valid"),
+    )
+    .await
+    .expect("list")
+    .pop()
+    .expect("ledger listed");
+    let pages = pg::split_pages(&src, &ledger, 5_000)
+        .await
+        .expect("split by pages");
+    assert_eq!(pages.len(), 4, "{pages:?}");
+    let read = |piece: pg::PageRange| {
+        let ledger = ledger.clone();
+        let h = &h;
+        async move {
+            let stream = pg::copy_out(connect(&h.src).await, &ledger, pg::Rows::Pages(piece), None);
+            let chunks: Vec<Result<_, PgSyncError>> = stream.collect().await;
+            chunks.into_iter().collect::<Result<Vec<_>, _>>()
+        }
+    };
+    let first = read(pages[0]).await.expect("a piece of the table as split");
+    assert!(!first.is_empty());
+
+    // An operator shrinks the table while the first copy runs: its rows move to other pages.
+    admin
+        .batch_execute("VACUUM FULL ledger")
+        .await
+        .expect("vacuum full");
+    let err = match read(pages[1]).await {
+        Ok(chunks) => panic!(
+            "a piece of the rewritten table was read ({} bytes): its rows are on other pages now",
+            chunks.iter().map(|c| c.len()).sum::<usize>()
+        ),
+        Err(e) => e,
+    };
+    assert!(matches!(err, PgSyncError::Rewritten { .. }), "{err:?}");
+    assert!(!err.is_transient(), "retrying the same piece cannot help");
+    assert!(err.to_string().contains("run sync again"), "{err}");
+}

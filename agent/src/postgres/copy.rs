@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, Stream, StreamExt};
 use tokio_postgres::{CopyInSink, CopyOutStream};
 
+use super::TableRef;
 use super::conn::{Conn, PINNED_SETTINGS, SnapshotId};
 use super::error::PgSyncError;
 use super::ranges::KeyRange;
@@ -109,6 +110,11 @@ where
 {
     let sql = copy_out_sql(table, &rows);
     let name = table.table.clone();
+    // A page range is checked against the table's file once its rows are read (see below).
+    let file = match &rows {
+        Rows::Pages(p) => Some(p.relfilenode),
+        Rows::All | Rows::Keys(_) => None,
+    };
     futures::stream::try_unfold(OutState::Start(conn), move |state| {
         let sql = sql.clone();
         let name = name.clone();
@@ -137,6 +143,9 @@ where
                         return Err(conn.borrow().err(Some(&name), "COPY TO STDOUT", &e));
                     }
                     None => {
+                        if let Some(file) = file {
+                            same_file(conn.borrow(), &name, file).await?;
+                        }
                         conn.borrow().end_read_only().await?;
                         return Ok((!chunk.is_empty()).then(|| (chunk.freeze(), OutState::Done)));
                     }
@@ -144,6 +153,28 @@ where
             }
             Ok(Some((chunk.freeze(), OutState::Copying(conn, rows))))
         }
+    })
+}
+
+/// Checks, in the transaction that just read a page range of `table`, that the table's file is
+/// still `file`, the one it was split from. The `COPY` holds its lock until the transaction
+/// ends, so the file it read is the one this sees; a piece of a rewritten table fails before its
+/// last chunk, and the receiver commits nothing of it.
+async fn same_file(conn: &Conn, table: &TableRef, file: u32) -> Result<(), PgSyncError> {
+    let row = conn
+        .client()
+        .query_one(
+            "SELECT pg_catalog.pg_relation_filenode(pg_catalog.to_regclass($1))::text::int8",
+            &[&table.qualified()],
+        )
+        .await
+        .map_err(|e| conn.err(Some(table), "read the table's file", &e))?;
+    if row.get::<_, Option<i64>>(0) == Some(i64::from(file)) {
+        return Ok(());
+    }
+    Err(PgSyncError::Rewritten {
+        database: conn.database().to_string(),
+        table: table.to_string(),
     })
 }
 

@@ -106,6 +106,18 @@ pub enum PgSyncError {
         /// Why it was refused.
         reason: String,
     },
+    /// A table read by heap pages was given a new file after it was split (`VACUUM FULL`,
+    /// `CLUSTER`, a rewriting `ALTER TABLE`): its rows moved to other pages, so the pieces would
+    /// not add up. Running the sync again splits it anew (or compares it by key ranges).
+    #[error(
+        "database {database}, table {table}: rewritten while the first copy read it by pages (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE moved its rows to other pages); nothing of this piece was committed: run sync again"
+    )]
+    Rewritten {
+        /// The configured database name.
+        database: String,
+        /// The table (`schema.table`).
+        table: String,
+    },
     /// The caller cancelled (agent shutdown or the RPC went away); the child was terminated.
     #[error("database {database}: cancelled")]
     Cancelled {
@@ -189,9 +201,9 @@ impl From<PgSyncError> for AgentError {
             }
             PgSyncError::Connect { .. } => AgentError::Unavailable(e.to_string()),
             PgSyncError::NotReadable { .. } => AgentError::PermissionDenied(e.to_string()),
-            PgSyncError::Query { .. } | PgSyncError::TooLarge { .. } => {
-                AgentError::FailedPrecondition(e.to_string())
-            }
+            PgSyncError::Query { .. }
+            | PgSyncError::TooLarge { .. }
+            | PgSyncError::Rewritten { .. } => AgentError::FailedPrecondition(e.to_string()),
         }
     }
 }
