@@ -683,6 +683,15 @@ fn plan_check_and_the_agent_accept_and_refuse_the_same_table_patterns() {
 }
 
 /// Applies the source's pre-data schema to the target and loads one table, committed.
+/// The description of one table of the source, as the agent lists it.
+async fn listed(src: &Conn, table: &str) -> TableInfo {
+    pg::list_tables(src, &Selection::new(&[table], &[]).expect("valid"))
+        .await
+        .expect("list")
+        .pop()
+        .unwrap_or_else(|| panic!("{table} listed"))
+}
+
 async fn target_with_questions(h: &Hosts) -> (Conn, TableInfo) {
     let dst = connect(&h.dst).await;
     let snapshot = ExportedSnapshot::export(connect(&h.src).await)
@@ -691,14 +700,7 @@ async fn target_with_questions(h: &Hosts) -> (Conn, TableInfo) {
     let all = Selection::all();
     sync_section(h, &dst, Section::PreData, &all, snapshot.id()).await;
     let src = connect(&h.src).await;
-    let questions = pg::list_tables(
-        &src,
-        &Selection::new(&["public.questions"], &[]).expect("valid"),
-    )
-    .await
-    .expect("list")
-    .pop()
-    .expect("questions listed");
+    let questions = listed(&src, "public.questions").await;
     let mut sink = TableSink::begin(connect(&h.dst).await, &questions, LoadMode::Append)
         .await
         .expect("begin");
@@ -1051,14 +1053,7 @@ async fn a_page_piece_of_a_table_rewritten_since_its_split_is_refused() {
         .await
         .expect("a ledger");
     let src = connect(&h.src).await;
-    let ledger = pg::list_tables(
-        &src,
-        &Selection::new(&["public.ledger"], &[]).expect("valid"),
-    )
-    .await
-    .expect("list")
-    .pop()
-    .expect("ledger listed");
+    let ledger = listed(&src, "public.ledger").await;
     let pages = pg::split_pages(&src, &ledger, 5_000)
         .await
         .expect("split by pages");
