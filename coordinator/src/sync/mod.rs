@@ -280,9 +280,11 @@ pub enum SyncError {
     )]
     NewHostWrites(String),
     /// An agent speaks another protocol version than this coordinator: their streams would not
-    /// be understood (storage batches fail their integrity check), so nothing is started.
+    /// be understood (storage batches fail their integrity check, an older agent would apply a
+    /// whole post-data section or copy a whole table for each page piece), so nothing is
+    /// started.
     #[error(
-        "refusing to sync: the {side} agent at {address} speaks protocol {agent}, this coordinator {ours} — a mixed pair cannot move data (since protocol 3 storage batches carry no chunk digests, and the other side would reject every batch); nothing was written. Install the same hostshift release on both hosts and the jump box, then run `hostshift check`"
+        "refusing to sync: the {side} agent at {address} speaks protocol {agent}, this coordinator {ours} — a mixed pair cannot move data (storage batches since protocol 3, page pieces and partial post-data since protocol 4: each side would misread the other); nothing was written. Install the same hostshift release on both hosts and the jump box, then run `hostshift check`"
     )]
     Protocol {
         /// `old` or `new`.
