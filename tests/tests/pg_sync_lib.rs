@@ -1086,3 +1086,40 @@ async fn a_page_piece_of_a_table_rewritten_since_its_split_is_refused() {
     assert!(!err.is_transient(), "retrying the same piece cannot help");
     assert!(err.to_string().contains("run sync again"), "{err}");
 }
+
+#[tokio::test]
+async fn a_table_rewritten_after_the_snapshot_is_refused_not_copied_empty() {
+    let sb = Sandbox::new("pg_rewritten_after_snapshot").await;
+    let h = hosts(&sb);
+    let admin = sb.world.old_pg.connect(&sb.old_db).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE journal AS SELECT g AS id, 'entry ' || g AS note
+               FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .expect("a journal table");
+    let src = connect(&h.src).await;
+    let journal = listed(&src, "public.journal").await;
+    let snapshot = ExportedSnapshot::export(connect(&h.src).await)
+        .await
+        .expect("snapshot");
+
+    // A rewriting ALTER TABLE commits after the snapshot: not MVCC-safe, the snapshot would see
+    // the table's new file empty.
+    admin
+        .batch_execute("ALTER TABLE journal ADD COLUMN stamp float8 DEFAULT random()")
+        .await
+        .expect("rewrite");
+    let stream = pg::copy_out(src, &journal, pg::Rows::All, Some(snapshot.id().clone()));
+    let chunks: Vec<Result<_, PgSyncError>> = stream.collect().await;
+    let err = match chunks.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(chunks) => panic!(
+            "the rewritten table was copied as {} bytes of COPY (1000 rows are on the old host)",
+            chunks.iter().map(|c| c.len()).sum::<usize>()
+        ),
+        Err(e) => e,
+    };
+    assert!(matches!(err, PgSyncError::Rewritten { .. }), "{err:?}");
+    assert!(err.to_string().contains("run sync again"), "{err}");
+}

@@ -110,10 +110,14 @@ where
 {
     let sql = copy_out_sql(table, &rows);
     let name = table.table.clone();
-    // A page range is checked against the table's file once its rows are read (see below).
-    let file = match &rows {
-        Rows::Pages(p) => Some(p.relfilenode),
-        Rows::All | Rows::Keys(_) => None,
+    // Once its rows are read, the table's file is checked (see `same_file`): against the one a
+    // page range was split from, and against the snapshot's.
+    let file = FileCheck {
+        split_from: match &rows {
+            Rows::Pages(p) => Some(p.relfilenode),
+            Rows::All | Rows::Keys(_) => None,
+        },
+        snapshot: snapshot.is_some() && table.kind == TableKind::Ordinary,
     };
     futures::stream::try_unfold(OutState::Start(conn), move |state| {
         let sql = sql.clone();
@@ -143,9 +147,7 @@ where
                         return Err(conn.borrow().err(Some(&name), "COPY TO STDOUT", &e));
                     }
                     None => {
-                        if let Some(file) = file {
-                            same_file(conn.borrow(), &name, file).await?;
-                        }
+                        same_file(conn.borrow(), &name, file).await?;
                         conn.borrow().end_read_only().await?;
                         return Ok((!chunk.is_empty()).then(|| (chunk.freeze(), OutState::Done)));
                     }
@@ -156,20 +158,45 @@ where
     })
 }
 
-/// Checks, in the transaction that just read a page range of `table`, that the table's file is
-/// still `file`, the one it was split from. The `COPY` holds its lock until the transaction
-/// ends, so the file it read is the one this sees; a piece of a rewritten table fails before its
-/// last chunk, and the receiver commits nothing of it.
-async fn same_file(conn: &Conn, table: &TableRef, file: u32) -> Result<(), PgSyncError> {
+/// What [`same_file`] compares the table's file with after a copy.
+#[derive(Clone, Copy)]
+struct FileCheck {
+    /// The file a page range was split from.
+    split_from: Option<u32>,
+    /// The file the copy's snapshot sees (an ordinary table read in an imported snapshot).
+    snapshot: bool,
+}
+
+/// Checks, in the transaction that just read `table`, that the table still has the file it was
+/// split from (a page range) and the file its snapshot sees. A rewrite since — `VACUUM FULL`,
+/// `CLUSTER`, `TRUNCATE`, a rewriting `ALTER TABLE` — gives it a new file: page numbers then
+/// name other rows, and a rewriting `ALTER TABLE` is not MVCC-safe (an older snapshot sees the
+/// new file empty), so the copy would silently lack the table's rows. The `COPY` holds its lock
+/// until the transaction ends, so the file it read is the current one this sees (`pg_class` read
+/// in the snapshot gives the snapshot's); a piece of a rewritten table fails before its last
+/// chunk, and the receiver commits nothing of it.
+async fn same_file(conn: &Conn, table: &TableRef, check: FileCheck) -> Result<(), PgSyncError> {
+    if check.split_from.is_none() && !check.snapshot {
+        return Ok(());
+    }
+    // No row: the name now belongs to a table the snapshot does not know (dropped and made
+    // again since), which is a new file too.
     let row = conn
         .client()
-        .query_one(
-            "SELECT pg_catalog.pg_relation_filenode(pg_catalog.to_regclass($1))::text::int8",
+        .query_opt(
+            "SELECT c.relfilenode::text::int8, \
+                    pg_catalog.pg_relation_filenode(c.oid)::text::int8 \
+               FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
             &[&table.qualified()],
         )
         .await
         .map_err(|e| conn.err(Some(table), "read the table's file", &e))?;
-    if row.get::<_, Option<i64>>(0) == Some(i64::from(file)) {
+    let moved = row.is_none_or(|row| {
+        let (in_snapshot, now) = (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1));
+        check.split_from.is_some_and(|f| now != Some(i64::from(f)))
+            || (check.snapshot && in_snapshot != 0 && now != Some(in_snapshot))
+    });
+    if !moved {
         return Ok(());
     }
     Err(PgSyncError::Rewritten {

@@ -106,11 +106,12 @@ pub enum PgSyncError {
         /// Why it was refused.
         reason: String,
     },
-    /// A table read by heap pages was given a new file after it was split (`VACUUM FULL`,
-    /// `CLUSTER`, a rewriting `ALTER TABLE`): its rows moved to other pages, so the pieces would
-    /// not add up. Running the sync again splits it anew (or compares it by key ranges).
+    /// A table was given a new file after the copy's snapshot or its split (`VACUUM FULL`,
+    /// `CLUSTER`, `TRUNCATE`, a rewriting `ALTER TABLE`): page ranges would not add up, and a
+    /// rewriting `ALTER TABLE` shows the snapshot an empty table. Running the sync again reads a
+    /// new snapshot (and compares the table).
     #[error(
-        "database {database}, table {table}: rewritten while the first copy read it by pages (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE moved its rows to other pages); nothing of this piece was committed: run sync again"
+        "database {database}, table {table}: rewritten while the sync read it (VACUUM FULL, CLUSTER, TRUNCATE or a rewriting ALTER TABLE gave it a new file: its rows moved to other pages, or the sync's snapshot would see it empty); nothing of this piece was committed: run sync again"
     )]
     Rewritten {
         /// The configured database name.
