@@ -1095,12 +1095,18 @@ async fn a_table_rewritten_after_the_snapshot_is_refused_not_copied_empty() {
     admin
         .batch_execute(
             "CREATE TABLE journal AS SELECT g AS id, 'entry ' || g AS note
-               FROM generate_series(1, 1000) g;",
+               FROM generate_series(1, 1000) g;
+             CREATE TABLE ledger_p (id int, note text) PARTITION BY RANGE (id);
+             CREATE TABLE ledger_p1 PARTITION OF ledger_p FOR VALUES FROM (1) TO (501);
+             CREATE TABLE ledger_p2 PARTITION OF ledger_p FOR VALUES FROM (501) TO (1001);
+             INSERT INTO ledger_p SELECT g, 'entry ' || g FROM generate_series(1, 1000) g;",
         )
         .await
-        .expect("a journal table");
+        .expect("a journal table and a partitioned one");
     let src = connect(&h.src).await;
     let journal = listed(&src, "public.journal").await;
+    let ledger = listed(&src, "public.ledger_p").await;
+    assert_eq!(ledger.kind, TableKind::Partitioned);
     let snapshot = ExportedSnapshot::export(connect(&h.src).await)
         .await
         .expect("snapshot");
@@ -1108,18 +1114,30 @@ async fn a_table_rewritten_after_the_snapshot_is_refused_not_copied_empty() {
     // A rewriting ALTER TABLE commits after the snapshot: not MVCC-safe, the snapshot would see
     // the table's new file empty.
     admin
-        .batch_execute("ALTER TABLE journal ADD COLUMN stamp float8 DEFAULT random()")
+        .batch_execute(
+            "ALTER TABLE journal ADD COLUMN stamp float8 DEFAULT random();
+             ALTER TABLE ledger_p ADD COLUMN stamp float8 DEFAULT random();",
+        )
         .await
         .expect("rewrite");
-    let stream = pg::copy_out(src, &journal, pg::Rows::All, Some(snapshot.id().clone()));
-    let chunks: Vec<Result<_, PgSyncError>> = stream.collect().await;
-    let err = match chunks.into_iter().collect::<Result<Vec<_>, _>>() {
-        Ok(chunks) => panic!(
-            "the rewritten table was copied as {} bytes of COPY (1000 rows are on the old host)",
-            chunks.iter().map(|c| c.len()).sum::<usize>()
-        ),
-        Err(e) => e,
-    };
-    assert!(matches!(err, PgSyncError::Rewritten { .. }), "{err:?}");
-    assert!(err.to_string().contains("run sync again"), "{err}");
+    for table in [&journal, &ledger] {
+        let stream = pg::copy_out(
+            connect(&h.src).await,
+            table,
+            pg::Rows::All,
+            Some(snapshot.id().clone()),
+        );
+        let chunks: Vec<Result<_, PgSyncError>> = stream.collect().await;
+        let err = match chunks.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(chunks) => panic!(
+                "{} was copied as {} bytes of COPY after its rewrite (1000 rows are on the old host)",
+                table.table,
+                chunks.iter().map(|c| c.len()).sum::<usize>()
+            ),
+            Err(e) => e,
+        };
+        assert!(matches!(err, PgSyncError::Rewritten { .. }), "{err:?}");
+        assert!(err.to_string().contains("run sync again"), "{err}");
+    }
+    drop(src);
 }

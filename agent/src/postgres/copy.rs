@@ -117,7 +117,8 @@ where
             Rows::Pages(p) => Some(p.relfilenode),
             Rows::All | Rows::Keys(_) => None,
         },
-        snapshot: snapshot.is_some() && table.kind == TableKind::Ordinary,
+        snapshot: snapshot.is_some(),
+        partitions: table.kind == TableKind::Partitioned,
     };
     futures::stream::try_unfold(OutState::Start(conn), move |state| {
         let sql = sql.clone();
@@ -163,8 +164,10 @@ where
 struct FileCheck {
     /// The file a page range was split from.
     split_from: Option<u32>,
-    /// The file the copy's snapshot sees (an ordinary table read in an imported snapshot).
+    /// The file the copy's snapshot sees (a table read in an imported snapshot).
     snapshot: bool,
+    /// A partitioned table: its partitions' files (the parent has none).
+    partitions: bool,
 }
 
 /// Checks, in the transaction that just read `table`, that the table still has the file it was
@@ -174,28 +177,35 @@ struct FileCheck {
 /// new file empty), so the copy would silently lack the table's rows. The `COPY` holds its lock
 /// until the transaction ends, so the file it read is the current one this sees (`pg_class` read
 /// in the snapshot gives the snapshot's); a piece of a rewritten table fails before its last
-/// chunk, and the receiver commits nothing of it.
+/// chunk, and the receiver commits nothing of it. A partitioned table's partitions are checked
+/// each, as the snapshot knows them (`pg_inherits` read in it).
 async fn same_file(conn: &Conn, table: &TableRef, check: FileCheck) -> Result<(), PgSyncError> {
     if check.split_from.is_none() && !check.snapshot {
         return Ok(());
     }
     // No row: the name now belongs to a table the snapshot does not know (dropped and made
-    // again since), which is a new file too.
-    let row = conn
+    // again since), which is a new file too. A parent's own file is 0 (it has none).
+    let rows = conn
         .client()
-        .query_opt(
-            "SELECT c.relfilenode::text::int8, \
+        .query(
+            "WITH RECURSIVE tree(relid) AS ( \
+               SELECT pg_catalog.to_regclass($1)::oid \
+               UNION ALL \
+               SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.relid \
+                WHERE $2) \
+             SELECT c.relfilenode::text::int8, \
                     pg_catalog.pg_relation_filenode(c.oid)::text::int8 \
-               FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
-            &[&table.qualified()],
+               FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid",
+            &[&table.qualified(), &check.partitions],
         )
         .await
-        .map_err(|e| conn.err(Some(table), "read the table's file", &e))?;
-    let moved = row.is_none_or(|row| {
-        let (in_snapshot, now) = (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1));
-        check.split_from.is_some_and(|f| now != Some(i64::from(f)))
-            || (check.snapshot && in_snapshot != 0 && now != Some(in_snapshot))
-    });
+        .map_err(|e| conn.err(Some(table), "read the table's files", &e))?;
+    let moved = rows.is_empty()
+        || rows.iter().any(|row| {
+            let (in_snapshot, now) = (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1));
+            check.split_from.is_some_and(|f| now != Some(i64::from(f)))
+                || (check.snapshot && in_snapshot != 0 && now != Some(in_snapshot))
+        });
     if !moved {
         return Ok(());
     }
