@@ -90,7 +90,8 @@ enum OutState<C> {
 
 /// Streams `rows` of `table` (`Option<KeyRange>` converts: every row or a key range) from the
 /// source as `COPY` bytes in `table.format`, in chunks of [`CHUNK_BYTES`], inside a read-only
-/// transaction on `snapshot`.
+/// transaction on `snapshot` (required for a page range). Read in a snapshot, a table rewritten
+/// since fails the copy before its last chunk ([`PgSyncError::Rewritten`]).
 ///
 /// `conn` is any owner of a [`Conn`] (`&Conn`, `Arc<Conn>`, `Conn`): use one connection per
 /// concurrent copy. After an error the stream ends; drop the connection, its transaction may
@@ -98,7 +99,8 @@ enum OutState<C> {
 ///
 /// # Errors
 /// Each item: [`PgSyncError::Query`] naming the table when the transaction cannot start (e.g. the
-/// snapshot's exporting transaction ended) or the `COPY` fails.
+/// snapshot's exporting transaction ended) or the `COPY` fails; [`PgSyncError::Rewritten`];
+/// [`PgSyncError::InvalidInput`] for a page range without a snapshot.
 pub fn copy_out<C>(
     conn: C,
     table: &TableInfo,
@@ -110,16 +112,9 @@ where
 {
     let sql = copy_out_sql(table, &rows);
     let name = table.table.clone();
-    // Once its rows are read, the table's file is checked (see `same_file`): against the one a
-    // page range was split from, and against the snapshot's.
-    let file = FileCheck {
-        split_from: match &rows {
-            Rows::Pages(p) => Some(p.relfilenode),
-            Rows::All | Rows::Keys(_) => None,
-        },
-        snapshot: snapshot.is_some(),
-        partitions: table.kind == TableKind::Partitioned,
-    };
+    // Once its rows are read in a snapshot, the table's file is checked (see `same_file`).
+    let partitions = table.kind == TableKind::Partitioned;
+    let pages_without_snapshot = matches!(rows, Rows::Pages(_)) && snapshot.is_none();
     futures::stream::try_unfold(OutState::Start(conn), move |state| {
         let sql = sql.clone();
         let name = name.clone();
@@ -130,6 +125,15 @@ where
                 OutState::Copying(conn, rows) => (conn, rows),
                 OutState::Start(conn) => {
                     let c: &Conn = conn.borrow();
+                    if pages_without_snapshot {
+                        return Err(PgSyncError::InvalidInput {
+                            database: c.database().to_string(),
+                            what: format!("a page range of table {name}"),
+                            reason: "is read only in a snapshot (the sync's): its pages hold \
+                                     other rows at any other moment"
+                                .into(),
+                        });
+                    }
                     c.begin_read_only(snapshot.as_ref()).await?;
                     let rows = c
                         .client()
@@ -148,7 +152,9 @@ where
                         return Err(conn.borrow().err(Some(&name), "COPY TO STDOUT", &e));
                     }
                     None => {
-                        same_file(conn.borrow(), &name, file).await?;
+                        if snapshot.is_some() {
+                            same_file(conn.borrow(), &name, partitions).await?;
+                        }
                         conn.borrow().end_read_only().await?;
                         return Ok((!chunk.is_empty()).then(|| (chunk.freeze(), OutState::Done)));
                     }
@@ -159,30 +165,17 @@ where
     })
 }
 
-/// What [`same_file`] compares the table's file with after a copy.
-#[derive(Clone, Copy)]
-struct FileCheck {
-    /// The file a page range was split from.
-    split_from: Option<u32>,
-    /// The file the copy's snapshot sees (a table read in an imported snapshot).
-    snapshot: bool,
-    /// A partitioned table: its partitions' files (the parent has none).
-    partitions: bool,
-}
-
-/// Checks, in the transaction that just read `table`, that the table still has the file it was
-/// split from (a page range) and the file its snapshot sees. A rewrite since — `VACUUM FULL`,
-/// `CLUSTER`, `TRUNCATE`, a rewriting `ALTER TABLE` — gives it a new file: page numbers then
-/// name other rows, and a rewriting `ALTER TABLE` is not MVCC-safe (an older snapshot sees the
-/// new file empty), so the copy would silently lack the table's rows. The `COPY` holds its lock
-/// until the transaction ends, so the file it read is the current one this sees (`pg_class` read
-/// in the snapshot gives the snapshot's); a piece of a rewritten table fails before its last
-/// chunk, and the receiver commits nothing of it. A partitioned table's partitions are checked
-/// each, as the snapshot knows them (`pg_inherits` read in it).
-async fn same_file(conn: &Conn, table: &TableRef, check: FileCheck) -> Result<(), PgSyncError> {
-    if check.split_from.is_none() && !check.snapshot {
-        return Ok(());
-    }
+/// Checks, in the transaction that just read `table` in an imported snapshot, that the table
+/// still has the file its snapshot sees (each partition, for a partitioned one: the parent has
+/// none). A rewrite since — `VACUUM FULL`, `CLUSTER`, `TRUNCATE`, a rewriting `ALTER TABLE` —
+/// gives it a new file: a page range then names other rows (whatever file the split measured,
+/// the pieces all read the current one, so this one check covers them), and a rewriting `ALTER
+/// TABLE` is not MVCC-safe (an older snapshot sees the new file empty), so the copy would
+/// silently lack the table's rows. The `COPY` holds its lock until the transaction ends, so the
+/// file it read is the current one this sees (`pg_class` and `pg_inherits` read in the snapshot
+/// give the snapshot's); a piece of a rewritten table fails before its last chunk, and the
+/// receiver commits nothing of it.
+async fn same_file(conn: &Conn, table: &TableRef, partitions: bool) -> Result<(), PgSyncError> {
     // No row: the name now belongs to a table the snapshot does not know (dropped and made
     // again since), which is a new file too. A parent's own file is 0 (it has none).
     let rows = conn
@@ -196,15 +189,14 @@ async fn same_file(conn: &Conn, table: &TableRef, check: FileCheck) -> Result<()
              SELECT c.relfilenode::text::int8, \
                     pg_catalog.pg_relation_filenode(c.oid)::text::int8 \
                FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid",
-            &[&table.qualified(), &check.partitions],
+            &[&table.qualified(), &partitions],
         )
         .await
         .map_err(|e| conn.err(Some(table), "read the table's files", &e))?;
     let moved = rows.is_empty()
         || rows.iter().any(|row| {
             let (in_snapshot, now) = (row.get::<_, i64>(0), row.get::<_, Option<i64>>(1));
-            check.split_from.is_some_and(|f| now != Some(i64::from(f)))
-                || (check.snapshot && in_snapshot != 0 && now != Some(in_snapshot))
+            in_snapshot != 0 && now != Some(in_snapshot)
         });
     if !moved {
         return Ok(());

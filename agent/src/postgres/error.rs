@@ -106,9 +106,9 @@ pub enum PgSyncError {
         /// Why it was refused.
         reason: String,
     },
-    /// A table was given a new file after the copy's snapshot or its split (`VACUUM FULL`,
-    /// `CLUSTER`, `TRUNCATE`, a rewriting `ALTER TABLE`): page ranges would not add up, and a
-    /// rewriting `ALTER TABLE` shows the snapshot an empty table. Running the sync again reads a
+    /// A table was given a new file after the copy's snapshot (`VACUUM FULL`, `CLUSTER`,
+    /// `TRUNCATE`, a rewriting `ALTER TABLE`): page ranges would not add up, and a rewriting
+    /// `ALTER TABLE` shows the snapshot an empty table. Running the sync again reads a
     /// new snapshot (and compares the table).
     #[error(
         "database {database}, table {table}: rewritten while the sync read it (VACUUM FULL, CLUSTER, TRUNCATE or a rewriting ALTER TABLE gave it a new file: its rows moved to other pages, or the sync's snapshot would see it empty); nothing of this piece was committed: run sync again"

@@ -89,18 +89,13 @@ pub async fn split_pages(
         .query_one(
             "SELECT pg_catalog.current_setting('server_version_num')::int4, \
              (pg_catalog.pg_relation_size(pg_catalog.to_regclass($1)) \
-              / pg_catalog.current_setting('block_size')::int8)::int8, \
-             pg_catalog.pg_relation_filenode(pg_catalog.to_regclass($1))::text::int8",
+              / pg_catalog.current_setting('block_size')::int8)::int8",
             &[&table.table.qualified()],
         )
         .await
         .map_err(|e| conn.err(Some(&table.table), "read the table's size in pages", &e))?;
     let (version, pages) = (row.get::<_, i32>(0), row.get::<_, Option<i64>>(1));
-    let file = row
-        .get::<_, Option<i64>>(2)
-        .and_then(|f| u32::try_from(f).ok())
-        .filter(|f| *f != 0);
-    let (Some(pages), Some(file)) = (pages.filter(|_| version >= 140_000), file) else {
+    let Some(pages) = pages.filter(|_| version >= 140_000) else {
         return Ok(Vec::new());
     };
     let n = (rows as u64)
@@ -109,7 +104,6 @@ pub async fn split_pages(
     Ok(PageRange::split(
         u32::try_from(pages).unwrap_or(u32::MAX),
         n as u32,
-        file,
     ))
 }
 

@@ -18,26 +18,19 @@ use super::Malformed;
 
 const PAGES: &str = "page range";
 
-/// Heap pages `[from, to)` of the table's file `relfilenode`; `to = None` is unbounded (to the
-/// table's end).
+/// Heap pages `[from, to)`; `to = None` is unbounded (to the table's end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PageRange {
     /// First page.
     pub from: u32,
     /// Exclusive last page.
     pub to: Option<u32>,
-    /// The table's file when it was split (`pg_relation_filenode`): a rewrite (`VACUUM FULL`,
-    /// `CLUSTER`, a rewriting `ALTER TABLE`) gives the table a new file with its rows on other
-    /// pages, and a piece read from it would give rows twice or not at all — the reader refuses
-    /// it.
-    pub relfilenode: u32,
 }
 
 impl PageRange {
-    /// `n` contiguous ranges over `pages` pages of file `relfilenode` of about equal size, the
-    /// first from page 0 and the last unbounded above; empty when `n < 2` or there are fewer
-    /// pages than ranges.
-    pub fn split(pages: u32, n: u32, relfilenode: u32) -> Vec<Self> {
+    /// `n` contiguous ranges over `pages` pages of about equal size, the first from page 0 and
+    /// the last unbounded above; empty when `n < 2` or there are fewer pages than ranges.
+    pub fn split(pages: u32, n: u32) -> Vec<Self> {
         if n < 2 || pages < n {
             return Vec::new();
         }
@@ -46,7 +39,6 @@ impl PageRange {
             .map(|i| Self {
                 from: bound(i),
                 to: (i + 1 < n).then(|| bound(i + 1)),
-                relfilenode,
             })
             .collect()
     }
@@ -62,19 +54,11 @@ impl PageRange {
         }
     }
 
-    /// From its message: a bounded range must not be empty (`from < to`), and it names the
-    /// table's file.
+    /// From its message: a bounded range must not be empty (`from < to`).
     ///
     /// # Errors
-    /// [`Malformed`] naming `to` or `relfilenode`.
+    /// [`Malformed`] naming `to`.
     pub fn from_proto(m: pb::PageRange) -> Result<Self, Malformed> {
-        if m.relfilenode == 0 {
-            return Err(Malformed::invalid(
-                PAGES,
-                "relfilenode",
-                "is 0: a page range names the table file it was split from",
-            ));
-        }
         if let Some(to) = m.to
             && to <= m.from
         {
@@ -87,7 +71,6 @@ impl PageRange {
         Ok(Self {
             from: m.from,
             to: m.to,
-            relfilenode: m.relfilenode,
         })
     }
 
@@ -137,7 +120,6 @@ impl From<PageRange> for pb::PageRange {
         Self {
             from: r.from,
             to: r.to,
-            relfilenode: r.relfilenode,
         }
     }
 }
@@ -157,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_split_covers_every_page_once_and_runs_to_the_end() {
-        let r = PageRange::split(83_607, 21, 16_384);
+        let r = PageRange::split(83_607, 21);
         assert_eq!(r.len(), 21);
         assert_eq!(r[0].from, 0);
         assert_eq!(r[20].to, None);
@@ -166,22 +148,18 @@ mod tests {
             assert!(w[0].from < w[1].from);
         }
         let wire: Vec<pb::PageRange> = r.iter().copied().map(Into::into).collect();
-        assert_eq!(PageRange::cover_from_proto(wire, "pages").unwrap(), r);
-        assert!(PageRange::split(10, 1, 1).is_empty());
-        assert!(PageRange::split(3, 4, 1).is_empty());
-        assert_eq!(PageRange::split(4, 4, 1).len(), 4);
+        assert_eq!(
+            PageRange::cover_from_proto(wire, "pages").expect("a split covers every page"),
+            r
+        );
+        assert!(PageRange::split(10, 1).is_empty());
+        assert!(PageRange::split(3, 4).is_empty());
+        assert_eq!(PageRange::split(4, 4).len(), 4);
     }
 
     #[test]
     fn predicates_read_the_pages_alone() {
-        let p = |from, to| {
-            PageRange {
-                from,
-                to,
-                relfilenode: 1,
-            }
-            .predicate()
-        };
+        let p = |from, to| PageRange { from, to }.predicate();
         assert_eq!(p(0, Some(10)), "ctid < '(10,0)'::pg_catalog.tid");
         assert_eq!(
             p(10, Some(20)),
@@ -189,24 +167,12 @@ mod tests {
         );
         assert_eq!(p(20, None), "ctid >= '(20,0)'::pg_catalog.tid");
         assert_eq!(p(0, None), "TRUE");
-        assert_eq!(
-            PageRange {
-                from: 3,
-                to: None,
-                relfilenode: 1
-            }
-            .to_string(),
-            "pages [3, ..)"
-        );
+        assert_eq!(PageRange { from: 3, to: None }.to_string(), "pages [3, ..)");
     }
 
     #[test]
     fn a_list_that_leaves_pages_out_or_stops_early_is_malformed() {
-        let m = |from, to| pb::PageRange {
-            from,
-            to,
-            relfilenode: 7,
-        };
+        let m = |from, to| pb::PageRange { from, to };
         let err = |ms: Vec<pb::PageRange>| {
             PageRange::cover_from_proto(ms, "pages")
                 .unwrap_err()
@@ -217,14 +183,9 @@ mod tests {
         assert!(err(vec![m(0, Some(5)), m(5, Some(9))]).contains("pages[1].to"));
         assert!(err(vec![m(0, None), m(5, None)]).contains("pages[1].from"));
         assert!(err(vec![m(5, Some(5))]).contains("pages[0].to"));
-        let unnamed = pb::PageRange {
-            relfilenode: 0,
-            ..m(0, None)
-        };
-        assert!(err(vec![unnamed]).contains("pages[0].relfilenode"));
         assert!(
             PageRange::cover_from_proto(vec![], "pages")
-                .unwrap()
+                .expect("no ranges: copy it whole")
                 .is_empty()
         );
     }
