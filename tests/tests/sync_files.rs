@@ -1,6 +1,7 @@
 //! Sync and verify of storage trees and config files between two real agents: delta transfer,
 //! integrity (corrupted chunks are caught and never committed), resume after a kill, refusals,
-//! and the promise that the old host is never changed.
+//! and the promise that the old host is never changed; a sync's units running at once (or in turn
+//! when asked).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1021,4 +1022,91 @@ async fn an_equal_config_file_is_not_rewritten_and_counts_as_unchanged() {
     assert_eq!(file_unit(&out.json())["status"], "copied", "{}", out.stdout);
     assert_eq!(std::fs::read(&sb.new_env).expect("read"), b"PORT=3667\n");
     assert_ne!(stamp(&sb.new_env).0, first.0);
+}
+
+/// The top-level units' (`file …`, `storage …`, `database …`) journal marks of run `run`, in
+/// order: `(unit, status)`.
+fn unit_marks(sb: &Sandbox, run: &str) -> Vec<(String, String)> {
+    let journal = sb.dir.join(".hostshift/test/journal.jsonl");
+    rig::cutover::read_journal(&journal)
+        .into_iter()
+        .filter(|e| e["phase"] == "sync" && e["run"] == run)
+        .filter_map(|e| {
+            let unit = e["unit"].as_str()?.to_string();
+            let top = ["file ", "storage ", "database "]
+                .iter()
+                .any(|k| unit.starts_with(k))
+                && !unit.contains(" batch ")
+                && unit.split(' ').count() == 2;
+            (top && (e["status"] == "started" || e["status"] == "done"))
+                .then(|| (unit, e["status"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect()
+}
+
+/// The run id of the latest `sync` in the sandbox's journal.
+fn last_run(sb: &Sandbox) -> String {
+    let journal = sb.dir.join(".hostshift/test/journal.jsonl");
+    rig::cutover::read_journal(&journal)
+        .into_iter()
+        .rev()
+        .find(|e| e["unit"] == "sync" && e["status"] == "started")
+        .and_then(|e| e["run"].as_str().map(str::to_string))
+        .expect("a sync run in the journal")
+}
+
+/// A sync runs its units at once — every unit has started before the first one ends, so the
+/// database copies while the tree is walked and sent (issue 15: the whole takes less than the
+/// sum); `--one-at-a-time` keeps them in turn, each done before the next starts.
+#[tokio::test]
+async fn a_sync_runs_its_units_at_once_and_in_turn_when_asked() {
+    let mut sb = Sandbox::new("units_at_once").await;
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+
+    let out = sb.cli(&["sync", "--one-at-a-time"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let marks = unit_marks(&sb, &last_run(&sb));
+    let kinds = |m: &[(String, String)]| {
+        ["file ", "storage ", "database "]
+            .iter()
+            .filter(|k| m.iter().any(|(u, _)| u.starts_with(*k)))
+            .count()
+    };
+    assert_eq!(kinds(&marks), 3, "files, a tree and a database: {marks:?}");
+    // In turn: each unit's marks are together, its `done` before the next unit's `started`.
+    let mut seen: Vec<&str> = Vec::new();
+    for (unit, _) in &marks {
+        if seen.last() != Some(&unit.as_str()) {
+            assert!(
+                !seen.contains(&unit.as_str()),
+                "{unit} came back after another unit began: {marks:?}"
+            );
+            seen.push(unit);
+        }
+    }
+
+    std::fs::write(
+        sb.old_storage.join("late.bin"),
+        b"written after the first sync",
+    )
+    .expect("a new file");
+    let out = sb.cli(&["sync"]).await;
+    assert_eq!(out.code, 0, "{}", out.both());
+    let marks = unit_marks(&sb, &last_run(&sb));
+    let first_done = marks
+        .iter()
+        .position(|(_, s)| s == "done")
+        .expect("a unit finished");
+    for kind in ["storage ", "database "] {
+        let start = marks
+            .iter()
+            .position(|(u, s)| u.starts_with(kind) && s == "started")
+            .unwrap_or_else(|| panic!("the {kind}unit's start is journaled: {marks:?}"));
+        assert!(
+            start < first_done,
+            "the {kind}unit started before any unit ended: {marks:?}"
+        );
+    }
+    let verify = sb.cli(&["verify"]).await;
+    assert_eq!(verify.code, 0, "{}", verify.both());
 }

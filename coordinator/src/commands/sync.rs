@@ -30,6 +30,11 @@ pub struct SyncCmd {
     /// rollback listed them). Without it the databases are not synced while there are any.
     #[arg(long)]
     discard_new_host_writes: bool,
+    /// Sync the units (config files, storage trees, databases) one after the other instead of
+    /// all at once: less load on the old host at any moment (it keeps serving meanwhile), one
+    /// progress display at a time; the sync as a whole takes longer.
+    #[arg(long)]
+    one_at_a_time: bool,
 }
 
 /// Runs a sync and prints the per-unit result.
@@ -52,6 +57,7 @@ pub async fn run(g: &Global, c: SyncCmd) -> CliResult {
         batch_files: c.batch_files.max(1),
         batch_bytes: c.batch_mib.max(1) * 1024 * 1024,
         discard_new_host_writes: c.discard_new_host_writes,
+        concurrent: !c.one_at_a_time,
         ..SyncOptions::default()
     };
     let started = crate::report::now_ms();

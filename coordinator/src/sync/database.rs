@@ -211,7 +211,13 @@ async fn ensure_database(
 pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
     let started = Instant::now();
     let mut r = report("database", &d.name);
-    run.progress.start(&format!("database {}", d.name), 0);
+    let unit = format!("database {}", d.name);
+    run.progress.start(&unit, 0);
+    // Its start, journaled before anything is awaited: units run at once, and the journal shows
+    // when each began (`bench/run`'s "where the time goes" reads it).
+    if let Err(e) = run.record(&unit, "started", 0, 0, "") {
+        return fail(r, started, &e, run);
+    }
     let sel = Selections::of(d);
     let spec = match ensure_database(run, d, None, &mut r).await {
         Ok(spec) => spec,
@@ -245,8 +251,7 @@ pub async fn database(run: &Run<'_>, d: &PlanDatabase) -> UnitReport {
             if r.files == 0 {
                 r.status = "unchanged".into();
             }
-            run.progress
-                .done(&format!("database {}", d.name), r.bytes, true, &r.detail);
+            run.progress.done(&unit, r.bytes, true, &r.detail);
             r
         }
         Err(e) => fail(r, started, &e, run),
