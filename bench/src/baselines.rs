@@ -44,6 +44,10 @@ pg_restore -j 2 --exit-on-error -d "$NEW" "$POST"
 mark end"#;
 /// Best standard tools, storage: an uncompressed tar stream into a second tar.
 pub const TAR_PIPE: &str = r#"tar -C "$SRC" -cf - . | tar -C "$DST" -xf -"#;
+/// [`BEST_DB`] and [`TAR_PIPE`] at the same time (the database script in the background).
+pub fn best_at_once() -> String {
+    format!("(\n{BEST_DB}\n) &\ndb=$!\n{TAR_PIPE}\nwait \"$db\"")
+}
 /// What durability would add to the tar pipe: one syncfs of the target's file system (hostshift
 /// ends every storage batch with one). Not part of the baseline; timed to explain the gap.
 pub const SYNCFS: &str = r#"sync -f "$DST""#;

@@ -655,8 +655,8 @@ async fn with_hosts(
 
     // 1. First copy.
     let t = Instant::now();
-    let files_sync = lab.sync(Some("files")).await?;
-    let storage_sync = lab.sync(Some("storage")).await?;
+    let files_sync = lab.sync("--only files").await?;
+    let storage_sync = lab.sync("--only storage").await?;
     v["first_copy_storage_s"] = json!(round2(storage_sync.wall_s + files_sync.wall_s));
     say(&format!("cutover x{x}: first copy of files and storage {:.1} s; hostshift follow start (slot, database copy)", t.elapsed().as_secs_f64()));
     let t = Instant::now();
@@ -707,8 +707,8 @@ async fn with_hosts(
 
     // 4. Storage catch-up with the uploads going on; rsync's pre-sync at the same moment.
     let t = Instant::now();
-    let st = lab.sync(Some("storage")).await?;
-    lab.sync(Some("files")).await?;
+    let st = lab.sync("--only storage").await?;
+    lab.sync("--only files").await?;
     v["storage_catch_up_s"] = json!(round2(st.wall_s));
     v["storage_catch_up_files"] = json!({ "files": st.report["files"], "skipped_files": st.report["skipped_files"], "deferred": st.report["deferred"] });
     let bl_src = Baselines { old_conninfo: old_pg.conninfo("app"), pg_bin: src.pg_bin.clone(), new: new_pg, src: storage.to_path_buf(), scratch: dir.join("scratch") };

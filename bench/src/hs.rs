@@ -204,16 +204,14 @@ impl HsLab {
         sys::shell(what, &script, &env, TIMEOUT, true, true).await
     }
 
-    /// `hostshift --json sync [--only ONLY]`; fails unless every unit succeeded.
+    /// `hostshift --json sync FLAGS` (e.g. `--only storage`, `--one-at-a-time`; empty: every
+    /// unit at once); fails unless every unit succeeded.
     ///
     /// # Errors
     /// The command failing, or a unit failing.
-    pub async fn sync(&self, only: Option<&str>) -> Result<SyncRun> {
+    pub async fn sync(&self, flags: &str) -> Result<SyncRun> {
         let offset = std::fs::metadata(&self.journal).map_or(0, |m| m.len());
-        let args = match only {
-            Some(o) => format!("sync --only {o}"),
-            None => "sync".to_string(),
-        };
+        let args = format!("sync {flags}").trim_end().to_string();
         let out = self.cli(&format!("hostshift {args}"), &args).await?;
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("hostshift {args} printed no JSON report (exit {:?}); stderr:\n{}", out.code, out.stderr))?;

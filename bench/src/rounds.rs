@@ -198,6 +198,7 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
         if r < args.reps && !cx.skip(Part::Best) {
             best_db(&mut cx, r).await?;
             tar_pipe(&mut cx, r).await?;
+            best_at_once(&mut cx, r).await?;
         }
         if r < args.reps && !cx.skip(Part::Hostshift) {
             hostshift_full(&mut cx, r).await?;
@@ -242,18 +243,42 @@ async fn tar_pipe(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     sys::set_aside(&dst)
 }
 
+/// A yardstick, not a target: the best tools' database and storage scripts started together, as
+/// a hand-written script could (hostshift runs its units at once by default).
+async fn best_at_once(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
+    cx.bl.fresh_db("bl_best").await?;
+    let dst = cx.bl.scratch.join("tar-pipe");
+    sys::fresh_dir(&dst)?;
+    let snap = cx.begin_copy().await?;
+    let out = cx.bl.run("best tools at once", &baselines::best_at_once(), "bl_best", &dst).await?;
+    cx.end("best.at_once", r, &snap, out.wall.as_secs_f64(), json!(null));
+    dbcheck::check(&cx.old_shape, &cx.new_pg.connect("bl_best").await?, "the best-tools copy at once").await?;
+    check_tree(&cx.bl.src, &dst).await?;
+    sys::set_aside(&dst)?;
+    cx.bl.drop_db("bl_best").await
+}
+
 async fn check_tree(src: &Path, dst: &Path) -> Result<u64> {
     let (a, b) = (src.to_path_buf(), dst.to_path_buf());
     tokio::task::spawn_blocking(move || storage_tree::check_copy(&a, &b)).await?
 }
 
+/// `hostshift sync` as it runs by default (every unit at once), then `--one-at-a-time` into a
+/// fresh target again: each unit's own time (`hostshift.full.db`, `.storage`, `.files`) and where
+/// it goes. Verify and the hash yardstick run after the second.
 async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     cx.lab.reset_target(cx.new_pg).await?;
     cx.agent_peaks("idle");
     let snap = cx.begin_copy().await?;
-    let run = cx.lab.sync(None).await?;
+    let run = cx.lab.sync("").await?;
     let info = cx.sync_info(&run, "full sync");
     cx.end("hostshift.full", r, &snap, run.wall_s, info);
+    cx.lab.reset_target(cx.new_pg).await?;
+    cx.agent_peaks("idle");
+    let snap = cx.begin_copy().await?;
+    let run = cx.lab.sync("--one-at-a-time").await?;
+    let info = cx.sync_info(&run, "full sync, one unit at a time");
+    cx.end("hostshift.serial", r, &snap, run.wall_s, info);
     cx.derived("hostshift.full.db", r, run.unit_s("database"));
     cx.derived("hostshift.full.storage", r, run.unit_s("storage"));
     cx.derived("hostshift.full.files", r, run.unit_s("file"));
@@ -309,7 +334,8 @@ async fn profiled_sync(cx: &mut Ctx<'_>, run_dir: &Path, pids: &sys::PidsFile) -
     }
     let snap = cx.begin();
     let sampler = measure::Sampler::start(cx.groups.clone(), std::time::Duration::from_millis(500));
-    let run = cx.lab.sync(None).await;
+    // One unit at a time: each phase's CPU is then its own.
+    let run = cx.lab.sync("--one-at-a-time").await;
     let samples = sampler.stop();
     let data = rec.stop().await?;
     let run = run?;
@@ -329,7 +355,7 @@ async fn deltas(cx: &mut Ctx<'_>, data: &mut Dataset) -> Result<()> {
     if cx.skip(Part::Hostshift) {
         say("delta: the new host needs a first sync (untimed)");
         cx.lab.reset_target(cx.new_pg).await?;
-        cx.lab.sync(None).await?;
+        cx.lab.sync("").await?;
     }
     let mirror = cx.bl.scratch.join("rsync");
     sys::empty_dir(&mirror)?;
@@ -371,13 +397,13 @@ async fn delta_rounds(cx: &mut Ctx<'_>, data: &mut Dataset, mirror: &Path) -> Re
             }
             cx.agent_peaks("idle");
             let snap = cx.begin();
-            let run = cx.lab.sync(Some("storage")).await?;
+            let run = cx.lab.sync("--only storage").await?;
             let info = cx.sync_info(&run, "second sync");
             cx.end("hostshift.second.storage", r, &snap, run.wall_s, info);
             cx.derived("hostshift.second.storage.unit", r, run.unit_s("storage"));
             if with_db {
                 let snap = cx.begin();
-                let run = cx.lab.sync(Some("db")).await?;
+                let run = cx.lab.sync("--only db").await?;
                 let mut info = cx.sync_info(&run, "second sync");
                 info["rows_changed"] = json!(rows);
                 cx.end("hostshift.second.db", r, &snap, run.wall_s, info);

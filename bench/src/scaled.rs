@@ -145,7 +145,8 @@ async fn with_hosts(args: &Args, data: &Dataset, n: u32, db_bytes: i64, dir: &Pa
     report.agent_peaks(&agents, &format!("idle x{n}"));
     sys::cold_start(&sources).await?;
     let snap = measure::snapshot(&groups);
-    let run = lab.sync(None).await?;
+    // One unit at a time, like `hostshift.serial` it is compared with: each unit's own growth.
+    let run = lab.sync("--one-at-a-time").await?;
     let rss = report.agent_peaks(&agents, &format!("full sync x{n}"));
     let info = json!({ "scale": n, "db_bytes": db_bytes, "storage_files": files, "storage_bytes": bytes, "rss": rss, "units": run.units });
     push(report, n, "scaled.full", run.wall_s, cpu(&snap), info);
