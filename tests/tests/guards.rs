@@ -434,3 +434,94 @@ async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
         );
     }
 }
+
+/// A peer that stops reading a table halfway leaves nothing behind on the old host: dropping
+/// the stream ends the copy's connection — no session left in `COPY` holding its snapshot and
+/// its lock, no task reading the table to its end for nobody.
+#[tokio::test]
+async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
+    use hostshift_agent::postgres::{CopyFormat, TableInfo, TableKind, TableRef};
+    use hostshift_proto::v1::grants_client::GrantsClient;
+    use hostshift_proto::v1::source_client::SourceClient;
+    use hostshift_proto::v1::{CreateGrantRequest, DbTable, ReadRequest, read_request::What};
+    let mut sb = Sandbox::new("guard_read_dropped").await;
+    sb.plan_databases = false;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, body text);
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 1000000) g;",
+    )
+    .await
+    .expect("a table of ~150 MB");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let grant = GrantsClient::new(sb.old().channel(&sb.world.certs_coordinator()).await)
+        .create(CreateGrantRequest {
+            peer: "new".into(),
+            scopes: vec!["database:app".into()],
+            ttl_secs: 600,
+            selections: vec![],
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .token;
+    let copying = || async {
+        old.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %wide%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get::<_, i64>(0)
+    };
+    let info = TableInfo {
+        table: TableRef::new("public", "wide"),
+        kind: TableKind::Ordinary,
+        columns: vec!["id".into(), "body".into()],
+        format: CopyFormat::Binary,
+        int_key: None,
+        estimated_rows: None,
+        estimated_bytes: 0,
+    };
+    let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
+    let mut stream = SourceClient::new(ch)
+        .read(ReadRequest {
+            grant,
+            what: Some(What::DbTable(DbTable {
+                database: "app".into(),
+                table: Some(info.into()),
+                range: None,
+                pages: None,
+                snapshot: String::new(),
+                mode: String::new(),
+            })),
+        })
+        .await
+        .expect("the read starts")
+        .into_inner();
+    let first = stream.message().await.expect("a first frame");
+    assert!(first.is_some(), "the table has rows");
+    assert_eq!(copying().await, 1, "the old server is still copying");
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while copying().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old server still runs the COPY 15 s after its reader went away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Ended, not read to its end by a thread nobody listens to any more.
+    let read: i64 = old
+        .query_one(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'wide'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_user_tables")
+        .get(0);
+    assert!(
+        read < 1_000_000,
+        "the COPY read {read} of 1,000,000 rows after its reader went away"
+    );
+}

@@ -24,10 +24,12 @@ pub const PINNED_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; \
      SET LOCAL lc_monetary = 'C'; SET LOCAL standard_conforming_strings = on;";
 
-/// A client plus the configured name of its database.
+/// A client plus the configured name of its database (and, for a connection it opened, the
+/// means to close it at once, `close_on_drop`).
 pub struct Conn {
     client: Client,
     database: String,
+    driver: Option<super::connect::Driver>,
 }
 
 impl Conn {
@@ -37,14 +39,17 @@ impl Conn {
     /// [`PgSyncError::Connect`] when the conninfo is invalid, the password file unreadable or the
     /// server unreachable.
     pub async fn connect(db: &DatabaseConfig) -> Result<Self, PgSyncError> {
-        let client =
-            crate::postgres::connect::connect(db)
-                .await
-                .map_err(|e| PgSyncError::Connect {
-                    database: db.name.clone(),
-                    message: e.to_string(),
-                })?;
-        Ok(Self::new(client, &db.name))
+        let (client, driver) = crate::postgres::connect::connect_closing(db)
+            .await
+            .map_err(|e| PgSyncError::Connect {
+                database: db.name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            database: db.name.clone(),
+            driver: Some(driver),
+        })
     }
 
     /// Wraps an existing client; `database` is the name used in error messages.
@@ -52,6 +57,7 @@ impl Conn {
         Self {
             client,
             database: database.to_string(),
+            driver: None,
         }
     }
 
@@ -68,6 +74,16 @@ impl Conn {
     /// The client back (e.g. to reuse the connection).
     pub fn into_client(self) -> Client {
         self.client
+    }
+
+    /// A guard that, dropped, closes a connection this opened ([`Conn::connect`]) at once, even
+    /// while the server is still sending (see [`super::connect::Driver`]): around a `COPY` whose
+    /// reader may go away. For a wrapped client ([`Conn::new`]) it does nothing.
+    pub(crate) fn close_on_drop(&self) -> super::connect::CloseGuard {
+        match &self.driver {
+            Some(d) => d.close_on_drop(),
+            None => super::connect::CloseGuard::none(),
+        }
     }
 
     /// `batch_execute` with the error naming what was being done.

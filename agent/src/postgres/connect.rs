@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
 use crate::error::AgentError;
@@ -110,13 +111,66 @@ pub fn dbname_arg(db: &DatabaseConfig) -> Result<String, AgentError> {
     Ok(format!("--dbname={}", conninfo(db)?))
 }
 
-/// Opens a connection to a configured database; the connection task runs until the client drops.
+/// Opens a connection to a configured database; the connection task runs until the client drops
+/// and the server has answered everything asked before.
 ///
 /// # Errors
 /// `Unavailable` naming the database when the connection string is invalid, the password file
 /// unreadable, the server unreachable, or its certificate not trusted.
 pub async fn connect(db: &DatabaseConfig) -> Result<tokio_postgres::Client, AgentError> {
+    Ok(connect_with(db, &conninfo(db)?).await?.0)
+}
+
+/// As [`connect`], with the connection's [`Driver`], which can close it while the server is
+/// still sending — a `COPY` nobody reads any more.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_closing(
+    db: &DatabaseConfig,
+) -> Result<(tokio_postgres::Client, Driver), AgentError> {
     connect_with(db, &conninfo(db)?).await
+}
+
+/// A handle on the task that runs a connection's I/O. tokio-postgres keeps a connection whose
+/// client was dropped reading until the server has answered every request: a table copy
+/// abandoned by its reader (a cancelled sync) went on reading the whole table on the old host,
+/// holding its snapshot and its lock, for nobody — even 250 ms more of reading took the rest of
+/// a 150 MB table. A [`CloseGuard`] of it ends the connection instead. Dropping the handle
+/// changes nothing.
+pub struct Driver(CancellationToken);
+
+impl Driver {
+    /// A guard that closes the connection when dropped, unless [`CloseGuard::defuse`]d.
+    pub fn close_on_drop(&self) -> CloseGuard {
+        CloseGuard(Some(self.0.clone()))
+    }
+}
+
+/// Closes a connection when dropped (the task runs it once more — writing what is queued, e.g.
+/// the `Terminate` of a dropped client — and drops it, closing the socket; the server ends the
+/// session and logs that its client went away), unless defused first. Around a `COPY`: dropped
+/// in its middle, the reader went away.
+pub struct CloseGuard(Option<CancellationToken>);
+
+impl CloseGuard {
+    /// A guard that closes nothing.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// The connection stays open (the work it guarded ended as it should).
+    pub fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.cancel();
+        }
+    }
 }
 
 /// The name of the database the `conninfo` connects to (`dbname`, else libpq's default: the
@@ -151,9 +205,10 @@ pub async fn connect_maintenance(
         }
     };
     match connect_with(db, &with("postgres")).await {
-        Ok(client) => Ok(client),
+        Ok((client, _)) => Ok(client),
         Err(first) => connect_with(db, &with("template1"))
             .await
+            .map(|(client, _)| client)
             .map_err(|_| first),
     }
 }
@@ -161,7 +216,7 @@ pub async fn connect_maintenance(
 async fn connect_with(
     db: &DatabaseConfig,
     conninfo: &str,
-) -> Result<tokio_postgres::Client, AgentError> {
+) -> Result<(tokio_postgres::Client, Driver), AgentError> {
     let mut cfg: tokio_postgres::Config = conninfo
         .parse()
         .map_err(|e| unavailable(db, format!("invalid conninfo in the agent config: {e}")))?;
@@ -186,16 +241,14 @@ async fn connect_with(
             .await
             .map_err(timeout)?
             .map_err(|e| unavailable(db, tls_message(db, &e)))?;
-        drive(conn);
-        client
+        (client, drive(conn))
     } else {
         let (client, conn) =
             tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
                 .await
                 .map_err(timeout)?
                 .map_err(|e| unavailable(db, pg_message(&e)))?;
-        drive(conn);
-        client
+        (client, drive(conn))
     };
     Ok(client)
 }
@@ -249,17 +302,28 @@ fn tls_message(db: &DatabaseConfig, e: &tokio_postgres::Error) -> String {
     )
 }
 
-/// Runs a connection's I/O until its client is dropped.
-fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+/// Runs a connection's I/O until it ends, or until a [`CloseGuard`] of the returned [`Driver`] is
+/// dropped armed (then once more).
+fn drive<S, T>(conn: tokio_postgres::Connection<S, T>) -> Driver
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let closing = CancellationToken::new();
+    let signal = closing.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection ended");
+        let mut conn = std::pin::pin!(conn);
+        let ended = tokio::select! {
+            r = &mut conn => Some(r),
+            () = signal.cancelled() => futures::future::poll_immediate(&mut conn).await,
+        };
+        match ended {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "database connection ended"),
+            None => tracing::debug!("closed a database connection while the server was sending"),
         }
     });
+    Driver(closing)
 }
 
 /// The server's message when it sent one, else the client error (which includes the cause).

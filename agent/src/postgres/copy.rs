@@ -30,6 +30,7 @@ use tokio_postgres::{CopyInSink, CopyOutStream};
 
 use super::TableRef;
 use super::conn::{Conn, PINNED_SETTINGS, SnapshotId};
+use super::connect::CloseGuard;
 use super::error::PgSyncError;
 use super::ranges::KeyRange;
 use super::tables::{TableInfo, TableKind};
@@ -84,7 +85,8 @@ pub fn copy_out_sql(table: &TableInfo, rows: &Rows) -> String {
 
 enum OutState<C> {
     Start(C),
-    Copying(C, Pin<Box<CopyOutStream>>),
+    // The guard closes the connection if the stream is dropped in the middle of its `COPY`.
+    Copying(C, Pin<Box<CopyOutStream>>, CloseGuard),
     Done,
 }
 
@@ -95,7 +97,8 @@ enum OutState<C> {
 ///
 /// `conn` is any owner of a [`Conn`] (`&Conn`, `Arc<Conn>`, `Conn`): use one connection per
 /// concurrent copy. After an error the stream ends; drop the connection, its transaction may
-/// still be open.
+/// still be open. Dropped in the middle of its `COPY` (its reader went away), the stream closes
+/// a connection [`Conn::connect`] opened, so that the server stops reading the table.
 ///
 /// # Errors
 /// Each item: [`PgSyncError::Query`] naming the table when the transaction cannot start (e.g. the
@@ -120,9 +123,9 @@ where
         let name = name.clone();
         let snapshot = snapshot.clone();
         async move {
-            let (conn, mut rows) = match state {
+            let (conn, mut rows, midway) = match state {
                 OutState::Done => return Ok(None),
-                OutState::Copying(conn, rows) => (conn, rows),
+                OutState::Copying(conn, rows, midway) => (conn, rows, midway),
                 OutState::Start(conn) => {
                     let c: &Conn = conn.borrow();
                     if pages_without_snapshot {
@@ -140,7 +143,11 @@ where
                         .copy_out(sql.as_str())
                         .await
                         .map_err(|e| c.err(Some(&name), "start COPY TO STDOUT", &e))?;
-                    (conn, Box::pin(rows))
+                    // From here until the `COPY` has ended, a drop of this stream (its reader
+                    // went away) closes the connection instead of leaving it to read the rest
+                    // of the table for nobody.
+                    let midway = c.close_on_drop();
+                    (conn, Box::pin(rows), midway)
                 }
             };
             // One row more than the chunk size at most: no reallocation for typical rows.
@@ -149,9 +156,11 @@ where
                 match rows.next().await {
                     Some(Ok(row)) => chunk.extend_from_slice(&row),
                     Some(Err(e)) => {
+                        midway.defuse();
                         return Err(conn.borrow().err(Some(&name), "COPY TO STDOUT", &e));
                     }
                     None => {
+                        midway.defuse();
                         if snapshot.is_some() {
                             same_file(conn.borrow(), &name, partitions).await?;
                         }
@@ -160,7 +169,10 @@ where
                     }
                 }
             }
-            Ok(Some((chunk.freeze(), OutState::Copying(conn, rows))))
+            Ok(Some((
+                chunk.freeze(),
+                OutState::Copying(conn, rows, midway),
+            )))
         }
     })
 }
