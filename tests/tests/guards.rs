@@ -249,6 +249,24 @@ async fn peer_reads_table(
     table: &str,
     columns: &[&str],
 ) -> Result<usize, tonic::Status> {
+    let mut stream = peer_read(sb, grant, schema, table, columns).await?;
+    let mut bytes = 0;
+    while let Some(frame) = stream.message().await? {
+        if let Some(hostshift_proto::v1::frame::Kind::Chunk(c)) = frame.kind {
+            bytes += c.data.len();
+        }
+    }
+    Ok(bytes)
+}
+
+/// The stream of a raw `Source.Read` of one table (text `COPY`), as [`peer_reads_table`] reads it.
+async fn peer_read(
+    sb: &Sandbox,
+    grant: &str,
+    schema: &str,
+    table: &str,
+    columns: &[&str],
+) -> Result<tonic::Streaming<hostshift_proto::v1::Frame>, tonic::Status> {
     use hostshift_agent::postgres::{CopyFormat, TableInfo, TableKind, TableRef};
     use hostshift_proto::v1::source_client::SourceClient;
     use hostshift_proto::v1::{DbTable, ReadRequest, read_request::What};
@@ -262,7 +280,7 @@ async fn peer_reads_table(
         estimated_bytes: 0,
     };
     let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
-    let mut stream = SourceClient::new(ch)
+    let stream = SourceClient::new(ch)
         .read(ReadRequest {
             grant: grant.to_string(),
             what: Some(What::DbTable(DbTable {
@@ -276,13 +294,7 @@ async fn peer_reads_table(
         })
         .await?
         .into_inner();
-    let mut bytes = 0;
-    while let Some(frame) = stream.message().await? {
-        if let Some(hostshift_proto::v1::frame::Kind::Chunk(c)) = frame.kind {
-            bytes += c.data.len();
-        }
-    }
-    Ok(bytes)
+    Ok(stream)
 }
 
 #[tokio::test]
@@ -440,10 +452,8 @@ async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
 /// its lock, no task reading the table to its end for nobody.
 #[tokio::test]
 async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
-    use hostshift_agent::postgres::{CopyFormat, TableInfo, TableKind, TableRef};
+    use hostshift_proto::v1::CreateGrantRequest;
     use hostshift_proto::v1::grants_client::GrantsClient;
-    use hostshift_proto::v1::source_client::SourceClient;
-    use hostshift_proto::v1::{CreateGrantRequest, DbTable, ReadRequest, read_request::What};
     let mut sb = Sandbox::new("guard_read_dropped").await;
     sb.plan_databases = false;
     let old = sb.world.old_pg.connect(&sb.old_db).await;
@@ -474,31 +484,9 @@ async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
         .expect("pg_stat_activity")
         .get::<_, i64>(0)
     };
-    let info = TableInfo {
-        table: TableRef::new("public", "wide"),
-        kind: TableKind::Ordinary,
-        columns: vec!["id".into(), "body".into()],
-        format: CopyFormat::Binary,
-        int_key: None,
-        estimated_rows: None,
-        estimated_bytes: 0,
-    };
-    let ch = sb.old().channel(&sb.world.certs_agent("new")).await;
-    let mut stream = SourceClient::new(ch)
-        .read(ReadRequest {
-            grant,
-            what: Some(What::DbTable(DbTable {
-                database: "app".into(),
-                table: Some(info.into()),
-                range: None,
-                pages: None,
-                snapshot: String::new(),
-                mode: String::new(),
-            })),
-        })
+    let mut stream = peer_read(&sb, &grant, "public", "wide", &["id", "body"])
         .await
-        .expect("the read starts")
-        .into_inner();
+        .expect("the read starts");
     let first = stream.message().await.expect("a first frame");
     assert!(first.is_some(), "the table has rows");
     assert_eq!(copying().await, 1, "the old server is still copying");
