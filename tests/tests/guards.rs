@@ -240,6 +240,24 @@ async fn a_second_sync_of_the_same_plan_fails_at_once_naming_the_first() {
     assert_eq!(again.code, 0, "{}", again.both());
 }
 
+/// The grant a sync issues to the new agent for database `app` (coordinator → old agent), with
+/// `selections` (empty: every table).
+async fn peer_grant(sb: &Sandbox, selections: Vec<hostshift_proto::v1::DbSelection>) -> String {
+    use hostshift_proto::v1::CreateGrantRequest;
+    use hostshift_proto::v1::grants_client::GrantsClient;
+    GrantsClient::new(sb.old().channel(&sb.world.certs_coordinator()).await)
+        .create(CreateGrantRequest {
+            peer: "new".into(),
+            scopes: vec!["database:app".into()],
+            ttl_secs: 600,
+            selections,
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .token
+}
+
 /// A raw `Source.Read` of one table with the peer agent's certificate and `grant`: the rows'
 /// bytes, or the refusal.
 async fn peer_reads_table(
@@ -299,27 +317,20 @@ async fn peer_read(
 
 #[tokio::test]
 async fn a_peer_grant_reads_only_existing_columns_of_the_plans_selected_user_tables() {
-    use hostshift_proto::v1::grants_client::GrantsClient;
-    use hostshift_proto::v1::{CreateGrantRequest, DbSelection};
+    use hostshift_proto::v1::DbSelection;
     let mut sb = Sandbox::new("guard_peer_read").await;
     sb.plan_databases = false;
     sb.start(sb.old_setup(), sb.new_setup()).await;
     // The grant a sync of a plan excluding one table issues (coordinator → old agent).
-    let grant = GrantsClient::new(sb.old().channel(&sb.world.certs_coordinator()).await)
-        .create(CreateGrantRequest {
-            peer: "new".into(),
-            scopes: vec!["database:app".into()],
-            ttl_secs: 600,
-            selections: vec![DbSelection {
-                database: "app".into(),
-                include: vec![],
-                exclude: vec!["public.project_evaluation_runs".into()],
-            }],
-        })
-        .await
-        .expect("grant")
-        .into_inner()
-        .token;
+    let grant = peer_grant(
+        &sb,
+        vec![DbSelection {
+            database: "app".into(),
+            include: vec![],
+            exclude: vec!["public.project_evaluation_runs".into()],
+        }],
+    )
+    .await;
 
     let refused = |r: Result<usize, tonic::Status>, what: &str| -> tonic::Status {
         match r {
@@ -452,8 +463,6 @@ async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
 /// its lock, no task reading the table to its end for nobody.
 #[tokio::test]
 async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
-    use hostshift_proto::v1::CreateGrantRequest;
-    use hostshift_proto::v1::grants_client::GrantsClient;
     let mut sb = Sandbox::new("guard_read_dropped").await;
     sb.plan_databases = false;
     let old = sb.world.old_pg.connect(&sb.old_db).await;
@@ -464,17 +473,7 @@ async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
     .await
     .expect("a table of ~150 MB");
     sb.start(sb.old_setup(), sb.new_setup()).await;
-    let grant = GrantsClient::new(sb.old().channel(&sb.world.certs_coordinator()).await)
-        .create(CreateGrantRequest {
-            peer: "new".into(),
-            scopes: vec!["database:app".into()],
-            ttl_secs: 600,
-            selections: vec![],
-        })
-        .await
-        .expect("grant")
-        .into_inner()
-        .token;
+    let grant = peer_grant(&sb, vec![]).await;
     let copying = || async {
         old.query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %wide%' AND pid <> pg_backend_pid()",
