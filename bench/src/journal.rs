@@ -129,12 +129,13 @@ pub fn phases(spans: &[Span]) -> Vec<Phase> {
     push("db: pre-data schema", pre.map(|s| s.start_ms), pre.map(|s| s.end_ms));
     push("db: table data (COPY pieces)", table_start, table_end);
     // Index builds of big tables run while the data loads (docs/sync.md); one that is still
-    // running when the last piece is in holds the post-data step back.
-    let early_end = last_end(spans, |s| s.unit.contains("(post-data, indexes of "));
+    // running when the last piece is in holds the post-data step back, and the other tables'
+    // builds run beside it (`(post-data, the other tables' indexes)`, protocol 5).
+    let early_end = last_end(spans, |s| s.unit.contains("(post-data, indexes of ") || s.unit.contains("(post-data, the other tables' indexes)"));
     if let (Some(t), Some(e)) = (table_end, early_end)
         && e > t
     {
-        push("db: early index builds after the last piece", Some(t), Some(e));
+        push("db: index builds after the last piece", Some(t), Some(e));
     }
     let post_name = match post {
         Some(p) if p.unit.ends_with("(failed)") => "db: post-data (already in place: refused)",

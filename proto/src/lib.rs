@@ -11,7 +11,10 @@
 //! 3 = storage batches framed without chunk digests (an older receiver would refuse them);
 //! 4 = post-data applied in parts (`DbSchema.build_of` / `all_but`: an older receiver would apply
 //! the whole section while tables still load), a first copy's pieces by heap pages
-//! (`DbTable.pages`: an older source would copy the whole table for each piece).
+//! (`DbTable.pages`: an older source would copy the whole table for each piece);
+//! 5 = the other tables' index builds beside a big table's still under way
+//! (`DbSchema.builds_only` / `after_builds`: an older receiver would apply every foreign key
+//! before the key it references exists).
 //!
 //! Services (one per concern, each served by one folder of the agent):
 //! - `Agent` — identity, tools, disk and database reachability (`Info`), sizes and row counts
@@ -26,7 +29,7 @@
 #![allow(missing_docs)] // generated code carries the .proto comments, not `///` on every item.
 
 /// Protocol major version spoken by this build. Agents report it in `Info`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Generated types and services of package `hostshift.v1`.
 pub mod v1 {

@@ -732,6 +732,108 @@ async fn a_first_copy_builds_a_big_tables_indexes_while_the_others_load_each_obj
 }
 
 #[tokio::test]
+async fn other_tables_build_beside_a_big_tables_late_build_and_foreign_keys_wait_for_every_key() {
+    let mut sb = Sandbox::new("db_builds_beside").await;
+    // `big` is the only table over the early-build size (its TOASTed pad, ~3 MB): copied first,
+    // its indexes start building while the rest loads. Two of them sleep per row on the new host
+    // only (~3 s each, on both post-data connections), so its build is still under way when the
+    // copy ends; the unique index `leaf`'s foreign key references sorts after them, so it exists
+    // only at the end of that build: a foreign key added before every build is done would fail.
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE FUNCTION public.slow_on_new(i integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE
+             SET search_path = pg_catalog AS $$
+         BEGIN
+             IF pg_catalog.current_database() LIKE '%\\_new' THEN
+                 PERFORM pg_catalog.pg_sleep(0.02);
+             END IF;
+             RETURN i;
+         END $$;
+         CREATE TABLE public.big (id integer PRIMARY KEY, code text NOT NULL, pad text NOT NULL);
+         INSERT INTO public.big
+             SELECT i, 'c' || i, (SELECT string_agg(md5(i::text || ':' || j), '') FROM generate_series(1, 600) j)
+             FROM generate_series(1, 150) i;
+         CREATE INDEX aa_big_slow_1 ON public.big (public.slow_on_new(id));
+         CREATE INDEX ab_big_slow_2 ON public.big (public.slow_on_new(-id));
+         CREATE UNIQUE INDEX zz_big_code ON public.big (code);
+         CREATE TABLE public.leaf (id integer PRIMARY KEY, code text REFERENCES public.big (code));
+         INSERT INTO public.leaf SELECT i, 'c' || (i % 150 + 1) FROM generate_series(1, 500) i;
+         ANALYZE public.big;",
+    )
+    .await
+    .expect("the big table and its leaf on the old host");
+    let big_bytes: i64 = old
+        .query_one("SELECT pg_table_size('public.big')", &[])
+        .await
+        .expect("big's size")
+        .get(0);
+    let others: i64 = old
+        .query_one(
+            "SELECT coalesce(max(pg_table_size(c.oid)), 0) FROM pg_class c \
+             WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname <> 'big'",
+            &[],
+        )
+        .await
+        .expect("the other tables' sizes")
+        .get(0);
+    assert!(
+        big_bytes > others,
+        "big ({big_bytes} bytes) must be the biggest table (the largest other: {others})"
+    );
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let plan = sb.plan_path().display().to_string();
+    let early = big_bytes.to_string();
+    let out = rig::cli_in(
+        &sb.dir,
+        &["sync", "--json", "--only", "db", "--plan", &plan],
+        &[("HOSTSHIFT_EARLY_INDEX_BYTES", early.as_str())],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.both());
+
+    let journal = rig::cutover::read_journal(&sb.dir.join(".hostshift/test/journal.jsonl"));
+    let at = |unit: &dyn Fn(&str) -> bool, status: &str| {
+        journal
+            .iter()
+            .position(|e| e["status"] == status && e["unit"].as_str().is_some_and(unit))
+    };
+    let big_built = at(
+        &|u| u == "database app schema (post-data, indexes of public.big)",
+        "done",
+    );
+    let others_started = at(
+        &|u| u == "database app schema (post-data, the other tables' indexes)",
+        "started",
+    );
+    let others_done = at(
+        &|u| u == "database app schema (post-data, the other tables' indexes)",
+        "done",
+    );
+    let last_piece = journal.iter().rposition(|e| {
+        e["status"] == "done" && e["unit"].as_str().is_some_and(|u| u.starts_with("table "))
+    });
+    let post = at(&|u| u == "database app schema (post-data)", "started");
+    // The other tables' builds start once the copy ended, while big's still runs, and end before
+    // it; the post-data step (foreign keys, triggers) starts only after both.
+    assert!(
+        matches!(
+            (last_piece, others_started, others_done, big_built, post),
+            (Some(l), Some(s), Some(o), Some(b), Some(p)) if l < s && o < b && b < p
+        ),
+        "copy end {last_piece:?} < others' builds {others_started:?}..{others_done:?} < big's build done {big_built:?} < post-data {post:?}: {journal:#?}"
+    );
+
+    // Every index, key (the foreign key to big's late unique index too) and trigger once, and
+    // the same data.
+    let new = sb.world.new_pg.connect(&sb.new_db).await;
+    assert_eq!(
+        rig::post_data_objects(&new).await,
+        rig::post_data_objects(&old).await
+    );
+    assert_eq!(digest(&sb, false).await, digest(&sb, true).await);
+}
+
+#[tokio::test]
 async fn a_first_copy_by_pages_under_moving_rows_is_one_snapshot_no_row_twice_or_lost() {
     let mut sb = Sandbox::new("db_pages_live").await;
     let old = sb.world.old_pg.connect(&sb.old_db).await;

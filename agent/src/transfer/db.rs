@@ -354,23 +354,36 @@ where
     Ok(res)
 }
 
-/// The part of the post-data section an apply runs (`build_of` / `all_but`, at most one).
+/// The part of the post-data section an apply runs (`build_of` / `all_but`, at most one;
+/// `builds_only` with `all_but` or none; `after_builds` alone).
 ///
 /// # Errors
-/// `InvalidArgument` when both are set.
+/// `InvalidArgument` for any other combination.
 fn post_data_part(r: &DbSchema) -> Result<PostDataPart, AgentError> {
     let tables = |t: &[hostshift_proto::v1::TableRef]| {
         t.iter()
             .map(|t| TableRef::new(&t.schema, &t.table))
             .collect::<Vec<_>>()
     };
-    match (r.build_of.is_empty(), r.all_but.is_empty()) {
-        (true, true) => Ok(PostDataPart::Whole),
-        (false, true) => Ok(PostDataPart::BuildOf(tables(&r.build_of))),
-        (true, false) => Ok(PostDataPart::AllBut(tables(&r.all_but))),
-        (false, false) => Err(AgentError::InvalidArgument(
-            "a post-data apply names both `build_of` and `all_but` tables: at most one".into(),
-        )),
+    let refuse = |what: &str| {
+        Err(AgentError::InvalidArgument(format!(
+            "a post-data apply names {what}: `build_of` or `all_but` (at most one), `builds_only` only with `all_but`, `after_builds` alone"
+        )))
+    };
+    match (
+        r.build_of.is_empty(),
+        r.all_but.is_empty(),
+        r.builds_only,
+        r.after_builds,
+    ) {
+        (true, true, false, false) => Ok(PostDataPart::Whole),
+        (false, true, false, false) => Ok(PostDataPart::BuildOf(tables(&r.build_of))),
+        (true, false, false, false) => Ok(PostDataPart::AllBut(tables(&r.all_but))),
+        (true, _, true, false) => Ok(PostDataPart::BuildsAllBut(tables(&r.all_but))),
+        (true, true, false, true) => Ok(PostDataPart::AfterBuilds),
+        (false, false, ..) => refuse("both `build_of` and `all_but` tables"),
+        (false, _, true, _) => refuse("`build_of` tables with `builds_only`"),
+        _ => refuse("`after_builds` with other parts"),
     }
 }
 

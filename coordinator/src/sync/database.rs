@@ -554,9 +554,13 @@ async fn compare(
 /// [`early_index_bytes`]) are built as soon as its last piece is in, while the other tables
 /// still load — as `pgcopydb` does: on a first copy they are most of the post-data time, which
 /// otherwise starts only after the last table. The tables whose data is in queue up and are built
-/// together, one such build at a time; one under way when the copy ends is waited for, one not
-/// started yet is left to the post-data step, as is one whose early build failed (that step
-/// skips what was built and reports a real error).
+/// together, one such build at a time; one not started yet when the copy ends is left to the
+/// post-data step, as is one whose early build failed (that step skips what was built and
+/// reports a real error). One still under way when the copy ends is waited for, and meanwhile
+/// the indexes and keys of every other table are built beside it (on the benchmark's reference
+/// host the last big table's build ran ~2 s on one core of two, and the post-data step waited
+/// for it); the post-data step then only adds what needs every index: foreign keys, triggers and
+/// the rest.
 async fn table_data(
     run: &Run<'_>,
     d: &PlanDatabase,
@@ -565,7 +569,7 @@ async fn table_data(
     snapshot: &str,
     fresh: bool,
     r: &mut UnitReport,
-) -> Result<(u64, Vec<TableRef>), UnitError> {
+) -> Result<(u64, Built), UnitError> {
     let pieces = if fresh {
         fresh_pieces(run, d, &work.to_copy, snapshot).await?
     } else {
@@ -596,6 +600,11 @@ async fn table_data(
     // where it runs beside the other entries instead of alone before them.
     let copied_all = std::sync::atomic::AtomicBool::new(false);
     let copy_ended = &copied_all;
+    // The early build under way (its tables) and the tables built so far: when the copy ends
+    // during a build, the other tables' builds start beside it. One task, never held across an
+    // await.
+    let builds = std::cell::RefCell::new((Vec::<TableRef>::new(), Vec::<TableRef>::new()));
+    let builds = &builds;
     let copying = async move {
         let mut results: Vec<Result<PieceDone, UnitError>> = Vec::with_capacity(count);
         let mut copies =
@@ -634,7 +643,24 @@ async fn table_data(
         }
         copy_ended.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(ready);
-        results
+        let (running, built) = builds.borrow().clone();
+        if running.is_empty() || results.iter().any(Result::is_err) {
+            return (results, None);
+        }
+        let skip: Vec<TableRef> = built.into_iter().chain(running).collect();
+        let mut retried = Vec::new();
+        let others = match build_other_indexes(run, d, sel, snapshot, &skip, &mut retried).await {
+            Ok(()) => Some(skip),
+            Err(e) => {
+                run.progress.say(&format!(
+                    "database {}: building the other tables' indexes failed ({e}); the post-data step builds them",
+                    d.name
+                ));
+                retried.push(e);
+                None
+            }
+        };
+        (results, Some((others, retried)))
     };
     let building = async {
         let mut built: Vec<TableRef> = Vec::new();
@@ -647,8 +673,14 @@ async fn table_data(
             while let Ok(t) = queue.try_recv() {
                 batch.push(t);
             }
-            match build_indexes(run, d, sel, snapshot, &batch, &mut retried).await {
-                Ok(()) => built.extend(batch),
+            builds.borrow_mut().0.clone_from(&batch);
+            let result = build_indexes(run, d, sel, snapshot, &batch, &mut retried).await;
+            builds.borrow_mut().0.clear();
+            match result {
+                Ok(()) => {
+                    builds.borrow_mut().1.extend(batch.iter().cloned());
+                    built.extend(batch);
+                }
                 Err(e) => {
                     run.progress.say(&format!(
                         "database {}: building the indexes of {} early failed ({e}); the post-data step builds them",
@@ -661,7 +693,7 @@ async fn table_data(
         }
         (built, retried)
     };
-    let (results, (built, build_retried)) = tokio::join!(copying, building);
+    let ((results, others), (built, build_retried)) = tokio::join!(copying, building);
     let mut rows = 0u64;
     for res in results {
         let (bytes, n, retried) = res?;
@@ -670,7 +702,23 @@ async fn table_data(
         r.retried.extend(retried);
     }
     r.retried.extend(build_retried);
-    Ok((rows, built))
+    let mut all = false;
+    if let Some((others, retried)) = others {
+        r.retried.extend(retried);
+        // Every build is in only when the one under way at the end succeeded too.
+        all = others.is_some_and(|skip| skip.iter().all(|t| built.contains(t)));
+    }
+    Ok((rows, Built { tables: built, all }))
+}
+
+/// The index builds done while the data loaded.
+#[derive(Debug, Default)]
+struct Built {
+    /// Tables whose indexes and key constraints were built.
+    tables: Vec<TableRef>,
+    /// True when every table's were (the others' beside the last early build): the post-data
+    /// step then adds only what needs them all.
+    all: bool,
 }
 
 /// Tables at least this big (the planner's estimate, bytes) get their indexes built as soon as
@@ -732,7 +780,24 @@ async fn build_indexes(
         d.name,
         names(tables)
     );
-    apply_post_data(run, &name, sel, snapshot, (tables, &[]), retried).await
+    apply_post_data(run, &name, sel, snapshot, Part::BuildOf(tables), retried).await
+}
+
+/// The indexes and key constraints of every table but `skip` (built before, or being built),
+/// beside the early build still under way when the copy ended.
+async fn build_other_indexes(
+    run: &Run<'_>,
+    d: &PlanDatabase,
+    sel: &Selections,
+    snapshot: &str,
+    skip: &[TableRef],
+    retried: &mut Vec<UnitError>,
+) -> Result<(), UnitError> {
+    let name = format!(
+        "database {} schema (post-data, the other tables' indexes)",
+        d.name
+    );
+    apply_post_data(run, &name, sel, snapshot, Part::BuildsAllBut(skip), retried).await
 }
 
 /// The sequences' positions, read in the snapshot and set on the new host.
@@ -765,29 +830,47 @@ async fn sequences(
 }
 
 /// The post-data section (indexes, constraints, triggers) from the old host's snapshot, but the
-/// indexes and key constraints of `built` (built while the data loaded). The new agent applies
-/// it entry by entry, two at a time, and skips an entry whose object already exists, so
-/// completing an interrupted one is safe and nothing is built twice.
+/// indexes and key constraints built while the data loaded (`built`: all of them, or those of
+/// its tables). The new agent applies it entry by entry, two at a time, and skips an entry whose
+/// object already exists, so completing an interrupted one is safe and nothing is built twice.
 async fn post_data(
     run: &Run<'_>,
     unit: &str,
     sel: &Selections,
     snapshot: &str,
-    built: &[TableRef],
+    built: &Built,
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
     let name = format!("{unit} schema (post-data)");
-    apply_post_data(run, &name, sel, snapshot, (&[], built), retried).await
+    let part = if built.all {
+        Part::AfterBuilds
+    } else {
+        Part::AllBut(&built.tables)
+    };
+    apply_post_data(run, &name, sel, snapshot, part, retried).await
+}
+
+/// Which entries of the post-data section an apply runs (the agent's `PostDataPart`).
+#[derive(Clone, Copy, Debug)]
+enum Part<'a> {
+    /// The indexes and key constraints of these tables.
+    BuildOf(&'a [TableRef]),
+    /// Every entry but the indexes and key constraints of these tables (none: all of it).
+    AllBut(&'a [TableRef]),
+    /// The indexes and key constraints of every table but these.
+    BuildsAllBut(&'a [TableRef]),
+    /// Every entry but the indexes and key constraints.
+    AfterBuilds,
 }
 
 /// Streams the post-data section of the old host's snapshot to the new host as journal unit
-/// `name`, which applies its `build_of` / `all_but` part of it (both empty: all of it).
+/// `name`, which applies `part` of it.
 async fn apply_post_data(
     run: &Run<'_>,
     name: &str,
     sel: &Selections,
     snapshot: &str,
-    (build_of, all_but): (&[TableRef], &[TableRef]),
+    part: Part<'_>,
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
     let refs = |t: &[TableRef]| t.iter().map(|t| t.clone().into()).collect();
@@ -797,12 +880,19 @@ async fn apply_post_data(
         snapshot: snapshot.into(),
         ..DbSchema::default()
     };
-    let post_apply = DbSchema {
+    let mut post_apply = DbSchema {
         selection: Some(sel.new.clone()),
-        build_of: refs(build_of),
-        all_but: refs(all_but),
         ..post.clone()
     };
+    match part {
+        Part::BuildOf(t) => post_apply.build_of = refs(t),
+        Part::AllBut(t) => post_apply.all_but = refs(t),
+        Part::BuildsAllBut(t) => {
+            post_apply.all_but = refs(t);
+            post_apply.builds_only = true;
+        }
+        Part::AfterBuilds => post_apply.after_builds = true,
+    }
     transfer(
         run,
         name,

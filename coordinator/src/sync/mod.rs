@@ -288,7 +288,7 @@ pub enum SyncError {
     /// whole post-data section or copy a whole table for each page piece), so nothing is
     /// started.
     #[error(
-        "refusing to sync: the {side} agent at {address} speaks protocol {agent}, this coordinator {ours} — a mixed pair cannot move data (storage batches since protocol 3, page pieces and partial post-data since protocol 4: each side would misread the other); nothing was written. Install the same hostshift release on both hosts and the jump box, then run `hostshift check`"
+        "refusing to sync: the {side} agent at {address} speaks protocol {agent}, this coordinator {ours} — a mixed pair cannot move data (storage batches since protocol 3, page pieces and partial post-data since protocol 4, index builds beside a running one since 5: each side would misread the other); nothing was written. Install the same hostshift release on both hosts and the jump box, then run `hostshift check`"
     )]
     Protocol {
         /// `old` or `new`.
