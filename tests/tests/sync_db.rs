@@ -734,31 +734,36 @@ async fn a_first_copy_builds_a_big_tables_indexes_while_the_others_load_each_obj
 #[tokio::test]
 async fn other_tables_build_beside_a_big_tables_late_build_and_foreign_keys_wait_for_every_key() {
     let mut sb = Sandbox::new("db_builds_beside").await;
-    // `big` is the only table over the early-build size (its TOASTed pad, ~3 MB): copied first,
-    // its indexes start building while the rest loads. Two of them sleep per row on the new host
-    // only (~3 s each, on both post-data connections), so its build is still under way when the
-    // copy ends; the unique index `leaf`'s foreign key references sorts after them, so it exists
-    // only at the end of that build: a foreign key added before every build is done would fail.
+    // `big` is the only table over the early-build size (~17 MB of pages, all but 150 of their
+    // rows deleted: big, yet quick to copy): copied first, its indexes start building while the
+    // rest loads — `bulk`, smaller in bytes but 300,000 rows in two pieces, makes sure the copy
+    // does not end with big's piece. Two of
+    // big's indexes sleep per row on the new host only (~6 s each, on both post-data
+    // connections), so its build is still under way when the copy ends; the unique index
+    // `leaf`'s foreign key references sorts after them, so it exists only at the end of that
+    // build: a foreign key added before every build is done would fail.
     let old = sb.world.old_pg.connect(&sb.old_db).await;
     old.batch_execute(
         "CREATE FUNCTION public.slow_on_new(i integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE
              SET search_path = pg_catalog AS $$
          BEGIN
              IF pg_catalog.current_database() LIKE '%\\_new' THEN
-                 PERFORM pg_catalog.pg_sleep(0.02);
+                 PERFORM pg_catalog.pg_sleep(0.04);
              END IF;
              RETURN i;
          END $$;
-         CREATE TABLE public.big (id integer PRIMARY KEY, code text NOT NULL, pad text NOT NULL);
-         INSERT INTO public.big
-             SELECT i, 'c' || i, (SELECT string_agg(md5(i::text || ':' || j), '') FROM generate_series(1, 600) j)
-             FROM generate_series(1, 150) i;
+         CREATE TABLE public.big (id integer PRIMARY KEY, code text NOT NULL, pad text NOT NULL)
+             WITH (autovacuum_enabled = false);
+         INSERT INTO public.big SELECT i, 'c' || i, md5(i::text) FROM generate_series(1, 250000) i;
+         DELETE FROM public.big WHERE id > 150;
          CREATE INDEX aa_big_slow_1 ON public.big (public.slow_on_new(id));
          CREATE INDEX ab_big_slow_2 ON public.big (public.slow_on_new(-id));
          CREATE UNIQUE INDEX zz_big_code ON public.big (code);
          CREATE TABLE public.leaf (id integer PRIMARY KEY, code text REFERENCES public.big (code));
          INSERT INTO public.leaf SELECT i, 'c' || (i % 150 + 1) FROM generate_series(1, 500) i;
-         ANALYZE public.big;",
+         CREATE TABLE public.bulk (id integer PRIMARY KEY, v integer NOT NULL);
+         INSERT INTO public.bulk SELECT i, i % 7 FROM generate_series(1, 300000) i;
+         ANALYZE public.big; ANALYZE public.bulk;",
     )
     .await
     .expect("the big table and its leaf on the old host");

@@ -649,7 +649,16 @@ async fn table_data(
         }
         let skip: Vec<TableRef> = built.into_iter().chain(running).collect();
         let mut retried = Vec::new();
-        let others = match build_other_indexes(run, d, sel, snapshot, &skip, &mut retried).await {
+        let others = match build_indexes(
+            run,
+            d,
+            sel,
+            snapshot,
+            Part::BuildsAllBut(&skip),
+            &mut retried,
+        )
+        .await
+        {
             Ok(()) => Some(skip),
             Err(e) => {
                 run.progress.say(&format!(
@@ -674,7 +683,8 @@ async fn table_data(
                 batch.push(t);
             }
             builds.borrow_mut().0.clone_from(&batch);
-            let result = build_indexes(run, d, sel, snapshot, &batch, &mut retried).await;
+            let result =
+                build_indexes(run, d, sel, snapshot, Part::BuildOf(&batch), &mut retried).await;
             builds.borrow_mut().0.clear();
             match result {
                 Ok(()) => {
@@ -765,39 +775,24 @@ fn names(tables: &[TableRef]) -> String {
         .join(", ")
 }
 
-/// The indexes and key constraints of `tables` (whose data is in), from the post-data section of
-/// the old host's snapshot.
+/// Index builds while the data loads, from the post-data section of the old host's snapshot:
+/// the indexes and key constraints of some tables whose data is in (`Part::BuildOf`), or of
+/// every table but some (`Part::BuildsAllBut`: those built before or being built, beside the
+/// early build still under way when the copy ended).
 async fn build_indexes(
     run: &Run<'_>,
     d: &PlanDatabase,
     sel: &Selections,
     snapshot: &str,
-    tables: &[TableRef],
+    part: Part<'_>,
     retried: &mut Vec<UnitError>,
 ) -> Result<(), UnitError> {
-    let name = format!(
-        "database {} schema (post-data, indexes of {})",
-        d.name,
-        names(tables)
-    );
-    apply_post_data(run, &name, sel, snapshot, Part::BuildOf(tables), retried).await
-}
-
-/// The indexes and key constraints of every table but `skip` (built before, or being built),
-/// beside the early build still under way when the copy ended.
-async fn build_other_indexes(
-    run: &Run<'_>,
-    d: &PlanDatabase,
-    sel: &Selections,
-    snapshot: &str,
-    skip: &[TableRef],
-    retried: &mut Vec<UnitError>,
-) -> Result<(), UnitError> {
-    let name = format!(
-        "database {} schema (post-data, the other tables' indexes)",
-        d.name
-    );
-    apply_post_data(run, &name, sel, snapshot, Part::BuildsAllBut(skip), retried).await
+    let of = match part {
+        Part::BuildOf(tables) => format!("indexes of {}", names(tables)),
+        _ => "the other tables' indexes".to_string(),
+    };
+    let name = format!("database {} schema (post-data, {of})", d.name);
+    apply_post_data(run, &name, sel, snapshot, part, retried).await
 }
 
 /// The sequences' positions, read in the snapshot and set on the new host.
