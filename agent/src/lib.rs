@@ -108,6 +108,8 @@ pub struct Ctx {
     pub followers: follow::Followers,
     /// The old host's side: one PostgreSQL session per followed database, reused by its peeks.
     pub follow_sessions: follow::source::Sessions,
+    /// The old host's side: sessions kept for the next table piece a sync reads.
+    pub read_pool: Arc<postgres::ReadPool>,
 }
 
 impl Ctx {
@@ -173,6 +175,7 @@ pub async fn serve(
         snapshots: database::Snapshots::default(),
         followers: follow::Followers::default(),
         follow_sessions: follow::source::Sessions::default(),
+        read_pool: Arc::default(),
     });
     let addr = listener
         .local_addr()

@@ -511,4 +511,80 @@ async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
         read < 1_000_000,
         "the COPY read {read} of 1,000,000 rows after its reader went away"
     );
+    // And the session is gone, not kept for the next read (it is mid-COPY).
+    assert_eq!(
+        agent_sessions(&old).await,
+        Vec::<i32>::new(),
+        "the torn read's session is closed"
+    );
+}
+
+/// The old agent's sessions on the old database (their backend pids), idle or not.
+async fn agent_sessions(old: &tokio_postgres::Client) -> Vec<i32> {
+    old.query_one(
+        "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+        &[&hostshift_agent::postgres::connect::APPLICATION_NAME],
+    )
+    .await
+    .expect("pg_stat_activity")
+    .get(0)
+}
+
+#[tokio::test]
+async fn table_reads_in_turn_share_one_session_on_the_old_database() {
+    let mut sb = Sandbox::new("guard_read_session").await;
+    sb.plan_databases = false;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(
+        "CREATE TABLE piece (id bigint PRIMARY KEY, body text);
+         INSERT INTO piece SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+    )
+    .await
+    .expect("a table");
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    let grant = peer_grant(&sb, vec![]).await;
+    let first = peer_reads_table(&sb, &grant, "public", "piece", &["id", "body"])
+        .await
+        .expect("a first read");
+    // The session that read it waits for the next piece (a fresh session per piece made the old
+    // server map its shared buffers again each time: docs/BENCHMARKS.md).
+    let kept = agent_sessions(&old).await;
+    assert_eq!(kept.len(), 1, "one session kept after the read: {kept:?}");
+    let second = peer_reads_table(&sb, &grant, "public", "piece", &["id", "body"])
+        .await
+        .expect("a second read");
+    assert_eq!(first, second, "the same rows both times");
+    assert_eq!(
+        agent_sessions(&old).await,
+        kept,
+        "the second read ran in the first one's session"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_session_is_closed_after_its_idle_limit() {
+    use hostshift_agent::config::DatabaseConfig;
+    use hostshift_agent::postgres::ReadPool;
+    let sb = Sandbox::new("guard_read_pool_limit").await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    let db = DatabaseConfig {
+        name: "app".into(),
+        conninfo: sb.world.old_pg.conninfo(&sb.old_db),
+        password_file: None,
+        ca_file: None,
+    };
+    let pool = std::sync::Arc::new(ReadPool::with_limit(std::time::Duration::from_millis(300)));
+    drop(pool.take(&db).await.expect("a session"));
+    assert_eq!(pool.idle_count("app"), 1, "an idle session is kept");
+    assert_eq!(agent_sessions(&old).await.len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent_sessions(&old).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept session still exists 10 s after its 0.3 s limit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(pool.idle_count("app"), 0);
 }

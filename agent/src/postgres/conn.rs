@@ -12,6 +12,8 @@
 //! Every transaction this module opens on a source is `READ ONLY`: the source is never written,
 //! not even a temporary table.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_postgres::Client;
 
 use super::error::PgSyncError;
@@ -30,6 +32,9 @@ pub struct Conn {
     client: Client,
     database: String,
     driver: Option<super::connect::Driver>,
+    /// False from [`Conn::begin_read_only`] until [`Conn::end_read_only`] succeeded: a session
+    /// whose read did not end as it should is not reused ([`super::pool`]).
+    idle: AtomicBool,
 }
 
 impl Conn {
@@ -49,6 +54,7 @@ impl Conn {
             client,
             database: db.name.clone(),
             driver: Some(driver),
+            idle: AtomicBool::new(true),
         })
     }
 
@@ -58,6 +64,7 @@ impl Conn {
             client,
             database: database.to_string(),
             driver: None,
+            idle: AtomicBool::new(true),
         }
     }
 
@@ -69,6 +76,11 @@ impl Conn {
     /// The configured database name.
     pub fn database(&self) -> &str {
         &self.database
+    }
+
+    /// True unless a read-only transaction began and did not end as it should.
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
     }
 
     /// The client back (e.g. to reuse the connection).
@@ -127,13 +139,16 @@ impl Conn {
             ));
         }
         sql.push_str(PINNED_SETTINGS);
+        self.idle.store(false, Ordering::SeqCst);
         self.exec(&sql, None, "begin a read-only transaction").await
     }
 
     /// Ends a read-only transaction (nothing to keep: `COMMIT` and `ROLLBACK` are the same).
     pub(crate) async fn end_read_only(&self) -> Result<(), PgSyncError> {
         self.exec("COMMIT", None, "end a read-only transaction")
-            .await
+            .await?;
+        self.idle.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }
 

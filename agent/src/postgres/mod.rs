@@ -63,6 +63,7 @@ pub mod freeze;
 pub mod globals;
 pub mod large_objects;
 pub mod matviews;
+pub mod pool;
 pub mod ranges;
 pub mod schema;
 pub mod schema_digest;
@@ -85,6 +86,7 @@ pub use large_objects::{
     read_large_object, remove_large_objects,
 };
 pub use matviews::{NOT_POPULATED, matview_fingerprints, refresh_matviews};
+pub use pool::{Pooled, ReadPool};
 pub use ranges::{KeyRange, split_pages, split_ranges};
 pub use schema::{
     DUMP_CHUNK_BYTES, MAX_SCHEMA_BYTES, PostDataPart, SchemaBuffer, Section, dump_section,

@@ -2,6 +2,7 @@
 //! objects) through [`crate::postgres`] and frames them; the target side verifies and applies,
 //! committing a table load, a schema section or a large object only after the trailer matched.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -187,19 +188,21 @@ pub async fn read_table(
     allowed: &Selection,
 ) -> Result<FrameRx, AgentError> {
     let (asked, rows) = table_of(r)?;
-    let conn = Conn::connect(ctx.database(&r.database)?).await?;
+    let pooled = ctx.read_pool.take(ctx.database(&r.database)?).await?;
+    let conn: &Conn = pooled.borrow();
     let key = match &rows {
         Rows::Keys(range) => Some(range),
         Rows::All | Rows::Pages(_) => None,
     };
-    let table = postgres::readable_table(&conn, allowed, &asked, key).await?;
+    let table = postgres::readable_table(conn, allowed, &asked, key).await?;
     if matches!(rows, Rows::Pages(_)) {
         // As asked and as it is now (it may have been made partitioned since the split).
         pages_of_ordinary(&table)?;
     }
+    // The session goes back to the pool once the read ended as it should (postgres::pool).
     Ok(framed_stream(
         ctx,
-        postgres::copy_out(conn, &table, rows, snapshot(&r.snapshot)?),
+        postgres::copy_out(pooled, &table, rows, snapshot(&r.snapshot)?),
     ))
 }
 
