@@ -106,6 +106,7 @@ pub async fn report(files: &[(String, PathBuf)]) -> Result<String> {
             parts.push(("all CPUs, by symbol".to_string(), format!("perf report -i '{d}' --stdio -q --sort comm,dso,sym --percent-limit 0.7"), 40));
         } else {
             parts.push((format!("{name}: by symbol, share of its own CPU time"), format!("perf report -i '{d}' --stdio -q --no-children --sort dso,sym -g none --percent-limit 1.5"), 40));
+            parts.push((format!("{name}: inclusive time of its functions (what a step costs with all it calls)"), format!("perf report -i '{d}' --stdio -q --children --sort sym -g none --percent-limit 2.5"), 60));
             parts.push((format!("{name}: who calls the hottest symbols"), format!("perf report -i '{d}' --stdio -q --no-children --sort sym -g caller,2,callee,function,percent --percent-limit 8"), 140));
         }
     }
