@@ -531,3 +531,66 @@ pub async fn remove_large_objects(
     tracing::info!(database, removed = n, "large objects unlinked");
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(build_of: &[&str], all_but: &[&str], builds_only: bool, after: bool) -> DbSchema {
+        let refs = |t: &[&str]| {
+            t.iter()
+                .map(|n| hostshift_proto::v1::TableRef {
+                    schema: "public".into(),
+                    table: (*n).into(),
+                })
+                .collect()
+        };
+        DbSchema {
+            build_of: refs(build_of),
+            all_but: refs(all_but),
+            builds_only,
+            after_builds: after,
+            ..DbSchema::default()
+        }
+    }
+
+    #[test]
+    fn a_post_data_apply_names_one_part_and_mixed_requests_are_refused() {
+        let t = || vec![TableRef::new("public", "t")];
+        let ok = |r: DbSchema| post_data_part(&r).expect("a valid part");
+        assert_eq!(ok(request(&[], &[], false, false)), PostDataPart::Whole);
+        assert_eq!(
+            ok(request(&["t"], &[], false, false)),
+            PostDataPart::BuildOf(t())
+        );
+        assert_eq!(
+            ok(request(&[], &["t"], false, false)),
+            PostDataPart::AllBut(t())
+        );
+        assert_eq!(
+            ok(request(&[], &["t"], true, false)),
+            PostDataPart::BuildsAllBut(t())
+        );
+        assert_eq!(
+            ok(request(&[], &[], true, false)),
+            PostDataPart::BuildsAllBut(vec![])
+        );
+        assert_eq!(
+            ok(request(&[], &[], false, true)),
+            PostDataPart::AfterBuilds
+        );
+        for bad in [
+            request(&["t"], &["t"], false, false),
+            request(&["t"], &[], true, false),
+            request(&[], &["t"], false, true),
+            request(&[], &[], true, true),
+            request(&["t"], &[], false, true),
+        ] {
+            let err = post_data_part(&bad).expect_err("a mixed request");
+            assert!(
+                matches!(err, AgentError::InvalidArgument(_)),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+}
