@@ -672,7 +672,6 @@ async fn table_data(
         (results, Some((others, retried)))
     };
     let building = async {
-        let mut built: Vec<TableRef> = Vec::new();
         let mut retried = Vec::new();
         while let Some(first) = queue.recv().await {
             if copied_all.load(std::sync::atomic::Ordering::SeqCst) {
@@ -687,10 +686,7 @@ async fn table_data(
                 build_indexes(run, d, sel, snapshot, Part::BuildOf(&batch), &mut retried).await;
             builds.borrow_mut().0.clear();
             match result {
-                Ok(()) => {
-                    builds.borrow_mut().1.extend(batch.iter().cloned());
-                    built.extend(batch);
-                }
+                Ok(()) => builds.borrow_mut().1.extend(batch),
                 Err(e) => {
                     run.progress.say(&format!(
                         "database {}: building the indexes of {} early failed ({e}); the post-data step builds them",
@@ -701,9 +697,10 @@ async fn table_data(
                 }
             }
         }
-        (built, retried)
+        retried
     };
-    let ((results, others), (built, build_retried)) = tokio::join!(copying, building);
+    let ((results, others), build_retried) = tokio::join!(copying, building);
+    let built = builds.take().1;
     let mut rows = 0u64;
     for res in results {
         let (bytes, n, retried) = res?;
