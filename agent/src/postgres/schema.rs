@@ -38,7 +38,7 @@
 mod post_data;
 mod toc;
 
-pub use post_data::{MAINTENANCE_WORK_MEM, POST_DATA_PARALLELISM, PostDataPart, SchemaApplied};
+pub use post_data::{POST_DATA_PARALLELISM, PostDataPart, SchemaApplied};
 
 use std::path::Path;
 use std::time::Duration;
@@ -345,12 +345,8 @@ impl SchemaBuffer {
                 reason: "no connection to apply it on".into(),
             });
         };
-        conn.exec(
-            &format!("BEGIN; SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"),
-            None,
-            "begin the schema transaction",
-        )
-        .await?;
+        conn.exec("BEGIN", None, "begin the schema transaction")
+            .await?;
         let early = early_schema_grants(&sql);
         let applied = async {
             if !early.is_empty() {
