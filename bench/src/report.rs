@@ -241,27 +241,31 @@ impl Report {
     fn verdicts(&self) -> Vec<serde_json::Value> {
         let mut v = Vec::new();
         let ratio = |a: f64, b: f64| if b > 0.0 { round2(a / b) } else { 0.0 };
-        let judge = |what: &str, ours: f64, theirs: f64, versus: &str| {
+        // Met when ours <= limit x theirs (issue 15: 1.0 for the whole and the database, 1.6 for
+        // storage, whose floor on this box is tar's CPU plus a SHA-256 pass on each side and TLS).
+        let judge_within = |what: &str, ours: f64, theirs: f64, versus: &str, limit: f64| {
             let r = ratio(ours, theirs);
-            let met = ours <= theirs;
+            let allowed = theirs * limit;
+            let met = ours <= allowed;
             let text = if met {
                 format!("{what}: MET — {ours:.2} s vs {versus} {theirs:.2} s (ratio {r:.2})")
             } else {
                 format!(
-                    "{what}: MISSED by {:.2} s (+{:.0}%) — {ours:.2} s vs {versus} {theirs:.2} s (ratio {r:.2})",
-                    ours - theirs,
-                    (r - 1.0) * 100.0
+                    "{what}: MISSED by {:.2} s (+{:.0}% over {limit:.1} x) — {ours:.2} s vs {versus} {theirs:.2} s (ratio {r:.2})",
+                    ours - allowed,
+                    (ours / allowed - 1.0) * 100.0
                 )
             };
-            json!({ "target": what, "met": met, "ours_s": ours, "theirs_s": theirs, "ratio": r, "text": text })
+            json!({ "target": what, "met": met, "ours_s": ours, "theirs_s": theirs, "ratio": r, "limit": limit, "text": text })
         };
+        let judge = |what: &str, ours: f64, theirs: f64, versus: &str| judge_within(what, ours, theirs, versus, 1.0);
         if let (Some(hs), Some(best)) = (self.med("hostshift.full"), self.med("best.total")) {
             v.push(judge("full sync <= 1.0 x best standard tools", hs, best, "best tools"));
             if let (Some(a), Some(b)) = (self.med("hostshift.full.db"), self.med("best.db")) {
                 v.push(judge("  database part (unit) vs binary COPY pipes + restore -j 2", a, b, "best"));
             }
             if let (Some(a), Some(b)) = (self.med("hostshift.full.storage"), self.med("best.storage")) {
-                v.push(judge("  storage part (unit) vs tar | tar", a, b, "best"));
+                v.push(judge_within("  storage part (unit) <= 1.6 x tar | tar", a, b, "best", 1.6));
             }
         }
         // Not a target (the issue's yardstick runs the two scripts in turn): the same scripts
