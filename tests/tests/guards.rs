@@ -463,16 +463,12 @@ async fn names_the_agents_do_not_declare_are_usage_errors_exit_2() {
 /// its lock, no task reading the table to its end for nobody.
 #[tokio::test]
 async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
-    let mut sb = Sandbox::new("guard_read_dropped").await;
-    sb.plan_databases = false;
-    let old = sb.world.old_pg.connect(&sb.old_db).await;
-    old.batch_execute(
+    let (sb, old) = started_with_table(
+        "guard_read_dropped",
         "CREATE TABLE wide (id bigint PRIMARY KEY, body text);
          INSERT INTO wide SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 1000000) g;",
     )
-    .await
-    .expect("a table of ~150 MB");
-    sb.start(sb.old_setup(), sb.new_setup()).await;
+    .await;
     let grant = peer_grant(&sb, vec![]).await;
     let copying = || async {
         old.query_one(
@@ -519,6 +515,19 @@ async fn a_table_read_dropped_halfway_ends_its_session_on_the_old_database() {
     );
 }
 
+/// A sandbox (no databases in its plan) whose old database first ran `sql`, its agents started,
+/// and a client of that database: the table-read guards' opening.
+async fn started_with_table(name: &str, sql: &str) -> (Sandbox, tokio_postgres::Client) {
+    let mut sb = Sandbox::new(name).await;
+    sb.plan_databases = false;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    old.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: create the table on the old database: {e}"));
+    sb.start(sb.old_setup(), sb.new_setup()).await;
+    (sb, old)
+}
+
 /// The old agent's sessions on the old database (their backend pids), idle or not.
 async fn agent_sessions(old: &tokio_postgres::Client) -> Vec<i32> {
     old.query_one(
@@ -533,16 +542,12 @@ async fn agent_sessions(old: &tokio_postgres::Client) -> Vec<i32> {
 
 #[tokio::test]
 async fn table_reads_in_turn_share_one_session_on_the_old_database() {
-    let mut sb = Sandbox::new("guard_read_session").await;
-    sb.plan_databases = false;
-    let old = sb.world.old_pg.connect(&sb.old_db).await;
-    old.batch_execute(
+    let (sb, old) = started_with_table(
+        "guard_read_session",
         "CREATE TABLE piece (id bigint PRIMARY KEY, body text);
          INSERT INTO piece SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
     )
-    .await
-    .expect("a table");
-    sb.start(sb.old_setup(), sb.new_setup()).await;
+    .await;
     let grant = peer_grant(&sb, vec![]).await;
     let first = peer_reads_table(&sb, &grant, "public", "piece", &["id", "body"])
         .await

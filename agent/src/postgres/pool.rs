@@ -52,6 +52,14 @@ impl ReadPool {
         self.limit.unwrap_or(IDLE_LIMIT)
     }
 
+    /// The idle lists. A panic while they were held can at worst have dropped some idle
+    /// sessions (which closes them), so a poisoned lock is taken as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(Conn, Instant)>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// An idle session of `db`, or a new one.
     ///
     /// # Errors
@@ -70,10 +78,7 @@ impl ReadPool {
 
     fn pop(&self, name: &str) -> Option<Conn> {
         let limit = self.limit();
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self.lock();
         let list = idle.get_mut(name)?;
         while let Some((conn, since)) = list.pop() {
             if since.elapsed() < limit && !conn.client().is_closed() {
@@ -85,20 +90,13 @@ impl ReadPool {
 
     /// Sessions of `name` waiting now (tests, logs).
     pub fn idle_count(&self, name: &str) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .map_or(0, Vec::len)
+        self.lock().get(name).map_or(0, Vec::len)
     }
 
     fn put(self: &Arc<Self>, conn: Conn) {
         let name = conn.database().to_string();
         {
-            let mut idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = self.lock();
             let list = idle.entry(name).or_default();
             if list.len() >= MAX_IDLE {
                 return;
@@ -120,10 +118,7 @@ impl ReadPool {
     fn reap(&self) {
         let limit = self.limit();
         let old: Vec<Conn> = {
-            let mut idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = self.lock();
             let mut old = Vec::new();
             for list in idle.values_mut() {
                 let (keep, expired): (Vec<_>, Vec<_>) = list
