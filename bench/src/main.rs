@@ -45,11 +45,17 @@ pub enum Part {
     /// A live app moved by `hostshift follow` + `cutover`, beside the runbook's and the standard
     /// tools' freeze (about 4 minutes at the reference size; `--scale N` adds a round at N ×).
     Cutover,
+    /// `tar | tar` and `hostshift sync --only storage` into an empty tree, in turn, `--reps`
+    /// times (~20 s a round): a quick A/B of a storage change. Runs only when named in `--only`.
+    Storage,
 }
 
 impl Args {
     /// True when part `p` is not to run (`--skip p`, or `--only` without `p`).
     pub fn skips(&self, p: Part) -> bool {
+        if p == Part::Storage {
+            return !self.only.contains(&p);
+        }
         self.skip.contains(&p) || (!self.only.is_empty() && !self.only.contains(&p))
     }
 }

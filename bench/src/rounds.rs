@@ -94,7 +94,7 @@ impl Ctx<'_> {
 /// # Errors
 /// Any step failing, a copy that does not check out, or `hostshift verify` failing.
 pub async fn run_all(args: &Args, data: &mut Dataset, pids: &sys::PidsFile) -> Result<()> {
-    let sync_parts = [Part::Classic, Part::Best, Part::Hostshift, Part::Delta, Part::Profile];
+    let sync_parts = [Part::Classic, Part::Best, Part::Hostshift, Part::Delta, Part::Profile, Part::Storage];
     let mut report = if sync_parts.iter().all(|p| args.skips(*p)) {
         Report::new(args, sys::machine(&args.work, data.old.bin_dir(), &args.source), data.meta.clone())
     } else {
@@ -203,6 +203,9 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
         if r < args.reps && !cx.skip(Part::Hostshift) {
             hostshift_full(&mut cx, r).await?;
         }
+        if r < args.reps && !cx.skip(Part::Storage) {
+            storage_only(&mut cx, r).await?;
+        }
         if r < args.classic_reps && !cx.skip(Part::Classic) {
             classic(&mut cx, r).await?;
         }
@@ -289,6 +292,23 @@ async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     let snap = cx.begin();
     let out = cx.bl.run("sha256sum of the copy", baselines::HASH_TREE, "-", &cx.lab.new_storage).await?;
     cx.end("yardstick.hash_copy", r, &snap, out.wall.as_secs_f64(), json!(null));
+    Ok(())
+}
+
+/// `--only storage`: `tar | tar`, then the storage unit alone into an empty tree, from the same
+/// cold page cache; recorded as the full rounds' `best.storage` and `hostshift.full.storage`, so
+/// the storage verdict applies (do not combine with `best` or `hostshift`: they would share
+/// the samples).
+async fn storage_only(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
+    tar_pipe(cx, r).await?;
+    cx.lab.reset_target(cx.new_pg).await?;
+    cx.agent_peaks("idle");
+    let snap = cx.begin_copy().await?;
+    let run = cx.lab.sync("--only storage").await?;
+    let info = cx.sync_info(&run, "storage unit alone");
+    cx.end("hostshift.storage_only", r, &snap, run.wall_s, info);
+    cx.derived("hostshift.full.storage", r, run.unit_s("storage"));
+    check_tree(&cx.bl.src, &cx.lab.new_storage).await?;
     Ok(())
 }
 
