@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use hostshift_shared::digest::StreamHasher;
 use tokio_util::sync::CancellationToken;
 
+use super::durable::{WRITEBACK_EVERY, start_writeback};
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, link_target_problem};
 use super::pack::{DEFERRED_MARKER, Deferred, MAX_DEFER_REASON};
@@ -374,6 +375,8 @@ fn write_file<R: Read>(
         .open(dest)
         .map_err(|e| StorageError::io("create", dest, e))?;
     let mut hasher = StreamHasher::new();
+    // Its write-back starts as it is written, so the batch's flush waits less (see `durable`).
+    let mut written_back = 0;
     loop {
         if cancel.is_cancelled() {
             return Err(StorageError::Cancelled {
@@ -395,7 +398,12 @@ fn write_file<R: Read>(
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| StorageError::io("write", dest, e))?;
+        if hasher.len() - written_back >= WRITEBACK_EVERY {
+            start_writeback(&out, written_back, hasher.len());
+            written_back = hasher.len();
+        }
     }
+    start_writeback(&out, written_back, hasher.len());
     let (len, actual) = hasher.finish();
     if len != want.size {
         return Err(StorageError::Truncated {
