@@ -266,22 +266,23 @@ async fn check_tree(src: &Path, dst: &Path) -> Result<u64> {
     tokio::task::spawn_blocking(move || storage_tree::check_copy(&a, &b)).await?
 }
 
+/// `hostshift sync FLAGS` into an emptied target from a cold page cache, recorded as `name`.
+async fn fresh_sync(cx: &mut Ctx<'_>, r: usize, flags: &str, name: &str, what: &str) -> Result<SyncRun> {
+    cx.lab.reset_target(cx.new_pg).await?;
+    cx.agent_peaks("idle");
+    let snap = cx.begin_copy().await?;
+    let run = cx.lab.sync(flags).await?;
+    let info = cx.sync_info(&run, what);
+    cx.end(name, r, &snap, run.wall_s, info);
+    Ok(run)
+}
+
 /// `hostshift sync` as it runs by default (every unit at once), then `--one-at-a-time` into a
 /// fresh target again: each unit's own time (`hostshift.full.db`, `.storage`, `.files`) and where
 /// it goes. Verify and the hash yardstick run after the second.
 async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
-    cx.lab.reset_target(cx.new_pg).await?;
-    cx.agent_peaks("idle");
-    let snap = cx.begin_copy().await?;
-    let run = cx.lab.sync("").await?;
-    let info = cx.sync_info(&run, "full sync");
-    cx.end("hostshift.full", r, &snap, run.wall_s, info);
-    cx.lab.reset_target(cx.new_pg).await?;
-    cx.agent_peaks("idle");
-    let snap = cx.begin_copy().await?;
-    let run = cx.lab.sync("--one-at-a-time").await?;
-    let info = cx.sync_info(&run, "full sync, one unit at a time");
-    cx.end("hostshift.serial", r, &snap, run.wall_s, info);
+    fresh_sync(cx, r, "", "hostshift.full", "full sync").await?;
+    let run = fresh_sync(cx, r, "--one-at-a-time", "hostshift.serial", "full sync, one unit at a time").await?;
     cx.derived("hostshift.full.db", r, run.unit_s("database"));
     cx.derived("hostshift.full.storage", r, run.unit_s("storage"));
     cx.derived("hostshift.full.files", r, run.unit_s("file"));
@@ -301,12 +302,7 @@ async fn hostshift_full(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
 /// the samples).
 async fn storage_only(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     tar_pipe(cx, r).await?;
-    cx.lab.reset_target(cx.new_pg).await?;
-    cx.agent_peaks("idle");
-    let snap = cx.begin_copy().await?;
-    let run = cx.lab.sync("--only storage").await?;
-    let info = cx.sync_info(&run, "storage unit alone");
-    cx.end("hostshift.storage_only", r, &snap, run.wall_s, info);
+    let run = fresh_sync(cx, r, "--only storage", "hostshift.storage_only", "storage unit alone").await?;
     cx.derived("hostshift.full.storage", r, run.unit_s("storage"));
     check_tree(&cx.bl.src, &cx.lab.new_storage).await?;
     Ok(())
