@@ -187,16 +187,18 @@ fn round_trip_preserves_bytes_modes_mtimes_and_symlinks_then_sends_only_changes(
 /// `WRITEBACK_EVERY` bytes, then the rest) lands byte for byte.
 #[test]
 fn a_file_written_back_in_pieces_as_it_arrives_lands_byte_for_byte() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().expect("a temporary directory");
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    std::fs::create_dir_all(&dst).unwrap();
-    let big = usize::try_from(2 * crate::storage::durable::WRITEBACK_EVERY).unwrap() + 5;
+    std::fs::create_dir_all(&dst).expect("the target tree");
+    let big = usize::try_from(2 * crate::storage::durable::WRITEBACK_EVERY)
+        .expect("16 MiB fits a usize")
+        + 5;
     let content = noise(big, 7);
     put(&src, "big.zip", &content, 0o644, 1_700_000_000, 0);
     let first = sync(&src, &dst, None, true);
     assert_eq!(first.packed.files, 1);
     assert!(
-        std::fs::read(dst.join("big.zip")).unwrap() == content,
+        std::fs::read(dst.join("big.zip")).expect("the copied file") == content,
         "content differs"
     );
     assert_eq!(manifest(&dst), manifest(&src));
