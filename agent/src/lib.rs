@@ -78,8 +78,9 @@ use hostshift_proto::v1::nginx_server::NginxServer;
 use hostshift_proto::v1::pm2_server::Pm2Server;
 use hostshift_proto::v1::source_server::SourceServer;
 use hostshift_proto::v1::target_server::TargetServer;
+use hostshift_shared::buffered_tcp::BufferedTcp;
 use hostshift_shared::identity::Identity;
-use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
+use hostshift_shared::tls::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -253,6 +254,7 @@ pub async fn serve(
         .map_err(|e| AgentError::FailedPrecondition(format!("TLS set-up: {e}")))?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // One span per RPC, so `HOSTSHIFT_LOG=debug` (and every event a handler logs) names
         // the call it belongs to. Tasks a handler spawns log outside it.
@@ -298,23 +300,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// The listener's connections with `TCP_NODELAY` set. tonic sets it only on the listeners it
-/// binds itself (`Server::tcp_nodelay`), not on an `incoming` stream like this one; without it an
-/// answer written in several small pieces (HTTP/2 headers, data, trailers) waited for the
-/// client's delayed ACK — up to 40 ms per call, measured as 40–47 ms gaps between every two calls
-/// of a sync (and of the cutover's freeze). A connection that cannot take the option is served
-/// as it is.
+/// The listener's connections with `TCP_NODELAY` set and their reads buffered under TLS
+/// ([`BufferedTcp`]: rustls alone reads a stream 4 KiB at a time). tonic sets `TCP_NODELAY` only
+/// on the listeners it binds itself (`Server::tcp_nodelay`), not on an `incoming` stream like
+/// this one; without it an answer written in several small pieces (HTTP/2 headers, data,
+/// trailers) waited for the client's delayed ACK — up to 40 ms per call, measured as 40–47 ms
+/// gaps between every two calls of a sync (and of the cutover's freeze).
 fn without_nagle(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl futures::Stream<Item = std::io::Result<BufferedTcp>> {
     use futures::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
-            }
-        })
-    })
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| conn.map(BufferedTcp::new))
 }
 
 #[cfg(test)]
@@ -336,7 +332,10 @@ mod nagle_tests {
                 .await
                 .expect("a connection")
                 .expect("accepted");
-            assert!(served.nodelay().expect("nodelay"), "TCP_NODELAY is off");
+            assert!(
+                served.tcp().nodelay().expect("nodelay"),
+                "TCP_NODELAY is off"
+            );
         }
     }
 }

@@ -18,9 +18,10 @@ use hostshift_proto::v1::nginx_client::NginxClient;
 use hostshift_proto::v1::pm2_client::Pm2Client;
 use hostshift_proto::v1::source_client::SourceClient;
 use hostshift_proto::v1::target_client::TargetClient;
+use hostshift_shared::buffered_tcp;
 use hostshift_shared::expect_identity;
 use hostshift_shared::identity::{Identity, Role};
-use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
+use hostshift_shared::tls::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::plan::{Plan, Side};
@@ -182,7 +183,7 @@ pub async fn connect_any(plan: &Plan, side: Side) -> Result<Agent, ConnectError>
         .tls_config(tls)
         .map_err(|e| err(format!("TLS set-up: {e}")))?;
     let channel = tune(endpoint)
-        .connect()
+        .connect_with_connector(buffered_tcp::Connector)
         .await
         .map_err(|e| err(explain(&e)))?;
     Ok(Agent {
@@ -198,6 +199,7 @@ fn tune(endpoint: Endpoint) -> Endpoint {
         .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
 }

@@ -23,9 +23,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::buffered_tcp::BufferedTcp;
 use crate::identity::Identity;
 use crate::tls::TlsFiles;
 
@@ -93,17 +93,18 @@ impl ServerCertVerifier for ExpectIdentity {
     }
 }
 
-/// A connector for tonic: TCP, then TLS that accepts only the expected agent.
+/// A connector for tonic: TCP (reads buffered, see [`BufferedTcp`]), then TLS that accepts only
+/// the expected agent.
 #[derive(Clone)]
 struct Connector {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
 }
 
-type IoResult = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>;
+type IoResult = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<BufferedTcp>>>;
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = TokioIo<tokio_rustls::client::TlsStream<BufferedTcp>>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = IoResult> + Send>>;
 
@@ -114,15 +115,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let me = self.clone();
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| std::io::Error::other(format!("address {uri} has no host")))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = BufferedTcp::connect(&uri).await?;
             let tls = tokio_rustls::TlsConnector::from(me.config)
                 .connect(me.server_name, tcp)
                 .await?;

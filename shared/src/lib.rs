@@ -5,6 +5,8 @@
 //! `hostshift` (coordinator CLI) → `hostshift-tests` (the cross-host suite). Nothing here knows
 //! about a particular service; it holds the vocabulary both sides must agree on:
 //!
+//! - [`buffered_tcp`] — TCP connections with their reads buffered under TLS (every gRPC
+//!   connection: rustls alone reads 4 KiB at a time).
 //! - [`conninfo`] — libpq connection strings (keyword and URI forms), one parser for every
 //!   check (passwords, remote hosts, sslmode).
 //! - [`exit`] — the documented process exit codes.
@@ -21,6 +23,7 @@
 //! - [`health`] — HTTP health checks (one definition → one result, retries with backoff), run
 //!   by agents on their hosts and by the coordinator alike.
 
+pub mod buffered_tcp;
 pub mod conninfo;
 pub mod dbspec;
 pub mod digest;

@@ -13,6 +13,12 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, Se
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 connection window (all streams on one connection together).
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame each side accepts (`SETTINGS_MAX_FRAME_SIZE`; HTTP/2's default is
+/// 16 KiB). A sender cuts its data into frames of at most what the receiver accepts, and each
+/// frame went out in its own `writev` of ~16 KiB: ~300,000 calls and as many loopback packets
+/// (each answered by the receiver) for a 3 GB stream. With 256 KiB frames rustls sends up to its
+/// 64 KiB buffer per call.
+pub const MAX_FRAME: u32 = 256 * 1024;
 
 /// The PEM files of one side of a mutual-TLS connection.
 #[derive(Clone, Debug)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use hostshift_proto::v1::source_client::SourceClient;
 use hostshift_proto::v1::{ApplyResult, PullRequest};
-use hostshift_shared::tls::{CONNECTION_WINDOW, STREAM_WINDOW};
+use hostshift_shared::buffered_tcp;
+use hostshift_shared::tls::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 use tonic::transport::{Channel, Endpoint};
 
 use super::sink;
@@ -48,10 +49,16 @@ pub async fn connect_peer(ctx: &Ctx, address: &str, tls_name: &str) -> Result<Ch
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME);
     // `connect_timeout` bounds the TCP connect only: a peer that accepts and then says nothing
     // would hang the TLS and HTTP/2 handshakes for good. The whole connect gets a deadline.
-    let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, endpoint.connect())
+    // TCP with its reads buffered under tonic's TLS (see `buffered_tcp`: rustls alone reads the
+    // stream 4 KiB at a time).
+    let connected = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        endpoint.connect_with_connector(buffered_tcp::Connector),
+    )
         .await
         .map_err(|_| {
             AgentError::Unavailable(format!(
