@@ -45,6 +45,7 @@ use std::path::Path;
 use hostshift_shared::digest::{Sha256Digest, StreamHasher};
 use tokio_util::sync::CancellationToken;
 
+use super::channel::FillWrite;
 use super::error::StorageError;
 use super::manifest::{Entry, Kind, Stamp};
 use super::relpath::{RelPath, join_under};
@@ -98,7 +99,7 @@ pub struct Deferred {
 /// [`StorageError::Cancelled`]; [`StorageError::Io`] for reading a file or writing to `out`
 /// (a [`ChannelWriter`](super::channel::ChannelWriter) whose receiver is gone fails with
 /// `BrokenPipe`).
-pub fn pack<W: Write>(
+pub fn pack<W: FillWrite>(
     root: &Path,
     entries: &[Entry],
     out: W,
@@ -112,7 +113,7 @@ pub fn pack<W: Write>(
 ///
 /// # Errors
 /// As [`pack`], except [`StorageError::ChangedWhileReading`].
-pub fn pack_deferring<W: Write>(
+pub fn pack_deferring<W: FillWrite>(
     root: &Path,
     entries: &[Entry],
     out: W,
@@ -128,7 +129,7 @@ pub fn pack_deferring<W: Write>(
 ///
 /// # Errors
 /// As [`pack`].
-pub fn pack_with<W: Write>(
+pub fn pack_with<W: FillWrite>(
     root: &Path,
     entries: &[Entry],
     out: W,
@@ -138,7 +139,7 @@ pub fn pack_with<W: Write>(
     pack_inner(root, entries, out, cancel, walked, false)
 }
 
-fn pack_inner<W: Write>(
+fn pack_inner<W: FillWrite>(
     root: &Path,
     entries: &[Entry],
     out: W,
@@ -252,7 +253,7 @@ fn defer_file<W: Write>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn append<W: Write>(
+fn append<W: FillWrite>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     e: &Entry,
@@ -311,8 +312,6 @@ fn append<W: Write>(
                 left: e.size,
                 hasher: (!reuse).then(StreamHasher::new),
                 buf,
-                start: 0,
-                end: 0,
                 cancel,
                 failure: None,
                 defer,
@@ -396,8 +395,6 @@ struct CheckedFile<'a> {
     left: u64,
     hasher: Option<StreamHasher>,
     buf: &'a mut [u8],
-    start: usize,
-    end: usize,
     cancel: &'a CancellationToken,
     failure: Option<StorageError>,
     /// Defer instead of failing when the file changes ([`pack_deferring`]).
@@ -454,23 +451,33 @@ impl CheckedFile<'_> {
 
 impl CheckedFile<'_> {
     /// Writes the whole content to `dst`, right after its header, then the zeros that complete
-    /// its last 512-byte block — what `tar::Builder::append_data` writes after the header.
-    fn send_to(&mut self, dst: &mut dyn Write) -> io::Result<()> {
+    /// its last 512-byte block — what `tar::Builder::append_data` writes after the header. Where
+    /// `dst` lends its buffer ([`FillWrite`]) the file is read straight into it.
+    fn send_to<D: FillWrite + ?Sized>(&mut self, dst: &mut D) -> io::Result<()> {
         let mut sent = 0u64;
-        loop {
-            match self.refill() {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if self.start == self.end {
-                break;
-            }
-            let n = self.end - self.start;
-            // Counted before the sink sees them: it leaves content out of the envelope.
-            self.content.set(self.content.get() + n as u64);
-            dst.write_all(&self.buf[self.start..self.end])?;
-            self.start = self.end;
+        while self.left > 0 {
+            let want = usize::try_from(self.left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = match dst.room(want)? {
+                Some(room) => {
+                    // Counted as written only once `read_into` returned: a file that failed
+                    // its last check leaves nothing of its last block in the stream.
+                    let n = self.read_into(room)?;
+                    dst.filled(n)?;
+                    n
+                }
+                None => {
+                    let buf = std::mem::take(&mut self.buf);
+                    let read = self.read_into(&mut buf[..want]);
+                    self.buf = buf;
+                    let n = read?;
+                    // Counted before the sink sees them: it leaves content out of the envelope.
+                    self.content.set(self.content.get() + n as u64);
+                    dst.write_all(&self.buf[..n])?;
+                    n
+                }
+            };
             sent += n as u64;
         }
         let partial = usize::try_from(sent % 512).unwrap_or(0);
@@ -480,47 +487,44 @@ impl CheckedFile<'_> {
         Ok(())
     }
 
-    /// Reads the next block of the file into the buffer once the last one was handed on; at
-    /// the promised size, leaves it empty.
-    fn refill(&mut self) -> io::Result<()> {
-        if self.start == self.end {
-            if self.left == 0 {
-                return Ok(());
-            }
+    /// Reads the file's next bytes into `into` (at most what is left of its promised size),
+    /// hashing them unless its walk's digest is reused; returns how many. At the promised size
+    /// it checks that nothing changed before returning, so the receiver never gets a complete
+    /// entry whose content is not the manifest's, only a cut-off stream. After a change while
+    /// deferring, the rest is zeros (the tar stays well-formed; a marker follows the entry).
+    fn read_into(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(into.len());
+        loop {
             if self.cancel.is_cancelled() {
                 let path = self.full.to_path_buf();
                 return Err(self.fail(StorageError::Cancelled { path }));
             }
-            let want = usize::try_from(self.left)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match self.file.read(&mut self.buf[..want]) {
+            let n = match self.file.read(&mut into[..want]) {
                 Ok(_) if self.torn.is_some() => {
                     // Deferred already: the rest is filler to keep the tar well-formed.
-                    self.buf[..want].fill(0);
+                    into[..want].fill(0);
                     want
                 }
                 Ok(0) => {
                     self.changed("it shrank while being read".into())?;
-                    self.buf[..want].fill(0);
+                    into[..want].fill(0);
                     want
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.fail(StorageError::io("read", self.full, e))),
             };
             if let Some(h) = &mut self.hasher {
-                h.update(&self.buf[..n]);
+                h.update(&into[..n]);
             }
             self.left -= n as u64;
             if self.left == 0 {
-                // Checked before the last bytes are handed on: the receiver never gets a
-                // complete entry whose content is not the manifest's, only a cut-off stream.
                 self.finish()?;
             }
-            (self.start, self.end) = (0, n);
+            return Ok(n);
         }
-        Ok(())
     }
 }
 
@@ -534,6 +538,22 @@ struct Sink<'a, W> {
     poisoned: bool,
     content: &'a Cell<u64>,
     envelope: StreamHasher,
+}
+
+/// File content filled into `inner`'s own buffer: counted, never part of the envelope.
+impl<W: FillWrite> FillWrite for Sink<'_, W> {
+    fn room(&mut self, max: usize) -> io::Result<Option<&mut [u8]>> {
+        if self.poisoned {
+            return Err(io::Error::other("the tar stream was abandoned"));
+        }
+        self.inner.room(max)
+    }
+
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.inner.filled(n)?;
+        self.written += n as u64;
+        Ok(())
+    }
 }
 
 impl<W: Write> Write for Sink<'_, W> {
@@ -615,6 +635,68 @@ mod tests {
                 "{name}: stream was finished"
             );
         }
+    }
+
+    /// Packs `entries` into a chunk writer (each file read straight into the chunks), flushes
+    /// it whatever happened, and returns the result and every byte sent.
+    fn pack_into_chunks(
+        root: &Path,
+        entries: &[Entry],
+    ) -> (Result<PackStats, StorageError>, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut w = ChannelWriter::new(tx);
+        let result = pack(root, entries, &mut w, &CancellationToken::new());
+        w.flush().expect("the receiver is still there");
+        drop(w);
+        let mut sent = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            sent.extend_from_slice(&chunk);
+        }
+        (result, sent)
+    }
+
+    #[test]
+    fn reading_files_into_the_chunks_sends_the_same_stream_as_copying_them() {
+        let t = tempfile::tempdir().expect("a temporary folder");
+        let sizes = [0, 1, 511, 512, 513, CHUNK_SIZE - 1, CHUNK_SIZE + 7, 2 * CHUNK_SIZE + 1000];
+        for (i, size) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..*size).map(|j| ((j * 7 + i) % 253) as u8).collect();
+            put(t.path(), &format!("f{i}"), &data, 0o644, 1_000, 0);
+        }
+        let m = manifest(t.path());
+        let mut copied = Vec::new();
+        let by_copy = pack(t.path(), m.entries(), &mut copied, &CancellationToken::new())
+            .expect("packed through a plain writer");
+        let (by_fill, filled) = pack_into_chunks(t.path(), m.entries());
+        let by_fill = by_fill.expect("packed into the chunks");
+        assert_eq!(filled.len(), copied.len());
+        assert!(filled == copied, "the two streams differ");
+        // Same stream, same count and same envelope (content never part of it).
+        assert_eq!(by_fill, by_copy);
+        assert_eq!(by_fill.files, sizes.len() as u64);
+    }
+
+    #[test]
+    fn a_file_rewritten_before_it_is_read_into_the_chunks_leaves_none_of_its_last_block_sent() {
+        let t = tempfile::tempdir().expect("a temporary folder");
+        let root = t.path();
+        put(root, "a-first", &vec![1u8; CHUNK_SIZE + 100], 0o644, 1_000, 0);
+        put(root, "b-rewritten", &vec![b'Y'; 300_000], 0o644, 1_000, 0);
+        let m = manifest(root);
+        // Same size and mtime, other content: only the digest check at its end can tell.
+        put(root, "b-rewritten", &vec![b'Z'; 300_000], 0o644, 1_000, 0);
+        let (result, sent) = pack_into_chunks(root, m.entries());
+        let err = result.expect_err("the rewritten file must stop the stream");
+        assert!(
+            matches!(&err, StorageError::ChangedWhileReading { path, .. }
+                if path.ends_with("b-rewritten")),
+            "{err}"
+        );
+        assert!(sent.len() >= CHUNK_SIZE, "the first file's chunk went out");
+        assert!(
+            !sent.windows(512).any(|w| w.iter().all(|b| *b == b'Z')),
+            "content of the refused file reached the stream"
+        );
     }
 
     /// `m` with every file stamped as digested long after it last changed (a walk made when the
