@@ -210,9 +210,18 @@ async fn with_new_host(args: &Args, data: &mut Dataset, new_pg: &PgCluster, run_
             classic(&mut cx, r).await?;
         }
     }
-    if !cx.skip(Part::Profile) && !cx.skip(Part::Hostshift) {
+    // The profile is of what the rounds measured: the whole sync, or (`--only storage,profile`)
+    // the storage unit alone.
+    let profiled = if !cx.skip(Part::Hostshift) {
+        Some("--one-at-a-time")
+    } else if !cx.skip(Part::Storage) {
+        Some("--only storage")
+    } else {
+        None
+    };
+    if let (false, Some(flags)) = (cx.skip(Part::Profile), profiled) {
         if profile::available().await {
-            profiled_sync(&mut cx, run_dir, pids).await?;
+            profiled_sync(&mut cx, run_dir, pids, flags).await?;
         } else {
             cx.report.notes.push("perf record does not work here: no CPU profile (apt-get install linux-perf)".into());
         }
@@ -339,8 +348,9 @@ async fn classic(cx: &mut Ctx<'_>, r: usize) -> Result<()> {
     Ok(())
 }
 
-async fn profiled_sync(cx: &mut Ctx<'_>, run_dir: &Path, pids: &sys::PidsFile) -> Result<()> {
-    say("profile: one more full hostshift sync under perf record -a (not in the medians)");
+/// One more `hostshift sync <flags>` under `perf record` (not in the medians).
+async fn profiled_sync(cx: &mut Ctx<'_>, run_dir: &Path, pids: &sys::PidsFile, flags: &str) -> Result<()> {
+    say(&format!("profile: one more hostshift sync {flags} under perf record -a (not in the medians)"));
     cx.lab.reset_target(cx.new_pg).await?;
     sys::settle();
     let agents = [("old agent", cx.lab.old.pid()), ("new agent", cx.lab.new.pid())];
@@ -351,7 +361,7 @@ async fn profiled_sync(cx: &mut Ctx<'_>, run_dir: &Path, pids: &sys::PidsFile) -
     let snap = cx.begin();
     let sampler = measure::Sampler::start(cx.groups.clone(), std::time::Duration::from_millis(500));
     // One unit at a time: each phase's CPU is then its own.
-    let run = cx.lab.sync("--one-at-a-time").await;
+    let run = cx.lab.sync(flags).await;
     let samples = sampler.stop();
     let data = rec.stop().await?;
     let run = run?;
