@@ -1,14 +1,14 @@
 //! TCP connections whose reads are buffered *below* TLS, for every gRPC connection of hostshift
 //! (the agents' server side, an agent pulling from its peer, the coordinator's client).
 //!
-//! rustls asks its socket for at most 4 KiB per read (`DeframerVecBuffer::prepare_read` in
-//! rustls 0.23), so a 16 KiB TLS record costs four or five `recv` calls, and a 3 GB storage
-//! stream about 750,000 of them on the receiving agent — each a trip through the kernel's TCP
-//! receive path and tokio's reactor. Under TLS, a [`READ_BUFFER`]-sized read buffer takes what
-//! the socket has in one call and hands rustls its 4 KiB pieces from memory: the same bytes
-//! for about 1/64 of the system calls, at the price of one more `memcpy` (cheaper than the
-//! calls it saves; measured in `docs/BENCHMARKS.md`, "Reads buffered under TLS"). Writes pass
-//! straight through.
+//! rustls reads its socket in small steps — room for 4 KiB more than it holds, never more than
+//! one TLS record (~16 KiB) at a time (`DeframerVecBuffer::prepare_read` in rustls 0.23) — so
+//! the receiving agent of a 3 GB storage stream made 315,431 `recv` calls (about 10 KB each,
+//! counted with `perf stat`), each a trip through the kernel's TCP receive path and tokio's
+//! reactor. Under TLS, a [`READ_BUFFER`]-sized read buffer takes what the socket has in one call
+//! and hands rustls its pieces from memory: 34,388 calls for the same bytes, at the price of one
+//! more `memcpy` (cheaper than the calls it saves; `docs/BENCHMARKS.md`, "Fewer system calls and
+//! one copy less per byte"). Writes pass straight through.
 
 use std::future::Future;
 use std::io;
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tonic::transport::Uri;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Bytes one read of the socket may take (one `recv` of up to 256 KiB instead of 64 of 4 KiB).
+/// Bytes one read of the socket may take.
 pub const READ_BUFFER: usize = 256 * 1024;
 
 /// A TCP connection with Nagle's algorithm off and its reads buffered ([`READ_BUFFER`]).

@@ -6,7 +6,7 @@
 //! about a particular service; it holds the vocabulary both sides must agree on:
 //!
 //! - [`buffered_tcp`] — TCP connections with their reads buffered under TLS (every gRPC
-//!   connection: rustls alone reads 4 KiB at a time).
+//!   connection: rustls alone reads a record or less at a time).
 //! - [`conninfo`] — libpq connection strings (keyword and URI forms), one parser for every
 //!   check (passwords, remote hosts, sslmode).
 //! - [`exit`] — the documented process exit codes.

@@ -658,15 +658,29 @@ mod tests {
     #[test]
     fn reading_files_into_the_chunks_sends_the_same_stream_as_copying_them() {
         let t = tempfile::tempdir().expect("a temporary folder");
-        let sizes = [0, 1, 511, 512, 513, CHUNK_SIZE - 1, CHUNK_SIZE + 7, 2 * CHUNK_SIZE + 1000];
+        let sizes = [
+            0,
+            1,
+            511,
+            512,
+            513,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE + 7,
+            2 * CHUNK_SIZE + 1000,
+        ];
         for (i, size) in sizes.iter().enumerate() {
             let data: Vec<u8> = (0..*size).map(|j| ((j * 7 + i) % 253) as u8).collect();
             put(t.path(), &format!("f{i}"), &data, 0o644, 1_000, 0);
         }
         let m = manifest(t.path());
         let mut copied = Vec::new();
-        let by_copy = pack(t.path(), m.entries(), &mut copied, &CancellationToken::new())
-            .expect("packed through a plain writer");
+        let by_copy = pack(
+            t.path(),
+            m.entries(),
+            &mut copied,
+            &CancellationToken::new(),
+        )
+        .expect("packed through a plain writer");
         let (by_fill, filled) = pack_into_chunks(t.path(), m.entries());
         let by_fill = by_fill.expect("packed into the chunks");
         assert_eq!(filled.len(), copied.len());
@@ -680,7 +694,14 @@ mod tests {
     fn a_file_rewritten_before_it_is_read_into_the_chunks_leaves_none_of_its_last_block_sent() {
         let t = tempfile::tempdir().expect("a temporary folder");
         let root = t.path();
-        put(root, "a-first", &vec![1u8; CHUNK_SIZE + 100], 0o644, 1_000, 0);
+        put(
+            root,
+            "a-first",
+            &vec![1u8; CHUNK_SIZE + 100],
+            0o644,
+            1_000,
+            0,
+        );
         put(root, "b-rewritten", &vec![b'Y'; 300_000], 0o644, 1_000, 0);
         let m = manifest(root);
         // Same size and mtime, other content: only the digest check at its end can tell.

@@ -54,7 +54,7 @@ pub async fn connect_peer(ctx: &Ctx, address: &str, tls_name: &str) -> Result<Ch
     // `connect_timeout` bounds the TCP connect only: a peer that accepts and then says nothing
     // would hang the TLS and HTTP/2 handshakes for good. The whole connect gets a deadline.
     // TCP with its reads buffered under tonic's TLS (see `buffered_tcp`: rustls alone reads the
-    // stream 4 KiB at a time).
+    // stream a record or less at a time).
     let connected = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         endpoint.connect_with_connector(buffered_tcp::Connector),
