@@ -301,11 +301,11 @@ pub async fn serve(
 }
 
 /// The listener's connections with `TCP_NODELAY` set and their reads buffered under TLS
-/// ([`BufferedTcp`]: rustls alone reads a stream a record or less at a time). tonic sets `TCP_NODELAY` only
-/// on the listeners it binds itself (`Server::tcp_nodelay`), not on an `incoming` stream like
-/// this one; without it an answer written in several small pieces (HTTP/2 headers, data,
-/// trailers) waited for the client's delayed ACK — up to 40 ms per call, measured as 40–47 ms
-/// gaps between every two calls of a sync (and of the cutover's freeze).
+/// ([`BufferedTcp`]: rustls alone reads a stream a record or less at a time). tonic sets
+/// `TCP_NODELAY` only on the listeners it binds itself (`Server::tcp_nodelay`), not on an
+/// `incoming` stream like this one; without it an answer written in several small pieces
+/// (HTTP/2 headers, data, trailers) waited for the client's delayed ACK — up to 40 ms per call,
+/// measured as 40–47 ms gaps between every two calls of a sync (and of the cutover's freeze).
 fn without_nagle(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<BufferedTcp>> {
