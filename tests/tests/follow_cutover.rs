@@ -580,38 +580,7 @@ async fn write_after_the_freeze_position_fails_the_proof(db: &str, name: &str, s
     let sb = followed_sandbox(db, name, "").await;
     let out = sb.cli(&["follow", "start", "--json"]).await;
     assert_eq!(out.code, 0, "follow start: {}", out.both());
-    let pause = sb.dir.join("pause");
-    let (reached, go) = (pause.with_extension("reached"), pause.with_extension("go"));
-    // A sandbox folder of an earlier run of this binary may still hold them.
-    let _ = std::fs::remove_file(&reached);
-    let _ = std::fs::remove_file(&go);
-    let plan = sb.plan_path().display().to_string();
-    let dir = sb.dir.clone();
-    let env = format!("prove:{}", pause.display());
-    let cut = tokio::spawn(async move {
-        rig::cli_in(
-            &dir,
-            &[
-                "cutover",
-                "--yes",
-                "--json",
-                "--skip-backup-check",
-                "test",
-                "--plan",
-                &plan,
-            ],
-            &[("HOSTSHIFT_TEST_PAUSE_AT", &env)],
-        )
-        .await
-    });
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while !reached.exists() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the cutover reached the proof within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (cut, go) = cutover_paused_before_the_proof(&sb).await;
     sb.world
         .old_pg
         .connect(&sb.old_db)
@@ -653,6 +622,141 @@ async fn write_after_the_freeze_position_fails_the_proof(db: &str, name: &str, s
         .await
         .expect("the old database takes writes after the undo");
     assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+}
+
+/// Starts `hostshift cutover` with a pause right before its proof inside the freeze (the
+/// catch-up done, the followers stopped) and waits until it is there; the cutover goes on once
+/// the returned file exists.
+async fn cutover_paused_before_the_proof(
+    sb: &Sandbox,
+) -> (tokio::task::JoinHandle<rig::CliOutput>, std::path::PathBuf) {
+    let pause = sb.dir.join("pause");
+    let (reached, go) = (pause.with_extension("reached"), pause.with_extension("go"));
+    // A sandbox folder of an earlier run of this binary may still hold them.
+    let _ = std::fs::remove_file(&reached);
+    let _ = std::fs::remove_file(&go);
+    let plan = sb.plan_path().display().to_string();
+    let dir = sb.dir.clone();
+    let env = format!("prove:{}", pause.display());
+    let cut = tokio::spawn(async move {
+        rig::cli_in(
+            &dir,
+            &[
+                "cutover",
+                "--yes",
+                "--json",
+                "--skip-backup-check",
+                "test",
+                "--plan",
+                &plan,
+            ],
+            &[("HOSTSHIFT_TEST_PAUSE_AT", &env)],
+        )
+        .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the cutover reached the proof within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (cut, go)
+}
+
+/// The proof inside the freeze peeks the old host's slot right after the catch-up stopped the
+/// follower. A peek of the follower's whose caller is gone runs on in its PostgreSQL backend and
+/// holds the slot for a moment: the proof then failed with "replication slot … is active for
+/// PID n" and a good cutover was undone (`bench/run --only cutover`, 2026-12-08). Here a real
+/// `pg_recvlogical` holds the slot from the moment the cutover reaches its proof, for 1.5 s: the
+/// proof waits for the slot and the cutover switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_held_for_a_moment_when_the_proof_starts_delays_the_proof_instead_of_undoing_the_cutover()
+ {
+    let sb = followed_sandbox("fc_held", "fc-held", "").await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let (cut, go) = cutover_paused_before_the_proof(&sb).await;
+    let old = sb.world.old_pg.connect(&sb.old_db).await;
+    let slot: String = old
+        .query_one(
+            "SELECT slot_name::text FROM pg_replication_slots \
+             WHERE slot_name LIKE 'hostshift_%' AND database = current_database()",
+            &[],
+        )
+        .await
+        .expect("the follow's slot on the old host")
+        .get(0);
+    let recvlogical = sb.world.old_pg.bin_dir.join("pg_recvlogical");
+    let mut holder = tokio::process::Command::new(&recvlogical)
+        .args(["--dbname", &sb.world.old_pg.conninfo(&sb.old_db)])
+        .args([
+            "--slot",
+            &slot,
+            "--start",
+            "--no-loop",
+            "--file",
+            "/dev/null",
+        ])
+        .args(["--option", "proto_version=1"])
+        .args(["--option", &format!("publication_names={slot}")])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {} (PostgreSQL's client tools: apt-get install postgresql-client): {e}",
+                recvlogical.display()
+            )
+        });
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let active: bool = old
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("the slot's state")
+            .get(0);
+        if active {
+            break;
+        }
+        if let Ok(Some(status)) = holder.try_wait() {
+            panic!("pg_recvlogical ended ({status}) before it held the slot");
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "pg_recvlogical held the slot within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&go, "").expect("go");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        holder.try_wait().expect("pg_recvlogical's state").is_none(),
+        "pg_recvlogical held the slot for the whole 1.5 s"
+    );
+    holder.kill().await.expect("stop pg_recvlogical");
+    let out = tokio::time::timeout(Duration::from_secs(120), cut)
+        .await
+        .expect("the cutover ends within 120 s")
+        .expect("the cutover task");
+    assert_eq!(out.code, 0, "{}", out.both());
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    let prove = step(&j, "prove");
+    assert_eq!(prove["status"], "done", "{}", out.stdout);
+    assert!(
+        prove["ms"].as_u64().unwrap_or(0) >= 1000,
+        "the proof waited for the slot (it was held 1.5 s after the proof began): {prove}"
+    );
+    assert_eq!(
+        leftovers(&sb).await,
+        (0, 0),
+        "no slot or publication remains"
+    );
 }
 
 /// Starts a cutover that pauses right before its proof after the switch and kills it there (a

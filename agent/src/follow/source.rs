@@ -34,6 +34,22 @@ pub const MAX_CHANGES: u32 = 10_000;
 /// How long one peek may take before it is abandoned.
 pub const PEEK_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a peek (and a slot's drop) waits while another process holds the slot (SQLSTATE
+/// 55006, "replication slot … is active for PID n"). The usual holder is a peek of this agent
+/// whose caller went away: a stopped follower's last peek, or one cut off with its connection,
+/// runs on in its PostgreSQL backend until the function returns (milliseconds; at most
+/// [`PEEK_TIMEOUT`]). The cutover's proof peeks right after it stopped the follower: failing
+/// there undid a cutover that was fine (seen in `bench/run --only cutover`, 2026-12-08).
+pub const SLOT_BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Pause between two tries while the slot is held.
+const SLOT_BUSY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Another process holds the slot right now (55006, object in use).
+fn slot_busy(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+}
+
 /// A session idle longer than this is closed rather than reused (a stopped follow does not keep
 /// a session on the old host).
 pub const SESSION_IDLE: Duration = Duration::from_secs(60);
@@ -506,6 +522,16 @@ pub async fn changes(
     Ok(())
 }
 
+/// Why one try of a peek ended early.
+enum PeekError {
+    /// Another process held the slot; nothing was sent yet, so the peek may be tried again.
+    Busy(tokio_postgres::Error),
+    /// Anything else.
+    Failed(AgentError),
+}
+
+/// [`peek_once`] until it is not refused by a slot another process holds, for at most
+/// [`SLOT_BUSY_WAIT`].
 async fn peek(
     client: &Client,
     record: &SourceRecord,
@@ -514,6 +540,50 @@ async fn peek(
     tx: mpsc::Sender<Result<Batch, AgentError>>,
 ) -> Result<(), AgentError> {
     let database = record.database.as_str();
+    let deadline = Instant::now() + SLOT_BUSY_WAIT;
+    loop {
+        match peek_once(client, record, confirm_lsn, max_changes, &tx).await {
+            Ok(()) => return Ok(()),
+            Err(PeekError::Failed(e)) => return Err(e),
+            Err(PeekError::Busy(e)) if Instant::now() >= deadline => {
+                let mut err = AgentError::db(database, &e);
+                if let AgentError::Database { message, .. } = &mut err {
+                    message.push_str(&format!(
+                        " (still after waiting {} s for it: is a second follower or a \
+                         pg_recvlogical using hostshift's slot?)",
+                        SLOT_BUSY_WAIT.as_secs()
+                    ));
+                }
+                return Err(err);
+            }
+            Err(PeekError::Busy(e)) => {
+                tracing::debug!(database, error = %e, "peek: the slot is held by another process; waiting");
+                if tx.is_closed() {
+                    return Err(AgentError::Cancelled);
+                }
+                tokio::time::sleep(SLOT_BUSY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// One try: advance, read the flush position, peek. Nothing is sent before the peek's first row
+/// (or its end) arrived, so a try refused because the slot is busy can be repeated.
+async fn peek_once(
+    client: &Client,
+    record: &SourceRecord,
+    confirm_lsn: u64,
+    max_changes: u32,
+    tx: &mpsc::Sender<Result<Batch, AgentError>>,
+) -> Result<(), PeekError> {
+    let database = record.database.as_str();
+    let failed = |e: tokio_postgres::Error| {
+        if slot_busy(&e) {
+            PeekError::Busy(e)
+        } else {
+            PeekError::Failed(AgentError::db(database, &e))
+        }
+    };
     if confirm_lsn > 0 {
         client
             .execute(
@@ -523,7 +593,7 @@ async fn peek(
                 &[&record.slot, &super::pgoutput::lsn_text(confirm_lsn)],
             )
             .await
-            .map_err(|e| AgentError::db(database, &e))?;
+            .map_err(failed)?;
     }
     // The peek decodes up to the WAL *flushed* so far (not the insert position): with
     // asynchronous commit a transaction is acknowledged before its WAL is flushed, so only the
@@ -531,7 +601,7 @@ async fn peek(
     let wal: String = client
         .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
         .await
-        .map_err(|e| AgentError::db(database, &e))?
+        .map_err(failed)?
         .get(0);
     let wal = parse_lsn(&wal).unwrap_or(0);
     let max = i32::try_from(max_changes.clamp(1, MAX_CHANGES)).unwrap_or(1000);
@@ -541,34 +611,48 @@ async fn peek(
         literal(&record.slot),
         literal(&record.publication)
     );
-    if tx.send(Ok((wal, Vec::new()))).await.is_err() {
-        return Err(AgentError::Cancelled);
+    if tx.is_closed() {
+        return Err(PeekError::Failed(AgentError::Cancelled));
     }
     let stream = tokio::time::timeout(PEEK_TIMEOUT, client.query_raw(&sql, Vec::<String>::new()))
         .await
-        .map_err(|_| AgentError::Unavailable(format!("database {database}: peek timed out")))?
-        .map_err(|e| AgentError::db(database, &e))?;
+        .map_err(|_| {
+            PeekError::Failed(AgentError::Unavailable(format!(
+                "database {database}: peek timed out"
+            )))
+        })?
+        .map_err(failed)?;
     futures::pin_mut!(stream);
     use futures::{FutureExt, StreamExt};
+    // The slot is taken when the function starts: a busy slot is the first item's error.
+    let mut next = match stream.next().await {
+        Some(Err(e)) if slot_busy(&e) => return Err(PeekError::Busy(e)),
+        other => other,
+    };
+    // From here on the peek runs to its end: the position first (an item without rows).
+    let cancelled = || PeekError::Failed(AgentError::Cancelled);
+    if tx.send(Ok((wal, Vec::new()))).await.is_err() {
+        return Err(cancelled());
+    }
     let decode = |row: Result<tokio_postgres::Row, tokio_postgres::Error>| {
-        let row = row.map_err(|e| AgentError::db(database, &e))?;
+        let row = row.map_err(|e| PeekError::Failed(AgentError::db(database, &e)))?;
         let lsn = parse_lsn(row.get::<_, &str>(0)).unwrap_or(0);
         let xid = row.get::<_, &str>(1).parse().unwrap_or(0);
-        Ok::<Row, AgentError>((lsn, xid, row.get(2)))
+        Ok::<Row, PeekError>((lsn, xid, row.get(2)))
     };
     // A batch takes what is ready without waiting, so a lone row is not held back. The stream
     // is never polled again once it ended (tokio-postgres then answers "connection closed").
-    let mut ended = false;
-    while !ended && let Some(first) = stream.next().await {
+    while let Some(first) = next {
         let first = decode(first)?;
         let mut bytes = first.2.len();
         let mut rows = vec![first];
+        let mut ended = false;
         while bytes < BATCH_BYTES {
             match stream.next().now_or_never() {
-                Some(Some(next)) => {
-                    let next = decode(next)?;
-                    bytes += next.2.len();
-                    rows.push(next);
+                Some(Some(row)) => {
+                    let row = decode(row)?;
+                    bytes += row.2.len();
+                    rows.push(row);
                 }
                 Some(None) => {
                     ended = true;
@@ -578,8 +662,9 @@ async fn peek(
             }
         }
         if tx.send(Ok((wal, rows))).await.is_err() {
-            return Err(AgentError::Cancelled);
+            return Err(cancelled());
         }
+        next = if ended { None } else { stream.next().await };
     }
     Ok(())
 }
@@ -711,9 +796,7 @@ pub async fn drop_follow(
                 break;
             }
             // 55006: object in use (a peek is running on it right now).
-            Err(e)
-                if attempt < 49 && e.as_db_error().is_some_and(|d| d.code().code() == "55006") =>
-            {
+            Err(e) if attempt < 49 && slot_busy(&e) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(AgentError::db(database, &e)),
