@@ -62,6 +62,16 @@ fn step<'a>(j: &'a Value, name: &str) -> &'a Value {
 /// Agents (the old one may follow `app`), a plan named `name`, a first full sync (files and
 /// storage too, for the gates).
 async fn followed_sandbox(tag: &str, name: &str, schema: &str) -> Sandbox {
+    followed_sandbox_with(tag, name, schema, vec![]).await
+}
+
+/// [`followed_sandbox`] with the new agent started through `new_wrapper` (e.g. `env X=Y`).
+async fn followed_sandbox_with(
+    tag: &str,
+    name: &str,
+    schema: &str,
+    new_wrapper: Vec<String>,
+) -> Sandbox {
     let mut sb = Sandbox::new_in(logical_world(), tag).await;
     if !schema.is_empty() {
         sb.world
@@ -74,7 +84,8 @@ async fn followed_sandbox(tag: &str, name: &str, schema: &str) -> Sandbox {
     }
     let mut old_setup = sb.old_setup();
     old_setup.follow_databases.push("app".into());
-    let new_setup = sb.new_setup();
+    let mut new_setup = sb.new_setup();
+    new_setup.wrapper = new_wrapper;
     sb.start(old_setup, new_setup).await;
     rename_plan(&sb, name);
     let out = sb.cli(&["sync"]).await;
@@ -622,6 +633,49 @@ async fn write_after_the_freeze_position_fails_the_proof(db: &str, name: &str, s
         .await
         .expect("the old database takes writes after the undo");
     assert_eq!(leftovers(&sb).await, (0, 0), "the undo dropped the slot");
+}
+
+/// The catch-up wakes a follower that pauses after an empty peek, instead of waiting out the
+/// pause (200 ms, most of the catch-up when the app was quiet). Here the new agent's follower
+/// pauses 10 minutes (`HOSTSHIFT_TEST_IDLE_PAUSE_MS`, debug builds), far longer than the
+/// catch-up may wait (the 30 s freeze budget): the cutover only switches because the catch-up
+/// woke the follower, which then applied the app's last write before the freeze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catch_up_wakes_a_follower_pausing_after_an_empty_peek() {
+    let sb = followed_sandbox_with(
+        "fc_wake",
+        "fc-wake",
+        "",
+        vec!["env".into(), "HOSTSHIFT_TEST_IDLE_PAUSE_MS=600000".into()],
+    )
+    .await;
+    let out = sb.cli(&["follow", "start", "--json"]).await;
+    assert_eq!(out.code, 0, "follow start: {}", out.both());
+    let marker = "woken follower";
+    sb.world
+        .old_pg
+        .connect(&sb.old_db)
+        .await
+        .execute(
+            "UPDATE public.questions SET prompt = $1 WHERE id = (SELECT min(id) FROM public.questions)",
+            &[&marker],
+        )
+        .await
+        .expect("the app's last write");
+    let out = cutover(&sb).await;
+    let j = out.json();
+    assert_eq!(j["outcome"], "switched", "{}", out.stdout);
+    assert_eq!(step(&j, "catch-up")["status"], "done", "{}", out.stdout);
+    let on_new = query_text(
+        &sb.world.new_pg,
+        &sb.new_db,
+        "SELECT prompt FROM public.questions ORDER BY id LIMIT 1",
+    )
+    .await;
+    assert_eq!(
+        on_new, marker,
+        "the write before the freeze reached the new host"
+    );
 }
 
 /// Starts `hostshift cutover` with a pause right before its proof inside the freeze (the

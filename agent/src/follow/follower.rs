@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hostshift_proto::v1::ChangesRequest;
 use hostshift_proto::v1::follow_client::FollowClient;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Anchor, Applier};
@@ -25,8 +26,22 @@ use crate::error::AgentError;
 
 /// Rows asked for per peek.
 pub const BATCH_CHANGES: u32 = 2_000;
-/// Pause after a peek that found nothing new.
+/// Pause after a peek that found nothing new (cut short by [`Followers::wake`]).
 pub const IDLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// [`IDLE_PAUSE`]; in debug builds `HOSTSHIFT_TEST_IDLE_PAUSE_MS` sets it (a test makes it
+/// longer than any catch-up may wait, to show that the catch-up wakes the follower).
+fn idle_pause() -> Duration {
+    if cfg!(debug_assertions)
+        && let Some(ms) = std::env::var("HOSTSHIFT_TEST_IDLE_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    IDLE_PAUSE
+}
+
 /// Deadline for the old agent's answer to a `Changes` call (not for its rows), reconnect
 /// included.
 pub const CALL_TIMEOUT: Duration = crate::transfer::pull::HANDSHAKE_TIMEOUT;
@@ -57,6 +72,9 @@ struct Running {
     stop: CancellationToken,
     live: Arc<Mutex<Live>>,
     done: tokio::sync::watch::Receiver<bool>,
+    /// Ends the pause after an empty peek (a permit kept when the follower is peeking: its
+    /// next pause then ends at once).
+    wake: Arc<Notify>,
 }
 
 /// The followers this agent runs, by (new host's) database.
@@ -84,6 +102,18 @@ impl Followers {
         let g = self.running.lock().ok()?;
         let r = g.get(database)?;
         r.live.lock().ok().map(|l| l.clone())
+    }
+
+    /// Makes `database`'s follower peek now if it pauses after an empty peek, or right after
+    /// the peek under way (nothing when none runs). The cutover's catch-up and the rollback
+    /// call it after their barrier: the follower then reaches the freeze position one peek
+    /// later, not a pause ([`IDLE_PAUSE`]) and a peek.
+    pub fn wake(&self, database: &str) {
+        if let Ok(g) = self.running.lock()
+            && let Some(r) = g.get(database)
+        {
+            r.wake.notify_one();
+        }
     }
 
     /// Stops `database`'s follower and waits until its task ended (its open transaction rolled
@@ -114,6 +144,7 @@ pub async fn spawn(ctx: &Arc<Ctx>, record: TargetRecord) -> Result<(), AgentErro
         ..Live::default()
     }));
     let (done_tx, done) = tokio::sync::watch::channel(false);
+    let wake = Arc::new(Notify::new());
     ctx.followers
         .running
         .lock()
@@ -124,12 +155,13 @@ pub async fn spawn(ctx: &Arc<Ctx>, record: TargetRecord) -> Result<(), AgentErro
                 stop: stop.clone(),
                 live: live.clone(),
                 done,
+                wake: wake.clone(),
             },
         );
     let ctx2 = ctx.clone();
     ctx.tasks.spawn(async move {
         let database = record.database.clone();
-        let outcome = run(&ctx2, &record, &live, &stop).await;
+        let outcome = run(&ctx2, &record, &live, &stop, &wake).await;
         if let Err(e) = outcome {
             tracing::error!(database = %database, error = %e, "follower stopped");
             if let Ok(mut l) = live.lock() {
@@ -181,12 +213,13 @@ async fn run(
     record: &TargetRecord,
     live: &Arc<Mutex<Live>>,
     stop: &CancellationToken,
+    wake: &Notify,
 ) -> Result<(), AgentError> {
     let mut pause = Duration::from_millis(200);
     loop {
         let began = std::time::Instant::now();
         let attempt = tokio::select! {
-            r = follow_once(ctx, record, live, stop) => r,
+            r = follow_once(ctx, record, live, stop, wake) => r,
             () = stop.cancelled() => return Ok(()),
         };
         match attempt {
@@ -223,6 +256,7 @@ async fn follow_once(
     record: &TargetRecord,
     live: &Arc<Mutex<Live>>,
     stop: &CancellationToken,
+    wake: &Notify,
 ) -> Result<(), AgentError> {
     let db = ctx.database(&record.database)?;
     let client = crate::postgres::connect::connect(db).await?;
@@ -338,7 +372,8 @@ async fn follow_once(
         }
         if rows == 0 {
             tokio::select! {
-                () = tokio::time::sleep(IDLE_PAUSE) => {}
+                () = tokio::time::sleep(idle_pause()) => {}
+                () = wake.notified() => {}
                 () = stop.cancelled() => return Ok(()),
             }
         }

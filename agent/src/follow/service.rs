@@ -255,6 +255,9 @@ impl Follow for FollowService {
         let Some(rec) = store::target(&self.ctx, &r.database)? else {
             return Ok(Response::new(FollowStatusResponse::default()));
         };
+        if r.wake {
+            self.ctx.followers.wake(&r.database);
+        }
         let live = self.ctx.followers.live(&r.database);
         let mut out = FollowStatusResponse {
             configured: true,

@@ -303,6 +303,7 @@ async fn status_one(
         })),
         fnew.status(client::request(FollowStatusRequest {
             database: d.on_new().to_string(),
+            wake: false,
         }))
     );
     let src = src
@@ -525,6 +526,7 @@ pub async fn following_with_tables(
             .follow()
             .status(client::request(FollowStatusRequest {
                 database: d.on_new().to_string(),
+                wake: false,
             }))
             .await
         {
@@ -582,11 +584,15 @@ pub async fn wait_applied(
     timeout: Duration,
 ) -> Result<(), FollowError> {
     let deadline = Instant::now() + timeout;
+    // The first call wakes a follower pausing after an empty peek: the caller's barrier is
+    // written, so its next peek reaches `lsn`.
+    let mut wake = true;
     loop {
         let r = new
             .follow()
             .status(client::request(FollowStatusRequest {
                 database: database_on_new.to_string(),
+                wake: std::mem::take(&mut wake),
             }))
             .await
             .map_err(agent_err(format!(

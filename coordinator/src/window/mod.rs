@@ -762,6 +762,7 @@ pub async fn status(plan: &Plan) -> Result<Status, WindowError> {
                 .follow()
                 .status(client::request(FollowStatusRequest {
                     database: w.database.clone(),
+                    wake: false,
                 }))
                 .await
             {
