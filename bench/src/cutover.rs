@@ -722,6 +722,7 @@ async fn with_hosts(
     tokio::time::sleep(LEAD_IN).await;
 
     // 5. The cutover.
+    let journal_at = std::fs::metadata(lab.journal()).map_or(0, |m| m.len());
     let t = Instant::now();
     let (out, rep) = lab.json("cutover --skip-backup-check bench").await?;
     let cutover_wall = t.elapsed().as_secs_f64();
@@ -743,6 +744,7 @@ async fn with_hosts(
     v["steps"] = json!(steps);
     v["follow"] = rep["follow"].clone();
     v["delta"] = rep["delta"].clone();
+    v["delta_units"] = json!(delta_units(lab.journal(), journal_at));
     say(&format!("cutover x{x}: write freeze {} ms (predicted {} ms); cutover took {cutover_wall:.1} s", rep["freeze_ms"], rep["predicted_freeze_ms"]));
 
     // 6. Every acknowledged write on the new host.
@@ -891,6 +893,41 @@ fn steps_of(rep: &serde_json::Value) -> Vec<serde_json::Value> {
     rep["steps"].as_array().into_iter().flatten().map(|s| json!({ "step": s["name"], "ms": s["ms"], "detail": s["detail"] })).collect()
 }
 
+/// The units of the freeze's delta step from the cutover's journal (written after byte
+/// `offset`): `{unit, start_ms, end_ms}`, relative to the step's start, files left out — the
+/// storage unit's planning ends where its first batch starts. Empty when the journal cannot be
+/// read.
+fn delta_units(journal: &Path, offset: u64) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, Seek};
+    let Ok(mut f) = std::fs::File::open(journal) else { return Vec::new() };
+    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return Vec::new();
+    }
+    let mut t0 = None;
+    let mut open: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(f).lines().map_while(std::result::Result::ok) {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let (Some(phase), Some(unit), Some(status), Some(t)) = (e["phase"].as_str(), e["unit"].as_str(), e["status"].as_str(), e["time_ms"].as_u64()) else {
+            continue;
+        };
+        match (phase, unit, t0) {
+            ("cutover", "delta", None) if status == "started" => t0 = Some(t),
+            ("cutover", "delta", Some(_)) => break,
+            ("sync", u, Some(t0)) if u != "sync" && !u.starts_with("file ") => {
+                let rel = t.saturating_sub(t0);
+                if status == "started" {
+                    open.insert(u.to_string(), rel);
+                } else if let Some(start) = open.remove(u) {
+                    out.push(json!({ "unit": u, "start_ms": start, "end_ms": rel, "status": status }));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// One line per step of [`steps_of`].
 fn print_steps(out: &mut String, steps: &serde_json::Value) {
     use std::fmt::Write as _;
@@ -927,6 +964,15 @@ pub fn summary(rounds: &[serde_json::Value]) -> String {
             if freeze <= FREEZE_TARGET_S { "MET" } else { "MISSED" }
         );
         print_steps(&mut out, &r["steps"]);
+        let units: Vec<String> = r["delta_units"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| format!("{} {}–{} ms", u["unit"].as_str().unwrap_or("?"), u["start_ms"], u["end_ms"]))
+            .collect();
+        if !units.is_empty() {
+            let _ = writeln!(out, "      (delta step: {})", units.join(", "));
+        }
         let _ = writeln!(
             out,
             "    writes: {} acknowledged ({} file operations; {:.0} transactions/s until the freeze), {} refused by the freeze, {} lost",

@@ -74,6 +74,11 @@ impl SyncRun {
 }
 
 impl HsLab {
+    /// The coordinator's journal (`journal.jsonl`).
+    pub fn journal(&self) -> &Path {
+        &self.journal
+    }
+
     /// Certificates, agent configs, agents and the plan in `dir`. The old agent reads the
     /// reference data; the new one may write database `app`, tree `evaluations` and the files.
     ///
