@@ -762,7 +762,7 @@ pub async fn status(
 
 /// Drops the slot, the publication and the follow grant, and puts back the replica identities
 /// `prepare` set to FULL (returned as `table=d|n`); idempotent. A slot in use by a peek
-/// is retried for a few seconds.
+/// is waited for, at most [`SLOT_BUSY_WAIT`].
 ///
 /// # Errors
 /// `Database` when the server refuses.
@@ -780,8 +780,8 @@ pub async fn drop_follow(
         .batch_execute("SET default_transaction_read_only = off")
         .await
         .map_err(|e| AgentError::db(database, &e))?;
-    let mut dropped_slot = false;
-    for attempt in 0..50 {
+    let deadline = Instant::now() + SLOT_BUSY_WAIT;
+    let dropped_slot = loop {
         match client
             .query_opt(
                 "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text \
@@ -791,17 +791,14 @@ pub async fn drop_follow(
             )
             .await
         {
-            Ok(r) => {
-                dropped_slot = r.is_some();
-                break;
-            }
-            // 55006: object in use (a peek is running on it right now).
-            Err(e) if attempt < 49 && slot_busy(&e) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(r) => break r.is_some(),
+            // In use by a peek still ending: the same wait as a peek's.
+            Err(e) if slot_busy(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(SLOT_BUSY_PAUSE).await;
             }
             Err(e) => return Err(AgentError::db(database, &e)),
         }
-    }
+    };
     let dropped_publication = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
